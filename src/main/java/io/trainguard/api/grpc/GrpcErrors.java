@@ -1,0 +1,40 @@
+package io.trainguard.api.grpc;
+
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.trainguard.guard.InvalidRequestException;
+import io.trainguard.guard.JournalUnavailableException;
+import io.trainguard.guard.PreconditionFailedException;
+import io.trainguard.guard.RunNotFoundException;
+import org.jboss.logging.Logger;
+
+/** The one place where engine exceptions become gRPC statuses. */
+public final class GrpcErrors {
+    private static final Logger LOG = Logger.getLogger(GrpcErrors.class);
+
+    private GrpcErrors() {
+    }
+
+    public static StatusRuntimeException toStatus(Throwable t) {
+        if (t instanceof StatusRuntimeException s) {
+            return s;
+        }
+        Status status;
+        if (t instanceof InvalidRequestException) {
+            status = Status.INVALID_ARGUMENT;
+        } else if (t instanceof RunNotFoundException) {
+            status = Status.NOT_FOUND;
+        } else if (t instanceof PreconditionFailedException) {
+            status = Status.FAILED_PRECONDITION;
+        } else if (t instanceof JournalUnavailableException) {
+            status = Status.UNAVAILABLE;
+        } else if (t instanceof io.trainguard.guard.GuardException) {
+            status = Status.FAILED_PRECONDITION;
+        } else {
+            LOG.error("unexpected error while serving a trainguard call", t);
+            return Status.INTERNAL.withDescription("internal error in the trainguard sidecar (" + t.getClass().getSimpleName()
+                    + ": " + t.getMessage() + "); the sidecar keeps serving, see its log").asRuntimeException();
+        }
+        return status.withDescription(t.getMessage()).asRuntimeException();
+    }
+}

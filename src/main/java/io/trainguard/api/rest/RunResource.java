@@ -1,0 +1,54 @@
+package io.trainguard.api.rest;
+
+import io.trainguard.guard.GuardService;
+import io.trainguard.guard.Policy;
+import io.trainguard.guard.RunSnapshot;
+import jakarta.ws.rs.Consumes;
+import jakarta.ws.rs.DefaultValue;
+import jakarta.ws.rs.GET;
+import jakarta.ws.rs.PUT;
+import jakarta.ws.rs.POST;
+import jakarta.ws.rs.Path;
+import jakarta.ws.rs.PathParam;
+import jakarta.ws.rs.Produces;
+import jakarta.ws.rs.QueryParam;
+import jakarta.ws.rs.core.MediaType;
+import java.util.List;
+
+/** JSON view of the runs for people and dashboards; the same engine calls as gRPC. */
+@Path("/api/runs")
+@Produces(MediaType.APPLICATION_JSON)
+@Consumes(MediaType.APPLICATION_JSON)
+public class RunResource {
+    private final GuardService guard;
+
+    public RunResource(GuardService guard) {
+        this.guard = guard;
+    }
+
+    @GET
+    public List<RunSnapshot> list() {
+        return guard.list();
+    }
+
+    @GET
+    @Path("/{runId}")
+    public GuardService.RunView get(@PathParam("runId") String runId, @QueryParam("incidents") @DefaultValue("50") int incidents) {
+        return guard.view(runId, incidents);
+    }
+
+    @PUT
+    @Path("/{runId}/policy")
+    public Policy updatePolicy(@PathParam("runId") String runId, PolicyPatch patch) {
+        return guard.updatePolicy(runId, patch::applyTo, patch.reason());
+    }
+
+    @POST
+    @Path("/{runId}/resume")
+    public RunSnapshot resume(@PathParam("runId") String runId, ResumeRequest request) {
+        return guard.resume(runId, request == null ? "" : request.reason());
+    }
+
+    public record ResumeRequest(String reason) {
+    }
+}

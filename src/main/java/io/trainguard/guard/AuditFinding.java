@@ -1,0 +1,4 @@
+package io.trainguard.guard;
+
+public record AuditFinding(String code, Severity severity, String message) {
+}

@@ -1,0 +1,7 @@
+package io.trainguard.guard;
+
+public enum AuditMode {
+    OFF,
+    WARN,
+    REFUSE
+}

@@ -1,0 +1,34 @@
+package io.trainguard.guard;
+
+import java.util.List;
+import java.util.Optional;
+
+/** What the engine needs to know about checkpoints: only known-good ones are rollback targets. */
+public interface CheckpointCatalog {
+
+    record RollbackTarget(String checkpointId, long step, List<String> files, long dataPosition) {
+    }
+
+    Optional<RollbackTarget> newestKnownGood(String runId);
+
+    /** A step whose update was applied cleanly; counts towards promoting verified checkpoints. */
+    void onHealthyStep(String runId, long step);
+
+    /** A step that was skipped or worse; checkpoints not yet promoted must not be promoted past it. */
+    void onUnhealthyStep(String runId, long step);
+
+    CheckpointCatalog NONE = new CheckpointCatalog() {
+        @Override
+        public Optional<RollbackTarget> newestKnownGood(String runId) {
+            return Optional.empty();
+        }
+
+        @Override
+        public void onHealthyStep(String runId, long step) {
+        }
+
+        @Override
+        public void onUnhealthyStep(String runId, long step) {
+        }
+    };
+}

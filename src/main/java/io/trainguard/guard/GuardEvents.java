@@ -1,0 +1,25 @@
+package io.trainguard.guard;
+
+/** What observers (metrics, logs) hear from the engine. Implementations must be cheap and never throw. */
+public interface GuardEvents {
+
+    void stepDecided(StepReport report, Verdict verdict, long decisionNanos);
+
+    void incident(Incident incident);
+
+    void stateChanged(String runId, RunState from, RunState to, String reason);
+
+    GuardEvents NONE = new GuardEvents() {
+        @Override
+        public void stepDecided(StepReport report, Verdict verdict, long decisionNanos) {
+        }
+
+        @Override
+        public void incident(Incident incident) {
+        }
+
+        @Override
+        public void stateChanged(String runId, RunState from, RunState to, String reason) {
+        }
+    };
+}

@@ -1,0 +1,311 @@
+package io.trainguard.guard;
+
+import io.trainguard.guard.detect.PreflightAudit;
+import java.time.Clock;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.function.LongSupplier;
+import java.util.function.UnaryOperator;
+import java.util.regex.Pattern;
+
+/**
+ * Entry point of the engine: keeps one {@link RunGuard} per run, writes what they decide to the
+ * journal (course-changing verdicts before they are returned) and tells observers. Plain Java; the
+ * gRPC and REST adapters call it, nothing else holds run state.
+ */
+public final class GuardService {
+
+    private static final Pattern RUN_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}");
+
+    public record OpenResult(RunSnapshot run, boolean resumed, List<AuditFinding> findings, LocalBounds bounds) {
+    }
+
+    public record RunView(RunSnapshot run, List<Incident> incidents) {
+    }
+
+    public record ValidationGate(boolean allowed, String reason) {
+    }
+
+    private final Map<String, RunGuard> runs = new ConcurrentHashMap<>();
+    private final Journal journal;
+    private final CheckpointCatalog checkpoints;
+    private final GuardEvents events;
+    private final Policy defaults;
+    private final Clock clock;
+    private final LongSupplier nanoTime;
+    private final Duration durableTimeout;
+    private final PreflightAudit preflight = new PreflightAudit();
+
+    public GuardService(Journal journal, CheckpointCatalog checkpoints, GuardEvents events, Policy defaults, Clock clock,
+                        LongSupplier nanoTime, Duration durableTimeout) {
+        this.journal = journal;
+        this.checkpoints = checkpoints;
+        this.events = events;
+        this.defaults = defaults;
+        this.clock = clock;
+        this.nanoTime = nanoTime;
+        this.durableTimeout = durableTimeout;
+    }
+
+    /** Reloads every run from the journal and replays recent steps so statistics continue where they were. */
+    public int restore(int replaySteps) {
+        int restored = 0;
+        for (RunSnapshot s : journal.loadRuns()) {
+            RunGuard g = RunGuard.restore(s, checkpoints, journal::nextIncidentId);
+            if (s.state() != RunState.CLOSED) {
+                for (int rank = 0; rank < s.worldSize(); rank++) {
+                    g.replay(rank, journal.recentSteps(s.runId(), rank, replaySteps), nanoTime.getAsLong());
+                }
+            }
+            runs.put(s.runId(), g);
+            restored++;
+        }
+        return restored;
+    }
+
+    public Policy defaults() {
+        return defaults;
+    }
+
+    // ------------------------------------------------------------------ runs
+
+    public OpenResult open(RunSetup setup) {
+        if (setup.runId() == null || !RUN_ID.matcher(setup.runId()).matches()) {
+            throw new InvalidRequestException("run_id '" + setup.runId() + "' is invalid: use 1-128 characters of "
+                    + "letters, digits and . _ : / -, starting with a letter or digit");
+        }
+        if (setup.worldSize() < 1 || setup.worldSize() > 1 << 20) {
+            throw new InvalidRequestException("world_size must be between 1 and " + (1 << 20) + ", got " + setup.worldSize());
+        }
+        if (setup.rank() < 0 || setup.rank() >= setup.worldSize()) {
+            throw new InvalidRequestException("rank " + setup.rank() + " is outside world size " + setup.worldSize()
+                    + ": ranks are 0.." + (setup.worldSize() - 1));
+        }
+        Instant now = clock.instant();
+        RunGuard existing = runs.get(setup.runId());
+        Policy policy = (existing != null ? existing.policy() : defaults).toBuilder().let(setup.policyOverrides());
+        List<AuditFinding> findings = policy.preflightMode() == AuditMode.OFF ? List.of()
+                : preflight.audit(setup.precision(), setup.parameterGroups());
+        if (policy.preflightMode() == AuditMode.REFUSE && findings.stream().anyMatch(f -> f.severity().ordinal() >= Severity.ERROR.ordinal())) {
+            StringBuilder msg = new StringBuilder("pre-flight audit refused run '" + setup.runId() + "' (rank " + setup.rank() + "):");
+            findings.stream().filter(f -> f.severity().ordinal() >= Severity.ERROR.ordinal())
+                    .forEach(f -> msg.append(" [").append(f.code()).append("] ").append(f.message()));
+            msg.append(" (set policy preflight_mode=WARN to train anyway)");
+            throw new PreconditionFailedException(msg.toString());
+        }
+        RunGuard guard;
+        boolean resumed;
+        List<Incident> incidents = new ArrayList<>();
+        if (existing != null) {
+            guard = existing;
+            if (guard.state() == RunState.CLOSED) {
+                throw new PreconditionFailedException("run '" + setup.runId() + "' is closed: open a new run id to train again");
+            }
+            if (guard.worldSize() != setup.worldSize()) {
+                throw new PreconditionFailedException("run '" + setup.runId() + "' has world size " + guard.worldSize()
+                        + " but this rank reports " + setup.worldSize() + ": use a new run id when the world size changes");
+            }
+            resumed = guard.join(setup.rank(), setup.trainerInstance(), setup.watchedModules(), nanoTime.getAsLong());
+            String diff = guard.changePolicy(policy);
+            if (!diff.equals("no change")) {
+                incidents.add(guard.incidentAt(setup.rank(), guard.lastStep(), IncidentKind.POLICY_CHANGED, Severity.INFO,
+                        "policy changed on re-open: " + diff, now));
+            }
+            if (resumed) {
+                incidents.add(guard.incidentAt(setup.rank(), guard.lastStep(), IncidentKind.RESUMED, Severity.INFO,
+                        "rank " + setup.rank() + " re-opened the run (trainer instance '" + setup.trainerInstance()
+                                + "'); continuing after step " + guard.lastStep() + " in state " + guard.state(), now));
+            }
+        } else {
+            guard = runs.computeIfAbsent(setup.runId(), id -> new RunGuard(id, setup.worldSize(), policy,
+                    setup.watchedModules(), checkpoints, journal::nextIncidentId, now));
+            resumed = guard.join(setup.rank(), setup.trainerInstance(), setup.watchedModules(), nanoTime.getAsLong());
+        }
+        for (AuditFinding f : findings) {
+            incidents.add(guard.incidentAt(setup.rank(), -1, IncidentKind.PREFLIGHT, f.severity(),
+                    "[" + f.code() + "] " + f.message(), now));
+        }
+        writeDurably(new JournalWrite(guard.snapshot(), List.of(), incidents));
+        incidents.forEach(events::incident);
+        return new OpenResult(guard.snapshot(), resumed, findings, guard.boundsFor(setup.rank(), nanoTime.getAsLong()));
+    }
+
+    public RunGuard run(String runId) {
+        RunGuard g = runs.get(runId);
+        if (g == null) {
+            throw new RunNotFoundException(runId);
+        }
+        return g;
+    }
+
+    public Verdict report(StepReport report) {
+        long start = nanoTime.getAsLong();
+        RunGuard guard = run(report.runId());
+        RunGuard.Decision d;
+        CompletableFuture<Void> written;
+        synchronized (guard) {
+            d = guard.decide(report, start, clock.instant());
+            // Enqueued under the run's lock so the journal sees one run's steps in decision order.
+            written = journal.write(d.write());
+        }
+        if (d.durable()) {
+            await(written);
+        }
+        if (d.from() != d.to()) {
+            events.stateChanged(report.runId(), d.from(), d.to(), d.write().run().stateReason());
+        }
+        d.write().incidents().forEach(events::incident);
+        events.stepDecided(report, d.verdict(), nanoTime.getAsLong() - start);
+        return d.verdict();
+    }
+
+    public ValidationGate beginValidation(String runId, int rank, long step) {
+        RunGuard g = run(runId);
+        checkRank(g, rank);
+        StringBuilder why = new StringBuilder();
+        boolean allowed = g.validationAllowed(step, why);
+        if (allowed) {
+            g.progress(rank, Phase.VALIDATION, step, nanoTime.getAsLong());
+        }
+        return new ValidationGate(allowed, allowed ? "validation allowed at step " + step : why.toString());
+    }
+
+    public List<Long> endValidation(String runId, int rank, long step, ValidationAudit audit) {
+        RunGuard g = run(runId);
+        checkRank(g, rank);
+        g.progress(rank, Phase.STEP, step, nanoTime.getAsLong());
+        if (audit == null || !audit.anyChange()) {
+            return List.of();
+        }
+        List<String> what = new ArrayList<>();
+        if (audit.parametersChanged()) {
+            what.add("parameters changed");
+        }
+        if (audit.dtypeDeviceModeChanged()) {
+            what.add("dtype/device/train-mode changed");
+        }
+        if (audit.wiringChanged()) {
+            what.add("module wiring changed (forward replaced or patched)");
+        }
+        if (audit.rngChanged()) {
+            what.add("RNG state changed");
+        }
+        String msg = "validation at step " + step + " left the training model changed: " + String.join(", ", what)
+                + (audit.details().isEmpty() ? "" : " (" + String.join("; ", audit.details()) + ")")
+                + (audit.restored() ? "; the client restored the model" : "; NOT restored: the run continues on a changed model")
+                + ". Validate on a copy of the model (copy.deepcopy) or undo pipeline patches after validation.";
+        Incident incident = g.incidentAt(rank, step, IncidentKind.VALIDATION_MUTATION,
+                audit.restored() ? Severity.ERROR : Severity.CRITICAL, msg, clock.instant());
+        writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+        events.incident(incident);
+        return List.of(incident.id());
+    }
+
+    public RunState heartbeat(String runId, int rank, long step, Phase phase) {
+        RunGuard g = run(runId);
+        checkRank(g, rank);
+        g.progress(rank, phase, step, nanoTime.getAsLong());
+        return g.state();
+    }
+
+    public Policy updatePolicy(String runId, UnaryOperator<Policy.Builder> overrides, String reason) {
+        RunGuard g = run(runId);
+        Policy next = g.policy().toBuilder().let(overrides);
+        String diff = g.changePolicy(next);
+        Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.POLICY_CHANGED, Severity.INFO,
+                "policy changed" + (reason == null || reason.isBlank() ? "" : " (" + reason + ")") + ": " + diff, clock.instant());
+        writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+        events.incident(incident);
+        return next;
+    }
+
+    public RunSnapshot resume(String runId, String reason) {
+        RunGuard g = run(runId);
+        RunState from = g.state();
+        g.resume(reason == null ? "" : reason);
+        Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.RESUMED, Severity.WARNING,
+                "halted run resumed by an operator: " + reason, clock.instant());
+        writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+        events.stateChanged(runId, from, g.state(), reason);
+        return g.snapshot();
+    }
+
+    public RunSnapshot close(String runId, int rank, String reason) {
+        RunGuard g = run(runId);
+        checkRank(g, rank);
+        RunState from = g.state();
+        if (g.close(rank, reason == null ? "" : reason)) {
+            writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of()));
+            events.stateChanged(runId, from, RunState.CLOSED, reason);
+        }
+        return g.snapshot();
+    }
+
+    /** An incident reported from outside the step path (e.g. a rejected checkpoint, tensor forensics). */
+    public Incident recordIncident(String runId, int rank, long step, IncidentKind kind, Severity severity, String message) {
+        RunGuard g = run(runId);
+        Incident incident = g.incidentAt(rank, step, kind, severity, message, clock.instant());
+        writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+        events.incident(incident);
+        return incident;
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    public List<RunSnapshot> list() {
+        return runs.values().stream().map(RunGuard::snapshot)
+                .sorted(Comparator.comparing(RunSnapshot::createdTime).thenComparing(RunSnapshot::runId)).toList();
+    }
+
+    public RunView view(String runId, int incidentLimit) {
+        RunGuard g = run(runId);
+        await(journal.write(new JournalWrite(null, List.of(), List.of())));
+        return new RunView(g.snapshot(), journal.incidents(runId, incidentLimit <= 0 ? 50 : incidentLimit));
+    }
+
+    public List<RunSnapshot> halted() {
+        return list().stream().filter(s -> s.state() == RunState.HALTED).toList();
+    }
+
+    public List<HangReport> hangs() {
+        long now = nanoTime.getAsLong();
+        List<HangReport> out = new ArrayList<>();
+        for (RunGuard g : runs.values()) {
+            out.addAll(g.hangs(now));
+        }
+        return out;
+    }
+
+    private static void checkRank(RunGuard g, int rank) {
+        if (rank < 0 || rank >= g.worldSize()) {
+            throw new InvalidRequestException("rank " + rank + " is outside world size " + g.worldSize() + " of run '"
+                    + g.runId() + "': ranks are 0.." + (g.worldSize() - 1));
+        }
+    }
+
+    private void writeDurably(JournalWrite write) {
+        await(journal.write(write));
+    }
+
+    private void await(CompletableFuture<Void> written) {
+        try {
+            written.get(durableTimeout.toMillis(), TimeUnit.MILLISECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new JournalUnavailableException("interrupted while journaling; the verdict was withheld, retry the call", e);
+        } catch (ExecutionException | TimeoutException e) {
+            throw new JournalUnavailableException("the journal could not record this within " + durableTimeout.toMillis()
+                    + " ms (" + (e.getCause() != null ? e.getCause().getMessage() : e) + "); the verdict was withheld: "
+                    + "check the journal volume (disk full? read-only?) and retry", e);
+        }
+    }
+}

@@ -1,0 +1,19 @@
+package io.trainguard.guard;
+
+public enum IncidentKind {
+    NON_FINITE_LOSS,
+    NON_FINITE_GRAD,
+    NON_FINITE_MODULE,
+    LOSS_SPIKE,
+    GRAD_SPIKE,
+    ROLLBACK,
+    HALT,
+    VALIDATION_MUTATION,
+    PREFLIGHT,
+    HANG,
+    CROSS_RANK_MISMATCH,
+    CHECKPOINT_REJECTED,
+    SIDECAR_UNREACHABLE,
+    POLICY_CHANGED,
+    RESUMED
+}

@@ -1,0 +1,22 @@
+package io.trainguard.guard;
+
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+
+/** The engine's durable memory: runs, every step's summary and verdict, incidents. */
+public interface Journal {
+
+    /** Incident ids are allocated up front so a verdict can name its incidents before they are written. */
+    long nextIncidentId();
+
+    /** Queues a write; the future completes once it is committed. Writes commit in submission order. */
+    CompletableFuture<Void> write(JournalWrite write);
+
+    List<RunSnapshot> loadRuns();
+
+    /** The newest {@code limit} steps of one rank, oldest first, to rebuild statistics after a restart. */
+    List<StepRecord> recentSteps(String runId, int rank, int limit);
+
+    /** The newest {@code limit} incidents of a run, newest first. */
+    List<Incident> incidents(String runId, int limit);
+}

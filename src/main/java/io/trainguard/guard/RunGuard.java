@@ -1,0 +1,464 @@
+package io.trainguard.guard;
+
+import io.trainguard.guard.detect.CrossRankCheck;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * The decision engine of one run: turns each rank's step report into a verdict. Plain Java, no
+ * I/O: it returns what must be journaled, and {@link GuardService} writes it. Callers serialise
+ * access per run (every public method is synchronized).
+ */
+public final class RunGuard {
+
+    /** A verdict and what must be journaled for it; {@code durable} verdicts are written before they leave. */
+    public record Decision(Verdict verdict, JournalWrite write, boolean durable, RunState from, RunState to) {
+    }
+
+    private final String runId;
+    private final int worldSize;
+    private final RunStateMachine state;
+    private final Map<Integer, RankTrack> ranks = new HashMap<>();
+    private final CrossRankCheck crossRank = new CrossRankCheck();
+    private final CheckpointCatalog checkpoints;
+    private final IdSource ids;
+    private final Instant createdTime;
+    private Policy policy;
+    private List<String> watchedModules;
+    private long lastStep = -1;
+    private long stepsReported;
+    private int rollbacks;
+    private int rollbackAttempts;
+    private long lastRollbackStep = -1;
+    private long healthySinceRollback;
+    private RollbackPlan pendingRollback;
+    private final Set<Integer> ranksToConfirmRollback = new HashSet<>();
+    private long haltStep = -1;
+    private Instant updatedTime;
+
+    /** Incident ids come from the journal so they are unique across restarts. */
+    public interface IdSource {
+        long next();
+    }
+
+    RunGuard(String runId, int worldSize, Policy policy, List<String> watchedModules, CheckpointCatalog checkpoints,
+             IdSource ids, Instant now) {
+        this.runId = runId;
+        this.worldSize = worldSize;
+        this.policy = policy;
+        this.watchedModules = List.copyOf(watchedModules);
+        this.checkpoints = checkpoints;
+        this.ids = ids;
+        this.state = new RunStateMachine(RunState.HEALTHY, "opened");
+        this.createdTime = now;
+        this.updatedTime = now;
+    }
+
+    /** Rebuilds a run from its journaled snapshot; statistics are replayed separately per rank. */
+    static RunGuard restore(RunSnapshot s, CheckpointCatalog checkpoints, IdSource ids) {
+        RunGuard g = new RunGuard(s.runId(), s.worldSize(), s.policy(), s.watchedModules(), checkpoints, ids, s.createdTime());
+        g.state.moveTo(s.state(), s.stateReason());
+        g.lastStep = s.lastStep();
+        g.stepsReported = s.stepsReported();
+        g.rollbacks = s.rollbacks();
+        g.rollbackAttempts = s.rollbackAttempts();
+        g.lastRollbackStep = s.lastRollbackStep();
+        g.pendingRollback = s.pendingRollback();
+        g.haltStep = s.haltStep();
+        g.updatedTime = s.updatedTime();
+        if (s.state() == RunState.ROLLING_BACK) {
+            for (int r = 0; r < s.worldSize(); r++) {
+                g.ranksToConfirmRollback.add(r);
+            }
+        }
+        return g;
+    }
+
+    synchronized void replay(int rank, List<StepRecord> steps, long nowNanos) {
+        RankTrack t = track(rank, nowNanos);
+        for (StepRecord s : steps) {
+            if (s.action() == Action.APPLY || s.action() == Action.CLIP) {
+                t.learn(s.loss(), Double.isNaN(s.loss()), s.gradNorm());
+                t.divergence.observe(s.loss());
+            }
+            t.lastStep = s.step();
+        }
+    }
+
+    public String runId() {
+        return runId;
+    }
+
+    public int worldSize() {
+        return worldSize;
+    }
+
+    public synchronized Policy policy() {
+        return policy;
+    }
+
+    public synchronized RunState state() {
+        return state.state();
+    }
+
+    public synchronized List<String> watchedModules() {
+        return watchedModules;
+    }
+
+    private RankTrack track(int rank, long nowNanos) {
+        return ranks.computeIfAbsent(rank, r -> new RankTrack(r, policy, nowNanos));
+    }
+
+    // ------------------------------------------------------------------ joining
+
+    /** A rank (re)joins. Returns true when this is a resume of a rank that was seen before. */
+    synchronized boolean join(int rank, String trainerInstance, List<String> modules, long nowNanos) {
+        boolean known = ranks.containsKey(rank);
+        RankTrack t = track(rank, nowNanos);
+        boolean resumed = known || lastStep >= 0;
+        t.trainerInstance = trainerInstance;
+        t.closed = false;
+        if (!modules.isEmpty()) {
+            watchedModules = List.copyOf(modules);
+        }
+        return resumed;
+    }
+
+    synchronized long lastStep() {
+        return lastStep;
+    }
+
+    // ------------------------------------------------------------------ steps
+
+    public synchronized Decision decide(StepReport r, long nowNanos, Instant now) {
+        ReportValidation.validate(r, worldSize, watchedModules);
+        if (state.state() == RunState.CLOSED) {
+            throw new PreconditionFailedException("run '" + runId + "' is closed (" + state.reason()
+                    + "): open a new run id to train again");
+        }
+        RunState from = state.state();
+        RankTrack t = track(r.rank(), nowNanos);
+        t.hang.progress(Phase.STEP, r.step(), nowNanos);
+        stepsReported++;
+        updatedTime = now;
+        lastStep = r.step();
+        t.lastStep = r.step();
+
+        List<String> reasons = new ArrayList<>();
+        List<Incident> incidents = new ArrayList<>();
+        Outcome o = new Outcome();
+
+        if (state.state() == RunState.HALTED) {
+            o.action = Action.HALT;
+            reasons.add("run is halted since step " + haltStep + ": " + state.reason());
+        } else if (state.state() == RunState.ROLLING_BACK && ranksToConfirmRollback.contains(r.rank())
+                && r.step() >= pendingRollback.triggerStep()) {
+            o.action = Action.ROLLBACK;
+            o.plan = pendingRollback;
+            reasons.add("rollback to checkpoint " + pendingRollback.checkpointId() + " (step "
+                    + pendingRollback.checkpointStep() + ") is pending: restore it and resume from step "
+                    + (pendingRollback.checkpointStep() + 1));
+        } else {
+            if (state.state() == RunState.ROLLING_BACK) {
+                confirmRollback(r.rank(), t);
+            }
+            evaluate(r, t, reasons, incidents, o, now);
+        }
+
+        boolean healthy = o.action == Action.APPLY || o.action == Action.CLIP;
+        if (healthy) {
+            checkpoints.onHealthyStep(runId, r.step());
+            t.healthyStreak++;
+            if (pendingRollback == null && rollbackAttempts > 0 && ++healthySinceRollback >= policy.rollbackWindowSteps()) {
+                rollbackAttempts = 0;
+            }
+            if (state.state() == RunState.DEGRADED && minHealthyStreak() >= policy.recoverySteps()) {
+                state.moveTo(RunState.HEALTHY, "recovered: " + policy.recoverySteps() + " healthy steps in a row");
+            }
+        } else if (o.action != Action.HALT || from != RunState.HALTED) {
+            checkpoints.onUnhealthyStep(runId, r.step());
+            t.healthyStreak = 0;
+        }
+
+        boolean validationAllowed = healthy && validationDue(r.step());
+        Verdict verdict = new Verdict(r.step(), o.action, o.action == Action.CLIP ? o.clip : 0, validationAllowed,
+                List.copyOf(reasons), o.firstBadModule, state.state(), o.plan, bounds(t), incidents.stream().map(Incident::id).toList());
+        StepRecord record = new StepRecord(runId, r.rank(), r.step(), r.lossAbsent() ? Double.NaN : r.loss(), r.gradNorm(),
+                r.learningRate(), r.lossScale(), o.action, verdict.clipThreshold(), now);
+        boolean durable = o.action.changesCourse() && from != RunState.HALTED || from != state.state();
+        return new Decision(verdict, new JournalWrite(snapshot(), List.of(record), List.copyOf(incidents)), durable, from, state.state());
+    }
+
+    private static final class Outcome {
+        Action action = Action.APPLY;
+        double clip = Double.POSITIVE_INFINITY;
+        String firstBadModule = "";
+        RollbackPlan plan;
+    }
+
+    private void evaluate(StepReport r, RankTrack t, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
+        NonFiniteFinding bad = NonFiniteFinding.of(r, watchedModules);
+        if (bad != null) {
+            o.action = Action.SKIP;
+            o.firstBadModule = bad.module();
+            reasons.add(bad.message() + ": update skipped");
+            incidents.add(incident(r, bad.kind(), Severity.ERROR, bad.message(), bad.module(), now));
+        } else {
+            boolean spike = false;
+            double z = policy.spikeZThreshold();
+            if (!r.lossAbsent() && t.lossSpikes.isSpike(r.loss(), z)) {
+                spike = true;
+                String msg = String.format("loss spike: %.6g is %.1f sigma above its moving mean %.6g (threshold %.1f)",
+                        r.loss(), t.lossSpikes.zScore(r.loss()), t.lossSpikes.mean(), z);
+                reasons.add(msg);
+                incidents.add(incident(r, IncidentKind.LOSS_SPIKE, Severity.WARNING, msg, "", now));
+                o.clip = Math.min(o.clip, Math.max(t.gradSpikes.mean(), Double.MIN_NORMAL));
+            }
+            if (t.gradSpikes.isSpike(r.gradNorm(), z)) {
+                spike = true;
+                String msg = String.format("grad-norm spike: %.6g is %.1f sigma above its moving mean %.6g (threshold %.1f)",
+                        r.gradNorm(), t.gradSpikes.zScore(r.gradNorm()), t.gradSpikes.mean(), z);
+                reasons.add(msg);
+                incidents.add(incident(r, IncidentKind.GRAD_SPIKE, Severity.WARNING, msg, "", now));
+                o.clip = Math.min(o.clip, t.gradSpikes.upperBound(z));
+            }
+            if (spike) {
+                o.action = policy.spikeAction();
+                if (r.decidedLocally() && o.action == Action.SKIP) {
+                    // The client applied this step within the bounds it had; it cannot be taken back.
+                    o.action = Action.CLIP;
+                    reasons.add("the client had already applied this step within its local bounds");
+                }
+            }
+            double threshold = t.clip.thresholdFor(r.gradNorm());
+            if (o.action.ordinal() <= Action.CLIP.ordinal() && (Double.isFinite(threshold) || Double.isFinite(o.clip))) {
+                o.action = Action.CLIP;
+                o.clip = Math.min(o.clip, threshold);
+                if (Double.isFinite(threshold)) {
+                    reasons.add(String.format("grad norm %.6g above clip threshold %.6g (%s)", r.gradNorm(), threshold, policy.clipMode()));
+                }
+            }
+            if (!r.lossAbsent() && t.divergence.observe(r.loss())) {
+                String msg = String.format("loss diverged: its short-term mean %.6g stayed above %.1fx its best %.6g for %d steps",
+                        t.divergence.fast(), policy.divergenceRatio(), t.divergence.best(), policy.divergenceWindow());
+                reasons.add(msg);
+                incidents.add(incident(r, IncidentKind.LOSS_SPIKE, Severity.ERROR, msg, "", now));
+                o.action = Action.ROLLBACK;
+            }
+            if (o.action == Action.APPLY || o.action == Action.CLIP) {
+                t.learn(r.loss(), r.lossAbsent(), r.gradNorm());
+            }
+            crossRank.record(r.step(), r.rank(), r.gradNorm(), worldSize > 1 ? policy.crossRankRtol() : 0).ifPresent(m -> {
+                String msg = String.format("rank %d reports grad norm %.9g for step %d but rank %d reports %.9g: "
+                                + "data-parallel ranks must agree (rtol %.1g); suspect silent data corruption on rank %d",
+                        m.rank(), m.norm(), r.step(), m.referenceRank(), m.referenceNorm(), policy.crossRankRtol(), m.rank());
+                reasons.add(msg);
+                incidents.add(incident(r, IncidentKind.CROSS_RANK_MISMATCH, Severity.ERROR, msg, "", now));
+            });
+        }
+
+        if (o.action == Action.SKIP) {
+            t.consecutiveSkips++;
+            if (state.state() == RunState.HEALTHY) {
+                state.moveTo(RunState.DEGRADED, reasons.get(0));
+            }
+            if (t.consecutiveSkips > policy.maxConsecutiveSkips()) {
+                String msg = t.consecutiveSkips + " consecutive skipped steps (limit " + policy.maxConsecutiveSkips() + ")";
+                reasons.add(msg);
+                o.action = Action.ROLLBACK;
+            }
+        } else {
+            t.consecutiveSkips = 0;
+            if (!incidents.isEmpty() && state.state() == RunState.HEALTHY) {
+                state.moveTo(RunState.DEGRADED, reasons.get(0));
+            }
+        }
+        if (o.action == Action.ROLLBACK) {
+            orderRollback(r, reasons, incidents, o, now);
+        }
+    }
+
+    private void orderRollback(StepReport r, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
+        String cause = String.join("; ", reasons);
+        var target = checkpoints.newestKnownGood(runId);
+        if (target.isEmpty()) {
+            halt(r, reasons, incidents, o, now, cause + ". No known-good checkpoint exists to roll back to: register "
+                    + "checkpoints with RegisterCheckpoint (one becomes known-good after it verifies clean and "
+                    + policy.knownGoodHealthySteps() + " healthy steps follow it), then restart from your last good state");
+            return;
+        }
+        if (rollbackAttempts >= policy.maxRollbacks()) {
+            halt(r, reasons, incidents, o, now, cause + ". Already rolled back " + rollbackAttempts + " time(s) within "
+                    + policy.rollbackWindowSteps() + " steps and the problem came back: lower the learning rate, "
+                    + "tighten clipping, or inspect the data after position " + target.get().dataPosition()
+                    + " before resuming from checkpoint " + target.get().checkpointId());
+            return;
+        }
+        rollbackAttempts++;
+        rollbacks++;
+        healthySinceRollback = 0;
+        lastRollbackStep = r.step();
+        var cp = target.get();
+        long skip = Math.max(0, r.step() - cp.step()) + policy.rollbackSkipBatches() * rollbackAttempts;
+        pendingRollback = new RollbackPlan(cp.checkpointId(), cp.step(), cp.files(), cp.dataPosition(), skip,
+                Math.pow(policy.rollbackLrFactor(), rollbackAttempts), policy.rollbackRewarmSteps() * rollbackAttempts,
+                rollbackAttempts, r.step());
+        ranksToConfirmRollback.clear();
+        for (int rank = 0; rank < worldSize; rank++) {
+            ranksToConfirmRollback.add(rank);
+        }
+        String msg = String.format("rolling back to checkpoint %s (step %d), attempt %d: skip %d batches, LR x%.3g, "
+                        + "re-warm over %d steps. Cause: %s", cp.checkpointId(), cp.step(), rollbackAttempts, skip,
+                pendingRollback.lrFactor(), pendingRollback.rewarmSteps(), cause);
+        state.moveTo(RunState.ROLLING_BACK, msg);
+        reasons.add(msg);
+        incidents.add(incident(r, IncidentKind.ROLLBACK, Severity.ERROR, msg, "", now));
+        o.plan = pendingRollback;
+    }
+
+    private void halt(StepReport r, List<String> reasons, List<Incident> incidents, Outcome o, Instant now, String why) {
+        state.moveTo(RunState.HALTED, why);
+        haltStep = r.step();
+        o.action = Action.HALT;
+        reasons.add("halted: " + why);
+        incidents.add(incident(r, IncidentKind.HALT, Severity.CRITICAL, why, o.firstBadModule, now));
+    }
+
+    private void confirmRollback(int rank, RankTrack t) {
+        if (ranksToConfirmRollback.remove(rank)) {
+            t.divergence.reset();
+            t.consecutiveSkips = 0;
+            t.healthyStreak = 0;
+        }
+        if (ranksToConfirmRollback.isEmpty()) {
+            state.moveTo(RunState.DEGRADED, "rolled back to checkpoint " + pendingRollback.checkpointId()
+                    + " (step " + pendingRollback.checkpointStep() + "); re-warming");
+            pendingRollback = null;
+        }
+    }
+
+    private int minHealthyStreak() {
+        return ranks.values().stream().filter(t -> !t.closed).mapToInt(t -> t.healthyStreak).min().orElse(0);
+    }
+
+    private boolean validationDue(long step) {
+        return state.state() == RunState.HEALTHY && step >= policy.validationWarmupSteps()
+                && step % policy.validationIntervalSteps() == 0;
+    }
+
+    private LocalBounds bounds(RankTrack t) {
+        if (state.state() == RunState.HALTED || state.state() == RunState.ROLLING_BACK || state.state() == RunState.CLOSED) {
+            return new LocalBounds(-1, Double.NEGATIVE_INFINITY, 0, t.lastStep);
+        }
+        double z = policy.spikeZThreshold();
+        double maxGrad = Math.min(t.gradSpikes.upperBound(z), t.clip.localAskAbove());
+        return new LocalBounds(maxGrad, t.lossSpikes.upperBound(z), t.clip.localThreshold(), t.lastStep + 1);
+    }
+
+    private Incident incident(StepReport r, IncidentKind kind, Severity severity, String message, String module, Instant now) {
+        return new Incident(ids.next(), runId, r.rank(), r.step(), kind, severity, message, module == null ? "" : module, now);
+    }
+
+    // ------------------------------------------------------------------ validation, heartbeats, policy
+
+    synchronized boolean validationAllowed(long step, StringBuilder why) {
+        if (state.state() != RunState.HEALTHY) {
+            why.append("run is ").append(state.state()).append(": ").append(state.reason());
+            return false;
+        }
+        if (step < policy.validationWarmupSteps()) {
+            why.append("validation is deferred until step ").append(policy.validationWarmupSteps());
+            return false;
+        }
+        if (step % policy.validationIntervalSteps() != 0) {
+            why.append("validation runs every ").append(policy.validationIntervalSteps()).append(" steps");
+            return false;
+        }
+        return true;
+    }
+
+    synchronized void progress(int rank, Phase phase, long step, long nowNanos) {
+        track(rank, nowNanos).hang.progress(phase, step, nowNanos);
+    }
+
+    synchronized Incident incidentAt(int rank, long step, IncidentKind kind, Severity severity, String message, Instant now) {
+        updatedTime = now;
+        return new Incident(ids.next(), runId, rank, step, kind, severity, message, "", now);
+    }
+
+    synchronized String changePolicy(Policy next) {
+        Policy before = policy;
+        policy = next;
+        boolean shapeChanged = before.spikeEmaAlpha() != next.spikeEmaAlpha() || before.spikeWarmupSteps() != next.spikeWarmupSteps()
+                || before.divergenceRatio() != next.divergenceRatio() || before.divergenceWindow() != next.divergenceWindow();
+        boolean clipChanged = before.clipMode() != next.clipMode() || before.clipThreshold() != next.clipThreshold()
+                || before.zclipAlpha() != next.zclipAlpha() || before.zclipZThreshold() != next.zclipZThreshold()
+                || before.autoclipPercentile() != next.autoclipPercentile();
+        for (RankTrack t : ranks.values()) {
+            if (shapeChanged) {
+                t.rebuild(next);
+            } else if (clipChanged) {
+                t.rebuildClip(next);
+            }
+        }
+        return PolicyDiff.describe(before, next);
+    }
+
+    synchronized void resume(String why) {
+        if (state.state() != RunState.HALTED) {
+            throw new PreconditionFailedException("run '" + runId + "' is " + state.state() + ", not HALTED: nothing to resume");
+        }
+        state.moveTo(RunState.DEGRADED, "resumed by operator: " + why);
+        rollbackAttempts = 0;
+        for (RankTrack t : ranks.values()) {
+            t.consecutiveSkips = 0;
+        }
+    }
+
+    /** Closes the run once every rank that joined has closed it. Returns true when the run closed now. */
+    synchronized boolean close(int rank, String why) {
+        RankTrack t = ranks.get(rank);
+        if (t != null) {
+            t.closed = true;
+        }
+        if (ranks.values().stream().allMatch(x -> x.closed) && state.state() != RunState.CLOSED) {
+            state.moveTo(RunState.CLOSED, why.isBlank() ? "closed by the trainer" : why);
+            return true;
+        }
+        return false;
+    }
+
+    synchronized List<HangReport> hangs(long nowNanos) {
+        List<HangReport> out = new ArrayList<>();
+        if (state.state() == RunState.CLOSED || state.state() == RunState.HALTED) {
+            return out;
+        }
+        for (RankTrack t : ranks.values()) {
+            if (t.closed) {
+                continue;
+            }
+            var overdue = t.hang.overdue(nowNanos, policy.hangFactor(), policy.hangMin(), policy.hangMax());
+            if (!overdue.isZero()) {
+                out.add(new HangReport(runId, t.rank, t.hang.lastStep(), t.hang.phase(),
+                        t.hang.sinceLastProgress(nowNanos), t.hang.allowance(policy.hangFactor(), policy.hangMin(), policy.hangMax())));
+            }
+        }
+        return out;
+    }
+
+    public synchronized RunSnapshot snapshot() {
+        int maxSkips = ranks.values().stream().mapToInt(t -> t.consecutiveSkips).max().orElse(0);
+        return new RunSnapshot(runId, worldSize, state.state(), state.reason(), lastStep, maxSkips, rollbacks,
+                rollbackAttempts, lastRollbackStep, pendingRollback, policy, watchedModules, createdTime, updatedTime,
+                stepsReported, haltStep);
+    }
+
+    synchronized LocalBounds boundsFor(int rank, long nowNanos) {
+        return bounds(track(rank, nowNanos));
+    }
+}

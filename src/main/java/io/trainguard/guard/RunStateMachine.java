@@ -1,0 +1,54 @@
+package io.trainguard.guard;
+
+import java.util.EnumMap;
+import java.util.EnumSet;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * The only way a run changes state. Every legal transition is in {@link #LEGAL}; anything else is
+ * a bug in the engine and throws rather than silently leaving a run in a state nobody planned.
+ */
+public final class RunStateMachine {
+
+    private static final Map<RunState, Set<RunState>> LEGAL = new EnumMap<>(RunState.class);
+
+    static {
+        LEGAL.put(RunState.HEALTHY, EnumSet.of(RunState.DEGRADED, RunState.ROLLING_BACK, RunState.HALTED, RunState.CLOSED));
+        LEGAL.put(RunState.DEGRADED, EnumSet.of(RunState.HEALTHY, RunState.ROLLING_BACK, RunState.HALTED, RunState.CLOSED));
+        LEGAL.put(RunState.ROLLING_BACK, EnumSet.of(RunState.DEGRADED, RunState.HALTED, RunState.CLOSED));
+        // An operator may resume a halted run once the cause is fixed; it restarts as DEGRADED so
+        // that validation and checkpoint promotion wait for healthy steps again.
+        LEGAL.put(RunState.HALTED, EnumSet.of(RunState.DEGRADED, RunState.CLOSED));
+        LEGAL.put(RunState.CLOSED, EnumSet.noneOf(RunState.class));
+    }
+
+    private RunState state;
+    private String reason;
+
+    public RunStateMachine(RunState initial, String reason) {
+        this.state = initial;
+        this.reason = reason;
+    }
+
+    public RunState state() {
+        return state;
+    }
+
+    public String reason() {
+        return reason;
+    }
+
+    /** Moves to {@code next}; staying in the same state only updates the reason. */
+    public void moveTo(RunState next, String why) {
+        if (next != state && !LEGAL.get(state).contains(next)) {
+            throw new IllegalStateException("illegal run state transition " + state + " -> " + next + " (" + why + ")");
+        }
+        state = next;
+        reason = why;
+    }
+
+    public static boolean isLegal(RunState from, RunState to) {
+        return from == to || LEGAL.get(from).contains(to);
+    }
+}

@@ -1,0 +1,8 @@
+package io.trainguard.guard;
+
+public enum Severity {
+    INFO,
+    WARNING,
+    ERROR,
+    CRITICAL
+}

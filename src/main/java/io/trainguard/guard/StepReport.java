@@ -1,0 +1,32 @@
+package io.trainguard.guard;
+
+import java.time.Duration;
+import java.util.List;
+
+/**
+ * What one rank measured for one step. Values may be NaN or infinite: that is data, not bad input.
+ *
+ * @param moduleNames    empty when the modules were declared at OpenRun (then moduleFinite and
+ *                       moduleMaxAbs follow that order)
+ * @param decidedLocally the client already acted within the bounds of the previous verdict
+ */
+public record StepReport(
+        String runId,
+        int rank,
+        long step,
+        double loss,
+        boolean lossAbsent,
+        double gradNorm,
+        double[] groupGradNorms,
+        double learningRate,
+        double lossScale,
+        List<String> moduleNames,
+        boolean[] moduleFinite,
+        double[] moduleMaxAbs,
+        Duration stepTime,
+        boolean decidedLocally) {
+
+    public boolean hasModuleStats() {
+        return moduleFinite.length > 0 || moduleMaxAbs.length > 0;
+    }
+}

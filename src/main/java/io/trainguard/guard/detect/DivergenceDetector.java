@@ -1,0 +1,57 @@
+package io.trainguard.guard.detect;
+
+/**
+ * Steady divergence (too high an LR) rarely looks like one spike: the loss drifts up while the
+ * moving statistics follow it. This compares a fast EMA of the loss with the best (lowest) slow EMA
+ * seen; staying above {@code ratio} times that best for {@code window} consecutive steps is
+ * divergence (llm-foundry's KillLossSpike uses 2x the running mean for more than 4 steps).
+ */
+public final class DivergenceDetector {
+    private static final double FAST_ALPHA = 0.8;
+    private static final double SLOW_ALPHA = 0.98;
+    private final double ratio;
+    private final int window;
+    private final int warmup;
+    private long count;
+    private double fast;
+    private double slow;
+    private double bestSlow = Double.POSITIVE_INFINITY;
+    private int above;
+
+    public DivergenceDetector(double ratio, int window, int warmup) {
+        this.ratio = ratio;
+        this.window = window;
+        this.warmup = warmup;
+    }
+
+    /** Feeds one finite loss; returns true once the loss has stayed diverged for the whole window. */
+    public boolean observe(double loss) {
+        if (!Double.isFinite(loss)) {
+            return false;
+        }
+        count++;
+        fast = count == 1 ? loss : FAST_ALPHA * fast + (1 - FAST_ALPHA) * loss;
+        slow = count == 1 ? loss : SLOW_ALPHA * slow + (1 - SLOW_ALPHA) * loss;
+        if (count < warmup) {
+            return false;
+        }
+        bestSlow = Math.min(bestSlow, slow);
+        boolean diverged = bestSlow > 0 ? fast > ratio * bestSlow : fast > bestSlow + Math.abs(bestSlow) * (ratio - 1);
+        above = diverged ? above + 1 : 0;
+        return above >= window;
+    }
+
+    /** After a rollback the trainer resumes from an earlier state; start judging afresh. */
+    public void reset() {
+        above = 0;
+        fast = slow;
+    }
+
+    public double fast() {
+        return fast;
+    }
+
+    public double best() {
+        return bestSlow;
+    }
+}

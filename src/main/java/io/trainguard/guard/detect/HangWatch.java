@@ -1,0 +1,76 @@
+package io.trainguard.guard.detect;
+
+import io.trainguard.guard.Phase;
+import java.time.Duration;
+import java.util.EnumMap;
+import java.util.Map;
+
+/**
+ * Learns how long each phase of a rank normally takes (steps, validation, checkpoint saves are
+ * very different) and calls it a hang when the current phase has lasted {@code factor} times its
+ * learned duration, clamped to [min, max]. Until a phase has been seen, the max applies (the first
+ * step compiles kernels and loads data; it must not be judged by later ones).
+ */
+public final class HangWatch {
+    private static final double ALPHA = 0.9;
+    private final Map<Phase, Double> learnedNanos = new EnumMap<>(Phase.class);
+    private Phase phase = Phase.IDLE;
+    private long phaseStartNanos;
+    private long lastSeenNanos;
+    private long lastStep = -1;
+
+    public HangWatch(long nowNanos) {
+        phaseStartNanos = nowNanos;
+        lastSeenNanos = nowNanos;
+    }
+
+    /** A rank reported progress (a step report or a heartbeat) at {@code nowNanos}. */
+    public synchronized void progress(Phase reported, long step, long nowNanos) {
+        boolean stepAdvanced = reported == Phase.STEP && phase == Phase.STEP && step != lastStep;
+        if (reported != phase || stepAdvanced) {
+            if (phase != Phase.IDLE && lastStep >= 0) {
+                learn(phase, nowNanos - phaseStartNanos);
+            }
+            phase = reported;
+            phaseStartNanos = nowNanos;
+        }
+        lastStep = step;
+        lastSeenNanos = nowNanos;
+    }
+
+    private void learn(Phase p, long nanos) {
+        learnedNanos.merge(p, (double) nanos, (old, now) -> ALPHA * old + (1 - ALPHA) * now);
+    }
+
+    /** How long the current phase may last before it counts as a hang. */
+    public synchronized Duration allowance(double factor, Duration min, Duration max) {
+        Double learned = learnedNanos.get(phase);
+        if (learned == null) {
+            return max;
+        }
+        long nanos = (long) (learned * factor);
+        return Duration.ofNanos(Math.max(min.toNanos(), Math.min(max.toNanos(), nanos)));
+    }
+
+    /** Zero when progressing normally; how long overdue otherwise. IDLE never hangs. */
+    public synchronized Duration overdue(long nowNanos, double factor, Duration min, Duration max) {
+        if (phase == Phase.IDLE) {
+            return Duration.ZERO;
+        }
+        long elapsed = nowNanos - phaseStartNanos;
+        long allowed = allowance(factor, min, max).toNanos();
+        return elapsed > allowed ? Duration.ofNanos(elapsed - allowed) : Duration.ZERO;
+    }
+
+    public synchronized Phase phase() {
+        return phase;
+    }
+
+    public synchronized long lastStep() {
+        return lastStep;
+    }
+
+    public synchronized Duration sinceLastProgress(long nowNanos) {
+        return Duration.ofNanos(nowNanos - lastSeenNanos);
+    }
+}

@@ -1,0 +1,31 @@
+package io.trainguard.health;
+
+import io.smallrye.health.api.HealthGroup;
+import io.trainguard.guard.GuardService;
+import io.trainguard.guard.RunSnapshot;
+import jakarta.enterprise.context.ApplicationScoped;
+import java.util.List;
+import org.eclipse.microprofile.health.HealthCheck;
+import org.eclipse.microprofile.health.HealthCheckResponse;
+
+/** DOWN while any run is HALTED: the numerical health signal for the orchestrator and on-call. */
+@HealthGroup("training")
+@ApplicationScoped
+public class TrainingHealthCheck implements HealthCheck {
+    private final GuardService guard;
+
+    public TrainingHealthCheck(GuardService guard) {
+        this.guard = guard;
+    }
+
+    @Override
+    public HealthCheckResponse call() {
+        List<RunSnapshot> halted = guard.halted();
+        var b = HealthCheckResponse.named("training").status(halted.isEmpty()).withData("halted", halted.size());
+        if (!halted.isEmpty()) {
+            RunSnapshot first = halted.get(0);
+            b.withData("run", first.runId()).withData("step", first.haltStep()).withData("reason", first.stateReason());
+        }
+        return b.build();
+    }
+}

@@ -1,0 +1,323 @@
+package io.trainguard.store;
+
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.datatype.jsr310.JavaTimeModule;
+import io.trainguard.guard.Action;
+import io.trainguard.guard.Incident;
+import io.trainguard.guard.IncidentKind;
+import io.trainguard.guard.Journal;
+import io.trainguard.guard.JournalWrite;
+import io.trainguard.guard.RunSnapshot;
+import io.trainguard.guard.Severity;
+import io.trainguard.guard.StepRecord;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.sql.Connection;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
+import java.sql.Types;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
+import org.jboss.logging.Logger;
+
+/**
+ * The journal on SQLite in WAL mode. One writer thread owns the write connection and commits
+ * whatever has queued up in one transaction (group commit): thousands of step reports a second
+ * cost a handful of commits. With synchronous=NORMAL a commit is in the OS once the WAL write
+ * returns, so it survives kill -9 of the sidecar; {@code synchronous=FULL} also survives power loss.
+ */
+public final class SqliteJournal implements Journal, AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(SqliteJournal.class);
+    private static final int MAX_BATCH = 4096;
+
+    private record Pending(JournalWrite write, CompletableFuture<Void> done) {
+    }
+
+    private final ObjectMapper json = new ObjectMapper().registerModule(new JavaTimeModule())
+            .configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
+    private final Connection writeConnection;
+    private final Connection readConnection;
+    private final BlockingQueue<Pending> queue;
+    private final AtomicLong incidentIds = new AtomicLong();
+    private final Thread writer;
+    private volatile boolean running = true;
+    private volatile Throwable lastFailure;
+
+    public SqliteJournal(Path file, String synchronous, int queueCapacity) {
+        try {
+            Path parent = file.toAbsolutePath().getParent();
+            if (parent != null) {
+                Files.createDirectories(parent);
+            }
+            String url = "jdbc:sqlite:" + file.toAbsolutePath();
+            writeConnection = DriverManager.getConnection(url);
+            try (Statement s = writeConnection.createStatement()) {
+                s.execute("PRAGMA journal_mode=WAL");
+                s.execute("PRAGMA synchronous=" + synchronous);
+                s.execute("PRAGMA busy_timeout=5000");
+                Schema.create(s);
+            }
+            writeConnection.setAutoCommit(false);
+            readConnection = DriverManager.getConnection(url);
+            try (Statement s = readConnection.createStatement()) {
+                s.execute("PRAGMA busy_timeout=5000");
+                try (ResultSet rs = s.executeQuery("SELECT COALESCE(MAX(id), 0) FROM incidents")) {
+                    rs.next();
+                    incidentIds.set(rs.getLong(1));
+                }
+            }
+        } catch (SQLException | IOException e) {
+            throw new IllegalStateException("cannot open the journal at " + file.toAbsolutePath() + ": " + e.getMessage()
+                    + " (set trainguard.journal.path to a writable file)", e);
+        }
+        queue = new ArrayBlockingQueue<>(queueCapacity);
+        writer = new Thread(this::writeLoop, "trainguard-journal-writer");
+        writer.setDaemon(true);
+        writer.start();
+    }
+
+    @Override
+    public long nextIncidentId() {
+        return incidentIds.incrementAndGet();
+    }
+
+    @Override
+    public CompletableFuture<Void> write(JournalWrite write) {
+        CompletableFuture<Void> done = new CompletableFuture<>();
+        if (!running) {
+            done.completeExceptionally(new IllegalStateException("journal is closed"));
+            return done;
+        }
+        try {
+            // Back-pressure instead of unbounded memory: a trainer outrunning the disk waits here.
+            if (!queue.offer(new Pending(write, done), 5, TimeUnit.SECONDS)) {
+                done.completeExceptionally(new IllegalStateException("journal queue full for 5 s"));
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            done.completeExceptionally(e);
+        }
+        return done;
+    }
+
+    public boolean healthy() {
+        return running && writer.isAlive() && lastFailure == null;
+    }
+
+    public int queued() {
+        return queue.size();
+    }
+
+    public Throwable lastFailure() {
+        return lastFailure;
+    }
+
+    private void writeLoop() {
+        List<Pending> batch = new ArrayList<>(MAX_BATCH);
+        while (running || !queue.isEmpty()) {
+            try {
+                Pending first = queue.poll(100, TimeUnit.MILLISECONDS);
+                if (first == null) {
+                    continue;
+                }
+                batch.add(first);
+                queue.drainTo(batch, MAX_BATCH - 1);
+                commit(batch);
+                lastFailure = null;
+                batch.forEach(p -> p.done().complete(null));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return;
+            } catch (Exception e) {
+                lastFailure = e;
+                LOG.errorf(e, "journal commit of %d writes failed", batch.size());
+                try {
+                    writeConnection.rollback();
+                } catch (SQLException ignored) {
+                    // the connection is broken; the next commit reports it again
+                }
+                batch.forEach(p -> p.done().completeExceptionally(e));
+            } finally {
+                batch.clear();
+            }
+        }
+    }
+
+    private void commit(List<Pending> batch) throws SQLException, IOException {
+        Map<String, RunSnapshot> runs = new LinkedHashMap<>();
+        try (PreparedStatement step = writeConnection.prepareStatement(
+                "INSERT INTO steps(run_id, rank, step, loss, grad_norm, lr, loss_scale, action, clip, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?)");
+             PreparedStatement incident = writeConnection.prepareStatement(
+                     "INSERT INTO incidents(id, run_id, rank, step, kind, severity, message, module, time_ms) VALUES (?,?,?,?,?,?,?,?,?)")) {
+            for (Pending p : batch) {
+                JournalWrite w = p.write();
+                if (w.run() != null) {
+                    runs.put(w.run().runId(), w.run()); // only the newest snapshot of a run matters
+                }
+                for (StepRecord s : w.steps()) {
+                    step.setString(1, s.runId());
+                    step.setInt(2, s.rank());
+                    step.setLong(3, s.step());
+                    setDouble(step, 4, s.loss());
+                    setDouble(step, 5, s.gradNorm());
+                    setDouble(step, 6, s.learningRate());
+                    setDouble(step, 7, s.lossScale());
+                    step.setString(8, s.action().name());
+                    setDouble(step, 9, s.clipThreshold());
+                    step.setLong(10, s.time().toEpochMilli());
+                    step.addBatch();
+                }
+                for (Incident i : w.incidents()) {
+                    incident.setLong(1, i.id());
+                    incident.setString(2, i.runId());
+                    incident.setInt(3, i.rank());
+                    incident.setLong(4, i.step());
+                    incident.setString(5, i.kind().name());
+                    incident.setString(6, i.severity().name());
+                    incident.setString(7, i.message());
+                    incident.setString(8, i.module());
+                    incident.setLong(9, i.time().toEpochMilli());
+                    incident.addBatch();
+                }
+            }
+            step.executeBatch();
+            incident.executeBatch();
+        }
+        if (!runs.isEmpty()) {
+            try (PreparedStatement run = writeConnection.prepareStatement(
+                    "INSERT INTO runs(run_id, state, snapshot, updated_ms) VALUES (?,?,?,?) "
+                            + "ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, snapshot=excluded.snapshot, updated_ms=excluded.updated_ms")) {
+                for (RunSnapshot s : runs.values()) {
+                    run.setString(1, s.runId());
+                    run.setString(2, s.state().name());
+                    run.setString(3, json.writeValueAsString(s));
+                    run.setLong(4, s.updatedTime().toEpochMilli());
+                    run.addBatch();
+                }
+                run.executeBatch();
+            }
+        }
+        writeConnection.commit();
+    }
+
+    /** SQLite stores NaN as NULL; NULL reads back as NaN. */
+    private static void setDouble(PreparedStatement ps, int index, double v) throws SQLException {
+        if (Double.isNaN(v)) {
+            ps.setNull(index, Types.REAL);
+        } else {
+            ps.setDouble(index, v);
+        }
+    }
+
+    private static double getDouble(ResultSet rs, String column) throws SQLException {
+        double v = rs.getDouble(column);
+        return rs.wasNull() ? Double.NaN : v;
+    }
+
+    @Override
+    public synchronized List<RunSnapshot> loadRuns() {
+        List<RunSnapshot> out = new ArrayList<>();
+        try (Statement s = readConnection.createStatement();
+             ResultSet rs = s.executeQuery("SELECT snapshot FROM runs ORDER BY rowid")) {
+            while (rs.next()) {
+                out.add(json.readValue(rs.getString(1), RunSnapshot.class));
+            }
+        } catch (SQLException | IOException e) {
+            throw new IllegalStateException("cannot read runs from the journal: " + e.getMessage(), e);
+        }
+        return out;
+    }
+
+    @Override
+    public synchronized List<StepRecord> recentSteps(String runId, int rank, int limit) {
+        List<StepRecord> out = new ArrayList<>();
+        try (PreparedStatement ps = readConnection.prepareStatement(
+                "SELECT * FROM steps WHERE run_id=? AND rank=? ORDER BY rowid DESC LIMIT ?")) {
+            ps.setString(1, runId);
+            ps.setInt(2, rank);
+            ps.setInt(3, limit);
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    out.add(new StepRecord(runId, rank, rs.getLong("step"), getDouble(rs, "loss"), getDouble(rs, "grad_norm"),
+                            getDouble(rs, "lr"), getDouble(rs, "loss_scale"), Action.valueOf(rs.getString("action")),
+                            getDouble(rs, "clip"), Instant.ofEpochMilli(rs.getLong("time_ms"))));
+                }
+            }
+        } catch (SQLException e) {
+            throw new IllegalStateException("cannot read steps from the journal: " + e.getMessage(), e);
+        }
+        Collections.reverse(out);
+        return out;
+    }
+
+    @Override
+    public synchronized List<Incident> incidents(String runId, int limit) {
+        List<Incident> out = new ArrayList<>();
+        try (PreparedStatement ps = readConnection.prepareStatement(
+                "SELECT * FROM incidents WHERE run_id=? ORDER BY id DESC LIMIT ?")) {
+            ps.setString(1, runId);
+            ps.setInt(2, limit);
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    out.add(new Incident(rs.getLong("id"), runId, rs.getInt("rank"), rs.getLong("step"),
+                            IncidentKind.valueOf(rs.getString("kind")), Severity.valueOf(rs.getString("severity")),
+                            rs.getString("message"), rs.getString("module"), Instant.ofEpochMilli(rs.getLong("time_ms"))));
+                }
+            }
+        } catch (SQLException e) {
+            throw new IllegalStateException("cannot read incidents from the journal: " + e.getMessage(), e);
+        }
+        return out;
+    }
+
+    /** Steps journaled for a run (all ranks); used by REST and tests to check that every report was kept. */
+    public synchronized long stepCount(String runId) {
+        try (PreparedStatement ps = readConnection.prepareStatement("SELECT COUNT(*) FROM steps WHERE run_id=?")) {
+            ps.setString(1, runId);
+            try (ResultSet rs = ps.executeQuery()) {
+                rs.next();
+                return rs.getLong(1);
+            }
+        } catch (SQLException e) {
+            throw new IllegalStateException("cannot count steps: " + e.getMessage(), e);
+        }
+    }
+
+    /** A second connection for other journal tables (checkpoints) on the same file. */
+    public Connection openConnection() throws SQLException {
+        String url = writeConnection.getMetaData().getURL();
+        Connection c = DriverManager.getConnection(url);
+        try (Statement s = c.createStatement()) {
+            s.execute("PRAGMA busy_timeout=5000");
+        }
+        return c;
+    }
+
+    @Override
+    public void close() {
+        running = false;
+        try {
+            writer.join(10_000);
+            writeConnection.close();
+            readConnection.close();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        } catch (SQLException e) {
+            LOG.warn("closing the journal: " + e.getMessage());
+        }
+    }
+}
