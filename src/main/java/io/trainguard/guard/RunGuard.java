@@ -20,6 +20,7 @@ public final class RunGuard {
     public record Decision(Verdict verdict, JournalWrite write, boolean durable, RunState from, RunState to) {
     }
 
+    private static final int BOUNDS_VALID_STEPS = 64;
     private final String runId;
     private final int worldSize;
     private final RunStateMachine state;
@@ -85,6 +86,11 @@ public final class RunGuard {
             if (s.action() == Action.APPLY || s.action() == Action.CLIP) {
                 t.learn(s.loss(), Double.isNaN(s.loss()), s.gradNorm());
                 t.divergence.observe(s.loss());
+                t.consecutiveSkips = 0;
+                t.healthyStreak++;
+            } else if (s.action() == Action.SKIP) {
+                t.consecutiveSkips++;
+                t.healthyStreak = 0;
             }
             t.lastStep = s.step();
         }
@@ -357,7 +363,9 @@ public final class RunGuard {
         }
         double z = policy.spikeZThreshold();
         double maxGrad = Math.min(t.gradSpikes.upperBound(z), t.clip.localAskAbove());
-        return new LocalBounds(maxGrad, t.lossSpikes.upperBound(z), t.clip.localThreshold(), t.lastStep + 1);
+        // Valid for a window of steps: asynchronous reports let the trainer run ahead of verdicts, and
+        // a HALT/ROLLBACK found meanwhile still reaches it with the next verdict.
+        return new LocalBounds(maxGrad, t.lossSpikes.upperBound(z), t.clip.localThreshold(), t.lastStep + BOUNDS_VALID_STEPS);
     }
 
     private Incident incident(StepReport r, IncidentKind kind, Severity severity, String message, String module, Instant now) {

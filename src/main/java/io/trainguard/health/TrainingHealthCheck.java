@@ -24,7 +24,8 @@ public class TrainingHealthCheck implements HealthCheck {
         var b = HealthCheckResponse.named("training").status(halted.isEmpty()).withData("halted", halted.size());
         if (!halted.isEmpty()) {
             RunSnapshot first = halted.get(0);
-            b.withData("run", first.runId()).withData("step", first.haltStep()).withData("reason", first.stateReason());
+            b.withData("run", first.runId()).withData("step", first.haltStep()).withData("reason", first.stateReason())
+                    .withData("haltedRuns", String.join(",", halted.stream().map(RunSnapshot::runId).toList()));
         }
         return b.build();
     }

@@ -1,0 +1,60 @@
+"""Small seeded models and data for the tests (CPU, a few ms per step)."""
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, d=16, h=32):
+        super().__init__()
+        self.inp = nn.Linear(d, h)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(h, h), nn.Tanh()) for _ in range(2)])
+        self.out = nn.Linear(h, 1)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.out(x)
+
+
+def batch(step, d=16, n=32, seed=0):
+    g = torch.Generator().manual_seed(seed * 100003 + step)
+    x = torch.randn(n, d, generator=g)
+    y = x[:, :1] * 0.5 + 0.1 * torch.randn(n, 1, generator=g)
+    return x, y
+
+
+def weights_finite(model):
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def make(seed=0, lr=1e-2, opt="adamw", dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = MLP().to(dtype)
+    if opt == "adamw":
+        optim = torch.optim.AdamW(model.parameters(), lr=lr)
+    else:
+        optim = torch.optim.SGD(model.parameters(), lr=lr)
+    return model, optim
+
+
+def train(guard, model, optim, steps, start=0, inject=None, on_verdict=None, seed=0):
+    """A plain guarded loop. ``inject(step, x, y, model)`` may return a poisoned (x, y).
+    Returns the list of verdicts; asserts the weights stay finite after every step."""
+    verdicts = []
+    step = start
+    while step < steps:
+        x, y = batch(step, seed=seed)
+        if inject is not None:
+            x, y = inject(step, x, y, model)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        v = guard.step(step, loss)
+        guard.optimizer_step()
+        optim.zero_grad(set_to_none=True)
+        assert weights_finite(model), f"non-finite weights after step {step} ({v.action.name})"
+        verdicts.append(v)
+        if on_verdict is not None:
+            on_verdict(step, v)
+        step = v.resume_step if v.resume_step is not None else step + 1
+    return verdicts

@@ -1,0 +1,57 @@
+"""The sidecar dies mid-run: fail-open trains on (and still never applies NaN), fail-closed stops
+with a clear error. Each test gets its own sidecar, killed with SIGKILL at step 15."""
+import time
+
+import pytest
+
+import trainguard
+from trainguard import Action
+from trainguard.guard import Guard
+from models import make, train, weights_finite
+from sidecar_fixture import start_sidecar
+
+
+def killer(sc, at):
+    def on(step, v):
+        if step == at:
+            sc.kill()
+    return on
+
+
+def nan_at(step_):
+    def inject(step, x, y, m):
+        if step == step_:
+            y = y.clone(); y[0, 0] = float("nan")
+        return x, y
+    return inject
+
+
+def test_sidecar_killed_fail_open_trains_on(tmp_path_factory):
+    sc = start_sidecar(tmp_path_factory, "kill-open")
+    try:
+        model, opt = make()
+        g = Guard(model, opt, "kill-open", target=sc.target, deadline=0.3)
+        t0 = time.monotonic()
+        with pytest.warns(RuntimeWarning, match="failure_mode='open'"):
+            vs = train(g, model, opt, 40, inject=nan_at(25), on_verdict=killer(sc, 15))
+        assert time.monotonic() - t0 < 20  # each blocking step costs at most the deadline
+        assert vs[25].action == Action.SKIP and vs[25].degraded
+        assert all(v.should_step for v in vs if v.step != 25)
+        assert g.counters["sidecar_failures"] >= 1 and weights_finite(model)
+    finally:
+        sc.stop()
+
+
+def test_sidecar_killed_fail_closed_stops(tmp_path_factory):
+    sc = start_sidecar(tmp_path_factory, "kill-closed")
+    try:
+        model, opt = make()
+        g = Guard(model, opt, "kill-closed", target=sc.target, deadline=1.0, failure_mode="closed")
+        seen = []
+        with pytest.raises(trainguard.SidecarUnavailable, match="failure_mode='closed'"):
+            train(g, model, opt, 40, on_verdict=lambda s, v: (seen.append(s), killer(sc, 15)(s, v)))
+        # Detected within a few steps of the kill (async reports fail, the next step raises).
+        assert 15 <= seen[-1] <= 18, seen[-1]
+        assert weights_finite(model)
+    finally:
+        sc.stop()

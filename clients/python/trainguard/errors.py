@@ -1,0 +1,29 @@
+"""Exceptions the client raises. Each message says what happened and what to do next."""
+
+
+class TrainguardError(RuntimeError):
+    """Base class of every error the client raises."""
+
+
+class RunRefused(TrainguardError):
+    """The sidecar's pre-flight audit refused the run (FAILED_PRECONDITION).
+
+    ``findings`` lists ``(code, severity, message)`` tuples when the sidecar sent them."""
+
+    def __init__(self, message, findings=()):
+        super().__init__(message)
+        self.findings = list(findings)
+
+
+class TrainingHalted(TrainguardError):
+    """The sidecar ordered HALT. ``verdict`` is the verdict that did it; its reasons say why."""
+
+    def __init__(self, verdict):
+        reasons = "; ".join(verdict.reasons) or "no reason given"
+        where = f" (first non-finite module: {verdict.first_nonfinite_module})" if verdict.first_nonfinite_module else ""
+        super().__init__(f"trainguard halted the run at step {verdict.step}: {reasons}{where}")
+        self.verdict = verdict
+
+
+class SidecarUnavailable(TrainguardError):
+    """The sidecar did not answer within the deadline and failure_mode is "closed"."""

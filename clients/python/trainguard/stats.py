@@ -1,0 +1,114 @@
+"""Device-side statistics: the global grad norm and per-module forward stats (finite, max |x|).
+
+Everything stays on the device until ``Guard.step`` reads one packed tensor once per step.
+"""
+import torch
+
+
+def _foreach_norms(grads):
+    """Per-tensor L2 norms in float32, one fused kernel per device/dtype group where available."""
+    if hasattr(torch, "_foreach_norm"):
+        try:
+            return [n.float() for n in torch._foreach_norm(grads)]
+        except (RuntimeError, TypeError):  # mixed devices/dtypes on old builds, sparse grads
+            pass
+    return [torch.linalg.vector_norm(g.float()) for g in grads]
+
+
+def grad_norms(groups, device):
+    """Returns ``(global_norm, [group_norms])`` as 0-d float32 tensors on ``device``.
+
+    NaN and Inf propagate through the norm, so one non-finite gradient makes the global norm
+    non-finite: the finite check and the norm are the same pass."""
+    per_group = []
+    for params in groups:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            per_group.append(torch.zeros((), device=device))
+            continue
+        norms = [n.to(device) for n in _foreach_norms(grads)]
+        per_group.append(torch.linalg.vector_norm(torch.stack(norms)))
+    total = torch.linalg.vector_norm(torch.stack(per_group)) if per_group else torch.zeros((), device=device)
+    return total, per_group
+
+
+def _first_tensor(out):
+    if torch.is_tensor(out):
+        return out
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    if isinstance(out, dict):
+        for o in out.values():
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+class ModuleWatch:
+    """Forward hooks that keep max |output| per watched module on the device.
+
+    One ``amax`` per module call: NaN propagates through ``amax`` and ``maximum`` and Inf is its own
+    maximum, so the finite flag is ``isfinite(max_abs)`` and needs no second pass."""
+
+    def __init__(self, model, names):
+        modules = dict(model.named_modules())
+        self.names = [n for n in names if n in modules]
+        self._slots = [None] * len(self.names)
+        self._order = []  # indices in the order the modules first ran: the forward order
+        self.enabled = True
+        self._handles = []
+        for i, n in enumerate(self.names):
+            self._handles.append(modules[n].register_forward_hook(self._make_hook(i)))
+
+    def _make_hook(self, i):
+        def hook(module, inputs, output):
+            if not self.enabled:
+                return
+            t = _first_tensor(output)
+            if t is None or not t.is_floating_point() or t.numel() == 0:
+                return
+            m = t.detach().abs().amax().float()
+            cur = self._slots[i]
+            if cur is None:
+                if i not in self._order:
+                    self._order.append(i)
+                self._slots[i] = m
+            else:
+                self._slots[i] = torch.maximum(cur, m)
+        return hook
+
+    def forward_order(self):
+        seen = list(self._order)
+        return [self.names[i] for i in seen] + [n for j, n in enumerate(self.names) if j not in seen]
+
+    def take(self, device):
+        """The names (forward order) and a float32 tensor of max |x| for the modules that ran."""
+        idx = [i for i in self._order if self._slots[i] is not None]
+        vals = [self._slots[i].to(device) for i in idx]
+        self._slots = [None] * len(self.names)
+        return [self.names[i] for i in idx], (torch.stack(vals) if vals else None)
+
+    def reset(self):
+        self._slots = [None] * len(self.names)
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def auto_watch(model):
+    """Default watched modules: the model's children, with containers (ModuleList/Sequential/
+    ModuleDict) opened one level so that each block is watched on its own."""
+    names = []
+    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+    for name, child in model.named_children():
+        if isinstance(child, containers):
+            names.extend(f"{name}.{sub}" for sub, _ in child.named_children())
+        else:
+            names.append(name)
+    return names

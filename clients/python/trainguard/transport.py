@@ -1,0 +1,164 @@
+"""gRPC plumbing: hand-written stubs (version independent), deadlines, and the ordered report sender.
+
+Only grpcio's generic ``unary_unary`` API is used, so the client runs on grpcio 1.51 and on current
+releases alike; generated *_pb2_grpc.py files are avoided because newer ones check grpc versions.
+"""
+import collections
+import logging
+import threading
+import time
+
+import grpc
+
+from ._proto.trainguard.v1 import trainguard_pb2 as pb
+
+log = logging.getLogger("trainguard")
+_SERVICE = "/trainguard.v1.TrainGuardService/"
+
+_METHODS = {
+    "OpenRun": (pb.OpenRunRequest, pb.OpenRunResponse),
+    "ReportStep": (pb.ReportStepRequest, pb.ReportStepResponse),
+    "Heartbeat": (pb.HeartbeatRequest, pb.HeartbeatResponse),
+    "BeginValidation": (pb.BeginValidationRequest, pb.BeginValidationResponse),
+    "EndValidation": (pb.EndValidationRequest, pb.EndValidationResponse),
+    "RegisterCheckpoint": (pb.RegisterCheckpointRequest, pb.RegisterCheckpointResponse),
+    "GetRun": (pb.GetRunRequest, pb.GetRunResponse),
+    "UpdatePolicy": (pb.UpdatePolicyRequest, pb.UpdatePolicyResponse),
+    "CloseRun": (pb.CloseRunRequest, pb.CloseRunResponse),
+    "InspectTensors": (pb.InspectTensorsRequest, pb.InspectTensorsResponse),
+}
+
+
+def normalize_target(target: str) -> str:
+    """Accepts "host:port", "unix:///abs/path", "unix:/abs/path" or a bare socket path."""
+    if target.startswith("/"):
+        return "unix://" + target
+    return target
+
+
+class Transport:
+    """One channel to the sidecar; every call carries ``deadline`` seconds unless told otherwise."""
+
+    def __init__(self, target: str, deadline: float = 0.5):
+        self.target = normalize_target(target)
+        self.deadline = float(deadline)
+        # Fail fast while the sidecar is down instead of waiting for a reconnect inside the deadline.
+        options = [("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.min_reconnect_backoff_ms", 100)]
+        self.channel = grpc.insecure_channel(self.target, options=options)
+        self._calls = {}
+        for name, (req, resp) in _METHODS.items():
+            self._calls[name] = self.channel.unary_unary(
+                _SERVICE + name, request_serializer=req.SerializeToString,
+                response_deserializer=resp.FromString)
+
+    def call(self, name: str, request, deadline: float = None):
+        return self._calls[name](request, timeout=self.deadline if deadline is None else deadline)
+
+    def wait_ready(self, timeout: float) -> bool:
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+    def close(self):
+        self.channel.close()
+
+
+class ReportFuture:
+    """The verdict of one queued report, filled in by the sender thread."""
+    __slots__ = ("step", "generation", "blocking", "_event", "response", "error")
+
+    def __init__(self, step, generation, blocking):
+        self.step, self.generation, self.blocking = step, generation, blocking
+        self._event = threading.Event()
+        self.response = None
+        self.error = None
+
+    def done(self):
+        return self._event.is_set()
+
+    def wait(self, timeout):
+        return self._event.wait(timeout)
+
+    def _set(self, response=None, error=None):
+        self.response, self.error = response, error
+        self._event.set()
+
+
+class ReportSender:
+    """Sends step reports one at a time, in step order, on a daemon thread.
+
+    Both the asynchronous (decided locally) and the blocking reports go through this one queue, so
+    the sidecar always sees a rank's steps in order. The thread sleeps on a condition variable
+    between reports: it never polls and never competes with the training thread for the GIL.
+    ``on_result(future)`` runs on the sender thread for every finished report.
+    """
+
+    def __init__(self, transport: Transport, on_result, max_queue: int = 256):
+        self._transport = transport
+        self._on_result = on_result
+        self._queue = collections.deque()
+        self._cv = threading.Condition()
+        self._max_queue = max_queue
+        self._closed = False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="trainguard-sender", daemon=True)
+        self._thread.start()
+
+    def submit(self, report, generation, blocking=False) -> ReportFuture:
+        fut = ReportFuture(report.step, generation, blocking)
+        with self._cv:
+            # A sidecar that stays away must not grow memory without bound: drop the oldest
+            # asynchronous reports (they were decided already; only the record is lost).
+            while len(self._queue) >= self._max_queue:
+                old_report, old = self._queue.popleft()
+                self.dropped += 1
+                old._set(error=TimeoutError("report dropped: sender queue full"))
+            self._queue.append((report, fut))
+            self._cv.notify()
+        return fut
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._queue)
+
+    def flush(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._cv:
+                if not self._queue and not self._busy:
+                    return True
+            time.sleep(0.001)
+        return False
+
+    _busy = False
+
+    def _run(self):
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._queue:
+                    return
+                report, fut = self._queue.popleft()
+                self._busy = True
+            try:
+                resp = self._transport.call("ReportStep", pb.ReportStepRequest(report=report))
+                fut._set(response=resp)
+            except Exception as e:  # grpc.RpcError or a serialisation problem: never kill the thread
+                fut._set(error=e)
+            try:
+                self._on_result(fut)
+            except Exception:  # the callback must not kill the sender either
+                log.exception("trainguard: report callback failed")
+            finally:
+                with self._cv:
+                    self._busy = False
+
+    def close(self, timeout: float = 1.0):
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout)

@@ -1,0 +1,256 @@
+package io.trainguard.guard;
+
+import static io.trainguard.guard.Fixtures.service;
+import static io.trainguard.guard.Fixtures.setup;
+import static io.trainguard.guard.Fixtures.step;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.List;
+import java.util.Random;
+import org.junit.jupiter.api.Test;
+
+class RunGuardTest {
+    private final InMemoryJournal journal = new InMemoryJournal();
+    private final Fixtures.Checkpoints checkpoints = new Fixtures.Checkpoints();
+    private final GuardService guard = service(journal, checkpoints);
+
+    private void healthySteps(String run, long from, long to) {
+        Random noise = new Random(7);
+        for (long s = from; s < to; s++) {
+            Verdict v = guard.report(step(run, 0, s, 2.0 + 0.05 * noise.nextGaussian(), 0.5 + 0.02 * noise.nextGaussian()));
+            assertTrue(v.action() == Action.APPLY, "step " + s + " should apply: " + v);
+        }
+    }
+
+    @Test
+    void report_nanLoss_skipsAndJournalsIncident() {
+        // Prevents the Keras TerminateOnNaN failure: a NaN step must never be APPLY.
+        guard.open(setup("r1", 0, 1, null));
+        Verdict v = guard.report(step("r1", 0, 0, Double.NaN, 0.5));
+        assertEquals(Action.SKIP, v.action());
+        assertEquals(RunState.DEGRADED, v.runState());
+        assertEquals(1, journal.incidents.size());
+        assertEquals(IncidentKind.NON_FINITE_LOSS, journal.incidents.get(0).kind());
+        assertEquals(List.of(journal.incidents.get(0).id()), v.incidentIds());
+    }
+
+    @Test
+    void report_infGradNorm_skips() {
+        guard.open(setup("r1", 0, 1, null));
+        assertEquals(Action.SKIP, guard.report(step("r1", 0, 0, 1.0, Double.POSITIVE_INFINITY)).action());
+    }
+
+    @Test
+    void report_nonFiniteModule_namesFirstModuleInForwardOrder() {
+        // The provenance people need: the first module (forward order) whose output went non-finite.
+        guard.open(setup("r1", 0, 1, null));
+        Verdict v = guard.report(Fixtures.stepWithModules("r1", 3, Double.NaN, Double.NaN, new boolean[] {true, false, false, true}));
+        assertEquals(Action.SKIP, v.action());
+        assertEquals("block0", v.firstNonFiniteModule());
+        assertEquals(IncidentKind.NON_FINITE_MODULE, journal.incidents.get(0).kind());
+        assertEquals("block0", journal.incidents.get(0).module());
+    }
+
+    @Test
+    void report_gradNormAboveFixedThreshold_clipsToThreshold() {
+        guard.open(setup("r1", 0, 1, null));
+        Verdict v = guard.report(step("r1", 0, 0, 1.0, 3.0));
+        assertEquals(Action.CLIP, v.action());
+        assertEquals(1.0, v.clipThreshold());
+    }
+
+    @Test
+    void report_moreThanMaxConsecutiveSkipsWithoutCheckpoint_halts() {
+        guard.open(setup("r1", 0, 1, null));
+        for (int s = 0; s < 3; s++) {
+            assertEquals(Action.SKIP, guard.report(step("r1", 0, s, Double.NaN, 1)).action());
+        }
+        Verdict v = guard.report(step("r1", 0, 3, Double.NaN, 1));
+        assertEquals(Action.HALT, v.action());
+        assertEquals(RunState.HALTED, v.runState());
+        assertTrue(v.reasons().stream().anyMatch(r -> r.contains("No known-good checkpoint")), v.reasons().toString());
+        assertEquals(Action.HALT, guard.report(step("r1", 0, 4, 1.0, 0.5)).action(), "a halted run stays halted");
+    }
+
+    @Test
+    void report_moreThanMaxConsecutiveSkipsWithKnownGood_rollsBackWithPlan() {
+        guard.open(setup("r1", 0, 1, null));
+        healthySteps("r1", 0, 30);
+        checkpoints.knownGood = new CheckpointCatalog.RollbackTarget("ck-20", 20, List.of("/ck/20.safetensors"), 20);
+        for (int s = 30; s < 33; s++) {
+            guard.report(step("r1", 0, s, Double.NaN, 1));
+        }
+        Verdict v = guard.report(step("r1", 0, 33, Double.NaN, 1));
+        assertEquals(Action.ROLLBACK, v.action());
+        assertEquals(RunState.ROLLING_BACK, v.runState());
+        RollbackPlan plan = v.rollback();
+        assertNotNull(plan);
+        assertEquals("ck-20", plan.checkpointId());
+        assertEquals(13, plan.skipBatches(), "skip the batches between the checkpoint and the trouble");
+        assertEquals(0.5, plan.lrFactor());
+        assertEquals(1, plan.attempt());
+        // A late report for a step past the trigger gets the same plan again.
+        assertEquals(Action.ROLLBACK, guard.report(step("r1", 0, 34, 1.0, 0.5)).action());
+        // Steps go backwards after the restore: legal, and the run continues DEGRADED.
+        Verdict after = guard.report(step("r1", 0, 21, 2.0, 0.5));
+        assertEquals(Action.APPLY, after.action());
+        assertEquals(RunState.DEGRADED, after.runState());
+    }
+
+    @Test
+    void report_repeatedRollbacksPastCap_haltsWithActionableReason() {
+        guard.open(setup("r1", 0, 1, null));
+        healthySteps("r1", 0, 25);
+        checkpoints.knownGood = new CheckpointCatalog.RollbackTarget("ck-20", 20, List.of("/ck/20.safetensors"), 20);
+        long s = 25;
+        for (int attempt = 1; attempt <= 2; attempt++) {
+            Verdict v = null;
+            for (int i = 0; i < 4; i++) {
+                v = guard.report(step("r1", 0, s++, Double.NaN, 1));
+            }
+            assertEquals(Action.ROLLBACK, v.action());
+            assertEquals(attempt, v.rollback().attempt());
+            assertEquals(Math.pow(0.5, attempt), v.rollback().lrFactor(), 1e-12, "LR backs off further each time");
+            s = 21;
+        }
+        Verdict v = null;
+        for (int i = 0; i < 4; i++) {
+            v = guard.report(step("r1", 0, s++, Double.NaN, 1));
+        }
+        assertEquals(Action.HALT, v.action());
+        assertTrue(v.reasons().stream().anyMatch(r -> r.contains("lower the learning rate")), v.reasons().toString());
+    }
+
+    @Test
+    void report_lossSpikeAfterWarmup_skipsByDefaultPolicy() {
+        guard.open(setup("r1", 0, 1, null));
+        healthySteps("r1", 0, 40);
+        Verdict v = guard.report(step("r1", 0, 40, 9.0, 0.5));
+        assertEquals(Action.SKIP, v.action());
+        assertTrue(v.reasons().get(0).contains("loss spike"), v.reasons().toString());
+        assertEquals(IncidentKind.LOSS_SPIKE, journal.incidents.get(journal.incidents.size() - 1).kind());
+    }
+
+    @Test
+    void report_steadyDivergence_rollsBackOrHalts() {
+        // A too-high LR drifts the loss up step by step; no single step is a 6-sigma spike.
+        guard.open(setup("r1", 0, 1, b -> {
+            b.spikeZThreshold = 50;
+            return b;
+        }));
+        healthySteps("r1", 0, 30);
+        Action last = Action.APPLY;
+        long s = 30;
+        double loss = 2.0;
+        while (last != Action.HALT && s < 200) {
+            loss *= 1.08;
+            last = guard.report(step("r1", 0, s++, loss, 0.5)).action();
+        }
+        assertEquals(Action.HALT, last, "divergence escalates (no checkpoint: HALT)");
+        assertTrue(s < 80, "divergence detected within ~40 steps, took " + (s - 30));
+    }
+
+    @Test
+    void report_healthyNoisyRun_neverFires() {
+        // The false-positive guard: realistic noise with warm-up and decay must not trigger anything.
+        guard.open(setup("r1", 0, 1, b -> {
+            b.clipMode = ClipMode.OFF;
+            return b;
+        }));
+        Random noise = new Random(42);
+        for (int s = 0; s < 2000; s++) {
+            double base = 4.0 * Math.exp(-s / 800.0) + 1.0;
+            double loss = base * (1 + 0.04 * noise.nextGaussian());
+            double grad = 0.8 * (1 + 0.1 * noise.nextGaussian());
+            assertEquals(Action.APPLY, guard.report(step("r1", 0, s, loss, grad)).action(), "step " + s);
+        }
+        assertTrue(journal.incidents.isEmpty(), journal.incidents.toString());
+    }
+
+    @Test
+    void report_validationGate_deferredUntilWarmupThenOnInterval() {
+        guard.open(setup("r1", 0, 1, null));
+        Random noise = new Random(1);
+        for (int s = 0; s <= 20; s++) {
+            Verdict v = guard.report(step("r1", 0, s, 2 + 0.01 * noise.nextGaussian(), 0.5));
+            assertEquals(s >= 10 && s % 5 == 0, v.validationAllowed(), "step " + s);
+        }
+        guard.report(step("r1", 0, 21, Double.NaN, 0.5));
+        assertFalse(guard.beginValidation("r1", 0, 25).allowed(), "no validation while degraded");
+    }
+
+    @Test
+    void report_badShapes_rejectedWithActionableMessage() {
+        guard.open(setup("r1", 0, 2, null));
+        var e = assertThrows(InvalidRequestException.class, () -> guard.report(step("r1", 0, -1, 1, 1)));
+        assertTrue(e.getMessage().contains("step must be >= 0"));
+        e = assertThrows(InvalidRequestException.class, () -> guard.report(step("r1", 2, 1, 1, 1)));
+        assertTrue(e.getMessage().contains("ranks are 0..1"));
+        e = assertThrows(InvalidRequestException.class,
+                () -> guard.report(Fixtures.stepWithModules("r1", 1, 1, 1, new boolean[] {true, true})));
+        assertTrue(e.getMessage().contains("4 module names"), e.getMessage());
+        assertThrows(RunNotFoundException.class, () -> guard.report(step("nope", 0, 1, 1, 1)));
+        assertEquals(0, journal.steps.size(), "refused reports are not journaled");
+    }
+
+    @Test
+    void report_afterClose_failsPrecondition() {
+        guard.open(setup("r1", 0, 1, null));
+        guard.report(step("r1", 0, 0, 1, 0.5));
+        guard.close("r1", 0, "done");
+        var e = assertThrows(PreconditionFailedException.class, () -> guard.report(step("r1", 0, 1, 1, 0.5)));
+        assertTrue(e.getMessage().contains("closed"));
+    }
+
+    @Test
+    void report_skipWhenJournalFails_withholdsVerdict() {
+        // A course-changing verdict that is not durable must not be returned.
+        guard.open(setup("r1", 0, 1, null));
+        journal.failWrites = true;
+        assertThrows(JournalUnavailableException.class, () -> guard.report(step("r1", 0, 0, Double.NaN, 1)));
+    }
+
+    @Test
+    void restore_fromJournal_continuesRunWithStatistics() {
+        guard.open(setup("r1", 0, 1, null));
+        healthySteps("r1", 0, 40);
+        guard.report(step("r1", 0, 40, Double.NaN, 1));
+        GuardService restarted = service(journal, checkpoints);
+        assertEquals(1, restarted.restore(512));
+        RunSnapshot s = restarted.view("r1", 10).run();
+        assertEquals(RunState.DEGRADED, s.state());
+        assertEquals(40, s.lastStep());
+        assertEquals(1, s.consecutiveSkips(), "skip count is kept");
+        // Statistics were replayed: a spike is still recognised right away.
+        assertEquals(Action.SKIP, restarted.report(step("r1", 0, 41, 9.0, 0.5)).action());
+        assertTrue(restarted.open(setup("r1", 0, 1, null)).resumed());
+    }
+
+    @Test
+    void multiRank_rollbackPlanIsIdenticalForEveryRank() {
+        guard.open(setup("r2", 0, 2, null));
+        guard.open(setup("r2", 1, 2, null));
+        checkpoints.knownGood = new CheckpointCatalog.RollbackTarget("ck", 5, List.of("/ck"), 5);
+        for (int s = 10; s < 14; s++) {
+            guard.report(step("r2", 1, s, Double.NaN, 1));
+        }
+        Verdict rank0 = guard.report(step("r2", 0, 13, 1.0, 0.5));
+        Verdict rank1 = guard.report(step("r2", 1, 14, Double.NaN, 0.5));
+        assertEquals(Action.ROLLBACK, rank0.action());
+        assertEquals(rank0.rollback(), rank1.rollback());
+    }
+
+    @Test
+    void crossRank_mismatchedGradNorms_recordsIncidentNamingRank() {
+        guard.open(setup("r3", 0, 2, null));
+        guard.report(step("r3", 0, 7, 1.0, 0.5));
+        guard.report(step("r3", 1, 7, 1.0, 0.50001));
+        Incident i = journal.incidents.get(journal.incidents.size() - 1);
+        assertEquals(IncidentKind.CROSS_RANK_MISMATCH, i.kind());
+        assertTrue(i.message().contains("rank 1"), i.message());
+    }
+}
