@@ -1,0 +1,80 @@
+package io.trainguard.deploy;
+
+import static io.restassured.RestAssured.given;
+import static org.hamcrest.Matchers.anyOf;
+import static org.hamcrest.Matchers.containsString;
+import static org.hamcrest.Matchers.everyItem;
+import static org.hamcrest.Matchers.hasItem;
+import static org.hamcrest.Matchers.is;
+import static org.hamcrest.Matchers.emptyOrNullString;
+import static org.hamcrest.Matchers.not;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.util.HashSet;
+import java.util.List;
+
+import org.junit.jupiter.api.Test;
+
+import io.quarkus.test.junit.QuarkusIntegrationTest;
+import io.restassured.response.Response;
+
+/**
+ * The endpoints the Kubernetes probes call, against the packaged application (fast-jar, or the
+ * native executable with -Dnative): what the kubelet sees, not what the dev-mode app sees.
+ * Paths and meanings must stay in step with k8s/base/job.yaml (ManifestConsistencyTest).
+ */
+@QuarkusIntegrationTest
+class PackagedAppHealthIT {
+
+    // Prevents: a startupProbe that never passes, so the trainer never starts.
+    @Test
+    void started_freshSidecar_isUpWithNamedChecks() {
+        assertUpWithNamedChecks("/q/health/started");
+    }
+
+    // Prevents: a liveness probe that restarts a healthy sidecar in a loop.
+    @Test
+    void live_freshSidecar_isUpWithNamedChecks() {
+        assertUpWithNamedChecks("/q/health/live");
+    }
+
+    // Prevents: a readiness probe that checks nothing (or not the gRPC server the trainer needs).
+    @Test
+    void ready_freshSidecar_isUpAndChecksTheGrpcServer() {
+        Response r = assertUpWithNamedChecks("/q/health/ready");
+        r.then().body("checks.name", hasItem("gRPC Server"));
+    }
+
+    // Prevents: the trainer's livenessProbe killing a trainer that has not reported a step yet.
+    @Test
+    void trainerGroup_noRunYet_isUp() {
+        assertUpWithNamedChecks("/q/health/group/trainer");
+    }
+
+    // Prevents: the training group DOWN (HALTED) on a sidecar that has no run.
+    @Test
+    void trainingGroup_noRunYet_isUp() {
+        assertUpWithNamedChecks("/q/health/group/training");
+    }
+
+    // Prevents: the PodMonitor scraping a path that serves no Prometheus text.
+    @Test
+    void metrics_packagedApp_servesPrometheusText() {
+        given().when().get("/q/metrics")
+                .then().statusCode(200)
+                // Prometheus asks for OpenMetrics first; either exposition format is fine.
+                .contentType(anyOf(containsString("text/plain"), containsString("application/openmetrics-text")))
+                .body(containsString("# TYPE "));
+    }
+
+    private static Response assertUpWithNamedChecks(String path) {
+        Response r = given().when().get(path);
+        r.then().statusCode(200)
+                .body("status", is("UP"))
+                .body("checks.name", everyItem(not(emptyOrNullString())))
+                .body("checks.status", everyItem(is("UP")));
+        List<String> names = r.jsonPath().getList("checks.name", String.class);
+        assertEquals(names.size(), new HashSet<>(names).size(), path + ": duplicate check names " + names);
+        return r;
+    }
+}
