@@ -30,6 +30,7 @@ for _ in range(passes):
         else:
             ok = not bool(((mm.view(np.uint16) & 0x7F80) == 0x7F80).any())
     else:
+        import warnings; warnings.filterwarnings("ignore")
         raw = torch.from_numpy(mm.view(np.int32 if dtype == "F32" else np.int16))
         x = raw.view(torch.float32 if dtype == "F32" else torch.bfloat16)
         ok = bool(torch.isfinite(x).all())

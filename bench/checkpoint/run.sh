@@ -24,6 +24,7 @@ for r in $(seq "$ROUNDS"); do
   echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"
   java -Xmx256m -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" | grep -E 'MEDIAN|RSS'
   java -Xmx256m -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" | grep -E 'MEDIAN'
+  java -Xmx256m -Dstats=false -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" | grep -E "MEDIAN"
   $PY bench/checkpoint/compare.py numpy "$F32"; $PY bench/checkpoint/compare.py numpy "$BF16"
   if [ "$HAVE_TORCH" = 1 ]; then
     $PY bench/checkpoint/compare.py torch "$F32" 1; $PY bench/checkpoint/compare.py torch "$BF16" 1

@@ -46,6 +46,7 @@ public final class CheckpointVerifier implements AutoCloseable {
     private final DjlTensors djl;
     private final PathPolicy paths;
     private final boolean checksum;
+    private final boolean tensorStats;
     private final Duration logEvery;
     private final ThreadPoolExecutor executor;
     private final Map<String, VerificationProgress> running = new ConcurrentHashMap<>();
@@ -58,6 +59,16 @@ public final class CheckpointVerifier implements AutoCloseable {
      */
     public CheckpointVerifier(TensorScanner scanner, DjlTensors djl, PathPolicy paths, int queueCapacity,
             boolean checksum, Duration logEvery) {
+        this(scanner, djl, paths, queueCapacity, checksum, true, logEvery);
+    }
+
+    /**
+     * @param tensorStats compute max|x| and L2 norm per tensor (trainguard.checkpoint.tensor-stats);
+     *                    off, only the finite check runs, about twice as fast
+     */
+    public CheckpointVerifier(TensorScanner scanner, DjlTensors djl, PathPolicy paths, int queueCapacity,
+            boolean checksum, boolean tensorStats, Duration logEvery) {
+        this.tensorStats = tensorStats;
         this.scanner = scanner;
         this.djl = djl;
         this.paths = paths;
@@ -181,7 +192,7 @@ public final class CheckpointVerifier implements AutoCloseable {
                 }
                 long base = tracker.done;
                 try (SafetensorsFile f = SafetensorsFile.open(p)) {
-                    ScanResult r = scanner.scan(f, checksum, (done, tot) -> tracker.at(base + done));
+                    ScanResult r = scanner.scan(f, checksum, tensorStats, (done, tot) -> tracker.at(base + done));
                     tracker.at(base + size);
                     if (r.fileCrc32c() != null) {
                         sums.put(p.toString(), "crc32c:" + r.fileCrc32c());

@@ -18,6 +18,8 @@ final class ScanAccumulator {
     int crc;
     long crcLength;
     boolean crcValid;
+    /** max|x| and the norm were not computed (finite check only). */
+    boolean statsSkipped;
 
     long nonFinite() {
         return nanCount + infCount;
@@ -28,6 +30,7 @@ final class ScanAccumulator {
         if (firstNonFinite < 0 && next.firstNonFinite >= 0) {
             firstNonFinite = elements + next.firstNonFinite;
         }
+        statsSkipped |= next.statsSkipped;
         elements += next.elements;
         nanCount += next.nanCount;
         infCount += next.infCount;

@@ -64,6 +64,15 @@ public final class TensorScanner implements AutoCloseable {
      */
     public ScanResult scan(SafetensorsFile file, boolean checksum, ScanProgress progress)
             throws IOException, InterruptedException {
+        return scan(file, checksum, true, progress);
+    }
+
+    /**
+     * @param stats compute max|x| and the L2 norm; without them only the finite check runs
+     *              (about twice as fast; maxAbs/l2Norm are NaN in the result)
+     */
+    public ScanResult scan(SafetensorsFile file, boolean checksum, boolean stats, ScanProgress progress)
+            throws IOException, InterruptedException {
         long t0 = System.nanoTime();
         List<TensorEntry> entries = file.entries();
         long dataStart = file.header().dataStart();
@@ -75,7 +84,7 @@ public final class TensorScanner implements AutoCloseable {
         ExecutorCompletionService<List<ScanAccumulator>> ecs = new ExecutorCompletionService<>(pool);
         List<Future<List<ScanAccumulator>>> futures = new ArrayList<>();
         for (Unit u : units) {
-            futures.add(ecs.submit(() -> scanUnit(file, u, entries, checksum)));
+            futures.add(ecs.submit(() -> scanUnit(file, u, entries, checksum, stats)));
         }
         // Results arrive in any order; pieces are slotted by (tensor, index) and merged in order.
         ScanAccumulator[][] slots = new ScanAccumulator[entries.size()][];
@@ -122,7 +131,7 @@ public final class TensorScanner implements AutoCloseable {
         if (!diff.isEmpty()) {
             throw changed(file, diff);
         }
-        List<TensorStats> stats = new ArrayList<>(entries.size());
+        List<TensorStats> result = new ArrayList<>(entries.size());
         Integer fileCrc = null;
         if (checksum) {
             CRC32C c = new CRC32C();
@@ -140,12 +149,12 @@ public final class TensorScanner implements AutoCloseable {
                     acc.merge(piece);
                 }
             }
-            stats.add(TensorStats.of(e.name(), e.dtype(), e.shape(), acc));
+            result.add(TensorStats.of(e.name(), e.dtype(), e.shape(), acc));
             if (checksum) {
                 fileCrc = Crc32c.combine(fileCrc, acc.crc, acc.crcLength);
             }
         }
-        return new ScanResult(List.copyOf(stats), file.fileSize(), System.nanoTime() - t0,
+        return new ScanResult(List.copyOf(result), file.fileSize(), System.nanoTime() - t0,
                 fileCrc == null ? null : Crc32c.hex(fileCrc));
     }
 
@@ -182,7 +191,7 @@ public final class TensorScanner implements AutoCloseable {
     }
 
     private static List<ScanAccumulator> scanUnit(SafetensorsFile file, Unit u, List<TensorEntry> entries,
-            boolean checksum) throws IOException {
+            boolean checksum, boolean stats) throws IOException {
         // A writer that truncates or appends is seen here, before we touch pages that may be gone.
         long size = file.currentSize();
         if (size != file.fileSize()) {
@@ -194,7 +203,7 @@ public final class TensorScanner implements AutoCloseable {
             for (Piece p : u.pieces()) {
                 ScanAccumulator a = new ScanAccumulator();
                 ScanKernels.scan(buf, (int) (p.filePos() - u.filePos()), p.length(),
-                        entries.get(p.tensor()).dtype(), a, checksum);
+                        entries.get(p.tensor()).dtype(), a, checksum, stats);
                 out.add(a);
             }
             return out;

@@ -130,6 +130,21 @@ class TensorScannerTest {
     }
 
     @Test
+    void scan_finiteOnlyMode_stillFindsEveryNaN() throws Exception {
+        // prevents: the fast finite-only mode missing a NaN in a tail shorter than 8 bytes
+        float[] v = ramp(1001);
+        v[1000] = Float.NaN;
+        Path p = new SafetensorsWriter().f32("f", v).bf16("b", 1, 2, 3).write(dir.resolve("fo.safetensors"));
+        try (SafetensorsFile f = SafetensorsFile.open(p)) {
+            ScanResult r = scanner.scan(f, false, false, ScanProgress.NONE);
+            assertEquals(1000, r.tensors().get(0).firstNonFiniteIndex());
+            assertEquals(1, r.tensors().get(0).nanCount());
+            assertTrue(Double.isNaN(r.tensors().get(1).maxAbs()));
+            assertEquals(0, r.tensors().get(1).nonFiniteCount());
+        }
+    }
+
+    @Test
     void scanBuffer_withoutChecksum_hasNoCrc() {
         // prevents: reporting a checksum that was never computed
         ByteBuffer b = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putFloat(1).putFloat(-2).flip();
