@@ -12,6 +12,7 @@ PY=/usr/bin/python3   # Debian python3-numpy + python3-torch
 [ -s "$BF16" ] || $PY bench/checkpoint/gen_safetensors.py "$BF16" --gb "$BF16_GB" --dtype BF16
 sync
 cat "$F32" "$BF16" > /dev/null      # into the page cache
+NPY=$DIR/tg-bench-small.npy; $PY -c "import numpy as np; np.save('$NPY', np.ones(1000, np.float32))"
 if [ -z "${SKIP_BUILD:-}" ]; then
   ./mvnw -q -B -o test-compile
   ./mvnw -q -B -o dependency:build-classpath -Dmdep.outputFile=target/bench-cp.txt >/dev/null
@@ -22,7 +23,7 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo
 echo "# java: $(java -version 2>&1 | head -1); numpy $($PY -c 'import numpy; print(numpy.__version__)'); torch $([ $HAVE_TORCH = 1 ] && $PY -c 'import torch; print(torch.__version__)' || echo absent)"
 for r in $(seq "$ROUNDS"); do
   echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"
-  java -Xmx256m -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" | grep -E 'MEDIAN|RSS'
+  java -Xmx256m -DdjlNpy="$NPY" -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" | grep -E "MEDIAN|RSS"
   java -Xmx256m -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" | grep -E 'MEDIAN'
   java -Xmx256m -Dstats=false -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" | grep -E "MEDIAN"
   $PY bench/checkpoint/compare.py numpy "$F32"; $PY bench/checkpoint/compare.py numpy "$BF16"
