@@ -51,6 +51,13 @@ public final class ScanBench {
         }
         sampler.interrupt();
         System.out.printf("RSS peak_during_kb=%d%n", peak[0]);
+        String npy = System.getProperty("djlNpy");
+        if (npy != null) {
+            // what the first numpy/TorchScript checkpoint costs: libtorch loaded into the process
+            new DjlTensors(Path.of(System.getProperty("user.home"), ".cache", "trainguard", "djl"), 1 << 30)
+                    .readNumpy(Path.of(npy), true);
+            System.out.printf("RSS after_djl_loaded_kb=%d%n", rssKb());
+        }
     }
 
     static long rssKb() {
