@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Checkpoint verification throughput: Java scanner vs np.isfinite vs torch.isfinite, same files,
+# same run, interleaved rounds. Results: medians in GB/s (1e9 bytes/s) and the scanning JVM's RSS.
+#
+#   bench/checkpoint/run.sh [rounds]        env: F32_GB (4) BF16_GB (2) THREADS (2) DIR (/tmp)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${1:-3}; F32_GB=${F32_GB:-4}; BF16_GB=${BF16_GB:-2}; THREADS=${THREADS:-2}; DIR=${DIR:-/tmp}
+F32=$DIR/tg-bench-f32.safetensors; BF16=$DIR/tg-bench-bf16.safetensors
+PY=/usr/bin/python3   # Debian python3-numpy + python3-torch
+[ -s "$F32" ] || $PY bench/checkpoint/gen_safetensors.py "$F32" --gb "$F32_GB" --dtype F32
+[ -s "$BF16" ] || $PY bench/checkpoint/gen_safetensors.py "$BF16" --gb "$BF16_GB" --dtype BF16
+sync
+cat "$F32" "$BF16" > /dev/null      # into the page cache
+NPY=$DIR/tg-bench-small.npy; $PY -c "import numpy as np; np.save('$NPY', np.ones(1000, np.float32))"
+if [ -z "${SKIP_BUILD:-}" ]; then
+  ./mvnw -q -B -o test-compile
+  ./mvnw -q -B -o dependency:build-classpath -Dmdep.outputFile=target/bench-cp.txt >/dev/null
+fi
+CP=target/test-classes:target/classes:$(cat target/bench-cp.txt)
+HAVE_TORCH=$($PY -c 'import torch' 2>/dev/null && echo 1 || echo 0)
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# java: $(java -version 2>&1 | head -1); numpy $($PY -c 'import numpy; print(numpy.__version__)'); torch $([ $HAVE_TORCH = 1 ] && $PY -c 'import torch; print(torch.__version__)' || echo absent)"
+for r in $(seq "$ROUNDS"); do
+  echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"
+  java -Xmx256m -DdjlNpy="$NPY" -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" | grep -E "MEDIAN|RSS"
+  java -Xmx256m -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" | grep -E 'MEDIAN'
+  java -Xmx256m -Dstats=false -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" | grep -E "MEDIAN"
+  $PY bench/checkpoint/compare.py numpy "$F32"; $PY bench/checkpoint/compare.py numpy "$BF16"
+  if [ "$HAVE_TORCH" = 1 ]; then
+    $PY bench/checkpoint/compare.py torch "$F32" 1; $PY bench/checkpoint/compare.py torch "$BF16" 1
+  fi
+done

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Median over rounds of each configuration's per-round median, from a run.sh log.
+grep -E '^(MEDIAN|RSS)' "$1" | sed -E 's/ size=[0-9]+| passes=[0-9]+//' | python3 -c '
+import sys, statistics, collections
+g = collections.defaultdict(list)
+for line in sys.stdin:
+    parts = line.split()
+    if parts[0] == "MEDIAN":
+        key = " ".join(p for p in parts[1:] if not p.startswith("gbps="))
+        g[key].append(float([p for p in parts if p.startswith("gbps=")][0][5:]))
+    else:
+        k, v = parts[1].split("=")
+        g["RSS " + k + " (MB)"].append(int(v) / 1024)
+for k in sorted(g):
+    print(f"{k:70s} median {statistics.median(g[k]):7.2f}   rounds: {[round(x, 2) for x in g[k]]}")
+'

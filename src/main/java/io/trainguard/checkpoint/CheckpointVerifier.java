@@ -1,0 +1,294 @@
+package io.trainguard.checkpoint;
+
+import io.trainguard.tensor.DjlTensors;
+import io.trainguard.tensor.FormatSniffer;
+import io.trainguard.tensor.RejectedTensorFileException;
+import io.trainguard.tensor.SafetensorsFile;
+import io.trainguard.tensor.ScanResult;
+import io.trainguard.tensor.TensorFileException;
+import io.trainguard.tensor.TensorScanner;
+import io.trainguard.tensor.TensorStats;
+import io.trainguard.tensor.UnverifiableTensorFileException;
+import java.io.IOException;
+import java.nio.MappedByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.ThreadPoolExecutor;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
+import org.jboss.logging.Logger;
+
+/**
+ * Verifies the files of a registered checkpoint on a bounded background executor (one checkpoint
+ * at a time; the scan itself is parallel in {@link TensorScanner}). Safetensors goes through the
+ * mapped scanner; numpy and TorchScript through DJL, loaded on first use; torch.save pickles are
+ * UNVERIFIABLE. A client sha256 is checked in a second sequential pass (SHA-256 runs at ~1-2 GB/s,
+ * slower than the scan), only when given.
+ */
+public final class CheckpointVerifier implements AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(CheckpointVerifier.class);
+
+    private final TensorScanner scanner;
+    private final DjlTensors djl;
+    private final PathPolicy paths;
+    private final boolean checksum;
+    private final boolean tensorStats;
+    private final Duration logEvery;
+    private final ThreadPoolExecutor executor;
+    private final Map<String, VerificationProgress> running = new ConcurrentHashMap<>();
+
+    /**
+     * @param queueCapacity checkpoints waiting beyond the one being verified
+     *                      (trainguard.checkpoint.verify-queue-capacity)
+     * @param checksum      compute CRC32C of every tensor and file (trainguard.checkpoint.content-checksum)
+     * @param logEvery      progress log interval for long verifications (trainguard.checkpoint.progress-log-interval)
+     */
+    public CheckpointVerifier(TensorScanner scanner, DjlTensors djl, PathPolicy paths, int queueCapacity,
+            boolean checksum, Duration logEvery) {
+        this(scanner, djl, paths, queueCapacity, checksum, true, logEvery);
+    }
+
+    /**
+     * @param tensorStats compute max|x| and L2 norm per tensor (trainguard.checkpoint.tensor-stats);
+     *                    off, only the finite check runs, about twice as fast
+     */
+    public CheckpointVerifier(TensorScanner scanner, DjlTensors djl, PathPolicy paths, int queueCapacity,
+            boolean checksum, boolean tensorStats, Duration logEvery) {
+        this.tensorStats = tensorStats;
+        this.scanner = scanner;
+        this.djl = djl;
+        this.paths = paths;
+        this.checksum = checksum;
+        this.logEvery = logEvery;
+        this.executor = new ThreadPoolExecutor(1, 1, 0, TimeUnit.MILLISECONDS,
+                new ArrayBlockingQueue<>(Math.max(1, queueCapacity)), r -> {
+                    Thread t = new Thread(r, "trainguard-checkpoint-verify");
+                    t.setDaemon(true);
+                    return t;
+                });
+    }
+
+    /**
+     * Queues a verification. The future never completes exceptionally for a bad checkpoint: bad
+     * files give a REJECTED/UNVERIFIABLE result; only a bug or an I/O failure of the sidecar does.
+     */
+    public CompletableFuture<VerificationResult> submit(String checkpointId, CheckpointFormat format,
+            List<CheckpointFileSpec> files, Consumer<VerificationProgress> onProgress) {
+        try {
+            return CompletableFuture.supplyAsync(() -> verifyNow(checkpointId, format, files, onProgress), executor);
+        } catch (RejectedExecutionException e) {
+            throw new VerificationQueueFullException("checkpoint verification queue is full ("
+                    + executor.getQueue().size() + " waiting); register fewer checkpoints at a time or raise "
+                    + "trainguard.checkpoint.verify-queue-capacity");
+        }
+    }
+
+    /** Progress of a verification that is running now. */
+    public Optional<VerificationProgress> progress(String checkpointId) {
+        return Optional.ofNullable(running.get(checkpointId));
+    }
+
+    /** Verifies on the calling thread. */
+    public VerificationResult verifyNow(String checkpointId, CheckpointFormat format, List<CheckpointFileSpec> files,
+            Consumer<VerificationProgress> onProgress) {
+        long t0 = System.nanoTime();
+        long[] total = {0};
+        List<Path> resolved = new ArrayList<>();
+        try {
+            for (CheckpointFileSpec f : files) {
+                Path p = paths.resolve(f.path());
+                long size = Files.size(p);
+                if (f.sizeBytes() > 0 && f.sizeBytes() != size) {
+                    return VerificationResult.failed(CheckpointState.REJECTED, p.getFileName() + " is " + size
+                            + " bytes but was registered as " + f.sizeBytes()
+                            + "; the file is incomplete or was rewritten", 0, System.nanoTime() - t0);
+                }
+                resolved.add(p);
+                total[0] += size * (f.sha256() != null ? 2 : 1);
+            }
+        } catch (PathRefusedException e) {
+            return VerificationResult.failed(CheckpointState.REJECTED, e.getMessage(), 0, System.nanoTime() - t0);
+        } catch (IOException e) {
+            return VerificationResult.failed(CheckpointState.REJECTED, "cannot read checkpoint file: " + e, 0,
+                    System.nanoTime() - t0);
+        }
+        ProgressTracker tracker = new ProgressTracker(checkpointId, total[0], onProgress);
+        List<TensorStats> all = new ArrayList<>();
+        Map<String, String> sums = new LinkedHashMap<>();
+        try {
+            for (int i = 0; i < resolved.size(); i++) {
+                Path p = resolved.get(i);
+                CheckpointFileSpec spec = files.get(i);
+                List<TensorStats> stats = verifyFile(p, format, sums, tracker);
+                all.addAll(stats);
+                Optional<TensorStats> bad = stats.stream().filter(s -> !s.finite()).findFirst();
+                if (bad.isPresent()) {
+                    TensorStats b = bad.get();
+                    long nBad = stats.stream().filter(s -> !s.finite()).count();
+                    return new VerificationResult(CheckpointState.REJECTED, p.getFileName() + ": tensor '" + b.name()
+                            + "' has " + b.nanCount() + " NaN and " + b.infCount() + " Inf values, first at flat index "
+                            + b.firstNonFiniteIndex() + " (" + nBad + " of " + stats.size()
+                            + " tensors non-finite); do not resume from this checkpoint",
+                            List.copyOf(all), sums, tracker.done, System.nanoTime() - t0);
+                }
+                if (spec.sha256() != null) {
+                    String actual = sha256(p, tracker);
+                    if (!actual.equalsIgnoreCase(spec.sha256())) {
+                        return new VerificationResult(CheckpointState.REJECTED, p.getFileName()
+                                + ": sha256 is " + actual + ", registered " + spec.sha256().toLowerCase(Locale.ROOT)
+                                + "; the file differs from what the trainer wrote", List.copyOf(all), sums,
+                                tracker.done, System.nanoTime() - t0);
+                    }
+                    sums.merge(p.toString(), "sha256:" + actual, (a, b) -> a + " " + b);
+                }
+            }
+            return new VerificationResult(CheckpointState.VERIFIED, "", List.copyOf(all), sums, tracker.done,
+                    System.nanoTime() - t0);
+        } catch (UnverifiableTensorFileException e) {
+            return new VerificationResult(CheckpointState.UNVERIFIABLE, e.reason(), List.copyOf(all), sums,
+                    tracker.done, System.nanoTime() - t0);
+        } catch (TensorFileException e) {
+            return new VerificationResult(CheckpointState.REJECTED, e.reason(), List.copyOf(all), sums,
+                    tracker.done, System.nanoTime() - t0);
+        } catch (IOException e) {
+            return new VerificationResult(CheckpointState.REJECTED, "cannot read checkpoint file: " + e,
+                    List.copyOf(all), sums, tracker.done, System.nanoTime() - t0);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IllegalStateException("verification of " + checkpointId + " interrupted", e);
+        } finally {
+            running.remove(checkpointId);
+            tracker.logEnd();
+        }
+    }
+
+    private List<TensorStats> verifyFile(Path p, CheckpointFormat format, Map<String, String> sums,
+            ProgressTracker tracker) throws IOException, InterruptedException {
+        FormatSniffer.Kind kind = FormatSniffer.sniff(p);
+        if (format == CheckpointFormat.TORCH_PICKLE || kind == FormatSniffer.Kind.LEGACY_PICKLE
+                || kind == FormatSniffer.Kind.TORCH_ZIP_PICKLE) {
+            throw new UnverifiableTensorFileException(FormatSniffer.pickleReason(p));
+        }
+        long size = Files.size(p);
+        switch (format) {
+            case SAFETENSORS: {
+                if (kind != FormatSniffer.Kind.SAFETENSORS_OR_UNKNOWN) {
+                    throw new RejectedTensorFileException(p.getFileName() + " was registered as safetensors but is "
+                            + kind.name().toLowerCase(Locale.ROOT).replace('_', ' '));
+                }
+                long base = tracker.done;
+                try (SafetensorsFile f = SafetensorsFile.open(p)) {
+                    ScanResult r = scanner.scan(f, checksum, tensorStats, (done, tot) -> tracker.at(base + done));
+                    tracker.at(base + size);
+                    if (r.fileCrc32c() != null) {
+                        sums.put(p.toString(), "crc32c:" + r.fileCrc32c());
+                    }
+                    return r.tensors();
+                }
+            }
+            case NPY:
+            case NPZ: {
+                List<TensorStats> s = djl.readNumpy(p, checksum);
+                tracker.at(tracker.done + size);
+                return s;
+            }
+            case TORCHSCRIPT: {
+                if (kind != FormatSniffer.Kind.TORCHSCRIPT_ZIP) {
+                    throw new RejectedTensorFileException(p.getFileName()
+                            + " was registered as TorchScript but is not a TorchScript archive");
+                }
+                List<TensorStats> s = djl.readTorchScript(p);
+                tracker.at(tracker.done + size);
+                return s;
+            }
+            default:
+                throw new UnverifiableTensorFileException("format " + format + " is not verifiable");
+        }
+    }
+
+    /** Sequential SHA-256 over mapped 64 MiB windows, file unchanged checked by the scan before. */
+    private static String sha256(Path p, ProgressTracker tracker) throws IOException {
+        MessageDigest md;
+        try {
+            md = MessageDigest.getInstance("SHA-256");
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException(e);
+        }
+        try (java.nio.channels.FileChannel ch = java.nio.channels.FileChannel.open(p)) {
+            long size = ch.size();
+            long base = tracker.done;
+            for (long pos = 0; pos < size; pos += 64 << 20) {
+                int len = (int) Math.min(64 << 20, size - pos);
+                MappedByteBuffer b = ch.map(java.nio.channels.FileChannel.MapMode.READ_ONLY, pos, len);
+                try {
+                    md.update(b);
+                } catch (InternalError e) {
+                    throw new RejectedTensorFileException(p.getFileName() + ": file shrank while its sha256 was "
+                            + "computed; register checkpoints only once completely written");
+                } finally {
+                    SafetensorsFile.unmap(b);
+                }
+                tracker.at(base + pos + len);
+            }
+        }
+        return HexFormat.of().formatHex(md.digest());
+    }
+
+    private final class ProgressTracker {
+        final String id;
+        final long total;
+        final Consumer<VerificationProgress> listener;
+        final long start = System.nanoTime();
+        long lastLog = start;
+        long done;
+
+        ProgressTracker(String id, long total, Consumer<VerificationProgress> listener) {
+            this.id = id;
+            this.total = total;
+            this.listener = listener;
+            running.put(id, new VerificationProgress(0, total, 0));
+        }
+
+        void at(long bytesDone) {
+            done = bytesDone;
+            long now = System.nanoTime();
+            double bps = now == start ? 0 : bytesDone * 1e9 / (now - start);
+            VerificationProgress p = new VerificationProgress(bytesDone, total, bps);
+            running.put(id, p);
+            if (listener != null) {
+                listener.accept(p);
+            }
+            if (now - lastLog >= logEvery.toNanos()) {
+                lastLog = now;
+                LOG.infof("checkpoint %s: verified %.1f%% (%d of %d MB) at %.2f GB/s", id, p.fraction() * 100,
+                        bytesDone >> 20, total >> 20, bps / 1e9);
+            }
+        }
+
+        void logEnd() {
+            long dt = System.nanoTime() - start;
+            if (dt >= logEvery.toNanos()) {
+                LOG.infof("checkpoint %s: verification took %.1f s for %d MB", id, dt / 1e9, total >> 20);
+            }
+        }
+    }
+
+    @Override
+    public void close() {
+        executor.shutdownNow();
+    }
+}

@@ -1,0 +1,119 @@
+package io.trainguard.tensor;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.MappedByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.util.List;
+
+/**
+ * A safetensors file opened read-only, header validated. Data is never loaded on the heap:
+ * callers map windows of it with {@link #map(long, int)} (each well under 2 GB) and release them
+ * with {@link #unmap(ByteBuffer)}.
+ */
+public final class SafetensorsFile implements AutoCloseable {
+    /** Default cap on the JSON header; real headers are kilobytes to a few megabytes. */
+    public static final long DEFAULT_MAX_HEADER_BYTES = 100L << 20;
+
+    private final Path path;
+    private final FileChannel channel;
+    private final FileSnapshot snapshot;
+    private final SafetensorsHeader header;
+    private final byte[] prefixAndHeader;
+
+    private SafetensorsFile(Path path, FileChannel channel, FileSnapshot snapshot, SafetensorsHeader header,
+            byte[] prefixAndHeader) {
+        this.path = path;
+        this.channel = channel;
+        this.snapshot = snapshot;
+        this.header = header;
+        this.prefixAndHeader = prefixAndHeader;
+    }
+
+    public static SafetensorsFile open(Path path) throws IOException {
+        return open(path, DEFAULT_MAX_HEADER_BYTES);
+    }
+
+    public static SafetensorsFile open(Path path, long maxHeaderBytes) throws IOException {
+        FileSnapshot snap = FileSnapshot.of(path);
+        FileChannel ch = FileChannel.open(path, StandardOpenOption.READ);
+        try {
+            long size = ch.size();
+            String source = path.getFileName().toString();
+            ByteBuffer prefix = ByteBuffer.allocate(SafetensorsHeader.PREFIX_BYTES);
+            readFully(ch, prefix, 0);
+            long n = SafetensorsHeader.checkPrefix(prefix, size, maxHeaderBytes, source);
+            byte[] all = new byte[(int) (SafetensorsHeader.PREFIX_BYTES + n)];
+            System.arraycopy(prefix.array(), 0, all, 0, SafetensorsHeader.PREFIX_BYTES);
+            ByteBuffer json = ByteBuffer.wrap(all, SafetensorsHeader.PREFIX_BYTES, (int) n);
+            readFully(ch, json, SafetensorsHeader.PREFIX_BYTES);
+            byte[] jsonBytes = java.util.Arrays.copyOfRange(all, SafetensorsHeader.PREFIX_BYTES, all.length);
+            SafetensorsHeader h = SafetensorsHeader.parse(jsonBytes, size - SafetensorsHeader.PREFIX_BYTES - n, source);
+            return new SafetensorsFile(path, ch, snap, h, all);
+        } catch (IOException | RuntimeException e) {
+            ch.close();
+            throw e;
+        }
+    }
+
+    private static void readFully(FileChannel ch, ByteBuffer dst, long pos) throws IOException {
+        while (dst.hasRemaining()) {
+            int r = ch.read(dst, pos);
+            if (r < 0) {
+                throw new RejectedTensorFileException("unexpected end of file at byte " + pos + "; the file is truncated");
+            }
+            pos += r;
+        }
+    }
+
+    public Path path() {
+        return path;
+    }
+
+    public SafetensorsHeader header() {
+        return header;
+    }
+
+    public List<TensorEntry> entries() {
+        return header.entries();
+    }
+
+    /** Size, mtime and inode when opened; compare with a later {@link FileSnapshot#of} to detect writers. */
+    public FileSnapshot snapshot() {
+        return snapshot;
+    }
+
+    public long fileSize() {
+        return snapshot.size();
+    }
+
+    /** The 8-byte prefix and JSON header exactly as in the file (for the whole-file checksum). */
+    public byte[] prefixAndHeader() {
+        return prefixAndHeader.clone();
+    }
+
+    /** Current size of the open file; a writer truncating or appending shows up here. */
+    public long currentSize() throws IOException {
+        return channel.size();
+    }
+
+    /** Maps {@code length} bytes at absolute file position {@code pos}, little-endian. */
+    public MappedByteBuffer map(long pos, int length) throws IOException {
+        MappedByteBuffer b = channel.map(FileChannel.MapMode.READ_ONLY, pos, length);
+        b.order(ByteOrder.LITTLE_ENDIAN);
+        return b;
+    }
+
+    /** Releases a buffer returned by {@link #map}; it must not be touched afterwards. */
+    public static void unmap(ByteBuffer mapped) {
+        Unmapper.unmap(mapped);
+    }
+
+    @Override
+    public void close() throws IOException {
+        channel.close();
+    }
+}

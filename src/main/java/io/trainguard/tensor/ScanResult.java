@@ -1,0 +1,22 @@
+package io.trainguard.tensor;
+
+import java.util.List;
+import java.util.Optional;
+
+/**
+ * Outcome of scanning one file. {@code fileCrc32c} is the CRC32C of the whole file (prefix,
+ * header and data), null when checksums were off.
+ */
+public record ScanResult(List<TensorStats> tensors, long bytes, long nanos, String fileCrc32c) {
+    public Optional<TensorStats> firstNonFinite() {
+        return tensors.stream().filter(t -> !t.finite()).findFirst();
+    }
+
+    public long nonFiniteTensors() {
+        return tensors.stream().filter(t -> !t.finite()).count();
+    }
+
+    public double bytesPerSecond() {
+        return nanos == 0 ? 0 : bytes * 1e9 / nanos;
+    }
+}

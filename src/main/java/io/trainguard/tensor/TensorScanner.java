@@ -1,0 +1,237 @@
+package io.trainguard.tensor;
+
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.MappedByteBuffer;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorCompletionService;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.zip.CRC32C;
+
+/**
+ * Finite check, per-tensor statistics and content checksum of a safetensors file, in parallel
+ * over chunks of at most {@code chunkBytes} mapped one at a time per thread: resident memory is
+ * bounded by threads x chunk size whatever the file size, and nothing of the data is copied to
+ * the heap.
+ */
+public final class TensorScanner implements AutoCloseable {
+    public static final int DEFAULT_CHUNK_BYTES = 64 << 20;
+
+    private final ExecutorService pool;
+    private final int threads;
+    private final int chunkBytes;
+
+    public TensorScanner(int threads) {
+        this(threads, DEFAULT_CHUNK_BYTES);
+    }
+
+    public TensorScanner(int threads, int chunkBytes) {
+        if (threads < 1 || chunkBytes < 8 || chunkBytes % 8 != 0) {
+            throw new IllegalArgumentException("threads >= 1 and chunkBytes a positive multiple of 8");
+        }
+        this.threads = threads;
+        this.chunkBytes = chunkBytes;
+        AtomicInteger n = new AtomicInteger();
+        this.pool = Executors.newFixedThreadPool(threads, r -> {
+            Thread t = new Thread(r, "trainguard-tensor-scan-" + n.incrementAndGet());
+            t.setDaemon(true);
+            return t;
+        });
+    }
+
+    public int threads() {
+        return threads;
+    }
+
+    /** A contiguous piece of one tensor; pieces never span two tensors. */
+    private record Piece(int tensor, int index, long filePos, int length) {
+    }
+
+    /** A file range mapped at once, covering consecutive pieces. */
+    private record Unit(long filePos, int length, List<Piece> pieces) {
+    }
+
+    /**
+     * Scans every tensor of {@code file}. Throws {@link RejectedTensorFileException} when the
+     * file changes or shrinks while it is read.
+     *
+     * @param checksum also compute CRC32C per tensor and for the whole file
+     */
+    public ScanResult scan(SafetensorsFile file, boolean checksum, ScanProgress progress)
+            throws IOException, InterruptedException {
+        return scan(file, checksum, true, progress);
+    }
+
+    /**
+     * @param stats compute max|x| and the L2 norm; without them only the finite check runs
+     *              (about twice as fast; maxAbs/l2Norm are NaN in the result)
+     */
+    public ScanResult scan(SafetensorsFile file, boolean checksum, boolean stats, ScanProgress progress)
+            throws IOException, InterruptedException {
+        long t0 = System.nanoTime();
+        List<TensorEntry> entries = file.entries();
+        long dataStart = file.header().dataStart();
+        List<Unit> units = plan(entries, dataStart);
+        List<List<ScanAccumulator>> perTensor = new ArrayList<>();
+        for (int i = 0; i < entries.size(); i++) {
+            perTensor.add(new ArrayList<>());
+        }
+        ExecutorCompletionService<List<ScanAccumulator>> ecs = new ExecutorCompletionService<>(pool);
+        List<Future<List<ScanAccumulator>>> futures = new ArrayList<>();
+        for (Unit u : units) {
+            futures.add(ecs.submit(() -> scanUnit(file, u, entries, checksum, stats)));
+        }
+        // Results arrive in any order; pieces are slotted by (tensor, index) and merged in order.
+        ScanAccumulator[][] slots = new ScanAccumulator[entries.size()][];
+        int[] pieceCounts = new int[entries.size()];
+        for (Unit u : units) {
+            for (Piece p : u.pieces()) {
+                pieceCounts[p.tensor()] = Math.max(pieceCounts[p.tensor()], p.index() + 1);
+            }
+        }
+        for (int i = 0; i < slots.length; i++) {
+            slots[i] = new ScanAccumulator[Math.max(1, pieceCounts[i])];
+        }
+        long total = file.fileSize() - dataStart;
+        long done = 0;
+        try {
+            for (int k = 0; k < units.size(); k++) {
+                Future<List<ScanAccumulator>> f = ecs.take();
+                int unitIndex = futures.indexOf(f);
+                Unit u = units.get(unitIndex);
+                List<ScanAccumulator> accs = f.get();
+                for (int j = 0; j < accs.size(); j++) {
+                    Piece p = u.pieces().get(j);
+                    slots[p.tensor()][p.index()] = accs.get(j);
+                }
+                done += u.length();
+                progress.onProgress(done, total);
+            }
+        } catch (ExecutionException e) {
+            futures.forEach(f -> f.cancel(true));
+            Throwable c = e.getCause();
+            if (c instanceof TensorFileException tfe) {
+                throw tfe;
+            }
+            if (c instanceof IOException io) {
+                throw io;
+            }
+            throw new IllegalStateException("tensor scan failed: " + c, c);
+        } catch (InterruptedException | RuntimeException e) {
+            futures.forEach(f -> f.cancel(true));
+            throw e;
+        }
+        FileSnapshot after = FileSnapshot.of(file.path());
+        String diff = file.snapshot().differenceTo(after);
+        if (!diff.isEmpty()) {
+            throw changed(file, diff);
+        }
+        List<TensorStats> result = new ArrayList<>(entries.size());
+        Integer fileCrc = null;
+        if (checksum) {
+            CRC32C c = new CRC32C();
+            c.update(file.prefixAndHeader());
+            fileCrc = (int) c.getValue();
+        }
+        for (int i = 0; i < entries.size(); i++) {
+            TensorEntry e = entries.get(i);
+            ScanAccumulator acc = new ScanAccumulator();
+            if (checksum) {
+                acc.crcValid = true; // empty tensor: crc 0 of zero bytes
+            }
+            for (ScanAccumulator piece : slots[i]) {
+                if (piece != null) {
+                    acc.merge(piece);
+                }
+            }
+            result.add(TensorStats.of(e.name(), e.dtype(), e.shape(), acc));
+            if (checksum) {
+                fileCrc = Crc32c.combine(fileCrc, acc.crc, acc.crcLength);
+            }
+        }
+        return new ScanResult(List.copyOf(result), file.fileSize(), System.nanoTime() - t0,
+                fileCrc == null ? null : Crc32c.hex(fileCrc));
+    }
+
+    private List<Unit> plan(List<TensorEntry> entries, long dataStart) {
+        List<Unit> units = new ArrayList<>();
+        List<Piece> current = new ArrayList<>();
+        long unitStart = -1;
+        long unitLen = 0;
+        for (int t = 0; t < entries.size(); t++) {
+            TensorEntry e = entries.get(t);
+            long pos = dataStart + e.begin();
+            long remaining = e.byteLength();
+            int index = 0;
+            while (remaining > 0) {
+                int len = (int) Math.min(remaining, chunkBytes);
+                if (unitLen > 0 && unitLen + len > chunkBytes) {
+                    units.add(new Unit(unitStart, (int) unitLen, List.copyOf(current)));
+                    current.clear();
+                    unitLen = 0;
+                }
+                if (unitLen == 0) {
+                    unitStart = pos;
+                }
+                current.add(new Piece(t, index++, pos, len));
+                unitLen += len;
+                pos += len;
+                remaining -= len;
+            }
+        }
+        if (unitLen > 0) {
+            units.add(new Unit(unitStart, (int) unitLen, List.copyOf(current)));
+        }
+        return units;
+    }
+
+    private static List<ScanAccumulator> scanUnit(SafetensorsFile file, Unit u, List<TensorEntry> entries,
+            boolean checksum, boolean stats) throws IOException {
+        // A writer that truncates or appends is seen here, before we touch pages that may be gone.
+        long size = file.currentSize();
+        if (size != file.fileSize()) {
+            throw changed(file, "its size changed from " + file.fileSize() + " to " + size + " bytes");
+        }
+        MappedByteBuffer buf = file.map(u.filePos(), u.length());
+        try {
+            List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
+            for (Piece p : u.pieces()) {
+                ScanAccumulator a = new ScanAccumulator();
+                ScanKernels.scan(buf, (int) (p.filePos() - u.filePos()), p.length(),
+                        entries.get(p.tensor()).dtype(), a, checksum, stats);
+                out.add(a);
+            }
+            return out;
+        } catch (InternalError e) {
+            // SIGBUS on a mapped page: the file was truncated under us
+            throw changed(file, "it shrank while mapped (" + e.getMessage() + ")");
+        } finally {
+            SafetensorsFile.unmap(buf);
+        }
+    }
+
+    private static RejectedTensorFileException changed(SafetensorsFile file, String what) {
+        return new RejectedTensorFileException(file.path().getFileName() + ": file changed while being verified: "
+                + what + "; register the checkpoint only after it is completely written (write to a temp name, "
+                + "fsync, rename)");
+    }
+
+    /** Scans an in-memory buffer of one tensor (DJL-decoded arrays, inspection blobs). */
+    public static TensorStats scanBuffer(String name, TensorDType dtype, long[] shape, ByteBuffer littleEndian,
+            boolean checksum) {
+        ScanAccumulator a = new ScanAccumulator();
+        ByteBuffer b = littleEndian.duplicate().order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        ScanKernels.scan(b, b.position(), b.remaining(), dtype, a, checksum);
+        return TensorStats.of(name, dtype, shape, a);
+    }
+
+    @Override
+    public void close() {
+        pool.shutdownNow();
+    }
+}

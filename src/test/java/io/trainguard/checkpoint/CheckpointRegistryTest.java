@@ -1,0 +1,192 @@
+package io.trainguard.checkpoint;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.trainguard.tensor.DjlTensors;
+import io.trainguard.tensor.SafetensorsWriter;
+import io.trainguard.tensor.TensorScanner;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Clock;
+import java.time.Duration;
+import java.util.List;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.sqlite.SQLiteDataSource;
+
+class CheckpointRegistryTest {
+    @TempDir
+    Path root;
+    TensorScanner scanner;
+    CheckpointVerifier verifier;
+    PathPolicy paths;
+
+    @BeforeEach
+    void setUp() {
+        scanner = new TensorScanner(2, 4096);
+        paths = new PathPolicy(List.of(root));
+        verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20), paths, 8, true,
+                Duration.ofSeconds(5));
+    }
+
+    @AfterEach
+    void tearDown() {
+        verifier.close();
+        scanner.close();
+    }
+
+    private CheckpointRegistry registry(CheckpointStore store, int n) {
+        return new CheckpointRegistry(store, verifier, paths, n, Clock.systemUTC());
+    }
+
+    private CheckpointRecord awaitSettled(CheckpointRegistry reg, String id) throws InterruptedException {
+        for (int i = 0; i < 500; i++) {
+            CheckpointRecord r = reg.get(id);
+            if (r.state() != CheckpointState.REGISTERED && r.state() != CheckpointState.VERIFYING) {
+                return r;
+            }
+            Thread.sleep(10);
+        }
+        throw new AssertionError("verification did not finish");
+    }
+
+    private List<CheckpointFileSpec> file(String name, SafetensorsWriter w) throws Exception {
+        return List.of(new CheckpointFileSpec(w.write(root.resolve(name)).toString(), null, 0));
+    }
+
+    private VerificationResult verify(CheckpointFormat fmt, List<CheckpointFileSpec> files) {
+        return verifier.verifyNow("t", fmt, files, null);
+    }
+
+    @Test
+    void verify_cleanSafetensors_verifiedWithStatsAndChecksum() throws Exception {
+        // prevents: a clean checkpoint being refused, or verified without statistics
+        VerificationResult r = verify(CheckpointFormat.SAFETENSORS,
+                file("ok.safetensors", new SafetensorsWriter().f32("w", 1, -2).bf16("b", 0.5f).i32("step", 10)));
+        assertEquals(CheckpointState.VERIFIED, r.outcome(), r.reason());
+        assertEquals(3, r.tensors().size());
+        assertTrue(r.fileChecksums().values().iterator().next().startsWith("crc32c:"));
+    }
+
+    @Test
+    void verify_nanInTensor_rejectedNamingTensorAndIndex() throws Exception {
+        // prevents: a NaN checkpoint becoming a rollback target
+        VerificationResult r = verify(CheckpointFormat.SAFETENSORS,
+                file("nan.safetensors", new SafetensorsWriter().f32("ok", 1).f32("imageproj.proj.weight", 1, 2, Float.NaN)));
+        assertEquals(CheckpointState.REJECTED, r.outcome());
+        assertTrue(r.reason().contains("'imageproj.proj.weight'") && r.reason().contains("1 NaN")
+                && r.reason().contains("flat index 2"), r.reason());
+    }
+
+    @Test
+    void verify_torchPickle_unverifiableWithReason() throws Exception {
+        // prevents: a torch.save pickle silently accepted as verified
+        byte[] legacy = {(byte) 0x80, 0x02, (byte) 0x8a, 0x0a, 0x6c, (byte) 0xfc};
+        Path p = Files.write(root.resolve("model.pt"), legacy);
+        VerificationResult r = verify(CheckpointFormat.SAFETENSORS, List.of(new CheckpointFileSpec(p.toString(), null, 0)));
+        assertEquals(CheckpointState.UNVERIFIABLE, r.outcome());
+        assertTrue(r.reason().contains("torch.save pickle"), r.reason());
+    }
+
+    @Test
+    void verify_sha256Mismatch_rejected() throws Exception {
+        // prevents: a client checksum given and ignored
+        Path p = new SafetensorsWriter().f32("w", 1).write(root.resolve("s.safetensors"));
+        VerificationResult r = verify(CheckpointFormat.SAFETENSORS,
+                List.of(new CheckpointFileSpec(p.toString(), "00".repeat(32), 0)));
+        assertEquals(CheckpointState.REJECTED, r.outcome());
+        assertTrue(r.reason().contains("sha256"), r.reason());
+    }
+
+    @Test
+    void verify_registeredSizeDiffers_rejected() throws Exception {
+        // prevents: verifying a file the trainer has not finished writing
+        Path p = new SafetensorsWriter().f32("w", 1).write(root.resolve("z.safetensors"));
+        VerificationResult r = verify(CheckpointFormat.SAFETENSORS,
+                List.of(new CheckpointFileSpec(p.toString(), null, 999_999)));
+        assertEquals(CheckpointState.REJECTED, r.outcome());
+    }
+
+    @Test
+    void register_pathOutsideRoots_refusedAndNotRecorded() {
+        // prevents: recording (and later reading) a file outside the checkpoint roots
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 2);
+        assertThrows(PathRefusedException.class, () -> reg.register("run", 10, CheckpointFormat.SAFETENSORS,
+                List.of(new CheckpointFileSpec("/etc/hostname", null, 0)), 0));
+        assertEquals(0, reg.list("run").size());
+    }
+
+    @Test
+    void onHealthyStep_promotesAfterNAndNotBefore() throws Exception {
+        // prevents: rollback to a checkpoint that has not proven itself with N healthy steps
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 3);
+        CheckpointRecord c = reg.register("run", 100, CheckpointFormat.SAFETENSORS,
+                file("c.safetensors", new SafetensorsWriter().f32("w", 1)), 5000);
+        assertEquals(CheckpointState.VERIFIED, awaitSettled(reg, c.id()).state());
+        reg.onHealthyStep("run", 99);  // before the checkpoint: does not count
+        reg.onHealthyStep("run", 101);
+        reg.onHealthyStep("run", 101); // re-sent: counted once
+        reg.onHealthyStep("run", 102);
+        assertEquals(CheckpointState.VERIFIED, reg.get(c.id()).state());
+        assertTrue(reg.newestKnownGood("run").isEmpty());
+        reg.onHealthyStep("run", 103);
+        assertEquals(CheckpointState.KNOWN_GOOD, reg.get(c.id()).state());
+        assertEquals(c.id(), reg.newestKnownGood("run").orElseThrow().id());
+    }
+
+    @Test
+    void onUnhealthyStep_beforePromotion_neverKnownGood() throws Exception {
+        // prevents: promoting a checkpoint that was followed by NaN before it proved itself
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 2);
+        CheckpointRecord c = reg.register("run", 100, CheckpointFormat.SAFETENSORS,
+                file("u.safetensors", new SafetensorsWriter().f32("w", 1)), 0);
+        awaitSettled(reg, c.id());
+        reg.onHealthyStep("run", 101);
+        reg.onUnhealthyStep("run", 102);
+        reg.onHealthyStep("run", 103);
+        reg.onHealthyStep("run", 104);
+        CheckpointRecord r = reg.get(c.id());
+        assertEquals(CheckpointState.REJECTED, r.state());
+        assertTrue(r.stateReason().contains("step 102"), r.stateReason());
+        assertTrue(reg.newestKnownGood("run").isEmpty());
+    }
+
+    @Test
+    void register_nanCheckpoint_rejectedInJournalAcrossRestart() throws Exception {
+        // prevents: losing checkpoint states (and the known-good target) when the sidecar restarts
+        SQLiteDataSource ds = new SQLiteDataSource();
+        ds.setUrl("jdbc:sqlite:" + root.resolve("journal.db"));
+        JdbcCheckpointStore store = new JdbcCheckpointStore(SqlConnections.fromDataSource(ds));
+        CheckpointRegistry reg = registry(store, 1);
+        CheckpointRecord good = reg.register("run", 10, CheckpointFormat.SAFETENSORS,
+                file("g.safetensors", new SafetensorsWriter().f32("w", 1, 2)), 77);
+        CheckpointRecord bad = reg.register("run", 20, CheckpointFormat.SAFETENSORS,
+                file("b.safetensors", new SafetensorsWriter().f32("w", Float.NaN)), 0);
+        awaitSettled(reg, good.id());
+        awaitSettled(reg, bad.id());
+        reg.onHealthyStep("run", 11);
+
+        CheckpointRegistry restarted = registry(new JdbcCheckpointStore(SqlConnections.fromDataSource(ds)), 1);
+        CheckpointRecord g = restarted.newestKnownGood("run").orElseThrow();
+        assertEquals(good.id(), g.id());
+        assertEquals(77, g.dataPosition());
+        assertEquals(2, g.tensors().get(0).elements());
+        CheckpointRecord b = restarted.get(bad.id());
+        assertEquals(CheckpointState.REJECTED, b.state());
+        assertTrue(b.stateReason().contains("NaN"), b.stateReason());
+    }
+
+    @Test
+    void register_torchPickleFormat_unverifiable() throws Exception {
+        // prevents: a pickle checkpoint reaching VERIFIED through the registry path
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 1);
+        Path p = Files.write(root.resolve("model.bin"), new byte[] {(byte) 0x80, 0x02});
+        CheckpointRecord r = reg.register("run", 5, CheckpointFormat.TORCH_PICKLE,
+                List.of(new CheckpointFileSpec(p.toString(), null, 0)), 0);
+        assertEquals(CheckpointState.UNVERIFIABLE, r.state());
+    }
+}

@@ -1,0 +1,31 @@
+package io.trainguard.tensor;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.Random;
+
+/** Kernel-only speed on a resident buffer (no page faults): separates compute from mapping cost. */
+public final class KernelBench {
+    public static void main(String[] args) {
+        int n = 64 << 20;
+        ByteBuffer b = ByteBuffer.allocateDirect(n).order(ByteOrder.LITTLE_ENDIAN);
+        Random r = new Random(1);
+        for (int i = 0; i < n; i += 4) {
+            b.putFloat(i, (float) r.nextGaussian() * 0.02f);
+        }
+        for (TensorDType t : new TensorDType[] {TensorDType.F32, TensorDType.BF16}) {
+            for (boolean crc : new boolean[] {false, true}) {
+                double best = 0;
+                for (int round = 0; round < 40; round++) {
+                    ScanAccumulator a = new ScanAccumulator();
+                    long t0 = System.nanoTime();
+                    ScanKernels.scan(b, 0, n, t, a, crc);
+                    long dt = System.nanoTime() - t0;
+                    best = Math.max(best, n / (dt / 1e9) / 1e9);
+                    if (round == 14) System.out.println("nonfinite=" + a.nonFinite() + " max=" + a.maxAbs + " norm=" + Math.sqrt(a.sumSquares));
+                }
+                System.out.printf("kernel %s crc=%s best=%.2f GB/s%n", t, crc, best);
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+package io.trainguard.tensor;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+
+/**
+ * Benchmark driver for bench/checkpoint/run.sh (not a test): scans each file {@code rounds}
+ * times and prints one machine-readable line per round plus RSS.
+ * Args: threads checksum(true|false) rounds file...
+ */
+public final class ScanBench {
+    public static void main(String[] args) throws Exception {
+        int threads = Integer.parseInt(args[0]);
+        boolean checksum = Boolean.parseBoolean(args[1]);
+        int rounds = Integer.parseInt(args[2]);
+        boolean stats = !"false".equals(System.getProperty("stats"));
+        System.out.printf("RSS idle_kb=%d%n", rssKb());
+        long[] peak = {0};
+        Thread sampler = new Thread(() -> {
+            while (!Thread.currentThread().isInterrupted()) {
+                peak[0] = Math.max(peak[0], rssKb());
+                try {
+                    Thread.sleep(50);
+                } catch (InterruptedException e) {
+                    return;
+                }
+            }
+        });
+        sampler.setDaemon(true);
+        sampler.start();
+        try (TensorScanner scanner = new TensorScanner(threads)) {
+            for (int i = 3; i < args.length; i++) {
+                Path p = Path.of(args[i]);
+                List<Double> gbs = new ArrayList<>();
+                for (int r = 0; r < rounds; r++) {
+                    try (SafetensorsFile f = SafetensorsFile.open(p)) {
+                        ScanResult res = scanner.scan(f, checksum, stats, ScanProgress.NONE);
+                        double g = res.bytes() / (res.nanos() / 1e9) / 1e9;
+                        gbs.add(g);
+                        System.out.printf("ROUND file=%s threads=%d checksum=%s gbps=%.2f nonfinite_tensors=%d crc=%s%n",
+                                p.getFileName(), threads, checksum, g, res.nonFiniteTensors(), res.fileCrc32c());
+                    }
+                }
+                Collections.sort(gbs);
+                System.out.printf("MEDIAN file=%s threads=%d checksum=%s stats=%s gbps=%.2f size=%d%n", p.getFileName(), threads,
+                        checksum, stats, gbs.get(gbs.size() / 2), Files.size(p));
+            }
+        }
+        sampler.interrupt();
+        System.out.printf("RSS peak_during_kb=%d%n", peak[0]);
+        String npy = System.getProperty("djlNpy");
+        if (npy != null) {
+            // what the first numpy/TorchScript checkpoint costs: libtorch loaded into the process
+            new DjlTensors(Path.of(System.getProperty("user.home"), ".cache", "trainguard", "djl"), 1 << 30)
+                    .readNumpy(Path.of(npy), true);
+            System.out.printf("RSS after_djl_loaded_kb=%d%n", rssKb());
+        }
+    }
+
+    static long rssKb() {
+        try {
+            for (String l : Files.readAllLines(Path.of("/proc/self/status"))) {
+                if (l.startsWith("VmRSS:")) {
+                    return Long.parseLong(l.replaceAll("[^0-9]", ""));
+                }
+            }
+        } catch (Exception e) {
+            return -1;
+        }
+        return -1;
+    }
+}
