@@ -1,6 +1,5 @@
 package io.trainguard.config;
 
-import io.quarkus.arc.DefaultBean;
 import io.quarkus.runtime.Startup;
 import io.trainguard.guard.CheckpointCatalog;
 import io.trainguard.guard.GuardEvents;
@@ -39,14 +38,6 @@ public class EngineWiring {
         int restored = service.restore(config.journal().replaySteps());
         LOG.infof("journal %s: %d run(s) restored", config.journal().path().toAbsolutePath(), restored);
         return service;
-    }
-
-    /** Until a checkpoint registry is wired in, no checkpoint is known-good (rollback escalates to HALT). */
-    @Produces
-    @Singleton
-    @DefaultBean
-    CheckpointCatalog noCheckpoints() {
-        return CheckpointCatalog.NONE;
     }
 
     static Policy defaults(TrainguardConfig.Policy p) {

@@ -7,6 +7,8 @@ import io.trainguard.guard.AuditMode;
 import io.trainguard.guard.ClipMode;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.List;
+import java.util.Optional;
 
 /**
  * All of trainguard's settings (prefix {@code trainguard}); every key has a default so the sidecar
@@ -20,6 +22,60 @@ public interface TrainguardConfig {
     Journal journal();
 
     Policy policy();
+
+    Checkpoint checkpoint();
+
+    Tensor tensor();
+
+    Limits limits();
+
+    interface Checkpoint {
+        /** The only directories checkpoints are read from (never written); missing ones are skipped with a warning. */
+        @WithDefault("checkpoints")
+        List<Path> roots();
+
+        /** Verifications waiting beyond this are refused with RESOURCE_EXHAUSTED. */
+        @WithDefault("16")
+        int verifyQueueCapacity();
+
+        /** CRC32C of every tensor's bytes (about 30 % of the scan time). */
+        @WithDefault("true")
+        boolean contentChecksum();
+
+        /** Per-tensor max |x| and L2 norm; false = finite check only (fastest). */
+        @WithDefault("true")
+        boolean tensorStats();
+
+        @WithDefault("5s")
+        Duration progressLogInterval();
+    }
+
+    interface Tensor {
+        @WithDefault("2")
+        int scanThreads();
+
+        @WithDefault("67108864")
+        int scanChunkBytes();
+
+        /** Where DJL extracts its JNI library; outside target/ so `mvn clean` keeps it. */
+        Optional<Path> djlCacheDir();
+
+        /** Formats only DJL reads (npy, npz, TorchScript) are loaded whole: cap their size. */
+        @WithDefault("536870912")
+        long djlMaxFileBytes();
+
+        @WithDefault("16777216")
+        long inspectMaxBytes();
+
+        @WithDefault("256")
+        int inspectMaxTensors();
+    }
+
+    interface Limits {
+        /** Larger gRPC messages are refused with RESOURCE_EXHAUSTED before they are parsed. */
+        @WithDefault("16777216")
+        int maxMessageBytes();
+    }
 
     interface Listen {
         /** TCP address; localhost so only the pod (or this machine) can reach it. */

@@ -11,6 +11,10 @@ public interface CheckpointCatalog {
 
     Optional<RollbackTarget> newestKnownGood(String runId);
 
+    /** The run's policy says how many healthy steps make a verified checkpoint known-good. */
+    default void configure(String runId, int knownGoodHealthySteps) {
+    }
+
     /** A step whose update was applied cleanly; counts towards promoting verified checkpoints. */
     void onHealthyStep(String runId, long step);
 

@@ -44,6 +44,7 @@ public final class GuardService {
     private final LongSupplier nanoTime;
     private final Duration durableTimeout;
     private final PreflightAudit preflight = new PreflightAudit();
+    private final java.util.Set<String> reportedHangs = ConcurrentHashMap.newKeySet();
 
     public GuardService(Journal journal, CheckpointCatalog checkpoints, GuardEvents events, Policy defaults, Clock clock,
                         LongSupplier nanoTime, Duration durableTimeout) {
@@ -67,6 +68,7 @@ public final class GuardService {
                 }
             }
             runs.put(s.runId(), g);
+            checkpoints.configure(s.runId(), s.policy().knownGoodHealthySteps());
             restored++;
         }
         return restored;
@@ -130,6 +132,7 @@ public final class GuardService {
                     setup.watchedModules(), checkpoints, journal::nextIncidentId, now));
             resumed = guard.join(setup.rank(), setup.trainerInstance(), setup.watchedModules(), nanoTime.getAsLong());
         }
+        checkpoints.configure(setup.runId(), guard.policy().knownGoodHealthySteps());
         for (AuditFinding f : findings) {
             incidents.add(guard.incidentAt(setup.rank(), -1, IncidentKind.PREFLIGHT, f.severity(),
                     "[" + f.code() + "] " + f.message(), now));
@@ -221,6 +224,7 @@ public final class GuardService {
         RunGuard g = run(runId);
         Policy next = g.policy().toBuilder().let(overrides);
         String diff = g.changePolicy(next);
+        checkpoints.configure(runId, next.knownGoodHealthySteps());
         Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.POLICY_CHANGED, Severity.INFO,
                 "policy changed" + (reason == null || reason.isBlank() ? "" : " (" + reason + ")") + ": " + diff, clock.instant());
         writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
@@ -283,6 +287,28 @@ public final class GuardService {
             out.addAll(g.hangs(now));
         }
         return out;
+    }
+
+    /**
+     * Journals a HANG incident the first time each rank is seen hung (once per silent stretch: a
+     * rank that reports again and hangs later is a new incident). Called periodically.
+     */
+    public List<HangReport> recordHangs() {
+        List<HangReport> hangs = hangs();
+        java.util.Set<String> current = new java.util.HashSet<>();
+        for (HangReport h : hangs) {
+            String key = h.runId() + "#" + h.rank() + "#" + h.lastStep() + "#" + h.phase();
+            current.add(key);
+            if (reportedHangs.add(key)) {
+                recordIncident(h.runId(), h.rank(), h.lastStep(), IncidentKind.HANG, Severity.CRITICAL,
+                        "rank " + h.rank() + " has made no progress in phase " + h.phase() + " after step " + h.lastStep()
+                                + " for " + h.silentFor().toSeconds() + " s (allowed " + h.allowed().toSeconds()
+                                + " s = hang_factor x its learned duration): the trainer looks hung; the trainer health "
+                                + "group is DOWN so Kubernetes restarts it");
+            }
+        }
+        reportedHangs.retainAll(current);
+        return hangs;
     }
 
     private static void checkRank(RunGuard g, int rank) {

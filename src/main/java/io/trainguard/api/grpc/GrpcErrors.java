@@ -2,7 +2,11 @@ package io.trainguard.api.grpc;
 
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.trainguard.checkpoint.CheckpointNotFoundException;
+import io.trainguard.checkpoint.PathRefusedException;
+import io.trainguard.checkpoint.VerificationQueueFullException;
 import io.trainguard.guard.InvalidRequestException;
+import io.trainguard.tensor.TensorInputException;
 import io.trainguard.guard.JournalUnavailableException;
 import io.trainguard.guard.PreconditionFailedException;
 import io.trainguard.guard.RunNotFoundException;
@@ -28,6 +32,12 @@ public final class GrpcErrors {
             status = Status.FAILED_PRECONDITION;
         } else if (t instanceof JournalUnavailableException) {
             status = Status.UNAVAILABLE;
+        } else if (t instanceof PathRefusedException || t instanceof TensorInputException || t instanceof IllegalArgumentException) {
+            status = Status.INVALID_ARGUMENT;
+        } else if (t instanceof VerificationQueueFullException) {
+            status = Status.RESOURCE_EXHAUSTED;
+        } else if (t instanceof CheckpointNotFoundException) {
+            status = Status.NOT_FOUND;
         } else if (t instanceof io.trainguard.guard.GuardException) {
             status = Status.FAILED_PRECONDITION;
         } else {

@@ -1,6 +1,5 @@
 package io.trainguard.api.grpc;
 
-import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
 import io.quarkus.grpc.GrpcService;
 import io.trainguard.api.grpc.v1.BeginValidationRequest;
@@ -26,7 +25,11 @@ import io.trainguard.api.grpc.v1.StreamStepsResponse;
 import io.trainguard.api.grpc.v1.TrainGuardServiceGrpc;
 import io.trainguard.api.grpc.v1.UpdatePolicyRequest;
 import io.trainguard.api.grpc.v1.UpdatePolicyResponse;
+import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.guard.GuardService;
+import io.trainguard.guard.IncidentKind;
+import io.trainguard.guard.Severity;
+import io.trainguard.tensor.TensorInspector;
 import io.trainguard.guard.InvalidRequestException;
 import java.util.function.Supplier;
 
@@ -35,9 +38,13 @@ import java.util.function.Supplier;
 public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServiceImplBase {
 
     private final GuardService guard;
+    private final CheckpointRegistry checkpoints;
+    private final TensorInspector inspector;
 
-    public TrainGuardGrpcService(GuardService guard) {
+    public TrainGuardGrpcService(GuardService guard, CheckpointRegistry checkpoints, TensorInspector inspector) {
         this.guard = guard;
+        this.checkpoints = checkpoints;
+        this.inspector = inspector;
     }
 
     private static <T> void respond(StreamObserver<T> observer, Supplier<T> call) {
@@ -142,12 +149,30 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
 
     @Override
     public void registerCheckpoint(RegisterCheckpointRequest request, StreamObserver<RegisterCheckpointResponse> observer) {
-        observer.onError(Status.UNIMPLEMENTED.withDescription("checkpoint registration is not wired in this build").asRuntimeException());
+        respond(observer, () -> {
+            requireRunId(request.getRunId());
+            guard.run(request.getRunId());
+            var record = checkpoints.register(request.getRunId(), request.getStep(), CheckpointMapper.format(request.getFormat()),
+                    CheckpointMapper.files(request), request.getDataPosition());
+            return RegisterCheckpointResponse.newBuilder()
+                    .setCheckpoint(CheckpointMapper.checkpoint(record, checkpoints.progress(record.id()))).build();
+        });
     }
 
     @Override
     public void inspectTensors(InspectTensorsRequest request, StreamObserver<InspectTensorsResponse> observer) {
-        observer.onError(Status.UNIMPLEMENTED.withDescription("tensor inspection is not wired in this build").asRuntimeException());
+        respond(observer, () -> {
+            requireRunId(request.getRunId());
+            guard.run(request.getRunId());
+            var summaries = request.getSafetensors().isEmpty()
+                    ? inspector.inspect(CheckpointMapper.rawTensors(request.getTensorsList()))
+                    : inspector.inspectSafetensors(CheckpointMapper.blob(request.getSafetensors()));
+            var incident = guard.recordIncident(request.getRunId(), request.getRank(), request.getStep(),
+                    IncidentKind.TENSOR_FORENSICS, Severity.INFO, ForensicsText.describe(request.getIncidentId(), summaries));
+            var b = InspectTensorsResponse.newBuilder().setIncidentId(incident.id());
+            summaries.forEach(s -> b.addSummaries(CheckpointMapper.summary(s)));
+            return b.build();
+        });
     }
 
     @Override
@@ -156,7 +181,9 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
             requireRunId(request.getRunId());
             var view = guard.view(request.getRunId(), request.getIncidentLimit());
             return GetRunResponse.newBuilder().setRun(ProtoMapper.run(view.run()))
-                    .addAllIncidents(view.incidents().stream().map(ProtoMapper::incident).toList()).build();
+                    .addAllIncidents(view.incidents().stream().map(ProtoMapper::incident).toList())
+                    .addAllCheckpoints(checkpoints.list(request.getRunId()).stream()
+                            .map(c -> CheckpointMapper.checkpoint(c, checkpoints.progress(c.id()))).toList()).build();
         });
     }
 

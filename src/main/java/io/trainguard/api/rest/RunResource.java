@@ -1,6 +1,8 @@
 package io.trainguard.api.rest;
 
+import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.guard.GuardService;
+import io.trainguard.guard.Incident;
 import io.trainguard.guard.Policy;
 import io.trainguard.guard.RunSnapshot;
 import jakarta.ws.rs.Consumes;
@@ -21,9 +23,14 @@ import java.util.List;
 @Consumes(MediaType.APPLICATION_JSON)
 public class RunResource {
     private final GuardService guard;
+    private final CheckpointRegistry checkpoints;
 
-    public RunResource(GuardService guard) {
+    public RunResource(GuardService guard, CheckpointRegistry checkpoints) {
         this.guard = guard;
+        this.checkpoints = checkpoints;
+    }
+
+    public record RunDetail(RunSnapshot run, List<Incident> incidents, List<CheckpointView> checkpoints) {
     }
 
     @GET
@@ -33,8 +40,15 @@ public class RunResource {
 
     @GET
     @Path("/{runId}")
-    public GuardService.RunView get(@PathParam("runId") String runId, @QueryParam("incidents") @DefaultValue("50") int incidents) {
-        return guard.view(runId, incidents);
+    public RunDetail get(@PathParam("runId") String runId, @QueryParam("incidents") @DefaultValue("50") int incidents) {
+        var view = guard.view(runId, incidents);
+        return new RunDetail(view.run(), view.incidents(), checkpoints(runId));
+    }
+
+    @GET
+    @Path("/{runId}/checkpoints")
+    public List<CheckpointView> checkpoints(@PathParam("runId") String runId) {
+        return checkpoints.list(runId).stream().map(c -> CheckpointView.of(c, checkpoints.progress(c.id()))).toList();
     }
 
     @PUT

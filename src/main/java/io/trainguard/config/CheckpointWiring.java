@@ -1,0 +1,105 @@
+package io.trainguard.config;
+
+import io.trainguard.checkpoint.CheckpointRegistry;
+import io.trainguard.checkpoint.CheckpointVerifier;
+import io.trainguard.checkpoint.JdbcCheckpointStore;
+import io.trainguard.checkpoint.PathPolicy;
+import io.trainguard.checkpoint.RegistryCatalog;
+import io.trainguard.checkpoint.SqlConnections;
+import io.trainguard.guard.CheckpointCatalog;
+import io.trainguard.store.SqliteJournal;
+import io.trainguard.tensor.DjlTensors;
+import io.trainguard.tensor.TensorInspector;
+import io.trainguard.tensor.TensorScanner;
+import jakarta.enterprise.context.ApplicationScoped;
+import jakarta.enterprise.inject.Disposes;
+import jakarta.enterprise.inject.Produces;
+import jakarta.inject.Singleton;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.sql.Connection;
+import java.sql.SQLException;
+import java.time.Clock;
+import java.util.List;
+import org.jboss.logging.Logger;
+
+/** Builds the checkpoint registry and tensor tools from configuration. DJL itself loads lazily. */
+@ApplicationScoped
+public class CheckpointWiring {
+    private static final Logger LOG = Logger.getLogger(CheckpointWiring.class);
+
+    @Produces
+    @Singleton
+    PathPolicy pathPolicy(TrainguardConfig config) {
+        List<Path> existing = config.checkpoint().roots().stream().filter(root -> {
+            boolean ok = Files.isDirectory(root);
+            if (!ok) {
+                LOG.warnf("checkpoint root %s does not exist: checkpoints under it will be refused "
+                        + "(trainguard.checkpoint.roots)", root.toAbsolutePath());
+            }
+            return ok;
+        }).toList();
+        return new PathPolicy(existing);
+    }
+
+    @Produces
+    @Singleton
+    TensorScanner scanner(TrainguardConfig config) {
+        return new TensorScanner(config.tensor().scanThreads(), config.tensor().scanChunkBytes());
+    }
+
+    void closeScanner(@Disposes TensorScanner scanner) {
+        scanner.close();
+    }
+
+    @Produces
+    @Singleton
+    DjlTensors djl(TrainguardConfig config) {
+        Path cache = config.tensor().djlCacheDir()
+                .orElse(Path.of(System.getProperty("user.home"), ".cache", "trainguard", "djl"));
+        return new DjlTensors(cache, config.tensor().djlMaxFileBytes());
+    }
+
+    @Produces
+    @Singleton
+    CheckpointVerifier verifier(TrainguardConfig config, TensorScanner scanner, DjlTensors djl, PathPolicy paths) {
+        var c = config.checkpoint();
+        return new CheckpointVerifier(scanner, djl, paths, c.verifyQueueCapacity(), c.contentChecksum(), c.tensorStats(),
+                c.progressLogInterval());
+    }
+
+    void closeVerifier(@Disposes CheckpointVerifier verifier) {
+        verifier.close();
+    }
+
+    @Produces
+    @Singleton
+    CheckpointRegistry registry(TrainguardConfig config, SqliteJournal journal, CheckpointVerifier verifier, PathPolicy paths)
+            throws SQLException {
+        Connection connection = journal.openConnection();
+        // One connection for the checkpoint table, used under a lock; SQLite's WAL lets it write
+        // beside the journal's writer thread (busy_timeout covers the rare overlap).
+        SqlConnections connections = new SqlConnections() {
+            @Override
+            public synchronized <T> T withConnection(SqlWork<T> work) throws SQLException {
+                return work.run(connection);
+            }
+        };
+        CheckpointRegistry registry = new CheckpointRegistry(new JdbcCheckpointStore(connections), verifier, paths,
+                config.policy().knownGoodHealthySteps(), Clock.systemUTC());
+        registry.resumePending();
+        return registry;
+    }
+
+    @Produces
+    @Singleton
+    CheckpointCatalog catalog(CheckpointRegistry registry) {
+        return new RegistryCatalog(registry);
+    }
+
+    @Produces
+    @Singleton
+    TensorInspector inspector(TrainguardConfig config) {
+        return new TensorInspector(config.tensor().inspectMaxBytes(), config.tensor().inspectMaxTensors());
+    }
+}

@@ -1,0 +1,47 @@
+package io.trainguard.guard;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import org.junit.jupiter.api.Test;
+
+class HangDetectionTest {
+    @Test
+    void recordHangs_silentRankAfterLearnedSteps_journalsOneHangIncident() {
+        // A hung trainer must turn the trainer health group DOWN once, not spam the journal.
+        InMemoryJournal journal = new InMemoryJournal();
+        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        guard.open(Fixtures.setup("hang", 0, 1, null));
+        for (int s = 0; s < 20; s++) {
+            Fixtures.NANOS.addAndGet(100_000_000L);
+            guard.report(Fixtures.step("hang", 0, s, 2.0, 0.5));
+        }
+        Fixtures.NANOS.addAndGet(500_000_000L);
+        assertTrue(guard.recordHangs().isEmpty(), "half a second is within 5x the 0.1 s step (clamped to hang_min 1 s)");
+        Fixtures.NANOS.addAndGet(2_000_000_000L);
+        var hangs = guard.recordHangs();
+        assertEquals(1, hangs.size());
+        assertEquals(19, hangs.get(0).lastStep());
+        assertEquals(Phase.STEP, hangs.get(0).phase());
+        guard.recordHangs();
+        assertEquals(1, journal.incidents.stream().filter(i -> i.kind() == IncidentKind.HANG).count());
+        // Progress clears it.
+        guard.report(Fixtures.step("hang", 0, 20, 2.0, 0.5));
+        assertTrue(guard.hangs().isEmpty());
+    }
+
+    @Test
+    void hangs_validationPhase_judgedByItsOwnAllowanceNotTheStepTime() {
+        // Validation takes far longer than a step; it must not be called a hang by step timing.
+        InMemoryJournal journal = new InMemoryJournal();
+        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        guard.open(Fixtures.setup("val-hang", 0, 1, null));
+        for (int s = 0; s < 20; s++) {
+            Fixtures.NANOS.addAndGet(100_000_000L);
+            guard.report(Fixtures.step("val-hang", 0, s, 2.0, 0.5));
+        }
+        guard.heartbeat("val-hang", 0, 19, Phase.VALIDATION);
+        Fixtures.NANOS.addAndGet(30_000_000_000L);
+        assertTrue(guard.hangs().isEmpty(), "first validation gets hang_max (60 s in the fixture)");
+    }
+}
