@@ -171,7 +171,7 @@ public final class RunGuard {
                     + (pendingRollback.checkpointStep() + 1));
         } else {
             if (state.state() == RunState.ROLLING_BACK) {
-                confirmRollback(r.rank(), t);
+                confirmRollback(r, t, incidents, now);
             }
             evaluate(r, t, reasons, incidents, o, now);
         }
@@ -335,15 +335,18 @@ public final class RunGuard {
         incidents.add(incident(r, IncidentKind.HALT, Severity.CRITICAL, why, o.firstBadModule, now));
     }
 
-    private void confirmRollback(int rank, RankTrack t) {
-        if (ranksToConfirmRollback.remove(rank)) {
+    private void confirmRollback(StepReport r, RankTrack t, List<Incident> incidents, Instant now) {
+        if (ranksToConfirmRollback.remove(r.rank())) {
             t.divergence.reset();
             t.consecutiveSkips = 0;
             t.healthyStreak = 0;
         }
         if (ranksToConfirmRollback.isEmpty()) {
-            state.moveTo(RunState.DEGRADED, "rolled back to checkpoint " + pendingRollback.checkpointId()
-                    + " (step " + pendingRollback.checkpointStep() + "); re-warming");
+            String msg = "rollback to checkpoint " + pendingRollback.checkpointId() + " (step "
+                    + pendingRollback.checkpointStep() + ", attempt " + pendingRollback.attempt()
+                    + ") confirmed: every rank resumed, first report at step " + r.step() + "; re-warming";
+            state.moveTo(RunState.DEGRADED, msg);
+            incidents.add(incident(r, IncidentKind.ROLLBACK, Severity.INFO, msg, "", now));
             pendingRollback = null;
         }
     }

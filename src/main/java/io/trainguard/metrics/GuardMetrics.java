@@ -83,8 +83,6 @@ public class GuardMetrics implements GuardEvents {
             case NON_FINITE_LOSS -> nonFinite.get("loss").increment();
             case NON_FINITE_GRAD -> nonFinite.get("grad").increment();
             case NON_FINITE_MODULE -> nonFinite.get("module").increment();
-            case ROLLBACK -> rollbacks.increment();
-            case HALT -> halts.increment();
             default -> {
             }
         }
@@ -93,6 +91,11 @@ public class GuardMetrics implements GuardEvents {
     @Override
     public void stateChanged(String runId, RunState from, RunState to, String reason) {
         gauges(runId).state = to.ordinal();
+        if (to == RunState.ROLLING_BACK) {
+            rollbacks.increment();
+        } else if (to == RunState.HALTED) {
+            halts.increment();
+        }
     }
 
     private RunGauges gauges(String runId) {
