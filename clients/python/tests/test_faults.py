@@ -173,7 +173,10 @@ def test_rollback_after_consecutive_nan_restores_known_good(sidecar, tmp_path):
         pytest.fail(f"HALT instead of ROLLBACK (checkpoint states {state}): {e}")
     assert events, "no ROLLBACK"
     step, v, restored = events[0]
-    assert step == 23 and restored and v.resume_step == 10 and v.rollback.resume_position == 13
+    # PaLM's recipe: resume after the batches that led into the trouble (checkpoint at data
+    # position 10, trigger at step 23 -> 14 batches) plus the policy's extra window of 3.
+    assert step == 23 and restored and v.resume_step == 10
+    assert v.rollback.skip_batches == (23 - 9) + 3 and v.rollback.resume_position == 10 + 14 + 3
     g.close()
 
 
@@ -181,7 +184,7 @@ def test_trainer_restart_resumes_the_run(sidecar, tmp_path):
     model, opt = make()
     g = Guard(model, opt, "restart", target=sidecar.target, deadline=2.0, policy=FAST)
     train(g, model, opt, 15)
-    g.save_checkpoint(str(tmp_path), 14, data_position=15)
+    g.save_checkpoint(os.path.join(sidecar.checkpoint_root, "restart"), 14, data_position=15)
     state = g.state_dict()
     g.flush()
     g.sender.close()  # the process "dies" without CloseRun

@@ -150,7 +150,24 @@ public final class GuardService {
         return g;
     }
 
+    /** Decides a step and waits until a course-changing verdict is durable. */
     public Verdict report(StepReport report) {
+        try {
+            return reportAsync(report).get();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new JournalUnavailableException("interrupted while journaling; the verdict was withheld, retry the call", e);
+        } catch (ExecutionException e) {
+            throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause());
+        }
+    }
+
+    /**
+     * Decides a step without blocking the caller: healthy verdicts complete at once, course-changing
+     * ones (SKIP, ROLLBACK, HALT, a state change) complete when the journal has committed them, or
+     * fail with {@link JournalUnavailableException} after the durable timeout. Bad input throws here.
+     */
+    public CompletableFuture<Verdict> reportAsync(StepReport report) {
         long start = nanoTime.getAsLong();
         RunGuard guard = run(report.runId());
         RunGuard.Decision d;
@@ -160,15 +177,24 @@ public final class GuardService {
             // Enqueued under the run's lock so the journal sees one run's steps in decision order.
             written = journal.write(d.write());
         }
-        if (d.durable()) {
-            await(written);
+        Runnable tell = () -> {
+            if (d.from() != d.to()) {
+                events.stateChanged(report.runId(), d.from(), d.to(), d.write().run().stateReason());
+            }
+            d.write().incidents().forEach(events::incident);
+            events.stepDecided(report, d.verdict(), nanoTime.getAsLong() - start);
+        };
+        if (!d.durable()) {
+            tell.run();
+            return CompletableFuture.completedFuture(d.verdict());
         }
-        if (d.from() != d.to()) {
-            events.stateChanged(report.runId(), d.from(), d.to(), d.write().run().stateReason());
-        }
-        d.write().incidents().forEach(events::incident);
-        events.stepDecided(report, d.verdict(), nanoTime.getAsLong() - start);
-        return d.verdict();
+        return written.orTimeout(durableTimeout.toMillis(), TimeUnit.MILLISECONDS).handle((ok, failure) -> {
+            if (failure != null) {
+                throw new java.util.concurrent.CompletionException(journalFailure(failure));
+            }
+            tell.run();
+            return d.verdict();
+        });
     }
 
     public ValidationGate beginValidation(String runId, int rank, long step) {
@@ -329,9 +355,17 @@ public final class GuardService {
             Thread.currentThread().interrupt();
             throw new JournalUnavailableException("interrupted while journaling; the verdict was withheld, retry the call", e);
         } catch (ExecutionException | TimeoutException e) {
-            throw new JournalUnavailableException("the journal could not record this within " + durableTimeout.toMillis()
-                    + " ms (" + (e.getCause() != null ? e.getCause().getMessage() : e) + "); the verdict was withheld: "
-                    + "check the journal volume (disk full? read-only?) and retry", e);
+            throw journalFailure(e instanceof ExecutionException ? e.getCause() : e);
         }
+    }
+
+    private JournalUnavailableException journalFailure(Throwable cause) {
+        while (cause instanceof java.util.concurrent.CompletionException && cause.getCause() != null) {
+            cause = cause.getCause();
+        }
+        String what = cause instanceof TimeoutException ? "timed out" : String.valueOf(cause.getMessage());
+        return new JournalUnavailableException("the journal could not record this within " + durableTimeout.toMillis()
+                + " ms (" + what + "); the verdict was withheld: check the journal volume (disk full? read-only?) and retry",
+                cause);
     }
 }

@@ -83,6 +83,12 @@ public final class RunGuard {
     synchronized void replay(int rank, List<StepRecord> steps, long nowNanos) {
         RankTrack t = track(rank, nowNanos);
         for (StepRecord s : steps) {
+            // Routine snapshots are throttled; the step rows are the truth about the newest steps.
+            if (s.time().isAfter(updatedTime)) {
+                stepsReported++;
+                lastStep = s.step();
+                updatedTime = s.time();
+            }
             if (s.action() == Action.APPLY || s.action() == Action.CLIP) {
                 t.learn(s.loss(), Double.isNaN(s.loss()), s.gradNorm());
                 t.divergence.observe(s.loss());
@@ -197,7 +203,8 @@ public final class RunGuard {
         StepRecord record = new StepRecord(runId, r.rank(), r.step(), r.lossAbsent() ? Double.NaN : r.loss(), r.gradNorm(),
                 r.learningRate(), r.lossScale(), o.action, verdict.clipThreshold(), now);
         boolean durable = o.action.changesCourse() && from != RunState.HALTED || from != state.state();
-        return new Decision(verdict, new JournalWrite(snapshot(), List.of(record), List.copyOf(incidents)), durable, from, state.state());
+        return new Decision(verdict, new JournalWrite(snapshot(), List.of(record), List.copyOf(incidents), durable || !incidents.isEmpty()),
+                durable, from, state.state());
     }
 
     private static final class Outcome {

@@ -31,6 +31,9 @@ import io.trainguard.guard.IncidentKind;
 import io.trainguard.guard.Severity;
 import io.trainguard.tensor.TensorInspector;
 import io.trainguard.guard.InvalidRequestException;
+import io.smallrye.common.annotation.Blocking;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionException;
 import java.util.function.Supplier;
 
 /** gRPC adapter: proto in, engine call, proto out. Errors go through {@link GrpcErrors}. */
@@ -66,6 +69,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     }
 
     @Override
+    @Blocking // waits for a journal commit
     public void openRun(OpenRunRequest request, StreamObserver<OpenRunResponse> observer) {
         respond(observer, () -> {
             var result = guard.open(ProtoMapper.setup(request));
@@ -75,35 +79,56 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
         });
     }
 
+    /** Runs on the event loop; a verdict that must be journaled first is answered when the commit lands. */
     @Override
     public void reportStep(ReportStepRequest request, StreamObserver<ReportStepResponse> observer) {
-        respond(observer, () -> {
+        CompletableFuture<ReportStepResponse> response;
+        try {
             if (!request.hasReport()) {
                 throw new InvalidRequestException("report is missing: set ReportStepRequest.report");
             }
             requireRunId(request.getReport().getRunId());
-            var verdict = guard.report(ProtoMapper.report(request.getReport()));
-            return ReportStepResponse.newBuilder().setVerdict(ProtoMapper.verdict(verdict)).build();
+            response = guard.reportAsync(ProtoMapper.report(request.getReport()))
+                    .thenApply(v -> ReportStepResponse.newBuilder().setVerdict(ProtoMapper.verdict(v)).build());
+        } catch (RuntimeException e) {
+            observer.onError(GrpcErrors.toStatus(e));
+            return;
+        }
+        response.whenComplete((r, failure) -> {
+            if (failure != null) {
+                observer.onError(GrpcErrors.toStatus(unwrap(failure)));
+            } else {
+                observer.onNext(r);
+                observer.onCompleted();
+            }
         });
+    }
+
+    private static Throwable unwrap(Throwable t) {
+        return t instanceof CompletionException && t.getCause() != null ? t.getCause() : t;
     }
 
     @Override
     public StreamObserver<StreamStepsRequest> streamSteps(StreamObserver<StreamStepsResponse> observer) {
         return new StreamObserver<>() {
+            // Verdicts leave in report order even when one waits for the journal: each response is
+            // chained behind the previous one.
+            private CompletableFuture<Void> tail = CompletableFuture.completedFuture(null);
+
             @Override
-            public void onNext(StreamStepsRequest request) {
-                StreamStepsResponse response;
+            public synchronized void onNext(StreamStepsRequest request) {
+                long step = request.getReport().getStep();
+                CompletableFuture<StreamStepsResponse> response;
                 try {
                     requireRunId(request.getReport().getRunId());
-                    var verdict = guard.report(ProtoMapper.report(request.getReport()));
-                    response = StreamStepsResponse.newBuilder().setVerdict(ProtoMapper.verdict(verdict)).build();
+                    response = guard.reportAsync(ProtoMapper.report(request.getReport()))
+                            .thenApply(v -> StreamStepsResponse.newBuilder().setVerdict(ProtoMapper.verdict(v)).build())
+                            .exceptionally(failure -> errorResponse(unwrap(failure), step));
                 } catch (RuntimeException e) {
                     // One bad report must not tear down the stream every later step relies on.
-                    var status = GrpcErrors.toStatus(e).getStatus();
-                    response = StreamStepsResponse.newBuilder().setError(status.getCode() + ": " + status.getDescription())
-                            .setErrorStep(request.getReport().getStep()).build();
+                    response = CompletableFuture.completedFuture(errorResponse(e, step));
                 }
-                observer.onNext(response);
+                tail = tail.thenCombine(response, (previous, r) -> r).thenAccept(observer::onNext);
             }
 
             @Override
@@ -112,10 +137,16 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
             }
 
             @Override
-            public void onCompleted() {
-                observer.onCompleted();
+            public synchronized void onCompleted() {
+                tail.whenComplete((ok, failure) -> observer.onCompleted());
             }
         };
+    }
+
+    private static StreamStepsResponse errorResponse(Throwable e, long step) {
+        var status = GrpcErrors.toStatus(e).getStatus();
+        return StreamStepsResponse.newBuilder().setError(status.getCode() + ": " + status.getDescription())
+                .setErrorStep(step).build();
     }
 
     @Override
@@ -138,6 +169,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     }
 
     @Override
+    @Blocking // waits for a journal commit
     public void endValidation(EndValidationRequest request, StreamObserver<EndValidationResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
@@ -148,6 +180,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     }
 
     @Override
+    @Blocking // waits for a journal commit
     public void registerCheckpoint(RegisterCheckpointRequest request, StreamObserver<RegisterCheckpointResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
@@ -160,6 +193,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     }
 
     @Override
+    @Blocking // waits for a journal commit
     public void inspectTensors(InspectTensorsRequest request, StreamObserver<InspectTensorsResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
@@ -176,6 +210,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     }
 
     @Override
+    @Blocking // waits for a journal commit
     public void getRun(GetRunRequest request, StreamObserver<GetRunResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
@@ -188,6 +223,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     }
 
     @Override
+    @Blocking // waits for a journal commit
     public void updatePolicy(UpdatePolicyRequest request, StreamObserver<UpdatePolicyResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
@@ -197,6 +233,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     }
 
     @Override
+    @Blocking // waits for a journal commit
     public void closeRun(CloseRunRequest request, StreamObserver<CloseRunResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());

@@ -2,13 +2,16 @@ package io.trainguard.guard.detect;
 
 /**
  * Steady divergence (too high an LR) rarely looks like one spike: the loss drifts up while the
- * moving statistics follow it. This compares a fast EMA of the loss with the best (lowest) slow EMA
- * seen; staying above {@code ratio} times that best for {@code window} consecutive steps is
- * divergence (llm-foundry's KillLossSpike uses 2x the running mean for more than 4 steps).
+ * moving statistics follow it. This compares the short-term loss level with the best (lowest) slow
+ * EMA seen; staying above {@code ratio} times that best for {@code window} consecutive steps is
+ * divergence (llm-foundry's KillLossSpike uses 2x the running mean for more than 4 steps). The
+ * short-term level is the median of the last few losses, so one bad batch (a spike, which the spike
+ * detector handles) cannot look like divergence however large it is.
  */
 public final class DivergenceDetector {
-    private static final double FAST_ALPHA = 0.8;
+    private static final int RECENT = 5;
     private static final double SLOW_ALPHA = 0.98;
+    private final double[] recent = new double[RECENT];
     private final double ratio;
     private final int window;
     private final int warmup;
@@ -29,8 +32,9 @@ public final class DivergenceDetector {
         if (!Double.isFinite(loss)) {
             return false;
         }
+        recent[(int) (count % RECENT)] = loss;
         count++;
-        fast = count == 1 ? loss : FAST_ALPHA * fast + (1 - FAST_ALPHA) * loss;
+        fast = median();
         slow = count == 1 ? loss : SLOW_ALPHA * slow + (1 - SLOW_ALPHA) * loss;
         if (count < warmup) {
             return false;
@@ -41,9 +45,17 @@ public final class DivergenceDetector {
         return above >= window;
     }
 
+    private double median() {
+        int n = (int) Math.min(count, RECENT);
+        double[] sorted = java.util.Arrays.copyOf(recent, n);
+        java.util.Arrays.sort(sorted);
+        return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+    }
+
     /** After a rollback the trainer resumes from an earlier state; start judging afresh. */
     public void reset() {
         above = 0;
+        java.util.Arrays.fill(recent, slow);
         fast = slow;
     }
 

@@ -45,4 +45,13 @@ class ClipRuleTest {
         assertTrue(watch.overdue(19 * 100 * ms + 300 * ms, 5, min, max).isZero(), "3 steps' time is not a hang");
         assertTrue(!watch.overdue(19 * 100 * ms + 600 * ms, 5, min, max).isZero(), "6 steps' time is a hang");
     }
+
+    @Test
+    void divergence_oneHugeBadBatch_isNotDivergence() {
+        // A x1000 loss from one bad batch is a spike; it must not later be called divergence.
+        var d = new DivergenceDetector(2.0, 10, 20);
+        for (int s = 0; s < 100; s++) {
+            assertTrue(!d.observe(s == 50 ? 2000.0 : 2.0 + 0.01 * Math.sin(s)), "step " + s);
+        }
+    }
 }
