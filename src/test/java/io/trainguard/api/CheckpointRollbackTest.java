@@ -20,24 +20,11 @@ import io.trainguard.api.grpc.v1.RegisterCheckpointRequest;
 import io.trainguard.tensor.SafetensorsWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
 @QuarkusTest
-class CheckpointRollbackTest {
+class CheckpointRollbackTest extends SidecarTestSupport {
     private static final Path ROOT = Path.of("target/test-classes/checkpoints").toAbsolutePath();
-    private Sidecar sidecar;
-
-    @BeforeEach
-    void connect() {
-        sidecar = new Sidecar(io.restassured.RestAssured.port);
-    }
-
-    @AfterEach
-    void close() throws InterruptedException {
-        sidecar.close();
-    }
 
     private CheckpointState waitFor(String run, CheckpointState wanted) throws InterruptedException {
         CheckpointState state = CheckpointState.CHECKPOINT_STATE_UNSPECIFIED;

@@ -42,22 +42,10 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
-import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 
 @QuarkusTest
-class GrpcContractTest {
-    private Sidecar sidecar;
-
-    @org.junit.jupiter.api.BeforeEach
-    void connect() {
-        sidecar = new Sidecar(io.restassured.RestAssured.port);
-    }
-
-    @AfterEach
-    void close() throws InterruptedException {
-        sidecar.close();
-    }
+class GrpcContractTest extends SidecarTestSupport {
 
     @Test
     void reportStep_nanLoss_skipsAndGetRunShowsIncident() {

@@ -8,22 +8,10 @@ import static org.hamcrest.Matchers.greaterThanOrEqualTo;
 
 import io.quarkus.test.junit.QuarkusTest;
 import io.restassured.http.ContentType;
-import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 
 @QuarkusTest
-class HttpSurfaceTest {
-    private Sidecar sidecar;
-
-    @org.junit.jupiter.api.BeforeEach
-    void connect() {
-        sidecar = new Sidecar(io.restassured.RestAssured.port);
-    }
-
-    @AfterEach
-    void close() throws InterruptedException {
-        sidecar.close();
-    }
+class HttpSurfaceTest extends SidecarTestSupport {
 
     private String haltedRun() {
         String run = Sidecar.newRunId("halt");
