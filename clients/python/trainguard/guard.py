@@ -8,6 +8,7 @@ Per step (between ``loss.backward()`` and ``optimizer.step()``)::
 See docs/client.md for the design and its guarantees.
 """
 import logging
+import collections
 import math
 import os
 import socket
@@ -89,13 +90,24 @@ class Guard:
       policy: Policy overrides, e.g. {"clip_mode": "FIXED", "clip_threshold": 1.0}.
       protect_update: check the weights after optimizer.step() and undo a non-finite update.
         "auto" turns it on for low-precision parameters without fp32 master weights.
+      device_gate: "auto" (default): on CUDA, with an optimizer that honours ``found_inf`` and
+        ``grad_scale`` (fused Adam/AdamW/SGD), mode="async", no GradScaler, no protect_update and a
+        single rank, healthy steps run with no host sync: the skip flag and the clip factor are
+        computed on the device and the optimizer's fused kernel applies them; the stats reach the
+        host through pinned memory and the report is sent from the sender thread. False: never.
+        True: wherever the optimizer allows it, also on the CPU (tests).
+      verdict_lag: with the device gate, ``step(k)`` first waits (at most ``deadline``) for the
+        sidecar's verdict on step ``k - verdict_lag``, so a ROLLBACK/HALT for step k-1 is applied at
+        step k. Normally the verdict is already there. None: never wait (verdicts apply when they
+        arrive).
     """
 
     def __init__(self, model, optimizer, run, *, target="127.0.0.1:7474", scheduler=None, scaler=None,
                  watch="auto", deadline=0.5, failure_mode="open", mode="async", policy=None,
                  rank=None, world_size=None, open_deadline=None, protect_update="auto",
                  master_weights=False, autocast_dtype=None, clipping_configured=False,
-                 framework="torch", trainer_instance=None, warn_every=100):
+                 framework="torch", trainer_instance=None, warn_every=100, device_gate="auto",
+                 verdict_lag=1):
         if failure_mode not in ("open", "closed"):
             raise ValueError('failure_mode must be "open" or "closed"')
         if mode not in ("async", "sync"):
@@ -116,14 +128,26 @@ class Guard:
 
         params = [p for p in model.parameters()]
         self.device = params[0].device if params else torch.device("cpu")
-        names = auto_watch(model) if watch == "auto" else list(watch or [])
-        self.watch = ModuleWatch(model, names) if names else None
         low = any(p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) for p in params)
         self.protect_update = (low and not master_weights) if protect_update == "auto" else bool(protect_update)
+        if device_gate not in ("auto", True, False):
+            raise ValueError('device_gate must be "auto", True or False')
+        gate_ok = (mode == "async" and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+                   and not self.protect_update and not (scaler is not None and scaler.is_enabled())
+                   and self.world_size == 1)
+        if device_gate is True and not gate_ok:
+            raise ValueError("device_gate=True needs mode='async', an optimizer that honours found_inf/grad_scale "
+                             "(fused=True Adam/AdamW/SGD), no GradScaler, no protect_update and one rank")
+        self.device_gate = gate_ok and (device_gate is True or (device_gate == "auto" and self.device.type == "cuda"))
+        self.verdict_lag = verdict_lag
+        names = auto_watch(model) if watch == "auto" else list(watch or [])
+        reduce = "sum" if (self.device.type == "cuda" or self.device_gate) else "amax"
+        self.watch = ModuleWatch(model, names, reduce=reduce) if names else None
 
         # Counters and state that round-trip through state_dict().
         self.counters = {"steps": 0, "local_decisions": 0, "sidecar_verdicts": 0, "sidecar_failures": 0,
-                         "skips": 0, "clips": 0, "rollbacks": 0, "reports_dropped": 0, "validation_incidents": 0}
+                         "skips": 0, "clips": 0, "rollbacks": 0, "reports_dropped": 0, "validation_incidents": 0,
+                         "device_gated_steps": 0}
         self.bounds = None
         self.generation = 0
         self.checkpoints = {}  # step -> {"dir", "files", "checkpoint_id", "data_position"}
@@ -143,6 +167,10 @@ class Guard:
         self._step_t0 = time.perf_counter()
         self._applied_rollbacks = set()
         self._warned = False
+        self._gate_found = None      # device float32 0-d: 1.0 = the optimizer skips (optimizer.found_inf)
+        self._gate_scale = None      # device float32 0-d: grads are divided by it (optimizer.grad_scale)
+        self._gate_futs = collections.deque()  # device-gated reports not yet answered
+        self._gate_warned = False
 
         self.transport = Transport(target, deadline)
         self._open_run(open_deadline if open_deadline is not None else max(10.0, self.deadline))
@@ -266,9 +294,16 @@ class Guard:
                 self._open_run(self.deadline)
             except SidecarUnavailable:
                 raise
+        if self.device_gate:
+            self._await_verdicts(step)
         with self._lock:
             late, self._late = self._late, None
             async_err, self._async_error = self._async_error, None
+        if (self.device_gate and late is None and async_err is None and not self._offline
+                and self.bounds is not None and self.bounds.usable(step)):
+            return self._step_gated(step, loss, step_time)
+        if self.device_gate:
+            self._gate_uninstall()  # this step is decided on the host: no stale device flag may gate it
         if async_err is not None:
             err = None
             try:
@@ -289,7 +324,7 @@ class Guard:
                                group_grad_norms=group_norms, learning_rate=lr,
                                loss_scale=float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 0.0,
                                module_stats=pb.ModuleStats(names=mod_names, finite=[math.isfinite(x) for x in mod_max],
-                                                           max_abs=mod_max),
+                                                           max_abs=mod_max if self.watch is None or self.watch.reduce == "amax" else []),
                                loss_absent=loss is None)
         report.step_time.FromNanoseconds(int(step_time * 1e9))
         scaler_overflow = (self.scaler is not None and self.scaler.is_enabled() and math.isfinite(loss_v)
@@ -309,6 +344,141 @@ class Guard:
         else:
             verdict = self._ask_sidecar(report, step, loss_v, gnorm, finite and mods_finite)
         return self._finish(step, verdict, gnorm=gnorm)
+
+    # ------------------------------------------------------------------ the device gate (no host sync)
+
+    def _await_verdicts(self, step):
+        """Waits (at most ``deadline``) until the device-gated reports of steps <= step - verdict_lag
+        have their verdicts, so that a ROLLBACK/HALT for step k-1 is applied at step k."""
+        futs = self._gate_futs
+        while futs and futs[0].done():
+            futs.popleft()
+        if self.verdict_lag is None:
+            return
+        while futs and futs[0].step <= step - self.verdict_lag:
+            fut = futs[0]
+            if not fut.wait(self.deadline + 0.05):
+                futs.clear()
+                self._offline = True  # stop paying the deadline every step; OpenRun is retried every 5 s
+                self._last_open_try = time.monotonic()
+                self._unreachable("ReportStep", TimeoutError(f"no verdict for step {fut.step} within {self.deadline}s"))
+                return
+            futs.popleft()
+
+    def _gate_buffers(self):
+        if self._gate_found is None or self._gate_found.device != self.device:
+            self._gate_found = torch.zeros((), dtype=torch.float32, device=self.device)
+            self._gate_scale = torch.ones((), dtype=torch.float32, device=self.device)
+        return self._gate_found, self._gate_scale
+
+    def _gate_uninstall(self):
+        self.optimizer.__dict__.pop("found_inf", None)
+        self.optimizer.__dict__.pop("grad_scale", None)
+
+    @staticmethod
+    def _gate_threshold(bounds):
+        """The clip applied on the device: the sidecar's clip threshold, and never above the bound
+        beyond which the sidecar must be asked (a finite spike is clipped to it meanwhile)."""
+        thr = bounds.clip_threshold if bounds.clip_threshold > 0 and math.isfinite(bounds.clip_threshold) else 0.0
+        m = bounds.max_grad_norm
+        if m > 0 and math.isfinite(m):
+            thr = min(thr, m) if thr > 0 else m
+        return thr
+
+    def _step_gated(self, step, loss, step_time):
+        """A step with no host sync: measure on the device, gate the optimizer on the device, hand
+        the stats to the sender thread through pinned memory and a CUDA event."""
+        bounds = self.bounds
+        self.counters["device_gated_steps"] += 1
+        groups = [g["params"] for g in self.optimizer.param_groups]
+        total, per_group = grad_norms(groups, self.device)
+        if torch.is_tensor(loss):
+            lt = loss.detach().reshape(1)
+            if lt.device != self.device:
+                lt = lt.to(self.device)
+        else:
+            lt = torch.full((1,), float("nan") if loss is None else float(loss), device=self.device)
+        names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
+        parts = [lt, total.reshape(1)] + [g.reshape(1) for g in per_group] + [m.reshape(1) for m in mods]
+        if any(t.dtype != torch.float32 for t in parts):
+            parts = [t.float() for t in parts]
+        stats = torch.cat(parts)
+        found, scale = self._gate_buffers()
+        # 1.0 when anything is NaN/Inf: the fused optimizer then leaves weights, moments and its
+        # step counter untouched (as under GradScaler).
+        torch.logical_not(torch.isfinite(stats).all(), out=found)
+        thr = self._gate_threshold(bounds)
+        opt = self.optimizer
+        opt.found_inf = found
+        if thr > 0:
+            # clip_grad_norm_'s coefficient min(1, thr/norm) as a divisor the fused kernel applies.
+            torch.clamp(total.detach().float(), min=thr, out=scale)
+            scale.div_(thr)
+            opt.grad_scale = scale
+        else:
+            opt.__dict__.pop("grad_scale", None)
+        if self.device.type == "cuda":
+            host = torch.empty(stats.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(stats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host, event = stats, None
+        lr = self.optimizer.param_groups[0].get("lr", 0.0)
+        lr = float(lr) if not torch.is_tensor(lr) or lr.device.type == "cpu" else 0.0
+        ng, absent = len(per_group), loss is None
+
+        def build():  # on the sender thread
+            if event is not None:
+                event.synchronize()  # blocks in C without the GIL
+            return self._gated_report(step, host.tolist(), ng, names, lr, step_time, thr, bounds, absent)
+
+        self._gate_futs.append(self.sender.submit_deferred(step, build, self.generation))
+        verdict = Verdict(step, Action.APPLY, clip_threshold=thr, validation_allowed=self._validation_hint,
+                          bounds=bounds, decided_locally=True, device_gated=True)
+        return self._finish(step, verdict)
+
+    def _gated_report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent):
+        loss_v, gnorm = vals[0], vals[1]
+        mods = vals[2 + ng:]
+        mod_finite = [math.isfinite(x) for x in mods]
+        finite = math.isfinite(loss_v) and math.isfinite(gnorm) and all(mod_finite)  # = the device's gate
+        in_bounds = ((bounds.max_grad_norm <= 0 or gnorm <= bounds.max_grad_norm)
+                     and (bounds.max_loss <= 0 or loss_v <= bounds.max_loss))
+        with self._lock:
+            if not finite:
+                self.counters["skips"] += 1
+            elif thr > 0 and gnorm > thr:
+                self.counters["clips"] += 1
+            if finite and in_bounds:
+                self.counters["local_decisions"] += 1
+        if not finite:
+            bad = next((n for n, f in zip(names, mod_finite) if not f), "")
+            log.warning("trainguard: step %d non-finite (loss=%s, grad norm=%s%s): the update was skipped on the "
+                        "device; the sidecar decides what follows", step, loss_v, gnorm,
+                        f", first non-finite module '{bad}'" if bad else "")
+        amax = self.watch is not None and self.watch.reduce == "amax"
+        report = pb.StepReport(run_id=self.run, rank=self.rank, step=step, loss=loss_v, grad_norm=gnorm,
+                               group_grad_norms=vals[2:2 + ng], learning_rate=lr,
+                               module_stats=pb.ModuleStats(names=names, finite=mod_finite, max_abs=mods if amax else []),
+                               loss_absent=absent, decided_locally=finite and in_bounds)
+        report.step_time.FromNanoseconds(int(step_time * 1e9))
+        return report
+
+    def pause(self):
+        """Detaches the guard until ``resume()``: waits for queued reports, removes the forward hooks
+        and the optimizer's device gate, so the optimizer steps as if unguarded."""
+        self.flush()
+        self._gate_futs.clear()
+        if self.watch:
+            self.watch.remove()
+            self.watch.reset()
+        self._gate_uninstall()
+
+    def resume(self):
+        if self.watch:
+            self.watch.attach()
+        self._step_t0 = time.perf_counter()
 
     def _decide_locally(self, step, gnorm, bounds, scaler_overflow):
         self.counters["local_decisions"] += 1
@@ -606,6 +776,7 @@ class Guard:
 
     def close(self, reason="training finished"):
         self.flush()
+        self._gate_uninstall()
         self.sender.close()
         try:
             self.transport.call("CloseRun", pb.CloseRunRequest(run_id=self.run, rank=self.rank, reason=reason))

@@ -28,6 +28,8 @@ def grad_norms(groups, device):
             continue
         norms = [n.to(device) for n in _foreach_norms(grads)]
         per_group.append(torch.linalg.vector_norm(torch.stack(norms)))
+    if len(per_group) == 1:
+        return per_group[0], per_group  # one group: its norm is the global norm (two launches fewer)
     total = torch.linalg.vector_norm(torch.stack(per_group)) if per_group else torch.zeros((), device=device)
     return total, per_group
 
@@ -49,18 +51,35 @@ def _first_tensor(out):
 
 
 class ModuleWatch:
-    """Forward hooks that keep max |output| per watched module on the device.
+    """Forward hooks that keep one float32 statistic per watched module on the device.
 
-    One ``amax`` per module call: NaN propagates through ``amax`` and ``maximum`` and Inf is its own
-    maximum, so the finite flag is ``isfinite(max_abs)`` and needs no second pass."""
+    ``reduce="amax"`` (the CPU default): max |output|, one ``abs().amax()`` per call. NaN propagates
+    through ``amax`` and ``maximum`` and Inf is its own maximum, so the finite flag is
+    ``isfinite(max_abs)`` and needs no second pass.
 
-    def __init__(self, model, names):
+    ``reduce="sum"`` (CUDA): ``torch.sum(out, dtype=float32)``, one reduction kernel that reads the
+    output once, upcasts in registers and writes one float; NaN and Inf propagate through the sum
+    (Inf + -Inf is NaN), so the value is a finite flag only (it is no magnitude: reports then carry
+    ``finite`` and no ``max_abs``)."""
+
+    def __init__(self, model, names, reduce="amax"):
+        if reduce not in ("amax", "sum"):
+            raise ValueError('reduce must be "amax" or "sum"')
+        self.reduce = reduce
+        self._model = model
         modules = dict(model.named_modules())
         self.names = [n for n in names if n in modules]
         self._slots = [None] * len(self.names)
         self._order = []  # indices in the order the modules first ran: the forward order
         self.enabled = True
         self._handles = []
+        self.attach()
+
+    def attach(self):
+        """(Re-)registers the forward hooks; a no-op while they are registered."""
+        if self._handles:
+            return
+        modules = dict(self._model.named_modules())
         for i, n in enumerate(self.names):
             self._handles.append(modules[n].register_forward_hook(self._make_hook(i)))
 
@@ -71,14 +90,17 @@ class ModuleWatch:
             t = _first_tensor(output)
             if t is None or not t.is_floating_point() or t.numel() == 0:
                 return
-            m = t.detach().abs().amax().float()
+            if self.reduce == "sum":
+                m = torch.sum(t.detach(), dtype=torch.float32)
+            else:
+                m = t.detach().abs().amax().float()
             cur = self._slots[i]
             if cur is None:
                 if i not in self._order:
                     self._order.append(i)
                 self._slots[i] = m
             else:
-                self._slots[i] = torch.maximum(cur, m)
+                self._slots[i] = (cur + m) if self.reduce == "sum" else torch.maximum(cur, m)
         return hook
 
     def forward_order(self):
@@ -91,6 +113,14 @@ class ModuleWatch:
         vals = [self._slots[i].to(device) for i in idx]
         self._slots = [None] * len(self.names)
         return [self.names[i] for i in idx], (torch.stack(vals) if vals else None)
+
+    def take_list(self, device):
+        """Like ``take`` but returns the 0-d float32 tensors unstacked (the caller concatenates them
+        with the rest of the step's statistics in one kernel)."""
+        idx = [i for i in self._order if self._slots[i] is not None]
+        vals = [self._slots[i] if self._slots[i].device == device else self._slots[i].to(device) for i in idx]
+        self._slots = [None] * len(self.names)
+        return [self.names[i] for i in idx], vals
 
     def reset(self):
         self._slots = [None] * len(self.names)

@@ -120,6 +120,25 @@ class ReportSender:
             self._cv.notify()
         return fut
 
+    def submit_deferred(self, step, build, generation) -> ReportFuture:
+        """Queues a report that does not exist yet: on its turn the sender thread calls ``build()``
+        (which may block without the GIL, e.g. on a CUDA event, and returns the StepReport, or None
+        for nothing to send) and sends what it returns. Keeps step order with ``submit``."""
+        fut = ReportFuture(step, generation, False)
+        with self._cv:
+            while len(self._queue) >= self._max_queue:
+                old_report, old = self._queue.popleft()
+                self.dropped += 1
+                if callable(old_report):
+                    try:
+                        old_report()  # still read the device's outcome (counters), just don't send it
+                    except Exception:
+                        log.exception("trainguard: deferred report failed")
+                old._set(error=TimeoutError("report dropped: sender queue full"))
+            self._queue.append((build, fut))
+            self._cv.notify()
+        return fut
+
     def pending(self) -> int:
         with self._cv:
             return len(self._queue)
@@ -144,13 +163,21 @@ class ReportSender:
                     return
                 report, fut = self._queue.popleft()
                 self._busy = True
+            send = True
             try:
-                resp = self._transport.call("ReportStep", pb.ReportStepRequest(report=report))
-                fut._set(response=resp)
+                if callable(report):
+                    report = report()
+                    send = report is not None
+                if send:
+                    resp = self._transport.call("ReportStep", pb.ReportStepRequest(report=report))
+                    fut._set(response=resp)
+                else:
+                    fut._set()
             except Exception as e:  # grpc.RpcError or a serialisation problem: never kill the thread
                 fut._set(error=e)
             try:
-                self._on_result(fut)
+                if send:
+                    self._on_result(fut)
             except Exception:  # the callback must not kill the sender either
                 log.exception("trainguard: report callback failed")
             finally:

@@ -72,6 +72,9 @@ class Verdict:
     degraded: bool = False
     #: Set by the client after a rollback: the step the loop should continue from.
     resume_step: Optional[int] = None
+    #: The step went through the device gate (no host sync): APPLY is provisional; on the device a
+    #: non-finite step is skipped by the optimizer and a step above ``clip_threshold`` is clipped.
+    device_gated: bool = False
 
     @property
     def should_step(self) -> bool:

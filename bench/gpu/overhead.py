@@ -1,0 +1,320 @@
+"""Trainer step overhead of trainguard on a GPU (issue 7): a GPT-2-small-sized LM in plain torch.
+
+Variants, each timed in paired rounds (baseline, variant, baseline: the ratio is the variant's
+ms/step over the mean of the two baselines around it; median, min and max over the rounds):
+
+  baseline     fwd/bwd under bf16 autocast, fused AdamW, zero_grad
+  tg           trainguard as shipped: per-step report to the real sidecar, per-block provenance
+               (auto watch: emb, h.0..h.11, head = 14 modules), device gate, verdict_lag=1
+  tg_nolag     the same with verdict_lag=None (never waits for the previous step's verdict)
+  tg_all       trainguard with every module hooked
+  naive        clip_grad_norm_(1.0) + one .item() host sync per step
+  scaler       fp16 autocast + GradScaler (fused AdamW: GradScaler gates on the device)
+  anomaly      torch.autograd.detect_anomaly() (fewer steps: it is ~5x slower)
+
+Usage: python overhead.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 7 --steps 30 --out res.json
+       python overhead.py --device cpu --tiny ...   (a smoke test of the script, no timing value)
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+from trainguard.guard import Guard  # noqa: E402
+
+
+class Embeddings(nn.Module):
+    def __init__(self, vocab, seq, d):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(seq, d)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        return self.wte(idx) + self.wpe(pos)
+
+
+class Attention(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc = nn.Linear(d, 4 * d)
+        self.act = nn.GELU(approximate="tanh")
+        self.proj = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = Attention(d, heads)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = MLP(d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Head(nn.Module):
+    """Final LayerNorm + LM head (tied to wte) + cross-entropy: its output is the loss (as in
+    nanoGPT's forward(idx, targets)), so watching the head costs no pass over the logits."""
+
+    def __init__(self, d, wte):
+        super().__init__()
+        self.ln_f = nn.LayerNorm(d)
+        self.wte = [wte]  # tied weight, not a submodule
+
+    def forward(self, x, targets):
+        logits = F.linear(self.ln_f(x), self.wte[0].weight)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab=50257, seq=1024, d=768, layers=12, heads=12):
+        super().__init__()
+        self.emb = Embeddings(vocab, seq, d)
+        self.h = nn.ModuleList([Block(d, heads) for _ in range(layers)])
+        self.head = Head(d, self.emb.wte)
+
+    def forward(self, idx, targets):
+        x = self.emb(idx)
+        for b in self.h:
+            x = b(x)
+        return self.head(x, targets)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", default="unix:///tmp/tg.sock")
+    ap.add_argument("--batch", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--anomaly-steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--variants", default="tg,tg_nolag,tg_all,naive,scaler,anomaly")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    cfg = dict(vocab=1000, seq=64, d=64, layers=2, heads=4) if a.tiny else dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    variants = a.variants.split(",")
+    info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(dev),
+            "gpu": torch.cuda.get_device_name(0) if cuda else platform.processor(), "config": cfg,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps,
+            "anomaly_steps": a.anomaly_steps, "results": {}}
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    for B in a.batch:
+        torch.manual_seed(0)
+        model = GPT(**cfg).to(dev)
+        nparams = sum(p.numel() for p in model.parameters())
+        info["parameters"] = nparams
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
+        seq, vocab = cfg["seq"], cfg["vocab"]
+        data = [torch.randint(0, vocab, (B, seq + 1), device=dev) for _ in range(4)]
+        data = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in data]
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        gate = "auto" if cuda else True
+        all_modules = [n for n, _ in model.named_modules() if n]
+        guards = {}
+        step_no = {}
+
+        def guard(name):
+            if name not in guards:
+                kw = dict(watch="auto", verdict_lag=1)
+                if name == "tg_all":
+                    kw["watch"] = all_modules
+                if name == "tg_nolag":
+                    kw["verdict_lag"] = None
+                g = Guard(model, opt, f"bench-{name}-b{B}-{os.getpid()}", target=a.target, deadline=2.0,
+                          device_gate=gate, autocast_dtype=torch.bfloat16, **kw)
+                if name in ("tg", "tg_nolag", "tg_all") and not g.device_gate:
+                    raise SystemExit(f"{name}: device gate is off")
+                g.pause()
+                guards[name], step_no[name] = g, 0
+            return guards[name]
+
+        scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
+
+        def run(name, n):
+            """n steps of variant `name`; returns ms/step (synchronized before reading the clock)."""
+            g = guard(name) if name.startswith("tg") else None
+            if g is not None:
+                g.resume()
+            sync()
+            t0 = time.perf_counter()
+            for i in range(n):
+                x, y = data[i % len(data)]
+                if name == "scaler":
+                    with torch.autocast(dev.type, dtype=torch.float16):
+                        loss = model(x, y)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                    continue
+                if name == "anomaly":
+                    with torch.autograd.detect_anomaly(check_nan=True):
+                        with torch.autocast(dev.type, dtype=torch.bfloat16):
+                            loss = model(x, y)
+                        loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    continue
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    loss = model(x, y)
+                loss.backward()
+                if g is not None:
+                    g.step(step_no[name], loss)
+                    step_no[name] += 1
+                    g.optimizer_step()
+                elif name == "naive":
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+                    if not math.isfinite(norm.item()):  # the one host sync
+                        opt.zero_grad(set_to_none=True)
+                        continue
+                    opt.step()
+                else:
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
+            sync()
+            dt = (time.perf_counter() - t0) * 1000.0 / n
+            if g is not None:
+                g.pause()  # flushes the reports, removes hooks and the optimizer gate
+            return dt
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in ["baseline"] + variants:
+                run(name, a.anomaly_steps if name == "anomaly" else a.warmup)
+            rows = {v: [] for v in variants}
+            base_ms = []
+            for r in range(a.rounds):
+                before = run("baseline", a.steps)
+                base_ms.append(before)
+                order = variants[r % len(variants):] + variants[:r % len(variants)]  # rotate the order
+                for v in order:
+                    t = run(v, a.anomaly_steps if v == "anomaly" else a.steps)
+                    after = run("baseline", a.steps)
+                    base_ms.append(after)
+                    rows[v].append({"ms": t, "base_before": before, "base_after": after,
+                                    "ratio": t / ((before + after) / 2)})
+                    before = after
+                print(f"  batch {B} round {r + 1}/{a.rounds}: " + ", ".join(
+                    f"{v} {rows[v][-1]['ratio']:.3f}" for v in variants), flush=True)
+
+        res = {"baseline_ms_median": statistics.median(base_ms), "baseline_ms_min": min(base_ms),
+               "baseline_ms_max": max(base_ms), "variants": {}}
+        for v in variants:
+            rs = [x["ratio"] for x in rows[v]]
+            res["variants"][v] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
+                                  "ms_median": statistics.median(x["ms"] for x in rows[v]), "rounds": rows[v]}
+        # Sanity of the guarded path on this device: no host sync, NaN gated, counters.
+        if "tg" in variants:
+            res["sanity"] = sanity(model, opt, guard("tg"), data, dev, step_no)
+            res["counters"] = {k: dict(g.counters) for k, g in guards.items()}
+        for g in guards.values():
+            g.close()
+        info["results"][f"batch{B}"] = res
+        print(f"\nbatch {B}: {nparams / 1e6:.1f}M parameters, baseline {res['baseline_ms_median']:.2f} ms/step "
+              f"[{res['baseline_ms_min']:.2f}, {res['baseline_ms_max']:.2f}]")
+        print(f"  {'variant':10s} {'median':>7s} {'min':>7s} {'max':>7s} {'ms/step':>8s}")
+        for v in variants:
+            s = res["variants"][v]
+            print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f}")
+        if "sanity" in res:
+            print("  sanity:", json.dumps(res["sanity"]))
+        del model, opt, data, guards
+        if cuda:
+            torch.cuda.empty_cache()
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(info, f, indent=1)
+
+
+def sanity(model, opt, g, data, dev, step_no):
+    out = {}
+    cuda = dev.type == "cuda"
+    g.resume()
+    x, y = data[0]
+
+    def step(poison=None):
+        h = None
+        if poison is not None:
+            h = model.h[poison].mlp.register_forward_hook(lambda m, i, o: o * float("nan"))
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = model(x, y)
+        if h is not None:
+            h.remove()
+        loss.backward()
+        v = g.step(step_no["tg"], loss)
+        step_no["tg"] += 1
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        return v
+
+    for _ in range(3):
+        step()
+    if cuda:  # any synchronizing call on the training thread during guarded steps is recorded
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(5):
+                    step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(m.message).splitlines()[0] for m in w if "synchroniz" in str(m.message).lower()]
+        out["host_syncs_in_5_guarded_steps"] = len(syncs)
+        out["sync_messages"] = syncs[:3]
+    g.flush(10)
+    before = [p.detach().clone() for p in model.parameters()]
+    st = [opt.state[p]["step"].clone() for p in model.parameters()][:1]
+    skips0 = g.counters["skips"]
+    step(poison=len(model.h) // 2)  # NaN out of a middle block
+    g.flush(10)
+    out["nan_block_weights_unchanged"] = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    out["nan_block_step_counter_unchanged"] = bool(torch.equal(st[0], opt.state[next(model.parameters())]["step"]))
+    out["nan_block_counted_as_skip"] = g.counters["skips"] == skips0 + 1
+    out["weights_finite"] = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    step()
+    g.flush(10)
+    out["next_step_updates"] = not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    g.pause()
+    return out
+
+
+if __name__ == "__main__":
+    main()

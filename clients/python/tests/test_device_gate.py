@@ -1,0 +1,167 @@
+"""The device gate (no host sync per step), exercised on the CPU: fused AdamW on the CPU honours
+``found_inf``/``grad_scale`` like the CUDA kernel, so the gate's logic is tested here; only its
+timing needs a GPU (bench/gpu/overhead.py)."""
+import pytest
+import torch
+
+from trainguard import Action
+from trainguard.guard import Guard
+from fake_sidecar import FakeSidecar
+from models import MLP, batch, weights_finite
+
+
+def _fused_cpu_ok():
+    try:
+        p = torch.nn.Parameter(torch.ones(2))
+        o = torch.optim.AdamW([p], fused=True)
+        p.grad = torch.ones(2)
+        o.found_inf = torch.ones(())
+        o.step()
+        return bool(getattr(o, "_step_supports_amp_scaling", False)) and bool((p == 1).all())
+    except (RuntimeError, TypeError, ValueError, AssertionError):
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _fused_cpu_ok(), reason="this torch has no fused AdamW on the CPU")
+
+
+@pytest.fixture
+def fake():
+    s = FakeSidecar(max_grad_norm=100.0, clip=1.0)
+    s.start()
+    yield s
+    s.stop()
+
+
+def make_fused(lr=1e-2, seed=0):
+    torch.manual_seed(seed)
+    model = MLP()
+    return model, torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
+
+
+def one_step(g, model, opt, step, x=None, y=None, scale=1.0):
+    if x is None:
+        x, y = batch(step)
+    loss = torch.nn.functional.mse_loss(model(x) * scale, y)
+    loss.backward()
+    v = g.step(step, loss)
+    g.optimizer_step()
+    opt.zero_grad()
+    return v
+
+
+def test_healthy_steps_are_device_gated_and_all_reported(fake):
+    model, opt = make_fused()
+    g = Guard(model, opt, "gate-healthy", target=fake.target, device_gate=True)
+    assert g.device_gate and g.watch.reduce == "sum"
+    vs = [one_step(g, model, opt, s) for s in range(20)]
+    assert g.flush(5)
+    assert all(v.device_gated and v.action == Action.APPLY for v in vs)
+    assert [r.step for r in fake.reports] == list(range(20))
+    r = fake.reports[0]
+    assert r.decided_locally and list(r.module_stats.finite) == [True] * 4 and len(r.module_stats.max_abs) == 0
+    assert r.module_stats.names[:2] == ["inp", "blocks.0"]
+    assert g.counters["device_gated_steps"] == 20 and g.counters["local_decisions"] == 20
+    g.close()
+    assert not hasattr(opt, "found_inf") and not hasattr(opt, "grad_scale")
+
+
+def test_nan_never_reaches_weights_nor_optimizer_state(fake):
+    model, opt = make_fused()
+    g = Guard(model, opt, "gate-nan", target=fake.target, device_gate=True)
+    for s in range(3):
+        one_step(g, model, opt, s)
+    before = [p.detach().clone() for p in model.parameters()]
+    moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    steps = [opt.state[p]["step"].clone() for p in model.parameters()]
+    x, y = batch(3)
+    y = y.clone(); y[0, 0] = float("nan")
+    v = one_step(g, model, opt, 3, x, y)
+    assert v.device_gated  # provisional on the host; the optimizer skipped on the device
+    assert weights_finite(model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, opt.state[p]["exp_avg"]) for a, p in zip(moments, model.parameters()))
+    assert all(torch.equal(a, opt.state[p]["step"]) for a, p in zip(steps, model.parameters()))
+    assert g.flush(5)
+    bad = [r for r in fake.reports if r.step == 3][0]
+    assert not bad.decided_locally and g.counters["skips"] == 1
+    one_step(g, model, opt, 4)  # the next healthy step updates again
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    g.close()
+
+
+def test_nan_inside_a_block_is_flagged_and_skipped(fake):
+    model, opt = make_fused()
+    g = Guard(model, opt, "gate-mod", target=fake.target, device_gate=True)
+    one_step(g, model, opt, 0)
+    h = model.blocks[1][0].register_forward_hook(lambda m, i, o: o * float("nan"))
+    before = [p.detach().clone() for p in model.parameters()]
+    one_step(g, model, opt, 1)
+    h.remove()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert g.flush(5)
+    r = [r for r in fake.reports if r.step == 1][0]
+    assert dict(zip(r.module_stats.names, r.module_stats.finite))["blocks.1"] is False
+    g.close()
+
+
+def test_clip_on_the_device_matches_clip_grad_norm(fake):
+    # Same model, same batch: a device-gated step must move the weights exactly as
+    # clip_grad_norm_(threshold) + fused AdamW does.
+    ref, ropt = make_fused(lr=1e-1)
+    model, opt = make_fused(lr=1e-1)
+    g = Guard(model, opt, "gate-clip", target=fake.target, device_gate=True, watch=None)
+    x, y = batch(0)
+    torch.nn.functional.mse_loss(ref(x) * 100, y).backward()
+    n = torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    assert float(n) > 1.0
+    ropt.step()
+    one_step(g, model, opt, 0, x, y, scale=100)
+    for a, b in zip(ref.parameters(), model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert g.flush(5) and g.counters["clips"] == 1
+    g.close()
+
+
+def test_rollback_verdict_for_step_k_is_applied_at_step_k_plus_1(fake):
+    model, opt = make_fused()
+    g = Guard(model, opt, "gate-halt", target=fake.target, device_gate=True)
+    fake.force[2] = 5  # HALT for step 2 (a divergence trend, say), decided by the sidecar later
+    from trainguard import TrainingHalted
+    for s in range(3):
+        one_step(g, model, opt, s)
+    with pytest.raises(TrainingHalted):
+        one_step(g, model, opt, 3)
+    g.close()
+
+
+def test_unusable_bounds_fall_back_to_the_host_path_without_a_stale_gate(fake):
+    model, opt = make_fused()
+    g = Guard(model, opt, "gate-fallback", target=fake.target, device_gate=True)
+    one_step(g, model, opt, 0)
+    assert g.flush(5)  # step 0's verdict (with fresh bounds) is in before the bounds are voided
+    from trainguard import LocalBounds
+    g.bounds = LocalBounds()  # no limits: not usable, the sidecar must be asked
+    v = one_step(g, model, opt, 1)
+    assert not v.device_gated and not hasattr(opt, "found_inf")
+    g.close()
+
+
+def test_pause_removes_hooks_and_gate(fake):
+    model, opt = make_fused()
+    g = Guard(model, opt, "gate-pause", target=fake.target, device_gate=True)
+    one_step(g, model, opt, 0)
+    g.pause()
+    assert not g.watch._handles and not hasattr(opt, "found_inf")
+    g.resume()
+    assert g.watch._handles
+    one_step(g, model, opt, 1)
+    assert hasattr(opt, "found_inf")
+    g.close()
+
+
+def test_device_gate_true_refuses_an_optimizer_that_cannot_skip_on_the_device(fake):
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters())  # not fused
+    with pytest.raises(ValueError):
+        Guard(model, opt, "gate-refuse", target=fake.target, device_gate=True)
