@@ -29,6 +29,8 @@ if [ "$WHICH" = venv ] || [ "$WHICH" = all ]; then
   run venv "$VENV/bin/python" "$@" || rc=1
 fi
 if [ "$WHICH" = debian ] || [ "$WHICH" = all ]; then
-  run debian /usr/bin/python3 "$@" || rc=1
+  # torch 1.13 has no fused AdamW and no fp16 AdamW/matmul kernels on the CPU: the tests marked
+  # torch2 (the device gate, pure-fp16 AdamW) run on the venv stack above, not here.
+  run debian /usr/bin/python3 -m "not torch2" "$@" || rc=1
 fi
 exit $rc

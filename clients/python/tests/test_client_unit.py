@@ -213,8 +213,7 @@ def test_state_dict_round_trips(fake, tmp_path):
     g.close(); g2.close()
 
 
-@pytest.mark.skipif(int(torch.__version__.split(".")[0]) < 2,
-                    reason="torch 1.x has no fp16 matmul on the CPU (addmm_impl_cpu_ not implemented for 'Half')")
+@pytest.mark.torch2  # torch 1.13 has no fp16 matmul nor fp16 AdamW kernels on the CPU
 def test_pure_fp16_adamw_update_is_undone_and_named(fake):
     # Hallo bug B: fp16 weights, AdamW eps=1e-8, no master copy -> the first update is non-finite.
     model, opt = make(dtype=torch.float16)
@@ -259,3 +258,14 @@ def test_import_pulls_no_web_framework():
             "assert not bad, bad")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_device_gate_needs_an_optimizer_that_honours_found_inf(fake):
+    # Runs on every torch: a plain AdamW cannot skip on a device flag, so the gate must not be
+    # used (auto) or must be refused (True) — never silently "gated" by a flag nothing reads.
+    model, opt = make()
+    g = Guard(model, opt, "gate-auto", target=fake.target)
+    assert not g.device_gate and g.watch.reduce == "amax"
+    with pytest.raises(ValueError, match="honours found_inf"):
+        Guard(model, opt, "gate-forced", target=fake.target, device_gate=True)
+    g.close()
