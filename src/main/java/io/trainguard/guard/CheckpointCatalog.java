@@ -20,19 +20,4 @@ public interface CheckpointCatalog {
 
     /** A step that was skipped or worse; checkpoints not yet promoted must not be promoted past it. */
     void onUnhealthyStep(String runId, long step);
-
-    CheckpointCatalog NONE = new CheckpointCatalog() {
-        @Override
-        public Optional<RollbackTarget> newestKnownGood(String runId) {
-            return Optional.empty();
-        }
-
-        @Override
-        public void onHealthyStep(String runId, long step) {
-        }
-
-        @Override
-        public void onUnhealthyStep(String runId, long step) {
-        }
-    };
 }

@@ -179,7 +179,7 @@ public final class GuardService {
         }
         Runnable tell = () -> {
             if (d.from() != d.to()) {
-                events.stateChanged(report.runId(), d.from(), d.to(), d.write().run().stateReason());
+                events.stateChanged(report.runId(), d.from(), d.to(), guard.snapshot().stateReason());
             }
             d.write().incidents().forEach(events::incident);
             events.stepDecided(report, d.verdict(), nanoTime.getAsLong() - start);

@@ -21,6 +21,9 @@ public final class RunGuard {
     }
 
     private static final int BOUNDS_VALID_STEPS = 64;
+    /** Routine healthy steps rewrite the run's snapshot at most this often (building it walks every rank). */
+    private static final long SNAPSHOT_INTERVAL_NANOS = 250_000_000L;
+    private long lastSnapshotNanos = Long.MIN_VALUE / 2;
     private final String runId;
     private final int worldSize;
     private final RunStateMachine state;
@@ -203,7 +206,12 @@ public final class RunGuard {
         StepRecord record = new StepRecord(runId, r.rank(), r.step(), r.lossAbsent() ? Double.NaN : r.loss(), r.gradNorm(),
                 r.learningRate(), r.lossScale(), o.action, verdict.clipThreshold(), now);
         boolean durable = o.action.changesCourse() && from != RunState.HALTED || from != state.state();
-        return new Decision(verdict, new JournalWrite(snapshot(), List.of(record), List.copyOf(incidents), durable || !incidents.isEmpty()),
+        RunSnapshot snapshot = null;
+        if (durable || !incidents.isEmpty() || nowNanos - lastSnapshotNanos >= SNAPSHOT_INTERVAL_NANOS) {
+            snapshot = snapshot();
+            lastSnapshotNanos = nowNanos;
+        }
+        return new Decision(verdict, new JournalWrite(snapshot, List.of(record), List.copyOf(incidents), durable),
                 durable, from, state.state());
     }
 

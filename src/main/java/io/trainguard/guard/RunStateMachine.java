@@ -47,8 +47,4 @@ public final class RunStateMachine {
         state = next;
         reason = why;
     }
-
-    public static boolean isLegal(RunState from, RunState to) {
-        return from == to || LEGAL.get(from).contains(to);
-    }
 }

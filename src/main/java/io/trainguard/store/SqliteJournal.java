@@ -42,10 +42,8 @@ import org.jboss.logging.Logger;
 public final class SqliteJournal implements Journal, AutoCloseable {
     private static final Logger LOG = Logger.getLogger(SqliteJournal.class);
     private static final int MAX_BATCH = 4096;
-    private static final long SNAPSHOT_INTERVAL_NANOS = 250_000_000L;
     private static final long LINGER_NANOS = 2_000_000L;
     private static final long IDLE_PARK_NANOS = 50_000_000L;
-    private final Map<String, Long> lastSnapshotNanos = new java.util.HashMap<>();
 
     private record Pending(JournalWrite write, CompletableFuture<Void> done) {
     }
@@ -120,7 +118,7 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         queue.add(new Pending(write, done));
         // Routine healthy steps do not wake the writer (it wakes every LINGER_NANOS anyway): one
         // futex wake-up per report was a measurable share of a lock-step report's cost.
-        if (write.snapshotDue()) {
+        if (write.awaited()) {
             LockSupport.unpark(writer);
         }
         return done;
@@ -175,7 +173,6 @@ public final class SqliteJournal implements Journal, AutoCloseable {
 
     private void commit(List<Pending> batch) throws SQLException, IOException {
         Map<String, RunSnapshot> runs = new LinkedHashMap<>();
-        Map<String, Boolean> due = new java.util.HashMap<>();
         try (PreparedStatement step = writeConnection.prepareStatement(
                 "INSERT INTO steps(run_id, rank, step, loss, grad_norm, lr, loss_scale, action, clip, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?)");
              PreparedStatement incident = writeConnection.prepareStatement(
@@ -184,7 +181,6 @@ public final class SqliteJournal implements Journal, AutoCloseable {
                 JournalWrite w = p.write();
                 if (w.run() != null) {
                     runs.put(w.run().runId(), w.run()); // only the newest snapshot of a run matters
-                    due.merge(w.run().runId(), w.snapshotDue(), Boolean::logicalOr);
                 }
                 for (StepRecord s : w.steps()) {
                     step.setString(1, s.runId());
@@ -215,11 +211,6 @@ public final class SqliteJournal implements Journal, AutoCloseable {
             step.executeBatch();
             incident.executeBatch();
         }
-        long now = System.nanoTime();
-        // Serialising the snapshot was the largest cost of a lock-step healthy report; routine
-        // snapshots are written at most every SNAPSHOT_INTERVAL_NANOS per run.
-        runs.keySet().removeIf(id -> !due.get(id) && now - lastSnapshotNanos.getOrDefault(id, Long.MIN_VALUE / 2) < SNAPSHOT_INTERVAL_NANOS);
-        runs.keySet().forEach(id -> lastSnapshotNanos.put(id, now));
         if (!runs.isEmpty()) {
             try (PreparedStatement run = writeConnection.prepareStatement(
                     "INSERT INTO runs(run_id, state, snapshot, updated_ms) VALUES (?,?,?,?) "
@@ -305,19 +296,6 @@ public final class SqliteJournal implements Journal, AutoCloseable {
             throw new IllegalStateException("cannot read incidents from the journal: " + e.getMessage(), e);
         }
         return out;
-    }
-
-    /** Steps journaled for a run (all ranks); used by REST and tests to check that every report was kept. */
-    public synchronized long stepCount(String runId) {
-        try (PreparedStatement ps = readConnection.prepareStatement("SELECT COUNT(*) FROM steps WHERE run_id=?")) {
-            ps.setString(1, runId);
-            try (ResultSet rs = ps.executeQuery()) {
-                rs.next();
-                return rs.getLong(1);
-            }
-        } catch (SQLException e) {
-            throw new IllegalStateException("cannot count steps: " + e.getMessage(), e);
-        }
     }
 
     /** A second connection for other journal tables (checkpoints) on the same file. */

@@ -12,6 +12,7 @@ public final class DivergenceDetector {
     private static final int RECENT = 5;
     private static final double SLOW_ALPHA = 0.98;
     private final double[] recent = new double[RECENT];
+    private final double[] sorted = new double[RECENT]; // scratch: no allocation per step
     private final double ratio;
     private final int window;
     private final int warmup;
@@ -47,8 +48,8 @@ public final class DivergenceDetector {
 
     private double median() {
         int n = (int) Math.min(count, RECENT);
-        double[] sorted = java.util.Arrays.copyOf(recent, n);
-        java.util.Arrays.sort(sorted);
+        System.arraycopy(recent, 0, sorted, 0, n);
+        java.util.Arrays.sort(sorted, 0, n);
         return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
     }
 
