@@ -29,6 +29,7 @@ public final class PackagedSidecar implements AutoCloseable {
             throw new IllegalStateException("package the app first (./mvnw package): " + jar + " is missing");
         }
         List<String> cmd = new ArrayList<>(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
+                "--add-modules", "jdk.incubator.vector",
                 "-Dtrainguard.listen.port=" + port,
                 "-Dtrainguard.listen.socket=" + dataDir.resolve("tg.sock"),
                 "-Dtrainguard.journal.path=" + dataDir.resolve("journal.db"),

@@ -4,6 +4,7 @@ import io.trainguard.tensor.DjlTensors;
 import io.trainguard.tensor.FormatSniffer;
 import io.trainguard.tensor.RejectedTensorFileException;
 import io.trainguard.tensor.SafetensorsFile;
+import io.trainguard.tensor.ScanOptions;
 import io.trainguard.tensor.ScanResult;
 import io.trainguard.tensor.TensorFileException;
 import io.trainguard.tensor.TensorScanner;
@@ -45,8 +46,7 @@ public final class CheckpointVerifier implements AutoCloseable {
     private final TensorScanner scanner;
     private final DjlTensors djl;
     private final PathPolicy paths;
-    private final boolean checksum;
-    private final boolean tensorStats;
+    private final ScanOptions scan;
     private final Duration logEvery;
     private final ThreadPoolExecutor executor;
     private final Map<String, VerificationProgress> running = new ConcurrentHashMap<>();
@@ -54,25 +54,16 @@ public final class CheckpointVerifier implements AutoCloseable {
     /**
      * @param queueCapacity checkpoints waiting beyond the one being verified
      *                      (trainguard.checkpoint.verify-queue-capacity)
-     * @param checksum      compute CRC32C of every tensor and file (trainguard.checkpoint.content-checksum)
+     * @param scan          checksum (trainguard.checkpoint.content-checksum), per-tensor max|x| and
+     *                      L2 norm (trainguard.checkpoint.tensor-stats), vector kernels (trainguard.tensor.simd)
      * @param logEvery      progress log interval for long verifications (trainguard.checkpoint.progress-log-interval)
      */
     public CheckpointVerifier(TensorScanner scanner, DjlTensors djl, PathPolicy paths, int queueCapacity,
-            boolean checksum, Duration logEvery) {
-        this(scanner, djl, paths, queueCapacity, checksum, true, logEvery);
-    }
-
-    /**
-     * @param tensorStats compute max|x| and L2 norm per tensor (trainguard.checkpoint.tensor-stats);
-     *                    off, only the finite check runs, about twice as fast
-     */
-    public CheckpointVerifier(TensorScanner scanner, DjlTensors djl, PathPolicy paths, int queueCapacity,
-            boolean checksum, boolean tensorStats, Duration logEvery) {
-        this.tensorStats = tensorStats;
+            ScanOptions scan, Duration logEvery) {
         this.scanner = scanner;
         this.djl = djl;
         this.paths = paths;
-        this.checksum = checksum;
+        this.scan = scan;
         this.logEvery = logEvery;
         this.executor = new ThreadPoolExecutor(1, 1, 0, TimeUnit.MILLISECONDS,
                 new ArrayBlockingQueue<>(Math.max(1, queueCapacity)), r -> {
@@ -192,7 +183,7 @@ public final class CheckpointVerifier implements AutoCloseable {
                 }
                 long base = tracker.done;
                 try (SafetensorsFile f = SafetensorsFile.open(p)) {
-                    ScanResult r = scanner.scan(f, checksum, tensorStats, (done, tot) -> tracker.at(base + done));
+                    ScanResult r = scanner.scan(f, scan, (done, tot) -> tracker.at(base + done));
                     tracker.at(base + size);
                     if (r.fileCrc32c() != null) {
                         sums.put(p.toString(), "crc32c:" + r.fileCrc32c());
@@ -202,7 +193,7 @@ public final class CheckpointVerifier implements AutoCloseable {
             }
             case NPY:
             case NPZ: {
-                List<TensorStats> s = djl.readNumpy(p, checksum);
+                List<TensorStats> s = djl.readNumpy(p, scan.checksum());
                 tracker.at(tracker.done + size);
                 return s;
             }

@@ -9,6 +9,7 @@ import io.trainguard.checkpoint.SqlConnections;
 import io.trainguard.guard.CheckpointCatalog;
 import io.trainguard.store.SqliteJournal;
 import io.trainguard.tensor.DjlTensors;
+import io.trainguard.tensor.ScanOptions;
 import io.trainguard.tensor.TensorInspector;
 import io.trainguard.tensor.TensorScanner;
 import jakarta.enterprise.context.ApplicationScoped;
@@ -45,6 +46,7 @@ public class CheckpointWiring {
     @Produces
     @Singleton
     TensorScanner scanner(TrainguardConfig config) {
+        LOG.infof("checkpoint scan kernels: %s", TensorScanner.kernels(config.tensor().simd()));
         return new TensorScanner(config.tensor().scanThreads(), config.tensor().scanChunkBytes());
     }
 
@@ -64,8 +66,8 @@ public class CheckpointWiring {
     @Singleton
     CheckpointVerifier verifier(TrainguardConfig config, TensorScanner scanner, DjlTensors djl, PathPolicy paths) {
         var c = config.checkpoint();
-        return new CheckpointVerifier(scanner, djl, paths, c.verifyQueueCapacity(), c.contentChecksum(), c.tensorStats(),
-                c.progressLogInterval());
+        return new CheckpointVerifier(scanner, djl, paths, c.verifyQueueCapacity(),
+                new ScanOptions(c.contentChecksum(), c.tensorStats(), config.tensor().simd()), c.progressLogInterval());
     }
 
     void closeVerifier(@Disposes CheckpointVerifier verifier) {

@@ -57,6 +57,13 @@ public interface TrainguardConfig {
         @WithDefault("67108864")
         int scanChunkBytes();
 
+        /**
+         * Vector API scan kernels (2-3x faster stats); take effect only when the JVM runs with
+         * --add-modules jdk.incubator.vector, otherwise the scalar kernels run.
+         */
+        @WithDefault("true")
+        boolean simd();
+
         /** Where DJL extracts its JNI library; outside target/ so `mvn clean` keeps it. */
         Optional<Path> djlCacheDir();
 

@@ -13,6 +13,11 @@ import java.util.zip.CRC32C;
  * squares runs in four float partial sums per 32 KiB block (so the adds pipeline; float because
  * the double conversion halved the speed) and is added up across blocks in double: relative
  * error of the norm is bounded by ~1e-4 and typically ~1e-6, ample for a health statistic.
+ *
+ * <p>These scalar loops are compute-bound at ~2-3 GB/s per core once max|x| and the norm are
+ * wanted; {@link SimdScanKernels} does the same for fp32/bf16/fp16/fp64 with the Vector API at
+ * memory speed and is used whenever the JVM has {@code jdk.incubator.vector}. The scalar loops
+ * remain for JVMs without it (a native image), fp8, integers, block tails and NaN/Inf blocks.
  */
 final class ScanKernels {
     private ScanKernels() {
@@ -36,38 +41,33 @@ final class ScanKernels {
     private static final long B_TOP = 0x8080808080808080L;
 
     /**
-     * Scans {@code len} bytes at {@code off} of {@code b} (little-endian), which hold whole
-     * elements of {@code t}, into {@code a}; with {@code crc} also their CRC32C.
+     * Whether the Vector API kernels ({@link SimdScanKernels}) can run: the JVM was started with
+     * {@code --add-modules jdk.incubator.vector}. Checked without touching a vector class, so the
+     * scalar kernels work on a JVM without the module.
      */
-    static void scan(ByteBuffer b, int off, int len, TensorDType t, ScanAccumulator a, boolean crc) {
-        scan(b, off, len, t, a, crc, true);
-    }
+    static final boolean SIMD_AVAILABLE = ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent();
 
     /**
-     * As above; with {@code stats} false only the finite check runs (max|x| and the norm are left
-     * out, except in blocks that hold a NaN/Inf), which runs at close to memory speed.
+     * Scans {@code len} bytes at {@code off} of {@code b} (little-endian), which hold whole
+     * elements of {@code t}, into {@code a}.
      */
-    static void scan(ByteBuffer b, int off, int len, TensorDType t, ScanAccumulator a, boolean crc,
-            boolean stats) {
-        if (!stats) {
+    static void scan(ByteBuffer b, int off, int len, TensorDType t, ScanAccumulator a, ScanOptions o) {
+        if (!o.stats()) {
             a.statsSkipped = true;
         }
-        CRC32C c = crc ? new CRC32C() : null;
-        ByteBuffer view = crc ? b.duplicate() : null;
+        boolean simd = o.simd() && SIMD_AVAILABLE;
+        CRC32C c = o.checksum() ? new CRC32C() : null;
+        ByteBuffer view = c != null ? b.duplicate() : null;
         int end = off + len;
         for (int p = off; p < end; p += BLOCK) {
             int n = Math.min(BLOCK, end - p);
             long base = a.elements;
-            if (!stats && t.isFloating()) {
+            if (!o.stats() && t.isFloating()) {
                 finiteOnly(b, p, n, t, a);
-            } else switch (t) {
-                case F32: f32(b, p, n, a); break;
-                case BF16: bf16(b, p, n, a); break;
-                case F16: f16(b, p, n, a); break;
-                case F64: f64(b, p, n, a); break;
-                case F8_E4M3: bytes(b, p, n, a, B_EXP_E4M3, B_LSB, Elements.F8_E4M3_VALUES); break;
-                case F8_E5M2: bytes(b, p, n, a, B_EXP_E5M2, B_LSB_E5M2, Elements.F8_E5M2_VALUES); break;
-                default: integers(b, p, n, t, a);
+            } else if (simd && t.isFloating() && t.byteSize() > 1) {
+                simdThenScalar(b, p, n, t, a);
+            } else {
+                scalar(b, p, n, t, a);
             }
             assert a.elements == base + n / t.byteSize();
             if (c != null) {
@@ -79,6 +79,33 @@ final class ScanKernels {
             a.crc = (int) c.getValue();
             a.crcLength = len;
             a.crcValid = true;
+        }
+    }
+
+    private static void simdThenScalar(ByteBuffer b, int p, int n, TensorDType t, ScanAccumulator a) {
+        int done = switch (t) {
+            case F32 -> SimdScanKernels.f32(b, p, n, a);
+            case BF16 -> SimdScanKernels.bf16(b, p, n, a);
+            case F16 -> SimdScanKernels.f16(b, p, n, a);
+            case F64 -> SimdScanKernels.f64(b, p, n, a);
+            default -> throw new IllegalArgumentException("no vector kernel for " + t);
+        };
+        if (done < 0) {
+            slow(b, p, n, t, a);
+        } else if (done < n) {
+            scalar(b, p + done, n - done, t, a);
+        }
+    }
+
+    private static void scalar(ByteBuffer b, int p, int n, TensorDType t, ScanAccumulator a) {
+        switch (t) {
+            case F32: f32(b, p, n, a); break;
+            case BF16: bf16(b, p, n, a); break;
+            case F16: f16(b, p, n, a); break;
+            case F64: f64(b, p, n, a); break;
+            case F8_E4M3: bytes(b, p, n, a, B_EXP_E4M3, B_LSB, Elements.F8_E4M3_VALUES); break;
+            case F8_E5M2: bytes(b, p, n, a, B_EXP_E5M2, B_LSB_E5M2, Elements.F8_E5M2_VALUES); break;
+            default: integers(b, p, n, t, a);
         }
     }
 
@@ -134,7 +161,7 @@ final class ScanKernels {
             long x = b.getLong(q);
             flags |= (x & H_EXP_BF16) + H_LSB_BF16;
             float d0 = Float.intBitsToFloat(((int) x & 0x7FFF) << 16);
-            float d1 = Float.intBitsToFloat((int) (x >>> 16) & 0x7FFF0000);
+            float d1 = Float.intBitsToFloat((int) x & 0x7FFF0000);
             float d2 = Float.intBitsToFloat(((int) (x >>> 32) & 0x7FFF) << 16);
             float d3 = Float.intBitsToFloat((int) (x >>> 48) << 16 & 0x7FFF0000);
             s0 += d0 * d0;

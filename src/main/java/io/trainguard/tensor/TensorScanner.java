@@ -44,6 +44,18 @@ public final class TensorScanner implements AutoCloseable {
         });
     }
 
+    /** Which kernels a scan with {@code simd} wanted runs on this JVM, for the startup log. */
+    public static String kernels(boolean simd) {
+        if (!simd) {
+            return "scalar (trainguard.tensor.simd=false)";
+        }
+        if (!ScanKernels.SIMD_AVAILABLE) {
+            return "scalar; start the JVM with --add-modules jdk.incubator.vector for the vector kernels "
+                    + "(about 2x faster verification)";
+        }
+        return "vector, " + SimdScanKernels.bits() + "-bit (jdk.incubator.vector)";
+    }
+
     public int threads() {
         return threads;
     }
@@ -58,21 +70,12 @@ public final class TensorScanner implements AutoCloseable {
 
     /**
      * Scans every tensor of {@code file}. Throws {@link RejectedTensorFileException} when the
-     * file changes or shrinks while it is read.
-     *
-     * @param checksum also compute CRC32C per tensor and for the whole file
+     * file changes or shrinks while it is read. Without {@code options.stats()} maxAbs/l2Norm are
+     * NaN in the result.
      */
-    public ScanResult scan(SafetensorsFile file, boolean checksum, ScanProgress progress)
+    public ScanResult scan(SafetensorsFile file, ScanOptions options, ScanProgress progress)
             throws IOException, InterruptedException {
-        return scan(file, checksum, true, progress);
-    }
-
-    /**
-     * @param stats compute max|x| and the L2 norm; without them only the finite check runs
-     *              (about twice as fast; maxAbs/l2Norm are NaN in the result)
-     */
-    public ScanResult scan(SafetensorsFile file, boolean checksum, boolean stats, ScanProgress progress)
-            throws IOException, InterruptedException {
+        boolean checksum = options.checksum();
         long t0 = System.nanoTime();
         List<TensorEntry> entries = file.entries();
         long dataStart = file.header().dataStart();
@@ -84,7 +87,7 @@ public final class TensorScanner implements AutoCloseable {
         ExecutorCompletionService<List<ScanAccumulator>> ecs = new ExecutorCompletionService<>(pool);
         List<Future<List<ScanAccumulator>>> futures = new ArrayList<>();
         for (Unit u : units) {
-            futures.add(ecs.submit(() -> scanUnit(file, u, entries, checksum, stats)));
+            futures.add(ecs.submit(() -> scanUnit(file, u, entries, options)));
         }
         // Results arrive in any order; pieces are slotted by (tensor, index) and merged in order.
         ScanAccumulator[][] slots = new ScanAccumulator[entries.size()][];
@@ -191,7 +194,7 @@ public final class TensorScanner implements AutoCloseable {
     }
 
     private static List<ScanAccumulator> scanUnit(SafetensorsFile file, Unit u, List<TensorEntry> entries,
-            boolean checksum, boolean stats) throws IOException {
+            ScanOptions options) throws IOException {
         // A writer that truncates or appends is seen here, before we touch pages that may be gone.
         long size = file.currentSize();
         if (size != file.fileSize()) {
@@ -203,7 +206,7 @@ public final class TensorScanner implements AutoCloseable {
             for (Piece p : u.pieces()) {
                 ScanAccumulator a = new ScanAccumulator();
                 ScanKernels.scan(buf, (int) (p.filePos() - u.filePos()), p.length(),
-                        entries.get(p.tensor()).dtype(), a, checksum, stats);
+                        entries.get(p.tensor()).dtype(), a, options);
                 out.add(a);
             }
             return out;
@@ -226,7 +229,7 @@ public final class TensorScanner implements AutoCloseable {
             boolean checksum) {
         ScanAccumulator a = new ScanAccumulator();
         ByteBuffer b = littleEndian.duplicate().order(java.nio.ByteOrder.LITTLE_ENDIAN);
-        ScanKernels.scan(b, b.position(), b.remaining(), dtype, a, checksum);
+        ScanKernels.scan(b, b.position(), b.remaining(), dtype, a, new ScanOptions(checksum, true, true));
         return TensorStats.of(name, dtype, shape, a);
     }
 

@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.trainguard.tensor.DjlTensors;
+import io.trainguard.tensor.ScanOptions;
 import io.trainguard.tensor.SafetensorsWriter;
 import io.trainguard.tensor.TensorScanner;
 import java.nio.file.Files;
@@ -29,8 +30,8 @@ class CheckpointRegistryTest {
     void setUp() {
         scanner = new TensorScanner(2, 4096);
         paths = new PathPolicy(List.of(root));
-        verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20), paths, 8, true,
-                Duration.ofSeconds(5));
+        verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20), paths, 8,
+                ScanOptions.FULL, Duration.ofSeconds(5));
     }
 
     @AfterEach

@@ -17,6 +17,8 @@ public final class ScanBench {
         boolean checksum = Boolean.parseBoolean(args[1]);
         int rounds = Integer.parseInt(args[2]);
         boolean stats = !"false".equals(System.getProperty("stats"));
+        boolean simd = !"false".equals(System.getProperty("simd"));
+        System.out.printf("KERNELS %s%n", simd && ScanKernels.SIMD_AVAILABLE ? "simd" : "scalar");
         System.out.printf("RSS idle_kb=%d%n", rssKb());
         long[] peak = {0};
         Thread sampler = new Thread(() -> {
@@ -37,7 +39,7 @@ public final class ScanBench {
                 List<Double> gbs = new ArrayList<>();
                 for (int r = 0; r < rounds; r++) {
                     try (SafetensorsFile f = SafetensorsFile.open(p)) {
-                        ScanResult res = scanner.scan(f, checksum, stats, ScanProgress.NONE);
+                        ScanResult res = scanner.scan(f, new ScanOptions(checksum, stats, simd), ScanProgress.NONE);
                         double g = res.bytes() / (res.nanos() / 1e9) / 1e9;
                         gbs.add(g);
                         System.out.printf("ROUND file=%s threads=%d checksum=%s gbps=%.2f nonfinite_tensors=%d crc=%s%n",
@@ -45,8 +47,8 @@ public final class ScanBench {
                     }
                 }
                 Collections.sort(gbs);
-                System.out.printf("MEDIAN file=%s threads=%d checksum=%s stats=%s gbps=%.2f size=%d%n", p.getFileName(), threads,
-                        checksum, stats, gbs.get(gbs.size() / 2), Files.size(p));
+                System.out.printf("MEDIAN file=%s threads=%d checksum=%s stats=%s simd=%s gbps=%.2f size=%d%n", p.getFileName(),
+                        threads, checksum, stats, simd && ScanKernels.SIMD_AVAILABLE, gbs.get(gbs.size() / 2), Files.size(p));
             }
         }
         sampler.interrupt();

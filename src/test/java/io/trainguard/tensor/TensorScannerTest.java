@@ -28,7 +28,7 @@ class TensorScannerTest {
 
     private ScanResult scan(Path p) throws Exception {
         try (SafetensorsFile f = SafetensorsFile.open(p)) {
-            return scanner.scan(f, true, ScanProgress.NONE);
+            return scanner.scan(f, ScanOptions.FULL, ScanProgress.NONE);
         }
     }
 
@@ -124,7 +124,7 @@ class TensorScannerTest {
                 }
             };
             RejectedTensorFileException e = assertThrows(RejectedTensorFileException.class,
-                    () -> scanner.scan(f, true, writer));
+                    () -> scanner.scan(f, ScanOptions.FULL, writer));
             assertTrue(e.reason().contains("changed while being verified"), e.reason());
         }
     }
@@ -136,7 +136,7 @@ class TensorScannerTest {
         v[1000] = Float.NaN;
         Path p = new SafetensorsWriter().f32("f", v).bf16("b", 1, 2, 3).write(dir.resolve("fo.safetensors"));
         try (SafetensorsFile f = SafetensorsFile.open(p)) {
-            ScanResult r = scanner.scan(f, false, false, ScanProgress.NONE);
+            ScanResult r = scanner.scan(f, new ScanOptions(false, false, true), ScanProgress.NONE);
             assertEquals(1000, r.tensors().get(0).firstNonFiniteIndex());
             assertEquals(1, r.tensors().get(0).nanCount());
             assertTrue(Double.isNaN(r.tensors().get(1).maxAbs()));
