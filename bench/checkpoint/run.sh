@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checkpoint verification throughput: Java scanner vs np.isfinite vs torch.isfinite, same files,
-# same run, interleaved rounds. Results: medians in GB/s (1e9 bytes/s) and the scanning JVM's RSS.
+# same run, interleaved rounds. Java: vector kernels (default), scalar kernels (-Dsimd=false),
+# without checksum, finite check only (-Dstats=false). Results: medians in GB/s (1e9 bytes/s) and the scanning JVM's RSS.
 #
 #   bench/checkpoint/run.sh [rounds]        env: F32_GB (4) BF16_GB (2) THREADS (2) DIR (/tmp)
 set -euo pipefail
@@ -23,9 +24,11 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo
 echo "# java: $(java -version 2>&1 | head -1); numpy $($PY -c 'import numpy; print(numpy.__version__)'); torch $([ $HAVE_TORCH = 1 ] && $PY -c 'import torch; print(torch.__version__)' || echo absent)"
 for r in $(seq "$ROUNDS"); do
   echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"
-  java -Xmx256m -DdjlNpy="$NPY" -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" | grep -E "MEDIAN|RSS"
-  java -Xmx256m -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" | grep -E 'MEDIAN'
-  java -Xmx256m -Dstats=false -cp "$CP" io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" | grep -E "MEDIAN"
+  J="java -Xmx256m --add-modules jdk.incubator.vector -cp $CP"
+  $J -DdjlNpy="$NPY" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" 2>/dev/null | grep -E "MEDIAN|RSS"
+  $J -Dsimd=false io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
+  $J io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
+  $J -Dstats=false io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" 2>/dev/null | grep -E "MEDIAN"
   $PY bench/checkpoint/compare.py numpy "$F32"; $PY bench/checkpoint/compare.py numpy "$BF16"
   if [ "$HAVE_TORCH" = 1 ]; then
     $PY bench/checkpoint/compare.py torch "$F32" 1; $PY bench/checkpoint/compare.py torch "$BF16" 1

@@ -3,7 +3,6 @@ package io.trainguard.tensor;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.MappedByteBuffer;
 import java.nio.channels.FileChannel;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
@@ -11,8 +10,7 @@ import java.util.List;
 
 /**
  * A safetensors file opened read-only, header validated. Data is never loaded on the heap:
- * callers map windows of it with {@link #map(long, int)} (each well under 2 GB) and release them
- * with {@link #unmap(ByteBuffer)}.
+ * callers read it piecewise into small buffers with {@link #read(long, ByteBuffer)}.
  */
 public final class SafetensorsFile implements AutoCloseable {
     /** Default cap on the JSON header; real headers are kilobytes to a few megabytes. */
@@ -60,13 +58,23 @@ public final class SafetensorsFile implements AutoCloseable {
     }
 
     private static void readFully(FileChannel ch, ByteBuffer dst, long pos) throws IOException {
-        while (dst.hasRemaining()) {
-            int r = ch.read(dst, pos);
-            if (r < 0) {
-                throw new RejectedTensorFileException("unexpected end of file at byte " + pos + "; the file is truncated");
-            }
-            pos += r;
+        long end = pos + dst.remaining();
+        if (!fill(ch, dst, pos)) {
+            throw new RejectedTensorFileException("unexpected end of file before byte " + end + "; the file is truncated");
         }
+    }
+
+    /** Reads until {@code dst} is full; false when the file ends first. */
+    private static boolean fill(FileChannel ch, ByteBuffer dst, long pos) throws IOException {
+        long at = pos;
+        while (dst.hasRemaining()) {
+            int n = ch.read(dst, at);
+            if (n < 0) {
+                return false;
+            }
+            at += n;
+        }
+        return true;
     }
 
     public Path path() {
@@ -100,16 +108,12 @@ public final class SafetensorsFile implements AutoCloseable {
         return channel.size();
     }
 
-    /** Maps {@code length} bytes at absolute file position {@code pos}, little-endian. */
-    public MappedByteBuffer map(long pos, int length) throws IOException {
-        MappedByteBuffer b = channel.map(FileChannel.MapMode.READ_ONLY, pos, length);
-        b.order(ByteOrder.LITTLE_ENDIAN);
-        return b;
-    }
-
-    /** Releases a buffer returned by {@link #map}; it must not be touched afterwards. */
-    public static void unmap(ByteBuffer mapped) {
-        Unmapper.unmap(mapped);
+    /**
+     * Fills {@code dst} (position to limit) from absolute file position {@code pos}; false when
+     * the file ends first (it shrank since it was opened).
+     */
+    public boolean read(long pos, ByteBuffer dst) throws IOException {
+        return fill(channel, dst, pos);
     }
 
     @Override

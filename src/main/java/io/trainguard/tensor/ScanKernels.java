@@ -49,15 +49,30 @@ final class ScanKernels {
 
     /**
      * Scans {@code len} bytes at {@code off} of {@code b} (little-endian), which hold whole
-     * elements of {@code t}, into {@code a}.
+     * elements of {@code t}, into {@code a}; with {@code o.checksum()} {@code a} gets their CRC32C.
      */
     static void scan(ByteBuffer b, int off, int len, TensorDType t, ScanAccumulator a, ScanOptions o) {
+        CRC32C c = o.checksum() ? new CRC32C() : null;
+        scanInto(b, off, len, t, a, o, c);
+        if (c != null) {
+            a.crc = (int) c.getValue();
+            a.crcLength = len;
+            a.crcValid = true;
+        }
+    }
+
+    /**
+     * As {@link #scan}, for a piece read in several buffers: the statistics add up in {@code a}
+     * (element indices continue), the bytes go into the running {@code crc} (null: none), which the
+     * caller stores in {@code a} after the last buffer.
+     */
+    static void scanInto(ByteBuffer b, int off, int len, TensorDType t, ScanAccumulator a, ScanOptions o,
+            CRC32C crc) {
         if (!o.stats()) {
             a.statsSkipped = true;
         }
         boolean simd = o.simd() && SIMD_AVAILABLE;
-        CRC32C c = o.checksum() ? new CRC32C() : null;
-        ByteBuffer view = c != null ? b.duplicate() : null;
+        ByteBuffer view = crc != null ? b.duplicate() : null;
         int end = off + len;
         for (int p = off; p < end; p += BLOCK) {
             int n = Math.min(BLOCK, end - p);
@@ -70,15 +85,10 @@ final class ScanKernels {
                 scalar(b, p, n, t, a);
             }
             assert a.elements == base + n / t.byteSize();
-            if (c != null) {
+            if (crc != null) {
                 view.limit(p + n).position(p);
-                c.update(view);
+                crc.update(view);
             }
-        }
-        if (c != null) {
-            a.crc = (int) c.getValue();
-            a.crcLength = len;
-            a.crcValid = true;
         }
     }
 

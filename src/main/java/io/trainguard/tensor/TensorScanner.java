@@ -2,7 +2,7 @@ package io.trainguard.tensor;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
-import java.nio.MappedByteBuffer;
+import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ExecutionException;
@@ -15,14 +15,24 @@ import java.util.zip.CRC32C;
 
 /**
  * Finite check, per-tensor statistics and content checksum of a safetensors file, in parallel
- * over chunks of at most {@code chunkBytes} mapped one at a time per thread: resident memory is
- * bounded by threads x chunk size whatever the file size, and nothing of the data is copied to
- * the heap.
+ * over units of at most {@code chunkBytes}, each read in {@link #READ_BYTES} pieces into one
+ * reused direct buffer per thread: memory is bounded by threads x 64 KiB whatever the file size,
+ * and nothing of the data is copied to the heap.
  */
 public final class TensorScanner implements AutoCloseable {
     public static final int DEFAULT_CHUNK_BYTES = 64 << 20;
 
+    /**
+     * Bytes read at once per thread. Reading (pread into a reused buffer that stays in the CPU
+     * cache) beat mapping: on the benchmark machine unmapping 64 MiB windows cost about a third of
+     * the scan time, and reads larger than ~128 KiB fell out of the cache and ran at a fifth of the
+     * speed. A multiple of every element size.
+     */
+    static final int READ_BYTES = 64 << 10;
+
     private final ExecutorService pool;
+    private final ThreadLocal<ByteBuffer> readBuffer = ThreadLocal.withInitial(
+            () -> ByteBuffer.allocateDirect(READ_BYTES).order(ByteOrder.LITTLE_ENDIAN));
     private final int threads;
     private final int chunkBytes;
 
@@ -193,29 +203,36 @@ public final class TensorScanner implements AutoCloseable {
         return units;
     }
 
-    private static List<ScanAccumulator> scanUnit(SafetensorsFile file, Unit u, List<TensorEntry> entries,
+    private List<ScanAccumulator> scanUnit(SafetensorsFile file, Unit u, List<TensorEntry> entries,
             ScanOptions options) throws IOException {
-        // A writer that truncates or appends is seen here, before we touch pages that may be gone.
+        // A writer that truncates or appends is seen here, and as a short read below.
         long size = file.currentSize();
         if (size != file.fileSize()) {
             throw changed(file, "its size changed from " + file.fileSize() + " to " + size + " bytes");
         }
-        MappedByteBuffer buf = file.map(u.filePos(), u.length());
-        try {
-            List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
-            for (Piece p : u.pieces()) {
-                ScanAccumulator a = new ScanAccumulator();
-                ScanKernels.scan(buf, (int) (p.filePos() - u.filePos()), p.length(),
-                        entries.get(p.tensor()).dtype(), a, options);
-                out.add(a);
+        ByteBuffer buf = readBuffer.get();
+        List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
+        for (Piece p : u.pieces()) {
+            TensorDType dtype = entries.get(p.tensor()).dtype();
+            ScanAccumulator a = new ScanAccumulator();
+            CRC32C crc = options.checksum() ? new CRC32C() : null;
+            for (long at = p.filePos(), end = p.filePos() + p.length(); at < end; ) {
+                int n = (int) Math.min(buf.capacity(), end - at);
+                buf.clear().limit(n);
+                if (!file.read(at, buf)) {
+                    throw changed(file, "it ended before byte " + (at + n) + " while being read");
+                }
+                ScanKernels.scanInto(buf, 0, n, dtype, a, options, crc);
+                at += n;
             }
-            return out;
-        } catch (InternalError e) {
-            // SIGBUS on a mapped page: the file was truncated under us
-            throw changed(file, "it shrank while mapped (" + e.getMessage() + ")");
-        } finally {
-            SafetensorsFile.unmap(buf);
+            if (crc != null) {
+                a.crc = (int) crc.getValue();
+                a.crcLength = p.length();
+                a.crcValid = true;
+            }
+            out.add(a);
         }
+        return out;
     }
 
     private static RejectedTensorFileException changed(SafetensorsFile file, String what) {
@@ -228,7 +245,7 @@ public final class TensorScanner implements AutoCloseable {
     public static TensorStats scanBuffer(String name, TensorDType dtype, long[] shape, ByteBuffer littleEndian,
             boolean checksum) {
         ScanAccumulator a = new ScanAccumulator();
-        ByteBuffer b = littleEndian.duplicate().order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        ByteBuffer b = littleEndian.duplicate().order(ByteOrder.LITTLE_ENDIAN);
         ScanKernels.scan(b, b.position(), b.remaining(), dtype, a, new ScanOptions(checksum, true, true));
         return TensorStats.of(name, dtype, shape, a);
     }

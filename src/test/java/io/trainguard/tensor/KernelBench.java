@@ -13,7 +13,8 @@ public final class KernelBench {
         for (int i = 0; i < n; i += 4) {
             b.putFloat(i, (float) r.nextGaussian() * 0.02f);
         }
-        for (TensorDType t : new TensorDType[] {TensorDType.F32, TensorDType.BF16}) {
+        for (String name : (args.length > 0 ? args : new String[] {"F32", "BF16"})) {
+            TensorDType t = TensorDType.valueOf(name);
             for (boolean crc : new boolean[] {false, true}) {
                 double best = 0;
                 for (int round = 0; round < 40; round++) {
