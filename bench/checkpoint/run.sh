@@ -25,7 +25,7 @@ echo "# java: $(java -version 2>&1 | head -1); numpy $($PY -c 'import numpy; pri
 for r in $(seq "$ROUNDS"); do
   echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"
   J="java -Xmx256m --add-modules jdk.incubator.vector -cp $CP"
-  $J -DdjlNpy="$NPY" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" 2>/dev/null | grep -E "MEDIAN|RSS"
+  $J -DdjlNpy="$NPY" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" 2>/dev/null | grep -E "ROUND|MEDIAN|RSS"
   $J -Dsimd=false io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
   $J io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
   $J -Dstats=false io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" 2>/dev/null | grep -E "MEDIAN"

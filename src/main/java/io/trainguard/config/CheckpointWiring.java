@@ -1,5 +1,6 @@
 package io.trainguard.config;
 
+import io.quarkus.runtime.StartupEvent;
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.checkpoint.CheckpointVerifier;
 import io.trainguard.checkpoint.JdbcCheckpointStore;
@@ -13,6 +14,7 @@ import io.trainguard.tensor.ScanOptions;
 import io.trainguard.tensor.TensorInspector;
 import io.trainguard.tensor.TensorScanner;
 import jakarta.enterprise.context.ApplicationScoped;
+import jakarta.enterprise.event.Observes;
 import jakarta.enterprise.inject.Disposes;
 import jakarta.enterprise.inject.Produces;
 import jakarta.inject.Singleton;
@@ -43,10 +45,22 @@ public class CheckpointWiring {
         return new PathPolicy(existing);
     }
 
+    /**
+     * Compiles the vector scan kernels in the background right after start, so the first
+     * checkpoint is verified at full speed (about a second of one core, once).
+     */
+    void warmUpScanKernels(@Observes StartupEvent started, TrainguardConfig config) {
+        boolean simd = config.tensor().simd();
+        LOG.infof("checkpoint scan kernels: %s", TensorScanner.kernels(simd));
+        Thread t = new Thread(() -> TensorScanner.warmUp(simd), "trainguard-scan-warmup");
+        t.setDaemon(true);
+        t.setPriority(Thread.MIN_PRIORITY);
+        t.start();
+    }
+
     @Produces
     @Singleton
     TensorScanner scanner(TrainguardConfig config) {
-        LOG.infof("checkpoint scan kernels: %s", TensorScanner.kernels(config.tensor().simd()));
         return new TensorScanner(config.tensor().scanThreads(), config.tensor().scanChunkBytes());
     }
 

@@ -33,6 +33,11 @@ public final class ScanBench {
         });
         sampler.setDaemon(true);
         sampler.start();
+        if (Boolean.getBoolean("warmup")) {
+            long w0 = System.nanoTime();
+            TensorScanner.warmUp(simd);
+            System.out.printf("WARMUP ms=%d%n", (System.nanoTime() - w0) / 1_000_000);
+        }
         try (TensorScanner scanner = new TensorScanner(threads)) {
             for (int i = 3; i < args.length; i++) {
                 Path p = Path.of(args[i]);
