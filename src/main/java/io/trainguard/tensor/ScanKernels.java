@@ -45,7 +45,24 @@ final class ScanKernels {
      * {@code --add-modules jdk.incubator.vector}. Checked without touching a vector class, so the
      * scalar kernels work on a JVM without the module.
      */
-    static final boolean SIMD_AVAILABLE = ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent();
+    static final boolean SIMD_AVAILABLE = ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent()
+            && optimizingJit();
+
+    /**
+     * The Vector API is fast only once C2 compiles it; under C1 alone (-XX:TieredStopAtLevel=1,
+     * common to cut start time) or the interpreter every vector is an object and the scan runs
+     * some hundred times slower than the scalar kernels.
+     */
+    private static boolean optimizingJit() {
+        try {
+            var vm = java.lang.management.ManagementFactory.getPlatformMXBean(
+                    com.sun.management.HotSpotDiagnosticMXBean.class);
+            return Integer.parseInt(vm.getVMOption("TieredStopAtLevel").getValue()) >= 4
+                    && !System.getProperty("java.vm.info", "").contains("interpreted");
+        } catch (RuntimeException | LinkageError e) {
+            return false; // not HotSpot: take the scalar kernels that work everywhere
+        }
+    }
 
     /**
      * Scans {@code len} bytes at {@code off} of {@code b} (little-endian), which hold whole

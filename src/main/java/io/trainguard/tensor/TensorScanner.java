@@ -60,8 +60,8 @@ public final class TensorScanner implements AutoCloseable {
             return "scalar (trainguard.tensor.simd=false)";
         }
         if (!ScanKernels.SIMD_AVAILABLE) {
-            return "scalar; start the JVM with --add-modules jdk.incubator.vector for the vector kernels "
-                    + "(about 2x faster verification)";
+            return "scalar; start the JVM with --add-modules jdk.incubator.vector (and the C2 JIT, not "
+                    + "-XX:TieredStopAtLevel=1) for the vector kernels, about 2x faster verification";
         }
         return "vector, " + SimdScanKernels.bits() + "-bit (jdk.incubator.vector)";
     }

@@ -9,7 +9,10 @@ import static org.hamcrest.Matchers.is;
 import static org.hamcrest.Matchers.emptyOrNullString;
 import static org.hamcrest.Matchers.not;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.HashSet;
 import java.util.List;
 
@@ -65,6 +68,16 @@ class PackagedAppHealthIT {
                 // Prometheus asks for OpenMetrics first; either exposition format is fine.
                 .contentType(anyOf(containsString("text/plain"), containsString("application/openmetrics-text")))
                 .body(containsString("# TYPE "));
+    }
+
+    // Prevents: the packaged app silently verifying checkpoints with the 2x slower scalar kernels
+    // because the launch line lost --add-modules jdk.incubator.vector.
+    @Test
+    void scanKernels_packagedAppLaunchedAsDocumented_useTheVectorApi() throws Exception {
+        String log = Files.readString(Path.of("target/quarkus.log"));
+        int at = log.lastIndexOf("checkpoint scan kernels: ");
+        assertTrue(at >= 0, "no scan-kernel line in target/quarkus.log");
+        assertTrue(log.startsWith("checkpoint scan kernels: vector", at), log.substring(at, log.indexOf('\n', at)));
     }
 
     private static Response assertUpWithNamedChecks(String path) {
