@@ -77,7 +77,8 @@ public final class TensorScanner implements AutoCloseable {
         if (!simd || !ScanKernels.SIMD_AVAILABLE) {
             return;
         }
-        // small calls: the compile thresholds count calls and loop turns, the slow start costs per byte
+        // 2 KiB calls got C2 to compile the kernels within about a second; 256-byte calls never
+        // reached its thresholds.
         ByteBuffer b = ByteBuffer.allocateDirect(2048).order(ByteOrder.LITTLE_ENDIAN);
         for (int i = 0; i + 2 <= b.capacity(); i += 2) {
             // bit 14 of every 16-bit half clear: finite read as fp32, bf16 and fp16 alike
@@ -89,6 +90,9 @@ public final class TensorScanner implements AutoCloseable {
                 ScanKernels.scanInto(b, 0, b.capacity(), t, new ScanAccumulator(), ScanOptions.FULL, crc);
             }
         }
+        // Until compiled, every vector was a heap object: a few hundred MB of garbage that made the
+        // collector grow the heap. One full collection gives that memory back to the system.
+        System.gc();
     }
 
     private static final int WARM_UP_CALLS = 8000;

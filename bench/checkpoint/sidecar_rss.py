@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""The packaged sidecar verifying multi-GB checkpoints: RSS idle (DJL not loaded) and during
+verification, the progress REST shows while it runs, and the time from RegisterCheckpoint to VERIFIED.
+
+Starts the fast-jar as the README does (java --add-modules jdk.incubator.vector -jar ...) with
+trainguard.checkpoint.roots=DIR, registers the 4 GiB fp32 and 2 GiB bf16 files of run.sh (twice
+each: the first after a fresh start, then again), samples VmRSS every 50 ms and polls
+GET /api/runs/{run}/checkpoints until each is VERIFIED.
+
+    bench/checkpoint/sidecar_rss.py [--dir /tmp] [--idle 15] [--json out.json]
+"""
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "grpc"))
+import common  # noqa: E402
+import grpc  # noqa: E402
+from common import pb  # noqa: E402
+
+
+def maps_djl(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        m = f.read()
+    return any(k in m for k in ("libdjl", "libtorch"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", default="/tmp")
+    ap.add_argument("--idle", type=float, default=15.0)
+    ap.add_argument("--json")
+    ap.add_argument("--prop", action="append", default=[], help="extra -Dk=v for the sidecar")
+    a = ap.parse_args()
+    files = [os.path.join(a.dir, n) for n in ("tg-bench-f32.safetensors", "tg-bench-bf16.safetensors")]
+    for f in files:
+        if not os.path.exists(f):
+            sys.exit(f"{f} missing: run bench/checkpoint/run.sh first (it generates the files)")
+    sc = common.Sidecar(jvm_args=["--add-modules", "jdk.incubator.vector"],
+                        extra_props={"trainguard.checkpoint.roots": a.dir,
+                                     **dict(p.split("=", 1) for p in a.prop)}).start()
+    out = {"machine": common.machine(), "ready_ms": sc.ready_ms, "verifications": []}
+    try:
+        time.sleep(a.idle)
+        out["rss_idle_mib"] = sc.rss_kib() / 1024
+        out["djl_loaded_idle"] = maps_djl(sc.proc.pid)
+        ch = grpc.insecure_channel(sc.tcp)
+        unary = lambda name, req_t, resp_t: ch.unary_unary(  # noqa: E731
+            common.SERVICE + name, request_serializer=req_t.SerializeToString, response_deserializer=resp_t.FromString)
+        unary("OpenRun", pb.OpenRunRequest, pb.OpenRunResponse)(common.open_request("rss"), timeout=30)
+        register = unary("RegisterCheckpoint", pb.RegisterCheckpointRequest, pb.RegisterCheckpointResponse)
+        step = 0
+        for f in files + files:
+            step += 100
+            peak = [0]
+            done = threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    peak[0] = max(peak[0], sc.rss_kib())
+                    time.sleep(0.05)
+            t = threading.Thread(target=sample, daemon=True)
+            t.start()
+            t0 = time.monotonic()
+            resp = register(pb.RegisterCheckpointRequest(
+                run_id="rss", step=step, format=pb.CHECKPOINT_FORMAT_SAFETENSORS,
+                files=[pb.CheckpointFile(path=f)]), timeout=30)
+            cid = resp.checkpoint.checkpoint_id
+            progress = []
+            while True:
+                views = [c for c in sc.rest("/api/runs/rss/checkpoints") if c["id"] == cid]
+                v = views[0]
+                if v["state"] not in ("REGISTERED", "VERIFYING"):
+                    break
+                progress.append((round(time.monotonic() - t0, 2), round(v["verifyPercent"], 1),
+                                 round(v["verifyBytesPerSecond"] / 1e9, 2)))
+                time.sleep(0.1)
+            wall = time.monotonic() - t0
+            done.set()
+            t.join()
+            size = os.path.getsize(f)
+            rec = {"file": os.path.basename(f), "bytes": size, "state": v["state"], "reason": v["stateReason"],
+                   "register_to_verified_s": round(wall, 3), "gbps_register_to_verified": round(size / wall / 1e9, 2),
+                   "gbps_reported": round(v["verifyBytesPerSecond"] / 1e9, 2), "rss_peak_mib": round(peak[0] / 1024, 1),
+                   "progress_samples(t_s,percent,GB/s)": progress[:: max(1, len(progress) // 6)]}
+            out["verifications"].append(rec)
+            print(json.dumps(rec), flush=True)
+        out["rss_after_mib"] = sc.rss_kib() / 1024
+        out["djl_loaded_after"] = maps_djl(sc.proc.pid)
+    finally:
+        sc.stop()
+    print(json.dumps({k: v for k, v in out.items() if k != "verifications"}, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
