@@ -39,7 +39,8 @@ def main():
     for f in files:
         if not os.path.exists(f):
             sys.exit(f"{f} missing: run bench/checkpoint/run.sh first (it generates the files)")
-    sc = common.Sidecar(jvm_args=["--add-modules", "jdk.incubator.vector"],
+    jvm = ["--add-modules", "jdk.incubator.vector"] + os.environ.get("TG_JVM_ARGS", "").split()
+    sc = common.Sidecar(jvm_args=jvm,
                         extra_props={"trainguard.checkpoint.roots": a.dir,
                                      **dict(p.split("=", 1) for p in a.prop)}).start()
     out = {"machine": common.machine(), "ready_ms": sc.ready_ms, "verifications": []}
@@ -91,7 +92,9 @@ def main():
         out["rss_after_mib"] = sc.rss_kib() / 1024
         out["djl_loaded_after"] = maps_djl(sc.proc.pid)
     finally:
-        sc.stop()
+        sc.stop(keep=bool(os.environ.get("TG_KEEP")))
+        if os.environ.get("TG_KEEP"):
+            print("sidecar dir:", sc.tmp)
     print(json.dumps({k: v for k, v in out.items() if k != "verifications"}, indent=1))
     if a.json:
         with open(a.json, "w") as f:
