@@ -42,8 +42,8 @@ final class ScanKernels {
 
     /**
      * Whether the Vector API kernels ({@link SimdScanKernels}) can run: the JVM was started with
-     * {@code --add-modules jdk.incubator.vector}. Checked without touching a vector class, so the
-     * scalar kernels work on a JVM without the module.
+     * {@code --add-modules jdk.incubator.vector} and compiles with C2. Checked without touching a
+     * vector class, so the scalar kernels work on a JVM without the module.
      */
     static final boolean SIMD_AVAILABLE = ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent()
             && optimizingJit();

@@ -112,10 +112,10 @@ final class SimdScanKernels {
             FloatVector z1 = z.and(0xFFFF0000).reinterpretAsFloats();
             FloatVector w0 = w.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats();
             FloatVector w1 = w.and(0xFFFF0000).reinterpretAsFloats();
-            s0 = x0.fma(x0, s0).add(z0.mul(z0));
-            s1 = x1.fma(x1, s1).add(z1.mul(z1));
-            s2 = y0.fma(y0, s2).add(w0.mul(w0));
-            s3 = y1.fma(y1, s3).add(w1.mul(w1));
+            s0 = z0.fma(z0, x0.fma(x0, s0));
+            s1 = z1.fma(z1, x1.fma(x1, s1));
+            s2 = w0.fma(w0, y0.fma(y0, s2));
+            s3 = w1.fma(w1, y1.fma(y1, s3));
         }
         int max = m0.max(m1).reduceLanes(VectorOperators.MAX);
         if (max >= 0x7F80) {
@@ -154,10 +154,10 @@ final class SimdScanKernels {
             FloatVector z1 = z.lanewise(VectorOperators.LSHR, 3).and(0x0FFFE000).reinterpretAsFloats().mul(F16_SCALE);
             FloatVector w0 = w.and(0x7FFF).lanewise(VectorOperators.LSHL, 13).reinterpretAsFloats().mul(F16_SCALE);
             FloatVector w1 = w.lanewise(VectorOperators.LSHR, 3).and(0x0FFFE000).reinterpretAsFloats().mul(F16_SCALE);
-            s0 = x0.fma(x0, s0).add(z0.mul(z0));
-            s1 = x1.fma(x1, s1).add(z1.mul(z1));
-            s2 = y0.fma(y0, s2).add(w0.mul(w0));
-            s3 = y1.fma(y1, s3).add(w1.mul(w1));
+            s0 = z0.fma(z0, x0.fma(x0, s0));
+            s1 = z1.fma(z1, x1.fma(x1, s1));
+            s2 = w0.fma(w0, y0.fma(y0, s2));
+            s3 = w1.fma(w1, y1.fma(y1, s3));
         }
         int max = m0.max(m1).reduceLanes(VectorOperators.MAX);
         if (max >= 0x7C00) {
