@@ -37,7 +37,7 @@ import org.jboss.logging.Logger;
 /**
  * Verifies the files of a registered checkpoint on a bounded background executor (one checkpoint
  * at a time; the scan itself is parallel in {@link TensorScanner}). Safetensors goes through the
- * mapped scanner; numpy and TorchScript through DJL, loaded on first use; torch.save pickles are
+ * streaming scanner; numpy and TorchScript through DJL, loaded on first use; torch.save pickles are
  * UNVERIFIABLE. A client sha256 is checked in a second sequential pass (SHA-256 runs at ~1-2 GB/s,
  * slower than the scan), only when given.
  */
