@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checkpoint verification throughput: Java scanner vs np.isfinite vs torch.isfinite, same files,
-# same run, interleaved rounds. Java: vector kernels (default), scalar kernels (-Dsimd=false),
+# same run, interleaved rounds. Java: vector kernels after the sidecar's JIT warm-up (default), scalar kernels (-Dsimd=false),
 # without checksum, finite check only (-Dstats=false). Results: medians in GB/s (1e9 bytes/s) and the scanning JVM's RSS.
 #
 #   bench/checkpoint/run.sh [rounds]        env: F32_GB (4) BF16_GB (2) THREADS (2) DIR (/tmp)
@@ -25,7 +25,7 @@ echo "# java: $(java -version 2>&1 | head -1); numpy $($PY -c 'import numpy; pri
 for r in $(seq "$ROUNDS"); do
   echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"
   J="java -Xmx256m --add-modules jdk.incubator.vector -cp $CP"
-  $J -DdjlNpy="$NPY" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" 2>/dev/null | grep -E "ROUND|MEDIAN|RSS"
+  $J -Dwarmup=true -DdjlNpy="$NPY" io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" 2>/dev/null | grep -E "ROUND|MEDIAN|RSS"
   $J -Dsimd=false io.trainguard.tensor.ScanBench "$THREADS" true 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
   $J io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
   $J -Dstats=false io.trainguard.tensor.ScanBench "$THREADS" false 3 "$F32" "$BF16" 2>/dev/null | grep -E "MEDIAN"

@@ -14,7 +14,7 @@ for line in sys.stdin:
 for k in sorted(g):
     print(f"{k:70s} median {statistics.median(g[k]):7.2f}   rounds: {[round(x, 2) for x in g[k]]}")
 '
-# The default configuration's single scans: the first after JVM start (JIT cold) and the rest.
+# The default configuration's single scans: the first in each JVM (after the warm-up where run.sh asks for it) and the rest.
 grep -E '^ROUND' "$1" | python3 -c '
 import sys, statistics, collections
 seen = collections.defaultdict(list)
@@ -23,5 +23,5 @@ for line in sys.stdin:
     seen[kv["file"]].append(float(kv["gbps"]))
 for f, v in seen.items():
     cold, warm = v[0::3], [x for i, x in enumerate(v) if i % 3]
-    print(f"default scans of {f}: first after start {[round(x, 2) for x in cold]}, later: median {statistics.median(warm):.2f} of {[round(x, 2) for x in warm]}")
+    print(f"default scans of {f}: first in its JVM {[round(x, 2) for x in cold]}, later: median {statistics.median(warm):.2f} of {[round(x, 2) for x in warm]}")
 '
