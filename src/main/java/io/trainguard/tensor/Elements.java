@@ -9,12 +9,17 @@ final class Elements {
 
     /** fp16 bits -> float, all 65536 values, built once (Float.float16ToFloat is Java 20+). */
     static final float[] F16 = new float[1 << 16];
+    /** bf16 magnitude bits (sign cleared) -> float, for the scalar kernel's table lookup. */
+    static final float[] BF16_MAGNITUDES = new float[1 << 15];
     static final float[] F8_E4M3_VALUES = new float[256];
     static final float[] F8_E5M2_VALUES = new float[256];
 
     static {
         for (int h = 0; h < (1 << 16); h++) {
             F16[h] = halfToFloat(h);
+        }
+        for (int h = 0; h < (1 << 15); h++) {
+            BF16_MAGNITUDES[h] = Float.intBitsToFloat(h << 16);
         }
         for (int b = 0; b < 256; b++) {
             F8_E4M3_VALUES[b] = e4m3ToFloat(b);

@@ -127,8 +127,7 @@ final class ScanKernels {
     private static void scalar(ByteBuffer b, int p, int n, TensorDType t, ScanAccumulator a) {
         switch (t) {
             case F32: f32(b, p, n, a); break;
-            case BF16: bf16(b, p, n, a); break;
-            case F16: f16(b, p, n, a); break;
+            case BF16, F16: halves(b, p, n, a, t); break;
             case F64: f64(b, p, n, a); break;
             case F8_E4M3: bytes(b, p, n, a, B_EXP_E4M3, B_LSB, Elements.F8_E4M3_VALUES); break;
             case F8_E5M2: bytes(b, p, n, a, B_EXP_E5M2, B_LSB_E5M2, Elements.F8_E5M2_VALUES); break;
@@ -177,64 +176,32 @@ final class ScanKernels {
         a.sumSquares += ((double) s0 + s1) + ((double) s2 + s3);
     }
 
-    private static void bf16(ByteBuffer b, int p, int n, ScanAccumulator a) {
-        int end = p + n;
-        int end8 = p + (n & ~7);
-        long flags = 0;
-        float m = 0;
-        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        int q = p;
-        for (; q < end8; q += 8) {
-            long x = b.getLong(q);
-            flags |= (x & H_EXP_BF16) + H_LSB_BF16;
-            float d0 = Float.intBitsToFloat(((int) x & 0x7FFF) << 16);
-            float d1 = Float.intBitsToFloat((int) x & 0x7FFF0000);
-            float d2 = Float.intBitsToFloat(((int) (x >>> 32) & 0x7FFF) << 16);
-            float d3 = Float.intBitsToFloat((int) (x >>> 48) << 16 & 0x7FFF0000);
-            s0 += d0 * d0;
-            s1 += d1 * d1;
-            s2 += d2 * d2;
-            s3 += d3 * d3;
-            if (d0 > m) m = d0;
-            if (d1 > m) m = d1;
-            if (d2 > m) m = d2;
-            if (d3 > m) m = d3;
-        }
-        for (; q < end; q += 2) {
-            int h = b.getShort(q) & 0x7FFF;
-            flags |= (h & H_EXP_BF16) + H_LSB_BF16;
-            float d = Float.intBitsToFloat(h << 16);
-            s0 += d * d;
-            if (d > m) m = d;
-        }
-        if ((flags & H_TOP) != 0) {
-            slow(b, p, n, TensorDType.BF16, a);
-            return;
-        }
-        a.elements += n >>> 1;
-        a.maxAbs = Math.max(a.maxAbs, m);
-        a.sumSquares += ((double) s0 + s1) + ((double) s2 + s3);
-    }
-
-    private static void f16(ByteBuffer b, int p, int n, ScanAccumulator a) {
+    /**
+     * bf16 and fp16 alike: each 16-bit lane is decoded by a table of its 32768 magnitudes, and
+     * max|x| is taken on the magnitude bits, whose order is the order of the values.
+     */
+    private static void halves(ByteBuffer b, int p, int n, ScanAccumulator a, TensorDType t) {
+        boolean bf16 = t == TensorDType.BF16;
+        long exp = bf16 ? H_EXP_BF16 : H_EXP_F16;
+        long lsb = bf16 ? H_LSB_BF16 : H_LSB_F16;
+        float[] values = bf16 ? Elements.BF16_MAGNITUDES : Elements.F16;
         int end = p + n;
         int end8 = p + (n & ~7);
         long flags = 0;
         int mx = 0;
         float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        float[] f16 = Elements.F16;
         int q = p;
         for (; q < end8; q += 8) {
             long x = b.getLong(q);
-            flags |= (x & H_EXP_F16) + H_LSB_F16;
+            flags |= (x & exp) + lsb;
             int h0 = (int) x & 0x7FFF;
             int h1 = (int) (x >>> 16) & 0x7FFF;
             int h2 = (int) (x >>> 32) & 0x7FFF;
             int h3 = (int) (x >>> 48) & 0x7FFF;
-            float d0 = f16[h0];
-            float d1 = f16[h1];
-            float d2 = f16[h2];
-            float d3 = f16[h3];
+            float d0 = values[h0];
+            float d1 = values[h1];
+            float d2 = values[h2];
+            float d3 = values[h3];
             s0 += d0 * d0;
             s1 += d1 * d1;
             s2 += d2 * d2;
@@ -246,17 +213,17 @@ final class ScanKernels {
         }
         for (; q < end; q += 2) {
             int h = b.getShort(q) & 0x7FFF;
-            flags |= (h & H_EXP_F16) + H_LSB_F16;
-            float d = f16[h];
+            flags |= (h & exp) + lsb;
+            float d = values[h];
             s0 += d * d;
             if (h > mx) mx = h;
         }
         if ((flags & H_TOP) != 0) {
-            slow(b, p, n, TensorDType.F16, a);
+            slow(b, p, n, t, a);
             return;
         }
         a.elements += n >>> 1;
-        a.maxAbs = Math.max(a.maxAbs, f16[mx]);
+        a.maxAbs = Math.max(a.maxAbs, values[mx]);
         a.sumSquares += ((double) s0 + s1) + ((double) s2 + s3);
     }
 
