@@ -96,9 +96,7 @@ def main():
         if os.environ.get("TG_KEEP"):
             print("sidecar dir:", sc.tmp)
     print(json.dumps({k: v for k, v in out.items() if k != "verifications"}, indent=1))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    common.save_results(out, a.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ number includes DJL or a native engine; loaded classes/libs are listed to show i
 Usage: python3 footprint.py [--starts 5] [--idle 10] [--load-seconds 10] [--json out.json]
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -69,15 +68,12 @@ def main():
     finally:
         sc.stop()
     res["start_ms_median"] = statistics.median(res["starts_ms"])
-    res["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     print(f"start to ready: median {res['start_ms_median']} ms of {res['starts_ms']}")
     print(f"RSS idle ({a.idle:.0f} s after ready): {res['rss_idle_kib'] / 1024:.0f} MiB; DJL: {res['idle_djl']}")
     print(f"RSS under load ({res['load']['world_size']} ranks, {res['load']['reports_per_s']}/s): median "
           f"{res['load']['rss_load_kib_median'] / 1024:.0f} MiB, max {res['load']['rss_load_kib_max'] / 1024:.0f} MiB; "
           f"after: {res['rss_after_load_kib'] / 1024:.0f} MiB; journal ok: {res['load']['journal_ok']}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+    common.save_results(res, a.json)
 
 
 if __name__ == "__main__":

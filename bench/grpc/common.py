@@ -205,6 +205,16 @@ def pct(sorted_vals, p):
     return sorted_vals[k]
 
 
+def save_results(res, path):
+    """Stamps the load average at the end into res["machine"] (when there is one) and writes the
+    JSON to path (when given): what every benchmark here does last."""
+    if "machine" in res:
+        res["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    if path:
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)
+
+
 def machine():
     model = "?"
     with open("/proc/cpuinfo") as f:

@@ -15,7 +15,6 @@ Also: client-side cost to parse one real ReportStepResponse, and its size.
 Usage: python3 diag.py [--rounds 5] [--calls 1500] [--json out.json]
 """
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -135,15 +134,12 @@ def main():
                 os.remove(shm_path + suffix)
             except OSError:
                 pass
-    res["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     print(f"{'journal/variant':<18} {'p50 µs':>8} {'p99 µs':>8} {'p50 x':>6} {'p50-check µs':>13}")
     for k, r in res["diag"].items():
         print(f"{k:<18} {r['p50_us']:>8} {r['p99_us']:>8} {r['p50_ratio']:>6} {r['p50_minus_check_us']:>13}")
     print("response:", res["response"])
     print("journal:", res["journal_check"])
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+    common.save_results(res, a.json)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Usage: python3 diag_aio.py [--rounds 5] [--calls 1500] [--json out.json]
 """
 import argparse
 import asyncio
-import json
 import statistics
 import time
 
@@ -87,10 +86,7 @@ async def main():
         await ch.close()
     finally:
         sc.stop()
-    res["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+    common.save_results(res, a.json)
 
 
 asyncio.run(main())

@@ -15,7 +15,6 @@ reports sent (warm-up included).
 Usage: python3 latency.py [--rounds 5] [--calls 2000] [--warmup 2000] [--json out.json]
 """
 import argparse
-import json
 import queue
 import statistics
 import sys
@@ -201,10 +200,8 @@ def main():
         print(f"journal {run}: sent={c['sent']} stepsReported={c['stepsReported']} journaled={c['journaled']} "
               f"actions={c['actions']} state={c['state']} {'OK' if c['ok'] else 'MISMATCH'}")
     print("client:", result["client"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    print("loadavg:", result["machine"]["loadavg"], "->", open("/proc/loadavg").read().split()[:3])
+    common.save_results(result, args.json)
+    print("loadavg:", result["machine"]["loadavg"], "->", result["machine"]["loadavg_end"])
     return 0 if all(c["ok"] for c in result["journal_check"].values()) else 1
 
 

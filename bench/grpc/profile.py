@@ -113,9 +113,7 @@ def main():
     res = {"mode": a.mode, "seconds": a.seconds, "reports": sent, **aggregate(tmp_jfr)}
     os.remove(tmp_jfr)
     print(json.dumps(res, indent=1))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+    common.save_results(res, a.json)
 
 
 if __name__ == "__main__":

@@ -292,10 +292,7 @@ def main():
         results["rss_after_kib"] = sc.rss_kib()
     finally:
         sc.stop()
-    results["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
+    common.save_results(results, a.json)
     return 0 if ok else 1
 
 
