@@ -21,7 +21,6 @@ python bench/clipping/curves.py --out bench/clipping/results --png docs/img/clip
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import sys
