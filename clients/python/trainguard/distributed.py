@@ -55,7 +55,8 @@ def agree(guard, verdict, error):
     t = torch.tensor([float(sev), float(n - me) if has_plan else 0.0, -thr if thr != float("inf") else -1e300],
                      dtype=torch.float64, device=_device())
     d.all_reduce(t, op=d.ReduceOp.MAX)
-    agreed, src_score, neg_thr = int(t[0].item()), int(t[1].item()), float(t[2].item())
+    sev_max, score_max, neg_thr = t.tolist()  # one device read for the three
+    agreed, src_score = int(sev_max), int(score_max)
     if agreed == int(verdict.action) and error is None and agreed not in (Action.ROLLBACK, Action.HALT):
         if agreed == Action.CLIP and -neg_thr < verdict.clip_threshold:
             verdict.clip_threshold = -neg_thr

@@ -3,7 +3,6 @@ where the sidecar is its own container."""
 import json
 import re
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -57,7 +56,6 @@ class Sidecar:
         for attempt in range(4):
             cmd = [self.java, "-XX:+UseSerialGC", "-Xmx512m", "-XX:TieredStopAtLevel=1"] + \
                   [f"-D{k}={v}" for k, v in props.items()] + ["-jar", self.jar]
-            mark = self._log.tell()
             self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
                                          cwd=self.workdir)
             while self.proc.poll() is None and time.monotonic() < end:
@@ -96,18 +94,6 @@ class Sidecar:
                 return r.status == 200
         except Exception:
             return False
-
-    def _unused(self):
-        end = 0
-        while time.monotonic() < end:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/q/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except Exception:
-                time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"sidecar not ready after {timeout}s; log: {self.tail()}")
 
     def tail(self, n=3000):
         try:

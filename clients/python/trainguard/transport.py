@@ -6,7 +6,6 @@ releases alike; generated *_pb2_grpc.py files are avoided because newer ones che
 import collections
 import logging
 import threading
-import time
 
 import grpc
 
@@ -55,13 +54,6 @@ class Transport:
     def call(self, name: str, request, deadline: float = None):
         return self._calls[name](request, timeout=self.deadline if deadline is None else deadline)
 
-    def wait_ready(self, timeout: float) -> bool:
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
-            return True
-        except grpc.FutureTimeoutError:
-            return False
-
     def close(self):
         self.channel.close()
 
@@ -97,6 +89,7 @@ class ReportSender:
     """
 
     def __init__(self, transport: Transport, on_result, max_queue: int = 256):
+        self._busy = False
         self._transport = transport
         self._on_result = on_result
         self._queue = collections.deque()
@@ -109,15 +102,7 @@ class ReportSender:
 
     def submit(self, report, generation, blocking=False) -> ReportFuture:
         fut = ReportFuture(report.step, generation, blocking)
-        with self._cv:
-            # A sidecar that stays away must not grow memory without bound: drop the oldest
-            # asynchronous reports (they were decided already; only the record is lost).
-            while len(self._queue) >= self._max_queue:
-                old_report, old = self._queue.popleft()
-                self.dropped += 1
-                old._set(error=TimeoutError("report dropped: sender queue full"))
-            self._queue.append((report, fut))
-            self._cv.notify()
+        self._enqueue(report, fut)
         return fut
 
     def submit_deferred(self, step, build, generation) -> ReportFuture:
@@ -125,34 +110,30 @@ class ReportSender:
         (which may block without the GIL, e.g. on a CUDA event, and returns the StepReport, or None
         for nothing to send) and sends what it returns. Keeps step order with ``submit``."""
         fut = ReportFuture(step, generation, False)
+        self._enqueue(build, fut)
+        return fut
+
+    def _enqueue(self, item, fut):
         with self._cv:
+            # A sidecar that stays away must not grow memory without bound: drop the oldest
+            # asynchronous reports (they were decided already; only the record is lost). A deferred
+            # one is still built, so the device's outcome reaches the counters; it is just not sent.
             while len(self._queue) >= self._max_queue:
-                old_report, old = self._queue.popleft()
+                old_item, old = self._queue.popleft()
                 self.dropped += 1
-                if callable(old_report):
+                if callable(old_item):
                     try:
-                        old_report()  # still read the device's outcome (counters), just don't send it
+                        old_item()
                     except Exception:
                         log.exception("trainguard: deferred report failed")
                 old._set(error=TimeoutError("report dropped: sender queue full"))
-            self._queue.append((build, fut))
-            self._cv.notify()
-        return fut
-
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._queue)
+            self._queue.append((item, fut))
+            self._cv.notify_all()
 
     def flush(self, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self._cv:
-                if not self._queue and not self._busy:
-                    return True
-            time.sleep(0.001)
-        return False
-
-    _busy = False
+        """Waits until every queued report has been sent and its callback has run."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def _run(self):
         while True:
@@ -183,9 +164,10 @@ class ReportSender:
             finally:
                 with self._cv:
                     self._busy = False
+                    self._cv.notify_all()
 
     def close(self, timeout: float = 1.0):
         with self._cv:
             self._closed = True
-            self._cv.notify()
+            self._cv.notify_all()
         self._thread.join(timeout)

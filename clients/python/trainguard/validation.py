@@ -59,62 +59,47 @@ class ModelSnapshot:
             }
         self.rng = _rng_state()
 
+    # What kind of change a finding is; the order is the order details are listed in (most
+    # telling first), since only the first few reach the sidecar and the log.
+    WIRING, RNG, VALUES, PLACEMENT, TRAIN_MODE = range(5)
+
     def diff(self):
         """Returns (parameters_changed, dtype_device_mode_changed, wiring_changed, rng_changed, details)."""
-        details, p, d, w = [], False, False, False
+        found = []  # (kind, text)
         now = dict(list(self.model.named_parameters()) + list(self.model.named_buffers()))
         for name, (t, dtype, device, value, checksum) in self.tensors.items():
             cur = now.get(name)
             if cur is None:
-                w = True
-                details.append(f"{name} removed")
-                continue
-            if cur.dtype != dtype or cur.device != device:
-                d = True
-                details.append(f"{name} {dtype}/{device} -> {cur.dtype}/{cur.device}")
-                continue
-            same = torch.equal(cur.detach(), value) if value is not None else \
-                float(cur.detach().double().sum()) == checksum
-            if not same:
-                p = True
-                details.append(f"{name} values changed")
-        for name in now:
-            if name not in self.tensors:
-                w = True
-                details.append(f"{name} added")
+                found.append((self.WIRING, f"{name} removed"))
+            elif cur.dtype != dtype or cur.device != device:
+                found.append((self.PLACEMENT, f"{name} {dtype}/{device} -> {cur.dtype}/{cur.device}"))
+            elif not (torch.equal(cur.detach(), value) if value is not None else
+                      float(cur.detach().double().sum()) == checksum):
+                found.append((self.VALUES, f"{name} values changed"))
         mods = dict(self.model.named_modules())
         for name, s in self.modules.items():
             m = mods.get(name)
             label = name or "<root>"
             if m is not s["module"]:
-                w = True
-                details.append(f"{label} replaced or removed")
+                found.append((self.WIRING, f"{label} replaced or removed"))
                 continue
             if m.training != s["training"]:
-                d = True
-                details.append(f"{label} train mode {s['training']} -> {m.training}")
+                found.append((self.TRAIN_MODE, f"{label} train mode {s['training']} -> {m.training}"))
             if m.__dict__.get("forward", None) is not s["inst_forward"]:
-                w = True
-                details.append(f"{label}.forward replaced")
+                found.append((self.WIRING, f"{label}.forward replaced"))
             if type(m) is not s["cls"] or type(m).forward is not s["cls_forward"]:
-                w = True
-                details.append(f"{label}: class forward patched")
+                found.append((self.WIRING, f"{label}: class forward patched"))
             hooks = {k: v for k, v in m._forward_hooks.items() if k not in self.ignore_hooks}
             if hooks != s["fwd_hooks"] or dict(m._forward_pre_hooks) != s["pre_hooks"]:
-                w = True
-                details.append(f"{label} forward hooks changed")
-        for name in mods:
-            if name not in self.modules:
-                w = True
-                details.append(f"{name} added")
-        r = not _rng_equal(self.rng, _rng_state())
-        if r:
-            details.append("global RNG state changed")
-        # Most telling first: wiring, RNG, values, dtype/device; train-mode flips last.
-        rank = lambda t: (0 if ("forward" in t or "hooks" in t or "added" in t or "removed" in t or "replaced" in t)
-                          else 1 if "RNG" in t else 2 if "values" in t else 4 if "train mode" in t else 3)
-        details.sort(key=rank)
-        return p, d, w, r, details
+                found.append((self.WIRING, f"{label} forward hooks changed"))
+        for names, before in ((now, self.tensors), (mods, self.modules)):
+            found += [(self.WIRING, f"{name} added") for name in names if name not in before]
+        if not _rng_equal(self.rng, _rng_state()):
+            found.append((self.RNG, "global RNG state changed"))
+        found.sort(key=lambda f: f[0])  # stable: within a kind, discovery order
+        kinds = {k for k, _ in found}
+        return (self.VALUES in kinds, bool(kinds & {self.PLACEMENT, self.TRAIN_MODE}), self.WIRING in kinds,
+                self.RNG in kinds, [text for _, text in found])
 
     def restore(self):
         """Undoes every change diff() can see. Parameter objects keep their identity, so the
@@ -131,7 +116,6 @@ class ModelSnapshot:
                     cur.copy_(value)
                 if cur is not t:  # the tensor object itself was swapped: put the original back
                     t.data = value.clone()
-        mods = dict(self.model.named_modules())
         for name, s in self.modules.items():
             m = s["module"]
             m.training = s["training"]
