@@ -36,6 +36,17 @@ def nan_at(steps, kind="loss"):
     return inject
 
 
+def test_target_defaults_to_the_manifests_environment_variable(fake, monkeypatch):
+    # prevents: a pod whose manifest sets TRAINGUARD_TARGET still dialling 127.0.0.1:7474
+    monkeypatch.setenv("TRAINGUARD_TARGET", fake.target)
+    model, opt = make()
+    g = Guard(model, opt, "env-target")
+    train(g, model, opt, 3)
+    assert g.flush(5)
+    assert [r.step for r in fake.reports] == [0, 1, 2]
+    g.close()
+
+
 def test_healthy_run_decides_every_step_locally(fake):
     # A healthy step must never wait for the sidecar: all decisions are local, all reports still arrive.
     model, opt = make()

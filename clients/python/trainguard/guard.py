@@ -79,7 +79,8 @@ class Guard:
     Args:
       model, optimizer: the training model and its optimizer.
       run: the run id; all ranks of one run pass the same id.
-      target: "host:port" or "unix:///path/to.sock".
+      target: "host:port" or "unix:///path/to.sock"; default $TRAINGUARD_TARGET (set by the k8s
+        manifests), else "127.0.0.1:7474".
       scheduler, scaler: an LR scheduler and a GradScaler, when used.
       watch: module names whose forward output is watched (finite, max |x|), "auto" (the model's
         blocks) or None.
@@ -102,7 +103,7 @@ class Guard:
         arrive).
     """
 
-    def __init__(self, model, optimizer, run, *, target="127.0.0.1:7474", scheduler=None, scaler=None,
+    def __init__(self, model, optimizer, run, *, target=None, scheduler=None, scaler=None,
                  watch="auto", deadline=0.5, failure_mode="open", mode="async", policy=None,
                  rank=None, world_size=None, open_deadline=None, protect_update="auto",
                  master_weights=False, autocast_dtype=None, clipping_configured=False,
@@ -172,6 +173,8 @@ class Guard:
         self._gate_futs = collections.deque()  # device-gated reports not yet answered
         self._gate_warned = False
 
+        # The manifests set TRAINGUARD_TARGET (the pod's socket); an explicit target wins.
+        target = target or os.environ.get("TRAINGUARD_TARGET") or "127.0.0.1:7474"
         self.transport = Transport(target, deadline)
         self._open_run(open_deadline if open_deadline is not None else max(10.0, self.deadline))
         self.sender = ReportSender(self.transport, self._on_report_result)
