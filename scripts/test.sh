@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every trainguard test on a fresh Debian machine: installs what is missing (Debian's Python
-# stack, a PyTorch venv), then the Java suite (engine unit tests, @QuarkusTest gRPC/REST/health/
-# metrics tests, the packaged-jar kill -9 and integration tests), the Kubernetes manifest checks,
-# and the Python client's fault-injection suite on both Python stacks against the packaged jar.
+# Runs every trainguard test on a fresh Debian machine with Java 17: installs what is missing
+# (Debian's Python stack, a PyTorch venv, Go for kustomize), checks the Kubernetes manifests, then
+# the Java suite (engine unit tests, @QuarkusTest gRPC/REST/health/metrics tests, the packaged-jar
+# kill -9 and integration tests) and the Python client's fault-injection suite on both Python
+# stacks against the packaged jar.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
@@ -12,13 +13,12 @@ step() { echo; echo "=== $*"; }
 step "installing the Python stacks (idempotent)"
 clients/python/scripts/setup-envs.sh all
 
+# First: it also installs kustomize, which ManifestConsistencyTest uses to render the overlays.
+step "Kubernetes manifests against the API schemas"
+scripts/validate-k8s.sh
+
 step "Java: unit, @QuarkusTest and packaged-jar tests"
 ./mvnw -B -ntp verify
-
-if [ -x scripts/validate-k8s.sh ]; then
-  step "Kubernetes manifests against the API schemas"
-  scripts/validate-k8s.sh
-fi
 
 step "Python client and fault-injection suite (venv: current torch; Debian: torch 1.13)"
 TRAINGUARD_JAR="$PWD/target/quarkus-app/quarkus-run.jar" clients/python/scripts/run-tests.sh all

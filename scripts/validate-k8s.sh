@@ -39,6 +39,10 @@ ensure_python_tools() {
 # Prints the command that renders a kustomization directory.
 kustomize_cmd() {
   if [[ -x "${BIN}/kustomize" ]]; then echo "${BIN}/kustomize build"; return; fi
+  if ! command -v go >/dev/null 2>&1 && ! command -v kubectl >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+    log "installing Go (Debian golang-go) to build kustomize"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go >&2
+  fi
   if command -v go >/dev/null 2>&1; then
     log "installing kustomize ${KUSTOMIZE_VERSION} into ${BIN} (go install, once)"
     if GOBIN="${BIN}" go install "sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}" >&2; then
