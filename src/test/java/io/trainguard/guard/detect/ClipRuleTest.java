@@ -34,6 +34,27 @@ class ClipRuleTest {
     }
 
     @Test
+    void percentileClip_pastItsCapacity_usesTheMostRecentNormsOnly() {
+        // prevents: the in-place sorted history drifting from the ring once old norms are evicted
+        var clip = new PercentileClip(10, 5);
+        Random r = new Random(7);
+        java.util.ArrayDeque<Double> recent = new java.util.ArrayDeque<>();
+        for (int i = 0; i < 20_000; i++) {
+            double g = Math.round(r.nextDouble() * 50) + (i > 15_000 ? 100 : 0); // repeats and a level shift
+            clip.observe(g);
+            recent.addLast(g);
+            if (recent.size() > 8192) {
+                recent.removeFirst();
+            }
+            if (i >= 4 && (i % 997 == 0 || i == 19_999)) {
+                double[] want = recent.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+                double expected = want[(int) Math.ceil(0.10 * want.length) - 1];
+                assertEquals(expected, clip.localThreshold(), "after " + (i + 1) + " norms");
+            }
+        }
+    }
+
+    @Test
     void hangWatch_learnsStepTimeAndFlagsSilence() {
         var watch = new HangWatch(0);
         long ms = 1_000_000;
