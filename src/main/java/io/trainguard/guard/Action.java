@@ -8,11 +8,6 @@ public enum Action {
     ROLLBACK,
     HALT;
 
-    /** The more severe of two actions: what ranks agree on, and what a step escalates to. */
-    public Action atLeast(Action other) {
-        return other.ordinal() > ordinal() ? other : this;
-    }
-
     /** Actions that change the run's course must be journaled before the verdict leaves. */
     public boolean changesCourse() {
         return this == SKIP || this == ROLLBACK || this == HALT;

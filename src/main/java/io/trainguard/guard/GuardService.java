@@ -74,10 +74,6 @@ public final class GuardService {
         return restored;
     }
 
-    public Policy defaults() {
-        return defaults;
-    }
-
     // ------------------------------------------------------------------ runs
 
     public OpenResult open(RunSetup setup) {
@@ -116,7 +112,7 @@ public final class GuardService {
                 throw new PreconditionFailedException("run '" + setup.runId() + "' has world size " + guard.worldSize()
                         + " but this rank reports " + setup.worldSize() + ": use a new run id when the world size changes");
             }
-            resumed = guard.join(setup.rank(), setup.trainerInstance(), setup.watchedModules(), nanoTime.getAsLong());
+            resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong());
             String diff = guard.changePolicy(policy);
             if (!diff.equals("no change")) {
                 incidents.add(guard.incidentAt(setup.rank(), guard.lastStep(), IncidentKind.POLICY_CHANGED, Severity.INFO,
@@ -130,7 +126,7 @@ public final class GuardService {
         } else {
             guard = runs.computeIfAbsent(setup.runId(), id -> new RunGuard(id, setup.worldSize(), policy,
                     setup.watchedModules(), checkpoints, journal::nextIncidentId, now));
-            resumed = guard.join(setup.rank(), setup.trainerInstance(), setup.watchedModules(), nanoTime.getAsLong());
+            resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong());
         }
         checkpoints.configure(setup.runId(), guard.policy().knownGoodHealthySteps());
         for (AuditFinding f : findings) {
@@ -179,12 +175,13 @@ public final class GuardService {
         }
         Runnable tell = () -> {
             if (d.from() != d.to()) {
-                events.stateChanged(report.runId(), d.from(), d.to(), guard.snapshot().stateReason());
+                // a state change is always written, so the decision carries the run's snapshot
+                events.stateChanged(report.runId(), d.from(), d.to(), d.write().run().stateReason());
             }
             d.write().incidents().forEach(events::incident);
             events.stepDecided(report, d.verdict(), nanoTime.getAsLong() - start);
         };
-        if (!d.durable()) {
+        if (!d.write().awaited()) {
             tell.run();
             return CompletableFuture.completedFuture(d.verdict());
         }

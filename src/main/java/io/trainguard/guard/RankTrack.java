@@ -20,7 +20,6 @@ final class RankTrack {
     int consecutiveSkips;
     int healthyStreak;
     long lastStep = -1;
-    String trainerInstance = "";
     boolean closed;
 
     RankTrack(int rank, Policy policy, long nowNanos) {

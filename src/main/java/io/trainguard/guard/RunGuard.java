@@ -16,8 +16,8 @@ import java.util.Set;
  */
 public final class RunGuard {
 
-    /** A verdict and what must be journaled for it; {@code durable} verdicts are written before they leave. */
-    public record Decision(Verdict verdict, JournalWrite write, boolean durable, RunState from, RunState to) {
+    /** A verdict and what must be journaled for it; awaited writes ({@code write().awaited()}) are durable before the verdict leaves. */
+    public record Decision(Verdict verdict, JournalWrite write, RunState from, RunState to) {
     }
 
     private static final int BOUNDS_VALID_STEPS = 64;
@@ -121,10 +121,6 @@ public final class RunGuard {
         return state.state();
     }
 
-    public synchronized List<String> watchedModules() {
-        return watchedModules;
-    }
-
     private RankTrack track(int rank, long nowNanos) {
         return ranks.computeIfAbsent(rank, r -> new RankTrack(r, policy, nowNanos));
     }
@@ -132,11 +128,10 @@ public final class RunGuard {
     // ------------------------------------------------------------------ joining
 
     /** A rank (re)joins. Returns true when this is a resume of a rank that was seen before. */
-    synchronized boolean join(int rank, String trainerInstance, List<String> modules, long nowNanos) {
+    synchronized boolean join(int rank, List<String> modules, long nowNanos) {
         boolean known = ranks.containsKey(rank);
         RankTrack t = track(rank, nowNanos);
         boolean resumed = known || lastStep >= 0;
-        t.trainerInstance = trainerInstance;
         t.closed = false;
         if (!modules.isEmpty()) {
             watchedModules = List.copyOf(modules);
@@ -202,7 +197,8 @@ public final class RunGuard {
 
         boolean validationAllowed = healthy && validationDue(r.step());
         Verdict verdict = new Verdict(r.step(), o.action, o.action == Action.CLIP ? o.clip : 0, validationAllowed,
-                List.copyOf(reasons), o.firstBadModule, state.state(), o.plan, bounds(t), incidents.stream().map(Incident::id).toList());
+                List.copyOf(reasons), o.firstBadModule, state.state(), o.plan, bounds(t),
+                incidents.isEmpty() ? List.of() : incidents.stream().map(Incident::id).toList());
         StepRecord record = new StepRecord(runId, r.rank(), r.step(), r.lossAbsent() ? Double.NaN : r.loss(), r.gradNorm(),
                 r.learningRate(), r.lossScale(), o.action, verdict.clipThreshold(), now);
         boolean durable = o.action.changesCourse() && from != RunState.HALTED || from != state.state();
@@ -212,7 +208,7 @@ public final class RunGuard {
             lastSnapshotNanos = nowNanos;
         }
         return new Decision(verdict, new JournalWrite(snapshot, List.of(record), List.copyOf(incidents), durable),
-                durable, from, state.state());
+                from, state.state());
     }
 
     private static final class Outcome {

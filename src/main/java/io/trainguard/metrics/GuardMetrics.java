@@ -13,6 +13,7 @@ import io.trainguard.guard.StepReport;
 import io.trainguard.guard.Verdict;
 import jakarta.enterprise.context.ApplicationScoped;
 import java.time.Duration;
+import java.util.concurrent.TimeUnit;
 import java.util.EnumMap;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
@@ -68,7 +69,7 @@ public class GuardMetrics implements GuardEvents {
     public void stepDecided(StepReport report, Verdict verdict, long decisionNanos) {
         steps.increment();
         verdicts.get(verdict.action()).increment();
-        latency.record(Duration.ofNanos(decisionNanos));
+        latency.record(decisionNanos, TimeUnit.NANOSECONDS);
         RunGauges g = gauges(report.runId());
         g.loss = report.loss();
         g.gradNorm = report.gradNorm();

@@ -256,7 +256,13 @@ public final class ProtoMapper {
     }
 
     public static io.trainguard.api.grpc.v1.RunState state(RunState s) {
-        return io.trainguard.api.grpc.v1.RunState.valueOf("RUN_STATE_" + s.name());
+        return switch (s) {
+            case HEALTHY -> io.trainguard.api.grpc.v1.RunState.RUN_STATE_HEALTHY;
+            case DEGRADED -> io.trainguard.api.grpc.v1.RunState.RUN_STATE_DEGRADED;
+            case ROLLING_BACK -> io.trainguard.api.grpc.v1.RunState.RUN_STATE_ROLLING_BACK;
+            case HALTED -> io.trainguard.api.grpc.v1.RunState.RUN_STATE_HALTED;
+            case CLOSED -> io.trainguard.api.grpc.v1.RunState.RUN_STATE_CLOSED;
+        };
     }
 
     public static io.trainguard.api.grpc.v1.Run run(RunSnapshot s) {

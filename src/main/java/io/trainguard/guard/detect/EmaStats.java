@@ -39,10 +39,6 @@ public final class EmaStats {
         return count >= warmup;
     }
 
-    public long count() {
-        return count;
-    }
-
     public double mean() {
         return mean;
     }
