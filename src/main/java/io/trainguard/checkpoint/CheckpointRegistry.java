@@ -152,7 +152,9 @@ public final class CheckpointRegistry {
      */
     public synchronized void onHealthyStep(String runId, long step) {
         Instant now = null;
-        for (CheckpointRecord r : new ArrayList<>(byId.values())) {
+        // No copy of the map: save() and put() only replace values of existing keys, which does
+        // not disturb the iteration (called on every healthy step).
+        for (CheckpointRecord r : byId.values()) {
             if (!r.runId().equals(runId) || step <= r.lastCountedStep() || r.firstUnhealthyStep() >= 0) {
                 continue;
             }
@@ -178,7 +180,7 @@ public final class CheckpointRegistry {
      */
     public synchronized void onUnhealthyStep(String runId, long step) {
         Instant now = null;
-        for (CheckpointRecord r : new ArrayList<>(byId.values())) {
+        for (CheckpointRecord r : byId.values()) { // values replaced only, as in onHealthyStep
             if (!r.runId().equals(runId) || r.step() >= step || r.firstUnhealthyStep() >= 0) {
                 continue;
             }
