@@ -59,6 +59,12 @@ class HttpSurfaceTest extends SidecarTestSupport {
                 .body("incidents[0].message", containsString("spikeZThreshold=6.0 -> 4.5"));
         given().contentType(ContentType.JSON).body("{\"spikeEmaAlpha\": 2}").put("/api/runs/" + run + "/policy")
                 .then().statusCode(400).body("message", containsString("spike_ema_alpha"));
+        // every policy field is settable over REST too, not only the ones the first version listed
+        given().contentType(ContentType.JSON)
+                .body("{\"rollbackWindowSteps\": 2000, \"recoverySteps\": 7, \"hangMin\": \"PT45S\", \"zclipAlpha\": 0.9}")
+                .put("/api/runs/" + run + "/policy").then().statusCode(200)
+                .body("rollbackWindowSteps", equalTo(2000)).body("recoverySteps", equalTo(7))
+                .body("zclipAlpha", equalTo(0.9f)).body("hangMin", org.hamcrest.Matchers.anyOf(equalTo("PT45S"), equalTo(45.0f)));
     }
 
     @Test
