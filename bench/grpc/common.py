@@ -24,7 +24,7 @@ from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb  # noqa: E402
 
 SERVICE = "/trainguard.v1.TrainGuardService/"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-APP_SRC = os.environ.get("TG_APP_SRC", "/work/jar/quarkus-app")
+APP_SRC = os.environ.get("TG_APP_SRC", os.path.join(REPO, "target", "quarkus-app"))
 APP_DIR = os.environ.get("TG_APP_DIR", "/tmp/bench-app")
 
 # 14 watched modules of a small transformer, in forward order.
@@ -33,10 +33,16 @@ assert len(MODULES) == 14
 
 
 def ensure_app():
-    """Copies the jar directory once (it may be replaced under us while we run)."""
-    if not os.path.exists(os.path.join(APP_DIR, "quarkus-run.jar")):
+    """Copies the packaged app (default: this checkout's target/quarkus-app, TG_APP_SRC to change)
+    into APP_DIR, so a rebuild while a benchmark runs does not pull the jar from under it; copied
+    again whenever the source jar is newer than the copy."""
+    src, dst = os.path.join(APP_SRC, "quarkus-run.jar"), os.path.join(APP_DIR, "quarkus-run.jar")
+    if not os.path.exists(src):
+        sys.exit(f"{src} missing: build it first (./mvnw -B -ntp package -DskipTests)")
+    if not os.path.exists(dst) or os.path.getmtime(src) > os.path.getmtime(dst):
+        shutil.rmtree(APP_DIR, ignore_errors=True)
         shutil.copytree(APP_SRC, APP_DIR)
-    return os.path.join(APP_DIR, "quarkus-run.jar")
+    return dst
 
 
 def free_port():

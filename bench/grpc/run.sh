@@ -2,7 +2,7 @@
 # gRPC latency + throughput benchmarks of the trainguard sidecar (see docs/benchmarks-grpc.md).
 # Usage: bench/grpc/run.sh [latency|throughput|all]   (results: bench/grpc/results/*.json)
 # Env: PY (default /usr/bin/python3: Debian grpcio 1.51 / protobuf 3.21, the client the issue names),
-#      TG_APP_SRC (default /work/jar/quarkus-app; copied once to TG_APP_DIR=/tmp/bench-app).
+#      TG_APP_SRC (default target/quarkus-app; copied to TG_APP_DIR=/tmp/bench-app when newer).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-/usr/bin/python3}
