@@ -1,4 +1,4 @@
-"""A small Hallo-like trainer that reproduces both failures of PRODUCT.md, with and without trainguard.
+"""A small Hallo-like trainer that reproduces both Hallo failures (examples/README.md), with and without trainguard.
 
   --bug validation : validation re-patches the training model's attention forward (as the
                      inference pipeline did for classifier-free guidance) and reseeds the RNG.
