@@ -52,6 +52,10 @@ public final class SqliteJournal implements Journal, AutoCloseable {
             .configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
     private final Connection writeConnection;
     private final Connection readConnection;
+    /** Prepared once and used by the writer thread only (closing the connection closes them). */
+    private PreparedStatement insertStep;
+    private PreparedStatement insertIncident;
+    private PreparedStatement upsertRun;
     private final java.util.concurrent.ConcurrentLinkedQueue<Pending> queue = new java.util.concurrent.ConcurrentLinkedQueue<>();
     private final java.util.concurrent.atomic.AtomicInteger queued = new java.util.concurrent.atomic.AtomicInteger();
     private final int queueCapacity;
@@ -109,6 +113,9 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         long giveUp = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
         while (queued.get() >= queueCapacity) {
             if (System.nanoTime() > giveUp || Thread.currentThread().isInterrupted()) {
+                // a routine step's caller does not look at the future: say here that a record is lost
+                LOG.warnf("journal queue full for 5 s (%d writes): dropping a write of run %s", queueCapacity,
+                        write.steps().isEmpty() ? "?" : write.steps().get(0).runId());
                 done.completeExceptionally(new IllegalStateException("journal queue full for 5 s"));
                 return done;
             }
@@ -171,12 +178,24 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         }
     }
 
+    private void prepareStatements() throws SQLException {
+        if (insertStep == null) {
+            insertStep = writeConnection.prepareStatement("INSERT INTO steps(run_id, rank, step, loss, grad_norm, "
+                    + "lr, loss_scale, action, clip, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?)");
+            insertIncident = writeConnection.prepareStatement("INSERT INTO incidents(id, run_id, rank, step, kind, "
+                    + "severity, message, module, time_ms) VALUES (?,?,?,?,?,?,?,?,?)");
+            upsertRun = writeConnection.prepareStatement("INSERT INTO runs(run_id, state, snapshot, updated_ms) "
+                    + "VALUES (?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, "
+                    + "snapshot=excluded.snapshot, updated_ms=excluded.updated_ms");
+        }
+    }
+
     private void commit(List<Pending> batch) throws SQLException, IOException {
         Map<String, RunSnapshot> runs = new LinkedHashMap<>();
-        try (PreparedStatement step = writeConnection.prepareStatement(
-                "INSERT INTO steps(run_id, rank, step, loss, grad_norm, lr, loss_scale, action, clip, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?)");
-             PreparedStatement incident = writeConnection.prepareStatement(
-                     "INSERT INTO incidents(id, run_id, rank, step, kind, severity, message, module, time_ms) VALUES (?,?,?,?,?,?,?,?,?)")) {
+        prepareStatements();
+        PreparedStatement step = insertStep;
+        PreparedStatement incident = insertIncident;
+        try {
             for (Pending p : batch) {
                 JournalWrite w = p.write();
                 if (w.run() != null) {
@@ -210,20 +229,26 @@ public final class SqliteJournal implements Journal, AutoCloseable {
             }
             step.executeBatch();
             incident.executeBatch();
-        }
-        if (!runs.isEmpty()) {
-            try (PreparedStatement run = writeConnection.prepareStatement(
-                    "INSERT INTO runs(run_id, state, snapshot, updated_ms) VALUES (?,?,?,?) "
-                            + "ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, snapshot=excluded.snapshot, updated_ms=excluded.updated_ms")) {
-                for (RunSnapshot s : runs.values()) {
-                    run.setString(1, s.runId());
-                    run.setString(2, s.state().name());
-                    run.setString(3, json.writeValueAsString(s));
-                    run.setLong(4, s.updatedTime().toEpochMilli());
-                    run.addBatch();
-                }
-                run.executeBatch();
+            for (RunSnapshot s : runs.values()) {
+                upsertRun.setString(1, s.runId());
+                upsertRun.setString(2, s.state().name());
+                upsertRun.setString(3, json.writeValueAsString(s));
+                upsertRun.setLong(4, s.updatedTime().toEpochMilli());
+                upsertRun.addBatch();
             }
+            if (!runs.isEmpty()) {
+                upsertRun.executeBatch();
+            }
+        } catch (SQLException | IOException | RuntimeException e) {
+            // leave nothing half-batched for the next commit
+            for (PreparedStatement st : List.of(step, incident, upsertRun)) {
+                try {
+                    st.clearBatch();
+                } catch (SQLException clear) {
+                    e.addSuppressed(clear);
+                }
+            }
+            throw e;
         }
         writeConnection.commit();
     }
