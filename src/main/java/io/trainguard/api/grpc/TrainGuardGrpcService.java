@@ -87,9 +87,8 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
             if (!request.hasReport()) {
                 throw new InvalidRequestException("report is missing: set ReportStepRequest.report");
             }
-            requireRunId(request.getReport().getRunId());
-            response = guard.reportAsync(ProtoMapper.report(request.getReport()))
-                    .thenApply(v -> ReportStepResponse.newBuilder().setVerdict(ProtoMapper.verdict(v)).build());
+            response = decide(request.getReport())
+                    .thenApply(v -> ReportStepResponse.newBuilder().setVerdict(v).build());
         } catch (RuntimeException e) {
             observer.onError(GrpcErrors.toStatus(e));
             return;
@@ -102,6 +101,12 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
                 observer.onCompleted();
             }
         });
+    }
+
+    /** The one step path behind ReportStep and StreamSteps. */
+    private CompletableFuture<io.trainguard.api.grpc.v1.Verdict> decide(io.trainguard.api.grpc.v1.StepReport report) {
+        requireRunId(report.getRunId());
+        return guard.reportAsync(ProtoMapper.report(report)).thenApply(ProtoMapper::verdict);
     }
 
     private static Throwable unwrap(Throwable t) {
@@ -120,15 +125,18 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
                 long step = request.getReport().getStep();
                 CompletableFuture<StreamStepsResponse> response;
                 try {
-                    requireRunId(request.getReport().getRunId());
-                    response = guard.reportAsync(ProtoMapper.report(request.getReport()))
-                            .thenApply(v -> StreamStepsResponse.newBuilder().setVerdict(ProtoMapper.verdict(v)).build())
+                    response = decide(request.getReport())
+                            .thenApply(v -> StreamStepsResponse.newBuilder().setVerdict(v).build())
                             .exceptionally(failure -> errorResponse(unwrap(failure), step));
                 } catch (RuntimeException e) {
                     // One bad report must not tear down the stream every later step relies on.
                     response = CompletableFuture.completedFuture(errorResponse(e, step));
                 }
-                tail = tail.thenCombine(response, (previous, r) -> r).thenAccept(observer::onNext);
+                if (tail.isDone() && response.isDone()) {
+                    observer.onNext(response.join()); // the usual case: nothing waits, nothing to chain
+                } else {
+                    tail = tail.thenCombine(response, (previous, r) -> r).thenAccept(observer::onNext);
+                }
             }
 
             @Override
