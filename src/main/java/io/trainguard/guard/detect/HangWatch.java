@@ -2,8 +2,6 @@ package io.trainguard.guard.detect;
 
 import io.trainguard.guard.Phase;
 import java.time.Duration;
-import java.util.EnumMap;
-import java.util.Map;
 
 /**
  * Learns how long each phase of a rank normally takes (steps, validation, checkpoint saves are
@@ -13,13 +11,15 @@ import java.util.Map;
  */
 public final class HangWatch {
     private static final double ALPHA = 0.9;
-    private final Map<Phase, Double> learnedNanos = new EnumMap<>(Phase.class);
+    /** Per phase (by ordinal): the learned duration, NaN until seen. Primitive: updated every step. */
+    private final double[] learnedNanos = new double[Phase.values().length];
     private Phase phase = Phase.IDLE;
     private long phaseStartNanos;
     private long lastSeenNanos;
     private long lastStep = -1;
 
     public HangWatch(long nowNanos) {
+        java.util.Arrays.fill(learnedNanos, Double.NaN);
         phaseStartNanos = nowNanos;
         lastSeenNanos = nowNanos;
     }
@@ -39,13 +39,14 @@ public final class HangWatch {
     }
 
     private void learn(Phase p, long nanos) {
-        learnedNanos.merge(p, (double) nanos, (old, now) -> ALPHA * old + (1 - ALPHA) * now);
+        double old = learnedNanos[p.ordinal()];
+        learnedNanos[p.ordinal()] = Double.isNaN(old) ? nanos : ALPHA * old + (1 - ALPHA) * nanos;
     }
 
     /** How long the current phase may last before it counts as a hang. */
     public synchronized Duration allowance(double factor, Duration min, Duration max) {
-        Double learned = learnedNanos.get(phase);
-        if (learned == null) {
+        double learned = learnedNanos[phase.ordinal()];
+        if (Double.isNaN(learned)) {
             return max;
         }
         long nanos = (long) (learned * factor);
