@@ -280,3 +280,24 @@ def test_device_gate_needs_an_optimizer_that_honours_found_inf(fake):
     with pytest.raises(ValueError, match="honours found_inf"):
         Guard(model, opt, "gate-forced", target=fake.target, device_gate=True)
     g.close()
+
+
+@pytest.mark.torch2  # GradScaler on the CPU needs torch >= 2.3
+def test_grad_scaler_loss_scale_is_reported_from_the_single_device_read(fake):
+    # prevents: the loss scale reported wrong (or read with a second device sync per step)
+    model, opt = make()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    g = Guard(model, opt, "scaled", target=fake.target, scaler=scaler)
+    scales = []
+    for step in range(3):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        scales.append(scaler.get_scale())
+        g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+    assert g.flush(5)
+    assert [r.loss_scale for r in fake.reports] == scales
+    assert weights_finite(model)
+    g.close()

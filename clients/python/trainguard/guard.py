@@ -272,20 +272,26 @@ class Guard:
                     self._late = late
 
     def _measure(self, loss):
-        """One packed float32 tensor: [loss, grad_norm, group norms..., module max |x|...], read once."""
+        """One packed float32 tensor: [loss, grad_norm, loss scale, group norms..., module max |x|...],
+        read once. Returns (loss, grad_norm, group_norms, module_names, module_max, loss_scale)."""
         groups = [g["params"] for g in self.optimizer.param_groups]
         total, per_group = grad_norms(groups, self.device)
         if torch.is_tensor(loss):
             lt = loss.detach().float().reshape(()).to(self.device)
         else:
             lt = torch.tensor(float("nan") if loss is None else float(loss), device=self.device)
-        parts = [lt.reshape(1), total.reshape(1)] + [g.reshape(1) for g in per_group]
+        if self.scaler is not None and self.scaler.is_enabled():
+            # the scale tensor itself: get_scale() would be a second device read per step
+            scale = self.scaler._get_scale_async().detach().float().reshape(1).to(self.device)
+        else:
+            scale = torch.zeros(1, device=self.device)
+        parts = [lt.reshape(1), total.reshape(1), scale] + [g.reshape(1) for g in per_group]
         names, mod = (self.watch.take(self.device) if self.watch else ([], None))
         if mod is not None:
             parts.append(mod)
         vals = torch.cat(parts).tolist()  # the step's only device->host transfer
         ng = len(per_group)
-        return vals[0], vals[1], vals[2:2 + ng], names, vals[2 + ng:]
+        return vals[0], vals[1], vals[3:3 + ng], names, vals[3 + ng:], vals[2]
 
     def step(self, step, loss):
         """Measures this step, gets its verdict (locally or from the sidecar), applies it, returns it."""
@@ -318,14 +324,14 @@ class Guard:
         if self.scaler is not None and self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
             self._unscaled = True
-        loss_v, gnorm, group_norms, mod_names, mod_max = self._measure(loss)
+        loss_v, gnorm, group_norms, mod_names, mod_max, loss_scale = self._measure(loss)
         finite = math.isfinite(loss_v) and math.isfinite(gnorm)
         mods_finite = all(math.isfinite(x) for x in mod_max)
         bounds = self.bounds
         lr = float(self.optimizer.param_groups[0].get("lr", 0.0))
         report = pb.StepReport(run_id=self.run, rank=self.rank, step=step, loss=loss_v, grad_norm=gnorm,
                                group_grad_norms=group_norms, learning_rate=lr,
-                               loss_scale=float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 0.0,
+                               loss_scale=loss_scale,
                                module_stats=pb.ModuleStats(names=mod_names, finite=[math.isfinite(x) for x in mod_max],
                                                            max_abs=mod_max if self.watch is None or self.watch.reduce == "amax" else []),
                                loss_absent=loss is None)
