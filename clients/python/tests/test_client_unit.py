@@ -243,6 +243,30 @@ def test_pure_fp16_adamw_update_is_undone_and_named(fake):
     g.close()
 
 
+def test_undone_update_restores_the_optimizer_state_of_earlier_steps(fake):
+    # prevents: undoing a bad update leaving Adam's moments or step count from the bad step
+    model, opt = make()
+    g = Guard(model, opt, "undo-state", target=fake.target, protect_update=True)
+    train(g, model, opt, 2)
+    before_params = [p.detach().clone() for p in model.parameters()]
+    before_state = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
+                    for i, p in enumerate(model.parameters())}
+    for group in opt.param_groups:
+        group["lr"] = float("inf")  # finite gradients, non-finite update
+    x, y = batch(2)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    g.step(2, loss)
+    with pytest.raises(NonFiniteUpdate):
+        g.optimizer_step()
+    assert all(torch.equal(a, b) for a, b in zip(before_params, model.parameters()))
+    for i, p in enumerate(model.parameters()):
+        assert opt.state[p].keys() == before_state[i].keys()
+        for k, v in before_state[i].items():
+            assert torch.equal(opt.state[p][k], v) if torch.is_tensor(v) else opt.state[p][k] == v, (i, k)
+    g.close()
+
+
 def test_safetensors_writer_matches_the_format(tmp_path):
     from trainguard import safetensors_io as st
     tensors = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "c": torch.randn(2).half(),

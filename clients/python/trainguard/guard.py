@@ -131,6 +131,7 @@ class Guard:
         self.device = params[0].device if params else torch.device("cpu")
         low = any(p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) for p in params)
         self.protect_update = (low and not master_weights) if protect_update == "auto" else bool(protect_update)
+        self._update_buffers = None
         if device_gate not in ("auto", True, False):
             raise ValueError('device_gate must be "auto", True or False')
         gate_ok = (mode == "async" and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
@@ -615,25 +616,56 @@ class Guard:
         return saved
 
     def _snapshot_update(self):
-        import copy
+        """Copies parameters and optimizer state before optimizer.step() into buffers kept across
+        steps (allocated once, refreshed by one foreach copy): a per-step clone and deepcopy would
+        allocate ~3x the model every step."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        return params, [p.detach().clone() for p in params], copy.deepcopy(self.optimizer.state_dict())
+        state = self.optimizer.state
+        slots = [(p, k) for p in params for k, t in state.get(p, {}).items() if torch.is_tensor(t)]
+        src = [p.detach() for p in params] + [state[p][k] for p, k in slots]
+        buf = self._update_buffers
+        if (buf is None or len(buf) != len(src)
+                or any(b.shape != s.shape or b.dtype != s.dtype or b.device != s.device for b, s in zip(buf, src))):
+            buf = self._update_buffers = [torch.empty_like(s) for s in src]
+        with torch.no_grad():
+            if hasattr(torch, "_foreach_copy_"):
+                torch._foreach_copy_(buf, src)
+            else:
+                for b, s in zip(buf, src):
+                    b.copy_(s)
+        others = {p: {k: v for k, v in state[p].items() if not torch.is_tensor(v)} for p in params if p in state}
+        return params, slots, buf, others
+
+    def _undo_update(self, snap):
+        """Puts parameters (same objects, so the optimizer's references hold) and optimizer state
+        back as they were before the step; state the step created is dropped."""
+        params, slots, buf, others = snap
+        state = self.optimizer.state
+        with torch.no_grad():
+            for p, b in zip(params, buf):
+                p.copy_(b)
+        for p in params:
+            if p not in others:
+                state.pop(p, None)
+        for p, kv in others.items():
+            state[p] = dict(kv)
+        for (p, k), b in zip(slots, buf[len(params):]):
+            state[p][k] = b.clone()
 
     def _check_update(self, snap, step):
-        params, saved, opt_state = snap
+        params = snap[0]
         norms = [n.float() for n in (torch._foreach_norm([p.detach() for p in params])
                                      if hasattr(torch, "_foreach_norm") else [p.detach().norm() for p in params])]
-        if bool(torch.isfinite(torch.stack(norms)).all()):
+        ok = torch.isfinite(torch.stack(norms)).tolist()  # one device read
+        if all(ok):
             return
         owner = {id(p): n for n, p in self.model.named_parameters()}
-        bad = [owner.get(id(p), "?") for p, n in zip(params, norms) if not math.isfinite(float(n))]
-        first_bad = [(owner.get(id(p), "?"), p) for p, n in zip(params, norms) if not math.isfinite(float(n))][0]
+        bad_params = [p for p, good in zip(params, ok) if not good]
+        bad = [owner.get(id(p), "?") for p in bad_params]
+        first_bad = (bad[0], bad_params[0])
         order = self.watch.forward_order() if self.watch else []
         module = next((m for m in order if any(b == m or b.startswith(m + ".") for b in bad)), bad[0].rsplit(".", 1)[0])
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
-        self.optimizer.load_state_dict(opt_state)
+        self._undo_update(snap)
         self._report_bad_update(step, first_bad)
         d = self.optimizer.defaults
         detail = (f"Non-finite parameters: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. "
