@@ -1,23 +1,25 @@
 package io.trainguard.guard.detect;
 
-import java.util.HashMap;
-import java.util.LinkedHashMap;
-import java.util.Map;
+import java.util.Arrays;
 import java.util.Optional;
 
 /**
  * Data-parallel ranks all-reduce their gradients, so every rank must see the same global grad norm
  * for the same step (fairseq checks 1e-6 relative). A rank that disagrees computed on corrupted
  * data or hardware: silent data corruption, named by rank.
+ *
+ * <p>The norms of the last {@value #STEPS_KEPT} steps are kept in a ring of primitive arrays
+ * (slot = step mod {@value #STEPS_KEPT}, one value per rank, NaN = not reported yet): this runs for
+ * every report of a multi-rank run, so it allocates nothing once the arrays have grown to the world size.
  */
 public final class CrossRankCheck {
     private static final int STEPS_KEPT = 16;
-    private final Map<Long, Map<Integer, Double>> normsByStep = new LinkedHashMap<>() {
-        @Override
-        protected boolean removeEldestEntry(Map.Entry<Long, Map<Integer, Double>> eldest) {
-            return size() > STEPS_KEPT;
-        }
-    };
+    private final long[] slotStep = new long[STEPS_KEPT];
+    private final double[][] norms = new double[STEPS_KEPT][0];
+
+    public CrossRankCheck() {
+        Arrays.fill(slotStep, Long.MIN_VALUE);
+    }
 
     public record Mismatch(int rank, double norm, int referenceRank, double referenceNorm) {
     }
@@ -27,16 +29,26 @@ public final class CrossRankCheck {
         if (rtol <= 0 || !Double.isFinite(gradNorm)) {
             return Optional.empty();
         }
-        Map<Integer, Double> seen = normsByStep.computeIfAbsent(step, s -> new HashMap<>());
-        Optional<Mismatch> mismatch = Optional.empty();
-        for (Map.Entry<Integer, Double> other : seen.entrySet()) {
-            double ref = other.getValue();
-            if (other.getKey() != rank && Math.abs(gradNorm - ref) > rtol * Math.max(Math.abs(ref), Math.abs(gradNorm))) {
-                mismatch = Optional.of(new Mismatch(rank, gradNorm, other.getKey(), ref));
-                break;
+        int slot = Math.floorMod(step, STEPS_KEPT);
+        double[] seen = norms[slot];
+        if (slotStep[slot] != step) {
+            slotStep[slot] = step;
+            Arrays.fill(seen, Double.NaN);
+        }
+        if (rank >= seen.length) {
+            int old = seen.length;
+            seen = norms[slot] = Arrays.copyOf(seen, Math.max(rank + 1, 2 * old));
+            Arrays.fill(seen, old, seen.length, Double.NaN);
+        }
+        Mismatch mismatch = null;
+        for (int other = 0; other < seen.length && mismatch == null; other++) {
+            double ref = seen[other];
+            if (other != rank && !Double.isNaN(ref)
+                    && Math.abs(gradNorm - ref) > rtol * Math.max(Math.abs(ref), Math.abs(gradNorm))) {
+                mismatch = new Mismatch(rank, gradNorm, other, ref);
             }
         }
-        seen.put(rank, gradNorm);
-        return mismatch;
+        seen[rank] = gradNorm;
+        return Optional.ofNullable(mismatch);
     }
 }
