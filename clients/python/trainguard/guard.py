@@ -287,9 +287,8 @@ class Guard:
         else:
             scale = torch.zeros(1, device=self.device)
         parts = [lt.reshape(1), total.reshape(1), scale] + [g.reshape(1) for g in per_group]
-        names, mod = (self.watch.take(self.device) if self.watch else ([], None))
-        if mod is not None:
-            parts.append(mod)
+        names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
+        parts += [m.reshape(1) for m in mods]
         vals = torch.cat(parts).tolist()  # the step's only device->host transfer
         ng = len(per_group)
         return vals[0], vals[1], vals[3:3 + ng], names, vals[3 + ng:], vals[2]

@@ -107,16 +107,10 @@ class ModuleWatch:
         seen = list(self._order)
         return [self.names[i] for i in seen] + [n for j, n in enumerate(self.names) if j not in seen]
 
-    def take(self, device):
-        """The names (forward order) and a float32 tensor of max |x| for the modules that ran."""
-        idx = [i for i in self._order if self._slots[i] is not None]
-        vals = [self._slots[i].to(device) for i in idx]
-        self._slots = [None] * len(self.names)
-        return [self.names[i] for i in idx], (torch.stack(vals) if vals else None)
-
     def take_list(self, device):
-        """Like ``take`` but returns the 0-d float32 tensors unstacked (the caller concatenates them
-        with the rest of the step's statistics in one kernel)."""
+        """The names (forward order) of the modules that ran and their max |x| as 0-d float32
+        tensors, unstacked: the caller concatenates them with the rest of the step's statistics in
+        one kernel."""
         idx = [i for i in self._order if self._slots[i] is not None]
         vals = [self._slots[i] if self._slots[i].device == device else self._slots[i].to(device) for i in idx]
         self._slots = [None] * len(self.names)
