@@ -325,3 +325,14 @@ def test_grad_scaler_loss_scale_is_reported_from_the_single_device_read(fake):
     assert [r.loss_scale for r in fake.reports] == scales
     assert weights_finite(model)
     g.close()
+
+
+def test_checksum_reference_matches_the_sidecars_known_values():
+    # prevents: the Python tg1 drifting from the Java definition (same strings and values as
+    # ContentHashTest.of_knownStrings_matchThePythonReference)
+    from trainguard.checksum import hex64, tg1
+    pattern = bytes((i * 7 + 3) & 0xFF for i in range(100_000))
+    assert hex64(tg1(b"")) == "0000000000000000"
+    assert hex64(tg1(b"trainguard")) == "307a5862ae24af81"
+    assert hex64(tg1(pattern)) == "dfd36bcd658d5fed"
+    assert tg1(pattern[:-1]) != tg1(pattern) != tg1(pattern + b"\0")

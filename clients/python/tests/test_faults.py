@@ -233,3 +233,26 @@ def test_unix_socket_target(sidecar):
     vs = train(g, model, opt, 10, inject=poison_loss({5}))
     assert vs[5].action == Action.SKIP
     g.close()
+
+
+def test_sidecar_checkpoint_checksum_matches_the_python_reference(sidecar):
+    # prevents: a checksum the trainer cannot recompute: the sidecar's tg1 of the file it verified
+    # must equal trainguard.checksum's, so a restore can check it reads the same bytes
+    from trainguard.checksum import safetensors_checksums
+    model, opt = make()
+    g = Guard(model, opt, "checksum", target=sidecar.target, deadline=2.0, policy=FAST)
+    train(g, model, opt, 3)
+    g.save_checkpoint(os.path.join(sidecar.checkpoint_root, "checksum"), 2, data_position=3)
+    g.flush()
+    path = g.checkpoints[2]["files"][0]
+    deadline = time.monotonic() + 60
+    ck = {}
+    while time.monotonic() < deadline:
+        ck = next(iter(sidecar.run_info("checksum").get("checkpoints", [])), {})
+        if ck.get("state") in ("VERIFIED", "KNOWN_GOOD", "REJECTED"):
+            break
+        time.sleep(0.1)
+    assert ck.get("state") in ("VERIFIED", "KNOWN_GOOD"), ck
+    reported = dict(s.split(":", 1) for s in ck["checksums"][path].split())
+    assert "tg1:" + reported["tg1"] == safetensors_checksums(path)[0]
+    g.close()

@@ -55,7 +55,7 @@ public final class CheckpointVerifier implements AutoCloseable {
     /**
      * @param queueCapacity checkpoints waiting beyond the one being verified
      *                      (trainguard.checkpoint.verify-queue-capacity)
-     * @param scan          checksum (trainguard.checkpoint.content-checksum), per-tensor max|x| and
+     * @param scan          checksum (trainguard.checkpoint.checksum), per-tensor max|x| and
      *                      L2 norm (trainguard.checkpoint.tensor-stats), vector kernels (trainguard.tensor.simd)
      * @param logEvery      progress log interval for long verifications (trainguard.checkpoint.progress-log-interval)
      */
@@ -186,8 +186,8 @@ public final class CheckpointVerifier implements AutoCloseable {
                 try (SafetensorsFile f = SafetensorsFile.open(p)) {
                     ScanResult r = scanner.scan(f, scan, (done, tot) -> tracker.at(base + done));
                     tracker.at(base + size);
-                    if (r.fileCrc32c() != null) {
-                        sums.put(p.toString(), "crc32c:" + r.fileCrc32c());
+                    if (r.fileChecksum() != null) {
+                        sums.put(p.toString(), r.fileChecksum());
                     }
                     return r.tensors();
                 }

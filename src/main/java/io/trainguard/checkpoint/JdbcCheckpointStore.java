@@ -2,6 +2,7 @@ package io.trainguard.checkpoint;
 
 import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.core.type.TypeReference;
+import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import io.trainguard.tensor.TensorStats;
 import java.sql.PreparedStatement;
@@ -44,7 +45,9 @@ public final class JdbcCheckpointStore implements CheckpointStore {
             + "state_reason, registered_ms, updated_ms, healthy_steps, last_counted_step, first_unhealthy_step, "
             + "checksums_json, tensors_json, verified_bytes, verify_bytes_per_s";
 
-    private static final ObjectMapper JSON = new ObjectMapper();
+    /** Rows written by an older version (e.g. a "crc32c" field per tensor) still read; the field is dropped. */
+    private static final ObjectMapper JSON = new ObjectMapper()
+            .configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
 
     private final SqlConnections db;
 

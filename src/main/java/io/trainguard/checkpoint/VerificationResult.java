@@ -7,7 +7,8 @@ import java.util.Map;
 /**
  * Outcome of verifying every file of a checkpoint. {@code outcome} is VERIFIED, REJECTED or
  * UNVERIFIABLE; {@code reason} is empty when verified. {@code fileChecksums} maps each file's
- * path to "crc32c:xxxxxxxx" (and the sha256 when one was given and matched).
+ * path to its content checksum, "tg1:<16 hex>" or "crc32c:<8 hex>" as configured (and the sha256
+ * when one was given and matched).
  */
 public record VerificationResult(
         CheckpointState outcome,

@@ -81,7 +81,7 @@ public class CheckpointWiring {
     CheckpointVerifier verifier(TrainguardConfig config, TensorScanner scanner, DjlTensors djl, PathPolicy paths) {
         var c = config.checkpoint();
         return new CheckpointVerifier(scanner, djl, paths, c.verifyQueueCapacity(),
-                new ScanOptions(c.contentChecksum(), c.tensorStats(), config.tensor().simd()), c.progressLogInterval());
+                new ScanOptions(c.checksum(), c.tensorStats(), config.tensor().simd()), c.progressLogInterval());
     }
 
     void closeVerifier(@Disposes CheckpointVerifier verifier) {

@@ -1,5 +1,7 @@
 package io.trainguard.config;
 
+import io.trainguard.tensor.Checksum;
+
 import io.smallrye.config.ConfigMapping;
 import io.smallrye.config.WithDefault;
 import io.trainguard.guard.Action;
@@ -38,9 +40,12 @@ public interface TrainguardConfig {
         @WithDefault("16")
         int verifyQueueCapacity();
 
-        /** CRC32C of every tensor's bytes (about as much CPU as the statistics). */
-        @WithDefault("true")
-        boolean contentChecksum();
+        /**
+         * Content checksum per tensor and per file: tg1 (in the statistics' vector loop, about a
+         * third of CRC32C's CPU), crc32c (recomputable with any crc32c tool) or none.
+         */
+        @WithDefault("tg1")
+        Checksum checksum();
 
         /** Per-tensor max |x| and L2 norm; false = finite check only (fastest). */
         @WithDefault("true")
@@ -54,7 +59,7 @@ public interface TrainguardConfig {
         @WithDefault("2")
         int scanThreads();
 
-        /** Work unit handed to one scan thread (read 64 KiB at a time). */
+        /** Work unit handed to one scan thread (read 128 KiB at a time); a multiple of 32 KiB (the checksum block). */
         @WithDefault("67108864")
         int scanChunkBytes();
 

@@ -71,7 +71,7 @@ public final class DjlTensors {
     }
 
     /** Reads a .npy or .npz (or any format NDList.decode knows) and scans every array. */
-    public List<TensorStats> readNumpy(Path file, boolean checksum) throws IOException {
+    public List<TensorStats> readNumpy(Path file, Checksum checksum) throws IOException {
         long size = Files.size(file);
         if (size > maxFileBytes) {
             throw new UnverifiableTensorFileException(file.getFileName() + " is " + size
@@ -111,7 +111,7 @@ public final class DjlTensors {
             try {
                 List<TensorStats> out = new ArrayList<>();
                 block.getDirectParameters().forEach(pair ->
-                        out.add(stats(pair.getKey(), pair.getValue().getArray(), false)));
+                        out.add(stats(pair.getKey(), pair.getValue().getArray(), Checksum.NONE)));
                 return out;
             } finally {
                 block.close();
@@ -123,7 +123,7 @@ public final class DjlTensors {
      * Statistics of a DJL array: the engine counts NaN/Inf (the cross-check), our scanner computes
      * max|x|, the norm and the checksum from the same bytes.
      */
-    private static TensorStats stats(String name, NDArray a, boolean checksum) {
+    private static TensorStats stats(String name, NDArray a, Checksum checksum) {
         TensorDType t = toDType(a.getDataType(), name);
         long[] shape = a.getShape().getShape();
         TensorStats s = TensorScanner.scanBuffer(name, t, shape, a.toByteBuffer().order(ByteOrder.LITTLE_ENDIAN),

@@ -14,10 +14,15 @@ final class ScanAccumulator {
     double maxAbs;
     /** sum of x^2 over the finite elements. */
     double sumSquares;
-    /** CRC32C of the piece's bytes, and their count, for combining. */
+    /** CRC32C of the piece's bytes (checksum CRC32C). */
     int crc;
-    long crcLength;
-    boolean crcValid;
+    /** tg1 running value over the piece's blocks, and their number (checksum TG1). */
+    long hash;
+    long hashBlocks;
+    /** Bytes the checksum covers, and which checksum it is: null when none was computed. */
+    long checksumLength;
+    Checksum checksum;
+    private int[] hashLanes;
     /** max|x| and the norm were not computed (finite check only). */
     boolean statsSkipped;
 
@@ -36,13 +41,63 @@ final class ScanAccumulator {
         infCount += next.infCount;
         maxAbs = Math.max(maxAbs, next.maxAbs);
         sumSquares += next.sumSquares;
-        if (crcValid && next.crcValid) {
-            crc = Crc32c.combine(crc, next.crc, next.crcLength);
-            crcLength += next.crcLength;
-        } else if (!crcValid && crcLength == 0 && next.crcValid) {
+        if (next.checksum == null) {
+            checksum = null;
+        } else if (checksum == null) {
+            checksum = elements == next.elements ? next.checksum : null; // adopt only into an empty piece
             crc = next.crc;
-            crcLength = next.crcLength;
-            crcValid = true;
+            hash = next.hash;
+            hashBlocks = next.hashBlocks;
+            checksumLength = next.checksumLength;
+        } else if (checksum == Checksum.CRC32C) {
+            crc = Crc32c.combine(crc, next.crc, next.checksumLength);
+            checksumLength += next.checksumLength;
+        } else {
+            hash = ContentHash.combine(hash, next.hash, next.hashBlocks);
+            hashBlocks += next.hashBlocks;
+            checksumLength += next.checksumLength;
         }
+    }
+
+    /** An empty piece whose checksum is {@code c} (of zero bytes), to merge pieces into. */
+    static ScanAccumulator withChecksum(Checksum c) {
+        ScanAccumulator a = new ScanAccumulator();
+        a.checksum = c == Checksum.NONE ? null : c;
+        return a;
+    }
+
+    void setCrc(int value, long length) {
+        crc = value;
+        checksumLength = length;
+        checksum = Checksum.CRC32C;
+    }
+
+    void appendHashBlock(long blockValue, int length) {
+        hash = ContentHash.append(hash, blockValue);
+        hashBlocks++;
+        checksumLength += length;
+        checksum = Checksum.TG1;
+    }
+
+    /** Scratch state of the content hash's 32 lanes, reused block after block. */
+    int[] hashLanes() {
+        if (hashLanes == null) {
+            hashLanes = new int[ContentHash.LANES];
+        }
+        return hashLanes;
+    }
+
+    /** The checksum as "tg1:<16 hex>" or "crc32c:<8 hex>", null when none was computed. */
+    String checksumValue() {
+        if (checksum == null) {
+            return null;
+        }
+        return checksum.label() + ":" + (checksum == Checksum.CRC32C ? Crc32c.hex(crc)
+                : ContentHash.hex(ContentHash.finish(hash, checksumLength)));
+    }
+
+    /** The tg1 checksum of the bytes seen (checksum TG1 only). */
+    long tg1() {
+        return ContentHash.finish(hash, checksumLength);
     }
 }

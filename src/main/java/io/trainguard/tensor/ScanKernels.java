@@ -23,8 +23,11 @@ final class ScanKernels {
     private ScanKernels() {
     }
 
-    /** Bytes per block: small enough to stay in L1/L2 for the CRC that follows the scan. */
-    static final int BLOCK = 32 * 1024;
+    /**
+     * Bytes per block: small enough to stay in L1/L2 for the CRC that follows the scan; the
+     * content hash's block, so a tg1 block is always scanned in one piece.
+     */
+    static final int BLOCK = ContentHash.BLOCK;
 
     private static final long F32_EXP = 0x7F8000007F800000L;
     private static final long F32_LSB = 0x0080000000800000L;
@@ -46,7 +49,7 @@ final class ScanKernels {
      * vector class, so the scalar kernels work on a JVM without the module.
      */
     static final boolean SIMD_AVAILABLE = ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent()
-            && optimizingJit();
+            && optimizingJit() && SimdScanKernels.supported();
 
     /**
      * The Vector API is fast only once C2 compiles it; under C1 alone (-XX:TieredStopAtLevel=1,
@@ -66,21 +69,20 @@ final class ScanKernels {
 
     /**
      * Scans {@code len} bytes at {@code off} of {@code b} (little-endian), which hold whole
-     * elements of {@code t}, into {@code a}; with {@code o.checksum()} {@code a} gets their CRC32C.
+     * elements of {@code t}, into {@code a}, with the checksum {@code o.checksum()} asks for.
      */
     static void scan(ByteBuffer b, int off, int len, TensorDType t, ScanAccumulator a, ScanOptions o) {
-        CRC32C c = o.checksum() ? new CRC32C() : null;
+        CRC32C c = o.checksum() == Checksum.CRC32C ? new CRC32C() : null;
         scanInto(b, off, len, t, a, o, c);
         if (c != null) {
-            a.crc = (int) c.getValue();
-            a.crcLength = len;
-            a.crcValid = true;
+            a.setCrc((int) c.getValue(), len);
         }
     }
 
     /**
-     * As {@link #scan}, for a piece read in several buffers: the statistics add up in {@code a}
-     * (element indices continue), the bytes go into the running {@code crc} (null: none), which the
+     * As {@link #scan}, for a piece read in several buffers: the statistics and the tg1 blocks add
+     * up in {@code a} (element indices continue; every buffer but the piece's last must be a whole
+     * number of {@link #BLOCK}s), the bytes go into the running {@code crc} (null: none), which the
      * caller stores in {@code a} after the last buffer.
      */
     static void scanInto(ByteBuffer b, int off, int len, TensorDType t, ScanAccumulator a, ScanOptions o,
@@ -89,19 +91,32 @@ final class ScanKernels {
             a.statsSkipped = true;
         }
         boolean simd = o.simd() && SIMD_AVAILABLE;
+        boolean hash = o.checksum() == Checksum.TG1;
+        // The fused kernels feed the hash lanes whether or not the hash is wanted (a branch in
+        // their loop would cost more than the hash); without it they feed a scratch state.
+        int[] lanes = a.hashLanes();
         ByteBuffer view = crc != null ? b.duplicate() : null;
         int end = off + len;
         for (int p = off; p < end; p += BLOCK) {
             int n = Math.min(BLOCK, end - p);
             long base = a.elements;
+            ContentHash.seed(lanes);
+            int hashed = 0;
             if (!o.stats() && t.isFloating()) {
                 finiteOnly(b, p, n, t, a);
             } else if (simd && t.isFloating() && t.byteSize() > 1) {
-                simdThenScalar(b, p, n, t, a);
+                hashed = simdThenScalar(b, p, n, t, a, lanes);
             } else {
                 scalar(b, p, n, t, a);
             }
             assert a.elements == base + n / t.byteSize();
+            if (hash) {
+                if (simd && hashed == 0) {
+                    hashed = SimdScanKernels.hash(b, p, n, lanes);
+                }
+                ContentHash.feed(b, p + hashed, n - hashed, lanes);
+                a.appendHashBlock(ContentHash.blockValue(lanes, n), n);
+            }
             if (crc != null) {
                 view.limit(p + n).position(p);
                 crc.update(view);
@@ -109,19 +124,26 @@ final class ScanKernels {
         }
     }
 
-    private static void simdThenScalar(ByteBuffer b, int p, int n, TensorDType t, ScanAccumulator a) {
+    /**
+     * Runs the vector kernel, rescans what it could not take; returns the bytes it fed into the
+     * hash lanes (fp32/bf16/fp16 do it in the same loop; fp64 checkpoints are rare enough that
+     * they hash in a second pass).
+     */
+    private static int simdThenScalar(ByteBuffer b, int p, int n, TensorDType t, ScanAccumulator a, int[] lanes) {
         int done = switch (t) {
-            case F32 -> SimdScanKernels.f32(b, p, n, a);
-            case BF16 -> SimdScanKernels.bf16(b, p, n, a);
-            case F16 -> SimdScanKernels.f16(b, p, n, a);
+            case F32 -> SimdScanKernels.f32(b, p, n, a, lanes);
+            case BF16 -> SimdScanKernels.bf16(b, p, n, a, lanes);
+            case F16 -> SimdScanKernels.f16(b, p, n, a, lanes);
             case F64 -> SimdScanKernels.f64(b, p, n, a);
             default -> throw new IllegalArgumentException("no vector kernel for " + t);
         };
+        int hashed = t == TensorDType.F64 ? 0 : n - n % SimdScanKernels.ROW_BYTES;
         if (done < 0) {
             slow(b, p, n, t, a);
         } else if (done < n) {
             scalar(b, p + done, n - done, t, a);
         }
+        return hashed;
     }
 
     private static void scalar(ByteBuffer b, int p, int n, TensorDType t, ScanAccumulator a) {

@@ -4,10 +4,11 @@ import java.util.List;
 import java.util.Optional;
 
 /**
- * Outcome of scanning one file. {@code fileCrc32c} is the CRC32C of the whole file (prefix,
- * header and data), null when checksums were off.
+ * Outcome of scanning one file. {@code fileChecksum} covers the whole file (prefix, header and
+ * data): "crc32c:..." is the CRC32C of its bytes, "tg1:..." folds the header's and the tensors'
+ * tg1 as {@link ContentHash} defines; null when checksums were off.
  */
-public record ScanResult(List<TensorStats> tensors, long bytes, long nanos, String fileCrc32c) {
+public record ScanResult(List<TensorStats> tensors, long bytes, long nanos, String fileChecksum) {
     public Optional<TensorStats> firstNonFinite() {
         return tensors.stream().filter(t -> !t.finite()).findFirst();
     }

@@ -4,8 +4,9 @@ import java.util.List;
 
 /**
  * What a checkpoint verification learned about one tensor. {@code maxAbs} and {@code l2Norm} are
- * over the finite elements; {@code crc32c} is the plain CRC32C of the tensor's bytes as stored
- * (null when checksums were off or the path that read it could not see the raw bytes). maxAbs and
+ * over the finite elements; {@code checksum} is the content checksum of the tensor's bytes as stored,
+ * "tg1:<16 hex>" ({@link ContentHash}) or "crc32c:<8 hex>" (null when checksums were off or the path
+ * that read it could not see the raw bytes). maxAbs and
  * l2Norm are NaN when statistics were off (finite check only).
  */
 public record TensorStats(
@@ -18,7 +19,7 @@ public record TensorStats(
         long firstNonFiniteIndex,
         double maxAbs,
         double l2Norm,
-        String crc32c) {
+        String checksum) {
 
     public long nonFiniteCount() {
         return nanCount + infCount;
@@ -32,6 +33,6 @@ public record TensorStats(
         List<Long> s = java.util.Arrays.stream(shape).boxed().toList();
         return new TensorStats(name, dtype, s, a.elements, a.nanCount, a.infCount, a.firstNonFinite,
                 a.statsSkipped ? Double.NaN : a.maxAbs, a.statsSkipped ? Double.NaN : Math.sqrt(a.sumSquares),
-                a.crcValid ? Crc32c.hex(a.crc) : null);
+                a.checksumValue());
     }
 }

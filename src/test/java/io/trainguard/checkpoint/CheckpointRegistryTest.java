@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.trainguard.tensor.ContentHash;
 import io.trainguard.tensor.DjlTensors;
 import io.trainguard.tensor.ScanOptions;
 import io.trainguard.tensor.SafetensorsWriter;
@@ -28,7 +29,7 @@ class CheckpointRegistryTest {
 
     @BeforeEach
     void setUp() {
-        scanner = new TensorScanner(2, 4096);
+        scanner = new TensorScanner(2, ContentHash.BLOCK);
         paths = new PathPolicy(List.of(root));
         verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20), paths, 8,
                 ScanOptions.FULL, Duration.ofSeconds(5));
@@ -70,7 +71,7 @@ class CheckpointRegistryTest {
                 file("ok.safetensors", new SafetensorsWriter().f32("w", 1, -2).bf16("b", 0.5f).i32("step", 10)));
         assertEquals(CheckpointState.VERIFIED, r.outcome(), r.reason());
         assertEquals(3, r.tensors().size());
-        assertTrue(r.fileChecksums().values().iterator().next().startsWith("crc32c:"));
+        assertTrue(r.fileChecksums().values().iterator().next().startsWith("tg1:"));
     }
 
     @Test

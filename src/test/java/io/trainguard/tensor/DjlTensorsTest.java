@@ -42,7 +42,7 @@ class DjlTensorsTest {
                 64 << 20);
         assertFalse(DjlTensors.isEngineLoaded(), "constructing DjlTensors must not load the engine");
         Path npy = Files.write(dir.resolve("w.npy"), npyF32(1, Float.NaN, -3, Float.POSITIVE_INFINITY));
-        List<TensorStats> s = djl.readNumpy(npy, true);
+        List<TensorStats> s = djl.readNumpy(npy, Checksum.TG1);
         assertTrue(DjlTensors.isEngineLoaded());
         assertEquals("true", System.getProperty("ai.djl.offline"));
         assertEquals(1, s.size());
@@ -64,7 +64,7 @@ class DjlTensorsTest {
     @Test
     void readNumpy_npzArchive_scansEveryArrayByName() throws Exception {
         // prevents: an .npz checkpoint read as one array, or its Inf values missed
-        List<TensorStats> s = djl().readNumpy(fixture("two.npz"), true);
+        List<TensorStats> s = djl().readNumpy(fixture("two.npz"), Checksum.TG1);
         java.util.Map<String, TensorStats> byName = new java.util.HashMap<>();
         s.forEach(t -> byName.put(t.name(), t));
         assertEquals(java.util.Set.of("good", "bad"), byName.keySet());

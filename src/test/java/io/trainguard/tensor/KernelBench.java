@@ -23,7 +23,7 @@ public final class KernelBench {
                     b.putFloat(i, v);
                 }
             }
-            for (boolean crc : new boolean[] {false, true}) {
+            for (Checksum crc : Checksum.values()) {
                 double best = 0;
                 for (int round = 0; round < 40; round++) {
                     ScanAccumulator a = new ScanAccumulator();
@@ -33,7 +33,7 @@ public final class KernelBench {
                     best = Math.max(best, n / (dt / 1e9) / 1e9);
                     if (round == 14) System.out.println("nonfinite=" + a.nonFinite() + " max=" + a.maxAbs + " norm=" + Math.sqrt(a.sumSquares));
                 }
-                System.out.printf("kernel %s crc=%s best=%.2f GB/s%n", t, crc, best);
+                System.out.printf("kernel %s checksum=%s best=%.2f GB/s%n", t, crc, best);
             }
         }
     }

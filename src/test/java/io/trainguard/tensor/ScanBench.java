@@ -9,12 +9,12 @@ import java.util.List;
 /**
  * Benchmark driver for bench/checkpoint/run.sh (not a test): scans each file {@code rounds}
  * times and prints one machine-readable line per round plus RSS.
- * Args: threads checksum(true|false) rounds file...
+ * Args: threads checksum(tg1|crc32c|none) rounds file...
  */
 public final class ScanBench {
     public static void main(String[] args) throws Exception {
         int threads = Integer.parseInt(args[0]);
-        boolean checksum = Boolean.parseBoolean(args[1]);
+        Checksum checksum = Checksum.valueOf(args[1].toUpperCase(java.util.Locale.ROOT));
         int rounds = Integer.parseInt(args[2]);
         boolean stats = !"false".equals(System.getProperty("stats"));
         boolean simd = !"false".equals(System.getProperty("simd"));
@@ -47,8 +47,8 @@ public final class ScanBench {
                         ScanResult res = scanner.scan(f, new ScanOptions(checksum, stats, simd), ScanProgress.NONE);
                         double g = res.bytes() / (res.nanos() / 1e9) / 1e9;
                         gbs.add(g);
-                        System.out.printf("ROUND file=%s threads=%d checksum=%s gbps=%.2f nonfinite_tensors=%d crc=%s%n",
-                                p.getFileName(), threads, checksum, g, res.nonFiniteTensors(), res.fileCrc32c());
+                        System.out.printf("ROUND file=%s threads=%d checksum=%s gbps=%.2f nonfinite_tensors=%d file_checksum=%s%n",
+                                p.getFileName(), threads, checksum, g, res.nonFiniteTensors(), res.fileChecksum());
                     }
                 }
                 Collections.sort(gbs);
@@ -62,7 +62,7 @@ public final class ScanBench {
         if (npy != null) {
             // what the first numpy/TorchScript checkpoint costs: libtorch loaded into the process
             new DjlTensors(Path.of(System.getProperty("user.home"), ".cache", "trainguard", "djl"), 1 << 30)
-                    .readNumpy(Path.of(npy), true);
+                    .readNumpy(Path.of(npy), Checksum.TG1);
             System.out.printf("RSS after_djl_loaded_kb=%d%n", rssKb());
         }
     }

@@ -1,6 +1,7 @@
 package io.trainguard.tensor;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -18,8 +19,9 @@ import org.junit.jupiter.api.io.TempDir;
 class TensorScannerTest {
     @TempDir
     Path dir;
-    // 64-byte chunks: every test file is split into many pieces, exercising the merge
-    private final TensorScanner scanner = new TensorScanner(2, 64);
+    // the smallest chunk (one content-hash block): large test tensors are split into many pieces,
+    // scanned on both threads, exercising the merge
+    private final TensorScanner scanner = new TensorScanner(2, ContentHash.BLOCK);
 
     @AfterEach
     void close() {
@@ -43,7 +45,7 @@ class TensorScannerTest {
     @Test
     void scan_cleanTensorsOfEveryKind_exactStats() throws Exception {
         // prevents: wrong max/norm from the lane tricks or from merging pieces across chunks
-        float[] v = ramp(1000);
+        float[] v = ramp(100_000);
         short[] half = {0x3C00, (short) 0xC000, 0x0000, 0x7BFF}; // 1, -2, 0, 65504
         Path p = new SafetensorsWriter().f32("f", v).bf16("b", v).f16Bits("h", half).i32("i", -5, 3)
                 .write(dir.resolve("ok.safetensors"));
@@ -63,26 +65,71 @@ class TensorScannerTest {
     }
 
     @Test
-    void scan_checksums_equalPlainCrc32cOfTensorAndFile() throws Exception {
+    void scan_crc32cChecksums_equalPlainCrc32cOfTensorAndFile() throws Exception {
         // prevents: a parallel checksum that nobody can recompute (pieces not combined in order)
-        Path p = new SafetensorsWriter().f32("f", ramp(333)).bf16("b", ramp(77)).write(dir.resolve("c.safetensors"));
-        ScanResult r = scan(p);
+        Path p = new SafetensorsWriter().f32("f", ramp(33_333)).bf16("b", ramp(77)).write(dir.resolve("c.safetensors"));
+        ScanResult r;
+        try (SafetensorsFile f = SafetensorsFile.open(p)) {
+            r = scanner.scan(f, new ScanOptions(Checksum.CRC32C, true, true), ScanProgress.NONE);
+        }
         byte[] all = Files.readAllBytes(p);
         CRC32C c = new CRC32C();
         c.update(all);
-        assertEquals(Crc32c.hex((int) c.getValue()), r.fileCrc32c());
+        assertEquals("crc32c:" + Crc32c.hex((int) c.getValue()), r.fileChecksum());
         long dataStart = 8 + ByteBuffer.wrap(all).order(ByteOrder.LITTLE_ENDIAN).getLong(0);
         CRC32C t = new CRC32C();
-        t.update(all, (int) dataStart, 333 * 4);
-        assertEquals(Crc32c.hex((int) t.getValue()), r.tensors().get(0).crc32c());
+        t.update(all, (int) dataStart, 33_333 * 4);
+        assertEquals("crc32c:" + Crc32c.hex((int) t.getValue()), r.tensors().get(0).checksum());
+    }
+
+    @Test
+    void scan_tg1Checksums_equalTheDefinitionWhateverTheChunkingAndThreads() throws Exception {
+        // prevents: a checksum that depends on how the scan was split (pieces combined out of
+        // order, a block cut at a piece boundary), so the same file verified twice would differ
+        Path p = new SafetensorsWriter().f32("f", ramp(50_000)).bf16("b", ramp(77)).i32("i", 1, 2, 3)
+                .write(dir.resolve("t.safetensors"));
+        byte[] all = Files.readAllBytes(p);
+        int dataStart = (int) (8 + ByteBuffer.wrap(all).order(ByteOrder.LITTLE_ENDIAN).getLong(0));
+        long f = ContentHash.of(ByteBuffer.wrap(all, dataStart, 200_000));
+        long b = ContentHash.of(ByteBuffer.wrap(all, dataStart + 200_000, 154));
+        long i = ContentHash.of(ByteBuffer.wrap(all, dataStart + 200_154, 12));
+        ContentHash.FileFold fold = new ContentHash.FileFold();
+        fold.add(ContentHash.of(ByteBuffer.wrap(all, 0, dataStart)));
+        fold.add(f);
+        fold.add(b);
+        fold.add(i);
+        ScanResult small = scan(p);
+        assertEquals("tg1:" + ContentHash.hex(f), small.tensors().get(0).checksum());
+        assertEquals("tg1:" + ContentHash.hex(b), small.tensors().get(1).checksum());
+        assertEquals("tg1:" + ContentHash.hex(fold.value()), small.fileChecksum());
+        try (TensorScanner one = new TensorScanner(1); SafetensorsFile sf = SafetensorsFile.open(p)) {
+            assertEquals(small, withoutTime(one.scan(sf, ScanOptions.FULL, ScanProgress.NONE), small.nanos()));
+        }
+    }
+
+    @Test
+    void scan_oneFloatChanged_fileAndTensorChecksumsChange() throws Exception {
+        // prevents: a checksum blind to a real edit of the data (here: one weight's sign flipped)
+        float[] v = ramp(20_000);
+        Path p = new SafetensorsWriter().f32("w", v).write(dir.resolve("a.safetensors"));
+        ScanResult before = scan(p);
+        v[12_345] = -v[12_345];
+        new SafetensorsWriter().f32("w", v).write(p);
+        ScanResult after = scan(p);
+        assertNotEquals(before.fileChecksum(), after.fileChecksum());
+        assertNotEquals(before.tensors().get(0).checksum(), after.tensors().get(0).checksum());
+    }
+
+    private static ScanResult withoutTime(ScanResult r, long nanos) {
+        return new ScanResult(r.tensors(), r.bytes(), nanos, r.fileChecksum());
     }
 
     @Test
     void scan_nanAndInfAtKnownIndices_countedWithFirstIndex() throws Exception {
         // prevents: a NaN in the middle of a large tensor being missed by the block fast path
-        float[] v = ramp(5000);
-        v[4321] = Float.NaN;
-        v[4400] = Float.NEGATIVE_INFINITY;
+        float[] v = ramp(50_000);
+        v[43_210] = Float.NaN;
+        v[44_000] = Float.NEGATIVE_INFINITY;
         float[] w = ramp(300);
         w[17] = Float.POSITIVE_INFINITY;
         Path p = new SafetensorsWriter().f32("clean", ramp(10)).f32("layer.3.weight", v).bf16("bf", w)
@@ -92,7 +139,7 @@ class TensorScannerTest {
         assertEquals("layer.3.weight", bad.name());
         assertEquals(1, bad.nanCount());
         assertEquals(1, bad.infCount());
-        assertEquals(4321, bad.firstNonFiniteIndex());
+        assertEquals(43_210, bad.firstNonFiniteIndex());
         assertEquals(3.5, bad.maxAbs()); // stats stay over the finite part
         TensorStats bf = r.tensors().get(2);
         assertEquals(17, bf.firstNonFiniteIndex());
@@ -132,12 +179,12 @@ class TensorScannerTest {
     @Test
     void scan_finiteOnlyMode_stillFindsEveryNaN() throws Exception {
         // prevents: the fast finite-only mode missing a NaN in a tail shorter than 8 bytes
-        float[] v = ramp(1001);
-        v[1000] = Float.NaN;
+        float[] v = ramp(40_001);
+        v[40_000] = Float.NaN;
         Path p = new SafetensorsWriter().f32("f", v).bf16("b", 1, 2, 3).write(dir.resolve("fo.safetensors"));
         try (SafetensorsFile f = SafetensorsFile.open(p)) {
-            ScanResult r = scanner.scan(f, new ScanOptions(false, false, true), ScanProgress.NONE);
-            assertEquals(1000, r.tensors().get(0).firstNonFiniteIndex());
+            ScanResult r = scanner.scan(f, new ScanOptions(Checksum.NONE, false, true), ScanProgress.NONE);
+            assertEquals(40_000, r.tensors().get(0).firstNonFiniteIndex());
             assertEquals(1, r.tensors().get(0).nanCount());
             assertTrue(Double.isNaN(r.tensors().get(1).maxAbs()));
             assertEquals(0, r.tensors().get(1).nonFiniteCount());
@@ -145,11 +192,11 @@ class TensorScannerTest {
     }
 
     @Test
-    void scanBuffer_withoutChecksum_hasNoCrc() {
+    void scanBuffer_withoutChecksum_hasNone() {
         // prevents: reporting a checksum that was never computed
         ByteBuffer b = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putFloat(1).putFloat(-2).flip();
-        TensorStats s = TensorScanner.scanBuffer("x", TensorDType.F32, new long[] {2}, b, false);
-        assertNull(s.crc32c());
+        TensorStats s = TensorScanner.scanBuffer("x", TensorDType.F32, new long[] {2}, b, Checksum.NONE);
+        assertNull(s.checksum());
         assertEquals(2.0, s.maxAbs());
     }
 }
