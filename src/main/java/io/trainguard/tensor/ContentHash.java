@@ -54,8 +54,9 @@ public final class ContentHash {
     /**
      * Feeds {@code n} bytes at {@code p} of the little-endian {@code b} into {@code lanes}, the
      * first word at lane 0, zero-padded to a whole row (the last partial word too): a whole block,
-     * or what follows the rows a vector kernel took. The words are copied into an int array first,
-     * which the JIT vectorises (a word-at-a-time loop ran at a fifth of the speed).
+     * or what follows the rows a vector kernel took. The words are copied into an int array first
+     * and hashed eight lanes at a time (a word-at-a-time loop over the ByteBuffer ran at a fifth
+     * of the speed).
      */
     static void feed(ByteBuffer b, int p, int n, int[] lanes) {
         if (n == 0) {
@@ -74,12 +75,22 @@ public final class ContentHash {
         }
         int rows = (words + LANES - 1) / LANES;
         java.util.Arrays.fill(w, words, rows * LANES, 0);
-        for (int r = 0; r < rows; r++) {
-            int o = r * LANES;
-            for (int j = 0; j < LANES; j++) {
-                int h = lanes[j];
-                lanes[j] = (h ^ (h >>> 15) ^ w[o + j]) * P32;
+        // eight lanes at a time down all rows: eight independent chains kept in registers
+        for (int g = 0; g < LANES; g += 8) {
+            int h0 = lanes[g], h1 = lanes[g + 1], h2 = lanes[g + 2], h3 = lanes[g + 3];
+            int h4 = lanes[g + 4], h5 = lanes[g + 5], h6 = lanes[g + 6], h7 = lanes[g + 7];
+            for (int o = g, end = rows * LANES; o < end; o += LANES) {
+                h0 = (h0 ^ (h0 >>> 15) ^ w[o]) * P32;
+                h1 = (h1 ^ (h1 >>> 15) ^ w[o + 1]) * P32;
+                h2 = (h2 ^ (h2 >>> 15) ^ w[o + 2]) * P32;
+                h3 = (h3 ^ (h3 >>> 15) ^ w[o + 3]) * P32;
+                h4 = (h4 ^ (h4 >>> 15) ^ w[o + 4]) * P32;
+                h5 = (h5 ^ (h5 >>> 15) ^ w[o + 5]) * P32;
+                h6 = (h6 ^ (h6 >>> 15) ^ w[o + 6]) * P32;
+                h7 = (h7 ^ (h7 >>> 15) ^ w[o + 7]) * P32;
             }
+            lanes[g] = h0; lanes[g + 1] = h1; lanes[g + 2] = h2; lanes[g + 3] = h3;
+            lanes[g + 4] = h4; lanes[g + 5] = h5; lanes[g + 6] = h6; lanes[g + 7] = h7;
         }
     }
 
