@@ -49,13 +49,21 @@ public class CheckpointWiring {
      * Compiles the vector scan kernels in the background right after start, so the first
      * checkpoint is verified at full speed (about a second of one core, once).
      */
-    void warmUpScanKernels(@Observes StartupEvent started, TrainguardConfig config) {
-        boolean simd = config.tensor().simd();
-        LOG.infof("checkpoint scan kernels: %s", TensorScanner.kernels(simd));
-        Thread t = new Thread(() -> TensorScanner.warmUp(simd), "trainguard-scan-warmup");
+    void warmUpScanKernels(@Observes StartupEvent started, TrainguardConfig config, TensorScanner scanner) {
+        LOG.infof("checkpoint scan kernels: %s", TensorScanner.kernels(config.tensor().simd()));
+        Thread t = new Thread(() -> {
+            long t0 = System.nanoTime();
+            String what = scanner.warmUp(scanOptions(config));
+            LOG.infof("checkpoint scan warm-up: %s in %d ms", what, (System.nanoTime() - t0) / 1_000_000);
+        }, "trainguard-scan-warmup");
         t.setDaemon(true);
         t.setPriority(Thread.MIN_PRIORITY);
         t.start();
+    }
+
+    private static ScanOptions scanOptions(TrainguardConfig config) {
+        var c = config.checkpoint();
+        return new ScanOptions(c.checksum(), c.tensorStats(), config.tensor().simd());
     }
 
     @Produces
@@ -80,8 +88,8 @@ public class CheckpointWiring {
     @Singleton
     CheckpointVerifier verifier(TrainguardConfig config, TensorScanner scanner, DjlTensors djl, PathPolicy paths) {
         var c = config.checkpoint();
-        return new CheckpointVerifier(scanner, djl, paths, c.verifyQueueCapacity(),
-                new ScanOptions(c.checksum(), c.tensorStats(), config.tensor().simd()), c.progressLogInterval());
+        return new CheckpointVerifier(scanner, djl, paths, c.verifyQueueCapacity(), scanOptions(config),
+                c.progressLogInterval());
     }
 
     void closeVerifier(@Disposes CheckpointVerifier verifier) {

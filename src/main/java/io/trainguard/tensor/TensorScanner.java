@@ -1,6 +1,8 @@
 package io.trainguard.tensor;
 
 import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
@@ -71,35 +73,89 @@ public final class TensorScanner implements AutoCloseable {
     }
 
     /**
-     * Runs the vector kernels on a small synthetic buffer until the JIT has compiled them. The
-     * Vector API is only fast once C2 has compiled a kernel (before, every vector is an object);
-     * without this the first verification after start ran at a third of the speed while the
-     * compiler competed with the scan threads for the cores. Takes well under a second of one
-     * core; a no-op on the scalar kernels.
+     * Gets the JIT to compile the scan path the way verifications will use it, right after start.
+     * The Vector API is only fast once C2 has compiled a kernel (before, every vector is an
+     * object); without a warm-up the first verification after start ran at a third of the speed
+     * or less while the compiler competed with the scan threads for the cores, and a warm-up whose
+     * branches differed from the real scan's (a CRC where the scan has none) was thrown away at
+     * the first real scan. So: first the kernels on a small buffer with {@code options}, then a
+     * small synthetic checkpoint (fp32, bf16, fp16; a temp file, deleted) verified through this
+     * scanner's threads, reads and merge. About a second of one core; a no-op on the scalar kernels.
+     *
+     * @return what was warmed up, for the log
      */
-    public static void warmUp(boolean simd) {
-        if (!simd || !ScanKernels.SIMD_AVAILABLE) {
-            return;
+    public String warmUp(ScanOptions options) {
+        if (!options.simd() || !ScanKernels.SIMD_AVAILABLE) {
+            return "nothing (scalar kernels)";
         }
+        ByteBuffer b = ByteBuffer.allocateDirect(WARM_UP_TENSOR_BYTES).order(ByteOrder.LITTLE_ENDIAN);
+        fillFinite(b);
         // 2 KiB calls got C2 to compile the kernels within about a second; 256-byte calls never
         // reached its thresholds.
-        ByteBuffer b = ByteBuffer.allocateDirect(2048).order(ByteOrder.LITTLE_ENDIAN);
-        for (int i = 0; i + 2 <= b.capacity(); i += 2) {
-            // bit 14 of every 16-bit half clear: finite read as fp32, bf16 and fp16 alike
-            b.putShort(i, (short) ((i * 37) & 0xBBFF));
-        }
-        CRC32C crc = new CRC32C(); // the path a verification takes, so the compiled code is not thrown away
+        ByteBuffer small = b.duplicate().limit(2048).slice().order(ByteOrder.LITTLE_ENDIAN);
         for (int round = 0; round < WARM_UP_CALLS; round++) {
-            for (TensorDType t : new TensorDType[] {TensorDType.F32, TensorDType.BF16, TensorDType.F16}) {
-                ScanKernels.scanInto(b, 0, b.capacity(), t, new ScanAccumulator(), ScanOptions.FULL, crc);
+            for (TensorDType t : WARM_UP_DTYPES) {
+                CRC32C crc = options.checksum() == Checksum.CRC32C ? new CRC32C() : null;
+                ScanKernels.scanInto(small, 0, small.capacity(), t, new ScanAccumulator(), options, crc);
+            }
+        }
+        String done = "kernels";
+        Path file = null;
+        try {
+            file = Files.createTempFile("trainguard-warmup-", ".safetensors");
+            writeWarmUpCheckpoint(file, b);
+            for (int round = 0; round < WARM_UP_SCANS; round++) {
+                try (SafetensorsFile f = SafetensorsFile.open(file)) {
+                    scan(f, options, ScanProgress.NONE);
+                }
+            }
+            done = "kernels and " + WARM_UP_SCANS + " scans of a synthetic checkpoint";
+        } catch (IOException e) {
+            done = "kernels only (no temp file for a synthetic checkpoint: " + e.getMessage() + ")";
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        } finally {
+            if (file != null) {
+                file.toFile().delete();
             }
         }
         // Until compiled, every vector was a heap object: a few hundred MB of garbage that made the
         // collector grow the heap. One full collection gives that memory back to the system.
         System.gc();
+        return done;
     }
 
     private static final int WARM_UP_CALLS = 8000;
+    private static final int WARM_UP_SCANS = 100;
+    private static final int WARM_UP_TENSOR_BYTES = 256 << 10;
+    private static final TensorDType[] WARM_UP_DTYPES = {TensorDType.F32, TensorDType.BF16, TensorDType.F16};
+
+    private static void fillFinite(ByteBuffer b) {
+        for (int i = 0; i + 2 <= b.capacity(); i += 2) {
+            // bit 14 of every 16-bit half clear: finite read as fp32, bf16 and fp16 alike
+            b.putShort(i, (short) ((i * 37) & 0xBBFF));
+        }
+    }
+
+    /** One tensor of each warmed-up dtype, each holding {@code data}'s bytes. */
+    private static void writeWarmUpCheckpoint(Path file, ByteBuffer data) throws IOException {
+        StringBuilder header = new StringBuilder("{");
+        long offset = 0;
+        int bytes = data.capacity();
+        for (TensorDType t : WARM_UP_DTYPES) {
+            header.append(offset == 0 ? "" : ",").append('"').append(t).append("\":{\"dtype\":\"").append(t)
+                    .append("\",\"shape\":[").append(bytes / t.byteSize()).append("],\"data_offsets\":[")
+                    .append(offset).append(',').append(offset + bytes).append("]}");
+            offset += bytes;
+        }
+        byte[] json = header.append('}').toString().getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+        ByteBuffer out = ByteBuffer.allocate(8 + json.length + (int) offset).order(ByteOrder.LITTLE_ENDIAN);
+        out.putLong(json.length).put(json);
+        for (TensorDType t : WARM_UP_DTYPES) {
+            out.put(data.duplicate().clear());
+        }
+        Files.write(file, out.array());
+    }
 
     public int threads() {
         return threads;

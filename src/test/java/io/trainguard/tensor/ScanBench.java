@@ -33,12 +33,12 @@ public final class ScanBench {
         });
         sampler.setDaemon(true);
         sampler.start();
-        if (Boolean.getBoolean("warmup")) {
-            long w0 = System.nanoTime();
-            TensorScanner.warmUp(simd);
-            System.out.printf("WARMUP ms=%d%n", (System.nanoTime() - w0) / 1_000_000);
-        }
         try (TensorScanner scanner = new TensorScanner(threads)) {
+            if (Boolean.getBoolean("warmup")) {
+                long w0 = System.nanoTime();
+                String what = scanner.warmUp(new ScanOptions(checksum, stats, simd));
+                System.out.printf("WARMUP ms=%d %s%n", (System.nanoTime() - w0) / 1_000_000, what.replace(' ', '_'));
+            }
             for (int i = 3; i < args.length; i++) {
                 Path p = Path.of(args[i]);
                 List<Double> gbs = new ArrayList<>();
