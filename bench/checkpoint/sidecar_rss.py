@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--dir", default="/tmp")
     ap.add_argument("--idle", type=float, default=15.0)
     ap.add_argument("--json")
+    ap.add_argument("--poll", type=float, default=0.1, help="seconds between REST progress polls")
     ap.add_argument("--prop", action="append", default=[], help="extra -Dk=v for the sidecar")
     a = ap.parse_args()
     files = [os.path.join(a.dir, n) for n in ("tg-bench-f32.safetensors", "tg-bench-bf16.safetensors")]
@@ -78,7 +79,7 @@ def main():
                     break
                 progress.append((round(time.monotonic() - t0, 2), round(v["verifyPercent"], 1),
                                  round(v["verifyBytesPerSecond"] / 1e9, 2)))
-                time.sleep(0.1)
+                time.sleep(a.poll)
             wall = time.monotonic() - t0
             done.set()
             t.join()

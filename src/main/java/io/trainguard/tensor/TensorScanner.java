@@ -80,7 +80,8 @@ public final class TensorScanner implements AutoCloseable {
      * branches differed from the real scan's (a CRC where the scan has none) was thrown away at
      * the first real scan. So: first the kernels on a small buffer with {@code options}, then a
      * small synthetic checkpoint (fp32, bf16, fp16; a temp file, deleted) verified through this
-     * scanner's threads, reads and merge. About a second of one core; a no-op on the scalar kernels.
+     * scanner's threads, reads and merge (enough scans for C2 to compile the scan path with that
+     * profile). About two seconds of CPU once; a no-op on the scalar kernels.
      *
      * @return what was warmed up, for the log
      */
@@ -126,7 +127,7 @@ public final class TensorScanner implements AutoCloseable {
     }
 
     private static final int WARM_UP_CALLS = 8000;
-    private static final int WARM_UP_SCANS = 100;
+    private static final int WARM_UP_SCANS = 300;
     private static final int WARM_UP_TENSOR_BYTES = 256 << 10;
     private static final TensorDType[] WARM_UP_DTYPES = {TensorDType.F32, TensorDType.BF16, TensorDType.F16};
 

@@ -39,6 +39,7 @@ public final class ScanBench {
                 String what = scanner.warmUp(new ScanOptions(checksum, stats, simd));
                 System.out.printf("WARMUP ms=%d %s%n", (System.nanoTime() - w0) / 1_000_000, what.replace(' ', '_'));
             }
+            Thread.sleep(Long.getLong("idleMs", 0)); // a sidecar idles between start and its first checkpoint
             for (int i = 3; i < args.length; i++) {
                 Path p = Path.of(args[i]);
                 List<Double> gbs = new ArrayList<>();

@@ -199,4 +199,21 @@ class TensorScannerTest {
         assertNull(s.checksum());
         assertEquals(2.0, s.maxAbs());
     }
+
+    @Test
+    void warmUp_vectorKernels_verifiesASyntheticCheckpointAndLeavesNoFile() throws Exception {
+        // prevents: a warm-up that silently stopped exercising the real scan path (the first
+        // verification after start then ran at a fraction of the speed), or that left files behind
+        long before = countWarmUpFiles();
+        String what = scanner.warmUp(ScanOptions.FULL);
+        assertTrue(what.contains("300 scans of a synthetic checkpoint"), what);
+        assertEquals(before, countWarmUpFiles());
+        assertEquals("nothing (scalar kernels)", scanner.warmUp(new ScanOptions(Checksum.TG1, true, false)));
+    }
+
+    private static long countWarmUpFiles() throws java.io.IOException {
+        try (var s = Files.list(Path.of(System.getProperty("java.io.tmpdir")))) {
+            return s.filter(f -> f.getFileName().toString().startsWith("trainguard-warmup-")).count();
+        }
+    }
 }
