@@ -69,7 +69,13 @@ public class CheckpointWiring {
     @Produces
     @Singleton
     TensorScanner scanner(TrainguardConfig config) {
-        return new TensorScanner(config.tensor().scanThreads(), config.tensor().scanChunkBytes());
+        try {
+            return new TensorScanner(config.tensor().scanThreads(), config.tensor().scanChunkBytes());
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("trainguard.tensor.scan-threads="
+                    + config.tensor().scanThreads() + ", trainguard.tensor.scan-chunk-bytes="
+                    + config.tensor().scanChunkBytes() + ": " + e.getMessage(), e);
+        }
     }
 
     void closeScanner(@Disposes TensorScanner scanner) {
