@@ -12,7 +12,7 @@ verified. The definition (Java: ``io.trainguard.tensor.ContentHash``):
 3. block value: ``r = len * P64``; per lane ``r = (r ^ h) * P64; r ^= r >> 29`` (mod 2**64);
 4. string: ``t = t * R + block`` over the blocks, then ``fmix64(t ^ length * C)``;
 5. safetensors file: fold the checksums of the header (8-byte length + JSON) and of every tensor in
-   header order as ``f = (f ^ c) * P64; f ^= f >> 29`` from ``FILE_SEED``, then ``fmix64(f)``.
+   data-offset order as ``f = (f ^ c) * P64; f ^= f >> 29`` from ``FILE_SEED``, then ``fmix64(f)``.
 
 Not a cryptographic hash: it detects accidental change (a change confined to one word per lane of a
 block always, others with probability about 1 - 2**-32), not tampering — use sha256 for that.

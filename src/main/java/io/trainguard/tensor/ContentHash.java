@@ -21,7 +21,7 @@ import java.nio.ByteOrder;
  * <li>String: {@code t = t * R + block} over the blocks in order (mod 2^64, from 0), then
  * {@code fmix64(t ^ length * C)}.
  * <li>A safetensors file: the string checksums of its header (the 8-byte length and the JSON) and
- * of each tensor in the header's order, folded as {@code f = (f ^ c) * P64; f ^= f >>> 29} from
+ * of each tensor in data-offset order, folded as {@code f = (f ^ c) * P64; f ^= f >>> 29} from
  * {@link #FILE_SEED}, then {@code fmix64(f)}.
  * </ol>
  * Every step of a lane is a bijection of its state, so a change confined to one word per lane per
@@ -32,7 +32,6 @@ public final class ContentHash {
     /** Bytes per block; pieces hashed on different threads must start on a block boundary. */
     public static final int BLOCK = 32 * 1024;
     static final int LANES = 32;
-    static final int ROW_BYTES = LANES * 4;
     static final int P32 = 0x9E3779B1;
     private static final int LANE_STEP = 0x85EBCA77;
     private static final int LANE_SEED = 0x165667B1;
