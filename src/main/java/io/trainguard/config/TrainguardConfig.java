@@ -64,7 +64,7 @@ public interface TrainguardConfig {
         int scanChunkBytes();
 
         /**
-         * Vector API scan kernels (about 2x faster verification); take effect only when the JVM runs
+         * Vector API scan kernels (about 3x faster verification); take effect only when the JVM runs
          * with --add-modules jdk.incubator.vector and the C2 JIT, otherwise the scalar kernels run.
          */
         @WithDefault("true")

@@ -67,7 +67,7 @@ public final class TensorScanner implements AutoCloseable {
         }
         if (!ScanKernels.SIMD_AVAILABLE) {
             return "scalar; start the JVM with --add-modules jdk.incubator.vector (and the C2 JIT, not "
-                    + "-XX:TieredStopAtLevel=1) for the vector kernels, about 2x faster verification";
+                    + "-XX:TieredStopAtLevel=1) for the vector kernels, about 3x faster verification";
         }
         return "vector, " + SimdScanKernels.bits() + "-bit (jdk.incubator.vector)";
     }
