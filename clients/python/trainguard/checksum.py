@@ -11,8 +11,9 @@ verified. The definition (Java: ``io.trainguard.tensor.ContentHash``):
    word as ``h = (h ^ (h >> 15) ^ w) * 0x9E3779B1`` (mod 2**32);
 3. block value: ``r = len * P64``; per lane ``r = (r ^ h) * P64; r ^= r >> 29`` (mod 2**64);
 4. string: ``t = t * R + block`` over the blocks, then ``fmix64(t ^ length * C)``;
-5. safetensors file: fold the checksums of the header (8-byte length + JSON) and of every tensor in
-   data-offset order as ``f = (f ^ c) * P64; f ^= f >> 29`` from ``FILE_SEED``, then ``fmix64(f)``.
+5. safetensors file: its segments — the header (8-byte length + JSON), then every tensor in
+   data-offset order — each cut into blocks as in 1, all those blocks combined as in 4 over the
+   file's length (the same rule that combines pieces scanned on different threads).
 
 Not a cryptographic hash: it detects accidental change (a change confined to one word per lane of a
 block always, others with probability about 1 - 2**-32), not tampering — use sha256 for that.
@@ -32,7 +33,6 @@ _LANE_SEED = 0x165667B1
 _P64 = 0x9E3779B97F4A7C15
 _R = 0xFF51AFD7ED558CCD
 _C = 0xC2B2AE3D27D4EB4F
-_FILE_SEED = 0x27D4EB2F165667C5
 _M64 = (1 << 64) - 1
 _GROUP = 1024  # blocks per numpy pass: bounds memory at 32 MiB of words whatever the file size
 
@@ -66,8 +66,8 @@ def _words(data, rows):
     return padded.view("<u4").astype(np.uint32)
 
 
-def tg1(data):
-    """The tg1 checksum (an int < 2**64) of a bytes-like object."""
+def _running(data):
+    """(t, number of blocks, length) of a bytes-like object: rule 4 before the final mix."""
     data = memoryview(data).cast("B")
     n = len(data)
     full = n // BLOCK
@@ -84,7 +84,17 @@ def tg1(data):
     t = 0
     for v in values:
         t = (t * _R + v) & _M64
-    return _fmix64(t ^ ((n * _C) & _M64))
+    return t, len(values), n
+
+
+def _finish(t, length):
+    return _fmix64(t ^ ((length * _C) & _M64))
+
+
+def tg1(data):
+    """The tg1 checksum (an int < 2**64) of a bytes-like object."""
+    t, _, n = _running(data)
+    return _finish(t, n)
 
 
 def hex64(value):
@@ -111,15 +121,14 @@ def _safetensors_checksums(raw):
     start = 8 + hlen
     tensors = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
                      key=lambda kv: tuple(kv[1]["data_offsets"]))
-    fold = _FILE_SEED
-    per_tensor = {}
+    t_file, length, per_tensor = 0, 0, {}
     for name, segment in [(None, raw[:start])] + [(k, None) for k, _ in tensors]:
         if name is not None:
             b, e = header[name]["data_offsets"]
             segment = raw[start + b:start + e]
-        c = tg1(segment)
+        t, blocks, n = _running(segment)
         if name is not None:
-            per_tensor[name] = "tg1:" + hex64(c)
-        fold = ((fold ^ c) * _P64) & _M64
-        fold ^= fold >> 29
-    return "tg1:" + hex64(_fmix64(fold)), per_tensor
+            per_tensor[name] = "tg1:" + hex64(_finish(t, n))
+        t_file = (t_file * pow(_R, blocks, 1 << 64) + t) & _M64
+        length += n
+    return "tg1:" + hex64(_finish(t_file, length)), per_tensor

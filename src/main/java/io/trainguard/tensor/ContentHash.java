@@ -20,9 +20,10 @@ import java.nio.ByteOrder;
  * <li>Block value: {@code r = len * P64}; for each lane {@code r = (r ^ h) * P64; r ^= r >>> 29}.
  * <li>String: {@code t = t * R + block} over the blocks in order (mod 2^64, from 0), then
  * {@code fmix64(t ^ length * C)}.
- * <li>A safetensors file: the string checksums of its header (the 8-byte length and the JSON) and
- * of each tensor in data-offset order, folded as {@code f = (f ^ c) * P64; f ^= f >>> 29} from
- * {@link #FILE_SEED}, then {@code fmix64(f)}.
+ * <li>A safetensors file: its segments — the header (the 8-byte length and the JSON), then each
+ * tensor in data-offset order — each cut into blocks as in 1 (so a segment's last block may be
+ * short), all these blocks combined as in 4 over the file's length. This is how pieces combine
+ * anyway ({@link #combine}), so the file's value is its segments' values merged.
  * </ol>
  * Every step of a lane is a bijection of its state, so a change confined to one word per lane per
  * block is always detected; other changes escape with probability about 2^-32 (as for CRC32C).
@@ -38,7 +39,6 @@ public final class ContentHash {
     private static final long P64 = 0x9E3779B97F4A7C15L;
     private static final long R = 0xFF51AFD7ED558CCDL;
     private static final long C = 0xC2B2AE3D27D4EB4FL;
-    private static final long FILE_SEED = 0x27D4EB2F165667C5L;
 
     private ContentHash() {
     }
@@ -129,31 +129,30 @@ public final class ContentHash {
     }
 
     /** The tg1 checksum of the {@code remaining()} bytes of {@code b}. */
-    public static long of(ByteBuffer bytes) {
-        ByteBuffer b = bytes.duplicate().order(ByteOrder.LITTLE_ENDIAN);
-        int[] lanes = new int[LANES];
-        long t = 0;
-        for (int p = b.position(); p < b.limit(); p += BLOCK) {
-            int n = Math.min(BLOCK, b.limit() - p);
-            seed(lanes);
-            feed(b, p, n, lanes);
-            t = append(t, blockValue(lanes, n));
-        }
-        return finish(t, b.remaining());
+    public static long of(ByteBuffer b) {
+        return ofSegments(b);
     }
 
-    /** Folds the checksums of a file's segments (header, then tensors) in order. */
-    public static final class FileFold {
-        private long f = FILE_SEED;
-
-        public void add(long segmentChecksum) {
-            f = (f ^ segmentChecksum) * P64;
-            f ^= f >>> 29;
+    /**
+     * The tg1 checksum of segments that follow each other (a file: its header, then its
+     * tensors), each cut into its own blocks: the element-wise form of the definition, which the
+     * scanner must match however it splits the work.
+     */
+    public static long ofSegments(ByteBuffer... segments) {
+        int[] lanes = new int[LANES];
+        long t = 0;
+        long length = 0;
+        for (ByteBuffer segment : segments) {
+            ByteBuffer b = segment.duplicate().order(ByteOrder.LITTLE_ENDIAN);
+            for (int p = b.position(); p < b.limit(); p += BLOCK) {
+                int n = Math.min(BLOCK, b.limit() - p);
+                seed(lanes);
+                feed(b, p, n, lanes);
+                t = append(t, blockValue(lanes, n));
+            }
+            length += b.remaining();
         }
-
-        public long value() {
-            return fmix64(f);
-        }
+        return finish(t, length);
     }
 
     static long fmix64(long k) {

@@ -41,18 +41,12 @@ final class ScanAccumulator {
         infCount += next.infCount;
         maxAbs = Math.max(maxAbs, next.maxAbs);
         sumSquares += next.sumSquares;
-        if (next.checksum == null) {
-            checksum = null;
-        } else if (checksum == null) {
-            checksum = elements == next.elements ? next.checksum : null; // adopt only into an empty piece
-            crc = next.crc;
-            hash = next.hash;
-            hashBlocks = next.hashBlocks;
-            checksumLength = next.checksumLength;
+        if (checksum != next.checksum) {
+            checksum = null; // a piece without (or with another) checksum: the whole has none
         } else if (checksum == Checksum.CRC32C) {
             crc = Crc32c.combine(crc, next.crc, next.checksumLength);
             checksumLength += next.checksumLength;
-        } else {
+        } else if (checksum == Checksum.TG1) {
             hash = ContentHash.combine(hash, next.hash, next.hashBlocks);
             hashBlocks += next.hashBlocks;
             checksumLength += next.checksumLength;

@@ -100,7 +100,9 @@ final class ScanKernels {
         for (int p = off; p < end; p += BLOCK) {
             int n = Math.min(BLOCK, end - p);
             long base = a.elements;
-            ContentHash.seed(lanes);
+            if (hash) {
+                ContentHash.seed(lanes);
+            }
             int hashed = 0;
             if (!o.stats() && t.isFloating()) {
                 finiteOnly(b, p, n, t, a);

@@ -5,8 +5,8 @@ import java.util.Optional;
 
 /**
  * Outcome of scanning one file. {@code fileChecksum} covers the whole file (prefix, header and
- * data): "crc32c:..." is the CRC32C of its bytes, "tg1:..." folds the header's and the tensors'
- * tg1 as {@link ContentHash} defines; null when checksums were off.
+ * data): "crc32c:..." is the CRC32C of its bytes, "tg1:..." the tg1 of its header and tensors as
+ * {@link ContentHash} defines it; null when checksums were off.
  */
 public record ScanResult(List<TensorStats> tensors, long bytes, long nanos, String fileChecksum) {
     public Optional<TensorStats> firstNonFinite() {

@@ -236,39 +236,26 @@ public final class TensorScanner implements AutoCloseable {
             throw changed(file, diff);
         }
         List<TensorStats> result = new ArrayList<>(entries.size());
-        Checksum checksum = options.checksum();
-        Integer fileCrc = checksum == Checksum.CRC32C ? crc32c(file.prefixAndHeader()) : null;
-        ContentHash.FileFold fold = new ContentHash.FileFold();
-        if (checksum == Checksum.TG1) {
-            fold.add(ContentHash.of(ByteBuffer.wrap(file.prefixAndHeader())));
-        }
+        // The file's checksum is its segments' merged in file order: the header, then each tensor.
+        ScanAccumulator whole = ScanAccumulator.withChecksum(options.checksum());
+        ScanAccumulator header = new ScanAccumulator();
+        byte[] head = file.prefixAndHeader();
+        ScanKernels.scan(ByteBuffer.wrap(head).order(ByteOrder.LITTLE_ENDIAN), 0, head.length, TensorDType.U8, header,
+                new ScanOptions(options.checksum(), false, options.simd()));
+        whole.merge(header);
         for (int i = 0; i < entries.size(); i++) {
             TensorEntry e = entries.get(i);
-            ScanAccumulator acc = ScanAccumulator.withChecksum(checksum);
+            ScanAccumulator acc = ScanAccumulator.withChecksum(options.checksum());
             for (ScanAccumulator piece : slots[i]) {
                 if (piece != null) {
                     acc.merge(piece);
                 }
             }
             result.add(TensorStats.of(e.name(), e.dtype(), e.shape(), acc));
-            if (fileCrc != null) {
-                fileCrc = Crc32c.combine(fileCrc, acc.crc, acc.checksumLength);
-            } else if (checksum == Checksum.TG1) {
-                fold.add(acc.tg1());
-            }
+            whole.merge(acc);
         }
-        String fileChecksum = switch (checksum) {
-            case CRC32C -> "crc32c:" + Crc32c.hex(fileCrc);
-            case TG1 -> "tg1:" + ContentHash.hex(fold.value());
-            case NONE -> null;
-        };
+        String fileChecksum = whole.checksumValue();
         return new ScanResult(List.copyOf(result), file.fileSize(), System.nanoTime() - t0, fileChecksum);
-    }
-
-    private static int crc32c(byte[] bytes) {
-        CRC32C c = new CRC32C();
-        c.update(bytes);
-        return (int) c.getValue();
     }
 
     private List<Unit> plan(List<TensorEntry> entries, long dataStart) {
