@@ -43,8 +43,9 @@ final class SimdScanKernels {
     private static final int V = I.vectorByteSize();
     /**
      * Four vectors per iteration: independent add chains hide the FMA latency, less loop overhead.
-     * Everything is written inline: a helper method that C2 does not inline turns every vector
-     * into a heap object (the bf16 kernel ran at a quarter of its speed that way).
+     * The kernels are written out, with helpers only as small as {@link #mix}: a helper method that
+     * C2 does not inline turns every vector into a heap object (the bf16 kernel ran at a quarter of
+     * its speed that way), which is also why the bf16 and fp16 kernels are near-copies.
      */
     private static final int STEP4 = 4 * V;
     /** Bytes of one row of the content hash: what the fused kernels consume per iteration. */
@@ -63,6 +64,15 @@ final class SimdScanKernels {
     }
 
     /**
+     * One step of the content hash on eight lanes, {@code h = (h ^ (h >>> 15) ^ w) * P32}. Small
+     * enough that C2 always inlines it (a helper it does not inline boxes its vectors).
+     */
+    private static IntVector mix(IntVector h, IntVector w) {
+        return h.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h).lanewise(VectorOperators.XOR, w)
+                .mul(ContentHash.P32);
+    }
+
+    /**
      * Content hash only ({@link ContentHash}), for dtypes without a fused kernel: feeds the whole
      * rows of the block at {@code p} into {@code lanes} and returns how many bytes that was.
      */
@@ -77,10 +87,10 @@ final class SimdScanKernels {
             IntVector y = IntVector.fromByteBuffer(I, b, q + V, LE);
             IntVector z = IntVector.fromByteBuffer(I, b, q + 2 * V, LE);
             IntVector w = IntVector.fromByteBuffer(I, b, q + 3 * V, LE);
-            h0 = h0.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h0).lanewise(VectorOperators.XOR, x).mul(ContentHash.P32);
-            h1 = h1.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h1).lanewise(VectorOperators.XOR, y).mul(ContentHash.P32);
-            h2 = h2.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h2).lanewise(VectorOperators.XOR, z).mul(ContentHash.P32);
-            h3 = h3.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h3).lanewise(VectorOperators.XOR, w).mul(ContentHash.P32);
+            h0 = mix(h0, x);
+            h1 = mix(h1, y);
+            h2 = mix(h2, z);
+            h3 = mix(h3, w);
         }
         h0.intoArray(lanes, 0);
         h1.intoArray(lanes, 8);
@@ -107,10 +117,10 @@ final class SimdScanKernels {
             IntVector ry = IntVector.fromByteBuffer(I, b, q + V, LE);
             IntVector rz = IntVector.fromByteBuffer(I, b, q + 2 * V, LE);
             IntVector rw = IntVector.fromByteBuffer(I, b, q + 3 * V, LE);
-            h0 = h0.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h0).lanewise(VectorOperators.XOR, rx).mul(ContentHash.P32);
-            h1 = h1.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h1).lanewise(VectorOperators.XOR, ry).mul(ContentHash.P32);
-            h2 = h2.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h2).lanewise(VectorOperators.XOR, rz).mul(ContentHash.P32);
-            h3 = h3.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h3).lanewise(VectorOperators.XOR, rw).mul(ContentHash.P32);
+            h0 = mix(h0, rx);
+            h1 = mix(h1, ry);
+            h2 = mix(h2, rz);
+            h3 = mix(h3, rw);
             IntVector x = rx.and(0x7FFFFFFF);
             IntVector y = ry.and(0x7FFFFFFF);
             IntVector z = rz.and(0x7FFFFFFF);
@@ -162,10 +172,10 @@ final class SimdScanKernels {
             IntVector y = IntVector.fromByteBuffer(I, b, q + V, LE);
             IntVector z = IntVector.fromByteBuffer(I, b, q + 2 * V, LE);
             IntVector w = IntVector.fromByteBuffer(I, b, q + 3 * V, LE);
-            h0 = h0.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h0).lanewise(VectorOperators.XOR, x).mul(ContentHash.P32);
-            h1 = h1.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h1).lanewise(VectorOperators.XOR, y).mul(ContentHash.P32);
-            h2 = h2.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h2).lanewise(VectorOperators.XOR, z).mul(ContentHash.P32);
-            h3 = h3.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h3).lanewise(VectorOperators.XOR, w).mul(ContentHash.P32);
+            h0 = mix(h0, x);
+            h1 = mix(h1, y);
+            h2 = mix(h2, z);
+            h3 = mix(h3, w);
             m0 = m0.max(x.and(0x7FFF7FFF).reinterpretAsShorts()).max(z.and(0x7FFF7FFF).reinterpretAsShorts());
             m1 = m1.max(y.and(0x7FFF7FFF).reinterpretAsShorts()).max(w.and(0x7FFF7FFF).reinterpretAsShorts());
             FloatVector x0 = x.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats();
@@ -216,10 +226,10 @@ final class SimdScanKernels {
             IntVector ry = IntVector.fromByteBuffer(I, b, q + V, LE);
             IntVector rz = IntVector.fromByteBuffer(I, b, q + 2 * V, LE);
             IntVector rw = IntVector.fromByteBuffer(I, b, q + 3 * V, LE);
-            h0 = h0.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h0).lanewise(VectorOperators.XOR, rx).mul(ContentHash.P32);
-            h1 = h1.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h1).lanewise(VectorOperators.XOR, ry).mul(ContentHash.P32);
-            h2 = h2.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h2).lanewise(VectorOperators.XOR, rz).mul(ContentHash.P32);
-            h3 = h3.lanewise(VectorOperators.LSHR, 15).lanewise(VectorOperators.XOR, h3).lanewise(VectorOperators.XOR, rw).mul(ContentHash.P32);
+            h0 = mix(h0, rx);
+            h1 = mix(h1, ry);
+            h2 = mix(h2, rz);
+            h3 = mix(h3, rw);
             IntVector x = rx.and(0x7FFF7FFF);
             IntVector y = ry.and(0x7FFF7FFF);
             IntVector z = rz.and(0x7FFF7FFF);
