@@ -13,10 +13,10 @@ import io.trainguard.guard.StepReport;
 import io.trainguard.guard.Verdict;
 import jakarta.enterprise.context.ApplicationScoped;
 import java.time.Duration;
-import java.util.concurrent.TimeUnit;
 import java.util.EnumMap;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.TimeUnit;
 
 /**
  * Prometheus view of the engine. Labels stay low-cardinality: action, source, kind, and the run id
