@@ -132,6 +132,7 @@ class Guard:
         low = any(p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) for p in params)
         self.protect_update = (low and not master_weights) if protect_update == "auto" else bool(protect_update)
         self._update_buffers = None
+        self._no_scale = None
         if device_gate not in ("auto", True, False):
             raise ValueError('device_gate must be "auto", True or False')
         gate_ok = (mode == "async" and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
@@ -285,7 +286,9 @@ class Guard:
             # the scale tensor itself: get_scale() would be a second device read per step
             scale = self.scaler._get_scale_async().detach().float().reshape(1).to(self.device)
         else:
-            scale = torch.zeros(1, device=self.device)
+            if self._no_scale is None:  # made once: a fresh zeros() would be a kernel every step
+                self._no_scale = torch.zeros(1, device=self.device)
+            scale = self._no_scale
         parts = [lt.reshape(1), total.reshape(1), scale] + [g.reshape(1) for g in per_group]
         names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
         parts += [m.reshape(1) for m in mods]
