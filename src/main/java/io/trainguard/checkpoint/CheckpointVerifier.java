@@ -2,6 +2,7 @@ package io.trainguard.checkpoint;
 
 import io.trainguard.tensor.DjlTensors;
 import io.trainguard.tensor.FormatSniffer;
+import io.trainguard.tensor.ReadBuffer;
 import io.trainguard.tensor.RejectedTensorFileException;
 import io.trainguard.tensor.SafetensorsFile;
 import io.trainguard.tensor.ScanOptions;
@@ -220,7 +221,7 @@ public final class CheckpointVerifier implements AutoCloseable {
         } catch (NoSuchAlgorithmException e) {
             throw new IllegalStateException(e);
         }
-        ByteBuffer buf = ByteBuffer.allocateDirect(1 << 20);
+        ByteBuffer buf = ReadBuffer.allocate(1 << 20);
         try (FileChannel ch = FileChannel.open(p)) {
             long size = ch.size();
             long base = tracker.done;

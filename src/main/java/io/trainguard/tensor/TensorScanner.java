@@ -36,7 +36,7 @@ public final class TensorScanner implements AutoCloseable {
 
     private final ExecutorService pool;
     private final ThreadLocal<ByteBuffer> readBuffer = ThreadLocal.withInitial(
-            () -> ByteBuffer.allocateDirect(READ_BYTES).order(ByteOrder.LITTLE_ENDIAN));
+            () -> ReadBuffer.allocate(READ_BYTES));
     private final int threads;
     private final int chunkBytes;
 
