@@ -5,12 +5,15 @@ import java.nio.ByteOrder;
 import java.util.Random;
 
 /**
- * Kernel-only speed on a 64 MiB buffer already in memory (no file reads): separates compute from
- * I/O. Args: dtypes (F32, BF16); -Dsimd=false for the scalar kernels.
+ * Kernel-only speed, one thread, on a buffer already in memory (no file reads): separates compute
+ * from I/O. Args: dtypes (F32, BF16). -Dbytes=N sets the buffer size (default 64 MiB, i.e. from
+ * DRAM; 32768 keeps it in L1/L2 and scans it over and over); -Dsimd=false for the scalar kernels.
  */
 public final class KernelBench {
     public static void main(String[] args) {
-        int n = 64 << 20;
+        int n = Integer.getInteger("bytes", 64 << 20);
+        long perRound = Math.max(n, 1L << 30); // small buffers are scanned repeatedly, 1 GiB a round
+        boolean simd = !"false".equals(System.getProperty("simd"));
         ByteBuffer b = ByteBuffer.allocateDirect(n).order(ByteOrder.LITTLE_ENDIAN);
         for (String name : (args.length > 0 ? args : new String[] {"F32", "BF16"})) {
             TensorDType t = TensorDType.valueOf(name);
@@ -23,17 +26,18 @@ public final class KernelBench {
                     b.putFloat(i, v);
                 }
             }
-            for (Checksum crc : Checksum.values()) {
+            for (Checksum checksum : Checksum.values()) {
+                ScanOptions o = new ScanOptions(checksum, true, simd);
                 double best = 0;
-                for (int round = 0; round < 40; round++) {
-                    ScanAccumulator a = new ScanAccumulator();
+                for (int round = 0; round < 20; round++) {
                     long t0 = System.nanoTime();
-                    ScanKernels.scan(b, 0, n, t, a, new ScanOptions(crc, true, !"false".equals(System.getProperty("simd"))));
-                    long dt = System.nanoTime() - t0;
-                    best = Math.max(best, n / (dt / 1e9) / 1e9);
-                    if (round == 14) System.out.println("nonfinite=" + a.nonFinite() + " max=" + a.maxAbs + " norm=" + Math.sqrt(a.sumSquares));
+                    for (long done = 0; done < perRound; done += n) {
+                        ScanKernels.scan(b, 0, n, t, new ScanAccumulator(), o);
+                    }
+                    best = Math.max(best, perRound / ((System.nanoTime() - t0) / 1e9) / 1e9);
                 }
-                System.out.printf("kernel %s checksum=%s best=%.2f GB/s%n", t, crc, best);
+                System.out.printf("kernel %s bytes=%d checksum=%s simd=%s best=%.2f GB/s%n", t, n, checksum,
+                        simd && ScanKernels.SIMD_AVAILABLE, best);
             }
         }
     }
