@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoint verification throughput: Java scanner vs np.isfinite vs torch.isfinite, same files,
-# same run, interleaved rounds. Java: the default (vector kernels, tg1 checksum, after the sidecar's JIT warm-up), scalar
-# kernels (-Dsimd=false), the CRC32C checksum instead of tg1, finite check only (-Dstats=false, no checksum).
+# same run, interleaved rounds. Java: the default (mapped reads, vector kernels, tg1 checksum, after the sidecar's JIT
+# warm-up), the same with pread through a buffer (-Dread=pread), scalar kernels (-Dsimd=false), the CRC32C checksum
+# instead of tg1, finite check only (-Dstats=false, no checksum).
 # Results: medians in GB/s (1e9 bytes/s) and the scanning JVM's RSS.
 #
 #   bench/checkpoint/run.sh [rounds]        env: F32_GB (4) BF16_GB (2) THREADS (2) DIR (/tmp)
@@ -27,6 +28,7 @@ for r in $(seq "$ROUNDS"); do
   echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"
   J="java -Xmx256m --add-modules jdk.incubator.vector -cp $CP"
   $J -Dwarmup=true -DdjlNpy="$NPY" io.trainguard.tensor.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E "ROUND|MEDIAN|RSS"
+  $J -Dwarmup=true -Dread=pread io.trainguard.tensor.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
   $J -Dsimd=false io.trainguard.tensor.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
   $J -Dwarmup=true io.trainguard.tensor.ScanBench "$THREADS" crc32c 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
   $J -Dstats=false io.trainguard.tensor.ScanBench "$THREADS" none 3 "$F32" "$BF16" 2>/dev/null | grep -E "MEDIAN"

@@ -4,7 +4,7 @@ verification, the progress REST shows while it runs, and the time from RegisterC
 
 Starts the fast-jar as the README does (java --add-modules jdk.incubator.vector -jar ...) with
 trainguard.checkpoint.roots=DIR, registers the 4 GiB fp32 and 2 GiB bf16 files of run.sh (twice
-each: the first after a fresh start, then again), samples VmRSS every 50 ms and polls
+each: the first after a fresh start, then again), samples VmRSS (and its RssAnon/RssFile parts) every 50 ms and polls
 GET /api/runs/{run}/checkpoints until each is VERIFIED.
 
     bench/checkpoint/sidecar_rss.py [--dir /tmp] [--idle 15] [--json out.json]
@@ -20,6 +20,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import common  # noqa: E402
 import grpc  # noqa: E402
 from common import pb  # noqa: E402
+
+
+def status_kib(pid, *keys):
+    """Fields of /proc/PID/status in KiB: VmRSS, and its parts RssAnon (heap, stacks, libraries'
+    data) and RssFile (mapped files, which while a checkpoint window is scanned in place includes it)."""
+    got = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k = line.split(":")[0]
+            if k in keys:
+                got[k] = int(line.split()[1])
+    return got
 
 
 def maps_djl(pid):
@@ -48,6 +60,7 @@ def main():
     try:
         time.sleep(a.idle)
         out["rss_idle_mib"] = sc.rss_kib() / 1024
+        out["rss_idle_anon_file_mib"] = [v / 1024 for v in status_kib(sc.proc.pid, "RssAnon", "RssFile").values()]
         out["djl_loaded_idle"] = maps_djl(sc.proc.pid)
         ch = grpc.insecure_channel(sc.tcp)
         unary = lambda name, req_t, resp_t: ch.unary_unary(  # noqa: E731
@@ -57,12 +70,13 @@ def main():
         step = 0
         for f in files + files:
             step += 100
-            peak = [0]
+            peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
             done = threading.Event()
 
             def sample():
                 while not done.is_set():
-                    peak[0] = max(peak[0], sc.rss_kib())
+                    for k, v in status_kib(sc.proc.pid, *peak).items():
+                        peak[k] = max(peak[k], v)
                     time.sleep(0.05)
             t = threading.Thread(target=sample, daemon=True)
             t.start()
@@ -86,7 +100,9 @@ def main():
             size = os.path.getsize(f)
             rec = {"file": os.path.basename(f), "bytes": size, "state": v["state"], "reason": v["stateReason"],
                    "register_to_verified_s": round(wall, 3), "gbps_register_to_verified": round(size / wall / 1e9, 2),
-                   "gbps_reported": round(v["verifyBytesPerSecond"] / 1e9, 2), "rss_peak_mib": round(peak[0] / 1024, 1),
+                   "gbps_reported": round(v["verifyBytesPerSecond"] / 1e9, 2), "rss_peak_mib": round(peak["VmRSS"] / 1024, 1),
+                   "rss_anon_peak_mib": round(peak["RssAnon"] / 1024, 1),
+                   "rss_file_peak_mib": round(peak["RssFile"] / 1024, 1),
                    "progress_samples(t_s,percent,GB/s)": progress[:: max(1, len(progress) // 6)]}
             out["verifications"].append(rec)
             print(json.dumps(rec), flush=True)

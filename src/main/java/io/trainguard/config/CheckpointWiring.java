@@ -50,7 +50,8 @@ public class CheckpointWiring {
      * checkpoint is verified at full speed (about a second of one core, once).
      */
     void warmUpScanKernels(@Observes StartupEvent started, TrainguardConfig config, TensorScanner scanner) {
-        LOG.infof("checkpoint scan kernels: %s", TensorScanner.kernels(config.tensor().simd()));
+        LOG.infof("checkpoint scan kernels: %s; reads: %s", TensorScanner.kernels(config.tensor().simd()),
+                scanner.readMode().toString().toLowerCase(java.util.Locale.ROOT));
         Thread t = new Thread(() -> {
             long t0 = System.nanoTime();
             String what = scanner.warmUp(scanOptions(config));
@@ -70,7 +71,8 @@ public class CheckpointWiring {
     @Singleton
     TensorScanner scanner(TrainguardConfig config) {
         try {
-            return new TensorScanner(config.tensor().scanThreads(), config.tensor().scanChunkBytes());
+            return new TensorScanner(config.tensor().scanThreads(), config.tensor().scanChunkBytes(),
+                    config.tensor().readMode());
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("trainguard.tensor.scan-threads="
                     + config.tensor().scanThreads() + ", trainguard.tensor.scan-chunk-bytes="

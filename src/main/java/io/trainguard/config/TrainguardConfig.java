@@ -1,12 +1,12 @@
 package io.trainguard.config;
 
-import io.trainguard.tensor.Checksum;
-
 import io.smallrye.config.ConfigMapping;
 import io.smallrye.config.WithDefault;
 import io.trainguard.guard.Action;
 import io.trainguard.guard.AuditMode;
 import io.trainguard.guard.ClipMode;
+import io.trainguard.tensor.Checksum;
+import io.trainguard.tensor.ReadMode;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
@@ -59,9 +59,19 @@ public interface TrainguardConfig {
         @WithDefault("2")
         int scanThreads();
 
-        /** Work unit handed to one scan thread (read 128 KiB at a time); a multiple of 32 KiB (the checksum block). */
+        /**
+         * Work unit handed to one scan thread (mapped at once, or read 128 KiB at a time); a multiple
+         * of 32 KiB (the checksum block).
+         */
         @WithDefault("67108864")
         int scanChunkBytes();
+
+        /**
+         * map: scan each unit in place in the page cache (no copy; the fastest on local file
+         * systems); pread: copy it through a small buffer (for file systems where mapping is slow).
+         */
+        @WithDefault("map")
+        ReadMode readMode();
 
         /**
          * Vector API scan kernels (about 3x faster verification); take effect only when the JVM runs

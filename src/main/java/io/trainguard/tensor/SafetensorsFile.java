@@ -10,7 +10,8 @@ import java.util.List;
 
 /**
  * A safetensors file opened read-only, header validated. Data is never loaded on the heap:
- * callers read it piecewise into small buffers with {@link #read(long, ByteBuffer)}.
+ * callers read it piecewise into small buffers with {@link #read(long, ByteBuffer)} or map it a
+ * window at a time with {@link #map(long, int)}.
  */
 public final class SafetensorsFile implements AutoCloseable {
     /** Default cap on the JSON header; real headers are kilobytes to a few megabytes. */
@@ -114,6 +115,14 @@ public final class SafetensorsFile implements AutoCloseable {
      */
     public boolean read(long pos, ByteBuffer dst) throws IOException {
         return fill(channel, dst, pos);
+    }
+
+    /**
+     * Maps {@code length} bytes at file position {@code pos} read-only; IOException when the file
+     * has shrunk below that range since it was opened.
+     */
+    MappedWindow map(long pos, int length) throws IOException {
+        return MappedWindow.map(channel, pos, length, fileSize());
     }
 
     @Override

@@ -17,18 +17,17 @@ import java.util.zip.CRC32C;
 
 /**
  * Finite check, per-tensor statistics and content checksum of a safetensors file, in parallel
- * over units of at most {@code chunkBytes}, each read in {@link #READ_BYTES} pieces into one
- * reused direct buffer per thread: memory is bounded by threads x 128 KiB whatever the file size,
- * and nothing of the data is copied to the heap.
+ * over units of at most {@code chunkBytes}. Each unit is either mapped and scanned in place
+ * ({@link ReadMode#MAP}) or read in {@link #READ_BYTES} pieces into one reused direct buffer per
+ * thread ({@link ReadMode#PREAD}): memory is bounded by threads x chunkBytes of mapped page cache,
+ * or threads x 128 KiB of buffers, whatever the file size, and nothing of the data is copied to
+ * the heap.
  */
 public final class TensorScanner implements AutoCloseable {
     public static final int DEFAULT_CHUNK_BYTES = 64 << 20;
 
     /**
-     * Bytes read at once per thread. Reading (pread into a reused buffer that stays in the CPU
-     * cache) beat mapping: on the benchmark machine unmapping 64 MiB windows cost about a third of
-     * the scan time, and mapping with the pages populated up front cost as much as the copy. 128 KiB
-     * halves the read calls of 64 KiB (interleaved runs: as fast or a few percent faster) and stays in a
+     * Bytes read at once per thread with {@link ReadMode#PREAD}. 128 KiB halves the read calls of 64 KiB (interleaved runs: as fast or a few percent faster) and stays in a
      * 512 KiB L2 with the kernel's working set; 256 KiB was no better. A multiple of every element
      * size and of the checksum block.
      */
@@ -39,12 +38,17 @@ public final class TensorScanner implements AutoCloseable {
             () -> ReadBuffer.allocate(READ_BYTES));
     private final int threads;
     private final int chunkBytes;
+    private final ReadMode readMode;
 
     public TensorScanner(int threads) {
-        this(threads, DEFAULT_CHUNK_BYTES);
+        this(threads, DEFAULT_CHUNK_BYTES, ReadMode.MAP);
     }
 
-    public TensorScanner(int threads, int chunkBytes) {
+    /**
+     * {@code readMode} MAP falls back to PREAD on a JVM that cannot unmap promptly
+     * ({@link #readMode()} says which one runs).
+     */
+    public TensorScanner(int threads, int chunkBytes, ReadMode readMode) {
         if (threads < 1 || chunkBytes < ContentHash.BLOCK || chunkBytes % ContentHash.BLOCK != 0) {
             // pieces hashed on different threads must start on a block of the content hash
             throw new IllegalArgumentException("threads >= 1 and chunkBytes a positive multiple of "
@@ -52,6 +56,7 @@ public final class TensorScanner implements AutoCloseable {
         }
         this.threads = threads;
         this.chunkBytes = chunkBytes;
+        this.readMode = readMode == ReadMode.MAP && !MappedWindow.available() ? ReadMode.PREAD : readMode;
         AtomicInteger n = new AtomicInteger();
         this.pool = Executors.newFixedThreadPool(threads, r -> {
             Thread t = new Thread(r, "trainguard-tensor-scan-" + n.incrementAndGet());
@@ -162,12 +167,16 @@ public final class TensorScanner implements AutoCloseable {
         return threads;
     }
 
-    /** A contiguous piece of one tensor; pieces never span two tensors. */
-    private record Piece(int tensor, int index, long filePos, int length) {
+    public ReadMode readMode() {
+        return readMode;
     }
 
-    /** A file range mapped at once, covering consecutive pieces. */
-    private record Unit(long filePos, int length, List<Piece> pieces) {
+    /** A contiguous piece of one tensor; pieces never span two tensors. */
+    record Piece(int tensor, int index, long filePos, int length) {
+    }
+
+    /** A file range read or mapped by one thread, covering consecutive pieces. */
+    record Unit(long filePos, int length, List<Piece> pieces) {
     }
 
     /**
@@ -218,14 +227,7 @@ public final class TensorScanner implements AutoCloseable {
             }
         } catch (ExecutionException e) {
             futures.forEach(f -> f.cancel(true));
-            Throwable c = e.getCause();
-            if (c instanceof TensorFileException tfe) {
-                throw tfe;
-            }
-            if (c instanceof IOException io) {
-                throw io;
-            }
-            throw new IllegalStateException("tensor scan failed: " + c, c);
+            throw unitFailure(file, e.getCause());
         } catch (InterruptedException | RuntimeException e) {
             futures.forEach(f -> f.cancel(true));
             throw e;
@@ -292,11 +294,67 @@ public final class TensorScanner implements AutoCloseable {
 
     private List<ScanAccumulator> scanUnit(SafetensorsFile file, Unit u, List<TensorEntry> entries,
             ScanOptions options) throws IOException {
-        // A writer that truncates or appends is seen here, and as a short read below.
-        long size = file.currentSize();
-        if (size != file.fileSize()) {
-            throw changed(file, "its size changed from " + file.fileSize() + " to " + size + " bytes");
+        // A writer that truncates or appends is seen here, and as a short read or a fault below.
+        requireSameSize(file);
+        if (readMode == ReadMode.PREAD) {
+            return readAndScan(file, u, entries, options);
         }
+        MappedWindow window;
+        try {
+            window = file.map(u.filePos(), u.length());
+        } catch (IOException e) {
+            requireSameSize(file); // the file shrank since the check above
+            throw e;
+        }
+        try (window) {
+            return scanMapped(file, window, u, entries, options);
+        }
+    }
+
+    /**
+     * Scans the pieces of {@code u} in {@code window}, which maps exactly {@code u}'s range.
+     *
+     * <p>A read of a mapped page that the file no longer has (a writer truncated it) is a SIGBUS,
+     * which HotSpot turns into an {@link InternalError}, thrown not at the read but at the thread's
+     * next call into the runtime (on JDK 17, often only when the caller handles an exception), so
+     * no catch in here can be relied on: {@link #unitFailure} interprets it where the unit's task
+     * ends. The size check after the loop makes sure such a task ends by throwing.
+     */
+    static List<ScanAccumulator> scanMapped(SafetensorsFile file, MappedWindow window, Unit u,
+            List<TensorEntry> entries, ScanOptions options) throws IOException {
+        ByteBuffer b = window.buffer();
+        List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
+        for (Piece p : u.pieces()) {
+            ScanAccumulator a = new ScanAccumulator();
+            ScanKernels.scan(b, (int) (p.filePos() - u.filePos()), p.length(), entries.get(p.tensor()).dtype(), a,
+                    options);
+            out.add(a);
+        }
+        requireSameSize(file);
+        return out;
+    }
+
+    /**
+     * What the failure {@code cause} of a unit's task means for the scan: IOExceptions are thrown,
+     * anything else is returned for the caller to throw.
+     */
+    static RuntimeException unitFailure(SafetensorsFile file, Throwable cause) throws IOException {
+        if (cause instanceof TensorFileException tfe) {
+            return tfe;
+        }
+        if (cause instanceof InternalError && file.currentSize() != file.fileSize()) {
+            // HotSpot's report of the SIGBUS from reading a mapped page past the file's new end
+            return changed(file, "it was truncated from " + file.fileSize() + " to " + file.currentSize()
+                    + " bytes while being read");
+        }
+        if (cause instanceof IOException io) {
+            throw io;
+        }
+        return new IllegalStateException("tensor scan failed: " + cause, cause);
+    }
+
+    private List<ScanAccumulator> readAndScan(SafetensorsFile file, Unit u, List<TensorEntry> entries,
+            ScanOptions options) throws IOException {
         ByteBuffer buf = readBuffer.get();
         List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
         for (Piece p : u.pieces()) {
@@ -318,6 +376,13 @@ public final class TensorScanner implements AutoCloseable {
             out.add(a);
         }
         return out;
+    }
+
+    private static void requireSameSize(SafetensorsFile file) throws IOException {
+        long now = file.currentSize();
+        if (now != file.fileSize()) {
+            throw changed(file, "its size changed from " + file.fileSize() + " to " + now + " bytes");
+        }
     }
 
     private static RejectedTensorFileException changed(SafetensorsFile file, String what) {

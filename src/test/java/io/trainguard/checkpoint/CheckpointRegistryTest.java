@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.trainguard.tensor.ContentHash;
 import io.trainguard.tensor.DjlTensors;
 import io.trainguard.tensor.ScanOptions;
+import io.trainguard.tensor.ReadMode;
 import io.trainguard.tensor.SafetensorsWriter;
 import io.trainguard.tensor.TensorScanner;
 import java.nio.file.Files;
@@ -29,7 +30,7 @@ class CheckpointRegistryTest {
 
     @BeforeEach
     void setUp() {
-        scanner = new TensorScanner(2, ContentHash.BLOCK);
+        scanner = new TensorScanner(2, ContentHash.BLOCK, ReadMode.MAP);
         paths = new PathPolicy(List.of(root));
         verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20), paths, 8,
                 ScanOptions.FULL, Duration.ofSeconds(5));

@@ -9,7 +9,8 @@ import java.util.List;
 /**
  * Benchmark driver for bench/checkpoint/run.sh (not a test): scans each file {@code rounds}
  * times and prints one machine-readable line per round plus RSS.
- * Args: threads checksum(tg1|crc32c|none) rounds file...
+ * Args: threads checksum(tg1|crc32c|none) rounds file...; -Dread=map|pread (default map), -Dsimd,
+ * -Dstats, -Dwarmup, -DidleMs.
  */
 public final class ScanBench {
     public static void main(String[] args) throws Exception {
@@ -33,7 +34,8 @@ public final class ScanBench {
         });
         sampler.setDaemon(true);
         sampler.start();
-        try (TensorScanner scanner = new TensorScanner(threads)) {
+        ReadMode read = ReadMode.valueOf(System.getProperty("read", "map").toUpperCase(java.util.Locale.ROOT));
+        try (TensorScanner scanner = new TensorScanner(threads, TensorScanner.DEFAULT_CHUNK_BYTES, read)) {
             if (Boolean.getBoolean("warmup")) {
                 long w0 = System.nanoTime();
                 String what = scanner.warmUp(new ScanOptions(checksum, stats, simd));
@@ -53,8 +55,9 @@ public final class ScanBench {
                     }
                 }
                 Collections.sort(gbs);
-                System.out.printf("MEDIAN file=%s threads=%d checksum=%s stats=%s simd=%s gbps=%.2f size=%d%n", p.getFileName(),
-                        threads, checksum, stats, simd && ScanKernels.SIMD_AVAILABLE, gbs.get(gbs.size() / 2), Files.size(p));
+                System.out.printf("MEDIAN file=%s threads=%d read=%s checksum=%s stats=%s simd=%s gbps=%.2f size=%d%n",
+                        p.getFileName(), threads, scanner.readMode().toString().toLowerCase(java.util.Locale.ROOT),
+                        checksum, stats, simd && ScanKernels.SIMD_AVAILABLE, gbs.get(gbs.size() / 2), Files.size(p));
             }
         }
         sampler.interrupt();

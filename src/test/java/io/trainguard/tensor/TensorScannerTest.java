@@ -21,7 +21,7 @@ class TensorScannerTest {
     Path dir;
     // the smallest chunk (one content-hash block): large test tensors are split into many pieces,
     // scanned on both threads, exercising the merge
-    private final TensorScanner scanner = new TensorScanner(2, ContentHash.BLOCK);
+    private final TensorScanner scanner = new TensorScanner(2, ContentHash.BLOCK, ReadMode.MAP);
 
     @AfterEach
     void close() {
@@ -115,6 +115,62 @@ class TensorScannerTest {
         ScanResult after = scan(p);
         assertNotEquals(before.fileChecksum(), after.fileChecksum());
         assertNotEquals(before.tensors().get(0).checksum(), after.tensors().get(0).checksum());
+    }
+
+    @Test
+    void scan_mappedAndPreadReads_giveIdenticalResults() throws Exception {
+        // prevents: the mapped windows (widened to 2 MiB boundaries) scanning bytes off by their
+        // lead, or cutting a piece at a window's end, which only a pread comparison would show
+        float[] v = ramp(900_000); // 3.6 MB: windows start and end inside and across 2 MiB steps
+        v[876_543] = Float.POSITIVE_INFINITY;
+        Path p = new SafetensorsWriter().bf16("b", ramp(3)).f32("f", v).bf16("g", ramp(300_001)).i32("i", 1, -9)
+                .write(dir.resolve("modes.safetensors"));
+        int chunk = 5 * ContentHash.BLOCK;
+        for (ScanOptions o : new ScanOptions[] {ScanOptions.FULL, new ScanOptions(Checksum.CRC32C, true, true)}) {
+            try (TensorScanner mapped = new TensorScanner(2, chunk, ReadMode.MAP);
+                    TensorScanner read = new TensorScanner(2, chunk, ReadMode.PREAD);
+                    SafetensorsFile f = SafetensorsFile.open(p)) {
+                assertEquals(ReadMode.MAP, mapped.readMode());
+                ScanResult m = mapped.scan(f, o, ScanProgress.NONE);
+                ScanResult r = read.scan(f, o, ScanProgress.NONE);
+                assertEquals(r, withoutTime(m, r.nanos()));
+                assertEquals(876_543, m.tensors().get(1).firstNonFiniteIndex());
+                assertEquals(3.5, m.tensors().get(2).maxAbs());
+            }
+        }
+    }
+
+    @Test
+    void scanMapped_fileTruncatedUnderTheMapping_rejectedAsChangedAndScannerKeepsWorking() throws Exception {
+        // prevents: a trainer truncating a checkpoint mid-verification crashing the sidecar (the
+        // read of a mapped page the file no longer has is a SIGBUS) or being reported as a bug.
+        // The unit runs on a pool thread as in a scan: HotSpot reports the fault late, up to the task's end.
+        Path p = new SafetensorsWriter().f32("f", ramp(1_000_000)).write(dir.resolve("trunc.safetensors"));
+        java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newSingleThreadExecutor();
+        try (SafetensorsFile f = SafetensorsFile.open(p)) {
+            long pos = f.header().dataStart();
+            int len = 4_000_000;
+            var unit = new TensorScanner.Unit(pos, len, java.util.List.of(new TensorScanner.Piece(0, 0, pos, len)));
+            try (MappedWindow w = f.map(pos, len)) {
+                try (var raf = new java.io.RandomAccessFile(p.toFile(), "rw")) {
+                    raf.setLength(4096);
+                }
+                var failed = assertThrows(java.util.concurrent.ExecutionException.class,
+                        () -> pool.submit(() -> TensorScanner.scanMapped(f, w, unit, f.entries(), ScanOptions.FULL))
+                                .get());
+                RuntimeException e = TensorScanner.unitFailure(f, failed.getCause());
+                assertTrue(e instanceof RejectedTensorFileException, e.toString());
+                assertTrue(e.getMessage().contains("changed while being verified"), e.getMessage());
+                assertTrue(e.getMessage().contains("to 4096 bytes"), e.getMessage());
+            }
+            RejectedTensorFileException e = assertThrows(RejectedTensorFileException.class,
+                    () -> scanner.scan(f, ScanOptions.FULL, ScanProgress.NONE));
+            assertTrue(e.reason().contains("size changed"), e.reason());
+        } finally {
+            pool.shutdownNow();
+        }
+        assertEquals(3.5, scan(new SafetensorsWriter().f32("f", ramp(10)).write(dir.resolve("next.safetensors")))
+                .tensors().get(0).maxAbs());
     }
 
     private static ScanResult withoutTime(ScanResult r, long nanos) {
