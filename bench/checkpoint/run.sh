@@ -5,7 +5,7 @@
 # instead of tg1, finite check only (-Dstats=false, no checksum).
 # Results: medians in GB/s (1e9 bytes/s) and the scanning JVM's RSS.
 #
-#   bench/checkpoint/run.sh [rounds]        env: F32_GB (4) BF16_GB (2) THREADS (2) DIR (/tmp)
+#   bench/checkpoint/run.sh [rounds]        env: F32_GB (4) BF16_GB (2) THREADS (2) DIR (/tmp) CACHE (reread|as-is)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-3}; F32_GB=${F32_GB:-4}; BF16_GB=${BF16_GB:-2}; THREADS=${THREADS:-2}; DIR=${DIR:-/tmp}
@@ -14,7 +14,15 @@ PY=/usr/bin/python3   # Debian python3-numpy + python3-torch
 [ -s "$F32" ] || $PY bench/checkpoint/gen_safetensors.py "$F32" --gb "$F32_GB" --dtype F32
 [ -s "$BF16" ] || $PY bench/checkpoint/gen_safetensors.py "$BF16" --gb "$BF16_GB" --dtype BF16
 sync
-cat "$F32" "$BF16" > /dev/null      # into the page cache
+# Into the page cache in a known state: dropped, then read back sequentially, so readahead fills it
+# with large folios (ext4, Linux >= 6.16), as a checkpoint written in large writes also is. CACHE=as-is
+# keeps whatever the page cache holds (e.g. the generator's own pages).
+for f in "$F32" "$BF16"; do
+  if [ "${CACHE:-reread}" = reread ]; then
+    $PY -c 'import os, sys; os.posix_fadvise(os.open(sys.argv[1], os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)' "$f"
+  fi
+  cat "$f" > /dev/null
+done
 NPY=$DIR/tg-bench-small.npy; $PY -c "import numpy as np; np.save('$NPY', np.ones(1000, np.float32))"
 if [ -z "${SKIP_BUILD:-}" ]; then
   ./mvnw -q -B -o test-compile
@@ -23,6 +31,7 @@ fi
 CP=target/test-classes:target/classes:$(cat target/bench-cp.txt)
 HAVE_TORCH=$($PY -c 'import torch' 2>/dev/null && echo 1 || echo 0)
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# page cache: $(grep -E '^(Cached|FileHugePages):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')(CACHE=${CACHE:-reread})"
 echo "# java: $(java -version 2>&1 | head -1); numpy $($PY -c 'import numpy; print(numpy.__version__)'); torch $([ $HAVE_TORCH = 1 ] && $PY -c 'import torch; print(torch.__version__)' || echo absent)"
 for r in $(seq "$ROUNDS"); do
   echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"

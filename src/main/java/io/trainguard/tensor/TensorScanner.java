@@ -27,9 +27,10 @@ public final class TensorScanner implements AutoCloseable {
     public static final int DEFAULT_CHUNK_BYTES = 64 << 20;
 
     /**
-     * Bytes read at once per thread with {@link ReadMode#PREAD}. 128 KiB halves the read calls of 64 KiB (interleaved runs: as fast or a few percent faster) and stays in a
-     * 512 KiB L2 with the kernel's working set; 256 KiB was no better. A multiple of every element
-     * size and of the checksum block.
+     * Bytes read at once per thread with {@link ReadMode#PREAD}. 128 KiB halves the read calls of
+     * 64 KiB (interleaved runs: as fast or a few percent faster) and stays in a 512 KiB L2 with the
+     * kernel's working set; 256 KiB was no better. A multiple of every element size and of the
+     * checksum block.
      */
     static final int READ_BYTES = 128 << 10;
 
