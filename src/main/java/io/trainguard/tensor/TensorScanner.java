@@ -99,12 +99,22 @@ public final class TensorScanner implements AutoCloseable {
         fillFinite(b);
         // 2 KiB calls got C2 to compile the kernels within about a second; 256-byte calls never
         // reached its thresholds.
+        // The buffer classes a scan passes, so that C2 compiles for them and a real scan finds no
+        // class the compiled code did not expect (that threw the compiled scan loop away at the
+        // first verification): mapped units are read-only direct buffers, pread buffers writable
+        // ones, and the file's header goes through the same loop from a heap buffer.
         ByteBuffer small = b.duplicate().limit(2048).slice().order(ByteOrder.LITTLE_ENDIAN);
+        if (readMode == ReadMode.MAP) {
+            small = small.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
+        }
+        ByteBuffer header = ByteBuffer.allocate(2048).order(ByteOrder.LITTLE_ENDIAN);
+        ScanOptions headerOptions = new ScanOptions(options.checksum(), false, options.simd());
         for (int round = 0; round < WARM_UP_CALLS; round++) {
             for (TensorDType t : WARM_UP_DTYPES) {
                 CRC32C crc = options.checksum() == Checksum.CRC32C ? new CRC32C() : null;
                 ScanKernels.scanInto(small, 0, small.capacity(), t, new ScanAccumulator(), options, crc);
             }
+            ScanKernels.scan(header, 0, header.capacity(), TensorDType.U8, new ScanAccumulator(), headerOptions);
         }
         String done = "kernels";
         Path file = null;
