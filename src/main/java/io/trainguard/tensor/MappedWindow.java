@@ -17,7 +17,10 @@ import java.nio.channels.FileChannel;
  * while being verified.
  */
 final class MappedWindow implements AutoCloseable {
-    /** sun.misc.Unsafe#invokeCleaner, the supported way to unmap before GC (jdk.unsupported). */
+    /**
+     * For sun.misc.Unsafe#invokeCleaner: on Java 17 the one way to unmap a mapping before the GC
+     * collects its buffer (module jdk.unsupported, present in every JDK image Quarkus runs on).
+     */
     private static final sun.misc.Unsafe UNSAFE = unsafe();
 
     private final MappedByteBuffer mapped;
