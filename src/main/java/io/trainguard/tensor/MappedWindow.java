@@ -39,9 +39,14 @@ final class MappedWindow implements AutoCloseable {
         this.buffer = mapped.slice(lead, length).order(ByteOrder.LITTLE_ENDIAN);
     }
 
-    /** Whether windows can be unmapped promptly; without that {@link ReadMode#MAP} is not used. */
+    /**
+     * Whether mapping is safe and can be undone promptly; otherwise {@link ReadMode#MAP} falls back
+     * to pread. Not in a native image: HotSpot turns the SIGBUS of a read past a truncated file's
+     * end into an exception, a native image is not known to (a crash of the sidecar would be the
+     * price of a checkpoint truncated mid-verification).
+     */
     static boolean available() {
-        return UNSAFE != null;
+        return UNSAFE != null && !"runtime".equals(System.getProperty("org.graalvm.nativeimage.imagecode"));
     }
 
     /**
