@@ -6,11 +6,16 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.io.RandomAccessFile;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
+import java.util.List;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
 import java.util.zip.CRC32C;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
@@ -146,16 +151,16 @@ class TensorScannerTest {
         // read of a mapped page the file no longer has is a SIGBUS) or being reported as a bug.
         // The unit runs on a pool thread as in a scan: HotSpot reports the fault late, up to the task's end.
         Path p = new SafetensorsWriter().f32("f", ramp(1_000_000)).write(dir.resolve("trunc.safetensors"));
-        java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newSingleThreadExecutor();
+        ExecutorService pool = Executors.newSingleThreadExecutor();
         try (SafetensorsFile f = SafetensorsFile.open(p)) {
             long pos = f.header().dataStart();
             int len = 4_000_000;
-            var unit = new TensorScanner.Unit(pos, len, java.util.List.of(new TensorScanner.Piece(0, 0, pos, len)));
+            var unit = new TensorScanner.Unit(pos, len, List.of(new TensorScanner.Piece(0, 0, pos, len)));
             try (MappedWindow w = f.map(pos, len)) {
-                try (var raf = new java.io.RandomAccessFile(p.toFile(), "rw")) {
+                try (var raf = new RandomAccessFile(p.toFile(), "rw")) {
                     raf.setLength(4096);
                 }
-                var failed = assertThrows(java.util.concurrent.ExecutionException.class,
+                var failed = assertThrows(ExecutionException.class,
                         () -> pool.submit(() -> TensorScanner.scanMapped(f, w, unit, f.entries(), ScanOptions.FULL))
                                 .get());
                 RuntimeException e = TensorScanner.unitFailure(f, failed.getCause());
