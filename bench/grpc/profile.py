@@ -25,8 +25,8 @@ from common import pb
 MARKERS = {
     "TrainGuardGrpcService (service method, total)": "io.trainguard.api.grpc.TrainGuardGrpcService",
     "GuardService.report (engine, total)": "io.trainguard.guard.GuardService.report\n",
-    "RunGuard.decide": "io.trainguard.guard.RunGuard.decide",
-    "RunGuard.snapshot": "io.trainguard.guard.RunGuard.snapshot",
+    "RunDecider.decide": "io.trainguard.guard.run.RunDecider.decide",
+    "RunDecider.snapshot": "io.trainguard.guard.run.RunDecider.snapshot",
     "ProtoMapper (proto<->engine)": "io.trainguard.api.grpc.ProtoMapper.",
     "GuardEvents / metrics": "io.trainguard.metrics.",
     "SqliteJournal.commit": "io.trainguard.store.SqliteJournal.commit",

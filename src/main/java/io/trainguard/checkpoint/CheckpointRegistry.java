@@ -1,5 +1,6 @@
 package io.trainguard.checkpoint;
 
+import io.trainguard.guard.policy.Policy;
 import java.time.Clock;
 import java.time.Instant;
 import java.util.ArrayList;

@@ -4,7 +4,7 @@ import io.quarkus.runtime.Startup;
 import io.trainguard.guard.CheckpointCatalog;
 import io.trainguard.guard.GuardEvents;
 import io.trainguard.guard.GuardService;
-import io.trainguard.guard.Policy;
+import io.trainguard.guard.policy.Policy;
 import io.trainguard.store.SqliteJournal;
 import jakarta.enterprise.context.ApplicationScoped;
 import jakarta.enterprise.inject.Disposes;

@@ -2,9 +2,9 @@ package io.trainguard.config;
 
 import io.smallrye.config.ConfigMapping;
 import io.smallrye.config.WithDefault;
-import io.trainguard.guard.Action;
-import io.trainguard.guard.AuditMode;
-import io.trainguard.guard.ClipMode;
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.AuditMode;
+import io.trainguard.guard.model.ClipMode;
 import io.trainguard.tensor.Checksum;
 import io.trainguard.tensor.ReadMode;
 import java.nio.file.Path;

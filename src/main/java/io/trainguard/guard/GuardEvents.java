@@ -1,5 +1,10 @@
 package io.trainguard.guard;
 
+import io.trainguard.guard.model.Incident;
+import io.trainguard.guard.model.RunState;
+import io.trainguard.guard.model.StepReport;
+import io.trainguard.guard.model.Verdict;
+
 /** What observers (metrics, logs) hear from the engine. Implementations must be cheap and never throw. */
 public interface GuardEvents {
 

@@ -1,6 +1,22 @@
 package io.trainguard.guard;
 
 import io.trainguard.guard.detect.PreflightAudit;
+import io.trainguard.guard.model.AuditFinding;
+import io.trainguard.guard.model.AuditMode;
+import io.trainguard.guard.model.HangReport;
+import io.trainguard.guard.model.Incident;
+import io.trainguard.guard.model.IncidentKind;
+import io.trainguard.guard.model.LocalBounds;
+import io.trainguard.guard.model.Phase;
+import io.trainguard.guard.model.RunSetup;
+import io.trainguard.guard.model.RunSnapshot;
+import io.trainguard.guard.model.RunState;
+import io.trainguard.guard.model.Severity;
+import io.trainguard.guard.model.StepReport;
+import io.trainguard.guard.model.ValidationAudit;
+import io.trainguard.guard.model.Verdict;
+import io.trainguard.guard.policy.Policy;
+import io.trainguard.guard.run.RunDecider;
 import java.time.Clock;
 import java.time.Duration;
 import java.time.Instant;
@@ -18,7 +34,7 @@ import java.util.function.UnaryOperator;
 import java.util.regex.Pattern;
 
 /**
- * Entry point of the engine: keeps one {@link RunGuard} per run, writes what they decide to the
+ * Entry point of the engine: keeps one {@link RunDecider} per run, writes what they decide to the
  * journal (course-changing verdicts before they are returned) and tells observers. Plain Java; the
  * gRPC and REST adapters call it, nothing else holds run state.
  */
@@ -35,7 +51,7 @@ public final class GuardService {
     public record ValidationGate(boolean allowed, String reason) {
     }
 
-    private final Map<String, RunGuard> runs = new ConcurrentHashMap<>();
+    private final Map<String, RunDecider> runs = new ConcurrentHashMap<>();
     private final Journal journal;
     private final CheckpointCatalog checkpoints;
     private final GuardEvents events;
@@ -61,7 +77,7 @@ public final class GuardService {
     public int restore(int replaySteps) {
         int restored = 0;
         for (RunSnapshot s : journal.loadRuns()) {
-            RunGuard g = RunGuard.restore(s, checkpoints, journal::nextIncidentId);
+            RunDecider g = RunDecider.restore(s, checkpoints, journal::nextIncidentId);
             if (s.state() != RunState.CLOSED) {
                 for (int rank = 0; rank < s.worldSize(); rank++) {
                     g.replay(rank, journal.recentSteps(s.runId(), rank, replaySteps), nanoTime.getAsLong());
@@ -89,7 +105,7 @@ public final class GuardService {
                     + ": ranks are 0.." + (setup.worldSize() - 1));
         }
         Instant now = clock.instant();
-        RunGuard existing = runs.get(setup.runId());
+        RunDecider existing = runs.get(setup.runId());
         Policy policy = (existing != null ? existing.policy() : defaults).toBuilder().let(setup.policyOverrides());
         List<AuditFinding> findings = policy.preflightMode() == AuditMode.OFF ? List.of()
                 : preflight.audit(setup.precision(), setup.parameterGroups());
@@ -100,7 +116,7 @@ public final class GuardService {
             msg.append(" (set policy preflight_mode=WARN to train anyway)");
             throw new PreconditionFailedException(msg.toString());
         }
-        RunGuard guard;
+        RunDecider guard;
         boolean resumed;
         List<Incident> incidents = new ArrayList<>();
         if (existing != null) {
@@ -124,7 +140,7 @@ public final class GuardService {
                                 + "'); continuing after step " + guard.lastStep() + " in state " + guard.state(), now));
             }
         } else {
-            guard = runs.computeIfAbsent(setup.runId(), id -> new RunGuard(id, setup.worldSize(), policy,
+            guard = runs.computeIfAbsent(setup.runId(), id -> new RunDecider(id, setup.worldSize(), policy,
                     setup.watchedModules(), checkpoints, journal::nextIncidentId, now));
             resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong());
         }
@@ -138,8 +154,8 @@ public final class GuardService {
         return new OpenResult(guard.snapshot(), resumed, findings, guard.boundsFor(setup.rank(), nanoTime.getAsLong()));
     }
 
-    public RunGuard run(String runId) {
-        RunGuard g = runs.get(runId);
+    public RunDecider run(String runId) {
+        RunDecider g = runs.get(runId);
         if (g == null) {
             throw new RunNotFoundException(runId);
         }
@@ -165,8 +181,8 @@ public final class GuardService {
      */
     public CompletableFuture<Verdict> reportAsync(StepReport report) {
         long start = nanoTime.getAsLong();
-        RunGuard guard = run(report.runId());
-        RunGuard.Decision d;
+        RunDecider guard = run(report.runId());
+        RunDecider.Decision d;
         CompletableFuture<Void> written;
         synchronized (guard) {
             d = guard.decide(report, start, clock.instant());
@@ -195,7 +211,7 @@ public final class GuardService {
     }
 
     public ValidationGate beginValidation(String runId, int rank, long step) {
-        RunGuard g = run(runId);
+        RunDecider g = run(runId);
         checkRank(g, rank);
         StringBuilder why = new StringBuilder();
         boolean allowed = g.validationAllowed(step, why);
@@ -206,7 +222,7 @@ public final class GuardService {
     }
 
     public List<Long> endValidation(String runId, int rank, long step, ValidationAudit audit) {
-        RunGuard g = run(runId);
+        RunDecider g = run(runId);
         checkRank(g, rank);
         g.progress(rank, Phase.STEP, step, nanoTime.getAsLong());
         if (audit == null || !audit.anyChange()) {
@@ -237,14 +253,14 @@ public final class GuardService {
     }
 
     public RunState heartbeat(String runId, int rank, long step, Phase phase) {
-        RunGuard g = run(runId);
+        RunDecider g = run(runId);
         checkRank(g, rank);
         g.progress(rank, phase, step, nanoTime.getAsLong());
         return g.state();
     }
 
     public Policy updatePolicy(String runId, UnaryOperator<Policy.Builder> overrides, String reason) {
-        RunGuard g = run(runId);
+        RunDecider g = run(runId);
         Policy next = g.policy().toBuilder().let(overrides);
         String diff = g.changePolicy(next);
         checkpoints.configure(runId, next.knownGoodHealthySteps());
@@ -256,7 +272,7 @@ public final class GuardService {
     }
 
     public RunSnapshot resume(String runId, String reason) {
-        RunGuard g = run(runId);
+        RunDecider g = run(runId);
         RunState from = g.state();
         g.resume(reason == null ? "" : reason);
         Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.RESUMED, Severity.WARNING,
@@ -267,7 +283,7 @@ public final class GuardService {
     }
 
     public RunSnapshot close(String runId, int rank, String reason) {
-        RunGuard g = run(runId);
+        RunDecider g = run(runId);
         checkRank(g, rank);
         RunState from = g.state();
         if (g.close(rank, reason == null ? "" : reason)) {
@@ -279,7 +295,7 @@ public final class GuardService {
 
     /** An incident reported from outside the step path (e.g. a rejected checkpoint, tensor forensics). */
     public Incident recordIncident(String runId, int rank, long step, IncidentKind kind, Severity severity, String message) {
-        RunGuard g = run(runId);
+        RunDecider g = run(runId);
         Incident incident = g.incidentAt(rank, step, kind, severity, message, clock.instant());
         writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
         events.incident(incident);
@@ -289,12 +305,12 @@ public final class GuardService {
     // ------------------------------------------------------------------ queries
 
     public List<RunSnapshot> list() {
-        return runs.values().stream().map(RunGuard::snapshot)
+        return runs.values().stream().map(RunDecider::snapshot)
                 .sorted(Comparator.comparing(RunSnapshot::createdTime).thenComparing(RunSnapshot::runId)).toList();
     }
 
     public RunView view(String runId, int incidentLimit) {
-        RunGuard g = run(runId);
+        RunDecider g = run(runId);
         await(journal.write(new JournalWrite(null, List.of(), List.of())));
         return new RunView(g.snapshot(), journal.incidents(runId, incidentLimit <= 0 ? 50 : incidentLimit));
     }
@@ -306,7 +322,7 @@ public final class GuardService {
     public List<HangReport> hangs() {
         long now = nanoTime.getAsLong();
         List<HangReport> out = new ArrayList<>();
-        for (RunGuard g : runs.values()) {
+        for (RunDecider g : runs.values()) {
             out.addAll(g.hangs(now));
         }
         return out;
@@ -334,7 +350,7 @@ public final class GuardService {
         return hangs;
     }
 
-    private static void checkRank(RunGuard g, int rank) {
+    private static void checkRank(RunDecider g, int rank) {
         if (rank < 0 || rank >= g.worldSize()) {
             throw new InvalidRequestException("rank " + rank + " is outside world size " + g.worldSize() + " of run '"
                     + g.runId() + "': ranks are 0.." + (g.worldSize() - 1));

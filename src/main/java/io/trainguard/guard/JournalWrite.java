@@ -1,5 +1,8 @@
 package io.trainguard.guard;
 
+import io.trainguard.guard.model.Incident;
+import io.trainguard.guard.model.RunSnapshot;
+import io.trainguard.guard.model.StepRecord;
 import java.util.List;
 
 /**

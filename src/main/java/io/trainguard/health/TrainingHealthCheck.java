@@ -2,7 +2,7 @@ package io.trainguard.health;
 
 import io.smallrye.health.api.HealthGroup;
 import io.trainguard.guard.GuardService;
-import io.trainguard.guard.RunSnapshot;
+import io.trainguard.guard.model.RunSnapshot;
 import jakarta.enterprise.context.ApplicationScoped;
 import java.util.List;
 import org.eclipse.microprofile.health.HealthCheck;

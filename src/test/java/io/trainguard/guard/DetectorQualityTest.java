@@ -3,6 +3,12 @@ package io.trainguard.guard;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.ClipMode;
+import io.trainguard.guard.model.PrecisionSetup;
+import io.trainguard.guard.model.RunSetup;
+import io.trainguard.guard.model.Verdict;
+import io.trainguard.guard.policy.Policy;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;

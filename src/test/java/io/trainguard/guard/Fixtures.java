@@ -1,5 +1,12 @@
 package io.trainguard.guard;
 
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.AuditMode;
+import io.trainguard.guard.model.ClipMode;
+import io.trainguard.guard.model.PrecisionSetup;
+import io.trainguard.guard.model.RunSetup;
+import io.trainguard.guard.model.StepReport;
+import io.trainguard.guard.policy.Policy;
 import java.time.Clock;
 import java.time.Duration;
 import java.time.Instant;

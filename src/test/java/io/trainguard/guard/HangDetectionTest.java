@@ -3,6 +3,8 @@ package io.trainguard.guard;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.trainguard.guard.model.IncidentKind;
+import io.trainguard.guard.model.Phase;
 import org.junit.jupiter.api.Test;
 
 class HangDetectionTest {

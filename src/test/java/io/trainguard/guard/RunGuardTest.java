@@ -9,6 +9,14 @@ import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.ClipMode;
+import io.trainguard.guard.model.Incident;
+import io.trainguard.guard.model.IncidentKind;
+import io.trainguard.guard.model.RollbackPlan;
+import io.trainguard.guard.model.RunSnapshot;
+import io.trainguard.guard.model.RunState;
+import io.trainguard.guard.model.Verdict;
 import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Test;

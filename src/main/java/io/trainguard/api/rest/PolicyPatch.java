@@ -1,9 +1,9 @@
 package io.trainguard.api.rest;
 
-import io.trainguard.guard.Action;
-import io.trainguard.guard.AuditMode;
-import io.trainguard.guard.ClipMode;
-import io.trainguard.guard.Policy;
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.AuditMode;
+import io.trainguard.guard.model.ClipMode;
+import io.trainguard.guard.policy.Policy;
 import java.time.Duration;
 
 /**

@@ -2,14 +2,14 @@ package io.trainguard.api.rest;
 
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.guard.GuardService;
-import io.trainguard.guard.Incident;
-import io.trainguard.guard.Policy;
-import io.trainguard.guard.RunSnapshot;
+import io.trainguard.guard.model.Incident;
+import io.trainguard.guard.model.RunSnapshot;
+import io.trainguard.guard.policy.Policy;
 import jakarta.ws.rs.Consumes;
 import jakarta.ws.rs.DefaultValue;
 import jakarta.ws.rs.GET;
-import jakarta.ws.rs.PUT;
 import jakarta.ws.rs.POST;
+import jakarta.ws.rs.PUT;
 import jakarta.ws.rs.Path;
 import jakarta.ws.rs.PathParam;
 import jakarta.ws.rs.Produces;

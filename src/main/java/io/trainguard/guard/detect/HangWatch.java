@@ -1,6 +1,6 @@
 package io.trainguard.guard.detect;
 
-import io.trainguard.guard.Phase;
+import io.trainguard.guard.model.Phase;
 import java.time.Duration;
 
 /**

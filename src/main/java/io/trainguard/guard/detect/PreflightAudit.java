@@ -1,10 +1,10 @@
 package io.trainguard.guard.detect;
 
-import io.trainguard.guard.AuditFinding;
-import io.trainguard.guard.DType;
-import io.trainguard.guard.ParameterGroup;
-import io.trainguard.guard.PrecisionSetup;
-import io.trainguard.guard.Severity;
+import io.trainguard.guard.model.AuditFinding;
+import io.trainguard.guard.model.DType;
+import io.trainguard.guard.model.ParameterGroup;
+import io.trainguard.guard.model.PrecisionSetup;
+import io.trainguard.guard.model.Severity;
 import java.util.ArrayList;
 import java.util.EnumSet;
 import java.util.List;

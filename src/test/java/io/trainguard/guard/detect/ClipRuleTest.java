@@ -59,7 +59,7 @@ class ClipRuleTest {
         var watch = new HangWatch(0);
         long ms = 1_000_000;
         for (int s = 0; s < 20; s++) {
-            watch.progress(io.trainguard.guard.Phase.STEP, s, s * 100 * ms);
+            watch.progress(io.trainguard.guard.model.Phase.STEP, s, s * 100 * ms);
         }
         var min = java.time.Duration.ofMillis(10);
         var max = java.time.Duration.ofSeconds(60);

@@ -3,11 +3,11 @@ package io.trainguard.guard.detect;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.trainguard.guard.AuditFinding;
-import io.trainguard.guard.DType;
-import io.trainguard.guard.ParameterGroup;
-import io.trainguard.guard.PrecisionSetup;
-import io.trainguard.guard.Severity;
+import io.trainguard.guard.model.AuditFinding;
+import io.trainguard.guard.model.DType;
+import io.trainguard.guard.model.ParameterGroup;
+import io.trainguard.guard.model.PrecisionSetup;
+import io.trainguard.guard.model.Severity;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 

@@ -1,4 +1,4 @@
-package io.trainguard.guard;
+package io.trainguard.guard.model;
 
 /** Parameter and optimizer-state dtypes the pre-flight audit reasons about. */
 public enum DType {

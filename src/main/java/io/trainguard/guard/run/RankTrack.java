@@ -1,4 +1,4 @@
-package io.trainguard.guard;
+package io.trainguard.guard.run;
 
 import io.trainguard.guard.detect.ClipRule;
 import io.trainguard.guard.detect.DivergenceDetector;
@@ -8,6 +8,8 @@ import io.trainguard.guard.detect.NoClip;
 import io.trainguard.guard.detect.PercentileClip;
 import io.trainguard.guard.detect.SpikeDetector;
 import io.trainguard.guard.detect.ZScoreClip;
+import io.trainguard.guard.policy.Policy;
+
 
 /** The statistics of one rank: every rank sees its own loss, so detectors are per rank. */
 final class RankTrack {

@@ -1,14 +1,14 @@
-package io.trainguard.guard;
+package io.trainguard.guard.policy;
 
 import java.util.ArrayList;
 import java.util.List;
 
 /** "spikeZThreshold=6.0 -> 4.0": what a policy change journals. */
-final class PolicyDiff {
+public final class PolicyDiff {
     private PolicyDiff() {
     }
 
-    static String describe(Policy before, Policy after) {
+    public static String describe(Policy before, Policy after) {
         // A record's toString lists every component as name=value; comparing those needs no
         // reflection, which keeps the native image free of reflection config for Policy.
         String[] a = components(before);

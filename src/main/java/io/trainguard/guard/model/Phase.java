@@ -1,4 +1,4 @@
-package io.trainguard.guard;
+package io.trainguard.guard.model;
 
 /** What a rank is doing; each phase has its own learned duration for hang detection. */
 public enum Phase {

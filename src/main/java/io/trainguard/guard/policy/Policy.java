@@ -1,5 +1,9 @@
-package io.trainguard.guard;
+package io.trainguard.guard.policy;
 
+import io.trainguard.guard.InvalidRequestException;
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.AuditMode;
+import io.trainguard.guard.model.ClipMode;
 import java.time.Duration;
 
 /**

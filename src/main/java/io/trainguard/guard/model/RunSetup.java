@@ -1,5 +1,6 @@
-package io.trainguard.guard;
+package io.trainguard.guard.model;
 
+import io.trainguard.guard.policy.Policy;
 import java.util.List;
 import java.util.function.UnaryOperator;
 

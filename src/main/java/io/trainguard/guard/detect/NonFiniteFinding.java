@@ -1,12 +1,14 @@
-package io.trainguard.guard;
+package io.trainguard.guard.detect;
 
+import io.trainguard.guard.model.IncidentKind;
+import io.trainguard.guard.model.StepReport;
 import java.util.ArrayList;
 import java.util.List;
 
 /** Where a step went non-finite. The first module in forward order is the provenance people need. */
-record NonFiniteFinding(IncidentKind kind, String module, String message) {
+public record NonFiniteFinding(IncidentKind kind, String module, String message) {
 
-    static NonFiniteFinding of(StepReport r, List<String> watchedModules) {
+    public static NonFiniteFinding of(StepReport r, List<String> watchedModules) {
         List<String> parts = new ArrayList<>();
         IncidentKind kind = null;
         String module = "";

@@ -1,8 +1,9 @@
-package io.trainguard.guard;
+package io.trainguard.guard.run;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
+import io.trainguard.guard.model.RunState;
 import org.junit.jupiter.api.Test;
 
 class RunStateMachineTest {

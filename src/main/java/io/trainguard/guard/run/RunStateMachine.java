@@ -1,5 +1,6 @@
-package io.trainguard.guard;
+package io.trainguard.guard.run;
 
+import io.trainguard.guard.model.RunState;
 import java.util.EnumMap;
 import java.util.EnumSet;
 import java.util.Map;

@@ -1,5 +1,7 @@
-package io.trainguard.guard;
+package io.trainguard.guard.run;
 
+import io.trainguard.guard.InvalidRequestException;
+import io.trainguard.guard.model.StepReport;
 import java.util.List;
 
 /** Shape checks of a step report. NaN values are data and pass; inconsistent structure does not. */

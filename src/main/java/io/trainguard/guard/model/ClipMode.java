@@ -1,4 +1,4 @@
-package io.trainguard.guard;
+package io.trainguard.guard.model;
 
 public enum ClipMode {
     OFF,

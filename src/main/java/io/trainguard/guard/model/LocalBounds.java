@@ -1,4 +1,4 @@
-package io.trainguard.guard;
+package io.trainguard.guard.model;
 
 /**
  * What the client may decide on its own for the next steps: a finite step whose grad norm and loss

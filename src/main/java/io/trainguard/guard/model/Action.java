@@ -1,4 +1,4 @@
-package io.trainguard.guard;
+package io.trainguard.guard.model;
 
 /** What the trainer must do with the update of one step, ordered from least to most severe. */
 public enum Action {

@@ -1,4 +1,4 @@
-package io.trainguard.guard;
+package io.trainguard.guard.model;
 
 public record ParameterGroup(String name, long parameterCount, DType dtype, boolean trainable, boolean hasMasterCopy) {
 }

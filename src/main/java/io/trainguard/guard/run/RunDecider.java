@@ -1,6 +1,26 @@
-package io.trainguard.guard;
+package io.trainguard.guard.run;
 
+import io.trainguard.guard.CheckpointCatalog;
+import io.trainguard.guard.GuardService;
+import io.trainguard.guard.JournalWrite;
+import io.trainguard.guard.PreconditionFailedException;
 import io.trainguard.guard.detect.CrossRankCheck;
+import io.trainguard.guard.detect.NonFiniteFinding;
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.HangReport;
+import io.trainguard.guard.model.Incident;
+import io.trainguard.guard.model.IncidentKind;
+import io.trainguard.guard.model.LocalBounds;
+import io.trainguard.guard.model.Phase;
+import io.trainguard.guard.model.RollbackPlan;
+import io.trainguard.guard.model.RunSnapshot;
+import io.trainguard.guard.model.RunState;
+import io.trainguard.guard.model.Severity;
+import io.trainguard.guard.model.StepRecord;
+import io.trainguard.guard.model.StepReport;
+import io.trainguard.guard.model.Verdict;
+import io.trainguard.guard.policy.Policy;
+import io.trainguard.guard.policy.PolicyDiff;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -14,7 +34,7 @@ import java.util.Set;
  * I/O: it returns what must be journaled, and {@link GuardService} writes it. Callers serialise
  * access per run (every public method is synchronized).
  */
-public final class RunGuard {
+public final class RunDecider {
 
     /** A verdict and what must be journaled for it; awaited writes ({@code write().awaited()}) are durable before the verdict leaves. */
     public record Decision(Verdict verdict, JournalWrite write, RunState from, RunState to) {
@@ -50,7 +70,7 @@ public final class RunGuard {
         long next();
     }
 
-    RunGuard(String runId, int worldSize, Policy policy, List<String> watchedModules, CheckpointCatalog checkpoints,
+    public RunDecider(String runId, int worldSize, Policy policy, List<String> watchedModules, CheckpointCatalog checkpoints,
              IdSource ids, Instant now) {
         this.runId = runId;
         this.worldSize = worldSize;
@@ -64,8 +84,8 @@ public final class RunGuard {
     }
 
     /** Rebuilds a run from its journaled snapshot; statistics are replayed separately per rank. */
-    static RunGuard restore(RunSnapshot s, CheckpointCatalog checkpoints, IdSource ids) {
-        RunGuard g = new RunGuard(s.runId(), s.worldSize(), s.policy(), s.watchedModules(), checkpoints, ids, s.createdTime());
+    public static RunDecider restore(RunSnapshot s, CheckpointCatalog checkpoints, IdSource ids) {
+        RunDecider g = new RunDecider(s.runId(), s.worldSize(), s.policy(), s.watchedModules(), checkpoints, ids, s.createdTime());
         g.state.moveTo(s.state(), s.stateReason());
         g.lastStep = s.lastStep();
         g.stepsReported = s.stepsReported();
@@ -83,7 +103,7 @@ public final class RunGuard {
         return g;
     }
 
-    synchronized void replay(int rank, List<StepRecord> steps, long nowNanos) {
+    public synchronized void replay(int rank, List<StepRecord> steps, long nowNanos) {
         RankTrack t = track(rank, nowNanos);
         for (StepRecord s : steps) {
             // Routine snapshots are throttled; the step rows are the truth about the newest steps.
@@ -128,7 +148,7 @@ public final class RunGuard {
     // ------------------------------------------------------------------ joining
 
     /** A rank (re)joins. Returns true when this is a resume of a rank that was seen before. */
-    synchronized boolean join(int rank, List<String> modules, long nowNanos) {
+    public synchronized boolean join(int rank, List<String> modules, long nowNanos) {
         boolean known = ranks.containsKey(rank);
         RankTrack t = track(rank, nowNanos);
         boolean resumed = known || lastStep >= 0;
@@ -139,7 +159,7 @@ public final class RunGuard {
         return resumed;
     }
 
-    synchronized long lastStep() {
+    public synchronized long lastStep() {
         return lastStep;
     }
 
@@ -388,7 +408,7 @@ public final class RunGuard {
 
     // ------------------------------------------------------------------ validation, heartbeats, policy
 
-    synchronized boolean validationAllowed(long step, StringBuilder why) {
+    public synchronized boolean validationAllowed(long step, StringBuilder why) {
         if (state.state() != RunState.HEALTHY) {
             why.append("run is ").append(state.state()).append(": ").append(state.reason());
             return false;
@@ -404,16 +424,16 @@ public final class RunGuard {
         return true;
     }
 
-    synchronized void progress(int rank, Phase phase, long step, long nowNanos) {
+    public synchronized void progress(int rank, Phase phase, long step, long nowNanos) {
         track(rank, nowNanos).hang.progress(phase, step, nowNanos);
     }
 
-    synchronized Incident incidentAt(int rank, long step, IncidentKind kind, Severity severity, String message, Instant now) {
+    public synchronized Incident incidentAt(int rank, long step, IncidentKind kind, Severity severity, String message, Instant now) {
         updatedTime = now;
         return new Incident(ids.next(), runId, rank, step, kind, severity, message, "", now);
     }
 
-    synchronized String changePolicy(Policy next) {
+    public synchronized String changePolicy(Policy next) {
         Policy before = policy;
         policy = next;
         boolean shapeChanged = before.spikeEmaAlpha() != next.spikeEmaAlpha() || before.spikeWarmupSteps() != next.spikeWarmupSteps()
@@ -431,7 +451,7 @@ public final class RunGuard {
         return PolicyDiff.describe(before, next);
     }
 
-    synchronized void resume(String why) {
+    public synchronized void resume(String why) {
         if (state.state() != RunState.HALTED) {
             throw new PreconditionFailedException("run '" + runId + "' is " + state.state() + ", not HALTED: nothing to resume");
         }
@@ -443,7 +463,7 @@ public final class RunGuard {
     }
 
     /** Closes the run once every rank that joined has closed it. Returns true when the run closed now. */
-    synchronized boolean close(int rank, String why) {
+    public synchronized boolean close(int rank, String why) {
         RankTrack t = ranks.get(rank);
         if (t != null) {
             t.closed = true;
@@ -455,7 +475,7 @@ public final class RunGuard {
         return false;
     }
 
-    synchronized List<HangReport> hangs(long nowNanos) {
+    public synchronized List<HangReport> hangs(long nowNanos) {
         List<HangReport> out = new ArrayList<>();
         if (state.state() == RunState.CLOSED || state.state() == RunState.HALTED) {
             return out;
@@ -480,7 +500,7 @@ public final class RunGuard {
                 stepsReported, haltStep);
     }
 
-    synchronized LocalBounds boundsFor(int rank, long nowNanos) {
+    public synchronized LocalBounds boundsFor(int rank, long nowNanos) {
         return bounds(track(rank, nowNanos));
     }
 }
