@@ -36,11 +36,11 @@ echo "# java: $(java -version 2>&1 | head -1); numpy $($PY -c 'import numpy; pri
 for r in $(seq "$ROUNDS"); do
   echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg))"
   J="java -Xmx256m --add-modules jdk.incubator.vector -cp $CP"
-  $J -Dwarmup=true -DdjlNpy="$NPY" io.trainguard.tensor.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E "ROUND|MEDIAN|RSS"
-  $J -Dwarmup=true -Dread=pread io.trainguard.tensor.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
-  $J -Dsimd=false io.trainguard.tensor.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
-  $J -Dwarmup=true io.trainguard.tensor.ScanBench "$THREADS" crc32c 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
-  $J -Dstats=false io.trainguard.tensor.ScanBench "$THREADS" none 3 "$F32" "$BF16" 2>/dev/null | grep -E "MEDIAN"
+  $J -Dwarmup=true -DdjlNpy="$NPY" io.trainguard.tensor.scan.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E "ROUND|MEDIAN|RSS"
+  $J -Dwarmup=true -Dread=pread io.trainguard.tensor.scan.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
+  $J -Dsimd=false io.trainguard.tensor.scan.ScanBench "$THREADS" tg1 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
+  $J -Dwarmup=true io.trainguard.tensor.scan.ScanBench "$THREADS" crc32c 3 "$F32" "$BF16" 2>/dev/null | grep -E 'MEDIAN'
+  $J -Dstats=false io.trainguard.tensor.scan.ScanBench "$THREADS" none 3 "$F32" "$BF16" 2>/dev/null | grep -E "MEDIAN"
   $PY bench/checkpoint/compare.py numpy "$F32"; $PY bench/checkpoint/compare.py numpy "$BF16"
   if [ "$HAVE_TORCH" = 1 ]; then
     $PY bench/checkpoint/compare.py torch "$F32" 1; $PY bench/checkpoint/compare.py torch "$BF16" 1

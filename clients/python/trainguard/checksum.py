@@ -3,7 +3,7 @@
 The sidecar reports a tg1 checksum per tensor and per checkpoint file (``"tg1:<16 hex>"``, REST
 ``/runs/{run}`` -> ``checkpoints[].checksums``). These functions give the same values, so a trainer
 or an operator can check that the file about to be restored is byte for byte the one the sidecar
-verified. The definition (Java: ``io.trainguard.tensor.ContentHash``):
+verified. The definition (Java: ``io.trainguard.tensor.scan.ContentHash``):
 
 1. cut the bytes into blocks of 32 KiB (the last may be shorter);
 2. read a block as little-endian uint32 words, zero-padded to whole rows of 32 words; word ``i``

@@ -1,6 +1,6 @@
 package io.trainguard.checkpoint;
 
-import io.trainguard.tensor.TensorStats;
+import io.trainguard.tensor.scan.TensorStats;
 import java.time.Instant;
 import java.util.List;
 import java.util.Map;

@@ -1,16 +1,16 @@
 package io.trainguard.checkpoint;
 
-import io.trainguard.tensor.DjlTensors;
-import io.trainguard.tensor.FormatSniffer;
-import io.trainguard.tensor.ReadBuffer;
-import io.trainguard.tensor.RejectedTensorFileException;
-import io.trainguard.tensor.SafetensorsFile;
-import io.trainguard.tensor.ScanOptions;
-import io.trainguard.tensor.ScanResult;
-import io.trainguard.tensor.TensorFileException;
-import io.trainguard.tensor.TensorScanner;
-import io.trainguard.tensor.TensorStats;
-import io.trainguard.tensor.UnverifiableTensorFileException;
+import io.trainguard.tensor.format.FormatSniffer;
+import io.trainguard.tensor.format.ReadBuffer;
+import io.trainguard.tensor.format.RejectedTensorFileException;
+import io.trainguard.tensor.format.SafetensorsFile;
+import io.trainguard.tensor.format.TensorFileException;
+import io.trainguard.tensor.format.UnverifiableTensorFileException;
+import io.trainguard.tensor.inspect.DjlTensors;
+import io.trainguard.tensor.scan.ScanOptions;
+import io.trainguard.tensor.scan.ScanResult;
+import io.trainguard.tensor.scan.TensorScanner;
+import io.trainguard.tensor.scan.TensorStats;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;

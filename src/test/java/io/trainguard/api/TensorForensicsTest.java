@@ -13,7 +13,7 @@ import io.trainguard.api.grpc.v1.GetRunRequest;
 import io.trainguard.api.grpc.v1.IncidentKind;
 import io.trainguard.api.grpc.v1.InspectTensorsRequest;
 import io.trainguard.api.grpc.v1.RawTensor;
-import io.trainguard.tensor.SafetensorsWriter;
+import io.trainguard.tensor.format.SafetensorsWriter;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.List;

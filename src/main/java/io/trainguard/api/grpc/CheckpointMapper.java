@@ -11,8 +11,8 @@ import io.trainguard.checkpoint.CheckpointFormat;
 import io.trainguard.checkpoint.CheckpointRecord;
 import io.trainguard.checkpoint.VerificationProgress;
 import io.trainguard.guard.InvalidRequestException;
-import io.trainguard.tensor.RawTensor;
-import io.trainguard.tensor.TensorDType;
+import io.trainguard.tensor.format.TensorDType;
+import io.trainguard.tensor.inspect.RawTensor;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.List;
@@ -105,7 +105,7 @@ public final class CheckpointMapper {
         return bytes.asReadOnlyByteBuffer().order(ByteOrder.LITTLE_ENDIAN);
     }
 
-    public static TensorSummary summary(io.trainguard.tensor.TensorSummary s) {
+    public static TensorSummary summary(io.trainguard.tensor.inspect.TensorSummary s) {
         return TensorSummary.newBuilder().setName(s.name()).setDtype(dtype(s.dtype())).addAllShape(s.shape())
                 .setNanCount(s.nanCount()).setInfCount(s.infCount()).addAllFirstNonfiniteIndices(s.firstNonFiniteIndices())
                 .setMin(s.min()).setMax(s.max()).setMean(s.mean()).setStd(s.std()).build();

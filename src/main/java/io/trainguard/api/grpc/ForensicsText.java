@@ -1,6 +1,6 @@
 package io.trainguard.api.grpc;
 
-import io.trainguard.tensor.TensorSummary;
+import io.trainguard.tensor.inspect.TensorSummary;
 import java.util.List;
 
 /** The journaled text of an InspectTensors summary: one line per tensor, offenders first. */

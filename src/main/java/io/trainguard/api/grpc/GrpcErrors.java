@@ -9,7 +9,7 @@ import io.trainguard.guard.InvalidRequestException;
 import io.trainguard.guard.JournalUnavailableException;
 import io.trainguard.guard.PreconditionFailedException;
 import io.trainguard.guard.RunNotFoundException;
-import io.trainguard.tensor.TensorInputException;
+import io.trainguard.tensor.inspect.TensorInputException;
 import org.jboss.logging.Logger;
 
 /** The one place where engine exceptions become gRPC statuses. */

@@ -3,7 +3,7 @@ package io.trainguard.api.rest;
 import io.trainguard.checkpoint.CheckpointFileSpec;
 import io.trainguard.checkpoint.CheckpointRecord;
 import io.trainguard.checkpoint.VerificationProgress;
-import io.trainguard.tensor.TensorStats;
+import io.trainguard.tensor.scan.TensorStats;
 import java.time.Instant;
 import java.util.List;
 import java.util.Map;

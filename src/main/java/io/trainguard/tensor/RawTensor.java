@@ -1,7 +1,0 @@
-package io.trainguard.tensor;
-
-import java.nio.ByteBuffer;
-
-/** One tensor as the trainer ships it: little-endian, C order (mirrors trainguard.v1.RawTensor). */
-public record RawTensor(String name, TensorDType dtype, long[] shape, ByteBuffer data) {
-}

@@ -1,9 +1,0 @@
-package io.trainguard.tensor;
-
-/** Called from the scanning coordinator each time a chunk of a file is done. */
-@FunctionalInterface
-public interface ScanProgress {
-    ScanProgress NONE = (done, total) -> { };
-
-    void onProgress(long bytesDone, long bytesTotal);
-}

@@ -1,8 +1,0 @@
-package io.trainguard.tensor;
-
-/** A tensor sent for inspection is malformed or over a limit; maps to INVALID_ARGUMENT. */
-public final class TensorInputException extends RuntimeException {
-    public TensorInputException(String message) {
-        super(message);
-    }
-}
