@@ -138,6 +138,7 @@ expect_refused "Unix socket accepts connections from its own user only" --set tr
 expect_refused "runAsUser" --set sidecar.runAsUser=0
 expect_refused "transport" --set transport=http
 expect_refused "needs job.completionMode: Indexed" --set job.parallelism=2 --set 'journal.accessModes={ReadWriteMany}'
+expect_refused "is not a file inside the chart" --set "prometheusRule.ruleFiles={files/missing.yaml}"
 
 # Pod Security "restricted" on every rendered pod template, by the Kubernetes project's policy
 # code; the negative control proves the check can fail.
