@@ -146,8 +146,9 @@ if ! "${BIN}/psa-check" -level restricted -versions latest,v1.29 "${WORK}"/build
   grep -v '^ok' "${WORK}/psa.log" >&2 || true; status=1
 fi
 log "$(tail -1 "${WORK}/psa.log")"
-if "${BIN}/psa-check" "${ROOT}/k8s/psa-check/testdata/violating-pod.yaml" >/dev/null; then
-  log "FAIL psa-check passed its negative control (k8s/psa-check/testdata/violating-pod.yaml)"; status=1
+control="$("${BIN}/psa-check" "${ROOT}/k8s/psa-check/testdata/violating-pod.yaml" | tail -1 || true)"
+if [[ "${control}" != "psa-check: 2 pod templates, 2 violations of restricted" ]]; then
+  log "FAIL psa-check's negative control (k8s/psa-check/testdata/violating-pod.yaml): '${control}'"; status=1
 fi
 
 # Plain resource files of the base are validated on their own too (kustomization.yaml,
