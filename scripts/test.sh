@@ -13,7 +13,8 @@ step() { echo; echo "=== $*"; }
 step "installing the Python stacks (idempotent)"
 clients/python/scripts/setup-envs.sh all
 
-# First: it also installs kustomize, which ManifestConsistencyTest uses to render the overlays.
+# First: it also installs kustomize and helm, which ManifestConsistencyTest uses to render the
+# overlays, the component examples and the Helm chart.
 step "Kubernetes manifests against the API schemas"
 scripts/validate-k8s.sh
 

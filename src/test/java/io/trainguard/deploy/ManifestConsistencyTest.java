@@ -2,6 +2,7 @@ package io.trainguard.deploy;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
@@ -33,36 +34,53 @@ import org.yaml.snakeyaml.constructor.SafeConstructor;
 import io.smallrye.config.common.utils.StringUtil;
 
 /**
- * The Kubernetes manifests and Dockerfiles must use the sidecar's real configuration keys, port,
- * socket path and health endpoints. A renamed config key or a changed port otherwise only shows
- * up on a cluster, as a sidecar that silently ignores its setting or a probe that kills the pod.
+ * The Kubernetes manifests, the Helm chart and the Dockerfiles must use the sidecar's real
+ * configuration keys, ports, socket path, token file and health endpoints. A renamed config key
+ * or a changed port otherwise only shows up on a cluster, as a sidecar that silently ignores its
+ * setting or a probe that kills the pod.
  *
  * <p>Keys the sidecar reads = keys and {@code ${key:default}} references in application.properties
  * plus every leaf of the {@code @ConfigMapping} interfaces in src/main/java/io/trainguard/config.
- * Pod specs checked = the base Job plus, when kustomize or kubectl is installed, the kustomize
- * build of every overlay.
+ * Pods checked = the component's sidecar template (k8s/components/trainguard-sidecar/sidecar.yaml)
+ * plus, when kustomize / helm are installed (scripts/validate-k8s.sh installs both), every pod
+ * template of the kustomize build of the base, each overlay and each example, and of
+ * {@code helm template} with each example values file. The trainer is the pod's first container.
  */
 class ManifestConsistencyTest {
 
     private static final Path ROOT = Path.of("").toAbsolutePath();
     private static final Path K8S = ROOT.resolve("k8s");
+    private static final Path COMPONENT = K8S.resolve("components/trainguard-sidecar");
+    private static final Path CHART = K8S.resolve("helm/trainguard");
     private static final Path CONFIG_SRC = ROOT.resolve("src/main/java/io/trainguard/config");
     private static final Path HEALTH_SRC = ROOT.resolve("src/main/java/io/trainguard/health");
     private static final String SIDECAR = "trainguard";
-    private static final String TRAINER = "trainer";
+    private static final String TEMPLATE = "component sidecar.yaml";
+    /** Quarkus' default management port when quarkus.management.port is not set. */
+    private static final int QUARKUS_MANAGEMENT_DEFAULT_PORT = 9000;
+    /**
+     * Keys the deployment sets for issue #14's Java side (bearer token). Accepted as unknown only
+     * while that side has not landed, i.e. while the build has no management interface; from then
+     * on they must be keys the sidecar reads, like every other.
+     */
+    private static final Set<String> PENDING_SECURITY_KEYS = Set.of("trainguard.auth.token-file");
 
     private static Map<String, String> appProperties;
     private static Set<String> knownKeys;
-    private static Map<String, List<Map<String, Object>>> podSpecs;
+    /** where (file or render) -> its YAML documents. */
+    private static final Map<String, List<Object>> rendered = new LinkedHashMap<>();
+    /** where -> every pod spec found there that carries the trainguard sidecar. */
+    private static final Map<String, List<Map<String, Object>>> podSpecs = new LinkedHashMap<>();
 
     @BeforeAll
     static void load() throws IOException {
         appProperties = readAppProperties();
         knownKeys = new LinkedHashSet<>(appProperties.keySet());
         knownKeys.addAll(ConfigMappingKeys.read(CONFIG_SRC));
-        podSpecs = new LinkedHashMap<>();
-        podSpecs.put("k8s/base/job.yaml", podSpecsOf(yamlDocs(Files.readString(K8S.resolve("base/job.yaml")))));
-        podSpecs.putAll(renderedOverlayPodSpecs());
+        podSpecs.put(TEMPLATE, podSpecsOf(yamlDocs(Files.readString(COMPONENT.resolve("sidecar.yaml")))));
+        renderKustomizations();
+        renderHelmValues();
+        rendered.forEach((where, docs) -> podSpecs.put(where, podSpecsOf(docs)));
     }
 
     // Prevents: an env var or policy key in k8s that the sidecar never reads (typo, renamed key).
@@ -70,16 +88,26 @@ class ManifestConsistencyTest {
     void sidecarEnv_everyTrainguardVariable_isAKeyTheSidecarReads() throws IOException {
         Map<String, String> envToKey = new LinkedHashMap<>();
         knownKeys.forEach(k -> envToKey.put(envName(k), k));
+        if (!managementEnabled()) {
+            PENDING_SECURITY_KEYS.forEach(k -> envToKey.putIfAbsent(envName(k), k));
+        }
         List<String> unknown = new ArrayList<>();
+        Map<String, List<Object>> sources = new LinkedHashMap<>();
         for (Path file : k8sYamlFiles()) {
-            for (Object doc : yamlDocs(Files.readString(file))) {
+            if (!file.startsWith(CHART)) { // chart templates are Go templates: checked rendered
+                sources.put(ROOT.relativize(file).toString(), yamlDocs(Files.readString(file)));
+            }
+        }
+        sources.putAll(rendered);
+        sources.forEach((where, docs) -> {
+            for (Object doc : docs) {
                 for (Map<String, Object> c : containersNamed(doc, SIDECAR)) {
                     envOf(c).keySet().stream()
                             .filter(n -> n.startsWith("TRAINGUARD_") && !envToKey.containsKey(n))
-                            .forEach(n -> unknown.add(ROOT.relativize(file) + ": " + n));
+                            .forEach(n -> unknown.add(where + ": " + n));
                 }
             }
-        }
+        });
         for (String dockerfile : List.of("Dockerfile.native", "Dockerfile.jvm")) {
             Matcher m = Pattern.compile("\\b(TRAINGUARD_[A-Z0-9_]+)=").matcher(Files.readString(ROOT.resolve(dockerfile)));
             while (m.find()) {
@@ -92,43 +120,94 @@ class ManifestConsistencyTest {
                 + "; known keys: " + knownKeys);
     }
 
-    // Prevents: a policy key in the ConfigMap that silently falls back to the default.
+    // Prevents: a policy key in the ConfigMap or the chart's values that silently falls back to the default.
     @Test
-    void policyConfigMap_everyKey_isAKeyTheSidecarReads() throws IOException {
+    void policy_everyKeyInComponentAndChartValues_isAKeyTheSidecarReads() throws IOException {
+        Map<String, Set<String>> keysByFile = new LinkedHashMap<>();
         Properties policy = new Properties();
-        policy.load(new StringReader(Files.readString(K8S.resolve("base/policy/application.properties"))));
+        policy.load(new StringReader(Files.readString(COMPONENT.resolve("policy/application.properties"))));
         assertFalse(policy.isEmpty(), "policy ConfigMap is empty");
-        List<String> unknown = policy.stringPropertyNames().stream().filter(k -> !knownKeys.contains(k)).sorted().toList();
+        keysByFile.put("component policy", policy.stringPropertyNames());
+        List<Path> valuesFiles = new ArrayList<>(List.of(CHART.resolve("values.yaml")));
+        try (Stream<Path> s = Files.list(CHART.resolve("ci"))) {
+            s.filter(p -> p.toString().endsWith(".yaml")).sorted().forEach(valuesFiles::add);
+        }
+        for (Path values : valuesFiles) {
+            Object doc = yamlDocs(Files.readString(values)).stream().findFirst().orElse(Map.of());
+            if (doc instanceof Map<?, ?> m && m.get("policy") instanceof Map<?, ?> p) {
+                Set<String> keys = new LinkedHashSet<>();
+                p.keySet().forEach(k -> keys.add("trainguard.policy." + k));
+                keysByFile.put(ROOT.relativize(values).toString(), keys);
+            }
+        }
+        assertTrue(keysByFile.containsKey("k8s/helm/trainguard/values.yaml"), "the chart's values.yaml has no policy");
+        List<String> unknown = new ArrayList<>();
+        keysByFile.forEach((file, keys) -> keys.stream().filter(k -> !knownKeys.contains(k)).sorted()
+                .forEach(k -> unknown.add(file + ": " + k)));
         assertTrue(unknown.isEmpty(), "policy keys the sidecar does not read: " + unknown + "; known: " + knownKeys);
     }
 
-    // Prevents: probes, trainer liveness, PodMonitor or NetworkPolicy on a port nobody listens on.
+    // Prevents: probes, trainer liveness, PodMonitor or NetworkPolicy on a port nobody listens on,
+    // and gRPC/REST reachable from outside the pod (only the management port may be).
     @Test
-    void ports_probesPodMonitorAndImages_useTheListenPort() throws IOException {
+    void ports_probesPodMonitorNetworkPolicyAndImages_useTheManagementPort() throws IOException {
         for (var entry : podSpecs.entrySet()) {
             for (Map<String, Object> pod : entry.getValue()) {
                 String where = entry.getKey();
                 Map<String, Object> sidecar = sidecarOf(pod, where);
-                int port = listenPort(sidecar);
-                assertEquals(port, namedPort(sidecar, "http"), where + ": containerPort 'http' != listen port");
+                int management = managementPort(sidecar);
+                assertNotEquals(listenPort(sidecar), management, where + ": management port = gRPC port");
+                assertEquals(management, namedPort(sidecar, "management"), where + ": containerPort 'management'");
                 for (String probe : List.of("startupProbe", "readinessProbe", "livenessProbe")) {
-                    assertEquals(port, httpProbePort(sidecar, probe, sidecar), where + ": sidecar " + probe + " port");
+                    assertEquals(management, httpProbePort(sidecar, probe), where + ": sidecar " + probe + " port");
                 }
-                Map<String, Object> trainer = container(pod, "containers", TRAINER, where);
-                assertEquals(port, httpProbePort(trainer, "livenessProbe", sidecar), where + ": trainer livenessProbe port");
+                assertEquals(management, httpProbePort(trainerOf(pod, where), "livenessProbe"), where + ": trainer livenessProbe port");
+                assertTrue(List.of("127.0.0.1", "localhost", "::1").contains(setting(sidecar, "trainguard.listen.host")),
+                        where + ": gRPC/REST must listen on loopback only, not " + setting(sidecar, "trainguard.listen.host"));
+                assertEquals("0.0.0.0", envOf(sidecar).get("QUARKUS_MANAGEMENT_HOST"), where + ": kubelet and Prometheus reach the pod IP");
             }
         }
-        Map<String, Object> podMonitor = onlyDoc("base/podmonitor.yaml");
-        Map<String, Object> endpoint = first(list(map(podMonitor, "spec"), "podMetricsEndpoints"));
-        Map<String, Object> baseSidecar = sidecarOf(podSpecs.get("k8s/base/job.yaml").get(0), "base");
-        assertEquals(listenPort(baseSidecar), namedPort(baseSidecar, (String) endpoint.get("port")), "PodMonitor port name");
-        assertEquals("/q/metrics", endpoint.get("path"), "PodMonitor path");
-        Map<String, Object> policyPort = first(list(first(list(map(onlyDoc("base/networkpolicy.yaml"), "spec"), "ingress")), "ports"));
-        assertEquals(listenPort(baseSidecar), policyPort.get("port"), "NetworkPolicy port");
-        for (String dockerfile : List.of("Dockerfile.native", "Dockerfile.jvm")) {
-            assertTrue(Files.readString(ROOT.resolve(dockerfile)).contains("EXPOSE " + listenPort(baseSidecar)),
-                    dockerfile + " must EXPOSE the listen port");
+        List<Object> docs = new ArrayList<>(yamlDocs(Files.readString(K8S.resolve("base/podmonitor.yaml"))));
+        docs.addAll(yamlDocs(Files.readString(K8S.resolve("base/networkpolicy.yaml"))));
+        rendered.values().forEach(docs::addAll);
+        int management = managementPort(sidecarOf(podSpecs.get(TEMPLATE).get(0), TEMPLATE));
+        int podMonitors = 0;
+        int networkPolicies = 0;
+        for (Object d : docs) {
+            @SuppressWarnings("unchecked")
+            Map<String, Object> doc = (Map<String, Object>) d;
+            if ("PodMonitor".equals(doc.get("kind"))) {
+                podMonitors++;
+                Map<String, Object> endpoint = first(list(map(doc, "spec"), "podMetricsEndpoints"));
+                assertEquals("management", endpoint.get("port"), "PodMonitor port name");
+                assertEquals("/q/metrics", endpoint.get("path"), "PodMonitor path");
+            } else if ("NetworkPolicy".equals(doc.get("kind"))) {
+                networkPolicies++;
+                for (Map<String, Object> rule : list(map(doc, "spec"), "ingress")) {
+                    boolean fromOtherNamespaces = list(rule, "from").stream().anyMatch(f -> f.containsKey("namespaceSelector"));
+                    if (fromOtherNamespaces) {
+                        List<Object> ports = list(rule, "ports").stream().map(p -> p.get("port")).map(Object.class::cast).toList();
+                        assertEquals(List.of(management), ports, "NetworkPolicy: other namespaces may reach the management port only");
+                    }
+                }
+            }
         }
+        assertTrue(podMonitors > 0 && networkPolicies > 0, "no PodMonitor / NetworkPolicy checked");
+        for (String dockerfile : List.of("Dockerfile.native", "Dockerfile.jvm")) {
+            assertTrue(Files.readString(ROOT.resolve(dockerfile)).contains("EXPOSE " + management),
+                    dockerfile + " must EXPOSE the management port " + management);
+        }
+    }
+
+    // Prevents: probes aimed where the build serves no health. The manifests point them at the
+    // management interface, so the build must enable it (issue #14's Java side).
+    @Test
+    void managementInterface_isEnabledInTheBuild_whereTheProbesPoint() {
+        Assumptions.assumeTrue(managementEnabled(),
+                "quarkus.management.enabled is not yet true in application.properties (issue #14's Java side not merged)");
+        int configured = appProperties.get("quarkus.management.port") == null ? QUARKUS_MANAGEMENT_DEFAULT_PORT
+                : Integer.parseInt(resolveDefault(appProperties.get("quarkus.management.port")));
+        assertEquals(QUARKUS_MANAGEMENT_DEFAULT_PORT, configured, "application.properties' management port vs manifests");
     }
 
     // Prevents: probes on endpoints that do not exist (404 = failed probe = restart loop).
@@ -142,8 +221,7 @@ class ManifestConsistencyTest {
                 assertEquals("/q/health/started", probePath(sidecar, "startupProbe"), entry.getKey());
                 assertEquals("/q/health/ready", probePath(sidecar, "readinessProbe"), entry.getKey());
                 assertEquals("/q/health/live", probePath(sidecar, "livenessProbe"), entry.getKey());
-                Map<String, Object> trainer = container(pod, "containers", TRAINER, entry.getKey());
-                assertEquals("/q/health/group/trainer", probePath(trainer, "livenessProbe"), entry.getKey());
+                assertEquals("/q/health/group/trainer", probePath(trainerOf(pod, entry.getKey()), "livenessProbe"), entry.getKey());
             }
         }
     }
@@ -168,7 +246,7 @@ class ManifestConsistencyTest {
             for (Map<String, Object> pod : entry.getValue()) {
                 String where = entry.getKey();
                 Map<String, Object> sidecar = sidecarOf(pod, where);
-                Map<String, Object> trainer = container(pod, "containers", TRAINER, where);
+                Map<String, Object> trainer = trainerOf(pod, where);
                 String target = envOf(trainer).get("TRAINGUARD_TARGET");
                 assertNotNull(target, where + ": trainer has no TRAINGUARD_TARGET");
                 if (socketEnabled(sidecar)) {
@@ -178,11 +256,41 @@ class ManifestConsistencyTest {
                     String volume = volumeMountedAt(sidecar, dir, where);
                     assertEquals(volume, volumeMountedAt(trainer, dir, where), where + ": socket volume not shared");
                     assertTrue(volumeDef(pod, volume).containsKey("emptyDir"), where + ": socket volume must be an emptyDir");
-                    // The socket is created 0755: only its owner can connect.
-                    assertEquals(effectiveUid(pod, sidecar), effectiveUid(pod, trainer), where + ": sidecar and trainer UIDs differ");
+                    // The socket is created 0755: only its owner can connect. (The component's template
+                    // leaves the trainer's user to the pod it is added to: checked there.)
+                    if (!TEMPLATE.equals(where)) {
+                        assertEquals(effectiveUid(pod, sidecar), effectiveUid(pod, trainer), where + ": sidecar and trainer UIDs differ");
+                    }
                 } else {
                     assertEquals("localhost:" + listenPort(sidecar), target, where + ": TCP target");
                 }
+            }
+        }
+    }
+
+    // Prevents: a token the sidecar requires but the trainer cannot read (every write refused), or
+    // a token file path that is not where the Secret is mounted.
+    @Test
+    void token_secretMountedIntoBothContainers_atTheFileBothRead() {
+        for (var entry : podSpecs.entrySet()) {
+            for (Map<String, Object> pod : entry.getValue()) {
+                String where = entry.getKey();
+                Map<String, Object> sidecar = sidecarOf(pod, where);
+                Map<String, Object> trainer = trainerOf(pod, where);
+                String file = envOf(sidecar).get("TRAINGUARD_AUTH_TOKEN_FILE");
+                assertNotNull(file, where + ": sidecar has no TRAINGUARD_AUTH_TOKEN_FILE");
+                assertEquals(file, envOf(trainer).get("TRAINGUARD_TOKEN_FILE"), where + ": trainer's TRAINGUARD_TOKEN_FILE");
+                String dir = file.substring(0, file.lastIndexOf('/'));
+                String volume = volumeMountedAt(sidecar, dir, where);
+                assertEquals(volume, volumeMountedAt(trainer, dir, where), where + ": token volume not shared");
+                // /var/run is a symlink to /run in most images: a token dir there must not be the socket's.
+                String socketDir = setting(sidecar, "trainguard.listen.socket").replaceFirst("/[^/]*$", "");
+                assertNotEquals(socketDir.replaceFirst("^/var/run/", "/run/"), dir.replaceFirst("^/var/run/", "/run/"),
+                        where + ": the token's read-only Secret volume would hide the socket directory");
+                Map<String, Object> secret = map(volumeDef(pod, volume), "secret");
+                Map<String, Object> item = first(list(secret, "items"));
+                assertEquals("token", item.get("key"), where + ": Secret key");
+                assertEquals(file.substring(dir.length() + 1), item.get("path"), where + ": file name in the Secret volume");
             }
         }
     }
@@ -200,11 +308,14 @@ class ManifestConsistencyTest {
                 assertEquals(Boolean.TRUE, sc.get("readOnlyRootFilesystem"), where);
                 assertEquals(Boolean.FALSE, sc.get("allowPrivilegeEscalation"), where);
                 assertEquals(Boolean.TRUE, sc.get("runAsNonRoot"), where);
+                assertTrue(sc.get("runAsUser") instanceof Number n && n.longValue() > 0, where + ": sidecar runAsUser");
                 assertEquals(List.of("ALL"), map(sc, "capabilities").get("drop"), where);
                 assertEquals("RuntimeDefault", map(sc, "seccompProfile").get("type"), where);
                 Map<String, Object> limits = map(map(sidecar, "resources"), "limits");
                 assertNotNull(limits.get("memory"), where + ": sidecar memory limit");
-                assertTrue(List.of("OnFailure", "Never").contains(pod.get("restartPolicy")), where);
+                if (!TEMPLATE.equals(where)) {
+                    assertTrue(pod.get("restartPolicy") == null || List.of("OnFailure", "Never").contains(pod.get("restartPolicy")), where);
+                }
             }
         }
     }
@@ -218,8 +329,12 @@ class ManifestConsistencyTest {
                 Map<String, Object> sidecar = sidecarOf(pod, where);
                 String journal = setting(sidecar, "trainguard.journal.path");
                 String journalVolume = volumeMountedAt(sidecar, journal.substring(0, journal.lastIndexOf('/')), where);
-                assertTrue(volumeDef(pod, journalVolume).containsKey("persistentVolumeClaim"),
-                        where + ": journal must be on its own persistent volume");
+                Map<String, Object> journalDef = volumeDef(pod, journalVolume);
+                // The base and its overlays keep the journal across pod replacements; the component
+                // (and pods built with it) at least across container restarts.
+                boolean mustPersist = where.startsWith("kustomize k8s/base") || where.startsWith("kustomize k8s/overlays");
+                assertTrue(journalDef.containsKey("persistentVolumeClaim") || !mustPersist && journalDef.containsKey("emptyDir"),
+                        where + ": journal must be on its own persistent volume" + (mustPersist ? "" : " or an emptyDir"));
                 List<String> roots = List.of(setting(sidecar, "trainguard.checkpoint.roots").split(","));
                 for (String root : roots) {
                     Map<String, Object> mount = mountAt(sidecar, root.trim(), where);
@@ -254,26 +369,50 @@ class ManifestConsistencyTest {
         }
     }
 
-    // Prevents: overlays that only look right in their patches (rendered pods are checked above).
+    // Prevents: an overlay, example or values file that only looks right in its patches: each must
+    // render, and the sidecar must land in every pod template of the examples.
     @Test
-    void overlays_allRender_withKustomize() throws IOException {
-        Assumptions.assumeTrue(kustomizeCommand() != null, "neither kustomize nor kubectl installed");
-        long overlays;
-        try (Stream<Path> s = Files.list(K8S.resolve("overlays"))) {
-            overlays = s.filter(Files::isDirectory).count();
+    void renders_everyKustomizationAndValuesFile_rendersWithTheSidecarInEveryPod() throws IOException {
+        Assumptions.assumeTrue(kustomizeCommand() != null && helmCommand() != null,
+                "kustomize and helm not installed (scripts/validate-k8s.sh installs them)");
+        long expected = 1 + countDirs(K8S.resolve("overlays")) + countDirs(K8S.resolve("examples"));
+        try (Stream<Path> s = Files.list(CHART.resolve("ci"))) {
+            expected += s.filter(p -> p.toString().endsWith("-values.yaml")).count();
         }
-        assertEquals(overlays + 1, podSpecs.size(), "rendered pod specs: " + podSpecs.keySet());
-        Map<String, Object> spec = map(renderedJobs.get("multi-node"), "spec");
+        assertEquals(expected, rendered.size(), "renders: " + rendered.keySet());
+        assertEquals(2, podSpecs.get("kustomize k8s/examples/pytorchjob").size(), "PyTorchJob: Master and Worker guarded");
+        for (var entry : rendered.entrySet()) {
+            assertEquals(podTemplateCount(entry.getValue()), podSpecs.get(entry.getKey()).size(),
+                    entry.getKey() + ": a pod template without the trainguard sidecar");
+        }
+        Map<String, Object> spec = map(firstOfKind(rendered.get("kustomize k8s/overlays/multi-node"), "Job"), "spec");
         assertEquals("Indexed", spec.get("completionMode"), "multi-node: an Indexed Job, one rank per pod");
         assertTrue(((Number) spec.get("parallelism")).intValue() >= 2, "multi-node: several pods, each with its own sidecar");
     }
 
     // ----------------------------------------------------------------------------- helpers
 
-    private static final Map<String, Map<String, Object>> renderedJobs = new LinkedHashMap<>();
+    private static boolean managementEnabled() {
+        return "true".equals(appProperties.get("quarkus.management.enabled"));
+    }
+
+    private static String resolveDefault(String value) {
+        Matcher m = Pattern.compile("^\\$\\{[^:}]+:([^}]*)}$").matcher(value);
+        return m.matches() ? m.group(1) : value;
+    }
 
     private static int listenPort(Map<String, Object> sidecar) {
         return Integer.parseInt(setting(sidecar, "trainguard.listen.port"));
+    }
+
+    /** The port Quarkus' management interface listens on: the env var, else the build's, else 9000. */
+    private static int managementPort(Map<String, Object> sidecar) {
+        String env = envOf(sidecar).get("QUARKUS_MANAGEMENT_PORT");
+        if (env != null) {
+            return Integer.parseInt(env);
+        }
+        String configured = appProperties.get("quarkus.management.port");
+        return configured == null ? QUARKUS_MANAGEMENT_DEFAULT_PORT : Integer.parseInt(resolveDefault(configured));
     }
 
     private static boolean socketEnabled(Map<String, Object> sidecar) {
@@ -291,7 +430,7 @@ class ManifestConsistencyTest {
         return dflt;
     }
 
-    private static int httpProbePort(Map<String, Object> c, String probe, Map<String, Object> sidecar) {
+    private static int httpProbePort(Map<String, Object> c, String probe) {
         Map<String, Object> get = map(map(c, probe), "httpGet");
         Object port = get.get("port");
         if (port instanceof Number n) {
@@ -345,13 +484,16 @@ class ManifestConsistencyTest {
     }
 
     private static Map<String, Object> sidecarOf(Map<String, Object> pod, String where) {
-        return container(pod, "initContainers", SIDECAR, where);
+        List<Map<String, Object>> found = list(pod, "initContainers").stream().filter(c -> SIDECAR.equals(c.get("name"))).toList();
+        assertEquals(1, found.size(), where + ": expected exactly one init container named " + SIDECAR);
+        return found.get(0);
     }
 
-    private static Map<String, Object> container(Map<String, Object> pod, String field, String name, String where) {
-        List<Map<String, Object>> found = list(pod, field).stream().filter(c -> name.equals(c.get("name"))).toList();
-        assertEquals(1, found.size(), where + ": expected exactly one " + field + " entry named " + name);
-        return found.get(0);
+    /** The trainer is the pod's first container (the component's convention). */
+    private static Map<String, Object> trainerOf(Map<String, Object> pod, String where) {
+        List<Map<String, Object>> containers = list(pod, "containers");
+        assertFalse(containers.isEmpty(), where + ": pod has no containers");
+        return containers.get(0);
     }
 
     private static Map<String, String> envOf(Map<String, Object> c) {
@@ -386,59 +528,104 @@ class ManifestConsistencyTest {
         return out;
     }
 
+    /** Every pod spec (a mapping with a containers list) nested anywhere: Job, JobSet, PyTorchJob... */
     @SuppressWarnings("unchecked")
-    private static List<Map<String, Object>> podSpecsOf(List<Object> docs) {
-        List<Map<String, Object>> pods = new ArrayList<>();
-        for (Object d : docs) {
-            Map<String, Object> doc = (Map<String, Object>) d;
-            if ("Job".equals(doc.get("kind"))) {
-                pods.add(map(map(map(doc, "spec"), "template"), "spec"));
+    private static void collectPodSpecs(Object node, List<Map<String, Object>> out) {
+        if (node instanceof Map<?, ?> m) {
+            if (m.get("containers") instanceof List<?>) {
+                out.add((Map<String, Object>) m);
+                return;
             }
+            m.values().forEach(v -> collectPodSpecs(v, out));
+        } else if (node instanceof List<?> l) {
+            l.forEach(v -> collectPodSpecs(v, out));
         }
-        assertFalse(pods.isEmpty(), "no Job found");
-        return pods;
     }
 
-    private static Map<String, List<Map<String, Object>>> renderedOverlayPodSpecs() throws IOException {
-        Map<String, List<Map<String, Object>>> out = new LinkedHashMap<>();
+    private static int podTemplateCount(List<Object> docs) {
+        List<Map<String, Object>> pods = new ArrayList<>();
+        docs.forEach(d -> collectPodSpecs(d, pods));
+        return pods.size();
+    }
+
+    /** The pod specs that carry the sidecar; a render without any is an error. */
+    private static List<Map<String, Object>> podSpecsOf(List<Object> docs) {
+        List<Map<String, Object>> pods = new ArrayList<>();
+        docs.forEach(d -> collectPodSpecs(d, pods));
+        List<Map<String, Object>> guarded = pods.stream()
+                .filter(p -> list(p, "initContainers").stream().anyMatch(c -> SIDECAR.equals(c.get("name")))).toList();
+        assertFalse(guarded.isEmpty(), "no pod with the trainguard sidecar found");
+        return guarded;
+    }
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> firstOfKind(List<Object> docs, String kind) {
+        return (Map<String, Object>) docs.stream().filter(d -> d instanceof Map<?, ?> m && kind.equals(m.get("kind")))
+                .findFirst().orElseThrow(() -> new AssertionError("no " + kind));
+    }
+
+    private static long countDirs(Path dir) throws IOException {
+        try (Stream<Path> s = Files.list(dir)) {
+            return s.filter(Files::isDirectory).count();
+        }
+    }
+
+    private static void renderKustomizations() throws IOException {
         List<String> cmd = kustomizeCommand();
         if (cmd == null) {
-            return out;
+            return;
         }
-        List<Path> overlays;
-        try (Stream<Path> s = Files.list(K8S.resolve("overlays"))) {
-            overlays = s.filter(Files::isDirectory).sorted().toList();
-        }
-        for (Path overlay : overlays) {
-            List<String> full = new ArrayList<>(cmd);
-            full.add(overlay.toString());
-            String yaml = run(full);
-            List<Object> docs = yamlDocs(yaml);
-            out.put("overlay " + overlay.getFileName(), podSpecsOf(docs));
-            for (Object d : docs) {
-                if (d instanceof Map<?, ?> m && "Job".equals(m.get("kind"))) {
-                    @SuppressWarnings("unchecked")
-                    Map<String, Object> job = (Map<String, Object>) m;
-                    renderedJobs.put(overlay.getFileName().toString(), job);
-                }
+        List<Path> dirs = new ArrayList<>(List.of(K8S.resolve("base")));
+        for (String parent : List.of("overlays", "examples")) {
+            try (Stream<Path> s = Files.list(K8S.resolve(parent))) {
+                s.filter(Files::isDirectory).sorted().forEach(dirs::add);
             }
         }
-        return out;
+        for (Path dir : dirs) {
+            List<String> full = new ArrayList<>(cmd);
+            full.add(dir.toString());
+            rendered.put("kustomize " + ROOT.relativize(dir), yamlDocs(run(full)));
+        }
+    }
+
+    private static void renderHelmValues() throws IOException {
+        String helm = helmCommand();
+        if (helm == null) {
+            return;
+        }
+        List<Path> values;
+        try (Stream<Path> s = Files.list(CHART.resolve("ci"))) {
+            values = s.filter(p -> p.toString().endsWith("-values.yaml")).sorted().toList();
+        }
+        for (Path v : values) {
+            String release = v.getFileName().toString().replace("-values.yaml", "");
+            rendered.put("helm " + release, yamlDocs(run(List.of(helm, "template", release, CHART.toString(),
+                    "--kube-version", "1.29.0", "-f", v.toString()))));
+        }
+    }
+
+    private static String helmCommand() {
+        return tool("helm");
     }
 
     private static List<String> kustomizeCommand() {
-        Path cached = Path.of(System.getProperty("user.home"), ".cache/trainguard/bin/kustomize");
+        String kustomize = tool("kustomize");
+        if (kustomize != null) {
+            return List.of(kustomize, "build");
+        }
+        String kubectl = tool("kubectl");
+        return kubectl == null ? null : List.of(kubectl, "kustomize");
+    }
+
+    /** scripts/validate-k8s.sh's cached copy first, then PATH. */
+    private static String tool(String name) {
+        Path cached = Path.of(System.getProperty("user.home"), ".cache/trainguard/bin", name);
         if (Files.isExecutable(cached)) {
-            return List.of(cached.toString(), "build");
+            return cached.toString();
         }
         for (String dir : System.getenv().getOrDefault("PATH", "").split(":")) {
-            if (!dir.isEmpty() && Files.isExecutable(Path.of(dir, "kustomize"))) {
-                return List.of(Path.of(dir, "kustomize").toString(), "build");
-            }
-        }
-        for (String dir : System.getenv().getOrDefault("PATH", "").split(":")) {
-            if (!dir.isEmpty() && Files.isExecutable(Path.of(dir, "kubectl"))) {
-                return List.of(Path.of(dir, "kubectl").toString(), "kustomize");
+            if (!dir.isEmpty() && Files.isExecutable(Path.of(dir, name))) {
+                return Path.of(dir, name).toString();
             }
         }
         return null;
@@ -500,13 +687,6 @@ class ManifestConsistencyTest {
             }
         });
         return docs;
-    }
-
-    @SuppressWarnings("unchecked")
-    private static Map<String, Object> onlyDoc(String relative) throws IOException {
-        List<Object> docs = yamlDocs(Files.readString(K8S.resolve(relative)));
-        assertEquals(1, docs.size(), relative);
-        return (Map<String, Object>) docs.get(0);
     }
 
     @SuppressWarnings("unchecked")
