@@ -6,7 +6,7 @@ package io.trainguard.guard.detect;
  * EMA seen; staying above {@code ratio} times that best for {@code window} consecutive steps is
  * divergence (llm-foundry's KillLossSpike uses 2x the running mean for more than 4 steps). The
  * short-term level is the median of the last few losses, so one bad batch (a spike, which the spike
- * detector handles) cannot look like divergence however large it is.
+ * detector handles) cannot look like divergence however large it is, nor move the slow EMA.
  */
 public final class DivergenceDetector {
     private static final int RECENT = 5;
@@ -36,7 +36,9 @@ public final class DivergenceDetector {
         recent[(int) (count % RECENT)] = loss;
         count++;
         fast = median();
-        slow = count == 1 ? loss : SLOW_ALPHA * slow + (1 - SLOW_ALPHA) * loss;
+        // The slow EMA follows the median, not the raw loss: one exploded loss (1e12, skipped as a
+        // spike) would otherwise raise it for a thousand steps and blind this detector meanwhile.
+        slow = count == 1 ? loss : SLOW_ALPHA * slow + (1 - SLOW_ALPHA) * fast;
         if (count < warmup) {
             return false;
         }

@@ -39,6 +39,10 @@ public final class EmaStats {
         return count >= warmup;
     }
 
+    public int warmup() {
+        return warmup;
+    }
+
     public double mean() {
         return mean;
     }

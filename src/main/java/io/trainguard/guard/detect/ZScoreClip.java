@@ -4,9 +4,15 @@ package io.trainguard.guard.detect;
  * ZClip (Kumar et al. 2025): EMA mean and std of the grad norm; a norm whose z-score exceeds
  * {@code zThreshold} is clipped to {@code mean + zThreshold^2 * std / z}, and the statistics are
  * updated with the clipped value, so a burst of large norms cannot drag the mean up with it.
+ * During the warm-up (no clipping yet) the same holds: a norm is winsorized at a robust early bound
+ * (median + 12 spreads of the norms so far, see {@link RobustBaseline}) before it is learned, so an
+ * explosion in the first steps cannot become the mean that later steps are clipped against.
  */
 public final class ZScoreClip implements ClipRule {
+    static final double WARMUP_SPREADS = 12;
+    static final double FIRST_SPREADS = 96; // fewer than 8 norms: only jumps of ~100x are sure outliers
     private final EmaStats stats;
+    private final RobustBaseline level = new RobustBaseline();
     private final double zThreshold;
 
     public ZScoreClip(double alpha, int warmup, double zThreshold) {
@@ -28,7 +34,14 @@ public final class ZScoreClip implements ClipRule {
 
     @Override
     public void observe(double gradNorm) {
-        stats.observe(Math.min(gradNorm, thresholdFor(gradNorm)));
+        if (!Double.isFinite(gradNorm)) {
+            return;
+        }
+        double ceiling = stats.warmedUp() ? thresholdFor(gradNorm)
+                : level.upperBound(level.count() >= RobustBaseline.MIN_SAMPLES ? WARMUP_SPREADS : FIRST_SPREADS);
+        double admitted = Math.min(gradNorm, ceiling);
+        stats.observe(admitted);
+        level.observe(admitted);
     }
 
     @Override

@@ -32,8 +32,8 @@ final class RankTrack {
 
     /** Rebuilds the detectors whose shape the policy defines; thresholds are read per step. */
     void rebuild(Policy policy) {
-        lossSpikes = new SpikeDetector(policy.spikeEmaAlpha(), policy.spikeWarmupSteps());
-        gradSpikes = new SpikeDetector(policy.spikeEmaAlpha(), policy.spikeWarmupSteps());
+        lossSpikes = new SpikeDetector(policy.spikeEmaAlpha(), policy.spikeWarmupSteps(), policy.spikeZThreshold());
+        gradSpikes = new SpikeDetector(policy.spikeEmaAlpha(), policy.spikeWarmupSteps(), policy.spikeZThreshold());
         clip = clipRule(policy);
         divergence = new DivergenceDetector(policy.divergenceRatio(), policy.divergenceWindow(), policy.spikeWarmupSteps());
     }

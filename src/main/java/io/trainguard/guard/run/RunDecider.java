@@ -250,16 +250,14 @@ public final class RunDecider {
             double z = policy.spikeZThreshold();
             if (!r.lossAbsent() && t.lossSpikes.isSpike(r.loss(), z)) {
                 spike = true;
-                String msg = String.format("loss spike: %.6g is %.1f sigma above its moving mean %.6g (threshold %.1f)",
-                        r.loss(), t.lossSpikes.zScore(r.loss()), t.lossSpikes.mean(), z);
+                String msg = t.lossSpikes.explain("loss", r.loss(), z); // [detect] robust from step 1
                 reasons.add(msg);
                 incidents.add(incident(r, IncidentKind.LOSS_SPIKE, Severity.WARNING, msg, "", now));
                 o.clip = Math.min(o.clip, Math.max(t.gradSpikes.mean(), Double.MIN_NORMAL));
             }
             if (t.gradSpikes.isSpike(r.gradNorm(), z)) {
                 spike = true;
-                String msg = String.format("grad-norm spike: %.6g is %.1f sigma above its moving mean %.6g (threshold %.1f)",
-                        r.gradNorm(), t.gradSpikes.zScore(r.gradNorm()), t.gradSpikes.mean(), z);
+                String msg = t.gradSpikes.explain("grad-norm", r.gradNorm(), z); // [detect]
                 reasons.add(msg);
                 incidents.add(incident(r, IncidentKind.GRAD_SPIKE, Severity.WARNING, msg, "", now));
                 o.clip = Math.min(o.clip, t.gradSpikes.upperBound(z));
