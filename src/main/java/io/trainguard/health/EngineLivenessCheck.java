@@ -7,7 +7,12 @@ import org.eclipse.microprofile.health.HealthCheck;
 import org.eclipse.microprofile.health.HealthCheckResponse;
 import org.eclipse.microprofile.health.Liveness;
 
-/** The sidecar itself is alive when its engine answers and the journal writer thread runs. */
+/**
+ * Alive = the process can serve: the engine answers from memory and the journal's writer thread
+ * runs. A journal that cannot commit (full or read-only disk) is NOT a liveness failure: a restart
+ * does not free the disk, it only loses the in-memory state and turns a degraded sidecar into a
+ * crash loop. Readiness ({@link JournalReadinessCheck}) reports that case.
+ */
 @Liveness
 @ApplicationScoped
 public class EngineLivenessCheck implements HealthCheck {
@@ -21,7 +26,7 @@ public class EngineLivenessCheck implements HealthCheck {
 
     @Override
     public HealthCheckResponse call() {
-        return HealthCheckResponse.named("engine").status(journal.healthy())
-                .withData("runs", guard.list().size()).build();
+        return HealthCheckResponse.named("engine").status(journal.writerAlive())
+                .withData("runs", guard.list().size()).withData("journalWritable", journal.healthy()).build();
     }
 }

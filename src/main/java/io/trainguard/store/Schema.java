@@ -16,5 +16,7 @@ final class Schema {
         s.execute("CREATE TABLE IF NOT EXISTS incidents(id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, rank INTEGER NOT NULL, "
                 + "step INTEGER NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL, message TEXT NOT NULL, module TEXT, time_ms INTEGER NOT NULL)");
         s.execute("CREATE INDEX IF NOT EXISTS incidents_by_run ON incidents(run_id, id)");
+        // the writer's recovery probe after a failed commit (disk full, read-only remount)
+        s.execute("CREATE TABLE IF NOT EXISTS journal_probe(id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL)");
     }
 }

@@ -44,13 +44,18 @@ public final class SqliteJournal implements Journal, AutoCloseable {
     private static final int MAX_BATCH = 4096;
     private static final long LINGER_NANOS = 2_000_000L;
     private static final long IDLE_PARK_NANOS = 50_000_000L;
+    /** While the journal is failing, how often the idle writer tries a small write to see it is back. */
+    private static final long PROBE_INTERVAL_NANOS = 1_000_000_000L;
 
     private record Pending(JournalWrite write, CompletableFuture<Void> done) {
     }
 
     private final ObjectMapper json = new ObjectMapper().registerModule(new JavaTimeModule())
             .configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
-    private final Connection writeConnection;
+    private final String url;
+    private final String synchronous;
+    /** Owned by the writer thread after construction; reopened after a failed commit (see {@link #recover}). */
+    private Connection writeConnection;
     private final Connection readConnection;
     /** Prepared once and used by the writer thread only (closing the connection closes them). */
     private PreparedStatement insertStep;
@@ -70,15 +75,9 @@ public final class SqliteJournal implements Journal, AutoCloseable {
             if (parent != null) {
                 Files.createDirectories(parent);
             }
-            String url = "jdbc:sqlite:" + file.toAbsolutePath();
-            writeConnection = DriverManager.getConnection(url);
-            try (Statement s = writeConnection.createStatement()) {
-                s.execute("PRAGMA journal_mode=WAL");
-                s.execute("PRAGMA synchronous=" + synchronous);
-                s.execute("PRAGMA busy_timeout=5000");
-                Schema.create(s);
-            }
-            writeConnection.setAutoCommit(false);
+            url = "jdbc:sqlite:" + file.toAbsolutePath();
+            this.synchronous = synchronous;
+            writeConnection = openWriter(true);
             readConnection = DriverManager.getConnection(url);
             try (Statement s = readConnection.createStatement()) {
                 s.execute("PRAGMA busy_timeout=5000");
@@ -95,6 +94,23 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         writer = new Thread(this::writeLoop, "trainguard-journal-writer");
         writer.setDaemon(true);
         writer.start();
+    }
+
+    private Connection openWriter(boolean createSchema) throws SQLException {
+        Connection c = DriverManager.getConnection(url);
+        try (Statement s = c.createStatement()) {
+            s.execute("PRAGMA journal_mode=WAL");
+            s.execute("PRAGMA synchronous=" + synchronous);
+            s.execute("PRAGMA busy_timeout=5000");
+            if (createSchema) {
+                Schema.create(s);
+            }
+        } catch (SQLException e) {
+            c.close();
+            throw e;
+        }
+        c.setAutoCommit(false);
+        return c;
     }
 
     @Override
@@ -132,7 +148,15 @@ public final class SqliteJournal implements Journal, AutoCloseable {
     }
 
     public boolean healthy() {
-        return running && writer.isAlive() && lastFailure == null;
+        return writerAlive() && lastFailure == null;
+    }
+
+    /**
+     * The writer thread runs: the journal can recover by itself (a full disk that frees up). False
+     * only after close or a bug that ended the thread, which a restart does cure.
+     */
+    public boolean writerAlive() {
+        return running && writer.isAlive();
     }
 
     public int queued() {
@@ -146,12 +170,19 @@ public final class SqliteJournal implements Journal, AutoCloseable {
     private void writeLoop() {
         List<Pending> batch = new ArrayList<>(MAX_BATCH);
         int idleRounds = 0;
+        long lastProbe = System.nanoTime();
         while (running || !queue.isEmpty()) {
             Pending next;
             while (batch.size() < MAX_BATCH && (next = queue.poll()) != null) {
                 batch.add(next);
             }
             if (batch.isEmpty()) {
+                if (lastFailure != null && System.nanoTime() - lastProbe > PROBE_INTERVAL_NANOS) {
+                    // Nobody may write for a while after a disk-full: find out ourselves that it is
+                    // back, so readiness turns UP again without waiting for a verdict to fail.
+                    lastProbe = System.nanoTime();
+                    probe();
+                }
                 // Group commit: sleep until a write someone waits for unparks us, or LINGER_NANOS
                 // (longer once idle, so an idle sidecar does not wake 500 times a second).
                 LockSupport.parkNanos(this, ++idleRounds > 50 ? IDLE_PARK_NANOS : LINGER_NANOS);
@@ -164,13 +195,14 @@ public final class SqliteJournal implements Journal, AutoCloseable {
                 lastFailure = null;
                 batch.forEach(p -> p.done().complete(null));
             } catch (Exception e) {
-                lastFailure = e;
-                LOG.errorf(e, "journal commit of %d writes failed", batch.size());
-                try {
-                    writeConnection.rollback();
-                } catch (SQLException ignored) {
-                    // the connection is broken; the next commit reports it again
+                if (lastFailure == null) {
+                    LOG.errorf(e, "journal commit of %d writes failed", batch.size());
+                } else {
+                    LOG.debugf("journal commit of %d writes failed again: %s", batch.size(), e.getMessage());
                 }
+                lastFailure = e;
+                recover();
+                lastProbe = System.nanoTime();
                 batch.forEach(p -> p.done().completeExceptionally(e));
             } finally {
                 batch.clear();
@@ -178,7 +210,60 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         }
     }
 
+    /**
+     * After a failed commit SQLite may already have rolled the transaction back on its own (a full
+     * disk does that), and the driver's connection then answers every later commit with "cannot
+     * commit - no transaction is active" until the process restarts. A fresh connection has no such
+     * state: close the old one and open another (or leave it null and retry on the next write).
+     */
+    private void recover() {
+        insertStep = null;
+        insertIncident = null;
+        upsertRun = null;
+        if (writeConnection != null) {
+            try {
+                writeConnection.rollback();
+            } catch (SQLException ignored) {
+                // already rolled back by SQLite, or the connection is broken: it is replaced below
+            }
+            try {
+                writeConnection.close();
+            } catch (SQLException ignored) {
+                // closing a broken connection; nothing else to do with it
+            }
+            writeConnection = null;
+        }
+        try {
+            writeConnection = openWriter(false);
+        } catch (SQLException e) {
+            LOG.debugf("journal connection not reopened yet: %s", e.getMessage());
+        }
+    }
+
+    /** One tiny committed write: succeeds once the disk has room and is writable again. */
+    private void probe() {
+        try {
+            if (writeConnection == null) {
+                writeConnection = openWriter(false);
+            }
+            try (PreparedStatement ps = writeConnection.prepareStatement(
+                    "INSERT OR REPLACE INTO journal_probe(id, time_ms) VALUES (1, ?)")) {
+                ps.setLong(1, System.currentTimeMillis());
+                ps.executeUpdate();
+            }
+            writeConnection.commit();
+            LOG.infof("journal writable again after: %s", lastFailure == null ? "?" : lastFailure.getMessage());
+            lastFailure = null;
+        } catch (SQLException e) {
+            lastFailure = e;
+            recover();
+        }
+    }
+
     private void prepareStatements() throws SQLException {
+        if (writeConnection == null) {
+            writeConnection = openWriter(false);
+        }
         if (insertStep == null) {
             insertStep = writeConnection.prepareStatement("INSERT INTO steps(run_id, rank, step, loss, grad_norm, "
                     + "lr, loss_scale, action, clip, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?)");
@@ -325,7 +410,6 @@ public final class SqliteJournal implements Journal, AutoCloseable {
 
     /** A second connection for other journal tables (checkpoints) on the same file. */
     public Connection openConnection() throws SQLException {
-        String url = writeConnection.getMetaData().getURL();
         Connection c = DriverManager.getConnection(url);
         try (Statement s = c.createStatement()) {
             s.execute("PRAGMA busy_timeout=5000");
@@ -338,7 +422,9 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         running = false;
         try {
             writer.join(10_000);
-            writeConnection.close();
+            if (writeConnection != null) {
+                writeConnection.close();
+            }
             readConnection.close();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
