@@ -3,10 +3,17 @@
 Covers the Hallo failure class: a pipeline that re-patches a module's ``forward`` (no parameter
 changes, so a checksum alone sees nothing), flips train/eval mode, casts or moves weights, adds
 hooks, or reseeds the global RNG on one rank."""
+import logging
 import random
 import sys
 
+import grpc
 import torch
+
+from . import distributed as dist_agree
+from ._proto.trainguard.v1 import trainguard_pb2 as pb
+
+log = logging.getLogger("trainguard")
 
 
 def _rng_state():
@@ -175,3 +182,69 @@ def skip_with_body(frame):
         sys.settrace(lambda *a: None)
     frame.f_trace = tracer
     return old
+
+
+class ValidationContext:
+    """``with guard.validation(model) as v:`` — BeginValidation, the skip when not allowed, the
+    audit (snapshot, diff, restore) and EndValidation."""
+
+    def __init__(self, guard, model, step, restore):
+        self.g, self.model, self.step, self.restore = guard, model, step, restore
+
+    def __enter__(self):
+        g = self.g
+        self.step = self.step if self.step is not None else (g.last_verdict.step if g.last_verdict else 0)
+        g.flush(g.deadline)  # the sidecar judges validation on up-to-date state
+        allowed, reason = True, ""
+        try:
+            r = g.transport.call("BeginValidation", pb.BeginValidationRequest(run_id=g.run, rank=g.rank, step=self.step))
+            allowed, reason = r.allowed, r.reason
+        except grpc.RpcError as e:
+            g.connection.unreachable("BeginValidation", e)  # raises when closed; open: validate, audit still runs
+            reason = "sidecar unreachable; validating with the audit on"
+        if dist_agree.is_initialized() and g.world_size > 1:
+            allowed = dist_agree.all_true(allowed)
+        self.session = ValidationSession(allowed, reason)
+        self._old_trace = None
+        if not allowed:
+            self._skipping = True
+            self._old_trace = skip_with_body(sys._getframe(1))
+            return self.session
+        self._skipping = False
+        if g.watch:
+            g.watch.enabled = False
+        ours = set()
+        if g.watch:
+            for h in g.watch._handles:
+                ours.add(h.id)
+        self.snap = ModelSnapshot(self.model, keep_values=self.restore, ignore_hooks=ours)
+        return self.session
+
+    def __exit__(self, exc_type, exc, tb):
+        g = self.g
+        if self._skipping:
+            sys.settrace(self._old_trace)
+            return exc_type is _SkipBody
+        if g.watch:
+            g.watch.enabled = True
+        p, d, w, r, details = self.snap.diff()
+        changed = p or d or w or r
+        if changed and self.restore:
+            self.snap.restore()
+            self.session.restored = True
+        self.session.audit = {"parameters_changed": p, "dtype_device_mode_changed": d, "wiring_changed": w,
+                              "rng_changed": r, "details": details, "restored": self.session.restored}
+        audit = pb.ValidationAudit(parameters_changed=p, dtype_device_mode_changed=d, wiring_changed=w,
+                                   rng_changed=r, details=details[:64], restored=self.session.restored)
+        try:
+            resp = g.transport.call("EndValidation", pb.EndValidationRequest(
+                run_id=g.run, rank=g.rank, step=self.step, validation_loss=float(self.session.loss or 0.0), audit=audit))
+            self.session.incident_ids = list(resp.incident_ids)
+        except grpc.RpcError as e:
+            if exc_type is None:
+                g.connection.unreachable("EndValidation", e)
+        if changed:
+            g.counters["validation_incidents"] += 1
+            log.warning("trainguard: validation changed the model (%s)%s", "; ".join(details[:8]),
+                        ", undone" if self.session.restored else "")
+        return False
