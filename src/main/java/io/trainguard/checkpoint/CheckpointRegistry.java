@@ -88,8 +88,12 @@ public final class CheckpointRegistry {
         if (files == null || files.isEmpty()) {
             throw new IllegalArgumentException("a checkpoint needs at least one file");
         }
-        for (CheckpointFileSpec f : files) {
-            paths.resolve(f.path());
+        if (format == CheckpointFormat.MEMORY) {
+            MemorySnapshots.checkSlot(files);
+        } else {
+            for (CheckpointFileSpec f : files) {
+                paths.resolve(f.path());
+            }
         }
         for (CheckpointRecord r : byId.values()) {
             if (r.runId().equals(runId) && r.step() == step && r.files().equals(files)) {
@@ -100,8 +104,18 @@ public final class CheckpointRegistry {
         String id = "ckpt-" + step + "-" + UUID.randomUUID().toString().substring(0, 8);
         CheckpointRecord r = new CheckpointRecord(id, runId, step, format, List.copyOf(files), dataPosition,
                 CheckpointState.REGISTERED, "", now, now, 0, step, -1, Map.of(), List.of(), 0, 0);
+        if (format == CheckpointFormat.MEMORY) {
+            evictMemory(runId, files.get(0).path(), step, now);
+        }
         store.insert(r);
         byId.put(id, r);
+        if (format == CheckpointFormat.MEMORY) {
+            // Nothing on disk to read: the trainer checked the snapshot finite before registering it.
+            // From here on it is promoted (or rejected) by the same healthy-step rule as files.
+            r = save(r.moveTo(CheckpointState.VERIFYING, "", now).moveTo(CheckpointState.VERIFIED,
+                    "in-memory snapshot, checked finite by the trainer", now));
+            return save(promoteIfEarned(r, now));
+        }
         if (format == CheckpointFormat.TORCH_PICKLE) {
             return save(r.moveTo(CheckpointState.UNVERIFIABLE, files.get(0).path()
                     + " is a torch.save pickle: it can only be read by executing Python code, so the sidecar does "
@@ -197,6 +211,26 @@ public final class CheckpointRegistry {
                     break;
                 default:
                     break;
+            }
+        }
+    }
+
+    /**
+     * The trainer holds a slot's snapshot only until it writes the slot again, and its snapshots
+     * only while its process lives: registering a slot evicts the slot's previous snapshot and those
+     * of another trainer process of the run, so neither can be chosen as a rollback target.
+     */
+    private void evictMemory(String runId, String slot, long step, Instant now) {
+        for (CheckpointRecord r : byId.values()) { // values replaced only, as in onHealthyStep
+            if (!r.runId().equals(runId) || r.format() != CheckpointFormat.MEMORY || !r.state().canMoveTo(CheckpointState.EVICTED)) {
+                continue;
+            }
+            String held = r.files().get(0).path();
+            if (held.equals(slot)) {
+                save(r.moveTo(CheckpointState.EVICTED, "slot overwritten by the snapshot of step " + step, now));
+            } else if (!MemorySnapshots.sameProcess(held, slot)) {
+                save(r.moveTo(CheckpointState.EVICTED, "held by a trainer process that is gone (a newer one registered "
+                        + slot + ")", now));
             }
         }
     }

@@ -8,21 +8,24 @@ import java.util.Set;
  * transition table below is the whole life cycle.
  */
 public enum CheckpointState {
-    REGISTERED, VERIFYING, VERIFIED, KNOWN_GOOD, REJECTED, UNVERIFIABLE;
+    REGISTERED, VERIFYING, VERIFIED, KNOWN_GOOD, REJECTED, UNVERIFIABLE, EVICTED;
 
     private Set<CheckpointState> next() {
         switch (this) {
             // VERIFYING -> REGISTERED: a restart interrupted the verification; it is queued again
-            case REGISTERED: return EnumSet.of(VERIFYING, REJECTED, UNVERIFIABLE);
-            case VERIFYING: return EnumSet.of(VERIFIED, REJECTED, UNVERIFIABLE, REGISTERED);
+            // -> EVICTED: a memory snapshot whose slot the trainer overwrote, or whose process is gone
+            case REGISTERED: return EnumSet.of(VERIFYING, REJECTED, UNVERIFIABLE, EVICTED);
+            case VERIFYING: return EnumSet.of(VERIFIED, REJECTED, UNVERIFIABLE, REGISTERED, EVICTED);
             // VERIFIED -> REJECTED: a non-finite step followed it before it earned KNOWN_GOOD
-            case VERIFIED: return EnumSet.of(KNOWN_GOOD, REJECTED);
+            case VERIFIED: return EnumSet.of(KNOWN_GOOD, REJECTED, EVICTED);
+            case KNOWN_GOOD: return EnumSet.of(EVICTED);
             default: return EnumSet.noneOf(CheckpointState.class);
         }
     }
 
+    /** No verification or promotion is ahead (a KNOWN_GOOD memory snapshot can still be evicted). */
     public boolean isTerminal() {
-        return next().isEmpty();
+        return next().isEmpty() || this == KNOWN_GOOD;
     }
 
     public boolean canMoveTo(CheckpointState to) {

@@ -141,6 +141,54 @@ class CheckpointRegistryTest {
         assertEquals(c.id(), reg.newestKnownGood("run").orElseThrow().id());
     }
 
+    private static List<CheckpointFileSpec> slot(String name) {
+        return List.of(new CheckpointFileSpec(name, null, 0));
+    }
+
+    @Test
+    void register_memorySnapshot_promotedBySameRuleAndChosenOverOlderFile() throws Exception {
+        // prevents: an in-memory snapshot skipping the known-good rule, or losing to an older file
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 2);
+        CheckpointRecord file = reg.register("run", 10, CheckpointFormat.SAFETENSORS,
+                file("f.safetensors", new SafetensorsWriter().f32("w", 1)), 11);
+        awaitSettled(reg, file.id());
+        reg.onHealthyStep("run", 11);
+        CheckpointRecord mem = reg.register("run", 12, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 13);
+        assertEquals(CheckpointState.VERIFIED, mem.state());
+        reg.onHealthyStep("run", 12);
+        assertEquals(file.id(), reg.newestKnownGood("run").orElseThrow().id());
+        reg.onHealthyStep("run", 13);
+        assertEquals(CheckpointState.VERIFIED, reg.get(mem.id()).state());
+        reg.onHealthyStep("run", 14);
+        assertEquals(CheckpointState.KNOWN_GOOD, reg.get(mem.id()).state());
+        assertEquals(mem.id(), reg.newestKnownGood("run").orElseThrow().id());
+    }
+
+    @Test
+    void register_memorySlotAgain_evictsPreviousSnapshotOfSlotAndOfGoneProcess() {
+        // prevents: a rollback to a snapshot the trainer has overwritten, or one held by a dead process
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 0);
+        CheckpointRecord a = reg.register("run", 5, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 6);
+        CheckpointRecord b = reg.register("run", 9, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot1"), 10);
+        assertEquals(CheckpointState.KNOWN_GOOD, reg.get(a.id()).state());
+        reg.register("run", 13, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 14);
+        assertEquals(CheckpointState.EVICTED, reg.get(a.id()).state());
+        assertEquals(CheckpointState.KNOWN_GOOD, reg.get(b.id()).state());
+        CheckpointRecord c = reg.register("run", 3, CheckpointFormat.MEMORY, slot("memory://p2/rank0/slot0"), 4);
+        assertEquals(CheckpointState.EVICTED, reg.get(b.id()).state());
+        assertEquals(c.id(), reg.newestKnownGood("run").orElseThrow().id());
+    }
+
+    @Test
+    void register_memoryWithoutSlotName_refused() {
+        // prevents: a memory checkpoint whose holder and slot cannot be told apart (never evicted)
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 0);
+        var e = assertThrows(IllegalArgumentException.class,
+                () -> reg.register("run", 1, CheckpointFormat.MEMORY, slot("/tmp/x"), 0));
+        assertTrue(e.getMessage().contains("memory://"), e.getMessage());
+        assertTrue(reg.list("run").isEmpty());
+    }
+
     @Test
     void onUnhealthyStep_beforePromotion_neverKnownGood() throws Exception {
         // prevents: promoting a checkpoint that was followed by NaN before it proved itself

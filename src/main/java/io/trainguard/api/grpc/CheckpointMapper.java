@@ -30,8 +30,9 @@ public final class CheckpointMapper {
             case CHECKPOINT_FORMAT_NPZ -> CheckpointFormat.NPZ;
             case CHECKPOINT_FORMAT_TORCHSCRIPT -> CheckpointFormat.TORCHSCRIPT;
             case CHECKPOINT_FORMAT_TORCH_PICKLE -> CheckpointFormat.TORCH_PICKLE;
+            case CHECKPOINT_FORMAT_MEMORY -> CheckpointFormat.MEMORY;
             default -> throw new InvalidRequestException("format must be set: SAFETENSORS (preferred), NPY, NPZ, "
-                    + "TORCHSCRIPT or TORCH_PICKLE (accepted but unverifiable)");
+                    + "TORCHSCRIPT, TORCH_PICKLE (accepted but unverifiable) or MEMORY (a trainer's in-memory snapshot)");
         };
     }
 

@@ -19,6 +19,8 @@ import io.trainguard.api.grpc.v1.OpenRunRequest;
 import io.trainguard.api.grpc.v1.OpenRunResponse;
 import io.trainguard.api.grpc.v1.RegisterCheckpointRequest;
 import io.trainguard.api.grpc.v1.RegisterCheckpointResponse;
+import io.trainguard.api.grpc.v1.ReportFaultRequest;
+import io.trainguard.api.grpc.v1.ReportFaultResponse;
 import io.trainguard.api.grpc.v1.ReportStepRequest;
 import io.trainguard.api.grpc.v1.ReportStepResponse;
 import io.trainguard.api.grpc.v1.StreamStepsRequest;
@@ -27,6 +29,8 @@ import io.trainguard.api.grpc.v1.TrainGuardServiceGrpc;
 import io.trainguard.api.grpc.v1.UpdatePolicyRequest;
 import io.trainguard.api.grpc.v1.UpdatePolicyResponse;
 import io.trainguard.checkpoint.CheckpointRegistry;
+import io.trainguard.fault.FaultClass;
+import io.trainguard.fault.FaultLedger;
 import io.trainguard.guard.GuardService;
 import io.smallrye.common.annotation.Blocking;
 import io.trainguard.guard.InvalidRequestException;
@@ -44,11 +48,14 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     private final GuardService guard;
     private final CheckpointRegistry checkpoints;
     private final TensorInspector inspector;
+    private final FaultLedger faults;
 
-    public TrainGuardGrpcService(GuardService guard, CheckpointRegistry checkpoints, TensorInspector inspector) {
+    public TrainGuardGrpcService(GuardService guard, CheckpointRegistry checkpoints, TensorInspector inspector,
+            FaultLedger faults) {
         this.guard = guard;
         this.checkpoints = checkpoints;
         this.inspector = inspector;
+        this.faults = faults;
     }
 
     private static <T> void respond(StreamObserver<T> observer, Supplier<T> call) {
@@ -74,6 +81,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     public void openRun(OpenRunRequest request, StreamObserver<OpenRunResponse> observer) {
         respond(observer, () -> {
             var result = guard.open(ProtoMapper.setup(request));
+            faults.opened(request.getRunId(), request.getRank(), request.getTrainerInstance());
             return OpenRunResponse.newBuilder().setRun(ProtoMapper.run(result.run())).setResumed(result.resumed())
                     .addAllFindings(result.findings().stream().map(ProtoMapper::finding).toList())
                     .setBounds(ProtoMapper.bounds(result.bounds())).build();
@@ -215,6 +223,26 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
             var b = InspectTensorsResponse.newBuilder().setIncidentId(incident.id());
             summaries.forEach(s -> b.addSummaries(CheckpointMapper.summary(s)));
             return b.build();
+        });
+    }
+
+    @Override
+    @Blocking // waits for a journal commit
+    public void reportFault(ReportFaultRequest request, StreamObserver<ReportFaultResponse> observer) {
+        respond(observer, () -> {
+            requireRunId(request.getRunId());
+            var fault = FaultMapper.faultClass(request.getFaultClass());
+            guard.run(request.getRunId());
+            var tally = faults.record(request.getRunId(), request.getDevice(), fault);
+            var incident = guard.recordIncident(request.getRunId(), request.getRank(), request.getStep(),
+                    IncidentKind.FAULT_REPLAYED, fault == FaultClass.TRANSIENT ? Severity.WARNING : Severity.ERROR,
+                    FaultMapper.describe(request, fault, tally));
+            if (tally.becameSuspect()) {
+                guard.recordIncident(request.getRunId(), request.getRank(), request.getStep(), IncidentKind.SUSPECT_DEVICE,
+                        Severity.CRITICAL, FaultMapper.suspect(tally, faults.suspectThreshold()));
+            }
+            return ReportFaultResponse.newBuilder().setIncidentId(incident.id()).setDeviceTransients(tally.transients())
+                    .setDeviceSuspect(tally.suspect()).build();
         });
     }
 

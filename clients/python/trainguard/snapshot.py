@@ -1,0 +1,334 @@
+"""In-memory known-good snapshots: a recent good training state kept in host memory.
+
+A snapshot holds everything a rollback restores -- weights and buffers, optimizer state,
+scheduler, GradScaler, RNG states, the data position and the LR cut in force -- in host buffers
+allocated once per slot and refreshed in place. On CUDA the buffers are pinned and the copy is an
+asynchronous device-to-host copy on a side stream: a healthy step never waits for it; only the
+next ``optimizer.step()`` waits, on the device, until the copy has read the tensors it is about
+to change. Slots are double-buffered: the slot being written is never a rollback target, and the
+newest known-good slot is never the one overwritten (see :class:`SnapshotRing`).
+
+torch is needed here (this module is imported by Guard only).
+"""
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+EMPTY, COPYING, PENDING, KNOWN_GOOD = "EMPTY", "COPYING", "PENDING", "KNOWN_GOOD"
+
+
+@dataclass
+class SnapshotPolicy:
+    """When and how big. ``interval``: healthy steps between two snapshots (a new one is not taken
+    while the previous one still waits to become known-good, so with ``slots=2`` one known-good
+    snapshot always survives). ``max_bytes``: 0 = no cap; a state larger than this is not
+    snapshotted (warned once). Host memory used: ``slots x`` (weights + buffers + optimizer
+    state), e.g. 2 x 16 bytes/parameter for fp32 AdamW."""
+    enabled: bool = True
+    interval: int = 25
+    max_bytes: int = 0
+    slots: int = 2
+    pin_memory: bool = True
+
+    def __post_init__(self):
+        if self.interval < 1:
+            raise ValueError("snapshot interval must be >= 1 healthy step")
+        if self.slots < 2:
+            raise ValueError("snapshots need at least 2 slots (one known-good while the next is written)")
+        if self.max_bytes < 0:
+            raise ValueError("snapshot max_bytes must be >= 0 (0 = no cap)")
+
+
+def _walk(obj, tensors):
+    """Replaces every tensor in a nested dict/list with a placeholder index into ``tensors``."""
+    if torch.is_tensor(obj):
+        tensors.append(obj)
+        return _Ref(len(tensors) - 1)
+    if isinstance(obj, dict):
+        return {k: _walk(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_walk(v, tensors) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    return obj
+
+
+def _fill(obj, host):
+    if isinstance(obj, _Ref):
+        return host[obj.i]
+    if isinstance(obj, dict):
+        return {k: _fill(v, host) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_fill(v, host) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    return obj
+
+
+class _Ref:
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
+
+def capture_rng():
+    """RNG states that make a step repeatable: torch CPU and CUDA, Python's, NumPy's if loaded."""
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()  # seed and offset only: no device sync
+    np = sys.modules.get("numpy")
+    if np is not None:
+        st["numpy"] = np.random.get_state()
+    return st
+
+
+def restore_rng(st):
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    if "cuda" in st:
+        torch.cuda.set_rng_state_all(st["cuda"])
+    if "numpy" in st and sys.modules.get("numpy") is not None:
+        sys.modules["numpy"].random.set_state(st["numpy"])
+
+
+class Snapshot:
+    """One slot. ``host`` buffers are allocated on first use and reused while the shapes hold."""
+
+    def __init__(self, slot):
+        self.slot = slot
+        self.state = EMPTY
+        self.step = -1
+        self.data_position = 0
+        self.lr_scale = 1.0
+        self.healthy_since = 0
+        self.checkpoint_id = ""
+        self.host = None
+        self.skeleton = None
+        self.finite_flag = None  # host 0-d bool tensor, valid once the copy completed
+        self.event = None
+        self.taken_at = 0.0
+
+    @property
+    def nbytes(self):
+        return sum(t.numel() * t.element_size() for t in self.host) if self.host else 0
+
+    def ready(self):
+        """True once the copy has landed (polls the CUDA event; never blocks)."""
+        if self.state == COPYING and (self.event is None or self.event.query()):
+            self.state = PENDING
+        return self.state in (PENDING, KNOWN_GOOD)
+
+    def finite(self):
+        return bool(self.finite_flag) if self.finite_flag is not None else True
+
+
+class SnapshotStore:
+    """Takes and restores snapshots of one rank's training state into ``policy.slots`` slots."""
+
+    def __init__(self, model, optimizer, scheduler=None, scaler=None, policy=None, device=None):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.policy = policy or SnapshotPolicy()
+        self.slots = [Snapshot(i) for i in range(self.policy.slots)]
+        self.device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.cuda = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(device=self.device) if self.cuda else None
+        self._copy_done = None   # the newest copy's event: optimizer.step() waits on it, on the device
+        self.too_big = None      # bytes, when the state exceeds policy.max_bytes
+        self.stats = {"taken": 0, "restored": 0, "last_take_s": 0.0, "bytes": 0}
+
+    # ------------------------------------------------------------------ taking
+
+    def _gather(self):
+        """The live tensors of the state (unique storage, so tied weights are copied once) and a
+        skeleton that puts them back in place."""
+        tensors = []
+        model_sd = _walk(self.model.state_dict(), tensors)
+        opt_sd = _walk(self.optimizer.state_dict(), tensors)  # references, not copies
+        sched = _walk(self.scheduler.state_dict(), tensors) if self.scheduler is not None else None
+        scaler = None
+        if self.scaler is not None and self.scaler.is_enabled() and getattr(self.scaler, "_scale", None) is not None:
+            # Tensors directly: scaler.state_dict() reads the scale with .item(), a device sync.
+            scaler = _walk({"scale": self.scaler._scale, "growth_tracker": self.scaler._growth_tracker}, tensors)
+        uniq, index, remap = [], {}, []
+        for t in tensors:
+            key = (t.data_ptr(), t.dtype, tuple(t.shape), t.device) if t.numel() else None
+            if key is not None and key in index:
+                remap.append(index[key])
+                continue
+            if key is not None:
+                index[key] = len(uniq)
+            remap.append(len(uniq))
+            uniq.append(t.detach())
+        return uniq, remap, {"model": model_sd, "optimizer": opt_sd, "scheduler": sched, "scaler": scaler}
+
+    def state_bytes(self):
+        uniq, _, _ = self._gather()
+        return sum(t.numel() * t.element_size() for t in uniq)
+
+    def take(self, slot, step, data_position, lr_scale=1.0, rng=None):
+        """Starts copying the live state into ``slots[slot]``; returns the snapshot, or None when the
+        state is larger than ``policy.max_bytes``. On CUDA it returns before the copy has landed."""
+        t0 = time.perf_counter()
+        s = self.slots[slot]
+        uniq, remap, skeleton = self._gather()
+        nbytes = sum(t.numel() * t.element_size() for t in uniq)
+        if self.policy.max_bytes and nbytes > self.policy.max_bytes:
+            self.too_big = nbytes
+            return None
+        if (s.host is None or len(s.host) != len(uniq)
+                or any(h.shape != u.shape or h.dtype != u.dtype for h, u in zip(s.host, uniq))):
+            pin = self.cuda and self.policy.pin_memory
+            s.host = [torch.empty(u.shape, dtype=u.dtype, device="cpu", pin_memory=pin) for u in uniq]
+            s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=self.cuda and self.policy.pin_memory)
+        s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
+        s.healthy_since, s.checkpoint_id, s.taken_at = 0, "", time.time()
+        s.skeleton = (remap, skeleton, capture_rng() if rng is None else rng)
+        floats = [u for u in uniq if u.is_floating_point() and u.numel()]
+        if self.cuda:
+            main = torch.cuda.current_stream(self.device)
+            self._stream.wait_stream(main)  # the copy reads the state optimizer.step() just wrote
+            with torch.cuda.stream(self._stream):
+                for u in uniq:
+                    u.record_stream(self._stream)
+                self._copy(s.host, uniq, non_blocking=True)
+                if floats:
+                    flag = torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(floats, float("inf"))])).all()
+                    s.finite_flag.copy_(flag, non_blocking=True)
+                s.event = torch.cuda.Event()
+                s.event.record(self._stream)
+            self._copy_done = s.event
+        else:
+            self._copy(s.host, uniq, non_blocking=False)
+            if floats:
+                norms = (torch._foreach_norm(floats, float("inf")) if hasattr(torch, "_foreach_norm")
+                         else [f.abs().max() for f in floats])
+                s.finite_flag = torch.isfinite(torch.stack([n.float() for n in norms])).all()
+            s.event = None
+            s.state = PENDING
+        self.stats["taken"] += 1
+        self.stats["bytes"] = nbytes
+        self.stats["last_take_s"] = time.perf_counter() - t0
+        return s
+
+    @staticmethod
+    def _copy(dst, src, non_blocking):
+        with torch.no_grad():
+            if hasattr(torch, "_foreach_copy_"):
+                torch._foreach_copy_(dst, src, non_blocking=non_blocking)
+            else:
+                for d, t in zip(dst, src):
+                    d.copy_(t, non_blocking=non_blocking)
+
+    def before_update(self):
+        """Call right before optimizer.step(): on CUDA the main stream waits (on the device, the
+        host does not) until the snapshot copy has read the tensors the update will change."""
+        if self._copy_done is not None:
+            if self._copy_done.query():
+                self._copy_done = None
+            else:
+                torch.cuda.current_stream(self.device).wait_event(self._copy_done)
+                self._copy_done = None
+
+    # ------------------------------------------------------------------ restoring
+
+    def restore(self, s, rng=True):
+        """Puts the snapshot's state back into the live model, optimizer, scheduler and scaler (the
+        same parameter objects, so every reference to them stays valid)."""
+        if s.state == COPYING and s.event is not None:
+            s.event.synchronize()
+        s.ready()
+        if s.state not in (PENDING, KNOWN_GOOD):
+            raise ValueError(f"snapshot slot {s.slot} holds no complete state (state {s.state})")
+        remap, skeleton, rng_state = s.skeleton
+        host = [s.host[i] for i in remap]
+        model_sd = _fill(skeleton["model"], host)
+        with torch.no_grad():
+            live = self.model.state_dict()
+            for k, v in model_sd.items():
+                if k in live and torch.is_tensor(live[k]):
+                    live[k].copy_(v, non_blocking=False)
+        # load_state_dict copies (and casts) the host tensors into fresh optimizer state on the
+        # parameters' devices: the snapshot's own buffers stay intact for a later rollback.
+        self.optimizer.load_state_dict(_clone_tensors(_fill(skeleton["optimizer"], host)))
+        if self.scheduler is not None and skeleton["scheduler"] is not None:
+            self.scheduler.load_state_dict(_fill(skeleton["scheduler"], host))
+        if self.scaler is not None and skeleton["scaler"] is not None:
+            sc = _fill(skeleton["scaler"], host)
+            self.scaler._scale.copy_(sc["scale"])
+            self.scaler._growth_tracker.copy_(sc["growth_tracker"])
+        if rng:
+            restore_rng(rng_state)
+        self.stats["restored"] += 1
+        return s
+
+
+def _clone_tensors(obj):
+    if torch.is_tensor(obj):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone_tensors(v) for v in obj]
+    return obj
+
+
+class SnapshotRing:
+    """Which slot to write when, mirroring the sidecar's known-good rule on the client.
+
+    A snapshot is due every ``interval`` healthy steps, and only while no snapshot is waiting to
+    become known-good: so one known-good snapshot always survives while the next is written.
+    The victim is an empty slot, else the oldest known-good one (never the newest). An unhealthy
+    step discards every snapshot not yet known-good (the sidecar rejects those too)."""
+
+    def __init__(self, store, known_good_steps):
+        self.store = store
+        self.known_good_steps = int(known_good_steps)
+        self._healthy_since_take = 0
+
+    @property
+    def slots(self):
+        return self.store.slots
+
+    def pending(self):
+        return [s for s in self.slots if s.state in (COPYING, PENDING)]
+
+    def known_good(self):
+        return sorted((s for s in self.slots if s.state == KNOWN_GOOD), key=lambda s: s.step)
+
+    def on_healthy(self, step):
+        """Counts one healthy step; returns the snapshots that earned known-good (client view)."""
+        self._healthy_since_take += 1
+        earned = []
+        for s in self.slots:
+            if s.state in (COPYING, PENDING) and step > s.step:
+                s.healthy_since += 1
+                if s.ready() and s.healthy_since >= self.known_good_steps and s.finite():
+                    earned.append(s)
+        return earned
+
+    def on_unhealthy(self, step):
+        for s in self.slots:
+            if s.state in (COPYING, PENDING) and s.step < step:
+                s.state = EMPTY
+        self._healthy_since_take = 0
+
+    def due(self):
+        return self._healthy_since_take >= self.store.policy.interval and not self.pending()
+
+    def victim(self):
+        empty = [s for s in self.slots if s.state == EMPTY]
+        if empty:
+            return empty[0].slot
+        good = self.known_good()
+        return good[0].slot if len(good) > 1 else None
+
+    def taken(self):
+        self._healthy_since_take = 0
+
+    def find(self, step, slot=None):
+        for s in self.slots:
+            if s.step == step and s.state in (PENDING, KNOWN_GOOD, COPYING) and (slot is None or s.slot == slot):
+                return s
+        return None
