@@ -140,6 +140,29 @@ expect_refused "transport" --set transport=http
 expect_refused "needs job.completionMode: Indexed" --set job.parallelism=2 --set 'journal.accessModes={ReadWriteMany}'
 expect_refused "is not a file inside the chart" --set "prometheusRule.ruleFiles={files/missing.yaml}"
 
+# The chart's alert rules: promtool (Debian's prometheus package) checks them and runs their unit
+# tests (k8s/helm/trainguard/ci/alerts.promtest.yaml) on the rules as the chart renders them.
+if ! command -v promtool >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+  log "installing promtool (Debian prometheus)"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+fi
+if command -v promtool >/dev/null 2>&1; then
+  "${VENV}/bin/python" - "${WORK}/build-helm-default.yaml" "${WORK}/rules.yaml" <<'PY' || status=1
+import sys, yaml
+rules = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule"]
+assert len(rules) == 1, f"expected one PrometheusRule in the default render, found {len(rules)}"
+yaml.safe_dump({"groups": rules[0]["spec"]["groups"]}, open(sys.argv[2], "w"), sort_keys=False)
+PY
+  cp "${CHART}/ci/alerts.promtest.yaml" "${WORK}/"
+  if (cd "${WORK}" && promtool check rules rules.yaml >&2 && promtool test rules alerts.promtest.yaml >&2); then
+    log "ok   promtool check/test rules of the chart's PrometheusRule"
+  else
+    log "FAIL promtool on the chart's PrometheusRule"; status=1
+  fi
+else
+  log "FAIL no promtool: apt-get install prometheus"; status=1
+fi
+
 # Pod Security "restricted" on every rendered pod template, by the Kubernetes project's policy
 # code; the negative control proves the check can fail.
 if ! "${BIN}/psa-check" -level restricted -versions latest,v1.29 "${WORK}"/build-*.yaml > "${WORK}/psa.log"; then
