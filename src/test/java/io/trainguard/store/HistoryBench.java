@@ -1,8 +1,8 @@
 package io.trainguard.store;
 
-import io.trainguard.guard.Action;
+import io.trainguard.guard.model.Action;
 import io.trainguard.guard.JournalWrite;
-import io.trainguard.guard.StepRecord;
+import io.trainguard.guard.model.StepRecord;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Instant;

@@ -5,9 +5,9 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.trainguard.guard.Action;
+import io.trainguard.guard.model.Action;
 import io.trainguard.guard.JournalWrite;
-import io.trainguard.guard.StepRecord;
+import io.trainguard.guard.model.StepRecord;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;

@@ -4,9 +4,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.trainguard.guard.Action;
+import io.trainguard.guard.model.Action;
 import io.trainguard.guard.JournalWrite;
-import io.trainguard.guard.StepRecord;
+import io.trainguard.guard.model.StepRecord;
 import java.nio.file.Path;
 import java.time.Instant;
 import java.util.ArrayList;

@@ -3,7 +3,7 @@ package io.trainguard.api.rest;
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.guard.GuardService;
 import io.trainguard.guard.InvalidRequestException;
-import io.trainguard.guard.RunSnapshot;
+import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.store.StepHistory;
 import jakarta.ws.rs.DefaultValue;
 import jakarta.ws.rs.GET;
