@@ -486,11 +486,13 @@ class Guard:
             self.watch.remove()
             self.watch.reset()
         self._gate_uninstall()
+        self.heartbeat(self.last_step or 0, "IDLE")  # a paused trainer is not hung (HangWatch)
 
     def resume(self):
         if self.watch:
             self.watch.attach()
         self._step_t0 = time.perf_counter()
+        self.heartbeat(self.last_step or 0, "STEP")
 
     def _decide_locally(self, step, gnorm, bounds, scaler_overflow):
         self.counters["local_decisions"] += 1
