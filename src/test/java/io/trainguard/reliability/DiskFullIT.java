@@ -37,6 +37,11 @@ class DiskFullIT {
         }
     }
 
+    private static String tail(PackagedSidecar s) throws IOException {
+        String log = s.log();
+        return log.substring(Math.max(0, log.length() - 4000));
+    }
+
     private static String get(PackagedSidecar s, String path) throws Exception {
         int port = path.startsWith("/q/") ? s.managementPort : s.port;
         var r = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + port + path))
@@ -84,9 +89,12 @@ class DiskFullIT {
             assertEquals(Status.Code.UNAVAILABLE, refused.getStatus().getCode());
             String ready = get(sidecar, "/q/health/ready");
             assertTrue(ready.startsWith("503") && ready.contains("disk full or read-only"), ready);
-            assertTrue(get(sidecar, "/q/health/live").startsWith("200"), "liveness tied to the disk");
-            assertTrue(get(sidecar, "/api/runs").startsWith("200"));
-            assertTrue(get(sidecar, "/api/runs/" + run).startsWith("200"), "read-only view down with the journal");
+            String live = get(sidecar, "/q/health/live");
+            assertTrue(live.startsWith("200"), "liveness tied to the disk: " + live);
+            String list = get(sidecar, "/api/runs");
+            assertTrue(list.startsWith("200"), list + "\n" + tail(sidecar));
+            String view = get(sidecar, "/api/runs/" + run);
+            assertTrue(view.startsWith("200"), "read-only view down with the journal: " + view + "\n" + tail(sidecar));
             Files.delete(filler);
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(15);
             while (!get(sidecar, "/q/health/ready").startsWith("200") && System.nanoTime() < deadline) {

@@ -65,9 +65,12 @@ public class AccessFilter {
             return;
         }
         var decision = rules.check(new AccessRules.Request(isUnixSocket(req), req.method().name(), req.path(),
-                req.getHeader(HttpHeaders.CONTENT_TYPE), req.getHeader(HttpHeaders.HOST),
+                req.getHeader(HttpHeaders.CONTENT_TYPE), host(req),
                 req.getHeader(HttpHeaders.ORIGIN), req.getHeader(HttpHeaders.AUTHORIZATION)));
         if (decision.isEmpty()) {
+            if (AccessRules.isGrpc(req.getHeader(HttpHeaders.CONTENT_TYPE))) {
+                rc.addHeadersEndHandler(v -> describeResourceExhausted(rc.response().headers()));
+            }
             rc.next();
             return;
         }
@@ -115,6 +118,24 @@ public class AccessFilter {
             req.handler(ignored -> { }).endHandler(v -> resp.end(body));
         }
         return true;
+    }
+
+    /**
+     * The transport refuses an oversized gRPC message with RESOURCE_EXHAUSTED and no description;
+     * say what the limit is and what to do.
+     */
+    private static void describeResourceExhausted(io.vertx.core.MultiMap headers) {
+        if ("8".equals(headers.get("grpc-status")) && headers.get("grpc-message") == null) {
+            headers.set("grpc-message", URLEncoder.encode("request message larger than the sidecar accepts "
+                    + "(trainguard.limits.max-message-bytes): step reports are a few KiB; send fewer or smaller "
+                    + "tensors to InspectTensors", StandardCharsets.UTF_8).replace("+", "%20"));
+        }
+    }
+
+    /** HTTP/1.1 Host or HTTP/2 :authority (Vert.x has no Host header on HTTP/2 requests). */
+    private static String host(HttpServerRequest req) {
+        var authority = req.authority();
+        return authority != null ? authority.host() : req.getHeader(HttpHeaders.HOST);
     }
 
     private static boolean isUnixSocket(HttpServerRequest req) {
