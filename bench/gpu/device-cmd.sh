@@ -18,7 +18,7 @@ import time, urllib.request
 t0 = time.time()
 while time.time() - t0 < 120:
     try:
-        if urllib.request.urlopen("http://127.0.0.1:7474/q/health/ready", timeout=2).status == 200:
+        if urllib.request.urlopen("http://127.0.0.1:9000/q/health/ready", timeout=2).status == 200:
             print(f"sidecar ready after {time.time() - t0:.1f}s"); break
     except Exception:
         time.sleep(0.5)

@@ -37,10 +37,10 @@ rm -rf /tmp/gpu-jre
 # The jlink-ed runtime must start the app here first.
 rm -f /tmp/gpu-check.db /tmp/gpu-check.sock
 /tmp/gpu-jre/bin/java -Dtrainguard.journal.path=/tmp/gpu-check.db -Dtrainguard.listen.socket=/tmp/gpu-check.sock \
-  -Dtrainguard.listen.port=7477 -jar "$BUILD/target/quarkus-app/quarkus-run.jar" > /tmp/gpu-check.log 2>&1 &
+  -Dtrainguard.listen.port=7477 -Dquarkus.management.port=9007 -jar "$BUILD/target/quarkus-app/quarkus-run.jar" > /tmp/gpu-check.log 2>&1 &
 PID=$!
-for i in $(seq 1 90); do sleep 1; curl -sf http://127.0.0.1:7477/q/health/ready >/dev/null && break; done
-curl -sf http://127.0.0.1:7477/q/health/ready >/dev/null || { kill $PID; tail -20 /tmp/gpu-check.log; exit 1; }
+for i in $(seq 1 90); do sleep 1; curl -sf http://127.0.0.1:9007/q/health/ready >/dev/null && break; done
+curl -sf http://127.0.0.1:9007/q/health/ready >/dev/null || { kill $PID; tail -20 /tmp/gpu-check.log; exit 1; }
 kill $PID
 mkdir -p "$REPO/.bundle" "$REPO/.whl"
 rm -f "$REPO"/.bundle/*

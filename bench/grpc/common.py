@@ -61,10 +61,11 @@ class Sidecar:
         self.jar = ensure_app()
         self.tmp = tempfile.mkdtemp(prefix="tg-bench-")
         self.port = free_port()
+        self.management_port = free_port()  # health + metrics: Quarkus management interface
         self.socket = os.path.join(self.tmp, "tg.sock")
         self.journal = os.path.join(self.tmp, "journal.db")
         props = {"trainguard.listen.port": self.port, "trainguard.listen.socket": self.socket,
-                 "trainguard.journal.path": self.journal}
+                 "trainguard.journal.path": self.journal, "quarkus.management.port": self.management_port}
         props.update(extra_props or {})
         self.journal = str(props["trainguard.journal.path"])
         self.cmd = ["java", *jvm_args] + [f"-D{k}={v}" for k, v in props.items()] + ["-jar", self.jar]
@@ -75,7 +76,7 @@ class Sidecar:
         self.log = open(os.path.join(self.tmp, "sidecar.log"), "wb")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, cwd=self.tmp, stdout=self.log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{self.port}/q/health/ready"
+        url = f"http://127.0.0.1:{self.management_port}/q/health/ready"
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sidecar exited with {self.proc.returncode}; log: {self.tmp}/sidecar.log")

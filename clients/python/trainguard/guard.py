@@ -377,6 +377,8 @@ class Guard:
             self.watch.remove()
             self.watch.reset()
         self.gate.uninstall()
+        if not self.connection.offline:
+            self.heartbeat(self.last_step or 0, "IDLE")  # a paused trainer is not hung (HangWatch)
         self.connection.pause()
 
     def resume(self):
@@ -384,6 +386,8 @@ class Guard:
             self.watch.attach()
         self._step_t0 = time.perf_counter()
         self.connection.resume()
+        if not self.connection.offline:
+            self.heartbeat(self.last_step or 0, "STEP")
 
     # ------------------------------------------------------------------ checkpoints and validation
 

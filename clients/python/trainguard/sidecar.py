@@ -30,6 +30,7 @@ class Sidecar:
         self.jar = jar or default_jar()
         self.workdir = workdir or tempfile.mkdtemp(prefix="trainguard-sidecar-")
         self.port = port or free_port()
+        self.management_port = free_port()  # health + metrics (Quarkus management interface)
         self.socket_path = os.path.join(self.workdir, "tg.sock")
         self.checkpoint_root = os.path.join(self.workdir, "checkpoints")
         os.makedirs(self.checkpoint_root, exist_ok=True)
@@ -48,7 +49,8 @@ class Sidecar:
     def start(self, timeout=90.0):
         props = {"trainguard.listen.port": self.port, "trainguard.listen.socket": self.socket_path,
                  "trainguard.journal.path": os.path.join(self.workdir, "journal.db"),
-                 "trainguard.checkpoint.roots": self.checkpoint_root}
+                 "trainguard.checkpoint.roots": self.checkpoint_root,
+                 "quarkus.management.port": self.management_port}
         props.update(self.extra_props)
         self.log_path = os.path.join(self.workdir, "sidecar.log")
         self._log = open(self.log_path, "ab")
@@ -90,7 +92,7 @@ class Sidecar:
 
     def _ready(self):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/q/health/ready", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.management_port}/q/health/ready", timeout=1) as r:
                 return r.status == 200
         except Exception:
             return False
@@ -103,7 +105,8 @@ class Sidecar:
             return ""
 
     def get(self, path):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+        port = self.management_port if path.startswith("/q/") else self.port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
             return json.loads(r.read())
 
     def run_info(self, run_id):

@@ -5,6 +5,7 @@ releases alike; generated *_pb2_grpc.py files are avoided because newer ones che
 """
 import collections
 import logging
+import os
 import threading
 
 import grpc
@@ -35,11 +36,25 @@ def normalize_target(target: str) -> str:
     return target
 
 
+def resolve_token(token=None):
+    """The sidecar's bearer token: ``token``, else $TRAINGUARD_TOKEN, else the file named by
+    $TRAINGUARD_TOKEN_FILE or mounted at /var/run/trainguard/token; None when there is none (the
+    Unix socket needs none)."""
+    token = token or os.environ.get("TRAINGUARD_TOKEN")
+    path = os.environ.get("TRAINGUARD_TOKEN_FILE", "/var/run/trainguard/token")
+    if not token and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    return token or None
+
+
 class Transport:
     """One channel to the sidecar; every call carries ``deadline`` seconds unless told otherwise."""
 
-    def __init__(self, target: str, deadline: float = 0.5):
+    def __init__(self, target: str, deadline: float = 0.5, token: str = None):
         self.target = normalize_target(target)
+        token = resolve_token(token)
+        self._metadata = (("authorization", "Bearer " + token),) if token else None
         self.deadline = float(deadline)
         # Fail fast while the sidecar is down instead of waiting for a reconnect inside the deadline.
         options = [("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
@@ -52,7 +67,8 @@ class Transport:
                 response_deserializer=resp.FromString)
 
     def call(self, name: str, request, deadline: float = None):
-        return self._calls[name](request, timeout=self.deadline if deadline is None else deadline)
+        return self._calls[name](request, timeout=self.deadline if deadline is None else deadline,
+                                 metadata=self._metadata)
 
     def close(self):
         self.channel.close()

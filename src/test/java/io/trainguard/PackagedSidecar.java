@@ -14,13 +14,23 @@ import java.util.List;
 public final class PackagedSidecar implements AutoCloseable {
     public final Path dataDir;
     public final int port;
+    /** Health and metrics: Quarkus' management interface (9000 in production). */
+    public final int managementPort;
+    private final List<String> jvmArgs = new ArrayList<>();
     private Process process;
 
     public PackagedSidecar(Path dataDir) throws IOException {
         this.dataDir = dataDir;
-        try (ServerSocket s = new ServerSocket(0)) {
+        try (ServerSocket s = new ServerSocket(0); ServerSocket m = new ServerSocket(0)) {
             this.port = s.getLocalPort();
+            this.managementPort = m.getLocalPort();
         }
+    }
+
+    /** Extra JVM options (-Xmx..., -Dkey=value; later ones win over the defaults). */
+    public PackagedSidecar withJvmArgs(String... args) {
+        jvmArgs.addAll(List.of(args));
+        return this;
     }
 
     public PackagedSidecar start() throws Exception {
@@ -33,7 +43,9 @@ public final class PackagedSidecar implements AutoCloseable {
                 "-Dtrainguard.listen.port=" + port,
                 "-Dtrainguard.listen.socket=" + dataDir.resolve("tg.sock"),
                 "-Dtrainguard.journal.path=" + dataDir.resolve("journal.db"),
-                "-jar", jar.toString()));
+                "-Dquarkus.management.port=" + managementPort));
+        cmd.addAll(jvmArgs);
+        cmd.addAll(List.of("-jar", jar.toString()));
         process = new ProcessBuilder(cmd).redirectErrorStream(true)
                 .redirectOutput(ProcessBuilder.Redirect.appendTo(dataDir.resolve("sidecar.log").toFile())).start();
         long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
@@ -49,9 +61,11 @@ public final class PackagedSidecar implements AutoCloseable {
         throw new IllegalStateException("sidecar not ready after 60 s: " + Files.readString(dataDir.resolve("sidecar.log")));
     }
 
+    /** HTTP status of a GET; /q/... paths go to the management port, others to the main port. */
     public int status(String path) {
+        int p = path.startsWith("/q/") ? managementPort : port;
         try {
-            HttpURLConnection c = (HttpURLConnection) URI.create("http://127.0.0.1:" + port + path).toURL().openConnection();
+            HttpURLConnection c = (HttpURLConnection) URI.create("http://127.0.0.1:" + p + path).toURL().openConnection();
             c.setConnectTimeout(500);
             c.setReadTimeout(2000);
             return c.getResponseCode();
@@ -64,6 +78,14 @@ public final class PackagedSidecar implements AutoCloseable {
     public void killHard() throws InterruptedException {
         process.destroyForcibly();
         process.waitFor();
+    }
+
+    public boolean alive() {
+        return process != null && process.isAlive();
+    }
+
+    public String log() throws IOException {
+        return Files.readString(dataDir.resolve("sidecar.log"));
     }
 
     public long pid() {

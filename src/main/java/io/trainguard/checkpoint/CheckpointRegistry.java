@@ -58,15 +58,35 @@ public final class CheckpointRegistry {
      */
     public synchronized void resumePending() {
         for (CheckpointRecord r : new ArrayList<>(byId.values())) {
-            if (r.state() == CheckpointState.VERIFYING) {
+            if (r.state() == CheckpointState.VERIFYING && RETRY_REASON.equals(r.stateReason())) {
+                // The second attempt was interrupted too: the file may be what kills the sidecar
+                // (an out-of-memory crash loop). Record it as failed; never queue it a third time.
+                LOG.errorf("checkpoint %s (run %s, step %d): verification interrupted twice; recorded as failed, "
+                        + "not retried", r.id(), r.runId(), r.step());
+                save(r.moveTo(CheckpointState.UNVERIFIABLE, "verification failed twice: the sidecar stopped while "
+                        + "verifying this checkpoint on two starts (out of memory or killed?); not retried. Check the "
+                        + "file, then register it again under a new step if it should be verified", now()));
+                continue;
+            }
+            boolean retry = r.state() == CheckpointState.VERIFYING;
+            if (retry) {
                 r = save(r.moveTo(CheckpointState.REGISTERED, "verification interrupted by a restart; queued again",
                         now()));
             }
             if (r.state() == CheckpointState.REGISTERED) {
-                startVerification(r);
+                try {
+                    startVerification(r, retry ? RETRY_REASON : "");
+                } catch (VerificationQueueFullException e) {
+                    // more pending than the queue holds: stays REGISTERED for the next start; the
+                    // sidecar becomes ready whatever is queued
+                    LOG.warnf("checkpoint %s: %s", r.id(), e.getMessage());
+                }
             }
         }
     }
+
+    /** The reason a second verification attempt carries, so a third is never made. */
+    static final String RETRY_REASON = "second verification attempt after an interrupted one";
 
     public void setHealthyStepsRequired(String runId, int steps) {
         healthyStepsRequired.put(runId, steps);
@@ -122,11 +142,11 @@ public final class CheckpointRegistry {
                     + "not open it. Save weights with safetensors to get them verified and made rollback targets",
                     now));
         }
-        return startVerification(r);
+        return startVerification(r, "");
     }
 
-    private CheckpointRecord startVerification(CheckpointRecord r) {
-        CheckpointRecord verifying = save(r.moveTo(CheckpointState.VERIFYING, "", now()));
+    private CheckpointRecord startVerification(CheckpointRecord r, String reason) {
+        CheckpointRecord verifying = save(r.moveTo(CheckpointState.VERIFYING, reason, now()));
         verifier.submit(r.id(), r.format(), r.files(), null)
                 .whenComplete((result, error) -> finish(r.id(), result, error));
         return verifying;

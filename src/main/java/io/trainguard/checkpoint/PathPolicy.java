@@ -61,8 +61,9 @@ public final class PathPolicy {
         }
         boolean inside = roots.stream().anyMatch(real::startsWith);
         if (!inside) {
+            // the symlink's target is not named: the refusal must not map files outside the roots
             String why = real.equals(p.normalize()) ? "it is outside them"
-                    : "it resolves through a symlink to " + real + ", outside them";
+                    : "it resolves through a symlink to a file outside them";
             throw refused(requested, why);
         }
         if (!Files.isRegularFile(real)) {

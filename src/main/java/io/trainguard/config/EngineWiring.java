@@ -22,7 +22,13 @@ public class EngineWiring {
     @Singleton
     SqliteJournal journal(TrainguardConfig config) {
         var j = config.journal();
-        return new SqliteJournal(j.path(), j.synchronous(), j.queueCapacity());
+        SqliteJournal journal = new SqliteJournal(j.path(), j.synchronous(), j.queueCapacity());
+        try {
+            journal.expireClosedRuns(java.time.Instant.now().minus(j.closedRunRetention()));
+        } catch (IllegalStateException e) {
+            LOG.warn(e.getMessage()); // a full disk must not stop the start: retention runs next time
+        }
+        return journal;
     }
 
     void closeJournal(@Disposes SqliteJournal journal) {

@@ -87,7 +87,8 @@ public interface TrainguardConfig {
         @WithDefault("536870912")
         long djlMaxFileBytes();
 
-        @WithDefault("16777216")
+        /** Tensor bytes one InspectTensors call may carry; below trainguard.limits.max-message-bytes. */
+        @WithDefault("4000000")
         long inspectMaxBytes();
 
         @WithDefault("256")
@@ -95,8 +96,12 @@ public interface TrainguardConfig {
     }
 
     interface Limits {
-        /** Larger gRPC messages are refused with RESOURCE_EXHAUSTED before they are parsed. */
-        @WithDefault("16777216")
+        /**
+         * Larger gRPC messages are refused with RESOURCE_EXHAUSTED before they are parsed. A step
+         * report is a few KiB; 4 MiB leaves room for InspectTensors forensics and keeps one hostile
+         * message from costing seconds of event-loop CPU and hundreds of MB of heap.
+         */
+        @WithDefault("4194304")
         int maxMessageBytes();
     }
 
@@ -132,6 +137,13 @@ public interface TrainguardConfig {
         /** How long a course-changing verdict may wait for its journal write before the call fails. */
         @WithDefault("5s")
         Duration durableTimeout();
+
+        /**
+         * Closed runs (with their steps and incidents) are removed from the journal at start once
+         * they have been closed this long, so the journal and the start time stay bounded.
+         */
+        @WithDefault("30d")
+        Duration closedRunRetention();
 
         /** Steps per rank replayed from the journal at start to rebuild the statistics. */
         @WithDefault("512")
@@ -200,7 +212,12 @@ public interface TrainguardConfig {
         @WithDefault("5.0")
         double hangFactor();
 
-        @WithDefault("30s")
+        /**
+         * The least a phase is allowed before it counts as hung, however short it learned to be:
+         * long enough for an evaluation, a torch.save or a data-loader restart the guard was not
+         * told about (a guard must never be what kills a healthy run).
+         */
+        @WithDefault("10m")
         Duration hangMin();
 
         @WithDefault("30m")

@@ -79,9 +79,9 @@ public final class GuardService {
         for (RunSnapshot s : journal.loadRuns()) {
             RunDecider g = RunDecider.restore(s, checkpoints, journal::nextIncidentId);
             if (s.state() != RunState.CLOSED) {
-                for (int rank = 0; rank < s.worldSize(); rank++) {
-                    g.replay(rank, journal.recentSteps(s.runId(), rank, replaySteps), nanoTime.getAsLong());
-                }
+                // one query per run, only ranks that reported: start time does not grow with world size
+                journal.recentStepsByRank(s.runId(), s.worldSize(), replaySteps)
+                        .forEach((rank, steps) -> g.replay(rank, steps, nanoTime.getAsLong()));
             }
             runs.put(s.runId(), g);
             checkpoints.configure(s.runId(), s.policy().knownGoodHealthySteps());
@@ -213,6 +213,7 @@ public final class GuardService {
     public ValidationGate beginValidation(String runId, int rank, long step) {
         RunDecider g = run(runId);
         checkRank(g, rank);
+        requireNotClosed(g, "BeginValidation");
         StringBuilder why = new StringBuilder();
         boolean allowed = g.validationAllowed(step, why);
         if (allowed) {
@@ -255,12 +256,14 @@ public final class GuardService {
     public RunState heartbeat(String runId, int rank, long step, Phase phase) {
         RunDecider g = run(runId);
         checkRank(g, rank);
+        requireNotClosed(g, "Heartbeat");
         g.progress(rank, phase, step, nanoTime.getAsLong());
         return g.state();
     }
 
     public Policy updatePolicy(String runId, UnaryOperator<Policy.Builder> overrides, String reason) {
         RunDecider g = run(runId);
+        requireNotClosed(g, "UpdatePolicy");
         Policy next = g.policy().toBuilder().let(overrides);
         String diff = g.changePolicy(next);
         checkpoints.configure(runId, next.knownGoodHealthySteps());
@@ -311,8 +314,19 @@ public final class GuardService {
 
     public RunView view(String runId, int incidentLimit) {
         RunDecider g = run(runId);
-        await(journal.write(new JournalWrite(null, List.of(), List.of())));
-        return new RunView(g.snapshot(), journal.incidents(runId, incidentLimit <= 0 ? 50 : incidentLimit));
+        try {
+            await(journal.write(new JournalWrite(null, List.of(), List.of())));
+        } catch (JournalUnavailableException e) {
+            // a read-only view still answers while the journal cannot commit (full disk): the run
+            // from memory, the incidents committed so far; an operator needs it most right then
+        }
+        List<Incident> incidents;
+        try {
+            incidents = journal.incidents(runId, incidentLimit <= 0 ? 50 : incidentLimit);
+        } catch (RuntimeException e) {
+            incidents = List.of();
+        }
+        return new RunView(g.snapshot(), incidents);
     }
 
     public List<RunSnapshot> halted() {
@@ -348,6 +362,13 @@ public final class GuardService {
         }
         reportedHangs.retainAll(current);
         return hangs;
+    }
+
+    private static void requireNotClosed(RunDecider g, String call) {
+        if (g.state() == RunState.CLOSED) {
+            throw new PreconditionFailedException(call + " on run '" + g.runId() + "' refused: the run is closed; "
+                    + "open a new run id to train again");
+        }
     }
 
     private static void checkRank(RunDecider g, int rank) {

@@ -20,6 +20,22 @@ public interface Journal {
     /** The newest {@code limit} steps of one rank, oldest first, to rebuild statistics after a restart. */
     List<StepRecord> recentSteps(String runId, int rank, int limit);
 
+    /**
+     * The newest steps of every rank that has any, by rank, oldest first: what a restart replays.
+     * Ranks without steps are absent, so a run opened with a huge world size costs nothing here.
+     * Journals on a database answer it in one query; this default asks rank by rank.
+     */
+    default java.util.Map<Integer, List<StepRecord>> recentStepsByRank(String runId, int worldSize, int limit) {
+        java.util.Map<Integer, List<StepRecord>> out = new java.util.TreeMap<>();
+        for (int rank = 0; rank < worldSize; rank++) {
+            List<StepRecord> steps = recentSteps(runId, rank, limit);
+            if (!steps.isEmpty()) {
+                out.put(rank, steps);
+            }
+        }
+        return out;
+    }
+
     /** The newest {@code limit} incidents of a run, newest first. */
     List<Incident> incidents(String runId, int limit);
 }

@@ -388,6 +388,88 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         return out;
     }
 
+    /** Rows replayed per run at most: a huge world that really reported gets fewer steps per rank. */
+    static final int MAX_REPLAY_ROWS = 1_000_000;
+
+    @Override
+    public synchronized Map<Integer, List<StepRecord>> recentStepsByRank(String runId, int worldSize, int limit) {
+        Map<Integer, List<StepRecord>> out = new java.util.TreeMap<>();
+        int reported;
+        try (PreparedStatement count = readConnection.prepareStatement("SELECT COUNT(DISTINCT rank) FROM steps WHERE run_id=?")) {
+            count.setString(1, runId);
+            try (ResultSet rs = count.executeQuery()) {
+                reported = rs.next() ? rs.getInt(1) : 0;
+            }
+        } catch (SQLException e) {
+            throw new IllegalStateException("cannot read steps from the journal: " + e.getMessage(), e);
+        }
+        if (reported == 0) {
+            return out;
+        }
+        int perRank = (int) Math.max(16, Math.min(limit, MAX_REPLAY_ROWS / reported));
+        try (PreparedStatement ps = readConnection.prepareStatement("SELECT * FROM (SELECT rank, step, loss, grad_norm, lr, "
+                + "loss_scale, action, clip, time_ms, ROW_NUMBER() OVER (PARTITION BY rank ORDER BY rowid DESC) AS rn "
+                + "FROM steps WHERE run_id=?) WHERE rn <= ? ORDER BY rank, rn DESC")) {
+            ps.setString(1, runId);
+            ps.setInt(2, perRank);
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    int rank = rs.getInt("rank");
+                    out.computeIfAbsent(rank, r -> new ArrayList<>()).add(new StepRecord(runId, rank, rs.getLong("step"),
+                            getDouble(rs, "loss"), getDouble(rs, "grad_norm"), getDouble(rs, "lr"), getDouble(rs, "loss_scale"),
+                            Action.valueOf(rs.getString("action")), getDouble(rs, "clip"),
+                            Instant.ofEpochMilli(rs.getLong("time_ms"))));
+                }
+            }
+        } catch (SQLException e) {
+            throw new IllegalStateException("cannot read steps from the journal: " + e.getMessage(), e);
+        }
+        return out;
+    }
+
+    /**
+     * Journal retention: deletes runs CLOSED before {@code closedBefore} with their steps and
+     * incidents, so the journal and the start time stay bounded over months of runs. Runs not
+     * closed are kept whatever their age (a paused run is not garbage). Returns the runs removed.
+     */
+    public int expireClosedRuns(Instant closedBefore) {
+        List<String> expired = new ArrayList<>();
+        synchronized (this) {
+            try (PreparedStatement ps = readConnection.prepareStatement(
+                    "SELECT run_id FROM runs WHERE state='CLOSED' AND updated_ms < ?")) {
+                ps.setLong(1, closedBefore.toEpochMilli());
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) {
+                        expired.add(rs.getString(1));
+                    }
+                }
+            } catch (SQLException e) {
+                throw new IllegalStateException("cannot read runs from the journal: " + e.getMessage(), e);
+            }
+        }
+        if (expired.isEmpty()) {
+            return 0;
+        }
+        // on a connection of its own (WAL: beside the writer); busy_timeout covers the overlap
+        try (Connection c = openConnection()) {
+            c.setAutoCommit(false);
+            for (String table : List.of("steps", "incidents", "runs")) {
+                try (PreparedStatement del = c.prepareStatement("DELETE FROM " + table + " WHERE run_id=?")) {
+                    for (String run : expired) {
+                        del.setString(1, run);
+                        del.addBatch();
+                    }
+                    del.executeBatch();
+                }
+            }
+            c.commit();
+        } catch (SQLException e) {
+            throw new IllegalStateException("journal retention failed: " + e.getMessage(), e);
+        }
+        LOG.infof("journal retention: removed %d closed run(s) last changed before %s", expired.size(), closedBefore);
+        return expired.size();
+    }
+
     @Override
     public synchronized List<Incident> incidents(String runId, int limit) {
         List<Incident> out = new ArrayList<>();

@@ -13,6 +13,14 @@ import org.junit.jupiter.api.Test;
 @QuarkusTest
 class HttpSurfaceTest extends SidecarTestSupport {
 
+    /** Health and metrics live on the management interface, not the gRPC/REST port. */
+    @io.quarkus.test.common.http.TestHTTPResource(value = "/", management = true)
+    java.net.URL managementUrl;
+
+    private io.restassured.specification.RequestSpecification management() {
+        return given().baseUri("http://" + managementUrl.getHost()).port(managementUrl.getPort());
+    }
+
     private String haltedRun() {
         String run = Sidecar.newRunId("halt");
         sidecar.open(run, 0, 1);
@@ -25,15 +33,15 @@ class HttpSurfaceTest extends SidecarTestSupport {
     @Test
     void trainingHealthGroup_haltedRun_isDownWithRunReasonAndStep() {
         String run = haltedRun();
-        given().get("/q/health/group/training").then().statusCode(503)
+        management().get("/q/health/group/training").then().statusCode(503)
                 .body("status", equalTo("DOWN"))
                 .body("checks[0].name", equalTo("training"))
                 .body("checks[0].data.haltedRuns", containsString(run))
                 .body("checks[0].data.halted", greaterThanOrEqualTo(1));
-        given().get("/q/health/group/training").then().body("checks[0].data.reason", containsString("consecutive skipped steps"));
+        management().get("/q/health/group/training").then().body("checks[0].data.reason", containsString("consecutive skipped steps"));
         // The sidecar itself stays live and ready: a halted run is the trainer's problem, not the sidecar's.
-        given().get("/q/health/live").then().statusCode(200).body("checks.name", hasItem("engine"));
-        given().get("/q/health/ready").then().statusCode(200).body("checks.name", hasItem("journal"));
+        management().get("/q/health/live").then().statusCode(200).body("checks.name", hasItem("engine"));
+        management().get("/q/health/ready").then().statusCode(200).body("checks.name", hasItem("journal"));
     }
 
     @Test
@@ -74,7 +82,7 @@ class HttpSurfaceTest extends SidecarTestSupport {
         sidecar.report(run, 0, 0, 2.0, 0.5);
         sidecar.report(run, 0, 1, Double.NaN, 0.5);
         sidecar.report(run, 0, 2, 2.0, 3.0);
-        given().get("/q/metrics").then().statusCode(200)
+        management().get("/q/metrics").then().statusCode(200)
                 .body(containsString("trainguard_verdicts_total{action=\"SKIP\"}"))
                 .body(containsString("trainguard_nonfinite_total{source=\"loss\"}"))
                 .body(containsString("trainguard_run_clip_threshold{run=\"" + run + "\"} 1.0"))

@@ -29,6 +29,24 @@ import io.restassured.response.Response;
 @QuarkusIntegrationTest
 class PackagedAppHealthIT {
 
+    /**
+     * Health and metrics live on the management interface, not the gRPC/REST port. The packaged
+     * app is launched with -Dquarkus.management.port=0 (quarkus.test.arg-line): its log says where.
+     */
+    private io.restassured.specification.RequestSpecification management() {
+        try {
+            var m = java.util.regex.Pattern.compile("Management interface listening on http://[^:]+:(\\d+)")
+                    .matcher(Files.readString(Path.of("target/quarkus.log")));
+            int port = -1;
+            while (m.find()) {
+                port = Integer.parseInt(m.group(1));
+            }
+            return given().baseUri("http://127.0.0.1").port(port);
+        } catch (java.io.IOException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
     // Prevents: a startupProbe that never passes, so the trainer never starts.
     @Test
     void started_freshSidecar_isUpWithNamedChecks() {
@@ -63,7 +81,7 @@ class PackagedAppHealthIT {
     // Prevents: the PodMonitor scraping a path that serves no Prometheus text.
     @Test
     void metrics_packagedApp_servesPrometheusText() {
-        given().when().get("/q/metrics")
+        management().when().get("/q/metrics")
                 .then().statusCode(200)
                 // Prometheus asks for OpenMetrics first; either exposition format is fine.
                 .contentType(anyOf(containsString("text/plain"), containsString("application/openmetrics-text")))
@@ -83,8 +101,8 @@ class PackagedAppHealthIT {
         assertTrue(line.endsWith("; reads: map"), line);
     }
 
-    private static Response assertUpWithNamedChecks(String path) {
-        Response r = given().when().get(path);
+    private Response assertUpWithNamedChecks(String path) {
+        Response r = management().when().get(path);
         r.then().statusCode(200)
                 .body("status", is("UP"))
                 .body("checks.name", everyItem(not(emptyOrNullString())))

@@ -46,4 +46,46 @@ class HangDetectionTest {
         Fixtures.NANOS.addAndGet(30_000_000_000L);
         assertTrue(guard.hangs().isEmpty(), "first validation gets hang_max (60 s in the fixture)");
     }
+
+    // Prevents: a paused trainer (guard.pause(): eval, save, data-loader restart) reported hung
+    // and restarted by its liveness probe; a trainer that really stops must still be reported.
+    @Test
+    void hangs_pausedForTenTimesTheMinimum_notHungButAStoppedTrainerIs() {
+        InMemoryJournal journal = new InMemoryJournal();
+        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        guard.open(Fixtures.setup("pause-hang", 0, 1, null));
+        for (int s = 0; s < 20; s++) {
+            Fixtures.NANOS.addAndGet(100_000_000L);
+            guard.report(Fixtures.step("pause-hang", 0, s, 2.0, 0.5));
+        }
+        guard.heartbeat("pause-hang", 0, 19, Phase.IDLE); // what guard.pause() sends
+        Fixtures.NANOS.addAndGet(10_000_000_000L); // 10 x hang_min (1 s in the fixture)
+        assertTrue(guard.recordHangs().isEmpty(), "a paused trainer is not hung");
+        guard.heartbeat("pause-hang", 0, 19, Phase.STEP); // guard.resume()
+        for (int s = 20; s < 25; s++) {
+            Fixtures.NANOS.addAndGet(100_000_000L);
+            guard.report(Fixtures.step("pause-hang", 0, s, 2.0, 0.5));
+        }
+        Fixtures.NANOS.addAndGet(2_500_000_000L); // stopped: 2.5 s > max(1 s, 5 x 0.1 s, 2 x 0.1 s)
+        assertEquals(1, guard.recordHangs().size(), "a trainer that really stops is reported");
+    }
+
+    // Prevents: one long interval the guard was not told about (an evaluation in the step loop)
+    // being a hang the next time it happens: whole intervals are learned, the longest one kept.
+    @Test
+    void hangs_longIntervalSeenBefore_allowedAgain() {
+        InMemoryJournal journal = new InMemoryJournal();
+        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        guard.open(Fixtures.setup("long-interval", 0, 1, null));
+        long step = 0;
+        for (int round = 0; round < 2; round++) {
+            for (int s = 0; s < 20; s++) {
+                Fixtures.NANOS.addAndGet(100_000_000L);
+                guard.report(Fixtures.step("long-interval", 0, step++, 2.0, 0.5));
+            }
+            Fixtures.NANOS.addAndGet(round == 0 ? 900_000_000L : 1_700_000_000L); // an eval: 0.9 s, then 1.7 s
+            assertTrue(guard.recordHangs().isEmpty(), "round " + round);
+            guard.report(Fixtures.step("long-interval", 0, step++, 2.0, 0.5));
+        }
+    }
 }

@@ -34,6 +34,10 @@ public final class GrpcErrors {
             status = Status.UNAVAILABLE;
         } else if (t instanceof PathRefusedException || t instanceof TensorInputException || t instanceof IllegalArgumentException) {
             status = Status.INVALID_ARGUMENT;
+        } else if (t instanceof ArithmeticException) {
+            // e.g. a Duration or a tensor shape whose arithmetic overflows 64 bits: bad input, not a bug
+            return Status.INVALID_ARGUMENT.withDescription("a number in the request is out of range (" + t.getMessage()
+                    + "): send durations, steps and shapes that fit 64-bit arithmetic").asRuntimeException();
         } else if (t instanceof VerificationQueueFullException) {
             status = Status.RESOURCE_EXHAUSTED;
         } else if (t instanceof CheckpointNotFoundException) {

@@ -58,6 +58,12 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
         this.faults = faults;
     }
 
+    /** Unparseable request frames reach the methods as a marker, answered INVALID_ARGUMENT. */
+    @Override
+    public io.grpc.ServerServiceDefinition bindService() {
+        return GarbledFrames.tolerant(super.bindService());
+    }
+
     private static <T> void respond(StreamObserver<T> observer, Supplier<T> call) {
         T response;
         try {
@@ -128,9 +134,21 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
             // Verdicts leave in report order even when one waits for the journal: each response is
             // chained behind the previous one.
             private CompletableFuture<Void> tail = CompletableFuture.completedFuture(null);
+            private boolean ended;
 
             @Override
             public synchronized void onNext(StreamStepsRequest request) {
+                if (ended) {
+                    return;
+                }
+                if (GarbledFrames.isGarbled(request)) {
+                    // the stream cannot be trusted past a frame it cannot read: end it, say why
+                    ended = true;
+                    tail.whenComplete((ok, failure) -> observer.onError(io.grpc.Status.INVALID_ARGUMENT
+                            .withDescription(GarbledFrames.message("StreamSteps") + "; verdicts already sent stand, "
+                                    + "open a new stream").asRuntimeException()));
+                    return;
+                }
                 long step = request.getReport().getStep();
                 CompletableFuture<StreamStepsResponse> response;
                 try {
@@ -155,6 +173,9 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
 
             @Override
             public synchronized void onCompleted() {
+                if (ended) {
+                    return;
+                }
                 tail.whenComplete((ok, failure) -> observer.onCompleted());
             }
         };

@@ -54,6 +54,10 @@ public class RunResource {
     @PUT
     @Path("/{runId}/policy")
     public Policy updatePolicy(@PathParam("runId") String runId, PolicyPatch patch) {
+        if (patch == null) { // an empty or `null` body: say what to send instead of a 500
+            throw new io.trainguard.guard.InvalidRequestException("the body must be a JSON object of policy fields, "
+                    + "e.g. {\"clipThreshold\": 2.0, \"reason\": \"...\"}");
+        }
         return guard.updatePolicy(runId, patch::applyTo, patch.reason());
     }
 

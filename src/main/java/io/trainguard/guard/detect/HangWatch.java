@@ -5,14 +5,23 @@ import java.time.Duration;
 
 /**
  * Learns how long each phase of a rank normally takes (steps, validation, checkpoint saves are
- * very different) and calls it a hang when the current phase has lasted {@code factor} times its
- * learned duration, clamped to [min, max]. Until a phase has been seen, the max applies (the first
- * step compiles kernels and loads data; it must not be judged by later ones).
+ * very different) and calls it a hang when the current phase has lasted longer than both
+ * {@code factor} times its learned (EMA) duration and twice the longest whole interval seen in that
+ * phase (NVRx style: an occasional long step, an evaluation or a save the guard was not told about,
+ * once seen, never counts as a hang), clamped to [min, max]. Until a phase has been seen
+ * {@link #WARMUP_INTERVALS} times, the max applies (the first steps compile kernels and load data;
+ * they must not be judged by later ones). IDLE (a paused trainer) never hangs.
  */
 public final class HangWatch {
     private static final double ALPHA = 0.9;
+    /** Whole intervals of a phase seen before its learned duration is trusted. */
+    static final int WARMUP_INTERVALS = 3;
+    /** The longest interval seen, times this, is always allowed. */
+    private static final double LONGEST_FACTOR = 2.0;
     /** Per phase (by ordinal): the learned duration, NaN until seen. Primitive: updated every step. */
     private final double[] learnedNanos = new double[Phase.values().length];
+    private final long[] longestNanos = new long[Phase.values().length];
+    private final int[] seen = new int[Phase.values().length];
     private Phase phase = Phase.IDLE;
     private long phaseStartNanos;
     private long lastSeenNanos;
@@ -39,6 +48,8 @@ public final class HangWatch {
     }
 
     private void learn(Phase p, long nanos) {
+        seen[p.ordinal()]++;
+        longestNanos[p.ordinal()] = Math.max(longestNanos[p.ordinal()], nanos);
         double old = learnedNanos[p.ordinal()];
         learnedNanos[p.ordinal()] = Double.isNaN(old) ? nanos : ALPHA * old + (1 - ALPHA) * nanos;
     }
@@ -46,10 +57,10 @@ public final class HangWatch {
     /** How long the current phase may last before it counts as a hang. */
     public synchronized Duration allowance(double factor, Duration min, Duration max) {
         double learned = learnedNanos[phase.ordinal()];
-        if (Double.isNaN(learned)) {
+        if (Double.isNaN(learned) || seen[phase.ordinal()] < WARMUP_INTERVALS) {
             return max;
         }
-        long nanos = (long) (learned * factor);
+        long nanos = (long) Math.max(learned * factor, longestNanos[phase.ordinal()] * LONGEST_FACTOR);
         return Duration.ofNanos(Math.max(min.toNanos(), Math.min(max.toNanos(), nanos)));
     }
 

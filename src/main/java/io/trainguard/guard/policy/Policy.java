@@ -39,7 +39,13 @@ public record Policy(
         int recoverySteps) {
 
     public Policy {
-        require(clipThreshold > 0, "clip_threshold must be > 0");
+        // Ranges, not only signs: 1e308 or Infinity thresholds turn protection off silently.
+        // Turning something off is said explicitly (clip_mode=OFF, cross_rank_rtol=0).
+        require(clipThreshold > 0 && clipThreshold <= 1e9, "clip_threshold must be in (0, 1e9]; use clip_mode=OFF to stop clipping");
+        require(spikeZThreshold <= 1e3 && zclipZThreshold <= 1e3, "spike_z_threshold and zclip_z_threshold must be <= 1000");
+        require(hangFactor <= 1e3, "hang_factor must be <= 1000");
+        require(crossRankRtol <= 1, "cross_rank_rtol must be <= 1 (0 turns the check off)");
+        require(divergenceRatio <= 1e6, "divergence_ratio must be <= 1e6");
         require(maxConsecutiveSkips >= 0, "max_consecutive_skips must be >= 0");
         require(validationWarmupSteps >= 0, "validation_warmup_steps must be >= 0");
         require(validationIntervalSteps >= 1, "validation_interval_steps must be >= 1");

@@ -44,7 +44,7 @@ public final class SafetensorsFile implements AutoCloseable {
             String source = path.getFileName().toString();
             ByteBuffer prefix = ByteBuffer.allocate(SafetensorsHeader.PREFIX_BYTES);
             readFully(ch, prefix, 0);
-            long n = SafetensorsHeader.checkPrefix(prefix, size, maxHeaderBytes, source);
+            long n = SafetensorsHeader.checkPrefix(prefix, size, SafetensorsHeader.maxHeaderBytes(maxHeaderBytes), source);
             byte[] all = new byte[(int) (SafetensorsHeader.PREFIX_BYTES + n)];
             System.arraycopy(prefix.array(), 0, all, 0, SafetensorsHeader.PREFIX_BYTES);
             ByteBuffer json = ByteBuffer.wrap(all, SafetensorsHeader.PREFIX_BYTES, (int) n);

@@ -3,16 +3,15 @@ package io.trainguard.tensor.format;
 import com.fasterxml.jackson.core.JsonFactory;
 import com.fasterxml.jackson.core.JsonParser;
 import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.JsonToken;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Comparator;
-import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -87,38 +86,108 @@ public final class SafetensorsHeader {
      * @param dataLength bytes in the data section (file size - 8 - header length)
      */
     public static SafetensorsHeader parse(byte[] json, long dataLength, String source) {
-        String text;
-        try {
-            text = StandardCharsets.UTF_8.newDecoder()
-                    .onMalformedInput(CodingErrorAction.REPORT)
-                    .onUnmappableCharacter(CodingErrorAction.REPORT)
-                    .decode(ByteBuffer.wrap(json)).toString();
-        } catch (CharacterCodingException e) {
-            throw new RejectedTensorFileException(source + ": header is not valid UTF-8", e);
-        }
-        JsonNode root;
-        try {
-            root = JSON.readTree(text);
+        checkUtf8(json, source);
+        // Streamed, one tensor entry at a time: a whole-header tree (readTree) of a 98 MiB header
+        // took a 1 GiB heap down. Memory here is bounded by maxTensors() entries of at most
+        // MAX_DIMS dimensions each, plus the metadata strings (bounded by the header bytes).
+        int maxTensors = maxTensors();
+        Map<String, String> metadata = new LinkedHashMap<>();
+        List<TensorEntry> entries = new ArrayList<>();
+        try (JsonParser p = JSON.getFactory().createParser(json)) {
+            if (p.nextToken() != JsonToken.START_OBJECT) {
+                throw new RejectedTensorFileException(source + ": header must be a JSON object");
+            }
+            while (p.nextToken() == JsonToken.FIELD_NAME) {
+                String name = p.currentName();
+                p.nextToken();
+                if (name.equals("__metadata__")) {
+                    readMetadata(JSON.readTree(p), metadata, source);
+                } else {
+                    if (entries.size() >= maxTensors) {
+                        throw new RejectedTensorFileException(source + ": header lists more than " + maxTensors
+                                + " tensors, more than this sidecar's heap (" + (Runtime.getRuntime().maxMemory() >> 20)
+                                + " MiB) verifies safely; raise -Xmx or save fewer, larger tensors");
+                    }
+                    entries.add(readEntry(name, boundedEntry(p, source + ": tensor '" + name + "'"), source));
+                }
+            }
         } catch (JsonProcessingException e) {
             throw new RejectedTensorFileException(source + ": header is not valid JSON: "
                     + e.getOriginalMessage(), e);
-        }
-        if (root == null || !root.isObject()) {
-            throw new RejectedTensorFileException(source + ": header must be a JSON object");
-        }
-        Map<String, String> metadata = new LinkedHashMap<>();
-        List<TensorEntry> entries = new ArrayList<>();
-        for (Iterator<Map.Entry<String, JsonNode>> it = root.fields(); it.hasNext();) {
-            Map.Entry<String, JsonNode> f = it.next();
-            if (f.getKey().equals("__metadata__")) {
-                readMetadata(f.getValue(), metadata, source);
-            } else {
-                entries.add(readEntry(f.getKey(), f.getValue(), source));
-            }
+        } catch (java.io.IOException e) {
+            throw new RejectedTensorFileException(source + ": header is not valid JSON: " + e.getMessage(), e);
         }
         entries.sort(Comparator.comparingLong(TensorEntry::begin).thenComparingLong(TensorEntry::end));
         checkLayout(entries, dataLength, source);
         return new SafetensorsHeader(json.length, List.copyOf(entries), Map.copyOf(metadata));
+    }
+
+    /** More dimensions than any real tensor has; a longer shape array is refused while streaming. */
+    static final int MAX_DIMS = 64;
+
+    /**
+     * Tensors one header may list: about 8 KiB of heap per tensor across header, scan results and
+     * the checkpoint record (a 1 GiB heap allows 131072; real checkpoints have hundreds to a few
+     * thousand per file).
+     */
+    public static int maxTensors() {
+        return (int) Math.max(1024, Math.min(Integer.MAX_VALUE, Runtime.getRuntime().maxMemory() / 8192));
+    }
+
+    /** The header bytes this heap reads at once: the configured cap, at most a sixteenth of the heap. */
+    public static long maxHeaderBytes(long configured) {
+        return Math.max(1 << 20, Math.min(configured, Runtime.getRuntime().maxMemory() / 16));
+    }
+
+    /** Validates UTF-8 through a small buffer (no String of the whole header). */
+    private static void checkUtf8(byte[] json, String source) {
+        var decoder = StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
+                .onUnmappableCharacter(CodingErrorAction.REPORT);
+        ByteBuffer in = ByteBuffer.wrap(json);
+        java.nio.CharBuffer out = java.nio.CharBuffer.allocate(8192);
+        while (true) {
+            var r = decoder.decode(in, out, true);
+            if (r.isError()) {
+                throw new RejectedTensorFileException(source + ": header is not valid UTF-8");
+            }
+            out.clear();
+            if (r.isUnderflow()) {
+                break;
+            }
+        }
+    }
+
+    /**
+     * Reads one tensor's object into a small tree: dtype, shape (at most MAX_DIMS numbers) and
+     * data_offsets (at most 3 values, so a wrong count is still reported); other fields are skipped.
+     */
+    private static JsonNode boundedEntry(JsonParser p, String where) throws java.io.IOException {
+        var nodes = JSON.getNodeFactory();
+        if (p.currentToken() != JsonToken.START_OBJECT) {
+            p.skipChildren();
+            return nodes.nullNode();
+        }
+        var obj = nodes.objectNode();
+        while (p.nextToken() == JsonToken.FIELD_NAME) {
+            String field = p.currentName();
+            JsonToken t = p.nextToken();
+            if (field.equals("dtype") && t == JsonToken.VALUE_STRING) {
+                obj.put("dtype", p.getText());
+            } else if ((field.equals("shape") || field.equals("data_offsets")) && t == JsonToken.START_ARRAY) {
+                int limit = field.equals("shape") ? MAX_DIMS : 3;
+                var arr = obj.putArray(field);
+                while (p.nextToken() != JsonToken.END_ARRAY) {
+                    if (arr.size() >= limit) {
+                        throw new RejectedTensorFileException(where + " has more than " + limit + " values in " + field);
+                    }
+                    arr.add(p.currentToken().isScalarValue() ? JSON.readTree(p) : nodes.nullNode());
+                    p.skipChildren();
+                }
+            } else {
+                p.skipChildren(); // unknown or mistyped: the checks below say what is missing
+            }
+        }
+        return obj;
     }
 
     private static void readMetadata(JsonNode node, Map<String, String> out, String source) {
