@@ -7,6 +7,29 @@
         guard.optimizer_step(); optimizer.zero_grad()
 
 torch is imported by Guard's module only; no web framework is ever imported.
+
+Module map (one concern each; ``Guard`` in guard.py is a façade over them):
+
+  guard.py         Guard: wires the parts below, per-step flow (host path / device gate), public API
+  connection.py    client state machine ClientState (ONLINE, GATED, OFFLINE, PAUSED), OpenRun,
+                   failure modes (fail-open warnings, fail-closed SidecarUnavailable), reconnect
+  run_setup.py     what OpenRun sends: policy overrides, model description, precision setup
+  measure.py       measuring a step: StepMeter (packed one-read on the host path, on-device stats),
+                   DeviceGate (found_inf / grad_scale on a fused optimizer, pinned staging)
+  stats.py         device statistics: grad norms, ModuleWatch forward hooks, auto_watch
+  rules.py         local decision rules, pure functions (bounds, local/offline verdicts, gate clip)
+  report.py        the one place a StepReport is built
+  apply.py         applying a verdict (clip, skip, rollback, halt) and the guarded optimizer step
+  rollback.py      rollback to a checkpoint, LR cut, re-warm
+  protect.py       update protection: undo an optimizer.step() that made weights non-finite
+  checkpointing.py Guard.save_checkpoint / load_checkpoint and RegisterCheckpoint
+  validation.py    validation gate (ValidationContext: `with guard.validation(m) as v: if v.allowed:`)
+  audit.py         validation audit: ModelSnapshot (tensors, wiring, attribute state, RNG), diff, restore
+  distributed.py   cross-rank agreement on the verdict
+  transport.py     gRPC stubs, deadlines, the ordered ReportSender thread
+  verdict.py, errors.py   the plain-Python types user code sees
+  sidecar.py       launches the sidecar jar (tests, examples)
+  checksum.py, safetensors_io.py   tg1 checksums, safetensors read/write without the package
 """
 from .errors import RunRefused, SidecarUnavailable, TrainguardError, TrainingHalted
 from .verdict import Action, LocalBounds, RollbackPlan, Verdict

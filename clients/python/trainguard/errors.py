@@ -27,3 +27,13 @@ class TrainingHalted(TrainguardError):
 
 class SidecarUnavailable(TrainguardError):
     """The sidecar did not answer within the deadline and failure_mode is "closed"."""
+
+
+class NonFiniteUpdate(TrainguardError):
+    """optimizer.step() turned finite weights non-finite; the update was undone (protect_update)."""
+
+    def __init__(self, step, module, detail):
+        super().__init__(
+            f"optimizer.step() at step {step} made the weights of '{module}' non-finite from finite "
+            f"gradients; trainguard undid the update and stopped. {detail}")
+        self.step, self.module = step, module

@@ -1,0 +1,85 @@
+"""Applying a verdict to the training state: clip or drop the gradients, roll back, halt; and the
+optimizer step that honours it (GradScaler, scheduler, re-warm, update protection)."""
+import math
+
+import torch
+
+from . import rollback as rollback_
+from .errors import TrainingHalted
+from .verdict import Action
+
+
+def gradients(optimizer):
+    return [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+
+def clip_gradients(optimizer, threshold, grad_norm):
+    """Scales the gradients to ``threshold`` (clip_grad_norm_'s coefficient, from the norm already
+    measured: no second pass). Returns whether anything was scaled."""
+    if not (threshold > 0 and grad_norm is not None and math.isfinite(grad_norm) and grad_norm > threshold):
+        return False
+    coef = threshold / (grad_norm + 1e-6)
+    grads = gradients(optimizer)
+    if hasattr(torch, "_foreach_mul_"):
+        torch._foreach_mul_(grads, coef)
+    else:
+        for g in grads:
+            g.mul_(coef)
+    return True
+
+
+def drop_gradients(optimizer):
+    optimizer.zero_grad(set_to_none=True)
+
+
+def apply_verdict(guard, v, grad_norm):
+    """Acts on the gradients/training state for ``v``; raises TrainingHalted on HALT."""
+    a = v.action
+    if a == Action.APPLY:
+        return
+    if a == Action.CLIP:
+        if clip_gradients(guard.optimizer, v.clip_threshold, grad_norm):
+            guard.counters["clips"] += 1
+        return
+    if a == Action.SKIP:
+        drop_gradients(guard.optimizer)
+        guard.counters["skips"] += 1
+        return
+    if a == Action.ROLLBACK:
+        drop_gradients(guard.optimizer)
+        rollback_.rollback(guard, v)
+        return
+    if a == Action.HALT:
+        drop_gradients(guard.optimizer)
+        raise TrainingHalted(v)
+    # UNSPECIFIED (an old or confused sidecar): the safe reading is SKIP.
+    drop_gradients(guard.optimizer)
+
+
+def optimizer_step(guard):
+    """Steps the optimizer (through the GradScaler if any) and the scheduler when the last verdict
+    allows it; otherwise only lets the GradScaler close its iteration. Returns whether it stepped."""
+    v = guard.last_verdict
+    opt, scaler = guard.optimizer, guard.scaler
+    scaler_on = scaler is not None and scaler.is_enabled()
+    if v is not None and not v.should_step:
+        if scaler_on and guard._unscaled:
+            scaler.update()
+        guard._unscaled = False
+        return False
+    saved_lr = rollback_.rewarm_lr(guard, v.step if v else None)
+    snap = guard.protector.snapshot() if guard.protect_update else None
+    if scaler_on:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    guard._unscaled = False
+    if saved_lr is not None:
+        for g, lr in zip(opt.param_groups, saved_lr):
+            g["lr"] = lr
+    if snap is not None:
+        guard.protector.check(snap, v.step if v else -1)
+    if guard.scheduler is not None:
+        guard.scheduler.step()
+    return True

@@ -1,0 +1,90 @@
+"""The Guard's own checkpoints: save (safetensors weights + a torch.save side file), load, and
+registration with the sidecar (RegisterCheckpoint), which verifies and tracks them as known-good.
+
+Checkpoints written by other code (torch.save, Lightning, torch.distributed.checkpoint, Trainer)
+are described by ``trainguard.checkpoints`` (formats) and registered through ``register``.
+"""
+import os
+import warnings
+
+import grpc
+import torch
+
+from . import distributed as dist_agree
+from .connection import UNREACHABLE, grpc_code
+from .errors import TrainguardError
+from .safetensors_io import read_safetensors, write_safetensors
+from ._proto.trainguard.v1 import trainguard_pb2 as pb
+
+
+def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_position=0):
+    """Sends RegisterCheckpoint for ``files`` ([pb.CheckpointFile]); returns the sidecar's
+    checkpoint message, or None when the sidecar is unreachable (fail-open) or does not track
+    checkpoints. Raises TrainguardError on a refusal."""
+    req = pb.RegisterCheckpointRequest(run_id=guard.run, rank=guard.rank, step=int(step), format=fmt,
+                                       files=files, data_position=int(data_position))
+    try:
+        resp = guard.transport.call("RegisterCheckpoint", req, deadline=max(guard.deadline, 2.0))
+    except grpc.RpcError as e:
+        if grpc_code(e) in UNREACHABLE:
+            guard.connection.unreachable("RegisterCheckpoint", e)
+            return None
+        if grpc_code(e) == grpc.StatusCode.UNIMPLEMENTED:
+            # An older sidecar: the files are saved and restorable locally, just not tracked.
+            warnings.warn(f"trainguard sidecar does not track checkpoints yet ({e.details()}); "
+                          f"step {step} saved locally only", RuntimeWarning)
+            return None
+        raise TrainguardError(f"RegisterCheckpoint step {step}: {grpc_code(e).name}: {e.details()}") from None
+    return resp.checkpoint
+
+
+def as_dict(c):
+    return {"checkpoint_id": c.checkpoint_id, "state": pb.CheckpointState.Name(c.state),
+            "state_reason": c.state_reason, "step": c.step}
+
+
+def save(guard, directory, step, data_position=0, extra=None):
+    """See Guard.save_checkpoint."""
+    path = os.path.abspath(os.path.join(directory, f"step-{int(step):08d}"))
+    weights = os.path.join(path, "model.safetensors")
+    distributed = dist_agree.is_initialized() and guard.world_size > 1
+    writer = guard.rank == 0 or not distributed
+    sha, size = "", 0
+    if writer:
+        os.makedirs(path, exist_ok=True)
+        sha, size = write_safetensors(guard.model.state_dict(), weights,
+                                      metadata={"step": str(step), "run": guard.run})
+        side = {"optimizer": guard.optimizer.state_dict(), "step": int(step), "data_position": int(data_position),
+                "scheduler": guard.scheduler.state_dict() if guard.scheduler is not None else None,
+                "scaler": guard.scaler.state_dict() if guard.scaler is not None else None,
+                "guard": guard.state_dict(), "extra": extra}
+        torch.save(side, os.path.join(path, "trainer.pt.tmp"))
+        os.replace(os.path.join(path, "trainer.pt.tmp"), os.path.join(path, "trainer.pt"))
+    if distributed:
+        dist_agree.barrier()
+    entry = {"dir": path, "files": [weights], "checkpoint_id": "", "data_position": int(data_position)}
+    guard.checkpoints[int(step)] = entry
+    if not writer:
+        return None
+    c = register(guard, step, [pb.CheckpointFile(path=weights, sha256=sha, size_bytes=size)],
+                 data_position=data_position)
+    if c is None:
+        return None
+    entry["checkpoint_id"] = c.checkpoint_id
+    return as_dict(c)
+
+
+def load(guard, path_or_step):
+    """See Guard.load_checkpoint."""
+    d = guard.checkpoints[path_or_step]["dir"] if isinstance(path_or_step, int) else path_or_step
+    if d.endswith(".safetensors"):
+        d = os.path.dirname(d)
+    weights = read_safetensors(os.path.join(d, "model.safetensors"))
+    guard.model.load_state_dict({k: v.to(guard.device) for k, v in weights.items()})
+    side = torch.load(os.path.join(d, "trainer.pt"), map_location=guard.device)
+    guard.optimizer.load_state_dict(side["optimizer"])
+    if guard.scheduler is not None and side.get("scheduler") is not None:
+        guard.scheduler.load_state_dict(side["scheduler"])
+    if guard.scaler is not None and side.get("scaler") is not None:
+        guard.scaler.load_state_dict(side["scaler"])
+    return side

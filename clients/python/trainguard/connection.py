@@ -1,0 +1,133 @@
+"""The client's connection state machine and its failure handling.
+
+States (``ClientState``)::
+
+    ONLINE  --step decided on the device-->  GATED  --step decided on the host-->  ONLINE
+    ONLINE/GATED --sidecar did not answer--> OFFLINE --OpenRun answered (retried every 5 s)--> ONLINE
+    any --pause()--> PAUSED --resume()--> ONLINE or OFFLINE (whichever it was)
+
+ONLINE: steps are decided locally within the sidecar's bounds or by the sidecar, on the host.
+GATED: the last step went through the device gate (no host sync; the optimizer reads the flags).
+OFFLINE: the sidecar is unreachable; fail-open steps are decided by the local rules (never apply a
+non-finite update), fail-closed raises SidecarUnavailable. PAUSED: the guard is detached.
+"""
+import enum
+import logging
+import time
+import warnings
+
+import grpc
+
+from .errors import RunRefused, SidecarUnavailable, TrainguardError
+
+log = logging.getLogger("trainguard")
+
+#: gRPC codes that mean "the sidecar did not answer", as opposed to "it answered no".
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+               grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED)
+REOPEN_EVERY_S = 5.0
+
+
+def grpc_code(e):
+    return e.code() if isinstance(e, grpc.RpcError) and hasattr(e, "code") else None
+
+
+class ClientState(enum.Enum):
+    ONLINE = "online"
+    GATED = "gated"
+    OFFLINE = "offline"
+    PAUSED = "paused"
+
+
+_ALLOWED = {
+    ClientState.ONLINE: {ClientState.GATED, ClientState.OFFLINE, ClientState.PAUSED},
+    ClientState.GATED: {ClientState.ONLINE, ClientState.OFFLINE, ClientState.PAUSED},
+    ClientState.OFFLINE: {ClientState.ONLINE, ClientState.PAUSED},
+    ClientState.PAUSED: {ClientState.ONLINE, ClientState.OFFLINE},
+}
+
+
+class Connection:
+    """Owns the client state and what happens when the sidecar does not answer."""
+
+    def __init__(self, transport, failure_mode, deadline, warn_every, counters):
+        self.transport, self.failure_mode = transport, failure_mode
+        self.deadline, self.warn_every, self.counters = deadline, warn_every, counters
+        self.state = ClientState.ONLINE
+        self._resume_to = ClientState.ONLINE
+        self._last_open_try = 0.0
+        self._warned = False
+
+    # ---------------------------------------------------------------- state
+
+    def to(self, new):
+        if new is self.state:
+            return
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"trainguard client: no transition {self.state.value} -> {new.value}")
+        if ClientState.OFFLINE in (self.state, new) and ClientState.PAUSED not in (self.state, new):
+            log.info("trainguard client: %s -> %s", self.state.value, new.value)
+        self.state = new
+
+    @property
+    def offline(self):
+        return self.state is ClientState.OFFLINE
+
+    @property
+    def paused(self):
+        return self.state is ClientState.PAUSED
+
+    def went_offline(self):
+        """Stop paying the deadline every step; OpenRun is retried every REOPEN_EVERY_S."""
+        if self.paused:
+            self._resume_to = ClientState.OFFLINE
+        else:
+            self.to(ClientState.OFFLINE)
+        self._last_open_try = time.monotonic()
+
+    def reopen_due(self):
+        return self.offline and time.monotonic() - self._last_open_try > REOPEN_EVERY_S
+
+    def pause(self):
+        if not self.paused:
+            self._resume_to = ClientState.OFFLINE if self.offline else ClientState.ONLINE
+            self.to(ClientState.PAUSED)
+
+    def resume(self):
+        if self.paused:
+            self.to(self._resume_to)
+
+    # ---------------------------------------------------------------- failures
+
+    def unreachable(self, what, err):
+        """Counts a call the sidecar did not answer; raises in fail-closed mode, warns (once, then
+        every ``warn_every`` failures) in fail-open mode."""
+        self.counters["sidecar_failures"] += 1
+        msg = f"trainguard sidecar at {self.transport.target} did not answer {what} within {self.deadline}s: {err}"
+        if self.failure_mode == "closed":
+            raise SidecarUnavailable(msg + " (failure_mode='closed': training stops; start the sidecar or use failure_mode='open')")
+        n = self.counters["sidecar_failures"]
+        if not self._warned or n % self.warn_every == 0:
+            self._warned = True
+            warnings.warn(msg + f" (failure_mode='open': training goes on; {n} failures so far)", RuntimeWarning)
+
+    def open_run(self, run, request, deadline):
+        """Sends OpenRun. Returns the response, or None when the sidecar is unreachable (the client
+        is then OFFLINE). Raises RunRefused / TrainguardError when the sidecar answers no."""
+        self._last_open_try = time.monotonic()
+        try:
+            resp = self.transport.call("OpenRun", request, deadline=deadline)
+        except grpc.RpcError as e:
+            code = grpc_code(e)
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise RunRefused(f"trainguard refused run '{run}': {e.details()}") from None
+            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS):
+                raise TrainguardError(f"OpenRun for run '{run}' failed: {code.name}: {e.details()}") from None
+            self.unreachable("OpenRun", e)
+            self.went_offline()
+            return None
+        if self.offline:
+            self.to(ClientState.ONLINE)
+        elif self.paused:
+            self._resume_to = ClientState.ONLINE
+        return resp

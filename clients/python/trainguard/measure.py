@@ -1,0 +1,123 @@
+"""Measuring a step on the device: the packed read (host path) and the device gate (no host sync).
+
+Host path: loss, grad norm, loss scale, group norms and the watched modules' statistics are packed
+into one float32 tensor and read once (the step's only device->host transfer).
+
+Device gate: the same statistics stay on the device; a skip flag (any of them non-finite) and a
+clip divisor are written into two 0-d tensors that a fused optimizer reads as ``found_inf`` and
+``grad_scale`` — the update is skipped or clipped in its own kernel. The statistics reach the host
+later through pinned memory and a CUDA event, on the sender thread.
+"""
+from typing import List, NamedTuple
+
+import torch
+
+from .stats import grad_norms
+
+
+class Measurement(NamedTuple):
+    loss: float
+    grad_norm: float
+    group_norms: List[float]
+    module_names: List[str]
+    module_values: List[float]
+    loss_scale: float
+
+
+class StepMeter:
+    """Reads one step's statistics with a single device->host transfer."""
+
+    def __init__(self, optimizer, device, scaler=None, watch=None):
+        self.optimizer, self.device, self.scaler, self.watch = optimizer, device, scaler, watch
+        self._no_scale = None
+
+    def _groups(self):
+        return [g["params"] for g in self.optimizer.param_groups]
+
+    def read(self, loss):
+        """One packed float32 tensor: [loss, grad_norm, loss scale, group norms..., module stats...]."""
+        total, per_group = grad_norms(self._groups(), self.device)
+        if torch.is_tensor(loss):
+            lt = loss.detach().float().reshape(()).to(self.device)
+        else:
+            lt = torch.tensor(float("nan") if loss is None else float(loss), device=self.device)
+        if self.scaler is not None and self.scaler.is_enabled():
+            # the scale tensor itself: get_scale() would be a second device read per step
+            scale = self.scaler._get_scale_async().detach().float().reshape(1).to(self.device)
+        else:
+            if self._no_scale is None:  # made once: a fresh zeros() would be a kernel every step
+                self._no_scale = torch.zeros(1, device=self.device)
+            scale = self._no_scale
+        parts = [lt.reshape(1), total.reshape(1), scale] + [g.reshape(1) for g in per_group]
+        names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
+        parts += [m.reshape(1) for m in mods]
+        vals = torch.cat(parts).tolist()  # the step's only device->host transfer
+        ng = len(per_group)
+        return Measurement(vals[0], vals[1], vals[3:3 + ng], names, vals[3 + ng:], vals[2])
+
+    def on_device(self, loss):
+        """(stats, total, n_groups, module_names): stats = [loss, grad_norm, group norms..., module
+        stats...] as one float32 device tensor, nothing read."""
+        total, per_group = grad_norms(self._groups(), self.device)
+        if torch.is_tensor(loss):
+            lt = loss.detach().reshape(1)
+            if lt.device != self.device:
+                lt = lt.to(self.device)
+        else:
+            lt = torch.full((1,), float("nan") if loss is None else float(loss), device=self.device)
+        names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
+        parts = [lt, total.reshape(1)] + [g.reshape(1) for g in per_group] + [m.reshape(1) for m in mods]
+        if any(t.dtype != torch.float32 for t in parts):
+            parts = [t.float() for t in parts]
+        return torch.cat(parts), total, len(per_group), names
+
+
+def optimizer_honours_gate(optimizer):
+    """Fused Adam/AdamW/SGD read ``found_inf``/``grad_scale`` (set for GradScaler) in their kernel."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+class DeviceGate:
+    """Gates a fused optimizer on the device through its ``found_inf`` and ``grad_scale``."""
+
+    def __init__(self, optimizer, device):
+        self.optimizer, self.device = optimizer, device
+        self._found = None  # device float32 0-d: 1.0 = the optimizer skips (optimizer.found_inf)
+        self._scale = None  # device float32 0-d: grads are divided by it (optimizer.grad_scale)
+
+    def _buffers(self):
+        if self._found is None or self._found.device != self.device:
+            self._found = torch.zeros((), dtype=torch.float32, device=self.device)
+            self._scale = torch.ones((), dtype=torch.float32, device=self.device)
+        return self._found, self._scale
+
+    def install(self, stats, total, threshold):
+        """Writes the skip flag and the clip divisor for this step and points the optimizer at them."""
+        found, scale = self._buffers()
+        # 1.0 when anything is NaN/Inf: the fused optimizer then leaves weights, moments and its
+        # step counter untouched (as under GradScaler).
+        torch.logical_not(torch.isfinite(stats).all(), out=found)
+        opt = self.optimizer
+        opt.found_inf = found
+        if threshold > 0:
+            # clip_grad_norm_'s coefficient min(1, thr/norm) as a divisor the fused kernel applies.
+            torch.clamp(total.detach().float(), min=threshold, out=scale)
+            scale.div_(threshold)
+            opt.grad_scale = scale
+        else:
+            opt.__dict__.pop("grad_scale", None)
+
+    def uninstall(self):
+        """No stale device flag may gate a step decided on the host (or an unguarded one)."""
+        self.optimizer.__dict__.pop("found_inf", None)
+        self.optimizer.__dict__.pop("grad_scale", None)
+
+    def stage(self, stats):
+        """Starts the copy of ``stats`` to the host; returns (host tensor, event to wait on or None)."""
+        if self.device.type == "cuda":
+            host = torch.empty(stats.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(stats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return host, event
+        return stats, None

@@ -1,0 +1,79 @@
+"""Update protection: undo an optimizer.step() that turned finite weights non-finite.
+
+Low-precision parameters without fp32 master weights can be ruined by the update itself (an eps
+that rounds to 0 in fp16 divides by ~0) although every gradient was finite. The protector copies
+parameters and optimizer state before the step, checks the weights after it (one device read) and,
+when they went non-finite, puts everything back and raises NonFiniteUpdate with the likely cause.
+"""
+import torch
+
+from .errors import NonFiniteUpdate
+
+
+class UpdateProtector:
+    def __init__(self, model, optimizer, watch=None, ship_bad_tensor=None):
+        """``ship_bad_tensor(step, name, tensor)`` sends the bad parameter to the sidecar (optional)."""
+        self.model, self.optimizer, self.watch = model, optimizer, watch
+        self.ship_bad_tensor = ship_bad_tensor
+        self._buffers = None
+
+    def snapshot(self):
+        """Copies parameters and optimizer state before optimizer.step() into buffers kept across
+        steps (allocated once, refreshed by one foreach copy): a per-step clone and deepcopy would
+        allocate ~3x the model every step."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        state = self.optimizer.state
+        slots = [(p, k) for p in params for k, t in state.get(p, {}).items() if torch.is_tensor(t)]
+        src = [p.detach() for p in params] + [state[p][k] for p, k in slots]
+        buf = self._buffers
+        if (buf is None or len(buf) != len(src)
+                or any(b.shape != s.shape or b.dtype != s.dtype or b.device != s.device for b, s in zip(buf, src))):
+            buf = self._buffers = [torch.empty_like(s) for s in src]
+        with torch.no_grad():
+            if hasattr(torch, "_foreach_copy_"):
+                torch._foreach_copy_(buf, src)
+            else:
+                for b, s in zip(buf, src):
+                    b.copy_(s)
+        others = {p: {k: v for k, v in state[p].items() if not torch.is_tensor(v)} for p in params if p in state}
+        return params, slots, buf, others
+
+    def undo(self, snap):
+        """Puts parameters (same objects, so the optimizer's references hold) and optimizer state
+        back as they were before the step; state the step created is dropped."""
+        params, slots, buf, others = snap
+        state = self.optimizer.state
+        with torch.no_grad():
+            for p, b in zip(params, buf):
+                p.copy_(b)
+        for p in params:
+            if p not in others:
+                state.pop(p, None)
+        for p, kv in others.items():
+            state[p] = dict(kv)
+        for (p, k), b in zip(slots, buf[len(params):]):
+            state[p][k] = b.clone()
+
+    def check(self, snap, step):
+        """Raises NonFiniteUpdate (after undoing the update) when a parameter went non-finite."""
+        params = snap[0]
+        norms = [n.float() for n in (torch._foreach_norm([p.detach() for p in params])
+                                     if hasattr(torch, "_foreach_norm") else [p.detach().norm() for p in params])]
+        ok = torch.isfinite(torch.stack(norms)).tolist()  # one device read
+        if all(ok):
+            return
+        owner = {id(p): n for n, p in self.model.named_parameters()}
+        bad_params = [p for p, good in zip(params, ok) if not good]
+        bad = [owner.get(id(p), "?") for p in bad_params]
+        order = self.watch.forward_order() if self.watch else []
+        module = next((m for m in order if any(b == m or b.startswith(m + ".") for b in bad)), bad[0].rsplit(".", 1)[0])
+        self.undo(snap)
+        if self.ship_bad_tensor is not None:
+            self.ship_bad_tensor(step, bad[0], bad_params[0])
+        d = self.optimizer.defaults
+        detail = (f"Non-finite parameters: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. "
+                  f"Parameters are {params[0].dtype} without fp32 master weights and {type(self.optimizer).__name__} "
+                  f"eps={d.get('eps')}: in {params[0].dtype} an eps below the smallest normal rounds to 0 and the "
+                  f"first update divides by ~0. Keep fp32 master weights (AMP autocast + GradScaler, or "
+                  f"DeepSpeed) or raise eps.")
+        raise NonFiniteUpdate(step, module, detail)

@@ -1,0 +1,67 @@
+"""Local decision rules: pure functions of the step's numbers and the sidecar's LocalBounds.
+
+No torch, no gRPC, no state: every rule the client applies without asking the sidecar is here, so
+that it can be read (and tested) in one place. The sidecar stays the authority: these rules only
+decide steps the sidecar has pre-authorised (within its bounds), the GradScaler's own overflow
+skips, and — when the sidecar is unreachable in fail-open mode — the never-apply-non-finite rule.
+"""
+import math
+
+from .verdict import Action, Verdict
+
+
+def within_bounds(bounds, loss, grad_norm):
+    """Whether loss and grad norm lie within the bounds (a bound of 0 is no bound)."""
+    return ((bounds.max_grad_norm <= 0 or grad_norm <= bounds.max_grad_norm)
+            and (bounds.max_loss <= 0 or loss <= bounds.max_loss))
+
+
+def may_decide_locally(bounds, step, loss, grad_norm, finite):
+    """A finite step within usable bounds needs no round trip to the sidecar."""
+    return finite and bounds is not None and bounds.usable(step) and within_bounds(bounds, loss, grad_norm)
+
+
+def is_scaler_overflow(scaler_on, loss, grad_norm):
+    """Finite loss, non-finite grads under an enabled GradScaler: the scaler's own business (it
+    skips the step and lowers the scale), not an incident."""
+    return scaler_on and math.isfinite(loss) and not math.isfinite(grad_norm)
+
+
+def clip_action(threshold, grad_norm):
+    """CLIP only when a threshold is set and the norm exceeds it; a healthy step stays APPLY."""
+    return Action.CLIP if threshold > 0 and grad_norm > threshold else Action.APPLY
+
+
+def decide_locally(step, grad_norm, bounds, scaler_overflow, validation_allowed):
+    if scaler_overflow:
+        return Verdict(step, Action.SKIP, reasons=["GradScaler overflow: loss scale lowered"], decided_locally=True)
+    thr = bounds.clip_threshold if bounds else 0.0
+    return Verdict(step, clip_action(thr, grad_norm), clip_threshold=thr, validation_allowed=validation_allowed,
+                   bounds=bounds, decided_locally=True)
+
+
+def decide_offline(step, grad_norm, finite, clip_threshold):
+    """Fail-open decision without the sidecar: never apply a non-finite update."""
+    if not finite:
+        return Verdict(step, Action.SKIP, reasons=["non-finite loss or gradients (sidecar unreachable)"],
+                       degraded=True, decided_locally=True)
+    return Verdict(step, clip_action(clip_threshold, grad_norm), clip_threshold=clip_threshold, degraded=True,
+                   decided_locally=True)
+
+
+def gate_threshold(bounds):
+    """The clip applied on the device: the sidecar's clip threshold, and never above the bound
+    beyond which the sidecar must be asked (a finite spike is clipped to it meanwhile)."""
+    thr = bounds.clip_threshold if bounds.clip_threshold > 0 and math.isfinite(bounds.clip_threshold) else 0.0
+    m = bounds.max_grad_norm
+    if m > 0 and math.isfinite(m):
+        thr = min(thr, m) if thr > 0 else m
+    return thr
+
+
+def gated_outcome(loss, grad_norm, module_finite, threshold, bounds):
+    """What the device gate did to a step, recomputed on the host from the same numbers:
+    (finite: the update ran, clipped: its grads were scaled down, in_bounds: no sidecar needed)."""
+    finite = math.isfinite(loss) and math.isfinite(grad_norm) and all(module_finite)
+    clipped = finite and threshold > 0 and grad_norm > threshold
+    return finite, clipped, within_bounds(bounds, loss, grad_norm)

@@ -1,0 +1,77 @@
+"""What the client tells the sidecar when it opens a run: policy overrides, the model's parameter
+groups and watched modules, and the precision setup the pre-flight audit judges."""
+import torch
+
+from .verdict import Action
+from ._proto.trainguard.v1 import trainguard_pb2 as pb
+
+DTYPE = {torch.float32: pb.D_TYPE_FLOAT32, torch.float16: pb.D_TYPE_FLOAT16, torch.bfloat16: pb.D_TYPE_BFLOAT16,
+         torch.float64: pb.D_TYPE_FLOAT64, torch.int64: pb.D_TYPE_INT64, torch.int32: pb.D_TYPE_INT32,
+         torch.int16: pb.D_TYPE_INT16, torch.int8: pb.D_TYPE_INT8, torch.uint8: pb.D_TYPE_UINT8,
+         torch.bool: pb.D_TYPE_BOOL}
+_ENUM_PREFIX = {"clip_mode": "CLIP_MODE_", "spike_action": "ACTION_", "preflight_mode": "AUDIT_MODE_"}
+
+
+def build_policy(overrides):
+    p = pb.Policy()
+    for key, value in (overrides or {}).items():
+        if key in ("hang_min", "hang_max"):
+            getattr(p, key).FromNanoseconds(int(float(value) * 1e9))
+        elif key in _ENUM_PREFIX and isinstance(value, str):
+            setattr(p, key, _enum_number(key, value))
+        elif isinstance(value, Action):
+            setattr(p, key, int(value))
+        else:
+            setattr(p, key, value)
+    return p
+
+
+def _enum_number(key, value):
+    enum = {"clip_mode": pb.ClipMode, "spike_action": pb.Action, "preflight_mode": pb.AuditMode}[key]
+    return enum.Value(_ENUM_PREFIX[key] + value.upper())
+
+
+def describe(optimizer, watched, master_weights):
+    groups, total = [], 0
+    for i, g in enumerate(optimizer.param_groups):
+        ps = g["params"]
+        n = sum(p.numel() for p in ps)
+        total += n
+        dtype = ps[0].dtype if ps else torch.float32
+        groups.append(pb.ParameterGroup(name=str(g.get("name", f"group{i}")), parameter_count=n,
+                                        dtype=DTYPE.get(dtype, pb.D_TYPE_UNSPECIFIED), trainable=True,
+                                        has_master_copy=master_weights))
+    return pb.ModelDescription(parameter_groups=groups, watched_modules=list(watched), parameter_count=total)
+
+
+def precision(model, optimizer, scaler, autocast_dtype, master_weights, clipping_configured, framework):
+    ps = [p for p in model.parameters() if p.requires_grad]
+    pdtype = ps[0].dtype if ps else torch.float32
+    d = optimizer.defaults
+    eps = d.get("eps", 0.0)
+    eps = float(eps[0] if isinstance(eps, (tuple, list)) else eps or 0.0)
+    state_dtypes = set()
+    for st in list(optimizer.state.values())[:4]:
+        for v in st.values():
+            if torch.is_tensor(v) and v.dim() > 0:
+                state_dtypes.add(DTYPE.get(v.dtype, pb.D_TYPE_UNSPECIFIED))
+    if not state_dtypes and ps:
+        state_dtypes.add(DTYPE.get(pdtype, pb.D_TYPE_UNSPECIFIED))  # torch optimizers keep state in the param dtype
+    return pb.PrecisionSetup(
+        parameter_dtype=DTYPE.get(pdtype, pb.D_TYPE_UNSPECIFIED),
+        autocast_dtype=DTYPE.get(autocast_dtype, pb.D_TYPE_UNSPECIFIED) if autocast_dtype else pb.D_TYPE_UNSPECIFIED,
+        optimizer_name=type(optimizer).__name__, optimizer_eps=eps,
+        loss_scaler=bool(scaler is not None and scaler.is_enabled()),
+        master_weights=master_weights, clipping_configured=clipping_configured,
+        clipping_effective=clipping_configured, framework=framework,
+        optimizer_state_dtypes=sorted(state_dtypes))
+
+
+def open_request(guard):
+    return pb.OpenRunRequest(
+        run_id=guard.run, rank=guard.rank, world_size=guard.world_size,
+        policy=build_policy(guard.policy_overrides),
+        model=describe(guard.optimizer, guard.watch.names if guard.watch else [], guard.master_weights),
+        precision=precision(guard.model, guard.optimizer, guard.scaler, guard.autocast_dtype, guard.master_weights,
+                            guard.clipping_configured, guard.framework),
+        trainer_instance=guard.trainer_instance)
