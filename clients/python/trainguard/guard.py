@@ -400,8 +400,9 @@ class Guard:
         rollback_.rollback(self, v)
 
     def validation(self, model=None, step=None, restore=True):
-        """``with guard.validation(model) as v:`` — the body runs only when the sidecar allows it;
-        afterwards the model is audited and, by default, restored. ``v.allowed`` says which."""
+        """``with guard.validation(model) as v: if v.allowed: ...`` — ``v.allowed`` says whether the
+        sidecar allows validation now (a refusal is logged once per reason); afterwards the model is
+        audited and, by default, restored. See validation.py."""
         return ValidationContext(self, model or self.model, step, restore)
 
     # ------------------------------------------------------------------ state and lifecycle

@@ -74,7 +74,8 @@ public final class SpikeDetector {
                     signal, x, stats.zScore(x), stats.mean(), zThreshold);
         }
         double ratio = level.ratio(x);
-        String times = Double.isFinite(ratio) ? String.format("%.3gx", ratio) : "far above";
+        String times = !Double.isFinite(ratio) ? "far above"
+                : String.format(ratio >= 1e6 ? "%.3gx" : ratio >= 10 ? "%.0fx" : "%.1fx", ratio);
         String when = stats.warmedUp() ? "sanity bound" : String.format(
                 "judged before the %d-sample warm-up of the moving statistics", stats.warmup());
         return String.format("%s spike: %.6g is %s the median %.6g of its last %d values (bound %.6g; %s)",
