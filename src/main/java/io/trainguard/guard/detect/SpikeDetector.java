@@ -63,7 +63,9 @@ public final class SpikeDetector {
     }
 
     private double emaBound(double zThreshold) {
-        double floor = Math.max(Math.abs(stats.mean()) * 1e-3, 1e-12);
+        // The std floor follows the run's own scale (its peak level), not an absolute 1e-12: a run
+        // converged to grad norms of 1e-14 must not see round-off as a 6-sigma spike.
+        double floor = Math.max(Math.abs(stats.mean()) * 1e-3, Math.max(level.peak() * 1e-3, 1e-12));
         return stats.mean() + zThreshold * Math.max(stats.std(), floor);
     }
 
