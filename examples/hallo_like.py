@@ -146,7 +146,8 @@ def main():
             if args.bug == "validation" and step > 0 and step % 5 == 0:
                 if guard:
                     with guard.validation(model, step=step) as val:
-                        val.loss = log_validation(model, step)
+                        if val.allowed:
+                            val.loss = log_validation(model, step)
                     if val.allowed and val.audit["details"]:
                         print(f"  validation at step {step} changed the model: {val.audit['details'][:4]} "
                               f"-> restored: {val.restored}")

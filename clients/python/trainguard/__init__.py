@@ -23,7 +23,8 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   rollback.py      rollback to a checkpoint, LR cut, re-warm
   protect.py       update protection: undo an optimizer.step() that made weights non-finite
   checkpointing.py Guard.save_checkpoint / load_checkpoint and RegisterCheckpoint
-  validation.py    validation gate and audit (ValidationContext, ModelSnapshot)
+  validation.py    validation gate (ValidationContext: `with guard.validation(m) as v: if v.allowed:`)
+  audit.py         validation audit: ModelSnapshot (tensors, wiring, attribute state, RNG), diff, restore
   distributed.py   cross-rank agreement on the verdict
   transport.py     gRPC stubs, deadlines, the ordered ReportSender thread
   verdict.py, errors.py   the plain-Python types user code sees

@@ -33,7 +33,7 @@ from .measure import DeviceGate, StepMeter, optimizer_honours_gate
 from .protect import UpdateProtector
 from .report import step_report
 from .run_setup import build_policy, open_request  # noqa: F401  (build_policy: public here)
-from .stats import ModuleWatch, auto_watch
+from .stats import ModuleWatch, auto_watch, first_non_finite
 from .transport import ReportSender, Transport
 from .validation import ValidationContext
 from .verdict import Action, LocalBounds, Verdict
@@ -339,10 +339,10 @@ class Guard:
             if finite and in_bounds:
                 self.counters["local_decisions"] += 1
         if not finite:
-            bad = next((n for n, f in zip(names, mod_finite) if not f), "")
+            bad = first_non_finite(names, mod_finite)
             log.warning("trainguard: step %d non-finite (loss=%s, grad norm=%s%s): the update was skipped on the "
                         "device; the sidecar decides what follows", step, loss_v, gnorm,
-                        f", first non-finite module '{bad}'" if bad else "")
+                        f", first non-finite module call {bad}" if bad else "")
         return step_report(self.run, self.rank, step, loss=loss_v, grad_norm=gnorm, group_norms=vals[2:2 + ng],
                            learning_rate=lr, step_time=step_time, loss_absent=absent, module_names=names,
                            module_values=mods, values_are_max_abs=self._watch_sends_max_abs(),
@@ -404,8 +404,9 @@ class Guard:
         rollback_.rollback(self, v)
 
     def validation(self, model=None, step=None, restore=True):
-        """``with guard.validation(model) as v:`` — the body runs only when the sidecar allows it;
-        afterwards the model is audited and, by default, restored. ``v.allowed`` says which."""
+        """``with guard.validation(model) as v: if v.allowed: ...`` — ``v.allowed`` says whether the
+        sidecar allows validation now (a refusal is logged once per reason); afterwards the model is
+        audited and, by default, restored. See validation.py."""
         return ValidationContext(self, model or self.model, step, restore)
 
     # ------------------------------------------------------------------ state and lifecycle

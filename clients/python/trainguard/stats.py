@@ -51,7 +51,14 @@ def _first_tensor(out):
 
 
 class ModuleWatch:
-    """Forward hooks that keep one float32 statistic per watched module on the device.
+    """Forward hooks that keep one float32 statistic per module *call* on the device.
+
+    A module called several times in one step (one Dropout before and after an RNN, a block
+    applied in a loop, micro-batches of gradient accumulation) gets one entry per call, in the order
+    the calls finished, so the first non-finite entry is the call where NaN appeared and not the
+    module's first call. Entries carry the module's name (repeated for repeated calls); after
+    ``MAX_CALLS`` calls of one module in a step its later calls fold into its last entry (max), so a
+    module applied per time step of a long sequence cannot grow the report without bound.
 
     ``reduce="amax"`` (the CPU default): max |output|, one ``abs().amax()`` per call. NaN propagates
     through ``amax`` and ``maximum`` and Inf is its own maximum, so the finite flag is
@@ -62,6 +69,8 @@ class ModuleWatch:
     (Inf + -Inf is NaN), so the value is a finite flag only (it is no magnitude: reports then carry
     ``finite`` and no ``max_abs``)."""
 
+    MAX_CALLS = 8
+
     def __init__(self, model, names, reduce="amax"):
         if reduce not in ("amax", "sum"):
             raise ValueError('reduce must be "amax" or "sum"')
@@ -69,8 +78,10 @@ class ModuleWatch:
         self._model = model
         modules = dict(model.named_modules())
         self.names = [n for n in names if n in modules]
-        self._slots = [None] * len(self.names)
-        self._order = []  # indices in the order the modules first ran: the forward order
+        self._calls = []                      # [module index, statistic] per call this step, in call order
+        self._last = [None] * len(self.names)  # per module: its newest entry in _calls this step
+        self._count = [0] * len(self.names)    # per module: calls this step
+        self._order = []  # indices in the order the modules first ran, across steps: the forward order
         self.enabled = True
         self._handles = []
         self.attach()
@@ -94,13 +105,15 @@ class ModuleWatch:
                 m = torch.sum(t.detach(), dtype=torch.float32)
             else:
                 m = t.detach().abs().amax().float()
-            cur = self._slots[i]
-            if cur is None:
-                if i not in self._order:
-                    self._order.append(i)
-                self._slots[i] = m
+            if i not in self._order:
+                self._order.append(i)
+            self._count[i] += 1
+            if self._count[i] <= self.MAX_CALLS:
+                self._last[i] = len(self._calls)
+                self._calls.append([i, m])
             else:
-                self._slots[i] = (cur + m) if self.reduce == "sum" else torch.maximum(cur, m)
+                entry = self._calls[self._last[i]]
+                entry[1] = (entry[1] + m) if self.reduce == "sum" else torch.maximum(entry[1], m)
         return hook
 
     def forward_order(self):
@@ -108,21 +121,35 @@ class ModuleWatch:
         return [self.names[i] for i in seen] + [n for j, n in enumerate(self.names) if j not in seen]
 
     def take_list(self, device):
-        """The names (forward order) of the modules that ran and their max |x| as 0-d float32
-        tensors, unstacked: the caller concatenates them with the rest of the step's statistics in
-        one kernel."""
-        idx = [i for i in self._order if self._slots[i] is not None]
-        vals = [self._slots[i] if self._slots[i].device == device else self._slots[i].to(device) for i in idx]
-        self._slots = [None] * len(self.names)
-        return [self.names[i] for i in idx], vals
+        """The names of this step's module calls in call order (a module called twice appears twice)
+        and their statistics as 0-d float32 tensors, unstacked: the caller concatenates them with the
+        rest of the step's statistics in one kernel."""
+        calls = self._calls
+        self.reset()
+        return ([self.names[i] for i, _ in calls], [m if m.device == device else m.to(device) for _, m in calls])
 
     def reset(self):
-        self._slots = [None] * len(self.names)
+        self._calls = []
+        self._last = [None] * len(self.names)
+        self._count = [0] * len(self.names)
 
     def remove(self):
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def first_non_finite(names, finite):
+    """Names the first non-finite module call: "'rnn'", or for a module that ran several times
+    "'drop' (call 2 of 2 this step)"; "" when all are finite."""
+    for pos, (name, ok) in enumerate(zip(names, finite)):
+        if not ok:
+            total = sum(1 for n in names if n == name)
+            if total == 1:
+                return f"'{name}'"
+            k = sum(1 for n in names[:pos + 1] if n == name)
+            return f"'{name}' (call {k} of {total} this step)"
+    return ""
 
 
 def auto_watch(model):

@@ -64,6 +64,24 @@ class RunGuardTest {
     }
 
     @Test
+    void report_reusedModuleSecondCallNonFinite_namesTheCallNotTheModulesFirstRun() {
+        // Prevents: issue 15's RNN LM, where a Dropout used before and after the RNN took the blame
+        // (recorded once, at its first call) for NaN that the RNN produced.
+        guard.open(setup("r1", 0, 1, null));
+        StepReport r = new StepReport("r1", 0, 3, Double.NaN, false, Double.NaN, new double[0], 1e-3, 0,
+                List.of("embed", "drop", "rnn", "drop", "head"), new boolean[] {true, true, false, false, false},
+                new double[0], java.time.Duration.ZERO, false);
+        Verdict v = guard.report(r);
+        assertEquals("rnn", v.firstNonFiniteModule());
+        StepReport second = new StepReport("r1", 0, 4, Double.NaN, false, Double.NaN, new double[0], 1e-3, 0,
+                List.of("embed", "drop", "rnn", "drop", "head"), new boolean[] {true, true, true, false, false},
+                new double[0], java.time.Duration.ZERO, false);
+        Verdict w = guard.report(second);
+        assertEquals("drop", w.firstNonFiniteModule());
+        assertTrue(w.reasons().get(0).contains("its call 2 of 2 this step"), w.reasons().get(0));
+    }
+
+    @Test
     void report_gradNormAboveFixedThreshold_clipsToThreshold() {
         guard.open(setup("r1", 0, 1, null));
         Verdict v = guard.report(step("r1", 0, 0, 1.0, 3.0));

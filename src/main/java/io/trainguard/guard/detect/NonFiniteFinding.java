@@ -20,7 +20,7 @@ public record NonFiniteFinding(IncidentKind kind, String module, String message)
             if (!finite) {
                 module = i < names.size() ? names.get(i) : "#" + i;
                 kind = IncidentKind.NON_FINITE_MODULE;
-                parts.add("non-finite values first appeared in module '" + module + "' (index " + i + " in forward order)");
+                parts.add("non-finite values first appeared in module '" + module + "' (" + position(names, i) + ")");
                 break;
             }
         }
@@ -40,5 +40,29 @@ public record NonFiniteFinding(IncidentKind kind, String module, String message)
             }
         }
         return kind == null ? null : new NonFiniteFinding(kind, module, "step " + r.step() + ": " + String.join("; ", parts));
+    }
+
+    /**
+     * Where entry i ran. The client sends one entry per module call, so a module called several
+     * times (one Dropout before and after an RNN) has several entries, and the first non-finite
+     * entry is the call where NaN appeared, not that module's first call. [detect, issue 15]
+     */
+    private static String position(List<String> names, int i) {
+        if (i >= names.size()) {
+            return "index " + i + " in forward order";
+        }
+        String name = names.get(i);
+        List<Integer> at = new ArrayList<>();
+        for (int j = 0; j < names.size(); j++) {
+            if (names.get(j).equals(name)) {
+                at.add(j);
+            }
+        }
+        if (at.size() == 1) {
+            return "index " + i + " in forward order";
+        }
+        int call = at.indexOf(i) + 1;
+        return "its call " + call + " of " + at.size() + " this step, index " + i + " in forward order; the module ran at indices "
+                + at + (call > 1 ? ", its earlier calls were finite" : "");
     }
 }

@@ -8,8 +8,8 @@ import java.util.Arrays;
  * before an EMA has warmed up (an exploding RNN's losses of 1e3..1e12 in its first 20 steps) and
  * bound values absolutely after that.
  *
- * <p>The spread it judges with is {@code max(1.4826 * MAD, |median|)}: never less than the level
- * itself, so a bound {@code median + k * spread} is at least {@code (1 + k)} times the level and
+ * <p>The spread it judges with is {@code max(1.4826 * MAD, |median|, 0.01 * peak)}: never less than
+ * the level itself (nor than 1% of the highest level so far), so a bound {@code median + k * spread} is at least {@code (1 + k)} times the level and
  * only jumps of an order of magnitude or more count. That keeps healthy early training clear: the
  * loss falling fast (only upward outliers count), a grad norm that rises during LR warm-up (the
  * window slides), or a near-constant first few values (a MAD of 0 would make any noise an outlier).
@@ -19,6 +19,12 @@ public final class RobustBaseline {
     /** Fewer admitted values than this: the median is a guess, only the wide sanity bound applies. */
     public static final int MIN_SAMPLES = 8;
     private static final double MAD_TO_SIGMA = 1.4826;
+    /**
+     * The spread never falls below this fraction of the highest level the signal has had. A run
+     * that converges to a loss of 0 and grad norms of 1e-14 (round-off) would otherwise see its
+     * round-off noise as 100x explosions; measured against the run's own scale it is nothing.
+     */
+    static final double PEAK_FRACTION = 0.01;
     private final double[] ring = new double[WINDOW];
     private final double[] scratch = new double[WINDOW]; // no allocation per step
     private int size;
@@ -26,6 +32,7 @@ public final class RobustBaseline {
     private long count;
     private double median = Double.NaN;
     private double spread = Double.NaN;
+    private double peak;
 
     /** Admits a finite value (callers winsorize it first so an outlier cannot become the level). */
     public void observe(double x) {
@@ -42,7 +49,8 @@ public final class RobustBaseline {
             scratch[i] = Math.abs(ring[i] - median);
         }
         double mad = medianOfScratch();
-        spread = Math.max(Math.max(MAD_TO_SIGMA * mad, Math.abs(median)), Double.MIN_NORMAL);
+        peak = Math.max(peak, Math.abs(median));
+        spread = Math.max(Math.max(MAD_TO_SIGMA * mad, Math.abs(median)), Math.max(PEAK_FRACTION * peak, Double.MIN_NORMAL));
     }
 
     private double medianOfScratch() {
@@ -62,7 +70,12 @@ public final class RobustBaseline {
         return median;
     }
 
-    /** {@code max(1.4826 * MAD, |median|)}; NaN before the first value. */
+    /** The highest |median| seen so far: the scale of the signal over the run (0 before the first value). */
+    public double peak() {
+        return peak;
+    }
+
+    /** {@code max(1.4826 * MAD, |median|, 0.01 * peak)}; NaN before the first value. */
     public double spread() {
         return spread;
     }

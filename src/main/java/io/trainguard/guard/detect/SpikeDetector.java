@@ -63,7 +63,9 @@ public final class SpikeDetector {
     }
 
     private double emaBound(double zThreshold) {
-        double floor = Math.max(Math.abs(stats.mean()) * 1e-3, 1e-12);
+        // The std floor follows the run's own scale (its peak level), not an absolute 1e-12: a run
+        // converged to grad norms of 1e-14 must not see round-off as a 6-sigma spike.
+        double floor = Math.max(Math.abs(stats.mean()) * 1e-3, Math.max(level.peak() * 1e-3, 1e-12));
         return stats.mean() + zThreshold * Math.max(stats.std(), floor);
     }
 
@@ -74,7 +76,8 @@ public final class SpikeDetector {
                     signal, x, stats.zScore(x), stats.mean(), zThreshold);
         }
         double ratio = level.ratio(x);
-        String times = Double.isFinite(ratio) ? String.format("%.3gx", ratio) : "far above";
+        String times = !Double.isFinite(ratio) ? "far above"
+                : String.format(ratio >= 1e6 ? "%.3gx" : ratio >= 10 ? "%.0fx" : "%.1fx", ratio);
         String when = stats.warmedUp() ? "sanity bound" : String.format(
                 "judged before the %d-sample warm-up of the moving statistics", stats.warmup());
         return String.format("%s spike: %.6g is %s the median %.6g of its last %d values (bound %.6g; %s)",

@@ -117,6 +117,20 @@ class SpikeDetectorTest {
     }
 
     @Test
+    void isSpike_runConvergedToRoundOff_noiseIsNotSpike() {
+        // Prevents: a CNN that reached loss 0 and grad norms of 1e-14 being skipped at every step,
+        // its round-off noise judged as 1e5x explosions against a median of 3e-16.
+        var d = new SpikeDetector(0.98, 64, Z);
+        Random r = new Random(5);
+        for (int s = 0; s < 400; s++) {
+            double g = s < 50 ? 1.0 * Math.exp(-s / 10.0) : Math.pow(10, -16 + 4 * r.nextDouble());
+            assertFalse(d.isSpike(g, Z), "step " + s + " grad " + g);
+            d.observe(g);
+        }
+        assertTrue(d.isSpike(5.0, Z), "a norm 5x the run's peak is still an explosion");
+    }
+
+    @Test
     void robustBaseline_twoValues_levelIsTheLowerOne() {
         // Prevents: the mean of a first loss and an exploding second one becoming the level.
         var b = new RobustBaseline();

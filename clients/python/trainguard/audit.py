@@ -1,0 +1,405 @@
+"""Validation audit: a snapshot of everything validation must leave as it found it, a diff, and an undo.
+
+Covers the Hallo failure class: a pipeline that re-patches a module's ``forward`` (no parameter
+changes, so a checksum alone sees nothing), flips train/eval mode, casts or moves weights, adds
+hooks, or reseeds the global RNG on one rank; and every module's plain attribute state (``__dict__``
+minus parameters, buffers, children and hooks): a swapped attention processor
+(diffusers' ``set_attn_processor``), ``module.scale = ...``, a flag, a replaced callable, a small
+container or plain object changed in place, and class attributes patched on the model's classes.
+Identity is compared for every value, the value itself for small ones. When one mechanism explains
+many changes it is named once ("every parameter went through float16 and back")."""
+import enum
+import math
+import random
+import sys
+import types
+import weakref
+
+import torch
+
+
+def _rng_state():
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        state["numpy"] = np.random.get_state()
+    return state
+
+
+def _rng_equal(a, b):
+    if not torch.equal(a["torch"], b["torch"]) or a["python"] != b["python"]:
+        return False
+    if "cuda" in a and ("cuda" not in b or any(not torch.equal(x, y) for x, y in zip(a["cuda"], b["cuda"]))):
+        return False
+    if "numpy" in a and "numpy" in b:
+        x, y = a["numpy"], b["numpy"]
+        if x[0] != y[0] or x[2:] != y[2:] or not (x[1] == y[1]).all():
+            return False
+    return True
+
+
+def _set_rng(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state and "numpy" in sys.modules:
+        sys.modules["numpy"].random.set_state(state["numpy"])
+
+
+# Everything nn.Module keeps in an instance's __dict__ for itself (parameters, buffers, children,
+# hooks, ...): read from a fresh Module, so it follows the installed torch version. Audited
+# separately (tensors, tree, hooks, train mode) or not at all (hook bookkeeping).
+_MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__) | {"forward"}
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, enum.Enum)
+_SMALL_CONTAINER = 64   # lists/dicts up to this size are compared item by item
+_SMALL_OBJECT = 16      # plain objects with up to this many attributes are compared attribute by attribute
+_SMALL_TENSOR = 4096    # plain (non-parameter) tensor attributes up to this many elements keep their values
+_DEPTH = 2              # how far into containers/objects an attribute is followed
+
+
+def _short(v, limit=48):
+    if isinstance(v, _SCALARS):
+        text = repr(v)
+    elif isinstance(v, types.FunctionType):
+        text = v.__qualname__
+    elif isinstance(v, (types.BuiltinFunctionType, types.MethodType)):
+        text = getattr(v, "__name__", type(v).__name__)
+    elif isinstance(v, type):
+        text = f"class {v.__qualname__}"
+    elif torch.is_tensor(v):
+        text = f"tensor{tuple(v.shape)} {v.dtype}"
+    else:
+        text = type(v).__qualname__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _Remembered:
+    """What the audit keeps of one attribute value: the object itself (identity), and for small
+    values what is needed to see an in-place change and undo it."""
+    __slots__ = ("obj", "scalar", "version", "values", "items", "attrs")
+
+    def __init__(self, v, depth, own):
+        self.obj, self.scalar, self.version, self.values, self.items, self.attrs = v, False, None, None, None, None
+        if isinstance(v, _SCALARS):
+            self.scalar = True
+        elif torch.is_tensor(v):
+            if id(v) not in own:  # the model's own parameters/buffers are audited as tensors
+                self.version = v._version
+                if v.numel() <= _SMALL_TENSOR:
+                    self.values = v.detach().clone()
+        elif depth >= _DEPTH or isinstance(v, (torch.nn.Module, type, types.FunctionType, types.MethodType,
+                                                 types.BuiltinFunctionType, types.ModuleType)):
+            pass  # identity only
+        elif isinstance(v, (list, tuple)) and len(v) <= _SMALL_CONTAINER:
+            self.items = [_Remembered(x, depth + 1, own) for x in v]
+        elif isinstance(v, dict) and len(v) <= _SMALL_CONTAINER:
+            self.items = {k: _Remembered(x, depth + 1, own) for k, x in v.items()}
+        elif isinstance(v, (set, frozenset)) and len(v) <= _SMALL_CONTAINER:
+            self.items = frozenset(v)
+        elif isinstance(getattr(v, "__dict__", None), dict) and len(v.__dict__) <= _SMALL_OBJECT:
+            # a small plain object, e.g. an attention processor holding its scale
+            self.attrs = {k: _Remembered(x, depth + 1, own) for k, x in v.__dict__.items()}
+
+    def changes(self, cur, path, out):
+        """Appends a text per change between what was remembered and ``cur``."""
+        if self.scalar:
+            if not (cur is self.obj or (type(cur) is type(self.obj) and _equal(cur, self.obj))):
+                out.append(f"{path} {_short(self.obj)} -> {_short(cur)}")
+            return
+        if cur is not self.obj and not self._same_contents(cur):
+            before, after = _short(self.obj), _short(cur)
+            out.append(f"{path} replaced ({before} -> {after})" if before != after else f"{path} replaced by another {after}")
+            return
+        if cur is not self.obj:
+            return  # rebuilt with the same contents (an LSTM's _flat_weights after .to()): no change
+        if self.version is not None and (cur._version != self.version or self.values is not None and (
+                cur.shape != self.values.shape or not torch.equal(cur.detach(), self.values))):
+            out.append(f"{path} changed in place")
+        if isinstance(self.items, list):
+            if len(cur) != len(self.items):
+                out.append(f"{path} changed in place (length {len(self.items)} -> {len(cur)})")
+            else:
+                for i, (r, x) in enumerate(zip(self.items, cur)):
+                    r.changes(x, f"{path}[{i}]", out)
+        elif isinstance(self.items, dict):
+            _dict_changes(self.items, cur, path, out, "[{!r}]")
+        elif isinstance(self.items, frozenset) and frozenset(cur) != self.items:
+            out.append(f"{path} changed in place")
+        if self.attrs is not None:
+            _dict_changes(self.attrs, cur.__dict__, path, out, ".{}")
+
+    def _same_contents(self, cur):
+        if isinstance(self.obj, weakref.ref) and isinstance(cur, weakref.ref):
+            return cur() is not None and cur() is self.obj()
+        if self.items is None or type(cur) is not type(self.obj) or isinstance(self.items, frozenset):
+            return False
+        found = []
+        if isinstance(self.items, list):
+            if len(cur) != len(self.items):
+                return False
+            for r, x in zip(self.items, cur):
+                r.changes(x, "", found)
+        else:
+            _dict_changes(self.items, cur, "", found, "[{!r}]")
+        return not found
+
+    def restore_inside(self):
+        """Undoes in-place changes inside the remembered object (the caller puts the object itself back)."""
+        v = self.obj
+        if self.values is not None and v._version != self.version and v.shape == self.values.shape:
+            with torch.no_grad():
+                v.copy_(self.values)
+        if isinstance(self.items, list):
+            if isinstance(v, list):
+                v[:] = [r.obj for r in self.items]
+            for r in self.items:
+                r.restore_inside()
+        elif isinstance(self.items, dict):
+            v.clear()
+            v.update({k: r.obj for k, r in self.items.items()})
+            for r in self.items.values():
+                r.restore_inside()
+        elif isinstance(self.items, frozenset) and isinstance(v, set):
+            v.clear()
+            v.update(self.items)
+        if self.attrs is not None:
+            for k in [k for k in v.__dict__ if k not in self.attrs]:
+                del v.__dict__[k]
+            v.__dict__.update({k: r.obj for k, r in self.attrs.items()})
+            for r in self.attrs.values():
+                r.restore_inside()
+
+
+def _equal(a, b):
+    try:
+        return bool(a == b) or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+    except Exception:  # noqa: BLE001 - a value without a usable __eq__ counts as changed
+        return False
+
+
+def _dict_changes(before, now, path, out, key_format):
+    for k, r in before.items():
+        sub = path + key_format.format(k)
+        if k not in now:
+            out.append(f"{sub} removed")
+        else:
+            r.changes(now[k], sub, out)
+    out.extend(f"{path + key_format.format(k)} added ({_short(now[k])})" for k in now if k not in before)
+
+
+def _attributes(m, own):
+    return {k: _Remembered(v, 0, own) for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
+
+
+def _class_attributes(cls):
+    return {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__", "__doc__")}
+
+
+# Precisions a value may have been cast through and back ("model.half(); model.float()" during validation).
+_ROUND_TRIPS = [torch.float16, torch.bfloat16]
+
+
+def _round_trip(saved, cur):
+    """The dtype ``saved`` went through to become ``cur`` (values only), or None."""
+    if not saved.is_floating_point() or saved.dtype in _ROUND_TRIPS:
+        return None
+    for dt in _ROUND_TRIPS:
+        if torch.equal(saved.to(dt).to(saved.dtype), cur):
+            return dt
+    return None
+
+
+class ModelSnapshot:
+    """``keep_values``: True keeps a copy of every tensor (restorable), False a checksum (reads every
+    tensor once, restores none), None only each tensor's version counter (no read at all; sees
+    in-place writes, not ``.data`` swaps of equal dtype and device)."""
+
+    def __init__(self, model, keep_values=True, ignore_hooks=()):
+        self.model = model
+        self.ignore_hooks = set(ignore_hooks)
+        self.tensors = {}
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            self.tensors[name] = (t, t.dtype, t.device, t.detach().clone() if keep_values else None,
+                                  float(t.detach().double().sum()) if keep_values is False else None, t._version)
+        own = {id(t) for t, *_ in self.tensors.values()}
+        self.modules = {}
+        self.classes = {}
+        for name, m in model.named_modules():
+            self.modules[name] = {
+                "module": m, "training": m.training, "cls": type(m),
+                "cls_forward": type(m).__dict__.get("forward", None) or type(m).forward,
+                "inst_forward": m.__dict__.get("forward", None),
+                "fwd_hooks": {k: v for k, v in m._forward_hooks.items() if k not in self.ignore_hooks},
+                "pre_hooks": dict(m._forward_pre_hooks),
+                "attrs": _attributes(m, own),
+            }
+            for cls in type(m).__mro__:
+                if cls is not object and cls not in self.classes:
+                    self.classes[cls] = _class_attributes(cls)
+        self.rng = _rng_state()
+
+    # What kind of change a finding is; the order is the order details are listed in (most
+    # telling first), since only the first few reach the sidecar and the log. Attribute changes
+    # (a swapped attention processor, a flag, a scale) change behaviour: they count as wiring.
+    WIRING, ATTRIBUTES, RNG, VALUES, PLACEMENT, TRAIN_MODE = range(6)
+
+    def diff(self):
+        """Returns (parameters_changed, dtype_device_mode_changed, wiring_changed, rng_changed, details)."""
+        found = []  # (kind, text)
+        now = dict(list(self.model.named_parameters()) + list(self.model.named_buffers()))
+        changed_values, placement = [], []
+        for name, (t, dtype, device, value, checksum, version) in self.tensors.items():
+            cur = now.get(name)
+            if cur is None:
+                found.append((self.WIRING, f"{name} removed"))
+            elif cur.dtype != dtype or cur.device != device:
+                placement.append((name, f"{dtype}/{device} -> {cur.dtype}/{cur.device}"))
+            elif not (torch.equal(cur.detach(), value) if value is not None else
+                      float(cur.detach().double().sum()) == checksum if checksum is not None else
+                      cur is t and cur._version == version):
+                changed_values.append((name, value, cur))
+        found += self._explain_values(changed_values)
+        found += self._explain_grouped(self.PLACEMENT, placement, "tensors moved or cast")
+        mods = dict(self.model.named_modules())
+        train_mode = []
+        for name, s in self.modules.items():
+            m = mods.get(name)
+            label = name or "<root>"
+            if m is not s["module"]:
+                found.append((self.WIRING, f"{label} replaced or removed"))
+                continue
+            if m.training != s["training"]:
+                train_mode.append((label, f"train mode {s['training']} -> {m.training}"))
+            if m.__dict__.get("forward", None) is not s["inst_forward"]:
+                found.append((self.WIRING, f"{label}.forward replaced"))
+            if type(m) is not s["cls"] or type(m).forward is not s["cls_forward"]:
+                found.append((self.WIRING, f"{label}: class forward patched"))
+            hooks = {k: v for k, v in m._forward_hooks.items() if k not in self.ignore_hooks}
+            if hooks != s["fwd_hooks"] or dict(m._forward_pre_hooks) != s["pre_hooks"]:
+                found.append((self.WIRING, f"{label} forward hooks changed"))
+            attrs = []
+            current = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
+            _dict_changes(s["attrs"], current, label, attrs, ".{}")
+            found += [(self.ATTRIBUTES, text) for text in attrs]
+        found += self._explain_grouped(self.TRAIN_MODE, train_mode, "modules changed")
+        for cls, before in self.classes.items():
+            after = _class_attributes(cls)
+            for k, v in before.items():
+                if k not in after or after[k] is not v:
+                    if k == "forward":
+                        continue  # reported per module above
+                    found.append((self.WIRING, f"class {cls.__qualname__}.{k} "
+                                               f"{'removed' if k not in after else 'replaced (' + _short(v) + ' -> ' + _short(after[k]) + ')'}"))
+            found += [(self.WIRING, f"class {cls.__qualname__}.{k} added") for k in after if k not in before]
+        for names, before in ((now, self.tensors), (mods, self.modules)):
+            found += [(self.WIRING, f"{name} added") for name in names if name not in before]
+        if not _rng_equal(self.rng, _rng_state()):
+            found.append((self.RNG, "global RNG state changed"))
+        found.sort(key=lambda f: f[0])  # stable: within a kind, discovery order
+        kinds = {k for k, _ in found}
+        return (self.VALUES in kinds, bool(kinds & {self.PLACEMENT, self.TRAIN_MODE}),
+                bool(kinds & {self.WIRING, self.ATTRIBUTES}), self.RNG in kinds, [text for _, text in found])
+
+    def _explain_values(self, changed):
+        """Names the mechanism when one explains the changed tensors: all went through fp16/bf16
+        and back (a ``model.half()`` ... ``model.float()`` during validation) or all changed."""
+        if not changed:
+            return []
+        total = len(self.tensors)
+        trips = {}
+        for name, saved, cur in changed:
+            dt = _round_trip(saved, cur) if saved is not None else None
+            trips.setdefault(dt, []).append(name)
+        out = []
+        for dt, names in trips.items():
+            if dt is not None and len(names) > 1:
+                every = "every parameter and buffer" if len(names) == total else f"{len(names)} of {total} tensors"
+                out.append((self.VALUES, f"{every} went through {str(dt).replace('torch.', '')} and back "
+                                         f"(precision lost, e.g. model.half() then model.float()): {_names(names)}"))
+            elif len(names) > 3 and len(names) == total:
+                out.append((self.VALUES, f"every parameter and buffer changed value ({total}: an optimizer step, "
+                                         f"load_state_dict or in-place update during validation?)"))
+            else:
+                out += [(self.VALUES, f"{n} values changed") for n in names]
+        return out
+
+    def _explain_grouped(self, kind, items, what):
+        """One line for many identical changes ("32 tensors float32/cpu -> float16/cpu")."""
+        groups = {}
+        for name, change in items:
+            groups.setdefault(change, []).append(name)
+        out = []
+        for change, names in groups.items():
+            if len(names) > 3:
+                out.append((kind, f"{len(names)} {what}: {change} ({_names(names)})"))
+            else:
+                out += [(kind, f"{n} {change}") for n in names]
+        return out
+
+    def restore(self):
+        """Undoes every change diff() can see. Parameter objects keep their identity, so the
+        optimizer's references stay valid."""
+        now = dict(list(self.model.named_parameters()) + list(self.model.named_buffers()))
+        with torch.no_grad():
+            for name, (t, dtype, device, value, *_) in self.tensors.items():
+                cur = now.get(name, t)
+                if value is None:  # no copy kept: put dtype and device back at least
+                    if cur.dtype != dtype or cur.device != device:
+                        cur.data = cur.data.to(device=device, dtype=dtype)
+                    continue
+                if cur.dtype != dtype or cur.device != device:
+                    cur.data = value.clone()
+                elif not torch.equal(cur, value):
+                    cur.copy_(value)
+                if cur is not t:  # the tensor object itself was swapped: put the original back
+                    t.data = value.clone()
+        for cls, before in self.classes.items():
+            after = _class_attributes(cls)
+            for k in [k for k in after if k not in before]:
+                delattr(cls, k)
+            for k, v in before.items():
+                if after.get(k, _MISSING) is not v:
+                    setattr(cls, k, v)
+        for name, s in self.modules.items():
+            m = s["module"]
+            m.training = s["training"]
+            if type(m) is not s["cls"]:
+                m.__class__ = s["cls"]
+            if type(m).forward is not s["cls_forward"]:
+                setattr(s["cls"], "forward", s["cls_forward"])
+            if s["inst_forward"] is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.__dict__["forward"] = s["inst_forward"]
+            for k in [k for k in m.__dict__ if k not in _MODULE_INTERNALS and k not in s["attrs"]]:
+                del m.__dict__[k]
+            for k, r in s["attrs"].items():
+                m.__dict__[k] = r.obj  # plain attributes live in __dict__; no nn.Module __setattr__ routing
+                r.restore_inside()
+            ours = {k: v for k, v in m._forward_hooks.items() if k in self.ignore_hooks}
+            m._forward_hooks.clear()
+            m._forward_hooks.update(s["fwd_hooks"])
+            m._forward_hooks.update(ours)
+            m._forward_pre_hooks.clear()
+            m._forward_pre_hooks.update(s["pre_hooks"])
+            # Children added during validation are detached; removed ones are re-attached.
+            cur_names = dict(m.named_children())
+            for cname in list(cur_names):
+                full = f"{name}.{cname}" if name else cname
+                if full not in self.modules:
+                    delattr(m, cname)
+            for full, cs in self.modules.items():
+                parent, _, cname = full.rpartition(".")
+                if parent == name and cname and getattr(m, cname, None) is not cs["module"]:
+                    setattr(m, cname, cs["module"])
+        _set_rng(self.rng)
+
+
+_MISSING = object()
+
+
+def _names(names, limit=4):
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
