@@ -280,7 +280,8 @@ class SnapshotRing:
     A snapshot is due every ``interval`` healthy steps, and only while no snapshot is waiting to
     become known-good: so one known-good snapshot always survives while the next is written.
     The victim is an empty slot, else the oldest known-good one (never the newest). An unhealthy
-    step discards every snapshot not yet known-good (the sidecar rejects those too)."""
+    step discards every snapshot that had not yet earned its healthy steps (the sidecar rejects
+    those too). ``KNOWN_GOOD`` here means the sidecar confirmed it (see recovery.Recovery)."""
 
     def __init__(self, store, known_good_steps):
         self.store = store
@@ -309,8 +310,10 @@ class SnapshotRing:
         return earned
 
     def on_unhealthy(self, step):
+        # A snapshot that had not yet earned its healthy steps is rejected by the sidecar too; one
+        # that earned them may already be the sidecar's rollback target (its confirmation can lag).
         for s in self.slots:
-            if s.state in (COPYING, PENDING) and s.step < step:
+            if s.state in (COPYING, PENDING) and s.step < step and s.healthy_since < self.known_good_steps:
                 s.state = EMPTY
         self._healthy_since_take = 0
 
