@@ -2,16 +2,19 @@
 
 The first part drives the pieces against plain torch objects (no sidecar); the second part runs
 real training loops against the real sidecar jar."""
-import math
 import random
+import types
 
 import pytest
 import torch
 
+from trainguard import Action
+from trainguard.guard import Guard
 from trainguard.lrcut import LrCuts, LrPolicy
 from trainguard.replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
 from trainguard.snapshot import KNOWN_GOOD, SnapshotPolicy, SnapshotRing, SnapshotStore
-from models import batch, make
+from models import batch, make, weights_finite
+from sidecar_fixture import start_sidecar
 
 
 def _fit(model, opt, steps, start=0, sched=None):
@@ -203,11 +206,6 @@ def test_lr_cut_scales_the_schedule_and_restore_ramp_lifts_it():
 
 # ---------------------------------------------------------------------------------- with the sidecar
 
-from trainguard import Action, TrainingHalted  # noqa: E402
-from trainguard.guard import Guard  # noqa: E402
-from models import weights_finite  # noqa: E402
-from sidecar_fixture import start_sidecar  # noqa: E402
-
 QUICK = {"known_good_healthy_steps": 2, "validation_warmup_steps": 10**6, "clip_mode": "OFF",
          "max_consecutive_skips": 3, "rollback_rewarm_steps": 2, "max_rollbacks": 3}
 
@@ -232,10 +230,10 @@ class LrRecorder:
         self.step = None
         inner = opt.step
 
-        def step(*a, **k):
-            self.lrs[self.step] = opt.param_groups[0]["lr"]
+        def step(o, *a, **k):
+            self.lrs[self.step] = o.param_groups[0]["lr"]
             return inner(*a, **k)
-        opt.step = step
+        opt.step = types.MethodType(step, opt)  # bound: LR schedulers wrap optimizer.step
 
 
 def run_loop(g, model, opt, steps, loss_fn=None, inject=None, rec=None, eval_every=None, replay=True):
@@ -272,7 +270,7 @@ def eval_loss(model):
         return float(torch.nn.functional.mse_loss(model(x), y))
 
 
-def expected_lrs(verdicts, base, n_steps):
+def expected_lrs(verdicts, base):
     """The LR every applied update must run at: base x lr_factor of the attempt (never compounded),
     re-warmed linearly over the plan's rewarm_steps from the resume step."""
     lrs, scale, rewarm, step = {}, 1.0, None, 0
@@ -316,7 +314,7 @@ def test_divergence_at_step_2_recovers_from_memory_snapshot_with_lr_cut_from_bas
 
 
 def check_lrs(rec, verdicts, base):
-    want = expected_lrs(verdicts, base, None)
+    want = expected_lrs(verdicts, base)
     assert set(rec.lrs) == set(want), (sorted(rec.lrs), sorted(want))
     for step, lr in rec.lrs.items():
         assert lr == pytest.approx(want[step][-1]), f"step {step}: lr {lr}, want {want[step]}"
@@ -328,8 +326,8 @@ def test_lr_of_every_step_across_repeated_rollbacks(sidecar, rollbacks):
     # or a scheduler that undoes the cut
     run = f"lr-steps-{rollbacks}"
     model, opt = make(lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)  # a schedule that must keep the cut
     rec = LrRecorder(opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)  # a schedule that must keep the cut
     g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync", scheduler=sched,
               policy=dict(QUICK, rollback_lr_factor=0.5, rollback_rewarm_steps=3), snapshots={"interval": 2})
     windows = [range(8 * k, 8 * k + 4) for k in range(1, rollbacks + 1)]
