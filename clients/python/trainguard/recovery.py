@@ -80,6 +80,8 @@ class Recovery:
                 self.ring.known_good_steps = resp.run.policy.known_good_healthy_steps
 
     def begin(self, step, data_position):
+        if self.g.connection.paused:
+            return
         self._step = step
         self._position = int(data_position) if data_position is not None else int(step) + 1
         if self._first:
@@ -168,6 +170,8 @@ class Recovery:
 
     def after_update(self, step):
         """The step's update was applied (a healthy step)."""
+        if self.g.connection.paused:
+            return
         self.lr.on_healthy()
         if self.ring is not None and step is not None:
             self._register_ready()
@@ -179,6 +183,8 @@ class Recovery:
 
     def after_no_update(self, step):
         """The step was skipped (or rolled back, or halted)."""
+        if self.g.connection.paused:
+            return
         self.lr.on_unhealthy()
         if self.ring is not None and step is not None:
             self.ring.on_unhealthy(step)

@@ -216,10 +216,13 @@ class SnapshotStore:
     def _copy(dst, src, non_blocking):
         with torch.no_grad():
             if hasattr(torch, "_foreach_copy_"):
-                torch._foreach_copy_(dst, src, non_blocking=non_blocking)
-            else:
-                for d, t in zip(dst, src):
-                    d.copy_(t, non_blocking=non_blocking)
+                try:
+                    torch._foreach_copy_(dst, src, non_blocking=non_blocking)
+                    return
+                except (RuntimeError, TypeError):  # a torch whose foreach copy refuses mixed devices
+                    pass
+            for d, t in zip(dst, src):
+                d.copy_(t, non_blocking=non_blocking)
 
     def before_update(self):
         """Call right before optimizer.step(): on CUDA the main stream waits (on the device, the
