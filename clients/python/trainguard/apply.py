@@ -66,9 +66,11 @@ def optimizer_step(guard):
         if scaler_on and guard._unscaled:
             scaler.update()
         guard._unscaled = False
+        guard.recovery.after_no_update(v.step)
         return False
     saved_lr = rollback_.rewarm_lr(guard, v.step if v else None)
     snap = guard.protector.snapshot() if guard.protect_update else None
+    guard.recovery.before_update()  # on CUDA: the update waits (on the device) for a snapshot copy
     if scaler_on:
         scaler.step(opt)
         scaler.update()
@@ -82,4 +84,5 @@ def optimizer_step(guard):
         guard.protector.check(snap, v.step if v else -1)
     if guard.scheduler is not None:
         guard.scheduler.step()
+    guard.recovery.after_update(v.step if v else None)
     return True

@@ -57,7 +57,7 @@ def save(guard, directory, step, data_position=0, extra=None):
         side = {"optimizer": guard.optimizer.state_dict(), "step": int(step), "data_position": int(data_position),
                 "scheduler": guard.scheduler.state_dict() if guard.scheduler is not None else None,
                 "scaler": guard.scaler.state_dict() if guard.scaler is not None else None,
-                "guard": guard.state_dict(), "extra": extra}
+                "guard": guard.state_dict(), "extra": extra, "lr_scale": guard.recovery.lr.scale}
         torch.save(side, os.path.join(path, "trainer.pt.tmp"))
         os.replace(os.path.join(path, "trainer.pt.tmp"), os.path.join(path, "trainer.pt"))
     if distributed:

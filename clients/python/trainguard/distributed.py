@@ -44,6 +44,14 @@ def all_true(flag):
     return int(t.item()) == 0
 
 
+def max_ints(values):
+    """The element-wise maximum over all ranks of a short list of ints (one all_reduce)."""
+    d = _dist()
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=_device())
+    d.all_reduce(t, op=d.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]
+
+
 def agree(guard, verdict, error):
     """Returns (verdict, error) agreed by all ranks."""
     d = _dist()

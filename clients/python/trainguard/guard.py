@@ -31,6 +31,7 @@ from .connection import ClientState, Connection
 from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFiniteUpdate: public here)
 from .measure import DeviceGate, StepMeter, optimizer_honours_gate
 from .protect import UpdateProtector
+from .recovery import Recovery
 from .report import step_report
 from .run_setup import build_policy, open_request  # noqa: F401  (build_policy: public here)
 from .stats import ModuleWatch, auto_watch, first_non_finite
@@ -70,6 +71,13 @@ class Guard:
         sidecar's verdict on step ``k - verdict_lag``, so a ROLLBACK/HALT for step k-1 is applied at
         step k. Normally the verdict is already there. None: never wait (verdicts apply when they
         arrive).
+      snapshots: in-memory known-good snapshots (trainguard.snapshot.SnapshotPolicy, a dict of its
+        fields, True = defaults, False = off). Default: every 25 healthy steps, 2 slots, states up
+        to 8 GiB per slot.
+      replay: fault replay (trainguard.replay.ReplayPolicy, a dict, True = defaults: non-finite
+        steps, at most 4 per 1000 steps; False = off). Needs ``step(..., replay=fn)``.
+      lr_restore: after a rollback's LR cut (trainguard.lrcut.LrPolicy or a dict): lift the cut after
+        ``restore_after`` healthy steps over ``restore_steps`` steps. Default: keep the cut.
     """
 
     def __init__(self, model, optimizer, run, *, target=None, scheduler=None, scaler=None,
@@ -77,7 +85,7 @@ class Guard:
                  rank=None, world_size=None, open_deadline=None, protect_update="auto",
                  master_weights=False, autocast_dtype=None, clipping_configured=False,
                  framework="torch", trainer_instance=None, warn_every=100, device_gate="auto",
-                 verdict_lag=1):
+                 verdict_lag=1, snapshots=True, replay=True, lr_restore=None):
         if failure_mode not in ("open", "closed"):
             raise ValueError('failure_mode must be "open" or "closed"')
         if mode not in ("async", "sync"):
@@ -120,7 +128,6 @@ class Guard:
         self.bounds = None
         self.generation = 0
         self.checkpoints = {}  # step -> {"dir", "files", "checkpoint_id", "data_position"}
-        self.rewarm = None     # (first_step, steps) after a rollback
         self.last_verdict = None
         self.last_step = None
         self.findings = []
@@ -138,6 +145,7 @@ class Guard:
         self.meter = StepMeter(optimizer, self.device, scaler, self.watch)
         self.gate = DeviceGate(optimizer, self.device)
         self.protector = UpdateProtector(model, optimizer, self.watch, self._ship_bad_tensor)
+        self.recovery = Recovery(self, snapshots, replay, lr_restore)
         # The manifests set TRAINGUARD_TARGET (the pod's socket); an explicit target wins.
         target = target or os.environ.get("TRAINGUARD_TARGET") or "127.0.0.1:7474"
         self.transport = Transport(target, deadline)
@@ -160,6 +168,7 @@ class Guard:
         for code, sev, msg in self.findings:
             log.warning("trainguard pre-flight %s %s: %s", sev, code, msg)
         self.resumed = resp.resumed
+        self.recovery.opened(resp)
         if resp.HasField("bounds"):
             self.bounds = LocalBounds.from_proto(resp.bounds)
 
@@ -222,8 +231,14 @@ class Guard:
 
     # ------------------------------------------------------------------ per step
 
-    def step(self, step, loss):
-        """Measures this step, gets its verdict (locally or from the sidecar), applies it, returns it."""
+    def step(self, step, loss, replay=None, data_position=None):
+        """Measures this step, gets its verdict (locally or from the sidecar), applies it, returns it.
+
+        ``replay``: a callable that runs forward and backward on this step's batch again and returns
+        the loss; a faulty step is then replayed once to classify the fault (docs/client.md,
+        Recovery). ``data_position``: where the data stands after this step's batch (default
+        step + 1); in-memory snapshots record it."""
+        self.recovery.begin(step, data_position)
         now = time.perf_counter()
         step_time, self._step_t0 = now - self._step_t0, now
         self.counters["steps"] += 1
@@ -250,14 +265,17 @@ class Guard:
             except SidecarUnavailable as e:
                 err = e
             self._finish(step, Verdict(step, Action.HALT, reasons=[str(err)]), error=err)
-        return self._step_host(step, loss, step_time, late)
+        return self._step_host(step, loss, step_time, late, replay)
 
-    def _step_host(self, step, loss, step_time, late):
+    def _step_host(self, step, loss, step_time, late, replay=None):
         scaler_on = self.scaler is not None and self.scaler.is_enabled()
         if scaler_on:
             self.scaler.unscale_(self.optimizer)
             self._unscaled = True
         m = self.meter.read(loss)
+        fault_class = None
+        if late is None:
+            m, fault_class = self.recovery.maybe_replay(step, m, replay, self.meter)
         finite = math.isfinite(m.loss) and math.isfinite(m.grad_norm) and all(math.isfinite(x) for x in m.module_values)
         report = step_report(self.run, self.rank, step, loss=m.loss, grad_norm=m.grad_norm,
                              group_norms=m.group_norms, learning_rate=float(self.optimizer.param_groups[0].get("lr", 0.0)),
@@ -278,6 +296,9 @@ class Guard:
             verdict = self._decide_offline(step, m.grad_norm, finite)
         else:
             verdict = self._ask_sidecar(report, step, m.loss, m.grad_norm, finite)
+        if fault_class is not None:
+            v = verdict[0] if isinstance(verdict, tuple) else verdict
+            v.fault_class = fault_class.name
         return self._finish(step, verdict, gnorm=m.grad_norm)
 
     def _watch_sends_max_abs(self):
@@ -403,6 +424,11 @@ class Guard:
     def _rollback(self, v):
         rollback_.rollback(self, v)
 
+    def is_bad_batch(self, data_position):
+        """Whether the batch at ``data_position`` failed DETERMINISTICALLY on replay: a loop that
+        re-reads data after a rollback skips it."""
+        return int(data_position) in self.recovery.bad_positions
+
     def validation(self, model=None, step=None, restore=True):
         """``with guard.validation(model) as v: if v.allowed: ...`` — ``v.allowed`` says whether the
         sidecar allows validation now (a refusal is logged once per reason); afterwards the model is
@@ -416,8 +442,8 @@ class Guard:
             return {"version": 1, "run": self.run, "counters": dict(self.counters), "generation": self.generation,
                     "bounds": None if self.bounds is None else vars(self.bounds).copy(),
                     "checkpoints": {k: dict(v) for k, v in self.checkpoints.items()},
-                    "rewarm": self.rewarm, "policy": dict(self.policy_overrides),
-                    "last_step": self.last_step}
+                    "rewarm": self.recovery.lr.rewarm, "policy": dict(self.policy_overrides),
+                    "last_step": self.last_step, "recovery": self.recovery.state_dict()}
 
     def load_state_dict(self, state):
         if state.get("version") != 1:
@@ -427,8 +453,10 @@ class Guard:
             self.generation = state["generation"]
             self.bounds = LocalBounds(**state["bounds"]) if state.get("bounds") else self.bounds
             self.checkpoints = {int(k): dict(v) for k, v in state["checkpoints"].items()}
-            self.rewarm = tuple(state["rewarm"]) if state.get("rewarm") else None
             self.last_step = state.get("last_step")
+            self.recovery.load_state_dict(state.get("recovery"))
+            if state.get("rewarm") and not state.get("recovery"):
+                self.recovery.lr.rewarm = tuple(state["rewarm"])
 
     def heartbeat(self, step, phase="STEP"):
         try:

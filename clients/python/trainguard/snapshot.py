@@ -216,10 +216,13 @@ class SnapshotStore:
     def _copy(dst, src, non_blocking):
         with torch.no_grad():
             if hasattr(torch, "_foreach_copy_"):
-                torch._foreach_copy_(dst, src, non_blocking=non_blocking)
-            else:
-                for d, t in zip(dst, src):
-                    d.copy_(t, non_blocking=non_blocking)
+                try:
+                    torch._foreach_copy_(dst, src, non_blocking=non_blocking)
+                    return
+                except (RuntimeError, TypeError):  # a torch whose foreach copy refuses mixed devices
+                    pass
+            for d, t in zip(dst, src):
+                d.copy_(t, non_blocking=non_blocking)
 
     def before_update(self):
         """Call right before optimizer.step(): on CUDA the main stream waits (on the device, the
@@ -280,7 +283,8 @@ class SnapshotRing:
     A snapshot is due every ``interval`` healthy steps, and only while no snapshot is waiting to
     become known-good: so one known-good snapshot always survives while the next is written.
     The victim is an empty slot, else the oldest known-good one (never the newest). An unhealthy
-    step discards every snapshot not yet known-good (the sidecar rejects those too)."""
+    step discards every snapshot that had not yet earned its healthy steps (the sidecar rejects
+    those too). ``KNOWN_GOOD`` here means the sidecar confirmed it (see recovery.Recovery)."""
 
     def __init__(self, store, known_good_steps):
         self.store = store
@@ -309,8 +313,10 @@ class SnapshotRing:
         return earned
 
     def on_unhealthy(self, step):
+        # A snapshot that had not yet earned its healthy steps is rejected by the sidecar too; one
+        # that earned them may already be the sidecar's rollback target (its confirmation can lag).
         for s in self.slots:
-            if s.state in (COPYING, PENDING) and s.step < step:
+            if s.state in (COPYING, PENDING) and s.step < step and s.healthy_since < self.known_good_steps:
                 s.state = EMPTY
         self._healthy_since_take = 0
 

@@ -26,6 +26,7 @@ _METHODS = {
     "UpdatePolicy": (pb.UpdatePolicyRequest, pb.UpdatePolicyResponse),
     "CloseRun": (pb.CloseRunRequest, pb.CloseRunResponse),
     "InspectTensors": (pb.InspectTensorsRequest, pb.InspectTensorsResponse),
+    "ReportFault": (pb.ReportFaultRequest, pb.ReportFaultResponse),
 }
 
 

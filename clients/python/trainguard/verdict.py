@@ -43,6 +43,9 @@ class RollbackPlan:
     lr_factor: float = 1.0
     rewarm_steps: int = 0
     attempt: int = 0
+    #: Set by the client: data positions whose batches failed DETERMINISTICALLY on replay; a loop
+    #: that re-reads data after the rollback skips them (``guard.is_bad_batch(position)``).
+    bad_positions: List[int] = field(default_factory=list)
 
     @property
     def resume_position(self) -> int:
@@ -75,6 +78,9 @@ class Verdict:
     #: The step went through the device gate (no host sync): APPLY is provisional; on the device a
     #: non-finite step is skipped by the optimizer and a step above ``clip_threshold`` is clipped.
     device_gated: bool = False
+    #: Set when the step was replayed: "TRANSIENT" (the replay's clean update was applied),
+    #: "DETERMINISTIC" or "UNSTABLE" (see trainguard.replay).
+    fault_class: Optional[str] = None
 
     @property
     def should_step(self) -> bool:

@@ -1,0 +1,319 @@
+"""Recovery glue: in-memory snapshots, fault replay and LR cuts, wired into one Guard.
+
+``Recovery`` owns the per-run state of the three mechanisms (``snapshot``, ``replay``, ``lrcut``)
+and is called by the Guard at four points of a step: ``begin`` (guard.step), ``maybe_replay``
+(after the step was measured, before it is decided), ``after_update`` / ``after_no_update``
+(guard.optimizer_step), and ``restore`` (a ROLLBACK). See docs/client.md, "Recovery".
+"""
+import logging
+import math
+import socket
+
+import grpc
+
+from . import distributed as dist_agree
+from .lrcut import LrCuts, LrPolicy
+from .replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
+from .rules import within_bounds
+from .snapshot import KNOWN_GOOD, EMPTY, SnapshotPolicy, SnapshotRing, SnapshotStore, capture_rng, restore_rng
+from ._proto.trainguard.v1 import trainguard_pb2 as pb
+
+log = logging.getLogger("trainguard")
+
+MEMORY_SCHEME = "memory://"
+DEFAULT_MAX_BYTES = 8 << 30   # per slot: larger states need an explicit max_bytes (host memory!)
+_CONFIRM_MAX_WAIT = 64       # steps between two asks whether an earned snapshot is KNOWN_GOOD (backoff cap)
+
+
+def _policy(value, cls, default):
+    if value is None or value is True:
+        return default
+    if value is False:
+        return None
+    if isinstance(value, dict):
+        return cls(**value)
+    if isinstance(value, cls):
+        return value
+    raise TypeError(f"expected {cls.__name__}, a dict of its fields, True or False; got {value!r}")
+
+
+class Recovery:
+    def __init__(self, guard, snapshots=True, replay=True, lr=None):
+        self.g = guard
+        snap_policy = _policy(snapshots, SnapshotPolicy, SnapshotPolicy(max_bytes=DEFAULT_MAX_BYTES))
+        if snap_policy is not None and not snap_policy.enabled:
+            snap_policy = None
+        self.store = (SnapshotStore(guard.model, guard.optimizer, guard.scheduler, guard.scaler, snap_policy, guard.device)
+                      if snap_policy is not None else None)
+        kg = guard.policy_overrides.get("known_good_healthy_steps", 50)
+        self.ring = SnapshotRing(self.store, kg) if self.store is not None else None
+        self.lr = LrCuts(guard.optimizer, guard.scheduler, _policy(lr, LrPolicy, LrPolicy()))
+        rp = _policy(replay, ReplayPolicy, ReplayPolicy())
+        self.replay_policy = rp if rp is not None else ReplayPolicy(mode="off")
+        scaler_on = guard.scaler is not None and guard.scaler.is_enabled()
+        if scaler_on and self.replay_policy.mode != "off":
+            # GradScaler keeps per-iteration state (unscaled, found_inf) that a second backward
+            # would corrupt; its overflows are its own business anyway.
+            log.info("trainguard: fault replay is off with an enabled GradScaler")
+            self.replay_policy = ReplayPolicy(mode="off")
+        self.budget = ReplayBudget(self.replay_policy)
+        self.bad_positions = set()
+        self.counters = {"snapshots": 0, "snapshot_restores": 0, "replays": 0, "transient": 0,
+                         "deterministic": 0, "unstable": 0, "replay_unavailable": 0}
+        self.device_name = f"{guard.device}@{socket.gethostname()}"
+        self._step = None
+        self._position = None
+        self._rng = capture_rng() if self.replay_policy.mode != "off" else None
+        self._warned_big = False
+        self._warned_no_fn = False
+        self._to_register = []
+        self._confirm_wait = 0
+        self._confirm_backoff = 1
+        self._first = True
+
+    # ------------------------------------------------------------------ set-up
+
+    def opened(self, resp):
+        """OpenRun answered: the run's effective policy says when a snapshot becomes known-good."""
+        if self.ring is not None and resp is not None and resp.HasField("run"):
+            if resp.run.policy.HasField("known_good_healthy_steps"):
+                self.ring.known_good_steps = resp.run.policy.known_good_healthy_steps
+
+    def begin(self, step, data_position):
+        if self.g.connection.paused:
+            return
+        self._step = step
+        self._position = int(data_position) if data_position is not None else int(step) + 1
+        if self._first:
+            self._first = False
+            if self.ring is not None:
+                # The state the loop starts from (weights not yet updated by this step): a rollback
+                # target from the first steps on. Registered before this step is reported, so this
+                # step already counts towards its known-good promotion.
+                self._take(step - 1, self._position - 1, wait=True)
+
+    # ------------------------------------------------------------------ replay
+
+    def _fault(self, m, bounds, step):
+        module = next((n for n, v in zip(m.module_names, m.module_values) if not math.isfinite(v)), "")
+        f = StepFault(m.loss, m.grad_norm, module=module)
+        if not f.nonfinite and bounds is not None and bounds.usable(step):
+            f.spike = not within_bounds(bounds, m.loss, m.grad_norm)
+        return f
+
+    def maybe_replay(self, step, m, replay_fn, meter):
+        """Replays a faulty step once when the policy and budget allow. Returns (measurement to
+        decide on, FaultClass or None). TRANSIENT returns the replay's clean measurement (the
+        gradients now are the replay's); the other classes return the original one."""
+        g = self.g
+        if self.replay_policy.mode == "off":
+            return m, None
+        fault = self._fault(m, g.bounds, step)
+        wants = self.budget.wants(fault)
+        multi = dist_agree.is_initialized() and g.world_size > 1
+        able = replay_fn is not None and self._rng is not None
+        if multi:
+            # Every rank replays or none: the replay's forward/backward runs the collectives.
+            wants_any, unable_any = dist_agree.max_ints([int(wants), int(not able)])
+            wants, able = bool(wants_any), not unable_any
+        if not wants:
+            return m, None
+        if not able:
+            self.counters["replay_unavailable"] += 1
+            if not self._warned_no_fn:
+                self._warned_no_fn = True
+                log.warning("trainguard: step %d is %s but cannot be replayed: pass guard.step(..., replay=fn) "
+                            "with fn re-running forward+backward on the same batch (docs/client.md, Recovery)",
+                            step, fault.describe())
+            return m, None
+        if not self.budget.allow(step):
+            log.warning("trainguard: step %d not replayed: %d replays within %d steps already", step,
+                        self.replay_policy.max_replays, self.replay_policy.window_steps)
+            return m, None
+        self.budget.spend(step)
+        self.counters["replays"] += 1
+        g.optimizer.zero_grad(set_to_none=True)
+        restore_rng(self._rng)
+        loss2 = replay_fn()
+        m2 = meter.read(loss2)
+        cls = classify(fault, self._fault(m2, g.bounds, step), self.replay_policy.spike_rtol)
+        if multi:
+            cls = FaultClass(dist_agree.max_ints([int(cls)])[0])
+        self.counters[cls.name.lower()] += 1
+        detail = f"original: {fault.describe()}; replay: {self._fault(m2, g.bounds, step).describe()}"
+        log.warning("trainguard: step %d replayed: %s (%s)", step, cls.name, detail)
+        if cls == FaultClass.DETERMINISTIC:
+            self.bad_positions.add(self._position - 1 if self._position else step)
+        if fault.faulty:
+            self._report_fault(step, cls, detail)
+        return (m2 if cls == FaultClass.TRANSIENT else m), cls
+
+    def _report_fault(self, step, cls, detail):
+        g = self.g
+        req = pb.ReportFaultRequest(run_id=g.run, rank=g.rank, step=int(step), fault_class=int(cls), detail=detail,
+                                    device=self.device_name,
+                                    data_position=(self._position - 1) if self._position else int(step))
+        try:
+            r = g.transport.call("ReportFault", req)
+            if r.device_suspect:
+                log.error("trainguard: the sidecar marks %s suspect after %d transient faults", self.device_name,
+                          r.device_transients)
+        except grpc.RpcError as e:
+            log.warning("trainguard: could not report the %s fault of step %d: %s", cls.name, step,
+                        e.details() if hasattr(e, "details") else e)
+
+    # ------------------------------------------------------------------ after the optimizer step
+
+    def before_update(self):
+        if self.store is not None:
+            self.store.before_update()
+
+    def after_update(self, step):
+        """The step's update was applied (a healthy step)."""
+        if self.g.connection.paused:
+            return
+        self.lr.on_healthy()
+        if self.ring is not None and step is not None:
+            self._register_ready()
+            self._confirm(self.ring.on_healthy(step))
+            if self.ring.due():
+                self._take(step)
+        if self.replay_policy.mode != "off":
+            self._rng = capture_rng()
+
+    def after_no_update(self, step):
+        """The step was skipped (or rolled back, or halted)."""
+        if self.g.connection.paused:
+            return
+        self.lr.on_unhealthy()
+        if self.ring is not None and step is not None:
+            self.ring.on_unhealthy(step)
+        if self.replay_policy.mode != "off":
+            self._rng = capture_rng()
+
+    def _take(self, step, position=None, wait=False):
+        victim = self.ring.victim()
+        if victim is None:
+            return
+        if position is None:
+            position = self._position if self._position is not None else step + 1
+        s = self.store.take(victim, step, position, self.lr.scale)
+        if s is None:
+            if not self._warned_big:
+                self._warned_big = True
+                log.warning("trainguard: in-memory snapshots off: the training state is %.2f GiB, above max_bytes "
+                            "%.2f GiB (set snapshots={'max_bytes': ...} to allow it)", self.store.too_big / 2**30,
+                            self.store.policy.max_bytes / 2**30)
+            self.store = None
+            self.ring = None
+            return
+        self.ring.taken()
+        self.counters["snapshots"] += 1
+        self._to_register.append(s)
+        if wait and s.event is not None:
+            s.event.synchronize()
+        self._register_ready()  # on the CPU (or after wait) at once: later steps count towards it
+
+    def _slot_name(self, s):
+        return f"{MEMORY_SCHEME}{self._holder()}/rank{self.g.rank}/slot{s.slot}"
+
+    def _holder(self):
+        return self.g.trainer_instance.replace("/", "_")
+
+    def _register(self, s):
+        """RegisterCheckpoint(MEMORY) for ``s``; returns the sidecar's state name or None."""
+        g = self.g
+        if g.rank != 0 and dist_agree.is_initialized() and g.world_size > 1:
+            return None
+        from .checkpointing import register
+        try:
+            c = register(g, s.step, [pb.CheckpointFile(path=self._slot_name(s), size_bytes=s.nbytes)],
+                         fmt=pb.CHECKPOINT_FORMAT_MEMORY, data_position=s.data_position)
+        except Exception as e:  # a refusal must not stop training: the snapshot just never becomes a target
+            log.warning("trainguard: snapshot of step %d not registered: %s", s.step, e)
+            return None
+        if c is None:
+            return None
+        s.checkpoint_id = c.checkpoint_id
+        return pb.CheckpointState.Name(c.state)
+
+    def _register_ready(self):
+        """Registers snapshots whose copy has landed (on CUDA that is usually the next step)."""
+        keep = []
+        for s in self._to_register:
+            if s.state == EMPTY:
+                continue
+            if not s.ready():
+                keep.append(s)
+                continue
+            if not s.finite():
+                log.warning("trainguard: snapshot of step %d holds non-finite values; discarded", s.step)
+                s.state = EMPTY
+                continue
+            self._register(s)
+        self._to_register = keep
+
+    def _confirm(self, earned):
+        """A snapshot the client counts as known-good is only treated so once the sidecar agrees:
+        then the other slot may be overwritten without ever losing the sidecar's rollback target."""
+        if not earned:
+            return
+        if self._confirm_wait > 0:
+            self._confirm_wait -= 1
+            return
+        self._confirm_wait = self._confirm_backoff  # reset below once the sidecar answered either way
+        for s in earned:
+            state = self._register(s)  # registering again returns the record as it is now
+            code = (0 if state == "CHECKPOINT_STATE_KNOWN_GOOD"
+                    else 2 if state in ("CHECKPOINT_STATE_REJECTED", "CHECKPOINT_STATE_EVICTED") else 1)
+            if dist_agree.is_initialized() and self.g.world_size > 1:
+                code = dist_agree.max_ints([code if self.g.rank == 0 else 0])[0]  # rank 0 registers
+            if code == 0:
+                s.state = KNOWN_GOOD
+            elif code == 2:
+                s.state = EMPTY
+            else:
+                # the sidecar has not counted as many healthy steps yet (reports in flight): ask again
+                # after 1, 2, 4... steps, so an unreachable sidecar costs a call only now and then
+                self._confirm_backoff = min(self._confirm_backoff * 2, _CONFIRM_MAX_WAIT)
+                return
+        self._confirm_wait, self._confirm_backoff = 0, 1
+
+    # ------------------------------------------------------------------ rollback
+
+    def holds(self, plan):
+        return bool(plan.files) and plan.files[0].startswith(MEMORY_SCHEME)
+
+    def restore(self, plan):
+        """Restores the snapshot a memory RollbackPlan names; returns its lr_scale. Raises LookupError
+        when this rank does not hold it (evicted, or taken by another process)."""
+        if self.store is None:
+            raise LookupError("in-memory snapshots are off in this process")
+        slot = plan.files[0].rsplit("/slot", 1)[-1]
+        s = self.store.slots[int(slot)] if slot.isdigit() and int(slot) < len(self.store.slots) else None
+        if s is None or s.step != plan.checkpoint_step or s.state == EMPTY:
+            raise LookupError(f"snapshot {plan.files[0]} of step {plan.checkpoint_step} is not held by this rank")
+        self.store.restore(s)
+        self.counters["snapshot_restores"] += 1
+        for other in self.store.slots:  # newer snapshots hold the trouble the rollback undoes
+            if other.step > s.step:
+                other.state = EMPTY
+        self.ring.taken()  # healthy steps towards the next snapshot count from the restored step
+        self._to_register = [x for x in self._to_register if x.state != EMPTY]
+        if self.replay_policy.mode != "off":
+            self._rng = capture_rng()
+        return s.lr_scale
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self):
+        return {"lr": self.lr.state_dict(), "replay": self.budget.state_dict(),
+                "bad_positions": sorted(self.bad_positions), "counters": dict(self.counters)}
+
+    def load_state_dict(self, st):
+        if not st:
+            return
+        self.lr.load_state_dict(st.get("lr", {}))
+        self.budget.load_state_dict(st.get("replay", {}))
+        self.bad_positions = set(st.get("bad_positions", []))
+        self.counters.update(st.get("counters", {}))
