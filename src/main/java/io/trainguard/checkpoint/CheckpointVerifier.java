@@ -52,6 +52,7 @@ public final class CheckpointVerifier implements AutoCloseable {
     private final Duration logEvery;
     private final ThreadPoolExecutor executor;
     private final Map<String, VerificationProgress> running = new ConcurrentHashMap<>();
+    private final TorchFileVerifier torchFiles;
 
     /**
      * @param queueCapacity checkpoints waiting beyond the one being verified
@@ -67,6 +68,7 @@ public final class CheckpointVerifier implements AutoCloseable {
         this.paths = paths;
         this.scan = scan;
         this.logEvery = logEvery;
+        this.torchFiles = new TorchFileVerifier(scanner);
         this.executor = new ThreadPoolExecutor(1, 1, 0, TimeUnit.MILLISECONDS,
                 new ArrayBlockingQueue<>(Math.max(1, queueCapacity)), r -> {
                     Thread t = new Thread(r, "trainguard-checkpoint-verify");
@@ -172,11 +174,18 @@ public final class CheckpointVerifier implements AutoCloseable {
     private List<TensorStats> verifyFile(Path p, CheckpointFormat format, Map<String, String> sums,
             ProgressTracker tracker) throws IOException, InterruptedException {
         FormatSniffer.Kind kind = FormatSniffer.sniff(p);
-        if (format == CheckpointFormat.TORCH_PICKLE || kind == FormatSniffer.Kind.LEGACY_PICKLE
-                || kind == FormatSniffer.Kind.TORCH_ZIP_PICKLE) {
+        if (kind == FormatSniffer.Kind.LEGACY_PICKLE) {
             throw new UnverifiableTensorFileException(FormatSniffer.pickleReason(p));
         }
         long size = Files.size(p);
+        // What the file is decides how it is read, whatever format the checkpoint was registered
+        // with: one checkpoint may hold safetensors weights next to a torch.save optimizer state.
+        if (kind == FormatSniffer.Kind.TORCH_ZIP_PICKLE) {
+            return torchFiles.verifyTorchSave(p, scan, sums, tracker::at, tracker.done);
+        }
+        if (format == CheckpointFormat.TORCH_PICKLE) {
+            throw new UnverifiableTensorFileException(FormatSniffer.pickleReason(p));
+        }
         switch (format) {
             case SAFETENSORS: {
                 if (kind != FormatSniffer.Kind.SAFETENSORS_OR_UNKNOWN) {

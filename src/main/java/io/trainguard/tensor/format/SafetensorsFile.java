@@ -13,7 +13,7 @@ import java.util.List;
  * callers read it piecewise into small buffers with {@link #read(long, ByteBuffer)} or map it a
  * window at a time with {@link #map(long, int)}.
  */
-public final class SafetensorsFile implements AutoCloseable {
+public final class SafetensorsFile implements ScanSource, AutoCloseable {
     /** Default cap on the JSON header; real headers are kilobytes to a few megabytes. */
     public static final long DEFAULT_MAX_HEADER_BYTES = 100L << 20;
 
@@ -84,6 +84,11 @@ public final class SafetensorsFile implements AutoCloseable {
 
     public SafetensorsHeader header() {
         return header;
+    }
+
+    @Override
+    public long dataStart() {
+        return header.dataStart();
     }
 
     public List<TensorEntry> entries() {

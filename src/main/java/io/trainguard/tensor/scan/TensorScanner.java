@@ -6,6 +6,7 @@ import io.trainguard.tensor.format.ReadBuffer;
 import io.trainguard.tensor.format.ReadMode;
 import io.trainguard.tensor.format.RejectedTensorFileException;
 import io.trainguard.tensor.format.SafetensorsFile;
+import io.trainguard.tensor.format.ScanSource;
 import io.trainguard.tensor.format.TensorDType;
 import io.trainguard.tensor.format.TensorEntry;
 import io.trainguard.tensor.format.TensorFileException;
@@ -204,11 +205,33 @@ public final class TensorScanner implements AutoCloseable {
      * file changes or shrinks while it is read. Without {@code options.stats()} maxAbs/l2Norm are
      * NaN in the result.
      */
-    public ScanResult scan(SafetensorsFile file, ScanOptions options, ScanProgress progress)
+    public ScanResult scan(ScanSource file, ScanOptions options, ScanProgress progress)
             throws IOException, InterruptedException {
         long t0 = System.nanoTime();
+        Scanned s = scanEntries(file, options, progress);
         List<TensorEntry> entries = file.entries();
-        long dataStart = file.header().dataStart();
+        List<TensorStats> result = new ArrayList<>(entries.size());
+        // The file's checksum is its segments' merged in file order: the header, then each tensor.
+        ScanAccumulator whole = ScanAccumulator.withChecksum(options.checksum());
+        whole.merge(s.header());
+        for (int i = 0; i < entries.size(); i++) {
+            TensorEntry e = entries.get(i);
+            result.add(TensorStats.of(e.name(), e.dtype(), e.shape(), s.entries()[i]));
+            whole.merge(s.entries()[i]);
+        }
+        String fileChecksum = whole.checksumValue();
+        return new ScanResult(List.copyOf(result), file.fileSize(), System.nanoTime() - t0, fileChecksum);
+    }
+
+    /** The accumulators of one scan: the metadata bytes', and each entry's (pieces merged in order). */
+    record Scanned(ScanAccumulator header, ScanAccumulator[] entries) {
+    }
+
+    /** Scans every entry of {@code file} once; what {@link #scan} and the torch readers build on. */
+    Scanned scanEntries(ScanSource file, ScanOptions options, ScanProgress progress)
+            throws IOException, InterruptedException {
+        List<TensorEntry> entries = file.entries();
+        long dataStart = file.dataStart();
         List<Unit> units = plan(entries, dataStart);
         List<List<ScanAccumulator>> perTensor = new ArrayList<>();
         for (int i = 0; i < entries.size(); i++) {
@@ -257,27 +280,21 @@ public final class TensorScanner implements AutoCloseable {
         if (!diff.isEmpty()) {
             throw changed(file, diff);
         }
-        List<TensorStats> result = new ArrayList<>(entries.size());
-        // The file's checksum is its segments' merged in file order: the header, then each tensor.
-        ScanAccumulator whole = ScanAccumulator.withChecksum(options.checksum());
         ScanAccumulator header = new ScanAccumulator();
         byte[] head = file.prefixAndHeader();
         ScanKernels.scan(ByteBuffer.wrap(head).order(ByteOrder.LITTLE_ENDIAN), 0, head.length, TensorDType.U8, header,
                 new ScanOptions(options.checksum(), false, options.simd()));
-        whole.merge(header);
+        ScanAccumulator[] merged = new ScanAccumulator[entries.size()];
         for (int i = 0; i < entries.size(); i++) {
-            TensorEntry e = entries.get(i);
             ScanAccumulator acc = ScanAccumulator.withChecksum(options.checksum());
             for (ScanAccumulator piece : slots[i]) {
                 if (piece != null) {
                     acc.merge(piece);
                 }
             }
-            result.add(TensorStats.of(e.name(), e.dtype(), e.shape(), acc));
-            whole.merge(acc);
+            merged[i] = acc;
         }
-        String fileChecksum = whole.checksumValue();
-        return new ScanResult(List.copyOf(result), file.fileSize(), System.nanoTime() - t0, fileChecksum);
+        return new Scanned(header, merged);
     }
 
     private List<Unit> plan(List<TensorEntry> entries, long dataStart) {
@@ -292,7 +309,9 @@ public final class TensorScanner implements AutoCloseable {
             int index = 0;
             while (remaining > 0) {
                 int len = (int) Math.min(remaining, chunkBytes);
-                if (unitLen > 0 && unitLen + len > chunkBytes) {
+                // A unit spans from its first piece to its last: entries of a safetensors file are
+                // adjacent, those of a zip (torch.save) have record headers between them, unread.
+                if (unitLen > 0 && pos + len - unitStart > chunkBytes) {
                     units.add(new Unit(unitStart, (int) unitLen, List.copyOf(current)));
                     current.clear();
                     unitLen = 0;
@@ -301,7 +320,7 @@ public final class TensorScanner implements AutoCloseable {
                     unitStart = pos;
                 }
                 current.add(new Piece(t, index++, pos, len));
-                unitLen += len;
+                unitLen = pos + len - unitStart;
                 pos += len;
                 remaining -= len;
             }
@@ -312,7 +331,7 @@ public final class TensorScanner implements AutoCloseable {
         return units;
     }
 
-    private List<ScanAccumulator> scanUnit(SafetensorsFile file, Unit u, List<TensorEntry> entries,
+    private List<ScanAccumulator> scanUnit(ScanSource file, Unit u, List<TensorEntry> entries,
             ScanOptions options) throws IOException {
         // A writer that truncates or appends is seen here, and as a short read or a fault below.
         requireSameSize(file);
@@ -340,7 +359,7 @@ public final class TensorScanner implements AutoCloseable {
      * no catch in here can be relied on: {@link #unitFailure} interprets it where the unit's task
      * ends. The size check after the loop makes sure such a task ends by throwing.
      */
-    static List<ScanAccumulator> scanMapped(SafetensorsFile file, MappedWindow window, Unit u,
+    static List<ScanAccumulator> scanMapped(ScanSource file, MappedWindow window, Unit u,
             List<TensorEntry> entries, ScanOptions options) throws IOException {
         ByteBuffer b = window.buffer();
         List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
@@ -358,7 +377,7 @@ public final class TensorScanner implements AutoCloseable {
      * What the failure {@code cause} of a unit's task means for the scan: IOExceptions are thrown,
      * anything else is returned for the caller to throw.
      */
-    static RuntimeException unitFailure(SafetensorsFile file, Throwable cause) throws IOException {
+    static RuntimeException unitFailure(ScanSource file, Throwable cause) throws IOException {
         if (cause instanceof TensorFileException tfe) {
             return tfe;
         }
@@ -373,7 +392,7 @@ public final class TensorScanner implements AutoCloseable {
         return new IllegalStateException("tensor scan failed: " + cause, cause);
     }
 
-    private List<ScanAccumulator> readAndScan(SafetensorsFile file, Unit u, List<TensorEntry> entries,
+    private List<ScanAccumulator> readAndScan(ScanSource file, Unit u, List<TensorEntry> entries,
             ScanOptions options) throws IOException {
         ByteBuffer buf = readBuffer.get();
         List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
@@ -398,14 +417,14 @@ public final class TensorScanner implements AutoCloseable {
         return out;
     }
 
-    private static void requireSameSize(SafetensorsFile file) throws IOException {
+    private static void requireSameSize(ScanSource file) throws IOException {
         long now = file.currentSize();
         if (now != file.fileSize()) {
             throw changed(file, "its size changed from " + file.fileSize() + " to " + now + " bytes");
         }
     }
 
-    private static RejectedTensorFileException changed(SafetensorsFile file, String what) {
+    private static RejectedTensorFileException changed(ScanSource file, String what) {
         return new RejectedTensorFileException(file.path().getFileName() + ": file changed while being verified: "
                 + what + "; register the checkpoint only after it is completely written (write to a temp name, "
                 + "fsync, rename)");
