@@ -30,7 +30,11 @@ def rollback(guard, v):
     if target is None:
         raise TrainingHalted(Verdict(v.step, Action.HALT, reasons=v.reasons + [
             f"ROLLBACK to step {plan.checkpoint_step} ordered but its files are unknown to this rank"]))
-    guard.load_checkpoint(target)
+    restore = getattr(guard, "restore_hook", None)  # a framework's own loader (Lightning, HF), if set
+    if restore is not None:
+        restore(target, plan)
+    else:
+        guard.load_checkpoint(target)
     factor = plan.lr_factor if plan.lr_factor > 0 else 1.0
     scale_lr(guard.optimizer, guard.scheduler, factor)
     if plan.rewarm_steps > 0:
