@@ -11,6 +11,7 @@ python examples/hallo_like.py --bug fp16 --preflight warn
 """
 import argparse
 import os
+import time
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients", "python"))
@@ -123,7 +124,8 @@ def main():
         if args.preflight:
             policy["preflight_mode"] = args.preflight.upper()
         try:
-            guard = trainguard.Guard(model, opt, run=f"hallo-{args.bug}", target=args.target or sidecar.target,
+            run = f"hallo-{args.bug}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique: re-runs work
+            guard = trainguard.Guard(model, opt, run=run, target=args.target or sidecar.target,
                                      policy=policy, watch=["imageproj", "inp", "blocks.0", "blocks.1", "out"])
         except trainguard.RunRefused as e:
             print(f"REFUSED before step 1: {e}")

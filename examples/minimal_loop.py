@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients", "python"))
 import torch  # noqa: E402
@@ -14,6 +15,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", help="sidecar address; default: start the jar")
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--run", default=f"minimal-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                    help="run id; unique by default, so re-running against a running sidecar works")
     args = ap.parse_args()
     sidecar = None if args.target else trainguard.Sidecar().start()
     target = args.target or sidecar.target
@@ -21,7 +24,7 @@ def main():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    guard = trainguard.Guard(model, optimizer, run="minimal", target=target)   # 1
+    guard = trainguard.Guard(model, optimizer, run=args.run, target=target)    # 1
 
     for step in range(args.steps):
         x = torch.randn(64, 8)

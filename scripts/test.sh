@@ -24,4 +24,9 @@ step "Java: unit, @QuarkusTest and packaged-jar tests"
 step "Python client and fault-injection suite (venv: current torch; Debian: torch 1.13)"
 TRAINGUARD_JAR="$PWD/target/quarkus-app/quarkus-run.jar" clients/python/scripts/run-tests.sh all
 
+step "Python client wheel (pip install ./clients/python; tests/test_install.py installs and runs one)"
+"${TRAINGUARD_VENV:-/opt/trainguard-venv}/bin/python" -m pip wheel --no-deps --no-build-isolation -q \
+  -w target/python-dist clients/python
+ls target/python-dist/trainguard-*.whl
+
 step "all trainguard tests passed"

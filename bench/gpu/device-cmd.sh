@@ -26,7 +26,17 @@ else:
     raise SystemExit("sidecar not ready")
 PY
 for B in ${BATCHES:-8 16}; do
+  [ -n "${SKIP_OVERHEAD:-}" ] && break
   python3 bench/gpu/overhead.py --target unix:///tmp/tg.sock --batch "$B" --rounds "${ROUNDS:-7}" --steps "${STEPS:-30}" \
+    --variants "${VARIANTS:-tg,tg_nolag,tg_all,naive,scaler,anomaly}" \
     --out "$OUT/overhead-b$B.json" 2>&1 | grep -v Warning | tee "$OUT/bench-b$B.log"
 done
+# FRAMEWORKS=lightning,hf: the same LM through trainguard.lightning / trainguard.hf (frameworks.py)
+if [ -n "${FRAMEWORKS:-}" ]; then
+  for B in ${BATCHES:-8 16}; do
+    python3 bench/gpu/frameworks.py --target unix:///tmp/tg.sock --batch "$B" --rounds "${FW_ROUNDS:-5}" \
+      --steps "${STEPS:-30}" --frameworks "$FRAMEWORKS" --out "$OUT/frameworks-b$B.json" 2>&1 \
+      | grep -v Warning | tee "$OUT/frameworks-b$B.log"
+  done
+fi
 kill "$(cat /tmp/tg/pid)" 2>/dev/null; true

@@ -8,6 +8,9 @@ ms/step over the mean of the two baselines around it; median, min and max over t
                (auto watch: emb, h.0..h.11, head = 14 modules), device gate, verdict_lag=1
   tg_nolag     the same with verdict_lag=None (never waits for the previous step's verdict)
   tg_all       trainguard with every module hooked
+  tg_wrap      trainguard through the optimizer wrapper: guard.step(step, loss); opt.step() on guard.wrap(opt)
+  tg_host      trainguard with device_gate=False: the host path (one device read per step), as every
+               run with a GradScaler or a non-fused optimizer takes it
   naive        clip_grad_norm_(1.0) + one .item() host sync per step
   scaler       fp16 autocast + GradScaler (fused AdamW: GradScaler gates on the device)
   anomaly      torch.autograd.detect_anomaly() (fewer steps: it is ~5x slower)
@@ -119,7 +122,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--anomaly-steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=8)
-    ap.add_argument("--variants", default="tg,tg_nolag,tg_all,naive,scaler,anomaly")
+    ap.add_argument("--variants", default="tg,tg_nolag,tg_all,naive,scaler,anomaly")  # also: tg_wrap, tg_host
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", default=None)
@@ -159,8 +162,8 @@ def main():
                 if name == "tg_nolag":
                     kw["verdict_lag"] = None
                 g = Guard(model, opt, f"bench-{name}-b{B}-{os.getpid()}", target=a.target, deadline=2.0,
-                          device_gate=gate, autocast_dtype=torch.bfloat16, **kw)
-                if name in ("tg", "tg_nolag", "tg_all") and not g.device_gate:
+                          device_gate=False if name == "tg_host" else gate, autocast_dtype=torch.bfloat16, **kw)
+                if name in ("tg", "tg_nolag", "tg_all", "tg_wrap") and not g.device_gate:
                     raise SystemExit(f"{name}: device gate is off")
                 g.pause()
                 guards[name], step_no[name] = g, 0
@@ -196,7 +199,11 @@ def main():
                 with torch.autocast(dev.type, dtype=torch.bfloat16):
                     loss = model(x, y)
                 loss.backward()
-                if g is not None:
+                if g is not None and name == "tg_wrap":
+                    g.step(step_no[name], loss)
+                    step_no[name] += 1
+                    g.wrap(opt).step()
+                elif g is not None:
                     g.step(step_no[name], loss)
                     step_no[name] += 1
                     g.optimizer_step()

@@ -7,7 +7,7 @@
 # Both folders are git-ignored; name them in the device call's carry. Together < 64 MiB.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BUILD=/tmp/gpu-build
+BUILD=${BUILD:-/tmp/gpu-build}
 JDK=${JDK:-/usr/lib/jvm/java-17-openjdk-amd64}
 MODULES=java.base,java.logging,java.naming,java.sql,java.management,jdk.unsupported,jdk.crypto.ec,java.xml,java.net.http,java.instrument,jdk.zipfs,jdk.management,java.security.jgss
 
@@ -31,12 +31,12 @@ strip("ai.djl.pytorch.pytorch-jni-*.jar", lambda f: f.startswith("jnilib/") and 
 strip("net.java.dev.jna.jna-*.jar", lambda f: f.startswith("com/sun/jna/") and f.count("/") == 4
       and "/linux-x86-64/" not in f and not f.endswith(".class"))
 PY
-rm -rf /tmp/gpu-jre
+rm -rf ${JRE_DIR:-/tmp/gpu-jre}
 # --compress=0 + xz is 13 MB; --compress=2 (zip inside the image, which xz can't shrink) was 24 MB.
-"$JDK/bin/jlink" --add-modules "$MODULES" --strip-debug --no-header-files --no-man-pages --compress=0 --output /tmp/gpu-jre
+"$JDK/bin/jlink" --add-modules "$MODULES" --strip-debug --no-header-files --no-man-pages --compress=0 --output ${JRE_DIR:-/tmp/gpu-jre}
 # The jlink-ed runtime must start the app here first.
 rm -f /tmp/gpu-check.db /tmp/gpu-check.sock
-/tmp/gpu-jre/bin/java -Dtrainguard.journal.path=/tmp/gpu-check.db -Dtrainguard.listen.socket=/tmp/gpu-check.sock \
+${JRE_DIR:-/tmp/gpu-jre}/bin/java -Dtrainguard.journal.path=/tmp/gpu-check.db -Dtrainguard.listen.socket=/tmp/gpu-check.sock \
   -Dtrainguard.listen.port=7477 -Dquarkus.management.port=9007 -jar "$BUILD/target/quarkus-app/quarkus-run.jar" > /tmp/gpu-check.log 2>&1 &
 PID=$!
 for i in $(seq 1 90); do sleep 1; curl -sf http://127.0.0.1:9007/q/health/ready >/dev/null && break; done
@@ -44,7 +44,7 @@ curl -sf http://127.0.0.1:9007/q/health/ready >/dev/null || { kill $PID; tail -2
 kill $PID
 mkdir -p "$REPO/.bundle" "$REPO/.whl"
 rm -f "$REPO"/.bundle/*
-tar -cJf "$REPO/.bundle/jre.tar.xz" -C /tmp/gpu-jre .
+tar -cJf "$REPO/.bundle/jre.tar.xz" -C ${JRE_DIR:-/tmp/gpu-jre} .
 tar -cJf "$REPO/.bundle/app.tar.xz" -C "$BUILD/target" quarkus-app
 rm -f "$REPO"/.whl/grpcio-* "$REPO"/.whl/protobuf-*
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from trainguard.sidecar import Sidecar, default_jar
+from trainguard.testing import Sidecar, default_jar
 
 
 def start_sidecar(tmp_path_factory, name):

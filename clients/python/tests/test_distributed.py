@@ -41,7 +41,7 @@ def _worker(rank, world, port, target, out_dir):
 
 
 def run_two_ranks(target):
-    from trainguard.sidecar import free_port
+    from trainguard.testing import free_port
     out = tempfile.mkdtemp()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(r, 2, free_port(), target, out)) for r in range(2)]

@@ -28,7 +28,9 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   distributed.py   cross-rank agreement on the verdict
   transport.py     gRPC stubs, deadlines, the ordered ReportSender thread
   verdict.py, errors.py   the plain-Python types user code sees
-  sidecar.py       launches the sidecar jar (tests, examples)
+  testing.py       Sidecar: launches the sidecar jar (tests, examples; jar from TRAINGUARD_JAR or jar=)
+  wrap.py          guard.wrap(optimizer) / guard.wrap(scheduler), ParametersOnly (manual update loops)
+  lightning.py     Lightning Callback (extra "lightning");  hf.py  Trainer callback + Accelerate (extra "hf")
   checksum.py, safetensors_io.py   tg1 checksums, safetensors read/write without the package
 """
 from .errors import RunRefused, SidecarUnavailable, TrainguardError, TrainingHalted
@@ -44,6 +46,9 @@ def __getattr__(name):  # lazy: `import trainguard` does not import torch until 
         from . import guard
         return getattr(guard, name)
     if name == "Sidecar":
-        from .sidecar import Sidecar
+        from .testing import Sidecar
         return Sidecar
+    if name in ("lightning", "hf", "testing", "wrap"):  # submodules on first use
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(name)

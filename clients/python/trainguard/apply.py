@@ -56,32 +56,52 @@ def apply_verdict(guard, v, grad_norm):
     drop_gradients(guard.optimizer)
 
 
+def run_update(guard, v, update):
+    """Runs ``update()`` (the optimizer's step) under the verdict ``v``: the re-warm LR for this step
+    and, with protect_update, the check that the weights stayed finite. Returns update()'s result."""
+    saved_lr = rollback_.rewarm_lr(guard, v.step if v else None)
+    snap = guard.protector.snapshot() if guard.protect_update else None
+    guard.recovery.before_update()  # on CUDA: the update waits (on the device) for a snapshot copy
+    try:
+        result = update()
+    finally:
+        if saved_lr is not None:
+            for g, lr in zip(guard.optimizer.param_groups, saved_lr):
+                g["lr"] = lr
+    if snap is not None:
+        guard.protector.check(snap, v.step if v else -1)
+    return result
+
+
+def skipped_update(guard, v):
+    """The verdict ``v`` kept this step's update out (skip, rollback, halt)."""
+    guard.recovery.after_no_update(v.step if v else None)
+
+
 def optimizer_step(guard):
     """Steps the optimizer (through the GradScaler if any) and the scheduler when the last verdict
     allows it; otherwise only lets the GradScaler close its iteration. Returns whether it stepped."""
-    v = guard.last_verdict
+    v = guard._verdict_for_update(auto=False)
     opt, scaler = guard.optimizer, guard.scaler
     scaler_on = scaler is not None and scaler.is_enabled()
     if v is not None and not v.should_step:
         if scaler_on and guard._unscaled:
             scaler.update()
         guard._unscaled = False
-        guard.recovery.after_no_update(v.step)
+        skipped_update(guard, v)
         return False
-    saved_lr = rollback_.rewarm_lr(guard, v.step if v else None)
-    snap = guard.protector.snapshot() if guard.protect_update else None
-    guard.recovery.before_update()  # on CUDA: the update waits (on the device) for a snapshot copy
-    if scaler_on:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
-    guard._unscaled = False
-    if saved_lr is not None:
-        for g, lr in zip(opt.param_groups, saved_lr):
-            g["lr"] = lr
-    if snap is not None:
-        guard.protector.check(snap, v.step if v else -1)
+
+    def update():
+        if scaler_on:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
+    try:
+        run_update(guard, v, update)
+    finally:
+        guard._unscaled = False
     if guard.scheduler is not None:
         guard.scheduler.step()
     guard.recovery.after_update(v.step if v else None)

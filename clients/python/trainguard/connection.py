@@ -32,6 +32,30 @@ def grpc_code(e):
     return e.code() if isinstance(e, grpc.RpcError) and hasattr(e, "code") else None
 
 
+def in_words(err, deadline):
+    """What a failed call means, for a person (not a gRPC debug string)."""
+    code = grpc_code(err)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ("nothing answered there (connection refused, a wrong host, port or socket path, "
+                "or the sidecar is not running)")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or isinstance(err, TimeoutError):
+        return (f"no answer within {deadline}s (the sidecar is overloaded, or the address reaches "
+                "something that is not a trainguard sidecar)")
+    if code is not None:
+        return f"the call failed with {code.name}: {err.details() if hasattr(err, 'details') else err}"
+    return str(err)
+
+
+def unprotected_message(run, target, err, deadline):
+    return (f"trainguard: run '{run}' is NOT PROTECTED by a sidecar. {target}: {in_words(err, deadline)}. "
+            f"Training goes on (failure_mode='open'); until a sidecar answers (retried every "
+            f"{REOPEN_EVERY_S:.0f} s) only the client's own rule applies: non-finite updates are skipped. "
+            f"Not protected meanwhile: loss and grad-norm spike detection, divergence detection, rollback to "
+            f"known-good checkpoints, the validation gate, checkpoint verification, hang detection and the "
+            f"incident record. Fix: start the sidecar, or pass target= / set TRAINGUARD_TARGET; "
+            f"failure_mode='closed' makes this an error instead.")
+
+
 class ClientState(enum.Enum):
     ONLINE = "online"
     GATED = "gated"
@@ -99,7 +123,7 @@ class Connection:
 
     # ---------------------------------------------------------------- failures
 
-    def unreachable(self, what, err):
+    def unreachable(self, what, err, run=None):
         """Counts a call the sidecar did not answer; raises in fail-closed mode, warns (once, then
         every ``warn_every`` failures) in fail-open mode."""
         self.counters["sidecar_failures"] += 1
@@ -107,6 +131,12 @@ class Connection:
         if self.failure_mode == "closed":
             raise SidecarUnavailable(msg + " (failure_mode='closed': training stops; start the sidecar or use failure_mode='open')")
         n = self.counters["sidecar_failures"]
+        if what == "OpenRun" and not self._warned:
+            self._warned = True
+            words = unprotected_message(run, self.transport.target, err, self.deadline)
+            log.error("%s", words)
+            warnings.warn(words, RuntimeWarning)
+            return
         if not self._warned or n % self.warn_every == 0:
             self._warned = True
             warnings.warn(msg + f" (failure_mode='open': training goes on; {n} failures so far)", RuntimeWarning)
@@ -123,7 +153,7 @@ class Connection:
                 raise RunRefused(f"trainguard refused run '{run}': {e.details()}") from None
             if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS):
                 raise TrainguardError(f"OpenRun for run '{run}' failed: {code.name}: {e.details()}") from None
-            self.unreachable("OpenRun", e)
+            self.unreachable("OpenRun", e, run=run)
             self.went_offline()
             return None
         if self.offline:

@@ -52,23 +52,26 @@ def max_ints(values):
     return [int(v) for v in t.tolist()]
 
 
-def agree(guard, verdict, error):
-    """Returns (verdict, error) agreed by all ranks."""
+def agree(guard, verdict, error, need_host=False):
+    """Returns (verdict, error, host_next) agreed by all ranks; ``host_next``: some rank asked for
+    the host path at the next step too (``need_host``; see Guard's multi-rank device gate)."""
     d = _dist()
     n, me = d.get_world_size(), d.get_rank()
     sev = _ERROR if error is not None else int(verdict.action)
     has_plan = sev in (Action.ROLLBACK, Action.HALT, _ERROR)
     thr = verdict.clip_threshold if verdict.action == Action.CLIP and verdict.clip_threshold > 0 else float("inf")
-    # [severity, source score (lowest rank with a plan wins), -clip threshold (the tightest wins)]
-    t = torch.tensor([float(sev), float(n - me) if has_plan else 0.0, -thr if thr != float("inf") else -1e300],
-                     dtype=torch.float64, device=_device())
+    # [severity, source score (lowest rank with a plan wins), -clip threshold (the tightest wins),
+    #  some rank needs the host path next step]
+    t = torch.tensor([float(sev), float(n - me) if has_plan else 0.0, -thr if thr != float("inf") else -1e300,
+                      1.0 if need_host else 0.0], dtype=torch.float64, device=_device())
     d.all_reduce(t, op=d.ReduceOp.MAX)
-    sev_max, score_max, neg_thr = t.tolist()  # one device read for the three
+    sev_max, score_max, neg_thr, host_next = t.tolist()  # one device read for the four
+    host_next = host_next > 0
     agreed, src_score = int(sev_max), int(score_max)
     if agreed == int(verdict.action) and error is None and agreed not in (Action.ROLLBACK, Action.HALT):
         if agreed == Action.CLIP and -neg_thr < verdict.clip_threshold:
             verdict.clip_threshold = -neg_thr
-        return verdict, None
+        return verdict, None, host_next
     if agreed in (Action.ROLLBACK, Action.HALT, _ERROR):
         src = n - src_score
         payload = [(verdict, str(error) if error is not None else None)] if me == src else [None]
@@ -76,12 +79,53 @@ def agree(guard, verdict, error):
         v, err_msg = payload[0]
         if agreed == _ERROR:
             from .errors import TrainguardError
-            return v, (error if error is not None else TrainguardError(f"rank {src} stopped: {err_msg}"))
+            return v, (error if error is not None else TrainguardError(f"rank {src} stopped: {err_msg}")), host_next
         if me != src:
             v.reasons = list(v.reasons) + [f"agreed with rank {src}"]
-        return v, None
+        return v, None, host_next
     # A milder local verdict is raised to the agreed one (CLIP or SKIP).
     v = Verdict(verdict.step, Action(agreed), clip_threshold=-neg_thr if agreed == Action.CLIP else 0.0,
                 validation_allowed=False, reasons=list(verdict.reasons) + [f"another rank's verdict was {Action(agreed).name}"],
                 bounds=verdict.bounds, decided_locally=verdict.decided_locally)
-    return v, None
+    return v, None, host_next
+
+
+# ---------------------------------------------------------------------------- the device gate, multi-rank
+#: Relative spread of the grad norm across replicated ranks above which the step is treated as
+#: corrupted (after DDP's all-reduce every rank holds the same gradients, so the norms are equal).
+NORM_SPREAD_TOLERANCE = 1e-5
+
+
+def gate_collective(bad, need_host, local_norm, sharded):
+    """One in-stream ``all_reduce(SUM)`` (no host read) over float64
+    ``[non-finite flag, needs-host flag, norm^2, norm, norm^2]``. Returns device tensors
+    ``(skip, global_norm, reduced)``: ``skip`` is 1.0 when any rank saw a non-finite value or, for
+    replicated gradients, the ranks' norms disagree (a silent-data-corruption signal); the global norm
+    is ``sqrt(sum of squares)`` for sharded gradients (FSDP, as ``clip_grad_norm_`` computes it) and the
+    mean for replicated ones (DDP); ``reduced`` is the summed vector, read later on the host."""
+    d = _dist()
+    n = torch.nan_to_num(local_norm.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
+    flags = torch.stack([bad.double(), need_host.double()])
+    vec = torch.cat([flags, torch.stack([n * n, n, n * n])])
+    d.all_reduce(vec, op=d.ReduceOp.SUM)
+    world = float(d.get_world_size())
+    if sharded:
+        norm = vec[2].sqrt()
+        skip = vec[0] > 0
+    else:
+        mean = vec[3] / world
+        var = (vec[4] / world - mean * mean).clamp(min=0.0)
+        skip = (vec[0] > 0) | (var.sqrt() > NORM_SPREAD_TOLERANCE * mean)
+        norm = mean
+    return skip.float(), norm.float(), vec
+
+
+def reduced_flags(vec_values, world, sharded):
+    """Host-side reading of the reduced vector: (any rank non-finite, any rank needs the host path
+    next step, norm spread across ranks relative to the mean, None when sharded)."""
+    bad, need, _, s, s2 = vec_values[:5]
+    spread = None
+    if not sharded and s > 0:
+        mean = s / world
+        spread = max(s2 / world - mean * mean, 0.0) ** 0.5 / mean
+    return bad > 0, need > 0, spread

@@ -11,6 +11,7 @@ in ``checkpointing``, the client state machine in ``connection``, gRPC in ``tran
 module map in ``trainguard/__init__.py`` and docs/client.md for the design and its guarantees.
 """
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from .stats import ModuleWatch, auto_watch, first_non_finite
 from .transport import ReportSender, Transport
 from .validation import ValidationContext
 from .verdict import Action, LocalBounds, Verdict
+from .wrap import GuardedOptimizer, GuardedScheduler, ParametersOnly
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
@@ -47,7 +49,8 @@ class Guard:
     """Guards one rank's training loop. See the module docstring and docs/client.md.
 
     Args:
-      model, optimizer: the training model and its optimizer.
+      model, optimizer: the training model and its optimizer. ``optimizer=None``: a manual update
+        loop (``if guard.step(i, loss).should_step: <update the weights>``).
       run: the run id; all ranks of one run pass the same id.
       target: "host:port" or "unix:///path/to.sock"; default $TRAINGUARD_TARGET (set by the k8s
         manifests), else "127.0.0.1:7474".
@@ -67,6 +70,10 @@ class Guard:
         computed on the device and the optimizer's fused kernel applies them; the stats reach the
         host through pinned memory and the report is sent from the sender thread. False: never.
         True: wherever the optimizer allows it, also on the CPU (tests).
+      grad_sync: several ranks on the device gate: "replicated" (DDP: every rank holds the same
+        gradients; the ranks' norms must agree, else the step is skipped as corrupted), "sharded"
+        (FSDP/ZeRO: the global norm is the square root of the sum of the ranks' squared norms) or
+        "auto" (replicated for a DistributedDataParallel model, else sharded).
       verdict_lag: with the device gate, ``step(k)`` first waits (at most ``deadline``) for the
         sidecar's verdict on step ``k - verdict_lag``, so a ROLLBACK/HALT for step k-1 is applied at
         step k. Normally the verdict is already there. None: never wait (verdicts apply when they
@@ -85,13 +92,17 @@ class Guard:
                  rank=None, world_size=None, open_deadline=None, protect_update="auto",
                  master_weights=False, autocast_dtype=None, clipping_configured=False,
                  framework="torch", trainer_instance=None, warn_every=100, device_gate="auto",
-                 verdict_lag=1, snapshots=True, replay=True, lr_restore=None):
+                 verdict_lag=1, grad_sync="auto", snapshots=True, replay=True, lr_restore=None):
         if failure_mode not in ("open", "closed"):
             raise ValueError('failure_mode must be "open" or "closed"')
         if mode not in ("async", "sync"):
             raise ValueError('mode must be "async" or "sync"')
         if device_gate not in ("auto", True, False):
             raise ValueError('device_gate must be "auto", True or False')
+        if grad_sync not in ("auto", "replicated", "sharded"):
+            raise ValueError('grad_sync must be "auto", "replicated" or "sharded"')
+        if optimizer is None:
+            optimizer = ParametersOnly(model)
         self.model, self.optimizer, self.run = model, optimizer, run
         self.scheduler, self.scaler = scheduler, scaler
         self.failure_mode, self.mode = failure_mode, mode
@@ -111,12 +122,20 @@ class Guard:
         self.protect_update = (low and not master_weights) if protect_update == "auto" else bool(protect_update)
         gate_ok = (mode == "async" and optimizer_honours_gate(optimizer)
                    and not self.protect_update and not (scaler is not None and scaler.is_enabled())
-                   and self.world_size == 1)
+                   and (self.world_size == 1 or dist_agree.is_initialized()))
         if device_gate is True and not gate_ok:
             raise ValueError("device_gate=True needs mode='async', an optimizer that honours found_inf/grad_scale "
-                             "(fused=True Adam/AdamW/SGD), no GradScaler, no protect_update and one rank")
+                             "(fused=True Adam/AdamW/SGD), no GradScaler, no protect_update and, with several "
+                             "ranks, torch.distributed initialised")
         self.device_gate = gate_ok and (device_gate is True or (device_gate == "auto" and self.device.type == "cuda"))
         self.verdict_lag = verdict_lag
+        if grad_sync == "auto":
+            ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+            grad_sync = "replicated" if ddp else "sharded"
+        self.grad_sync = grad_sync
+        self._multi_gate = self.device_gate and self.world_size > 1
+        self._host_next = False      # multi-rank gate: the ranks agreed that the next step takes the host path
+        self._gate_prev = None       # multi-rank gate: (host copy of the reduced vector, event) of the last step
         names = auto_watch(model) if watch == "auto" else list(watch or [])
         reduce = "sum" if (self.device.type == "cuda" or self.device_gate) else "amax"
         self.watch = ModuleWatch(model, names, reduce=reduce) if names else None
@@ -124,7 +143,7 @@ class Guard:
         # Counters and state that round-trip through state_dict().
         self.counters = {"steps": 0, "local_decisions": 0, "sidecar_verdicts": 0, "sidecar_failures": 0,
                          "skips": 0, "clips": 0, "rollbacks": 0, "reports_dropped": 0, "validation_incidents": 0,
-                         "device_gated_steps": 0}
+                         "device_gated_steps": 0, "grad_norm_mismatches": 0}
         self.bounds = None
         self.generation = 0
         self.checkpoints = {}  # step -> {"dir", "files", "checkpoint_id", "data_position"}
@@ -141,6 +160,11 @@ class Guard:
         self._step_t0 = time.perf_counter()
         self._applied_rollbacks = set()
         self._gate_futs = collections.deque()  # device-gated reports not yet answered
+        self._wrapped = None         # the GuardedOptimizer handed out by wrap(), if any
+        #: callable(path, RollbackPlan) that restores a checkpoint written by a framework (set by the
+        #: Lightning / HF integrations); None: load_checkpoint(), the Guard's own format.
+        self.restore_hook = None
+        self._pending_update = False  # a step() verdict no optimizer update has consumed yet
 
         self.meter = StepMeter(optimizer, self.device, scaler, self.watch)
         self.gate = DeviceGate(optimizer, self.device)
@@ -202,7 +226,10 @@ class Guard:
         # Earlier async reports are ahead of it in the queue; the deadline covers the whole wait.
         if fut.wait(self.deadline + 0.05) and fut.error is None:
             self.counters["sidecar_verdicts"] += 1
-            return Verdict.from_proto(fut.response.verdict)
+            v = Verdict.from_proto(fut.response.verdict)
+            if v.action == Action.CLIP and not v.reasons:
+                v.reasons = [rules.clip_reason(gnorm, v.clip_threshold, "the sidecar's clip policy")]
+            return v
         err = fut.error or TimeoutError(f"no verdict within {self.deadline}s")
         self.connection.went_offline()
         try:
@@ -251,7 +278,18 @@ class Guard:
         with self._lock:
             late, self._late = self._late, None
             async_err, self._async_error = self._async_error, None
-        if (self.device_gate and late is None and async_err is None and not self.connection.offline
+        if self._multi_gate and not self._agreed_host_path():
+            # Every rank takes the same path (agreed one step ahead); what this rank needs the sidecar
+            # for waits one step, and the ranks then take the host path together.
+            need = (late is not None or async_err is not None or self.connection.offline
+                    or self.bounds is None or not self.bounds.usable(step + 1))
+            with self._lock:
+                if late is not None and (self._late is None or late.action > self._late.action):
+                    self._late = late
+                if async_err is not None and self._async_error is None:
+                    self._async_error = async_err
+            return self._step_gated(step, loss, step_time, need_host=need)
+        if (not self._multi_gate and self.device_gate and late is None and async_err is None and not self.connection.offline
                 and self.bounds is not None and self.bounds.usable(step)):
             return self._step_gated(step, loss, step_time)
         if self.device_gate:
@@ -270,8 +308,7 @@ class Guard:
     def _step_host(self, step, loss, step_time, late, replay=None):
         scaler_on = self.scaler is not None and self.scaler.is_enabled()
         if scaler_on:
-            self.scaler.unscale_(self.optimizer)
-            self._unscaled = True
+            self._unscale_once()
         m = self.meter.read(loss)
         fault_class = None
         if late is None:
@@ -301,6 +338,17 @@ class Guard:
             v.fault_class = fault_class.name
         return self._finish(step, verdict, gnorm=m.grad_norm)
 
+    def _unscale_once(self):
+        """Unscales the gradients for the GradScaler unless the loop (or GradScaler.step on the
+        wrapper) already did in this iteration; keyed by the object the loop steps, so that
+        ``scaler.step(opt)`` on the wrapper does not unscale a second time."""
+        target = self._wrapped if self._wrapped is not None else self.optimizer
+        st = getattr(self.scaler, "_per_optimizer_states", {})
+        st = st.get(id(target)) if hasattr(st, "get") else None
+        if st is None or getattr(st.get("stage"), "name", "READY") == "READY":
+            self.scaler.unscale_(target)
+        self._unscaled = True
+
     def _watch_sends_max_abs(self):
         return self.watch is None or self.watch.reduce == "amax"
 
@@ -323,16 +371,39 @@ class Guard:
                 return
             futs.popleft()
 
-    def _step_gated(self, step, loss, step_time):
-        """A step with no host sync: measure on the device, gate the optimizer on the device, hand
-        the stats to the sender thread through pinned memory and a CUDA event."""
-        bounds = self.bounds
+    def _agreed_host_path(self):
+        """Multi-rank gate: whether the ranks agreed (on the device, in the last step's collective, or
+        in the last host step's agreement) that this step takes the host path."""
+        prev, self._gate_prev = self._gate_prev, None
+        if prev is None:
+            return self._host_next
+        vec, event = prev
+        if event is not None:
+            event.synchronize()  # the last step's collective; normally long done
+        _, need, _ = dist_agree.reduced_flags(vec.tolist(), self.world_size, self.grad_sync == "sharded")
+        self._host_next = need
+        return need
+
+    def _step_gated(self, step, loss, step_time, need_host=False):
+        """A step with no host sync: measure on the device, gate the optimizer on the device (with
+        several ranks: agreed in one in-stream all_reduce), hand the stats to the sender thread
+        through pinned memory and a CUDA event."""
+        bounds = self.bounds or LocalBounds()
         self.counters["device_gated_steps"] += 1
         self.connection.to(ClientState.GATED)
         stats, total, ng, names = self.meter.on_device(loss)
         thr = rules.gate_threshold(bounds)
-        self.gate.install(stats, total, thr)
-        host, event = self.gate.stage(stats)
+        if self._multi_gate:
+            bad = torch.logical_not(torch.isfinite(stats).all())
+            skip, norm, vec = dist_agree.gate_collective(bad, self.gate.flag(need_host), total,
+                                                         self.grad_sync == "sharded")
+            self.gate.install_agreed(skip, norm, thr)
+            (host, host_vec), event = self.gate.stage(stats, vec)
+            self._gate_prev = (host_vec, event)
+        else:
+            self.gate.install(stats, total, thr)
+            (host,), event = self.gate.stage(stats)
+            host_vec = None
         lr = self.optimizer.param_groups[0].get("lr", 0.0)
         lr = float(lr) if not torch.is_tensor(lr) or lr.device.type == "cpu" else 0.0
         absent = loss is None
@@ -340,18 +411,35 @@ class Guard:
         def build():  # on the sender thread
             if event is not None:
                 event.synchronize()  # blocks in C without the GIL
-            return self._gated_report(step, host.tolist(), ng, names, lr, step_time, thr, bounds, absent)
+            return self._gated_report(step, host.tolist(), ng, names, lr, step_time, thr, bounds, absent,
+                                      None if host_vec is None else host_vec.tolist())
 
         self._gate_futs.append(self.sender.submit_deferred(step, build, self.generation))
         verdict = Verdict(step, Action.APPLY, clip_threshold=thr, validation_allowed=self._validation_hint,
                           bounds=bounds, decided_locally=True, device_gated=True)
         return self._finish(step, verdict)
 
-    def _gated_report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent):
+    def _gated_report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent, reduced=None):
         loss_v, gnorm = vals[0], vals[1]
         mods = vals[2 + ng:]
         mod_finite = [math.isfinite(x) for x in mods]
         finite, clipped, in_bounds = rules.gated_outcome(loss_v, gnorm, mod_finite, thr, bounds)  # = the device's gate
+        locally_finite = finite
+        if reduced is not None:  # several ranks: the device acted on what they agreed
+            sharded = self.grad_sync == "sharded"
+            any_bad, _, spread = dist_agree.reduced_flags(reduced, self.world_size, sharded)
+            if sharded and finite:
+                gnorm = math.sqrt(reduced[2])  # the global norm, as FSDP's clip_grad_norm_ computes it
+            mismatch = spread is not None and spread > dist_agree.NORM_SPREAD_TOLERANCE
+            if mismatch:
+                with self._lock:
+                    self.counters["grad_norm_mismatches"] += 1
+                log.warning("trainguard: step %d: the ranks' grad norms differ (relative spread %.3g) although "
+                            "DDP gives every rank the same gradients: silent data corruption or a rank out of "
+                            "step; the update was skipped on every rank", step, spread)
+            finite = finite and not any_bad and not mismatch
+            clipped = finite and thr > 0 and gnorm > thr
+            in_bounds = rules.within_bounds(bounds, loss_v, gnorm)
         with self._lock:
             if not finite:
                 self.counters["skips"] += 1
@@ -359,7 +447,13 @@ class Guard:
                 self.counters["clips"] += 1
             if finite and in_bounds:
                 self.counters["local_decisions"] += 1
-        if not finite:
+        if clipped:
+            log.info("trainguard: step %d %s", step, rules.clip_reason(
+                gnorm, thr, "on the device: the run's clip policy or the spike bound beyond which the sidecar is asked"))
+        if locally_finite and not finite:
+            log.warning("trainguard: step %d: another rank saw a non-finite value or the norms disagreed: the update "
+                        "was skipped on every rank", step)
+        elif not finite:
             bad = first_non_finite(names, mod_finite)
             log.warning("trainguard: step %d non-finite (loss=%s, grad norm=%s%s): the update was skipped on the "
                         "device; the sidecar decides what follows", step, loss_v, gnorm,
@@ -374,10 +468,12 @@ class Guard:
     def _finish(self, step, verdict, gnorm=None, error=None):
         if isinstance(verdict, tuple):
             verdict, error = verdict
-        if dist_agree.is_initialized() and self.world_size > 1:
-            verdict, error = dist_agree.agree(self, verdict, error)
+        if dist_agree.is_initialized() and self.world_size > 1 and not verdict.device_gated:
+            need = self.connection.offline or self.bounds is None or not self.bounds.usable(step + 1)
+            verdict, error, self._host_next = dist_agree.agree(self, verdict, error, need_host=need)
         self.last_verdict = verdict
         self.last_step = step
+        self._pending_update = True
         if error is not None:
             raise error
         apply_.apply_verdict(self, verdict, gnorm)
@@ -387,6 +483,44 @@ class Guard:
         """Steps the optimizer (through the GradScaler if any) and the scheduler when the last
         verdict allows it; otherwise only lets the GradScaler close its iteration."""
         return apply_.optimizer_step(self)
+
+    def wrap(self, obj):
+        """``opt = guard.wrap(optimizer)``: an Optimizer whose ``step()`` runs only when the verdict
+        allows it (for loops, GradScaler, schedulers and frameworks that call ``opt.step()``
+        themselves); build the LR scheduler on it. ``guard.wrap(scheduler)``: a scheduler whose
+        ``step()`` is skipped with the update. See trainguard/wrap.py."""
+        if isinstance(obj, GuardedOptimizer) and obj.guard is self:
+            return obj
+        if isinstance(obj, torch.optim.Optimizer):
+            if obj is not self.optimizer:
+                raise ValueError("guard.wrap(optimizer): wrap the optimizer this Guard was built with "
+                                 f"({type(self.optimizer).__name__}), not another one")
+            if self._wrapped is None:
+                self._wrapped = GuardedOptimizer(self, obj)
+            return self._wrapped
+        if hasattr(obj, "step") and hasattr(obj, "state_dict") and hasattr(obj, "optimizer"):
+            if self.scheduler is None:
+                self.scheduler = obj  # restored on rollback; stepped by the loop through the wrapper
+            return GuardedScheduler(self, obj)
+        raise TypeError(f"guard.wrap() takes the Guard's optimizer or an LR scheduler, not {type(obj).__name__}")
+
+    def _verdict_for_update(self, auto=True):
+        """The verdict an optimizer update about to run must obey. With ``auto`` and no
+        ``step()`` since the last update, the step is measured and judged now (loss absent)."""
+        if not self._pending_update and auto:
+            self.step(self.last_step + 1 if self.last_step is not None else 0, None)
+        self._pending_update = False
+        return self.last_verdict
+
+    @contextlib.contextmanager
+    def protected_update(self):
+        """``with guard.protected_update(): <manual weight update>``: copies the weights (and
+        optimizer state) first and checks them after; a non-finite result is undone and raises
+        NonFiniteUpdate. Costs one copy of the weights and one device read."""
+        v = self._verdict_for_update(auto=False)
+        snap = self.protector.snapshot()
+        yield
+        self.protector.check(snap, v.step if v else -1)
 
     def pause(self):
         """Detaches the guard until ``resume()``: waits for queued reports, removes the forward hooks
@@ -416,6 +550,17 @@ class Guard:
         """Saves model (safetensors), optimizer/scheduler/scaler/client state (torch.save) and
         registers the weights with the sidecar. Returns the sidecar's checkpoint dict (or None)."""
         return checkpointing.save(self, directory, step, data_position, extra)
+
+    def checkpoint_saved(self, path_or_dir_or_files, step, data_position=0):
+        """Registers a checkpoint that other code wrote (torch.save, Lightning, DCP, Trainer) with the
+        sidecar and records it for rollback. Returns the sidecar's checkpoint dict (or None)."""
+        try:
+            from . import checkpoints as formats
+        except ImportError:
+            formats = None
+        if formats is not None and hasattr(formats, "register_saved"):
+            return formats.register_saved(self, path_or_dir_or_files, step, data_position=data_position)
+        return checkpointing.register_saved(self, path_or_dir_or_files, step, data_position)
 
     def load_checkpoint(self, path_or_step):
         """Restores model/optimizer/scheduler/scaler/client state; returns the side file's dict."""

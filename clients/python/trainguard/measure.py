@@ -40,7 +40,7 @@ class StepMeter:
         if torch.is_tensor(loss):
             lt = loss.detach().float().reshape(()).to(self.device)
         else:
-            lt = torch.tensor(float("nan") if loss is None else float(loss), device=self.device)
+            lt = torch.tensor(0.0 if loss is None else float(loss), device=self.device)  # absent: judged on grads
         if self.scaler is not None and self.scaler.is_enabled():
             # the scale tensor itself: get_scale() would be a second device read per step
             scale = self.scaler._get_scale_async().detach().float().reshape(1).to(self.device)
@@ -64,7 +64,7 @@ class StepMeter:
             if lt.device != self.device:
                 lt = lt.to(self.device)
         else:
-            lt = torch.full((1,), float("nan") if loss is None else float(loss), device=self.device)
+            lt = torch.full((1,), 0.0 if loss is None else float(loss), device=self.device)  # absent: grads only
         names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
         parts = [lt, total.reshape(1)] + [g.reshape(1) for g in per_group] + [m.reshape(1) for m in mods]
         if any(t.dtype != torch.float32 for t in parts):
@@ -93,31 +93,48 @@ class DeviceGate:
 
     def install(self, stats, total, threshold):
         """Writes the skip flag and the clip divisor for this step and points the optimizer at them."""
-        found, scale = self._buffers()
+        found, _ = self._buffers()
         # 1.0 when anything is NaN/Inf: the fused optimizer then leaves weights, moments and its
         # step counter untouched (as under GradScaler).
         torch.logical_not(torch.isfinite(stats).all(), out=found)
+        self._point(total, threshold)
+
+    def install_agreed(self, skip, norm, threshold):
+        """As ``install``, from flags the ranks agreed on the device (distributed.gate_collective)."""
+        found, _ = self._buffers()
+        found.copy_(skip)
+        self._point(norm, threshold)
+
+    def _point(self, norm, threshold):
+        found, scale = self._buffers()
         opt = self.optimizer
         opt.found_inf = found
         if threshold > 0:
             # clip_grad_norm_'s coefficient min(1, thr/norm) as a divisor the fused kernel applies.
-            torch.clamp(total.detach().float(), min=threshold, out=scale)
+            torch.clamp(norm.detach().float(), min=threshold, out=scale)
             scale.div_(threshold)
             opt.grad_scale = scale
         else:
             opt.__dict__.pop("grad_scale", None)
+
+    def flag(self, value):
+        """A 0-d device tensor holding ``value`` (a fill kernel: no host->device copy, no sync)."""
+        return torch.full((), 1.0 if value else 0.0, dtype=torch.float32, device=self.device)
 
     def uninstall(self):
         """No stale device flag may gate a step decided on the host (or an unguarded one)."""
         self.optimizer.__dict__.pop("found_inf", None)
         self.optimizer.__dict__.pop("grad_scale", None)
 
-    def stage(self, stats):
-        """Starts the copy of ``stats`` to the host; returns (host tensor, event to wait on or None)."""
+    def stage(self, *tensors):
+        """Starts the copy of ``tensors`` to the host; returns ([host tensors], event to wait on or None)."""
         if self.device.type == "cuda":
-            host = torch.empty(stats.shape, dtype=torch.float32, pin_memory=True)
-            host.copy_(stats, non_blocking=True)
+            hosts = []
+            for t in tensors:
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                host.copy_(t, non_blocking=True)
+                hosts.append(host)
             event = torch.cuda.Event()
             event.record()
-            return host, event
-        return stats, None
+            return hosts, event
+        return list(tensors), None

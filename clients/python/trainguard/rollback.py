@@ -34,9 +34,10 @@ def rollback(guard, v):
         target = plan.files[0] if plan.files else guard.checkpoints.get(plan.checkpoint_step, {}).get("dir")
         if target is None:
             _halt(v, f"ROLLBACK to step {plan.checkpoint_step} ordered but its files are unknown to this rank")
-        side = guard.load_checkpoint(target)
-        # A checkpoint written before LR cuts were recorded was saved at the uncut rate.
-        restored_scale = float((side or {}).get("lr_scale", 1.0))
+        restore = getattr(guard, "restore_hook", None)  # a framework's own loader (Lightning, HF), if set
+        side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
+        # A checkpoint written before LR cuts were recorded (or by a framework) was saved at the uncut rate.
+        restored_scale = float((side or {}).get("lr_scale", 1.0)) if isinstance(side, dict) else 1.0
     rec.lr.on_rollback(restored_scale, plan.lr_factor, plan.checkpoint_step + 1, plan.rewarm_steps)
     plan.bad_positions = sorted(rec.bad_positions)
     guard._void_in_flight()  # verdicts still in flight for pre-rollback steps are void

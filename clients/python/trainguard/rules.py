@@ -32,11 +32,18 @@ def clip_action(threshold, grad_norm):
     return Action.CLIP if threshold > 0 and grad_norm > threshold else Action.APPLY
 
 
+def clip_reason(grad_norm, threshold, source):
+    """Every CLIP says why: the norm, the threshold and where the threshold came from."""
+    return f"grad norm {grad_norm:.4g} > clip threshold {threshold:.4g} ({source}): gradients scaled to the threshold"
+
+
 def decide_locally(step, grad_norm, bounds, scaler_overflow, validation_allowed):
     if scaler_overflow:
         return Verdict(step, Action.SKIP, reasons=["GradScaler overflow: loss scale lowered"], decided_locally=True)
     thr = bounds.clip_threshold if bounds else 0.0
-    return Verdict(step, clip_action(thr, grad_norm), clip_threshold=thr, validation_allowed=validation_allowed,
+    action = clip_action(thr, grad_norm)
+    reasons = [clip_reason(grad_norm, thr, "the run's clip policy, decided locally")] if action == Action.CLIP else []
+    return Verdict(step, action, clip_threshold=thr, validation_allowed=validation_allowed, reasons=reasons,
                    bounds=bounds, decided_locally=True)
 
 
@@ -45,8 +52,10 @@ def decide_offline(step, grad_norm, finite, clip_threshold):
     if not finite:
         return Verdict(step, Action.SKIP, reasons=["non-finite loss or gradients (sidecar unreachable)"],
                        degraded=True, decided_locally=True)
-    return Verdict(step, clip_action(clip_threshold, grad_norm), clip_threshold=clip_threshold, degraded=True,
-                   decided_locally=True)
+    action = clip_action(clip_threshold, grad_norm)
+    reasons = ([clip_reason(grad_norm, clip_threshold, "last known clip policy; sidecar unreachable")]
+               if action == Action.CLIP else [])
+    return Verdict(step, action, clip_threshold=clip_threshold, degraded=True, decided_locally=True, reasons=reasons)
 
 
 def gate_threshold(bounds):

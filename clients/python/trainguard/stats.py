@@ -22,7 +22,8 @@ def grad_norms(groups, device):
     non-finite: the finite check and the norm are the same pass."""
     per_group = []
     for params in groups:
-        grads = [p.grad for p in params if p.grad is not None]
+        # DTensor gradients (FSDP2): this rank's shard; the ranks' norms are combined by the caller
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
         if not grads:
             per_group.append(torch.zeros((), device=device))
             continue

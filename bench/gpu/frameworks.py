@@ -1,0 +1,172 @@
+"""Trainer step overhead of trainguard inside the frameworks (issue 21): Lightning with
+trainguard.lightning.TrainguardCallback and the HF Trainer with trainguard.hf.TrainguardCallback,
+each against the same framework unguarded, on the GPT-2-small-sized LM of overhead.py.
+
+Paired rounds as in overhead.py: per round one unguarded run, one guarded, one unguarded; each run
+is a fresh Trainer whose steps warmup..warmup+steps are timed inside the training loop (a callback
+synchronizes CUDA and reads the clock), so Trainer start-up is not counted. Ratio = guarded ms/step
+over the mean of the two unguarded runs around it; median, min and max over the rounds.
+
+Usage: python frameworks.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 5 --steps 30 --out res.json
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
+sys.path.insert(0, HERE)
+from overhead import GPT  # noqa: E402
+
+
+class Clock:
+    def __init__(self, warmup, steps):
+        self.warmup, self.steps, self.n, self.t0, self.ms = warmup, steps, 0, None, None
+
+    def tick(self):
+        if self.n == self.warmup or self.n == self.warmup + self.steps:
+            torch.cuda.synchronize()
+            now = time.perf_counter()
+            if self.t0 is None:
+                self.t0 = now
+            else:
+                self.ms = (now - self.t0) * 1000.0 / self.steps
+        self.n += 1
+
+
+def lightning_run(cfg, B, data, guarded, target, warmup, steps, run):
+    import lightning.pytorch as pl
+
+    class LM(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.gpt = GPT(**cfg)
+
+        def training_step(self, b, i):
+            x, y = b
+            return self.gpt(x, y)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
+
+    clock = Clock(warmup, steps)
+
+    class Timer(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            clock.tick()
+
+    cbs = [Timer()]
+    if guarded:
+        from trainguard.lightning import TrainguardCallback
+        cbs.insert(0, TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16))
+    trainer = pl.Trainer(max_steps=warmup + steps + 1, accelerator="gpu", devices=1, precision="bf16-mixed",
+                         callbacks=cbs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    trainer.fit(LM(), train_dataloaders=loader)
+    gated = cbs[0].guard.counters["device_gated_steps"] if guarded else None
+    return clock.ms, gated
+
+
+def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir):
+    import transformers
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.gpt = GPT(**cfg)
+
+        def forward(self, idx, targets):
+            return {"loss": self.gpt(idx, targets)}
+
+    clock = Clock(warmup, steps)
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            clock.tick()
+
+    cbs = [Timer()]
+    if guarded:
+        from trainguard.hf import TrainguardCallback
+        cbs.insert(0, TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16))
+    rows = [{"idx": x.cpu(), "targets": y.cpu()} for x, y in data]
+    args = transformers.TrainingArguments(output_dir=out_dir, max_steps=warmup + steps + 1,
+                                          per_device_train_batch_size=B, learning_rate=3e-4, weight_decay=0.1,
+                                          bf16=True, optim="adamw_torch_fused", save_strategy="no",
+                                          logging_steps=10_000, report_to=[], max_grad_norm=0.0,
+                                          dataloader_num_workers=0, disable_tqdm=True)
+    flat = [{"idx": r["idx"][i], "targets": r["targets"][i]} for r in rows for i in range(B)]
+    trainer = transformers.Trainer(model=Wrapped(), args=args, train_dataset=flat * 64, callbacks=cbs)
+    trainer.train()
+    gated = cbs[0].guard.counters["device_gated_steps"] if guarded else None
+    return clock.ms, gated
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", default="unix:///tmp/tg.sock")
+    ap.add_argument("--batch", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--frameworks", default="lightning,hf")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    info = {"torch": torch.__version__, "python": platform.python_version(), "gpu": torch.cuda.get_device_name(0),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps, "results": {}}
+    for mod in ("lightning", "transformers", "accelerate"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    warnings.simplefilter("ignore")
+    for B in a.batch:
+        g = torch.Generator().manual_seed(0)
+        data = []
+        for _ in range(4):
+            t = torch.randint(0, cfg["vocab"], (B, cfg["seq"] + 1), generator=g)
+            data.append((t[:, :-1].contiguous().cuda(), t[:, 1:].contiguous().cuda()))
+        for fw in a.frameworks.split(","):
+            rows = []
+            k = 0
+
+            def once(guarded):
+                nonlocal k
+                k += 1
+                run = f"bench-{fw}-b{B}-{os.getpid()}-{k}"
+                if fw == "lightning":
+                    return lightning_run(cfg, B, data * 64, guarded, a.target, a.warmup, a.steps, run)
+                return hf_run(cfg, B, data, guarded, a.target, a.warmup, a.steps, run, f"/tmp/hf-bench-{k}")
+
+            once(False)  # warm-up: compile caches, allocator
+            before, _ = once(False)
+            for r in range(a.rounds):
+                t, gated = once(True)
+                after, _ = once(False)
+                rows.append({"ms": t, "base_before": before, "base_after": after, "ratio": t / ((before + after) / 2),
+                             "device_gated_steps": gated})
+                print(f"  batch {B} {fw} round {r + 1}/{a.rounds}: {rows[-1]['ratio']:.3f} "
+                      f"({t:.2f} vs {before:.2f}/{after:.2f} ms/step, gated {gated})", flush=True)
+                before = after
+            rs = [x["ratio"] for x in rows]
+            info["results"][f"batch{B}-{fw}"] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
+                                                 "rounds": rows}
+            print(f"batch {B} {fw}: median {statistics.median(rs):.3f} [{min(rs):.3f}, {max(rs):.3f}]", flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(info, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

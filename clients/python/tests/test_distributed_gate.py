@@ -1,0 +1,121 @@
+"""2 gloo ranks on the device gate (fused AdamW on the CPU honours found_inf/grad_scale like CUDA):
+the ranks agree in one in-stream all_reduce, a NaN on one rank skips the step on both, and the
+weights stay identical across ranks."""
+import hashlib
+import os
+import sys
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
+
+
+def weights_hash(model):
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrupt_step):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import MLP, batch, weights_finite
+    from trainguard.guard import Guard
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        model = MLP()
+        for b in model.blocks:
+            fully_shard(b)
+        fully_shard(model)
+    else:
+        model = torch.nn.parallel.DistributedDataParallel(MLP())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    g = Guard(model, opt, f"gate-{mode}-{nan_step}-{corrupt_step}", target=target, device_gate=True, deadline=5.0,
+              policy={"known_good_healthy_steps": 5})
+    rec = {"gated": [], "hash": [], "skipped": []}
+    for step in range(16):
+        x, y = batch(step, seed=rank)
+        if rank == nan_rank and step == nan_step:
+            y = y.clone(); y[0, 0] = float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if rank == 1 and step == corrupt_step:  # one rank's gradients silently differ after the all-reduce
+            with torch.no_grad():
+                p = next(model.parameters())
+                (p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).mul_(1.5)
+        before = [p.detach().clone() for p in model.parameters()]
+        v = g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        assert weights_finite(model), f"rank {rank}: non-finite weights after step {step}"
+        rec["gated"].append(bool(v.device_gated))
+        if all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters())):
+            rec["skipped"].append(step)
+        full = model.module if hasattr(model, "module") else model
+        if mode == "fsdp":
+            rec["hash"].append(None)
+        else:
+            rec["hash"].append(weights_hash(full))
+    g.close()
+    rec["counters"] = dict(g.counters)
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def run(target, mode="ddp", nan_rank=1, nan_step=7, corrupt_step=-1):
+    from trainguard.testing import free_port
+    out = tempfile.mkdtemp()
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, target, out, mode, nan_rank, nan_step, corrupt_step))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]  # a hang would time out here
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory):
+    from sidecar_fixture import start_sidecar
+    sc = start_sidecar(tmp_path_factory, "ddpgate")
+    yield sc
+    sc.stop()
+
+
+def test_nan_on_one_rank_skips_on_both_on_the_device_gate(sidecar):
+    # prevents: ranks applying different updates (one skipped, one applied) when only one saw a NaN
+    r0, r1 = run(sidecar.target)
+    assert r0["hash"] == r1["hash"]  # weights identical on both ranks after every step
+    assert 7 in r0["skipped"] and 7 in r1["skipped"]
+    assert sum(r0["gated"]) >= 10 and r0["gated"] == r1["gated"]
+    assert r0["counters"]["device_gated_steps"] >= 10
+
+
+def test_grad_norm_mismatch_across_ranks_skips_the_step_on_both(sidecar):
+    # prevents: silent data corruption on one rank (its gradients differ after DDP's all-reduce) going unnoticed
+    r0, r1 = run(sidecar.target, nan_rank=-1, corrupt_step=9)
+    assert r0["counters"]["grad_norm_mismatches"] == 1 and r1["counters"]["grad_norm_mismatches"] == 1
+    assert 9 in r0["skipped"] and 9 in r1["skipped"]
+    assert r0["hash"] == r1["hash"]
+
+
+def test_fsdp_nan_on_one_rank_skips_on_both(sidecar):
+    # prevents: a sharded run (FSDP) updating the shards of one rank while the other skipped
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        pytest.skip("torch.distributed.fsdp.fully_shard needs torch >= 2.6")
+    r0, r1 = run(sidecar.target, mode="fsdp")
+    assert 7 in r0["skipped"] and 7 in r1["skipped"]
+    assert sum(r0["gated"]) >= 10 and r0["gated"] == r1["gated"]

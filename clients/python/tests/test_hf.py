@@ -1,0 +1,130 @@
+"""trainguard.hf against the real sidecar jar: a tiny GPT-2 built from a config (no hub) trained by
+the transformers Trainer on the CPU with injected NaN steps, a loss spike and a burst of NaNs that
+ends in a rollback to a checkpoint the Trainer saved; and a plain Accelerate loop through the
+optimizer wrapper. Weights are checked finite after every step. Skipped without transformers /
+accelerate (the Debian stack)."""
+import os
+import time
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from models import batch, make, weights_finite  # noqa: E402
+from sidecar_fixture import start_sidecar  # noqa: E402
+
+POLICY = {"known_good_healthy_steps": 3, "spike_warmup_steps": 8}
+NAN_AT, SPIKE_AT, BURST = {6}, 14, set(range(24, 30))
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory):
+    sc = start_sidecar(tmp_path_factory, "hf")
+    yield sc
+    sc.stop()
+
+
+def tiny_gpt2():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+class Poison:
+    """Forward hook on the LM head: NaN or hugely scaled logits (a loss spike) at chosen forwards."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, module, inputs, output):
+        if not module.training:
+            return None
+        i, self.calls = self.calls, self.calls + 1
+        h = output[0] if isinstance(output, tuple) else output
+        if i in NAN_AT or i in BURST:
+            h = h * float("nan")
+        elif i == SPIKE_AT:
+            h = h * 1e4
+        else:
+            return None
+        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+
+def test_hf_trainer_skips_nan_and_spike_steps_and_rolls_back_to_its_own_checkpoint(sidecar):
+    # prevents: Trainer users logging NaN losses while the optimizer applies them, and no rollback
+    from trainguard.hf import TrainguardCallback
+    run = "hf-trainer"
+    model = tiny_gpt2()
+    poison = Poison()
+    model.lm_head.register_forward_hook(poison)
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (400, 16), generator=g)]
+    out = os.path.join(sidecar.checkpoint_root, "hf")
+    tg = TrainguardCallback(run, target=sidecar.target, deadline=5.0, policy=POLICY)
+    seen = {"rollbacks": []}
+
+    class Checks(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            assert weights_finite(model), f"non-finite weights after step {state.global_step}"
+            last = tg.guard.last_verdict
+            if last is not None and last.action.name == "ROLLBACK" and not seen["rollbacks"]:
+                path = tg.guard.checkpoints[last.rollback.checkpoint_step]["restore"]
+                from trainguard.safetensors_io import read_safetensors
+                saved = read_safetensors(os.path.join(path, "model.safetensors"))
+                now = model.state_dict()
+                seen["rollbacks"].append((path, all(torch.equal(saved[k], now[k]) for k in saved)))
+            if poison.calls == min(BURST):  # let the sidecar verify a saved checkpoint before the burst
+                end = time.monotonic() + 90
+                cps = []
+                while time.monotonic() < end:
+                    cps = sidecar.run_info(run).get("checkpoints", [])
+                    if any(c["state"] == "KNOWN_GOOD" for c in cps):
+                        return
+                    time.sleep(0.2)
+                pytest.fail(f"no checkpoint became KNOWN_GOOD: {cps}")
+
+    args = transformers.TrainingArguments(output_dir=out, max_steps=40, per_device_train_batch_size=4,
+                                          learning_rate=1e-3, save_steps=5, save_strategy="steps",
+                                          logging_steps=1000, report_to=[], use_cpu=True, max_grad_norm=0.0,
+                                          dataloader_num_workers=0, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg, Checks()])
+    trainer.train()
+    by_step = {}
+    for step, action, reasons in tg.verdicts:
+        by_step.setdefault(step, action)
+    assert by_step.get(6) == "SKIP", tg.verdicts
+    assert by_step.get(14) in ("SKIP", "CLIP"), tg.verdicts
+    assert seen["rollbacks"], f"no ROLLBACK: {tg.verdicts}"
+    path, restored = seen["rollbacks"][0]
+    assert os.path.basename(path).startswith("checkpoint-") and os.path.dirname(path) == out
+    assert restored, "the weights after the rollback are not the Trainer checkpoint's"
+    assert weights_finite(model)
+
+
+def test_accelerate_loop_through_the_wrapper_skips_nan(sidecar):
+    # prevents: accelerator.prepare(optimizer) bypassing the verdict (AcceleratedOptimizer.step -> inner step)
+    from accelerate import Accelerator
+    from trainguard.guard import Guard
+    acc = Accelerator(cpu=True)
+    model, opt = make()
+    guard = Guard(model, opt, "hf-accelerate", target=sidecar.target, deadline=5.0, scaler=acc.scaler)
+    model, wopt = acc.prepare(model, guard.wrap(opt))
+    skipped = []
+    for step in range(15):
+        x, y = batch(step)
+        if step == 5:
+            y = y.clone(); y[0, 0] = float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        acc.backward(loss)
+        before = [p.detach().clone() for p in model.parameters()]
+        v = guard.step(step, loss)
+        wopt.step()
+        wopt.zero_grad()
+        assert weights_finite(model)
+        if not v.should_step:
+            skipped.append(step)
+            assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    guard.close()
+    assert skipped == [5]

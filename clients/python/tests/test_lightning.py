@@ -1,0 +1,113 @@
+"""trainguard.lightning against the real sidecar jar: a tiny LightningModule on the CPU with an
+injected NaN, a loss spike, a validation pass that damages the model, and a burst of NaNs that ends
+in a rollback to a checkpoint Lightning's own ModelCheckpoint wrote. Weights are checked finite
+after every batch. Skipped where Lightning is not installed (the Debian stack)."""
+import os
+import time
+
+import pytest
+import torch
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from models import MLP, batch, weights_finite  # noqa: E402
+from sidecar_fixture import start_sidecar  # noqa: E402
+
+POLICY = {"known_good_healthy_steps": 3, "validation_warmup_steps": 5, "validation_interval_steps": 5,
+          "spike_warmup_steps": 8}
+NAN_AT, SPIKE_AT, BURST = {12}, 20, set(range(30, 36))
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory):
+    sc = start_sidecar(tmp_path_factory, "lightning")
+    yield sc
+    sc.stop()
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = MLP()
+        self.calls = 0
+        self.harm_validation = True
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, b, i):
+        x, y = b
+        if self.calls in NAN_AT or self.calls in BURST:
+            y = y.clone(); y[0, 0] = float("nan")
+        if self.calls == SPIKE_AT:
+            y = y * 1e4
+        self.calls += 1
+        return torch.nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, b, i):
+        if self.harm_validation:  # a metric hook that writes into the model (the Hallo failure class)
+            with torch.no_grad():
+                self.net.out.bias.add_(1.0)
+        x, y = b
+        loss = torch.nn.functional.mse_loss(self(x), y)
+        self.log("val_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=1e-2)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=100)}
+
+
+class Checks(pl.Callback):
+    """The test's own eyes: finite weights after every batch, the rollback's restored weights."""
+
+    def __init__(self, tg, sidecar, run):
+        self.tg, self.sidecar, self.run = tg, sidecar, run
+        self.rollbacks = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, b, i):
+        assert weights_finite(pl_module), f"non-finite weights after batch {i}"
+        last = self.tg.guard.last_verdict
+        if last is not None and last.action.name == "ROLLBACK" and not any(r[0] == last.step for r in self.rollbacks):
+            entry = self.tg.guard.checkpoints[last.rollback.checkpoint_step]
+            saved = torch.load(entry["restore"], map_location="cpu", weights_only=False)["state_dict"]
+            now = pl_module.state_dict()
+            self.rollbacks.append((last.step, entry["restore"], all(torch.equal(saved[k], now[k]) for k in saved)))
+        if pl_module.calls == min(BURST) - 1:  # let the sidecar verify a saved checkpoint before the burst
+            end = time.monotonic() + 90
+            while time.monotonic() < end:
+                cps = self.sidecar.run_info(self.run).get("checkpoints", [])
+                if any(c["state"] == "KNOWN_GOOD" for c in cps):
+                    return
+                time.sleep(0.2)
+            pytest.fail(f"no checkpoint became KNOWN_GOOD: {cps}")
+
+
+def test_lightning_callback_skips_audits_and_rolls_back_to_its_own_checkpoint(sidecar):
+    # prevents: Lightning users getting none of the guard (NaN updates, harmful validation, no rollback)
+    from trainguard.lightning import TrainguardCallback
+    run = "lightning-fit"
+    data = [batch(i) for i in range(60)]
+    tg = TrainguardCallback(run, target=sidecar.target, deadline=5.0, policy=POLICY)
+    checks = Checks(tg, sidecar, run)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.path.join(sidecar.checkpoint_root, "lightning"),
+                                        every_n_train_steps=5, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=45, accelerator="cpu", devices=1, callbacks=[tg, checks, ckpt],
+                         val_check_interval=10, limit_val_batches=2, num_sanity_val_steps=0, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    model = Tiny()
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None),
+                val_dataloaders=torch.utils.data.DataLoader(data[:2], batch_size=None))
+    by_step = {}
+    for step, action, reasons in tg.verdicts:
+        by_step.setdefault(step, action)
+    assert by_step.get(12) == "SKIP", tg.verdicts
+    assert by_step.get(20) in ("SKIP", "CLIP"), tg.verdicts  # the spike never lands at full size
+    audited = [a for s, allowed, a in tg.validations if allowed]
+    assert audited and audited[0]["parameters_changed"] and audited[0]["restored"], tg.validations
+    assert checks.rollbacks, f"no ROLLBACK: {tg.verdicts}"
+    step, path, restored = checks.rollbacks[0]
+    assert path.endswith(".ckpt") and os.path.dirname(path) == os.path.join(sidecar.checkpoint_root, "lightning")
+    assert restored, "the weights after the rollback are not the checkpoint's"
+    assert tg.guard.counters["rollbacks"] >= 1 and weights_finite(model)

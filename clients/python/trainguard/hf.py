@@ -1,0 +1,116 @@
+"""Hugging Face integration: the Trainer (a callback paired with the optimizer wrapper) and Accelerate.
+
+    from trainguard.hf import TrainguardCallback
+    trainer = transformers.Trainer(..., callbacks=[TrainguardCallback(run="my-run")])
+
+A ``TrainerCallback`` cannot veto an optimizer step, so at ``on_train_begin`` the callback puts
+``guard.wrap(optimizer)`` inside the Trainer's ``AcceleratedOptimizer``: ``optimizer.step()`` then
+runs only when the verdict allows it. ``on_pre_optimizer_step`` (after the Trainer's gradient
+clipping) judges the step with the loss the model returned (a forward hook reads ``output.loss``;
+a custom ``compute_loss`` without it reports the loss as absent and the gradients are judged).
+Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its
+``model.safetensors`` is what the sidecar verifies), and a ROLLBACK restores it: weights,
+``optimizer.pt``, ``scheduler.pt`` and ``scaler.pt``.
+
+Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the scaler::
+
+    guard = trainguard.Guard(model, optimizer, run="my-run", scaler=accelerator.scaler)
+    model, opt = accelerator.prepare(model, guard.wrap(optimizer))
+    ... accelerator.backward(loss); guard.step(step, loss); opt.step(); opt.zero_grad()
+"""
+import logging
+import os
+
+import torch
+from transformers import TrainerCallback
+
+from .guard import Guard
+from .safetensors_io import read_safetensors
+
+log = logging.getLogger("trainguard")
+
+
+def install_wrapper(accelerated, wrapped):
+    """Puts ``wrapped`` inside an Accelerate ``AcceleratedOptimizer`` (whose step() calls its inner
+    optimizer's step(), through the GradScaler when there is one)."""
+    accelerated.optimizer = wrapped
+    if getattr(accelerated, "scaler", None) is not None and hasattr(accelerated, "_optimizer_original_step_method"):
+        from accelerate.optimizer import patch_optimizer_step
+        accelerated._optimizer_original_step_method = wrapped.step
+        accelerated._optimizer_patched_step_method = patch_optimizer_step(accelerated, wrapped.step)
+
+
+class TrainguardCallback(TrainerCallback):
+    """Args: ``run`` (the run id), ``target`` (the sidecar; default $TRAINGUARD_TARGET) and any Guard
+    keyword argument."""
+
+    def __init__(self, run, target=None, **guard_kwargs):
+        self.run, self.target, self.guard_kwargs = run, target, guard_kwargs
+        self.guard = None
+        self.step = 0            # the guard's step: optimizer steps, re-numbered after a rollback
+        self.verdicts = []       # (step, action name, reasons) of every verdict that was not APPLY
+        self._loss = None
+        self._hook = None
+        self._model = self._optimizer = self._scheduler = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if optimizer is None or model is None:
+            raise ValueError("trainguard.hf.TrainguardCallback needs the Trainer's model and optimizer at on_train_begin")
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if inner is optimizer:
+            raise TypeError("the Trainer's optimizer is not an Accelerate AcceleratedOptimizer; build the Trainer "
+                            "with optimizers=(guard.wrap(optimizer), scheduler) and use trainguard.Guard directly")
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
+        kwargs_ = dict(self.guard_kwargs)
+        kwargs_.setdefault("framework", "transformers")
+        kwargs_.setdefault("clipping_configured", bool(args.max_grad_norm))
+        self.guard = Guard(model, inner, self.run, target=self.target, scheduler=scheduler,
+                           scaler=getattr(optimizer, "scaler", None), **kwargs_)
+        install_wrapper(optimizer, self.guard.wrap(inner))
+        self.guard.restore_hook = self._restore
+        self._model, self._optimizer, self._scheduler = model, inner, scheduler
+        self._hook = model.register_forward_hook(self._read_loss)
+
+    def _read_loss(self, module, inputs, output):
+        loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
+        if torch.is_tensor(loss) and module.training:
+            self._loss = loss.detach()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        loss, self._loss = self._loss, None
+        v = self.guard.step(self.step, loss)
+        if v.action.name != "APPLY":
+            self.verdicts.append((self.step, v.action.name, list(v.reasons)))
+        self.step = v.resume_step if v.resume_step is not None else self.step + 1
+
+    def on_save(self, args, state, control, **kwargs):
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(path):
+            return
+        step = self.step - 1  # the last step whose update is in the checkpoint
+        self.guard.checkpoint_saved(path, step, data_position=state.global_step * args.gradient_accumulation_steps)
+        self.guard.checkpoints[step]["restore"] = path
+
+    def _restore(self, target, plan):
+        entry = self.guard.checkpoints.get(plan.checkpoint_step, {})
+        path = entry.get("restore") or (os.path.dirname(target) if os.path.isfile(target) else target)
+        weights = os.path.join(path, "model.safetensors")
+        state = read_safetensors(weights)
+        device = next(self._model.parameters()).device
+        missing, unexpected = self._model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
+        tied = {k for k in missing if k.endswith("lm_head.weight") or "tied" in k}
+        if unexpected or set(missing) - tied:
+            log.warning("trainguard: restoring %s: missing %s, unexpected %s", weights, sorted(set(missing) - tied),
+                        sorted(unexpected))
+        for name, obj in (("optimizer.pt", self._optimizer), ("scheduler.pt", self._scheduler),
+                          ("scaler.pt", self.guard.scaler)):
+            f = os.path.join(path, name)
+            if obj is not None and os.path.isfile(f):
+                obj.load_state_dict(torch.load(f, map_location=device, weights_only=False))
+        log.warning("trainguard: restored Trainer checkpoint %s (step %d)", path, plan.checkpoint_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+        if self.guard is not None:
+            self.guard.close()

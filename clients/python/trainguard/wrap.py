@@ -1,0 +1,148 @@
+"""Guarding loops that call ``optimizer.step()`` themselves (torchft's OptimizerWrapper pattern).
+
+    opt = guard.wrap(optimizer)            # the one added line (before building the scheduler)
+    for step, batch in enumerate(loader):
+        loss = model(batch); loss.backward()
+        guard.step(step, loss)             # measure, decide, apply (clip / drop grads / roll back)
+        opt.step()                         # or scaler.step(opt); scaler.update()
+        scheduler.step(); opt.zero_grad()
+
+``GuardedOptimizer.step()`` runs the inner optimizer only when the verdict of the step allows it;
+re-warm after a rollback and update protection apply as in ``guard.optimizer_step()``. When the
+loop (or a framework) calls ``opt.step()`` without a ``guard.step()`` since the previous update, the
+wrapper measures and judges the step itself with the loss marked absent, so the update is never
+unguarded. ``guard.wrap(scheduler)`` returns a scheduler whose ``step()`` is skipped with the update.
+"""
+import torch
+
+from . import apply as apply_
+
+
+class GuardedOptimizer(torch.optim.Optimizer):
+    """An ``Optimizer`` (for LR schedulers, GradScaler, Accelerate, Lightning, HF Trainer) whose
+    ``step()`` consults the guard. Everything else is the inner optimizer's: ``param_groups`` and
+    ``state`` are the same objects, ``state_dict()`` is the inner one's."""
+
+    # GradScaler must take its plain path (unscale_, check found_inf, call step()) on the wrapper;
+    # the device gate sets found_inf/grad_scale on the inner optimizer itself.
+    _step_supports_amp_scaling = False
+
+    def __init__(self, guard, optimizer):  # no super().__init__: all state is the inner optimizer's
+        self.__dict__["guard"] = guard
+        self.__dict__["optimizer"] = optimizer
+
+    # --- the delegated Optimizer surface -------------------------------------------------------
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value):
+        self.optimizer.state = value
+
+    @property
+    def defaults(self):
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value):
+        self.optimizer.defaults = value
+
+    def __getattr__(self, name):  # only for names not found on the wrapper
+        return getattr(self.__dict__["optimizer"], name)
+
+    def __getstate__(self):
+        return self.__dict__
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __repr__(self):
+        return f"GuardedOptimizer({self.optimizer!r})"
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.optimizer.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group):
+        self.optimizer.add_param_group(param_group)
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    # --- the guarded step -----------------------------------------------------------------------
+    def step(self, closure=None, **kwargs):
+        """Steps the inner optimizer when this step's verdict allows it; returns its result or None."""
+        g = self.guard
+        v = g._verdict_for_update()
+        if v is not None and not v.should_step:
+            apply_.skipped_update(g, v)
+            return None
+        result = apply_.run_update(g, v, lambda: self.optimizer.step(closure, **kwargs) if closure is not None
+                                   else self.optimizer.step(**kwargs))
+        g.recovery.after_update(v.step if v else None)
+        return result
+
+
+class GuardedScheduler:
+    """An LR scheduler whose ``step()`` is skipped when the guard skipped the update (as the
+    optimizer's own step was); everything else is the inner scheduler's."""
+
+    def __init__(self, guard, scheduler):
+        self.__dict__["guard"] = guard
+        self.__dict__["scheduler"] = scheduler
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["scheduler"], name)
+
+    def __setattr__(self, name, value):
+        setattr(self.scheduler, name, value)
+
+    def step(self, *args, **kwargs):
+        v = self.guard.last_verdict
+        if v is not None and not v.should_step:
+            return None
+        return self.scheduler.step(*args, **kwargs)
+
+    def state_dict(self):
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.scheduler.load_state_dict(state_dict)
+
+
+class ParametersOnly:
+    """Stands in for the optimizer of a manual update loop (``Guard(model, None, run)``): the
+    trainable parameters in one group, no state, and a ``step()`` that does nothing — the loop
+    updates the weights itself when ``guard.step(...).should_step``."""
+
+    def __init__(self, model):
+        self.param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 0.0}]
+        self.state = {}
+        self.defaults = {}
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    def step(self, closure=None):
+        return None
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        pass
