@@ -71,6 +71,9 @@ public final class SqliteJournal implements Journal, AutoCloseable {
                 Files.createDirectories(parent);
             }
             String url = "jdbc:sqlite:" + file.toAbsolutePath();
+            // Registers the driver with DriverManager from this class loader too: a restarted app
+            // (a Quarkus test profile) has a new one, and DriverManager refuses drivers it cannot see.
+            Class.forName("org.sqlite.JDBC");
             writeConnection = DriverManager.getConnection(url);
             try (Statement s = writeConnection.createStatement()) {
                 s.execute("PRAGMA journal_mode=WAL");
@@ -87,7 +90,7 @@ public final class SqliteJournal implements Journal, AutoCloseable {
                     incidentIds.set(rs.getLong(1));
                 }
             }
-        } catch (SQLException | IOException e) {
+        } catch (SQLException | IOException | ClassNotFoundException e) {
             throw new IllegalStateException("cannot open the journal at " + file.toAbsolutePath() + ": " + e.getMessage()
                     + " (set trainguard.journal.path to a writable file)", e);
         }
