@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.datatype.jsr310.JavaTimeModule;
 import io.trainguard.guard.Journal;
+import io.trainguard.guard.JournalRow;
 import io.trainguard.guard.JournalWrite;
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.Incident;
@@ -242,6 +243,11 @@ public final class SqliteJournal implements Journal, AutoCloseable {
             if (!runs.isEmpty()) {
                 upsertRun.executeBatch();
             }
+            for (Pending p : batch) {
+                for (JournalRow row : p.write().rows()) {
+                    row.write(writeConnection); // other tables (checkpoints): same transaction as their step
+                }
+            }
         } catch (SQLException | IOException | RuntimeException e) {
             // leave nothing half-batched for the next commit
             for (PreparedStatement st : List.of(step, incident, upsertRun)) {
@@ -326,7 +332,7 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         return out;
     }
 
-    /** A second connection for other journal tables (checkpoints) on the same file. */
+    /** A second connection on the same file, for reading other journal tables (checkpoints); writes go through {@link #write}. */
     public Connection openConnection() throws SQLException {
         String url = writeConnection.getMetaData().getURL();
         Connection c = DriverManager.getConnection(url);
