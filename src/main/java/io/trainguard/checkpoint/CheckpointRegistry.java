@@ -32,6 +32,7 @@ public final class CheckpointRegistry {
     private final Clock clock;
     private final Map<String, CheckpointRecord> byId = new LinkedHashMap<>();
     private final Map<String, Integer> healthyStepsRequired = new ConcurrentHashMap<>();
+    private final Map<String, CheckpointRecord> newestKnownGood = new ConcurrentHashMap<>();
 
     /**
      * @param healthyStepsRequired trainguard.checkpoint.known-good-healthy-steps; a run's Policy may
@@ -48,7 +49,7 @@ public final class CheckpointRegistry {
         this.defaultHealthyStepsRequired = healthyStepsRequired;
         this.clock = clock;
         for (CheckpointRecord r : store.loadAll()) {
-            byId.put(r.id(), r);
+            remember(r);
         }
     }
 
@@ -184,28 +185,10 @@ public final class CheckpointRegistry {
     /**
      * A step reported healthy. Counts for every checkpoint of the run not yet promoted whose step is
      * below it; each step is counted once even if reported again or replayed after a rollback.
+     * Writes the promotions to the store itself; the engine's step path uses {@link #countStep}.
      */
     public synchronized void onHealthyStep(String runId, long step) {
-        Instant now = null;
-        // No copy of the map: save() and put() only replace values of existing keys, which does
-        // not disturb the iteration (called on every healthy step).
-        for (CheckpointRecord r : byId.values()) {
-            if (!r.runId().equals(runId) || step <= r.lastCountedStep() || r.firstUnhealthyStep() >= 0) {
-                continue;
-            }
-            if (r.state() != CheckpointState.REGISTERED && r.state() != CheckpointState.VERIFYING
-                    && r.state() != CheckpointState.VERIFIED) {
-                continue;
-            }
-            now = now == null ? now() : now;
-            CheckpointRecord counted = r.withHealthy(r.healthyStepsSince() + 1, step, now);
-            CheckpointRecord promoted = promoteIfEarned(counted, now);
-            if (promoted != counted) {
-                save(promoted);
-            } else {
-                byId.put(r.id(), counted); // counts are journaled on promotion only: one write per step is too many
-            }
-        }
+        countStep(runId, step, true).forEach(store::update);
     }
 
     /**
@@ -214,25 +197,58 @@ public final class CheckpointRegistry {
      * target. Verified ones become REJECTED now, those still verifying when verification ends.
      */
     public synchronized void onUnhealthyStep(String runId, long step) {
+        countStep(runId, step, false).forEach(store::update);
+    }
+
+    /**
+     * Applies a decided step to the run's checkpoints in memory and returns the records whose
+     * change must be journaled (promotions, rejections, unhealthy marks), for the caller to write
+     * with the step itself. No I/O; healthy-step counts alone are journaled on promotion only.
+     */
+    public synchronized List<CheckpointRecord> countStep(String runId, long step, boolean healthy) {
+        List<CheckpointRecord> changed = null;
         Instant now = null;
-        for (CheckpointRecord r : byId.values()) { // values replaced only, as in onHealthyStep
-            if (!r.runId().equals(runId) || r.step() >= step || r.firstUnhealthyStep() >= 0) {
+        // No copy of the map: only values of existing keys are replaced, which does not disturb the
+        // iteration (called on every step).
+        for (CheckpointRecord r : byId.values()) {
+            if (!r.runId().equals(runId) || r.firstUnhealthyStep() >= 0) {
                 continue;
             }
-            now = now == null ? now() : now;
-            switch (r.state()) {
-                case REGISTERED:
-                case VERIFYING:
-                    save(r.withUnhealthy(step, now));
-                    break;
-                case VERIFIED:
-                    CheckpointRecord marked = r.withUnhealthy(step, now);
-                    save(marked.moveTo(CheckpointState.REJECTED, unhealthyReason(marked, step), now));
-                    break;
-                default:
-                    break;
+            CheckpointRecord next;
+            if (healthy) {
+                if (step <= r.lastCountedStep() || (r.state() != CheckpointState.REGISTERED
+                        && r.state() != CheckpointState.VERIFYING && r.state() != CheckpointState.VERIFIED)) {
+                    continue;
+                }
+                now = now == null ? now() : now;
+                CheckpointRecord counted = r.withHealthy(r.healthyStepsSince() + 1, step, now);
+                next = promoteIfEarned(counted, now);
+                if (next == counted) {
+                    byId.put(r.id(), counted); // counts are journaled on promotion only: one write per step is too many
+                    continue;
+                }
+            } else {
+                if (r.step() >= step) {
+                    continue;
+                }
+                now = now == null ? now() : now;
+                next = switch (r.state()) {
+                    case REGISTERED, VERIFYING -> r.withUnhealthy(step, now);
+                    case VERIFIED -> {
+                        CheckpointRecord marked = r.withUnhealthy(step, now);
+                        yield marked.moveTo(CheckpointState.REJECTED, unhealthyReason(marked, step), now);
+                    }
+                    default -> null;
+                };
+                if (next == null) {
+                    continue;
+                }
             }
+            remember(next);
+            changed = changed == null ? new ArrayList<>() : changed;
+            changed.add(next);
         }
+        return changed == null ? List.of() : changed;
     }
 
     /**
@@ -269,12 +285,20 @@ public final class CheckpointRegistry {
         return r;
     }
 
-    /** The rollback target: the KNOWN_GOOD checkpoint of the run with the highest step. */
-    public synchronized Optional<CheckpointRecord> newestKnownGood(String runId) {
-        return byId.values().stream()
-                .filter(r -> r.runId().equals(runId) && r.state() == CheckpointState.KNOWN_GOOD)
-                .max(Comparator.comparingLong(CheckpointRecord::step)
-                        .thenComparing(CheckpointRecord::registeredAt));
+    /**
+     * The rollback target: the KNOWN_GOOD checkpoint of the run with the highest step. Lock-free (a
+     * published value), so the engine reads it before it takes a run's lock, on every step.
+     */
+    public Optional<CheckpointRecord> newestKnownGood(String runId) {
+        return Optional.ofNullable(newestKnownGood.get(runId));
+    }
+
+    private void remember(CheckpointRecord r) {
+        byId.put(r.id(), r);
+        if (r.state() == CheckpointState.KNOWN_GOOD) {
+            newestKnownGood.merge(r.runId(), r, (a, b) -> b.step() > a.step()
+                    || b.step() == a.step() && b.registeredAt().compareTo(a.registeredAt()) >= 0 ? b : a);
+        }
     }
 
     /** The run's checkpoints by step. */
@@ -298,7 +322,7 @@ public final class CheckpointRegistry {
 
     private CheckpointRecord save(CheckpointRecord r) {
         store.update(r);
-        byId.put(r.id(), r);
+        remember(r);
         return r;
     }
 

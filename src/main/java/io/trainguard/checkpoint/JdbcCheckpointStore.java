@@ -5,6 +5,7 @@ import com.fasterxml.jackson.core.type.TypeReference;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import io.trainguard.tensor.scan.TensorStats;
+import java.sql.Connection;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.SQLException;
@@ -91,6 +92,30 @@ public final class JdbcCheckpointStore implements CheckpointStore {
             }
             return null;
         }));
+    }
+
+    /** Creates the table and index if missing, on a connection the caller owns (the journal's writer). */
+    public static void createTables(Connection c) throws SQLException {
+        try (Statement s = c.createStatement()) {
+            s.execute(DDL);
+            s.execute(INDEX);
+        }
+    }
+
+    /** Inserts or replaces one record, on a connection the caller owns (the journal's writer). */
+    public static void upsert(Connection c, CheckpointRecord r) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement("INSERT INTO checkpoint (" + COLUMNS
+                + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(checkpoint_id) DO UPDATE SET "
+                + "run_id=excluded.run_id, step=excluded.step, format=excluded.format, files_json=excluded.files_json, "
+                + "data_position=excluded.data_position, state=excluded.state, state_reason=excluded.state_reason, "
+                + "registered_ms=excluded.registered_ms, updated_ms=excluded.updated_ms, "
+                + "healthy_steps=excluded.healthy_steps, last_counted_step=excluded.last_counted_step, "
+                + "first_unhealthy_step=excluded.first_unhealthy_step, checksums_json=excluded.checksums_json, "
+                + "tensors_json=excluded.tensors_json, verified_bytes=excluded.verified_bytes, "
+                + "verify_bytes_per_s=excluded.verify_bytes_per_s")) {
+            bind(ps, r);
+            ps.executeUpdate();
+        }
     }
 
     @Override

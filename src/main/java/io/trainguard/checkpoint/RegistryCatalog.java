@@ -1,6 +1,8 @@
 package io.trainguard.checkpoint;
 
 import io.trainguard.guard.CheckpointCatalog;
+import io.trainguard.guard.JournalRow;
+import java.util.List;
 import java.util.Optional;
 
 /** The engine's view of the registry: only KNOWN_GOOD checkpoints are rollback targets. */
@@ -18,13 +20,17 @@ public final class RegistryCatalog implements CheckpointCatalog {
     }
 
     @Override
-    public void onHealthyStep(String runId, long step) {
-        registry.onHealthyStep(runId, step);
+    public List<JournalRow> onHealthyStep(String runId, long step) {
+        return rows(registry.countStep(runId, step, true));
     }
 
     @Override
-    public void onUnhealthyStep(String runId, long step) {
-        registry.onUnhealthyStep(runId, step);
+    public List<JournalRow> onUnhealthyStep(String runId, long step) {
+        return rows(registry.countStep(runId, step, false));
+    }
+
+    private static List<JournalRow> rows(List<CheckpointRecord> changed) {
+        return changed.isEmpty() ? List.of() : changed.stream().map(JournaledCheckpointStore::row).toList();
     }
 
     @Override

@@ -3,7 +3,7 @@ package io.trainguard.config;
 import io.quarkus.runtime.StartupEvent;
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.checkpoint.CheckpointVerifier;
-import io.trainguard.checkpoint.JdbcCheckpointStore;
+import io.trainguard.checkpoint.JournaledCheckpointStore;
 import io.trainguard.checkpoint.PathPolicy;
 import io.trainguard.checkpoint.RegistryCatalog;
 import io.trainguard.checkpoint.SqlConnections;
@@ -108,16 +108,17 @@ public class CheckpointWiring {
     @Singleton
     CheckpointRegistry registry(TrainguardConfig config, SqliteJournal journal, CheckpointVerifier verifier, PathPolicy paths)
             throws SQLException {
+        // Every write to the journal's file goes through its one writer thread (checkpoint rows
+        // included, so a step and the promotion it caused commit together); this connection only reads.
         Connection connection = journal.openConnection();
-        // One connection for the checkpoint table, used under a lock; SQLite's WAL lets it write
-        // beside the journal's writer thread (busy_timeout covers the rare overlap).
-        SqlConnections connections = new SqlConnections() {
+        SqlConnections reads = new SqlConnections() {
             @Override
             public synchronized <T> T withConnection(SqlWork<T> work) throws SQLException {
                 return work.run(connection);
             }
         };
-        CheckpointRegistry registry = new CheckpointRegistry(new JdbcCheckpointStore(connections), verifier, paths,
+        CheckpointRegistry registry = new CheckpointRegistry(
+                new JournaledCheckpointStore(journal, reads, config.journal().durableTimeout()), verifier, paths,
                 config.policy().knownGoodHealthySteps(), Clock.systemUTC());
         registry.resumePending();
         return registry;

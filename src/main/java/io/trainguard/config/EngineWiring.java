@@ -4,7 +4,9 @@ import io.quarkus.runtime.Startup;
 import io.trainguard.guard.CheckpointCatalog;
 import io.trainguard.guard.GuardEvents;
 import io.trainguard.guard.GuardService;
+import io.trainguard.guard.InvalidRequestException;
 import io.trainguard.guard.policy.Policy;
+import io.trainguard.guard.policy.PolicyField;
 import io.trainguard.store.SqliteJournal;
 import jakarta.enterprise.context.ApplicationScoped;
 import jakarta.enterprise.inject.Disposes;
@@ -46,12 +48,43 @@ public class EngineWiring {
         return service;
     }
 
+    /**
+     * The configured defaults, validated like any policy change. One line per {@link PolicyField}
+     * (PolicySchemaTest checks that none is missing or crossed).
+     */
     static Policy defaults(TrainguardConfig.Policy p) {
-        return new Policy(p.clipMode(), p.clipThreshold(), p.maxConsecutiveSkips(), p.validationWarmupSteps(),
-                p.validationIntervalSteps(), p.spikeZThreshold(), p.spikeEmaAlpha(), p.spikeWarmupSteps(), p.spikeAction(),
-                p.zclipZThreshold(), p.zclipAlpha(), p.autoclipPercentile(), p.knownGoodHealthySteps(), p.rollbackSkipBatches(),
-                p.rollbackLrFactor(), p.rollbackRewarmSteps(), p.maxRollbacks(), p.rollbackWindowSteps(), p.preflightMode(),
-                p.hangFactor(), p.hangMin(), p.hangMax(), p.crossRankRtol(), p.divergenceWindow(), p.divergenceRatio(),
-                p.recoverySteps());
+        Policy.Builder b = PolicyField.defaults().toBuilder();
+        b.clipMode = p.clipMode();
+        b.clipThreshold = p.clipThreshold();
+        b.maxConsecutiveSkips = p.maxConsecutiveSkips();
+        b.validationWarmupSteps = p.validationWarmupSteps();
+        b.validationIntervalSteps = p.validationIntervalSteps();
+        b.spikeZThreshold = p.spikeZThreshold();
+        b.spikeEmaAlpha = p.spikeEmaAlpha();
+        b.spikeWarmupSteps = p.spikeWarmupSteps();
+        b.spikeAction = p.spikeAction();
+        b.zclipZThreshold = p.zclipZThreshold();
+        b.zclipAlpha = p.zclipAlpha();
+        b.autoclipPercentile = p.autoclipPercentile();
+        b.knownGoodHealthySteps = p.knownGoodHealthySteps();
+        b.rollbackSkipBatches = p.rollbackSkipBatches();
+        b.rollbackLrFactor = p.rollbackLrFactor();
+        b.rollbackRewarmSteps = p.rollbackRewarmSteps();
+        b.maxRollbacks = p.maxRollbacks();
+        b.rollbackWindowSteps = p.rollbackWindowSteps();
+        b.preflightMode = p.preflightMode();
+        b.hangFactor = p.hangFactor();
+        b.hangMin = p.hangMin();
+        b.hangMax = p.hangMax();
+        b.crossRankRtol = p.crossRankRtol();
+        b.divergenceWindow = p.divergenceWindow();
+        b.divergenceRatio = p.divergenceRatio();
+        b.recoverySteps = p.recoverySteps();
+        try {
+            return b.build();
+        } catch (InvalidRequestException e) {
+            throw new IllegalArgumentException("invalid trainguard.policy configuration: " + e.getMessage()
+                    + " (the config key is trainguard.policy.<name with - for _>)", e);
+        }
     }
 }

@@ -9,15 +9,22 @@ public interface CheckpointCatalog {
     record RollbackTarget(String checkpointId, long step, List<String> files, long dataPosition) {
     }
 
+    /** The newest known-good checkpoint; cheap and lock-free: read on every step, before the run's lock. */
     Optional<RollbackTarget> newestKnownGood(String runId);
 
     /** The run's policy says how many healthy steps make a verified checkpoint known-good. */
     default void configure(String runId, int knownGoodHealthySteps) {
     }
 
-    /** A step whose update was applied cleanly; counts towards promoting verified checkpoints. */
-    void onHealthyStep(String runId, long step);
+    /**
+     * A step whose update was applied cleanly; counts towards promoting verified checkpoints.
+     * Returns the checkpoint rows to journal with the step (no I/O here).
+     */
+    List<JournalRow> onHealthyStep(String runId, long step);
 
-    /** A step that was skipped or worse; checkpoints not yet promoted must not be promoted past it. */
-    void onUnhealthyStep(String runId, long step);
+    /**
+     * A step that was skipped or worse; checkpoints not yet promoted must not be promoted past it.
+     * Returns the checkpoint rows to journal with the step (no I/O here).
+     */
+    List<JournalRow> onUnhealthyStep(String runId, long step);
 }

@@ -34,8 +34,10 @@ import java.util.function.UnaryOperator;
 import java.util.regex.Pattern;
 
 /**
- * Entry point of the engine: keeps one {@link RunDecider} per run, writes what they decide to the
- * journal (course-changing verdicts before they are returned) and tells observers. Plain Java; the
+ * Entry point of the engine: keeps one {@link RunDecider} per run (which decides each step's
+ * verdict), applies what it decided after the run's lock (the journal write, checkpoint-state
+ * changes in the same transaction, events; course-changing verdicts are durable before they are
+ * returned) and tells observers. Plain Java; the
  * gRPC and REST adapters call it, nothing else holds run state.
  */
 public final class GuardService {
@@ -77,7 +79,7 @@ public final class GuardService {
     public int restore(int replaySteps) {
         int restored = 0;
         for (RunSnapshot s : journal.loadRuns()) {
-            RunDecider g = RunDecider.restore(s, checkpoints, journal::nextIncidentId);
+            RunDecider g = RunDecider.restore(s, journal::nextIncidentId);
             if (s.state() != RunState.CLOSED) {
                 // one query per run, only ranks that reported: start time does not grow with world size
                 journal.recentStepsByRank(s.runId(), s.worldSize(), replaySteps)
@@ -141,7 +143,7 @@ public final class GuardService {
             }
         } else {
             guard = runs.computeIfAbsent(setup.runId(), id -> new RunDecider(id, setup.worldSize(), policy,
-                    setup.watchedModules(), checkpoints, journal::nextIncidentId, now));
+                    setup.watchedModules(), journal::nextIncidentId, now));
             resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong());
         }
         checkpoints.configure(setup.runId(), guard.policy().knownGoodHealthySteps());
@@ -182,12 +184,25 @@ public final class GuardService {
     public CompletableFuture<Verdict> reportAsync(StepReport report) {
         long start = nanoTime.getAsLong();
         RunDecider guard = run(report.runId());
+        var knownGood = checkpoints.newestKnownGood(report.runId()); // lock-free read, before the run's lock
         RunDecider.Decision d;
-        CompletableFuture<Void> written;
         synchronized (guard) {
-            d = guard.decide(report, start, clock.instant());
-            // Enqueued under the run's lock so the journal sees one run's steps in decision order.
-            written = journal.write(d.write());
+            d = guard.decide(report, knownGood, start, clock.instant());
+            // Hand over hand: the write-order lock is taken before the run's lock is released, so one
+            // run's writes are queued in decision order while the next decision may already start.
+            guard.writeOrder().lock();
+        }
+        CompletableFuture<Void> written;
+        try {
+            // The step's effect on the run's checkpoints commits in the same journal transaction.
+            List<JournalRow> rows = switch (d.checkpoints()) {
+                case HEALTHY_STEP -> checkpoints.onHealthyStep(report.runId(), report.step());
+                case UNHEALTHY_STEP -> checkpoints.onUnhealthyStep(report.runId(), report.step());
+                case NONE -> List.of();
+            };
+            written = journal.write(d.write().withRows(rows));
+        } finally {
+            guard.writeOrder().unlock();
         }
         Runnable tell = () -> {
             if (d.from() != d.to()) {

@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.datatype.jsr310.JavaTimeModule;
 import io.trainguard.guard.Journal;
+import io.trainguard.guard.JournalRow;
 import io.trainguard.guard.JournalWrite;
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.Incident;
@@ -77,6 +78,9 @@ public final class SqliteJournal implements Journal, AutoCloseable {
             }
             url = "jdbc:sqlite:" + file.toAbsolutePath();
             this.synchronous = synchronous;
+            // Registers the driver with DriverManager from this class loader too: a restarted app
+            // (a Quarkus test profile) has a new one, and DriverManager refuses drivers it cannot see.
+            Class.forName("org.sqlite.JDBC");
             writeConnection = openWriter(true);
             readConnection = DriverManager.getConnection(url);
             try (Statement s = readConnection.createStatement()) {
@@ -86,7 +90,7 @@ public final class SqliteJournal implements Journal, AutoCloseable {
                     incidentIds.set(rs.getLong(1));
                 }
             }
-        } catch (SQLException | IOException e) {
+        } catch (SQLException | IOException | ClassNotFoundException e) {
             throw new IllegalStateException("cannot open the journal at " + file.toAbsolutePath() + ": " + e.getMessage()
                     + " (set trainguard.journal.path to a writable file)", e);
         }
@@ -324,6 +328,11 @@ public final class SqliteJournal implements Journal, AutoCloseable {
             if (!runs.isEmpty()) {
                 upsertRun.executeBatch();
             }
+            for (Pending p : batch) {
+                for (JournalRow row : p.write().rows()) {
+                    row.write(writeConnection); // other tables (checkpoints): same transaction as their step
+                }
+            }
         } catch (SQLException | IOException | RuntimeException e) {
             // leave nothing half-batched for the next commit
             for (PreparedStatement st : List.of(step, incident, upsertRun)) {
@@ -490,7 +499,7 @@ public final class SqliteJournal implements Journal, AutoCloseable {
         return out;
     }
 
-    /** A second connection for other journal tables (checkpoints) on the same file. */
+    /** A second connection on the same file, for reading other journal tables (checkpoints); writes go through {@link #write}. */
     public Connection openConnection() throws SQLException {
         Connection c = DriverManager.getConnection(url);
         try (Statement s = c.createStatement()) {

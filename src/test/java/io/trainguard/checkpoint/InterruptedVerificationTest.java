@@ -3,12 +3,12 @@ package io.trainguard.checkpoint;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.trainguard.tensor.ContentHash;
-import io.trainguard.tensor.DjlTensors;
-import io.trainguard.tensor.ReadMode;
-import io.trainguard.tensor.SafetensorsWriter;
-import io.trainguard.tensor.ScanOptions;
-import io.trainguard.tensor.TensorScanner;
+import io.trainguard.tensor.scan.ContentHash;
+import io.trainguard.tensor.inspect.DjlTensors;
+import io.trainguard.tensor.format.ReadMode;
+import io.trainguard.tensor.format.SafetensorsWriter;
+import io.trainguard.tensor.scan.ScanOptions;
+import io.trainguard.tensor.scan.TensorScanner;
 import java.nio.file.Path;
 import java.time.Clock;
 import java.time.Duration;

@@ -37,13 +37,15 @@ final class Fixtures {
         }
 
         @Override
-        public void onHealthyStep(String runId, long step) {
+        public List<JournalRow> onHealthyStep(String runId, long step) {
             healthy++;
+            return List.of();
         }
 
         @Override
-        public void onUnhealthyStep(String runId, long step) {
+        public List<JournalRow> onUnhealthyStep(String runId, long step) {
             unhealthy++;
+            return List.of();
         }
     }
 

@@ -16,6 +16,7 @@ import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.RollbackPlan;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.model.RunState;
+import io.trainguard.guard.model.StepReport;
 import io.trainguard.guard.model.Verdict;
 import java.util.List;
 import java.util.Random;

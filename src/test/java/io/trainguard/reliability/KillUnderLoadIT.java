@@ -15,7 +15,7 @@ import io.trainguard.api.grpc.v1.OpenRunRequest;
 import io.trainguard.api.grpc.v1.Policy;
 import io.trainguard.api.grpc.v1.RegisterCheckpointRequest;
 import io.trainguard.api.grpc.v1.RunState;
-import io.trainguard.tensor.SafetensorsWriter;
+import io.trainguard.tensor.format.SafetensorsWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.sql.Connection;

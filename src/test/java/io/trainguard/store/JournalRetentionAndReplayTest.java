@@ -3,17 +3,18 @@ package io.trainguard.store;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.trainguard.guard.Action;
-import io.trainguard.guard.AuditMode;
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.AuditMode;
 import io.trainguard.guard.CheckpointCatalog;
-import io.trainguard.guard.ClipMode;
+import io.trainguard.guard.model.ClipMode;
 import io.trainguard.guard.GuardEvents;
 import io.trainguard.guard.GuardService;
-import io.trainguard.guard.Policy;
-import io.trainguard.guard.PrecisionSetup;
-import io.trainguard.guard.RunSetup;
-import io.trainguard.guard.RunSnapshot;
-import io.trainguard.guard.StepReport;
+import io.trainguard.guard.JournalRow;
+import io.trainguard.guard.policy.Policy;
+import io.trainguard.guard.model.PrecisionSetup;
+import io.trainguard.guard.model.RunSetup;
+import io.trainguard.guard.model.RunSnapshot;
+import io.trainguard.guard.model.StepReport;
 import java.nio.file.Path;
 import java.time.Clock;
 import java.time.Duration;
@@ -36,11 +37,13 @@ class JournalRetentionAndReplayTest {
         }
 
         @Override
-        public void onHealthyStep(String runId, long step) {
+        public List<JournalRow> onHealthyStep(String runId, long step) {
+            return List.of();
         }
 
         @Override
-        public void onUnhealthyStep(String runId, long step) {
+        public List<JournalRow> onUnhealthyStep(String runId, long step) {
+            return List.of();
         }
     };
 
@@ -105,7 +108,7 @@ class JournalRetentionAndReplayTest {
             assertEquals(8, byRank.get(0).get(0).step(), "oldest first, the newest 32 of 40");
             GuardService restarted = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
             assertEquals(1, restarted.restore(32));
-            assertEquals(io.trainguard.guard.Action.APPLY, restarted.report(step("huge", 0, 40)).action());
+            assertEquals(io.trainguard.guard.model.Action.APPLY, restarted.report(step("huge", 0, 40)).action());
         }
     }
 }

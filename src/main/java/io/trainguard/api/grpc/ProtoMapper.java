@@ -65,7 +65,10 @@ public final class ProtoMapper {
         };
     }
 
-    /** Only the fields the caller set override; the engine validates the merged result. */
+    /**
+     * Only the fields the caller set override; the engine validates the merged result. Every
+     * PolicyField is mapped here and in {@link #policy}: PolicySchemaTest sets each over gRPC.
+     */
     public static UnaryOperator<Policy.Builder> overrides(io.trainguard.api.grpc.v1.Policy p) {
         return b -> {
             if (p.hasClipMode()) {
@@ -97,6 +100,9 @@ public final class ProtoMapper {
             }
             if (p.hasZclipZThreshold()) {
                 b.zclipZThreshold = p.getZclipZThreshold();
+            }
+            if (p.hasZclipAlpha()) {
+                b.zclipAlpha = p.getZclipAlpha();
             }
             if (p.hasAutoclipPercentile()) {
                 b.autoclipPercentile = p.getAutoclipPercentile();
@@ -280,7 +286,7 @@ public final class ProtoMapper {
                 .setValidationWarmupSteps(p.validationWarmupSteps()).setValidationIntervalSteps(p.validationIntervalSteps())
                 .setSpikeZThreshold(p.spikeZThreshold()).setSpikeEmaAlpha(p.spikeEmaAlpha())
                 .setSpikeWarmupSteps(p.spikeWarmupSteps()).setSpikeAction(action(p.spikeAction()))
-                .setZclipZThreshold(p.zclipZThreshold()).setAutoclipPercentile(p.autoclipPercentile())
+                .setZclipZThreshold(p.zclipZThreshold()).setZclipAlpha(p.zclipAlpha()).setAutoclipPercentile(p.autoclipPercentile())
                 .setKnownGoodHealthySteps(p.knownGoodHealthySteps()).setRollbackSkipBatches(p.rollbackSkipBatches())
                 .setRollbackLrFactor(p.rollbackLrFactor()).setRollbackRewarmSteps(p.rollbackRewarmSteps())
                 .setMaxRollbacks(p.maxRollbacks()).setRollbackWindowSteps(p.rollbackWindowSteps())

@@ -1,13 +1,14 @@
 package io.trainguard.guard.policy;
 
-import io.trainguard.guard.InvalidRequestException;
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.AuditMode;
 import io.trainguard.guard.model.ClipMode;
 import java.time.Duration;
 
 /**
- * Everything that decides how strict a run is. The sidecar's configured defaults are one Policy;
+ * Everything that decides how strict a run is; its fields, ranges and defaults are listed once in
+ * {@link PolicyField}. Build through a {@link Builder} ({@link PolicyField#defaults()}, {@link #toBuilder()}):
+ * its {@code build()} is the one validation. The sidecar's configured defaults are one Policy;
  * a run starts from them, with the trainer's overrides from OpenRun, and may change while running.
  */
 public record Policy(
@@ -37,45 +38,6 @@ public record Policy(
         int divergenceWindow,
         double divergenceRatio,
         int recoverySteps) {
-
-    public Policy {
-        // Ranges, not only signs: 1e308 or Infinity thresholds turn protection off silently.
-        // Turning something off is said explicitly (clip_mode=OFF, cross_rank_rtol=0).
-        require(clipThreshold > 0 && clipThreshold <= 1e9, "clip_threshold must be in (0, 1e9]; use clip_mode=OFF to stop clipping");
-        require(spikeZThreshold <= 1e3 && zclipZThreshold <= 1e3, "spike_z_threshold and zclip_z_threshold must be <= 1000");
-        require(hangFactor <= 1e3, "hang_factor must be <= 1000");
-        require(crossRankRtol <= 1, "cross_rank_rtol must be <= 1 (0 turns the check off)");
-        require(divergenceRatio <= 1e6, "divergence_ratio must be <= 1e6");
-        require(maxConsecutiveSkips >= 0, "max_consecutive_skips must be >= 0");
-        require(validationWarmupSteps >= 0, "validation_warmup_steps must be >= 0");
-        require(validationIntervalSteps >= 1, "validation_interval_steps must be >= 1");
-        require(spikeZThreshold > 0, "spike_z_threshold must be > 0");
-        require(spikeEmaAlpha > 0 && spikeEmaAlpha < 1, "spike_ema_alpha must be in (0, 1), e.g. 0.98");
-        require(spikeWarmupSteps >= 1, "spike_warmup_steps must be >= 1");
-        require(spikeAction == Action.CLIP || spikeAction == Action.SKIP || spikeAction == Action.ROLLBACK,
-                "spike_action must be CLIP, SKIP or ROLLBACK");
-        require(zclipZThreshold > 0, "zclip_z_threshold must be > 0");
-        require(zclipAlpha > 0 && zclipAlpha < 1, "zclip alpha must be in (0, 1)");
-        require(autoclipPercentile > 0 && autoclipPercentile <= 100, "autoclip_percentile must be in (0, 100]");
-        require(knownGoodHealthySteps >= 0, "known_good_healthy_steps must be >= 0");
-        require(rollbackSkipBatches >= 0, "rollback_skip_batches must be >= 0");
-        require(rollbackLrFactor > 0 && rollbackLrFactor <= 1, "rollback_lr_factor must be in (0, 1]");
-        require(rollbackRewarmSteps >= 0, "rollback_rewarm_steps must be >= 0");
-        require(maxRollbacks >= 0, "max_rollbacks must be >= 0");
-        require(rollbackWindowSteps >= 1, "rollback_window_steps must be >= 1");
-        require(hangFactor > 1, "hang_factor must be > 1");
-        require(!hangMin.isNegative() && hangMin.compareTo(hangMax) <= 0, "hang_min must be >= 0 and <= hang_max");
-        require(crossRankRtol >= 0, "cross_rank_rtol must be >= 0 (0 turns the check off)");
-        require(divergenceWindow >= 1, "divergence_window must be >= 1");
-        require(divergenceRatio > 1, "divergence_ratio must be > 1");
-        require(recoverySteps >= 1, "recovery_steps must be >= 1");
-    }
-
-    private static void require(boolean ok, String message) {
-        if (!ok) {
-            throw new InvalidRequestException("policy: " + message);
-        }
-    }
 
     public Builder toBuilder() {
         return new Builder(this);
@@ -109,6 +71,14 @@ public record Policy(
         public int divergenceWindow;
         public double divergenceRatio;
         public int recoverySteps;
+
+        private Builder() {
+        }
+
+        /** Nothing set: for building a policy field by field from the schema's defaults. */
+        static Builder empty() {
+            return new Builder();
+        }
 
         private Builder(Policy p) {
             clipMode = p.clipMode;
@@ -144,12 +114,15 @@ public record Policy(
             return (overrides == null ? this : overrides.apply(this)).build();
         }
 
+        /** Every field in its range ({@link PolicyField}), or InvalidRequestException naming the key. */
         public Policy build() {
-            return new Policy(clipMode, clipThreshold, maxConsecutiveSkips, validationWarmupSteps,
+            Policy p = new Policy(clipMode, clipThreshold, maxConsecutiveSkips, validationWarmupSteps,
                     validationIntervalSteps, spikeZThreshold, spikeEmaAlpha, spikeWarmupSteps, spikeAction,
                     zclipZThreshold, zclipAlpha, autoclipPercentile, knownGoodHealthySteps, rollbackSkipBatches,
                     rollbackLrFactor, rollbackRewarmSteps, maxRollbacks, rollbackWindowSteps, preflightMode,
                     hangFactor, hangMin, hangMax, crossRankRtol, divergenceWindow, divergenceRatio, recoverySteps);
+            PolicyField.validate(p);
+            return p;
         }
     }
 }

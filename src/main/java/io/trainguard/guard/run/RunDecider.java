@@ -27,17 +27,34 @@ import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Set;
+import java.util.concurrent.locks.ReentrantLock;
 
 /**
- * The decision engine of one run: turns each rank's step report into a verdict. Plain Java, no
- * I/O: it returns what must be journaled, and {@link GuardService} writes it. Callers serialise
- * access per run (every public method is synchronized).
+ * Decides the verdict of every step of one run: turns each rank's step report into APPLY / CLIP /
+ * SKIP / ROLLBACK / HALT. Plain Java, no I/O, no call into other subsystems: {@link #decide} returns
+ * what must be journaled and announced, and {@link GuardService} applies it after the run's lock.
+ * Callers serialise access per run (every public method is synchronized).
  */
 public final class RunDecider {
 
-    /** A verdict and what must be journaled for it; awaited writes ({@code write().awaited()}) are durable before the verdict leaves. */
-    public record Decision(Verdict verdict, JournalWrite write, RunState from, RunState to) {
+    /**
+     * A verdict and everything that follows from it, for the service to apply after the run's lock:
+     * the journal write (awaited writes are durable before the verdict leaves), the state change to
+     * announce, and what the step means for the run's checkpoints.
+     */
+    public record Decision(Verdict verdict, JournalWrite write, RunState from, RunState to, CheckpointEffect checkpoints) {
+    }
+
+    /** What a decided step does to the run's not-yet-known-good checkpoints. */
+    public enum CheckpointEffect {
+        /** an applied step: counts towards promoting verified checkpoints */
+        HEALTHY_STEP,
+        /** a skipped (or worse) step: checkpoints below it are never promoted */
+        UNHEALTHY_STEP,
+        /** a halted run's repeated HALT: already counted */
+        NONE
     }
 
     private static final int BOUNDS_VALID_STEPS = 64;
@@ -49,7 +66,6 @@ public final class RunDecider {
     private final RunStateMachine state;
     private final Map<Integer, RankTrack> ranks = new HashMap<>();
     private final CrossRankCheck crossRank = new CrossRankCheck();
-    private final CheckpointCatalog checkpoints;
     private final IdSource ids;
     private final Instant createdTime;
     private Policy policy;
@@ -64,19 +80,21 @@ public final class RunDecider {
     private final Set<Integer> ranksToConfirmRollback = new HashSet<>();
     private long haltStep = -1;
     private Instant updatedTime;
+    /** Held from the end of a decision until its write is queued, so writes keep decision order. */
+    private final ReentrantLock writeOrder = new ReentrantLock();
+    /** The rollback target the service read for the decision in progress (decide's input). */
+    private Optional<CheckpointCatalog.RollbackTarget> knownGood = Optional.empty();
 
     /** Incident ids come from the journal so they are unique across restarts. */
     public interface IdSource {
         long next();
     }
 
-    public RunDecider(String runId, int worldSize, Policy policy, List<String> watchedModules, CheckpointCatalog checkpoints,
-             IdSource ids, Instant now) {
+    public RunDecider(String runId, int worldSize, Policy policy, List<String> watchedModules, IdSource ids, Instant now) {
         this.runId = runId;
         this.worldSize = worldSize;
         this.policy = policy;
         this.watchedModules = List.copyOf(watchedModules);
-        this.checkpoints = checkpoints;
         this.ids = ids;
         this.state = new RunStateMachine(RunState.HEALTHY, "opened");
         this.createdTime = now;
@@ -84,8 +102,8 @@ public final class RunDecider {
     }
 
     /** Rebuilds a run from its journaled snapshot; statistics are replayed separately per rank. */
-    public static RunDecider restore(RunSnapshot s, CheckpointCatalog checkpoints, IdSource ids) {
-        RunDecider g = new RunDecider(s.runId(), s.worldSize(), s.policy(), s.watchedModules(), checkpoints, ids, s.createdTime());
+    public static RunDecider restore(RunSnapshot s, IdSource ids) {
+        RunDecider g = new RunDecider(s.runId(), s.worldSize(), s.policy(), s.watchedModules(), ids, s.createdTime());
         g.state.moveTo(s.state(), s.stateReason());
         g.lastStep = s.lastStep();
         g.stepsReported = s.stepsReported();
@@ -165,7 +183,14 @@ public final class RunDecider {
 
     // ------------------------------------------------------------------ steps
 
-    public synchronized Decision decide(StepReport r, long nowNanos, Instant now) {
+    /**
+     * Decides one rank's step. Pure with respect to the outside world: it reads only the report,
+     * this run's state and {@code knownGood} (the rollback target the caller looked up), changes
+     * only this run's state, and returns everything to write and announce.
+     */
+    public synchronized Decision decide(StepReport r, Optional<CheckpointCatalog.RollbackTarget> knownGood, long nowNanos,
+                                        Instant now) {
+        this.knownGood = knownGood;
         ReportValidation.validate(r, worldSize, watchedModules);
         if (state.state() == RunState.CLOSED) {
             throw new PreconditionFailedException("run '" + runId + "' is closed (" + state.reason()
@@ -201,8 +226,9 @@ public final class RunDecider {
         }
 
         boolean healthy = o.action == Action.APPLY || o.action == Action.CLIP;
+        CheckpointEffect effect = CheckpointEffect.NONE;
         if (healthy) {
-            checkpoints.onHealthyStep(runId, r.step());
+            effect = CheckpointEffect.HEALTHY_STEP;
             t.healthyStreak++;
             if (pendingRollback == null && rollbackAttempts > 0 && ++healthySinceRollback >= policy.rollbackWindowSteps()) {
                 rollbackAttempts = 0;
@@ -211,7 +237,7 @@ public final class RunDecider {
                 state.moveTo(RunState.HEALTHY, "recovered: " + policy.recoverySteps() + " healthy steps in a row");
             }
         } else if (o.action != Action.HALT || from != RunState.HALTED) {
-            checkpoints.onUnhealthyStep(runId, r.step());
+            effect = CheckpointEffect.UNHEALTHY_STEP;
             t.healthyStreak = 0;
         }
 
@@ -227,8 +253,9 @@ public final class RunDecider {
             snapshot = snapshot();
             lastSnapshotNanos = nowNanos;
         }
+        this.knownGood = Optional.empty();
         return new Decision(verdict, new JournalWrite(snapshot, List.of(record), List.copyOf(incidents), durable),
-                from, state.state());
+                from, state.state(), effect);
     }
 
     private static final class Outcome {
@@ -320,7 +347,7 @@ public final class RunDecider {
 
     private void orderRollback(StepReport r, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
         String cause = String.join("; ", reasons);
-        var target = checkpoints.newestKnownGood(runId);
+        var target = knownGood;
         if (target.isEmpty()) {
             halt(r, reasons, incidents, o, now, cause + ". No known-good checkpoint exists to roll back to: register "
                     + "checkpoints with RegisterCheckpoint (one becomes known-good after it verifies clean and "
@@ -496,6 +523,11 @@ public final class RunDecider {
         return new RunSnapshot(runId, worldSize, state.state(), state.reason(), lastStep, maxSkips, rollbacks,
                 rollbackAttempts, lastRollbackStep, pendingRollback, policy, watchedModules, createdTime, updatedTime,
                 stepsReported, haltStep);
+    }
+
+    /** Taken while holding this run's lock at the end of a decision, released once its write is queued. */
+    public ReentrantLock writeOrder() {
+        return writeOrder;
     }
 
     public synchronized LocalBounds boundsFor(int rank, long nowNanos) {
