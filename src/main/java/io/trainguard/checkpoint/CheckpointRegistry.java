@@ -296,9 +296,21 @@ public final class CheckpointRegistry {
     private void remember(CheckpointRecord r) {
         byId.put(r.id(), r);
         if (r.state() == CheckpointState.KNOWN_GOOD) {
-            newestKnownGood.merge(r.runId(), r, (a, b) -> b.step() > a.step()
-                    || b.step() == a.step() && b.registeredAt().compareTo(a.registeredAt()) >= 0 ? b : a);
+            newestKnownGood.merge(r.runId(), r, CheckpointRegistry::newer);
+            return;
         }
+        CheckpointRecord cached = newestKnownGood.get(r.runId());
+        if (cached != null && cached.id().equals(r.id())) {
+            // The target left KNOWN_GOOD (an evicted in-memory snapshot): the next newest takes its place.
+            newestKnownGood.remove(r.runId());
+            byId.values().stream()
+                    .filter(c -> c.runId().equals(r.runId()) && c.state() == CheckpointState.KNOWN_GOOD)
+                    .forEach(c -> newestKnownGood.merge(c.runId(), c, CheckpointRegistry::newer));
+        }
+    }
+
+    private static CheckpointRecord newer(CheckpointRecord a, CheckpointRecord b) {
+        return b.step() > a.step() || b.step() == a.step() && b.registeredAt().compareTo(a.registeredAt()) >= 0 ? b : a;
     }
 
     /** The run's checkpoints by step. */

@@ -21,6 +21,14 @@ import org.junit.jupiter.api.Test;
 
 @QuarkusTest
 class FaultReplayApiTest extends SidecarTestSupport {
+    /** Health and metrics live on the management interface, not the gRPC/REST port. */
+    @io.quarkus.test.common.http.TestHTTPResource(value = "/", management = true)
+    java.net.URL managementUrl;
+
+    private io.restassured.specification.RequestSpecification management() {
+        return given().baseUri("http://" + managementUrl.getHost()).port(managementUrl.getPort());
+    }
+
 
     private ReportFaultResponse fault(String run, long step, FaultClass c, String device) {
         return sidecar.withDeadline().reportFault(ReportFaultRequest.newBuilder().setRunId(run).setStep(step)
@@ -42,17 +50,17 @@ class FaultReplayApiTest extends SidecarTestSupport {
                 && i.getStep() == 12 && i.getMessage().contains(device)), incidents.toString());
         assertEquals(3, incidents.stream().filter(i -> i.getKind() == IncidentKind.INCIDENT_KIND_FAULT_REPLAYED
                 && i.getMessage().startsWith("TRANSIENT")).count());
-        given().get("/q/metrics").then().statusCode(200)
+        management().get("/q/metrics").then().statusCode(200)
                 .body(containsString("trainguard_suspect_device{device=\"" + device + "\",run=\"" + run + "\"} 1.0"));
-        given().get("/q/health/group/trainer").then().statusCode(503)
+        management().get("/q/health/group/trainer").then().statusCode(503)
                 .body("checks.name", hasItem("suspect-device"))
                 .body("checks.find { it.name == 'suspect-device' }.data.device", org.hamcrest.Matchers.equalTo(device));
         // A new trainer process clears it (and leaves the shared app's trainer group as it found it).
         sidecar.withDeadline().openRun(OpenRunRequest.newBuilder().setRunId(run).setWorldSize(1)
                 .setTrainerInstance("restarted").build());
-        given().get("/q/health/group/trainer").then().body(containsString("suspect-device"))
+        management().get("/q/health/group/trainer").then().body(containsString("suspect-device"))
                 .body("checks.find { it.name == 'suspect-device' }.status", org.hamcrest.Matchers.equalTo("UP"));
-        given().get("/q/metrics").then()
+        management().get("/q/metrics").then()
                 .body(containsString("trainguard_suspect_device{device=\"" + device + "\",run=\"" + run + "\"} 0.0"));
     }
 

@@ -11,11 +11,19 @@ import org.junit.jupiter.api.Test;
 
 @QuarkusTest
 class MetricsSurfaceTest extends SidecarTestSupport {
+    /** Health and metrics live on the management interface, not the gRPC/REST port. */
+    @io.quarkus.test.common.http.TestHTTPResource(value = "/", management = true)
+    java.net.URL managementUrl;
+
+    private io.restassured.specification.RequestSpecification management() {
+        return given().baseUri("http://" + managementUrl.getHost()).port(managementUrl.getPort());
+    }
+
 
     @Test
     void metrics_everyCounter_existsAtZeroWithoutAnyEvent() {
         // prevents: alerts on rate(trainguard_skips_total[5m]) seeing "no data" instead of 0
-        String body = given().get("/q/metrics").then().statusCode(200).extract().asString();
+        String body = management().get("/q/metrics").then().statusCode(200).extract().asString();
         for (String series : new String[] {"trainguard_steps_total", "trainguard_skips_total", "trainguard_clips_total",
             "trainguard_rollbacks_total", "trainguard_halts_total", "trainguard_verdicts_total{action=\"HALT\"}",
             "trainguard_incidents_total{kind=\"CHECKPOINT_REJECTED\"}", "trainguard_nonfinite_total{source=\"grad\"}",
@@ -30,11 +38,11 @@ class MetricsSurfaceTest extends SidecarTestSupport {
         String run = Sidecar.newRunId("mstate");
         sidecar.open(run, 0, 1);
         sidecar.report(run, 0, 0, 2.0, 0.5);
-        given().get("/q/metrics").then()
+        management().get("/q/metrics").then()
                 .body(containsString("trainguard_run_state{run=\"" + run + "\",state=\"HEALTHY\"} 1.0"))
                 .body(containsString("trainguard_run_state{run=\"" + run + "\",state=\"HALTED\"} 0.0"));
         sidecar.withDeadline().closeRun(CloseRunRequest.newBuilder().setRunId(run).build());
-        given().get("/q/metrics").then().body(not(containsString("run=\"" + run + "\"")));
+        management().get("/q/metrics").then().body(not(containsString("run=\"" + run + "\"")));
     }
 
     @Test
@@ -43,7 +51,7 @@ class MetricsSurfaceTest extends SidecarTestSupport {
         String run = Sidecar.newRunId("mlat");
         sidecar.open(run, 0, 1);
         sidecar.report(run, 0, 0, 2.0, 0.5);
-        String body = given().get("/q/metrics").then().extract().asString();
+        String body = management().get("/q/metrics").then().extract().asString();
         long buckets = body.lines().filter(l -> l.startsWith("trainguard_verdict_latency_seconds_bucket")).count();
         assertTrue(buckets >= 10 && buckets <= 14, "buckets: " + buckets);
     }

@@ -26,7 +26,7 @@ public final class PolicySamples {
             }
             case INT -> (int) f.range().low() + 7 + variant;
             case LONG -> (long) f.range().low() + 7 + variant;
-            case DURATION -> Duration.ofSeconds(600 + 60L * variant);
+            case DURATION -> Duration.ofSeconds(420 + 60L * variant); // differs from every default (hang_min 10m, hang_max 30m)
             case ENUM -> {
                 List<String> names = f.allowed().stream().filter(n -> !n.equals(f.defaultValue())).toList();
                 yield f.parse(names.get(variant % names.size()));

@@ -69,7 +69,7 @@ public enum PolicyField {
             Policy::preflightMode, (b, v) -> b.preflightMode = (AuditMode) v, EnumSet.allOf(AuditMode.class)),
     HANG_FACTOR("hang_factor", Kind.DOUBLE, "5.0", "x phase time", "a hang is this many times the learned phase time",
             Policy::hangFactor, (b, v) -> b.hangFactor = (Double) v, Range.open(1, 1e6)),
-    HANG_MIN("hang_min", Kind.DURATION, "30s", "duration", "the hang allowance is never shorter (<= hang_max)",
+    HANG_MIN("hang_min", Kind.DURATION, "10m", "duration", "the hang allowance is never shorter (<= hang_max)",
             Policy::hangMin, (b, v) -> b.hangMin = (Duration) v, Range.closed(0, 366 * 86400)),
     HANG_MAX("hang_max", Kind.DURATION, "30m", "duration", "the hang allowance is never longer",
             Policy::hangMax, (b, v) -> b.hangMax = (Duration) v, Range.closed(0, 366 * 86400)),
