@@ -1,5 +1,9 @@
 package io.trainguard.guard.model;
 
+/**
+ * What an incident is about. Only kinds the sidecar produces are listed; the proto keeps
+ * CHECKPOINT_REJECTED (12) and SIDECAR_UNREACHABLE (13) numbered for wire compatibility only.
+ */
 public enum IncidentKind {
     NON_FINITE_LOSS,
     NON_FINITE_GRAD,
@@ -12,8 +16,6 @@ public enum IncidentKind {
     PREFLIGHT,
     HANG,
     CROSS_RANK_MISMATCH,
-    CHECKPOINT_REJECTED,
-    SIDECAR_UNREACHABLE,
     POLICY_CHANGED,
     RESUMED,
     TENSOR_FORENSICS,

@@ -5,7 +5,9 @@ import io.trainguard.guard.GuardService;
 import io.trainguard.guard.JournalWrite;
 import io.trainguard.guard.PreconditionFailedException;
 import io.trainguard.guard.detect.CrossRankCheck;
-import io.trainguard.guard.detect.NonFiniteFinding;
+import io.trainguard.guard.detect.Detectors;
+import io.trainguard.guard.detect.Finding;
+import io.trainguard.guard.detect.StepContext;
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.HangReport;
 import io.trainguard.guard.model.Incident;
@@ -131,8 +133,8 @@ public final class RunDecider {
                 updatedTime = s.time();
             }
             if (s.action() == Action.APPLY || s.action() == Action.CLIP) {
-                t.learn(s.loss(), Double.isNaN(s.loss()), s.gradNorm());
-                t.divergence.observe(s.loss());
+                t.stats.learn(s.loss(), Double.isNaN(s.loss()), s.gradNorm());
+                t.stats.divergence.observe(s.loss());
                 t.consecutiveSkips = 0;
                 t.healthyStreak++;
             } else if (s.action() == Action.SKIP) {
@@ -266,62 +268,16 @@ public final class RunDecider {
     }
 
     private void evaluate(StepReport r, RankTrack t, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
-        NonFiniteFinding bad = NonFiniteFinding.of(r, watchedModules);
-        if (bad != null) {
-            o.action = Action.SKIP;
-            o.firstBadModule = bad.module();
-            reasons.add(bad.message() + ": update skipped");
-            incidents.add(incident(r, bad.kind(), Severity.ERROR, bad.message(), bad.module(), now));
-        } else {
-            boolean spike = false;
-            double z = policy.spikeZThreshold();
-            if (!r.lossAbsent() && t.lossSpikes.isSpike(r.loss(), z)) {
-                spike = true;
-                String msg = t.lossSpikes.explain("loss", r.loss(), z); // [detect] robust from step 1
-                reasons.add(msg);
-                incidents.add(incident(r, IncidentKind.LOSS_SPIKE, Severity.WARNING, msg, "", now));
-                o.clip = Math.min(o.clip, Math.max(t.gradSpikes.mean(), Double.MIN_NORMAL));
-            }
-            if (t.gradSpikes.isSpike(r.gradNorm(), z)) {
-                spike = true;
-                String msg = t.gradSpikes.explain("grad-norm", r.gradNorm(), z); // [detect]
-                reasons.add(msg);
-                incidents.add(incident(r, IncidentKind.GRAD_SPIKE, Severity.WARNING, msg, "", now));
-                o.clip = Math.min(o.clip, t.gradSpikes.upperBound(z));
-            }
-            if (spike) {
-                o.action = policy.spikeAction();
-                if (r.decidedLocally() && o.action == Action.SKIP) {
-                    // The client applied this step within the bounds it had; it cannot be taken back.
-                    o.action = Action.CLIP;
-                    reasons.add("the client had already applied this step within its local bounds");
-                }
-            }
-            double threshold = t.clip.thresholdFor(r.gradNorm());
-            if (o.action.ordinal() <= Action.CLIP.ordinal() && (Double.isFinite(threshold) || Double.isFinite(o.clip))) {
-                o.action = Action.CLIP;
-                o.clip = Math.min(o.clip, threshold);
-                if (Double.isFinite(threshold)) {
-                    reasons.add(String.format("grad norm %.6g above clip threshold %.6g (%s)", r.gradNorm(), threshold, policy.clipMode()));
-                }
-            }
-            if (!r.lossAbsent() && t.divergence.observe(r.loss())) {
-                String msg = String.format("loss diverged: its short-term mean %.6g stayed above %.1fx its best %.6g for %d steps",
-                        t.divergence.fast(), policy.divergenceRatio(), t.divergence.best(), policy.divergenceWindow());
-                reasons.add(msg);
-                incidents.add(incident(r, IncidentKind.LOSS_SPIKE, Severity.ERROR, msg, "", now));
-                o.action = Action.ROLLBACK;
-            }
-            if (o.action == Action.APPLY || o.action == Action.CLIP) {
-                t.learn(r.loss(), r.lossAbsent(), r.gradNorm());
-            }
-            crossRank.record(r.step(), r.rank(), r.gradNorm(), worldSize > 1 ? policy.crossRankRtol() : 0).ifPresent(m -> {
-                String msg = String.format("rank %d reports grad norm %.9g for step %d but rank %d reports %.9g: "
-                                + "data-parallel ranks must agree (rtol %.1g); suspect silent data corruption on rank %d",
-                        m.rank(), m.norm(), r.step(), m.referenceRank(), m.referenceNorm(), policy.crossRankRtol(), m.rank());
-                reasons.add(msg);
-                incidents.add(incident(r, IncidentKind.CROSS_RANK_MISMATCH, Severity.ERROR, msg, "", now));
-            });
+        StepFold fold = StepFold.of(Detectors.inspect(new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize)));
+        o.action = fold.action();
+        o.clip = fold.clip();
+        o.firstBadModule = fold.module();
+        reasons.addAll(fold.reasons());
+        for (Finding f : fold.incidents()) {
+            incidents.add(incident(r, f.kind(), f.severity(), f.message(), f.module(), now));
+        }
+        if (o.action == Action.APPLY || o.action == Action.CLIP) {
+            t.stats.learn(r.loss(), r.lossAbsent(), r.gradNorm());
         }
 
         if (o.action == Action.SKIP) {
@@ -393,7 +349,7 @@ public final class RunDecider {
 
     private void confirmRollback(StepReport r, RankTrack t, List<Incident> incidents, Instant now) {
         if (ranksToConfirmRollback.remove(r.rank())) {
-            t.divergence.reset();
+            t.stats.divergence.reset();
             t.consecutiveSkips = 0;
             t.healthyStreak = 0;
         }
@@ -421,10 +377,10 @@ public final class RunDecider {
             return new LocalBounds(-1, Double.NEGATIVE_INFINITY, 0, t.lastStep);
         }
         double z = policy.spikeZThreshold();
-        double maxGrad = Math.min(t.gradSpikes.upperBound(z), t.clip.localAskAbove());
+        double maxGrad = Math.min(t.stats.gradSpikes.upperBound(z), t.stats.clip.localAskAbove());
         // Valid for a window of steps: asynchronous reports let the trainer run ahead of verdicts, and
         // a HALT/ROLLBACK found meanwhile still reaches it with the next verdict.
-        return new LocalBounds(maxGrad, t.lossSpikes.upperBound(z), t.clip.localThreshold(), t.lastStep + BOUNDS_VALID_STEPS);
+        return new LocalBounds(maxGrad, t.stats.lossSpikes.upperBound(z), t.stats.clip.localThreshold(), t.lastStep + BOUNDS_VALID_STEPS);
     }
 
     private Incident incident(StepReport r, IncidentKind kind, Severity severity, String message, String module, Instant now) {
@@ -468,9 +424,9 @@ public final class RunDecider {
                 || before.autoclipPercentile() != next.autoclipPercentile();
         for (RankTrack t : ranks.values()) {
             if (shapeChanged) {
-                t.rebuild(next);
+                t.stats.rebuild(next);
             } else if (clipChanged) {
-                t.rebuildClip(next);
+                t.stats.rebuildClip(next);
             }
         }
         return PolicyDiff.describe(before, next);
