@@ -19,6 +19,8 @@ step "Kubernetes manifests against the API schemas"
 scripts/validate-k8s.sh
 
 step "Java: unit, @QuarkusTest and packaged-jar tests"
+# includes the reliability suite (src/test/java/io/trainguard/reliability/*IT: ~10,700 hostile
+# requests, kill -9 under load, disk full on a tmpfs when root, header bombs; docs/reliability.md)
 ./mvnw -B -ntp verify
 
 step "Python client and fault-injection suite (venv: current torch; Debian: torch 1.13)"

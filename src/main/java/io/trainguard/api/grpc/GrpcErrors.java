@@ -46,9 +46,24 @@ public final class GrpcErrors {
             status = Status.FAILED_PRECONDITION;
         } else {
             LOG.error("unexpected error while serving a trainguard call", t);
-            return Status.INTERNAL.withDescription("internal error in the trainguard sidecar (" + t.getClass().getSimpleName()
-                    + ": " + t.getMessage() + "); the sidecar keeps serving, see its log").asRuntimeException();
+            return Status.INTERNAL.withDescription(bounded("internal error in the trainguard sidecar (" + t.getClass().getSimpleName()
+                    + ": " + t.getMessage() + "); the sidecar keeps serving, see its log")).asRuntimeException();
         }
-        return status.withDescription(t.getMessage()).asRuntimeException();
+        return status.withDescription(bounded(t.getMessage())).asRuntimeException();
+    }
+
+    /** Longest description sent: it travels in an HTTP/2 header, and clients refuse headers over 8 KiB. */
+    static final int MAX_DESCRIPTION_CHARS = 2000;
+
+    /**
+     * Messages may quote request fields (a run id, a tensor name); a hostile 100 KB field must not
+     * make the status itself unreadable (the client saw RST_STREAM PROTOCOL_ERROR instead of it).
+     */
+    static String bounded(String message) {
+        if (message == null || message.length() <= MAX_DESCRIPTION_CHARS) {
+            return message;
+        }
+        return message.substring(0, MAX_DESCRIPTION_CHARS) + "... (" + (message.length() - MAX_DESCRIPTION_CHARS)
+                + " more characters)";
     }
 }
