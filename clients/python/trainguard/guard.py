@@ -310,9 +310,9 @@ class Guard:
         if scaler_on:
             self._unscale_once()
         m = self.meter.read(loss)
-        fault_class = None
-        if late is None:
-            m, fault_class = self.recovery.maybe_replay(step, m, replay, self.meter)
+        # Called on every host-path step (also with a late verdict, which suppresses the replay):
+        # with several ranks it runs a collective that every rank must join.
+        m, fault_class = self.recovery.maybe_replay(step, m, replay, self.meter, suppress=late is not None)
         finite = math.isfinite(m.loss) and math.isfinite(m.grad_norm) and all(math.isfinite(x) for x in m.module_values)
         report = step_report(self.run, self.rank, step, loss=m.loss, grad_norm=m.grad_norm,
                              group_norms=m.group_norms, learning_rate=float(self.optimizer.param_groups[0].get("lr", 0.0)),

@@ -101,7 +101,7 @@ class Recovery:
             f.spike = not within_bounds(bounds, m.loss, m.grad_norm)
         return f
 
-    def maybe_replay(self, step, m, replay_fn, meter):
+    def maybe_replay(self, step, m, replay_fn, meter, suppress=False):
         """Replays a faulty step once when the policy and budget allow. Returns (measurement to
         decide on, FaultClass or None). TRANSIENT returns the replay's clean measurement (the
         gradients now are the replay's); the other classes return the original one."""
@@ -109,7 +109,7 @@ class Recovery:
         if self.replay_policy.mode == "off":
             return m, None
         fault = self._fault(m, g.bounds, step)
-        wants = self.budget.wants(fault)
+        wants = self.budget.wants(fault) and not suppress
         multi = dist_agree.is_initialized() and g.world_size > 1
         able = replay_fn is not None and self._rng is not None
         if multi:
