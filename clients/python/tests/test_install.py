@@ -25,7 +25,8 @@ def test_wrong_target_in_fail_open_says_once_in_words_what_is_unprotected():
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     loud = [m for m in msgs if "NOT PROTECTED" in m]
     assert len(loud) == 1, msgs
-    assert "127.0.0.1:1" in loud[0] and "nothing answered there" in loud[0]
+    # grpcio 1.51 reports the refused connection as a deadline, current grpcio as UNAVAILABLE
+    assert "127.0.0.1:1" in loud[0] and ("nothing answered there" in loud[0] or "nothing is listening" in loud[0])
     assert "rollback" in loud[0] and "validation gate" in loud[0] and "TRAINGUARD_TARGET" in loud[0]
     assert "StatusCode" not in loud[0] and "debug_error_string" not in loud[0]
 

@@ -39,8 +39,8 @@ def in_words(err, deadline):
         return ("nothing answered there (connection refused, a wrong host, port or socket path, "
                 "or the sidecar is not running)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED or isinstance(err, TimeoutError):
-        return (f"no answer within {deadline}s (the sidecar is overloaded, or the address reaches "
-                "something that is not a trainguard sidecar)")
+        return (f"no answer within {deadline}s (nothing is listening there, the sidecar is overloaded, or "
+                "the address reaches something that is not a trainguard sidecar)")
     if code is not None:
         return f"the call failed with {code.name}: {err.details() if hasattr(err, 'details') else err}"
     return str(err)
@@ -123,7 +123,7 @@ class Connection:
 
     # ---------------------------------------------------------------- failures
 
-    def unreachable(self, what, err, run=None):
+    def unreachable(self, what, err, run=None, deadline=None):
         """Counts a call the sidecar did not answer; raises in fail-closed mode, warns (once, then
         every ``warn_every`` failures) in fail-open mode."""
         self.counters["sidecar_failures"] += 1
@@ -133,7 +133,7 @@ class Connection:
         n = self.counters["sidecar_failures"]
         if what == "OpenRun" and not self._warned:
             self._warned = True
-            words = unprotected_message(run, self.transport.target, err, self.deadline)
+            words = unprotected_message(run, self.transport.target, err, deadline or self.deadline)
             log.error("%s", words)
             warnings.warn(words, RuntimeWarning)
             return
@@ -153,7 +153,7 @@ class Connection:
                 raise RunRefused(f"trainguard refused run '{run}': {e.details()}") from None
             if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS):
                 raise TrainguardError(f"OpenRun for run '{run}' failed: {code.name}: {e.details()}") from None
-            self.unreachable("OpenRun", e, run=run)
+            self.unreachable("OpenRun", e, run=run, deadline=deadline)
             self.went_offline()
             return None
         if self.offline:
