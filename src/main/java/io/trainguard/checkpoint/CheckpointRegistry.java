@@ -88,7 +88,7 @@ public final class CheckpointRegistry {
             throw new IllegalArgumentException("a checkpoint needs at least one file");
         }
         for (CheckpointFileSpec f : files) {
-            paths.resolve(f.path());
+            paths.resolveFileOrDirectory(f.path());
         }
         for (CheckpointRecord r : byId.values()) {
             if (r.runId().equals(runId) && r.step() == step && r.files().equals(files)) {
