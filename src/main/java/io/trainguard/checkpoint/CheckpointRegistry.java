@@ -113,7 +113,7 @@ public final class CheckpointRegistry {
             MemorySnapshots.checkSlot(files);
         } else {
             for (CheckpointFileSpec f : files) {
-                paths.resolve(f.path());
+                paths.resolveFileOrDirectory(f.path());
             }
         }
         for (CheckpointRecord r : byId.values()) {

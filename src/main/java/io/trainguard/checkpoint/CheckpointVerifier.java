@@ -104,6 +104,7 @@ public final class CheckpointVerifier implements AutoCloseable {
         long[] total = {0};
         List<Path> resolved = new ArrayList<>();
         try {
+            files = CheckpointFiles.expand(files, paths);
             for (CheckpointFileSpec f : files) {
                 Path p = paths.resolve(f.path());
                 long size = Files.size(p);
@@ -124,16 +125,35 @@ public final class CheckpointVerifier implements AutoCloseable {
         ProgressTracker tracker = new ProgressTracker(checkpointId, total[0], onProgress);
         List<TensorStats> all = new ArrayList<>();
         Map<String, String> sums = new LinkedHashMap<>();
+        boolean dcp = resolved.stream().anyMatch(CheckpointFiles::isDcpMetadata);
+        Map<Path, List<TensorStats>> byFile = new LinkedHashMap<>();
         try {
             for (int i = 0; i < resolved.size(); i++) {
                 Path p = resolved.get(i);
                 CheckpointFileSpec spec = files.get(i);
-                List<TensorStats> stats = verifyFile(p, format, sums, tracker);
+                List<TensorStats> stats;
+                if (CheckpointFiles.isDcpMetadata(p)) {
+                    stats = torchFiles.verifyDcp(p, scan, sums, tracker::at, tracker.done);
+                } else if (CheckpointFiles.isDcpShard(p)) {
+                    if (!dcp) {
+                        return VerificationResult.failed(CheckpointState.REJECTED, p.getFileName() + " is a "
+                                + "torch.distributed.checkpoint shard; register its directory (or its .metadata "
+                                + "with it) so that the shards can be checked against the metadata", 0,
+                                System.nanoTime() - t0);
+                    }
+                    continue; // verified through the .metadata
+                } else if (CheckpointFiles.isShardIndex(p)) {
+                    continue; // checked against the shards below
+                } else {
+                    stats = verifyFile(p, format, sums, tracker);
+                }
+                byFile.put(p, stats);
                 all.addAll(stats);
-                Optional<TensorStats> bad = stats.stream().filter(s -> !s.finite()).findFirst();
+                Optional<TensorStats> bad = stats.stream().filter(s -> !s.finite() && !CheckpointFiles.isSentinel(s))
+                        .findFirst();
                 if (bad.isPresent()) {
                     TensorStats b = bad.get();
-                    long nBad = stats.stream().filter(s -> !s.finite()).count();
+                    long nBad = stats.stream().filter(s -> !s.finite() && !CheckpointFiles.isSentinel(s)).count();
                     return new VerificationResult(CheckpointState.REJECTED, p.getFileName() + ": tensor '" + b.name()
                             + "' has " + b.nanCount() + " NaN and " + b.infCount() + " Inf values, first at flat index "
                             + b.firstNonFiniteIndex() + " (" + nBad + " of " + stats.size()
@@ -149,6 +169,15 @@ public final class CheckpointVerifier implements AutoCloseable {
                                 tracker.done, System.nanoTime() - t0);
                     }
                     sums.merge(p.toString(), "sha256:" + actual, (a, b) -> a + " " + b);
+                }
+            }
+            for (Path p : resolved) {
+                if (CheckpointFiles.isShardIndex(p)) {
+                    String mismatch = CheckpointFiles.checkShardIndex(p, byFile);
+                    if (!mismatch.isEmpty()) {
+                        return new VerificationResult(CheckpointState.REJECTED, mismatch, List.copyOf(all), sums,
+                                tracker.done, System.nanoTime() - t0);
+                    }
                 }
             }
             return new VerificationResult(CheckpointState.VERIFIED, "", List.copyOf(all), sums, tracker.done,

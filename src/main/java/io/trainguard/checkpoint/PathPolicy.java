@@ -35,6 +35,15 @@ public final class PathPolicy {
 
     /** Returns the real path of {@code requested}, or throws with a message naming the roots. */
     public Path resolve(String requested) {
+        return resolve(requested, false);
+    }
+
+    /** As {@link #resolve(String)}, also accepting a directory (a checkpoint saved as a folder). */
+    public Path resolveFileOrDirectory(String requested) {
+        return resolve(requested, true);
+    }
+
+    private Path resolve(String requested, boolean directoryAllowed) {
         if (roots.isEmpty()) {
             throw new PathRefusedException("no checkpoint roots are configured (trainguard.checkpoint.roots); "
                     + "the sidecar reads checkpoints only under configured directories");
@@ -66,7 +75,7 @@ public final class PathPolicy {
                     : "it resolves through a symlink to a file outside them";
             throw refused(requested, why);
         }
-        if (!Files.isRegularFile(real)) {
+        if (!Files.isRegularFile(real) && !(directoryAllowed && Files.isDirectory(real))) {
             throw refused(requested, "it is not a regular file");
         }
         return real;

@@ -172,6 +172,9 @@ public final class RestrictedUnpickler extends Unpickler {
             case "torch._tensor._rebuild_from_type_v2":
                 // (func, type, args, state): func must itself be an allowed rebuild function
                 return new Global(full, null, args -> ((Global) args[0]).construct((Object[]) args[2]));
+            case "torch.serialization._get_layout":
+                // how torch pickles a layout: _get_layout("torch.strided"), a lookup by name
+                return new Global(full, null, args -> String.valueOf(args[0]));
             case "_codecs.encode":
                 // protocol 2 writes bytes as encode(str, 'latin1')
                 return new Global(full, null, args -> ((String) args[0]).getBytes(
