@@ -15,12 +15,19 @@ public final class PackagedSidecar implements AutoCloseable {
     public final Path dataDir;
     public final int port;
     private Process process;
+    /** Extra -D system properties (e.g. trainguard.checkpoint.roots) for tests that need them. */
+    private final java.util.Map<String, String> properties = new java.util.LinkedHashMap<>();
 
     public PackagedSidecar(Path dataDir) throws IOException {
         this.dataDir = dataDir;
         try (ServerSocket s = new ServerSocket(0)) {
             this.port = s.getLocalPort();
         }
+    }
+
+    public PackagedSidecar with(String key, String value) {
+        properties.put(key, value);
+        return this;
     }
 
     public PackagedSidecar start() throws Exception {
@@ -32,8 +39,9 @@ public final class PackagedSidecar implements AutoCloseable {
                 "--add-modules", "jdk.incubator.vector",
                 "-Dtrainguard.listen.port=" + port,
                 "-Dtrainguard.listen.socket=" + dataDir.resolve("tg.sock"),
-                "-Dtrainguard.journal.path=" + dataDir.resolve("journal.db"),
-                "-jar", jar.toString()));
+                "-Dtrainguard.journal.path=" + dataDir.resolve("journal.db")));
+        properties.forEach((k, v) -> cmd.add("-D" + k + "=" + v));
+        cmd.addAll(List.of("-jar", jar.toString()));
         process = new ProcessBuilder(cmd).redirectErrorStream(true)
                 .redirectOutput(ProcessBuilder.Redirect.appendTo(dataDir.resolve("sidecar.log").toFile())).start();
         long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
