@@ -16,6 +16,11 @@ if ! command -v promtool >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+if ! python3 -c "import yaml" 2>/dev/null; then
+  log "installing python3-yaml (apt)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-yaml >/dev/null
+fi
+
 promtool check rules "$OBS/rules.yaml"
 promtool test rules "$OBS/rules_test.yaml"
 python3 - "$OBS" <<'PY'
