@@ -47,8 +47,18 @@ def main():
     policy = {"known_good_healthy_steps": 5, "rollback_skip_batches": 2, "spike_warmup_steps": 10,
               "validation_warmup_steps": 5, "validation_interval_steps": 5}
     # closed + generous deadlines: on a loaded CI machine a fail-open guard would train unguarded
-    g = Guard(model, opt, args.run, target=args.target, deadline=30.0, open_deadline=120.0, failure_mode="closed",
-              policy=policy)
+    # a sidecar that has just started may still be warming up its scan kernels: retry the open
+    import trainguard
+    end = time.monotonic() + 240
+    while True:
+        try:
+            g = Guard(model, opt, args.run, target=args.target, deadline=30.0, open_deadline=60.0,
+                      failure_mode="closed", policy=policy)
+            break
+        except trainguard.SidecarUnavailable:
+            if time.monotonic() > end:
+                raise
+            time.sleep(2)
     train(g, model, opt, 20)
     g.save_checkpoint(args.root, 19, data_position=20)
     train(g, model, opt, 40, start=20)
