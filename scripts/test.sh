@@ -18,6 +18,16 @@ clients/python/scripts/setup-envs.sh all
 step "Kubernetes manifests against the API schemas"
 scripts/validate-k8s.sh
 
+# The run page's browser test (Selenium -> chromium-driver) and promtool (metrics format, alert rules).
+step "installing chromium, chromium-driver and promtool (idempotent)"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v promtool >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver prometheus >/dev/null
+fi
+
+step "observability pack and contracts: promtool rules, dashboard, buf lint/breaking"
+scripts/check-observability.sh
+
 step "Java: unit, @QuarkusTest and packaged-jar tests"
 # includes the reliability suite (src/test/java/io/trainguard/reliability/*IT: ~10,700 hostile
 # requests, kill -9 under load, disk full on a tmpfs when root, header bombs; docs/reliability.md)

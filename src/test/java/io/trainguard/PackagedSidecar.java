@@ -18,6 +18,8 @@ public final class PackagedSidecar implements AutoCloseable {
     public final int managementPort;
     private final List<String> jvmArgs = new ArrayList<>();
     private Process process;
+    /** Extra -D system properties (e.g. trainguard.checkpoint.roots) for tests that need them. */
+    private final java.util.Map<String, String> properties = new java.util.LinkedHashMap<>();
 
     public PackagedSidecar(Path dataDir) throws IOException {
         this.dataDir = dataDir;
@@ -33,6 +35,12 @@ public final class PackagedSidecar implements AutoCloseable {
         return this;
     }
 
+    /** One extra -D system property (e.g. trainguard.checkpoint.roots). */
+    public PackagedSidecar with(String key, String value) {
+        properties.put(key, value);
+        return this;
+    }
+
     public PackagedSidecar start() throws Exception {
         Path jar = Path.of("target/quarkus-app/quarkus-run.jar").toAbsolutePath();
         if (!Files.exists(jar)) {
@@ -45,6 +53,7 @@ public final class PackagedSidecar implements AutoCloseable {
                 "-Dtrainguard.journal.path=" + dataDir.resolve("journal.db"),
                 "-Dquarkus.management.port=" + managementPort));
         cmd.addAll(jvmArgs);
+        properties.forEach((k, v) -> cmd.add("-D" + k + "=" + v));
         cmd.addAll(List.of("-jar", jar.toString()));
         process = new ProcessBuilder(cmd).redirectErrorStream(true)
                 .redirectOutput(ProcessBuilder.Redirect.appendTo(dataDir.resolve("sidecar.log").toFile())).start();

@@ -119,6 +119,13 @@ public interface TrainguardConfig {
 
         @WithDefault("true")
         boolean socketEnabled();
+
+        /**
+         * gRPC server reflection (grpcurl, Postman) on the sidecar's port: off by default, since it
+         * lists every rpc to anyone who can connect. Read by quarkus.grpc.server.enable-reflection-service.
+         */
+        @WithDefault("false")
+        boolean grpcReflection();
     }
 
     interface Journal {
