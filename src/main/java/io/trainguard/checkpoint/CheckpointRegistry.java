@@ -101,12 +101,7 @@ public final class CheckpointRegistry {
                 CheckpointState.REGISTERED, "", now, now, 0, step, -1, Map.of(), List.of(), 0, 0);
         store.insert(r);
         byId.put(id, r);
-        if (format == CheckpointFormat.TORCH_PICKLE) {
-            return save(r.moveTo(CheckpointState.UNVERIFIABLE, files.get(0).path()
-                    + " is a torch.save pickle: it can only be read by executing Python code, so the sidecar does "
-                    + "not open it. Save weights with safetensors to get them verified and made rollback targets",
-                    now));
-        }
+        // torch.save files are verified too (zip layout); the verifier says UNVERIFIABLE for legacy pickles
         return startVerification(r);
     }
 
