@@ -137,12 +137,7 @@ public final class CheckpointRegistry {
                     "in-memory snapshot, checked finite by the trainer", now));
             return save(promoteIfEarned(r, now));
         }
-        if (format == CheckpointFormat.TORCH_PICKLE) {
-            return save(r.moveTo(CheckpointState.UNVERIFIABLE, files.get(0).path()
-                    + " is a torch.save pickle: it can only be read by executing Python code, so the sidecar does "
-                    + "not open it. Save weights with safetensors to get them verified and made rollback targets",
-                    now));
-        }
+        // torch.save files are verified too (zip layout); the verifier says UNVERIFIABLE for legacy pickles
         return startVerification(r, "");
     }
 

@@ -238,6 +238,6 @@ class CheckpointRegistryTest {
         Path p = Files.write(root.resolve("model.bin"), new byte[] {(byte) 0x80, 0x02});
         CheckpointRecord r = reg.register("run", 5, CheckpointFormat.TORCH_PICKLE,
                 List.of(new CheckpointFileSpec(p.toString(), null, 0)), 0);
-        assertEquals(CheckpointState.UNVERIFIABLE, r.state());
+        assertEquals(CheckpointState.UNVERIFIABLE, awaitSettled(reg, r.id()).state());
     }
 }

@@ -1,0 +1,98 @@
+"""Registering the checkpoints users' own code and frameworks write, and restoring through them.
+
+The sidecar verifies, without executing any pickle: torch.save files (``.pt``/``.pth``/``.bin``,
+Lightning ``.ckpt``; torch >= 1.6 zip layout), safetensors (also sharded, with
+``model.safetensors.index.json``), torch.distributed.checkpoint directories (``.metadata`` +
+``.distcp``), and sets of these (weights + optimizer + trainer state). A checkpoint is KNOWN_GOOD
+only when every file verified, optimizer state included.
+
+``Guard.checkpoint_saved(path_or_dir_or_list, step, data_position=0)`` is a thin method over
+:func:`register_saved`; restoring goes through the user's own callables (torchft's
+``Manager(load_state_dict=..., state_dict=...)`` pattern), see :func:`restore`.
+"""
+import os
+
+from ._proto.trainguard.v1 import trainguard_pb2 as pb
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _paths(path_or_dir_or_list):
+    items = [path_or_dir_or_list] if isinstance(path_or_dir_or_list, (str, os.PathLike)) else list(path_or_dir_or_list)
+    if not items:
+        raise ValueError("register_saved needs at least one file or directory")
+    out = []
+    for p in items:
+        p = os.path.abspath(os.fspath(p))
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"checkpoint path {p} does not exist; register it after saving it")
+        out.append(p)
+    return out
+
+
+def _format(paths):
+    # The sidecar reads each file's real format from its bytes; this only labels the checkpoint.
+    if any(p.endswith(_TORCH_SUFFIXES) for p in paths):
+        return pb.CHECKPOINT_FORMAT_TORCH_PICKLE
+    return pb.CHECKPOINT_FORMAT_SAFETENSORS
+
+
+def register_saved(target, path_or_dir_or_list, step, data_position=0, run=None, rank=None, deadline=10.0):
+    """Registers files the user already saved as the checkpoint of ``step``.
+
+    ``target`` is a ``Guard`` (its run, rank and transport are used) or a ``Transport`` (then give
+    ``run``). ``path_or_dir_or_list``: one file, a directory (the sidecar takes the checkpoint files
+    in it: DCP shards and ``.metadata``, HF shards and index, ``.pt``/``.ckpt``...), or a list of
+    both (model, optimizer, trainer state). ``data_position`` is where the data loader resumes.
+
+    Returns ``{"checkpoint_id", "state", "state_reason", "step"}``; verification runs in the
+    background, the state becomes VERIFIED or REJECTED/UNVERIFIABLE with a reason.
+    Raises ``grpc.RpcError`` when the sidecar refuses (e.g. a path outside its checkpoint roots).
+    """
+    transport = getattr(target, "transport", target)
+    run = run if run is not None else getattr(target, "run", None)
+    if run is None:
+        raise ValueError("register_saved(transport, ...) needs run=<run id>")
+    rank = rank if rank is not None else getattr(target, "rank", 0)
+    paths = _paths(path_or_dir_or_list)
+    req = pb.RegisterCheckpointRequest(run_id=run, rank=int(rank), step=int(step), format=_format(paths),
+                                       files=[pb.CheckpointFile(path=p) for p in paths],
+                                       data_position=int(data_position))
+    c = transport.call("RegisterCheckpoint", req, deadline=deadline).checkpoint
+    return {"checkpoint_id": c.checkpoint_id, "state": pb.CheckpointState.Name(c.state),
+            "state_reason": c.state_reason, "step": c.step, "files": paths}
+
+
+def checkpoint_state(target, checkpoint_id, run=None, deadline=5.0):
+    """The sidecar's current record of a registered checkpoint, as a dict (None if unknown)."""
+    transport = getattr(target, "transport", target)
+    run = run if run is not None else getattr(target, "run", None)
+    resp = transport.call("GetRun", pb.GetRunRequest(run_id=run), deadline=deadline)
+    for c in resp.checkpoints:
+        if c.checkpoint_id == checkpoint_id:
+            return {"checkpoint_id": c.checkpoint_id, "state": pb.CheckpointState.Name(c.state),
+                    "state_reason": c.state_reason, "step": c.step, "files": [f.path for f in c.files]}
+    return None
+
+
+def restore(files, load_state_dict=None, load=None):
+    """Restores a rollback target through the user's own code.
+
+    ``load(files)`` (the user's loader: a list of the checkpoint's registered paths) returns the
+    state, or does the whole restore itself; without it, a single torch.save file is read with
+    ``torch.load(..., weights_only=True)`` (never executing pickled code, like the sidecar).
+    ``load_state_dict(state)`` then applies it (torchft's ``Manager(load_state_dict=...)``
+    pattern). Returns the state.
+    """
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    if load is not None:
+        state = load(files)
+    elif len(files) == 1 and os.path.isfile(files[0]):
+        import torch
+        state = torch.load(files[0], map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"restore of {files} needs load=<your loader>: only a single torch.save file is read "
+                         "without one")
+    if load_state_dict is not None:
+        load_state_dict(state)
+    return state
