@@ -14,7 +14,7 @@ public interface AuthConfig {
 
     /**
      * A file holding the bearer token (env TRAINGUARD_AUTH_TOKEN_FILE; in Kubernetes the Secret
-     * {@code trainguard-token}, key {@code token}, mounted at /var/run/trainguard/token). With a token,
+     * {@code trainguard-token}, key {@code token}, mounted at /var/run/secrets/trainguard/token). With a token,
      * every state-changing call over TCP needs {@code authorization: Bearer <token>}. Without one, the
      * sidecar refuses to listen on anything but loopback.
      */
