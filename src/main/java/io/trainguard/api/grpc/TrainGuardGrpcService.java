@@ -28,33 +28,40 @@ import io.trainguard.api.grpc.v1.StreamStepsResponse;
 import io.trainguard.api.grpc.v1.TrainGuardServiceGrpc;
 import io.trainguard.api.grpc.v1.UpdatePolicyRequest;
 import io.trainguard.api.grpc.v1.UpdatePolicyResponse;
-import io.trainguard.checkpoint.CheckpointRegistry;
-import io.trainguard.fault.FaultClass;
-import io.trainguard.fault.FaultLedger;
 import io.trainguard.guard.GuardService;
-import io.smallrye.common.annotation.Blocking;
 import io.trainguard.guard.InvalidRequestException;
-import io.trainguard.guard.model.IncidentKind;
-import io.trainguard.guard.model.Severity;
-import io.trainguard.tensor.inspect.TensorInspector;
+import io.trainguard.service.CheckpointIntake;
+import io.trainguard.service.CheckpointStatus;
+import io.trainguard.service.FaultReplay;
+import io.trainguard.service.RunOpening;
+import io.trainguard.service.RunOverview;
+import io.trainguard.service.TensorForensics;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
 import java.util.function.Supplier;
 
-/** gRPC adapter: proto in, engine call, proto out. Errors go through {@link GrpcErrors}. */
+/**
+ * gRPC adapter: proto in, one call to the engine ({@link GuardService}) or to the application
+ * service of a workflow that spans subsystems ({@code io.trainguard.service}), proto out. Errors
+ * go through {@link GrpcErrors}.
+ */
 @GrpcService
 public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServiceImplBase {
 
     private final GuardService guard;
-    private final CheckpointRegistry checkpoints;
-    private final TensorInspector inspector;
-    private final FaultLedger faults;
+    private final RunOpening opening;
+    private final RunOverview overview;
+    private final CheckpointIntake checkpoints;
+    private final TensorForensics forensics;
+    private final FaultReplay faults;
 
-    public TrainGuardGrpcService(GuardService guard, CheckpointRegistry checkpoints, TensorInspector inspector,
-            FaultLedger faults) {
+    public TrainGuardGrpcService(GuardService guard, RunOpening opening, RunOverview overview, CheckpointIntake checkpoints,
+            TensorForensics forensics, FaultReplay faults) {
         this.guard = guard;
+        this.opening = opening;
+        this.overview = overview;
         this.checkpoints = checkpoints;
-        this.inspector = inspector;
+        this.forensics = forensics;
         this.faults = faults;
     }
 
@@ -86,8 +93,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     @Blocking // waits for a journal commit
     public void openRun(OpenRunRequest request, StreamObserver<OpenRunResponse> observer) {
         respond(observer, () -> {
-            var result = guard.open(ProtoMapper.setup(request));
-            faults.opened(request.getRunId(), request.getRank(), request.getTrainerInstance());
+            var result = opening.open(ProtoMapper.setup(request));
             return OpenRunResponse.newBuilder().setRun(ProtoMapper.run(result.run())).setResumed(result.resumed())
                     .addAllFindings(result.findings().stream().map(ProtoMapper::finding).toList())
                     .setBounds(ProtoMapper.bounds(result.bounds())).build();
@@ -222,11 +228,9 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     public void registerCheckpoint(RegisterCheckpointRequest request, StreamObserver<RegisterCheckpointResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
-            guard.run(request.getRunId());
-            var record = checkpoints.register(request.getRunId(), request.getStep(), CheckpointMapper.format(request.getFormat()),
-                    CheckpointMapper.files(request), request.getDataPosition());
-            return RegisterCheckpointResponse.newBuilder()
-                    .setCheckpoint(CheckpointMapper.checkpoint(record, checkpoints.progress(record.id()))).build();
+            var registered = checkpoints.register(request.getRunId(), request.getStep(),
+                    CheckpointMapper.format(request.getFormat()), CheckpointMapper.files(request), request.getDataPosition());
+            return RegisterCheckpointResponse.newBuilder().setCheckpoint(checkpoint(registered)).build();
         });
     }
 
@@ -235,14 +239,13 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     public void inspectTensors(InspectTensorsRequest request, StreamObserver<InspectTensorsResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
-            guard.run(request.getRunId());
-            var summaries = request.getSafetensors().isEmpty()
-                    ? inspector.inspect(CheckpointMapper.rawTensors(request.getTensorsList()))
-                    : inspector.inspectSafetensors(CheckpointMapper.blob(request.getSafetensors()));
-            var incident = guard.recordIncident(request.getRunId(), request.getRank(), request.getStep(),
-                    IncidentKind.TENSOR_FORENSICS, Severity.INFO, ForensicsText.describe(request.getIncidentId(), summaries));
-            var b = InspectTensorsResponse.newBuilder().setIncidentId(incident.id());
-            summaries.forEach(s -> b.addSummaries(CheckpointMapper.summary(s)));
+            var result = request.getSafetensors().isEmpty()
+                    ? forensics.inspect(request.getRunId(), request.getRank(), request.getStep(), request.getIncidentId(),
+                            CheckpointMapper.rawTensors(request.getTensorsList()))
+                    : forensics.inspectSafetensors(request.getRunId(), request.getRank(), request.getStep(),
+                            request.getIncidentId(), CheckpointMapper.blob(request.getSafetensors()));
+            var b = InspectTensorsResponse.newBuilder().setIncidentId(result.incidentId());
+            result.summaries().forEach(s -> b.addSummaries(CheckpointMapper.summary(s)));
             return b.build();
         });
     }
@@ -252,18 +255,11 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     public void reportFault(ReportFaultRequest request, StreamObserver<ReportFaultResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
-            var fault = FaultMapper.faultClass(request.getFaultClass());
-            guard.run(request.getRunId());
-            var tally = faults.record(request.getRunId(), request.getDevice(), fault);
-            var incident = guard.recordIncident(request.getRunId(), request.getRank(), request.getStep(),
-                    IncidentKind.FAULT_REPLAYED, fault == FaultClass.TRANSIENT ? Severity.WARNING : Severity.ERROR,
-                    FaultMapper.describe(request, fault, tally));
-            if (tally.becameSuspect()) {
-                guard.recordIncident(request.getRunId(), request.getRank(), request.getStep(), IncidentKind.SUSPECT_DEVICE,
-                        Severity.CRITICAL, FaultMapper.suspect(tally, faults.suspectThreshold()));
-            }
-            return ReportFaultResponse.newBuilder().setIncidentId(incident.id()).setDeviceTransients(tally.transients())
-                    .setDeviceSuspect(tally.suspect()).build();
+            var result = faults.report(new FaultReplay.Report(request.getRunId(), request.getRank(), request.getStep(),
+                    FaultMapper.faultClass(request.getFaultClass()), request.getDevice(), request.getDataPosition(),
+                    request.getDetail()));
+            return ReportFaultResponse.newBuilder().setIncidentId(result.incidentId())
+                    .setDeviceTransients(result.deviceTransients()).setDeviceSuspect(result.deviceSuspect()).build();
         });
     }
 
@@ -272,12 +268,15 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     public void getRun(GetRunRequest request, StreamObserver<GetRunResponse> observer) {
         respond(observer, () -> {
             requireRunId(request.getRunId());
-            var view = guard.view(request.getRunId(), request.getIncidentLimit());
+            var view = overview.get(request.getRunId(), request.getIncidentLimit());
             return GetRunResponse.newBuilder().setRun(ProtoMapper.run(view.run()))
                     .addAllIncidents(view.incidents().stream().map(ProtoMapper::incident).toList())
-                    .addAllCheckpoints(checkpoints.list(request.getRunId()).stream()
-                            .map(c -> CheckpointMapper.checkpoint(c, checkpoints.progress(c.id()))).toList()).build();
+                    .addAllCheckpoints(view.checkpoints().stream().map(TrainGuardGrpcService::checkpoint).toList()).build();
         });
+    }
+
+    private static io.trainguard.api.grpc.v1.Checkpoint checkpoint(CheckpointStatus c) {
+        return CheckpointMapper.checkpoint(c.record(), c.progress());
     }
 
     @Override

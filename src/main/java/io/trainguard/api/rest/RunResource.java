@@ -1,10 +1,10 @@
 package io.trainguard.api.rest;
 
-import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.guard.GuardService;
 import io.trainguard.guard.model.Incident;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.policy.Policy;
+import io.trainguard.service.RunOverview;
 import jakarta.ws.rs.Consumes;
 import jakarta.ws.rs.DefaultValue;
 import jakarta.ws.rs.GET;
@@ -23,11 +23,11 @@ import java.util.List;
 @Consumes(MediaType.APPLICATION_JSON)
 public class RunResource {
     private final GuardService guard;
-    private final CheckpointRegistry checkpoints;
+    private final RunOverview overview;
 
-    public RunResource(GuardService guard, CheckpointRegistry checkpoints) {
+    public RunResource(GuardService guard, RunOverview overview) {
         this.guard = guard;
-        this.checkpoints = checkpoints;
+        this.overview = overview;
     }
 
     public record RunDetail(RunSnapshot run, List<Incident> incidents, List<CheckpointView> checkpoints) {
@@ -41,14 +41,15 @@ public class RunResource {
     @GET
     @Path("/{runId}")
     public RunDetail get(@PathParam("runId") String runId, @QueryParam("incidents") @DefaultValue("50") int incidents) {
-        var view = guard.view(runId, incidents);
-        return new RunDetail(view.run(), view.incidents(), checkpoints(runId));
+        var view = overview.get(runId, incidents);
+        return new RunDetail(view.run(), view.incidents(),
+                view.checkpoints().stream().map(c -> CheckpointView.of(c.record(), c.progress())).toList());
     }
 
     @GET
     @Path("/{runId}/checkpoints")
     public List<CheckpointView> checkpoints(@PathParam("runId") String runId) {
-        return checkpoints.list(runId).stream().map(c -> CheckpointView.of(c, checkpoints.progress(c.id()))).toList();
+        return overview.checkpoints(runId).stream().map(c -> CheckpointView.of(c.record(), c.progress())).toList();
     }
 
     @PUT

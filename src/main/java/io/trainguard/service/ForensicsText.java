@@ -1,4 +1,4 @@
-package io.trainguard.api.grpc;
+package io.trainguard.service;
 
 import io.trainguard.tensor.inspect.TensorSummary;
 import java.util.List;

@@ -1,0 +1,26 @@
+package io.trainguard.service;
+
+import io.trainguard.checkpoint.CheckpointFileSpec;
+import io.trainguard.checkpoint.CheckpointFormat;
+import io.trainguard.checkpoint.CheckpointRecord;
+import io.trainguard.checkpoint.CheckpointRegistry;
+import io.trainguard.guard.GuardService;
+import java.util.List;
+
+/** RegisterCheckpoint: only a run the engine knows may register one; the registry then queues its verification. */
+public final class CheckpointIntake {
+    private final GuardService guard;
+    private final CheckpointRegistry checkpoints;
+
+    public CheckpointIntake(GuardService guard, CheckpointRegistry checkpoints) {
+        this.guard = guard;
+        this.checkpoints = checkpoints;
+    }
+
+    public CheckpointStatus register(String runId, long step, CheckpointFormat format, List<CheckpointFileSpec> files,
+                                     long dataPosition) {
+        guard.run(runId); // NOT_FOUND for an unknown run, before any file is looked at
+        CheckpointRecord record = checkpoints.register(runId, step, format, files, dataPosition);
+        return new CheckpointStatus(record, checkpoints.progress(record.id()));
+    }
+}
