@@ -54,6 +54,7 @@ class ManifestConsistencyTest {
     private static final Path CHART = K8S.resolve("helm/trainguard");
     private static final Path CONFIG_SRC = ROOT.resolve("src/main/java/io/trainguard/config");
     private static final Path HEALTH_SRC = ROOT.resolve("src/main/java/io/trainguard/health");
+    private static final Path AUTH_SRC = ROOT.resolve("src/main/java/io/trainguard/api/security");
     private static final String SIDECAR = "trainguard";
     private static final String TEMPLATE = "component sidecar.yaml";
     /** Quarkus' default management port when quarkus.management.port is not set. */
@@ -77,6 +78,7 @@ class ManifestConsistencyTest {
         appProperties = readAppProperties();
         knownKeys = new LinkedHashSet<>(appProperties.keySet());
         knownKeys.addAll(ConfigMappingKeys.read(CONFIG_SRC));
+        knownKeys.addAll(ConfigMappingKeys.read(AUTH_SRC)); // trainguard.auth.* (the bearer token)
         podSpecs.put(TEMPLATE, podSpecsOf(yamlDocs(Files.readString(COMPONENT.resolve("sidecar.yaml")))));
         renderKustomizations();
         renderHelmValues();
