@@ -44,7 +44,7 @@ class MetricsFormatIT {
             // OpenMetrics is not checked: this Quarkus/Micrometer registry answers 406 to an
             // openmetrics Accept header (docs/operations.md says so); the Prometheus text format is.
             for (String accept : new String[] {"text/plain; version=0.0.4"}) {
-                HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + app.port + "/q/metrics"))
+                HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + app.managementPort + "/q/metrics"))
                         .header("Accept", accept).build(), HttpResponse.BodyHandlers.ofString());
                 assertEquals(200, r.statusCode());
                 assertTrue(r.body().contains("trainguard_skips_total"), accept + ": no trainguard series");

@@ -283,7 +283,7 @@ public enum PolicyField {
             return allowed.contains(value) ? null : key + " must be " + String.join(", ", allowed()) + ", got " + value;
         }
         double v = switch (kind) {
-            case DURATION -> ((Duration) value).toNanos() / 1e9;
+            case DURATION -> ((Duration) value).getSeconds() + ((Duration) value).getNano() / 1e9; // no toNanos(): it overflows past 292 years
             default -> ((Number) value).doubleValue();
         };
         if (range.contains(v)) {
