@@ -104,6 +104,7 @@ def test_torchSaveRun_persistentNanBatches_rollsBackToLastKnownGoodFileAndFinish
     assert known_good["step"] == 40 and known_good["files"] == [saved[40]], known_good
     assert plan.checkpoint_id == known_good["id"] and plan.checkpoint_step == 40, plan
     assert plan.files == [saved[40]] and restored == [saved[40]], (plan.files, restored)
+    assert g.checkpoints[40]["checkpoint_id"] == known_good["id"]  # the client's record names it too
     assert rollbacks[0].step == POISONED[-1] and plan.resume_position == POISONED[-1] + 1, plan  # bad batches skipped
     # The run finished all its steps, and kept training on the restored weights.
     assert done[-1] == STEPS - 1 and set(range(STEPS)) <= set(done)

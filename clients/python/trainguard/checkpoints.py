@@ -27,7 +27,7 @@ def _paths(path_or_dir_or_list):
     for p in items:
         p = os.path.abspath(os.fspath(p))
         if not os.path.exists(p):
-            raise FileNotFoundError(f"checkpoint path {p} does not exist; register it after saving it")
+            raise FileNotFoundError(f"checkpoint path {p}: no such file or directory; register it after saving it")
         out.append(p)
     return out
 
