@@ -33,7 +33,10 @@ def _paths(path_or_dir_or_list):
 
 
 def _format(paths):
-    # The sidecar reads each file's real format from its bytes; this only labels the checkpoint.
+    # The sidecar reads torch.save zips by their bytes whatever the label; a label of TORCH_PICKLE
+    # would make it refuse safetensors files of a mixed set (HF: model.safetensors + optimizer.pt).
+    if any(p.endswith(".safetensors") for p in paths):
+        return pb.CHECKPOINT_FORMAT_SAFETENSORS
     if any(p.endswith(_TORCH_SUFFIXES) for p in paths):
         return pb.CHECKPOINT_FORMAT_TORCH_PICKLE
     return pb.CHECKPOINT_FORMAT_SAFETENSORS

@@ -88,7 +88,12 @@ class TrainguardCallback(TrainerCallback):
         if not os.path.isdir(path):
             return
         step = self.step - 1  # the last step whose update is in the checkpoint
-        self.guard.checkpoint_saved(path, step, data_position=state.global_step * args.gradient_accumulation_steps)
+        # The tensor state only: rng_state.pth pickles numpy arrays and training_args.bin a Python
+        # object, which the sidecar's restricted unpickler refuses (the whole checkpoint REJECTED).
+        names = ("optimizer.pt", "scheduler.pt", "scaler.pt")
+        files = [os.path.join(path, f) for f in sorted(os.listdir(path))
+                 if f.endswith(".safetensors") or f in names]
+        self.guard.checkpoint_saved(files or path, step, data_position=state.global_step * args.gradient_accumulation_steps)
         self.guard.checkpoints[step]["restore"] = path
 
     def _restore(self, target, plan):
