@@ -8,8 +8,9 @@ A ``TrainerCallback`` cannot veto an optimizer step, so at ``on_train_begin`` th
 runs only when the verdict allows it. ``on_pre_optimizer_step`` (after the Trainer's gradient
 clipping) judges the step with the loss the model returned (a forward hook reads ``output.loss``;
 a custom ``compute_loss`` without it reports the loss as absent and the gradients are judged).
-Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its
-``model.safetensors`` is what the sidecar verifies), and a ROLLBACK restores it: weights,
+Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its tensor files:
+``*.safetensors`` and ``optimizer.pt``/``scheduler.pt``/``scaler.pt``, all verified; not
+``rng_state.pth`` or ``training_args.bin``, which pickle Python objects), and a ROLLBACK restores it: weights,
 ``optimizer.pt``, ``scheduler.pt`` and ``scaler.pt``.
 
 Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the scaler::
