@@ -11,6 +11,8 @@ only when every file verified, optimizer state included.
 ``Manager(load_state_dict=..., state_dict=...)`` pattern), see :func:`restore`.
 """
 import os
+import pickle
+import types
 
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
@@ -25,13 +27,16 @@ def _paths(path_or_dir_or_list):
     for p in items:
         p = os.path.abspath(os.fspath(p))
         if not os.path.exists(p):
-            raise FileNotFoundError(f"checkpoint path {p} does not exist; register it after saving it")
+            raise FileNotFoundError(f"checkpoint path {p}: no such file or directory; register it after saving it")
         out.append(p)
     return out
 
 
 def _format(paths):
-    # The sidecar reads each file's real format from its bytes; this only labels the checkpoint.
+    # The sidecar reads torch.save zips by their bytes whatever the label; a label of TORCH_PICKLE
+    # would make it refuse safetensors files of a mixed set (HF: model.safetensors + optimizer.pt).
+    if any(p.endswith(".safetensors") for p in paths):
+        return pb.CHECKPOINT_FORMAT_SAFETENSORS
     if any(p.endswith(_TORCH_SUFFIXES) for p in paths):
         return pb.CHECKPOINT_FORMAT_TORCH_PICKLE
     return pb.CHECKPOINT_FORMAT_SAFETENSORS
@@ -88,11 +93,48 @@ def restore(files, load_state_dict=None, load=None):
     if load is not None:
         state = load(files)
     elif len(files) == 1 and os.path.isfile(files[0]):
-        import torch
-        state = torch.load(files[0], map_location="cpu", weights_only=True)
+        state = _load_weights_only(files[0])
     else:
         raise ValueError(f"restore of {files} needs load=<your loader>: only a single torch.save file is read "
                          "without one")
     if load_state_dict is not None:
         load_state_dict(state)
     return state
+
+
+# What a tensor checkpoint's pickle may name (the sidecar's allow-list, less what torch.load resolves
+# itself: storage types). Anything else raises UnpicklingError naming it; nothing is executed.
+_ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+            ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
+            ("torch", "Size"), ("torch", "device"), ("torch.serialization", "_get_layout")}
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        import torch
+        if (module, name) in _ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: not part of a tensor checkpoint")
+
+
+_allow_list_pickle = types.SimpleNamespace(__name__="trainguard_allow_list_pickle", Unpickler=_AllowListUnpickler,
+                                           load=lambda f, **kw: _AllowListUnpickler(f, **kw).load())
+
+
+def _load_weights_only(path):
+    """torch.load that never executes pickled code. torch 1.13's ``weights_only`` reader lacks
+    opcodes every optimizer state needs (BINFLOAT: the learning rate), so there the allow-list above
+    runs on the standard pickle VM instead, through torch's zip reader (1.13's torch.load ignores
+    ``pickle_module`` unless ``weights_only``, hence the private ``_load``)."""
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported operand" not in str(e):
+            raise
+    ser = torch.serialization
+    with open(path, "rb") as f:
+        if not ser._is_zipfile(f):
+            raise pickle.UnpicklingError(f"{path}: a legacy (pre-zip) torch.save file; restore it with load=<your loader>")
+        with ser._open_zipfile_reader(f) as z:
+            return ser._load(z, "cpu", _allow_list_pickle, encoding="utf-8")

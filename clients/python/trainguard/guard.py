@@ -558,9 +558,25 @@ class Guard:
             from . import checkpoints as formats
         except ImportError:
             formats = None
-        if formats is not None and hasattr(formats, "register_saved"):
-            return formats.register_saved(self, path_or_dir_or_files, step, data_position=data_position)
-        return checkpointing.register_saved(self, path_or_dir_or_files, step, data_position)
+        if formats is None or not hasattr(formats, "register_saved"):
+            return checkpointing.register_saved(self, path_or_dir_or_files, step, data_position)
+        # Every rank records the entry (a ROLLBACK may name it); rank 0 registers; an unreachable
+        # sidecar is the failure mode's business, like every other call.
+        files = formats._paths(path_or_dir_or_files)  # raises when a path does not exist
+        entry = {"dir": files[0], "files": checkpointing.files_of(files[0] if len(files) == 1 else files),
+                 "checkpoint_id": "", "data_position": int(data_position)}
+        self.checkpoints[int(step)] = entry
+        if self.rank != 0 and dist_agree.is_initialized() and self.world_size > 1:
+            return None
+        try:
+            c = formats.register_saved(self, files, step, data_position=data_position)
+        except grpc.RpcError as e:
+            if checkpointing.grpc_code(e) in checkpointing.UNREACHABLE:
+                self.connection.unreachable("RegisterCheckpoint", e)
+                return None
+            raise
+        entry["checkpoint_id"] = c["checkpoint_id"]
+        return c
 
     def load_checkpoint(self, path_or_step):
         """Restores model/optimizer/scheduler/scaler/client state; returns the side file's dict."""

@@ -8,8 +8,9 @@ A ``TrainerCallback`` cannot veto an optimizer step, so at ``on_train_begin`` th
 runs only when the verdict allows it. ``on_pre_optimizer_step`` (after the Trainer's gradient
 clipping) judges the step with the loss the model returned (a forward hook reads ``output.loss``;
 a custom ``compute_loss`` without it reports the loss as absent and the gradients are judged).
-Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its
-``model.safetensors`` is what the sidecar verifies), and a ROLLBACK restores it: weights,
+Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its tensor files:
+``*.safetensors`` and ``optimizer.pt``/``scheduler.pt``/``scaler.pt``, all verified; not
+``rng_state.pth`` or ``training_args.bin``, which pickle Python objects), and a ROLLBACK restores it: weights,
 ``optimizer.pt``, ``scheduler.pt`` and ``scaler.pt``.
 
 Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the scaler::
@@ -88,7 +89,12 @@ class TrainguardCallback(TrainerCallback):
         if not os.path.isdir(path):
             return
         step = self.step - 1  # the last step whose update is in the checkpoint
-        self.guard.checkpoint_saved(path, step, data_position=state.global_step * args.gradient_accumulation_steps)
+        # The tensor state only: rng_state.pth pickles numpy arrays and training_args.bin a Python
+        # object, which the sidecar's restricted unpickler refuses (the whole checkpoint REJECTED).
+        names = ("optimizer.pt", "scheduler.pt", "scaler.pt")
+        files = [os.path.join(path, f) for f in sorted(os.listdir(path))
+                 if f.endswith(".safetensors") or f in names]
+        self.guard.checkpoint_saved(files or path, step, data_position=state.global_step * args.gradient_accumulation_steps)
         self.guard.checkpoints[step]["restore"] = path
 
     def _restore(self, target, plan):

@@ -45,6 +45,8 @@ class Sidecar:
         self.jar = find_jar(jar)
         self.workdir = workdir or tempfile.mkdtemp(prefix="trainguard-sidecar-")
         self.port = port or free_port()
+        # Health and metrics are on Quarkus' management interface (9000 by default): one free port per sidecar.
+        self.management_port = free_port()
         self.socket_path = os.path.join(self.workdir, "tg.sock")
         self.checkpoint_root = os.path.join(self.workdir, "checkpoints")
         os.makedirs(self.checkpoint_root, exist_ok=True)
@@ -63,7 +65,8 @@ class Sidecar:
     def start(self, timeout=90.0):
         props = {"trainguard.listen.port": self.port, "trainguard.listen.socket": self.socket_path,
                  "trainguard.journal.path": os.path.join(self.workdir, "journal.db"),
-                 "trainguard.checkpoint.roots": self.checkpoint_root}
+                 "trainguard.checkpoint.roots": self.checkpoint_root,
+                 "quarkus.management.port": self.management_port}
         props.update(self.extra_props)
         self.log_path = os.path.join(self.workdir, "sidecar.log")
         self._log = open(self.log_path, "ab")
@@ -104,11 +107,14 @@ class Sidecar:
         return True
 
     def _ready(self):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/q/health/ready", timeout=1) as r:
-                return r.status == 200
-        except Exception:
-            return False
+        for port in (self.management_port, self.port):  # a build without the management interface: main port
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/q/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return True
+            except Exception:
+                pass
+        return False
 
     def tail(self, n=3000):
         try:
