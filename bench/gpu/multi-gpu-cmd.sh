@@ -4,7 +4,7 @@
 # a Unix socket for every rank, runs bench/gpu/multi_gpu.py (DDP over NCCL on every visible GPU),
 # leaves JSON and logs in $OUT.
 #   run(command="bash bench/gpu/multi-gpu-cmd.sh", kind="nvidia-h200-x2", carry=[".bundle", ".whl"])
-#   env: BATCHES="8 16" ROUNDS=5 STEPS=20 NPROC=<all GPUs>
+#   env: BATCHES="8 16" ROUNDS=5 STEPS=20 NPROC=<all GPUs>; FSDP=1 FSDP_BATCHES=8 adds the FSDP2 overhead run
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0  # NVLink multicast off (the device machines' KINDS.md)
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -32,4 +32,10 @@ PY
 python3 bench/gpu/multi_gpu.py --target unix:///tmp/tg.sock --ckpt-dir /tmp/mg-ckpt ${NPROC:+--nproc $NPROC} \
   --batch ${BATCHES:-8 16} --rounds "${ROUNDS:-5}" --steps "${STEPS:-20}" --out "$OUT/multi-gpu.json" 2>&1 \
   | grep -v Warning | tee "$OUT/multi-gpu.log"
+# FSDP=1: the overhead part again under FSDP2 with a ~1.2B-parameter GPT (no correctness part)
+if [ -n "${FSDP:-}" ]; then
+  python3 bench/gpu/multi_gpu.py --fsdp --target unix:///tmp/tg.sock ${NPROC:+--nproc $NPROC} --variants tg,naive \
+    --batch ${FSDP_BATCHES:-8} --rounds "${ROUNDS:-5}" --steps "${STEPS:-20}" --out "$OUT/multi-gpu-fsdp.json" 2>&1 \
+    | grep -v Warning | tee "$OUT/multi-gpu-fsdp.log"
+fi
 kill "$(cat /tmp/tg/pid)" 2>/dev/null; true

@@ -23,6 +23,9 @@ Overhead (paired interleaved rounds, the method of overhead.py and GPU-OVERHEAD.
   scaler     fp16 autocast + GradScaler (fused AdamW)
 ms/step is the slowest rank's (all_reduce MAX); ratio = variant / mean of the baselines around it.
 
+--fsdp: the overhead part only, under FSDP2 (fully_shard per block + root), a ~1.2B-parameter GPT
+(d 2048, 22 layers); the guard's grad_sync is then "sharded" (global norm = sqrt of the summed squares).
+
 Usage (GPU):  python multi_gpu.py --target unix:///tmp/tg.sock --ckpt-dir /tmp/mg-ckpt --out res.json
       (CPU):  python multi_gpu.py --cpu-smoke --target 127.0.0.1:PORT --ckpt-dir DIR  (tiny model, 2 gloo ranks)
 The sidecar must accept --ckpt-dir as a checkpoint root (trainguard.checkpoint.roots).
@@ -67,13 +70,21 @@ class Captured(logging.Handler):
 
 def watch_names(ddp):
     from trainguard.stats import auto_watch
+    if not hasattr(ddp, "module"):  # FSDP2: the model itself
+        return auto_watch(ddp)
     return [f"module.{n}" for n in auto_watch(ddp.module)]  # auto_watch(ddp) sees only "module"
 
 
-def make_model(cfg, dev, rank):
+def make_model(cfg, dev, rank, fsdp=False):
     from overhead import GPT
     torch.manual_seed(0)
     model = GPT(**cfg).to(dev)
+    if fsdp:  # FSDP2: every block sharded, the root holds emb + head (the head reads the tied wte)
+        from torch.distributed.fsdp import fully_shard
+        for b in model.h:
+            fully_shard(b)
+        fully_shard(model)
+        return model, torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(ddp.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
     return ddp, opt
@@ -249,7 +260,7 @@ def judge(per_rank):
 def overhead(a, cfg, dev, rank, B):
     from trainguard.guard import Guard
     cuda = dev.type == "cuda"
-    ddp, opt = make_model(cfg, dev, rank)
+    ddp, opt = make_model(cfg, dev, rank, fsdp=a.fsdp)
     data = batches(cfg, B, dev, rank)
     variants = a.variants.split(",")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -258,7 +269,8 @@ def overhead(a, cfg, dev, rank, B):
     def guard(name):
         if name not in guards:
             g = Guard(ddp, opt, f"mg-bench-{name}-b{B}-{a.run_tag}", target=a.target, deadline=2.0, device_gate=True,
-                      autocast_dtype=torch.bfloat16, watch=watch_names(ddp), verdict_lag=1)
+                      autocast_dtype=torch.bfloat16, watch=watch_names(ddp), verdict_lag=1,
+                      snapshots=not a.fsdp)  # in-memory snapshots fail on FSDP2's DTensor parameters
             if not (g.device_gate and g._multi_gate):
                 raise SystemExit(f"{name}: the multi-rank device gate is off")
             g.pause()
@@ -337,7 +349,7 @@ def overhead(a, cfg, dev, rank, B):
         res["tg_counters"] = dict(guards["tg"].counters)
     for g in guards.values():
         g.close()
-    res["weights_hash"] = weights_hash(ddp)
+    res["weights_hash"] = weights_hash(ddp) if not a.fsdp else None  # FSDP: each rank holds its shard
     del ddp, opt, data
     if cuda:
         torch.cuda.empty_cache()
@@ -362,9 +374,11 @@ def worker(rank, world, port, a, out_file):
     logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(message)s")
     cfg = dict(vocab=512, seq=32, d=64, layers=2, heads=4) if a.cpu_smoke else \
         dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    if a.fsdp and not a.cpu_smoke:  # ~1.2B parameters: sharding matters
+        cfg = dict(vocab=50257, seq=1024, d=2048, layers=22, heads=16)
     info = {"torch": torch.__version__, "python": platform.python_version(), "world_size": world,
             "backend": dist.get_backend(), "gpu": torch.cuda.get_device_name(rank) if cuda else platform.processor(),
-            "config": cfg, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps}
+            "config": cfg, "fsdp": a.fsdp, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps}
     t0 = time.time()
     if not a.skip_correctness:
         rec = correctness(a, cfg, dev, rank, world)
@@ -378,7 +392,7 @@ def worker(rank, world, port, a, out_file):
         res = overhead(a, cfg, dev, rank, B)
         hashes = gather(res.pop("weights_hash"))
         if rank == 0:
-            res["weights_hash_equal_across_ranks"] = len(set(hashes)) == 1
+            res["weights_hash_equal_across_ranks"] = None if a.fsdp else len(set(hashes)) == 1
             res["seconds"] = round(time.time() - t1, 1)
             info["overhead"][f"batch{B}"] = res
             print(f"\nbatch {B}/GPU x {world}: baseline {res['baseline_ms_median']:.2f} ms/step "
@@ -427,9 +441,13 @@ def main():
     ap.add_argument("--ckpt-dir", default="/tmp/mg-ckpt")
     ap.add_argument("--cpu-smoke", action="store_true", help="2 gloo ranks on the CPU, tiny model (no timing value)")
     ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--fsdp", action="store_true", help="overhead under FSDP2 (fully_shard) with a ~1.2B model; "
+                    "no correctness part (use --variants tg,naive)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     a.run_tag = f"{os.getpid()}"
+    if a.fsdp:
+        a.skip_correctness = True
     world = a.nproc or (2 if a.cpu_smoke else torch.cuda.device_count())
     if world < 2:
         raise SystemExit(f"needs at least 2 ranks (found {world} GPUs); use --cpu-smoke on a machine without GPUs")
