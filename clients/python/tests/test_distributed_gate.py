@@ -119,3 +119,11 @@ def test_fsdp_nan_on_one_rank_skips_on_both(sidecar):
     r0, r1 = run(sidecar.target, mode="fsdp")
     assert 7 in r0["skipped"] and 7 in r1["skipped"]
     assert sum(r0["gated"]) >= 10 and r0["gated"] == r1["gated"]
+
+
+def test_sidecar_unreachable_ranks_still_gate_and_agree():
+    # prevents: "no transition offline -> gated" crashing every rank of a multi-GPU run whose sidecar is down
+    from trainguard.testing import free_port
+    r0, r1 = run(f"127.0.0.1:{free_port()}")  # nothing listens there
+    assert 7 in r0["skipped"] and 7 in r1["skipped"]
+    assert r0["hash"] == r1["hash"]

@@ -390,7 +390,8 @@ class Guard:
         through pinned memory and a CUDA event."""
         bounds = self.bounds or LocalBounds()
         self.counters["device_gated_steps"] += 1
-        self.connection.to(ClientState.GATED)
+        if not self.connection.offline:  # several ranks: an offline rank still gates (and asks for the host path)
+            self.connection.to(ClientState.GATED)
         stats, total, ng, names = self.meter.on_device(loss)
         thr = rules.gate_threshold(bounds)
         if self._multi_gate:

@@ -1,0 +1,460 @@
+"""Several ranks (issue 19): the GPT-2-small-sized LM of overhead.py under DDP, guarded, on N GPUs.
+
+One process per rank (torch.multiprocessing spawn), NCCL on CUDA, gloo with --cpu-smoke.
+
+Correctness (first, on fresh guards, each rank talking to the same sidecar):
+  nan        a NaN injected into rank 1's activations (one block's MLP output) at one step: the step
+             is skipped on every rank (weights unchanged on each), and the weights hash the same on
+             every rank afterwards (sha256 of all parameters, per rank)
+  mismatch   rank 1's gradients scaled by 1.5 after DDP's all-reduce (a silent-data-corruption
+             stand-in): the ranks' norms disagree, the step is skipped on every rank and counted
+             in counters["grad_norm_mismatches"]; the per-rank norms are all_gathered by this script
+             to show which rank differed (trainguard's SUM collective itself cannot name it)
+  rollback   checkpoints every 4 steps (guard.save_checkpoint: rank 0 writes, every rank records), then a NaN
+             burst on rank 1 until the sidecar orders ROLLBACK: every rank applies it, to the same
+             checkpoint step, and its weights then hash the same as that checkpoint's weights
+
+Overhead (paired interleaved rounds, the method of overhead.py and GPU-OVERHEAD.md): per batch size,
+  baseline   DDP fwd/bwd under bf16 autocast, fused AdamW, zero_grad
+  tg         trainguard as shipped: the multi-rank device gate (one in-stream all_reduce per step for
+             the skip flag, the global norm and the cross-rank consistency check), per-block
+             provenance (emb, h.0..h.11, head), verdict_lag=1
+  naive      clip_grad_norm_(1.0) + one .item() host sync per step
+  scaler     fp16 autocast + GradScaler (fused AdamW)
+ms/step is the slowest rank's (all_reduce MAX); ratio = variant / mean of the baselines around it.
+
+--fsdp: the overhead part only, under FSDP2 (fully_shard per block + root), a ~1.2B-parameter GPT
+(d 2048, 22 layers); the guard's grad_sync is then "sharded" (global norm = sqrt of the summed squares).
+
+Usage (GPU):  python multi_gpu.py --target unix:///tmp/tg.sock --ckpt-dir /tmp/mg-ckpt --out res.json
+      (CPU):  python multi_gpu.py --cpu-smoke --target 127.0.0.1:PORT --ckpt-dir DIR  (tiny model, 2 gloo ranks)
+The sidecar must accept --ckpt-dir as a checkpoint root (trainguard.checkpoint.roots).
+"""
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "..", "clients", "python")]
+
+
+def weights_hash(model):
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Captured(logging.Handler):
+    """Keeps the trainguard logger's warnings (what a user would see) for the result file."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def watch_names(ddp):
+    from trainguard.stats import auto_watch
+    if not hasattr(ddp, "module"):  # FSDP2: the model itself
+        return auto_watch(ddp)
+    return [f"module.{n}" for n in auto_watch(ddp.module)]  # auto_watch(ddp) sees only "module"
+
+
+def make_model(cfg, dev, rank, fsdp=False):
+    from overhead import GPT
+    torch.manual_seed(0)
+    model = GPT(**cfg).to(dev)
+    if fsdp:  # FSDP2: every block sharded, the root holds emb + head (the head reads the tied wte)
+        from torch.distributed.fsdp import fully_shard
+        for b in model.h:
+            fully_shard(b)
+        fully_shard(model)
+        return model, torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
+    return ddp, opt
+
+
+def batches(cfg, B, dev, rank, n=4):
+    g = torch.Generator(device="cpu").manual_seed(1000 + rank)
+    out = []
+    for _ in range(n):
+        t = torch.randint(0, cfg["vocab"], (B, cfg["seq"] + 1), generator=g).to(dev)
+        out.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
+    return out
+
+
+def gather(obj):
+    res = [None] * dist.get_world_size()
+    dist.all_gather_object(res, obj)
+    return res
+
+
+# ------------------------------------------------------------------------------------ correctness
+
+def correctness(a, cfg, dev, rank, world):
+    from trainguard import Action
+    from trainguard.guard import Guard
+    out = {}
+    cap = Captured()
+    logging.getLogger("trainguard").addHandler(cap)
+    B = 2 if a.cpu_smoke else 4
+    data = batches(cfg, B, dev, rank)
+
+    def poison_hook(m, i, o):
+        return o * float("nan")
+
+    # --- a NaN in rank 1's activations at step 5
+    ddp, opt = make_model(cfg, dev, rank)
+    g = Guard(ddp, opt, f"mg-nan-{a.run_tag}", target=a.target, deadline=5.0,
+              device_gate=True, autocast_dtype=torch.bfloat16, watch=watch_names(ddp))
+    skipped, nan_step = [], 5
+    hashes = {}
+    for step in range(10):
+        x, y = data[step % len(data)]
+        h = None
+        if rank == 1 and step == nan_step:
+            h = ddp.module.h[len(ddp.module.h) // 2].mlp.register_forward_hook(poison_hook)
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = ddp(x, y)
+        if h is not None:
+            h.remove()
+        loss.backward()
+        before = [p.detach().clone() for p in ddp.parameters()]
+        v = g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        if all(torch.equal(b, p) for b, p in zip(before, ddp.parameters())):
+            skipped.append(step)
+        if step in (nan_step, 9):
+            hashes[step] = weights_hash(ddp)
+    g.flush(10)
+    finite = all(bool(torch.isfinite(p).all()) for p in ddp.parameters())
+    out["nan"] = {"injected": {"rank": 1, "step": nan_step}, "skipped_steps": skipped,
+                  "hash_after_nan_step": hashes[nan_step], "hash_end": hashes[9], "weights_finite": finite,
+                  "device_gated_steps": g.counters["device_gated_steps"], "skips": g.counters["skips"]}
+    g.close()
+
+    # --- rank 1's gradients scaled after the all-reduce at step 6
+    g = Guard(ddp, opt, f"mg-mismatch-{a.run_tag}", target=a.target, deadline=5.0, device_gate=True,
+              autocast_dtype=torch.bfloat16, watch=watch_names(ddp))
+    skipped, bad_step, norms = [], 6, None
+    n_msgs = len(cap.messages)
+    for step in range(10):
+        x, y = data[step % len(data)]
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = ddp(x, y)
+        loss.backward()
+        if step == bad_step:
+            if rank == 1:
+                with torch.no_grad():
+                    for p in ddp.parameters():
+                        p.grad.mul_(1.5)
+            local = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in ddp.parameters()]))
+            norms = gather(float(local))  # this script's own record of which rank differed
+        before = [p.detach().clone() for p in ddp.parameters()]
+        g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        if all(torch.equal(b, p) for b, p in zip(before, ddp.parameters())):
+            skipped.append(step)
+    g.flush(10)
+    msgs = [m for m in cap.messages[n_msgs:] if "grad norms differ" in m]
+    out["mismatch"] = {"injected": {"rank": 1, "step": bad_step, "grad_scale": 1.5}, "skipped_steps": skipped,
+                       "grad_norm_mismatches": g.counters["grad_norm_mismatches"], "per_rank_norms": norms,
+                       "hash_end": weights_hash(ddp), "warnings": msgs[:2],
+                       "warning_names_a_rank": any("rank 1" in m or "rank=1" in m for m in msgs)}
+    g.close()
+
+    # --- ROLLBACK: checkpoints every 4 steps, then a NaN burst on rank 1
+    policy = {"known_good_healthy_steps": 2, "validation_warmup_steps": 10**6, "clip_mode": "OFF",
+              "max_consecutive_skips": 3, "rollback_rewarm_steps": 2, "max_rollbacks": 3}
+    g = Guard(ddp, opt, f"mg-rollback-{a.run_tag}", target=a.target, deadline=5.0, device_gate=True,
+              autocast_dtype=torch.bfloat16, watch=watch_names(ddp), policy=policy, snapshots=False, replay=False)
+    ck_hash, rb = {}, []
+    step, burst, rolled, it = 0, range(10, 16), False, 0
+    ckdir = os.path.join(a.ckpt_dir, a.run_tag)  # one directory: rank 0 writes it (single host)
+    while step < 24 and it < 40:
+        it += 1
+        x, y = data[step % len(data)]
+        h = None
+        if rank == 1 and step in burst and not rolled:
+            h = ddp.module.h[0].mlp.register_forward_hook(poison_hook)
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = ddp(x, y)
+        if h is not None:
+            h.remove()
+        loss.backward()
+        v = g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        if v.action == Action.ROLLBACK:
+            rolled = True
+            rb.append({"at_step": step, "checkpoint_step": v.rollback.checkpoint_step,
+                       "files": list(v.rollback.files)[:1], "resume_step": v.resume_step,
+                       "hash_after": weights_hash(ddp), "reasons": list(v.reasons)[-2:]})
+        if v.resume_step is not None:
+            step = v.resume_step
+            continue
+        if step % 4 == 3 and not rolled:
+            g.flush(10)
+            g.save_checkpoint(os.path.join(ckdir, f"step{step}"), step, data_position=step + 1)
+            ck_hash[step] = weights_hash(ddp)
+        step += 1
+    g.flush(10)
+    if rb:
+        rb[0]["hash_of_that_checkpoint"] = ck_hash.get(rb[0]["checkpoint_step"])
+    out["rollback"] = {"burst": {"rank": 1, "steps": [burst.start, burst.stop - 1]}, "rollbacks": rb,
+                       "counters": {k: g.counters[k] for k in ("rollbacks", "skips", "device_gated_steps")},
+                       "hash_end": weights_hash(ddp)}
+    g.close()
+    logging.getLogger("trainguard").removeHandler(cap)
+    del ddp, opt
+    return out
+
+
+def judge(per_rank):
+    """The pass/fail lines of the correctness part, from every rank's record."""
+    r = per_rank
+    nan = [x["nan"] for x in r]
+    mm = [x["mismatch"] for x in r]
+    rb = [x["rollback"] for x in r]
+    s = nan[0]["injected"]["step"]
+    b = mm[0]["injected"]["step"]
+    first = [x["rollbacks"][0] if x["rollbacks"] else None for x in rb]
+    return {
+        "nan_skipped_on_every_rank": all(s in x["skipped_steps"] for x in nan),
+        "nan_only_that_step_skipped": all(x["skipped_steps"] == [s] for x in nan),
+        "nan_hashes_equal_across_ranks": len({x["hash_after_nan_step"] for x in nan}) == 1
+        and len({x["hash_end"] for x in nan}) == 1,
+        "mismatch_skipped_on_every_rank": all(b in x["skipped_steps"] for x in mm),
+        "mismatch_counted_on_every_rank": all(x["grad_norm_mismatches"] == 1 for x in mm),
+        "mismatch_hashes_equal_across_ranks": len({x["hash_end"] for x in mm}) == 1,
+        "mismatch_rank_named_by_trainguard": all(x["warning_names_a_rank"] for x in mm),
+        "rollback_on_every_rank": all(f is not None for f in first),
+        "rollback_same_checkpoint_on_every_rank": all(f is not None for f in first)
+        and len({f["checkpoint_step"] for f in first}) == 1 and len({f["resume_step"] for f in first}) == 1,
+        "rollback_weights_equal_checkpoint": all(f is not None and f["hash_after"] == f["hash_of_that_checkpoint"]
+                                                 for f in first),
+        "rollback_hashes_equal_across_ranks_at_end": len({x["hash_end"] for x in rb}) == 1,
+    }
+
+
+# ------------------------------------------------------------------------------------ overhead
+
+def overhead(a, cfg, dev, rank, B):
+    from trainguard.guard import Guard
+    cuda = dev.type == "cuda"
+    ddp, opt = make_model(cfg, dev, rank, fsdp=a.fsdp)
+    data = batches(cfg, B, dev, rank)
+    variants = a.variants.split(",")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    guards, step_no = {}, {}
+
+    def guard(name):
+        if name not in guards:
+            g = Guard(ddp, opt, f"mg-bench-{name}-b{B}-{a.run_tag}", target=a.target, deadline=2.0, device_gate=True,
+                      autocast_dtype=torch.bfloat16, watch=watch_names(ddp), verdict_lag=1,
+                      snapshots=not a.fsdp)  # in-memory snapshots fail on FSDP2's DTensor parameters
+            if not (g.device_gate and g._multi_gate):
+                raise SystemExit(f"{name}: the multi-rank device gate is off")
+            g.pause()
+            guards[name], step_no[name] = g, 0
+        return guards[name]
+
+    scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
+
+    def run(name, n):
+        g = guard(name) if name == "tg" else None
+        if g is not None:
+            g.resume()
+        sync()
+        dist.barrier()
+        t0 = time.perf_counter()
+        for i in range(n):
+            x, y = data[i % len(data)]
+            if name == "scaler":
+                with torch.autocast(dev.type, dtype=torch.float16):
+                    loss = ddp(x, y)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                continue
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                loss = ddp(x, y)
+            loss.backward()
+            if g is not None:
+                g.step(step_no[name], loss)
+                step_no[name] += 1
+                g.optimizer_step()
+            elif name == "naive":
+                norm = torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0, foreach=True)
+                if not math.isfinite(norm.item()):  # the one host sync
+                    opt.zero_grad(set_to_none=True)
+                    continue
+                opt.step()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync()
+        dt = torch.tensor([(time.perf_counter() - t0) * 1000.0 / n], dtype=torch.float64, device=dev)
+        dist.all_reduce(dt, op=dist.ReduceOp.MAX)  # the slowest rank's ms/step
+        if g is not None:
+            g.pause()
+        return float(dt.item())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ["baseline"] + variants:
+            run(name, a.warmup)
+        rows = {v: [] for v in variants}
+        base_ms = []
+        for r in range(a.rounds):
+            before = run("baseline", a.steps)
+            base_ms.append(before)
+            order = variants[r % len(variants):] + variants[:r % len(variants)]
+            for v in order:
+                t = run(v, a.steps)
+                after = run("baseline", a.steps)
+                base_ms.append(after)
+                rows[v].append({"ms": t, "base_before": before, "base_after": after, "ratio": t / ((before + after) / 2)})
+                before = after
+            if rank == 0:
+                print(f"  batch {B} round {r + 1}/{a.rounds}: " + ", ".join(
+                    f"{v} {rows[v][-1]['ratio']:.3f}" for v in variants), flush=True)
+    res = {"baseline_ms_median": statistics.median(base_ms), "baseline_ms_min": min(base_ms),
+           "baseline_ms_max": max(base_ms), "variants": {}}
+    for v in variants:
+        rs = [x["ratio"] for x in rows[v]]
+        res["variants"][v] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
+                              "ms_median": statistics.median(x["ms"] for x in rows[v]), "rounds": rows[v]}
+    if "tg" in guards:
+        guards["tg"].flush(10)
+        res["tg_counters"] = dict(guards["tg"].counters)
+    for g in guards.values():
+        g.close()
+    res["weights_hash"] = weights_hash(ddp) if not a.fsdp else None  # FSDP: each rank holds its shard
+    del ddp, opt, data
+    if cuda:
+        torch.cuda.empty_cache()
+    return res
+
+
+# ------------------------------------------------------------------------------------ per rank
+
+def worker(rank, world, port, a, out_file):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cuda = not a.cpu_smoke
+    if cuda:
+        torch.cuda.set_device(rank)
+        dev = torch.device("cuda", rank)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(1)
+        dev = torch.device("cpu")
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
+                            device_id=dev if cuda else None)
+    logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(message)s")
+    cfg = dict(vocab=512, seq=32, d=64, layers=2, heads=4) if a.cpu_smoke else \
+        dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    if a.fsdp and not a.cpu_smoke:  # ~1.2B parameters: sharding matters
+        cfg = dict(vocab=50257, seq=1024, d=2048, layers=22, heads=16)
+    info = {"torch": torch.__version__, "python": platform.python_version(), "world_size": world,
+            "backend": dist.get_backend(), "gpu": torch.cuda.get_device_name(rank) if cuda else platform.processor(),
+            "config": cfg, "fsdp": a.fsdp, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps}
+    t0 = time.time()
+    if not a.skip_correctness:
+        rec = correctness(a, cfg, dev, rank, world)
+        allrec = gather(rec)
+        if rank == 0:
+            info["correctness"] = {"per_rank": allrec, "checks": judge(allrec), "seconds": round(time.time() - t0, 1)}
+            print("correctness:", json.dumps(info["correctness"]["checks"], indent=1), flush=True)
+    info["overhead"] = {}
+    for B in a.batch:
+        t1 = time.time()
+        res = overhead(a, cfg, dev, rank, B)
+        hashes = gather(res.pop("weights_hash"))
+        if rank == 0:
+            res["weights_hash_equal_across_ranks"] = None if a.fsdp else len(set(hashes)) == 1
+            res["seconds"] = round(time.time() - t1, 1)
+            info["overhead"][f"batch{B}"] = res
+            print(f"\nbatch {B}/GPU x {world}: baseline {res['baseline_ms_median']:.2f} ms/step "
+                  f"[{res['baseline_ms_min']:.2f}, {res['baseline_ms_max']:.2f}]")
+            print(f"  {'variant':10s} {'median':>7s} {'min':>7s} {'max':>7s} {'ms/step':>8s}")
+            for v, s in res["variants"].items():
+                print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f}", flush=True)
+    if rank == 0 and out_file:
+        with open(out_file, "w") as f:
+            json.dump(info, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def wait_for_grpc(target, timeout=120.0):
+    """Health can be ready before the first gRPC call is served (JVM warm-up): an unanswered OpenRun
+    would start every rank offline."""
+    import grpc
+    from trainguard.transport import Transport
+    from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
+    end = time.monotonic() + timeout
+    while True:
+        t = Transport(target, deadline=5.0)
+        try:
+            t.call("GetRun", pb.GetRunRequest(run_id="__warmup__"))
+            return
+        except grpc.RpcError as e:
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return
+            if time.monotonic() > end:
+                raise SystemExit(f"no gRPC answer from {target}: {e}")
+            time.sleep(0.5)
+        finally:
+            t.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", default="unix:///tmp/tg.sock")
+    ap.add_argument("--nproc", type=int, default=None, help="ranks (default: every visible GPU; 2 with --cpu-smoke)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=6)
+    ap.add_argument("--variants", default="tg,naive,scaler")
+    ap.add_argument("--ckpt-dir", default="/tmp/mg-ckpt")
+    ap.add_argument("--cpu-smoke", action="store_true", help="2 gloo ranks on the CPU, tiny model (no timing value)")
+    ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--fsdp", action="store_true", help="overhead under FSDP2 (fully_shard) with a ~1.2B model; "
+                    "no correctness part (use --variants tg,naive)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    a.run_tag = f"{os.getpid()}"
+    if a.fsdp:
+        a.skip_correctness = True
+    world = a.nproc or (2 if a.cpu_smoke else torch.cuda.device_count())
+    if world < 2:
+        raise SystemExit(f"needs at least 2 ranks (found {world} GPUs); use --cpu-smoke on a machine without GPUs")
+    from trainguard.testing import free_port
+    wait_for_grpc(a.target)
+    mp.spawn(worker, args=(world, free_port(), a, a.out), nprocs=world, join=True)
+
+
+if __name__ == "__main__":
+    main()
