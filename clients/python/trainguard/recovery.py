@@ -250,7 +250,9 @@ class Recovery:
                 log.warning("trainguard: snapshot of step %d holds non-finite values; discarded", s.step)
                 s.state = EMPTY
                 continue
-            self._register(s)
+            if self._register(s) == "CHECKPOINT_STATE_KNOWN_GOOD":
+                # the state the run started from is a rollback target at once (no update in it yet)
+                s.state = KNOWN_GOOD
         self._to_register = keep
 
     def _confirm(self, earned):

@@ -33,6 +33,8 @@ public final class CheckpointRegistry {
     private final Map<String, CheckpointRecord> byId = new LinkedHashMap<>();
     private final Map<String, Integer> healthyStepsRequired = new ConcurrentHashMap<>();
     private final Map<String, CheckpointRecord> newestKnownGood = new ConcurrentHashMap<>();
+    /** Runs with at least one decided step since this sidecar started (guarded by this). */
+    private final java.util.Set<String> decidedRuns = new java.util.HashSet<>();
 
     /**
      * @param healthyStepsRequired trainguard.checkpoint.known-good-healthy-steps; a run's Policy may
@@ -135,6 +137,13 @@ public final class CheckpointRegistry {
             // From here on it is promoted (or rejected) by the same healthy-step rule as files.
             r = save(r.moveTo(CheckpointState.VERIFYING, "", now).moveTo(CheckpointState.VERIFIED,
                     "in-memory snapshot, checked finite by the trainer", now));
+            if (!decidedRuns.contains(runId)) {
+                // The state the trainer starts from, registered before any step of the run was decided:
+                // no update has been applied to it, so no fault can hide in it. Waiting for healthy steps
+                // would leave a run that diverges at step 1 or 2 nothing to roll back to (issue 16).
+                return save(r.moveTo(CheckpointState.KNOWN_GOOD,
+                        "the state the run started from: no update applied yet", now));
+            }
             return save(promoteIfEarned(r, now));
         }
         // torch.save files are verified too (zip layout); the verifier says UNVERIFIABLE for legacy pickles
@@ -201,6 +210,7 @@ public final class CheckpointRegistry {
      * with the step itself. No I/O; healthy-step counts alone are journaled on promotion only.
      */
     public synchronized List<CheckpointRecord> countStep(String runId, long step, boolean healthy) {
+        decidedRuns.add(runId);
         List<CheckpointRecord> changed = null;
         Instant now = null;
         // No copy of the map: only values of existing keys are replaced, which does not disturb the
