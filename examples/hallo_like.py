@@ -105,6 +105,7 @@ def main():
     ap.add_argument("--bug", choices=["validation", "fp16", "none"], default="none")
     ap.add_argument("--no-guard", action="store_true")
     ap.add_argument("--target")
+    ap.add_argument("--run", default=None, help="run id (default: a unique one, so re-runs work)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--preflight", choices=["refuse", "warn"], default=None)
     args = ap.parse_args()
@@ -124,7 +125,7 @@ def main():
         if args.preflight:
             policy["preflight_mode"] = args.preflight.upper()
         try:
-            run = f"hallo-{args.bug}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique: re-runs work
+            run = args.run or f"hallo-{args.bug}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique: re-runs work
             guard = trainguard.Guard(model, opt, run=run, target=args.target or sidecar.target,
                                      policy=policy, watch=["imageproj", "inp", "blocks.0", "blocks.1", "out"])
         except trainguard.RunRefused as e:

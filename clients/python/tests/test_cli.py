@@ -2,6 +2,7 @@
 root-cause reports of examples/hallo_like.py's two bugs, read through the CLI."""
 import json
 import os
+import time
 import subprocess
 import sys
 
@@ -109,9 +110,10 @@ def reports(sidecar, run, kinds):
 
 def test_hallo_validationBug_reportNamesPatchedForwardAndRng(sidecar):
     # prevents: the Hallo validation bug reported without naming what validation did to the model
-    rc, out = run_example(sidecar, "--bug", "validation", "--steps", "8")
+    run = f"hallo-validation-{os.getpid()}-{time.time_ns()}"
+    rc, out = run_example(sidecar, "--bug", "validation", "--steps", "8", "--run", run)
     assert rc == 0, out
-    r = reports(sidecar, "hallo-validation", {"VALIDATION_MUTATION"})[0]
+    r = reports(sidecar, run, {"VALIDATION_MUTATION"})[0]
     cause = r["likelyCauses"][0]
     assert cause["code"] == "VALIDATION_SIDE_EFFECT"
     assert "forward" in cause["title"] and "RNG" in cause["title"], cause
@@ -120,8 +122,9 @@ def test_hallo_validationBug_reportNamesPatchedForwardAndRng(sidecar):
 
 def test_hallo_fp16Bug_reportNamesMasterWeightsAndEpsUnderflow(sidecar):
     # prevents: the pure-fp16 AdamW bug reported as "NaN in imageproj" without the two real causes
-    rc, out = run_example(sidecar, "--bug", "fp16", "--steps", "5", "--preflight", "warn")
+    run = f"hallo-fp16-{os.getpid()}-{time.time_ns()}"
+    rc, out = run_example(sidecar, "--bug", "fp16", "--steps", "5", "--preflight", "warn", "--run", run)
     assert rc == 3, out  # protect_update stopped it
-    r = reports(sidecar, "hallo-fp16", {"TENSOR_FORENSICS", "NON_FINITE_MODULE", "NON_FINITE_GRAD", "NON_FINITE_LOSS"})[0]
+    r = reports(sidecar, run, {"TENSOR_FORENSICS", "NON_FINITE_MODULE", "NON_FINITE_GRAD", "NON_FINITE_LOSS"})[0]
     codes = [c["code"] for c in r["likelyCauses"]]
     assert "FP16_WITHOUT_MASTER_WEIGHTS" in codes and "EPS_UNDERFLOW" in codes, codes
