@@ -120,6 +120,7 @@ def test_hallo_validationBug_reportNamesPatchedForwardAndRng(sidecar):
     assert "copy" in cause["fix"]
 
 
+@pytest.mark.torch2  # fp16 matmul on the CPU
 def test_hallo_fp16Bug_reportNamesMasterWeightsAndEpsUnderflow(sidecar):
     # prevents: the pure-fp16 AdamW bug reported as "NaN in imageproj" without the two real causes
     run = f"hallo-fp16-{os.getpid()}-{time.time_ns()}"
