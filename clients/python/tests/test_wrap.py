@@ -89,8 +89,6 @@ def test_wrapped_step_without_guard_step_judges_the_step_itself(sidecar):
 @pytest.mark.torch2
 def test_wrapped_optimizer_under_gradscaler_unscales_once_and_skips_nan(sidecar):
     # prevents: scaler.step(wrapper) unscaling the gradients a second time after guard.step did
-    if not hasattr(torch, "amp") or not hasattr(torch.amp, "GradScaler"):
-        pytest.skip("torch.amp.GradScaler needs torch >= 2.3")
 
     def run():
         model, opt = make(opt="sgd", lr=0.05)
