@@ -1,0 +1,202 @@
+"""Recovery pieces against plain torch objects, no sidecar: in-memory snapshots and their ring,
+fault classification and the replay budget, LR cuts from the base (the loops against the real
+sidecar are in test_recovery.py)."""
+import random
+
+import pytest
+import torch
+
+from trainguard.lrcut import LrCuts, LrPolicy
+from trainguard.replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
+from trainguard.snapshot import KNOWN_GOOD, SnapshotPolicy, SnapshotRing, SnapshotStore
+from models import batch, make
+
+
+def _fit(model, opt, steps, start=0, sched=None):
+    for step in range(start, steps):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(torch.nn.functional.dropout(model(x), 0.1), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
+
+
+def _state(model, opt):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for p, s in opt.state.items()})
+
+
+# ---------------------------------------------------------------------------------- snapshots
+
+def test_restore_snapshot_after_more_steps_returns_exact_state_and_continues_identically():
+    # prevents: a snapshot that shares storage with the live tensors (later steps would change it)
+    # or misses optimizer/scheduler/RNG state (the resumed run would drift from the original)
+    model, opt = make()
+    sched = torch.optim.lr_scheduler.StepLR(opt, 3, gamma=0.5)
+    store = SnapshotStore(model, opt, scheduler=sched, policy=SnapshotPolicy(interval=1))
+    _fit(model, opt, 5, sched=sched)
+    torch.manual_seed(123)
+    random.seed(7)
+    s = store.take(0, step=4, data_position=5)
+    assert s.ready() and s.finite()
+    w5, _ = _state(model, opt)
+    _fit(model, opt, 9, start=5, sched=sched)
+    ref = _state(model, opt)[0]
+    r_py = random.random()
+    store.restore(s)
+    assert all(torch.equal(w5[k], v) for k, v in model.state_dict().items())
+    assert sched.last_epoch == 5 and random.random() == r_py
+    _fit(model, opt, 9, start=5, sched=sched)  # the same steps again: dropout draws the same masks
+    assert all(torch.equal(ref[k], v) for k, v in model.state_dict().items())
+
+
+def test_restore_twice_from_the_same_snapshot_gives_the_same_state():
+    # prevents: restore handing the snapshot's own buffers to the optimizer (the next steps would
+    # overwrite the snapshot, and a second rollback would restore garbage)
+    model, opt = make()
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1))
+    _fit(model, opt, 3)
+    s = store.take(0, 2, 3)
+    store.restore(s)
+    _fit(model, opt, 8, start=3)
+    first = _state(model, opt)[0]
+    store.restore(s)
+    _fit(model, opt, 8, start=3)
+    assert all(torch.equal(first[k], v) for k, v in model.state_dict().items())
+
+
+def test_tied_weights_are_copied_once():
+    # prevents: a snapshot of tied weights (embeddings shared with the output layer) paying for
+    # and restoring the same storage twice
+    model, opt = make()
+    model.extra1, model.extra2 = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+    model.extra2.weight = model.extra1.weight
+    store = SnapshotStore(model, opt)
+    uniq, remap, _ = store._gather()
+    assert len(remap) == len(uniq) + 1
+
+
+def test_snapshot_above_max_bytes_is_not_taken():
+    # prevents: a snapshot silently using more host memory than the policy allows
+    model, opt = make()
+    _fit(model, opt, 1)
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(max_bytes=1000))
+    assert store.take(0, 0, 1) is None and store.too_big > 1000
+
+
+def test_snapshot_of_nonfinite_weights_is_never_known_good():
+    # prevents: promoting a snapshot whose weights already hold a NaN
+    model, opt = make()
+    _fit(model, opt, 2)
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1))
+    ring = SnapshotRing(store, known_good_steps=2)
+    with torch.no_grad():
+        model.inp.weight[0, 0] = float("nan")
+    store.take(0, 1, 2)
+    assert not store.slots[0].finite()
+    assert ring.on_healthy(2) == [] and ring.on_healthy(3) == []
+
+
+def test_ring_keeps_the_newest_known_good_and_discards_pending_on_unhealthy_step():
+    # prevents: overwriting the only known-good snapshot, or keeping one that saw a fault
+    model, opt = make()
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=2))
+    ring = SnapshotRing(store, known_good_steps=3)
+    taken = []
+    for step in range(40):
+        _fit(model, opt, step + 1, start=step)
+        for s in ring.on_healthy(step):
+            s.state = KNOWN_GOOD
+        if ring.due():
+            v = ring.victim()
+            assert v is not None
+            store.take(v, step, step + 1)
+            ring.taken()
+            taken.append(step)
+        good = ring.known_good()
+        if taken and taken[0] + 3 < step:
+            assert good, f"no known-good snapshot at step {step}"
+    # every interval (2) healthy steps, but never while one is pending (known-good after 3): every 3
+    assert taken[:3] == [1, 4, 7]
+    pending = ring.pending()
+    ring.on_unhealthy(40)
+    assert all(s.state == "EMPTY" for s in pending) and ring.known_good()
+
+
+# ---------------------------------------------------------------------------------- replay
+
+def test_classify_clean_replay_is_transient_same_fault_deterministic_other_fault_unstable():
+    # prevents: mixing up the three classes the rollback plan depends on
+    nan_mod = StepFault(float("nan"), float("nan"), module="blocks.1")
+    assert classify(nan_mod, StepFault(0.5, 1.0)) == FaultClass.TRANSIENT
+    assert classify(nan_mod, StepFault(float("nan"), float("nan"), module="blocks.1")) == FaultClass.DETERMINISTIC
+    assert classify(nan_mod, StepFault(float("nan"), float("nan"), module="blocks.0")) == FaultClass.UNSTABLE
+    assert classify(nan_mod, StepFault(9e9, 1e9, spike=True)) == FaultClass.UNSTABLE
+    spike = StepFault(100.0, 50.0, spike=True)
+    assert classify(spike, StepFault(100.2, 50.1, spike=True)) == FaultClass.DETERMINISTIC
+    assert classify(spike, StepFault(300.0, 50.1, spike=True)) == FaultClass.UNSTABLE
+
+
+def test_replay_budget_allows_at_most_n_per_window():
+    # prevents: a flaky device or a run of bad batches doubling the cost of every step
+    b = ReplayBudget(ReplayPolicy(max_replays=2, window_steps=10))
+    got = []
+    for step in range(25):
+        if b.allow(step):
+            b.spend(step)
+            got.append(step)
+    assert got == [0, 1, 10, 11, 20, 21] and b.refused == 19
+
+
+def test_replay_policy_modes():
+    # prevents: replaying spikes when the policy says non-finite only, or anything when off
+    nf, sp = StepFault(float("nan"), 1.0), StepFault(5.0, 1.0, spike=True)
+    assert ReplayBudget(ReplayPolicy(mode="nonfinite")).wants(nf)
+    assert not ReplayBudget(ReplayPolicy(mode="nonfinite")).wants(sp)
+    assert ReplayBudget(ReplayPolicy(mode="both")).wants(sp)
+    assert not ReplayBudget(ReplayPolicy(mode="off")).wants(nf)
+    with pytest.raises(ValueError):
+        ReplayPolicy(mode="always")
+
+
+# ---------------------------------------------------------------------------------- LR cuts
+
+def _lr(opt):
+    return opt.param_groups[0]["lr"]
+
+
+def test_lr_cuts_are_taken_from_the_base_never_compounded():
+    # prevents: the second cut applied to the already-cut rate (20 -> 10 -> 2.5 instead of 5)
+    model, opt = make(lr=20.0, opt="sgd")
+    cuts = LrCuts(opt)
+    base_state = (dict(opt.state_dict()["param_groups"][0]), cuts.scale)
+    cuts.on_rollback(1.0, 0.5, resume_step=5, rewarm_steps=0)
+    assert _lr(opt) == pytest.approx(10.0)
+    # attempt 2 restores a state saved before any cut (scale 1.0): 20 x 0.25
+    opt.param_groups[0]["lr"] = base_state[0]["lr"]
+    cuts.on_rollback(base_state[1], 0.25, resume_step=5, rewarm_steps=0)
+    assert _lr(opt) == pytest.approx(5.0)
+    # attempt 3 restores a state saved during attempt 1 (rate 10, scale 0.5): 20 x 0.125
+    opt.param_groups[0]["lr"] = 10.0
+    cuts.on_rollback(0.5, 0.125, resume_step=5, rewarm_steps=0)
+    assert _lr(opt) == pytest.approx(2.5)
+
+
+def test_lr_cut_scales_the_schedule_and_restore_ramp_lifts_it():
+    # prevents: a scheduler overwriting the cut on its next step, and a restore that jumps at once
+    model, opt = make(lr=1.0, opt="sgd")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 / (1 + e))
+    cuts = LrCuts(opt, sched, LrPolicy(restore_after=3, restore_steps=2))
+    cuts.on_rollback(1.0, 0.5, resume_step=0, rewarm_steps=0)
+    seen = []
+    for e in range(6):
+        opt.step()
+        sched.step()
+        cuts.on_healthy()
+        seen.append(round(_lr(opt) * (2 + e), 6))  # undo the schedule: the cut in force
+    assert seen == [0.5, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------- with the sidecar
