@@ -25,6 +25,7 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   checkpointing.py Guard.save_checkpoint / load_checkpoint and RegisterCheckpoint
   validation.py    validation gate (ValidationContext: `with guard.validation(m) as v: if v.allowed:`)
   audit.py         validation audit: ModelSnapshot (tensors, wiring, attribute state, RNG), diff, restore
+  rng.py           the RNG state a step depends on (capture, compare, restore): audit and replay
   distributed.py   cross-rank agreement on the verdict
   transport.py     gRPC stubs, deadlines, the ordered ReportSender thread
   verdict.py, errors.py   the plain-Python types user code sees

@@ -10,43 +10,12 @@ Identity is compared for every value, the value itself for small ones. When one 
 many changes it is named once ("every parameter went through float16 and back")."""
 import enum
 import math
-import random
-import sys
 import types
 import weakref
 
 import torch
 
-
-def _rng_state():
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    np = sys.modules.get("numpy")
-    if np is not None:
-        state["numpy"] = np.random.get_state()
-    return state
-
-
-def _rng_equal(a, b):
-    if not torch.equal(a["torch"], b["torch"]) or a["python"] != b["python"]:
-        return False
-    if "cuda" in a and ("cuda" not in b or any(not torch.equal(x, y) for x, y in zip(a["cuda"], b["cuda"]))):
-        return False
-    if "numpy" in a and "numpy" in b:
-        x, y = a["numpy"], b["numpy"]
-        if x[0] != y[0] or x[2:] != y[2:] or not (x[1] == y[1]).all():
-            return False
-    return True
-
-
-def _set_rng(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state and "numpy" in sys.modules:
-        sys.modules["numpy"].random.set_state(state["numpy"])
+from .rng import capture_rng, restore_rng, rng_equal
 
 
 # Everything nn.Module keeps in an instance's __dict__ for itself (parameters, buffers, children,
@@ -239,7 +208,7 @@ class ModelSnapshot:
             for cls in type(m).__mro__:
                 if cls is not object and cls not in self.classes:
                     self.classes[cls] = _class_attributes(cls)
-        self.rng = _rng_state()
+        self.rng = capture_rng()
 
     # What kind of change a finding is; the order is the order details are listed in (most
     # telling first), since only the first few reach the sidecar and the log. Attribute changes
@@ -296,7 +265,7 @@ class ModelSnapshot:
             found += [(self.WIRING, f"class {cls.__qualname__}.{k} added") for k in after if k not in before]
         for names, before in ((now, self.tensors), (mods, self.modules)):
             found += [(self.WIRING, f"{name} added") for name in names if name not in before]
-        if not _rng_equal(self.rng, _rng_state()):
+        if not rng_equal(self.rng, capture_rng()):
             found.append((self.RNG, "global RNG state changed"))
         found.sort(key=lambda f: f[0])  # stable: within a kind, discovery order
         kinds = {k for k, _ in found}
@@ -395,7 +364,7 @@ class ModelSnapshot:
                 parent, _, cname = full.rpartition(".")
                 if parent == name and cname and getattr(m, cname, None) is not cs["module"]:
                     setattr(m, cname, cs["module"])
-        _set_rng(self.rng)
+        restore_rng(self.rng)
 
 
 _MISSING = object()

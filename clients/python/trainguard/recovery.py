@@ -15,7 +15,8 @@ from . import distributed as dist_agree
 from .lrcut import LrCuts, LrPolicy
 from .replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
 from .rules import within_bounds
-from .snapshot import KNOWN_GOOD, EMPTY, SnapshotPolicy, SnapshotRing, SnapshotStore, capture_rng, restore_rng
+from .rng import capture_rng, restore_rng
+from .snapshot import KNOWN_GOOD, EMPTY, SnapshotPolicy, SnapshotRing, SnapshotStore
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")

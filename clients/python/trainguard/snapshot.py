@@ -10,12 +10,12 @@ newest known-good slot is never the one overwritten (see :class:`SnapshotRing`).
 
 torch is needed here (this module is imported by Guard only).
 """
-import random
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
+
+from .rng import capture_rng, restore_rng
 
 EMPTY, COPYING, PENDING, KNOWN_GOOD = "EMPTY", "COPYING", "PENDING", "KNOWN_GOOD"
 
@@ -71,26 +71,6 @@ class _Ref:
 
     def __init__(self, i):
         self.i = i
-
-
-def capture_rng():
-    """RNG states that make a step repeatable: torch CPU and CUDA, Python's, NumPy's if loaded."""
-    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()  # seed and offset only: no device sync
-    np = sys.modules.get("numpy")
-    if np is not None:
-        st["numpy"] = np.random.get_state()
-    return st
-
-
-def restore_rng(st):
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    if "cuda" in st:
-        torch.cuda.set_rng_state_all(st["cuda"])
-    if "numpy" in st and sys.modules.get("numpy") is not None:
-        sys.modules["numpy"].random.set_state(st["numpy"])
 
 
 class Snapshot:
