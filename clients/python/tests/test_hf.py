@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
+import accelerate  # noqa: F401 (the Accelerate path below)
+import transformers
 
 from models import batch, make, weights_finite  # noqa: E402
 from sidecar_fixture import start_sidecar  # noqa: E402

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-pl = pytest.importorskip("lightning.pytorch")
+import lightning.pytorch as pl
 
 from models import MLP, batch, weights_finite  # noqa: E402
 from sidecar_fixture import start_sidecar  # noqa: E402
