@@ -15,14 +15,30 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   scaler       fp16 autocast + GradScaler (fused AdamW: GradScaler gates on the device)
   anomaly      torch.autograd.detect_anomaly() (fewer steps: it is ~5x slower)
 
+Options that change every variant alike:
+  --host-sync  one host read of the loss after backward, as the Hugging Face Trainer does every step
+               (its logging_nan_inf_filter): the GPU then drains each step, and whatever CPU work a
+               guard does before the next launches lies on the critical path instead of being hidden
+  --compile    torch.compile: the baseline is one compiled copy of the model; each guarded variant
+               gets its own copy (same initial weights, its own fused AdamW), hooked by its Guard and
+               then compiled, so no variant's hooks change another's graph
+  --profile    after the rounds, cProfile 30 steps of the first guarded variant (top functions by
+               own time into <out>.profile.txt)
+Each guarded variant also records guard_cpu_us: the mean wall time of its per-step client calls
+(guard.step + the optimizer step through the guard), the CPU time the guard adds to the loop.
+
 Usage: python overhead.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 7 --steps 30 --out res.json
        python overhead.py --device cpu --tiny ...   (a smoke test of the script, no timing value)
 """
 import argparse
+import copy
+import cProfile
+import io
 import json
 import math
 import os
 import platform
+import pstats
 import statistics
 import sys
 import time
@@ -125,6 +141,9 @@ def main():
     ap.add_argument("--variants", default="tg,tg_nolag,tg_all,naive,scaler,anomaly")  # also: tg_wrap, tg_host
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--host-sync", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--profile", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     dev = torch.device(a.device)
@@ -134,7 +153,7 @@ def main():
     info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(dev),
             "gpu": torch.cuda.get_device_name(0) if cuda else platform.processor(), "config": cfg,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps,
-            "anomaly_steps": a.anomaly_steps, "results": {}}
+            "anomaly_steps": a.anomaly_steps, "host_sync": a.host_sync, "compile": a.compile, "results": {}}
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -145,6 +164,18 @@ def main():
         nparams = sum(p.numel() for p in model.parameters())
         info["parameters"] = nparams
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
+        copies = {}  # --compile: variant -> (its own model copy, its optimizer)
+        base_fwd = torch.compile(model) if a.compile else model
+
+        def pair(name):
+            """The model (callable) and optimizer a variant steps."""
+            if not a.compile or not name.startswith("tg"):
+                return base_fwd, opt
+            if name not in copies:
+                m = copy.deepcopy(model)
+                copies[name] = [m, torch.optim.AdamW(m.parameters(), lr=3e-4, weight_decay=0.1, fused=True), None]
+            m = copies[name]
+            return (m[2] if m[2] is not None else m[0]), m[1]
         seq, vocab = cfg["seq"], cfg["vocab"]
         data = [torch.randint(0, vocab, (B, seq + 1), device=dev) for _ in range(4)]
         data = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in data]
@@ -161,28 +192,37 @@ def main():
                     kw["watch"] = all_modules
                 if name == "tg_nolag":
                     kw["verdict_lag"] = None
-                g = Guard(model, opt, f"bench-{name}-b{B}-{os.getpid()}", target=a.target, deadline=2.0,
+                pair(name)
+                m, o = (copies[name][0], copies[name][1]) if a.compile else (model, opt)
+                g = Guard(m, o, f"bench-{name}-b{B}-{os.getpid()}", target=a.target, deadline=2.0,
                           device_gate=False if name == "tg_host" else gate, autocast_dtype=torch.bfloat16, **kw)
                 if name in ("tg", "tg_nolag", "tg_all", "tg_wrap") and not g.device_gate:
                     raise SystemExit(f"{name}: device gate is off")
-                g.pause()
+                if a.compile:
+                    copies[name][2] = torch.compile(m)  # after the Guard's hooks are on: they are traced in
+                else:
+                    g.pause()
                 guards[name], step_no[name] = g, 0
             return guards[name]
+
+        guard_s = {}  # variant -> [seconds in guard calls, steps]
 
         scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
 
         def run(name, n):
             """n steps of variant `name`; returns ms/step (synchronized before reading the clock)."""
             g = guard(name) if name.startswith("tg") else None
-            if g is not None:
+            fwd, o = pair(name)
+            if g is not None and not a.compile:
                 g.resume()
+            in_guard = 0.0
             sync()
             t0 = time.perf_counter()
             for i in range(n):
                 x, y = data[i % len(data)]
                 if name == "scaler":
                     with torch.autocast(dev.type, dtype=torch.float16):
-                        loss = model(x, y)
+                        loss = fwd(x, y)
                     scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
@@ -191,22 +231,28 @@ def main():
                 if name == "anomaly":
                     with torch.autograd.detect_anomaly(check_nan=True):
                         with torch.autocast(dev.type, dtype=torch.bfloat16):
-                            loss = model(x, y)
+                            loss = fwd(x, y)
                         loss.backward()
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                     continue
                 with torch.autocast(dev.type, dtype=torch.bfloat16):
-                    loss = model(x, y)
+                    loss = fwd(x, y)
                 loss.backward()
+                if a.host_sync and bool(torch.isnan(loss)):  # what HF's logging_nan_inf_filter reads
+                    pass
                 if g is not None and name == "tg_wrap":
+                    tg0 = time.perf_counter()
                     g.step(step_no[name], loss)
                     step_no[name] += 1
-                    g.wrap(opt).step()
+                    g.wrap(o).step()
+                    in_guard += time.perf_counter() - tg0
                 elif g is not None:
+                    tg0 = time.perf_counter()
                     g.step(step_no[name], loss)
                     step_no[name] += 1
                     g.optimizer_step()
+                    in_guard += time.perf_counter() - tg0
                 elif name == "naive":
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
                     if not math.isfinite(norm.item()):  # the one host sync
@@ -214,12 +260,18 @@ def main():
                         continue
                     opt.step()
                 else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
+                    o.step()
+                o.zero_grad(set_to_none=True)
             sync()
             dt = (time.perf_counter() - t0) * 1000.0 / n
             if g is not None:
-                g.pause()  # flushes the reports, removes hooks and the optimizer gate
+                acc = guard_s.setdefault(name, [0.0, 0])
+                acc[0] += in_guard
+                acc[1] += n
+                if a.compile:
+                    g.flush(10)
+                else:
+                    g.pause()  # flushes the reports, removes hooks and the optimizer gate
             return dt
 
         with warnings.catch_warnings():
@@ -248,8 +300,21 @@ def main():
             rs = [x["ratio"] for x in rows[v]]
             res["variants"][v] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
                                   "ms_median": statistics.median(x["ms"] for x in rows[v]), "rounds": rows[v]}
+            if v in guard_s and guard_s[v][1]:
+                res["variants"][v]["guard_cpu_us"] = guard_s[v][0] / guard_s[v][1] * 1e6
+        guarded = [v for v in variants if v.startswith("tg")]
+        if a.profile and guarded and a.out:
+            prof = cProfile.Profile()
+            prof.enable()
+            run(guarded[0], a.steps)
+            prof.disable()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(40)
+            with open(f"{a.out}.profile.txt", "a") as f:
+                f.write(f"# batch {B}, variant {guarded[0]}, {a.steps} steps, host_sync={a.host_sync}, "
+                        f"compile={a.compile}\n{buf.getvalue()}\n")
         # Sanity of the guarded path on this device: no host sync, NaN gated, counters.
-        if "tg" in variants:
+        if "tg" in variants and not a.compile:
             res["sanity"] = sanity(model, opt, guard("tg"), data, dev, step_no)
             res["counters"] = {k: dict(g.counters) for k, g in guards.items()}
         for g in guards.values():
@@ -257,13 +322,14 @@ def main():
         info["results"][f"batch{B}"] = res
         print(f"\nbatch {B}: {nparams / 1e6:.1f}M parameters, baseline {res['baseline_ms_median']:.2f} ms/step "
               f"[{res['baseline_ms_min']:.2f}, {res['baseline_ms_max']:.2f}]")
-        print(f"  {'variant':10s} {'median':>7s} {'min':>7s} {'max':>7s} {'ms/step':>8s}")
+        print(f"  {'variant':10s} {'median':>7s} {'min':>7s} {'max':>7s} {'ms/step':>8s} {'guard us':>9s}")
         for v in variants:
             s = res["variants"][v]
-            print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f}")
+            print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f} "
+                  f"{s.get('guard_cpu_us', float('nan')):9.0f}")
         if "sanity" in res:
             print("  sanity:", json.dumps(res["sanity"]))
-        del model, opt, data, guards
+        del model, opt, data, guards, copies, base_fwd
         if cuda:
             torch.cuda.empty_cache()
     if a.out:
