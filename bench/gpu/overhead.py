@@ -9,6 +9,8 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   tg_nolag     the same with verdict_lag=None (never waits for the previous step's verdict)
   tg_all       trainguard with every module hooked
   tg_wrap      trainguard through the optimizer wrapper: guard.step(step, loss); opt.step() on guard.wrap(opt)
+  tg_nowatch   trainguard without module watch hooks (watch=[]): what the per-block provenance costs
+  tg_nosnap    trainguard with in-memory snapshots off: what the snapshots cost
   tg_host      trainguard with device_gate=False: the host path (one device read per step), as every
                run with a GradScaler or a non-fused optimizer takes it
   naive        clip_grad_norm_(1.0) + one .item() host sync per step
@@ -192,12 +194,17 @@ def main():
                     kw["watch"] = all_modules
                 if name == "tg_nolag":
                     kw["verdict_lag"] = None
+                if name == "tg_nowatch":
+                    kw["watch"] = []
+                if name == "tg_nosnap":
+                    kw["snapshots"] = False
                 pair(name)
                 m, o = (copies[name][0], copies[name][1]) if a.compile else (model, opt)
                 g = Guard(m, o, f"bench-{name}-b{B}-{os.getpid()}", target=a.target, deadline=2.0,
                           device_gate=False if name == "tg_host" else gate, autocast_dtype=torch.bfloat16, **kw)
-                if name in ("tg", "tg_nolag", "tg_all", "tg_wrap") and not g.device_gate:
+                if name != "tg_host" and not g.device_gate:
                     raise SystemExit(f"{name}: device gate is off")
+                timed(g, name)
                 if a.compile:
                     copies[name][2] = torch.compile(m)  # after the Guard's hooks are on: they are traced in
                 else:
@@ -206,6 +213,31 @@ def main():
             return guards[name]
 
         guard_s = {}  # variant -> [seconds in guard calls, steps]
+        parts = {}    # variant -> {client piece: seconds}: where guard_cpu_us goes
+
+        def timed(g, name):
+            """Wraps the client's per-step pieces with wall clocks (bench instrumentation only)."""
+            acc = parts.setdefault(name, {})
+
+            def wrap(obj, attr, label):
+                fn = getattr(obj, attr, None)
+                if fn is None:
+                    return
+
+                def timed_fn(*args, **kw):
+                    t = time.perf_counter()
+                    try:
+                        return fn(*args, **kw)
+                    finally:
+                        acc[label] = acc.get(label, 0.0) + time.perf_counter() - t
+                setattr(obj, attr, timed_fn)
+            wrap(g, "_await_verdicts", "await_verdicts")
+            wrap(g.meter, "on_device", "measure_on_device")
+            wrap(g.gate, "install", "gate_install")
+            wrap(g.gate, "stage", "gate_stage")
+            wrap(g.sender, "submit_deferred", "submit")
+            wrap(g.recovery, "begin", "recovery_begin")
+            wrap(g, "_finish", "finish")
 
         scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
 
@@ -302,6 +334,7 @@ def main():
                                   "ms_median": statistics.median(x["ms"] for x in rows[v]), "rounds": rows[v]}
             if v in guard_s and guard_s[v][1]:
                 res["variants"][v]["guard_cpu_us"] = guard_s[v][0] / guard_s[v][1] * 1e6
+                res["variants"][v]["guard_parts_us"] = {k: t / guard_s[v][1] * 1e6 for k, t in parts.get(v, {}).items()}
         guarded = [v for v in variants if v.startswith("tg")]
         if a.profile and guarded and a.out:
             prof = cProfile.Profile()
@@ -327,6 +360,13 @@ def main():
             s = res["variants"][v]
             print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f} "
                   f"{s.get('guard_cpu_us', float('nan')):9.0f}")
+        for v in variants:
+            if res["variants"][v].get("guard_parts_us"):
+                print(f"  {v} us/step:", ", ".join(f"{k} {t:.0f}" for k, t in res["variants"][v]["guard_parts_us"].items()))
+        if a.compile:
+            from torch._dynamo.utils import counters
+            res["graph_breaks"] = {str(k): n for k, n in counters["graph_break"].items()}
+            print("  graph breaks:", sum(res["graph_breaks"].values()), list(res["graph_breaks"])[:4])
         if "sanity" in res:
             print("  sanity:", json.dumps(res["sanity"]))
         del model, opt, data, guards, copies, base_fwd
