@@ -66,9 +66,10 @@ class StepMeter:
         else:
             lt = torch.full((1,), 0.0 if loss is None else float(loss), device=self.device)  # absent: grads only
         names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
-        parts = [lt, total.reshape(1)] + [g.reshape(1) for g in per_group] + [m.reshape(1) for m in mods]
-        if any(t.dtype != torch.float32 for t in parts):
-            parts = [t.float() for t in parts]
+        # one stack per list of 0-d float32 tensors, one cat: few launches and little Python per step
+        parts = [lt if lt.dtype == torch.float32 else lt.float(), total.reshape(1), torch.stack(per_group)]
+        if mods:
+            parts.append(torch.stack(mods))
         return torch.cat(parts), total, len(per_group), names
 
 

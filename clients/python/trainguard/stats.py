@@ -5,12 +5,23 @@ Everything stays on the device until ``Guard.step`` reads one packed tensor once
 import torch
 
 
+_NORM_TAKES_DTYPE = [True]  # torch._foreach_norm(..., dtype=) exists (torch 2.x); found out on first use
+
+
 def _foreach_norms(grads):
-    """Per-tensor L2 norms in float32, one fused kernel per device/dtype group where available."""
+    """Per-tensor L2 norms as float32 tensors, one fused kernel per device/dtype group where available
+    (computed in float32 where torch allows it, else in the gradients' dtype and then converted)."""
     if hasattr(torch, "_foreach_norm"):
+        if _NORM_TAKES_DTYPE[0]:
+            try:
+                return torch._foreach_norm(grads, 2, dtype=torch.float32)
+            except TypeError:  # torch 1.13: no dtype argument
+                _NORM_TAKES_DTYPE[0] = False
+            except RuntimeError:  # sparse gradients, mixed devices on old builds
+                return [torch.linalg.vector_norm(g.float()) for g in grads]
         try:
             return [n.float() for n in torch._foreach_norm(grads)]
-        except (RuntimeError, TypeError):  # mixed devices/dtypes on old builds, sparse grads
+        except (RuntimeError, TypeError):
             pass
     return [torch.linalg.vector_norm(g.float()) for g in grads]
 
@@ -19,16 +30,25 @@ def grad_norms(groups, device):
     """Returns ``(global_norm, [group_norms])`` as 0-d float32 tensors on ``device``.
 
     NaN and Inf propagate through the norm, so one non-finite gradient makes the global norm
-    non-finite: the finite check and the norm are the same pass."""
+    non-finite: the finite check and the norm are the same pass. Runs on every step before the
+    optimizer, so it stays a handful of calls: no per-tensor Python work beyond listing the grads."""
     per_group = []
     for params in groups:
-        # DTensor gradients (FSDP2): this rank's shard; the ranks' norms are combined by the caller
-        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             per_group.append(torch.zeros((), device=device))
             continue
-        norms = [n.to(device) for n in _foreach_norms(grads)]
-        per_group.append(torch.linalg.vector_norm(torch.stack(norms)))
+        if any(type(g) is not torch.Tensor for g in grads):
+            # DTensor gradients (FSDP2): this rank's shard; the ranks' norms are combined by the caller
+            grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        norms = _foreach_norms(grads)
+        try:
+            stacked = torch.stack(norms)
+            if stacked.device != device:
+                stacked = stacked.to(device)
+        except RuntimeError:  # gradients on several devices (model parallel in one process)
+            stacked = torch.stack([n.to(device) for n in norms])
+        per_group.append(torch.linalg.vector_norm(stacked))
     if len(per_group) == 1:
         return per_group[0], per_group  # one group: its norm is the global norm (two launches fewer)
     total = torch.linalg.vector_norm(torch.stack(per_group)) if per_group else torch.zeros((), device=device)
@@ -104,8 +124,8 @@ class ModuleWatch:
                 return
             if self.reduce == "sum":
                 m = torch.sum(t.detach(), dtype=torch.float32)
-            else:
-                m = t.detach().abs().amax().float()
+            else:  # max |x| in one kernel, no |x| temporary; NaN and Inf propagate
+                m = torch.linalg.vector_norm(t.detach(), float("inf"), dtype=torch.float32)
             if i not in self._order:
                 self._order.append(i)
             self._count[i] += 1
