@@ -38,21 +38,11 @@ def _policy(value, cls, default):
     raise TypeError(f"expected {cls.__name__}, a dict of its fields, True or False; got {value!r}")
 
 
-def _sharded(model):
-    return model is not None and any(type(p).__name__ == "DTensor" for p in model.parameters())
-
-
 class Recovery:
     def __init__(self, guard, snapshots=True, replay=True, lr=None):
         self.g = guard
         snap_policy = _policy(snapshots, SnapshotPolicy, SnapshotPolicy(max_bytes=DEFAULT_MAX_BYTES))
         if snap_policy is not None and not snap_policy.enabled:
-            snap_policy = None
-        if snap_policy is not None and _sharded(guard.model):
-            # FSDP2/DTensor parameters: a host copy would have to go through to_local() for weights
-            # and optimizer state alike; until it does, say so once and keep to disk checkpoints.
-            log.warning("trainguard: in-memory snapshots are off: the model has sharded (DTensor) parameters, "
-                        "which snapshots do not support yet; rollbacks use checkpoints on disk")
             snap_policy = None
         self.store = (SnapshotStore(guard.model, guard.optimizer, guard.scheduler, guard.scaler, snap_policy, guard.device)
                       if snap_policy is not None else None)
