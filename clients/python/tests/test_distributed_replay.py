@@ -1,4 +1,4 @@
-"""Fault replay with 2 gloo ranks (DDP), on the device gate and on the host path: every rank replays
+"""Fault replay with 2 gloo ranks (DDP; FSDP2 on the device gate), on the device gate and on the host path: every rank replays
 or none (the replay's backward runs DDP's all-reduce, so a rank replaying alone would hang or
 desynchronise the collectives), the ranks agree on the class, and a TRANSIENT fault on one rank
 loses no step on either."""
@@ -17,14 +17,21 @@ pytestmark = pytest.mark.torch2  # fused AdamW on the CPU (the device gate): tor
 FLIP_STEP, POISON_STEP, STEPS = 7, 11, 14
 
 
-def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks):
+def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks, mode):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
     from models import MLP, batch, weights_finite
     from trainguard.guard import Guard
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(MLP())
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        model = MLP()
+        for b in model.blocks:
+            fully_shard(b)
+        fully_shard(model)
+    else:
+        model = torch.nn.parallel.DistributedDataParallel(MLP())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     g = Guard(model, opt, run, target=target, device_gate=gate, deadline=5.0,
               policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 3,
@@ -37,7 +44,7 @@ def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks):
             out = out.clone()
             out[0, 0] = float("nan")
         return out
-    model.module.blocks[0].register_forward_hook(flip)
+    getattr(model, "module", model).blocks[0].register_forward_hook(flip)
     rec = {"gated": [], "weights": {}, "verdicts": []}
     for step in range(STEPS):
         state["step"] = step
@@ -51,12 +58,16 @@ def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks):
             return loss
         loss = fwd_bwd()
         v = g.step(step, loss, replay=fwd_bwd if rank in fn_ranks else None)
+        if step == FLIP_STEP + 1:  # the replay of FLIP_STEP ran inside this call
+            rec["in_step"] = [(p.to_local() if hasattr(p, "to_local") else p).detach().clone()
+                              for p in model.parameters()]
         g.optimizer_step()
         opt.zero_grad(set_to_none=True)
         assert weights_finite(model), f"rank {rank}: non-finite weights after step {step}"
         rec["gated"].append(bool(v.device_gated))
         rec["verdicts"].append(v)
-        rec["weights"][step] = [p.detach().clone() for p in model.parameters()]
+        rec["weights"][step] = [(p.to_local() if hasattr(p, "to_local") else p).detach().clone()
+                                for p in model.parameters()]  # FSDP: this rank's shards
     g.close()
     rec["classes"] = {v.step: v.fault_class for v in rec.pop("verdicts") if v.fault_class}
     rec["recovery"] = dict(g.recovery.counters)
@@ -65,12 +76,12 @@ def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks):
     dist.destroy_process_group()
 
 
-def run(target, name, gate, faults=True, fn_ranks=(0, 1)):
+def run(target, name, gate, faults=True, fn_ranks=(0, 1), mode="ddp"):
     from trainguard.testing import free_port
     out = tempfile.mkdtemp()
     ctx = mp.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, target, out, name, gate, faults, tuple(fn_ranks)))
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, target, out, name, gate, faults, tuple(fn_ranks), mode))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -120,3 +131,17 @@ def test_a_rank_without_replay_callable_means_no_rank_replays(sidecar):
     for step in (FLIP_STEP, POISON_STEP):  # both faulty steps skipped on both ranks, as without replay
         assert all(torch.equal(a, b) for a, b in zip(r0["weights"][step - 1], r0["weights"][step]))
         assert all(torch.equal(a, b) for a, b in zip(r0["weights"][step], r1["weights"][step]))
+
+
+def test_fsdp_ranks_replay_together_on_the_device_gate(sidecar):
+    # prevents: a sharded run's replayed update being gated on one rank's norm instead of the global one
+    r0, r1 = run(sidecar.target, "replay-fsdp", gate=True, mode="fsdp")
+    assert r0["gated"][FLIP_STEP] and r0["gated"] == r1["gated"]
+    for r in (r0, r1):
+        assert r["classes"] == {FLIP_STEP: "TRANSIENT", POISON_STEP: "DETERMINISTIC"}, r["classes"]
+        assert r["recovery"]["replayed_updates"] == 1 and r["bad"] == [POISON_STEP]
+        w = r["weights"]
+        # FLIP_STEP was skipped on the device, then its replay's update applied inside the next guard.step()
+        assert all(torch.equal(a, b) for a, b in zip(w[FLIP_STEP - 1], w[FLIP_STEP]))
+        assert not all(torch.equal(a, b) for a, b in zip(w[FLIP_STEP], r["in_step"]))
+        assert all(torch.equal(a, b) for a, b in zip(w[POISON_STEP - 1], w[POISON_STEP]))  # skipped
