@@ -17,6 +17,18 @@ pytestmark = pytest.mark.torch2  # fused AdamW on the CPU (the device gate): tor
 FLIP_STEP, POISON_STEP, STEPS = 7, 11, 14
 
 
+def wait_online(g):
+    """A loaded CI machine may refuse a rank's first OpenRun; these tests need every rank online."""
+    import time
+    from trainguard import answers
+    for _ in range(20):
+        if not g.connection.offline:
+            return
+        time.sleep(0.5)
+        answers.open_run(g, 10.0)
+    raise AssertionError("the sidecar did not answer OpenRun for 10 s")
+
+
 def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks, mode):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
     from models import MLP, batch, weights_finite
@@ -36,6 +48,7 @@ def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks, mod
     g = Guard(model, opt, run, target=target, device_gate=gate, deadline=5.0,
               policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 3,
                       "validation_warmup_steps": 10**6})
+    wait_online(g)
     state = {"armed": faults and rank == 1, "step": -1}
 
     def flip(mod, inp, out):  # one activation of rank 1 corrupted once: a transient fault

@@ -29,6 +29,18 @@ def _equal(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def wait_online(g):
+    """A loaded CI machine may refuse a rank's first OpenRun; these tests need every rank online."""
+    import time
+    from trainguard import answers
+    for _ in range(20):
+        if not g.connection.offline:
+            return
+        time.sleep(0.5)
+        answers.open_run(g, 10.0)
+    raise AssertionError("the sidecar did not answer OpenRun for 10 s")
+
+
 def _worker(rank, world, port, target, out_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
     from torch.distributed.fsdp import fully_shard
@@ -75,6 +87,7 @@ def _worker(rank, world, port, target, out_dir):
     g = Guard(model, opt, "fsdp-snapshots", target=target, deadline=5.0, mode="sync", snapshots={"interval": 2},
               policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 0,
                       "validation_warmup_steps": 10**6, "rollback_rewarm_steps": 0})
+    wait_online(g)
     after = {-1: _shards(model)}
     poisoned, step, out["rollbacks"] = False, 0, []
     while step < 12:

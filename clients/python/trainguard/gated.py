@@ -131,8 +131,10 @@ class GatedPath:
             g.gate.install(stats, total, thr)
             (host,), event = g.gate.stage(stats)
             host_vec = None
+        # The LRs this step runs at, for a replayed update. A tensor LR is kept by reference (a copy
+        # would be a kernel on every healthy step): a scheduler that changes it in place makes a
+        # replayed update run at the next step's LR.
         lrs = [grp.get("lr", 0.0) for grp in g.optimizer.param_groups]
-        lrs = [lr.clone() if torch.is_tensor(lr) else lr for lr in lrs]  # a scheduler may change it in place
         lr = lrs[0] if lrs else 0.0
         lr = float(lr) if not torch.is_tensor(lr) or lr.device.type == "cpu" else 0.0
         absent = loss is None

@@ -36,7 +36,7 @@ from .gated import GatedPath, gate_wanted
 from .measure import DeviceGate, StepMeter
 from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
-from .run_setup import build_policy  # noqa: F401  (public here)
+from .run_setup import build_policy, check_choices  # noqa: F401  (build_policy: public here)
 from .stats import ModuleWatch, auto_watch
 from .transport import ReportSender, Transport
 from .validation import ValidationContext
@@ -95,14 +95,7 @@ class Guard:
                  master_weights=False, autocast_dtype=None, clipping_configured=False,
                  framework="torch", trainer_instance=None, warn_every=100, device_gate="auto",
                  verdict_lag=1, grad_sync="auto", snapshots=True, replay=True, lr_restore=None):
-        if failure_mode not in ("open", "closed"):
-            raise ValueError('failure_mode must be "open" or "closed"')
-        if mode not in ("async", "sync"):
-            raise ValueError('mode must be "async" or "sync"')
-        if device_gate not in ("auto", True, False):
-            raise ValueError('device_gate must be "auto", True or False')
-        if grad_sync not in ("auto", "replicated", "sharded"):
-            raise ValueError('grad_sync must be "auto", "replicated" or "sharded"')
+        check_choices(failure_mode=failure_mode, mode=mode, device_gate=device_gate, grad_sync=grad_sync)
         if optimizer is None:
             optimizer = ParametersOnly(model)
         self.model, self.optimizer, self.run = model, optimizer, run
