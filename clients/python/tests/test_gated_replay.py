@@ -161,3 +161,19 @@ def test_gated_fault_without_a_replay_callable_is_skipped_as_before(sidecar):
     g.close()
     assert all(torch.equal(a, b) for a, b in zip(weights[8], weights[9]))
     assert g.recovery.counters["replays"] == 0 and g.recovery.counters["replay_unavailable"] == 1
+
+
+def test_replay_budget_holds_on_the_device_gate(sidecar):
+    # prevents: a run of bad batches on the fast path costing two extra passes per step without end
+    model, opt = make_fused()
+    g = Guard(model, opt, "gated-budget", target=sidecar.target, device_gate=True, deadline=5.0,
+              policy=dict(QUICK, max_consecutive_skips=100), replay={"max_replays": 2, "window_steps": 100})
+
+    def poison(step, x, y):
+        return (x, torch.full_like(y, float("nan"))) if step in (8, 9, 10) else (x, y)
+    torch.manual_seed(7)
+    vs = run_loop(g, model, opt, 14, inject=poison)
+    g.close()
+    assert all(vs[s].device_gated for s in (8, 9, 10))
+    assert [vs[s].fault_class for s in (8, 9, 10)] == ["DETERMINISTIC", "DETERMINISTIC", None]
+    assert g.recovery.counters["replays"] == 2 and g.recovery.budget.refused == 1
