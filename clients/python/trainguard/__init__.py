@@ -10,7 +10,12 @@ torch is imported by Guard's module only; no web framework is ever imported.
 
 Module map (one concern each; ``Guard`` in guard.py is a façade over them):
 
-  guard.py         Guard: wires the parts below, per-step flow (host path / device gate), public API
+  guard.py         Guard: wires the parts below, picks each step's path (host / device gate), public API
+  gated.py         the device-gated step (no host sync), its multi-rank agreement, the replay of a
+                   gated step's fault one step later
+  host_path.py     the host-path step: one packed read, replay at once, local / sidecar / offline verdict
+  answers.py       the sidecar's asynchronous answers: OpenRun, verdicts of async reports (late ROLLBACK/HALT)
+  client_state.py  Guard.state_dict / load_state_dict (round-trips through the trainer's checkpoint)
   connection.py    client state machine ClientState (ONLINE, GATED, OFFLINE, PAUSED), OpenRun,
                    failure modes (fail-open warnings, fail-closed SidecarUnavailable), reconnect
   run_setup.py     what OpenRun sends: policy overrides, model description, precision setup
@@ -25,6 +30,7 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   checkpointing.py Guard.save_checkpoint / load_checkpoint and RegisterCheckpoint
   validation.py    validation gate (ValidationContext: `with guard.validation(m) as v: if v.allowed:`)
   audit.py         validation audit: ModelSnapshot (tensors, wiring, attribute state, RNG), diff, restore
+  recovery.py      in-memory snapshots (snapshot.py), fault replay (replay.py), LR cuts (lrcut.py)
   rng.py           the RNG state a step depends on (capture, compare, restore): audit and replay
   distributed.py   cross-rank agreement on the verdict
   transport.py     gRPC stubs, deadlines, the ordered ReportSender thread

@@ -134,3 +134,30 @@ def register_saved(guard, path_or_dir_or_files, step, data_position=0):
         return None
     entry["checkpoint_id"] = c.checkpoint_id
     return as_dict(c)
+
+
+def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
+    """Guard.checkpoint_saved: records a checkpoint other code wrote and registers it."""
+    try:
+        from . import checkpoints as formats
+    except ImportError:
+        formats = None
+    if formats is None or not hasattr(formats, "register_saved"):
+        return register_saved(guard, path_or_dir_or_files, step, data_position)
+    # Every rank records the entry (a ROLLBACK may name it); rank 0 registers; an unreachable
+    # sidecar is the failure mode's business, like every other call.
+    files = formats._paths(path_or_dir_or_files)  # raises when a path does not exist
+    entry = {"dir": files[0], "files": files_of(files[0] if len(files) == 1 else files),
+             "checkpoint_id": "", "data_position": int(data_position)}
+    guard.checkpoints[int(step)] = entry
+    if guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1:
+        return None
+    try:
+        c = formats.register_saved(guard, files, step, data_position=data_position)
+    except grpc.RpcError as e:
+        if grpc_code(e) in UNREACHABLE:
+            guard.connection.unreachable("RegisterCheckpoint", e)
+            return None
+        raise
+    entry["checkpoint_id"] = c["checkpoint_id"]
+    return c

@@ -5,15 +5,16 @@ Per step (between ``loss.backward()`` and ``optimizer.step()``)::
     verdict = guard.step(step, loss)   # measures, decides (locally or with the sidecar), applies
     guard.optimizer_step()             # steps optimizer/scaler/scheduler only if the verdict allows
 
-``Guard`` is a façade: measuring is in ``measure``, the local decision rules in ``rules``, the
-StepReport in ``report``, applying verdicts in ``apply`` / ``rollback`` / ``protect``, checkpoints
-in ``checkpointing``, the client state machine in ``connection``, gRPC in ``transport``. See the
-module map in ``trainguard/__init__.py`` and docs/client.md for the design and its guarantees.
+``Guard`` is a façade: it holds the parts, picks the path of each step by the client state
+(``connection.ClientState``: ONLINE / GATED / OFFLINE / PAUSED) and applies the verdict. The
+device-gated step is in ``gated``, the host-path step in ``host_path``, measuring in ``measure``,
+the local decision rules in ``rules``, the StepReport in ``report``, applying verdicts in
+``apply`` / ``rollback`` / ``protect``, the sidecar's asynchronous answers in ``answers``,
+checkpoints in ``checkpointing``, recovery (snapshots, replay, LR cuts) in ``recovery``, gRPC in
+``transport``. See the module map in ``trainguard/__init__.py`` and docs/client.md.
 """
-import collections
 import contextlib
 import logging
-import math
 import os
 import socket
 import threading
@@ -23,23 +24,24 @@ import uuid
 import grpc
 import torch
 
+from . import answers
 from . import apply as apply_
 from . import checkpointing
+from . import client_state
+from . import host_path
 from . import distributed as dist_agree
-from . import rollback as rollback_
-from . import rules
 from .connection import ClientState, Connection
 from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFiniteUpdate: public here)
-from .measure import DeviceGate, StepMeter, optimizer_honours_gate
-from .protect import UpdateProtector
+from .gated import GatedPath, gate_wanted
+from .measure import DeviceGate, StepMeter
+from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
-from .report import step_report
-from .run_setup import build_policy, open_request  # noqa: F401  (build_policy: public here)
-from .stats import ModuleWatch, auto_watch, first_non_finite
+from .run_setup import build_policy, check_choices  # noqa: F401  (build_policy: public here)
+from .stats import ModuleWatch, auto_watch
 from .transport import ReportSender, Transport
 from .validation import ValidationContext
-from .verdict import Action, LocalBounds, Verdict
-from .wrap import GuardedOptimizer, GuardedScheduler, ParametersOnly
+from .verdict import Action, Verdict
+from .wrap import ParametersOnly, wrap as wrap_
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
@@ -93,14 +95,7 @@ class Guard:
                  master_weights=False, autocast_dtype=None, clipping_configured=False,
                  framework="torch", trainer_instance=None, warn_every=100, device_gate="auto",
                  verdict_lag=1, grad_sync="auto", snapshots=True, replay=True, lr_restore=None):
-        if failure_mode not in ("open", "closed"):
-            raise ValueError('failure_mode must be "open" or "closed"')
-        if mode not in ("async", "sync"):
-            raise ValueError('mode must be "async" or "sync"')
-        if device_gate not in ("auto", True, False):
-            raise ValueError('device_gate must be "auto", True or False')
-        if grad_sync not in ("auto", "replicated", "sharded"):
-            raise ValueError('grad_sync must be "auto", "replicated" or "sharded"')
+        check_choices(failure_mode=failure_mode, mode=mode, device_gate=device_gate, grad_sync=grad_sync)
         if optimizer is None:
             optimizer = ParametersOnly(model)
         self.model, self.optimizer, self.run = model, optimizer, run
@@ -120,22 +115,13 @@ class Guard:
         self.device = params[0].device if params else torch.device("cpu")
         low = any(p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) for p in params)
         self.protect_update = (low and not master_weights) if protect_update == "auto" else bool(protect_update)
-        gate_ok = (mode == "async" and optimizer_honours_gate(optimizer)
-                   and not self.protect_update and not (scaler is not None and scaler.is_enabled())
-                   and (self.world_size == 1 or dist_agree.is_initialized()))
-        if device_gate is True and not gate_ok:
-            raise ValueError("device_gate=True needs mode='async', an optimizer that honours found_inf/grad_scale "
-                             "(fused=True Adam/AdamW/SGD), no GradScaler, no protect_update and, with several "
-                             "ranks, torch.distributed initialised")
-        self.device_gate = gate_ok and (device_gate is True or (device_gate == "auto" and self.device.type == "cuda"))
+        self.device_gate = gate_wanted(self, device_gate)
         self.verdict_lag = verdict_lag
         if grad_sync == "auto":
             ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
             grad_sync = "replicated" if ddp else "sharded"
         self.grad_sync = grad_sync
-        self._multi_gate = self.device_gate and self.world_size > 1
-        self._host_next = False      # multi-rank gate: the ranks agreed that the next step takes the host path
-        self._gate_prev = None       # multi-rank gate: (host copy of the reduced vector, event) of the last step
+        self.gated = GatedPath(self, self.device_gate and self.world_size > 1, grad_sync == "sharded")
         names = auto_watch(model) if watch == "auto" else list(watch or [])
         reduce = "sum" if (self.device.type == "cuda" or self.device_gate) else "amax"
         self.watch = ModuleWatch(model, names, reduce=reduce) if names else None
@@ -159,7 +145,6 @@ class Guard:
         self._unscaled = False
         self._step_t0 = time.perf_counter()
         self._applied_rollbacks = set()
-        self._gate_futs = collections.deque()  # device-gated reports not yet answered
         self._wrapped = None         # the GuardedOptimizer handed out by wrap(), if any
         #: callable(path, RollbackPlan) that restores a checkpoint written by a framework (set by the
         #: Lightning / HF integrations); None: load_checkpoint(), the Guard's own format.
@@ -168,14 +153,18 @@ class Guard:
 
         self.meter = StepMeter(optimizer, self.device, scaler, self.watch)
         self.gate = DeviceGate(optimizer, self.device)
-        self.protector = UpdateProtector(model, optimizer, self.watch, self._ship_bad_tensor)
+        self.protector = UpdateProtector(model, optimizer, self.watch, lambda *a: ship_bad_tensor(self, *a))
         self.recovery = Recovery(self, snapshots, replay, lr_restore)
         # The manifests set TRAINGUARD_TARGET (the pod's socket); an explicit target wins.
         target = target or os.environ.get("TRAINGUARD_TARGET") or "127.0.0.1:7474"
         self.transport = Transport(target, deadline)
         self.connection = Connection(self.transport, failure_mode, self.deadline, warn_every, self.counters)
-        self._open_run(open_deadline if open_deadline is not None else max(10.0, self.deadline))
-        self.sender = ReportSender(self.transport, self._on_report_result)
+        answers.open_run(self, open_deadline if open_deadline is not None else max(10.0, self.deadline))
+        self.sender = ReportSender(self.transport, lambda fut: answers.on_report_result(self, fut))
+
+    @property
+    def _multi_gate(self):
+        return self.gated.multi
 
     @property
     def state(self):
@@ -184,77 +173,11 @@ class Guard:
 
     # ------------------------------------------------------------------ the sidecar's answers
 
-    def _open_run(self, deadline):
-        resp = self.connection.open_run(self.run, open_request(self), deadline)
-        if resp is None:
-            return
-        self.findings = [(f.code, pb.Severity.Name(f.severity), f.message) for f in resp.findings]
-        for code, sev, msg in self.findings:
-            log.warning("trainguard pre-flight %s %s: %s", sev, code, msg)
-        self.resumed = resp.resumed
-        self.recovery.opened(resp)
-        if resp.HasField("bounds"):
-            self.bounds = LocalBounds.from_proto(resp.bounds)
-
-    def _on_report_result(self, fut):
-        """Runs on the sender thread when a report's verdict (or error) arrives."""
-        if fut.error is not None:
-            if not fut.blocking:
-                with self._lock:
-                    self.counters["sidecar_failures"] += 1
-                    if self.failure_mode == "closed" and self._async_error is None:
-                        self._async_error = fut.error
-            return
-        v = fut.response.verdict
-        with self._lock:
-            if v.HasField("bounds"):
-                self.bounds = LocalBounds.from_proto(v.bounds)
-            self._validation_hint = v.validation_allowed
-            if not fut.blocking and fut.generation == self.generation and v.action in (Action.ROLLBACK, Action.HALT):
-                late = Verdict.from_proto(v)
-                if self._late is None or late.action > self._late.action:
-                    self._late = late
-
     def _void_in_flight(self):
         """After a rollback: verdicts still in flight for pre-rollback steps no longer apply."""
         with self._lock:
             self.generation += 1
             self._late = None
-
-    def _ask_sidecar(self, report, step, loss_v, gnorm, finite):
-        fut = self.sender.submit(report, self.generation, blocking=True)
-        # Earlier async reports are ahead of it in the queue; the deadline covers the whole wait.
-        if fut.wait(self.deadline + 0.05) and fut.error is None:
-            self.counters["sidecar_verdicts"] += 1
-            v = Verdict.from_proto(fut.response.verdict)
-            if v.action == Action.CLIP and not v.reasons:
-                v.reasons = [rules.clip_reason(gnorm, v.clip_threshold, "the sidecar's clip policy")]
-            return v
-        err = fut.error or TimeoutError(f"no verdict within {self.deadline}s")
-        self.connection.went_offline()
-        try:
-            self.connection.unreachable("ReportStep", err)
-        except SidecarUnavailable as e:
-            return Verdict(step, Action.HALT, reasons=[str(e)], degraded=True), e
-        return self._decide_offline(step, gnorm, finite)
-
-    def _decide_offline(self, step, gnorm, finite):
-        if self.failure_mode == "closed":
-            raise SidecarUnavailable(f"trainguard sidecar at {self.transport.target} is unreachable "
-                                     f"(failure_mode='closed')")
-        thr = (self.bounds.clip_threshold if self.bounds else 0.0) or float(self.policy_overrides.get("clip_threshold", 0.0))
-        return rules.decide_offline(step, gnorm, finite, thr)
-
-    def _ship_bad_tensor(self, step, name, p):
-        t = p.detach().float().cpu().contiguous()
-        raw = pb.RawTensor(name=f"{name} (after optimizer.step, undone)", dtype=pb.D_TYPE_FLOAT32,
-                           shape=list(t.shape), data=t.reshape(-1).numpy().tobytes() if t.numel() else b"")
-        try:
-            self.transport.call("InspectTensors", pb.InspectTensorsRequest(run_id=self.run, rank=self.rank, step=step,
-                                                                          tensors=[raw]))
-        except grpc.RpcError as e:
-            log.warning("trainguard: could not ship the bad update to the sidecar: %s",
-                        e.details() if hasattr(e, "details") else e)
 
     # ------------------------------------------------------------------ per step
 
@@ -272,13 +195,16 @@ class Guard:
         if self.connection.paused:  # detached: the step is neither measured nor judged
             return self._finish(step, Verdict(step, Action.APPLY, reasons=["guard paused"], decided_locally=True))
         if self.connection.reopen_due():
-            self._open_run(self.deadline)
+            answers.open_run(self, self.deadline)
         if self.device_gate:
-            self._await_verdicts(step)
+            self.gated.await_verdicts(step)
         with self._lock:
             late, self._late = self._late, None
             async_err, self._async_error = self._async_error, None
-        if self._multi_gate and not self._agreed_host_path():
+        host_agreed = self._multi_gate and self.gated.agreed_host_path()
+        if self.device_gate:  # the last gated step was non-finite: replay it now (its weights are untouched)
+            loss = self.gated.replay_previous(step, loss, replay, suppress=late is not None)
+        if self._multi_gate and not host_agreed:
             # Every rank takes the same path (agreed one step ahead); what this rank needs the sidecar
             # for waits one step, and the ranks then take the host path together.
             need = (late is not None or async_err is not None or self.connection.offline
@@ -288,10 +214,10 @@ class Guard:
                     self._late = late
                 if async_err is not None and self._async_error is None:
                     self._async_error = async_err
-            return self._step_gated(step, loss, step_time, need_host=need)
+            return self._finish(step, self.gated.step(step, loss, step_time, need_host=need, replay=replay))
         if (not self._multi_gate and self.device_gate and late is None and async_err is None and not self.connection.offline
                 and self.bounds is not None and self.bounds.usable(step)):
-            return self._step_gated(step, loss, step_time)
+            return self._finish(step, self.gated.step(step, loss, step_time, replay=replay))
         if self.device_gate:
             self.gate.uninstall()  # this step is decided on the host: no stale device flag may gate it
             if self.connection.state is ClientState.GATED:
@@ -303,166 +229,11 @@ class Guard:
             except SidecarUnavailable as e:
                 err = e
             self._finish(step, Verdict(step, Action.HALT, reasons=[str(err)]), error=err)
-        return self._step_host(step, loss, step_time, late, replay)
-
-    def _step_host(self, step, loss, step_time, late, replay=None):
-        scaler_on = self.scaler is not None and self.scaler.is_enabled()
-        if scaler_on:
-            self._unscale_once()
-        m = self.meter.read(loss)
-        # Called on every host-path step (also with a late verdict, which suppresses the replay):
-        # with several ranks it runs a collective that every rank must join.
-        m, fault_class = self.recovery.maybe_replay(step, m, replay, self.meter, suppress=late is not None)
-        finite = math.isfinite(m.loss) and math.isfinite(m.grad_norm) and all(math.isfinite(x) for x in m.module_values)
-        report = step_report(self.run, self.rank, step, loss=m.loss, grad_norm=m.grad_norm,
-                             group_norms=m.group_norms, learning_rate=float(self.optimizer.param_groups[0].get("lr", 0.0)),
-                             step_time=step_time, loss_absent=loss is None, module_names=m.module_names,
-                             module_values=m.module_values, values_are_max_abs=self._watch_sends_max_abs(),
-                             loss_scale=m.loss_scale)
-        scaler_overflow = rules.is_scaler_overflow(scaler_on, m.loss, m.grad_norm)
-        offline = self.connection.offline
-        if late is not None:
-            verdict = late  # a ROLLBACK/HALT for an earlier step: this step's update is dropped too
-        elif scaler_overflow or (self.mode == "async" and not offline
-                                 and rules.may_decide_locally(self.bounds, step, m.loss, m.grad_norm, finite)):
-            self.counters["local_decisions"] += 1
-            verdict = rules.decide_locally(step, m.grad_norm, self.bounds, scaler_overflow, self._validation_hint)
-            report.decided_locally = True
-            self.sender.submit(report, self.generation, blocking=False)
-        elif offline:
-            verdict = self._decide_offline(step, m.grad_norm, finite)
-        else:
-            verdict = self._ask_sidecar(report, step, m.loss, m.grad_norm, finite)
-        if fault_class is not None:
-            v = verdict[0] if isinstance(verdict, tuple) else verdict
-            v.fault_class = fault_class.name
-        return self._finish(step, verdict, gnorm=m.grad_norm)
-
-    def _unscale_once(self):
-        """Unscales the gradients for the GradScaler unless the loop (or GradScaler.step on the
-        wrapper) already did in this iteration; keyed by the object the loop steps, so that
-        ``scaler.step(opt)`` on the wrapper does not unscale a second time."""
-        target = self._wrapped if self._wrapped is not None else self.optimizer
-        st = getattr(self.scaler, "_per_optimizer_states", {})
-        st = st.get(id(target)) if hasattr(st, "get") else None
-        if st is None or getattr(st.get("stage"), "name", "READY") == "READY":
-            self.scaler.unscale_(target)
-        self._unscaled = True
+        verdict, gnorm = host_path.step(self, step, loss, step_time, late, replay)
+        return self._finish(step, verdict, gnorm=gnorm)
 
     def _watch_sends_max_abs(self):
         return self.watch is None or self.watch.reduce == "amax"
-
-    # ------------------------------------------------------------------ the device gate (no host sync)
-
-    def _await_verdicts(self, step):
-        """Waits (at most ``deadline``) until the device-gated reports of steps <= step - verdict_lag
-        have their verdicts, so that a ROLLBACK/HALT for step k-1 is applied at step k."""
-        futs = self._gate_futs
-        while futs and futs[0].done():
-            futs.popleft()
-        if self.verdict_lag is None:
-            return
-        while futs and futs[0].step <= step - self.verdict_lag:
-            fut = futs[0]
-            if not fut.wait(self.deadline + 0.05):
-                futs.clear()
-                self.connection.went_offline()
-                self.connection.unreachable("ReportStep", TimeoutError(f"no verdict for step {fut.step} within {self.deadline}s"))
-                return
-            futs.popleft()
-
-    def _agreed_host_path(self):
-        """Multi-rank gate: whether the ranks agreed (on the device, in the last step's collective, or
-        in the last host step's agreement) that this step takes the host path."""
-        prev, self._gate_prev = self._gate_prev, None
-        if prev is None:
-            return self._host_next
-        vec, event = prev
-        if event is not None:
-            event.synchronize()  # the last step's collective; normally long done
-        _, need, _ = dist_agree.reduced_flags(vec.tolist(), self.world_size, self.grad_sync == "sharded")
-        self._host_next = need
-        return need
-
-    def _step_gated(self, step, loss, step_time, need_host=False):
-        """A step with no host sync: measure on the device, gate the optimizer on the device (with
-        several ranks: agreed in one in-stream all_reduce), hand the stats to the sender thread
-        through pinned memory and a CUDA event."""
-        bounds = self.bounds or LocalBounds()
-        self.counters["device_gated_steps"] += 1
-        if not self.connection.offline:  # several ranks: an offline rank still gates (and asks for the host path)
-            self.connection.to(ClientState.GATED)
-        stats, total, ng, names = self.meter.on_device(loss)
-        thr = rules.gate_threshold(bounds)
-        if self._multi_gate:
-            bad = torch.logical_not(torch.isfinite(stats).all())
-            skip, norm, vec = dist_agree.gate_collective(bad, self.gate.flag(need_host), total,
-                                                         self.grad_sync == "sharded")
-            self.gate.install_agreed(skip, norm, thr)
-            (host, host_vec), event = self.gate.stage(stats, vec)
-            self._gate_prev = (host_vec, event)
-        else:
-            self.gate.install(stats, total, thr)
-            (host,), event = self.gate.stage(stats)
-            host_vec = None
-        lr = self.optimizer.param_groups[0].get("lr", 0.0)
-        lr = float(lr) if not torch.is_tensor(lr) or lr.device.type == "cpu" else 0.0
-        absent = loss is None
-
-        def build():  # on the sender thread
-            if event is not None:
-                event.synchronize()  # blocks in C without the GIL
-            return self._gated_report(step, host.tolist(), ng, names, lr, step_time, thr, bounds, absent,
-                                      None if host_vec is None else host_vec.tolist())
-
-        self._gate_futs.append(self.sender.submit_deferred(step, build, self.generation))
-        verdict = Verdict(step, Action.APPLY, clip_threshold=thr, validation_allowed=self._validation_hint,
-                          bounds=bounds, decided_locally=True, device_gated=True)
-        return self._finish(step, verdict)
-
-    def _gated_report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent, reduced=None):
-        loss_v, gnorm = vals[0], vals[1]
-        mods = vals[2 + ng:]
-        mod_finite = [math.isfinite(x) for x in mods]
-        finite, clipped, in_bounds = rules.gated_outcome(loss_v, gnorm, mod_finite, thr, bounds)  # = the device's gate
-        locally_finite = finite
-        if reduced is not None:  # several ranks: the device acted on what they agreed
-            sharded = self.grad_sync == "sharded"
-            any_bad, _, spread = dist_agree.reduced_flags(reduced, self.world_size, sharded)
-            if sharded and finite:
-                gnorm = math.sqrt(reduced[2])  # the global norm, as FSDP's clip_grad_norm_ computes it
-            mismatch = spread is not None and spread > dist_agree.NORM_SPREAD_TOLERANCE
-            if mismatch:
-                with self._lock:
-                    self.counters["grad_norm_mismatches"] += 1
-                log.warning("trainguard: step %d: the ranks' grad norms differ (relative spread %.3g) although "
-                            "DDP gives every rank the same gradients: silent data corruption or a rank out of "
-                            "step; the update was skipped on every rank", step, spread)
-            finite = finite and not any_bad and not mismatch
-            clipped = finite and thr > 0 and gnorm > thr
-            in_bounds = rules.within_bounds(bounds, loss_v, gnorm)
-        with self._lock:
-            if not finite:
-                self.counters["skips"] += 1
-            elif clipped:
-                self.counters["clips"] += 1
-            if finite and in_bounds:
-                self.counters["local_decisions"] += 1
-        if clipped:
-            log.info("trainguard: step %d %s", step, rules.clip_reason(
-                gnorm, thr, "on the device: the run's clip policy or the spike bound beyond which the sidecar is asked"))
-        if locally_finite and not finite:
-            log.warning("trainguard: step %d: another rank saw a non-finite value or the norms disagreed: the update "
-                        "was skipped on every rank", step)
-        elif not finite:
-            bad = first_non_finite(names, mod_finite)
-            log.warning("trainguard: step %d non-finite (loss=%s, grad norm=%s%s): the update was skipped on the "
-                        "device; the sidecar decides what follows", step, loss_v, gnorm,
-                        f", first non-finite module call {bad}" if bad else "")
-        return step_report(self.run, self.rank, step, loss=loss_v, grad_norm=gnorm, group_norms=vals[2:2 + ng],
-                           learning_rate=lr, step_time=step_time, loss_absent=absent, module_names=names,
-                           module_values=mods, values_are_max_abs=self._watch_sends_max_abs(),
-                           decided_locally=finite and in_bounds)
 
     # ------------------------------------------------------------------ applying verdicts
 
@@ -471,7 +242,7 @@ class Guard:
             verdict, error = verdict
         if dist_agree.is_initialized() and self.world_size > 1 and not verdict.device_gated:
             need = self.connection.offline or self.bounds is None or not self.bounds.usable(step + 1)
-            verdict, error, self._host_next = dist_agree.agree(self, verdict, error, need_host=need)
+            verdict, error, self.gated.host_next = dist_agree.agree(self, verdict, error, need_host=need)
         self.last_verdict = verdict
         self.last_step = step
         self._pending_update = True
@@ -490,20 +261,7 @@ class Guard:
         allows it (for loops, GradScaler, schedulers and frameworks that call ``opt.step()``
         themselves); build the LR scheduler on it. ``guard.wrap(scheduler)``: a scheduler whose
         ``step()`` is skipped with the update. See trainguard/wrap.py."""
-        if isinstance(obj, GuardedOptimizer) and obj.guard is self:
-            return obj
-        if isinstance(obj, torch.optim.Optimizer):
-            if obj is not self.optimizer:
-                raise ValueError("guard.wrap(optimizer): wrap the optimizer this Guard was built with "
-                                 f"({type(self.optimizer).__name__}), not another one")
-            if self._wrapped is None:
-                self._wrapped = GuardedOptimizer(self, obj)
-            return self._wrapped
-        if hasattr(obj, "step") and hasattr(obj, "state_dict") and hasattr(obj, "optimizer"):
-            if self.scheduler is None:
-                self.scheduler = obj  # restored on rollback; stepped by the loop through the wrapper
-            return GuardedScheduler(self, obj)
-        raise TypeError(f"guard.wrap() takes the Guard's optimizer or an LR scheduler, not {type(obj).__name__}")
+        return wrap_(self, obj)
 
     def _verdict_for_update(self, auto=True):
         """The verdict an optimizer update about to run must obey. With ``auto`` and no
@@ -528,7 +286,7 @@ class Guard:
         and the optimizer's device gate, so the optimizer steps as if unguarded. ``step()`` while
         paused returns APPLY without measuring."""
         self.flush()
-        self._gate_futs.clear()
+        self.gated.clear()
         if self.watch:
             self.watch.remove()
             self.watch.reset()
@@ -555,36 +313,11 @@ class Guard:
     def checkpoint_saved(self, path_or_dir_or_files, step, data_position=0):
         """Registers a checkpoint that other code wrote (torch.save, Lightning, DCP, Trainer) with the
         sidecar and records it for rollback. Returns the sidecar's checkpoint dict (or None)."""
-        try:
-            from . import checkpoints as formats
-        except ImportError:
-            formats = None
-        if formats is None or not hasattr(formats, "register_saved"):
-            return checkpointing.register_saved(self, path_or_dir_or_files, step, data_position)
-        # Every rank records the entry (a ROLLBACK may name it); rank 0 registers; an unreachable
-        # sidecar is the failure mode's business, like every other call.
-        files = formats._paths(path_or_dir_or_files)  # raises when a path does not exist
-        entry = {"dir": files[0], "files": checkpointing.files_of(files[0] if len(files) == 1 else files),
-                 "checkpoint_id": "", "data_position": int(data_position)}
-        self.checkpoints[int(step)] = entry
-        if self.rank != 0 and dist_agree.is_initialized() and self.world_size > 1:
-            return None
-        try:
-            c = formats.register_saved(self, files, step, data_position=data_position)
-        except grpc.RpcError as e:
-            if checkpointing.grpc_code(e) in checkpointing.UNREACHABLE:
-                self.connection.unreachable("RegisterCheckpoint", e)
-                return None
-            raise
-        entry["checkpoint_id"] = c["checkpoint_id"]
-        return c
+        return checkpointing.checkpoint_saved(self, path_or_dir_or_files, step, data_position)
 
     def load_checkpoint(self, path_or_step):
         """Restores model/optimizer/scheduler/scaler/client state; returns the side file's dict."""
         return checkpointing.load(self, path_or_step)
-
-    def _rollback(self, v):
-        rollback_.rollback(self, v)
 
     def is_bad_batch(self, data_position):
         """Whether the batch at ``data_position`` failed DETERMINISTICALLY on replay: a loop that
@@ -600,25 +333,11 @@ class Guard:
     # ------------------------------------------------------------------ state and lifecycle
 
     def state_dict(self):
-        with self._lock:
-            return {"version": 1, "run": self.run, "counters": dict(self.counters), "generation": self.generation,
-                    "bounds": None if self.bounds is None else vars(self.bounds).copy(),
-                    "checkpoints": {k: dict(v) for k, v in self.checkpoints.items()},
-                    "rewarm": self.recovery.lr.rewarm, "policy": dict(self.policy_overrides),
-                    "last_step": self.last_step, "recovery": self.recovery.state_dict()}
+        """The client's state for the trainer's own checkpoint (see client_state.py)."""
+        return client_state.state_dict(self)
 
     def load_state_dict(self, state):
-        if state.get("version") != 1:
-            raise ValueError(f"unknown trainguard state version {state.get('version')}")
-        with self._lock:
-            self.counters.update(state["counters"])
-            self.generation = state["generation"]
-            self.bounds = LocalBounds(**state["bounds"]) if state.get("bounds") else self.bounds
-            self.checkpoints = {int(k): dict(v) for k, v in state["checkpoints"].items()}
-            self.last_step = state.get("last_step")
-            self.recovery.load_state_dict(state.get("recovery"))
-            if state.get("rewarm") and not state.get("recovery"):
-                self.recovery.lr.rewarm = tuple(state["rewarm"])
+        client_state.load_state_dict(self, state)
 
     def heartbeat(self, step, phase="STEP"):
         try:

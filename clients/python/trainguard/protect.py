@@ -5,9 +5,13 @@ that rounds to 0 in fp16 divides by ~0) although every gradient was finite. The 
 parameters and optimizer state before the step, checks the weights after it (one device read) and,
 when they went non-finite, puts everything back and raises NonFiniteUpdate with the likely cause.
 """
+import logging
+
 import torch
 
 from .errors import NonFiniteUpdate
+
+log = logging.getLogger("trainguard")
 
 
 class UpdateProtector:
@@ -77,3 +81,18 @@ class UpdateProtector:
                   f"first update divides by ~0. Keep fp32 master weights (AMP autocast + GradScaler, or "
                   f"DeepSpeed) or raise eps.")
         raise NonFiniteUpdate(step, module, detail)
+
+
+def ship_bad_tensor(guard, step, name, p):
+    """Sends a parameter the update made non-finite to the sidecar (InspectTensors) for the incident."""
+    import grpc
+    from ._proto.trainguard.v1 import trainguard_pb2 as pb
+    t = p.detach().float().cpu().contiguous()
+    raw = pb.RawTensor(name=f"{name} (after optimizer.step, undone)", dtype=pb.D_TYPE_FLOAT32,
+                       shape=list(t.shape), data=t.reshape(-1).numpy().tobytes() if t.numel() else b"")
+    try:
+        guard.transport.call("InspectTensors", pb.InspectTensorsRequest(run_id=guard.run, rank=guard.rank, step=step,
+                                                                       tensors=[raw]))
+    except grpc.RpcError as e:
+        log.warning("trainguard: could not ship the bad update to the sidecar: %s",
+                    e.details() if hasattr(e, "details") else e)

@@ -38,21 +38,11 @@ def _policy(value, cls, default):
     raise TypeError(f"expected {cls.__name__}, a dict of its fields, True or False; got {value!r}")
 
 
-def _sharded(model):
-    return model is not None and any(type(p).__name__ == "DTensor" for p in model.parameters())
-
-
 class Recovery:
     def __init__(self, guard, snapshots=True, replay=True, lr=None):
         self.g = guard
         snap_policy = _policy(snapshots, SnapshotPolicy, SnapshotPolicy(max_bytes=DEFAULT_MAX_BYTES))
         if snap_policy is not None and not snap_policy.enabled:
-            snap_policy = None
-        if snap_policy is not None and _sharded(guard.model):
-            # FSDP2/DTensor parameters: a host copy would have to go through to_local() for weights
-            # and optimizer state alike; until it does, say so once and keep to disk checkpoints.
-            log.warning("trainguard: in-memory snapshots are off: the model has sharded (DTensor) parameters, "
-                        "which snapshots do not support yet; rollbacks use checkpoints on disk")
             snap_policy = None
         self.store = (SnapshotStore(guard.model, guard.optimizer, guard.scheduler, guard.scaler, snap_policy, guard.device)
                       if snap_policy is not None else None)
@@ -70,7 +60,8 @@ class Recovery:
         self.budget = ReplayBudget(self.replay_policy)
         self.bad_positions = set()
         self.counters = {"snapshots": 0, "snapshot_restores": 0, "replays": 0, "transient": 0,
-                         "deterministic": 0, "unstable": 0, "replay_unavailable": 0}
+                         "deterministic": 0, "unstable": 0, "replay_unavailable": 0,
+                         "replayed_updates": 0}
         self.device_name = f"{guard.device}@{socket.gethostname()}"
         self._step = None
         self._position = None
@@ -112,6 +103,14 @@ class Recovery:
             f.spike = not within_bounds(bounds, m.loss, m.grad_norm)
         return f
 
+    def step_rng(self):
+        """The RNG state the current step began with (None when replay is off)."""
+        return self._rng
+
+    def position(self):
+        """The data position after the current step's batch."""
+        return self._position
+
     def maybe_replay(self, step, m, replay_fn, meter, suppress=False):
         """Replays a faulty step once when the policy and budget allow. Returns (measurement to
         decide on, FaultClass or None). TRANSIENT returns the replay's clean measurement (the
@@ -120,50 +119,67 @@ class Recovery:
         if self.replay_policy.mode == "off":
             return m, None
         fault = self._fault(m, g.bounds, step)
-        wants = self.budget.wants(fault) and not suppress
-        multi = dist_agree.is_initialized() and g.world_size > 1
         able = replay_fn is not None and self._rng is not None
-        if multi:
+        if not self.should_replay(step, fault, able, suppress):
+            return m, None
+        g.optimizer.zero_grad(set_to_none=True)
+        restore_rng(self._rng)
+        m2 = meter.read(replay_fn())
+        cls = self.classify_replay(step, fault, m2, self._position)
+        return (m2 if cls == FaultClass.TRANSIENT else m), cls
+
+    def should_replay(self, step, fault, able, suppress, wants=None,
+                      why_unable="pass guard.step(..., replay=fn) with fn re-running forward+backward on the same batch"):
+        """Whether step ``step`` (``fault``) is replayed now: the policy wants it (``wants``
+        overrides the fault's own say, e.g. when another rank saw the fault), ``able`` (a replay
+        callable and the step's RNG state) and the budget allows. With several ranks every rank
+        answers the same (one small all_reduce: every rank must call this at the same step). A
+        replay allowed here is counted against the budget."""
+        wants = (self.budget.wants(fault) if wants is None else wants) and not suppress
+        if dist_agree.is_initialized() and self.g.world_size > 1:
             # Every rank replays or none: the replay's forward/backward runs the collectives.
             wants_any, unable_any = dist_agree.max_ints([int(wants), int(not able)])
             wants, able = bool(wants_any), not unable_any
         if not wants:
-            return m, None
+            return False
         if not able:
             self.counters["replay_unavailable"] += 1
             if not self._warned_no_fn:
                 self._warned_no_fn = True
-                log.warning("trainguard: step %d is %s but cannot be replayed: pass guard.step(..., replay=fn) "
-                            "with fn re-running forward+backward on the same batch (docs/client.md, Recovery)",
-                            step, fault.describe())
-            return m, None
+                log.warning("trainguard: step %d is %s but cannot be replayed: %s (docs/client.md, Recovery)",
+                            step, fault.describe(), why_unable)
+            return False
         if not self.budget.allow(step):
             log.warning("trainguard: step %d not replayed: %d replays within %d steps already", step,
                         self.replay_policy.max_replays, self.replay_policy.window_steps)
-            return m, None
+            return False
         self.budget.spend(step)
         self.counters["replays"] += 1
-        g.optimizer.zero_grad(set_to_none=True)
-        restore_rng(self._rng)
-        loss2 = replay_fn()
-        m2 = meter.read(loss2)
-        cls = classify(fault, self._fault(m2, g.bounds, step), self.replay_policy.spike_rtol)
-        if multi:
+        return True
+
+    def classify_replay(self, step, fault, m2, position):
+        """The class of step ``step``'s fault from its original pass and the replay's measurement
+        ``m2`` (agreed across ranks: the most severe wins); records and reports it. ``position``:
+        the data position after the step's batch."""
+        g = self.g
+        again = self._fault(m2, g.bounds, step)
+        cls = classify(fault, again, self.replay_policy.spike_rtol)
+        if dist_agree.is_initialized() and g.world_size > 1:
             cls = FaultClass(dist_agree.max_ints([int(cls)])[0])
         self.counters[cls.name.lower()] += 1
-        detail = f"original: {fault.describe()}; replay: {self._fault(m2, g.bounds, step).describe()}"
+        detail = f"original: {fault.describe()}; replay: {again.describe()}"
         log.warning("trainguard: step %d replayed: %s (%s)", step, cls.name, detail)
+        bad = (position - 1) if position else int(step)
         if cls == FaultClass.DETERMINISTIC:
-            self.bad_positions.add(self._position - 1 if self._position else step)
-        if fault.faulty:
-            self._report_fault(step, cls, detail)
-        return (m2 if cls == FaultClass.TRANSIENT else m), cls
+            self.bad_positions.add(bad)
+        if fault.faulty:  # a rank that saw nothing itself does not report another rank's fault
+            self._report_fault(step, cls, detail, bad)
+        return cls
 
-    def _report_fault(self, step, cls, detail):
+    def _report_fault(self, step, cls, detail, data_position):
         g = self.g
         req = pb.ReportFaultRequest(run_id=g.run, rank=g.rank, step=int(step), fault_class=int(cls), detail=detail,
-                                    device=self.device_name,
-                                    data_position=(self._position - 1) if self._position else int(step))
+                                    device=self.device_name, data_position=int(data_position))
         try:
             r = g.transport.call("ReportFault", req)
             if r.device_suspect:

@@ -2,8 +2,9 @@
 
 When a step comes out non-finite (or, with ``mode="both"``, beyond the spike bounds), the guard
 re-runs forward and backward once on the same batch, from the same weights (the update has not
-been applied: the guard decides before ``optimizer.step()``) and the same RNG state (captured when
-the step began). Then:
+been applied: on the host path the guard decides before ``optimizer.step()``; on the device gate
+the fused optimizer skipped the step, and it is replayed at the next ``guard.step``, see gated.py)
+and the same RNG state (captured when the step began). Then:
 
 * the replay is clean -> TRANSIENT (a bit flip, a flaky device): the replay's gradients are used,
   the step is applied, nothing is lost; the sidecar counts transients per device;

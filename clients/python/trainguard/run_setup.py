@@ -75,3 +75,15 @@ def open_request(guard):
         precision=precision(guard.model, guard.optimizer, guard.scaler, guard.autocast_dtype, guard.master_weights,
                             guard.clipping_configured, guard.framework),
         trainer_instance=guard.trainer_instance)
+
+
+_CHOICES = {"failure_mode": ("open", "closed"), "mode": ("async", "sync"), "device_gate": ("auto", True, False),
+            "grad_sync": ("auto", "replicated", "sharded")}
+
+
+def check_choices(**args):
+    """Raises ValueError naming the Guard argument whose value is not one of its choices."""
+    for name, value in args.items():
+        if value not in _CHOICES[name]:
+            choices = " or ".join(f'"{c}"' if isinstance(c, str) else str(c) for c in _CHOICES[name])
+            raise ValueError(f"{name} must be {choices}, not {value!r}")

@@ -66,6 +66,31 @@ def _fill(obj, host):
     return obj
 
 
+def _is_dtensor(t):
+    return hasattr(t, "to_local") and hasattr(t, "placements") and hasattr(t, "device_mesh")
+
+
+def _local(t):
+    """(plain tensor, spec): a DTensor's (FSDP2, tensor parallel) local shard and what rebuilds the
+    DTensor around it; a plain tensor and None otherwise. Snapshots hold local shards only: every
+    rank keeps its own part of the state, as it keeps its own part of the parameters."""
+    if _is_dtensor(t):
+        local = t.to_local()
+        return local, (t.device_mesh, tuple(t.placements), t.shape, tuple(t.stride()), local.device)
+    return t, None
+
+
+def _rebuild(host, spec):
+    """A fresh live tensor from a snapshot buffer: a copy on the shard's device, wrapped back into
+    a DTensor when it was one (the snapshot's own buffer stays intact for a later rollback)."""
+    if spec is None:
+        return host.clone()
+    mesh, placements, shape, stride, device = spec
+    from torch.distributed.tensor import DTensor
+    return DTensor.from_local(host.to(device, copy=True), mesh, placements, run_check=False, shape=shape,
+                              stride=stride)
+
+
 class _Ref:
     __slots__ = ("i",)
 
@@ -131,8 +156,9 @@ class SnapshotStore:
         if self.scaler is not None and self.scaler.is_enabled() and getattr(self.scaler, "_scale", None) is not None:
             # Tensors directly: scaler.state_dict() reads the scale with .item(), a device sync.
             scaler = _walk({"scale": self.scaler._scale, "growth_tracker": self.scaler._growth_tracker}, tensors)
-        uniq, index, remap = [], {}, []
+        uniq, specs, index, remap = [], [], {}, []
         for t in tensors:
+            t, spec = _local(t.detach())
             key = (t.data_ptr(), t.dtype, tuple(t.shape), t.device) if t.numel() else None
             if key is not None and key in index:
                 remap.append(index[key])
@@ -140,8 +166,10 @@ class SnapshotStore:
             if key is not None:
                 index[key] = len(uniq)
             remap.append(len(uniq))
-            uniq.append(t.detach())
-        return uniq, remap, {"model": model_sd, "optimizer": opt_sd, "scheduler": sched, "scaler": scaler}
+            uniq.append(t)
+            specs.append(spec)
+        skeleton = {"model": model_sd, "optimizer": opt_sd, "scheduler": sched, "scaler": scaler, "specs": specs}
+        return uniq, remap, skeleton
 
     def state_bytes(self):
         uniq, _, _ = self._gather()
@@ -231,10 +259,11 @@ class SnapshotStore:
             live = self.model.state_dict()
             for k, v in model_sd.items():
                 if k in live and torch.is_tensor(live[k]):
-                    live[k].copy_(v, non_blocking=False)
-        # load_state_dict copies (and casts) the host tensors into fresh optimizer state on the
-        # parameters' devices: the snapshot's own buffers stay intact for a later rollback.
-        self.optimizer.load_state_dict(_clone_tensors(_fill(skeleton["optimizer"], host)))
+                    _local(live[k])[0].copy_(v, non_blocking=False)  # a DTensor: into this rank's shard
+        # Fresh optimizer state (copies on the parameters' devices, DTensors again where they were):
+        # the snapshot's own buffers stay intact for a later rollback.
+        specs = skeleton["specs"]
+        self.optimizer.load_state_dict(_fill(skeleton["optimizer"], [_rebuild(s.host[i], specs[i]) for i in remap]))
         if self.scheduler is not None and skeleton["scheduler"] is not None:
             self.scheduler.load_state_dict(_fill(skeleton["scheduler"], host))
         if self.scaler is not None and skeleton["scaler"] is not None:
@@ -245,16 +274,6 @@ class SnapshotStore:
             restore_rng(rng_state)
         self.stats["restored"] += 1
         return s
-
-
-def _clone_tensors(obj):
-    if torch.is_tensor(obj):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone_tensors(v) for v in obj]
-    return obj
 
 
 class SnapshotRing:

@@ -146,3 +146,21 @@ class ParametersOnly:
 
     def load_state_dict(self, state_dict):
         pass
+
+
+def wrap(guard, obj):
+    """``guard.wrap(optimizer)`` / ``guard.wrap(scheduler)``: see Guard.wrap."""
+    if isinstance(obj, GuardedOptimizer) and obj.guard is guard:
+        return obj
+    if isinstance(obj, torch.optim.Optimizer):
+        if obj is not guard.optimizer:
+            raise ValueError("guard.wrap(optimizer): wrap the optimizer this Guard was built with "
+                             f"({type(guard.optimizer).__name__}), not another one")
+        if guard._wrapped is None:
+            guard._wrapped = GuardedOptimizer(guard, obj)
+        return guard._wrapped
+    if hasattr(obj, "step") and hasattr(obj, "state_dict") and hasattr(obj, "optimizer"):
+        if guard.scheduler is None:
+            guard.scheduler = obj  # restored on rollback; stepped by the loop through the wrapper
+        return GuardedScheduler(guard, obj)
+    raise TypeError(f"guard.wrap() takes the Guard's optimizer or an LR scheduler, not {type(obj).__name__}")

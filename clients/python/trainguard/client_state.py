@@ -1,0 +1,27 @@
+"""The Guard's own state that round-trips through the trainer's checkpoint (``guard.state_dict()``):
+counters, the rollback generation, the last LocalBounds, the checkpoints it knows, the policy
+overrides and the recovery state (LR cuts, replay budget, known-bad data positions)."""
+from .verdict import LocalBounds
+
+
+def state_dict(guard):
+    with guard._lock:
+        return {"version": 1, "run": guard.run, "counters": dict(guard.counters), "generation": guard.generation,
+                "bounds": None if guard.bounds is None else vars(guard.bounds).copy(),
+                "checkpoints": {k: dict(v) for k, v in guard.checkpoints.items()},
+                "rewarm": guard.recovery.lr.rewarm, "policy": dict(guard.policy_overrides),
+                "last_step": guard.last_step, "recovery": guard.recovery.state_dict()}
+
+
+def load_state_dict(guard, state):
+    if state.get("version") != 1:
+        raise ValueError(f"unknown trainguard state version {state.get('version')}")
+    with guard._lock:
+        guard.counters.update(state["counters"])
+        guard.generation = state["generation"]
+        guard.bounds = LocalBounds(**state["bounds"]) if state.get("bounds") else guard.bounds
+        guard.checkpoints = {int(k): dict(v) for k, v in state["checkpoints"].items()}
+        guard.last_step = state.get("last_step")
+        guard.recovery.load_state_dict(state.get("recovery"))
+        if state.get("rewarm") and not state.get("recovery"):
+            guard.recovery.lr.rewarm = tuple(state["rewarm"])

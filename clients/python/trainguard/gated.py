@@ -1,0 +1,286 @@
+"""The device-gated step: no host sync on a healthy step.
+
+The step's statistics stay on the device; a fused optimizer skips or clips the update in its own
+kernel (``measure.DeviceGate``); with several ranks the gate is agreed in one in-stream
+``all_reduce`` (``distributed.gate_collective``); the statistics reach the host later, through
+pinned memory and a CUDA event, and the report is built and sent on the sender thread.
+
+A non-finite step is skipped on the device, so its weights and optimizer state are still untouched
+when the host learns of it, one step later. That is when it is replayed (``replay_previous``):
+forward and backward of the faulty step again on its own batch and RNG state; a clean replay
+(TRANSIENT) applies the replay's update, so no step is lost; then the current step's forward and
+backward run again on the weights as they now are. Only a step that is already faulty pays for
+this; a healthy step still reads nothing on the host.
+"""
+import collections
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
+
+import torch
+
+from . import apply as apply_
+from . import distributed as dist_agree
+from . import rules
+from .connection import ClientState
+from .replay import FaultClass, StepFault
+from .report import step_report
+from .rng import restore_rng
+from .stats import first_non_finite, grad_norms
+from .verdict import Action, LocalBounds, Verdict
+
+log = logging.getLogger("trainguard")
+
+
+@dataclass
+class GatedStep:
+    """What a device-gated step leaves behind for its replay at the next step."""
+    step: int
+    verdict: Verdict
+    host: Any                  # [loss, grad_norm, group norms..., module stats...] (host copy, maybe in flight)
+    host_vec: Any              # several ranks: the reduced agreement vector (host copy), else None
+    event: Any                 # CUDA event after which both host copies are valid; None on the CPU
+    n_groups: int
+    names: List[str]
+    threshold: float
+    lrs: list                  # the param groups' LRs this step ran at
+    generation: int
+    replay_fn: Optional[Callable] = None
+    rng: Any = None            # the RNG state the step began with
+    position: Optional[int] = None  # the data position after this step's batch
+
+    def ready(self):
+        return self.event is None or self.event.query()  # never blocks
+
+    def fault(self):
+        vals = self.host.tolist()
+        mods = vals[2 + self.n_groups:]
+        bad = first_non_finite(self.names, [math.isfinite(x) for x in mods])
+        return StepFault(vals[0], vals[1], module=bad or "")
+
+
+class GatedPath:
+    """The device-gated step of one Guard, its multi-rank agreement and the replay of its faults."""
+
+    def __init__(self, guard, multi, sharded):
+        self.g = guard
+        self.multi = multi           # several ranks: the gate is agreed in one in-stream all_reduce
+        self.sharded = sharded       # FSDP/ZeRO: the global norm is the root of the sum of squares
+        self.host_next = False       # several ranks: they agreed that the next step takes the host path
+        self.prev = None             # several ranks: (host copy of the reduced vector, event) of the last step
+        self.futs = collections.deque()  # reports not yet answered
+        self.last = None             # the last gated step (GatedStep), until the next step looked at it
+
+    def clear(self):
+        self.futs.clear()
+        self.last = None
+
+    # ------------------------------------------------------------------ before the step
+
+    def await_verdicts(self, step):
+        """Waits (at most ``deadline``) until the reports of steps <= step - verdict_lag have their
+        verdicts, so that a ROLLBACK/HALT for step k-1 is applied at step k."""
+        g, futs = self.g, self.futs
+        while futs and futs[0].done():
+            futs.popleft()
+        if g.verdict_lag is None:
+            return
+        while futs and futs[0].step <= step - g.verdict_lag:
+            fut = futs[0]
+            if not fut.wait(g.deadline + 0.05):
+                futs.clear()
+                g.connection.went_offline()
+                g.connection.unreachable("ReportStep", TimeoutError(f"no verdict for step {fut.step} within {g.deadline}s"))
+                return
+            futs.popleft()
+
+    def agreed_host_path(self):
+        """Several ranks: whether they agreed (on the device, in the last step's collective, or in
+        the last host step's agreement) that this step takes the host path."""
+        prev, self.prev = self.prev, None
+        if prev is None:
+            return self.host_next
+        vec, event = prev
+        if event is not None:
+            event.synchronize()  # the last step's collective; normally long done
+        _, need, _ = dist_agree.reduced_flags(vec.tolist(), self.g.world_size, self.sharded)
+        self.host_next = need
+        return need
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self, step, loss, step_time, need_host=False, replay=None):
+        """A step with no host sync: measure on the device, gate the optimizer on the device (with
+        several ranks: agreed in one in-stream all_reduce), hand the stats to the sender thread
+        through pinned memory and a CUDA event."""
+        g = self.g
+        bounds = g.bounds or LocalBounds()
+        g.counters["device_gated_steps"] += 1
+        if not g.connection.offline:  # several ranks: an offline rank still gates (and asks for the host path)
+            g.connection.to(ClientState.GATED)
+        stats, total, ng, names = g.meter.on_device(loss)
+        thr = rules.gate_threshold(bounds)
+        if self.multi:
+            bad = torch.logical_not(torch.isfinite(stats).all())
+            skip, norm, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded)
+            g.gate.install_agreed(skip, norm, thr)
+            (host, host_vec), event = g.gate.stage(stats, vec)
+            self.prev = (host_vec, event)
+        else:
+            g.gate.install(stats, total, thr)
+            (host,), event = g.gate.stage(stats)
+            host_vec = None
+        # The LRs this step runs at, for a replayed update. A tensor LR is kept by reference (a copy
+        # would be a kernel on every healthy step): a scheduler that changes it in place makes a
+        # replayed update run at the next step's LR.
+        lrs = [grp.get("lr", 0.0) for grp in g.optimizer.param_groups]
+        lr = lrs[0] if lrs else 0.0
+        lr = float(lr) if not torch.is_tensor(lr) or lr.device.type == "cpu" else 0.0
+        absent = loss is None
+
+        def build():  # on the sender thread
+            if event is not None:
+                event.synchronize()  # blocks in C without the GIL
+            return self._report(step, host.tolist(), ng, names, lr, step_time, thr, bounds, absent,
+                                None if host_vec is None else host_vec.tolist())
+
+        self.futs.append(g.sender.submit_deferred(step, build, g.generation))
+        verdict = Verdict(step, Action.APPLY, clip_threshold=thr, validation_allowed=g._validation_hint,
+                          bounds=bounds, decided_locally=True, device_gated=True)
+        rec = g.recovery
+        self.last = GatedStep(step, verdict, host, host_vec, event, ng, names, thr, lrs, g.generation,
+                              replay_fn=replay, rng=rec.step_rng(), position=rec.position())
+        return verdict
+
+    def _report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent, reduced=None):
+        g = self.g
+        loss_v, gnorm = vals[0], vals[1]
+        mods = vals[2 + ng:]
+        mod_finite = [math.isfinite(x) for x in mods]
+        finite, clipped, in_bounds = rules.gated_outcome(loss_v, gnorm, mod_finite, thr, bounds)  # = the device's gate
+        locally_finite = finite
+        if reduced is not None:  # several ranks: the device acted on what they agreed
+            any_bad, _, spread = dist_agree.reduced_flags(reduced, g.world_size, self.sharded)
+            if self.sharded and finite:
+                gnorm = math.sqrt(reduced[2])  # the global norm, as FSDP's clip_grad_norm_ computes it
+            mismatch = spread is not None and spread > dist_agree.NORM_SPREAD_TOLERANCE
+            if mismatch:
+                with g._lock:
+                    g.counters["grad_norm_mismatches"] += 1
+                log.warning("trainguard: step %d: the ranks' grad norms differ (relative spread %.3g) although "
+                            "DDP gives every rank the same gradients: silent data corruption or a rank out of "
+                            "step; the update was skipped on every rank", step, spread)
+            finite = finite and not any_bad and not mismatch
+            clipped = finite and thr > 0 and gnorm > thr
+            in_bounds = rules.within_bounds(bounds, loss_v, gnorm)
+        with g._lock:
+            if not finite:
+                g.counters["skips"] += 1
+            elif clipped:
+                g.counters["clips"] += 1
+            if finite and in_bounds:
+                g.counters["local_decisions"] += 1
+        if clipped:
+            log.info("trainguard: step %d %s", step, rules.clip_reason(
+                gnorm, thr, "on the device: the run's clip policy or the spike bound beyond which the sidecar is asked"))
+        if locally_finite and not finite:
+            log.warning("trainguard: step %d: another rank saw a non-finite value or the norms disagreed: the update "
+                        "was skipped on every rank", step)
+        elif not finite:
+            bad = first_non_finite(names, mod_finite)
+            log.warning("trainguard: step %d non-finite (loss=%s, grad norm=%s%s): the update was skipped on the "
+                        "device; the sidecar decides what follows", step, loss_v, gnorm,
+                        f", first non-finite module call {bad}" if bad else "")
+        return step_report(g.run, g.rank, step, loss=loss_v, grad_norm=gnorm, group_norms=vals[2:2 + ng],
+                           learning_rate=lr, step_time=step_time, loss_absent=absent, module_names=names,
+                           module_values=mods, values_are_max_abs=g._watch_sends_max_abs(),
+                           decided_locally=finite and in_bounds)
+
+    # ------------------------------------------------------------------ replaying the last step's fault
+
+    def replay_previous(self, step, loss, replay, suppress):
+        """At step k+1: when the gated step k was non-finite (on any rank), replay it, classify the
+        fault and, for TRANSIENT, apply the replay's update; then run this step's forward and
+        backward again (``replay``) on the weights as they now are. Returns the loss to judge this
+        step by (``loss`` when nothing was replayed). ``suppress``: a ROLLBACK/HALT arrived, which
+        the replay would not change. Every rank reaches the same decision (the fault flag is the
+        ranks' agreed one; the rest is agreed in one small all_reduce, on faulty steps only)."""
+        rec, self.last = self.last, None
+        g, rcv = self.g, self.g.recovery
+        if rec is None or rcv.replay_policy.mode == "off" or rec.generation != g.generation:
+            return loss
+        if self.multi:
+            if rec.event is not None:
+                rec.event.synchronize()  # agreed_host_path() already waited for it this step
+            faulty = dist_agree.reduced_flags(rec.host_vec.tolist(), g.world_size, self.sharded)[0]
+        else:
+            if not rec.ready():
+                # the host does not know yet (verdict_lag=None and the device is behind): waiting
+                # would be a host sync on a step that may be healthy
+                return loss
+            faulty = None
+        fault = rec.fault()
+        if faulty is None:
+            faulty = fault.nonfinite
+        if not faulty:
+            return loss
+        able = rec.replay_fn is not None and replay is not None and rec.rng is not None
+        if not rcv.should_replay(rec.step, fault, able, suppress, wants=True,
+                                 why_unable="pass guard.step(..., replay=fn) at the faulty step and the step after it "
+                                            "(on the device gate a fault is replayed one step later)"):
+            return loss
+        opt = g.optimizer
+        opt.zero_grad(set_to_none=True)
+        if g.watch:
+            g.watch.reset()  # this step's forward statistics: this step runs again below
+        restore_rng(rec.rng)
+        m2 = g.meter.read(rec.replay_fn())  # a host read, on a faulty step only
+        cls = rcv.classify_replay(rec.step, fault, m2, rec.position)
+        rec.verdict.fault_class = cls.name
+        if cls == FaultClass.TRANSIENT:
+            self._apply_replayed(rec)
+        opt.zero_grad(set_to_none=True)
+        if g.watch:
+            g.watch.reset()
+        restore_rng(rcv.step_rng())  # the RNG state this step began with
+        return replay()
+
+    def _apply_replayed(self, rec):
+        """Applies the replay's update of step ``rec.step``, gated and clipped as that step would
+        have been, at the LR it ran at (the scheduler has moved on since)."""
+        g = self.g
+        opt = g.optimizer
+        total, _ = grad_norms([grp["params"] for grp in opt.param_groups], g.device)
+        if self.multi:
+            bad = torch.logical_not(torch.isfinite(total))
+            skip, norm, _ = dist_agree.gate_collective(bad, g.gate.flag(False), total, self.sharded)
+            g.gate.install_agreed(skip, norm, rec.threshold)
+        else:
+            g.gate.install(total.reshape(1), total, rec.threshold)
+        now = [grp.get("lr") for grp in opt.param_groups]
+        for grp, lr in zip(opt.param_groups, rec.lrs):
+            grp["lr"] = lr
+        try:
+            apply_.run_update(g, Verdict(rec.step, Action.APPLY), opt.step)
+        finally:
+            for grp, lr in zip(opt.param_groups, now):
+                grp["lr"] = lr
+            g.gate.uninstall()
+        g.recovery.counters["replayed_updates"] += 1
+        log.warning("trainguard: step %d: the replay's update was applied (TRANSIENT fault; no step lost)", rec.step)
+
+
+def gate_wanted(guard, device_gate):
+    """Whether ``guard`` runs healthy steps on the device gate: ``device_gate`` "auto" (on CUDA
+    where possible), True (wherever possible, the CPU included; raises where impossible) or False."""
+    from .measure import optimizer_honours_gate
+    g = guard
+    ok = (g.mode == "async" and optimizer_honours_gate(g.optimizer)
+          and not g.protect_update and not (g.scaler is not None and g.scaler.is_enabled())
+          and (g.world_size == 1 or dist_agree.is_initialized()))
+    if device_gate is True and not ok:
+        raise ValueError("device_gate=True needs mode='async', an optimizer that honours found_inf/grad_scale "
+                         "(fused=True Adam/AdamW/SGD), no GradScaler, no protect_update and, with several "
+                         "ranks, torch.distributed initialised")
+    return ok and (device_gate is True or (device_gate == "auto" and g.device.type == "cuda"))
