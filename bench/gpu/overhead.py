@@ -27,7 +27,8 @@ Options that change every variant alike:
   --profile    after the rounds, cProfile 30 steps of the first guarded variant (top functions by
                own time into <out>.profile.txt)
 Each guarded variant also records guard_cpu_us: the mean wall time of its per-step client calls
-(guard.step + the optimizer step through the guard), the CPU time the guard adds to the loop.
+(guard.step + the optimizer step through the guard), next to baseline_optimizer_us (the unguarded
+optimizer.step() call), and guard_parts_us: the same time split over the client's pieces.
 
 Usage: python overhead.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 7 --steps 30 --out res.json
        python overhead.py --device cpu --tiny ...   (a smoke test of the script, no timing value)
@@ -231,13 +232,16 @@ def main():
                     finally:
                         acc[label] = acc.get(label, 0.0) + time.perf_counter() - t
                 setattr(obj, attr, timed_fn)
-            wrap(g, "_await_verdicts", "await_verdicts")
+            wrap(g.gated, "await_verdicts", "await_verdicts")
+            wrap(g.gated, "step", "gated_step")
             wrap(g.meter, "on_device", "measure_on_device")
             wrap(g.gate, "install", "gate_install")
             wrap(g.gate, "stage", "gate_stage")
             wrap(g.sender, "submit_deferred", "submit")
             wrap(g.recovery, "begin", "recovery_begin")
+            wrap(g.recovery, "after_update", "recovery_after_update")
             wrap(g, "_finish", "finish")
+            wrap(g, "optimizer_step", "optimizer_step")
 
         scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
 
@@ -292,14 +296,17 @@ def main():
                         continue
                     opt.step()
                 else:
+                    tb0 = time.perf_counter()
                     o.step()
+                    in_guard += time.perf_counter() - tb0  # the baseline's own optimizer call, to compare
                 o.zero_grad(set_to_none=True)
             sync()
             dt = (time.perf_counter() - t0) * 1000.0 / n
-            if g is not None:
+            if g is not None or name == "baseline":
                 acc = guard_s.setdefault(name, [0.0, 0])
                 acc[0] += in_guard
                 acc[1] += n
+            if g is not None:
                 if a.compile:
                     g.flush(10)
                 else:
@@ -327,7 +334,8 @@ def main():
                     f"{v} {rows[v][-1]['ratio']:.3f}" for v in variants), flush=True)
 
         res = {"baseline_ms_median": statistics.median(base_ms), "baseline_ms_min": min(base_ms),
-               "baseline_ms_max": max(base_ms), "variants": {}}
+               "baseline_ms_max": max(base_ms), "variants": {},
+               "baseline_optimizer_us": guard_s["baseline"][0] / guard_s["baseline"][1] * 1e6}
         for v in variants:
             rs = [x["ratio"] for x in rows[v]]
             res["variants"][v] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
@@ -355,6 +363,7 @@ def main():
         info["results"][f"batch{B}"] = res
         print(f"\nbatch {B}: {nparams / 1e6:.1f}M parameters, baseline {res['baseline_ms_median']:.2f} ms/step "
               f"[{res['baseline_ms_min']:.2f}, {res['baseline_ms_max']:.2f}]")
+        print(f"  the baseline's optimizer.step(): {res['baseline_optimizer_us']:.0f} us/step (compare guard us)")
         print(f"  {'variant':10s} {'median':>7s} {'min':>7s} {'max':>7s} {'ms/step':>8s} {'guard us':>9s}")
         for v in variants:
             s = res["variants"][v]
