@@ -84,7 +84,7 @@ def _worker(rank, world, port, target, out_dir):
 
     # 2. through the Guard: a NaN on rank 1 -> ROLLBACK to a memory snapshot on both ranks
     model, opt = fsdp_model()
-    g = Guard(model, opt, "fsdp-snapshots", target=target, deadline=5.0, mode="sync", snapshots={"interval": 2},
+    g = Guard(model, opt, "fsdp-snapshots", target=target, deadline=5.0, mode="sync", snapshots={"interval": 2, "max_overhead": 0},
               policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 0,
                       "validation_warmup_steps": 10**6, "rollback_rewarm_steps": 0})
     wait_online(g)

@@ -99,7 +99,7 @@ def test_divergence_at_step_2_recovers_from_memory_snapshot_with_lr_cut_from_bas
     model, opt = make(opt="sgd", lr=50.0)   # 50: inf at step 2; 5: inf a few steps later; 0.5 trains
     rec = LrRecorder(opt)
     g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync",
-              policy=dict(QUICK, rollback_lr_factor=factor), snapshots={"interval": 1})
+              policy=dict(QUICK, rollback_lr_factor=factor), snapshots={"interval": 1, "max_overhead": 0})
     vs = run_loop(g, model, opt, 60, loss_fn=_fp16_loss, rec=rec)
     g.close()
     rb = [v for v in vs if v.action == Action.ROLLBACK]
@@ -135,7 +135,7 @@ def test_lr_of_every_step_across_repeated_rollbacks(sidecar, rollbacks):
     rec = LrRecorder(opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)  # a schedule that must keep the cut
     g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync", scheduler=sched,
-              policy=dict(QUICK, rollback_lr_factor=0.5, rollback_rewarm_steps=3), snapshots={"interval": 2})
+              policy=dict(QUICK, rollback_lr_factor=0.5, rollback_rewarm_steps=3), snapshots={"interval": 2, "max_overhead": 0})
     windows = [range(8 * k, 8 * k + 4) for k in range(1, rollbacks + 1)]
     seen = set()
 
@@ -156,7 +156,7 @@ def test_poisoned_batch_is_deterministic_and_its_position_skipped_on_rollback(si
     # prevents: a bad batch being mistaken for a hardware fault, and being fed again after a rollback
     model, opt = make()
     g = Guard(model, opt, "poison", target=sidecar.target, deadline=5.0, mode="sync",
-              policy=dict(QUICK, max_consecutive_skips=0), snapshots={"interval": 2})
+              policy=dict(QUICK, max_consecutive_skips=0), snapshots={"interval": 2, "max_overhead": 0})
 
     def poison(step, x, y):
         if step == 9:
@@ -288,7 +288,7 @@ def test_memory_snapshots_registered_as_memory_checkpoints_and_evicted_per_slot(
     # prevents: the sidecar choosing a snapshot the trainer has already overwritten
     model, opt = make()
     g = Guard(model, opt, "slots", target=sidecar.target, deadline=5.0, mode="sync", policy=QUICK,
-              snapshots={"interval": 1})
+              snapshots={"interval": 1, "max_overhead": 0})
     run_loop(g, model, opt, 20)
     g.close()
     cks = [c for c in sidecar.run_info("slots")["checkpoints"] if c["format"] == "MEMORY"]

@@ -35,7 +35,7 @@ def test_restore_snapshot_after_more_steps_returns_exact_state_and_continues_ide
     # or misses optimizer/scheduler/RNG state (the resumed run would drift from the original)
     model, opt = make()
     sched = torch.optim.lr_scheduler.StepLR(opt, 3, gamma=0.5)
-    store = SnapshotStore(model, opt, scheduler=sched, policy=SnapshotPolicy(interval=1))
+    store = SnapshotStore(model, opt, scheduler=sched, policy=SnapshotPolicy(interval=1, max_overhead=0))
     _fit(model, opt, 5, sched=sched)
     torch.manual_seed(123)
     random.seed(7)
@@ -56,7 +56,7 @@ def test_restore_twice_from_the_same_snapshot_gives_the_same_state():
     # prevents: restore handing the snapshot's own buffers to the optimizer (the next steps would
     # overwrite the snapshot, and a second rollback would restore garbage)
     model, opt = make()
-    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1))
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
     _fit(model, opt, 3)
     s = store.take(0, 2, 3)
     store.restore(s)
@@ -90,7 +90,7 @@ def test_snapshot_of_nonfinite_weights_is_never_known_good():
     # prevents: promoting a snapshot whose weights already hold a NaN
     model, opt = make()
     _fit(model, opt, 2)
-    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1))
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
     ring = SnapshotRing(store, known_good_steps=2)
     with torch.no_grad():
         model.inp.weight[0, 0] = float("nan")
@@ -102,7 +102,7 @@ def test_snapshot_of_nonfinite_weights_is_never_known_good():
 def test_ring_keeps_the_newest_known_good_and_discards_pending_on_unhealthy_step():
     # prevents: overwriting the only known-good snapshot, or keeping one that saw a fault
     model, opt = make()
-    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=2))
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=2, max_overhead=0))
     ring = SnapshotRing(store, known_good_steps=3)
     taken = []
     for step in range(40):
@@ -123,6 +123,55 @@ def test_ring_keeps_the_newest_known_good_and_discards_pending_on_unhealthy_step
     pending = ring.pending()
     ring.on_unhealthy(40)
     assert all(s.state == "EMPTY" for s in pending) and ring.known_good()
+
+
+def test_pace_spaces_snapshots_by_their_measured_cost(monkeypatch):
+    # prevents: snapshots of a large state every few fast steps costing far more than max_overhead
+    from trainguard import snapshot as snap
+    clock = [0.0]
+    monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
+    pace = snap.SnapshotPace(max_overhead=0.01)
+    for _ in range(10):          # usual steps of 20 ms
+        clock[0] += 0.020
+        pace.on_step()
+    assert pace.allows()         # nothing taken yet
+    pace.taken()
+    for dt in (0.032, 0.020, 0.020):  # the step after the snapshot took 12 ms more
+        clock[0] += dt
+        pace.on_step()
+    assert abs(pace.cost_s - 0.012) < 1e-9
+    clock[0] += 1.0              # 1.072 s after the snapshot: 12 ms / 0.01 = 1.2 s not yet passed
+    assert not pace.allows()
+    clock[0] += 0.2
+    assert pace.allows()
+
+
+def test_pace_caps_a_cost_inflated_by_an_unrelated_pause(monkeypatch):
+    # prevents: a validation pass right after a snapshot postponing the next one for hours
+    from trainguard import snapshot as snap
+    clock = [0.0]
+    monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
+    pace = snap.SnapshotPace(max_overhead=0.01)
+    for _ in range(10):
+        clock[0] += 0.020
+        pace.on_step()
+    pace.taken()
+    for dt in (60.0, 0.020, 0.020):
+        clock[0] += dt
+        pace.on_step()
+    assert pace.cost_s == snap.SnapshotPace.MAX_COST_STEPS * 0.020
+
+
+def test_first_snapshot_allocates_every_slot():
+    # prevents: pinning the second slot's host memory mid-run (a ~1 s/GB stall at the 2nd snapshot)
+    model, opt = make()
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
+    _fit(model, opt, 1)
+    store.take(0, 0, 1)
+    assert all(s.host is not None for s in store.slots)
+    hosts = [id(h) for h in store.slots[1].host]
+    store.take(1, 1, 2)
+    assert [id(h) for h in store.slots[1].host] == hosts  # reused, not allocated again
 
 
 # ---------------------------------------------------------------------------------- replay

@@ -188,7 +188,7 @@ class Guard:
         the loss; a faulty step is then replayed once to classify the fault (docs/client.md,
         Recovery). ``data_position``: where the data stands after this step's batch (default
         step + 1); in-memory snapshots record it."""
-        self.recovery.begin(step, data_position)
+        self.recovery.begin(step, data_position, replay)
         now = time.perf_counter()
         step_time, self._step_t0 = now - self._step_t0, now
         self.counters["steps"] += 1

@@ -26,16 +26,25 @@ class SnapshotPolicy:
     while the previous one still waits to become known-good, so with ``slots=2`` one known-good
     snapshot always survives). ``max_bytes``: 0 = no cap; a state larger than this is not
     snapshotted (warned once). Host memory used: ``slots x`` (weights + buffers + optimizer
-    state), e.g. 2 x 16 bytes/parameter for fp32 AdamW."""
+    state), e.g. 2 x 16 bytes/parameter for fp32 AdamW; every slot's buffers are allocated at the
+    first snapshot (the run's first step), so pinning host memory never stalls a later step.
+    ``max_overhead``: snapshots are also spaced in time so that what one measurably costs the steps
+    around it (its copy's launch, the next update's wait for the copy) stays below this fraction of
+    training time; e.g. a snapshot that costs 12 ms is taken at most every 1.2 s at 0.01. 0 = the
+    step interval alone decides."""
     enabled: bool = True
     interval: int = 25
     max_bytes: int = 0
     slots: int = 2
     pin_memory: bool = True
+    max_overhead: float = 0.01
 
     def __post_init__(self):
         if self.interval < 1:
             raise ValueError("snapshot interval must be >= 1 healthy step")
+        if not 0.0 <= self.max_overhead < 1.0:
+            raise ValueError("snapshot max_overhead must be in [0, 1): the fraction of training time snapshots "
+                             "may cost (0 = the step interval alone decides)")
         if self.slots < 2:
             raise ValueError("snapshots need at least 2 slots (one known-good while the next is written)")
         if self.max_bytes < 0:
@@ -64,6 +73,12 @@ def _fill(obj, host):
         out = [_fill(v, host) for v in obj]
         return out if isinstance(obj, list) else tuple(out)
     return obj
+
+
+def _fits(host, uniq):
+    """Whether a slot's host buffers can hold these tensors (same count, shapes and dtypes)."""
+    return (host is not None and len(host) == len(uniq)
+            and all(h.shape == u.shape and h.dtype == u.dtype for h, u in zip(host, uniq)))
 
 
 def _is_dtensor(t):
@@ -185,11 +200,15 @@ class SnapshotStore:
         if self.policy.max_bytes and nbytes > self.policy.max_bytes:
             self.too_big = nbytes
             return None
-        if (s.host is None or len(s.host) != len(uniq)
-                or any(h.shape != u.shape or h.dtype != u.dtype for h, u in zip(s.host, uniq))):
-            pin = self.cuda and self.policy.pin_memory
-            s.host = [torch.empty(u.shape, dtype=u.dtype, device="cpu", pin_memory=pin) for u in uniq]
-            s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=self.cuda and self.policy.pin_memory)
+        alloc_s = 0.0
+        if not _fits(s.host, uniq):
+            t_alloc = time.perf_counter()
+            # Every free slot at once (normally all of them, at the first snapshot): pinning
+            # gigabytes of host memory takes ~1 s/GB, a start-up cost rather than a stall mid-run.
+            for other in self.slots:
+                if other is s or (other.state == EMPTY and not _fits(other.host, uniq)):
+                    self._allocate(other, uniq)
+            alloc_s = time.perf_counter() - t_alloc
         s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
         s.healthy_since, s.checkpoint_id, s.taken_at = 0, "", time.time()
         s.skeleton = (remap, skeleton, capture_rng() if rng is None else rng)
@@ -217,8 +236,14 @@ class SnapshotStore:
             s.state = PENDING
         self.stats["taken"] += 1
         self.stats["bytes"] = nbytes
-        self.stats["last_take_s"] = time.perf_counter() - t0
+        self.stats["last_take_s"] = time.perf_counter() - t0 - alloc_s
+        self.stats["alloc_s"] = self.stats.get("alloc_s", 0.0) + alloc_s
         return s
+
+    def _allocate(self, s, uniq):
+        pin = self.cuda and self.policy.pin_memory
+        s.host = [torch.empty(u.shape, dtype=u.dtype, device="cpu", pin_memory=pin) for u in uniq]
+        s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=pin)
 
     @staticmethod
     def _copy(dst, src, non_blocking):
@@ -289,6 +314,7 @@ class SnapshotRing:
         self.store = store
         self.known_good_steps = int(known_good_steps)
         self._healthy_since_take = 0
+        self.pace = SnapshotPace(store.policy.max_overhead)
 
     @property
     def slots(self):
@@ -303,6 +329,7 @@ class SnapshotRing:
     def on_healthy(self, step):
         """Counts one healthy step; returns the snapshots that earned known-good (client view)."""
         self._healthy_since_take += 1
+        self.pace.on_step()
         earned = []
         for s in self.slots:
             if s.state in (COPYING, PENDING) and step > s.step:
@@ -320,7 +347,8 @@ class SnapshotRing:
         self._healthy_since_take = 0
 
     def due(self):
-        return self._healthy_since_take >= self.store.policy.interval and not self.pending()
+        return (self._healthy_since_take >= self.store.policy.interval and not self.pending()
+                and self.pace.allows())
 
     def victim(self):
         empty = [s for s in self.slots if s.state == EMPTY]
@@ -329,11 +357,73 @@ class SnapshotRing:
         good = self.known_good()
         return good[0].slot if len(good) > 1 else None
 
-    def taken(self):
+    def taken(self, measured=True):
+        """A snapshot was taken (``measured``: its cost paces the next one) or the state was
+        restored from one (the healthy steps towards the next snapshot count from here)."""
         self._healthy_since_take = 0
+        if measured:
+            self.pace.taken()
 
     def find(self, step, slot=None):
         for s in self.slots:
             if s.step == step and s.state in (PENDING, KNOWN_GOOD, COPYING) and (slot is None or s.slot == slot):
                 return s
         return None
+
+
+class SnapshotPace:
+    """Spaces snapshots in time by what they measurably cost (``SnapshotPolicy.max_overhead``).
+
+    The cost of a snapshot is what the steps right after it took beyond the usual step time (the
+    median of recent steps that no snapshot touched): the copy's launch on the host and, on CUDA,
+    the next update waiting on the device for the copy to finish reading. The next snapshot is then
+    due no sooner than ``cost / max_overhead`` seconds later. Step times come from the healthy steps
+    themselves (the time between two of them), so nothing is timed that the loop would not do anyway."""
+
+    AFTER = 3            # steps after a snapshot whose excess time is its cost
+    WINDOW = 32          # recent untouched step times kept for the median
+    MAX_COST_STEPS = 10  # a cost counted as at most this many usual steps
+
+    def __init__(self, max_overhead):
+        self.max_overhead = float(max_overhead)
+        self.cost_s = 0.0
+        self._times = []
+        self._last = None
+        self._after = 0
+        self._excess = 0.0
+        self._taken_at = None
+
+    def on_step(self):
+        now = time.perf_counter()
+        dt, self._last = (None if self._last is None else now - self._last), now
+        if dt is None:
+            return
+        if self._after:
+            base = self.usual()
+            self._excess += max(0.0, dt - base) if base is not None else 0.0
+            self._after -= 1
+            if not self._after:
+                # Capped at a few usual steps: a validation pass or a checkpoint save that happens to
+                # fall right after a snapshot must not push the next one off for hours.
+                self.cost_s = min(self._excess, self.MAX_COST_STEPS * base) if base is not None else 0.0
+            return
+        self._times.append(dt)
+        if len(self._times) > self.WINDOW:
+            self._times.pop(0)
+
+    def usual(self):
+        if not self._times:
+            return None
+        t = sorted(self._times)
+        return t[len(t) // 2]
+
+    def taken(self):
+        self._taken_at = time.perf_counter()
+        self._after, self._excess = self.AFTER, 0.0
+
+    def allows(self):
+        if self.max_overhead <= 0 or self._taken_at is None:
+            return True
+        if self._after:  # the last snapshot's cost is still being measured
+            return False
+        return time.perf_counter() - self._taken_at >= self.cost_s / self.max_overhead
