@@ -299,6 +299,8 @@ class Guard:
         if self.watch:
             self.watch.attach()
         self._step_t0 = time.perf_counter()
+        if self.recovery.ring is not None:
+            self.recovery.ring.pace.restart_clock()  # the pause is no step time
         self.connection.resume()
         if not self.connection.offline:
             self.heartbeat(self.last_step or 0, "STEP")

@@ -411,6 +411,10 @@ class SnapshotPace:
         if len(self._times) > self.WINDOW:
             self._times.pop(0)
 
+    def restart_clock(self):
+        """The next healthy step starts a fresh interval (after a pause, a rollback)."""
+        self._last = None
+
     def usual(self):
         if not self._times:
             return None
