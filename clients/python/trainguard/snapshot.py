@@ -363,6 +363,8 @@ class SnapshotRing:
         self._healthy_since_take = 0
         if measured:
             self.pace.taken()
+        else:
+            self.pace.restart_clock()
 
     def find(self, step, slot=None):
         for s in self.slots:
