@@ -174,6 +174,23 @@ def test_first_snapshot_allocates_every_slot():
     assert [id(h) for h in store.slots[1].host] == hosts  # reused, not allocated again
 
 
+def test_buffers_sized_after_the_first_update_serve_every_later_snapshot():
+    # prevents: the first snapshot with optimizer state (Adam's moments appear at the first update)
+    # pinning two slots' worth of host memory in the middle of the run
+    model, _ = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
+    store.take(0, -1, 0)                 # the starting state: no optimizer state yet
+    _fit(model, opt, 1)
+    store.prepare()                       # what Recovery does after the first update
+    alloc = store.stats["alloc_s"]
+    for slot, step in ((1, 1), (0, 2), (1, 3)):
+        _fit(model, opt, 1, start=step)
+        store.take(slot, step, step + 1)
+    assert store.stats["alloc_s"] == alloc
+    assert len(store.slots[0].host) > 2   # weights and Adam's moments
+
+
 # ---------------------------------------------------------------------------------- replay
 
 def test_classify_clean_replay_is_transient_same_fault_deterministic_other_fault_unstable():

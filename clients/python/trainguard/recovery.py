@@ -69,6 +69,7 @@ class Recovery:
         # The RNG state is captured after every step only once the loop passes replay callables:
         # capturing Python's, NumPy's and torch's generators costs the loop ~0.1 ms a step for nothing.
         self._replay_offered = False
+        self._prepared = False
         self._warned_big = False
         self._warned_no_fn = False
         self._to_register = []
@@ -211,6 +212,9 @@ class Recovery:
         if self.g.connection.paused:
             return
         self.lr.on_healthy()
+        if self.ring is not None and step is not None and not self._prepared:
+            self._prepared = True  # the optimizer state exists now: size every slot's buffers once
+            self.store.prepare()
         if self.ring is not None and step is not None:
             self._register_ready()
             self._confirm(self.ring.on_healthy(step))

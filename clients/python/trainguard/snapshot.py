@@ -125,6 +125,7 @@ class Snapshot:
         self.healthy_since = 0
         self.checkpoint_id = ""
         self.host = None
+        self.spare = None        # buffers allocated ahead for this slot's next snapshot (see prepare())
         self.skeleton = None
         self.finite_flag = None  # host 0-d bool tensor, valid once the copy completed
         self.event = None
@@ -201,6 +202,8 @@ class SnapshotStore:
             self.too_big = nbytes
             return None
         alloc_s = 0.0
+        if not _fits(s.host, uniq) and _fits(s.spare, uniq):
+            s.host, s.spare = s.spare, None
         if not _fits(s.host, uniq):
             t_alloc = time.perf_counter()
             # Every free slot at once (normally all of them, at the first snapshot): pinning
@@ -239,6 +242,25 @@ class SnapshotStore:
         self.stats["last_take_s"] = time.perf_counter() - t0 - alloc_s
         self.stats["alloc_s"] = self.stats.get("alloc_s", 0.0) + alloc_s
         return s
+
+    def prepare(self):
+        """Allocates, for every slot, buffers that fit the state as it is now, where its own do not:
+        called after the first update, when the optimizer state exists (the starting-state snapshot
+        has none), so that no later snapshot pins host memory mid-run. A slot in use gets them as
+        spare buffers for its next snapshot. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        uniq, _, _ = self._gather()
+        if self.policy.max_bytes and sum(t.numel() * t.element_size() for t in uniq) > self.policy.max_bytes:
+            return 0.0
+        for s in self.slots:
+            if _fits(s.host, uniq) or _fits(s.spare, uniq):
+                continue
+            if s.state == EMPTY:
+                self._allocate(s, uniq)
+            else:
+                pin = self.cuda and self.policy.pin_memory
+                s.spare = [torch.empty(u.shape, dtype=u.dtype, device="cpu", pin_memory=pin) for u in uniq]
+        return time.perf_counter() - t0
 
     def _allocate(self, s, uniq):
         pin = self.cuda and self.policy.pin_memory
