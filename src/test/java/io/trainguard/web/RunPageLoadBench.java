@@ -34,6 +34,7 @@ import org.openqa.selenium.chrome.ChromeOptions;
  */
 public final class RunPageLoadBench {
     static final String RUN = "bench-1m";
+    static final String SMALL = "bench-10";
 
     public static void main(String[] args) throws Exception {
         int steps = Integer.getInteger("steps", 1_000_000);
@@ -54,6 +55,10 @@ public final class RunPageLoadBench {
                 }
             }
             client.report(RUN, 0, 0, 2.0, 1.0);
+            client.open(SMALL, 0, 1); // a 10-step run: the fresh JVM's first page render, for comparison
+            for (int s = 0; s < 10; s++) {
+                client.report(SMALL, 0, s, 2.0, 1.0);
+            }
         }
         long t0 = System.nanoTime();
         try (SqliteJournal journal = new SqliteJournal(dir.resolve("journal.db"), "OFF", 64)) {
@@ -92,6 +97,7 @@ public final class RunPageLoadBench {
             }
             // 2. Restarted, then opened after the history warmer had warmupSeconds; then refreshed.
             double[] first;
+            double[] small;
             double[] server = new double[loads];
             double[] full = new double[loads];
             int points;
@@ -99,6 +105,7 @@ public final class RunPageLoadBench {
             String lastStep;
             try (PackagedSidecar app = new PackagedSidecar(dir).start()) {
                 Thread.sleep(warmupSeconds * 1000L);
+                small = load(browser, url(app).replace(RUN, SMALL));
                 first = load(browser, url(app));
                 String d = browser.findElement(By.id("loss-chart")).findElement(By.cssSelector("path.mean")).getAttribute("d");
                 points = d.split("L").length;
@@ -118,12 +125,13 @@ public final class RunPageLoadBench {
                     "run page /runs/%s, %d steps (seeded in %.1f s)%n"
                             + "loss curve: %d points; HTML %d bytes; last step %d on the page: %s%n"
                             + "opened as the restarted sidecar turns ready (rollup still being built): request->responseEnd %.0f ms, navigation->loadEventEnd %.0f ms%n"
-                            + "first open %d s after a restart (history warmer done): request->responseEnd %.0f ms, navigation->loadEventEnd %.0f ms%n"
+                            + "%d s after a restart: first page the JVM renders (10-step run): request->responseEnd %.0f ms, navigation->loadEventEnd %.0f ms%n"
+                            + "  then the first open of the %d-step run: request->responseEnd %.0f ms, navigation->loadEventEnd %.0f ms%n"
                             + "then %d reloads, request->responseEnd: median %.0f ms (min %.0f, max %.0f)%n"
                             + "then %d reloads, navigation->loadEventEnd: median %.0f ms (min %.0f, max %.0f)%n"
                             + "machine: %s, %d cores; date %s; load average before %s, after %s%n",
                     RUN, steps, seedSeconds, points, htmlBytes, steps - 1, lastStep, cold[0], cold[1],
-                    warmupSeconds, first[0], first[1],
+                    warmupSeconds, small[0], small[1], steps, first[0], first[1],
                     loads, server[loads / 2], server[0], server[loads - 1], loads, full[loads / 2], full[0], full[loads - 1],
                     cpuModel(), Runtime.getRuntime().availableProcessors(), Instant.now(), loadBefore, loadAfter);
             System.out.print(report);
