@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the observability pack and the API contracts: promtool check/test rules on
 # k8s/observability, the PrometheusRule equal to the plain rules file, the Grafana dashboard's
-# JSON and queries, and buf lint (+ buf breaking against the last release tag, when there is one).
+# JSON and queries, and buf lint + buf breaking against the last release (tag, else proto/baseline).
 # Installs promtool (Debian `prometheus`) and buf (go install) when missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,9 +47,24 @@ if [[ -z "$BUF" ]]; then
   BUF="$TOOLS/bin/buf"
 fi
 "$BUF" lint
+# buf breaking: against the newest v* release tag when this clone has one, else against the
+# committed image of the last released proto (a CI clone may carry no tags; docs/operations.md
+# says how a release refreshes the image).
+BASELINE=proto/baseline/release.binpb
 TAG="$(git tag --list 'v*' --sort=-v:refname | head -1)"
-if [[ -n "$TAG" ]]; then
-  "$BUF" breaking --against ".git#tag=${TAG}"
-else
-  log "buf breaking: no release tag (v*) yet, nothing to compare against"
+AGAINST="${BASELINE}"
+if [[ -n "$TAG" ]]; then AGAINST=".git#tag=${TAG}"; fi
+"$BUF" breaking --against "$AGAINST"
+# Negative control: a copy of the protos with one rpc removed must be refused, or the check above
+# proves nothing (a stale or empty baseline would pass everything).
+NEG="$(mktemp -d)"
+cp -r buf.yaml proto "$NEG/"
+sed -i '0,/^[[:space:]]*rpc /{/^[[:space:]]*rpc /d}' "$NEG/proto/trainguard/v1/trainguard.proto"
+if cmp -s proto/trainguard/v1/trainguard.proto "$NEG/proto/trainguard/v1/trainguard.proto"; then
+  log "FAIL negative control: no rpc line to remove"; rm -rf "$NEG"; exit 1
 fi
+if (cd "$NEG" && "$BUF" breaking --against "$ROOT/$BASELINE") >/dev/null 2>&1; then
+  log "FAIL buf breaking accepted a proto with an rpc removed: the baseline check cannot fail"; rm -rf "$NEG"; exit 1
+fi
+rm -rf "$NEG"
+log "buf breaking: ok against ${AGAINST}; negative control (an rpc removed) refused"

@@ -20,9 +20,12 @@ scripts/validate-k8s.sh
 
 # The run page's browser test (Selenium -> chromium-driver) and promtool (metrics format, alert rules).
 step "installing chromium, chromium-driver and promtool (idempotent)"
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v promtool >/dev/null; then
+# python3-prometheus-client: its strict OpenMetrics parser (scripts/check-openmetrics.py, MetricsFormatIT).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v promtool >/dev/null \
+    || ! /usr/bin/python3 -c "import prometheus_client" 2>/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver prometheus \
+    python3-prometheus-client >/dev/null
 fi
 
 step "observability pack and contracts: promtool rules, dashboard, buf lint/breaking"

@@ -71,6 +71,11 @@ final class Rollup {
         this.rank = rank;
     }
 
+    /** Rows taken in so far. */
+    long rows() {
+        return reports;
+    }
+
     void add(long rowid, long step, double loss, double grad, double clip, double lr, double scale, String action) {
         lastRowid = rowid;
         reports++;

@@ -137,6 +137,17 @@ public final class StepHistory implements AutoCloseable {
     };
     static final int MAX_ROLLUPS = 32;
 
+    /**
+     * Brings the series' rollup up to date with the rows written since the last read and returns
+     * how many it took in. Called in the background (config/HistoryWarmer) so the first look at a
+     * long run does not have to read all its rows while a person waits.
+     */
+    public synchronized long refresh(String runId, int rank) {
+        Rollup r = rollups.get(runId + "\u0000" + rank);
+        long before = r == null ? 0 : r.rows();
+        return rollup(runId, rank).rows() - before;
+    }
+
     /** The series' rollup, brought up to date with the rows written since the last call. */
     private Rollup rollup(String runId, int rank) {
         Rollup r = rollups.computeIfAbsent(runId + "\u0000" + rank, k -> new Rollup(runId, rank));

@@ -99,6 +99,31 @@ class StepHistoryTest {
         assertTrue(history.steps("big", 0, 5_000_000L, 6_000_000L, 100).buckets().isEmpty());
     }
 
+    @Test
+    void refresh_newRowsSinceLastRead_takesInOnlyThoseAndTheChartSeesThem(@TempDir Path own) throws Exception {
+        // prevents: a background warm-up that re-reads the whole run every pass, or whose rollup the chart ignores
+        try (SqliteJournal journal = new SqliteJournal(own.resolve("journal.db"), "OFF", 64);
+                StepHistory h = new StepHistory(own.resolve("journal.db"))) {
+            journal.write(new JournalWrite(null, rows(0, 1000, 2.0), List.of(), true)).get(60, TimeUnit.SECONDS);
+            assertEquals(1000, h.refresh("warm", 0));
+            assertEquals(0, h.refresh("warm", 0));
+            journal.write(new JournalWrite(null, rows(1000, 1010, 77.0), List.of(), true)).get(60, TimeUnit.SECONDS);
+            assertEquals(10, h.refresh("warm", 0));
+            StepHistory.Range r = h.steps("warm", 0, null, null, 10); // 101-step buckets: served from the rollup
+            assertEquals(1010, r.reports());
+            assertEquals(77.0, r.buckets().get(r.buckets().size() - 1).lossMax());
+            assertEquals(0, h.refresh("other", 0));
+        }
+    }
+
+    private static List<StepRecord> rows(int from, int to, double loss) {
+        List<StepRecord> out = new ArrayList<>();
+        for (int s = from; s < to; s++) {
+            out.add(new StepRecord("warm", 0, s, loss, 1.0, 1e-3, 65536, Action.APPLY, 5.0, Instant.parse("2026-11-29T00:00:00Z")));
+        }
+        return out;
+    }
+
     private static StepHistory.Bucket bucketOf(StepHistory.Range r, long step) {
         return r.buckets().stream().filter(b -> b.firstStep() <= step && step <= b.lastStep()).findFirst().orElseThrow();
     }
