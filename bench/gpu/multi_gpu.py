@@ -61,7 +61,7 @@ def overhead(a, cfg, dev, rank, B):
         if name not in guards:
             g = Guard(ddp, opt, f"mg-bench-{name}-b{B}-{a.run_tag}", target=a.target, deadline=2.0, device_gate=True,
                       autocast_dtype=torch.bfloat16, watch=watch_names(ddp), verdict_lag=1,
-                      snapshots=not a.fsdp)  # in-memory snapshots fail on FSDP2's DTensor parameters
+                      snapshots=True)  # FSDP2: each rank snapshots its local shards
             if not (g.device_gate and g._multi_gate):
                 raise SystemExit(f"{name}: the multi-rank device gate is off")
             g.pause()
