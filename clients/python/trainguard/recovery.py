@@ -48,6 +48,10 @@ class Recovery:
                       if snap_policy is not None else None)
         kg = guard.policy_overrides.get("known_good_healthy_steps", 50)
         self.ring = SnapshotRing(self.store, kg) if self.store is not None else None
+        if self.ring is not None and getattr(guard, "world_size", 1) > 1:
+            # Every rank must snapshot at the same steps (rank 0 registers the slot for all): the
+            # step interval is the same on every rank, a measured cost is not.
+            self.ring.pace.max_overhead = 0.0
         self.lr = LrCuts(guard.optimizer, guard.scheduler, _policy(lr, LrPolicy, LrPolicy()))
         rp = _policy(replay, ReplayPolicy, ReplayPolicy())
         self.replay_policy = rp if rp is not None else ReplayPolicy(mode="off")
