@@ -43,7 +43,7 @@ def one_step(g, model, opt, step, x=None, y=None, scale=1.0):
 
 def test_healthy_steps_are_device_gated_and_all_reported(fake):
     model, opt = make_fused()
-    g = Guard(model, opt, "gate-healthy", target=fake.target, device_gate=True)
+    g = Guard(model, opt, "gate-healthy", target=fake.target, device_gate=True, deadline=5.0)  # all 20 reports must arrive, also on a loaded machine
     assert g.device_gate and g.watch.reduce == "sum"
     vs = [one_step(g, model, opt, s) for s in range(20)]
     assert g.flush(5)
