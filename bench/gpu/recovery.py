@@ -11,7 +11,9 @@ baselines around it; median/min/max over rounds), all on one model and one fused
 
 Then, outside the timed rounds: the host time of one SnapshotStore.take (the copy is async),
 the time until the copy has landed, the snapshot's bytes; and one replay's cost: a step whose
-forward yields a NaN once, on the host path (device_gate=False), next to a clean host-path step.
+forward yields a NaN once, on the host path (device_gate=False), next to a clean host-path step,
+and on the device gate (the fault replayed inside the next step's guard.step), next to a clean
+gated step.
 
 Usage: python recovery.py --target unix:///tmp/tg.sock --batch 8 --rounds 5 --steps 50 --out res.json
        python recovery.py --device cpu --tiny ...   (a smoke test of the script, no timing value)
@@ -69,7 +71,7 @@ def main():
     guards = {
         "tg_off": Guard(model, opt, f"rec-off-{os.getpid()}", snapshots=False, replay=False, **kw),
         "tg_on": Guard(model, opt, f"rec-on-{os.getpid()}", snapshots={"interval": a.interval}, **kw),
-        "snap_every": Guard(model, opt, f"rec-every-{os.getpid()}", snapshots={"interval": 1},
+        "snap_every": Guard(model, opt, f"rec-every-{os.getpid()}", snapshots={"interval": 1, "max_overhead": 0},
                             replay=False, **dict(kw, policy={"known_good_healthy_steps": 0})),
     }
     for g in guards.values():
@@ -86,7 +88,7 @@ def main():
         loss = fwd_bwd()
         if h is not None:
             h.remove()
-        v = g.step(step_no[name], loss, replay=fwd_bwd if name == "tg_on" or name == "host" else None)
+        v = g.step(step_no[name], loss, replay=fwd_bwd if name in ("tg_on", "host", "gated") else None)
         step_no[name] += 1
         g.optimizer_step()
         opt.zero_grad(set_to_none=True)
@@ -177,6 +179,29 @@ def main():
         res["replay"] = {"clean_host_step_ms_median": statistics.median(clean[2:]),
                          "faulty_step_with_replay_ms_median": statistics.median(faulty),
                          "classes": classes, "replays": host.recovery.counters["replays"]}
+        if cuda or a.tiny:  # (the CPU smoke forces the gate on)
+            # One replay on the device gate: step k's fault is seen one step later, so it is replayed
+            # inside step k+1's guard.step() (the step after the poisoned one carries its cost).
+            gated = Guard(model, opt, f"rec-gated-{os.getpid()}", snapshots=False, **kw)
+            step_no["gated"] = 0
+            guards["gated"] = gated
+            clean, after_fault, classes, pending = [], [], [], None
+            for i in range(12):  # 4 faults: the default replay budget (4 per 1000 steps)
+                x, y = data[i % len(data)]
+                sync()
+                t0 = time.perf_counter()
+                v = one(gated, "gated", x, y, poison=(i % 3 == 1))
+                sync()
+                dt = (time.perf_counter() - t0) * 1000
+                if i % 3 == 2:
+                    after_fault.append(dt)
+                    classes.append(pending.fault_class)
+                elif i % 3 == 0 and i >= 3:
+                    clean.append(dt)
+                pending = v
+            res["replay_gated"] = {"clean_gated_step_ms_median": statistics.median(clean),
+                                   "step_after_fault_with_replay_ms_median": statistics.median(after_fault),
+                                   "classes": classes, "replays": gated.recovery.counters["replays"]}
         res["counters"] = {k: dict(g.recovery.counters) for k, g in guards.items()}
     for g in guards.values():
         g.close()
