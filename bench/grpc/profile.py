@@ -24,7 +24,7 @@ from common import pb
 
 MARKERS = {
     "TrainGuardGrpcService (service method, total)": "io.trainguard.api.grpc.TrainGuardGrpcService",
-    "GuardService.report (engine, total)": "io.trainguard.guard.GuardService.report\n",
+    "GuardedRuns.reportAsync (engine, total)": "io.trainguard.guard.GuardedRuns.reportAsync\n",
     "RunDecider.decide": "io.trainguard.guard.run.RunDecider.decide",
     "RunDecider.snapshot": "io.trainguard.guard.run.RunDecider.snapshot",
     "ProtoMapper (proto<->engine)": "io.trainguard.api.grpc.ProtoMapper.",

@@ -3,7 +3,9 @@ package io.trainguard.config;
 import io.quarkus.runtime.Startup;
 import io.trainguard.guard.CheckpointCatalog;
 import io.trainguard.guard.GuardEvents;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
+import io.trainguard.guard.HangSweep;
+import io.trainguard.guard.RunReads;
 import io.trainguard.guard.InvalidRequestException;
 import io.trainguard.guard.policy.Policy;
 import io.trainguard.guard.policy.PolicyField;
@@ -40,12 +42,24 @@ public class EngineWiring {
     @Produces
     @Singleton
     @Startup
-    GuardService guardService(TrainguardConfig config, SqliteJournal journal, CheckpointCatalog checkpoints, GuardEvents events) {
-        GuardService service = new GuardService(journal, checkpoints, events, defaults(config.policy()), Clock.systemUTC(),
+    GuardedRuns guardService(TrainguardConfig config, SqliteJournal journal, CheckpointCatalog checkpoints, GuardEvents events) {
+        GuardedRuns service = new GuardedRuns(journal, checkpoints, events, defaults(config.policy()), Clock.systemUTC(),
                 System::nanoTime, config.journal().durableTimeout());
         int restored = service.restore(config.journal().replaySteps());
         LOG.infof("journal %s: %d run(s) restored", config.journal().path().toAbsolutePath(), restored);
         return service;
+    }
+
+    @Produces
+    @Singleton
+    RunReads runReads(GuardedRuns runs, SqliteJournal journal, TrainguardConfig config) {
+        return new RunReads(runs, journal, config.journal().durableTimeout());
+    }
+
+    @Produces
+    @Singleton
+    HangSweep hangSweep(GuardedRuns runs) {
+        return new HangSweep(runs, System::nanoTime);
     }
 
     /**

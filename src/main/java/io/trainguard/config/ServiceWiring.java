@@ -2,7 +2,7 @@ package io.trainguard.config;
 
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.fault.FaultLedger;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
 import io.trainguard.service.CheckpointIntake;
 import io.trainguard.service.FaultReplay;
 import io.trainguard.service.RunOpening;
@@ -19,31 +19,31 @@ public class ServiceWiring {
 
     @Produces
     @Singleton
-    RunOpening runOpening(GuardService guard, FaultLedger faults) {
+    RunOpening runOpening(GuardedRuns guard, FaultLedger faults) {
         return new RunOpening(guard, faults);
     }
 
     @Produces
     @Singleton
-    RunOverview runOverview(GuardService guard, CheckpointRegistry checkpoints) {
-        return new RunOverview(guard, checkpoints);
+    RunOverview runOverview(io.trainguard.guard.RunReads reads, CheckpointRegistry checkpoints) {
+        return new RunOverview(reads, checkpoints);
     }
 
     @Produces
     @Singleton
-    CheckpointIntake checkpointIntake(GuardService guard, CheckpointRegistry checkpoints) {
+    CheckpointIntake checkpointIntake(GuardedRuns guard, CheckpointRegistry checkpoints) {
         return new CheckpointIntake(guard, checkpoints);
     }
 
     @Produces
     @Singleton
-    TensorForensics tensorForensics(GuardService guard, TensorInspector inspector) {
+    TensorForensics tensorForensics(GuardedRuns guard, TensorInspector inspector) {
         return new TensorForensics(guard, inspector);
     }
 
     @Produces
     @Singleton
-    FaultReplay faultReplay(GuardService guard, FaultLedger faults) {
+    FaultReplay faultReplay(GuardedRuns guard, FaultLedger faults) {
         return new FaultReplay(guard, faults);
     }
 }

@@ -1,6 +1,6 @@
 package io.trainguard.health;
 
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.RunReads;
 import io.trainguard.store.SqliteJournal;
 import jakarta.enterprise.context.ApplicationScoped;
 import org.eclipse.microprofile.health.HealthCheck;
@@ -16,17 +16,17 @@ import org.eclipse.microprofile.health.Liveness;
 @Liveness
 @ApplicationScoped
 public class EngineLivenessCheck implements HealthCheck {
-    private final GuardService guard;
+    private final RunReads reads;
     private final SqliteJournal journal;
 
-    public EngineLivenessCheck(GuardService guard, SqliteJournal journal) {
-        this.guard = guard;
+    public EngineLivenessCheck(RunReads reads, SqliteJournal journal) {
+        this.reads = reads;
         this.journal = journal;
     }
 
     @Override
     public HealthCheckResponse call() {
         return HealthCheckResponse.named("engine").status(journal.writerAlive())
-                .withData("runs", guard.list().size()).withData("journalWritable", journal.healthy()).build();
+                .withData("runs", reads.list().size()).withData("journalWritable", journal.healthy()).build();
     }
 }

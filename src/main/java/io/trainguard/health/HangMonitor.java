@@ -2,7 +2,7 @@ package io.trainguard.health;
 
 import io.quarkus.runtime.ShutdownEvent;
 import io.quarkus.runtime.StartupEvent;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.HangSweep;
 import jakarta.enterprise.context.ApplicationScoped;
 import jakarta.enterprise.event.Observes;
 import java.util.concurrent.Executors;
@@ -14,11 +14,11 @@ import org.jboss.logging.Logger;
 @ApplicationScoped
 public class HangMonitor {
     private static final Logger LOG = Logger.getLogger(HangMonitor.class);
-    private final GuardService guard;
+    private final HangSweep sweep;
     private ScheduledExecutorService timer;
 
-    public HangMonitor(GuardService guard) {
-        this.guard = guard;
+    public HangMonitor(HangSweep sweep) {
+        this.sweep = sweep;
     }
 
     void start(@Observes StartupEvent event) {
@@ -32,7 +32,7 @@ public class HangMonitor {
 
     private void check() {
         try {
-            guard.recordHangs();
+            sweep.recordHangs();
         } catch (RuntimeException e) {
             LOG.warn("hang check failed: " + e.getMessage());
         }

@@ -1,7 +1,7 @@
 package io.trainguard.health;
 
 import io.smallrye.health.api.HealthGroup;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.HangSweep;
 import io.trainguard.guard.model.HangReport;
 import jakarta.enterprise.context.ApplicationScoped;
 import java.util.List;
@@ -15,15 +15,15 @@ import org.eclipse.microprofile.health.HealthCheckResponse;
 @HealthGroup("trainer")
 @ApplicationScoped
 public class TrainerHangCheck implements HealthCheck {
-    private final GuardService guard;
+    private final HangSweep sweep;
 
-    public TrainerHangCheck(GuardService guard) {
-        this.guard = guard;
+    public TrainerHangCheck(HangSweep sweep) {
+        this.sweep = sweep;
     }
 
     @Override
     public HealthCheckResponse call() {
-        List<HangReport> hangs = guard.hangs();
+        List<HangReport> hangs = sweep.hangs();
         var b = HealthCheckResponse.named("trainer").status(hangs.isEmpty()).withData("hung", hangs.size());
         if (!hangs.isEmpty()) {
             HangReport h = hangs.get(0);

@@ -1,7 +1,7 @@
 package io.trainguard.health;
 
 import io.smallrye.health.api.HealthGroup;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.RunReads;
 import io.trainguard.guard.model.RunSnapshot;
 import jakarta.enterprise.context.ApplicationScoped;
 import java.util.List;
@@ -12,15 +12,15 @@ import org.eclipse.microprofile.health.HealthCheckResponse;
 @HealthGroup("training")
 @ApplicationScoped
 public class TrainingHealthCheck implements HealthCheck {
-    private final GuardService guard;
+    private final RunReads reads;
 
-    public TrainingHealthCheck(GuardService guard) {
-        this.guard = guard;
+    public TrainingHealthCheck(RunReads reads) {
+        this.reads = reads;
     }
 
     @Override
     public HealthCheckResponse call() {
-        List<RunSnapshot> halted = guard.halted();
+        List<RunSnapshot> halted = reads.halted();
         var b = HealthCheckResponse.named("training").status(halted.isEmpty()).withData("halted", halted.size());
         if (!halted.isEmpty()) {
             RunSnapshot first = halted.get(0);

@@ -6,7 +6,7 @@ import io.quarkus.runtime.Startup;
 import io.trainguard.checkpoint.CheckpointRecord;
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.checkpoint.CheckpointState;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.RunReads;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.store.SqliteJournal;
 import jakarta.enterprise.context.ApplicationScoped;
@@ -21,30 +21,30 @@ import java.util.Comparator;
 @ApplicationScoped
 public class StoreMetrics {
 
-    public StoreMetrics(MeterRegistry registry, SqliteJournal journal, GuardService guard, CheckpointRegistry checkpoints) {
+    public StoreMetrics(MeterRegistry registry, SqliteJournal journal, RunReads reads, CheckpointRegistry checkpoints) {
         Gauge.builder("trainguard.journal.healthy", journal, j -> j.healthy() ? 1 : 0)
                 .description("1 while the journal's writer commits, 0 after a failed commit (disk full, read-only)")
                 .register(registry);
         Gauge.builder("trainguard.journal.queued", journal, SqliteJournal::queued)
                 .description("Journal writes waiting for the writer").register(registry);
         for (CheckpointState s : CheckpointState.values()) {
-            Gauge.builder("trainguard.checkpoints", guard, g -> count(g, checkpoints, s)).tag("state", s.name())
+            Gauge.builder("trainguard.checkpoints", reads, g -> count(g, checkpoints, s)).tag("state", s.name())
                     .description("Checkpoints of open runs by state").register(registry);
         }
-        Gauge.builder("trainguard.checkpoint.verify.bytes.per.second", guard, g -> newestRate(g, checkpoints))
+        Gauge.builder("trainguard.checkpoint.verify.bytes.per.second", reads, g -> newestRate(g, checkpoints))
                 .description("Read rate of the newest finished checkpoint verification").register(registry);
     }
 
-    private static double count(GuardService guard, CheckpointRegistry checkpoints, CheckpointState state) {
+    private static double count(RunReads reads, CheckpointRegistry checkpoints, CheckpointState state) {
         long n = 0;
-        for (RunSnapshot r : guard.list()) {
+        for (RunSnapshot r : reads.list()) {
             n += checkpoints.list(r.runId()).stream().filter(c -> c.state() == state).count();
         }
         return n;
     }
 
-    private static double newestRate(GuardService guard, CheckpointRegistry checkpoints) {
-        return guard.list().stream().flatMap(r -> checkpoints.list(r.runId()).stream())
+    private static double newestRate(RunReads reads, CheckpointRegistry checkpoints) {
+        return reads.list().stream().flatMap(r -> checkpoints.list(r.runId()).stream())
                 .filter(c -> c.verifyBytesPerSecond() > 0)
                 .max(Comparator.comparing(CheckpointRecord::updatedAt)).map(CheckpointRecord::verifyBytesPerSecond).orElse(0.0);
     }

@@ -4,15 +4,15 @@ import io.trainguard.checkpoint.CheckpointFileSpec;
 import io.trainguard.checkpoint.CheckpointFormat;
 import io.trainguard.checkpoint.CheckpointRecord;
 import io.trainguard.checkpoint.CheckpointRegistry;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
 import java.util.List;
 
 /** RegisterCheckpoint: only a run the engine knows may register one; the registry then queues its verification. */
 public final class CheckpointIntake {
-    private final GuardService guard;
+    private final GuardedRuns guard;
     private final CheckpointRegistry checkpoints;
 
-    public CheckpointIntake(GuardService guard, CheckpointRegistry checkpoints) {
+    public CheckpointIntake(GuardedRuns guard, CheckpointRegistry checkpoints) {
         this.guard = guard;
         this.checkpoints = checkpoints;
     }

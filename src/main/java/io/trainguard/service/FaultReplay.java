@@ -2,7 +2,7 @@ package io.trainguard.service;
 
 import io.trainguard.fault.FaultClass;
 import io.trainguard.fault.FaultLedger;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
 import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.Severity;
 
@@ -12,7 +12,7 @@ import io.trainguard.guard.model.Severity;
  * suspect threshold gets its own CRITICAL incident.
  */
 public final class FaultReplay {
-    private final GuardService guard;
+    private final GuardedRuns guard;
     private final FaultLedger faults;
 
     /** One classified fault as the trainer reported it. */
@@ -24,7 +24,7 @@ public final class FaultReplay {
     public record Result(long incidentId, int deviceTransients, boolean deviceSuspect) {
     }
 
-    public FaultReplay(GuardService guard, FaultLedger faults) {
+    public FaultReplay(GuardedRuns guard, FaultLedger faults) {
         this.guard = guard;
         this.faults = faults;
     }

@@ -1,6 +1,6 @@
 package io.trainguard.service;
 
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
 import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.Severity;
 import io.trainguard.tensor.inspect.RawTensor;
@@ -12,14 +12,14 @@ import java.util.function.Supplier;
 
 /** InspectTensors: summarize a trainer's suspect tensors (DJL) and journal the summary as an incident of the run. */
 public final class TensorForensics {
-    private final GuardService guard;
+    private final GuardedRuns guard;
     private final TensorInspector inspector;
 
     /** The incident the summary was journaled as, and the summaries themselves. */
     public record Result(long incidentId, List<TensorSummary> summaries) {
     }
 
-    public TensorForensics(GuardService guard, TensorInspector inspector) {
+    public TensorForensics(GuardedRuns guard, TensorInspector inspector) {
         this.guard = guard;
         this.inspector = inspector;
     }

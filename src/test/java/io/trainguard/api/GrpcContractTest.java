@@ -62,6 +62,15 @@ class GrpcContractTest extends SidecarTestSupport {
     }
 
     @Test
+    void reportStep_emptyRequest_saysReportIsMissing() {
+        // Prevents: a valid but empty request (it equalled the garbled-frame marker) answered as an unparseable frame.
+        var e = assertThrows(StatusRuntimeException.class,
+                () -> sidecar.withDeadline().reportStep(ReportStepRequest.getDefaultInstance()));
+        assertEquals(Status.Code.INVALID_ARGUMENT, e.getStatus().getCode());
+        assertTrue(e.getStatus().getDescription().contains("report is missing"), e.getStatus().getDescription());
+    }
+
+    @Test
     void reportStep_nanInModule_namesFirstModule() {
         String run = Sidecar.newRunId("module");
         sidecar.withDeadline().openRun(OpenRunRequest.newBuilder().setRunId(run).setWorldSize(1)

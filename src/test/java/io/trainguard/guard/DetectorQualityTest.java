@@ -88,7 +88,7 @@ class DetectorQualityTest {
     /** With a second fault, the first is only recorded (it may be applied) and the outcome is the second's detection. */
     private Outcome run(long seed, boolean steep, Policy p, Fault fault, int faultStep, int steps, Fault second, int secondStep) {
         InMemoryJournal journal = new InMemoryJournal();
-        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        GuardedRuns guard = Fixtures.service(journal, new Fixtures.Checkpoints());
         String id = "q" + seed + steep + faultStep + System.identityHashCode(fault) + secondStep;
         guard.open(new RunSetup(id, 0, 1, b -> p.toBuilder(), List.of(), List.of(), PrecisionSetup.unknown(), "t"));
         Random r = new Random(seed);

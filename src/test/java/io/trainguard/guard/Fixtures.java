@@ -51,8 +51,8 @@ final class Fixtures {
 
     static final AtomicLong NANOS = new AtomicLong(1_000_000_000L);
 
-    static GuardService service(InMemoryJournal journal, CheckpointCatalog checkpoints) {
-        return new GuardService(journal, checkpoints, GuardEvents.NONE, defaults(),
+    static GuardedRuns service(InMemoryJournal journal, CheckpointCatalog checkpoints) {
+        return new GuardedRuns(journal, checkpoints, GuardEvents.NONE, defaults(),
                 Clock.fixed(Instant.parse("2026-11-27T00:00:00Z"), ZoneOffset.UTC), NANOS::get, Duration.ofSeconds(1));
     }
 

@@ -12,31 +12,33 @@ class HangDetectionTest {
     void recordHangs_silentRankAfterLearnedSteps_journalsOneHangIncident() {
         // A hung trainer must turn the trainer health group DOWN once, not spam the journal.
         InMemoryJournal journal = new InMemoryJournal();
-        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        GuardedRuns guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        HangSweep sweep = new HangSweep(guard, Fixtures.NANOS::get);
         guard.open(Fixtures.setup("hang", 0, 1, null));
         for (int s = 0; s < 20; s++) {
             Fixtures.NANOS.addAndGet(100_000_000L);
             guard.report(Fixtures.step("hang", 0, s, 2.0, 0.5));
         }
         Fixtures.NANOS.addAndGet(500_000_000L);
-        assertTrue(guard.recordHangs().isEmpty(), "half a second is within 5x the 0.1 s step (clamped to hang_min 1 s)");
+        assertTrue(sweep.recordHangs().isEmpty(), "half a second is within 5x the 0.1 s step (clamped to hang_min 1 s)");
         Fixtures.NANOS.addAndGet(2_000_000_000L);
-        var hangs = guard.recordHangs();
+        var hangs = sweep.recordHangs();
         assertEquals(1, hangs.size());
         assertEquals(19, hangs.get(0).lastStep());
         assertEquals(Phase.STEP, hangs.get(0).phase());
-        guard.recordHangs();
+        sweep.recordHangs();
         assertEquals(1, journal.incidents.stream().filter(i -> i.kind() == IncidentKind.HANG).count());
         // Progress clears it.
         guard.report(Fixtures.step("hang", 0, 20, 2.0, 0.5));
-        assertTrue(guard.hangs().isEmpty());
+        assertTrue(sweep.hangs().isEmpty());
     }
 
     @Test
     void hangs_validationPhase_judgedByItsOwnAllowanceNotTheStepTime() {
         // Validation takes far longer than a step; it must not be called a hang by step timing.
         InMemoryJournal journal = new InMemoryJournal();
-        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        GuardedRuns guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        HangSweep sweep = new HangSweep(guard, Fixtures.NANOS::get);
         guard.open(Fixtures.setup("val-hang", 0, 1, null));
         for (int s = 0; s < 20; s++) {
             Fixtures.NANOS.addAndGet(100_000_000L);
@@ -44,7 +46,7 @@ class HangDetectionTest {
         }
         guard.heartbeat("val-hang", 0, 19, Phase.VALIDATION);
         Fixtures.NANOS.addAndGet(30_000_000_000L);
-        assertTrue(guard.hangs().isEmpty(), "first validation gets hang_max (60 s in the fixture)");
+        assertTrue(sweep.hangs().isEmpty(), "first validation gets hang_max (60 s in the fixture)");
     }
 
     // Prevents: a paused trainer (guard.pause(): eval, save, data-loader restart) reported hung
@@ -52,7 +54,8 @@ class HangDetectionTest {
     @Test
     void hangs_pausedForTenTimesTheMinimum_notHungButAStoppedTrainerIs() {
         InMemoryJournal journal = new InMemoryJournal();
-        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        GuardedRuns guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        HangSweep sweep = new HangSweep(guard, Fixtures.NANOS::get);
         guard.open(Fixtures.setup("pause-hang", 0, 1, null));
         for (int s = 0; s < 20; s++) {
             Fixtures.NANOS.addAndGet(100_000_000L);
@@ -60,14 +63,14 @@ class HangDetectionTest {
         }
         guard.heartbeat("pause-hang", 0, 19, Phase.IDLE); // what guard.pause() sends
         Fixtures.NANOS.addAndGet(10_000_000_000L); // 10 x hang_min (1 s in the fixture)
-        assertTrue(guard.recordHangs().isEmpty(), "a paused trainer is not hung");
+        assertTrue(sweep.recordHangs().isEmpty(), "a paused trainer is not hung");
         guard.heartbeat("pause-hang", 0, 19, Phase.STEP); // guard.resume()
         for (int s = 20; s < 25; s++) {
             Fixtures.NANOS.addAndGet(100_000_000L);
             guard.report(Fixtures.step("pause-hang", 0, s, 2.0, 0.5));
         }
         Fixtures.NANOS.addAndGet(2_500_000_000L); // stopped: 2.5 s > max(1 s, 5 x 0.1 s, 2 x 0.1 s)
-        assertEquals(1, guard.recordHangs().size(), "a trainer that really stops is reported");
+        assertEquals(1, sweep.recordHangs().size(), "a trainer that really stops is reported");
     }
 
     // Prevents: one long interval the guard was not told about (an evaluation in the step loop)
@@ -75,7 +78,8 @@ class HangDetectionTest {
     @Test
     void hangs_longIntervalSeenBefore_allowedAgain() {
         InMemoryJournal journal = new InMemoryJournal();
-        GuardService guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        GuardedRuns guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        HangSweep sweep = new HangSweep(guard, Fixtures.NANOS::get);
         guard.open(Fixtures.setup("long-interval", 0, 1, null));
         long step = 0;
         for (int round = 0; round < 2; round++) {
@@ -84,7 +88,7 @@ class HangDetectionTest {
                 guard.report(Fixtures.step("long-interval", 0, step++, 2.0, 0.5));
             }
             Fixtures.NANOS.addAndGet(round == 0 ? 900_000_000L : 1_700_000_000L); // an eval: 0.9 s, then 1.7 s
-            assertTrue(guard.recordHangs().isEmpty(), "round " + round);
+            assertTrue(sweep.recordHangs().isEmpty(), "round " + round);
             guard.report(Fixtures.step("long-interval", 0, step++, 2.0, 0.5));
         }
     }

@@ -8,7 +8,7 @@ import io.trainguard.guard.model.AuditMode;
 import io.trainguard.guard.CheckpointCatalog;
 import io.trainguard.guard.model.ClipMode;
 import io.trainguard.guard.GuardEvents;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
 import io.trainguard.guard.JournalRow;
 import io.trainguard.guard.policy.Policy;
 import io.trainguard.guard.model.PrecisionSetup;
@@ -52,8 +52,8 @@ class JournalRetentionAndReplayTest {
                 1000, AuditMode.OFF, 5.0, Duration.ofSeconds(1), Duration.ofSeconds(60), 1e-6, 10, 2.0, 5);
     }
 
-    static GuardService service(SqliteJournal journal, Instant now) {
-        return new GuardService(journal, NO_CHECKPOINTS, GuardEvents.NONE, policy(), Clock.fixed(now, ZoneOffset.UTC),
+    static GuardedRuns service(SqliteJournal journal, Instant now) {
+        return new GuardedRuns(journal, NO_CHECKPOINTS, GuardEvents.NONE, policy(), Clock.fixed(now, ZoneOffset.UTC),
                 System::nanoTime, Duration.ofSeconds(5));
     }
 
@@ -72,13 +72,13 @@ class JournalRetentionAndReplayTest {
         Instant longAgo = Instant.parse("2026-01-01T00:00:00Z");
         Instant recently = Instant.parse("2026-11-28T00:00:00Z");
         try (SqliteJournal journal = new SqliteJournal(dir.resolve("j.db"), "NORMAL", 1024)) {
-            GuardService old = service(journal, longAgo);
+            GuardedRuns old = service(journal, longAgo);
             for (String run : List.of("old-closed", "old-open")) {
                 old.open(setup(run, 0, 1));
                 old.report(step(run, 0, 0));
             }
             old.close("old-closed", 0, "done");
-            GuardService recent = service(journal, recently);
+            GuardedRuns recent = service(journal, recently);
             recent.open(setup("new-closed", 0, 1));
             recent.close("new-closed", 0, "done");
             assertEquals(1, journal.expireClosedRuns(Instant.parse("2026-10-30T00:00:00Z")));
@@ -95,7 +95,7 @@ class JournalRetentionAndReplayTest {
     void recentStepsByRank_hugeWorldTwoRanksReported_onlyThoseRanksOneQuery() {
         int world = 1 << 20;
         try (SqliteJournal journal = new SqliteJournal(dir.resolve("w.db"), "NORMAL", 1024)) {
-            GuardService guard = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
+            GuardedRuns guard = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
             guard.open(setup("huge", 0, world));
             guard.open(setup("huge", world - 1, world));
             for (long s = 0; s < 40; s++) {
@@ -106,7 +106,7 @@ class JournalRetentionAndReplayTest {
             assertEquals(List.of(0, world - 1), List.copyOf(byRank.keySet()));
             assertEquals(32, byRank.get(0).size());
             assertEquals(8, byRank.get(0).get(0).step(), "oldest first, the newest 32 of 40");
-            GuardService restarted = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
+            GuardedRuns restarted = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
             assertEquals(1, restarted.restore(32));
             assertEquals(io.trainguard.guard.model.Action.APPLY, restarted.report(step("huge", 0, 40)).action());
         }

@@ -11,10 +11,9 @@ import io.grpc.ServerServiceDefinition;
 import io.grpc.ServiceDescriptor;
 import java.io.InputStream;
 import java.util.ArrayList;
-import java.util.Collections;
 import java.util.List;
 import java.util.Map;
-import java.util.WeakHashMap;
+import java.util.concurrent.ConcurrentHashMap;
 
 /**
  * Turns a request frame that does not parse into a marker message the service can answer, instead
@@ -22,14 +21,19 @@ import java.util.WeakHashMap;
  * StreamSteps call open with no error and no later verdicts until the client's deadline.
  */
 final class GarbledFrames {
-    /** Marker instances (identity), one per request type. */
-    private static final Map<Object, Boolean> MARKERS = Collections.synchronizedMap(new WeakHashMap<>());
+    /**
+     * One marker instance per request type, recognised by identity. Looked up by class on every
+     * request, so it must stay cheap: a lock-free map read and a reference compare (a map keyed by
+     * the message itself hashed every request deeply under a global lock, and took an empty but
+     * valid request for the marker, which equals it).
+     */
+    private static final Map<Class<?>, Object> MARKERS = new ConcurrentHashMap<>();
 
     private GarbledFrames() {
     }
 
     static boolean isGarbled(Object request) {
-        return request != null && MARKERS.containsKey(request);
+        return request != null && MARKERS.get(request.getClass()) == request;
     }
 
     /** The same service with every request marshaller made tolerant of unparseable frames. */
@@ -53,8 +57,8 @@ final class GarbledFrames {
                 || !(proto.getMessagePrototype() instanceof Message prototype)) {
             return m;
         }
-        Q marker = (Q) prototype.newBuilderForType().build(); // a fresh instance: identity marks it
-        MARKERS.put(marker, Boolean.TRUE);
+        // a fresh instance, not the default one a client's empty request may parse to
+        Q marker = (Q) MARKERS.computeIfAbsent(prototype.getClass(), type -> prototype.newBuilderForType().build());
         MethodDescriptor.PrototypeMarshaller<Q> delegate = (MethodDescriptor.PrototypeMarshaller<Q>) proto;
         MethodDescriptor.PrototypeMarshaller<Q> tolerant = new MethodDescriptor.PrototypeMarshaller<>() {
             @Override

@@ -228,11 +228,16 @@ public final class ProtoMapper {
                 .setAction(action(v.action()))
                 .setClipThreshold(v.clipThreshold())
                 .setValidationAllowed(v.validationAllowed())
-                .addAllReasons(v.reasons())
                 .setFirstNonfiniteModule(v.firstNonFiniteModule() == null ? "" : v.firstNonFiniteModule())
                 .setRunState(state(v.runState()))
-                .setBounds(bounds(v.bounds()))
-                .addAllIncidentIds(v.incidentIds());
+                .setBounds(bounds(v.bounds()));
+        // Most verdicts have neither: an addAll of an empty list still copies the builder's list (step path)
+        if (!v.reasons().isEmpty()) {
+            b.addAllReasons(v.reasons());
+        }
+        if (!v.incidentIds().isEmpty()) {
+            b.addAllIncidentIds(v.incidentIds());
+        }
         if (v.rollback() != null) {
             b.setRollback(plan(v.rollback()));
         }

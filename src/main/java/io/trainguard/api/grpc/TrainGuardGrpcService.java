@@ -28,7 +28,7 @@ import io.trainguard.api.grpc.v1.StreamStepsResponse;
 import io.trainguard.api.grpc.v1.TrainGuardServiceGrpc;
 import io.trainguard.api.grpc.v1.UpdatePolicyRequest;
 import io.trainguard.api.grpc.v1.UpdatePolicyResponse;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
 import io.trainguard.guard.InvalidRequestException;
 import io.trainguard.service.CheckpointIntake;
 import io.trainguard.service.CheckpointStatus;
@@ -41,21 +41,21 @@ import java.util.concurrent.CompletionException;
 import java.util.function.Supplier;
 
 /**
- * gRPC adapter: proto in, one call to the engine ({@link GuardService}) or to the application
+ * gRPC adapter: proto in, one call to the engine ({@link GuardedRuns}) or to the application
  * service of a workflow that spans subsystems ({@code io.trainguard.service}), proto out. Errors
  * go through {@link GrpcErrors}.
  */
 @GrpcService
 public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServiceImplBase {
 
-    private final GuardService guard;
+    private final GuardedRuns guard;
     private final RunOpening opening;
     private final RunOverview overview;
     private final CheckpointIntake checkpoints;
     private final TensorForensics forensics;
     private final FaultReplay faults;
 
-    public TrainGuardGrpcService(GuardService guard, RunOpening opening, RunOverview overview, CheckpointIntake checkpoints,
+    public TrainGuardGrpcService(GuardedRuns guard, RunOpening opening, RunOverview overview, CheckpointIntake checkpoints,
             TensorForensics forensics, FaultReplay faults) {
         this.guard = guard;
         this.opening = opening;

@@ -1,7 +1,7 @@
 package io.trainguard.api.rest;
 
 import io.trainguard.checkpoint.CheckpointRegistry;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
 import io.trainguard.guard.InvalidRequestException;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.store.StepHistory;
@@ -21,11 +21,11 @@ public class HistoryResource {
     static final int MAX_POINTS = 10_000;
     static final int MAX_INCIDENTS = 2_000;
 
-    private final GuardService guard;
+    private final GuardedRuns guard;
     private final CheckpointRegistry checkpoints;
     private final StepHistory history;
 
-    public HistoryResource(GuardService guard, CheckpointRegistry checkpoints, StepHistory history) {
+    public HistoryResource(GuardedRuns guard, CheckpointRegistry checkpoints, StepHistory history) {
         this.guard = guard;
         this.checkpoints = checkpoints;
         this.history = history;
@@ -39,7 +39,7 @@ public class HistoryResource {
     }
 
     /** Shared with the run page, so the page draws exactly what the API serves. */
-    static HistoryView view(GuardService guard, CheckpointRegistry checkpoints, StepHistory history, String runId,
+    static HistoryView view(GuardedRuns guard, CheckpointRegistry checkpoints, StepHistory history, String runId,
                             Long from, Long to, int rank, int points) {
         RunSnapshot run = guard.run(runId).snapshot(); // 404 for an unknown run
         if (points < 1 || points > MAX_POINTS) {

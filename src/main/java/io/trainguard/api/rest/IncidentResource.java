@@ -2,7 +2,7 @@ package io.trainguard.api.rest;
 
 import io.trainguard.checkpoint.CheckpointRecord;
 import io.trainguard.checkpoint.CheckpointRegistry;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.RunReads;
 import io.trainguard.guard.model.Incident;
 import io.trainguard.report.Evidence;
 import io.trainguard.report.RootCauseAnalyzer;
@@ -28,31 +28,31 @@ public class IncidentResource {
     static final int EVIDENCE_INCIDENTS = 10_000;
     static final int TREND_STEPS = 200;
 
-    private final GuardService guard;
+    private final RunReads reads;
     private final CheckpointRegistry checkpoints;
     private final StepHistory history;
     private final RootCauseAnalyzer analyzer = new RootCauseAnalyzer();
 
-    public IncidentResource(GuardService guard, CheckpointRegistry checkpoints, StepHistory history) {
-        this.guard = guard;
+    public IncidentResource(RunReads reads, CheckpointRegistry checkpoints, StepHistory history) {
+        this.reads = reads;
         this.checkpoints = checkpoints;
         this.history = history;
     }
 
     @GET
     public List<Incident> incidents(@PathParam("runId") String runId, @QueryParam("limit") @DefaultValue("200") int limit) {
-        return guard.view(runId, Math.max(1, Math.min(limit, EVIDENCE_INCIDENTS))).incidents();
+        return reads.view(runId, Math.max(1, Math.min(limit, EVIDENCE_INCIDENTS))).incidents();
     }
 
     @GET
     @Path("/{incidentId}/report")
     public RootCauseReport report(@PathParam("runId") String runId, @PathParam("incidentId") long incidentId) {
-        return report(guard, checkpoints, history, analyzer, runId, incidentId);
+        return report(reads, checkpoints, history, analyzer, runId, incidentId);
     }
 
-    static RootCauseReport report(GuardService guard, CheckpointRegistry checkpoints, StepHistory history,
+    static RootCauseReport report(RunReads reads, CheckpointRegistry checkpoints, StepHistory history,
                                   RootCauseAnalyzer analyzer, String runId, long incidentId) {
-        var view = guard.view(runId, EVIDENCE_INCIDENTS); // 404 for an unknown run
+        var view = reads.view(runId, EVIDENCE_INCIDENTS); // 404 for an unknown run
         Incident incident = view.incidents().stream().filter(i -> i.id() == incidentId).findFirst()
                 .orElseThrow(() -> new NotFoundException(Response.status(404).type(MediaType.APPLICATION_JSON)
                         .entity(new GuardExceptionMapper.ErrorBody("IncidentNotFound", "run '" + runId

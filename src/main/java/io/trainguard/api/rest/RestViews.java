@@ -4,20 +4,23 @@ import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.report.RootCauseAnalyzer;
 import io.trainguard.report.RootCauseReport;
 import io.trainguard.store.StepHistory;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
+import io.trainguard.guard.RunReads;
 import jakarta.enterprise.context.ApplicationScoped;
 import java.util.List;
 
 /** The read views the JSON API serves, shared with the HTML pages so both show the same thing. */
 @ApplicationScoped
 public class RestViews {
-    private final GuardService guard;
+    private final GuardedRuns guard;
+    private final RunReads reads;
     private final CheckpointRegistry checkpoints;
     private final StepHistory history;
     private final RootCauseAnalyzer analyzer = new RootCauseAnalyzer();
 
-    public RestViews(GuardService guard, CheckpointRegistry checkpoints, StepHistory history) {
+    public RestViews(GuardedRuns guard, RunReads reads, CheckpointRegistry checkpoints, StepHistory history) {
         this.guard = guard;
+        this.reads = reads;
         this.checkpoints = checkpoints;
         this.history = history;
     }
@@ -27,7 +30,7 @@ public class RestViews {
     }
 
     public RootCauseReport report(String runId, long incidentId) {
-        return IncidentResource.report(guard, checkpoints, history, analyzer, runId, incidentId);
+        return IncidentResource.report(reads, checkpoints, history, analyzer, runId, incidentId);
     }
 
     public List<CheckpointView> checkpoints(String runId) {

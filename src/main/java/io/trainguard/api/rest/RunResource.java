@@ -1,6 +1,7 @@
 package io.trainguard.api.rest;
 
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
+import io.trainguard.guard.RunReads;
 import io.trainguard.guard.model.Incident;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.policy.Policy;
@@ -22,11 +23,13 @@ import java.util.List;
 @Produces(MediaType.APPLICATION_JSON)
 @Consumes(MediaType.APPLICATION_JSON)
 public class RunResource {
-    private final GuardService guard;
+    private final GuardedRuns guard;
+    private final RunReads reads;
     private final RunOverview overview;
 
-    public RunResource(GuardService guard, RunOverview overview) {
+    public RunResource(GuardedRuns guard, RunReads reads, RunOverview overview) {
         this.guard = guard;
+        this.reads = reads;
         this.overview = overview;
     }
 
@@ -35,7 +38,7 @@ public class RunResource {
 
     @GET
     public List<RunSnapshot> list() {
-        return guard.list();
+        return reads.list();
     }
 
     @GET

@@ -1,7 +1,7 @@
 package io.trainguard.guard.run;
 
 import io.trainguard.guard.CheckpointCatalog;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.GuardedRuns;
 import io.trainguard.guard.JournalWrite;
 import io.trainguard.guard.PreconditionFailedException;
 import io.trainguard.guard.detect.CrossRankCheck;
@@ -36,7 +36,7 @@ import java.util.concurrent.locks.ReentrantLock;
 /**
  * Decides the verdict of every step of one run: turns each rank's step report into APPLY / CLIP /
  * SKIP / ROLLBACK / HALT. Plain Java, no I/O, no call into other subsystems: {@link #decide} returns
- * what must be journaled and announced, and {@link GuardService} applies it after the run's lock.
+ * what must be journaled and announced, and {@link GuardedRuns} applies it after the run's lock.
  * Callers serialise access per run (every public method is synchronized).
  */
 public final class RunDecider {

@@ -4,7 +4,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import io.trainguard.api.rest.CheckpointView;
 import io.trainguard.api.rest.HistoryView;
 import io.trainguard.api.rest.RestViews;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.RunReads;
 import io.trainguard.guard.model.Incident;
 import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.RunSnapshot;
@@ -18,12 +18,12 @@ import java.util.TreeMap;
 /** Gathers what a page shows through the same calls the JSON API makes, so page and API agree. */
 @ApplicationScoped
 public class PageData {
-    private final GuardService guard;
+    private final RunReads reads;
     private final RestViews views;
     private final ObjectMapper json;
 
-    public PageData(GuardService guard, RestViews views, ObjectMapper json) {
-        this.guard = guard;
+    public PageData(RunReads reads, RestViews views, ObjectMapper json) {
+        this.reads = reads;
         this.views = views;
         this.json = json;
     }
@@ -36,13 +36,13 @@ public class PageData {
     }
 
     List<RunSnapshot> runs() {
-        return guard.list().stream().sorted(Comparator.comparing(RunSnapshot::updatedTime).reversed()).toList();
+        return reads.list().stream().sorted(Comparator.comparing(RunSnapshot::updatedTime).reversed()).toList();
     }
 
     @SuppressWarnings("unchecked")
     RunPage run(String runId, Long from, Long to, int rank, int points) {
         HistoryView history = views.history(runId, from, to, rank, points);
-        var view = guard.view(runId, 500);
+        var view = reads.view(runId, 500);
         List<Incident> incidents = view.incidents();
         Map<String, Object> policy = new TreeMap<>(json.convertValue(view.run().policy(), Map.class));
         return new RunPage(view.run(), history, incidents,
@@ -53,7 +53,7 @@ public class PageData {
 
     ReportPage report(String runId, long incidentId) {
         RootCauseReport report = views.report(runId, incidentId); // 404s for an unknown run or incident
-        var view = guard.view(runId, 10_000);
+        var view = reads.view(runId, 10_000);
         Incident incident = view.incidents().stream().filter(i -> i.id() == incidentId).findFirst().orElseThrow();
         return new ReportPage(view.run(), incident, report);
     }

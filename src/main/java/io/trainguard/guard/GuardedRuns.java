@@ -3,7 +3,6 @@ package io.trainguard.guard;
 import io.trainguard.guard.detect.PreflightAudit;
 import io.trainguard.guard.model.AuditFinding;
 import io.trainguard.guard.model.AuditMode;
-import io.trainguard.guard.model.HangReport;
 import io.trainguard.guard.model.Incident;
 import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.LocalBounds;
@@ -21,33 +20,25 @@ import java.time.Clock;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
-import java.util.Comparator;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutionException;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 import java.util.function.LongSupplier;
 import java.util.function.UnaryOperator;
-import java.util.regex.Pattern;
 
 /**
- * Entry point of the engine: keeps one {@link RunDecider} per run (which decides each step's
- * verdict), applies what it decided after the run's lock (the journal write, checkpoint-state
- * changes in the same transaction, events; course-changing verdicts are durable before they are
- * returned) and tells observers. Plain Java; the
- * gRPC and REST adapters call it, nothing else holds run state.
+ * The runs this sidecar guards, and the one way to change them: keeps one {@link RunDecider} per
+ * run (which decides each step's verdict), applies what it decided after the run's lock (the
+ * journal write, checkpoint-state changes in the same transaction, events; course-changing
+ * verdicts are durable before they are returned) and tells observers. Plain Java; the gRPC and
+ * REST adapters call it, nothing else holds run state. Reads are {@link RunReads}, the hang
+ * sweep is {@link HangSweep}.
  */
-public final class GuardService {
-
-    private static final Pattern RUN_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}");
+public final class GuardedRuns {
 
     public record OpenResult(RunSnapshot run, boolean resumed, List<AuditFinding> findings, LocalBounds bounds) {
-    }
-
-    public record RunView(RunSnapshot run, List<Incident> incidents) {
     }
 
     public record ValidationGate(boolean allowed, String reason) {
@@ -60,11 +51,10 @@ public final class GuardService {
     private final Policy defaults;
     private final Clock clock;
     private final LongSupplier nanoTime;
-    private final Duration durableTimeout;
+    private final DurableWrites durable;
     private final PreflightAudit preflight = new PreflightAudit();
-    private final java.util.Set<String> reportedHangs = ConcurrentHashMap.newKeySet();
 
-    public GuardService(Journal journal, CheckpointCatalog checkpoints, GuardEvents events, Policy defaults, Clock clock,
+    public GuardedRuns(Journal journal, CheckpointCatalog checkpoints, GuardEvents events, Policy defaults, Clock clock,
                         LongSupplier nanoTime, Duration durableTimeout) {
         this.journal = journal;
         this.checkpoints = checkpoints;
@@ -72,7 +62,7 @@ public final class GuardService {
         this.defaults = defaults;
         this.clock = clock;
         this.nanoTime = nanoTime;
-        this.durableTimeout = durableTimeout;
+        this.durable = new DurableWrites(journal, durableTimeout);
     }
 
     /** Reloads every run from the journal and replays recent steps so statistics continue where they were. */
@@ -95,17 +85,7 @@ public final class GuardService {
     // ------------------------------------------------------------------ runs
 
     public OpenResult open(RunSetup setup) {
-        if (setup.runId() == null || !RUN_ID.matcher(setup.runId()).matches()) {
-            throw new InvalidRequestException("run_id '" + setup.runId() + "' is invalid: use 1-128 characters of "
-                    + "letters, digits and . _ : / -, starting with a letter or digit");
-        }
-        if (setup.worldSize() < 1 || setup.worldSize() > 1 << 20) {
-            throw new InvalidRequestException("world_size must be between 1 and " + (1 << 20) + ", got " + setup.worldSize());
-        }
-        if (setup.rank() < 0 || setup.rank() >= setup.worldSize()) {
-            throw new InvalidRequestException("rank " + setup.rank() + " is outside world size " + setup.worldSize()
-                    + ": ranks are 0.." + (setup.worldSize() - 1));
-        }
+        RunChecks.opening(setup);
         Instant now = clock.instant();
         RunDecider existing = runs.get(setup.runId());
         Policy policy = (existing != null ? existing.policy() : defaults).toBuilder().let(setup.policyOverrides());
@@ -123,13 +103,7 @@ public final class GuardService {
         List<Incident> incidents = new ArrayList<>();
         if (existing != null) {
             guard = existing;
-            if (guard.state() == RunState.CLOSED) {
-                throw new PreconditionFailedException("run '" + setup.runId() + "' is closed: open a new run id to train again");
-            }
-            if (guard.worldSize() != setup.worldSize()) {
-                throw new PreconditionFailedException("run '" + setup.runId() + "' has world size " + guard.worldSize()
-                        + " but this rank reports " + setup.worldSize() + ": use a new run id when the world size changes");
-            }
+            RunChecks.reopening(guard, setup);
             resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong());
             String diff = guard.changePolicy(policy);
             if (!diff.equals("no change")) {
@@ -151,7 +125,7 @@ public final class GuardService {
             incidents.add(guard.incidentAt(setup.rank(), -1, IncidentKind.PREFLIGHT, f.severity(),
                     "[" + f.code() + "] " + f.message(), now));
         }
-        writeDurably(new JournalWrite(guard.snapshot(), List.of(), incidents));
+        durable.write(new JournalWrite(guard.snapshot(), List.of(), incidents));
         incidents.forEach(events::incident);
         return new OpenResult(guard.snapshot(), resumed, findings, guard.boundsFor(setup.rank(), nanoTime.getAsLong()));
     }
@@ -170,7 +144,7 @@ public final class GuardService {
             return reportAsync(report).get();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            throw new JournalUnavailableException("interrupted while journaling; the verdict was withheld, retry the call", e);
+            throw DurableWrites.interrupted(e);
         } catch (ExecutionException e) {
             throw e.getCause() instanceof RuntimeException r ? r : new IllegalStateException(e.getCause());
         }
@@ -216,10 +190,7 @@ public final class GuardService {
             tell.run();
             return CompletableFuture.completedFuture(d.verdict());
         }
-        return written.orTimeout(durableTimeout.toMillis(), TimeUnit.MILLISECONDS).handle((ok, failure) -> {
-            if (failure != null) {
-                throw new java.util.concurrent.CompletionException(journalFailure(failure));
-            }
+        return durable.then(written, () -> {
             tell.run();
             return d.verdict();
         });
@@ -227,8 +198,8 @@ public final class GuardService {
 
     public ValidationGate beginValidation(String runId, int rank, long step) {
         RunDecider g = run(runId);
-        checkRank(g, rank);
-        requireNotClosed(g, "BeginValidation");
+        RunChecks.rank(g, rank);
+        RunChecks.notClosed(g, "BeginValidation");
         StringBuilder why = new StringBuilder();
         boolean allowed = g.validationAllowed(step, why);
         if (allowed) {
@@ -239,52 +210,36 @@ public final class GuardService {
 
     public List<Long> endValidation(String runId, int rank, long step, ValidationAudit audit) {
         RunDecider g = run(runId);
-        checkRank(g, rank);
+        RunChecks.rank(g, rank);
         g.progress(rank, Phase.STEP, step, nanoTime.getAsLong());
         if (audit == null || !audit.anyChange()) {
             return List.of();
         }
-        List<String> what = new ArrayList<>();
-        if (audit.parametersChanged()) {
-            what.add("parameters changed");
-        }
-        if (audit.dtypeDeviceModeChanged()) {
-            what.add("dtype/device/train-mode changed");
-        }
-        if (audit.wiringChanged()) {
-            what.add("module wiring changed (forward replaced or patched)");
-        }
-        if (audit.rngChanged()) {
-            what.add("RNG state changed");
-        }
-        String msg = "validation at step " + step + " left the training model changed: " + String.join(", ", what)
-                + (audit.details().isEmpty() ? "" : " (" + String.join("; ", audit.details()) + ")")
-                + (audit.restored() ? "; the client restored the model" : "; NOT restored: the run continues on a changed model")
-                + ". Validate on a copy of the model (copy.deepcopy) or undo pipeline patches after validation.";
+        String msg = ValidationMutations.message(step, audit);
         Incident incident = g.incidentAt(rank, step, IncidentKind.VALIDATION_MUTATION,
                 audit.restored() ? Severity.ERROR : Severity.CRITICAL, msg, clock.instant());
-        writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+        durable.write(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
         events.incident(incident);
         return List.of(incident.id());
     }
 
     public RunState heartbeat(String runId, int rank, long step, Phase phase) {
         RunDecider g = run(runId);
-        checkRank(g, rank);
-        requireNotClosed(g, "Heartbeat");
+        RunChecks.rank(g, rank);
+        RunChecks.notClosed(g, "Heartbeat");
         g.progress(rank, phase, step, nanoTime.getAsLong());
         return g.state();
     }
 
     public Policy updatePolicy(String runId, UnaryOperator<Policy.Builder> overrides, String reason) {
         RunDecider g = run(runId);
-        requireNotClosed(g, "UpdatePolicy");
+        RunChecks.notClosed(g, "UpdatePolicy");
         Policy next = g.policy().toBuilder().let(overrides);
         String diff = g.changePolicy(next);
         checkpoints.configure(runId, next.knownGoodHealthySteps());
         Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.POLICY_CHANGED, Severity.INFO,
                 "policy changed" + (reason == null || reason.isBlank() ? "" : " (" + reason + ")") + ": " + diff, clock.instant());
-        writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+        durable.write(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
         events.incident(incident);
         return next;
     }
@@ -295,17 +250,17 @@ public final class GuardService {
         g.resume(reason == null ? "" : reason);
         Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.RESUMED, Severity.WARNING,
                 "halted run resumed by an operator: " + reason, clock.instant());
-        writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+        durable.write(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
         events.stateChanged(runId, from, g.state(), reason);
         return g.snapshot();
     }
 
     public RunSnapshot close(String runId, int rank, String reason) {
         RunDecider g = run(runId);
-        checkRank(g, rank);
+        RunChecks.rank(g, rank);
         RunState from = g.state();
         if (g.close(rank, reason == null ? "" : reason)) {
-            writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of()));
+            durable.write(new JournalWrite(g.snapshot(), List.of(), List.of()));
             events.stateChanged(runId, from, RunState.CLOSED, reason);
         }
         return g.snapshot();
@@ -315,106 +270,13 @@ public final class GuardService {
     public Incident recordIncident(String runId, int rank, long step, IncidentKind kind, Severity severity, String message) {
         RunDecider g = run(runId);
         Incident incident = g.incidentAt(rank, step, kind, severity, message, clock.instant());
-        writeDurably(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+        durable.write(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
         events.incident(incident);
         return incident;
     }
 
-    // ------------------------------------------------------------------ queries
-
-    public List<RunSnapshot> list() {
-        return runs.values().stream().map(RunDecider::snapshot)
-                .sorted(Comparator.comparing(RunSnapshot::createdTime).thenComparing(RunSnapshot::runId)).toList();
-    }
-
-    public RunView view(String runId, int incidentLimit) {
-        RunDecider g = run(runId);
-        try {
-            await(journal.write(new JournalWrite(null, List.of(), List.of())));
-        } catch (JournalUnavailableException e) {
-            // a read-only view still answers while the journal cannot commit (full disk): the run
-            // from memory, the incidents committed so far; an operator needs it most right then
-        }
-        List<Incident> incidents;
-        try {
-            incidents = journal.incidents(runId, incidentLimit <= 0 ? 50 : incidentLimit);
-        } catch (RuntimeException e) {
-            incidents = List.of();
-        }
-        return new RunView(g.snapshot(), incidents);
-    }
-
-    public List<RunSnapshot> halted() {
-        return list().stream().filter(s -> s.state() == RunState.HALTED).toList();
-    }
-
-    public List<HangReport> hangs() {
-        long now = nanoTime.getAsLong();
-        List<HangReport> out = new ArrayList<>();
-        for (RunDecider g : runs.values()) {
-            out.addAll(g.hangs(now));
-        }
-        return out;
-    }
-
-    /**
-     * Journals a HANG incident the first time each rank is seen hung (once per silent stretch: a
-     * rank that reports again and hangs later is a new incident). Called periodically.
-     */
-    public List<HangReport> recordHangs() {
-        List<HangReport> hangs = hangs();
-        java.util.Set<String> current = new java.util.HashSet<>();
-        for (HangReport h : hangs) {
-            String key = h.runId() + "#" + h.rank() + "#" + h.lastStep() + "#" + h.phase();
-            current.add(key);
-            if (reportedHangs.add(key)) {
-                recordIncident(h.runId(), h.rank(), h.lastStep(), IncidentKind.HANG, Severity.CRITICAL,
-                        "rank " + h.rank() + " has made no progress in phase " + h.phase() + " after step " + h.lastStep()
-                                + " for " + h.silentFor().toSeconds() + " s (allowed " + h.allowed().toSeconds()
-                                + " s = hang_factor x its learned duration): the trainer looks hung; the trainer health "
-                                + "group is DOWN so Kubernetes restarts it");
-            }
-        }
-        reportedHangs.retainAll(current);
-        return hangs;
-    }
-
-    private static void requireNotClosed(RunDecider g, String call) {
-        if (g.state() == RunState.CLOSED) {
-            throw new PreconditionFailedException(call + " on run '" + g.runId() + "' refused: the run is closed; "
-                    + "open a new run id to train again");
-        }
-    }
-
-    private static void checkRank(RunDecider g, int rank) {
-        if (rank < 0 || rank >= g.worldSize()) {
-            throw new InvalidRequestException("rank " + rank + " is outside world size " + g.worldSize() + " of run '"
-                    + g.runId() + "': ranks are 0.." + (g.worldSize() - 1));
-        }
-    }
-
-    private void writeDurably(JournalWrite write) {
-        await(journal.write(write));
-    }
-
-    private void await(CompletableFuture<Void> written) {
-        try {
-            written.get(durableTimeout.toMillis(), TimeUnit.MILLISECONDS);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new JournalUnavailableException("interrupted while journaling; the verdict was withheld, retry the call", e);
-        } catch (ExecutionException | TimeoutException e) {
-            throw journalFailure(e instanceof ExecutionException ? e.getCause() : e);
-        }
-    }
-
-    private JournalUnavailableException journalFailure(Throwable cause) {
-        while (cause instanceof java.util.concurrent.CompletionException && cause.getCause() != null) {
-            cause = cause.getCause();
-        }
-        String what = cause instanceof TimeoutException ? "timed out" : String.valueOf(cause.getMessage());
-        return new JournalUnavailableException("the journal could not record this within " + durableTimeout.toMillis()
-                + " ms (" + what + "); the verdict was withheld: check the journal volume (disk full? read-only?) and retry",
-                cause);
+    /** Every run's decider, for the reads and the hang sweep (each decider locks itself). */
+    java.util.Collection<RunDecider> deciders() {
+        return runs.values();
     }
 }

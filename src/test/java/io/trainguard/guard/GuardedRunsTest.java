@@ -22,10 +22,10 @@ import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
-class RunGuardTest {
+class GuardedRunsTest {
     private final InMemoryJournal journal = new InMemoryJournal();
     private final Fixtures.Checkpoints checkpoints = new Fixtures.Checkpoints();
-    private final GuardService guard = service(journal, checkpoints);
+    private final GuardedRuns guard = service(journal, checkpoints);
 
     private void healthySteps(String run, long from, long to) {
         Random noise = new Random(7);
@@ -246,9 +246,9 @@ class RunGuardTest {
         guard.open(setup("r1", 0, 1, null));
         healthySteps("r1", 0, 40);
         guard.report(step("r1", 0, 40, Double.NaN, 1));
-        GuardService restarted = service(journal, checkpoints);
+        GuardedRuns restarted = service(journal, checkpoints);
         assertEquals(1, restarted.restore(512));
-        RunSnapshot s = restarted.view("r1", 10).run();
+        RunSnapshot s = new RunReads(restarted, journal, java.time.Duration.ofSeconds(1)).view("r1", 10).run();
         assertEquals(RunState.DEGRADED, s.state());
         assertEquals(40, s.lastStep());
         assertEquals(1, s.consecutiveSkips(), "skip count is kept");

@@ -1,0 +1,55 @@
+package io.trainguard.guard;
+
+import io.trainguard.guard.model.RunSetup;
+import io.trainguard.guard.model.RunState;
+import io.trainguard.guard.run.RunDecider;
+import java.util.regex.Pattern;
+
+/** Argument and run-state checks shared by the calls on a run; each failure says what to send instead. */
+final class RunChecks {
+    private static final Pattern RUN_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}");
+    private static final int MAX_WORLD_SIZE = 1 << 20;
+
+    private RunChecks() {
+    }
+
+    /** A new rank's OpenRun: the run id, world size and rank must be usable. */
+    static void opening(RunSetup setup) {
+        if (setup.runId() == null || !RUN_ID.matcher(setup.runId()).matches()) {
+            throw new InvalidRequestException("run_id '" + setup.runId() + "' is invalid: use 1-128 characters of "
+                    + "letters, digits and . _ : / -, starting with a letter or digit");
+        }
+        if (setup.worldSize() < 1 || setup.worldSize() > MAX_WORLD_SIZE) {
+            throw new InvalidRequestException("world_size must be between 1 and " + MAX_WORLD_SIZE + ", got " + setup.worldSize());
+        }
+        if (setup.rank() < 0 || setup.rank() >= setup.worldSize()) {
+            throw new InvalidRequestException("rank " + setup.rank() + " is outside world size " + setup.worldSize()
+                    + ": ranks are 0.." + (setup.worldSize() - 1));
+        }
+    }
+
+    /** Re-opening an existing run: it must still be open and keep its world size. */
+    static void reopening(RunDecider run, RunSetup setup) {
+        if (run.state() == RunState.CLOSED) {
+            throw new PreconditionFailedException("run '" + setup.runId() + "' is closed: open a new run id to train again");
+        }
+        if (run.worldSize() != setup.worldSize()) {
+            throw new PreconditionFailedException("run '" + setup.runId() + "' has world size " + run.worldSize()
+                    + " but this rank reports " + setup.worldSize() + ": use a new run id when the world size changes");
+        }
+    }
+
+    static void notClosed(RunDecider run, String call) {
+        if (run.state() == RunState.CLOSED) {
+            throw new PreconditionFailedException(call + " on run '" + run.runId() + "' refused: the run is closed; "
+                    + "open a new run id to train again");
+        }
+    }
+
+    static void rank(RunDecider run, int rank) {
+        if (rank < 0 || rank >= run.worldSize()) {
+            throw new InvalidRequestException("rank " + rank + " is outside world size " + run.worldSize() + " of run '"
+                    + run.runId() + "': ranks are 0.." + (run.worldSize() - 1));
+        }
+    }
+}
