@@ -2,7 +2,7 @@ package io.trainguard.config;
 
 import io.quarkus.runtime.ShutdownEvent;
 import io.quarkus.runtime.StartupEvent;
-import io.trainguard.guard.GuardService;
+import io.trainguard.guard.RunReads;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.model.RunState;
 import io.trainguard.store.StepHistory;
@@ -27,12 +27,12 @@ public class HistoryWarmer {
     private static final Logger LOG = Logger.getLogger(HistoryWarmer.class);
     static final int MAX_RUNS = 16;
     static final long PERIOD_SECONDS = 5;
-    private final GuardService guard;
+    private final RunReads runs;
     private final StepHistory history;
     private ScheduledExecutorService timer;
 
-    public HistoryWarmer(GuardService guard, StepHistory history) {
-        this.guard = guard;
+    public HistoryWarmer(RunReads runs, StepHistory history) {
+        this.runs = runs;
         this.history = history;
     }
 
@@ -48,7 +48,7 @@ public class HistoryWarmer {
 
     private void warm() {
         try {
-            guard.list().stream().filter(r -> r.state() != RunState.CLOSED)
+            runs.list().stream().filter(r -> r.state() != RunState.CLOSED)
                     .sorted(Comparator.comparing(RunSnapshot::updatedTime).reversed()).limit(MAX_RUNS)
                     .forEach(r -> history.refresh(r.runId(), 0));
         } catch (RuntimeException e) {
