@@ -58,3 +58,38 @@ def train(guard, model, optim, steps, start=0, inject=None, on_verdict=None, see
             on_verdict(step, v)
         step = v.resume_step if v.resume_step is not None else step + 1
     return verdicts
+
+
+# ---------------------------------------------------------------------------------- several ranks
+
+def join_gloo(rank, world, port):
+    """Joins a gloo process group of ``world`` CPU ranks on 127.0.0.1:``port`` (one call per rank)."""
+    import os
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def parallel_mlp(mode, seed=0):
+    """The test MLP under DDP (``mode="ddp"``) or FSDP2 (``"fsdp"``: ``fully_shard`` per block and root)."""
+    torch.manual_seed(seed)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        model = MLP()
+        for b in model.blocks:
+            fully_shard(b)
+        fully_shard(model)
+        return model
+    return torch.nn.parallel.DistributedDataParallel(MLP())
+
+
+def wait_online(g):
+    """A loaded CI machine may refuse a rank's first OpenRun; multi-rank tests need every rank online."""
+    import time
+    from trainguard import answers
+    for _ in range(20):
+        if not g.connection.offline:
+            return
+        time.sleep(0.5)
+        answers.open_run(g, 10.0)
+    raise AssertionError("the sidecar did not answer OpenRun for 10 s")

@@ -24,19 +24,10 @@ def weights_hash(model):
 
 def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrupt_step):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import MLP, batch, weights_finite
+    from models import batch, join_gloo, parallel_mlp, weights_finite
     from trainguard.guard import Guard
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-        model = MLP()
-        for b in model.blocks:
-            fully_shard(b)
-        fully_shard(model)
-    else:
-        model = torch.nn.parallel.DistributedDataParallel(MLP())
+    join_gloo(rank, world, port)
+    model = parallel_mlp(mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     g = Guard(model, opt, f"gate-{mode}-{nan_step}-{corrupt_step}", target=target, device_gate=True, deadline=5.0,
               policy={"known_good_healthy_steps": 5})

@@ -17,33 +17,12 @@ pytestmark = pytest.mark.torch2  # fused AdamW on the CPU (the device gate): tor
 FLIP_STEP, POISON_STEP, STEPS = 7, 11, 14
 
 
-def wait_online(g):
-    """A loaded CI machine may refuse a rank's first OpenRun; these tests need every rank online."""
-    import time
-    from trainguard import answers
-    for _ in range(20):
-        if not g.connection.offline:
-            return
-        time.sleep(0.5)
-        answers.open_run(g, 10.0)
-    raise AssertionError("the sidecar did not answer OpenRun for 10 s")
-
-
 def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks, mode):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import MLP, batch, weights_finite
+    from models import batch, join_gloo, parallel_mlp, wait_online, weights_finite
     from trainguard.guard import Guard
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-        model = MLP()
-        for b in model.blocks:
-            fully_shard(b)
-        fully_shard(model)
-    else:
-        model = torch.nn.parallel.DistributedDataParallel(MLP())
+    join_gloo(rank, world, port)
+    model = parallel_mlp(mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     g = Guard(model, opt, run, target=target, device_gate=gate, deadline=5.0,
               policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 3,

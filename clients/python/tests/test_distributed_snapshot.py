@@ -29,35 +29,17 @@ def _equal(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def wait_online(g):
-    """A loaded CI machine may refuse a rank's first OpenRun; these tests need every rank online."""
-    import time
-    from trainguard import answers
-    for _ in range(20):
-        if not g.connection.offline:
-            return
-        time.sleep(0.5)
-        answers.open_run(g, 10.0)
-    raise AssertionError("the sidecar did not answer OpenRun for 10 s")
-
-
 def _worker(rank, world, port, target, out_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from torch.distributed.fsdp import fully_shard
-    from models import MLP, batch, weights_finite
+    from models import batch, join_gloo, parallel_mlp, wait_online, weights_finite
     from trainguard import Action
     from trainguard.guard import Guard
     from trainguard.snapshot import SnapshotPolicy, SnapshotStore
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     out = {}
 
     def fsdp_model():
-        torch.manual_seed(0)
-        m = MLP()
-        for b in m.blocks:
-            fully_shard(b)
-        fully_shard(m)
+        m = parallel_mlp("fsdp")
         return m, torch.optim.AdamW(m.parameters(), lr=1e-2)
 
     def train(m, o, steps):
