@@ -9,9 +9,9 @@
 #
 # SET=formats: the formats people save, same fp32 state dict (gen_torch.py, venv torch) as torch.save,
 # a DCP directory and safetensors (TORCH_GB, 3): the Java verifier's path for each (CheckpointVerifier,
-# 3 scans per JVM) next to the naive load + torch.isfinite of each (compare.py torch-load, torch-load-mmap,
+# 3 scans per JVM, the order rotated each round) next to the naive load + torch.isfinite of each (compare.py torch-load, torch-load-mmap,
 # dcp-load, st-load) and torch.isfinite over a safetensors memmap, in the same rounds.
-#   SET=formats bench/checkpoint/run.sh [rounds]   env: TORCH_GB (3) SD ($DIR/tg-bench-sd) KEEP (delete the files after)
+#   SET=formats bench/checkpoint/run.sh [rounds]   env: TORCH_GB (3) SD ($DIR/tg-bench-sd) KEEP (1: keep the generated files; default: deleted at the end)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-3}; F32_GB=${F32_GB:-4}; BF16_GB=${BF16_GB:-2}; THREADS=${THREADS:-2}; DIR=${DIR:-/tmp}
@@ -50,10 +50,11 @@ echo "# page cache: $(grep -E '^(Cached|FileHugePages):' /proc/meminfo | tr -s '
 echo "# java: $(java -version 2>&1 | head -1); numpy $($PY -c 'import numpy; print(numpy.__version__)'); torch $([ $HAVE_TORCH = 1 ] && $PY -c 'import torch; print(torch.__version__)' || echo absent)"
 J="java -Xmx256m --add-modules jdk.incubator.vector -cp $CP"
 if [ "${SET:-safetensors}" = formats ]; then
-  echo "# venv: torch $($VENV_PY -c 'import torch; print(torch.__version__)'); files: $(du -sb "$SD.pt" "$SD.dcp" "$SD.safetensors" | awk '{printf "%s=%d ", $2, $1}')"
+  echo "# venv: torch $($VENV_PY -c 'import torch; print(torch.__version__)'); files: $(du -sb "$SD.pt" "$SD.dcp" "$SD.safetensors" | awk '{printf "%s=%s ", $2, $1}')"
   for r in $(seq "$ROUNDS"); do
-    echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg); page cache $(grep -E '^Cached:' /proc/meminfo | tr -s ' ' | cut -d' ' -f2) kB)"
-    $J -Dwarmup=true io.trainguard.tensor.scan.ScanBench "$THREADS" tg1 3 "$SD.pt" "$SD.dcp" "$SD.safetensors" 2>/dev/null \
+    echo "## round $r (load $(cut -d' ' -f1 /proc/loadavg); resident in the page cache: $(fincore -nb -o RES,FILE "$SD.pt" "$SD.safetensors" "$SD".dcp/*.distcp | awk '{printf "%s=%.2fGB ", $2, $1/1e9}'))"
+    ORDER=("$SD.pt" "$SD.dcp" "$SD.safetensors"); ORDER=("${ORDER[@]:$(( (r - 1) % 3 ))}" "${ORDER[@]:0:$(( (r - 1) % 3 ))}")
+    $J -Dwarmup=true -Dverifier=true io.trainguard.tensor.scan.ScanBench "$THREADS" tg1 3 "${ORDER[@]}" 2>/dev/null \
       | grep -E "ROUND|MEDIAN|RSS"
     for t in torch-load torch-load-mmap; do THREADS=$THREADS $VENV_PY bench/checkpoint/compare.py $t "$SD.pt" 1; done
     THREADS=$THREADS $VENV_PY bench/checkpoint/compare.py dcp-load "$SD.dcp" 1

@@ -21,7 +21,7 @@ import java.util.List;
  * {@link TensorBytes} (no pickle is ever given to DJL) and go to libtorch one chunk at a time, so
  * native memory stays at a few times {@code chunkElements} elements whatever the tensor's size.
  * Chunks are merged exactly (counts, min/max) or stably (mean and sum of squared deviations, Chan's
- * pairwise update). Not on the verification path: the vector scanner decides VERIFIED/REJECTED,
+ * pairwise update); only chunks whose float64 sum is not finite build the NaN/Inf masks. Not on the verification path: the vector scanner decides VERIFIED/REJECTED,
  * this explains a decision afterwards.
  */
 public final class DjlForensics {
@@ -89,9 +89,13 @@ public final class DjlForensics {
     }
 
     private static void chunk(Merged acc, NDArray x, boolean floating, long from, int count, long unit) {
+        NDArray v = x.toType(DataType.FLOAT64, false);
+        double sum = v.sum().getDouble();
         NDArray bad = null;
         long nonFinite = 0;
-        if (floating) {
+        // A float64 sum of float32/16 values cannot overflow, so it is finite exactly when every value
+        // is: the masks (the costly part) are built only for chunks that hold a NaN or an Inf.
+        if (floating && !Double.isFinite(sum)) {
             NDArray nan = x.isNaN();
             NDArray inf = x.isInfinite();
             long nans = count(nan);
@@ -100,16 +104,16 @@ public final class DjlForensics {
             acc.inf += infs;
             nonFinite = nans + infs;
             bad = nan.logicalOr(inf);
+            if (nonFinite < count) {
+                v = v.booleanMask(bad.logicalNot());
+                sum = v.sum().getDouble();
+            }
         }
         long finite = count - nonFinite;
         if (finite > 0) {
-            NDArray v = x.toType(DataType.FLOAT64, false);
-            if (nonFinite > 0) {
-                v = v.booleanMask(bad.logicalNot());
-            }
-            double mean = v.mean().getDouble();
-            double m2 = v.sub(mean).square().sum().getDouble();
-            acc.add(finite, mean, m2, v.min().getDouble(), v.max().getDouble());
+            double mean = sum / finite;
+            NDArray d = v.sub(mean);
+            acc.add(finite, mean, d.dot(d).getDouble(), v.min().getDouble(), v.max().getDouble());
         }
         if (nonFinite > 0) {
             locate(acc, bad, from, count, unit);
