@@ -31,6 +31,12 @@ public final class DjlForensics {
 
     private final DjlTensors djl;
     private final int chunkElements;
+    /**
+     * The chunk buffers, allocated once: a direct buffer per tensor would be freed only by a GC the
+     * small heap rarely needs (measured: +440 MiB RSS over 48 tensors).
+     */
+    private ByteBuffer raw;
+    private ByteBuffer widened;
 
     /** @param chunkElements elements handed to libtorch at a time (memory: ~20 bytes per element) */
     public DjlForensics(DjlTensors djl, int chunkElements) {
@@ -41,7 +47,8 @@ public final class DjlForensics {
         this.chunkElements = chunkElements;
     }
 
-    public CheckpointTensorSummary inspect(String file, TensorBytes t) throws IOException {
+    /** One tensor at a time per instance (the chunk buffers are shared). */
+    public synchronized CheckpointTensorSummary inspect(String file, TensorBytes t) throws IOException {
         long[] shape = t.shape();
         long n = t.elements();
         boolean rows = shape.length >= 2;
@@ -53,8 +60,10 @@ public final class DjlForensics {
         DataType type = widen ? DataType.FLOAT32 : toDjl(dt);
         Merged acc = new Merged();
         if (n > 0) {
-            ByteBuffer raw = ByteBuffer.allocateDirect(chunkElements * dt.byteSize()).order(ByteOrder.LITTLE_ENDIAN);
-            ByteBuffer widened = widen ? ByteBuffer.allocateDirect(chunkElements * 4).order(ByteOrder.nativeOrder()) : null;
+            if (raw == null) {
+                raw = ByteBuffer.allocateDirect(chunkElements * 8).order(ByteOrder.LITTLE_ENDIAN);
+                widened = ByteBuffer.allocateDirect(chunkElements * 4).order(ByteOrder.nativeOrder());
+            }
             // whole units per chunk when a unit fits one, else chunks inside one unit
             long step = unit <= chunkElements ? (chunkElements / unit) * unit : chunkElements;
             try (NDManager root = djl.engine().newBaseManager()) {
