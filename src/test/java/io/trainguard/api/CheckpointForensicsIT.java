@@ -40,6 +40,7 @@ import org.junit.jupiter.api.Test;
  * chunks and chunks span rows, so the merging is exercised on small files.
  */
 class CheckpointForensicsIT {
+    static Path dir;
     static Path root;
     static JsonNode expected;
     static PackagedSidecar sidecar;
@@ -49,7 +50,7 @@ class CheckpointForensicsIT {
 
     @BeforeAll
     static void start() throws Exception {
-        Path dir = Files.createTempDirectory("forensics-it");
+        dir = Files.createTempDirectory("forensics-it");
         root = Files.createDirectories(dir.resolve("ckpt"));
         Process p = new ProcessBuilder("/opt/trainguard-venv/bin/python",
                 Path.of("src/test/resources/torch/write_forensics_checkpoints.py").toAbsolutePath().toString(),
@@ -69,6 +70,11 @@ class CheckpointForensicsIT {
         }
         if (sidecar != null) {
             sidecar.close();
+        }
+        if (dir != null) { // the checkpoints and the sidecar's journal: megabytes per run
+            try (var files = Files.walk(dir)) {
+                files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            }
         }
     }
 
