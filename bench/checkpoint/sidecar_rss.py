@@ -8,6 +8,11 @@ each: the first after a fresh start, then again), samples VmRSS (and its RssAnon
 GET /api/runs/{run}/checkpoints until each is VERIFIED.
 
     bench/checkpoint/sidecar_rss.py [--dir /tmp] [--idle 15] [--json out.json]
+
+--set formats registers run.sh's SET=formats files instead (the same state dict as torch.save, a DCP
+directory and safetensors; generate them with SET=formats KEEP=1 run.sh 1), and --forensics then asks
+for the DJL forensics (InspectCheckpoint) of the torch.save checkpoint: first one tensor (the call that
+loads libtorch), then every tensor, with the time and the RSS of each.
 """
 import argparse
 import json
@@ -47,8 +52,14 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--poll", type=float, default=0.1, help="seconds between REST progress polls")
     ap.add_argument("--prop", action="append", default=[], help="extra -Dk=v for the sidecar")
+    ap.add_argument("--set", choices=["safetensors", "formats"], default="safetensors")
+    ap.add_argument("--forensics", action="store_true", help="with --set formats: DJL forensics of the .pt")
     a = ap.parse_args()
-    files = [os.path.join(a.dir, n) for n in ("tg-bench-f32.safetensors", "tg-bench-bf16.safetensors")]
+    if a.set == "formats":
+        sd = os.path.join(a.dir, "tg-bench-sd")
+        files = [sd + ".pt", sd + ".dcp", sd + ".safetensors"]
+    else:
+        files = [os.path.join(a.dir, n) for n in ("tg-bench-f32.safetensors", "tg-bench-bf16.safetensors")]
     for f in files:
         if not os.path.exists(f):
             sys.exit(f"{f} missing: run bench/checkpoint/run.sh first (it generates the files)")
@@ -68,6 +79,7 @@ def main():
         unary("OpenRun", pb.OpenRunRequest, pb.OpenRunResponse)(common.open_request("rss"), timeout=30)
         register = unary("RegisterCheckpoint", pb.RegisterCheckpointRequest, pb.RegisterCheckpointResponse)
         step = 0
+        pt_checkpoint = None
         for f in files + files:
             step += 100
             peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
@@ -81,9 +93,9 @@ def main():
             t = threading.Thread(target=sample, daemon=True)
             t.start()
             t0 = time.monotonic()
+            fmt = pb.CHECKPOINT_FORMAT_SAFETENSORS if f.endswith(".safetensors") else pb.CHECKPOINT_FORMAT_TORCH_PICKLE
             resp = register(pb.RegisterCheckpointRequest(
-                run_id="rss", step=step, format=pb.CHECKPOINT_FORMAT_SAFETENSORS,
-                files=[pb.CheckpointFile(path=f)]), timeout=30)
+                run_id="rss", step=step, format=fmt, files=[pb.CheckpointFile(path=f)]), timeout=30)
             cid = resp.checkpoint.checkpoint_id
             progress = []
             while True:
@@ -97,7 +109,8 @@ def main():
             wall = time.monotonic() - t0
             done.set()
             t.join()
-            size = os.path.getsize(f)
+            size = (sum(os.path.getsize(os.path.join(f, n)) for n in os.listdir(f)) if os.path.isdir(f)
+                    else os.path.getsize(f))
             rec = {"file": os.path.basename(f), "bytes": size, "state": v["state"], "reason": v["stateReason"],
                    "register_to_verified_s": round(wall, 3), "gbps_register_to_verified": round(size / wall / 1e9, 2),
                    "gbps_reported": round(v["verifyBytesPerSecond"] / 1e9, 2), "rss_peak_mib": round(peak["VmRSS"] / 1024, 1),
@@ -106,6 +119,40 @@ def main():
                    "progress_samples(t_s,percent,GB/s)": progress[:: max(1, len(progress) // 6)]}
             out["verifications"].append(rec)
             print(json.dumps(rec), flush=True)
+            if f.endswith(".pt"):
+                pt_checkpoint = cid
+        if a.forensics:
+            inspect = unary("InspectCheckpoint", pb.InspectCheckpointRequest, pb.InspectCheckpointResponse)
+            out["forensics"] = []
+            for names in (["layers.0.weight"], []):
+                peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+                before = status_kib(sc.proc.pid, "VmRSS", "RssAnon")
+                loaded_before = maps_djl(sc.proc.pid)
+                done = threading.Event()
+
+                def sample_f():
+                    while not done.is_set():
+                        for k, v in status_kib(sc.proc.pid, *peak).items():
+                            peak[k] = max(peak[k], v)
+                        time.sleep(0.05)
+                t = threading.Thread(target=sample_f, daemon=True)
+                t.start()
+                t0 = time.monotonic()
+                r = inspect(pb.InspectCheckpointRequest(run_id="rss", checkpoint_id=pt_checkpoint, tensors=names),
+                            timeout=900)
+                wall = time.monotonic() - t0
+                done.set()
+                t.join()
+                rec = {"tensors": len(r.tensors), "bytes": r.bytes_inspected, "wall_s": round(wall, 3),
+                       "server_ms": r.elapsed_ms, "gb_per_s": round(r.bytes_inspected / wall / 1e9, 3),
+                       "s_per_gb": round(wall / (r.bytes_inspected / 1e9), 3),
+                       "djl_loaded_before": loaded_before, "djl_loaded_after": maps_djl(sc.proc.pid),
+                       "rss_before_mib": round(before["VmRSS"] / 1024, 1),
+                       "rss_anon_before_mib": round(before["RssAnon"] / 1024, 1),
+                       "rss_peak_mib": round(peak["VmRSS"] / 1024, 1), "rss_anon_peak_mib": round(peak["RssAnon"] / 1024, 1),
+                       "rss_after_mib": round(sc.rss_kib() / 1024, 1)}
+                out["forensics"].append(rec)
+                print(json.dumps(rec), flush=True)
         out["rss_after_mib"] = sc.rss_kib() / 1024
         out["djl_loaded_after"] = maps_djl(sc.proc.pid)
     finally:

@@ -9,6 +9,7 @@ import io.trainguard.checkpoint.RegistryCatalog;
 import io.trainguard.checkpoint.SqlConnections;
 import io.trainguard.guard.CheckpointCatalog;
 import io.trainguard.store.SqliteJournal;
+import io.trainguard.tensor.inspect.DjlForensics;
 import io.trainguard.tensor.inspect.DjlTensors;
 import io.trainguard.tensor.inspect.TensorInspector;
 import io.trainguard.tensor.scan.ScanOptions;
@@ -90,6 +91,16 @@ public class CheckpointWiring {
         Path cache = config.tensor().djlCacheDir()
                 .orElse(Path.of(System.getProperty("user.home"), ".cache", "trainguard", "djl"));
         return new DjlTensors(cache, config.tensor().djlMaxFileBytes());
+    }
+
+    @Produces
+    @Singleton
+    DjlForensics djlForensics(DjlTensors djl, TrainguardConfig config) {
+        try {
+            return new DjlForensics(djl, config.tensor().forensicsChunkElements());
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("trainguard.tensor.forensics-chunk-elements: " + e.getMessage(), e);
+        }
     }
 
     @Produces

@@ -2,12 +2,15 @@ package io.trainguard.config;
 
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.fault.FaultLedger;
+import io.trainguard.checkpoint.PathPolicy;
 import io.trainguard.guard.GuardedRuns;
+import io.trainguard.service.CheckpointForensics;
 import io.trainguard.service.CheckpointIntake;
 import io.trainguard.service.FaultReplay;
 import io.trainguard.service.RunOpening;
 import io.trainguard.service.RunOverview;
 import io.trainguard.service.TensorForensics;
+import io.trainguard.tensor.inspect.DjlForensics;
 import io.trainguard.tensor.inspect.TensorInspector;
 import jakarta.enterprise.context.ApplicationScoped;
 import jakarta.enterprise.inject.Produces;
@@ -39,6 +42,13 @@ public class ServiceWiring {
     @Singleton
     TensorForensics tensorForensics(GuardedRuns guard, TensorInspector inspector) {
         return new TensorForensics(guard, inspector);
+    }
+
+    @Produces
+    @Singleton
+    CheckpointForensics checkpointForensics(GuardedRuns guard, CheckpointRegistry checkpoints, PathPolicy paths,
+            DjlForensics djl, TrainguardConfig config) {
+        return new CheckpointForensics(guard, checkpoints, paths, djl, config.tensor().forensicsMaxBytes());
     }
 
     @Produces

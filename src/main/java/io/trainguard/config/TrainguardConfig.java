@@ -93,6 +93,17 @@ public interface TrainguardConfig {
 
         @WithDefault("256")
         int inspectMaxTensors();
+
+        /**
+         * Tensor bytes one checkpoint-forensics request (InspectCheckpoint) may read through DJL;
+         * memory does not grow with it (chunks), time does (about 1 s per GB per core).
+         */
+        @WithDefault("8589934592")
+        long forensicsMaxBytes();
+
+        /** Elements checkpoint forensics hands libtorch at a time; native memory ~20 bytes each. */
+        @WithDefault("2097152")
+        int forensicsChunkElements();
     }
 
     interface Limits {

@@ -111,4 +111,11 @@ public final class CheckpointMapper {
                 .setNanCount(s.nanCount()).setInfCount(s.infCount()).addAllFirstNonfiniteIndices(s.firstNonFiniteIndices())
                 .setMin(s.min()).setMax(s.max()).setMean(s.mean()).setStd(s.std()).build();
     }
+
+    public static io.trainguard.api.grpc.v1.CheckpointTensorSummary checkpointTensor(
+            io.trainguard.tensor.inspect.CheckpointTensorSummary t) {
+        return io.trainguard.api.grpc.v1.CheckpointTensorSummary.newBuilder().setFile(t.file())
+                .setSummary(summary(t.summary())).setUnit(t.unit()).setUnitElements(t.unitElements())
+                .setNonfiniteUnits(t.nonFiniteUnits()).addAllFirstNonfiniteUnits(t.firstNonFiniteUnits()).build();
+    }
 }

@@ -13,6 +13,8 @@ import io.trainguard.api.grpc.v1.GetRunRequest;
 import io.trainguard.api.grpc.v1.GetRunResponse;
 import io.trainguard.api.grpc.v1.HeartbeatRequest;
 import io.trainguard.api.grpc.v1.HeartbeatResponse;
+import io.trainguard.api.grpc.v1.InspectCheckpointRequest;
+import io.trainguard.api.grpc.v1.InspectCheckpointResponse;
 import io.trainguard.api.grpc.v1.InspectTensorsRequest;
 import io.trainguard.api.grpc.v1.InspectTensorsResponse;
 import io.trainguard.api.grpc.v1.OpenRunRequest;
@@ -35,6 +37,7 @@ import io.trainguard.service.CheckpointStatus;
 import io.trainguard.service.FaultReplay;
 import io.trainguard.service.RunOpening;
 import io.trainguard.service.RunOverview;
+import io.trainguard.service.CheckpointForensics;
 import io.trainguard.service.TensorForensics;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
@@ -54,15 +57,17 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
     private final CheckpointIntake checkpoints;
     private final TensorForensics forensics;
     private final FaultReplay faults;
+    private final CheckpointForensics checkpointForensics;
 
     public TrainGuardGrpcService(GuardedRuns guard, RunOpening opening, RunOverview overview, CheckpointIntake checkpoints,
-            TensorForensics forensics, FaultReplay faults) {
+            TensorForensics forensics, FaultReplay faults, CheckpointForensics checkpointForensics) {
         this.guard = guard;
         this.opening = opening;
         this.overview = overview;
         this.checkpoints = checkpoints;
         this.forensics = forensics;
         this.faults = faults;
+        this.checkpointForensics = checkpointForensics;
     }
 
     /** Unparseable request frames reach the methods as a marker, answered INVALID_ARGUMENT. */
@@ -246,6 +251,20 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
                             request.getIncidentId(), CheckpointMapper.blob(request.getSafetensors()));
             var b = InspectTensorsResponse.newBuilder().setIncidentId(result.incidentId());
             result.summaries().forEach(s -> b.addSummaries(CheckpointMapper.summary(s)));
+            return b.build();
+        });
+    }
+
+    @Override
+    @Blocking // reads checkpoint files through DJL, then waits for a journal commit
+    public void inspectCheckpoint(InspectCheckpointRequest request, StreamObserver<InspectCheckpointResponse> observer) {
+        respond(observer, () -> {
+            requireRunId(request.getRunId());
+            var result = checkpointForensics.inspect(request.getRunId(), request.getCheckpointId(),
+                    request.getTensorsList());
+            var b = InspectCheckpointResponse.newBuilder().setIncidentId(result.incidentId())
+                    .setBytesInspected(result.bytes()).setElapsedMs(result.nanos() / 1_000_000);
+            result.tensors().forEach(t -> b.addTensors(CheckpointMapper.checkpointTensor(t)));
             return b.build();
         });
     }

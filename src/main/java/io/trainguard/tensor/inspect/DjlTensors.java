@@ -47,7 +47,7 @@ public final class DjlTensors {
         return engine != null;
     }
 
-    private Engine engine() {
+    Engine engine() {
         Engine e = engine;
         if (e != null) {
             return e;

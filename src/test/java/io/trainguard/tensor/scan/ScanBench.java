@@ -1,5 +1,11 @@
 package io.trainguard.tensor.scan;
 
+import io.trainguard.checkpoint.CheckpointFileSpec;
+import io.trainguard.checkpoint.CheckpointFormat;
+import io.trainguard.checkpoint.CheckpointVerifier;
+import io.trainguard.checkpoint.PathPolicy;
+import io.trainguard.checkpoint.VerificationResult;
+import io.trainguard.tensor.format.FormatSniffer;
 import io.trainguard.tensor.format.ReadMode;
 import io.trainguard.tensor.format.SafetensorsFile;
 import io.trainguard.tensor.inspect.DjlTensors;
@@ -13,7 +19,9 @@ import java.util.List;
  * Benchmark driver for bench/checkpoint/run.sh (not a test): scans each file {@code rounds}
  * times and prints one machine-readable line per round plus RSS.
  * Args: threads checksum(tg1|crc32c|none) rounds file...; -Dread=map|pread (default map), -Dsimd,
- * -Dstats, -Dwarmup, -DidleMs.
+ * -Dstats, -Dwarmup, -DidleMs. A torch.save file or a DCP directory (and any file with -Dverifier=true)
+ * goes through {@link CheckpointVerifier#verifyNow}, the sidecar's own path (pickle read, storages
+ * mapped, DCP chunk coverage), timed from opening the files to the verdict.
  */
 public final class ScanBench {
     public static void main(String[] args) throws Exception {
@@ -47,6 +55,11 @@ public final class ScanBench {
             Thread.sleep(Long.getLong("idleMs", 0)); // a sidecar idles between start and its first checkpoint
             for (int i = 3; i < args.length; i++) {
                 Path p = Path.of(args[i]);
+                if (Files.isDirectory(p) || Boolean.getBoolean("verifier")
+                        || FormatSniffer.sniff(p) == FormatSniffer.Kind.TORCH_ZIP_PICKLE) {
+                    viaVerifier(scanner, p, new ScanOptions(checksum, stats, simd), rounds, threads, checksum);
+                    continue;
+                }
                 List<Double> gbs = new ArrayList<>();
                 for (int r = 0; r < rounds; r++) {
                     try (SafetensorsFile f = SafetensorsFile.open(p)) {
@@ -71,6 +84,32 @@ public final class ScanBench {
             new DjlTensors(Path.of(System.getProperty("user.home"), ".cache", "trainguard", "djl"), 1 << 30)
                     .readNumpy(Path.of(npy), Checksum.TG1);
             System.out.printf("RSS after_djl_loaded_kb=%d%n", rssKb());
+        }
+    }
+
+    private static void viaVerifier(TensorScanner scanner, Path p, ScanOptions options, int rounds, int threads,
+            Checksum checksum) {
+        Path root = p.toAbsolutePath().getParent();
+        try (CheckpointVerifier v = new CheckpointVerifier(scanner, null, new PathPolicy(List.of(root)), 1, options,
+                java.time.Duration.ofHours(1))) {
+            List<Double> gbs = new ArrayList<>();
+            long bytes = 0;
+            for (int r = 0; r < rounds; r++) {
+                VerificationResult res = v.verifyNow("bench", CheckpointFormat.SAFETENSORS,
+                        List.of(new CheckpointFileSpec(p.toAbsolutePath().toString(), null, 0)), null);
+                if (!res.ok()) {
+                    throw new IllegalStateException(p + ": " + res.outcome() + " " + res.reason());
+                }
+                double g = res.bytes() / (res.nanos() / 1e9) / 1e9;
+                gbs.add(g);
+                bytes = res.bytes();
+                System.out.printf("ROUND file=%s threads=%d checksum=%s gbps=%.2f tensors=%d via=verifier%n",
+                        p.getFileName(), threads, checksum, g, res.tensors().size());
+            }
+            Collections.sort(gbs);
+            System.out.printf("MEDIAN file=%s threads=%d read=%s checksum=%s stats=%s simd=%s via=verifier gbps=%.2f size=%d%n",
+                    p.getFileName(), threads, scanner.readMode().toString().toLowerCase(java.util.Locale.ROOT), checksum,
+                    options.stats(), options.simd() && ScanKernels.SIMD_AVAILABLE, gbs.get(gbs.size() / 2), bytes);
         }
     }
 
