@@ -258,14 +258,16 @@ class SnapshotStore:
             if s.state == EMPTY:
                 self._allocate(s, uniq)
             else:
-                pin = self.cuda and self.policy.pin_memory
-                s.spare = [torch.empty(u.shape, dtype=u.dtype, device="cpu", pin_memory=pin) for u in uniq]
+                s.spare = self._buffers(uniq)
         return time.perf_counter() - t0
 
-    def _allocate(self, s, uniq):
+    def _buffers(self, uniq):
         pin = self.cuda and self.policy.pin_memory
-        s.host = [torch.empty(u.shape, dtype=u.dtype, device="cpu", pin_memory=pin) for u in uniq]
-        s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=pin)
+        return [torch.empty(u.shape, dtype=u.dtype, device="cpu", pin_memory=pin) for u in uniq]
+
+    def _allocate(self, s, uniq):
+        s.host = self._buffers(uniq)
+        s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=self.cuda and self.policy.pin_memory)
 
     @staticmethod
     def _copy(dst, src, non_blocking):
