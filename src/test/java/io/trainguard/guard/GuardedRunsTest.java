@@ -279,5 +279,18 @@ class GuardedRunsTest {
         Incident i = journal.incidents.get(journal.incidents.size() - 1);
         assertEquals(IncidentKind.CROSS_RANK_MISMATCH, i.kind());
         assertTrue(i.message().contains("rank 1"), i.message());
+        assertTrue(i.message().contains("cannot be told from 2 ranks"), i.message()); // two ranks: no blame on a guess
+    }
+
+    @Test
+    void crossRank_threeRanks_namesTheRankOutsideTheMajority() {
+        // prevents: naming the healthy rank that reports after a corrupted one
+        guard.open(setup("r4", 0, 3, null));
+        guard.report(step("r4", 2, 7, 1.0, 0.6));
+        guard.report(step("r4", 0, 7, 1.0, 0.5));
+        guard.report(step("r4", 1, 7, 1.0, 0.5));
+        Incident i = journal.incidents.get(journal.incidents.size() - 1);
+        assertEquals(IncidentKind.CROSS_RANK_MISMATCH, i.kind());
+        assertTrue(i.message().endsWith("2 of 3 reported ranks agree; suspect silent data corruption on rank 2"), i.message());
     }
 }

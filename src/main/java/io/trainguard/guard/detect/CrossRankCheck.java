@@ -1,6 +1,8 @@
 package io.trainguard.guard.detect;
 
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 import java.util.Optional;
 
 /**
@@ -21,7 +23,14 @@ public final class CrossRankCheck {
         Arrays.fill(slotStep, Long.MIN_VALUE);
     }
 
-    public record Mismatch(int rank, double norm, int referenceRank, double referenceNorm) {
+    /**
+     * {@code rank} disagrees with {@code referenceRank}. {@code suspects}: the ranks outside the
+     * largest group of agreeing ranks among those reported for the step, when one group is larger
+     * than every other and has at least two members; empty when the reports cannot tell (two ranks,
+     * or a tie), since the first rank to report may as well be the corrupted one.
+     */
+    public record Mismatch(int rank, double norm, int referenceRank, double referenceNorm, List<Integer> suspects,
+            int agreeing, int reported) {
     }
 
     /** Records a finite norm and returns the first disagreement with a rank already seen for this step. */
@@ -40,15 +49,57 @@ public final class CrossRankCheck {
             seen = norms[slot] = Arrays.copyOf(seen, Math.max(rank + 1, 2 * old));
             Arrays.fill(seen, old, seen.length, Double.NaN);
         }
-        Mismatch mismatch = null;
-        for (int other = 0; other < seen.length && mismatch == null; other++) {
-            double ref = seen[other];
-            if (other != rank && !Double.isNaN(ref)
-                    && Math.abs(gradNorm - ref) > rtol * Math.max(Math.abs(ref), Math.abs(gradNorm))) {
-                mismatch = new Mismatch(rank, gradNorm, other, ref);
+        int reference = -1;
+        for (int other = 0; other < seen.length && reference < 0; other++) {
+            if (other != rank && !Double.isNaN(seen[other]) && !agree(gradNorm, seen[other], rtol)) {
+                reference = other;
             }
         }
         seen[rank] = gradNorm;
-        return Optional.ofNullable(mismatch);
+        if (reference < 0) {
+            return Optional.empty();
+        }
+        return Optional.of(attribute(seen, rank, reference, rtol));
+    }
+
+    private static boolean agree(double a, double b, double rtol) {
+        return Math.abs(a - b) <= rtol * Math.max(Math.abs(a), Math.abs(b));
+    }
+
+    /** Runs only on a mismatch: which ranks stand outside the one largest group of agreeing norms. */
+    private static Mismatch attribute(double[] seen, int rank, int reference, double rtol) {
+        int reported = 0;
+        int best = -1;
+        int bestCount = 0;
+        boolean tie = false;
+        for (int i = 0; i < seen.length; i++) {
+            if (Double.isNaN(seen[i])) {
+                continue;
+            }
+            reported++;
+            int count = 0;
+            for (double v : seen) {
+                if (!Double.isNaN(v) && agree(seen[i], v, rtol)) {
+                    count++;
+                }
+            }
+            if (count > bestCount) {
+                best = i;
+                bestCount = count;
+                tie = false;
+            } else if (count == bestCount && !agree(seen[i], seen[best], rtol)) {
+                tie = true;
+            }
+        }
+        List<Integer> suspects = new ArrayList<>();
+        if (bestCount >= 2 && !tie) {
+            for (int i = 0; i < seen.length; i++) {
+                if (!Double.isNaN(seen[i]) && !agree(seen[i], seen[best], rtol)) {
+                    suspects.add(i);
+                }
+            }
+        }
+        return new Mismatch(rank, seen[rank], reference, seen[reference], List.copyOf(suspects),
+                suspects.isEmpty() ? 0 : bestCount, reported);
     }
 }

@@ -8,6 +8,7 @@ import io.trainguard.guard.policy.Policy;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.stream.Collectors;
 
 /**
  * The detectors every step goes through, in the documented priority order, and the adapters that
@@ -116,8 +117,18 @@ public final class Detectors {
                 out.add(Finding.incident(IncidentKind.CROSS_RANK_MISMATCH, Severity.ERROR, Action.APPLY,
                         Double.POSITIVE_INFINITY,
                         String.format("rank %d reports grad norm %.9g for step %d but rank %d reports %.9g: "
-                                        + "data-parallel ranks must agree (rtol %.1g); suspect silent data corruption on rank %d",
-                                m.rank(), m.norm(), r.step(), m.referenceRank(), m.referenceNorm(), rtol, m.rank()),
+                                        + "data-parallel ranks must agree (rtol %.1g); %s",
+                                m.rank(), m.norm(), r.step(), m.referenceRank(), m.referenceNorm(), rtol, suspectText(m)),
                         Map.of("norm", m.norm(), "referenceNorm", m.referenceNorm(), "rtol", rtol))));
+    }
+
+    private static String suspectText(CrossRankCheck.Mismatch m) {
+        if (m.suspects().isEmpty()) {
+            return String.format("which one is corrupted cannot be told from %d ranks' reports so far (no majority "
+                    + "agrees); suspect silent data corruption on rank %d or rank %d", m.reported(), m.rank(), m.referenceRank());
+        }
+        String ranks = m.suspects().stream().map(String::valueOf).collect(Collectors.joining(", "));
+        return String.format("%d of %d reported ranks agree; suspect silent data corruption on rank%s %s",
+                m.agreeing(), m.reported(), m.suspects().size() == 1 ? "" : "s", ranks);
     }
 }

@@ -25,4 +25,17 @@ class CrossRankCheckTest {
         }
         assertTrue(check.record(7, 9, 1.0, 0).isEmpty(), "rtol 0 turns the check off");
     }
+
+    @Test
+    void corruptedRankReportingFirst_isTheSuspect_notTheHealthyRankThatReportsNext() {
+        // prevents: blaming whichever rank happens to report second (the corrupted one reported first)
+        CrossRankCheck check = new CrossRankCheck();
+        assertTrue(check.record(3, 1, 40.2, 1e-6).isEmpty());
+        var second = check.record(3, 0, 26.8, 1e-6).orElseThrow();
+        assertEquals(java.util.List.of(), second.suspects(), "two ranks that disagree cannot tell which is corrupted");
+        var third = check.record(3, 2, 26.8, 1e-6).orElseThrow();
+        assertEquals(java.util.List.of(1), third.suspects());
+        assertEquals(2, third.agreeing());
+        assertEquals(3, third.reported());
+    }
 }
