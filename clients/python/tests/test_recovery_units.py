@@ -8,7 +8,8 @@ import torch
 
 from trainguard.lrcut import LrCuts, LrPolicy
 from trainguard.replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
-from trainguard.snapshot import KNOWN_GOOD, SnapshotPolicy, SnapshotRing, SnapshotStore
+from trainguard.snapshot import KNOWN_GOOD, SnapshotPolicy, SnapshotStore
+from trainguard.snapshot_schedule import SnapshotRing
 from models import batch, make
 
 
@@ -127,7 +128,7 @@ def test_ring_keeps_the_newest_known_good_and_discards_pending_on_unhealthy_step
 
 def test_pace_spaces_snapshots_by_their_measured_cost(monkeypatch):
     # prevents: snapshots of a large state every few fast steps costing far more than max_overhead
-    from trainguard import snapshot as snap
+    from trainguard import snapshot_schedule as snap
     clock = [0.0]
     monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
     pace = snap.SnapshotPace(max_overhead=0.01)
@@ -148,7 +149,7 @@ def test_pace_spaces_snapshots_by_their_measured_cost(monkeypatch):
 
 def test_pace_caps_a_cost_inflated_by_an_unrelated_pause(monkeypatch):
     # prevents: a validation pass right after a snapshot postponing the next one for hours
-    from trainguard import snapshot as snap
+    from trainguard import snapshot_schedule as snap
     clock = [0.0]
     monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
     pace = snap.SnapshotPace(max_overhead=0.01)

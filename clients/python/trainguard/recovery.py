@@ -16,7 +16,8 @@ from .lrcut import LrCuts, LrPolicy
 from .replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
 from .rules import within_bounds
 from .rng import capture_rng, restore_rng
-from .snapshot import KNOWN_GOOD, EMPTY, SnapshotPolicy, SnapshotRing, SnapshotStore
+from .snapshot import KNOWN_GOOD, EMPTY, SnapshotPolicy, SnapshotStore
+from .snapshot_schedule import SnapshotRing
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
