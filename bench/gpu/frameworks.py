@@ -23,7 +23,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
 sys.path.insert(0, HERE)
-from overhead import GPT  # noqa: E402
+from gpt_model import GPT  # noqa: E402
 
 
 class Clock:

@@ -38,7 +38,7 @@ def watch_names(ddp):
 
 
 def make_model(cfg, dev, rank, fsdp=False):
-    from overhead import GPT
+    from gpt_model import GPT
     torch.manual_seed(0)
     model = GPT(**cfg).to(dev)
     if fsdp:  # FSDP2: every block sharded, the root holds emb + head (the head reads the tied wte)
