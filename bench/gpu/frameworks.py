@@ -1,6 +1,6 @@
 """Trainer step overhead of trainguard inside the frameworks (issue 21): Lightning with
 trainguard.lightning.TrainguardCallback and the HF Trainer with trainguard.hf.TrainguardCallback,
-each against the same framework unguarded, on the GPT-2-small-sized LM of overhead.py.
+each against the same framework unguarded, on the GPT-2-small-sized LM of gpt_model.py.
 
 Paired rounds as in overhead.py: per round one unguarded run, one guarded, one unguarded; each run
 is a fresh Trainer whose steps warmup..warmup+steps are timed inside the training loop (a callback

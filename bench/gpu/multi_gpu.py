@@ -1,4 +1,4 @@
-"""Several ranks (issue 19): the GPT-2-small-sized LM of overhead.py under DDP, guarded, on N GPUs.
+"""Several ranks (issue 19): the GPT-2-small-sized LM of gpt_model.py under DDP, guarded, on N GPUs.
 
 One process per rank (torch.multiprocessing spawn), NCCL on CUDA, gloo with --cpu-smoke.
 
