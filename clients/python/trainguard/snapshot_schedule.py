@@ -1,6 +1,7 @@
 """When to take an in-memory snapshot and which slot to write: the ring mirrors the sidecar's
 known-good rule on the client, the pace keeps snapshots within their share of training time.
 The snapshots themselves (buffers, copies, restore) are in :mod:`trainguard.snapshot`."""
+import collections
 import time
 
 from .snapshot import COPYING, EMPTY, KNOWN_GOOD, PENDING
@@ -94,7 +95,7 @@ class SnapshotPace:
     def __init__(self, max_overhead):
         self.max_overhead = float(max_overhead)
         self.cost_s = 0.0
-        self._times = []
+        self._times = collections.deque(maxlen=self.WINDOW)
         self._last = None
         self._after = 0
         self._excess = 0.0
@@ -115,8 +116,6 @@ class SnapshotPace:
                 self.cost_s = min(self._excess, self.MAX_COST_STEPS * base) if base is not None else 0.0
             return
         self._times.append(dt)
-        if len(self._times) > self.WINDOW:
-            self._times.pop(0)
 
     def restart_clock(self):
         """The next healthy step starts a fresh interval (after a pause, a rollback)."""
