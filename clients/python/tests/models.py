@@ -93,3 +93,43 @@ def wait_online(g):
         time.sleep(0.5)
         answers.open_run(g, 10.0)
     raise AssertionError("the sidecar did not answer OpenRun for 10 s")
+
+
+def run_ranks(worker, target, *args, world=2, timeout=180):
+    """Spawns ``world`` processes running ``worker(rank, world, port, target, out_dir, *args)`` (each
+    writes ``out_dir/rank<r>.pt``), waits for them, and returns what each wrote. A hang fails here."""
+    import os
+    import tempfile
+    import torch.multiprocessing as mp
+    from trainguard.testing import free_port
+    out = tempfile.mkdtemp()
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=worker, args=(r, world, port, target, out) + tuple(args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]  # a hang would time out here
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(world)]
+
+
+class FlipOnce:
+    """A forward hook that turns one activation of ``module`` into NaN once, at ``step``: a one-off
+    bit flip (what a replay classifies TRANSIENT). ``mark`` is the loop's inject callback that tells
+    the hook which step runs."""
+
+    def __init__(self, module, step):
+        self.at, self.armed, self.step = step, True, -1
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, mod, inp, out):
+        if self.step == self.at and self.armed:
+            self.armed = False
+            out = out.clone()
+            out[0, 0] = float("nan")
+        return out
+
+    def mark(self, step, x, y):
+        self.step = step
+        return x, y

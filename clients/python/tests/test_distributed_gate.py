@@ -4,12 +4,12 @@ weights stay identical across ranks."""
 import hashlib
 import os
 import sys
-import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from models import run_ranks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
@@ -62,18 +62,7 @@ def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrup
 
 
 def run(target, mode="ddp", nan_rank=1, nan_step=7, corrupt_step=-1):
-    from trainguard.testing import free_port
-    out = tempfile.mkdtemp()
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, target, out, mode, nan_rank, nan_step, corrupt_step))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]  # a hang would time out here
-    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(2)]
+    return run_ranks(_worker, target, mode, nan_rank, nan_step, corrupt_step)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ desynchronise the collectives), the ranks agree on the class, and a TRANSIENT fa
 loses no step on either."""
 import os
 import sys
-import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from models import run_ranks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.torch2  # fused AdamW on the CPU (the device gate): torch >= 2.4
@@ -69,18 +69,7 @@ def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks, mod
 
 
 def run(target, name, gate, faults=True, fn_ranks=(0, 1), mode="ddp"):
-    from trainguard.testing import free_port
-    out = tempfile.mkdtemp()
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, target, out, name, gate, faults, tuple(fn_ranks), mode))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]  # a hang would time out here
-    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(2)]
+    return run_ranks(_worker, target, name, gate, faults, tuple(fn_ranks), mode)
 
 
 @pytest.fixture(scope="module")

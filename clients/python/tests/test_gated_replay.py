@@ -7,7 +7,7 @@ import torch
 
 from trainguard import Action
 from trainguard.guard import Guard
-from models import MLP, batch, weights_finite
+from models import MLP, FlipOnce, batch, weights_finite
 from sidecar_fixture import start_sidecar
 
 pytestmark = pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
@@ -87,19 +87,7 @@ def test_activation_corrupted_once_on_the_device_gate_is_transient_and_no_step_l
     # prevents: the device gate losing a step (and its sample) for a one-off bit flip a replay fixes
     model, opt = make_fused()
     g = Guard(model, opt, "gated-transient", target=sidecar.target, device_gate=True, deadline=5.0, policy=QUICK)
-    state = {"armed": True, "step": -1}
-
-    def flip(mod, inp, out):
-        if state["step"] == 7 and state["armed"]:
-            state["armed"] = False
-            out = out.clone()
-            out[0, 0] = float("nan")
-        return out
-    model.blocks[0].register_forward_hook(flip)
-
-    def mark(step, x, y):
-        state["step"] = step
-        return x, y
+    mark = FlipOnce(model.blocks[0], step=7).mark  # a one-off NaN in one activation at step 7
     reads = count_reads(g)
     torch.manual_seed(7)
     vs = run_loop(g, model, opt, 15, inject=mark)

@@ -8,7 +8,7 @@ import torch
 
 from trainguard import Action
 from trainguard.guard import Guard
-from models import batch, make, weights_finite
+from models import FlipOnce, batch, make, weights_finite
 from sidecar_fixture import start_sidecar
 
 
@@ -181,19 +181,7 @@ def test_activation_corrupted_once_is_transient_replayed_and_no_step_lost(sideca
     model, opt = make()
     ref_model, ref_opt = make()
     g = Guard(model, opt, "transient", target=sidecar.target, deadline=5.0, policy=QUICK)
-    state = {"armed": True, "step": -1}
-
-    def flip(mod, inp, out):
-        if state["step"] == 7 and state["armed"]:
-            state["armed"] = False
-            out = out.clone()
-            out[0, 0] = float("nan")
-        return out
-    model.blocks[0].register_forward_hook(flip)
-
-    def mark(step, x, y):
-        state["step"] = step
-        return x, y
+    mark = FlipOnce(model.blocks[0], step=7).mark  # a one-off NaN in one activation at step 7
     vs = run_loop(g, model, opt, 15, inject=mark)
     g.close()
     v7 = [v for v in vs if v.step == 7][0]
