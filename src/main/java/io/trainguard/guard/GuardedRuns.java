@@ -15,6 +15,7 @@ import io.trainguard.guard.model.StepReport;
 import io.trainguard.guard.model.ValidationAudit;
 import io.trainguard.guard.model.Verdict;
 import io.trainguard.guard.policy.Policy;
+import io.trainguard.guard.run.Decision;
 import io.trainguard.guard.run.RunDecider;
 import java.time.Clock;
 import java.time.Duration;
@@ -159,7 +160,7 @@ public final class GuardedRuns {
         long start = nanoTime.getAsLong();
         RunDecider guard = run(report.runId());
         var knownGood = checkpoints.newestKnownGood(report.runId()); // lock-free read, before the run's lock
-        RunDecider.Decision d;
+        Decision d;
         synchronized (guard) {
             d = guard.decide(report, knownGood, start, clock.instant());
             // Hand over hand: the write-order lock is taken before the run's lock is released, so one

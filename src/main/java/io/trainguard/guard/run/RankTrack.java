@@ -2,10 +2,14 @@ package io.trainguard.guard.run;
 
 import io.trainguard.guard.detect.HangWatch;
 import io.trainguard.guard.detect.RankStatistics;
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.LocalBounds;
+import io.trainguard.guard.model.StepRecord;
 import io.trainguard.guard.policy.Policy;
 
 /** One rank of a run: its detector statistics, hang watch and streaks. */
 final class RankTrack {
+    private static final int BOUNDS_VALID_STEPS = 64;
     final int rank;
     final HangWatch hang;
     final RankStatistics stats;
@@ -18,5 +22,31 @@ final class RankTrack {
         this.rank = rank;
         this.hang = new HangWatch(nowNanos);
         this.stats = new RankStatistics(policy);
+    }
+
+    /** Relearns one journaled step after a restart, as deciding it did: only applied steps teach the statistics. */
+    void replay(StepRecord s) {
+        if (s.action() == Action.APPLY || s.action() == Action.CLIP) {
+            stats.learn(s.loss(), Double.isNaN(s.loss()), s.gradNorm());
+            stats.divergence.observe(s.loss());
+            consecutiveSkips = 0;
+            healthyStreak++;
+        } else if (s.action() == Action.SKIP) {
+            consecutiveSkips++;
+            healthyStreak = 0;
+        }
+        lastStep = s.step();
+    }
+
+    /** What the client may decide on its own for this rank's next steps; nothing when {@code frozen}. */
+    LocalBounds bounds(Policy policy, boolean frozen) {
+        if (frozen) {
+            return new LocalBounds(-1, Double.NEGATIVE_INFINITY, 0, lastStep);
+        }
+        double z = policy.spikeZThreshold();
+        double maxGrad = Math.min(stats.gradSpikes.upperBound(z), stats.clip.localAskAbove());
+        // Valid for a window of steps: asynchronous reports let the trainer run ahead of verdicts, and
+        // a HALT/ROLLBACK found meanwhile still reaches it with the next verdict.
+        return new LocalBounds(maxGrad, stats.lossSpikes.upperBound(z), stats.clip.localThreshold(), lastStep + BOUNDS_VALID_STEPS);
     }
 }

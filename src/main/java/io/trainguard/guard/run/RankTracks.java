@@ -1,0 +1,87 @@
+package io.trainguard.guard.run;
+
+import io.trainguard.guard.model.HangReport;
+import io.trainguard.guard.policy.Policy;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The ranks of one run and the questions asked across all of them (slowest healthy streak, worst
+ * skip run, all closed, who hangs). Kept apart from {@link RunDecider} so the decider reads as
+ * verdict logic, not map walks. Not thread-safe: the owning decider's lock guards it.
+ */
+final class RankTracks {
+
+    private final Map<Integer, RankTrack> byRank = new HashMap<>();
+
+    /** The rank's track, created on first sight (a plain get first: this runs on every step). */
+    RankTrack track(int rank, Policy policy, long nowNanos) {
+        RankTrack t = byRank.get(rank);
+        if (t == null) {
+            t = new RankTrack(rank, policy, nowNanos);
+            byRank.put(rank, t);
+        }
+        return t;
+    }
+
+    boolean known(int rank) {
+        return byRank.containsKey(rank);
+    }
+
+    RankTrack get(int rank) {
+        return byRank.get(rank);
+    }
+
+    /** The shortest healthy streak among open ranks: the run recovers only when every rank has. */
+    int minHealthyStreak() {
+        return byRank.values().stream().filter(t -> !t.closed).mapToInt(t -> t.healthyStreak).min().orElse(0);
+    }
+
+    int maxConsecutiveSkips() {
+        return byRank.values().stream().mapToInt(t -> t.consecutiveSkips).max().orElse(0);
+    }
+
+    boolean allClosed() {
+        return byRank.values().stream().allMatch(x -> x.closed);
+    }
+
+    void clearSkips() {
+        for (RankTrack t : byRank.values()) {
+            t.consecutiveSkips = 0;
+        }
+    }
+
+    /**
+     * Rebuilds what the new policy invalidates: a new spike/divergence shape discards the learned
+     * statistics; a new clip rule only the clip state (the spike history stays valid).
+     */
+    void policyChanged(Policy before, Policy next) {
+        boolean shapeChanged = before.spikeEmaAlpha() != next.spikeEmaAlpha() || before.spikeWarmupSteps() != next.spikeWarmupSteps()
+                || before.divergenceRatio() != next.divergenceRatio() || before.divergenceWindow() != next.divergenceWindow();
+        boolean clipChanged = before.clipMode() != next.clipMode() || before.clipThreshold() != next.clipThreshold()
+                || before.zclipAlpha() != next.zclipAlpha() || before.zclipZThreshold() != next.zclipZThreshold()
+                || before.autoclipPercentile() != next.autoclipPercentile();
+        for (RankTrack t : byRank.values()) {
+            if (shapeChanged) {
+                t.stats.rebuild(next);
+            } else if (clipChanged) {
+                t.stats.rebuildClip(next);
+            }
+        }
+    }
+
+    /** Adds a report for each open rank overdue by the policy's hang allowance. */
+    void addHangs(String runId, Policy policy, long nowNanos, List<HangReport> out) {
+        for (RankTrack t : byRank.values()) {
+            if (t.closed) {
+                continue;
+            }
+            var overdue = t.hang.overdue(nowNanos, policy.hangFactor(), policy.hangMin(), policy.hangMax());
+            if (!overdue.isZero()) {
+                out.add(new HangReport(runId, t.rank, t.hang.lastStep(), t.hang.phase(),
+                        t.hang.sinceLastProgress(nowNanos), t.hang.allowance(policy.hangFactor(), policy.hangMin(), policy.hangMax())));
+            }
+        }
+    }
+}
