@@ -2,19 +2,14 @@ package io.trainguard.tensor.scan;
 
 import io.trainguard.tensor.format.FileSnapshot;
 import io.trainguard.tensor.format.MappedWindow;
-import io.trainguard.tensor.format.ReadBuffer;
 import io.trainguard.tensor.format.ReadMode;
 import io.trainguard.tensor.format.RejectedTensorFileException;
-import io.trainguard.tensor.format.SafetensorsFile;
 import io.trainguard.tensor.format.ScanSource;
 import io.trainguard.tensor.format.TensorDType;
 import io.trainguard.tensor.format.TensorEntry;
-import io.trainguard.tensor.format.TensorFileException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ExecutionException;
@@ -23,7 +18,6 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicInteger;
-import java.util.zip.CRC32C;
 
 /**
  * Finite check, per-tensor statistics and content checksum of a safetensors file, in parallel
@@ -32,6 +26,10 @@ import java.util.zip.CRC32C;
  * thread ({@link ReadMode#PREAD}): memory is bounded by threads x chunkBytes of mapped page cache,
  * or threads x 128 KiB of buffers, whatever the file size, and nothing of the data is copied to
  * the heap.
+ *
+ * <p>This class is the pool and the scan loop (submit the units, slot their results, merge them in
+ * file order); {@link ScanPlan} divides the file into units, {@link UnitScan} is what a pool thread
+ * does with one, and {@link ScanWarmUp} the start-up warm-up.
  */
 public final class TensorScanner implements AutoCloseable {
     public static final int DEFAULT_CHUNK_BYTES = 64 << 20;
@@ -45,8 +43,8 @@ public final class TensorScanner implements AutoCloseable {
     static final int READ_BYTES = 128 << 10;
 
     private final ExecutorService pool;
-    private final ThreadLocal<ByteBuffer> readBuffer = ThreadLocal.withInitial(
-            () -> ReadBuffer.allocate(READ_BYTES));
+    /** The per-unit work the pool threads run (map or read, kernels, file-changed checks). */
+    private final UnitScan unitScan;
     private final int threads;
     private final int chunkBytes;
     private final ReadMode readMode;
@@ -68,6 +66,7 @@ public final class TensorScanner implements AutoCloseable {
         this.threads = threads;
         this.chunkBytes = chunkBytes;
         this.readMode = readMode == ReadMode.MAP && !MappedWindow.available() ? ReadMode.PREAD : readMode;
+        this.unitScan = new UnitScan(this.readMode);
         AtomicInteger n = new AtomicInteger();
         this.pool = Executors.newFixedThreadPool(threads, r -> {
             Thread t = new Thread(r, "trainguard-tensor-scan-" + n.incrementAndGet());
@@ -102,86 +101,7 @@ public final class TensorScanner implements AutoCloseable {
      * @return what was warmed up, for the log
      */
     public String warmUp(ScanOptions options) {
-        if (!options.simd() || !ScanKernels.SIMD_AVAILABLE) {
-            return "nothing (scalar kernels)";
-        }
-        ByteBuffer b = ByteBuffer.allocateDirect(WARM_UP_TENSOR_BYTES).order(ByteOrder.LITTLE_ENDIAN);
-        fillFinite(b);
-        // 2 KiB calls got C2 to compile the kernels within about a second; 256-byte calls never
-        // reached its thresholds.
-        // The buffer classes a scan passes, so that C2 compiles for them and a real scan finds no
-        // class the compiled code did not expect (that threw the compiled scan loop away at the
-        // first verification): mapped units are read-only direct buffers, pread buffers writable
-        // ones, and the file's header goes through the same loop from a heap buffer.
-        ByteBuffer small = b.duplicate().limit(2048).slice().order(ByteOrder.LITTLE_ENDIAN);
-        if (readMode == ReadMode.MAP) {
-            small = small.asReadOnlyBuffer().order(ByteOrder.LITTLE_ENDIAN);
-        }
-        ByteBuffer header = ByteBuffer.allocate(2048).order(ByteOrder.LITTLE_ENDIAN);
-        ScanOptions headerOptions = new ScanOptions(options.checksum(), false, options.simd());
-        for (int round = 0; round < WARM_UP_CALLS; round++) {
-            for (TensorDType t : WARM_UP_DTYPES) {
-                CRC32C crc = options.checksum() == Checksum.CRC32C ? new CRC32C() : null;
-                ScanKernels.scanInto(small, 0, small.capacity(), t, new ScanAccumulator(), options, crc);
-            }
-            ScanKernels.scan(header, 0, header.capacity(), TensorDType.U8, new ScanAccumulator(), headerOptions);
-        }
-        String done = "kernels";
-        Path file = null;
-        try {
-            file = Files.createTempFile("trainguard-warmup-", ".safetensors");
-            writeWarmUpCheckpoint(file, b);
-            for (int round = 0; round < WARM_UP_SCANS; round++) {
-                try (SafetensorsFile f = SafetensorsFile.open(file)) {
-                    scan(f, options, ScanProgress.NONE);
-                }
-            }
-            done = "kernels and " + WARM_UP_SCANS + " scans of a synthetic checkpoint";
-        } catch (IOException e) {
-            done = "kernels only (no temp file for a synthetic checkpoint: " + e.getMessage() + ")";
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-        } finally {
-            if (file != null) {
-                file.toFile().delete();
-            }
-        }
-        // Until compiled, every vector was a heap object: a few hundred MB of garbage that made the
-        // collector grow the heap. One full collection gives that memory back to the system.
-        System.gc();
-        return done;
-    }
-
-    private static final int WARM_UP_CALLS = 8000;
-    private static final int WARM_UP_SCANS = 300;
-    private static final int WARM_UP_TENSOR_BYTES = 256 << 10;
-    private static final TensorDType[] WARM_UP_DTYPES = {TensorDType.F32, TensorDType.BF16, TensorDType.F16};
-
-    private static void fillFinite(ByteBuffer b) {
-        for (int i = 0; i + 2 <= b.capacity(); i += 2) {
-            // bit 14 of every 16-bit half clear: finite read as fp32, bf16 and fp16 alike
-            b.putShort(i, (short) ((i * 37) & 0xBBFF));
-        }
-    }
-
-    /** One tensor of each warmed-up dtype, each holding {@code data}'s bytes. */
-    private static void writeWarmUpCheckpoint(Path file, ByteBuffer data) throws IOException {
-        StringBuilder header = new StringBuilder("{");
-        long offset = 0;
-        int bytes = data.capacity();
-        for (TensorDType t : WARM_UP_DTYPES) {
-            header.append(offset == 0 ? "" : ",").append('"').append(t).append("\":{\"dtype\":\"").append(t)
-                    .append("\",\"shape\":[").append(bytes / t.byteSize()).append("],\"data_offsets\":[")
-                    .append(offset).append(',').append(offset + bytes).append("]}");
-            offset += bytes;
-        }
-        byte[] json = header.append('}').toString().getBytes(java.nio.charset.StandardCharsets.US_ASCII);
-        ByteBuffer out = ByteBuffer.allocate(8 + json.length + (int) offset).order(ByteOrder.LITTLE_ENDIAN);
-        out.putLong(json.length).put(json);
-        for (TensorDType t : WARM_UP_DTYPES) {
-            out.put(data.duplicate().clear());
-        }
-        Files.write(file, out.array());
+        return ScanWarmUp.run(this, options);
     }
 
     public int threads() {
@@ -190,14 +110,6 @@ public final class TensorScanner implements AutoCloseable {
 
     public ReadMode readMode() {
         return readMode;
-    }
-
-    /** A contiguous piece of one tensor; pieces never span two tensors. */
-    record Piece(int tensor, int index, long filePos, int length) {
-    }
-
-    /** A file range read or mapped by one thread, covering consecutive pieces. */
-    record Unit(long filePos, int length, List<Piece> pieces) {
     }
 
     /**
@@ -232,37 +144,24 @@ public final class TensorScanner implements AutoCloseable {
             throws IOException, InterruptedException {
         List<TensorEntry> entries = file.entries();
         long dataStart = file.dataStart();
-        List<Unit> units = plan(entries, dataStart);
-        List<List<ScanAccumulator>> perTensor = new ArrayList<>();
-        for (int i = 0; i < entries.size(); i++) {
-            perTensor.add(new ArrayList<>());
-        }
+        List<ScanPlan.Unit> units = ScanPlan.units(entries, dataStart, chunkBytes);
         ExecutorCompletionService<List<ScanAccumulator>> ecs = new ExecutorCompletionService<>(pool);
         List<Future<List<ScanAccumulator>>> futures = new ArrayList<>();
-        for (Unit u : units) {
-            futures.add(ecs.submit(() -> scanUnit(file, u, entries, options)));
+        for (ScanPlan.Unit u : units) {
+            futures.add(ecs.submit(() -> unitScan.scan(file, u, entries, options)));
         }
         // Results arrive in any order; pieces are slotted by (tensor, index) and merged in order.
-        ScanAccumulator[][] slots = new ScanAccumulator[entries.size()][];
-        int[] pieceCounts = new int[entries.size()];
-        for (Unit u : units) {
-            for (Piece p : u.pieces()) {
-                pieceCounts[p.tensor()] = Math.max(pieceCounts[p.tensor()], p.index() + 1);
-            }
-        }
-        for (int i = 0; i < slots.length; i++) {
-            slots[i] = new ScanAccumulator[Math.max(1, pieceCounts[i])];
-        }
+        ScanAccumulator[][] slots = ScanPlan.slots(units, entries.size());
         long total = file.fileSize() - dataStart;
         long done = 0;
         try {
             for (int k = 0; k < units.size(); k++) {
                 Future<List<ScanAccumulator>> f = ecs.take();
                 int unitIndex = futures.indexOf(f);
-                Unit u = units.get(unitIndex);
+                ScanPlan.Unit u = units.get(unitIndex);
                 List<ScanAccumulator> accs = f.get();
                 for (int j = 0; j < accs.size(); j++) {
-                    Piece p = u.pieces().get(j);
+                    ScanPlan.Piece p = u.pieces().get(j);
                     slots[p.tensor()][p.index()] = accs.get(j);
                 }
                 done += u.length();
@@ -270,7 +169,7 @@ public final class TensorScanner implements AutoCloseable {
             }
         } catch (ExecutionException e) {
             futures.forEach(f -> f.cancel(true));
-            throw unitFailure(file, e.getCause());
+            throw UnitScan.unitFailure(file, e.getCause());
         } catch (InterruptedException | RuntimeException e) {
             futures.forEach(f -> f.cancel(true));
             throw e;
@@ -278,7 +177,7 @@ public final class TensorScanner implements AutoCloseable {
         FileSnapshot after = FileSnapshot.of(file.path());
         String diff = file.snapshot().differenceTo(after);
         if (!diff.isEmpty()) {
-            throw changed(file, diff);
+            throw UnitScan.changed(file, diff);
         }
         ScanAccumulator header = new ScanAccumulator();
         byte[] head = file.prefixAndHeader();
@@ -295,139 +194,6 @@ public final class TensorScanner implements AutoCloseable {
             merged[i] = acc;
         }
         return new Scanned(header, merged);
-    }
-
-    private List<Unit> plan(List<TensorEntry> entries, long dataStart) {
-        List<Unit> units = new ArrayList<>();
-        List<Piece> current = new ArrayList<>();
-        long unitStart = -1;
-        long unitLen = 0;
-        for (int t = 0; t < entries.size(); t++) {
-            TensorEntry e = entries.get(t);
-            long pos = dataStart + e.begin();
-            long remaining = e.byteLength();
-            int index = 0;
-            while (remaining > 0) {
-                int len = (int) Math.min(remaining, chunkBytes);
-                // A unit spans from its first piece to its last: entries of a safetensors file are
-                // adjacent, those of a zip (torch.save) have record headers between them, unread.
-                if (unitLen > 0 && pos + len - unitStart > chunkBytes) {
-                    units.add(new Unit(unitStart, (int) unitLen, List.copyOf(current)));
-                    current.clear();
-                    unitLen = 0;
-                }
-                if (unitLen == 0) {
-                    unitStart = pos;
-                }
-                current.add(new Piece(t, index++, pos, len));
-                unitLen = pos + len - unitStart;
-                pos += len;
-                remaining -= len;
-            }
-        }
-        if (unitLen > 0) {
-            units.add(new Unit(unitStart, (int) unitLen, List.copyOf(current)));
-        }
-        return units;
-    }
-
-    private List<ScanAccumulator> scanUnit(ScanSource file, Unit u, List<TensorEntry> entries,
-            ScanOptions options) throws IOException {
-        // A writer that truncates or appends is seen here, and as a short read or a fault below.
-        requireSameSize(file);
-        if (readMode == ReadMode.PREAD) {
-            return readAndScan(file, u, entries, options);
-        }
-        MappedWindow window;
-        try {
-            window = file.map(u.filePos(), u.length());
-        } catch (IOException e) {
-            requireSameSize(file); // the file shrank since the check above
-            throw e;
-        }
-        try (window) {
-            return scanMapped(file, window, u, entries, options);
-        }
-    }
-
-    /**
-     * Scans the pieces of {@code u} in {@code window}, which maps exactly {@code u}'s range.
-     *
-     * <p>A read of a mapped page that the file no longer has (a writer truncated it) is a SIGBUS,
-     * which HotSpot turns into an {@link InternalError}, thrown not at the read but at the thread's
-     * next call into the runtime (on JDK 17, often only when the caller handles an exception), so
-     * no catch in here can be relied on: {@link #unitFailure} interprets it where the unit's task
-     * ends. The size check after the loop makes sure such a task ends by throwing.
-     */
-    static List<ScanAccumulator> scanMapped(ScanSource file, MappedWindow window, Unit u,
-            List<TensorEntry> entries, ScanOptions options) throws IOException {
-        ByteBuffer b = window.buffer();
-        List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
-        for (Piece p : u.pieces()) {
-            ScanAccumulator a = new ScanAccumulator();
-            ScanKernels.scan(b, (int) (p.filePos() - u.filePos()), p.length(), entries.get(p.tensor()).dtype(), a,
-                    options);
-            out.add(a);
-        }
-        requireSameSize(file);
-        return out;
-    }
-
-    /**
-     * What the failure {@code cause} of a unit's task means for the scan: IOExceptions are thrown,
-     * anything else is returned for the caller to throw.
-     */
-    static RuntimeException unitFailure(ScanSource file, Throwable cause) throws IOException {
-        if (cause instanceof TensorFileException tfe) {
-            return tfe;
-        }
-        if (cause instanceof InternalError && file.currentSize() != file.fileSize()) {
-            // HotSpot's report of the SIGBUS from reading a mapped page past the file's new end
-            return changed(file, "it was truncated from " + file.fileSize() + " to " + file.currentSize()
-                    + " bytes while being read");
-        }
-        if (cause instanceof IOException io) {
-            throw io;
-        }
-        return new IllegalStateException("tensor scan failed: " + cause, cause);
-    }
-
-    private List<ScanAccumulator> readAndScan(ScanSource file, Unit u, List<TensorEntry> entries,
-            ScanOptions options) throws IOException {
-        ByteBuffer buf = readBuffer.get();
-        List<ScanAccumulator> out = new ArrayList<>(u.pieces().size());
-        for (Piece p : u.pieces()) {
-            TensorDType dtype = entries.get(p.tensor()).dtype();
-            ScanAccumulator a = new ScanAccumulator();
-            CRC32C crc = options.checksum() == Checksum.CRC32C ? new CRC32C() : null;
-            for (long at = p.filePos(), end = p.filePos() + p.length(); at < end; ) {
-                int n = (int) Math.min(buf.capacity(), end - at);
-                buf.clear().limit(n);
-                if (!file.read(at, buf)) {
-                    throw changed(file, "it ended before byte " + (at + n) + " while being read");
-                }
-                ScanKernels.scanInto(buf, 0, n, dtype, a, options, crc);
-                at += n;
-            }
-            if (crc != null) {
-                a.setCrc((int) crc.getValue(), p.length());
-            }
-            out.add(a);
-        }
-        return out;
-    }
-
-    private static void requireSameSize(ScanSource file) throws IOException {
-        long now = file.currentSize();
-        if (now != file.fileSize()) {
-            throw changed(file, "its size changed from " + file.fileSize() + " to " + now + " bytes");
-        }
-    }
-
-    private static RejectedTensorFileException changed(ScanSource file, String what) {
-        return new RejectedTensorFileException(file.path().getFileName() + ": file changed while being verified: "
-                + what + "; register the checkpoint only after it is completely written (write to a temp name, "
-                + "fsync, rename)");
     }
 
     /** Scans an in-memory buffer of one tensor (DJL-decoded arrays, inspection blobs). */

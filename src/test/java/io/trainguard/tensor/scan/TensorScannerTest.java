@@ -161,15 +161,15 @@ class TensorScannerTest {
         try (SafetensorsFile f = SafetensorsFile.open(p)) {
             long pos = f.header().dataStart();
             int len = 4_000_000;
-            var unit = new TensorScanner.Unit(pos, len, List.of(new TensorScanner.Piece(0, 0, pos, len)));
+            var unit = new ScanPlan.Unit(pos, len, List.of(new ScanPlan.Piece(0, 0, pos, len)));
             try (MappedWindow w = f.map(pos, len)) {
                 try (var raf = new RandomAccessFile(p.toFile(), "rw")) {
                     raf.setLength(4096);
                 }
                 var failed = assertThrows(ExecutionException.class,
-                        () -> pool.submit(() -> TensorScanner.scanMapped(f, w, unit, f.entries(), ScanOptions.FULL))
+                        () -> pool.submit(() -> UnitScan.scanMapped(f, w, unit, f.entries(), ScanOptions.FULL))
                                 .get());
-                RuntimeException e = TensorScanner.unitFailure(f, failed.getCause());
+                RuntimeException e = UnitScan.unitFailure(f, failed.getCause());
                 assertTrue(e instanceof RejectedTensorFileException, e.toString());
                 assertTrue(e.getMessage().contains("changed while being verified"), e.getMessage());
                 assertTrue(e.getMessage().contains("to 4096 bytes"), e.getMessage());
