@@ -155,6 +155,7 @@ def main():
                 setattr(obj, attr, timed_fn)
             wrap(g.gated, "await_verdicts", "await_verdicts")
             wrap(g.gated, "step", "gated_step")
+            wrap(g.gated.graphs, "measure_and_install", "measure_and_gate")  # graph replay or the two below
             wrap(g.meter, "on_device", "measure_on_device")
             wrap(g.gate, "install", "gate_install")
             wrap(g.gate, "stage", "gate_stage")
@@ -279,6 +280,8 @@ def main():
         if "tg" in variants and not a.compile:
             res["sanity"] = sanity(model, opt, guard("tg"), data, dev, step_no)
             res["counters"] = {k: dict(g.counters) for k, g in guards.items()}
+        res["gate_graph"] = {k: dict(g.gated.graphs.counters) for k, g in guards.items()}
+        print("  gate graph (captures/replays/eager):", res["gate_graph"])
         for g in guards.values():
             g.close()
         info["results"][f"batch{B}"] = res

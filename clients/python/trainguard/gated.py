@@ -24,6 +24,7 @@ from . import apply as apply_
 from . import distributed as dist_agree
 from . import rules
 from .connection import ClientState
+from .gate_graph import GateGraphs
 from .replay import FaultClass, StepFault
 from .report import step_report
 from .rng import restore_rng
@@ -71,6 +72,14 @@ class GatedPath:
         self.prev = None             # several ranks: (host copy of the reduced vector, event) of the last step
         self.futs = collections.deque()  # reports not yet answered
         self.last = None             # the last gated step (GatedStep), until the next step looked at it
+        self._graphs = None          # one rank: the measure-and-gate kernels as a CUDA graph (gate_graph)
+
+    @property
+    def graphs(self):
+        if self._graphs is None:
+            g = self.g
+            self._graphs = GateGraphs(g.meter, g.gate, g.optimizer, g.device)
+        return self._graphs
 
     def clear(self):
         self.futs.clear()
@@ -119,16 +128,16 @@ class GatedPath:
         g.counters["device_gated_steps"] += 1
         if not g.connection.offline:  # several ranks: an offline rank still gates (and asks for the host path)
             g.connection.to(ClientState.GATED)
-        stats, total, ng, names = g.meter.on_device(loss)
         thr = rules.gate_threshold(bounds)
         if self.multi:
+            stats, total, ng, names = g.meter.on_device(loss)
             bad = torch.logical_not(torch.isfinite(stats).all())
             skip, norm, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded)
             g.gate.install_agreed(skip, norm, thr)
             (host, host_vec), event = g.gate.stage(stats, vec)
             self.prev = (host_vec, event)
         else:
-            g.gate.install(stats, total, thr)
+            stats, ng, names = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
             (host,), event = g.gate.stage(stats)
             host_vec = None
         # The LRs this step runs at, for a replayed update. A tensor LR is kept by reference (a copy

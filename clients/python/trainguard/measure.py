@@ -55,22 +55,32 @@ class StepMeter:
         ng = len(per_group)
         return Measurement(vals[0], vals[1], vals[3:3 + ng], names, vals[3 + ng:], vals[2])
 
-    def on_device(self, loss):
+    def on_device(self, loss, taken=None):
         """(stats, total, n_groups, module_names): stats = [loss, grad_norm, group norms..., module
-        stats...] as one float32 device tensor, nothing read."""
-        total, per_group = grad_norms(self._groups(), self.device)
+        stats...] as one float32 device tensor, nothing read. ``taken``: the watch's (names, stats)
+        when the caller already took them (``take_watch``)."""
+        names, mods = taken if taken is not None else self.take_watch()
         if torch.is_tensor(loss):
             lt = loss.detach().reshape(1)
             if lt.device != self.device:
                 lt = lt.to(self.device)
         else:
             lt = torch.full((1,), 0.0 if loss is None else float(loss), device=self.device)  # absent: grads only
-        names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
-        # one stack per list of 0-d float32 tensors, one cat: few launches and little Python per step
-        parts = [lt if lt.dtype == torch.float32 else lt.float(), total.reshape(1), torch.stack(per_group)]
-        if mods:
-            parts.append(torch.stack(mods))
-        return torch.cat(parts), total, len(per_group), names
+        stats, total, ng = self.pack(lt, torch.stack(mods) if mods else None)
+        return stats, total, ng, names
+
+    def take_watch(self):
+        """This step's module calls: (names, 0-d float32 statistics), and the watch starts afresh."""
+        return self.watch.take_list(self.device) if self.watch else ([], [])
+
+    def pack(self, loss1, mods):
+        """(stats, total, n_groups) from the gradients, a 1-element loss and the stacked module
+        statistics (or None): few launches and little Python per step (``gate_graph`` captures it)."""
+        total, per_group = grad_norms(self._groups(), self.device)
+        parts = [loss1 if loss1.dtype == torch.float32 else loss1.float(), total.reshape(1), torch.stack(per_group)]
+        if mods is not None:
+            parts.append(mods)
+        return torch.cat(parts), total, len(per_group)
 
 
 def optimizer_honours_gate(optimizer):
@@ -86,7 +96,7 @@ class DeviceGate:
         self._found = None  # device float32 0-d: 1.0 = the optimizer skips (optimizer.found_inf)
         self._scale = None  # device float32 0-d: grads are divided by it (optimizer.grad_scale)
 
-    def _buffers(self):
+    def buffers(self):
         if self._found is None or self._found.device != self.device:
             self._found = torch.zeros((), dtype=torch.float32, device=self.device)
             self._scale = torch.ones((), dtype=torch.float32, device=self.device)
@@ -94,7 +104,7 @@ class DeviceGate:
 
     def install(self, stats, total, threshold):
         """Writes the skip flag and the clip divisor for this step and points the optimizer at them."""
-        found, _ = self._buffers()
+        found, _ = self.buffers()
         # 1.0 when anything is NaN/Inf: the fused optimizer then leaves weights, moments and its
         # step counter untouched (as under GradScaler).
         torch.logical_not(torch.isfinite(stats).all(), out=found)
@@ -102,18 +112,24 @@ class DeviceGate:
 
     def install_agreed(self, skip, norm, threshold):
         """As ``install``, from flags the ranks agreed on the device (distributed.gate_collective)."""
-        found, _ = self._buffers()
+        found, _ = self.buffers()
         found.copy_(skip)
         self._point(norm, threshold)
 
     def _point(self, norm, threshold):
-        found, scale = self._buffers()
-        opt = self.optimizer
-        opt.found_inf = found
+        _, scale = self.buffers()
         if threshold > 0:
             # clip_grad_norm_'s coefficient min(1, thr/norm) as a divisor the fused kernel applies.
             torch.clamp(norm.detach().float(), min=threshold, out=scale)
             scale.div_(threshold)
+        self.point(threshold)
+
+    def point(self, threshold):
+        """Points the optimizer at the flag and (with a clip threshold) the divisor: no kernel."""
+        found, scale = self.buffers()
+        opt = self.optimizer
+        opt.found_inf = found
+        if threshold > 0:
             opt.grad_scale = scale
         else:
             opt.__dict__.pop("grad_scale", None)

@@ -1,0 +1,87 @@
+"""The device gate replayed from a CUDA graph (trainguard.gate_graph, trainguard.grad_table): the
+same skips and clips as the eager kernels, wherever the gradients land each step, and the eager
+kernels for gradients the address table cannot read. Needs a GPU and Triton: CI's machine has
+neither, so these run on the lent GPU machine (command in docs/benchmarks.md, "Issue 21, third pass")."""
+import pytest
+import torch
+
+from trainguard.guard import Guard
+from fake_sidecar import FakeSidecar
+from models import MLP, batch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+NAN_STEPS = (9, 10)
+
+
+@pytest.fixture
+def fake():
+    s = FakeSidecar(max_grad_norm=100.0, clip=0.5)  # a low clip threshold: many steps are clipped
+    s.start()
+    yield s
+    s.stop()
+
+
+class StridedMLP(MLP):
+    """One weight stored transposed: its gradient is not one dense block from its address."""
+
+    def __init__(self):
+        super().__init__()
+        self.out.weight = torch.nn.Parameter(self.out.weight.detach().t().contiguous().t())
+
+
+def run(fake, name, graphs, model_cls=MLP, steps=24, move_at=(4, 5, 16), dtype=torch.float32):
+    torch.manual_seed(0)
+    model = model_cls().cuda().to(dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    # pure bf16 weights: the update protector would take the host path; the gate is what is tested here
+    g = Guard(model, opt, name, target=fake.target, device_gate=True, deadline=5.0, protect_update=False)
+    g.gated.graphs.enabled = graphs
+    held, weights = [], []
+    for step in range(steps):
+        x, y = (t.cuda().to(dtype) for t in batch(step))
+        if step in NAN_STEPS:
+            y = y.clone()
+            y[0, 0] = float("nan")
+        loss = torch.nn.functional.mse_loss(model(x) * 3.0, y)
+        loss.backward()
+        g.step(step, loss)
+        g.optimizer_step()
+        if step in move_at:
+            held.append([p.grad for p in model.parameters()])  # kept alive: the next grads land elsewhere
+        opt.zero_grad(set_to_none=True)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert g.flush(10)
+    out = dict(g.gated.graphs.counters, skips=g.counters["skips"], clips=g.counters["clips"])
+    g.close()
+    return weights, out
+
+
+def assert_same_training(eager, graphed):
+    for step, (a, b) in enumerate(zip(eager, graphed)):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6, msg=lambda m: f"after step {step}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_gate_skips_and_clips_as_the_eager_gate_while_gradients_move(fake, dtype):
+    eager, e = run(fake, f"graph-off-{dtype}", graphs=False, dtype=dtype)
+    graphed, gr = run(fake, f"graph-on-{dtype}", graphs=True, dtype=dtype)
+    assert e["replays"] == 0 and gr["captures"] == 1
+    assert gr["replays"] == 23 and gr["eager"] == 1, gr  # every step after the first, moved gradients included
+    assert (gr["skips"], gr["clips"]) == (e["skips"], e["clips"]) and gr["skips"] == 2 and gr["clips"] >= 5
+    if dtype == torch.float32:
+        assert_same_training(eager, graphed)
+    # both NaN steps (replayed from the graph) left the weights as they were, and training went on
+    assert all(torch.equal(x, y) for x, y in zip(graphed[8], graphed[10]))
+    assert not all(torch.equal(x, y) for x, y in zip(graphed[10], graphed[11]))
+    assert all(bool(torch.isfinite(t).all()) for t in graphed[-1])
+
+
+def test_gradients_the_table_cannot_address_take_the_eager_kernels(fake):
+    eager, e = run(fake, "strided-off", graphs=False, model_cls=StridedMLP)
+    graphed, gr = run(fake, "strided-on", graphs=True, model_cls=StridedMLP)
+    assert gr["replays"] == 0 and gr["eager"] == 24, gr
+    assert gr["skips"] == e["skips"] == 2
+    for a, b in zip(eager, graphed):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -1,0 +1,126 @@
+"""The device gate's per-step kernels, replayed from a CUDA graph.
+
+Measuring a gated step (the norm of every gradient, the packed statistics) and installing the gate
+(skip flag, clip divisor) is about ten kernels and, with ~150 gradients, over a millisecond of
+Python and launch work per step (H200, GPT-2 small). Where the GPU has work queued, that is
+hidden; where it has none (a launch-bound compiled step, a loop that reads the loss every step as
+the Hugging Face Trainer does), it is added to the step. Here it is one host-to-device copy of the
+gradients' addresses (``grad_table``), two small copies of the loss and the module statistics into
+the graph's inputs, and one graph launch.
+
+The first gated step runs the eager kernels and captures the graph (capturing runs nothing, so a
+failed capture changes nothing: the gate stays eager). A step whose gradients the table cannot
+address (a strided layout, a DTensor) runs the eager kernels. Without Triton, or with
+``TRAINGUARD_GATE_GRAPH=0``, the gate is always eager. The norms are summed in another order than
+``torch._foreach_norm``'s, so a clip divisor may differ from the eager one in its last bits; an
+unclipped step divides by exactly 1.0 either way.
+"""
+import logging
+import os
+
+import torch
+
+from . import grad_table
+
+log = logging.getLogger("trainguard")
+
+
+class _Captured:
+    """One graph and its fixed inputs and outputs."""
+
+    def __init__(self, graph, loss, mods, stats):
+        self.graph, self.loss, self.mods, self.stats = graph, loss, mods, stats
+
+
+class GateGraphs:
+    """Measures a single-rank gated step and installs its gate from a CUDA graph where it can,
+    else eagerly (``StepMeter.on_device`` + ``DeviceGate.install``)."""
+
+    KEEP = 4  # graphs kept, one per (number of module statistics, loss given or not)
+
+    def __init__(self, meter, gate, optimizer, device):
+        self.meter, self.gate, self.optimizer, self.device = meter, gate, optimizer, device
+        self.enabled = grad_table.available(device) and os.environ.get("TRAINGUARD_GATE_GRAPH", "1") != "0"
+        self._table = None
+        self._graphs = {}        # (n_mods, loss is a tensor) -> _Captured
+        self._threshold = None   # device 0-d float32: the clip threshold the graphs divide by
+        self._threshold_value = None
+        self._stream = None
+        self.counters = {"captures": 0, "replays": 0, "eager": 0}
+
+    def measure_and_install(self, loss, threshold):
+        """(stats, n_groups, module_names), the gate installed for ``threshold``."""
+        names, mods = self.meter.take_watch()
+        cap = self._graph_for(loss, len(mods)) if self.enabled else None
+        if cap is not None and self._table.upload():
+            self._load(cap, loss, mods, threshold)
+            cap.graph.replay()
+            self.gate.point(threshold)
+            self.counters["replays"] += 1
+            return cap.stats, self._table.n_groups, names
+        stats, total, ng, names = self.meter.on_device(loss, taken=(names, mods))
+        self.gate.install(stats, total, threshold)
+        self.counters["eager"] += 1
+        if self.enabled and cap is None:
+            self._capture(loss, len(mods))
+        return stats, ng, names
+
+    def _graph_for(self, loss, n_mods):
+        if torch.is_tensor(loss) and loss.device != self.device:
+            return None
+        if self._table is not None and not self._table.matches(self.optimizer):
+            self._table, self._graphs = None, {}  # parameters were added: build afresh
+        return self._graphs.get((n_mods, torch.is_tensor(loss)))
+
+    def _load(self, cap, loss, mods, threshold):
+        if torch.is_tensor(loss):
+            cap.loss.copy_(loss.detach().reshape(1))
+        else:
+            cap.loss.fill_(0.0 if loss is None else float(loss))
+        if mods:
+            torch.stack(mods, out=cap.mods)
+        value = float(threshold) if threshold > 0 else 1.0  # no clipping: the divisor is not used
+        if value != self._threshold_value:
+            self._threshold.fill_(value)  # one fill when the policy's threshold changes
+            self._threshold_value = value
+
+    def _capture(self, loss, n_mods):
+        if len(self._graphs) >= self.KEEP:
+            return
+        try:
+            if self._table is None:
+                self._table = grad_table.GradTable(self.optimizer, self.device)
+                self._threshold = torch.ones((), dtype=torch.float32, device=self.device)
+                self._threshold_value = 1.0
+                self._stream = torch.cuda.Stream(device=self.device)
+            table = self._table
+            if not table.upload():
+                return  # this step's gradients cannot be addressed; try again next step
+            table.sums()  # compiles and loads the kernels outside the capture
+            found, scale = self.gate.buffers()
+            in_loss = torch.zeros(1, dtype=torch.float32, device=self.device)
+            in_mods = torch.zeros(n_mods, dtype=torch.float32, device=self.device) if n_mods else None
+            graph = torch.cuda.CUDAGraph()
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._stream):
+                # thread_local: the sender thread may wait on a CUDA event meanwhile
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    sq = table.sums()
+                    per_group = torch.sqrt(torch.stack(sq))
+                    total = torch.sqrt(torch.stack(sq).sum())
+                    parts = [in_loss, total.reshape(1), per_group] + ([in_mods] if n_mods else [])
+                    stats = torch.cat(parts)
+                    torch.logical_not(torch.isfinite(stats).all(), out=found)
+                    torch.div(torch.maximum(total, self._threshold), self._threshold, out=scale)
+                finally:
+                    graph.capture_end()
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        except Exception as e:  # no Triton kernel, a driver or allocator that refuses capture: eager from now on
+            self.enabled = False
+            self._graphs = {}
+            log.info("trainguard: the device gate cannot run from a CUDA graph (%s: %s); it stays eager",
+                     type(e).__name__, e)
+            return
+        self.counters["captures"] += 1
+        self._graphs[(n_mods, torch.is_tensor(loss))] = _Captured(graph, in_loss, in_mods, stats)

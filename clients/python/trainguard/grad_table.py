@@ -1,0 +1,146 @@
+"""The gradients' sums of squares from a table of their addresses: one Triton kernel per dtype.
+
+``torch._foreach_norm`` bakes every gradient's address into its launch, so a CUDA graph of it is only
+valid while the gradients stay where they were; with ``zero_grad(set_to_none=True)`` (torch's
+default) they are freed after every step and the caching allocator puts them somewhere else on the
+next backward. Here the addresses are data: each step they are written into a small device table
+(one host-to-device copy from pinned memory, ordered on the stream, no sync), and a kernel that
+reads the table can sit in a CUDA graph for the whole run.
+
+Each program sums the squares of one chunk of one gradient in float32 and writes one partial; the
+partials of a parameter group are summed in a fixed order, so the result is deterministic. NaN and
+Inf propagate into the sums. A gradient that is None this step has address 0 and contributes 0.
+"""
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # no Triton (CPU-only builds, some platforms): the gate stays eager
+    triton = None
+
+CHUNK = 65536   # elements per program
+BLOCK = 2048    # elements per inner iteration
+
+if triton is not None:
+    @triton.jit
+    def _sumsq_kernel(ptrs, block_tensor, block_start, sizes, partial, CHUNK: tl.constexpr,
+                      BLOCK: tl.constexpr, ELEM: tl.constexpr):
+        pid = tl.program_id(0)
+        t = tl.load(block_tensor + pid)
+        start = tl.load(block_start + pid)
+        addr = tl.load(ptrs + t)
+        n = tl.load(sizes + t)
+        n = tl.where(addr == 0, 0, n)  # no gradient this step: nothing to read
+        base = addr.to(tl.pointer_type(ELEM))
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        end = tl.minimum(n - start, CHUNK)
+        for off in range(0, end, BLOCK):
+            idx = start + off + tl.arange(0, BLOCK)
+            x = tl.load(base + idx, mask=idx < n, other=0.0).to(tl.float32)
+            acc += x * x
+        tl.store(partial + pid, tl.sum(acc, axis=0))
+
+    _ELEM = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+else:
+    _ELEM = {}
+
+
+def available(device):
+    return triton is not None and device.type == "cuda"
+
+
+class _DtypeRun:
+    """The gradients of one dtype: their slots in the address table and the kernel's blocks."""
+
+    def __init__(self, slots, numels, groups_of, device, elem):
+        self.slots, self.elem = slots, elem
+        tensor, start, self.block_group = [], [], []
+        for j, (n, grp) in enumerate(zip(numels, groups_of)):
+            for s in range(0, max(n, 1), CHUNK):
+                tensor.append(j)
+                start.append(s)
+                self.block_group.append(grp)
+        self.blocks = len(tensor)
+        self.block_tensor = torch.tensor(tensor, dtype=torch.int32, device=device)
+        self.block_start = torch.tensor(start, dtype=torch.int64, device=device)
+        self.sizes = torch.tensor(numels, dtype=torch.int64, device=device)
+        self.ptrs = torch.zeros(len(slots), dtype=torch.int64, device=device)
+        self.partial = torch.zeros(self.blocks, dtype=torch.float32, device=device)
+
+
+class GradTable:
+    """The parameters of an optimizer's groups as address tables, per gradient dtype; ``sums()``
+    launches the kernels (capturable) and returns each group's sum of squares (0-d float32)."""
+
+    def __init__(self, optimizer, device):
+        self.device = device
+        self.params = [p for grp in optimizer.param_groups for p in grp["params"]]
+        self.n_groups = len(optimizer.param_groups)
+        self.shape = tuple(len(grp["params"]) for grp in optimizer.param_groups)
+        by_dtype = {}
+        k = 0
+        for gi, grp in enumerate(optimizer.param_groups):
+            for p in grp["params"]:
+                if p.device != device or p.dtype not in _ELEM:
+                    raise ValueError(f"a parameter of dtype {p.dtype} on {p.device}")
+                by_dtype.setdefault(p.dtype, []).append((k, p.numel(), gi))
+                k += 1
+        self.runs = [_DtypeRun([s for s, _, _ in rows], [n for _, n, _ in rows], [g for _, _, g in rows],
+                               device, _ELEM[dt]) for dt, rows in by_dtype.items()]
+        self._last = None
+
+    def matches(self, optimizer):
+        """Whether the optimizer still has the parameters the table was built for."""
+        return (len(optimizer.param_groups) == self.n_groups
+                and tuple(len(grp["params"]) for grp in optimizer.param_groups) == self.shape)
+
+    def upload(self):
+        """Writes this step's gradient addresses into the device tables (stream-ordered, no sync).
+        False when a gradient is not one dense block starting at its address: the eager kernels then
+        measure this step."""
+        ptrs = []
+        try:
+            for p in self.params:
+                g = p.grad
+                if g is None:
+                    ptrs.append(0)
+                elif type(g) is torch.Tensor and g.is_contiguous():
+                    ptrs.append(g.data_ptr())
+                else:  # a DTensor shard or a strided layout
+                    return False
+        except RuntimeError:  # sparse gradients
+            return False
+        if ptrs != self._last:
+            self._last = ptrs
+            for run in self.runs:
+                rows = ptrs if len(self.runs) == 1 else [ptrs[s] for s in run.slots]
+                # pinned: a stream-ordered copy with no sync; the host allocator keeps it until copied
+                run.ptrs.copy_(torch.tensor(rows, dtype=torch.int64).pin_memory(), non_blocking=True)
+        return True
+
+    def sums(self):
+        """Each group's sum of squares as a list of 0-d float32 tensors (launches only)."""
+        per_group = [[] for _ in range(self.n_groups)]
+        for run in self.runs:
+            _sumsq_kernel[(run.blocks,)](run.ptrs, run.block_tensor, run.block_start, run.sizes, run.partial,
+                                         CHUNK=CHUNK, BLOCK=BLOCK, ELEM=run.elem)
+            # a fixed order of contiguous slices per group: deterministic
+            start = 0
+            for gi in _runs_of(run.block_group):
+                n = gi[1]
+                per_group[gi[0]].append(run.partial[start:start + n].sum())
+                start += n
+        zero = torch.zeros((), dtype=torch.float32, device=self.device)
+        return [torch.stack(parts).sum() if parts else zero for parts in per_group]
+
+
+def _runs_of(groups):
+    """[(group, count)] of consecutive equal entries: the blocks of one group lie together."""
+    out = []
+    for g in groups:
+        if out and out[-1][0] == g:
+            out[-1][1] += 1
+        else:
+            out.append([g, 1])
+    return out
