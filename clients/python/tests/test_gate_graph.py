@@ -27,7 +27,7 @@ class StridedMLP(MLP):
 
     def __init__(self):
         super().__init__()
-        self.out.weight = torch.nn.Parameter(self.out.weight.detach().t().contiguous().t())
+        self.inp.weight = torch.nn.Parameter(self.inp.weight.detach().t().contiguous().t())
 
 
 def run(fake, name, graphs, model_cls=MLP, steps=24, move_at=(4, 5, 16), dtype=torch.float32):

@@ -51,10 +51,10 @@ def available(device):
 
 
 class _DtypeRun:
-    """The gradients of one dtype: their slots in the address table and the kernel's blocks."""
+    """The gradients of one dtype: their rows of the address table and the kernel's blocks."""
 
-    def __init__(self, slots, numels, groups_of, device, elem):
-        self.slots, self.elem = slots, elem
+    def __init__(self, offset, numels, groups_of, device, elem):
+        self.offset, self.count, self.elem = offset, len(numels), elem
         tensor, start, self.block_group = [], [], []
         for j, (n, grp) in enumerate(zip(numels, groups_of)):
             for s in range(0, max(n, 1), CHUNK):
@@ -65,7 +65,7 @@ class _DtypeRun:
         self.block_tensor = torch.tensor(tensor, dtype=torch.int32, device=device)
         self.block_start = torch.tensor(start, dtype=torch.int64, device=device)
         self.sizes = torch.tensor(numels, dtype=torch.int64, device=device)
-        self.ptrs = torch.zeros(len(slots), dtype=torch.int64, device=device)
+        self.ptrs = torch.zeros(len(numels), dtype=torch.int64, device=device)
         self.partial = torch.zeros(self.blocks, dtype=torch.float32, device=device)
 
 
@@ -73,21 +73,28 @@ class GradTable:
     """The parameters of an optimizer's groups as address tables, per gradient dtype; ``sums()``
     launches the kernels (capturable) and returns each group's sum of squares (0-d float32)."""
 
+    RING = 4  # pinned host tables in turn: the one being rewritten was copied four uploads ago
+
     def __init__(self, optimizer, device):
         self.device = device
-        self.params = [p for grp in optimizer.param_groups for p in grp["params"]]
         self.n_groups = len(optimizer.param_groups)
         self.shape = tuple(len(grp["params"]) for grp in optimizer.param_groups)
         by_dtype = {}
-        k = 0
         for gi, grp in enumerate(optimizer.param_groups):
             for p in grp["params"]:
                 if p.device != device or p.dtype not in _ELEM:
                     raise ValueError(f"a parameter of dtype {p.dtype} on {p.device}")
-                by_dtype.setdefault(p.dtype, []).append((k, p.numel(), gi))
-                k += 1
-        self.runs = [_DtypeRun([s for s, _, _ in rows], [n for _, n, _ in rows], [g for _, _, g in rows],
-                               device, _ELEM[dt]) for dt, rows in by_dtype.items()]
+                by_dtype.setdefault(p.dtype, []).append((p, gi))
+        # the table lists the parameters dtype by dtype, so each kernel's slice of it is contiguous
+        self.params = [p for rows in by_dtype.values() for p, _ in rows]
+        self.runs, start = [], 0
+        for dt, rows in by_dtype.items():
+            self.runs.append(_DtypeRun(start, [p.numel() for p, _ in rows], [gi for _, gi in rows], device, _ELEM[dt]))
+            start += len(rows)
+        pinned = device.type == "cuda"  # the CPU: Triton's interpreter (TRITON_INTERPRET=1), the tests' check of the kernel
+        self._ring = [torch.empty(len(self.params), dtype=torch.int64, pin_memory=pinned) for _ in range(self.RING)]
+        self._copied = [None] * self.RING  # per ring slot: the CUDA event after its copy
+        self._turn = 0
         self._last = None
 
     def matches(self, optimizer):
@@ -113,10 +120,16 @@ class GradTable:
             return False
         if ptrs != self._last:
             self._last = ptrs
-            for run in self.runs:
-                rows = ptrs if len(self.runs) == 1 else [ptrs[s] for s in run.slots]
-                # pinned: a stream-ordered copy with no sync; the host allocator keeps it until copied
-                run.ptrs.copy_(torch.tensor(rows, dtype=torch.int64).pin_memory(), non_blocking=True)
+            i, self._turn = self._turn, (self._turn + 1) % self.RING
+            if self._copied[i] is not None:
+                self._copied[i].synchronize()  # normally long done: the GPU is at most a step behind
+            host = self._ring[i]
+            host.copy_(torch.tensor(ptrs, dtype=torch.int64))
+            for run in self.runs:  # pinned source: stream-ordered, no sync
+                run.ptrs.copy_(host[run.offset:run.offset + run.count], non_blocking=True)
+            if self.device.type == "cuda":
+                self._copied[i] = torch.cuda.Event()
+                self._copied[i].record()
         return True
 
     def sums(self):

@@ -151,7 +151,8 @@ class DeviceGate:
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                 host.copy_(t, non_blocking=True)
                 hosts.append(host)
-            event = torch.cuda.Event()
+            # blocking: the sender thread sleeps on it instead of spinning a core until the step's end
+            event = torch.cuda.Event(blocking=True)
             event.record()
             return hosts, event
         return list(tensors), None

@@ -1,0 +1,50 @@
+"""The gradient address table's kernel (trainguard.grad_table), checked on the CPU under Triton's
+interpreter: each parameter group's sum of squares equals torch's, across chunk boundaries, mixed
+dtypes and groups, a missing gradient and a NaN; a gradient that is not one dense block is refused.
+The CUDA graph around it is tested on a GPU (test_gate_graph.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.torch2
+
+CHECK = r'''
+import json, torch
+from trainguard import grad_table as gt
+gt.CHUNK, gt.BLOCK = 4096, 512  # small chunks: several per gradient
+torch.manual_seed(0)
+fp32 = [torch.nn.Parameter(torch.randn(n)) for n in (10, 5000, 1, 9000)]
+low = [torch.nn.Parameter(torch.randn(n).to(dt)) for n, dt in ((7, torch.bfloat16), (4100, torch.float16))]
+for p in fp32 + low:
+    p.grad = torch.randn_like(p)
+fp32[2].grad = None
+opt = torch.optim.SGD([{"params": fp32}, {"params": low + [torch.nn.Parameter(torch.randn(3, 3))]}], lr=0.1)
+opt.param_groups[1]["params"][-1].grad = torch.ones(3, 3)
+table = gt.GradTable(opt, torch.device("cpu"))
+out = {"uploaded": table.upload(), "sums": [float(s) for s in table.sums()]}
+out["torch"] = [sum(float((p.grad.double() ** 2).sum()) for p in g["params"] if p.grad is not None) for g in opt.param_groups]
+fp32[1].grad[4097] = float("nan")
+table.upload()
+out["with_nan"] = [float(s) for s in table.sums()]
+fp32[3].grad = torch.randn(9000, 2)[:, 0]  # a strided view: not one dense block
+out["strided_uploaded"] = table.upload()
+print(json.dumps(out))
+'''
+
+
+def test_table_sums_match_torch_and_refuse_strided_gradients():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["uploaded"] is True
+    for got, want in zip(out["sums"], out["torch"]):
+        assert abs(got - want) <= 1e-4 * want
+    assert out["with_nan"][0] != out["with_nan"][0]  # NaN propagates into its group's sum
+    assert out["with_nan"][1] == pytest.approx(out["torch"][1], rel=1e-4)  # and not into the other group
+    assert out["strided_uploaded"] is False
