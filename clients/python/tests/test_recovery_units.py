@@ -141,10 +141,34 @@ def test_pace_spaces_snapshots_by_their_measured_cost(monkeypatch):
         clock[0] += dt
         pace.on_step()
     assert abs(pace.cost_s - 0.012) < 1e-9
-    clock[0] += 1.0              # 1.072 s after the snapshot: 12 ms / 0.01 = 1.2 s not yet passed
+    for _ in range(50):          # 1.072 s of steps since the snapshot: 12 ms / 0.01 = 1.2 s not yet run
+        clock[0] += 0.020
+        pace.on_step()
     assert not pace.allows()
-    clock[0] += 0.2
+    for _ in range(7):
+        clock[0] += 0.020
+        pace.on_step()
     assert pace.allows()
+
+
+def test_pace_counts_training_steps_not_time_between_them(monkeypatch):
+    # prevents: a loop that trains in bursts (validation, other work, an interleaved benchmark)
+    # snapshotting far more often per step than max_overhead allows
+    from trainguard import snapshot_schedule as snap
+    clock = [0.0]
+    monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
+    pace = snap.SnapshotPace(max_overhead=0.01)
+    for _ in range(10):
+        clock[0] += 0.020
+        pace.on_step()
+    pace.taken()
+    for dt in (0.032, 0.020, 0.020):
+        clock[0] += dt
+        pace.on_step()
+    for _ in range(5):           # 5 s between steps: counted as 3 usual steps each
+        clock[0] += 5.0
+        pace.on_step()
+    assert not pace.allows()     # 0.372 s of training since the snapshot, 1.2 s needed
 
 
 def test_pace_caps_a_cost_inflated_by_an_unrelated_pause(monkeypatch):

@@ -85,12 +85,15 @@ class SnapshotPace:
     The cost of a snapshot is what the steps right after it took beyond the usual step time (the
     median of recent steps that no snapshot touched): the copy's launch on the host and, on CUDA,
     the next update waiting on the device for the copy to finish reading. The next snapshot is then
-    due no sooner than ``cost / max_overhead`` seconds later. Step times come from the healthy steps
+    due once ``cost / max_overhead`` seconds of training steps have run since: time between steps
+    counts up to ``GAP_STEPS`` usual steps, so a validation pass, a pause or other work between
+    steps does not make snapshots more frequent per step. Step times come from the healthy steps
     themselves (the time between two of them), so nothing is timed that the loop would not do anyway."""
 
     AFTER = 3            # steps after a snapshot whose excess time is its cost
     WINDOW = 32          # recent untouched step times kept for the median
     MAX_COST_STEPS = 10  # a cost counted as at most this many usual steps
+    GAP_STEPS = 3        # time between two steps counted as training time up to this many usual steps
 
     def __init__(self, max_overhead):
         self.max_overhead = float(max_overhead)
@@ -100,14 +103,16 @@ class SnapshotPace:
         self._after = 0
         self._excess = 0.0
         self._taken_at = None
+        self._trained = 0.0   # training-step seconds since the last snapshot
 
     def on_step(self):
         now = time.perf_counter()
         dt, self._last = (None if self._last is None else now - self._last), now
         if dt is None:
             return
+        base = self.usual()
+        self._trained += min(dt, self.GAP_STEPS * base) if base is not None else dt
         if self._after:
-            base = self.usual()
             self._excess += max(0.0, dt - base) if base is not None else 0.0
             self._after -= 1
             if not self._after:
@@ -129,11 +134,11 @@ class SnapshotPace:
 
     def taken(self):
         self._taken_at = time.perf_counter()
-        self._after, self._excess = self.AFTER, 0.0
+        self._after, self._excess, self._trained = self.AFTER, 0.0, 0.0
 
     def allows(self):
         if self.max_overhead <= 0 or self._taken_at is None:
             return True
         if self._after:  # the last snapshot's cost is still being measured
             return False
-        return time.perf_counter() - self._taken_at >= self.cost_s / self.max_overhead
+        return self._trained >= self.cost_s / self.max_overhead
