@@ -1,6 +1,7 @@
 package io.trainguard.guard.run;
 
 import io.trainguard.guard.detect.HangWatch;
+import io.trainguard.guard.detect.LossScaleOverflow;
 import io.trainguard.guard.detect.RankStatistics;
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.LocalBounds;
@@ -31,11 +32,16 @@ final class RankTrack {
             stats.divergence.observe(s.loss());
             consecutiveSkips = 0;
             healthyStreak++;
-        } else if (s.action() == Action.SKIP) {
+        } else if (s.action() == Action.SKIP && !scalerOverflow(s)) {
             consecutiveSkips++;
             healthyStreak = 0;
         }
         lastStep = s.step();
+    }
+
+    /** A journaled loss-scaler overflow (the record keeps no module statistics: loss and grads tell). */
+    private static boolean scalerOverflow(StepRecord s) {
+        return s.lossScale() >= LossScaleOverflow.COLLAPSED && Double.isFinite(s.loss()) && !Double.isFinite(s.gradNorm());
     }
 
     /** What the client may decide on its own for this rank's next steps; nothing when {@code frozen}. */

@@ -8,6 +8,7 @@ import io.trainguard.guard.run.Decision.CheckpointEffect;
 import io.trainguard.guard.detect.CrossRankCheck;
 import io.trainguard.guard.detect.Detectors;
 import io.trainguard.guard.detect.Finding;
+import io.trainguard.guard.detect.LossScaleOverflow;
 import io.trainguard.guard.detect.StepContext;
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.HangReport;
@@ -229,6 +230,9 @@ public final class RunDecider {
             t.stats.learn(r.loss(), r.lossAbsent(), r.gradNorm());
         }
 
+        if (o.action == Action.SKIP && fold.incidents().isEmpty() && LossScaleOverflow.of(r)) {
+            return; // the scaler's own skip while it calibrates: neither an incident nor a streak, nor the end of one
+        }
         if (o.action == Action.SKIP) {
             t.consecutiveSkips++;
             if (state.state() == RunState.HEALTHY) {

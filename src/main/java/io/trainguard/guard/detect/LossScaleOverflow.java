@@ -1,0 +1,44 @@
+package io.trainguard.guard.detect;
+
+import io.trainguard.guard.model.StepReport;
+
+/**
+ * A dynamic loss scaler's own overflow (torch's GradScaler, fp16 AMP): the loss is finite, every
+ * watched forward output is finite, only the scaled gradients overflowed. The scaler skips that
+ * update and halves its scale; a run that starts at 2^16 may do so several times in a row before
+ * the scale settles. That is calibration, not an incident: such a step is skipped without counting
+ * towards {@code max_consecutive_skips}. Once the scale has fallen below {@link #COLLAPSED} the
+ * scaler is no longer calibrating but failing, and the step is an ordinary non-finite one.
+ */
+public final class LossScaleOverflow {
+    /** Below this the loss scale has collapsed: gradients overflow even unscaled. */
+    public static final double COLLAPSED = 1.0;
+
+    private LossScaleOverflow() {
+    }
+
+    public static boolean of(StepReport r) {
+        if (!(r.lossScale() >= COLLAPSED) || Double.isFinite(r.gradNorm())) {
+            return false;
+        }
+        if (!r.lossAbsent() && !Double.isFinite(r.loss())) {
+            return false;
+        }
+        for (boolean finite : r.moduleFinite()) {
+            if (!finite) {
+                return false;
+            }
+        }
+        for (double v : r.moduleMaxAbs()) {
+            if (!Double.isFinite(v)) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    public static String reason(StepReport r) {
+        return String.format("loss-scaler overflow at scale %.6g: the scaler skipped this update and lowers its scale "
+                + "(not counted as a non-finite incident while the scale is >= %.0f)", r.lossScale(), COLLAPSED);
+    }
+}
