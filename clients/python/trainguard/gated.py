@@ -25,6 +25,7 @@ from . import distributed as dist_agree
 from . import rules
 from .connection import ClientState
 from .gate_graph import GateGraphs
+from .host_path import unscale_once
 from .replay import FaultClass, StepFault
 from .report import step_report
 from .rng import restore_rng
@@ -129,17 +130,25 @@ class GatedPath:
         if not g.connection.offline:  # several ranks: an offline rank still gates (and asks for the host path)
             g.connection.to(ClientState.GATED)
         thr = rules.gate_threshold(bounds)
+        scaler = g.scaler if g.scaler is not None and g.scaler.is_enabled() else None
+        if scaler is not None:
+            unscale_once(g)  # true gradients for the norms (in place, on the device)
         if self.multi:
             stats, total, ng, names = g.meter.on_device(loss)
             bad = torch.logical_not(torch.isfinite(stats).all())
             skip, norm, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded)
             g.gate.install_agreed(skip, norm, thr)
-            (host, host_vec), event = g.gate.stage(stats, vec)
-            self.prev = (host_vec, event)
         else:
             stats, ng, names = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
-            (host,), event = g.gate.stage(stats)
-            host_vec = None
+            vec = None
+        if scaler is not None:
+            scaler_skips_too(g)
+        staged = [stats] + ([vec] if vec is not None else []) + ([scaler._scale] if scaler is not None else [])
+        hosts, event = g.gate.stage(*staged)
+        host, host_vec = hosts[0], (hosts[1] if vec is not None else None)
+        host_scale = hosts[-1] if scaler is not None else None
+        if self.multi:
+            self.prev = (host_vec, event)
         # The LRs this step runs at, for a replayed update. A tensor LR is kept by reference (a copy
         # would be a kernel on every healthy step): a scheduler that changes it in place makes a
         # replayed update run at the next step's LR.
@@ -152,7 +161,8 @@ class GatedPath:
             if event is not None:
                 event.synchronize()  # blocks in C without the GIL
             return self._report(step, host.tolist(), ng, names, lr, step_time, thr, bounds, absent,
-                                None if host_vec is None else host_vec.tolist())
+                                None if host_vec is None else host_vec.tolist(),
+                                0.0 if host_scale is None else float(host_scale.reshape(-1)[0]))
 
         self.futs.append(g.sender.submit_deferred(step, build, g.generation))
         verdict = Verdict(step, Action.APPLY, clip_threshold=thr, validation_allowed=g._validation_hint,
@@ -162,12 +172,14 @@ class GatedPath:
                               replay_fn=replay, rng=rec.step_rng(), position=rec.position())
         return verdict
 
-    def _report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent, reduced=None):
+    def _report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent, reduced=None, loss_scale=0.0):
         g = self.g
         loss_v, gnorm = vals[0], vals[1]
         mods = vals[2 + ng:]
         mod_finite = [math.isfinite(x) for x in mods]
         finite, clipped, in_bounds = rules.gated_outcome(loss_v, gnorm, mod_finite, thr, bounds)  # = the device's gate
+        # the GradScaler's own overflow (scale too high): its business, as on the host path
+        overflow = loss_scale > 0 and rules.is_scaler_overflow(True, loss_v, gnorm) and all(mod_finite)
         locally_finite = finite
         if reduced is not None:  # several ranks: the device acted on what they agreed
             any_bad, _, spread = dist_agree.reduced_flags(reduced, g.world_size, self.sharded)
@@ -193,7 +205,10 @@ class GatedPath:
         if clipped:
             log.info("trainguard: step %d %s", step, rules.clip_reason(
                 gnorm, thr, "on the device: the run's clip policy or the spike bound beyond which the sidecar is asked"))
-        if locally_finite and not finite:
+        if overflow and reduced is None:
+            log.info("trainguard: step %d: GradScaler overflow at scale %g: the update was skipped on the device and "
+                     "the scaler lowers its scale", step, loss_scale)
+        elif locally_finite and not finite:
             log.warning("trainguard: step %d: another rank saw a non-finite value or the norms disagreed: the update "
                         "was skipped on every rank", step)
         elif not finite:
@@ -203,8 +218,8 @@ class GatedPath:
                         f", first non-finite module call {bad}" if bad else "")
         return step_report(g.run, g.rank, step, loss=loss_v, grad_norm=gnorm, group_norms=vals[2:2 + ng],
                            learning_rate=lr, step_time=step_time, loss_absent=absent, module_names=names,
-                           module_values=mods, values_are_max_abs=g._watch_sends_max_abs(),
-                           decided_locally=finite and in_bounds)
+                           module_values=mods, values_are_max_abs=g._watch_sends_max_abs(), loss_scale=loss_scale,
+                           decided_locally=(finite and in_bounds) or overflow)
 
     # ------------------------------------------------------------------ replaying the last step's fault
 
@@ -280,16 +295,30 @@ class GatedPath:
         log.warning("trainguard: step %d: the replay's update was applied (TRANSIENT fault; no step lost)", rec.step)
 
 
+def scaler_skips_too(guard):
+    """Under a GradScaler: ORs the gate's skip flag into the scaler's found-inf record of this
+    iteration (on the device), which GradScaler.step hands a fused optimizer as ``found_inf``, since
+    it replaces whatever ``found_inf`` the optimizer had. The scaler's update() then also sees the
+    skip and lowers its scale once, as for an overflow."""
+    target = guard._wrapped if guard._wrapped is not None else guard.optimizer
+    state = guard.scaler._per_optimizer_states[id(target)]
+    per_device = state["found_inf_per_device"]
+    found, _ = guard.gate.buffers()
+    flag = per_device.get(found.device)
+    if flag is None:  # no gradient on the gate's device: any device's record carries it
+        flag = next(iter(per_device.values()))
+    torch.maximum(flag, found.to(flag.device, non_blocking=True), out=flag)
+
+
 def gate_wanted(guard, device_gate):
     """Whether ``guard`` runs healthy steps on the device gate: ``device_gate`` "auto" (on CUDA
     where possible), True (wherever possible, the CPU included; raises where impossible) or False."""
     from .measure import optimizer_honours_gate
     g = guard
-    ok = (g.mode == "async" and optimizer_honours_gate(g.optimizer)
-          and not g.protect_update and not (g.scaler is not None and g.scaler.is_enabled())
+    ok = (g.mode == "async" and optimizer_honours_gate(g.optimizer) and not g.protect_update
           and (g.world_size == 1 or dist_agree.is_initialized()))
     if device_gate is True and not ok:
         raise ValueError("device_gate=True needs mode='async', an optimizer that honours found_inf/grad_scale "
-                         "(fused=True Adam/AdamW/SGD), no GradScaler, no protect_update and, with several "
-                         "ranks, torch.distributed initialised")
+                         "(fused=True Adam/AdamW/SGD), no protect_update and, with several ranks, "
+                         "torch.distributed initialised")
     return ok and (device_gate is True or (device_gate == "auto" and g.device.type == "cuda"))

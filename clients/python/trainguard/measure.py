@@ -155,4 +155,4 @@ class DeviceGate:
             event = torch.cuda.Event(blocking=True)
             event.record()
             return hosts, event
-        return list(tensors), None
+        return [t.clone() for t in tensors], None  # copies: a staged tensor may change later (the loss scale)

@@ -23,9 +23,12 @@ class GuardedOptimizer(torch.optim.Optimizer):
     ``step()`` consults the guard. Everything else is the inner optimizer's: ``param_groups`` and
     ``state`` are the same objects, ``state_dict()`` is the inner one's."""
 
-    # GradScaler must take its plain path (unscale_, check found_inf, call step()) on the wrapper;
-    # the device gate sets found_inf/grad_scale on the inner optimizer itself.
-    _step_supports_amp_scaling = False
+    @property
+    def _step_supports_amp_scaling(self):
+        """GradScaler.step hands a device-gated wrapper ``found_inf``/``grad_scale`` (no host read)
+        and the wrapper passes them to the fused inner optimizer; otherwise GradScaler takes its
+        plain path (a host read of found_inf, then step())."""
+        return bool(self.guard.device_gate and getattr(self.optimizer, "_step_supports_amp_scaling", False))
 
     def __init__(self, guard, optimizer):  # no super().__init__: all state is the inner optimizer's
         self.__dict__["guard"] = guard
@@ -88,10 +91,22 @@ class GuardedOptimizer(torch.optim.Optimizer):
         if v is not None and not v.should_step:
             apply_.skipped_update(g, v)
             return None
+        self._hand_on_scaler_flags()
         result = apply_.run_update(g, v, lambda: self.optimizer.step(closure, **kwargs) if closure is not None
                                    else self.optimizer.step(**kwargs))
         g.recovery.after_update(v.step if v else None)
         return result
+
+    def _hand_on_scaler_flags(self):
+        """GradScaler.step set ``found_inf`` (its record, the gate's skip ORed in) and ``grad_scale``
+        on the wrapper: the inner fused optimizer is the one that reads them."""
+        mine = self.__dict__
+        if "found_inf" in mine:
+            self.optimizer.found_inf = mine["found_inf"]
+            if mine.get("grad_scale") is not None:
+                self.optimizer.grad_scale = mine["grad_scale"]
+            else:
+                self.optimizer.__dict__.pop("grad_scale", None)
 
 
 class GuardedScheduler:

@@ -1,0 +1,89 @@
+"""GradScaler (fp16 AMP) on the device gate, against the real sidecar jar, on the CPU (fused AdamW
+reads found_inf/grad_scale there as on CUDA): the guard unscales once, ORs its skip flag into the
+scaler's found-inf record, and the fused optimizer skips on either; a calibrating scaler's overflow
+streak is skipped without an incident or a rollback; healthy steps match an unguarded GradScaler
+run bit for bit."""
+import pytest
+import torch
+
+from trainguard.guard import Guard
+from models import MLP, batch, weights_finite
+from sidecar_fixture import start_sidecar
+
+pytestmark = pytest.mark.torch2  # fused AdamW and GradScaler on the CPU
+
+OVERFLOWS = (0, 1, 2, 3, 4)  # more than max_consecutive_skips (3) in a row
+NAN_STEP = 9
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory):
+    sc = start_sidecar(tmp_path_factory, "scaler-gate")
+    yield sc
+    sc.stop()
+
+
+def train(sidecar, name, steps=14, guarded=True, wrap=False, overflows=(), nan_steps=()):
+    """A fused-AdamW loop under a GradScaler; an overflow step multiplies one gradient by inf (as a
+    too-high loss scale does in fp16) with the loss and activations finite."""
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    g = Guard(model, opt, name, target=sidecar.target, scaler=scaler, deadline=5.0,
+              device_gate=True) if guarded else None
+    stepped = g.wrap(opt) if wrap else opt
+    now = {"step": -1}
+    hook = model.out.weight.register_hook(lambda gr: gr * float("inf") if now["step"] in overflows else gr)
+    weights, scales = [[p.detach().clone() for p in model.parameters()]], []
+    for step in range(steps):
+        now["step"] = step
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if step in nan_steps:  # a NaN loss with finite gradients: the scaler alone would apply it
+            loss = loss + torch.tensor(float("nan"))
+        scales.append(scaler.get_scale())
+        scaler.scale(loss).backward()
+        if g is not None:
+            g.step(step, loss)
+        if g is not None and not wrap:
+            g.optimizer_step()
+        else:
+            scaler.step(stepped)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+        assert weights_finite(model), f"non-finite weights after step {step}"
+        weights.append([p.detach().clone() for p in model.parameters()])
+    hook.remove()
+    out = {"weights": weights, "scales": scales}
+    if g is not None:
+        assert g.device_gate
+        g.flush(5)
+        out["counters"] = dict(g.counters)
+        g.close()
+    return out
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["optimizer_step", "wrapper"])
+def test_overflow_streak_and_a_nan_loss_are_skipped_on_the_device_without_a_rollback(sidecar, wrap):
+    # prevents: fp16 runs halted by the scaler's own calibration, and a NaN loss applied because the
+    # GradScaler replaced the gate's found_inf with its own (finite gradients: "no overflow")
+    out = train(sidecar, f"scaler-gate-{wrap}", wrap=wrap, overflows=OVERFLOWS, nan_steps=(NAN_STEP,))
+    w, c = out["weights"], out["counters"]
+    for s in OVERFLOWS + (NAN_STEP,):
+        assert same(w[s], w[s + 1]), f"step {s} changed the weights"
+    assert not same(w[5], w[6]) and not same(w[NAN_STEP + 1], w[NAN_STEP + 2])  # training went on
+    assert out["scales"][:6] == [1024.0, 512.0, 256.0, 128.0, 64.0, 32.0]  # the scaler saw each overflow
+    assert c["rollbacks"] == 0 and c["device_gated_steps"] >= 12, c
+
+
+def test_healthy_steps_match_an_unguarded_grad_scaler_run(sidecar):
+    guarded = train(sidecar, "scaler-gate-healthy")
+    plain = train(sidecar, "unused", guarded=False)
+    assert guarded["counters"]["device_gated_steps"] >= 12
+    for step, (a, b) in enumerate(zip(guarded["weights"], plain["weights"])):
+        assert same(a, b), f"weights differ after step {step}"
