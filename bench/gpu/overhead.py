@@ -12,7 +12,7 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   tg_nowatch   trainguard without module watch hooks (watch=[]): what the per-block provenance costs
   tg_nosnap    trainguard with in-memory snapshots off: what the snapshots cost
   tg_host      trainguard with device_gate=False: the host path (one device read per step), as every
-               run with a GradScaler or a non-fused optimizer takes it
+               run with a non-fused optimizer or protect_update takes it
   naive        clip_grad_norm_(1.0) + one .item() host sync per step
   scaler       fp16 autocast + GradScaler (fused AdamW: GradScaler gates on the device)
   anomaly      torch.autograd.detect_anomaly() (fewer steps: it is ~5x slower)

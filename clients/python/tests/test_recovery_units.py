@@ -126,64 +126,57 @@ def test_ring_keeps_the_newest_known_good_and_discards_pending_on_unhealthy_step
     assert all(s.state == "EMPTY" for s in pending) and ring.known_good()
 
 
-def test_pace_spaces_snapshots_by_their_measured_cost(monkeypatch):
-    # prevents: snapshots of a large state every few fast steps costing far more than max_overhead
+def _paced(monkeypatch):
+    """A SnapshotPace (max_overhead 1 %) on a fake clock after 10 usual steps of 20 ms; returns it
+    and step(dt), which advances the clock by dt and reports a step."""
     from trainguard import snapshot_schedule as snap
     clock = [0.0]
     monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
     pace = snap.SnapshotPace(max_overhead=0.01)
-    for _ in range(10):          # usual steps of 20 ms
-        clock[0] += 0.020
+
+    def step(dt=0.020):
+        clock[0] += dt
         pace.on_step()
+    for _ in range(10):
+        step()
+    return pace, step
+
+
+def test_pace_spaces_snapshots_by_their_measured_cost(monkeypatch):
+    # prevents: snapshots of a large state every few fast steps costing far more than max_overhead
+    pace, step = _paced(monkeypatch)
     assert pace.allows()         # nothing taken yet
     pace.taken()
     for dt in (0.032, 0.020, 0.020):  # the step after the snapshot took 12 ms more
-        clock[0] += dt
-        pace.on_step()
+        step(dt)
     assert abs(pace.cost_s - 0.012) < 1e-9
     for _ in range(50):          # 1.072 s of steps since the snapshot: 12 ms / 0.01 = 1.2 s not yet run
-        clock[0] += 0.020
-        pace.on_step()
+        step()
     assert not pace.allows()
     for _ in range(7):
-        clock[0] += 0.020
-        pace.on_step()
+        step()
     assert pace.allows()
 
 
 def test_pace_counts_training_steps_not_time_between_them(monkeypatch):
     # prevents: a loop that trains in bursts (validation, other work, an interleaved benchmark)
     # snapshotting far more often per step than max_overhead allows
-    from trainguard import snapshot_schedule as snap
-    clock = [0.0]
-    monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
-    pace = snap.SnapshotPace(max_overhead=0.01)
-    for _ in range(10):
-        clock[0] += 0.020
-        pace.on_step()
+    pace, step = _paced(monkeypatch)
     pace.taken()
     for dt in (0.032, 0.020, 0.020):
-        clock[0] += dt
-        pace.on_step()
+        step(dt)
     for _ in range(5):           # 5 s between steps: counted as 3 usual steps each
-        clock[0] += 5.0
-        pace.on_step()
+        step(5.0)
     assert not pace.allows()     # 0.372 s of training since the snapshot, 1.2 s needed
 
 
 def test_pace_caps_a_cost_inflated_by_an_unrelated_pause(monkeypatch):
     # prevents: a validation pass right after a snapshot postponing the next one for hours
     from trainguard import snapshot_schedule as snap
-    clock = [0.0]
-    monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
-    pace = snap.SnapshotPace(max_overhead=0.01)
-    for _ in range(10):
-        clock[0] += 0.020
-        pace.on_step()
+    pace, step = _paced(monkeypatch)
     pace.taken()
     for dt in (60.0, 0.020, 0.020):
-        clock[0] += dt
-        pace.on_step()
+        step(dt)
     assert pace.cost_s == snap.SnapshotPace.MAX_COST_STEPS * 0.020
 
 

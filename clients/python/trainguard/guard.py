@@ -67,9 +67,10 @@ class Guard:
       protect_update: check the weights after optimizer.step() and undo a non-finite update.
         "auto" turns it on for low-precision parameters without fp32 master weights.
       device_gate: "auto" (default): on CUDA, with an optimizer that honours ``found_inf`` and
-        ``grad_scale`` (fused Adam/AdamW/SGD), mode="async", no GradScaler, no protect_update and a
-        single rank, healthy steps run with no host sync: the skip flag and the clip factor are
-        computed on the device and the optimizer's fused kernel applies them; the stats reach the
+        ``grad_scale`` (fused Adam/AdamW/SGD), mode="async" and no protect_update (a GradScaler is
+        fine: its found_inf and the gate's skip are combined), healthy steps run with no host sync:
+        the skip flag and the clip factor are computed on the device and the optimizer's fused
+        kernel applies them (one CUDA graph launch where it can: gate_graph); the stats reach the
         host through pinned memory and the report is sent from the sender thread. False: never.
         True: wherever the optimizer allows it, also on the CPU (tests).
       grad_sync: several ranks on the device gate: "replicated" (DDP: every rank holds the same
