@@ -15,6 +15,8 @@ ms/step over the mean of the two baselines around it; median, min and max over t
                run with a non-fused optimizer or protect_update takes it
   naive        clip_grad_norm_(1.0) + one .item() host sync per step
   scaler       fp16 autocast + GradScaler (fused AdamW: GradScaler gates on the device)
+  tg_scaler    trainguard on the same fp16 + GradScaler loop (the gate's skip ORed into the scaler's
+               found_inf); compare it with `scaler`, not with the bf16 baseline (tg_scaler_over_scaler)
   anomaly      torch.autograd.detect_anomaly() (fewer steps: it is ~5x slower)
 
 Options that change every variant alike:
@@ -120,10 +122,13 @@ def main():
                     kw["watch"] = []
                 if name == "tg_nosnap":
                     kw["snapshots"] = False
+                if name == "tg_scaler":
+                    kw["scaler"] = tg_scaler
                 pair(name)
                 m, o = (copies[name][0], copies[name][1]) if a.compile else (model, opt)
                 g = Guard(m, o, f"bench-{name}-b{B}-{os.getpid()}", target=a.target, deadline=2.0,
-                          device_gate=False if name == "tg_host" else gate, autocast_dtype=torch.bfloat16, **kw)
+                          device_gate=False if name == "tg_host" else gate,
+                          autocast_dtype=torch.float16 if name == "tg_scaler" else torch.bfloat16, **kw)
                 if name != "tg_host" and not g.device_gate:
                     raise SystemExit(f"{name}: device gate is off")
                 timed(g, name)
@@ -166,6 +171,7 @@ def main():
             wrap(g, "optimizer_step", "optimizer_step")
 
         scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
+        tg_scaler = torch.amp.GradScaler(dev.type) if "tg_scaler" in variants else None
 
         def run(name, n):
             """n steps of variant `name`; returns ms/step (synchronized before reading the clock)."""
@@ -187,6 +193,17 @@ def main():
                     scaler.step(opt)
                     scaler.update()
                     opt.zero_grad(set_to_none=True)
+                    continue
+                if name == "tg_scaler":
+                    with torch.autocast(dev.type, dtype=torch.float16):
+                        loss = fwd(x, y)
+                    tg_scaler.scale(loss).backward()
+                    tg0 = time.perf_counter()
+                    g.step(step_no[name], loss)
+                    step_no[name] += 1
+                    g.optimizer_step()  # scaler.step + update through the guard
+                    in_guard += time.perf_counter() - tg0
+                    o.zero_grad(set_to_none=True)
                     continue
                 if name == "anomaly":
                     with torch.autograd.detect_anomaly(check_nan=True):
@@ -273,6 +290,9 @@ def main():
                 res["variants"][v]["guard_cpu_us"] = guard_s[v][0] / guard_s[v][1] * 1e6
                 res["variants"][v]["sender_cpu_us"] = guard_s[v][2] / guard_s[v][1] * 1e6
                 res["variants"][v]["guard_parts_us"] = {k: t / guard_s[v][1] * 1e6 for k, t in parts.get(v, {}).items()}
+        if "tg_scaler" in variants and "scaler" in variants:  # the fp16 loop's own baseline
+            res["tg_scaler_over_scaler"] = res["variants"]["tg_scaler"]["ms_median"] / res["variants"]["scaler"]["ms_median"]
+            print(f"  tg_scaler / scaler (ms medians): {res['tg_scaler_over_scaler']:.3f}")
         guarded = [v for v in variants if v.startswith("tg")]
         if a.profile and guarded and a.out:
             prof = cProfile.Profile()
