@@ -1,15 +1,13 @@
 """The device gate replayed from a CUDA graph (trainguard.gate_graph, trainguard.grad_table): the
 same skips and clips as the eager kernels, wherever the gradients land each step, and the eager
-kernels for gradients the address table cannot read. Needs a GPU and Triton: CI's machine has
-neither, so these run on the lent GPU machine (command in docs/benchmarks.md, "Issue 21, third pass")."""
+kernels for gradients the address table cannot read. Needs a GPU and Triton: run on the lent GPU
+machine (conftest.py says how; results in docs/benchmarks.md, "Issue 21, third pass")."""
 import pytest
 import torch
 
 from trainguard.guard import Guard
 from fake_sidecar import FakeSidecar
 from models import MLP, batch
-
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 NAN_STEPS = (9, 10)
 
