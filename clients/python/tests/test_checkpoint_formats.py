@@ -8,19 +8,11 @@ import time
 import pytest
 import torch
 
-from sidecar_fixture import start_sidecar
 from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
 from trainguard.checkpoints import checkpoint_state, register_saved, restore
 from trainguard.transport import Transport
 
 RESOURCES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "src", "test", "resources", "torch")
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "formats")
-    yield sc
-    sc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,10 @@ import pytest
 
 from trainguard.sidecar import free_port
 from models import make, train
-from sidecar_fixture import start_sidecar
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENT = os.path.dirname(HERE)
 EXAMPLE = os.path.join(CLIENT, "..", "..", "examples", "hallo_like.py")
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "cli")
-    yield sc
-    sc.stop()
 
 
 def cli(sc, *args, url=None):

@@ -72,10 +72,5 @@ def test_two_ranks_agree_with_fake_sidecar():
         s.stop()
 
 
-def test_two_ranks_agree_with_real_sidecar(tmp_path_factory):
-    from sidecar_fixture import start_sidecar
-    sc = start_sidecar(tmp_path_factory, "ddp")
-    try:
-        check(run_two_ranks(sc.target))
-    finally:
-        sc.stop()
+def test_two_ranks_agree_with_real_sidecar(sidecar):
+    check(run_two_ranks(sidecar.target))

@@ -65,14 +65,6 @@ def run(target, mode="ddp", nan_rank=1, nan_step=7, corrupt_step=-1):
     return run_ranks(_worker, target, mode, nan_rank, nan_step, corrupt_step)
 
 
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    from sidecar_fixture import start_sidecar
-    sc = start_sidecar(tmp_path_factory, "ddpgate")
-    yield sc
-    sc.stop()
-
-
 def test_nan_on_one_rank_skips_on_both_on_the_device_gate(sidecar):
     # prevents: ranks applying different updates (one skipped, one applied) when only one saw a NaN
     r0, r1 = run(sidecar.target)

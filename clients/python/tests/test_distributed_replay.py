@@ -73,14 +73,6 @@ def run(target, name, gate, faults=True, fn_ranks=(0, 1), mode="ddp"):
 
 
 @pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    from sidecar_fixture import start_sidecar
-    sc = start_sidecar(tmp_path_factory, "ddpreplay")
-    yield sc
-    sc.stop()
-
-
-@pytest.fixture(scope="module")
 def clean(sidecar):
     return run(sidecar.target, "replay-clean", gate=False, faults=False)
 

@@ -97,14 +97,6 @@ def _worker(rank, world, port, target, out_dir):
     dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    from sidecar_fixture import start_sidecar
-    sc = start_sidecar(tmp_path_factory, "fsdpsnap")
-    yield sc
-    sc.stop()
-
-
 def test_fsdp2_snapshot_restores_each_ranks_shards_and_a_rollback_uses_it(sidecar):
     # prevents: FSDP2 runs without in-memory snapshots (or a restore mixing DTensor and plain state)
     from trainguard.testing import free_port

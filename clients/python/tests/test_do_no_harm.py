@@ -6,16 +6,8 @@ import torch
 from trainguard import Action
 from trainguard.guard import Guard
 from models import batch, make
-from sidecar_fixture import start_sidecar
 
 STEPS = 100  # past the spike detectors' warm-up (64 steps): they watch but must not act
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "noharm")
-    yield sc
-    sc.stop()
 
 
 def data(step):

@@ -8,19 +8,11 @@ import torch
 from trainguard import Action
 from trainguard.guard import Guard
 from models import MLP, FlipOnce, batch, weights_finite
-from sidecar_fixture import start_sidecar
 
 pytestmark = pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
 
 QUICK = {"known_good_healthy_steps": 2, "validation_warmup_steps": 10**6, "clip_mode": "OFF",
          "max_consecutive_skips": 3, "rollback_rewarm_steps": 2, "max_rollbacks": 3}
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "gatedreplay")
-    yield sc
-    sc.stop()
 
 
 class DropMLP(MLP):

@@ -13,17 +13,9 @@ import accelerate  # noqa: F401 (the Accelerate path below)
 import transformers
 
 from models import batch, make, weights_finite  # noqa: E402
-from sidecar_fixture import start_sidecar  # noqa: E402
 
 POLICY = {"known_good_healthy_steps": 3, "spike_warmup_steps": 8}
 NAN_AT, SPIKE_AT, BURST = {6}, 14, set(range(24, 30))
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "hf")
-    yield sc
-    sc.stop()
 
 
 def tiny_gpt2():

@@ -11,18 +11,10 @@ import torch
 import lightning.pytorch as pl
 
 from models import MLP, batch, weights_finite  # noqa: E402
-from sidecar_fixture import start_sidecar  # noqa: E402
 
 POLICY = {"known_good_healthy_steps": 3, "validation_warmup_steps": 5, "validation_interval_steps": 5,
           "spike_warmup_steps": 8}
 NAN_AT, SPIKE_AT, BURST = {12}, 20, set(range(30, 36))
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "lightning")
-    yield sc
-    sc.stop()
 
 
 class Tiny(pl.LightningModule):

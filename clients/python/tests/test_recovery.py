@@ -9,18 +9,10 @@ import torch
 from trainguard import Action
 from trainguard.guard import Guard
 from models import FlipOnce, batch, make, weights_finite
-from sidecar_fixture import start_sidecar
 
 
 QUICK = {"known_good_healthy_steps": 2, "validation_warmup_steps": 10**6, "clip_mode": "OFF",
          "max_consecutive_skips": 3, "rollback_rewarm_steps": 2, "max_rollbacks": 3}
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "recovery")
-    yield sc
-    sc.stop()
 
 
 def _fp16_loss(out, y):

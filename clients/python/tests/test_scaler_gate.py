@@ -8,19 +8,11 @@ import torch
 
 from trainguard.guard import Guard
 from models import MLP, batch, weights_finite
-from sidecar_fixture import start_sidecar
 
 pytestmark = pytest.mark.torch2  # fused AdamW and GradScaler on the CPU
 
 OVERFLOWS = (0, 1, 2, 3, 4)  # more than max_consecutive_skips (3) in a row
 NAN_STEP = 9
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "scaler-gate")
-    yield sc
-    sc.stop()
 
 
 def train(sidecar, name, steps=14, guarded=True, wrap=False, overflows=(), nan_steps=()):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from models import batch, make, weights_finite
-from sidecar_fixture import start_sidecar
 from trainguard import Guard
 from trainguard.checkpoints import restore
 from trainguard.verdict import Action
@@ -18,13 +17,6 @@ POLICY = {"known_good_healthy_steps": 2, "max_consecutive_skips": 2, "validation
           "clip_mode": "OFF", "max_rollbacks": 3}
 STEPS, EVERY = 80, 10
 POISONED = range(45, 48)  # data positions whose batches are NaN: 3 non-finite steps in a row
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "torchsave")
-    yield sc
-    sc.stop()
 
 
 def _checkpoint(sidecar, run, step, timeout=60.0):

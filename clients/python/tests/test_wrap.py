@@ -10,16 +10,8 @@ import torch
 from trainguard import Action
 from trainguard.guard import Guard
 from models import batch, make, weights_finite
-from sidecar_fixture import start_sidecar
 
 FAST = {"known_good_healthy_steps": 5, "validation_warmup_steps": 5, "validation_interval_steps": 5}
-
-
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory):
-    sc = start_sidecar(tmp_path_factory, "wrap")
-    yield sc
-    sc.stop()
 
 
 def snapshot(model):
