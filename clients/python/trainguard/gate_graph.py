@@ -37,6 +37,7 @@ class GateGraphs:
     else eagerly (``StepMeter.on_device`` + ``DeviceGate.install``)."""
 
     KEEP = 4  # graphs kept, one per (number of module statistics, loss given or not)
+    RETRY_STEPS = 64  # eager steps between capture attempts while a gradient cannot be addressed
 
     def __init__(self, meter, gate, optimizer, device):
         self.meter, self.gate, self.optimizer, self.device = meter, gate, optimizer, device
@@ -46,6 +47,7 @@ class GateGraphs:
         self._threshold = None   # device 0-d float32: the clip threshold the graphs divide by
         self._threshold_value = None
         self._stream = None
+        self._retry_in = 0       # steps until capturing is tried again after unaddressable gradients
         self.counters = {"captures": 0, "replays": 0, "eager": 0}
 
     def measure_and_install(self, loss, threshold):
@@ -87,6 +89,9 @@ class GateGraphs:
     def _capture(self, loss, n_mods):
         if len(self._graphs) >= self.KEEP:
             return
+        if self._retry_in:  # the gradients could not be addressed lately: the pointer walk would be wasted
+            self._retry_in -= 1
+            return
         try:
             if self._table is None:
                 self._table = grad_table.GradTable(self.optimizer, self.device)
@@ -95,7 +100,8 @@ class GateGraphs:
                 self._stream = torch.cuda.Stream(device=self.device)
             table = self._table
             if not table.upload():
-                return  # this step's gradients cannot be addressed; try again next step
+                self._retry_in = self.RETRY_STEPS  # a strided or DTensor gradient: eager for a while
+                return
             table.sums()  # compiles and loads the kernels outside the capture
             found, scale = self.gate.buffers()
             in_loss = torch.zeros(1, dtype=torch.float32, device=self.device)

@@ -77,7 +77,6 @@ class GradTable:
 
     def __init__(self, optimizer, device):
         self.device = device
-        self.n_groups = len(optimizer.param_groups)
         self.shape = tuple(len(grp["params"]) for grp in optimizer.param_groups)
         by_dtype = {}
         for gi, grp in enumerate(optimizer.param_groups):
@@ -91,16 +90,21 @@ class GradTable:
         for dt, rows in by_dtype.items():
             self.runs.append(_DtypeRun(start, [p.numel() for p, _ in rows], [gi for _, gi in rows], device, _ELEM[dt]))
             start += len(rows)
-        pinned = device.type == "cuda"  # the CPU: Triton's interpreter (TRITON_INTERPRET=1), the tests' check of the kernel
-        self._ring = [torch.empty(len(self.params), dtype=torch.int64, pin_memory=pinned) for _ in range(self.RING)]
-        self._copied = [None] * self.RING  # per ring slot: the CUDA event after its copy
+        cuda = device.type == "cuda"  # the CPU: Triton's interpreter (TRITON_INTERPRET=1), the tests' check of the kernel
+        self._ring = [torch.empty(len(self.params), dtype=torch.int64, pin_memory=cuda) for _ in range(self.RING)]
+        # per ring slot: each kernel's slice of it, and the event recorded after its copy
+        self._slices = [[host[run.offset:run.offset + run.count] for run in self.runs] for host in self._ring]
+        self._copied = [torch.cuda.Event() for _ in range(self.RING)] if cuda else None
         self._turn = 0
         self._last = None
 
+    @property
+    def n_groups(self):
+        return len(self.shape)
+
     def matches(self, optimizer):
         """Whether the optimizer still has the parameters the table was built for."""
-        return (len(optimizer.param_groups) == self.n_groups
-                and tuple(len(grp["params"]) for grp in optimizer.param_groups) == self.shape)
+        return tuple(len(grp["params"]) for grp in optimizer.param_groups) == self.shape
 
     def upload(self):
         """Writes this step's gradient addresses into the device tables (stream-ordered, no sync).
@@ -121,14 +125,12 @@ class GradTable:
         if ptrs != self._last:
             self._last = ptrs
             i, self._turn = self._turn, (self._turn + 1) % self.RING
-            if self._copied[i] is not None:
-                self._copied[i].synchronize()  # normally long done: the GPU is at most a step behind
-            host = self._ring[i]
-            host.copy_(torch.tensor(ptrs, dtype=torch.int64))
-            for run in self.runs:  # pinned source: stream-ordered, no sync
-                run.ptrs.copy_(host[run.offset:run.offset + run.count], non_blocking=True)
-            if self.device.type == "cuda":
-                self._copied[i] = torch.cuda.Event()
+            if self._copied is not None:
+                self._copied[i].synchronize()  # normally long done (or never recorded): the GPU is at most a step behind
+            self._ring[i].copy_(torch.tensor(ptrs, dtype=torch.int64))
+            for run, src in zip(self.runs, self._slices[i]):  # pinned source: stream-ordered, no sync
+                run.ptrs.copy_(src, non_blocking=True)
+            if self._copied is not None:
                 self._copied[i].record()
         return True
 
