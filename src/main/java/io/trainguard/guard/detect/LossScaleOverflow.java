@@ -18,10 +18,7 @@ public final class LossScaleOverflow {
     }
 
     public static boolean of(StepReport r) {
-        if (!(r.lossScale() >= COLLAPSED) || Double.isFinite(r.gradNorm())) {
-            return false;
-        }
-        if (!r.lossAbsent() && !Double.isFinite(r.loss())) {
+        if (!of(r.lossScale(), r.lossAbsent() ? 0 : r.loss(), r.gradNorm())) {
             return false;
         }
         for (boolean finite : r.moduleFinite()) {
@@ -35,6 +32,11 @@ public final class LossScaleOverflow {
             }
         }
         return true;
+    }
+
+    /** The same from the numbers a journaled step keeps (no module statistics: loss and grads tell). */
+    public static boolean of(double lossScale, double loss, double gradNorm) {
+        return lossScale >= COLLAPSED && Double.isFinite(loss) && !Double.isFinite(gradNorm);
     }
 
     public static String reason(StepReport r) {

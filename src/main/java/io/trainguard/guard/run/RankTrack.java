@@ -32,16 +32,11 @@ final class RankTrack {
             stats.divergence.observe(s.loss());
             consecutiveSkips = 0;
             healthyStreak++;
-        } else if (s.action() == Action.SKIP && !scalerOverflow(s)) {
+        } else if (s.action() == Action.SKIP && !LossScaleOverflow.of(s.lossScale(), s.loss(), s.gradNorm())) {
             consecutiveSkips++;
             healthyStreak = 0;
         }
         lastStep = s.step();
-    }
-
-    /** A journaled loss-scaler overflow (the record keeps no module statistics: loss and grads tell). */
-    private static boolean scalerOverflow(StepRecord s) {
-        return s.lossScale() >= LossScaleOverflow.COLLAPSED && Double.isFinite(s.loss()) && !Double.isFinite(s.gradNorm());
     }
 
     /** What the client may decide on its own for this rank's next steps; nothing when {@code frozen}. */
