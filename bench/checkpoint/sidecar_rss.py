@@ -45,6 +45,26 @@ def maps_djl(pid):
     return any(k in m for k in ("libdjl", "libtorch"))
 
 
+class PeakRss(dict):
+    """The peak VmRSS/RssAnon/RssFile (KiB) of a process, sampled every 50 ms on a thread until stop()."""
+
+    def __init__(self, pid):
+        super().__init__(VmRSS=0, RssAnon=0, RssFile=0)
+        self._pid, self._done = pid, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        while not self._done.is_set():
+            for k, v in status_kib(self._pid, *self).items():
+                self[k] = max(self[k], v)
+            time.sleep(0.05)
+
+    def stop(self):
+        self._done.set()
+        self._thread.join()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="/tmp")
@@ -82,16 +102,7 @@ def main():
         pt_checkpoint = None
         for f in files + files:
             step += 100
-            peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
-            done = threading.Event()
-
-            def sample():
-                while not done.is_set():
-                    for k, v in status_kib(sc.proc.pid, *peak).items():
-                        peak[k] = max(peak[k], v)
-                    time.sleep(0.05)
-            t = threading.Thread(target=sample, daemon=True)
-            t.start()
+            peak = PeakRss(sc.proc.pid)
             t0 = time.monotonic()
             fmt = pb.CHECKPOINT_FORMAT_SAFETENSORS if f.endswith(".safetensors") else pb.CHECKPOINT_FORMAT_TORCH_PICKLE
             resp = register(pb.RegisterCheckpointRequest(
@@ -107,8 +118,7 @@ def main():
                                  round(v["verifyBytesPerSecond"] / 1e9, 2)))
                 time.sleep(a.poll)
             wall = time.monotonic() - t0
-            done.set()
-            t.join()
+            peak.stop()
             size = (sum(os.path.getsize(os.path.join(f, n)) for n in os.listdir(f)) if os.path.isdir(f)
                     else os.path.getsize(f))
             rec = {"file": os.path.basename(f), "bytes": size, "state": v["state"], "reason": v["stateReason"],
@@ -125,24 +135,14 @@ def main():
             inspect = unary("InspectCheckpoint", pb.InspectCheckpointRequest, pb.InspectCheckpointResponse)
             out["forensics"] = []
             for names in (["layers.0.weight"], []):
-                peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
                 before = status_kib(sc.proc.pid, "VmRSS", "RssAnon")
                 loaded_before = maps_djl(sc.proc.pid)
-                done = threading.Event()
-
-                def sample_f():
-                    while not done.is_set():
-                        for k, v in status_kib(sc.proc.pid, *peak).items():
-                            peak[k] = max(peak[k], v)
-                        time.sleep(0.05)
-                t = threading.Thread(target=sample_f, daemon=True)
-                t.start()
+                peak = PeakRss(sc.proc.pid)
                 t0 = time.monotonic()
                 r = inspect(pb.InspectCheckpointRequest(run_id="rss", checkpoint_id=pt_checkpoint, tensors=names),
                             timeout=900)
                 wall = time.monotonic() - t0
-                done.set()
-                t.join()
+                peak.stop()
                 rec = {"tensors": len(r.tensors), "bytes": r.bytes_inspected, "wall_s": round(wall, 3),
                        "server_ms": r.elapsed_ms, "gb_per_s": round(r.bytes_inspected / wall / 1e9, 3),
                        "s_per_gb": round(wall / (r.bytes_inspected / 1e9), 3),
