@@ -15,9 +15,10 @@ OVERFLOWS = (0, 1, 2, 3, 4)  # more than max_consecutive_skips (3) in a row
 NAN_STEP = 9
 
 
-def train(sidecar, name, steps=14, guarded=True, wrap=False, overflows=(), nan_steps=()):
+def train(sidecar, name, steps=14, guarded=True, wrap=False, overflows=(), nan_steps=(), call_step=True):
     """A fused-AdamW loop under a GradScaler; an overflow step multiplies one gradient by inf (as a
-    too-high loss scale does in fp16) with the loss and activations finite."""
+    too-high loss scale does in fp16) with the loss and activations finite. ``call_step=False``: the
+    loop never calls guard.step; the wrapper judges each step when GradScaler steps it."""
     torch.manual_seed(0)
     model = MLP()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
@@ -36,7 +37,7 @@ def train(sidecar, name, steps=14, guarded=True, wrap=False, overflows=(), nan_s
             loss = loss + torch.tensor(float("nan"))
         scales.append(scaler.get_scale())
         scaler.scale(loss).backward()
-        if g is not None:
+        if g is not None and call_step:
             g.step(step, loss)
         if g is not None and not wrap:
             g.optimizer_step()
@@ -77,5 +78,15 @@ def test_healthy_steps_match_an_unguarded_grad_scaler_run(sidecar):
     guarded = train(sidecar, "scaler-gate-healthy")
     plain = train(sidecar, "unused", guarded=False)
     assert guarded["counters"]["device_gated_steps"] >= 12
+    for step, (a, b) in enumerate(zip(guarded["weights"], plain["weights"])):
+        assert same(a, b), f"weights differ after step {step}"
+
+
+def test_a_loop_that_leaves_the_step_to_the_wrapper_is_unscaled_once(sidecar):
+    # prevents: GradScaler fixing found_inf/grad_scale on the wrapper before the wrapper's own
+    # guard.step unscaled the gradients (unscaled twice, by a divisor growing every step)
+    guarded = train(sidecar, "scaler-gate-wrapper-only", wrap=True, call_step=False, overflows=(3,))
+    plain = train(sidecar, "unused", guarded=False, overflows=(3,))
+    assert guarded["counters"]["steps"] == 13  # the overflow: GradScaler skipped it without calling step()
     for step, (a, b) in enumerate(zip(guarded["weights"], plain["weights"])):
         assert same(a, b), f"weights differ after step {step}"

@@ -26,9 +26,12 @@ class GuardedOptimizer(torch.optim.Optimizer):
     @property
     def _step_supports_amp_scaling(self):
         """GradScaler.step hands a device-gated wrapper ``found_inf``/``grad_scale`` (no host read)
-        and the wrapper passes them to the fused inner optimizer; otherwise GradScaler takes its
-        plain path (a host read of found_inf, then step())."""
-        return bool(self.guard.device_gate and getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        and the wrapper passes them to the fused inner optimizer. Only once this iteration's
+        ``guard.step`` has run (it unscales and gates): a loop that leaves the step to the wrapper
+        gets GradScaler's plain path (unscale, a host read of found_inf, then step(), which judges
+        the step), since GradScaler would otherwise fix its flags before the guard unscaled."""
+        g = self.guard
+        return bool(g.device_gate and g._pending_update and getattr(self.optimizer, "_step_supports_amp_scaling", False))
 
     def __init__(self, guard, optimizer):  # no super().__init__: all state is the inner optimizer's
         self.__dict__["guard"] = guard
@@ -91,22 +94,29 @@ class GuardedOptimizer(torch.optim.Optimizer):
         if v is not None and not v.should_step:
             apply_.skipped_update(g, v)
             return None
-        self._hand_on_scaler_flags()
-        result = apply_.run_update(g, v, lambda: self.optimizer.step(closure, **kwargs) if closure is not None
-                                   else self.optimizer.step(**kwargs))
+        handed = self._hand_on_scaler_flags()
+        try:
+            result = apply_.run_update(g, v, lambda: self.optimizer.step(closure, **kwargs) if closure is not None
+                                       else self.optimizer.step(**kwargs))
+        finally:
+            if handed:  # GradScaler's flags were for this update only (the gate installs its own each step)
+                self.optimizer.__dict__.pop("found_inf", None)
+                self.optimizer.__dict__.pop("grad_scale", None)
         g.recovery.after_update(v.step if v else None)
         return result
 
     def _hand_on_scaler_flags(self):
         """GradScaler.step set ``found_inf`` (its record, the gate's skip ORed in) and ``grad_scale``
-        on the wrapper: the inner fused optimizer is the one that reads them."""
+        on the wrapper: the inner fused optimizer is the one that reads them. Returns whether it did."""
         mine = self.__dict__
-        if "found_inf" in mine:
-            self.optimizer.found_inf = mine["found_inf"]
-            if mine.get("grad_scale") is not None:
-                self.optimizer.grad_scale = mine["grad_scale"]
-            else:
-                self.optimizer.__dict__.pop("grad_scale", None)
+        if "found_inf" not in mine:
+            return False
+        self.optimizer.found_inf = mine["found_inf"]
+        if mine.get("grad_scale") is not None:
+            self.optimizer.grad_scale = mine["grad_scale"]
+        else:
+            self.optimizer.__dict__.pop("grad_scale", None)
+        return True
 
 
 class GuardedScheduler:
