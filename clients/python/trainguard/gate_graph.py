@@ -53,7 +53,8 @@ class GateGraphs:
     def measure_and_install(self, loss, threshold):
         """(stats, n_groups, module_names), the gate installed for ``threshold``."""
         names, mods = self.meter.take_watch()
-        cap = self._graph_for(loss, len(mods)) if self.enabled else None
+        key = self._key(loss, len(mods))
+        cap = self._graphs.get(key) if key is not None else None
         if cap is not None and self._table.upload():
             self._load(cap, loss, mods, threshold)
             cap.graph.replay()
@@ -63,16 +64,18 @@ class GateGraphs:
         stats, total, ng, names = self.meter.on_device(loss, taken=(names, mods))
         self.gate.install(stats, total, threshold)
         self.counters["eager"] += 1
-        if self.enabled and cap is None:
-            self._capture(loss, len(mods))
+        if key is not None and cap is None:
+            self._capture(key)
         return stats, ng, names
 
-    def _graph_for(self, loss, n_mods):
-        if torch.is_tensor(loss) and loss.device != self.device:
+    def _key(self, loss, n_mods):
+        """What a graph is captured for, (number of module statistics, loss given or not); None when
+        this step cannot use one (graphs off, the loss on another device)."""
+        if not self.enabled or (torch.is_tensor(loss) and loss.device != self.device):
             return None
         if self._table is not None and not self._table.matches(self.optimizer):
-            self._table, self._graphs = None, {}  # parameters were added: build afresh
-        return self._graphs.get((n_mods, torch.is_tensor(loss)))
+            self._table, self._graphs = None, {}  # the optimizer's parameters changed: build afresh
+        return n_mods, torch.is_tensor(loss)
 
     def _load(self, cap, loss, mods, threshold):
         if torch.is_tensor(loss):
@@ -86,12 +89,13 @@ class GateGraphs:
             self._threshold.fill_(value)  # one fill when the policy's threshold changes
             self._threshold_value = value
 
-    def _capture(self, loss, n_mods):
+    def _capture(self, key):
         if len(self._graphs) >= self.KEEP:
             return
         if self._retry_in:  # the gradients could not be addressed lately: the pointer walk would be wasted
             self._retry_in -= 1
             return
+        n_mods = key[0]
         try:
             if self._table is None:
                 self._table = grad_table.GradTable(self.optimizer, self.device)
@@ -129,4 +133,4 @@ class GateGraphs:
                      type(e).__name__, e)
             return
         self.counters["captures"] += 1
-        self._graphs[(n_mods, torch.is_tensor(loss))] = _Captured(graph, in_loss, in_mods, stats)
+        self._graphs[key] = _Captured(graph, in_loss, in_mods, stats)

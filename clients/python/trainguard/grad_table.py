@@ -77,7 +77,8 @@ class GradTable:
 
     def __init__(self, optimizer, device):
         self.device = device
-        self.shape = tuple(len(grp["params"]) for grp in optimizer.param_groups)
+        self.n_groups = len(optimizer.param_groups)
+        self._ids = self._identities(optimizer)
         by_dtype = {}
         for gi, grp in enumerate(optimizer.param_groups):
             for p in grp["params"]:
@@ -86,6 +87,7 @@ class GradTable:
                 by_dtype.setdefault(p.dtype, []).append((p, gi))
         # the table lists the parameters dtype by dtype, so each kernel's slice of it is contiguous
         self.params = [p for rows in by_dtype.values() for p, _ in rows]
+        self._numels = [p.numel() for p in self.params]
         self.runs, start = [], 0
         for dt, rows in by_dtype.items():
             self.runs.append(_DtypeRun(start, [p.numel() for p, _ in rows], [gi for _, gi in rows], device, _ELEM[dt]))
@@ -98,13 +100,14 @@ class GradTable:
         self._turn = 0
         self._last = None
 
-    @property
-    def n_groups(self):
-        return len(self.shape)
-
     def matches(self, optimizer):
-        """Whether the optimizer still has the parameters the table was built for."""
-        return tuple(len(grp["params"]) for grp in optimizer.param_groups) == self.shape
+        """Whether the optimizer still has the very parameters the table was built for (a replaced
+        one would leave its gradient unread)."""
+        return self._identities(optimizer) == self._ids
+
+    @staticmethod
+    def _identities(optimizer):
+        return tuple(id(p) for grp in optimizer.param_groups for p in grp["params"])
 
     def upload(self):
         """Writes this step's gradient addresses into the device tables (stream-ordered, no sync).
@@ -112,13 +115,13 @@ class GradTable:
         measure this step."""
         ptrs = []
         try:
-            for p in self.params:
+            for p, n in zip(self.params, self._numels):
                 g = p.grad
                 if g is None:
                     ptrs.append(0)
-                elif type(g) is torch.Tensor and g.is_contiguous():
+                elif type(g) is torch.Tensor and g.is_contiguous() and g.numel() == n:
                     ptrs.append(g.data_ptr())
-                else:  # a DTensor shard or a strided layout
+                else:  # a DTensor shard, a strided layout, a parameter resized since (p.data = ...)
                     return False
         except RuntimeError:  # sparse gradients
             return False
