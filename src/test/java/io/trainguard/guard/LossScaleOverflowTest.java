@@ -47,6 +47,18 @@ class LossScaleOverflowTest {
     }
 
     @Test
+    void report_periodicScalerOverflow_doesNotCountAgainstKnownGoodCheckpoints() {
+        // prevents: every growth-interval overflow of an fp16 run resetting the healthy streak that
+        // promotes checkpoints to KNOWN_GOOD
+        guard.open(setup("r1", 0, 1, null));
+        guard.report(step("r1", 0, 0, 2.0, 0.5));
+        guard.report(overflow(1, 65536));
+        guard.report(step("r1", 0, 2, 2.0, 0.5));
+        assertEquals(0, checkpoints.unhealthy);
+        assertEquals(2, checkpoints.healthy);
+    }
+
+    @Test
     void report_overflowOnceTheScaleCollapsed_isANonFiniteIncident() {
         guard.open(setup("r1", 0, 1, null));
         for (long s = 0; s < 3; s++) {

@@ -46,10 +46,6 @@ public final class Detectors {
     }
 
     static void nonFinite(StepContext c, List<Finding> out) {
-        if (LossScaleOverflow.of(c.report())) {
-            out.add(Finding.note(Action.SKIP, Double.POSITIVE_INFINITY, LossScaleOverflow.reason(c.report())));
-            return;
-        }
         NonFiniteFinding bad = NonFiniteFinding.of(c.report(), c.watchedModules());
         if (bad != null) {
             out.add(new Finding(bad.kind(), Severity.ERROR, Action.SKIP, Double.POSITIVE_INFINITY, bad.message(),

@@ -33,6 +33,8 @@ final class RankTrack {
             consecutiveSkips = 0;
             healthyStreak++;
         } else if (s.action() == Action.SKIP && !LossScaleOverflow.of(s.lossScale(), s.loss(), s.gradNorm())) {
+            // (a journaled step keeps no module statistics: an overflow with a non-finite activation,
+            // an incident when decided, reads as the scaler's own here; rare, and on the lenient side)
             consecutiveSkips++;
             healthyStreak = 0;
         }

@@ -192,7 +192,7 @@ public final class RunDecider {
             if (state.state() == RunState.DEGRADED && ranks.minHealthyStreak() >= policy.recoverySteps()) {
                 state.moveTo(RunState.HEALTHY, "recovered: " + policy.recoverySteps() + " healthy steps in a row");
             }
-        } else if (o.action != Action.HALT || from != RunState.HALTED) {
+        } else if (!o.scalerOverflow && (o.action != Action.HALT || from != RunState.HALTED)) {
             effect = CheckpointEffect.UNHEALTHY_STEP;
             t.healthyStreak = 0;
         }
@@ -215,9 +215,19 @@ public final class RunDecider {
         double clip = Double.POSITIVE_INFINITY;
         String firstBadModule = "";
         RollbackPlan plan;
+        /** A loss scaler skipped its own overflow: neither a healthy step nor a faulty one. */
+        boolean scalerOverflow;
     }
 
     private void evaluate(StepReport r, RankTrack t, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
+        if (LossScaleOverflow.of(r)) {
+            // the scaler's own skip while it calibrates: no detector learns from it, no incident, and
+            // it neither extends nor ends a skip streak
+            o.action = Action.SKIP;
+            o.scalerOverflow = true;
+            reasons.add(LossScaleOverflow.reason(r));
+            return;
+        }
         StepFold fold = StepFold.of(Detectors.inspect(new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize)));
         o.action = fold.action();
         o.clip = fold.clip();
@@ -230,9 +240,6 @@ public final class RunDecider {
             t.stats.learn(r.loss(), r.lossAbsent(), r.gradNorm());
         }
 
-        if (o.action == Action.SKIP && fold.incidents().isEmpty() && LossScaleOverflow.of(r)) {
-            return; // the scaler's own skip while it calibrates: neither an incident nor a streak, nor the end of one
-        }
         if (o.action == Action.SKIP) {
             t.consecutiveSkips++;
             if (state.state() == RunState.HEALTHY) {
