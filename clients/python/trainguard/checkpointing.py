@@ -90,10 +90,6 @@ def load(guard, path_or_step):
     return side
 
 
-_FORMATS = ((".safetensors", pb.CHECKPOINT_FORMAT_SAFETENSORS), (".npz", pb.CHECKPOINT_FORMAT_NPZ),
-            (".npy", pb.CHECKPOINT_FORMAT_NPY))
-
-
 def files_of(path_or_dir_or_files):
     """The regular files a checkpoint consists of: a file, every file under a directory, or a list."""
     if isinstance(path_or_dir_or_files, (list, tuple)):
@@ -104,46 +100,9 @@ def files_of(path_or_dir_or_files):
     return [p]
 
 
-def format_of(files):
-    """One format per registration: safetensors when any file is, else by extension; anything
-    else (torch.save, Lightning .ckpt, DCP shards) is a torch pickle the sidecar reports as
-    unverifiable."""
-    for ext, fmt in _FORMATS:
-        chosen = [f for f in files if f.endswith(ext)]
-        if chosen:
-            return fmt, chosen
-    return pb.CHECKPOINT_FORMAT_TORCH_PICKLE, files
-
-
-def register_saved(guard, path_or_dir_or_files, step, data_position=0):
-    """Registers a checkpoint other code wrote (see Guard.checkpoint_saved) and records it, so that
-    a ROLLBACK can name it. Rank 0 registers; every rank records."""
-    files = files_of(path_or_dir_or_files)
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing or not files:
-        raise TrainguardError(f"checkpoint_saved(step={step}): no such file(s): {missing or path_or_dir_or_files}")
-    fmt, chosen = format_of(files)
-    where = os.path.abspath(str(path_or_dir_or_files)) if not isinstance(path_or_dir_or_files, (list, tuple)) else files[0]
-    entry = {"dir": where, "files": files, "checkpoint_id": "", "data_position": int(data_position)}
-    guard.checkpoints[int(step)] = entry
-    if guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1:
-        return None
-    c = register(guard, step, [pb.CheckpointFile(path=f, size_bytes=os.path.getsize(f)) for f in chosen], fmt,
-                 data_position)
-    if c is None:
-        return None
-    entry["checkpoint_id"] = c.checkpoint_id
-    return as_dict(c)
-
-
 def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
     """Guard.checkpoint_saved: records a checkpoint other code wrote and registers it."""
-    try:
-        from . import checkpoints as formats
-    except ImportError:
-        formats = None
-    if formats is None or not hasattr(formats, "register_saved"):
-        return register_saved(guard, path_or_dir_or_files, step, data_position)
+    from . import checkpoints as formats  # imports torch.distributed.checkpoint helpers: only when used
     # Every rank records the entry (a ROLLBACK may name it); rank 0 registers; an unreachable
     # sidecar is the failure mode's business, like every other call.
     files = formats._paths(path_or_dir_or_files)  # raises when a path does not exist
