@@ -35,51 +35,47 @@ class StepMeter:
         return [g["params"] for g in self.optimizer.param_groups]
 
     def read(self, loss):
-        """One packed float32 tensor: [loss, grad_norm, loss scale, group norms..., module stats...]."""
-        total, per_group = grad_norms(self._groups(), self.device)
-        if torch.is_tensor(loss):
-            lt = loss.detach().float().reshape(()).to(self.device)
-        else:
-            lt = torch.tensor(0.0 if loss is None else float(loss), device=self.device)  # absent: judged on grads
+        """The step's statistics with one device->host transfer: the packed vector (``pack``) with
+        the loss scale at its end."""
+        names, mods = self.take_watch()
+        stats, _, ng = self.pack(self._loss1(loss), torch.stack(mods) if mods else None, tail=self._scale())
+        vals = stats.tolist()  # the step's only device->host transfer
+        return Measurement(vals[0], vals[1], vals[2:2 + ng], names, vals[2 + ng:-1], vals[-1])
+
+    def _scale(self):
         if self.scaler is not None and self.scaler.is_enabled():
             # the scale tensor itself: get_scale() would be a second device read per step
-            scale = self.scaler._get_scale_async().detach().float().reshape(1).to(self.device)
-        else:
-            if self._no_scale is None:  # made once: a fresh zeros() would be a kernel every step
-                self._no_scale = torch.zeros(1, device=self.device)
-            scale = self._no_scale
-        parts = [lt.reshape(1), total.reshape(1), scale] + [g.reshape(1) for g in per_group]
-        names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
-        parts += [m.reshape(1) for m in mods]
-        vals = torch.cat(parts).tolist()  # the step's only device->host transfer
-        ng = len(per_group)
-        return Measurement(vals[0], vals[1], vals[3:3 + ng], names, vals[3 + ng:], vals[2])
+            return self.scaler._get_scale_async().detach().float().reshape(1).to(self.device)
+        if self._no_scale is None:  # made once: a fresh zeros() would be a kernel every step
+            self._no_scale = torch.zeros(1, device=self.device)
+        return self._no_scale
+
+    def _loss1(self, loss):
+        """The loss as a 1-element tensor on the device; absent (None): 0, the step is judged on its grads."""
+        if torch.is_tensor(loss):
+            lt = loss.detach().reshape(1)
+            return lt if lt.device == self.device else lt.to(self.device)
+        return torch.full((1,), 0.0 if loss is None else float(loss), device=self.device)
 
     def on_device(self, loss, taken=None):
         """(stats, total, n_groups, module_names): stats = [loss, grad_norm, group norms..., module
         stats...] as one float32 device tensor, nothing read. ``taken``: the watch's (names, stats)
         when the caller already took them (``take_watch``)."""
         names, mods = taken if taken is not None else self.take_watch()
-        if torch.is_tensor(loss):
-            lt = loss.detach().reshape(1)
-            if lt.device != self.device:
-                lt = lt.to(self.device)
-        else:
-            lt = torch.full((1,), 0.0 if loss is None else float(loss), device=self.device)  # absent: grads only
-        stats, total, ng = self.pack(lt, torch.stack(mods) if mods else None)
+        stats, total, ng = self.pack(self._loss1(loss), torch.stack(mods) if mods else None)
         return stats, total, ng, names
 
     def take_watch(self):
         """This step's module calls: (names, 0-d float32 statistics), and the watch starts afresh."""
         return self.watch.take_list(self.device) if self.watch else ([], [])
 
-    def pack(self, loss1, mods):
-        """(stats, total, n_groups) from the gradients, a 1-element loss and the stacked module
-        statistics (or None): few launches and little Python per step (``gate_graph`` captures it)."""
+    def pack(self, loss1, mods, tail=None):
+        """(stats, total, n_groups): [loss, grad norm, group norms..., module statistics..., tail...]
+        from the gradients, a 1-element loss, the stacked module statistics (or None) and an optional
+        tail: few launches and little Python per step (``gate_graph`` captures it)."""
         total, per_group = grad_norms(self._groups(), self.device)
         parts = [loss1 if loss1.dtype == torch.float32 else loss1.float(), total.reshape(1), torch.stack(per_group)]
-        if mods is not None:
-            parts.append(mods)
+        parts += [t for t in (mods, tail) if t is not None]
         return torch.cat(parts), total, len(per_group)
 
 

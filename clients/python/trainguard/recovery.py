@@ -117,8 +117,11 @@ class Recovery:
         return f
 
     def _capture_rng(self):
+        """The RNG state after this step, for a replay of the next one; None when nothing replays."""
         if self.replay_policy.mode != "off" and self._replay_offered:
             self._rng = capture_rng()
+            return self._rng
+        return None
 
     def step_rng(self):
         """The RNG state the current step began with (None when replay is off)."""
@@ -220,12 +223,12 @@ class Recovery:
         if self.ring is not None and step is not None and not self._prepared:
             self._prepared = True  # the optimizer state exists now: size every slot's buffers once
             self.store.prepare()
+        rng = self._capture_rng()  # first: a snapshot taken now reuses it rather than capturing again
         if self.ring is not None and step is not None:
             self._register_ready()
             self._confirm(self.ring.on_healthy(step))
             if self.ring.due():
-                self._take(step)
-        self._capture_rng()
+                self._take(step, rng=rng)
 
     def after_no_update(self, step):
         """The step was skipped (or rolled back, or halted)."""
@@ -236,13 +239,13 @@ class Recovery:
             self.ring.on_unhealthy(step)
         self._capture_rng()
 
-    def _take(self, step, position=None, wait=False):
+    def _take(self, step, position=None, wait=False, rng=None):
         victim = self.ring.victim()
         if victim is None:
             return
         if position is None:
             position = self._position if self._position is not None else step + 1
-        s = self.store.take(victim, step, position, self.lr.scale)
+        s = self.store.take(victim, step, position, self.lr.scale, rng=rng)
         if s is None:
             if not self._warned_big:
                 self._warned_big = True
