@@ -48,11 +48,11 @@ class Recovery:
         self.store = (SnapshotStore(guard.model, guard.optimizer, guard.scheduler, guard.scaler, snap_policy, guard.device)
                       if snap_policy is not None else None)
         kg = guard.policy_overrides.get("known_good_healthy_steps", 50)
-        self.ring = SnapshotRing(self.store, kg) if self.store is not None else None
-        if self.ring is not None and getattr(guard, "world_size", 1) > 1:
-            # Every rank must snapshot at the same steps (rank 0 registers the slot for all): the
-            # step interval is the same on every rank, a measured cost is not.
-            self.ring.pace.max_overhead = 0.0
+        # Several ranks must snapshot at the same steps (rank 0 registers the slot for all): the step
+        # interval is the same on every rank, a measured cost is not, so they are not paced by it.
+        paced = getattr(guard, "world_size", 1) == 1
+        self.ring = (SnapshotRing(self.store, kg, self.store.policy.max_overhead if paced else 0.0)
+                     if self.store is not None else None)
         self.lr = LrCuts(guard.optimizer, guard.scheduler, _policy(lr, LrPolicy, LrPolicy()))
         rp = _policy(replay, ReplayPolicy, ReplayPolicy())
         self.replay_policy = rp if rp is not None else ReplayPolicy(mode="off")

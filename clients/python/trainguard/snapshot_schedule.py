@@ -16,11 +16,11 @@ class SnapshotRing:
     step discards every snapshot that had not yet earned its healthy steps (the sidecar rejects
     those too). ``KNOWN_GOOD`` here means the sidecar confirmed it (see recovery.Recovery)."""
 
-    def __init__(self, store, known_good_steps):
+    def __init__(self, store, known_good_steps, max_overhead=None):
         self.store = store
         self.known_good_steps = int(known_good_steps)
         self._healthy_since_take = 0
-        self.pace = SnapshotPace(store.policy.max_overhead)
+        self.pace = SnapshotPace(store.policy.max_overhead if max_overhead is None else max_overhead)
 
     @property
     def slots(self):
@@ -106,6 +106,8 @@ class SnapshotPace:
         self._trained = 0.0   # training-step seconds since the last snapshot
 
     def on_step(self):
+        if self.max_overhead <= 0:  # not paced: nothing to time
+            return
         now = time.perf_counter()
         dt, self._last = (None if self._last is None else now - self._last), now
         if dt is None:
