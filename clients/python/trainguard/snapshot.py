@@ -64,13 +64,14 @@ def _walk(obj, tensors):
     return obj
 
 
-def _fill(obj, host):
+def _fill(obj, at):
+    """``obj`` with every _Ref replaced by ``at(ref.i)``: only the tensors it refers to are fetched."""
     if isinstance(obj, _Ref):
-        return host[obj.i]
+        return at(obj.i)
     if isinstance(obj, dict):
-        return {k: _fill(v, host) for k, v in obj.items()}
+        return {k: _fill(v, at) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        out = [_fill(v, host) for v in obj]
+        out = [_fill(v, at) for v in obj]
         return out if isinstance(obj, list) else tuple(out)
     return obj
 
@@ -302,7 +303,8 @@ class SnapshotStore:
         if s.state not in (PENDING, KNOWN_GOOD):
             raise ValueError(f"snapshot slot {s.slot} holds no complete state (state {s.state})")
         remap, skeleton, rng_state = s.skeleton
-        host = [s.host[i] for i in remap]
+        def host(j):
+            return s.host[remap[j]]
         model_sd = _fill(skeleton["model"], host)
         with torch.no_grad():
             live = self.model.state_dict()
@@ -312,7 +314,7 @@ class SnapshotStore:
         # Fresh optimizer state (copies on the parameters' devices, DTensors again where they were):
         # the snapshot's own buffers stay intact for a later rollback.
         specs = skeleton["specs"]
-        self.optimizer.load_state_dict(_fill(skeleton["optimizer"], [_rebuild(s.host[i], specs[i]) for i in remap]))
+        self.optimizer.load_state_dict(_fill(skeleton["optimizer"], lambda j: _rebuild(host(j), specs[remap[j]])))
         if self.scheduler is not None and skeleton["scheduler"] is not None:
             self.scheduler.load_state_dict(_fill(skeleton["scheduler"], host))
         if self.scaler is not None and skeleton["scaler"] is not None:
