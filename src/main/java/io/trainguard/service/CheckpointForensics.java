@@ -44,6 +44,10 @@ public final class CheckpointForensics {
     /** The incident it was journaled as, offenders first, and what it cost. */
     public record Result(long incidentId, String checkpointId, List<CheckpointTensorSummary> tensors, long bytes,
             long nanos) {
+        /** What both the RPC and the REST view report. */
+        public long elapsedMs() {
+            return nanos / 1_000_000;
+        }
     }
 
     /** @param maxBytes tensor bytes one request may inspect (trainguard.tensor.forensics-max-bytes) */
