@@ -33,8 +33,6 @@ public final class CheckpointRegistry {
     private final Map<String, CheckpointRecord> byId = new LinkedHashMap<>();
     private final Map<String, Integer> healthyStepsRequired = new ConcurrentHashMap<>();
     private final Map<String, CheckpointRecord> newestKnownGood = new ConcurrentHashMap<>();
-    /** Runs with at least one decided step since this sidecar started (guarded by this). */
-    private final java.util.Set<String> decidedRuns = new java.util.HashSet<>();
 
     /**
      * @param healthyStepsRequired trainguard.checkpoint.known-good-healthy-steps; a run's Policy may
@@ -104,10 +102,13 @@ public final class CheckpointRegistry {
      * against the roots now: a refused path throws {@link PathRefusedException} and nothing is
      * recorded. Registering the same run, step and files again returns the existing record.
      *
+     * @param runHasDecidedSteps whether the engine has decided any step of the run, as the run's
+     *                           journaled state says (so a sidecar restart does not forget it); only
+     *                           a MEMORY snapshot of a run with none is the state it starts from
      * @throws VerificationQueueFullException when too many verifications are pending
      */
     public synchronized CheckpointRecord register(String runId, long step, CheckpointFormat format,
-            List<CheckpointFileSpec> files, long dataPosition) {
+            List<CheckpointFileSpec> files, long dataPosition, boolean runHasDecidedSteps) {
         if (files == null || files.isEmpty()) {
             throw new IllegalArgumentException("a checkpoint needs at least one file");
         }
@@ -137,10 +138,12 @@ public final class CheckpointRegistry {
             // From here on it is promoted (or rejected) by the same healthy-step rule as files.
             r = save(r.moveTo(CheckpointState.VERIFYING, "", now).moveTo(CheckpointState.VERIFIED,
                     "in-memory snapshot, checked finite by the trainer", now));
-            if (!decidedRuns.contains(runId)) {
+            if (!runHasDecidedSteps) {
                 // The state the trainer starts from, registered before any step of the run was decided:
                 // no update has been applied to it, so no fault can hide in it. Waiting for healthy steps
                 // would leave a run that diverges at step 1 or 2 nothing to roll back to (issue 16).
+                // The caller asks the run, not this registry: after a sidecar restart a run at step
+                // 5000 has decided steps although this process has counted none.
                 return save(r.moveTo(CheckpointState.KNOWN_GOOD,
                         "the state the run started from: no update applied yet", now));
             }
@@ -210,7 +213,6 @@ public final class CheckpointRegistry {
      * with the step itself. No I/O; healthy-step counts alone are journaled on promotion only.
      */
     public synchronized List<CheckpointRecord> countStep(String runId, long step, boolean healthy) {
-        decidedRuns.add(runId);
         List<CheckpointRecord> changed = null;
         Instant now = null;
         // No copy of the map: only values of existing keys are replaced, which does not disturb the

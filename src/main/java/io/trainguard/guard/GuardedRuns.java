@@ -216,12 +216,8 @@ public final class GuardedRuns {
         if (audit == null || !audit.anyChange()) {
             return List.of();
         }
-        String msg = ValidationMutations.message(step, audit);
-        Incident incident = g.incidentAt(rank, step, IncidentKind.VALIDATION_MUTATION,
-                audit.restored() ? Severity.ERROR : Severity.CRITICAL, msg, clock.instant());
-        durable.write(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
-        events.incident(incident);
-        return List.of(incident.id());
+        return List.of(recordIncident(runId, rank, step, IncidentKind.VALIDATION_MUTATION,
+                audit.restored() ? Severity.ERROR : Severity.CRITICAL, ValidationMutations.message(step, audit)).id());
     }
 
     public RunState heartbeat(String runId, int rank, long step, Phase phase) {
@@ -238,10 +234,8 @@ public final class GuardedRuns {
         Policy next = g.policy().toBuilder().let(overrides);
         String diff = g.changePolicy(next);
         checkpoints.configure(runId, next.knownGoodHealthySteps());
-        Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.POLICY_CHANGED, Severity.INFO,
-                "policy changed" + (reason == null || reason.isBlank() ? "" : " (" + reason + ")") + ": " + diff, clock.instant());
-        durable.write(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
-        events.incident(incident);
+        recordIncident(runId, 0, g.lastStep(), IncidentKind.POLICY_CHANGED, Severity.INFO,
+                "policy changed" + (reason == null || reason.isBlank() ? "" : " (" + reason + ")") + ": " + diff);
         return next;
     }
 
@@ -249,6 +243,7 @@ public final class GuardedRuns {
         RunDecider g = run(runId);
         RunState from = g.state();
         g.resume(reason == null ? "" : reason);
+        // Not recordIncident: observers hear of a resume as the state change, not as an incident.
         Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.RESUMED, Severity.WARNING,
                 "halted run resumed by an operator: " + reason, clock.instant());
         durable.write(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
@@ -267,7 +262,10 @@ public final class GuardedRuns {
         return g.snapshot();
     }
 
-    /** An incident reported from outside the step path (e.g. a rejected checkpoint, tensor forensics). */
+    /**
+     * An incident from outside the step path (e.g. a validation mutation, a policy change, tensor
+     * forensics): journaled with the run's snapshot before it is announced.
+     */
     public Incident recordIncident(String runId, int rank, long step, IncidentKind kind, Severity severity, String message) {
         RunDecider g = run(runId);
         Incident incident = g.incidentAt(rank, step, kind, severity, message, clock.instant());

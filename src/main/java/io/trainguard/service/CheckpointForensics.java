@@ -39,11 +39,19 @@ public final class CheckpointForensics {
     private final PathPolicy paths;
     private final DjlForensics djl;
     private final long maxBytes;
+    /**
+     * The one lock of a forensics request: a second request is refused, not queued, and it is also
+     * what keeps {@link DjlForensics} (shared chunk buffers, no lock of its own) to one tensor at a time.
+     */
     private final ReentrantLock oneAtATime = new ReentrantLock();
 
     /** The incident it was journaled as, offenders first, and what it cost. */
     public record Result(long incidentId, String checkpointId, List<CheckpointTensorSummary> tensors, long bytes,
             long nanos) {
+        /** What both the RPC and the REST view report. */
+        public long elapsedMs() {
+            return nanos / 1_000_000;
+        }
     }
 
     /** @param maxBytes tensor bytes one request may inspect (trainguard.tensor.forensics-max-bytes) */

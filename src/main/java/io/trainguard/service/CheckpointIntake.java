@@ -19,8 +19,10 @@ public final class CheckpointIntake {
 
     public CheckpointStatus register(String runId, long step, CheckpointFormat format, List<CheckpointFileSpec> files,
                                      long dataPosition) {
-        guard.run(runId); // NOT_FOUND for an unknown run, before any file is looked at
-        CheckpointRecord record = checkpoints.register(runId, step, format, files, dataPosition);
+        // NOT_FOUND for an unknown run, before any file is looked at. Its last step is journaled, so
+        // "no step decided yet" holds across a sidecar restart (a start-state snapshot is known-good at once).
+        boolean decided = guard.run(runId).lastStep() >= 0;
+        CheckpointRecord record = checkpoints.register(runId, step, format, files, dataPosition, decided);
         return new CheckpointStatus(record, checkpoints.progress(record.id()));
     }
 }

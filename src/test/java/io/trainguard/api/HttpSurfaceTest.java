@@ -76,6 +76,19 @@ class HttpSurfaceTest extends SidecarTestSupport {
     }
 
     @Test
+    void rest_forensicsOfUnknownCheckpoint_is404WithErrorBody() {
+        // prevents: an unknown checkpoint answered as a 500 once the resource stopped mapping it itself
+        String run = Sidecar.newRunId("forensics404");
+        sidecar.open(run, 0, 1);
+        given().contentType(ContentType.JSON).body("{}").post("/api/runs/" + run + "/checkpoints/ckpt-nope/forensics")
+                .then().statusCode(404).contentType(ContentType.JSON)
+                .body("error", equalTo("CheckpointNotFound"))
+                .body("message", containsString("ckpt-nope"));
+        given().contentType(ContentType.JSON).body("{}").post("/api/runs/nope-" + run + "/checkpoints/ckpt-nope/forensics")
+                .then().statusCode(404).body("error", equalTo("RunNotFound"));
+    }
+
+    @Test
     void metrics_afterVerdicts_exposeCountersGaugesAndLatencyHistogram() {
         String run = Sidecar.newRunId("metrics");
         sidecar.open(run, 0, 1);

@@ -119,7 +119,7 @@ class CheckpointRegistryTest {
         // prevents: recording (and later reading) a file outside the checkpoint roots
         CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 2);
         assertThrows(PathRefusedException.class, () -> reg.register("run", 10, CheckpointFormat.SAFETENSORS,
-                List.of(new CheckpointFileSpec("/etc/hostname", null, 0)), 0));
+                List.of(new CheckpointFileSpec("/etc/hostname", null, 0)), 0, false));
         assertEquals(0, reg.list("run").size());
     }
 
@@ -128,7 +128,7 @@ class CheckpointRegistryTest {
         // prevents: rollback to a checkpoint that has not proven itself with N healthy steps
         CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 3);
         CheckpointRecord c = reg.register("run", 100, CheckpointFormat.SAFETENSORS,
-                file("c.safetensors", new SafetensorsWriter().f32("w", 1)), 5000);
+                file("c.safetensors", new SafetensorsWriter().f32("w", 1)), 5000, false);
         assertEquals(CheckpointState.VERIFIED, awaitSettled(reg, c.id()).state());
         reg.onHealthyStep("run", 99);  // before the checkpoint: does not count
         reg.onHealthyStep("run", 101);
@@ -150,10 +150,10 @@ class CheckpointRegistryTest {
         // prevents: an in-memory snapshot skipping the known-good rule, or losing to an older file
         CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 2);
         CheckpointRecord file = reg.register("run", 10, CheckpointFormat.SAFETENSORS,
-                file("f.safetensors", new SafetensorsWriter().f32("w", 1)), 11);
+                file("f.safetensors", new SafetensorsWriter().f32("w", 1)), 11, false);
         awaitSettled(reg, file.id());
         reg.onHealthyStep("run", 11);
-        CheckpointRecord mem = reg.register("run", 12, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 13);
+        CheckpointRecord mem = reg.register("run", 12, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 13, true);
         assertEquals(CheckpointState.VERIFIED, mem.state());
         reg.onHealthyStep("run", 12);
         assertEquals(file.id(), reg.newestKnownGood("run").orElseThrow().id());
@@ -168,13 +168,13 @@ class CheckpointRegistryTest {
     void register_memorySlotAgain_evictsPreviousSnapshotOfSlotAndOfGoneProcess() {
         // prevents: a rollback to a snapshot the trainer has overwritten, or one held by a dead process
         CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 0);
-        CheckpointRecord a = reg.register("run", 5, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 6);
-        CheckpointRecord b = reg.register("run", 9, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot1"), 10);
+        CheckpointRecord a = reg.register("run", 5, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 6, false);
+        CheckpointRecord b = reg.register("run", 9, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot1"), 10, false);
         assertEquals(CheckpointState.KNOWN_GOOD, reg.get(a.id()).state());
-        reg.register("run", 13, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 14);
+        reg.register("run", 13, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 14, false);
         assertEquals(CheckpointState.EVICTED, reg.get(a.id()).state());
         assertEquals(CheckpointState.KNOWN_GOOD, reg.get(b.id()).state());
-        CheckpointRecord c = reg.register("run", 3, CheckpointFormat.MEMORY, slot("memory://p2/rank0/slot0"), 4);
+        CheckpointRecord c = reg.register("run", 3, CheckpointFormat.MEMORY, slot("memory://p2/rank0/slot0"), 4, false);
         assertEquals(CheckpointState.EVICTED, reg.get(b.id()).state());
         assertEquals(c.id(), reg.newestKnownGood("run").orElseThrow().id());
     }
@@ -184,7 +184,7 @@ class CheckpointRegistryTest {
         // prevents: a memory checkpoint whose holder and slot cannot be told apart (never evicted)
         CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 0);
         var e = assertThrows(IllegalArgumentException.class,
-                () -> reg.register("run", 1, CheckpointFormat.MEMORY, slot("/tmp/x"), 0));
+                () -> reg.register("run", 1, CheckpointFormat.MEMORY, slot("/tmp/x"), 0, false));
         assertTrue(e.getMessage().contains("memory://"), e.getMessage());
         assertTrue(reg.list("run").isEmpty());
     }
@@ -194,7 +194,7 @@ class CheckpointRegistryTest {
         // prevents: promoting a checkpoint that was followed by NaN before it proved itself
         CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 2);
         CheckpointRecord c = reg.register("run", 100, CheckpointFormat.SAFETENSORS,
-                file("u.safetensors", new SafetensorsWriter().f32("w", 1)), 0);
+                file("u.safetensors", new SafetensorsWriter().f32("w", 1)), 0, false);
         awaitSettled(reg, c.id());
         reg.onHealthyStep("run", 101);
         reg.onUnhealthyStep("run", 102);
@@ -214,9 +214,9 @@ class CheckpointRegistryTest {
         JdbcCheckpointStore store = new JdbcCheckpointStore(SqlConnections.fromDataSource(ds));
         CheckpointRegistry reg = registry(store, 1);
         CheckpointRecord good = reg.register("run", 10, CheckpointFormat.SAFETENSORS,
-                file("g.safetensors", new SafetensorsWriter().f32("w", 1, 2)), 77);
+                file("g.safetensors", new SafetensorsWriter().f32("w", 1, 2)), 77, false);
         CheckpointRecord bad = reg.register("run", 20, CheckpointFormat.SAFETENSORS,
-                file("b.safetensors", new SafetensorsWriter().f32("w", Float.NaN)), 0);
+                file("b.safetensors", new SafetensorsWriter().f32("w", Float.NaN)), 0, false);
         awaitSettled(reg, good.id());
         awaitSettled(reg, bad.id());
         reg.onHealthyStep("run", 11);
@@ -237,7 +237,7 @@ class CheckpointRegistryTest {
         CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 1);
         Path p = Files.write(root.resolve("model.bin"), new byte[] {(byte) 0x80, 0x02});
         CheckpointRecord r = reg.register("run", 5, CheckpointFormat.TORCH_PICKLE,
-                List.of(new CheckpointFileSpec(p.toString(), null, 0)), 0);
+                List.of(new CheckpointFileSpec(p.toString(), null, 0)), 0, false);
         assertEquals(CheckpointState.UNVERIFIABLE, awaitSettled(reg, r.id()).state());
     }
 }

@@ -293,4 +293,40 @@ class GuardedRunsTest {
         assertEquals(IncidentKind.CROSS_RANK_MISMATCH, i.kind());
         assertTrue(i.message().endsWith("2 of 3 reported ranks agree; suspect silent data corruption on rank 2"), i.message());
     }
+
+    @Test
+    void endValidationAndUpdatePolicy_incidentsJournaledWithRunAndAnnounced() {
+        // prevents: an out-of-step-path incident that is announced but not journaled (or the reverse)
+        List<Incident> heard = new java.util.ArrayList<>();
+        GuardedRuns g = new GuardedRuns(journal, checkpoints, new GuardEvents() {
+            @Override
+            public void stepDecided(StepReport report, Verdict verdict, long decisionNanos) {
+            }
+
+            @Override
+            public void incident(Incident incident) {
+                heard.add(incident);
+            }
+
+            @Override
+            public void stateChanged(String runId, RunState from, RunState to, String reason) {
+            }
+        }, Fixtures.defaults(), java.time.Clock.systemUTC(), Fixtures.NANOS::get, java.time.Duration.ofSeconds(1));
+        g.open(setup("r5", 0, 1, null));
+        int before = journal.incidents.size();
+        var audit = new io.trainguard.guard.model.ValidationAudit(false, false, true, false, List.of("head swapped"), true);
+        List<Long> ids = g.endValidation("r5", 0, 5, audit);
+        Incident mutation = journal.incidents.get(before);
+        assertEquals(List.of(mutation.id()), ids);
+        assertEquals(IncidentKind.VALIDATION_MUTATION, mutation.kind());
+        assertEquals(io.trainguard.guard.model.Severity.ERROR, mutation.severity(), "restored: ERROR, not CRITICAL");
+        assertEquals(5, mutation.step());
+        assertEquals(List.of(), g.endValidation("r5", 0, 6, null), "no audit: no incident");
+
+        g.updatePolicy("r5", b -> b, "on-call");
+        Incident policy = journal.incidents.get(journal.incidents.size() - 1);
+        assertEquals(IncidentKind.POLICY_CHANGED, policy.kind());
+        assertTrue(policy.message().startsWith("policy changed (on-call): "), policy.message());
+        assertEquals(List.of(mutation, policy), heard);
+    }
 }

@@ -263,7 +263,7 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
             var result = checkpointForensics.inspect(request.getRunId(), request.getCheckpointId(),
                     request.getTensorsList());
             var b = InspectCheckpointResponse.newBuilder().setIncidentId(result.incidentId())
-                    .setBytesInspected(result.bytes()).setElapsedMs(result.nanos() / 1_000_000);
+                    .setBytesInspected(result.bytes()).setElapsedMs(result.elapsedMs());
             result.tensors().forEach(t -> b.addTensors(CheckpointMapper.checkpointTensor(t)));
             return b.build();
         });

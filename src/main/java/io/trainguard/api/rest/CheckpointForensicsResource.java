@@ -1,17 +1,14 @@
 package io.trainguard.api.rest;
 
-import io.trainguard.checkpoint.CheckpointNotFoundException;
 import io.trainguard.service.CheckpointForensics;
 import io.trainguard.tensor.inspect.CheckpointTensorSummary;
 import io.smallrye.common.annotation.Blocking;
 import jakarta.ws.rs.Consumes;
-import jakarta.ws.rs.NotFoundException;
 import jakarta.ws.rs.POST;
 import jakarta.ws.rs.Path;
 import jakarta.ws.rs.PathParam;
 import jakarta.ws.rs.Produces;
 import jakarta.ws.rs.core.MediaType;
-import jakarta.ws.rs.core.Response;
 import java.util.List;
 
 /**
@@ -39,13 +36,8 @@ public class CheckpointForensicsResource {
     @Blocking
     public ForensicsView inspect(@PathParam("runId") String runId, @PathParam("checkpointId") String checkpointId,
             ForensicsRequest request) {
-        try {
-            var r = forensics.inspect(runId, checkpointId,
-                    request == null || request.tensors() == null ? List.of() : request.tensors());
-            return new ForensicsView(r.incidentId(), r.checkpointId(), r.bytes(), r.nanos() / 1_000_000, r.tensors());
-        } catch (CheckpointNotFoundException e) {
-            throw new NotFoundException(Response.status(404).type(MediaType.APPLICATION_JSON)
-                    .entity(new GuardExceptionMapper.ErrorBody("CheckpointNotFound", e.getMessage())).build());
-        }
+        var r = forensics.inspect(runId, checkpointId,
+                request == null || request.tensors() == null ? List.of() : request.tensors());
+        return new ForensicsView(r.incidentId(), r.checkpointId(), r.bytes(), r.elapsedMs(), r.tensors());
     }
 }

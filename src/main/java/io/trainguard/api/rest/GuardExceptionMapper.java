@@ -1,5 +1,6 @@
 package io.trainguard.api.rest;
 
+import io.trainguard.checkpoint.CheckpointNotFoundException;
 import io.trainguard.guard.GuardException;
 import io.trainguard.guard.InvalidRequestException;
 import io.trainguard.guard.JournalUnavailableException;
@@ -28,6 +29,23 @@ public class GuardExceptionMapper implements ExceptionMapper<GuardException> {
         } else {
             status = 409;
         }
+        return error(status, e);
+    }
+
+    /**
+     * The checkpoint exceptions are not GuardExceptions (the registry is no part of the decision
+     * engine), and one class maps one exception type: their mappers sit here so the statuses stay in
+     * one place.
+     */
+    @Provider
+    public static class CheckpointNotFound implements ExceptionMapper<CheckpointNotFoundException> {
+        @Override
+        public Response toResponse(CheckpointNotFoundException e) {
+            return error(404, e);
+        }
+    }
+
+    private static Response error(int status, RuntimeException e) {
         return Response.status(status).type(MediaType.APPLICATION_JSON)
                 .entity(new ErrorBody(e.getClass().getSimpleName().replace("Exception", ""), e.getMessage())).build();
     }

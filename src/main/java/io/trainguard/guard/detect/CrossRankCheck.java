@@ -66,23 +66,32 @@ public final class CrossRankCheck {
         return Math.abs(a - b) <= rtol * Math.max(Math.abs(a), Math.abs(b));
     }
 
-    /** Runs only on a mismatch: which ranks stand outside the one largest group of agreeing norms. */
+    /**
+     * Runs only on a mismatch: which ranks stand outside the one largest group of agreeing norms.
+     * Once one rank is corrupted every later report of the step mismatches, so this runs up to once
+     * per rank under the run's lock: it sorts the reported norms once (O(n log n)) rather than
+     * comparing every pair (O(n^2), O(n^3) for the step).
+     */
     private static Mismatch attribute(double[] seen, int rank, int reference, double rtol) {
+        double[] sorted = new double[seen.length];
         int reported = 0;
+        for (double v : seen) {
+            if (!Double.isNaN(v)) {
+                sorted[reported++] = v;
+            }
+        }
+        sorted = Arrays.copyOf(sorted, reported);
+        Arrays.sort(sorted);
+        int[] agreeing = agreeingCounts(sorted, rtol);
         int best = -1;
         int bestCount = 0;
         boolean tie = false;
-        for (int i = 0; i < seen.length; i++) {
+        for (int i = 0; i < seen.length; i++) { // rank order, so the first rank of the largest group leads it
             if (Double.isNaN(seen[i])) {
                 continue;
             }
-            reported++;
-            int count = 0;
-            for (double v : seen) {
-                if (!Double.isNaN(v) && agree(seen[i], v, rtol)) {
-                    count++;
-                }
-            }
+            // how many agree depends on the value alone, so any equal value's position will do
+            int count = agreeing[Arrays.binarySearch(sorted, seen[i])];
             if (count > bestCount) {
                 best = i;
                 bestCount = count;
@@ -101,5 +110,27 @@ public final class CrossRankCheck {
         }
         return new Mismatch(rank, seen[rank], reference, seen[reference], List.copyOf(suspects),
                 suspects.isEmpty() ? 0 : bestCount, reported);
+    }
+
+    /**
+     * For each sorted norm, how many norms agree with it (itself included). With 0 < rtol <= 1 the
+     * norms agreeing with a value form one contiguous run of the sorted array, and both ends of the
+     * run only move right as the value grows, so one sliding window counts them all in O(n).
+     */
+    private static int[] agreeingCounts(double[] sorted, double rtol) {
+        int[] counts = new int[sorted.length];
+        int lo = 0;
+        int hi = 0;
+        for (int k = 0; k < sorted.length; k++) {
+            while (!agree(sorted[lo], sorted[k], rtol)) {
+                lo++;
+            }
+            hi = Math.max(hi, k);
+            while (hi + 1 < sorted.length && agree(sorted[hi + 1], sorted[k], rtol)) {
+                hi++;
+            }
+            counts[k] = hi - lo + 1;
+        }
+        return counts;
     }
 }

@@ -47,8 +47,12 @@ public final class DjlForensics {
         this.chunkElements = chunkElements;
     }
 
-    /** One tensor at a time per instance (the chunk buffers are shared). */
-    public synchronized CheckpointTensorSummary inspect(String file, TensorBytes t) throws IOException {
+    /**
+     * Not thread-safe: one tensor at a time per instance, since the chunk buffers are shared. No lock
+     * of its own: its one caller, CheckpointForensics, already runs one request at a time (and
+     * refuses a second rather than queueing it, which a lock here would turn into waiting).
+     */
+    public CheckpointTensorSummary inspect(String file, TensorBytes t) throws IOException {
         long[] shape = t.shape();
         long n = t.elements();
         boolean rows = shape.length >= 2;
@@ -78,8 +82,7 @@ public final class DjlForensics {
                     if (widen) {
                         widened.clear();
                         for (int i = 0; i < count; i++) {
-                            widened.putFloat(dt == TensorDType.BF16 ? Float.intBitsToFloat((raw.getShort(2 * i) & 0xFFFF) << 16)
-                                    : (float) Elements.get(raw, 0, i, dt));
+                            widened.putFloat((float) Elements.get(raw, 0, i, dt)); // exact: all fit a float
                         }
                         data = widened.flip();
                     }
@@ -159,12 +162,12 @@ public final class DjlForensics {
         return mask.countNonzero().toType(DataType.INT64, false).getLong();
     }
 
+    /** The types handed to libtorch as they are; BF16 and fp8 never come here (widened in inspect). */
     static DataType toDjl(TensorDType t) {
         switch (t) {
             case F64: return DataType.FLOAT64;
             case F32: return DataType.FLOAT32;
             case F16: return DataType.FLOAT16;
-            case BF16: return DataType.BFLOAT16;
             case I64: return DataType.INT64;
             case I32: return DataType.INT32;
             case I16: return DataType.INT16;

@@ -96,4 +96,40 @@ class DjlTensorsTest {
         assertEquals(1, nonFinite.get(0).nanCount());
         assertEquals(5, nonFinite.get(0).firstNonFiniteIndex());
     }
+
+    @Test
+    void djlForensics_bf16Rows_widenedExactlyAndNonFiniteLocated() throws Exception {
+        // prevents: BF16 handed to libtorch as BFLOAT16 (DJL aborts the JVM) or decoded wrongly when widened
+        float[] v = {1f, -2f, 0.5f, 3f, Float.NaN, 4f, -8f, Float.POSITIVE_INFINITY, 0.25f, 6f, 7f, 1.5f};
+        ByteBuffer bytes = ByteBuffer.allocate(2 * v.length).order(ByteOrder.LITTLE_ENDIAN);
+        for (float x : v) {
+            bytes.putShort((short) (Float.floatToRawIntBits(x) >>> 16)); // all exact in bf16
+        }
+        TensorBytes t = new TensorBytes() {
+            public String name() {
+                return "w";
+            }
+
+            public TensorDType dtype() {
+                return TensorDType.BF16;
+            }
+
+            public long[] shape() {
+                return new long[] {3, 4};
+            }
+
+            public void read(long from, int count, ByteBuffer dst) {
+                dst.put(bytes.slice((int) from * 2, count * 2));
+            }
+        };
+        CheckpointTensorSummary c = new DjlForensics(djl(), DjlForensics.BLOCK_ELEMENTS).inspect("f.safetensors", t);
+        assertEquals(1, c.summary().nanCount());
+        assertEquals(1, c.summary().infCount());
+        assertEquals(List.of(4L, 7L), c.summary().firstNonFiniteIndices());
+        assertEquals("row", c.unit());
+        assertEquals(List.of(1L), c.firstNonFiniteUnits());
+        assertEquals(-8.0, c.summary().min());
+        assertEquals(7.0, c.summary().max());
+        assertEquals((1 - 2 + 0.5 + 3 + 4 - 8 + 0.25 + 6 + 7 + 1.5) / 10, c.summary().mean(), 1e-12);
+    }
 }
