@@ -4,16 +4,10 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.trainguard.tensor.format.ReadMode;
 import io.trainguard.tensor.format.SafetensorsWriter;
-import io.trainguard.tensor.inspect.DjlTensors;
-import io.trainguard.tensor.scan.ContentHash;
-import io.trainguard.tensor.scan.ScanOptions;
-import io.trainguard.tensor.scan.TensorScanner;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Clock;
-import java.time.Duration;
 import java.util.List;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
@@ -24,22 +18,20 @@ import org.sqlite.SQLiteDataSource;
 class CheckpointRegistryTest {
     @TempDir
     Path root;
-    TensorScanner scanner;
+    private FileVerifier files;
     CheckpointVerifier verifier;
     PathPolicy paths;
 
     @BeforeEach
     void setUp() {
-        scanner = new TensorScanner(2, ContentHash.BLOCK, ReadMode.MAP);
-        paths = new PathPolicy(List.of(root));
-        verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20), paths, 8,
-                ScanOptions.FULL, Duration.ofSeconds(5));
+        files = new FileVerifier(root, 2, 8);
+        verifier = files.verifier;
+        paths = files.paths;
     }
 
     @AfterEach
     void tearDown() {
-        verifier.close();
-        scanner.close();
+        files.close();
     }
 
     private CheckpointRegistry registry(CheckpointStore store, int n) {

@@ -3,15 +3,9 @@ package io.trainguard.checkpoint;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.trainguard.tensor.scan.ContentHash;
-import io.trainguard.tensor.inspect.DjlTensors;
-import io.trainguard.tensor.format.ReadMode;
 import io.trainguard.tensor.format.SafetensorsWriter;
-import io.trainguard.tensor.scan.ScanOptions;
-import io.trainguard.tensor.scan.TensorScanner;
 import java.nio.file.Path;
 import java.time.Clock;
-import java.time.Duration;
 import java.time.Instant;
 import java.util.List;
 import java.util.Map;
@@ -24,22 +18,20 @@ import org.junit.jupiter.api.io.TempDir;
 class InterruptedVerificationTest {
     @TempDir
     Path root;
-    TensorScanner scanner;
+    private FileVerifier files;
     CheckpointVerifier verifier;
     PathPolicy paths;
 
     @BeforeEach
     void setUp() {
-        scanner = new TensorScanner(1, ContentHash.BLOCK, ReadMode.MAP);
-        paths = new PathPolicy(List.of(root));
-        verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20), paths, 4,
-                ScanOptions.FULL, Duration.ofSeconds(5));
+        files = new FileVerifier(root, 1, 4);
+        verifier = files.verifier;
+        paths = files.paths;
     }
 
     @AfterEach
     void tearDown() {
-        verifier.close();
-        scanner.close();
+        files.close();
     }
 
     private CheckpointRecord verifying(String id, String reason) throws Exception {

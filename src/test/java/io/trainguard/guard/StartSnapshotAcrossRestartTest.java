@@ -11,19 +11,14 @@ import io.trainguard.checkpoint.CheckpointFormat;
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.checkpoint.CheckpointState;
 import io.trainguard.checkpoint.CheckpointVerifier;
+import io.trainguard.checkpoint.FileVerifier;
 import io.trainguard.checkpoint.InMemoryCheckpointStore;
 import io.trainguard.checkpoint.PathPolicy;
 import io.trainguard.checkpoint.RegistryCatalog;
 import io.trainguard.guard.model.Action;
 import io.trainguard.service.CheckpointIntake;
-import io.trainguard.tensor.format.ReadMode;
-import io.trainguard.tensor.inspect.DjlTensors;
-import io.trainguard.tensor.scan.ContentHash;
-import io.trainguard.tensor.scan.ScanOptions;
-import io.trainguard.tensor.scan.TensorScanner;
 import java.nio.file.Path;
 import java.time.Clock;
-import java.time.Duration;
 import java.util.List;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
@@ -36,22 +31,20 @@ class StartSnapshotAcrossRestartTest {
     Path root;
     private final InMemoryJournal journal = new InMemoryJournal();
     private final InMemoryCheckpointStore store = new InMemoryCheckpointStore();
-    private TensorScanner scanner;
+    private FileVerifier files;
     private CheckpointVerifier verifier;
     private PathPolicy paths;
 
     @BeforeEach
     void setUp() {
-        scanner = new TensorScanner(1, ContentHash.BLOCK, ReadMode.MAP);
-        paths = new PathPolicy(List.of(root));
-        verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20), paths, 8,
-                ScanOptions.FULL, Duration.ofSeconds(5));
+        files = new FileVerifier(root, 1, 8);
+        verifier = files.verifier;
+        paths = files.paths;
     }
 
     @AfterEach
     void tearDown() {
-        verifier.close();
-        scanner.close();
+        files.close();
     }
 
     /** One sidecar process: the engine and the registry it counts steps into, over the shared journal and store. */
