@@ -10,9 +10,9 @@
   ``ModelCheckpoint`` wrote (model, optimizers, LR schedulers, the AMP scaler) and re-numbers the
   guard's steps from the checkpoint's;
 - checkpoints: every file a ``ModelCheckpoint`` writes is registered with the sidecar (a
-  known-good candidate). Until ``trainguard.checkpoints`` verifies Lightning's ``.ckpt`` pickles
-  itself, the callback also writes the model's weights as ``<ckpt dir>/trainguard-step-N.safetensors``
-  (one extra write of the weights per checkpoint) so that the sidecar can verify them;
+  known-good candidate), which verifies Lightning's ``.ckpt`` as it is; ``weights_copy=True`` also
+  writes the model's weights as ``<ckpt dir>/trainguard-step-N.safetensors`` (one extra write of
+  the weights per checkpoint);
 - validation: ``on_validation_start`` asks the sidecar; a refused pass runs no ``validation_step``
   (the loop only walks its data); an allowed pass is audited (parameters, buffers, modes, wiring,
   RNG) and, by default, what it changed is undone in ``on_validation_end``;
