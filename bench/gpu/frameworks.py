@@ -76,7 +76,7 @@ def lightning_run(cfg, B, data, guarded, target, warmup, steps, run):
     return clock.ms, gated
 
 
-def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir):
+def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir, at_backward=True):
     import transformers
 
     class Wrapped(torch.nn.Module):
@@ -97,7 +97,8 @@ def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir):
     cbs = [Timer()]
     if guarded:
         from trainguard.hf import TrainguardCallback
-        cbs.insert(0, TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16))
+        cbs.insert(0, TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
+                                         measure_at_backward=at_backward))
     rows = [{"idx": x.cpu(), "targets": y.cpu()} for x, y in data]
     args = transformers.TrainingArguments(output_dir=out_dir, max_steps=warmup + steps + 1,
                                           per_device_train_batch_size=B, learning_rate=3e-4, weight_decay=0.1,
@@ -108,6 +109,8 @@ def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir):
     trainer = transformers.Trainer(model=Wrapped(), args=args, train_dataset=flat * 64, callbacks=cbs)
     trainer.train()
     gated = cbs[0].guard.counters["device_gated_steps"] if guarded else None
+    if guarded:
+        print(f"    measured at backward end: {cbs[0].guard.backward_gate.counters}", flush=True)
     return clock.ms, gated
 
 
@@ -147,7 +150,9 @@ def main():
                 run = f"bench-{fw}-b{B}-{os.getpid()}-{k}"
                 if fw == "lightning":
                     return lightning_run(cfg, B, data * 64, guarded, a.target, a.warmup, a.steps, run)
-                return hf_run(cfg, B, data, guarded, a.target, a.warmup, a.steps, run, f"/tmp/hf-bench-{k}")
+                # hf-late: the HF callback measuring at on_pre_optimizer_step, after the Trainer's loss read
+                return hf_run(cfg, B, data, guarded, a.target, a.warmup, a.steps, run, f"/tmp/hf-bench-{k}",
+                              at_backward=fw != "hf-late")
 
             once(False)  # warm-up: compile caches, allocator
             before, _ = once(False)

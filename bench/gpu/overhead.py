@@ -64,7 +64,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--anomaly-steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=8)
-    ap.add_argument("--variants", default="tg,tg_nolag,tg_all,naive,scaler,anomaly")  # also: tg_wrap, tg_host
+    ap.add_argument("--variants", default="tg,tg_nolag,tg_all,naive,scaler,anomaly")  # also: tg_wrap, tg_host, tg_bwd
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--host-sync", action="store_true")
@@ -215,6 +215,8 @@ def main():
                     continue
                 with torch.autocast(dev.type, dtype=torch.bfloat16):
                     loss = fwd(x, y)
+                if name == "tg_bwd":  # measured and gated when backward ends (Guard.gate_on_backward)
+                    g.gate_on_backward(loss)
                 loss.backward()
                 if a.host_sync and bool(torch.isnan(loss)):  # what HF's logging_nan_inf_filter reads
                     pass
@@ -290,6 +292,8 @@ def main():
                 res["variants"][v]["guard_cpu_us"] = guard_s[v][0] / guard_s[v][1] * 1e6
                 res["variants"][v]["sender_cpu_us"] = guard_s[v][2] / guard_s[v][1] * 1e6
                 res["variants"][v]["guard_parts_us"] = {k: t / guard_s[v][1] * 1e6 for k, t in parts.get(v, {}).items()}
+            if v in guards:
+                res["variants"][v]["measured_at_backward"] = dict(guards[v].backward_gate.counters)
         if "tg_scaler" in variants and "scaler" in variants:  # the fp16 loop's own baseline
             res["tg_scaler_over_scaler"] = res["variants"]["tg_scaler"]["ms_median"] / res["variants"]["scaler"]["ms_median"]
             print(f"  tg_scaler / scaler (ms medians): {res['tg_scaler_over_scaler']:.3f}")

@@ -28,7 +28,7 @@ class StridedMLP(MLP):
         self.inp.weight = torch.nn.Parameter(self.inp.weight.detach().t().contiguous().t())
 
 
-def run(fake, name, graphs, model_cls=MLP, steps=24, move_at=(4, 5, 16), dtype=torch.float32):
+def run(fake, name, graphs, model_cls=MLP, steps=24, move_at=(4, 5, 16), dtype=torch.float32, early=False):
     torch.manual_seed(0)
     model = model_cls().cuda().to(dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
@@ -42,6 +42,8 @@ def run(fake, name, graphs, model_cls=MLP, steps=24, move_at=(4, 5, 16), dtype=t
             y = y.clone()
             y[0, 0] = float("nan")
         loss = torch.nn.functional.mse_loss(model(x) * 3.0, y)
+        if early:  # measured and gated on the autograd thread when backward ends (backward_gate)
+            assert g.gate_on_backward(loss)
         loss.backward()
         g.step(step, loss)
         g.optimizer_step()
@@ -50,7 +52,8 @@ def run(fake, name, graphs, model_cls=MLP, steps=24, move_at=(4, 5, 16), dtype=t
         opt.zero_grad(set_to_none=True)
         weights.append([p.detach().clone() for p in model.parameters()])
     assert g.flush(10)
-    out = dict(g.gated.graphs.counters, skips=g.counters["skips"], clips=g.counters["clips"])
+    out = dict(g.gated.graphs.counters, skips=g.counters["skips"], clips=g.counters["clips"],
+               early=dict(g.backward_gate.counters))
     g.close()
     return weights, out
 
@@ -83,3 +86,12 @@ def test_gradients_the_table_cannot_address_take_the_eager_kernels(fake):
     assert gr["skips"] == e["skips"] == 2
     for a, b in zip(eager, graphed):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_graph_gate_at_backward_end_trains_as_the_gate_at_step(fake):
+    late, lt = run(fake, "graph-late", graphs=True)
+    early, er = run(fake, "graph-early", graphs=True, early=True)
+    assert er["captures"] == 1 and er["replays"] >= 23, er  # captured on the autograd thread, then replayed
+    assert er["early"]["measured"] == 24 and er["early"]["used"] >= 18, er
+    assert (er["skips"], er["clips"]) == (lt["skips"], lt["clips"]) and er["skips"] == 2
+    assert_same_training(late, early)

@@ -120,3 +120,36 @@ def test_accelerate_loop_through_the_wrapper_skips_nan(sidecar):
             assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     guard.close()
     assert skipped == [5]
+
+
+def test_hf_trainer_on_the_device_gate_measures_at_backward_end_and_skips_nan(sidecar):
+    # prevents: the Trainer's per-step loss read making the guard's gate late, or the early
+    # measurement letting a NaN update through
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    poison = Poison()
+    model.lm_head.register_forward_hook(poison)
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (200, 16), generator=g)]
+    tg = TrainguardCallback("hf-trainer-gate", target=sidecar.target, deadline=5.0, policy=POLICY, device_gate=True)
+    before = {}
+
+    class Checks(transformers.TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            before["w"] = [p.detach().clone() for p in model.parameters()]
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            assert weights_finite(model), f"non-finite weights after step {state.global_step}"
+            if state.global_step - 1 in NAN_AT:  # the NaN forward's step: the update was skipped on the device
+                assert all(torch.equal(a, b) for a, b in zip(before["w"], model.parameters()))
+
+    args = transformers.TrainingArguments(output_dir=os.path.join(sidecar.checkpoint_root, "hf-gate"), max_steps=12,
+                                          per_device_train_batch_size=4, learning_rate=1e-3, save_strategy="no",
+                                          logging_steps=1000, report_to=[], use_cpu=True, max_grad_norm=0.0,
+                                          optim="adamw_torch_fused", dataloader_num_workers=0, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg, Checks()])
+    trainer.train()
+    guard = tg.guard
+    assert guard.counters["device_gated_steps"] >= 10
+    assert guard.backward_gate.counters["used"] >= 8, guard.backward_gate.counters
+    assert guard.counters["skips"] == 1

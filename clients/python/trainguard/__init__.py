@@ -13,6 +13,8 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   guard.py         Guard: wires the parts below, picks each step's path (host / device gate), public API
   gated.py         the device-gated step (no host sync), its multi-rank agreement, the replay of a
                    gated step's fault one step later
+  gate_graph.py, grad_table.py   the device gate's kernels as one CUDA graph; gradients by address table
+  backward_gate.py the device gate measured when backward ends (gate_on_backward), checked at step()
   host_path.py     the host-path step: one packed read, replay at once, local / sidecar / offline verdict
   answers.py       the sidecar's asynchronous answers: OpenRun, verdicts of async reports (late ROLLBACK/HALT)
   client_state.py  Guard.state_dict / load_state_dict (round-trips through the trainer's checkpoint)

@@ -139,7 +139,8 @@ class GatedPath:
             skip, norm, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded)
             g.gate.install_agreed(skip, norm, thr)
         else:
-            stats, ng, names = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
+            early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
+            stats, ng, names = early or self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
             vec = None
         if scaler is not None:
             scaler_skips_too(g)

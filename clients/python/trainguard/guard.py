@@ -32,6 +32,7 @@ from . import host_path
 from . import distributed as dist_agree
 from .connection import ClientState, Connection
 from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFiniteUpdate: public here)
+from .backward_gate import BackwardGate
 from .gated import GatedPath, gate_wanted
 from .measure import DeviceGate, StepMeter
 from .protect import UpdateProtector, ship_bad_tensor
@@ -156,6 +157,7 @@ class Guard:
         self.gate = DeviceGate(optimizer, self.device)
         self.protector = UpdateProtector(model, optimizer, self.watch, lambda *a: ship_bad_tensor(self, *a))
         self.recovery = Recovery(self, snapshots, replay, lr_restore)
+        self.backward_gate = BackwardGate(self)
         # The manifests set TRAINGUARD_TARGET (the pod's socket); an explicit target wins.
         target = target or os.environ.get("TRAINGUARD_TARGET") or "127.0.0.1:7474"
         self.transport = Transport(target, deadline)
@@ -194,6 +196,7 @@ class Guard:
         step_time, self._step_t0 = now - self._step_t0, now
         self.counters["steps"] += 1
         if self.connection.paused:  # detached: the step is neither measured nor judged
+            self.backward_gate.discard()
             return self._finish(step, Verdict(step, Action.APPLY, reasons=["guard paused"], decided_locally=True))
         if self.connection.reopen_due():
             answers.open_run(self, self.deadline)
@@ -219,6 +222,7 @@ class Guard:
         if (not self._multi_gate and self.device_gate and late is None and async_err is None and not self.connection.offline
                 and self.bounds is not None and self.bounds.usable(step)):
             return self._finish(step, self.gated.step(step, loss, step_time, replay=replay))
+        self.backward_gate.discard()
         if self.device_gate:
             self.gate.uninstall()  # this step is decided on the host: no stale device flag may gate it
             if self.connection.state is ClientState.GATED:
@@ -232,6 +236,13 @@ class Guard:
             self._finish(step, Verdict(step, Action.HALT, reasons=[str(err)]), error=err)
         verdict, gnorm = host_path.step(self, step, loss, step_time, late, replay)
         return self._finish(step, verdict, gnorm=gnorm)
+
+    def gate_on_backward(self, loss):
+        """Call before ``loss.backward()`` in a loop that reads the loss on the host before ``step()``
+        (logging, the HF Trainer): the step is measured and gated when backward ends, while the GPU
+        is still busy, instead of after that read. ``step()`` uses it only if the gradients are still
+        the ones measured (backward_gate). Returns whether it armed (device gate, one rank, no GradScaler)."""
+        return self.backward_gate.arm(loss)
 
     def _watch_sends_max_abs(self):
         return self.watch is None or self.watch.reduce == "amax"

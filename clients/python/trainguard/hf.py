@@ -8,6 +8,9 @@ A ``TrainerCallback`` cannot veto an optimizer step, so at ``on_train_begin`` th
 runs only when the verdict allows it. ``on_pre_optimizer_step`` (after the Trainer's gradient
 clipping) judges the step with the loss the model returned (a forward hook reads ``output.loss``;
 a custom ``compute_loss`` without it reports the loss as absent and the gradients are judged).
+On the device gate the step is measured when the last micro-batch's backward ends, before the
+Trainer's per-step loss read (``Guard.gate_on_backward``); ``on_pre_optimizer_step`` uses that
+measurement unless the gradients changed since (the Trainer's own clipping: measured again).
 Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its tensor files:
 ``*.safetensors`` and ``optimizer.pt``/``scheduler.pt``/``scaler.pt``, all verified; not
 ``rng_state.pth`` or ``training_args.bin``, which pickle Python objects), and a ROLLBACK restores it: weights,
@@ -17,7 +20,7 @@ Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the s
 
     guard = trainguard.Guard(model, optimizer, run="my-run", scaler=accelerator.scaler)
     model, opt = accelerator.prepare(model, guard.wrap(optimizer))
-    ... accelerator.backward(loss); guard.step(step, loss); opt.step(); opt.zero_grad()
+    ... guard.gate_on_backward(loss); accelerator.backward(loss); guard.step(step, loss); opt.step(); opt.zero_grad()
 """
 import logging
 import os
@@ -41,12 +44,23 @@ def install_wrapper(accelerated, wrapped):
         accelerated._optimizer_patched_step_method = patch_optimizer_step(accelerated, wrapped.step)
 
 
+def _sync_gradients():
+    """Whether this micro-batch ends a gradient-accumulation cycle (Accelerate's shared state)."""
+    try:
+        from accelerate.state import GradientState
+        return GradientState().sync_gradients
+    except Exception:  # another Accelerate layout: measure every backward, the last one is used
+        return True
+
+
 class TrainguardCallback(TrainerCallback):
-    """Args: ``run`` (the run id), ``target`` (the sidecar; default $TRAINGUARD_TARGET) and any Guard
+    """Args: ``run`` (the run id), ``target`` (the sidecar; default $TRAINGUARD_TARGET),
+    ``measure_at_backward`` (default True: ``Guard.gate_on_backward`` on the device gate) and any Guard
     keyword argument."""
 
-    def __init__(self, run, target=None, **guard_kwargs):
+    def __init__(self, run, target=None, measure_at_backward=True, **guard_kwargs):
         self.run, self.target, self.guard_kwargs = run, target, guard_kwargs
+        self.measure_at_backward = measure_at_backward
         self.guard = None
         self.step = 0            # the guard's step: optimizer steps, re-numbered after a rollback
         self.verdicts = []       # (step, action name, reasons) of every verdict that was not APPLY
@@ -69,6 +83,10 @@ class TrainguardCallback(TrainerCallback):
                            scaler=getattr(optimizer, "scaler", None), **kwargs_)
         install_wrapper(optimizer, self.guard.wrap(inner))
         self.guard.restore_hook = self._restore
+        if not args.max_grad_norm:
+            # transformers >= 5 reads the grad norm every step through clip_grad_norm_(inf): the
+            # gradients are multiplied by exactly 1.0 in place, their values unchanged
+            self.guard.backward_gate.noop_writes = 1
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._hook = model.register_forward_hook(self._read_loss)
 
@@ -76,6 +94,10 @@ class TrainguardCallback(TrainerCallback):
         loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
         if torch.is_tensor(loss) and module.training:
             self._loss = loss.detach()
+            if self.measure_at_backward and _sync_gradients():  # the micro-batch whose backward ends before the optimizer step
+                # The Trainer reads the loss on the host (its NaN filter) between backward and
+                # on_pre_optimizer_step: measure and gate before that read, not after (backward_gate).
+                self.guard.gate_on_backward(loss)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         loss, self._loss = self._loss, None

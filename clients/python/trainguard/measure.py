@@ -30,6 +30,7 @@ class StepMeter:
     def __init__(self, optimizer, device, scaler=None, watch=None):
         self.optimizer, self.device, self.scaler, self.watch = optimizer, device, scaler, watch
         self._no_scale = None
+        self._held = None  # statistics a measurement took but did not use (backward_gate), for the next take
 
     def _groups(self):
         return [g["params"] for g in self.optimizer.param_groups]
@@ -67,7 +68,17 @@ class StepMeter:
 
     def take_watch(self):
         """This step's module calls: (names, 0-d float32 statistics), and the watch starts afresh."""
-        return self.watch.take_list(self.device) if self.watch else ([], [])
+        names, mods = self.watch.take_list(self.device) if self.watch else ([], [])
+        if self._held is not None:
+            (held_names, held_mods), self._held = self._held, None
+            return held_names + names, held_mods + mods
+        return names, mods
+
+    def hold(self, taken):
+        """Puts module statistics taken for a measurement that was not used in front of the next take."""
+        if taken is not None and taken[0]:
+            names, mods = self._held or ([], [])
+            self._held = (names + taken[0], mods + taken[1])
 
     def pack(self, loss1, mods, tail=None):
         """(stats, total, n_groups): [loss, grad norm, group norms..., module statistics..., tail...]

@@ -167,18 +167,18 @@ class ReportSender:
                     report = report()
                     send = report is not None
                 if send:
-                    resp = self._transport.call("ReportStep", pb.ReportStepRequest(report=report))
-                    fut._set(response=resp)
-                else:
-                    fut._set()
+                    fut.response = self._transport.call("ReportStep", pb.ReportStepRequest(report=report))
             except Exception as e:  # grpc.RpcError or a serialisation problem: never kill the thread
-                fut._set(error=e)
+                fut.error = e
             try:
                 if send:
                     self._on_result(fut)
             except Exception:  # the callback must not kill the sender either
                 log.exception("trainguard: report callback failed")
             finally:
+                # done only once the verdict is applied (bounds, a late ROLLBACK): whoever waits for
+                # it (GatedPath.await_verdicts) then sees what it brought
+                fut._set(fut.response, fut.error)
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()

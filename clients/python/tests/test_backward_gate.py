@@ -1,0 +1,124 @@
+"""Measuring and gating at the end of backward (Guard.gate_on_backward), against the real sidecar jar,
+on the CPU (fused AdamW honours the device gate there as on CUDA): healthy steps end with the same
+weights as gating at step(); a NaN step is skipped; a measurement that no longer describes the
+gradients (changed in place or reassigned after backward, a backward that was not armed) is not used,
+and the step is measured again."""
+import pytest
+import torch
+
+from trainguard.guard import Guard
+from models import MLP, batch, weights_finite
+
+pytestmark = pytest.mark.torch2  # fused AdamW on the CPU
+
+NAN = float("nan")
+
+
+def train(sidecar, name, steps=8, armed=True, between=None, nan_steps=(), micro=1):
+    """A fused-AdamW loop on the device gate. ``between(step, model)``: what the loop does to the
+    gradients between backward and guard.step. ``micro``: micro-batches per step (each one armed)."""
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    g = Guard(model, opt, name, target=sidecar.target, deadline=5.0, device_gate=True)
+    verdicts = []
+    for step in range(steps):
+        for m in range(micro):
+            x, y = batch(step * micro + m)
+            loss = torch.nn.functional.mse_loss(model(x), y) / micro
+            if step in nan_steps:
+                loss = loss * NAN
+            if armed:
+                assert g.gate_on_backward(loss)
+            loss.backward()
+        if between is not None:
+            between(step, model)
+        before = [p.detach().clone() for p in model.parameters()]
+        v = g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        assert weights_finite(model), f"non-finite weights after step {step}"
+        if not v.should_step:
+            assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        verdicts.append(v.action.name)
+    g.flush(5)
+    out = {"weights": [p.detach().clone() for p in model.parameters()], "verdicts": verdicts,
+           "early": dict(g.backward_gate.counters), "counters": dict(g.counters)}
+    g.close()
+    return out
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_measured_at_backward_end_gives_the_same_weights_as_measured_at_step(sidecar):
+    # prevents: the early measurement changing what a healthy run's updates are
+    early = train(sidecar, "bwd-early")
+    late = train(sidecar, "bwd-late", armed=False)
+    assert early["early"] == {"measured": 8, "used": 8, "stale": 0, "dropped": 0}
+    assert late["early"]["measured"] == 0
+    assert early["counters"]["device_gated_steps"] == 8
+    assert same(early["weights"], late["weights"])
+
+
+def test_a_nan_step_measured_at_backward_end_is_skipped(sidecar):
+    # prevents: the early path installing a gate that lets a NaN update through
+    out = train(sidecar, "bwd-nan", nan_steps=(3,))
+    # after the fault the sidecar may have a step decided on the host: its measurement is dropped
+    early = out["early"]
+    assert early["stale"] == 0 and early["used"] >= 5 and early["used"] + early["dropped"] == 8, early
+    assert out["counters"]["skips"] == 1
+
+
+def test_gradients_poisoned_in_place_after_backward_are_measured_again(sidecar):
+    # prevents: a stale measurement (taken before an in-place change) letting NaN gradients through
+    def poison(step, model):
+        if step == 4:
+            model.out.weight.grad.mul_(NAN)
+    out = train(sidecar, "bwd-inplace", between=poison)
+    assert out["early"] == {"measured": 8, "used": 7, "stale": 1, "dropped": 0}
+    assert out["counters"]["skips"] == 1
+
+
+def test_reassigned_gradients_are_measured_again(sidecar):
+    # prevents: the measurement describing tensors the optimizer no longer reads
+    def swap(step, model):
+        if step == 2:
+            model.inp.weight.grad = torch.full_like(model.inp.weight, NAN)
+    out = train(sidecar, "bwd-reassign", between=swap)
+    assert out["early"] == {"measured": 8, "used": 7, "stale": 1, "dropped": 0}
+    assert out["counters"]["skips"] == 1
+
+
+def test_clipping_in_place_after_backward_uses_the_clipped_gradients(sidecar):
+    # prevents: the verdict and the clip divisor computed on gradients the loop then rescaled
+    def clip(step, model):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+    early = train(sidecar, "bwd-clip", between=clip)
+    late = train(sidecar, "bwd-clip-late", armed=False, between=clip)
+    assert early["early"] == {"measured": 8, "used": 0, "stale": 8, "dropped": 0}
+    assert same(early["weights"], late["weights"])
+
+
+def test_gradient_accumulation_uses_the_last_micro_batch_measurement(sidecar):
+    # prevents: a measurement of a partial gradient sum deciding the step
+    early = train(sidecar, "bwd-accum", micro=3, steps=5)
+    late = train(sidecar, "bwd-accum-late", armed=False, micro=3, steps=5)
+    assert early["early"] == {"measured": 15, "used": 5, "stale": 0, "dropped": 10}
+    assert same(early["weights"], late["weights"])
+
+
+def test_arming_is_refused_where_the_step_cannot_be_measured_early(sidecar):
+    # prevents: a host-path guard installing a device gate from backward
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # not fused: the host path
+    g = Guard(model, opt, "bwd-host", target=sidecar.target, deadline=5.0)
+    x, y = batch(0)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    assert not g.gate_on_backward(loss)
+    loss.backward()
+    assert g.backward_gate.counters["measured"] == 0
+    assert g.step(0, loss).should_step
+    g.close()

@@ -1,0 +1,151 @@
+"""Measuring and gating a step when its backward ends, not when ``step()`` is called.
+
+A loop that reads the loss on the host between ``backward()`` and ``step()`` (a ``loss.item()``
+for logging, the Hugging Face Trainer's NaN filter) leaves the GPU idle from that read until the
+host launches the next kernel. Whatever the guard launches then is on the step's critical path,
+and it runs on a "cold" host: on an H200 the same measure-and-gate costs ~690 µs there against
+~100 µs while the GPU is still busy (docs/benchmarks.md, Issue 21 third pass).
+
+``guard.gate_on_backward(loss)`` before ``loss.backward()`` puts the measure-and-gate at the end of
+that backward instead (an autograd final callback, on the thread that runs backward, while the GPU
+still has backward kernels queued). ``step()`` then uses that measurement if it still describes the
+gradients the optimizer will read: every gradient the same tensor at the same version (no
+reassignment, no in-place clip or unscale since), the same clip threshold, the same loss. If not,
+``step()`` measures again, as it would have without the call, so the early measurement can make a
+step faster but never decide it on stale numbers.
+
+Only a single-rank device-gated step without an enabled GradScaler is measured early (several ranks
+agree in a collective at ``step()``; a GradScaler unscales in place at ``step()``).
+"""
+import logging
+
+import torch
+
+from . import rules
+from .verdict import LocalBounds
+
+log = logging.getLogger("trainguard")
+
+
+class Early:
+    """One backward's measurement: the gate is installed; ``stats`` not yet staged to the host."""
+
+    def __init__(self, stats, n_groups, names, mods, threshold, loss, grads, versions):
+        self.stats, self.n_groups, self.names, self.mods = stats, n_groups, names, mods
+        self.threshold, self.loss, self.grads, self.versions = threshold, loss, grads, versions
+
+
+class BackwardGate:
+    """Arms a loss so its backward ends with the step measured and gated (``Early``)."""
+
+    def __init__(self, guard):
+        self.g = guard
+        self.enabled = True
+        #: in-place writes per gradient between backward and step() that the caller vouches leave its
+        #: values unchanged (the HF Trainer's clip_grad_norm_(inf), a multiply by 1.0, every step)
+        self.noop_writes = 0
+        self._armed = None   # (detached loss, stream) of the backward to measure at its end
+        self._early = None
+        # dropped: superseded by a later backward, or the step went to the host path
+        self.counters = {"measured": 0, "used": 0, "stale": 0, "dropped": 0}
+
+    def eligible(self):
+        g = self.g
+        scaler = g.scaler if g.scaler is not None and g.scaler.is_enabled() else None
+        return (self.enabled and g.device_gate and not g.gated.multi and scaler is None
+                and not g.connection.paused)
+
+    def arm(self, loss):
+        """Call before ``loss.backward()``; a no-op where the step cannot be measured early."""
+        if not (torch.is_tensor(loss) and loss.requires_grad and self.eligible()):
+            return False
+        stream = torch.cuda.current_stream(loss.device) if loss.device.type == "cuda" else None
+        self._armed = (loss.detach(), stream)
+        loss.register_hook(self._on_loss_grad)
+        return True
+
+    def _on_loss_grad(self, grad):
+        # The first thing backward computes; the callback runs once the whole backward is done.
+        torch.autograd.Variable._execution_engine.queue_callback(self._measure)
+        return None
+
+    def _measure(self):
+        armed, self._armed = self._armed, None
+        self.discard()  # a later backward (gradient accumulation) supersedes an earlier one
+        if armed is None or not self.eligible():
+            return
+        loss, stream = armed
+        try:
+            if stream is None:
+                self._early = self._measure_now(loss)
+            else:
+                with torch.cuda.stream(stream):  # the caller's stream: backward's leaf streams synced to it
+                    self._early = self._measure_now(loss)
+            self.counters["measured"] += 1
+        except Exception as e:  # never fail the user's backward: step() measures as usual
+            self.enabled = False
+            log.warning("trainguard: measuring at the end of backward failed (%s: %s); steps are measured at "
+                        "step() from now on", type(e).__name__, e)
+
+    def _measure_now(self, loss):
+        g = self.g
+        self._await_bounds()
+        thr = rules.gate_threshold(g.bounds or LocalBounds())
+        names, mods = g.meter.take_watch()
+        g.meter.hold((names, mods))  # measure_and_install takes them again; kept for a re-measure
+        stats, ng, names = g.gated.graphs.measure_and_install(loss, thr)
+        grads = [p.grad for p in _params(g.optimizer)]
+        return Early(stats, ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads])
+
+    def _await_bounds(self):
+        """Waits, as ``step()`` will (``GatedPath.await_verdicts``), for the verdicts that set the
+        coming step's clip threshold; a timeout is left to ``step()`` to act on."""
+        g = self.g
+        if g.verdict_lag is None:
+            return
+        step = 0 if g.last_step is None else g.last_step + 1
+        for fut in list(g.gated.futs):
+            if fut.step > step - g.verdict_lag or not fut.wait(g.deadline):
+                return
+
+    def take(self, loss, threshold):
+        """This step's early measurement, (stats, n_groups, names) with the gate installed, if it still
+        describes what the optimizer will read; else None, and ``step()`` measures again."""
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        if self._holds(early, loss, threshold):
+            self.counters["used"] += 1
+            return early.stats, early.n_groups, early.names
+        self.counters["stale"] += 1
+        self.g.meter.hold((early.names, early.mods))
+        return None
+
+    def discard(self):
+        """Drops an unused measurement; its module statistics go to the next one."""
+        early, self._early = self._early, None
+        if early is not None:
+            self.counters["dropped"] += 1
+            self.g.meter.hold((early.names, early.mods))
+
+    def _holds(self, early, loss, threshold):
+        if threshold != early.threshold:
+            return False
+        if not (torch.is_tensor(loss) and loss.device == early.loss.device
+                and loss.data_ptr() == early.loss.data_ptr() and loss.shape == early.loss.shape):
+            return False
+        i = 0
+        grads, versions = early.grads, early.versions
+        for p in _params(self.g.optimizer):
+            if i >= len(grads):
+                return False
+            t = p.grad
+            if t is not grads[i] or (t is not None and not 0 <= t._version - versions[i] <= self.noop_writes):
+                return False
+            i += 1
+        return i == len(grads)
+
+
+def _params(optimizer):
+    for group in optimizer.param_groups:
+        yield from group["params"]
