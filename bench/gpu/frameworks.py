@@ -8,6 +8,7 @@ synchronizes CUDA and reads the clock), so Trainer start-up is not counted. Rati
 over the mean of the two unguarded runs around it; median, min and max over the rounds.
 
 Usage: python frameworks.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 5 --steps 30 --out res.json
+       python frameworks.py --blocks 20 --rounds 10 --batch 8   # HF: guarded and unguarded blocks in one Trainer
 """
 import argparse
 import json
@@ -114,6 +115,95 @@ def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir, at_backwa
     return clock.ms, gated
 
 
+class Blocks:
+    """One Trainer, the guard paused and resumed in alternate blocks of ``size`` steps: unguarded,
+    guarded, unguarded, ... (pairs + 1 unguarded blocks). Every guarded block is compared with the
+    unguarded blocks on either side, so a host that drifts over seconds moves both alike. A paused
+    guard still runs its callback and the optimizer wrapper (a few µs, counted as unguarded)."""
+
+    def __init__(self, warmup, size, pairs):
+        self.warmup, self.size, self.n_blocks = warmup, size, 2 * pairs + 1
+        self.n, self.t0, self.ms = 0, None, []
+        self.guard = None
+
+    def steps(self):
+        return self.warmup + self.size * self.n_blocks
+
+    def tick(self):
+        k = self.n - self.warmup
+        if k >= 0 and k % self.size == 0 and len(self.ms) < self.n_blocks:
+            torch.cuda.synchronize()
+            if self.t0 is not None:
+                self.ms.append((time.perf_counter() - self.t0) * 1000.0 / self.size)
+            block = k // self.size  # even: unguarded, odd: guarded
+            if block < self.n_blocks:  # pause() flushes the reports: not counted in either block
+                (self.guard.resume if block % 2 else self.guard.pause)()
+            torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+        self.n += 1
+
+    def ratios(self):
+        return [self.ms[i] / ((self.ms[i - 1] + self.ms[i + 1]) / 2) for i in range(1, len(self.ms) - 1, 2)]
+
+
+def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True):
+    """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``)."""
+    import transformers
+    from trainguard.hf import TrainguardCallback
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.gpt = GPT(**cfg)
+
+        def forward(self, idx, targets):
+            return {"loss": self.gpt(idx, targets)}
+
+    blocks = Blocks(warmup, size, pairs)
+    tg = TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
+                            measure_at_backward=at_backward)
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            blocks.guard = tg.guard
+            blocks.tick()
+
+    rows = [{"idx": x.cpu(), "targets": y.cpu()} for x, y in data]
+    args = transformers.TrainingArguments(output_dir=out_dir, max_steps=blocks.steps() + 1,
+                                          per_device_train_batch_size=B, learning_rate=3e-4, weight_decay=0.1,
+                                          bf16=True, optim="adamw_torch_fused", save_strategy="no",
+                                          logging_steps=10_000, report_to=[], max_grad_norm=0.0,
+                                          dataloader_num_workers=0, disable_tqdm=True)
+    flat = [{"idx": r["idx"][i], "targets": r["targets"][i]} for r in rows for i in range(B)]
+    trainer = transformers.Trainer(model=Wrapped(), args=args, train_dataset=flat * 1000, callbacks=[tg, Timer()])
+    trainer.train()
+    return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters)
+
+
+def blocks_main(a, cfg, info):
+    for B in a.batch:
+        g = torch.Generator().manual_seed(0)
+        data = [tuple(t.contiguous().cuda() for t in (r[:, :-1], r[:, 1:]))
+                for r in (torch.randint(0, cfg["vocab"], (B, cfg["seq"] + 1), generator=g) for _ in range(4))]
+        for fw in [f for f in a.frameworks.split(",") if f.startswith("hf")]:
+            # hf-nohold: the step's report built as soon as its statistics land (GatedPath._hold_report off)
+            from trainguard.gated import GatedPath
+            hold = info.setdefault("hold_max_s", GatedPath.HOLD_MAX_S)
+            GatedPath.HOLD_MAX_S = 0.0 if fw == "hf-nohold" else hold
+            blocks, counters, early = hf_blocks_run(cfg, B, data, a.target, a.warmup, a.blocks, a.rounds,
+                                                    f"bench-{fw}-blocks-b{B}-{os.getpid()}", f"/tmp/{fw}-blocks-{B}",
+                                                    at_backward=fw != "hf-late")
+            rs = blocks.ratios()
+            info["results"][f"batch{B}-{fw}-blocks"] = {
+                "block_steps": a.blocks, "median": statistics.median(rs), "min": min(rs), "max": max(rs),
+                "ratios": rs, "block_ms": blocks.ms, "device_gated_steps": counters["device_gated_steps"],
+                "measured_at_backward": early}
+            print(f"batch {B} {fw}, alternate blocks of {a.blocks} steps in one Trainer: median {statistics.median(rs):.3f} "
+                  f"[{min(rs):.3f}, {max(rs):.3f}] over {len(rs)} pairs; block ms {[round(x, 2) for x in blocks.ms]}; "
+                  f"gated {counters['device_gated_steps']}, at backward {early}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", default="unix:///tmp/tg.sock")
@@ -122,6 +212,9 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--frameworks", default="lightning,hf")
+    ap.add_argument("--blocks", type=int, default=0,
+                    help="HF only: one Trainer, the guard paused in alternate blocks of this many steps; "
+                         "--rounds guarded blocks")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -134,7 +227,9 @@ def main():
         except ImportError:
             info[mod] = None
     warnings.simplefilter("ignore")
-    for B in a.batch:
+    if a.blocks:
+        blocks_main(a, cfg, info)
+    for B in ([] if a.blocks else a.batch):
         g = torch.Generator().manual_seed(0)
         data = []
         for _ in range(4):
