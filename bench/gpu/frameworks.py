@@ -187,10 +187,6 @@ def blocks_main(a, cfg, info):
         data = [tuple(t.contiguous().cuda() for t in (r[:, :-1], r[:, 1:]))
                 for r in (torch.randint(0, cfg["vocab"], (B, cfg["seq"] + 1), generator=g) for _ in range(4))]
         for fw in [f for f in a.frameworks.split(",") if f.startswith("hf")]:
-            # hf-nohold: the step's report built as soon as its statistics land (GatedPath._hold_report off)
-            from trainguard.gated import GatedPath
-            hold = info.setdefault("hold_max_s", GatedPath.HOLD_MAX_S)
-            GatedPath.HOLD_MAX_S = 0.0 if fw == "hf-nohold" else hold
             blocks, counters, early = hf_blocks_run(cfg, B, data, a.target, a.warmup, a.blocks, a.rounds,
                                                     f"bench-{fw}-blocks-b{B}-{os.getpid()}", f"/tmp/{fw}-blocks-{B}",
                                                     at_backward=fw != "hf-late")

@@ -73,11 +73,6 @@ def run_update(guard, v, update):
     return result
 
 
-def update_done(guard):
-    """The step's update is launched (or kept out): its report may go now (GatedPath.release)."""
-    guard.gated.release()
-
-
 def skipped_update(guard, v):
     """The verdict ``v`` kept this step's update out (skip, rollback, halt)."""
     guard.recovery.after_no_update(v.step if v else None)
@@ -94,7 +89,6 @@ def optimizer_step(guard):
             scaler.update()
         guard._unscaled = False
         skipped_update(guard, v)
-        update_done(guard)
         return False
 
     def update():
@@ -111,5 +105,4 @@ def optimizer_step(guard):
     if guard.scheduler is not None:
         guard.scheduler.step()
     guard.recovery.after_update(v.step if v else None)
-    update_done(guard)
     return True

@@ -15,8 +15,6 @@ this; a healthy step still reads nothing on the host.
 import collections
 import logging
 import math
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
@@ -76,7 +74,6 @@ class GatedPath:
         self.futs = collections.deque()  # reports not yet answered
         self.last = None             # the last gated step (GatedStep), until the next step looked at it
         self._graphs = None          # one rank: the measure-and-gate kernels as a CUDA graph (gate_graph)
-        self._release = None         # the last gated step's report waits on it (_hold_report)
 
     @property
     def graphs(self):
@@ -88,29 +85,6 @@ class GatedPath:
     def clear(self):
         self.futs.clear()
         self.last = None
-
-    # ------------------------------------------------------------------ when the report is built
-
-    HOLD_FRACTION = 0.25  # of the last step's time: how long a report waits for release() at most
-    HOLD_MAX_S = 0.05
-
-    def _hold_report(self, step_time):
-        """Makes the report of the step being gated wait for ``release()``: building and sending it
-        takes the GIL for a few hundred µs, and right after ``step()`` the training thread launches
-        the update. In a loop that read the loss on the host just before (the HF Trainer), the GPU
-        is idle until that launch, so the report's work would land on the critical path. Released
-        once the update is launched (the wrapper, ``optimizer_step()``), by the next ``step()`` or
-        ``flush()``, and at the latest a quarter of a step later. Returns the sender's wait."""
-        self.release()
-        gate = self._release = threading.Event()
-        until = time.monotonic() + min(self.HOLD_MAX_S, max(0.0, step_time) * self.HOLD_FRACTION)
-        return lambda: gate.wait(max(0.0, until - time.monotonic()))
-
-    def release(self):
-        """The training thread is past this step's update: its report may be built and sent now."""
-        gate, self._release = self._release, None
-        if gate is not None:
-            gate.set()
 
     # ------------------------------------------------------------------ before the step
 
@@ -184,12 +158,9 @@ class GatedPath:
         lr = float(lr) if not torch.is_tensor(lr) or lr.device.type == "cpu" else 0.0
         absent = loss is None
 
-        released = self._hold_report(step_time)
-
         def build():  # on the sender thread
             if event is not None:
                 event.synchronize()  # blocks in C without the GIL
-            released()
             return self._report(step, host.tolist(), ng, names, lr, step_time, thr, bounds, absent,
                                 None if host_vec is None else host_vec.tolist(),
                                 0.0 if host_scale is None else float(host_scale.reshape(-1)[0]))

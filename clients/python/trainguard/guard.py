@@ -191,7 +191,6 @@ class Guard:
         the loss; a faulty step is then replayed once to classify the fault (docs/client.md,
         Recovery). ``data_position``: where the data stands after this step's batch (default
         step + 1); in-memory snapshots record it."""
-        self.gated.release()  # the last step's report, if the loop updated without the guard
         self.recovery.begin(step, data_position, replay)
         now = time.perf_counter()
         step_time, self._step_t0 = now - self._step_t0, now
@@ -363,7 +362,6 @@ class Guard:
 
     def flush(self, timeout=None):
         """Waits until every queued report has its verdict (or the timeout passes)."""
-        self.gated.release()
         return self.sender.flush(self.deadline * 4 if timeout is None else timeout)
 
     def close(self, reason="training finished"):

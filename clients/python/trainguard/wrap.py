@@ -93,7 +93,6 @@ class GuardedOptimizer(torch.optim.Optimizer):
         v = g._verdict_for_update()
         if v is not None and not v.should_step:
             apply_.skipped_update(g, v)
-            apply_.update_done(g)
             return None
         handed = self._hand_on_scaler_flags()
         try:
@@ -104,7 +103,6 @@ class GuardedOptimizer(torch.optim.Optimizer):
                 self.optimizer.__dict__.pop("found_inf", None)
                 self.optimizer.__dict__.pop("grad_scale", None)
         g.recovery.after_update(v.step if v else None)
-        apply_.update_done(g)
         return result
 
     def _hand_on_scaler_flags(self):
