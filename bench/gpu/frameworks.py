@@ -77,18 +77,34 @@ def lightning_run(cfg, B, data, guarded, target, warmup, steps, run):
     return clock.ms, gated
 
 
+class HFWrapped(torch.nn.Module):
+    """The bench LM as the HF Trainer takes it: keyword inputs, a dict with the loss."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gpt = GPT(**cfg)
+
+    def forward(self, idx, targets):
+        return {"loss": self.gpt(idx, targets)}
+
+
+def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat):
+    """Runs a fresh HF Trainer (bf16, fused AdamW, no clipping, no saving) over ``data`` repeated."""
+    import transformers
+    rows = [{"idx": x.cpu(), "targets": y.cpu()} for x, y in data]
+    args = transformers.TrainingArguments(output_dir=out_dir, max_steps=max_steps,
+                                          per_device_train_batch_size=B, learning_rate=3e-4, weight_decay=0.1,
+                                          bf16=True, optim="adamw_torch_fused", save_strategy="no",
+                                          logging_steps=10_000, report_to=[], max_grad_norm=0.0,
+                                          dataloader_num_workers=0, disable_tqdm=True)
+    flat = [{"idx": r["idx"][i], "targets": r["targets"][i]} for r in rows for i in range(B)]
+    trainer = transformers.Trainer(model=HFWrapped(cfg), args=args, train_dataset=flat * repeat, callbacks=callbacks)
+    trainer.train()
+
+
 def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir, at_backward=True):
     import transformers
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.gpt = GPT(**cfg)
-
-        def forward(self, idx, targets):
-            return {"loss": self.gpt(idx, targets)}
-
     clock = Clock(warmup, steps)
 
     class Timer(transformers.TrainerCallback):
@@ -100,15 +116,7 @@ def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir, at_backwa
         from trainguard.hf import TrainguardCallback
         cbs.insert(0, TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
                                          measure_at_backward=at_backward))
-    rows = [{"idx": x.cpu(), "targets": y.cpu()} for x, y in data]
-    args = transformers.TrainingArguments(output_dir=out_dir, max_steps=warmup + steps + 1,
-                                          per_device_train_batch_size=B, learning_rate=3e-4, weight_decay=0.1,
-                                          bf16=True, optim="adamw_torch_fused", save_strategy="no",
-                                          logging_steps=10_000, report_to=[], max_grad_norm=0.0,
-                                          dataloader_num_workers=0, disable_tqdm=True)
-    flat = [{"idx": r["idx"][i], "targets": r["targets"][i]} for r in rows for i in range(B)]
-    trainer = transformers.Trainer(model=Wrapped(), args=args, train_dataset=flat * 64, callbacks=cbs)
-    trainer.train()
+    hf_train(cfg, B, data, out_dir, warmup + steps + 1, cbs, repeat=64)
     gated = cbs[0].guard.counters["device_gated_steps"] if guarded else None
     if guarded:
         print(f"    measured at backward end: {cbs[0].guard.backward_gate.counters}", flush=True)
@@ -150,16 +158,6 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
     """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``)."""
     import transformers
     from trainguard.hf import TrainguardCallback
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.gpt = GPT(**cfg)
-
-        def forward(self, idx, targets):
-            return {"loss": self.gpt(idx, targets)}
-
     blocks = Blocks(warmup, size, pairs)
     tg = TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
                             measure_at_backward=at_backward)
@@ -169,15 +167,7 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
             blocks.guard = tg.guard
             blocks.tick()
 
-    rows = [{"idx": x.cpu(), "targets": y.cpu()} for x, y in data]
-    args = transformers.TrainingArguments(output_dir=out_dir, max_steps=blocks.steps() + 1,
-                                          per_device_train_batch_size=B, learning_rate=3e-4, weight_decay=0.1,
-                                          bf16=True, optim="adamw_torch_fused", save_strategy="no",
-                                          logging_steps=10_000, report_to=[], max_grad_norm=0.0,
-                                          dataloader_num_workers=0, disable_tqdm=True)
-    flat = [{"idx": r["idx"][i], "targets": r["targets"][i]} for r in rows for i in range(B)]
-    trainer = transformers.Trainer(model=Wrapped(), args=args, train_dataset=flat * 1000, callbacks=[tg, Timer()])
-    trainer.train()
+    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [tg, Timer()], repeat=1000)
     return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters)
 
 
