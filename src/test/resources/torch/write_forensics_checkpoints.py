@@ -3,7 +3,8 @@ forensics test, and what torch itself computes about every tensor (expected.json
 
 usage: python write_forensics_checkpoints.py OUT_DIR
   OUT_DIR/state.pt     torch.save of {"model": ..., "optimizer": ..., "step": ...}; model.wt is a
-                       transposed view (strided in its storage), model.b16 bf16
+                       transposed view (strided in its storage), model.ws a slice of the same
+                       storage (rows apart), model.b16 bf16
   OUT_DIR/dcp/         torch.distributed.checkpoint.save of the model tensors (one process)
   OUT_DIR/model.safetensors  the model tensors, contiguous
   OUT_DIR/legacy.pt    torch.save without the zip format (pre-1.6 layout)
@@ -28,13 +29,15 @@ w[37, 8000] = float("inf")
 w[50, :] = float("nan")                           # a whole row
 base = torch.randn(96, 48, generator=g)
 base[10, 3] = float("-inf")
+base[20, 7] = float("nan")
 wt = base.t()                                     # [48, 96], stride (1, 48): element (3, 10) is -inf
+ws = base[2:90, 5:40]                             # [88, 35], stride (48, 1): rows of 35 apart; (18, 2) is NaN
 b16 = (torch.randn(10000, generator=g) * 3).to(torch.bfloat16)
 b16[9000] = float("nan")                          # block 2 of the 4096-element blocks
 clean = torch.linspace(-2, 5, 1000)
 exp_avg_sq = torch.rand(64, 8192, generator=g)
 exp_avg_sq[3, 7] = float("nan")
-model = {"w": w, "wt": wt, "b16": b16, "clean": clean}
+model = {"w": w, "wt": wt, "ws": ws, "b16": b16, "clean": clean}
 state = {"model": model, "optimizer": {"state": {0: {"exp_avg_sq": exp_avg_sq, "step": torch.tensor(12.0)}}},
          "step": 12}
 torch.save(state, os.path.join(out, "state.pt"))

@@ -261,17 +261,25 @@ public final class CheckpointTensors implements AutoCloseable {
                 rest /= shape[d];
             }
             int size = dtype.byteSize();
-            for (int i = 0; i < count; i++) {
+            int last = shape.length - 1;
+            // Runs along the last dimension are copied in one piece where it has stride 1 (a slice);
+            // otherwise (a transposed weight) one element at a time, with no buffer made per element.
+            boolean rows = last >= 0 && stride[last] == 1;
+            for (int i = 0; i < count; ) {
                 long e = ref.offset();
                 for (int d = 0; d < shape.length; d++) {
                     e += idx[d] * stride[d];
                 }
-                dst.put(mapped.slice((int) (e * size), size));
-                for (int d = shape.length - 1; d >= 0; d--) { // next index in C order
-                    if (++idx[d] < shape[d]) {
-                        break;
+                int run = rows ? (int) Math.min(count - i, shape[last] - idx[last]) : 1;
+                dst.put(dst.position(), mapped, Math.toIntExact(e * size), run * size);
+                dst.position(dst.position() + run * size);
+                i += run;
+                if (last >= 0) { // the next index in C order
+                    idx[last] += run;
+                    for (int d = last; d > 0 && idx[d] >= shape[d]; d--) {
+                        idx[d] = 0;
+                        idx[d - 1]++;
                     }
-                    idx[d] = 0;
                 }
             }
         }

@@ -149,7 +149,8 @@ class CheckpointForensicsIT {
         assertEquals(CheckpointState.CHECKPOINT_STATE_REJECTED, c.getState(), c.getStateReason());
         InspectCheckpointResponse r = inspect(c.getCheckpointId());
         Map<String, CheckpointTensorSummary> m = byName(r);
-        for (String name : List.of("model.w", "model.wt", "model.b16", "model.clean", "optimizer.state.0.exp_avg_sq")) {
+        for (String name : List.of("model.w", "model.wt", "model.ws", "model.b16", "model.clean",
+                "optimizer.state.0.exp_avg_sq")) {
             assertTrue(m.containsKey(name), name + " missing from " + m.keySet());
             assertMatchesTorch(name, m.get(name));
         }
@@ -168,7 +169,7 @@ class CheckpointForensicsIT {
         Checkpoint c = registerAndSettle(CheckpointFormat.CHECKPOINT_FORMAT_TORCH_PICKLE, root.resolve("dcp"));
         assertEquals(CheckpointState.CHECKPOINT_STATE_REJECTED, c.getState(), c.getStateReason());
         Map<String, CheckpointTensorSummary> m = byName(inspect(c.getCheckpointId()));
-        assertEquals(java.util.Set.of("model.w", "model.wt", "model.b16", "model.clean"), m.keySet());
+        assertEquals(java.util.Set.of("model.w", "model.wt", "model.ws", "model.b16", "model.clean"), m.keySet());
         m.forEach(CheckpointForensicsIT::assertMatchesTorch);
         assertEquals("__0_0.distcp", m.get("model.w").getFile());
     }
