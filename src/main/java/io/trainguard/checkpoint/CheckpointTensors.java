@@ -6,7 +6,6 @@ import io.trainguard.tensor.format.SafetensorsFile;
 import io.trainguard.tensor.format.TensorDType;
 import io.trainguard.tensor.format.TensorEntry;
 import io.trainguard.tensor.format.UnverifiableTensorFileException;
-import io.trainguard.tensor.format.torch.DcpMetadata;
 import io.trainguard.tensor.format.torch.TensorRef;
 import io.trainguard.tensor.format.torch.TorchArchive;
 import io.trainguard.tensor.inspect.TensorBytes;
@@ -15,10 +14,10 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.MappedByteBuffer;
 import java.nio.channels.FileChannel;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 
 /**
  * The tensors of a checkpoint's files, each readable in pieces where it lies in its file, for
@@ -101,44 +100,13 @@ public final class CheckpointTensors implements AutoCloseable {
     }
 
     private void addDcp(Path metadata) throws IOException {
-        String source = metadata.getParent().getFileName() + "/" + metadata.getFileName();
-        if (Files.size(metadata) > (64L << 20)) {
-            throw new RejectedTensorFileException(source + " is over 64 MiB; DCP metadata is kilobytes to a few MB");
-        }
-        DcpMetadata md = DcpMetadata.parse(Files.readAllBytes(metadata), source);
-        java.util.Map<String, FileChannel> shards = new java.util.TreeMap<>();
-        for (DcpMetadata.Chunk chunk : md.chunks()) {
-            FileChannel ch = shard(metadata, chunk.file(), shards);
-            String where = chunk.file() + "@" + chunk.position();
-            if (chunk.position() + chunk.length() > ch.size()) {
-                throw new RejectedTensorFileException(where + ": chunk " + chunk.label() + " runs past the end of "
-                        + "the shard; the shard is truncated");
+        DcpLayout layout = DcpLayout.read(metadata);
+        for (Map.Entry<String, List<DcpLayout.Item>> e : layout.byShard().entrySet()) {
+            FileChannel ch = channel(layout.shard(e.getKey()));
+            for (DcpLayout.Item item : e.getValue()) {
+                addArchive(item.shard(), ch, DcpLayout.archive(ch, ch.size(), item));
             }
-            addArchive(chunk.file(), ch, TorchArchive.read(ch, chunk.position(), chunk.length(), where, chunk.label()));
         }
-        for (DcpMetadata.Blob b : md.blobs()) {
-            FileChannel ch = shard(metadata, b.file(), shards);
-            if (b.position() + b.length() > ch.size()) {
-                throw new RejectedTensorFileException(b.file() + "@" + b.position() + ": item " + b.fqn()
-                        + " runs past the end of the shard; the shard is truncated");
-            }
-            addArchive(b.file(), ch, TorchArchive.read(ch, b.position(), b.length(), b.file() + "@" + b.position(),
-                    b.fqn()));
-        }
-    }
-
-    private FileChannel shard(Path metadata, String name, java.util.Map<String, FileChannel> shards) throws IOException {
-        FileChannel ch = shards.get(name);
-        if (ch == null) {
-            Path shard = metadata.resolveSibling(name).normalize();
-            if (!shard.getParent().equals(metadata.getParent()) || !Files.isRegularFile(shard)) {
-                throw new RejectedTensorFileException(metadata.getFileName() + " names shard " + name
-                        + ", which is not in the checkpoint directory");
-            }
-            ch = channel(shard);
-            shards.put(name, ch);
-        }
-        return ch;
     }
 
     private void addArchive(String file, FileChannel ch, TorchArchive a) {

@@ -91,6 +91,19 @@ class FrameworkCheckpointTest {
     }
 
     @Test
+    void verify_dcpShardTruncated_rejectedNamingTheChunkPastItsEnd() throws Exception {
+        // prevents: a shard cut short by a full disk read past its end or counted as known-good
+        Path d = copy("dcp");
+        Path shard = d.resolve("__0_0.distcp");
+        byte[] b = Files.readAllBytes(shard);
+        Files.write(shard, java.util.Arrays.copyOf(b, b.length / 2));
+        VerificationResult r = verify(d);
+        assertEquals(CheckpointState.REJECTED, r.outcome());
+        assertTrue(r.reason().startsWith("__0_0.distcp@") && r.reason().contains("-byte shard; the shard is truncated"),
+                r.reason());
+    }
+
+    @Test
     void verify_dcpShardWithNaN_rejectedNamingTheChunk() throws Exception {
         // prevents: a NaN in one rank's shard passing because only the metadata was read
         Path d = copy("dcp");
