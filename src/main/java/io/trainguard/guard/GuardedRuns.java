@@ -11,6 +11,7 @@ import io.trainguard.guard.model.RunSetup;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.model.RunState;
 import io.trainguard.guard.model.Severity;
+import io.trainguard.guard.model.StepRecord;
 import io.trainguard.guard.model.StepReport;
 import io.trainguard.guard.model.ValidationAudit;
 import io.trainguard.guard.model.Verdict;
@@ -23,6 +24,7 @@ import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutionException;
@@ -73,8 +75,11 @@ public final class GuardedRuns {
             RunDecider g = RunDecider.restore(s, journal::nextIncidentId);
             if (s.state() != RunState.CLOSED) {
                 // one query per run, only ranks that reported: start time does not grow with world size
-                journal.recentStepsByRank(s.runId(), s.worldSize(), replaySteps)
-                        .forEach((rank, steps) -> g.replay(rank, steps, nanoTime.getAsLong()));
+                Map<Integer, List<StepRecord>> byRank = journal.recentStepsByRank(s.runId(), s.worldSize(), replaySteps);
+                Map<Integer, Set<Long>> incidents = journal.incidentStepsByRank(s.runId(),
+                        replaySteps * Math.max(1, byRank.size()));
+                byRank.forEach((rank, steps) -> g.replay(rank, steps, incidents.getOrDefault(rank, Set.of()),
+                        nanoTime.getAsLong()));
             }
             runs.put(s.runId(), g);
             checkpoints.configure(s.runId(), s.policy().knownGoodHealthySteps());

@@ -3,7 +3,12 @@ package io.trainguard.guard;
 import io.trainguard.guard.model.Incident;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.model.StepRecord;
+import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.TreeMap;
 import java.util.concurrent.CompletableFuture;
 
 /** The engine's durable memory: runs, every step's summary and verdict, incidents. */
@@ -25,8 +30,8 @@ public interface Journal {
      * Ranks without steps are absent, so a run opened with a huge world size costs nothing here.
      * Journals on a database answer it in one query; this default asks rank by rank.
      */
-    default java.util.Map<Integer, List<StepRecord>> recentStepsByRank(String runId, int worldSize, int limit) {
-        java.util.Map<Integer, List<StepRecord>> out = new java.util.TreeMap<>();
+    default Map<Integer, List<StepRecord>> recentStepsByRank(String runId, int worldSize, int limit) {
+        Map<Integer, List<StepRecord>> out = new TreeMap<>();
         for (int rank = 0; rank < worldSize; rank++) {
             List<StepRecord> steps = recentSteps(runId, rank, limit);
             if (!steps.isEmpty()) {
@@ -38,4 +43,16 @@ public interface Journal {
 
     /** The newest {@code limit} incidents of a run, newest first. */
     List<Incident> incidents(String runId, int limit);
+
+    /**
+     * The steps of the run's newest {@code limit} incidents, by rank: a restart's replay tells an
+     * incident's skipped step from a GradScaler's own overflow by them.
+     */
+    default Map<Integer, Set<Long>> incidentStepsByRank(String runId, int limit) {
+        Map<Integer, Set<Long>> out = new HashMap<>();
+        for (Incident i : incidents(runId, limit)) {
+            out.computeIfAbsent(i.rank(), r -> new HashSet<>()).add(i.step());
+        }
+        return out;
+    }
 }

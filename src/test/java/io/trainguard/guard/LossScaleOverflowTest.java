@@ -81,6 +81,23 @@ class LossScaleOverflowTest {
     }
 
     @Test
+    void restore_fromJournal_countsOverflowLookingNonFiniteActivationsAsSkips() {
+        // prevents: a restart forgetting a streak of real non-finite steps because, without their
+        // module statistics, the journal's rows look like the scaler's own overflows
+        guard.open(setup("r1", 0, 1, null));
+        guard.report(step("r1", 0, 0, 2.0, 0.5));
+        for (long s = 1; s < 3; s++) {
+            StepReport r = new StepReport("r1", 0, s, 2.0, false, Double.POSITIVE_INFINITY, new double[0], 1e-3, 1024,
+                    List.of(), new boolean[] {true, false, true, true}, new double[0], Duration.ZERO, true);
+            assertEquals(Action.SKIP, guard.report(r).action());
+        }
+        guard.report(overflow(3, 1024)); // the scaler's own: no incident, not in the streak
+        GuardedRuns restarted = service(journal, checkpoints);
+        assertEquals(1, restarted.restore(512));
+        assertEquals(2, new RunReads(restarted, journal, Duration.ofSeconds(1)).view("r1", 10).run().consecutiveSkips());
+    }
+
+    @Test
     void restore_fromJournal_doesNotCountOverflowsAsSkips() {
         guard.open(setup("r1", 0, 1, null));
         guard.report(step("r1", 0, 0, 2.0, 0.5));

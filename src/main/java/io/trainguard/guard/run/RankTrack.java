@@ -25,16 +25,20 @@ final class RankTrack {
         this.stats = new RankStatistics(policy);
     }
 
-    /** Relearns one journaled step after a restart, as deciding it did: only applied steps teach the statistics. */
-    void replay(StepRecord s) {
+    /**
+     * Relearns one journaled step after a restart, as deciding it did: only applied steps teach the
+     * statistics. {@code hadIncident}: the journal holds an incident of this rank at this step. A
+     * skipped step keeps no module statistics, so a GradScaler overflow (no incident) and an
+     * overflow-looking step with a non-finite activation (an incident) differ only there.
+     */
+    void replay(StepRecord s, boolean hadIncident) {
         if (s.action() == Action.APPLY || s.action() == Action.CLIP) {
             stats.learn(s.loss(), Double.isNaN(s.loss()), s.gradNorm());
             stats.divergence.observe(s.loss());
             consecutiveSkips = 0;
             healthyStreak++;
-        } else if (s.action() == Action.SKIP && !LossScaleOverflow.of(s.lossScale(), s.loss(), s.gradNorm())) {
-            // (a journaled step keeps no module statistics: an overflow with a non-finite activation,
-            // an incident when decided, reads as the scaler's own here; rare, and on the lenient side)
+        } else if (s.action() == Action.SKIP
+                && (hadIncident || !LossScaleOverflow.of(s.lossScale(), s.loss(), s.gradNorm()))) {
             consecutiveSkips++;
             healthyStreak = 0;
         }

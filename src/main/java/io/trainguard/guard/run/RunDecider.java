@@ -29,6 +29,7 @@ import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Optional;
+import java.util.Set;
 import java.util.concurrent.locks.ReentrantLock;
 
 /**
@@ -91,7 +92,8 @@ public final class RunDecider {
         return g;
     }
 
-    public synchronized void replay(int rank, List<StepRecord> steps, long nowNanos) {
+    /** Replays one rank's journaled steps; {@code incidentSteps}: the steps it has incidents at. */
+    public synchronized void replay(int rank, List<StepRecord> steps, Set<Long> incidentSteps, long nowNanos) {
         RankTrack t = track(rank, nowNanos);
         for (StepRecord s : steps) {
             // Routine snapshots are throttled; the step rows are the truth about the newest steps.
@@ -100,7 +102,7 @@ public final class RunDecider {
                 lastStep = s.step();
                 updatedTime = s.time();
             }
-            t.replay(s);
+            t.replay(s, incidentSteps.contains(s.step()));
         }
     }
 
