@@ -52,8 +52,8 @@ public class EngineWiring {
 
     @Produces
     @Singleton
-    RunReads runReads(GuardedRuns runs, SqliteJournal journal, TrainguardConfig config) {
-        return new RunReads(runs, journal, config.journal().durableTimeout());
+    RunReads runReads(GuardedRuns runs) {
+        return new RunReads(runs);
     }
 
     @Produces

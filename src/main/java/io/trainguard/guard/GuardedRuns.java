@@ -68,6 +68,16 @@ public final class GuardedRuns {
         this.durable = new DurableWrites(journal, durableTimeout);
     }
 
+    /** The journal the runs are written to (RunReads reads it). */
+    Journal journal() {
+        return journal;
+    }
+
+    /** The durable-write waits, shared with RunReads' read barrier. */
+    DurableWrites durableWrites() {
+        return durable;
+    }
+
     /** Reloads every run from the journal and replays recent steps so statistics continue where they were. */
     public int restore(int replaySteps) {
         int restored = 0;

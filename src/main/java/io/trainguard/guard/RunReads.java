@@ -21,10 +21,11 @@ public final class RunReads {
     private final Journal journal;
     private final DurableWrites durable;
 
-    public RunReads(GuardedRuns runs, Journal journal, java.time.Duration durableTimeout) {
+    /** Reads {@code runs} and the journal it writes, waiting for its writes as it does. */
+    public RunReads(GuardedRuns runs) {
         this.runs = runs;
-        this.journal = journal;
-        this.durable = new DurableWrites(journal, durableTimeout);
+        this.journal = runs.journal();
+        this.durable = runs.durableWrites();
     }
 
     public List<RunSnapshot> list() {

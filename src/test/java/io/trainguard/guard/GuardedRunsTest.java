@@ -248,7 +248,7 @@ class GuardedRunsTest {
         guard.report(step("r1", 0, 40, Double.NaN, 1));
         GuardedRuns restarted = service(journal, checkpoints);
         assertEquals(1, restarted.restore(512));
-        RunSnapshot s = new RunReads(restarted, journal, java.time.Duration.ofSeconds(1)).view("r1", 10).run();
+        RunSnapshot s = new RunReads(restarted).view("r1", 10).run();
         assertEquals(RunState.DEGRADED, s.state());
         assertEquals(40, s.lastStep());
         assertEquals(1, s.consecutiveSkips(), "skip count is kept");

@@ -94,7 +94,7 @@ class LossScaleOverflowTest {
         guard.report(overflow(3, 1024)); // the scaler's own: no incident, not in the streak
         GuardedRuns restarted = service(journal, checkpoints);
         assertEquals(1, restarted.restore(512));
-        assertEquals(2, new RunReads(restarted, journal, Duration.ofSeconds(1)).view("r1", 10).run().consecutiveSkips());
+        assertEquals(2, new RunReads(restarted).view("r1", 10).run().consecutiveSkips());
     }
 
     @Test
@@ -106,7 +106,7 @@ class LossScaleOverflowTest {
         }
         GuardedRuns restarted = service(journal, checkpoints);
         assertEquals(1, restarted.restore(512));
-        RunSnapshot s = new RunReads(restarted, journal, Duration.ofSeconds(1)).view("r1", 10).run();
+        RunSnapshot s = new RunReads(restarted).view("r1", 10).run();
         assertEquals(0, s.consecutiveSkips());
     }
 }
