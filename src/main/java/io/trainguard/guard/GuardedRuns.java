@@ -86,9 +86,9 @@ public final class GuardedRuns {
             if (s.state() != RunState.CLOSED) {
                 // one query per run, only ranks that reported: start time does not grow with world size
                 Map<Integer, List<StepRecord>> byRank = journal.recentStepsByRank(s.runId(), s.worldSize(), replaySteps);
-                Map<Integer, Set<Long>> incidents = journal.incidentStepsByRank(s.runId(),
-                        replaySteps * Math.max(1, byRank.size()));
-                byRank.forEach((rank, steps) -> g.replay(rank, steps, incidents.getOrDefault(rank, Set.of()),
+                Map<Integer, Set<Long>> faults = byRank.isEmpty() ? Map.of()
+                        : journal.incidentStepsByRank(s.runId(), IncidentKind.STEP_FAULTS, replaySteps * byRank.size());
+                byRank.forEach((rank, steps) -> g.replay(rank, steps, faults.getOrDefault(rank, Set.of()),
                         nanoTime.getAsLong()));
             }
             runs.put(s.runId(), g);

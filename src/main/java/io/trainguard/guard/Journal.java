@@ -1,6 +1,7 @@
 package io.trainguard.guard;
 
 import io.trainguard.guard.model.Incident;
+import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.model.StepRecord;
 import java.util.HashMap;
@@ -45,13 +46,15 @@ public interface Journal {
     List<Incident> incidents(String runId, int limit);
 
     /**
-     * The steps of the run's newest {@code limit} incidents, by rank: a restart's replay tells an
-     * incident's skipped step from a GradScaler's own overflow by them.
+     * The steps of the run's newest {@code limit} incidents of the given kinds, by rank: a restart's
+     * replay tells a detector's skip from a GradScaler's own overflow by them.
      */
-    default Map<Integer, Set<Long>> incidentStepsByRank(String runId, int limit) {
+    default Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, int limit) {
         Map<Integer, Set<Long>> out = new HashMap<>();
         for (Incident i : incidents(runId, limit)) {
-            out.computeIfAbsent(i.rank(), r -> new HashSet<>()).add(i.step());
+            if (kinds.contains(i.kind())) {
+                out.computeIfAbsent(i.rank(), r -> new HashSet<>()).add(i.step());
+            }
         }
         return out;
     }

@@ -17,8 +17,10 @@ import java.sql.Statement;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.Collections;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.TreeMap;
 
 /**
@@ -152,6 +154,32 @@ final class JournalReads implements AutoCloseable {
                     out.add(new Incident(rs.getLong("id"), runId, rs.getInt("rank"), rs.getLong("step"),
                             IncidentKind.valueOf(rs.getString("kind")), Severity.valueOf(rs.getString("severity")),
                             rs.getString("message"), rs.getString("module"), Instant.ofEpochMilli(rs.getLong("time_ms"))));
+                }
+            }
+        } catch (SQLException e) {
+            throw new IllegalStateException("cannot read incidents from the journal: " + e.getMessage(), e);
+        }
+        return out;
+    }
+
+    /** Journal.incidentStepsByRank in one query that reads ranks and steps only. */
+    synchronized Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, int limit) {
+        Map<Integer, Set<Long>> out = new TreeMap<>();
+        if (kinds.isEmpty()) {
+            return out;
+        }
+        String in = String.join(",", Collections.nCopies(kinds.size(), "?"));
+        try (PreparedStatement ps = connection.prepareStatement("SELECT rank, step FROM (SELECT id, rank, step FROM "
+                + "incidents WHERE run_id=? AND kind IN (" + in + ") ORDER BY id DESC LIMIT ?)")) {
+            int i = 1;
+            ps.setString(i++, runId);
+            for (IncidentKind k : kinds) {
+                ps.setString(i++, k.name());
+            }
+            ps.setInt(i, limit);
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    out.computeIfAbsent(rs.getInt(1), r -> new HashSet<>()).add(rs.getLong(2));
                 }
             }
         } catch (SQLException e) {

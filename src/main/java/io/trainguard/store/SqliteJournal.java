@@ -6,6 +6,7 @@ import com.fasterxml.jackson.datatype.jsr310.JavaTimeModule;
 import io.trainguard.guard.Journal;
 import io.trainguard.guard.JournalWrite;
 import io.trainguard.guard.model.Incident;
+import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.model.StepRecord;
 import java.io.IOException;
@@ -20,6 +21,7 @@ import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
@@ -214,6 +216,11 @@ public final class SqliteJournal implements Journal, AutoCloseable {
     @Override
     public List<Incident> incidents(String runId, int limit) {
         return reads.incidents(runId, limit);
+    }
+
+    @Override
+    public Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, int limit) {
+        return reads.incidentStepsByRank(runId, kinds, limit);
     }
 
     /**

@@ -111,4 +111,27 @@ class JournalRetentionAndReplayTest {
             assertEquals(io.trainguard.guard.model.Action.APPLY, restarted.report(step("huge", 0, 40)).action());
         }
     }
+
+    // Prevents: a restart counting a GradScaler's overflows (no incident) into a skip streak, or
+    // forgetting the detectors' skips (a step-fault incident each), when the journal is SQLite.
+    @Test
+    void incidentStepsByRank_stepFaultsOnly_byRank() {
+        try (SqliteJournal journal = new SqliteJournal(dir.resolve("f.db"), "NORMAL", 1024)) {
+            GuardedRuns guard = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
+            guard.open(setup("faults", 0, 2));
+            guard.open(setup("faults", 1, 2));
+            guard.report(step("faults", 0, 0));
+            guard.report(new StepReport("faults", 1, 0, Double.NaN, false, 0.5, new double[0], 1e-3, 0, List.of(),
+                    new boolean[0], new double[0], Duration.ZERO, false));
+            guard.report(new StepReport("faults", 0, 1, 2.0, false, Double.POSITIVE_INFINITY, new double[0], 1e-3, 1024,
+                    List.of(), new boolean[0], new double[0], Duration.ZERO, false)); // the scaler's own overflow
+            RunSnapshot view = guard.run("faults").snapshot();
+            assertEquals(1, view.consecutiveSkips());
+            var faults = journal.incidentStepsByRank("faults", io.trainguard.guard.model.IncidentKind.STEP_FAULTS, 100);
+            assertEquals(java.util.Map.of(1, java.util.Set.of(0L)), faults);
+            GuardedRuns restarted = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
+            assertEquals(1, restarted.restore(32));
+            assertEquals(1, restarted.run("faults").snapshot().consecutiveSkips());
+        }
+    }
 }

@@ -1,6 +1,8 @@
 package io.trainguard.guard.detect;
 
+import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.StepReport;
+import java.util.List;
 
 /**
  * A dynamic loss scaler's own overflow (torch's GradScaler, fp16 AMP): the loss is finite, every
@@ -18,25 +20,12 @@ public final class LossScaleOverflow {
     }
 
     public static boolean of(StepReport r) {
-        if (!of(r.lossScale(), r.lossAbsent() ? 0 : r.loss(), r.gradNorm())) {
+        // cheap guard first: a healthy step's finite grad norm ends it; the full look is on overflows only
+        if (r.lossScale() < COLLAPSED || Double.isFinite(r.gradNorm())) {
             return false;
         }
-        for (boolean finite : r.moduleFinite()) {
-            if (!finite) {
-                return false;
-            }
-        }
-        for (double v : r.moduleMaxAbs()) {
-            if (!Double.isFinite(v)) {
-                return false;
-            }
-        }
-        return true;
-    }
-
-    /** The same from the numbers a journaled step keeps (no module statistics: loss and grads tell). */
-    public static boolean of(double lossScale, double loss, double gradNorm) {
-        return lossScale >= COLLAPSED && Double.isFinite(loss) && !Double.isFinite(gradNorm);
+        NonFiniteFinding bad = NonFiniteFinding.of(r, List.of());
+        return bad != null && bad.kind() == IncidentKind.NON_FINITE_GRAD; // loss and watched outputs finite
     }
 
     public static String reason(StepReport r) {

@@ -1,5 +1,9 @@
 package io.trainguard.guard.model;
 
+import java.util.Collections;
+import java.util.EnumSet;
+import java.util.Set;
+
 /**
  * What an incident is about. Only kinds the sidecar produces are listed; the proto keeps
  * CHECKPOINT_REJECTED (12) and SIDECAR_UNREACHABLE (13) numbered for wire compatibility only.
@@ -20,5 +24,9 @@ public enum IncidentKind {
     RESUMED,
     TENSOR_FORENSICS,
     FAULT_REPLAYED,
-    SUSPECT_DEVICE
+    SUSPECT_DEVICE;
+
+    /** What the step detectors journal with the steps they skip (a scaler's own overflow has none). */
+    public static final Set<IncidentKind> STEP_FAULTS =
+            Collections.unmodifiableSet(EnumSet.of(NON_FINITE_LOSS, NON_FINITE_GRAD, NON_FINITE_MODULE, LOSS_SPIKE, GRAD_SPIKE));
 }

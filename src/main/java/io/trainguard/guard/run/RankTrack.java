@@ -1,7 +1,6 @@
 package io.trainguard.guard.run;
 
 import io.trainguard.guard.detect.HangWatch;
-import io.trainguard.guard.detect.LossScaleOverflow;
 import io.trainguard.guard.detect.RankStatistics;
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.LocalBounds;
@@ -27,18 +26,17 @@ final class RankTrack {
 
     /**
      * Relearns one journaled step after a restart, as deciding it did: only applied steps teach the
-     * statistics. {@code hadIncident}: the journal holds an incident of this rank at this step. A
-     * skipped step keeps no module statistics, so a GradScaler overflow (no incident) and an
-     * overflow-looking step with a non-finite activation (an incident) differ only there.
+     * statistics. {@code faulted}: the journal holds a step-fault incident (non-finite, spike) of
+     * this rank at this step. Every skip the detectors decide has one; a GradScaler's own overflow,
+     * the one skip that does not count in the streak, has none.
      */
-    void replay(StepRecord s, boolean hadIncident) {
+    void replay(StepRecord s, boolean faulted) {
         if (s.action() == Action.APPLY || s.action() == Action.CLIP) {
             stats.learn(s.loss(), Double.isNaN(s.loss()), s.gradNorm());
             stats.divergence.observe(s.loss());
             consecutiveSkips = 0;
             healthyStreak++;
-        } else if (s.action() == Action.SKIP
-                && (hadIncident || !LossScaleOverflow.of(s.lossScale(), s.loss(), s.gradNorm()))) {
+        } else if (s.action() == Action.SKIP && faulted) {
             consecutiveSkips++;
             healthyStreak = 0;
         }

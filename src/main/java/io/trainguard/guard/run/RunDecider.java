@@ -92,8 +92,8 @@ public final class RunDecider {
         return g;
     }
 
-    /** Replays one rank's journaled steps; {@code incidentSteps}: the steps it has incidents at. */
-    public synchronized void replay(int rank, List<StepRecord> steps, Set<Long> incidentSteps, long nowNanos) {
+    /** Replays one rank's journaled steps; {@code faultSteps}: the steps it has step-fault incidents at. */
+    public synchronized void replay(int rank, List<StepRecord> steps, Set<Long> faultSteps, long nowNanos) {
         RankTrack t = track(rank, nowNanos);
         for (StepRecord s : steps) {
             // Routine snapshots are throttled; the step rows are the truth about the newest steps.
@@ -102,7 +102,7 @@ public final class RunDecider {
                 lastStep = s.step();
                 updatedTime = s.time();
             }
-            t.replay(s, incidentSteps.contains(s.step()));
+            t.replay(s, faultSteps.contains(s.step()));
         }
     }
 
