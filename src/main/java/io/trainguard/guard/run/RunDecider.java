@@ -191,7 +191,8 @@ public final class RunDecider {
             effect = CheckpointEffect.HEALTHY_STEP;
             t.healthyStreak++;
             rollback.healthyStep(policy);
-            if (state.state() == RunState.DEGRADED && ranks.minHealthyStreak() >= policy.recoverySteps()) {
+            if (state.state() == RunState.DEGRADED && t.healthyStreak >= policy.recoverySteps() // cheap first
+                    && ranks.minHealthyStreak() >= policy.recoverySteps()) {
                 state.moveTo(RunState.HEALTHY, "recovered: " + policy.recoverySteps() + " healthy steps in a row");
             }
         } else if (!o.scalerOverflow && (o.action != Action.HALT || from != RunState.HALTED)) {
@@ -205,7 +206,9 @@ public final class RunDecider {
                 incidents.isEmpty() ? List.of() : incidents.stream().map(Incident::id).toList());
         StepRecord record = new StepRecord(runId, r.rank(), r.step(), r.lossAbsent() ? Double.NaN : r.loss(), r.gradNorm(),
                 r.learningRate(), r.lossScale(), o.action, verdict.clipThreshold(), now);
-        boolean durable = o.action.changesCourse() && from != RunState.HALTED || from != state.state();
+        // a scaler's own overflow changes nothing (no streak, no checkpoint): no commit to wait for
+        boolean durable = o.action.changesCourse() && !o.scalerOverflow && from != RunState.HALTED
+                || from != state.state();
         RunSnapshot snapshot = snapshots.take(durable || !incidents.isEmpty(), nowNanos) ? snapshot() : null;
         this.knownGood = Optional.empty();
         return new Decision(verdict, new JournalWrite(snapshot, List.of(record), List.copyOf(incidents), durable),
