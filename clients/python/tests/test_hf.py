@@ -153,3 +153,20 @@ def test_hf_trainer_on_the_device_gate_measures_at_backward_end_and_skips_nan(si
     assert guard.counters["device_gated_steps"] >= 10
     assert guard.backward_gate.counters["used"] >= 8, guard.backward_gate.counters
     assert guard.counters["skips"] == 1
+
+
+def test_hf_trainer_that_clips_itself_measures_at_pre_optimizer_step_only(sidecar):
+    # prevents: every step measured twice (at backward end, then again after the Trainer's in-place clip)
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (40, 16), generator=g)]
+    tg = TrainguardCallback("hf-trainer-clips", target=sidecar.target, deadline=5.0, device_gate=True)
+    args = transformers.TrainingArguments(output_dir=os.path.join(sidecar.checkpoint_root, "hf-clips"), max_steps=5,
+                                          per_device_train_batch_size=4, learning_rate=1e-3, save_strategy="no",
+                                          logging_steps=1000, report_to=[], use_cpu=True, max_grad_norm=1.0,
+                                          optim="adamw_torch_fused", dataloader_num_workers=0, disable_tqdm=True)
+    transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg]).train()
+    assert tg.guard.counters["device_gated_steps"] == 5
+    assert tg.guard.backward_gate.counters == {"measured": 0, "used": 0, "stale": 0, "dropped": 0}
+    assert weights_finite(model)

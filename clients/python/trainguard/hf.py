@@ -10,7 +10,8 @@ clipping) judges the step with the loss the model returned (a forward hook reads
 a custom ``compute_loss`` without it reports the loss as absent and the gradients are judged).
 On the device gate the step is measured when the last micro-batch's backward ends, before the
 Trainer's per-step loss read (``Guard.gate_on_backward``); ``on_pre_optimizer_step`` uses that
-measurement unless the gradients changed since (the Trainer's own clipping: measured again).
+measurement unless the gradients changed since. With ``max_grad_norm`` set the Trainer clips in place
+after backward, so the step is measured at ``on_pre_optimizer_step`` only.
 Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its tensor files:
 ``*.safetensors`` and ``optimizer.pt``/``scheduler.pt``/``scaler.pt``, all verified; not
 ``rng_state.pth`` or ``training_args.bin``, which pickle Python objects), and a ROLLBACK restores it: weights,
@@ -83,7 +84,10 @@ class TrainguardCallback(TrainerCallback):
                            scaler=getattr(optimizer, "scaler", None), **kwargs_)
         install_wrapper(optimizer, self.guard.wrap(inner))
         self.guard.restore_hook = self._restore
-        if not args.max_grad_norm:
+        if args.max_grad_norm:
+            # the Trainer clips in place after backward: a measurement taken then is always stale
+            self.measure_at_backward = False
+        else:
             # transformers >= 5 reads the grad norm every step through clip_grad_norm_(inf): the
             # gradients are multiplied by exactly 1.0 in place, their values unchanged
             self.guard.backward_gate.noop_writes = 1
