@@ -122,3 +122,11 @@ def test_arming_is_refused_where_the_step_cannot_be_measured_early(sidecar):
     assert g.backward_gate.counters["measured"] == 0
     assert g.step(0, loss).should_step
     g.close()
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    g = Guard(model, opt, "bwd-no-bounds", target=sidecar.target, deadline=5.0, device_gate=True)
+    g.bounds = None  # the step will go to the host path (as when bounds expired or the sidecar is away)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    assert not g.gate_on_backward(loss)
+    g.close()

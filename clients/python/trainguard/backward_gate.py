@@ -50,10 +50,13 @@ class BackwardGate:
         self.counters = {"measured": 0, "used": 0, "stale": 0, "dropped": 0}
 
     def eligible(self):
+        """Whether the coming step will be gated as ``step()`` gates it (else it would be measured
+        here for nothing), without a GradScaler (it unscales in place at ``step()``)."""
         g = self.g
-        scaler = g.scaler if g.scaler is not None and g.scaler.is_enabled() else None
-        return (self.enabled and g.device_gate and not g.gated.multi and scaler is None
-                and not g.connection.paused)
+        step = 0 if g.last_step is None else g.last_step + 1
+        return (self.enabled and not g.connection.paused and g._one_rank_gate_open(step)
+                and g._late is None and g._async_error is None
+                and (g.scaler is None or not g.scaler.is_enabled()))
 
     def arm(self, loss):
         """Call before ``loss.backward()``; a no-op where the step cannot be measured early."""

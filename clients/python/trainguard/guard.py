@@ -219,8 +219,7 @@ class Guard:
                 if async_err is not None and self._async_error is None:
                     self._async_error = async_err
             return self._finish(step, self.gated.step(step, loss, step_time, need_host=need, replay=replay))
-        if (not self._multi_gate and self.device_gate and late is None and async_err is None and not self.connection.offline
-                and self.bounds is not None and self.bounds.usable(step)):
+        if late is None and async_err is None and self._one_rank_gate_open(step):
             return self._finish(step, self.gated.step(step, loss, step_time, replay=replay))
         self.backward_gate.discard()
         if self.device_gate:
@@ -236,6 +235,12 @@ class Guard:
             self._finish(step, Verdict(step, Action.HALT, reasons=[str(err)]), error=err)
         verdict, gnorm = host_path.step(self, step, loss, step_time, late, replay)
         return self._finish(step, verdict, gnorm=gnorm)
+
+    def _one_rank_gate_open(self, step):
+        """One rank on the device gate, online, with bounds valid for ``step``: the step can be gated
+        without the sidecar (unless a late verdict or a failed report is pending)."""
+        return (self.device_gate and not self._multi_gate and not self.connection.offline
+                and self.bounds is not None and self.bounds.usable(step))
 
     def gate_on_backward(self, loss):
         """Call before ``loss.backward()`` in a loop that reads the loss on the host before ``step()``
