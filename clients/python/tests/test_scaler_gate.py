@@ -90,3 +90,17 @@ def test_a_loop_that_leaves_the_step_to_the_wrapper_is_unscaled_once(sidecar):
     assert guarded["counters"]["steps"] == 13  # the overflow: GradScaler skipped it without calling step()
     for step, (a, b) in enumerate(zip(guarded["weights"], plain["weights"])):
         assert same(a, b), f"weights differ after step {step}"
+
+
+def test_scaler_on_a_torch_that_drops_the_clip_divisor_keeps_the_host_path(sidecar, monkeypatch):
+    # prevents: torch < 2.4's GradScaler.step replacing the gate's grad_scale (the clip) with None
+    import trainguard.gated
+    monkeypatch.setattr(trainguard.gated, "GRAD_SCALER_KEEPS_CLIP", False)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    scaler = torch.amp.GradScaler("cpu")
+    with pytest.raises(ValueError, match="torch >= 2.4"):
+        Guard(model, opt, "scaler-old-torch", target=sidecar.target, scaler=scaler, device_gate=True)
+    g = Guard(model, opt, "scaler-old-torch-auto", target=sidecar.target, scaler=scaler, device_gate="auto")
+    assert not g.device_gate
+    g.close()

@@ -311,15 +311,21 @@ def scaler_skips_too(guard):
     torch.maximum(flag, found.to(flag.device, non_blocking=True), out=flag)
 
 
+# GradScaler.step keeps an optimizer's own grad_scale (the gate's clip divisor) once the gradients are
+# unscaled only from torch 2.4 (pytorch#123429); before, it sets grad_scale to None and the clip is lost.
+GRAD_SCALER_KEEPS_CLIP = torch.torch_version.TorchVersion(torch.__version__) >= (2, 4)
+
+
 def gate_wanted(guard, device_gate):
     """Whether ``guard`` runs healthy steps on the device gate: ``device_gate`` "auto" (on CUDA
     where possible), True (wherever possible, the CPU included; raises where impossible) or False."""
     from .measure import optimizer_honours_gate
     g = guard
+    scaler_on = g.scaler is not None and g.scaler.is_enabled()
     ok = (g.mode == "async" and optimizer_honours_gate(g.optimizer) and not g.protect_update
-          and (g.world_size == 1 or dist_agree.is_initialized()))
+          and (g.world_size == 1 or dist_agree.is_initialized()) and (GRAD_SCALER_KEEPS_CLIP or not scaler_on))
     if device_gate is True and not ok:
         raise ValueError("device_gate=True needs mode='async', an optimizer that honours found_inf/grad_scale "
-                         "(fused=True Adam/AdamW/SGD), no protect_update and, with several ranks, "
-                         "torch.distributed initialised")
+                         "(fused=True Adam/AdamW/SGD), no protect_update, with a GradScaler torch >= 2.4 and, "
+                         "with several ranks, torch.distributed initialised")
     return ok and (device_gate is True or (device_gate == "auto" and g.device.type == "cuda"))
