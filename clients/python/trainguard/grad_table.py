@@ -53,8 +53,9 @@ def available(device):
 class _DtypeRun:
     """The gradients of one dtype: their rows of the address table and the kernel's blocks."""
 
-    def __init__(self, offset, numels, groups_of, device, elem):
+    def __init__(self, offset, numels, groups_of, device, elem, ptrs):
         self.offset, self.count, self.elem = offset, len(numels), elem
+        self.ptrs = ptrs  # this dtype's rows of the device address table (a view: one upload fills all)
         tensor, start, self.block_group = [], [], []
         for j, (n, grp) in enumerate(zip(numels, groups_of)):
             for s in range(0, max(n, 1), CHUNK):
@@ -65,15 +66,12 @@ class _DtypeRun:
         self.block_tensor = torch.tensor(tensor, dtype=torch.int32, device=device)
         self.block_start = torch.tensor(start, dtype=torch.int64, device=device)
         self.sizes = torch.tensor(numels, dtype=torch.int64, device=device)
-        self.ptrs = torch.zeros(len(numels), dtype=torch.int64, device=device)
         self.partial = torch.zeros(self.blocks, dtype=torch.float32, device=device)
 
 
 class GradTable:
     """The parameters of an optimizer's groups as address tables, per gradient dtype; ``sums()``
     launches the kernels (capturable) and returns each group's sum of squares (0-d float32)."""
-
-    RING = 4  # pinned host tables in turn: the one being rewritten was copied four uploads ago
 
     def __init__(self, optimizer, device):
         self.device = device
@@ -88,16 +86,14 @@ class GradTable:
         # the table lists the parameters dtype by dtype, so each kernel's slice of it is contiguous
         self.params = [p for rows in by_dtype.values() for p, _ in rows]
         self._numels = [p.numel() for p in self.params]
+        self._ptrs = torch.zeros(len(self.params), dtype=torch.int64, device=device)
         self.runs, start = [], 0
         for dt, rows in by_dtype.items():
-            self.runs.append(_DtypeRun(start, [p.numel() for p, _ in rows], [gi for _, gi in rows], device, _ELEM[dt]))
+            self.runs.append(_DtypeRun(start, [p.numel() for p, _ in rows], [gi for _, gi in rows], device, _ELEM[dt],
+                                       self._ptrs[start:start + len(rows)]))
             start += len(rows)
-        cuda = device.type == "cuda"  # the CPU: Triton's interpreter (TRITON_INTERPRET=1), the tests' check of the kernel
-        self._ring = [torch.empty(len(self.params), dtype=torch.int64, pin_memory=cuda) for _ in range(self.RING)]
-        # per ring slot: each kernel's slice of it, and the event recorded after its copy
-        self._slices = [[host[run.offset:run.offset + run.count] for run in self.runs] for host in self._ring]
-        self._copied = [torch.cuda.Event() for _ in range(self.RING)] if cuda else None
-        self._turn = 0
+        # the CPU: Triton's interpreter (TRITON_INTERPRET=1), the tests' check of the kernel
+        self._pinned = device.type == "cuda"
         self._last = None
 
     def matches(self, optimizer):
@@ -127,14 +123,9 @@ class GradTable:
             return False
         if ptrs != self._last:
             self._last = ptrs
-            i, self._turn = self._turn, (self._turn + 1) % self.RING
-            if self._copied is not None:
-                self._copied[i].synchronize()  # normally long done (or never recorded): the GPU is at most a step behind
-            self._ring[i].copy_(torch.tensor(ptrs, dtype=torch.int64))
-            for run, src in zip(self.runs, self._slices[i]):  # pinned source: stream-ordered, no sync
-                run.ptrs.copy_(src, non_blocking=True)
-            if self._copied is not None:
-                self._copied[i].record()
+            # pinned and stream-ordered, no sync: torch's pinned allocator keeps the host buffer
+            # until the copy has run
+            self._ptrs.copy_(torch.tensor(ptrs, dtype=torch.int64, pin_memory=self._pinned), non_blocking=True)
         return True
 
     def sums(self):
