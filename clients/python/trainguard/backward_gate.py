@@ -53,8 +53,7 @@ class BackwardGate:
         """Whether the coming step will be gated as ``step()`` gates it (else it would be measured
         here for nothing), without a GradScaler (it unscales in place at ``step()``)."""
         g = self.g
-        step = 0 if g.last_step is None else g.last_step + 1
-        return (self.enabled and not g.connection.paused and g._one_rank_gate_open(step)
+        return (self.enabled and not g.connection.paused and g._one_rank_gate_open(_coming_step(g))
                 and g._late is None and g._async_error is None
                 and (g.scaler is None or not g.scaler.is_enabled()))
 
@@ -92,24 +91,13 @@ class BackwardGate:
 
     def _measure_now(self, loss):
         g = self.g
-        self._await_bounds()
+        # the coming step's clip threshold comes with the last verdicts, as in step()
+        g.gated.await_verdicts(_coming_step(g), act_on_timeout=False)
         thr = rules.gate_threshold(g.bounds or LocalBounds())
-        names, mods = g.meter.take_watch()
-        g.meter.hold((names, mods))  # measure_and_install takes them again; kept for a re-measure
-        stats, ng, names = g.gated.graphs.measure_and_install(loss, thr)
+        names, mods = g.meter.take_watch()  # kept in Early: a re-measure at step() needs them again
+        stats, ng, names = g.gated.graphs.measure_and_install(loss, thr, taken=(names, mods))
         grads = [p.grad for p in _params(g.optimizer)]
         return Early(stats, ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads])
-
-    def _await_bounds(self):
-        """Waits, as ``step()`` will (``GatedPath.await_verdicts``), for the verdicts that set the
-        coming step's clip threshold; a timeout is left to ``step()`` to act on."""
-        g = self.g
-        if g.verdict_lag is None:
-            return
-        step = 0 if g.last_step is None else g.last_step + 1
-        for fut in list(g.gated.futs):
-            if fut.step > step - g.verdict_lag or not fut.wait(g.deadline):
-                return
 
     def take(self, loss, threshold):
         """This step's early measurement, (stats, n_groups, names) with the gate installed, if it still
@@ -147,6 +135,11 @@ class BackwardGate:
                 return False
             i += 1
         return i == len(grads)
+
+
+def _coming_step(g):
+    """The step the loop is in: the one after the last ``step()`` (numbering as the loop's)."""
+    return 0 if g.last_step is None else g.last_step + 1
 
 
 def _params(optimizer):

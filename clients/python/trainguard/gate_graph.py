@@ -50,9 +50,10 @@ class GateGraphs:
         self._retry_in = 0       # steps until capturing is tried again after unaddressable gradients
         self.counters = {"captures": 0, "replays": 0, "eager": 0}
 
-    def measure_and_install(self, loss, threshold):
-        """(stats, n_groups, module_names), the gate installed for ``threshold``."""
-        names, mods = self.meter.take_watch()
+    def measure_and_install(self, loss, threshold, taken=None):
+        """(stats, n_groups, module_names), the gate installed for ``threshold``. ``taken``: the watch's
+        (names, stats) when the caller already took them."""
+        names, mods = taken if taken is not None else self.meter.take_watch()
         key = self._key(loss, len(mods))
         cap = self._graphs.get(key) if key is not None else None
         if cap is not None and self._table.upload():
@@ -116,9 +117,9 @@ class GateGraphs:
                 # thread_local: the sender thread may wait on a CUDA event meanwhile
                 graph.capture_begin(capture_error_mode="thread_local")
                 try:
-                    sq = table.sums()
-                    per_group = torch.sqrt(torch.stack(sq))
-                    total = torch.sqrt(torch.stack(sq).sum())
+                    sq = torch.stack(table.sums())
+                    per_group = torch.sqrt(sq)
+                    total = torch.sqrt(sq.sum())
                     parts = [in_loss, total.reshape(1), per_group] + ([in_mods] if n_mods else [])
                     stats = torch.cat(parts)
                     torch.logical_not(torch.isfinite(stats).all(), out=found)

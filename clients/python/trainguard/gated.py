@@ -88,9 +88,10 @@ class GatedPath:
 
     # ------------------------------------------------------------------ before the step
 
-    def await_verdicts(self, step):
+    def await_verdicts(self, step, act_on_timeout=True):
         """Waits (at most ``deadline``) until the reports of steps <= step - verdict_lag have their
-        verdicts, so that a ROLLBACK/HALT for step k-1 is applied at step k."""
+        verdicts, so that a ROLLBACK/HALT for step k-1 is applied at step k. ``act_on_timeout=False``
+        (backward_gate, ahead of ``step()``): a timeout only ends the wait; ``step()`` acts on it."""
         g, futs = self.g, self.futs
         while futs and futs[0].done():
             futs.popleft()
@@ -99,6 +100,8 @@ class GatedPath:
         while futs and futs[0].step <= step - g.verdict_lag:
             fut = futs[0]
             if not fut.wait(g.deadline + 0.05):
+                if not act_on_timeout:
+                    return
                 futs.clear()
                 g.connection.went_offline()
                 g.connection.unreachable("ReportStep", TimeoutError(f"no verdict for step {fut.step} within {g.deadline}s"))
