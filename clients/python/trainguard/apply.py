@@ -83,7 +83,7 @@ def optimizer_step(guard):
     allows it; otherwise only lets the GradScaler close its iteration. Returns whether it stepped."""
     v = guard._verdict_for_update(auto=False)
     opt, scaler = guard.optimizer, guard.scaler
-    scaler_on = scaler is not None and scaler.is_enabled()
+    scaler_on = guard.scaler_on
     if v is not None and not v.should_step:
         if scaler_on and guard._unscaled:
             scaler.update()

@@ -55,7 +55,7 @@ class BackwardGate:
         g = self.g
         return (self.enabled and not g.connection.paused and g._one_rank_gate_open(_coming_step(g))
                 and g._late is None and g._async_error is None
-                and (g.scaler is None or not g.scaler.is_enabled()))
+                and not g.scaler_on)
 
     def arm(self, loss):
         """Call before ``loss.backward()``; a no-op where the step cannot be measured early."""

@@ -25,7 +25,7 @@ from . import distributed as dist_agree
 from . import rules
 from .connection import ClientState
 from .gate_graph import GateGraphs
-from .host_path import unscale_once
+from .host_path import stepped_optimizer, unscale_once
 from .replay import FaultClass, StepFault
 from .report import step_report
 from .rng import restore_rng
@@ -133,7 +133,7 @@ class GatedPath:
         if not g.connection.offline:  # several ranks: an offline rank still gates (and asks for the host path)
             g.connection.to(ClientState.GATED)
         thr = rules.gate_threshold(bounds)
-        scaler = g.scaler if g.scaler is not None and g.scaler.is_enabled() else None
+        scaler = g.scaler if g.scaler_on else None
         if scaler is not None:
             unscale_once(g)  # true gradients for the norms (in place, on the device)
         if self.multi:
@@ -147,7 +147,7 @@ class GatedPath:
             vec = None
         if scaler is not None:
             scaler_skips_too(g)
-        staged = [stats] + ([vec] if vec is not None else []) + ([scaler._scale] if scaler is not None else [])
+        staged = [stats] + ([vec] if vec is not None else []) + ([g.meter._scale()] if scaler is not None else [])
         hosts, event = g.gate.stage(*staged)
         host, host_vec = hosts[0], (hosts[1] if vec is not None else None)
         host_scale = hosts[-1] if scaler is not None else None
@@ -304,8 +304,7 @@ def scaler_skips_too(guard):
     iteration (on the device), which GradScaler.step hands a fused optimizer as ``found_inf``, since
     it replaces whatever ``found_inf`` the optimizer had. The scaler's update() then also sees the
     skip and lowers its scale once, as for an overflow."""
-    target = guard._wrapped if guard._wrapped is not None else guard.optimizer
-    state = guard.scaler._per_optimizer_states[id(target)]
+    state = guard.scaler._per_optimizer_states[id(stepped_optimizer(guard))]
     per_device = state["found_inf_per_device"]
     found, _ = guard.gate.buffers()
     flag = per_device.get(found.device)
@@ -324,9 +323,8 @@ def gate_wanted(guard, device_gate):
     where possible), True (wherever possible, the CPU included; raises where impossible) or False."""
     from .measure import optimizer_honours_gate
     g = guard
-    scaler_on = g.scaler is not None and g.scaler.is_enabled()
     ok = (g.mode == "async" and optimizer_honours_gate(g.optimizer) and not g.protect_update
-          and (g.world_size == 1 or dist_agree.is_initialized()) and (GRAD_SCALER_KEEPS_CLIP or not scaler_on))
+          and (g.world_size == 1 or dist_agree.is_initialized()) and (GRAD_SCALER_KEEPS_CLIP or not g.scaler_on))
     if device_gate is True and not ok:
         raise ValueError("device_gate=True needs mode='async', an optimizer that honours found_inf/grad_scale "
                          "(fused=True Adam/AdamW/SGD), no protect_update, with a GradScaler torch >= 2.4 and, "

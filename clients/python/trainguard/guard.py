@@ -166,6 +166,11 @@ class Guard:
         self.sender = ReportSender(self.transport, lambda fut: answers.on_report_result(self, fut))
 
     @property
+    def scaler_on(self):
+        """Whether a GradScaler is in use (given and enabled)."""
+        return self.scaler is not None and self.scaler.is_enabled()
+
+    @property
     def _multi_gate(self):
         return self.gated.multi
 

@@ -14,7 +14,7 @@ from .verdict import Action, Verdict
 def step(guard, step, loss, step_time, late, replay=None):
     """Measures, decides and returns the verdict (not yet applied) and the grad norm."""
     g = guard
-    scaler_on = g.scaler is not None and g.scaler.is_enabled()
+    scaler_on = g.scaler_on
     if scaler_on:
         unscale_once(g)
     m = g.meter.read(loss)
@@ -47,11 +47,17 @@ def step(guard, step, loss, step_time, late, replay=None):
     return verdict, m.grad_norm
 
 
+def stepped_optimizer(guard):
+    """The object the loop steps (the wrapper when it has one): GradScaler keeps its per-iteration
+    state under that object's id."""
+    return guard._wrapped if guard._wrapped is not None else guard.optimizer
+
+
 def unscale_once(guard):
     """Unscales the gradients for the GradScaler unless the loop (or GradScaler.step on the
     wrapper) already did in this iteration; keyed by the object the loop steps, so that
     ``scaler.step(opt)`` on the wrapper does not unscale a second time."""
-    target = guard._wrapped if guard._wrapped is not None else guard.optimizer
+    target = stepped_optimizer(guard)
     st = getattr(guard.scaler, "_per_optimizer_states", {})
     st = st.get(id(target)) if hasattr(st, "get") else None
     if st is None or getattr(st.get("stage"), "name", "READY") == "READY":

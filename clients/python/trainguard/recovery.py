@@ -56,8 +56,7 @@ class Recovery:
         self.lr = LrCuts(guard.optimizer, guard.scheduler, _policy(lr, LrPolicy, LrPolicy()))
         rp = _policy(replay, ReplayPolicy, ReplayPolicy())
         self.replay_policy = rp if rp is not None else ReplayPolicy(mode="off")
-        scaler_on = guard.scaler is not None and guard.scaler.is_enabled()
-        if scaler_on and self.replay_policy.mode != "off":
+        if guard.scaler_on and self.replay_policy.mode != "off":
             # GradScaler keeps per-iteration state (unscaled, found_inf) that a second backward
             # would corrupt; its overflows are its own business anyway.
             log.info("trainguard: fault replay is off with an enabled GradScaler")
