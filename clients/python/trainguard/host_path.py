@@ -2,7 +2,8 @@
 step may be replayed at once (``recovery.maybe_replay``), and the verdict is decided locally
 within the sidecar's LocalBounds, asked of the sidecar, or -- unreachable in fail-open mode --
 decided by the offline rule. Taken when the device gate is off or cannot decide this step
-(bounds expired, a late ROLLBACK/HALT, offline, a GradScaler, an optimizer without found_inf)."""
+(bounds expired, a late ROLLBACK/HALT, offline, an optimizer without found_inf, a GradScaler on
+torch < 2.4)."""
 import math
 
 from . import rules

@@ -42,14 +42,15 @@ log = logging.getLogger("trainguard")
 class TrainguardCallback(pl.Callback):
     """Args: ``run`` (the run id), ``target`` (the sidecar; default $TRAINGUARD_TARGET), ``restore``
     (undo what an audited validation changed), ``weights_copy`` (True: also write the weights as
-    safetensors next to each checkpoint; "auto"/False: not, Lightning's own files are registered), and any Guard keyword argument."""
+    safetensors next to each checkpoint; False, the default: not, Lightning's own files are registered),
+    and any Guard keyword argument."""
 
-    def __init__(self, run, target=None, restore=True, weights_copy="auto", **guard_kwargs):
+    def __init__(self, run, target=None, restore=True, weights_copy=False, **guard_kwargs):
         super().__init__()
         self.run, self.target, self.restore = run, target, restore
         self.guard_kwargs = guard_kwargs
         # "auto": no copy, since trainguard.checkpoints registers Lightning's own .ckpt files
-        self.weights_copy = weights_copy != "auto" and bool(weights_copy)
+        self.weights_copy = bool(weights_copy)
         self.guard = None
         self.step = 0             # the guard's step: optimizer steps, re-numbered after a rollback
         self.verdicts = []        # (step, action name, reasons) of every verdict that was not APPLY

@@ -102,7 +102,6 @@ class SnapshotPace:
         self._last = None
         self._after = 0
         self._excess = 0.0
-        self._taken_at = None
         self._trained = 0.0   # training-step seconds since the last snapshot
 
     def on_step(self):
@@ -135,11 +134,10 @@ class SnapshotPace:
         return t[len(t) // 2]
 
     def taken(self):
-        self._taken_at = time.perf_counter()
         self._after, self._excess, self._trained = self.AFTER, 0.0, 0.0
 
     def allows(self):
-        if self.max_overhead <= 0 or self._taken_at is None:
+        if self.max_overhead <= 0:
             return True
         if self._after:  # the last snapshot's cost is still being measured
             return False

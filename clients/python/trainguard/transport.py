@@ -178,7 +178,7 @@ class ReportSender:
             finally:
                 # done only once the verdict is applied (bounds, a late ROLLBACK): whoever waits for
                 # it (GatedPath.await_verdicts) then sees what it brought
-                fut._set(fut.response, fut.error)
+                fut._event.set()
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
