@@ -5,8 +5,9 @@
 #   BEFORE_APP / AFTER_APP: a packaged target/quarkus-app of each build, e.g. one built in a
 #   `git worktree add --detach /tmp/before <commit>` with `./mvnw -q package -Dmaven.test.skip=true`.
 set -euo pipefail
+before=$(realpath "$1"); after=$(realpath "$2"); pairs=${3:-3}  # paths as given, before the cd
 cd "$(dirname "$0")"
-before=$(realpath "$1"); after=$(realpath "$2"); pairs=${3:-3}; out=${4:-results/side-by-side}
+out=${4:-results/side-by-side}
 mkdir -p "$out"
 for i in $(seq 1 "$pairs"); do
   for b in before after; do
