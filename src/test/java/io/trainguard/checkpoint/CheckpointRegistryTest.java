@@ -19,14 +19,10 @@ class CheckpointRegistryTest {
     @TempDir
     Path root;
     private FileVerifier files;
-    CheckpointVerifier verifier;
-    PathPolicy paths;
 
     @BeforeEach
     void setUp() {
         files = new FileVerifier(root, 2, 8);
-        verifier = files.verifier;
-        paths = files.paths;
     }
 
     @AfterEach
@@ -35,7 +31,7 @@ class CheckpointRegistryTest {
     }
 
     private CheckpointRegistry registry(CheckpointStore store, int n) {
-        return new CheckpointRegistry(store, verifier, paths, n, Clock.systemUTC());
+        return new CheckpointRegistry(store, files.verifier, files.paths, n, Clock.systemUTC());
     }
 
     private CheckpointRecord awaitSettled(CheckpointRegistry reg, String id) throws InterruptedException {
@@ -53,8 +49,8 @@ class CheckpointRegistryTest {
         return List.of(new CheckpointFileSpec(w.write(root.resolve(name)).toString(), null, 0));
     }
 
-    private VerificationResult verify(CheckpointFormat fmt, List<CheckpointFileSpec> files) {
-        return verifier.verifyNow("t", fmt, files, null);
+    private VerificationResult verify(CheckpointFormat fmt, List<CheckpointFileSpec> specs) {
+        return files.verifier.verifyNow("t", fmt, specs, null);
     }
 
     @Test

@@ -19,14 +19,10 @@ class InterruptedVerificationTest {
     @TempDir
     Path root;
     private FileVerifier files;
-    CheckpointVerifier verifier;
-    PathPolicy paths;
 
     @BeforeEach
     void setUp() {
         files = new FileVerifier(root, 1, 4);
-        verifier = files.verifier;
-        paths = files.paths;
     }
 
     @AfterEach
@@ -48,7 +44,7 @@ class InterruptedVerificationTest {
     void resumePending_interruptedTwice_recordedAsFailedAndNotRetried() throws Exception {
         InMemoryCheckpointStore store = new InMemoryCheckpointStore();
         store.insert(verifying("ckpt-twice", CheckpointRegistry.RETRY_REASON));
-        CheckpointRegistry reg = new CheckpointRegistry(store, verifier, paths, 5, Clock.systemUTC());
+        CheckpointRegistry reg = new CheckpointRegistry(store, files.verifier, files.paths, 5, Clock.systemUTC());
         reg.resumePending();
         CheckpointRecord r = reg.get("ckpt-twice");
         assertEquals(CheckpointState.UNVERIFIABLE, r.state());
@@ -61,7 +57,7 @@ class InterruptedVerificationTest {
     void resumePending_interruptedOnce_triedAgainAndVerified() throws Exception {
         InMemoryCheckpointStore store = new InMemoryCheckpointStore();
         store.insert(verifying("ckpt-once", ""));
-        CheckpointRegistry reg = new CheckpointRegistry(store, verifier, paths, 5, Clock.systemUTC());
+        CheckpointRegistry reg = new CheckpointRegistry(store, files.verifier, files.paths, 5, Clock.systemUTC());
         reg.resumePending();
         for (int i = 0; i < 500 && reg.get("ckpt-once").state() == CheckpointState.VERIFYING; i++) {
             Thread.sleep(10);

@@ -10,10 +10,8 @@ import io.trainguard.checkpoint.CheckpointFileSpec;
 import io.trainguard.checkpoint.CheckpointFormat;
 import io.trainguard.checkpoint.CheckpointRegistry;
 import io.trainguard.checkpoint.CheckpointState;
-import io.trainguard.checkpoint.CheckpointVerifier;
 import io.trainguard.checkpoint.FileVerifier;
 import io.trainguard.checkpoint.InMemoryCheckpointStore;
-import io.trainguard.checkpoint.PathPolicy;
 import io.trainguard.checkpoint.RegistryCatalog;
 import io.trainguard.guard.model.Action;
 import io.trainguard.service.CheckpointIntake;
@@ -32,14 +30,10 @@ class StartSnapshotAcrossRestartTest {
     private final InMemoryJournal journal = new InMemoryJournal();
     private final InMemoryCheckpointStore store = new InMemoryCheckpointStore();
     private FileVerifier files;
-    private CheckpointVerifier verifier;
-    private PathPolicy paths;
 
     @BeforeEach
     void setUp() {
         files = new FileVerifier(root, 1, 8);
-        verifier = files.verifier;
-        paths = files.paths;
     }
 
     @AfterEach
@@ -52,7 +46,7 @@ class StartSnapshotAcrossRestartTest {
     }
 
     private Sidecar start() {
-        CheckpointRegistry registry = new CheckpointRegistry(store, verifier, paths, 3, Clock.systemUTC());
+        CheckpointRegistry registry = new CheckpointRegistry(store, files.verifier, files.paths, 3, Clock.systemUTC());
         GuardedRuns guard = service(journal, new RegistryCatalog(registry));
         guard.restore(512);
         return new Sidecar(guard, registry, new CheckpointIntake(guard, registry));
