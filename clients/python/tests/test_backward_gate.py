@@ -3,10 +3,13 @@ on the CPU (fused AdamW honours the device gate there as on CUDA): healthy steps
 weights as gating at step(); a NaN step is skipped; a measurement that no longer describes the
 gradients (changed in place or reassigned after backward, a backward that was not armed) is not used,
 and the step is measured again."""
+import time
+
 import pytest
 import torch
 
 from trainguard.guard import Guard
+from trainguard.transport import ReportSender
 from models import MLP, batch, weights_finite
 
 pytestmark = pytest.mark.torch2  # fused AdamW on the CPU
@@ -129,4 +132,38 @@ def test_arming_is_refused_where_the_step_cannot_be_measured_early(sidecar):
     g.bounds = None  # the step will go to the host path (as when bounds expired or the sidecar is away)
     loss = torch.nn.functional.mse_loss(model(x), y)
     assert not g.gate_on_backward(loss)
+    g.close()
+
+
+def test_a_step_measured_at_backward_end_is_reported_when_the_next_backward_starts(sidecar):
+    # prevents: the report's Python work landing right after the loop's loss read (on the critical
+    # path) instead of while the next backward runs, or a held report never reaching the sidecar
+    from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    g = Guard(model, opt, "bwd-held", target=sidecar.target, deadline=5.0, device_gate=True)
+
+    def reported():
+        return g.transport.call("GetRun", pb.GetRunRequest(run_id="bwd-held")).run.steps_reported
+
+    def backward(step):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        assert g.gate_on_backward(loss)
+        loss.backward()
+        return loss
+
+    for step in range(3):
+        loss = backward(step)
+        g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        assert reported() == step  # this step's report is held: the sidecar has the earlier ones
+    backward(3)  # releases step 2's report: it arrives well before the hold's limit would send it
+    t0 = time.monotonic()
+    while reported() < 3 and time.monotonic() - t0 < ReportSender.HOLD_S / 2:
+        time.sleep(0.005)
+    assert reported() == 3
+    assert g.backward_gate.counters["used"] == 3
     g.close()

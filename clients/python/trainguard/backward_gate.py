@@ -69,6 +69,9 @@ class BackwardGate:
     def _on_loss_grad(self, grad):
         # The first thing backward computes; the callback runs once the whole backward is done.
         torch.autograd.Variable._execution_engine.queue_callback(self._measure)
+        # The last step's report was held for this moment: the training thread waits for the
+        # backward now, without the GIL, so the sender's Python work costs it nothing.
+        self.g.sender.release()
         return None
 
     def _measure(self):

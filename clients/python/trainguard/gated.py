@@ -99,6 +99,8 @@ class GatedPath:
             return
         while futs and futs[0].step <= step - g.verdict_lag:
             fut = futs[0]
+            if not fut.done():
+                g.sender.release()  # a held report is needed now
             if not fut.wait(g.deadline + 0.05):
                 if not act_on_timeout:
                     return
@@ -141,6 +143,7 @@ class GatedPath:
             bad = torch.logical_not(torch.isfinite(stats).all())
             skip, norm, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded)
             g.gate.install_agreed(skip, norm, thr)
+            early = None
         else:
             early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
             stats, ng, names = early or self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
@@ -168,7 +171,9 @@ class GatedPath:
                                 None if host_vec is None else host_vec.tolist(),
                                 0.0 if host_scale is None else float(host_scale.reshape(-1)[0]))
 
-        self.futs.append(g.sender.submit_deferred(step, build, g.generation))
+        # Measured at backward's end: the loop reads the loss on the host before step(), so the
+        # report waits for the next backward, when the training thread is off the GIL (ReportSender).
+        self.futs.append(g.sender.submit_deferred(step, build, g.generation, hold=early is not None))
         verdict = Verdict(step, Action.APPLY, clip_threshold=thr, validation_allowed=g._validation_hint,
                           bounds=bounds, decided_locally=True, device_gated=True)
         rec = g.recovery

@@ -101,9 +101,19 @@ class ReportSender:
 
     Both the asynchronous (decided locally) and the blocking reports go through this one queue, so
     the sidecar always sees a rank's steps in order. The thread sleeps on a condition variable
-    between reports: it never polls and never competes with the training thread for the GIL.
-    ``on_result(future)`` runs on the sender thread for every finished report.
+    between reports: it never polls. ``on_result(future)`` runs on the sender thread for every
+    finished report.
+
+    A report can be *held* until ``release()`` (or ``HOLD_S``): building and sending it is Python
+    work that needs the GIL, and in a loop that reads the loss on the host every step the training
+    thread is the critical path right after that read, launching the update and the next forward
+    on an idle GPU. Measured on the HF Trainer, the sender's work landed exactly there. Held, it
+    runs when the next backward starts (``BackwardGate`` releases), while the training thread waits
+    for the device without the GIL. Anything that needs an answer (a blocking report, ``flush``, a
+    verdict awaited) releases first.
     """
+
+    HOLD_S = 0.25  # the longest a held report waits for release(): the sidecar's record is late by at most this
 
     def __init__(self, transport: Transport, on_result, max_queue: int = 256):
         self._busy = False
@@ -113,6 +123,7 @@ class ReportSender:
         self._cv = threading.Condition()
         self._max_queue = max_queue
         self._closed = False
+        self._window = 0  # release() count: a held report waits until it passes the count it was queued at
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="trainguard-sender", daemon=True)
         self._thread.start()
@@ -122,21 +133,30 @@ class ReportSender:
         self._enqueue(report, fut)
         return fut
 
-    def submit_deferred(self, step, build, generation) -> ReportFuture:
+    def submit_deferred(self, step, build, generation, hold=False) -> ReportFuture:
         """Queues a report that does not exist yet: on its turn the sender thread calls ``build()``
         (which may block without the GIL, e.g. on a CUDA event, and returns the StepReport, or None
-        for nothing to send) and sends what it returns. Keeps step order with ``submit``."""
+        for nothing to send) and sends what it returns. Keeps step order with ``submit``. ``hold``:
+        not before the next ``release()`` (at most ``HOLD_S``)."""
         fut = ReportFuture(step, generation, False)
-        self._enqueue(build, fut)
+        self._enqueue(build, fut, hold)
         return fut
 
-    def _enqueue(self, item, fut):
+    def release(self):
+        """Lets the held reports go: the training thread is about to wait for the device."""
+        with self._cv:
+            self._window += 1
+            self._cv.notify_all()
+
+    def _enqueue(self, item, fut, hold=False):
         with self._cv:
             # A sidecar that stays away must not grow memory without bound: drop the oldest
             # asynchronous reports (they were decided already; only the record is lost). A deferred
             # one is still built, so the device's outcome reaches the counters; it is just not sent.
+            if not hold:  # reports queue in order: one that is not held lets the earlier ones go
+                self._window += 1
             while len(self._queue) >= self._max_queue:
-                old_item, old = self._queue.popleft()
+                old_item, old, _ = self._queue.popleft()
                 self.dropped += 1
                 if callable(old_item):
                     try:
@@ -144,12 +164,14 @@ class ReportSender:
                     except Exception:
                         log.exception("trainguard: deferred report failed")
                 old._set(error=TimeoutError("report dropped: sender queue full"))
-            self._queue.append((item, fut))
+            self._queue.append((item, fut, self._window if hold else None))
             self._cv.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Waits until every queued report has been sent and its callback has run."""
         with self._cv:
+            self._window += 1
+            self._cv.notify_all()
             return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def _run(self):
@@ -159,8 +181,10 @@ class ReportSender:
                     self._cv.wait()
                 if self._closed and not self._queue:
                     return
-                report, fut = self._queue.popleft()
+                report, fut, held_at = self._queue.popleft()
                 self._busy = True
+                if held_at is not None:
+                    self._cv.wait_for(lambda: self._window > held_at or self._closed, self.HOLD_S)
             send = True
             try:
                 if callable(report):
