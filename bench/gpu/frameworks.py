@@ -154,16 +154,44 @@ class Blocks:
         return [self.ms[i] / ((self.ms[i - 1] + self.ms[i + 1]) / 2) for i in range(1, len(self.ms) - 1, 2)]
 
 
-def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True):
+class Unsent:
+    """Diagnostic only (the ``hf-unsent`` variant): the sender thread still builds every report and
+    applies the answer, but ReportStep is answered in-process with the sidecar's first real answer,
+    so neither gRPC nor the sidecar run per step. Says what the report's transport costs the step."""
+
+    def __init__(self, transport):
+        self.transport, self.first = transport, None
+
+    def call(self, name, request, deadline=None):
+        if name != "ReportStep":
+            return self.transport.call(name, request, deadline)
+        if self.first is None:
+            self.first = self.transport.call(name, request, deadline)
+        return self.first
+
+
+# Diagnostic variants of the HF blocks run: what part of the guard the step's cost comes from.
+HF_VARIANTS = {
+    "hf": dict(at_backward=True),
+    "hf-late": dict(at_backward=False),                      # measured at on_pre_optimizer_step
+    "hf-nosnap": dict(at_backward=True, snapshots=False),    # no in-memory snapshots
+    "hf-unsent": dict(at_backward=True, unsent=True),        # reports not sent (Unsent)
+}
+
+
+def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True, snapshots=True,
+                  unsent=False):
     """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``)."""
     import transformers
     from trainguard.hf import TrainguardCallback
     blocks = Blocks(warmup, size, pairs)
     tg = TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
-                            measure_at_backward=at_backward)
+                            measure_at_backward=at_backward, snapshots=snapshots)
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            if unsent and blocks.guard is None:
+                tg.guard.sender._transport = Unsent(tg.guard.sender._transport)
             blocks.guard = tg.guard
             blocks.tick()
 
@@ -179,7 +207,7 @@ def blocks_main(a, cfg, info):
         for fw in [f for f in a.frameworks.split(",") if f.startswith("hf")]:
             blocks, counters, early = hf_blocks_run(cfg, B, data, a.target, a.warmup, a.blocks, a.rounds,
                                                     f"bench-{fw}-blocks-b{B}-{os.getpid()}", f"/tmp/{fw}-blocks-{B}",
-                                                    at_backward=fw != "hf-late")
+                                                    **HF_VARIANTS[fw])
             rs = blocks.ratios()
             info["results"][f"batch{B}-{fw}-blocks"] = {
                 "block_steps": a.blocks, "median": statistics.median(rs), "min": min(rs), "max": max(rs),

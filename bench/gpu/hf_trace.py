@@ -6,7 +6,7 @@ from one ``on_step_begin`` to the next. For each step it reports:
 - its wall time;
 - the GPU's busy time: the union of the CUDA kernels, copies and sets that ran inside the range;
 - the GPU's idle time: the rest;
-- the CUDA runtime calls the host made (launches, copies, syncs).
+- the CUDA runtime calls the host made (launches, copies, syncs) and the aten ops it ran.
 
 The guarded steps are compared with the unguarded ones:
 - extra idle time: the host is on the critical path (after the Trainer's loss read);
@@ -89,10 +89,11 @@ def analyse(events):
     for e in events:
         start, end = e.start_ns(), e.start_ns() + e.duration_ns()
         if e.device_type() == torch.autograd.DeviceType.CUDA:
-            gpu.append((start, end, e.name()))
+            if not STEP.match(e.name()):  # the step ranges are mirrored on the GPU timeline: not work
+                gpu.append((start, end, e.name()))
         elif STEP.match(e.name()):
             steps.append((e.name(), start, end))
-        elif e.name().startswith("cuda"):  # runtime calls: cudaLaunchKernel, cudaGraphLaunch, cudaMemcpyAsync...
+        elif e.name().startswith(("cuda", "aten::")):  # runtime calls (cudaLaunchKernel, cudaMemcpyAsync...), ops
             calls.append((start, e.name()))
     merged = union([(a, b) for a, b, _ in gpu])
     starts = [m[0] for m in merged]
@@ -126,10 +127,14 @@ def summary(rows, kernels, runtime):
                    for k in names)
     calls = {c: runtime["guarded"][c] / n["guarded"] - runtime["paused"][c] / n["paused"]
              for c in set(runtime["guarded"]) | set(runtime["paused"])}
+    ops = {c: v for c, v in calls.items() if c.startswith("aten::")}
+    calls = {c: v for c, v in calls.items() if not c.startswith("aten::")}
     return {"median": per, "guarded_minus_paused_ms": delta,
             "kernels_added_us_per_step": [{"kernel": k[:160], "us": round(us, 1)} for us, k in added[::-1][:15]],
             "runtime_calls_added_per_step": {c: round(v, 1) for c, v in sorted(calls.items(), key=lambda x: -x[1])
-                                              if abs(v) >= 0.5}}
+                                              if abs(v) >= 0.5},
+            "aten_ops_added_per_step": {c: round(v, 1) for c, v in sorted(ops.items(), key=lambda x: -x[1])
+                                        if abs(v) >= 0.5}}
 
 
 def main():
