@@ -2,6 +2,9 @@
 go (the next backward), and never later than anything that needs an answer."""
 import threading
 import time
+import types
+
+import pytest
 
 from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
 from trainguard.transport import ReportSender
@@ -17,73 +20,58 @@ class Recorder:
         self.sent.append((request.report.step, time.monotonic()))
         return None
 
+    def steps(self):
+        return [s for s, _ in self.sent]
 
-def make_sender():
-    rec = Recorder()
-    built = []
 
-    def deferred(step):
+@pytest.fixture
+def q():
+    """A sender over a Recorder; ``q.report(step)`` is a deferred report that notes when it is built."""
+    rec, built = Recorder(), []
+
+    def report(step):
         def build():
             built.append(step)
             return pb.StepReport(step=step)
         return build
     sender = ReportSender(rec, lambda fut: None)
-    return sender, rec, built, deferred
+    yield types.SimpleNamespace(sender=sender, rec=rec, built=built, report=report)
+    sender.close()
 
 
-def test_held_report_waits_for_release_then_goes_in_order():
-    sender, rec, built, deferred = make_sender()
-    try:
-        fut = sender.submit_deferred(1, deferred(1), 0, hold=True)
-        time.sleep(0.05)
-        assert built == [] and rec.sent == []  # not even built: building is GIL work too
-        sender.release()
-        assert fut.wait(1.0)
-        assert [s for s, _ in rec.sent] == [1]
-    finally:
-        sender.close()
+def test_held_report_waits_for_release_then_goes_in_order(q):
+    fut = q.sender.submit_deferred(1, q.report(1), 0, hold=True)
+    time.sleep(0.05)
+    assert q.built == [] and q.rec.sent == []  # not even built: building is GIL work too
+    q.sender.release()
+    assert fut.wait(1.0)
+    assert q.rec.steps() == [1]
 
 
-def test_unheld_report_lets_the_held_ones_go_first():
-    sender, rec, _, deferred = make_sender()
-    try:
-        sender.submit_deferred(1, deferred(1), 0, hold=True)
-        fut = sender.submit_deferred(2, deferred(2), 0)
-        assert fut.wait(1.0)
-        assert [s for s, _ in rec.sent] == [1, 2]
-    finally:
-        sender.close()
+def test_unheld_report_lets_the_held_ones_go_first(q):
+    q.sender.submit_deferred(1, q.report(1), 0, hold=True)
+    fut = q.sender.submit_deferred(2, q.report(2), 0)
+    assert fut.wait(1.0)
+    assert q.rec.steps() == [1, 2]
 
 
-def test_flush_sends_held_reports_at_once():
-    sender, rec, _, deferred = make_sender()
-    try:
-        sender.submit_deferred(1, deferred(1), 0, hold=True)
-        t0 = time.monotonic()
-        assert sender.flush(1.0)
-        assert [s for s, _ in rec.sent] == [1]
-        assert time.monotonic() - t0 < ReportSender.HOLD_S
-    finally:
-        sender.close()
+def test_flush_sends_held_reports_at_once(q):
+    q.sender.submit_deferred(1, q.report(1), 0, hold=True)
+    t0 = time.monotonic()
+    assert q.sender.flush(1.0)
+    assert q.rec.steps() == [1]
+    assert time.monotonic() - t0 < ReportSender.HOLD_S
 
 
-def test_a_report_nobody_releases_goes_after_the_hold_limit():
-    sender, rec, _, deferred = make_sender()
-    try:
-        t0 = time.monotonic()
-        fut = sender.submit_deferred(1, deferred(1), 0, hold=True)
-        assert fut.wait(ReportSender.HOLD_S + 1.0)
-        waited = rec.sent[0][1] - t0
-        assert ReportSender.HOLD_S * 0.9 <= waited < ReportSender.HOLD_S + 0.5
-    finally:
-        sender.close()
+def test_a_report_nobody_releases_goes_after_the_hold_limit(q):
+    t0 = time.monotonic()
+    fut = q.sender.submit_deferred(1, q.report(1), 0, hold=True)
+    assert fut.wait(ReportSender.HOLD_S + 1.0)
+    waited = q.rec.sent[0][1] - t0
+    assert ReportSender.HOLD_S * 0.9 <= waited < ReportSender.HOLD_S + 0.5
 
 
-def test_release_from_another_thread_wakes_the_sender():
-    sender, rec, _, deferred = make_sender()
-    try:
-        fut = sender.submit_deferred(1, deferred(1), 0, hold=True)
-        threading.Timer(0.02, sender.release).start()  # as the autograd thread does at backward's start
-        assert fut.wait(ReportSender.HOLD_S * 0.8)
-    finally:
-        sender.close()
+def test_release_from_another_thread_wakes_the_sender(q):
+    fut = q.sender.submit_deferred(1, q.report(1), 0, hold=True)
+    threading.Timer(0.02, q.sender.release).start()  # as the autograd thread does at backward's start
+    assert fut.wait(ReportSender.HOLD_S * 0.8)

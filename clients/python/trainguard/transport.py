@@ -145,16 +145,19 @@ class ReportSender:
     def release(self):
         """Lets the held reports go: the training thread is about to wait for the device."""
         with self._cv:
-            self._window += 1
-            self._cv.notify_all()
+            self._release_locked()
+
+    def _release_locked(self):
+        self._window += 1
+        self._cv.notify_all()
 
     def _enqueue(self, item, fut, hold=False):
         with self._cv:
+            if not hold:  # reports go in order: one that is not held lets the earlier ones go
+                self._release_locked()
             # A sidecar that stays away must not grow memory without bound: drop the oldest
             # asynchronous reports (they were decided already; only the record is lost). A deferred
             # one is still built, so the device's outcome reaches the counters; it is just not sent.
-            if not hold:  # reports queue in order: one that is not held lets the earlier ones go
-                self._window += 1
             while len(self._queue) >= self._max_queue:
                 old_item, old, _ = self._queue.popleft()
                 self.dropped += 1
@@ -170,8 +173,7 @@ class ReportSender:
     def flush(self, timeout: float) -> bool:
         """Waits until every queued report has been sent and its callback has run."""
         with self._cv:
-            self._window += 1
-            self._cv.notify_all()
+            self._release_locked()
             return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def _run(self):
