@@ -9,6 +9,7 @@ over the mean of the two unguarded runs around it; median, min and max over the 
 
 Usage: python frameworks.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 5 --steps 30 --out res.json
        python frameworks.py --blocks 20 --rounds 10 --batch 8   # HF: guarded and unguarded blocks in one Trainer
+       python frameworks.py --blocks 10 --rounds 30 --batch 8 --frameworks hf,hf-nosnap,hf-unsent  # diagnostics
 """
 import argparse
 import json
@@ -199,11 +200,16 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
     return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters)
 
 
+def token_batches(cfg, B, n=4):
+    """``n`` fixed random (input, target) token batches of ``B`` rows on the GPU."""
+    g = torch.Generator().manual_seed(0)
+    return [tuple(t.contiguous().cuda() for t in (r[:, :-1], r[:, 1:]))
+            for r in (torch.randint(0, cfg["vocab"], (B, cfg["seq"] + 1), generator=g) for _ in range(n))]
+
+
 def blocks_main(a, cfg, info):
     for B in a.batch:
-        g = torch.Generator().manual_seed(0)
-        data = [tuple(t.contiguous().cuda() for t in (r[:, :-1], r[:, 1:]))
-                for r in (torch.randint(0, cfg["vocab"], (B, cfg["seq"] + 1), generator=g) for _ in range(4))]
+        data = token_batches(cfg, B)
         for fw in [f for f in a.frameworks.split(",") if f.startswith("hf")]:
             blocks, counters, early = hf_blocks_run(cfg, B, data, a.target, a.warmup, a.blocks, a.rounds,
                                                     f"bench-{fw}-blocks-b{B}-{os.getpid()}", f"/tmp/{fw}-blocks-{B}",
@@ -225,7 +231,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=8)
-    ap.add_argument("--frameworks", default="lightning,hf")
+    ap.add_argument("--frameworks", default="lightning,hf",
+                    help="lightning, hf, hf-late; with --blocks also the diagnostic HF_VARIANTS")
     ap.add_argument("--blocks", type=int, default=0,
                     help="HF only: one Trainer, the guard paused in alternate blocks of this many steps; "
                          "--rounds guarded blocks")
@@ -244,11 +251,7 @@ def main():
     if a.blocks:
         blocks_main(a, cfg, info)
     for B in ([] if a.blocks else a.batch):
-        g = torch.Generator().manual_seed(0)
-        data = []
-        for _ in range(4):
-            t = torch.randint(0, cfg["vocab"], (B, cfg["seq"] + 1), generator=g)
-            data.append((t[:, :-1].contiguous().cuda(), t[:, 1:].contiguous().cuda()))
+        data = token_batches(cfg, B)
         for fw in a.frameworks.split(","):
             rows = []
             k = 0

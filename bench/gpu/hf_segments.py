@@ -35,7 +35,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from frameworks import hf_train  # noqa: E402  (also puts the client on sys.path)
+from frameworks import hf_train, token_batches  # noqa: E402  (also puts the client on sys.path)
 
 SEGMENTS = ("forward", "backward", "guard", "optimizer", "rest")
 
@@ -183,9 +183,7 @@ def main():
     warnings.simplefilter("ignore")
     torch.backends.cuda.matmul.allow_tf32 = True
     cfg = dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
-    g = torch.Generator().manual_seed(0)
-    data = [tuple(t.contiguous().cuda() for t in (r[:, :-1], r[:, 1:]))
-            for r in (torch.randint(0, cfg["vocab"], (a.batch, cfg["seq"] + 1), generator=g) for _ in range(4))]
+    data = token_batches(cfg, a.batch)
     import transformers
     from trainguard.hf import TrainguardCallback
     parts = Parts() if a.parts else None

@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from frameworks import hf_train  # noqa: E402  (also puts the client on sys.path)
+from frameworks import hf_train, token_batches  # noqa: E402  (also puts the client on sys.path)
 
 STEP = re.compile(r"^(paused|guarded)-(\d+)$")
 
@@ -149,9 +149,7 @@ def main():
     warnings.simplefilter("ignore")
     torch.backends.cuda.matmul.allow_tf32 = True
     cfg = dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
-    g = torch.Generator().manual_seed(0)
-    data = [tuple(t.contiguous().cuda() for t in (r[:, :-1], r[:, 1:]))
-            for r in (torch.randint(0, cfg["vocab"], (a.batch, cfg["seq"] + 1), generator=g) for _ in range(4))]
+    data = token_batches(cfg, a.batch)
     import transformers
     from trainguard.hf import TrainguardCallback
     prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
