@@ -127,7 +127,7 @@ class Marks:
         self.warmup, self.block, self.n_blocks = warmup, block, 2 * pairs + 1
         self.parts = parts
         self.k, self.t, self.guard = -warmup, {}, None
-        self.profiler = profiler  # cProfile of the guarded blocks' host thread (times inflated by it)
+        self.profiler = profiler  # cProfile of the guarded blocks (times inflated by it)
         self.rows = collections.defaultdict(list)   # phase -> [{segment: ms}]
         self.cuts = []                               # (phase, the step's absolute marks)
 
@@ -177,7 +177,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=12)
     ap.add_argument("--out", default=None)
     ap.add_argument("--pyprofile", action="store_true",
-                    help="also cProfile the host thread in the guarded blocks (slows them: segments not comparable)")
+                    help="also cProfile the guarded blocks (slows them: segments not comparable; on Python "
+                         ">= 3.12 cProfile sees every thread: the sender's and autograd's functions show too)")
     ap.add_argument("--parts", action="store_true", help="also time the client's per-step pieces (Parts)")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
