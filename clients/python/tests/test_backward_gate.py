@@ -157,6 +157,8 @@ def test_a_step_measured_at_backward_end_is_reported_when_the_next_backward_star
     for step in range(3):
         loss = backward(step)
         g.step(step, loss)
+        # staged when backward ended: the host copy holds this step's loss
+        assert g.gated.last.host.tolist()[0] == pytest.approx(loss.item(), rel=1e-6)
         g.optimizer_step()
         opt.zero_grad(set_to_none=True)
         assert reported() == step  # this step's report is held: the sidecar has the earlier ones

@@ -6,7 +6,7 @@ host launches the next kernel. Whatever the guard launches then is on the step's
 and it runs on a "cold" host: on an H200 the same measure-and-gate costs ~690 µs there against
 ~100 µs while the GPU is still busy (docs/benchmarks.md, Issue 21 third pass).
 
-``guard.gate_on_backward(loss)`` before ``loss.backward()`` puts the measure-and-gate at the end of
+``guard.gate_on_backward(loss)`` before ``loss.backward()`` puts the measure-and-gate, and the copy of its statistics to the host, at the end of
 that backward instead (an autograd final callback, on the thread that runs backward, while the GPU
 still has backward kernels queued). ``step()`` then uses that measurement if it still describes the
 gradients the optimizer will read: every gradient the same tensor at the same version (no
@@ -28,11 +28,13 @@ log = logging.getLogger("trainguard")
 
 
 class Early:
-    """One backward's measurement: the gate is installed; ``stats`` not yet staged to the host."""
+    """One backward's measurement: the gate is installed and ``stats`` is on its way to the host
+    (``staged``: DeviceGate.stage's host tensors and event), so ``step()`` launches nothing for it."""
 
-    def __init__(self, stats, n_groups, names, mods, threshold, loss, grads, versions):
+    def __init__(self, stats, n_groups, names, mods, threshold, loss, grads, versions, staged):
         self.stats, self.n_groups, self.names, self.mods = stats, n_groups, names, mods
         self.threshold, self.loss, self.grads, self.versions = threshold, loss, grads, versions
+        self.staged = staged
 
 
 class BackwardGate:
@@ -100,17 +102,21 @@ class BackwardGate:
         names, mods = g.meter.take_watch()  # kept in Early: a re-measure at step() needs them again
         stats, ng, names = g.gated.graphs.measure_and_install(loss, thr, taken=(names, mods))
         grads = [p.grad for p in _params(g.optimizer)]
-        return Early(stats, ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads])
+        # Staged here too, in stream order after the graph: the copy and its event are host work
+        # that would otherwise fall after the loop's loss read.
+        staged = g.gate.stage(stats)
+        return Early(stats, ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads],
+                     staged)
 
     def take(self, loss, threshold):
-        """This step's early measurement, (stats, n_groups, names) with the gate installed, if it still
-        describes what the optimizer will read; else None, and ``step()`` measures again."""
+        """This step's early measurement, (stats, n_groups, names, staged) with the gate installed,
+        if it still describes what the optimizer will read; else None, and ``step()`` measures again."""
         early, self._early = self._early, None
         if early is None:
             return None
         if self._holds(early, loss, threshold):
             self.counters["used"] += 1
-            return early.stats, early.n_groups, early.names
+            return early.stats, early.n_groups, early.names, early.staged
         self.counters["stale"] += 1
         self.g.meter.hold((early.names, early.mods))
         return None

@@ -146,12 +146,16 @@ class GatedPath:
             early = None
         else:
             early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
-            stats, ng, names = early or self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
+            if early is not None:  # no GradScaler there; its statistics are already on their way to the host
+                stats, ng, names, (hosts, event) = early
+            else:
+                stats, ng, names = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
             vec = None
         if scaler is not None:
             scaler_skips_too(g)
-        staged = [stats] + ([vec] if vec is not None else []) + ([g.meter._scale()] if scaler is not None else [])
-        hosts, event = g.gate.stage(*staged)
+        if early is None:
+            staged = [stats] + ([vec] if vec is not None else []) + ([g.meter._scale()] if scaler is not None else [])
+            hosts, event = g.gate.stage(*staged)
         host, host_vec = hosts[0], (hosts[1] if vec is not None else None)
         host_scale = hosts[-1] if scaler is not None else None
         if self.multi:
