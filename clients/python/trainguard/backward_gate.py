@@ -6,9 +6,9 @@ host launches the next kernel. Whatever the guard launches then is on the step's
 and it runs on a "cold" host: on an H200 the same measure-and-gate costs ~690 µs there against
 ~100 µs while the GPU is still busy (docs/benchmarks.md, Issue 21 third pass).
 
-``guard.gate_on_backward(loss)`` before ``loss.backward()`` puts the measure-and-gate, and the copy of its statistics to the host, at the end of
-that backward instead (an autograd final callback, on the thread that runs backward, while the GPU
-still has backward kernels queued). ``step()`` then uses that measurement if it still describes the
+``guard.gate_on_backward(loss)`` before ``loss.backward()`` puts the measure-and-gate, and the copy
+of its statistics to the host, at the end of that backward instead (an autograd final callback, on
+the thread that runs backward, while the GPU still has backward kernels queued). ``step()`` then uses that measurement if it still describes the
 gradients the optimizer will read: every gradient the same tensor at the same version (no
 reassignment, no in-place clip or unscale since), the same clip threshold, the same loss. If not,
 ``step()`` measures again, as it would have without the call, so the early measurement can make a
