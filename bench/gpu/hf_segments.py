@@ -41,14 +41,15 @@ SEGMENTS = ("forward", "backward", "guard", "optimizer", "rest")
 
 
 class Parts:
-    """Wall clocks around the client's per-step pieces on the training thread (bench instrumentation
-    only): what the guard and optimizer segments consist of."""
+    """Wall clocks around the client's per-step pieces (bench instrumentation only): on the training
+    thread, what the guard and optimizer segments consist of; on the others (the sender, autograd's
+    thread at backward end), when they ran."""
 
     def __init__(self):
         self.s = {"paused": collections.defaultdict(list), "guarded": collections.defaultdict(list)}
         self.main = threading.get_ident()
         self.phase = None  # paused | guarded; None: warm-up, not counted
-        self.other = []    # (label, start, end) of the pieces that ran on other threads (the sender)
+        self.other = []    # (label, start, end) of the pieces that ran on other threads
 
     def wrap(self, obj, attr, label):
         fn = getattr(obj, attr, None)
@@ -75,7 +76,7 @@ class Parts:
         self.wrap(g.gated, "step", "gated.step")
         self.wrap(g.gated, "await_verdicts", "gated.await_verdicts")
         self.wrap(g.backward_gate, "take", "backward_gate.take")
-        self.wrap(g.gated.graphs, "measure_and_install", "measure_and_install (on the training thread)")
+        self.wrap(g.gated.graphs, "measure_and_install", "measure_and_install")
         self.wrap(g.gate, "stage", "gate.stage")
         self.wrap(g.sender, "submit_deferred", "sender.submit_deferred")
         self.wrap(g.recovery, "begin", "recovery.begin")
@@ -86,7 +87,7 @@ class Parts:
         self.wrap(g.optimizer, "step", "the inner optimizer's step")
         self.wrap(g.gated, "_report", "sender: build the report")
         self.wrap(g.sender, "_on_result", "sender: apply the answer")
-        self.wrap(g.sender._transport, "call", "sender: gRPC call")
+        self.wrap(g.sender._transport, "call", "gRPC call")  # the sender's reports; registrations too
         r = g.recovery
         for attr in ("_capture_rng", "_register_ready", "_confirm", "_take", "_register"):
             self.wrap(r, attr, f"recovery.{attr}")
