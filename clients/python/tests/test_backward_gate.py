@@ -3,6 +3,7 @@ on the CPU (fused AdamW honours the device gate there as on CUDA): healthy steps
 weights as gating at step(); a NaN step is skipped; a measurement that no longer describes the
 gradients (changed in place or reassigned after backward, a backward that was not armed) is not used,
 and the step is measured again."""
+import os
 import time
 
 import pytest
@@ -135,37 +136,102 @@ def test_arming_is_refused_where_the_step_cannot_be_measured_early(sidecar):
     g.close()
 
 
-def test_a_step_measured_at_backward_end_is_reported_when_the_next_backward_starts(sidecar):
-    # prevents: the report's Python work landing right after the loop's loss read (on the critical
-    # path) instead of while the next backward runs, or a held report never reaching the sidecar
-    from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
-    torch.manual_seed(0)
-    model = MLP()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
-    g = Guard(model, opt, "bwd-held", target=sidecar.target, deadline=5.0, device_gate=True)
+class HeldLoop:
+    """A fused-AdamW loop armed at backward on the device gate, for the report hold: the hold made
+    long (no test waits it out) and, unless given, no wait for verdicts (``verdict_lag=None``), so
+    only what the hold's mechanism releases reaches the sidecar early."""
 
-    def reported():
-        return g.transport.call("GetRun", pb.GetRunRequest(run_id="bwd-held")).run.steps_reported
+    def __init__(self, sidecar, run, monkeypatch, verdict_lag=None):
+        monkeypatch.setattr(ReportSender, "HOLD_S", 30.0)
+        torch.manual_seed(0)
+        self.run, self.sidecar = run, sidecar
+        self.model = MLP()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-2, fused=True)
+        self.g = Guard(self.model, self.opt, run, target=sidecar.target, deadline=5.0, device_gate=True,
+                       verdict_lag=verdict_lag)
 
-    def backward(step):
+    def reported(self):
+        from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
+        return self.g.transport.call("GetRun", pb.GetRunRequest(run_id=self.run)).run.steps_reported
+
+    def backward(self, step, arm=True, release=False):
         x, y = batch(step)
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        assert g.gate_on_backward(loss)
+        loss = torch.nn.functional.mse_loss(self.model(x), y)
+        if arm:
+            assert self.g.gate_on_backward(loss)
+        elif release:
+            self.g.backward_gate.release_on(loss)
         loss.backward()
         return loss
 
+    def update(self, step, loss):
+        v = self.g.step(step, loss)
+        self.g.optimizer_step()
+        self.opt.zero_grad(set_to_none=True)
+        return v
+
+    def wait_reported(self, n, within=5.0):
+        t0 = time.monotonic()
+        while self.reported() < n and time.monotonic() - t0 < within:
+            time.sleep(0.005)
+        return self.reported()
+
+
+def test_a_step_measured_at_backward_end_is_reported_when_the_next_backward_starts(sidecar, monkeypatch):
+    # prevents: the report's Python work landing right after the loop's loss read (on the critical
+    # path) instead of while the next backward runs, or a held report never reaching the sidecar
+    loop = HeldLoop(sidecar, "bwd-held", monkeypatch)
     for step in range(3):
-        loss = backward(step)
-        g.step(step, loss)
+        loss = loop.backward(step)
+        loop.g.step(step, loss)
         # staged when backward ended: the host copy holds this step's loss
-        assert g.gated.last.host.tolist()[0] == pytest.approx(loss.item(), rel=1e-6)
-        g.optimizer_step()
-        opt.zero_grad(set_to_none=True)
-        assert reported() == step  # this step's report is held: the sidecar has the earlier ones
-    backward(3)  # releases step 2's report: it arrives well before the hold's limit would send it
+        assert loop.g.gated.last.host.tolist()[0] == pytest.approx(loss.item(), rel=1e-6)
+        loop.g.optimizer_step()
+        loop.opt.zero_grad(set_to_none=True)
+        assert loop.wait_reported(step, within=0.5) == step  # this step's report is held
+        time.sleep(0.05)
+        assert loop.reported() == step
+        loop.backward(step + 1)  # the next backward lets it go
+        assert loop.wait_reported(step + 1) == step + 1
+        loop.g.backward_gate.discard()  # that backward was only for the release
+        loop.opt.zero_grad(set_to_none=True)
+    assert loop.g.backward_gate.counters["used"] == 3
+    loop.g.close()
+
+
+def test_a_held_report_whose_verdict_is_awaited_is_sent_at_once(sidecar, monkeypatch):
+    # prevents: step() waiting out its deadline (and going offline) for a report still held
+    loop = HeldLoop(sidecar, "bwd-held-await", monkeypatch, verdict_lag=1)
+    loop.update(0, loop.backward(0))                # measured at backward end: its report held
     t0 = time.monotonic()
-    while reported() < 3 and time.monotonic() - t0 < ReportSender.HOLD_S / 2:
-        time.sleep(0.005)
-    assert reported() == 3
-    assert g.backward_gate.counters["used"] == 3
-    g.close()
+    loop.update(1, loop.backward(1, arm=False))     # not armed: nothing releases it but the wait
+    assert time.monotonic() - t0 < 2.0
+    assert loop.g.counters["sidecar_failures"] == 0 and loop.reported() >= 1
+    loop.g.close()
+
+
+def test_an_unmeasured_micro_batch_backward_releases_the_held_report(sidecar, monkeypatch):
+    # prevents: with gradient accumulation, the held report waiting for the cycle's last micro-batch
+    loop = HeldLoop(sidecar, "bwd-held-micro", monkeypatch)
+    loop.update(0, loop.backward(0))
+    assert loop.reported() == 0
+    loop.backward(1, arm=False, release=True)       # the next cycle's first micro-batch
+    assert loop.wait_reported(1) == 1
+    loop.g.close()
+
+
+def test_a_checkpoint_is_registered_after_the_held_reports_of_its_steps(sidecar, monkeypatch):
+    # prevents: a checkpoint overtaking the held report of its own step, so that the sidecar takes it
+    # for the run's start state (known-good at once)
+    from trainguard.safetensors_io import write_safetensors
+    loop = HeldLoop(sidecar, "bwd-held-ckpt", monkeypatch)
+    loop.update(0, loop.backward(0))
+    assert loop.reported() == 0
+    root = os.path.join(sidecar.checkpoint_root, "bwd-held-ckpt")
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, "model.safetensors")
+    write_safetensors(loop.model.state_dict(), path)
+    c = loop.g.checkpoint_saved(path, 0)
+    assert c is not None and c["state"] != "KNOWN_GOOD"
+    assert loop.reported() == 1
+    loop.g.close()

@@ -170,3 +170,22 @@ def test_hf_trainer_that_clips_itself_measures_at_pre_optimizer_step_only(sideca
     assert tg.guard.counters["device_gated_steps"] == 5
     assert tg.guard.backward_gate.counters == {"measured": 0, "used": 0, "stale": 0, "dropped": 0}
     assert weights_finite(model)
+
+
+def test_hf_trainer_with_gradient_accumulation_measures_the_cycles_last_backward(sidecar):
+    # prevents: an earlier micro-batch's backward (which only lets the held report go) being
+    # measured, or the cycle's last one not being measured
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (64, 16), generator=g)]
+    tg = TrainguardCallback("hf-trainer-accum", target=sidecar.target, deadline=5.0, device_gate=True)
+    args = transformers.TrainingArguments(output_dir=os.path.join(sidecar.checkpoint_root, "hf-accum"), max_steps=4,
+                                          per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                          learning_rate=1e-3, save_strategy="no", logging_steps=1000, report_to=[],
+                                          use_cpu=True, max_grad_norm=0.0, optim="adamw_torch_fused",
+                                          dataloader_num_workers=0, disable_tqdm=True)
+    transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg]).train()
+    assert tg.guard.counters["device_gated_steps"] == 4
+    assert tg.guard.backward_gate.counters == {"measured": 4, "used": 4, "stale": 0, "dropped": 0}
+    assert weights_finite(model)

@@ -24,8 +24,10 @@ class Recorder:
         return [s for s, _ in self.sent]
 
 
-@pytest.fixture
-def q():
+LONG = 30.0  # a hold no test waits out: what lets a report go early is what is tested
+
+
+def make_queue(hold_s):
     """A sender over a Recorder; ``q.report(step)`` is a deferred report that notes when it is built."""
     rec, built = Recorder(), []
 
@@ -34,9 +36,15 @@ def q():
             built.append(step)
             return pb.StepReport(step=step)
         return build
-    sender = ReportSender(rec, lambda fut: None)
-    yield types.SimpleNamespace(sender=sender, rec=rec, built=built, report=report)
-    sender.close()
+    sender = ReportSender(rec, lambda fut: None, hold_s=hold_s)
+    return types.SimpleNamespace(sender=sender, rec=rec, built=built, report=report)
+
+
+@pytest.fixture
+def q():
+    q = make_queue(LONG)
+    yield q
+    q.sender.close()
 
 
 def test_held_report_waits_for_release_then_goes_in_order(q):
@@ -51,27 +59,29 @@ def test_held_report_waits_for_release_then_goes_in_order(q):
 def test_unheld_report_lets_the_held_ones_go_first(q):
     q.sender.submit_deferred(1, q.report(1), 0, hold=True)
     fut = q.sender.submit_deferred(2, q.report(2), 0)
-    assert fut.wait(1.0)
+    assert fut.wait(5.0)
     assert q.rec.steps() == [1, 2]
 
 
 def test_flush_sends_held_reports_at_once(q):
     q.sender.submit_deferred(1, q.report(1), 0, hold=True)
-    t0 = time.monotonic()
-    assert q.sender.flush(1.0)
+    assert q.sender.flush(5.0)
     assert q.rec.steps() == [1]
-    assert time.monotonic() - t0 < ReportSender.HOLD_S
-
-
-def test_a_report_nobody_releases_goes_after_the_hold_limit(q):
-    t0 = time.monotonic()
-    fut = q.sender.submit_deferred(1, q.report(1), 0, hold=True)
-    assert fut.wait(ReportSender.HOLD_S + 1.0)
-    waited = q.rec.sent[0][1] - t0
-    assert ReportSender.HOLD_S * 0.9 <= waited < ReportSender.HOLD_S + 0.5
 
 
 def test_release_from_another_thread_wakes_the_sender(q):
     fut = q.sender.submit_deferred(1, q.report(1), 0, hold=True)
     threading.Timer(0.02, q.sender.release).start()  # as the autograd thread does at backward's start
-    assert fut.wait(ReportSender.HOLD_S * 0.8)
+    assert fut.wait(5.0)
+
+
+def test_a_report_nobody_releases_goes_after_the_hold_limit():
+    q = make_queue(0.2)
+    try:
+        t0 = time.monotonic()
+        fut = q.sender.submit_deferred(1, q.report(1), 0, hold=True)
+        assert fut.wait(5.0)
+        assert q.rec.sent[0][1] - t0 >= 0.19
+    finally:
+        q.sender.close()
+

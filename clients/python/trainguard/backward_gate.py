@@ -68,6 +68,16 @@ class BackwardGate:
         loss.register_hook(self._on_loss_grad)
         return True
 
+    def release_on(self, loss):
+        """A backward that is not measured (an earlier micro-batch of an accumulation cycle) still
+        lets the held report go when it starts: a no-op without a loss that needs a gradient."""
+        if torch.is_tensor(loss) and loss.requires_grad:
+            loss.register_hook(self._release)
+
+    def _release(self, grad):
+        self.g.sender.release()
+        return None
+
     def _on_loss_grad(self, grad):
         # The first thing backward computes; the callback runs once the whole backward is done.
         torch.autograd.Variable._execution_engine.queue_callback(self._measure)

@@ -102,6 +102,8 @@ class TrainguardCallback(TrainerCallback):
                 # The Trainer reads the loss on the host (its NaN filter) between backward and
                 # on_pre_optimizer_step: measure and gate before that read, not after (backward_gate).
                 self.guard.gate_on_backward(loss)
+            elif self.measure_at_backward:  # an earlier micro-batch: its backward lets the held report go
+                self.guard.backward_gate.release_on(loss)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         loss, self._loss = self._loss, None

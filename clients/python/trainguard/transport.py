@@ -104,7 +104,7 @@ class ReportSender:
     between reports: it never polls. ``on_result(future)`` runs on the sender thread for every
     finished report.
 
-    A report can be *held* until ``release()`` (or ``HOLD_S``): building and sending it is Python
+    A report can be *held* until ``release()`` (or ``hold_s``): building and sending it is Python
     work that needs the GIL, and in a loop that reads the loss on the host every step the training
     thread is the critical path right after that read, launching the update and the next forward
     on an idle GPU. Measured on the HF Trainer, the sender's work landed exactly there. Held, it
@@ -115,7 +115,8 @@ class ReportSender:
 
     HOLD_S = 0.25  # the longest a held report waits for release(): the sidecar's record is late by at most this
 
-    def __init__(self, transport: Transport, on_result, max_queue: int = 256):
+    def __init__(self, transport: Transport, on_result, max_queue: int = 256, hold_s: float = None):
+        self.hold_s = self.HOLD_S if hold_s is None else hold_s
         self._busy = False
         self._transport = transport
         self._on_result = on_result
@@ -137,7 +138,7 @@ class ReportSender:
         """Queues a report that does not exist yet: on its turn the sender thread calls ``build()``
         (which may block without the GIL, e.g. on a CUDA event, and returns the StepReport, or None
         for nothing to send) and sends what it returns. Keeps step order with ``submit``. ``hold``:
-        not before the next ``release()`` (at most ``HOLD_S``)."""
+        not before the next ``release()`` (at most ``hold_s``)."""
         fut = ReportFuture(step, generation, False)
         self._enqueue(build, fut, hold)
         return fut
@@ -186,7 +187,7 @@ class ReportSender:
                 report, fut, held_at = self._queue.popleft()
                 self._busy = True
                 if held_at is not None:
-                    self._cv.wait_for(lambda: self._window > held_at or self._closed, self.HOLD_S)
+                    self._cv.wait_for(lambda: self._window > held_at or self._closed, self.hold_s)
             send = True
             try:
                 if callable(report):
