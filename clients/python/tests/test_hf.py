@@ -24,6 +24,15 @@ def tiny_gpt2():
     return transformers.GPT2LMHeadModel(cfg)
 
 
+def fused_cpu_args(sidecar, name, **overrides):
+    """Trainer arguments for a short CPU run on the device gate (fused AdamW), no saving, no clipping."""
+    kw = dict(output_dir=os.path.join(sidecar.checkpoint_root, name), per_device_train_batch_size=4,
+              learning_rate=1e-3, save_strategy="no", logging_steps=1000, report_to=[], use_cpu=True,
+              max_grad_norm=0.0, optim="adamw_torch_fused", dataloader_num_workers=0, disable_tqdm=True)
+    kw.update(overrides)
+    return transformers.TrainingArguments(**kw)
+
+
 class Poison:
     """Forward hook on the LM head: NaN or hugely scaled logits (a loss spike) at chosen forwards."""
 
@@ -143,10 +152,7 @@ def test_hf_trainer_on_the_device_gate_measures_at_backward_end_and_skips_nan(si
             if state.global_step - 1 in NAN_AT:  # the NaN forward's step: the update was skipped on the device
                 assert all(torch.equal(a, b) for a, b in zip(before["w"], model.parameters()))
 
-    args = transformers.TrainingArguments(output_dir=os.path.join(sidecar.checkpoint_root, "hf-gate"), max_steps=12,
-                                          per_device_train_batch_size=4, learning_rate=1e-3, save_strategy="no",
-                                          logging_steps=1000, report_to=[], use_cpu=True, max_grad_norm=0.0,
-                                          optim="adamw_torch_fused", dataloader_num_workers=0, disable_tqdm=True)
+    args = fused_cpu_args(sidecar, "hf-gate", max_steps=12)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg, Checks()])
     trainer.train()
     guard = tg.guard
@@ -155,18 +161,21 @@ def test_hf_trainer_on_the_device_gate_measures_at_backward_end_and_skips_nan(si
     assert guard.counters["skips"] == 1
 
 
-def test_hf_trainer_that_clips_itself_measures_at_pre_optimizer_step_only(sidecar):
-    # prevents: every step measured twice (at backward end, then again after the Trainer's in-place clip)
+def train_on_gate(sidecar, name, rows, **args):
+    """A tiny GPT-2 trained by the Trainer on the CPU's device gate; returns (callback, model)."""
     from trainguard.hf import TrainguardCallback
     model = tiny_gpt2()
     g = torch.Generator().manual_seed(1)
-    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (40, 16), generator=g)]
-    tg = TrainguardCallback("hf-trainer-clips", target=sidecar.target, deadline=5.0, device_gate=True)
-    args = transformers.TrainingArguments(output_dir=os.path.join(sidecar.checkpoint_root, "hf-clips"), max_steps=5,
-                                          per_device_train_batch_size=4, learning_rate=1e-3, save_strategy="no",
-                                          logging_steps=1000, report_to=[], use_cpu=True, max_grad_norm=1.0,
-                                          optim="adamw_torch_fused", dataloader_num_workers=0, disable_tqdm=True)
-    transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg]).train()
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (rows, 16), generator=g)]
+    tg = TrainguardCallback(f"hf-trainer-{name}", target=sidecar.target, deadline=5.0, device_gate=True)
+    transformers.Trainer(model=model, args=fused_cpu_args(sidecar, f"hf-{name}", **args), train_dataset=data,
+                         callbacks=[tg]).train()
+    return tg, model
+
+
+def test_hf_trainer_that_clips_itself_measures_at_pre_optimizer_step_only(sidecar):
+    # prevents: every step measured twice (at backward end, then again after the Trainer's in-place clip)
+    tg, model = train_on_gate(sidecar, "clips", 40, max_steps=5, max_grad_norm=1.0)
     assert tg.guard.counters["device_gated_steps"] == 5
     assert tg.guard.backward_gate.counters == {"measured": 0, "used": 0, "stale": 0, "dropped": 0}
     assert weights_finite(model)
@@ -175,17 +184,7 @@ def test_hf_trainer_that_clips_itself_measures_at_pre_optimizer_step_only(sideca
 def test_hf_trainer_with_gradient_accumulation_measures_the_cycles_last_backward(sidecar):
     # prevents: an earlier micro-batch's backward (which only lets the held report go) being
     # measured, or the cycle's last one not being measured
-    from trainguard.hf import TrainguardCallback
-    model = tiny_gpt2()
-    g = torch.Generator().manual_seed(1)
-    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (64, 16), generator=g)]
-    tg = TrainguardCallback("hf-trainer-accum", target=sidecar.target, deadline=5.0, device_gate=True)
-    args = transformers.TrainingArguments(output_dir=os.path.join(sidecar.checkpoint_root, "hf-accum"), max_steps=4,
-                                          per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                                          learning_rate=1e-3, save_strategy="no", logging_steps=1000, report_to=[],
-                                          use_cpu=True, max_grad_norm=0.0, optim="adamw_torch_fused",
-                                          dataloader_num_workers=0, disable_tqdm=True)
-    transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg]).train()
+    tg, model = train_on_gate(sidecar, "accum", 64, max_steps=4, gradient_accumulation_steps=2)
     assert tg.guard.counters["device_gated_steps"] == 4
     assert tg.guard.backward_gate.counters == {"measured": 4, "used": 4, "stale": 0, "dropped": 0}
     assert weights_finite(model)
