@@ -69,6 +69,17 @@ def test_flush_sends_held_reports_at_once(q):
     assert q.rec.steps() == [1]
 
 
+def test_flush_through_a_step_waits_for_its_report_only(q):
+    # prevents: a checkpoint registration waiting for reports it does not depend on (a device sync
+    # and round trips on the training thread), or not waiting for the one it does
+    q.sender.submit_deferred(5, q.report(5), 0, hold=True)
+    assert q.sender.flush_through(3, 5.0)
+    time.sleep(0.05)
+    assert q.rec.sent == []
+    assert q.sender.flush_through(5, 5.0)
+    assert q.rec.steps() == [5]
+
+
 def test_release_from_another_thread_wakes_the_sender(q):
     fut = q.sender.submit_deferred(1, q.report(1), 0, hold=True)
     threading.Timer(0.02, q.sender.release).start()  # as the autograd thread does at backward's start

@@ -17,10 +17,11 @@ from .safetensors_io import read_safetensors, write_safetensors
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 
-def reports_first(guard):
+def reports_first(guard, step):
     """The sidecar judges a checkpoint against the steps it has seen (one registered before any step
-    is the run's start state, known-good at once): the reports still queued or held go first."""
-    guard.sender.flush(guard.deadline)
+    is the run's start state, known-good at once): the reports of steps up to ``step`` still queued
+    or held go first. Normally long sent: then nothing is waited for."""
+    guard.sender.flush_through(step, guard.deadline)
 
 
 def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_position=0):
@@ -29,7 +30,7 @@ def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_posi
     checkpoints. Raises TrainguardError on a refusal."""
     req = pb.RegisterCheckpointRequest(run_id=guard.run, rank=guard.rank, step=int(step), format=fmt,
                                        files=files, data_position=int(data_position))
-    reports_first(guard)
+    reports_first(guard, step)
     try:
         resp = guard.transport.call("RegisterCheckpoint", req, deadline=max(guard.deadline, 2.0))
     except grpc.RpcError as e:
@@ -118,7 +119,7 @@ def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
     guard.checkpoints[int(step)] = entry
     if guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1:
         return None
-    reports_first(guard)
+    reports_first(guard, step)
     try:
         c = formats.register_saved(guard, files, step, data_position=data_position)
     except grpc.RpcError as e:

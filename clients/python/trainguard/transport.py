@@ -117,7 +117,7 @@ class ReportSender:
 
     def __init__(self, transport: Transport, on_result, max_queue: int = 256, hold_s: float = None):
         self.hold_s = self.HOLD_S if hold_s is None else hold_s
-        self._busy = False
+        self._busy = None  # the future being built or sent
         self._transport = transport
         self._on_result = on_result
         self._queue = collections.deque()
@@ -175,7 +175,18 @@ class ReportSender:
         """Waits until every queued report has been sent and its callback has run."""
         with self._cv:
             self._release_locked()
-            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+            return self._cv.wait_for(lambda: not self._queue and self._busy is None, timeout)
+
+    def flush_through(self, step, timeout: float) -> bool:
+        """Waits until the reports of steps <= ``step`` have been sent (the held reports let go at
+        once). When none of them is still queued nothing is waited for and a later one stays held."""
+        def pending():
+            return (self._busy is not None and self._busy.step <= step) or any(f.step <= step for _, f, _ in self._queue)
+        with self._cv:
+            if not pending():
+                return True
+            self._release_locked()
+            return self._cv.wait_for(lambda: not pending(), timeout)
 
     def _run(self):
         while True:
@@ -185,7 +196,7 @@ class ReportSender:
                 if self._closed and not self._queue:
                     return
                 report, fut, held_at = self._queue.popleft()
-                self._busy = True
+                self._busy = fut
                 if held_at is not None:
                     self._cv.wait_for(lambda: self._window > held_at or self._closed, self.hold_s)
             send = True
@@ -207,7 +218,7 @@ class ReportSender:
                 # it (GatedPath.await_verdicts) then sees what it brought
                 fut._event.set()
                 with self._cv:
-                    self._busy = False
+                    self._busy = None
                     self._cv.notify_all()
 
     def close(self, timeout: float = 1.0):
