@@ -28,11 +28,11 @@ log = logging.getLogger("trainguard")
 
 
 class Early:
-    """One backward's measurement: the gate is installed and ``stats`` is on its way to the host
-    (``staged``: DeviceGate.stage's host tensors and event), so ``step()`` launches nothing for it."""
+    """One backward's measurement: the gate is installed and its statistics are on their way to the
+    host (``staged``: DeviceGate.stage's host tensors and event), so ``step()`` launches nothing for it."""
 
-    def __init__(self, stats, n_groups, names, mods, threshold, loss, grads, versions, staged):
-        self.stats, self.n_groups, self.names, self.mods = stats, n_groups, names, mods
+    def __init__(self, n_groups, names, mods, threshold, loss, grads, versions, staged):
+        self.n_groups, self.names, self.mods = n_groups, names, mods
         self.threshold, self.loss, self.grads, self.versions = threshold, loss, grads, versions
         self.staged = staged
 
@@ -55,7 +55,7 @@ class BackwardGate:
         """Whether the coming step will be gated as ``step()`` gates it (else it would be measured
         here for nothing), without a GradScaler (it unscales in place at ``step()``)."""
         g = self.g
-        return (self.enabled and not g.connection.paused and g._one_rank_gate_open(_coming_step(g))
+        return (self.enabled and not g.connection.paused and g._one_rank_gate_open(g.next_step())
                 and g._late is None and g._async_error is None
                 and not g.scaler_on)
 
@@ -98,7 +98,8 @@ class BackwardGate:
             else:
                 with torch.cuda.stream(stream):  # the caller's stream: backward's leaf streams synced to it
                     self._early = self._measure_now(loss)
-            self.counters["measured"] += 1
+            if self._early is not None:
+                self.counters["measured"] += 1
         except Exception as e:  # never fail the user's backward: step() measures as usual
             self.enabled = False
             log.warning("trainguard: measuring at the end of backward failed (%s: %s); steps are measured at "
@@ -106,8 +107,10 @@ class BackwardGate:
 
     def _measure_now(self, loss):
         g = self.g
-        # the coming step's clip threshold comes with the last verdicts, as in step()
-        g.gated.await_verdicts(_coming_step(g), act_on_timeout=False)
+        # the coming step's clip threshold comes with the last verdicts, as in step(); on a timeout
+        # step() waits and acts itself, and a verdict that came may have changed the path
+        if not g.gated.await_verdicts(g.next_step(), act_on_timeout=False) or not self.eligible():
+            return None
         thr = rules.gate_threshold(g.bounds or LocalBounds())
         names, mods = g.meter.take_watch()  # kept in Early: a re-measure at step() needs them again
         stats, ng, names = g.gated.graphs.measure_and_install(loss, thr, taken=(names, mods))
@@ -115,18 +118,17 @@ class BackwardGate:
         # Staged here too, in stream order after the graph: the copy and its event are host work
         # that would otherwise fall after the loop's loss read.
         staged = g.gate.stage(stats)
-        return Early(stats, ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads],
-                     staged)
+        return Early(ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads], staged)
 
     def take(self, loss, threshold):
-        """This step's early measurement, (stats, n_groups, names, staged) with the gate installed,
-        if it still describes what the optimizer will read; else None, and ``step()`` measures again."""
+        """This step's early measurement, (n_groups, names, staged) with the gate installed, if it
+        still describes what the optimizer will read; else None, and ``step()`` measures again."""
         early, self._early = self._early, None
         if early is None:
             return None
         if self._holds(early, loss, threshold):
             self.counters["used"] += 1
-            return early.stats, early.n_groups, early.names, early.staged
+            return early.n_groups, early.names, early.staged
         self.counters["stale"] += 1
         self.g.meter.hold((early.names, early.mods))
         return None
@@ -144,21 +146,10 @@ class BackwardGate:
         if not (torch.is_tensor(loss) and loss.device == early.loss.device
                 and loss.data_ptr() == early.loss.data_ptr() and loss.shape == early.loss.shape):
             return False
-        i = 0
-        grads, versions = early.grads, early.versions
-        for p in _params(self.g.optimizer):
-            if i >= len(grads):
-                return False
-            t = p.grad
-            if t is not grads[i] or (t is not None and not 0 <= t._version - versions[i] <= self.noop_writes):
-                return False
-            i += 1
-        return i == len(grads)
-
-
-def _coming_step(g):
-    """The step the loop is in: the one after the last ``step()`` (numbering as the loop's)."""
-    return 0 if g.last_step is None else g.last_step + 1
+        now = [p.grad for p in _params(self.g.optimizer)]
+        return len(now) == len(early.grads) and all(
+            t is was and (t is None or 0 <= t._version - v <= self.noop_writes)
+            for t, was, v in zip(now, early.grads, early.versions))
 
 
 def _params(optimizer):

@@ -91,24 +91,25 @@ class GatedPath:
     def await_verdicts(self, step, act_on_timeout=True):
         """Waits (at most ``deadline``) until the reports of steps <= step - verdict_lag have their
         verdicts, so that a ROLLBACK/HALT for step k-1 is applied at step k. ``act_on_timeout=False``
-        (backward_gate, ahead of ``step()``): a timeout only ends the wait; ``step()`` acts on it."""
+        (backward_gate, ahead of ``step()``): a timeout only ends the wait; ``step()`` acts on it.
+        Returns False on a timeout."""
         g, futs = self.g, self.futs
         while futs and futs[0].done():
             futs.popleft()
         if g.verdict_lag is None:
-            return
+            return True
         while futs and futs[0].step <= step - g.verdict_lag:
             fut = futs[0]
             if not fut.done():
                 g.sender.release()  # a held report is needed now
             if not fut.wait(g.deadline + 0.05):
-                if not act_on_timeout:
-                    return
-                futs.clear()
-                g.connection.went_offline()
-                g.connection.unreachable("ReportStep", TimeoutError(f"no verdict for step {fut.step} within {g.deadline}s"))
-                return
+                if act_on_timeout:
+                    futs.clear()
+                    g.connection.went_offline()
+                    g.connection.unreachable("ReportStep", TimeoutError(f"no verdict for step {fut.step} within {g.deadline}s"))
+                return False
             futs.popleft()
+        return True
 
     def agreed_host_path(self):
         """Several ranks: whether they agreed (on the device, in the last step's collective, or in
@@ -147,7 +148,7 @@ class GatedPath:
         else:
             early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
             if early is not None:  # no GradScaler there; its statistics are already on their way to the host
-                stats, ng, names, (hosts, event) = early
+                ng, names, (hosts, event) = early
             else:
                 stats, ng, names = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
             vec = None

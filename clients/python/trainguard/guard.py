@@ -285,11 +285,15 @@ class Guard:
         ``step()`` is skipped with the update. See trainguard/wrap.py."""
         return wrap_(self, obj)
 
+    def next_step(self):
+        """The step the loop is in: the one after the last ``step()`` (numbered as the loop numbers them)."""
+        return 0 if self.last_step is None else self.last_step + 1
+
     def _verdict_for_update(self, auto=True):
         """The verdict an optimizer update about to run must obey. With ``auto`` and no
         ``step()`` since the last update, the step is measured and judged now (loss absent)."""
         if not self._pending_update and auto:
-            self.step(self.last_step + 1 if self.last_step is not None else 0, None)
+            self.step(self.next_step(), None)
         self._pending_update = False
         return self.last_verdict
 
