@@ -27,7 +27,7 @@ import logging
 import os
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from .guard import Guard
 from .safetensors_io import read_safetensors
@@ -88,9 +88,10 @@ class TrainguardCallback(TrainerCallback):
             # the Trainer clips in place after backward: a measurement taken then is always stale
             self.measure_at_backward = False
         else:
-            # transformers >= 5 reads the grad norm every step through clip_grad_norm_(inf): the
-            # gradients are multiplied by exactly 1.0 in place, their values unchanged
-            self.guard.backward_gate.noop_writes = 1
+            # transformers >= 5 reads the grad norm every step through clip_grad_norm_(inf) (its
+            # Trainer._get_grad_norm): the gradients are multiplied by exactly 1.0 in place, their
+            # values unchanged. Older ones write nothing, so no write is vouched for there.
+            self.guard.backward_gate.noop_writes = 1 if hasattr(Trainer, "_get_grad_norm") else 0
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._hook = model.register_forward_hook(self._read_loss)
 

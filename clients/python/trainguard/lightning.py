@@ -49,8 +49,8 @@ class TrainguardCallback(pl.Callback):
         super().__init__()
         self.run, self.target, self.restore = run, target, restore
         self.guard_kwargs = guard_kwargs
-        # "auto": no copy, since trainguard.checkpoints registers Lightning's own .ckpt files
-        self.weights_copy = bool(weights_copy)
+        # "auto" (the former default) meant no copy: Lightning's own .ckpt files are registered
+        self.weights_copy = False if weights_copy == "auto" else bool(weights_copy)
         self.guard = None
         self.step = 0             # the guard's step: optimizer steps, re-numbered after a rollback
         self.verdicts = []        # (step, action name, reasons) of every verdict that was not APPLY
