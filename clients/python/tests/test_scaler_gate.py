@@ -104,3 +104,8 @@ def test_scaler_on_a_torch_that_drops_the_clip_divisor_keeps_the_host_path(sidec
     g = Guard(model, opt, "scaler-old-torch-auto", target=sidecar.target, scaler=scaler, device_gate="auto")
     assert not g.device_gate
     g.close()
+    # the control: where the GradScaler keeps the clip, the same Guard is on the device gate
+    monkeypatch.setattr(trainguard.gated, "GRAD_SCALER_KEEPS_CLIP", True)
+    g = Guard(model, opt, "scaler-new-torch", target=sidecar.target, scaler=scaler, device_gate=True)
+    assert g.device_gate
+    g.close()
