@@ -70,6 +70,16 @@ class LossScaleOverflowTest {
     }
 
     @Test
+    void report_infiniteGradWithANanLossScale_isANonFiniteIncident() {
+        // prevents: a NaN loss scale passing for a calibrating scaler and hiding a real non-finite gradient
+        guard.open(setup("r1", 0, 1, null));
+        Verdict v = guard.report(overflow(0, Double.NaN));
+        assertEquals(Action.SKIP, v.action());
+        assertEquals(RunState.DEGRADED, v.runState());
+        assertTrue(v.reasons().stream().noneMatch(r -> r.contains("loss-scaler overflow")), v.reasons().toString());
+    }
+
+    @Test
     void report_overflowWithANonFiniteActivation_isANonFiniteIncident() {
         guard.open(setup("r1", 0, 1, null));
         StepReport r = new StepReport("r1", 0, 0, 2.0, false, Double.POSITIVE_INFINITY, new double[0], 1e-3, 1024,

@@ -20,8 +20,9 @@ public final class LossScaleOverflow {
     }
 
     public static boolean of(StepReport r) {
-        // cheap guard first: a healthy step's finite grad norm ends it; the full look is on overflows only
-        if (r.lossScale() < COLLAPSED || Double.isFinite(r.gradNorm())) {
+        // cheap guard first: a healthy step's finite grad norm ends it; the full look is on overflows only.
+        // Written as !(>=) so that a NaN loss scale is no scaler at all: its step stays a non-finite one.
+        if (!(r.lossScale() >= COLLAPSED) || Double.isFinite(r.gradNorm())) {
             return false;
         }
         NonFiniteFinding bad = NonFiniteFinding.of(r, List.of());
