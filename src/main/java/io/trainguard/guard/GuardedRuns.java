@@ -87,7 +87,7 @@ public final class GuardedRuns {
                 // one query per run, only ranks that reported: start time does not grow with world size
                 Map<Integer, List<StepRecord>> byRank = journal.recentStepsByRank(s.runId(), s.worldSize(), replaySteps);
                 Map<Integer, Set<Long>> faults = byRank.isEmpty() ? Map.of()
-                        : journal.incidentStepsByRank(s.runId(), IncidentKind.STEP_FAULTS, replaySteps * byRank.size());
+                        : journal.incidentStepsByRank(s.runId(), IncidentKind.STEP_FAULTS, oldestStep(byRank));
                 byRank.forEach((rank, steps) -> g.replay(rank, steps, faults.getOrDefault(rank, Set.of()),
                         nanoTime.getAsLong()));
             }
@@ -96,6 +96,10 @@ public final class GuardedRuns {
             restored++;
         }
         return restored;
+    }
+
+    private static long oldestStep(Map<Integer, List<StepRecord>> byRank) {
+        return byRank.values().stream().flatMap(List::stream).mapToLong(StepRecord::step).min().orElse(0);
     }
 
     // ------------------------------------------------------------------ runs

@@ -46,13 +46,14 @@ public interface Journal {
     List<Incident> incidents(String runId, int limit);
 
     /**
-     * The steps of the run's newest {@code limit} incidents of the given kinds, by rank: a restart's
-     * replay tells a detector's skip from a GradScaler's own overflow by them.
+     * The steps from {@code fromStep} on that have an incident of the given kinds, by rank: a restart's
+     * replay tells a detector's skip from a GradScaler's own overflow by them. Bounded by step, not by
+     * a count, so that no replayed step's incident is cut off however many one step has.
      */
-    default Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, int limit) {
+    default Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, long fromStep) {
         Map<Integer, Set<Long>> out = new HashMap<>();
-        for (Incident i : incidents(runId, limit)) {
-            if (kinds.contains(i.kind())) {
+        for (Incident i : incidents(runId, Integer.MAX_VALUE)) {
+            if (kinds.contains(i.kind()) && i.step() >= fromStep) {
                 out.computeIfAbsent(i.rank(), r -> new HashSet<>()).add(i.step());
             }
         }

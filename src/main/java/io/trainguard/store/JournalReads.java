@@ -163,20 +163,20 @@ final class JournalReads implements AutoCloseable {
     }
 
     /** Journal.incidentStepsByRank in one query that reads ranks and steps only. */
-    synchronized Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, int limit) {
+    synchronized Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, long fromStep) {
         Map<Integer, Set<Long>> out = new TreeMap<>();
         if (kinds.isEmpty()) {
             return out;
         }
         String in = String.join(",", Collections.nCopies(kinds.size(), "?"));
-        try (PreparedStatement ps = connection.prepareStatement("SELECT rank, step FROM (SELECT id, rank, step FROM "
-                + "incidents WHERE run_id=? AND kind IN (" + in + ") ORDER BY id DESC LIMIT ?)")) {
+        try (PreparedStatement ps = connection.prepareStatement("SELECT rank, step FROM incidents WHERE run_id=? AND kind IN ("
+                + in + ") AND step >= ?")) {
             int i = 1;
             ps.setString(i++, runId);
             for (IncidentKind k : kinds) {
                 ps.setString(i++, k.name());
             }
-            ps.setInt(i, limit);
+            ps.setLong(i, fromStep);
             try (ResultSet rs = ps.executeQuery()) {
                 while (rs.next()) {
                     out.computeIfAbsent(rs.getInt(1), r -> new HashSet<>()).add(rs.getLong(2));

@@ -219,8 +219,8 @@ public final class SqliteJournal implements Journal, AutoCloseable {
     }
 
     @Override
-    public Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, int limit) {
-        return reads.incidentStepsByRank(runId, kinds, limit);
+    public Map<Integer, Set<Long>> incidentStepsByRank(String runId, Set<IncidentKind> kinds, long fromStep) {
+        return reads.incidentStepsByRank(runId, kinds, fromStep);
     }
 
     /**

@@ -127,11 +127,27 @@ class JournalRetentionAndReplayTest {
                     List.of(), new boolean[0], new double[0], Duration.ZERO, false)); // the scaler's own overflow
             RunSnapshot view = guard.run("faults").snapshot();
             assertEquals(1, view.consecutiveSkips());
-            var faults = journal.incidentStepsByRank("faults", io.trainguard.guard.model.IncidentKind.STEP_FAULTS, 100);
+            var faults = journal.incidentStepsByRank("faults", io.trainguard.guard.model.IncidentKind.STEP_FAULTS, 0L);
             assertEquals(java.util.Map.of(1, java.util.Set.of(0L)), faults);
             GuardedRuns restarted = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
             assertEquals(1, restarted.restore(32));
             assertEquals(1, restarted.run("faults").snapshot().consecutiveSkips());
+        }
+    }
+
+    // Prevents: the restart's fault lookup being cut by a count (several incidents on one step, spikes
+    // that only clipped) instead of by the replayed steps.
+    @Test
+    void incidentStepsByRank_fromStep_returnsEveryFaultFromThatStepOn() {
+        try (SqliteJournal journal = new SqliteJournal(dir.resolve("g.db"), "NORMAL", 1024)) {
+            GuardedRuns guard = service(journal, Instant.parse("2026-11-28T00:00:00Z"));
+            guard.open(setup("from", 0, 1));
+            for (long s = 0; s < 3; s++) {
+                guard.report(new StepReport("from", 0, s, Double.NaN, false, 0.5, new double[0], 1e-3, 0, List.of(),
+                        new boolean[0], new double[0], Duration.ZERO, false));
+            }
+            assertEquals(java.util.Map.of(0, java.util.Set.of(1L, 2L)),
+                    journal.incidentStepsByRank("from", io.trainguard.guard.model.IncidentKind.STEP_FAULTS, 1L));
         }
     }
 }
