@@ -13,11 +13,16 @@ import java.util.Optional;
  * <p>The norms of the last {@value #STEPS_KEPT} steps are kept in a ring of primitive arrays
  * (slot = step mod {@value #STEPS_KEPT}, one value per rank, NaN = not reported yet): this runs for
  * every report of a multi-rank run, so it allocates nothing once the arrays have grown to the world size.
+ * Each slot also keeps the smallest and largest norm reported: for non-negative norms a new one agrees
+ * with every earlier one exactly when it agrees with both, so a healthy report costs O(1), not a walk
+ * over the ranks.
  */
 public final class CrossRankCheck {
     private static final int STEPS_KEPT = 16;
     private final long[] slotStep = new long[STEPS_KEPT];
     private final double[][] norms = new double[STEPS_KEPT][0];
+    private final double[] slotMin = new double[STEPS_KEPT];
+    private final double[] slotMax = new double[STEPS_KEPT];
 
     public CrossRankCheck() {
         Arrays.fill(slotStep, Long.MIN_VALUE);
@@ -43,19 +48,26 @@ public final class CrossRankCheck {
         if (slotStep[slot] != step) {
             slotStep[slot] = step;
             Arrays.fill(seen, Double.NaN);
+            slotMin[slot] = Double.POSITIVE_INFINITY;
+            slotMax[slot] = Double.NEGATIVE_INFINITY;
         }
         if (rank >= seen.length) {
             int old = seen.length;
             seen = norms[slot] = Arrays.copyOf(seen, Math.max(rank + 1, 2 * old));
             Arrays.fill(seen, old, seen.length, Double.NaN);
         }
+        boolean agreesWithAll = slotMin[slot] > slotMax[slot] // nothing reported yet
+                || (gradNorm >= 0 && slotMin[slot] >= 0
+                        && agree(gradNorm, slotMin[slot], rtol) && agree(gradNorm, slotMax[slot], rtol));
         int reference = -1;
-        for (int other = 0; other < seen.length && reference < 0; other++) {
+        for (int other = 0; !agreesWithAll && other < seen.length && reference < 0; other++) {
             if (other != rank && !Double.isNaN(seen[other]) && !agree(gradNorm, seen[other], rtol)) {
-                reference = other;
+                reference = other; // the first rank it disagrees with (a re-reported rank's old value is not one)
             }
         }
         seen[rank] = gradNorm;
+        slotMin[slot] = Math.min(slotMin[slot], gradNorm);
+        slotMax[slot] = Math.max(slotMax[slot], gradNorm);
         if (reference < 0) {
             return Optional.empty();
         }
