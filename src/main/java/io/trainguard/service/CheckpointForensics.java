@@ -39,10 +39,7 @@ public final class CheckpointForensics {
     private final PathPolicy paths;
     private final DjlForensics djl;
     private final long maxBytes;
-    /**
-     * The one lock of a forensics request: a second request is refused, not queued, and it is also
-     * what keeps {@link DjlForensics} (shared chunk buffers, no lock of its own) to one tensor at a time.
-     */
+    /** One forensics request at a time: a second one is refused, not queued. */
     private final ReentrantLock oneAtATime = new ReentrantLock();
 
     /** The incident it was journaled as, offenders first, and what it cost. */

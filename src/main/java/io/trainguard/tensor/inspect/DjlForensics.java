@@ -47,12 +47,8 @@ public final class DjlForensics {
         this.chunkElements = chunkElements;
     }
 
-    /**
-     * Not thread-safe: one tensor at a time per instance, since the chunk buffers are shared. No lock
-     * of its own: its one caller, CheckpointForensics, already runs one request at a time (and
-     * refuses a second rather than queueing it, which a lock here would turn into waiting).
-     */
-    public CheckpointTensorSummary inspect(String file, TensorBytes t) throws IOException {
+    /** One tensor at a time per instance (the chunk buffers are shared). */
+    public synchronized CheckpointTensorSummary inspect(String file, TensorBytes t) throws IOException {
         long[] shape = t.shape();
         long n = t.elements();
         boolean rows = shape.length >= 2;
