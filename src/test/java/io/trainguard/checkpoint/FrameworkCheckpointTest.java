@@ -4,15 +4,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
-import io.trainguard.tensor.format.ReadMode;
-import io.trainguard.tensor.inspect.DjlTensors;
-import io.trainguard.tensor.scan.ContentHash;
-import io.trainguard.tensor.scan.ScanOptions;
-import io.trainguard.tensor.scan.TensorScanner;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
-import java.time.Duration;
 import java.util.List;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
@@ -23,8 +17,7 @@ import org.junit.jupiter.api.Test;
 class FrameworkCheckpointTest {
     static Path root;
     static boolean written;
-    static TensorScanner scanner;
-    static CheckpointVerifier verifier;
+    static FileVerifier files;
 
     @BeforeAll
     static void write() throws Exception {
@@ -33,20 +26,17 @@ class FrameworkCheckpointTest {
                 Path.of("src/test/resources/torch/write_framework_checkpoints.py").toAbsolutePath().toString(),
                 root.toString()).redirectErrorStream(true).redirectOutput(root.resolve("writer.log").toFile()).start();
         written = p.waitFor() == 0;
-        scanner = new TensorScanner(2, ContentHash.BLOCK, ReadMode.MAP);
-        verifier = new CheckpointVerifier(scanner, new DjlTensors(root.resolve("djl"), 1 << 20),
-                new PathPolicy(List.of(root)), 8, ScanOptions.FULL, Duration.ofSeconds(5));
+        files = new FileVerifier(root, 2, 8);
     }
 
     @AfterAll
     static void close() {
-        verifier.close();
-        scanner.close();
+        files.close();
     }
 
     static VerificationResult verify(Path... paths) {
         assumeTrue(written, "the venv's torch/lightning/transformers could not write the checkpoints");
-        return verifier.verifyNow("t", CheckpointFormat.SAFETENSORS,
+        return files.verifier.verifyNow("t", CheckpointFormat.SAFETENSORS,
                 Stream.of(paths).map(p -> new CheckpointFileSpec(p.toString(), null, 0)).toList(), null);
     }
 
