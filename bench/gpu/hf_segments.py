@@ -36,6 +36,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from frameworks import hf_train, token_batches  # noqa: E402  (also puts the client on sys.path)
+from gpt_model import GPT2_SMALL  # noqa: E402
 
 SEGMENTS = ("forward", "backward", "guard", "optimizer", "rest")
 
@@ -97,11 +98,12 @@ class Parts:
             self.wrap(r.ring, "due", "recovery.ring.due")
 
     def per_step_us(self, steps):
-        """phase -> label -> µs per step of the phase (mean), calls, median and longest call (µs)."""
+        """phase -> label -> µs per step of the phase (mean), calls, median and longest call (µs).
+        ``steps``: phase -> the steps run in it."""
         out = {}
         for phase, parts in self.s.items():
             rows = sorted(parts.items(), key=lambda kv: -sum(kv[1]))
-            out[phase] = {k: {"per_step": round(sum(v) * 1e6 / steps, 1), "calls": len(v),
+            out[phase] = {k: {"per_step": round(sum(v) * 1e6 / max(1, steps[phase]), 1), "calls": len(v),
                               "median": round(statistics.median(v) * 1e6, 1), "max": round(max(v) * 1e6, 1)}
                           for k, v in rows}
         return out
@@ -131,6 +133,7 @@ class Marks:
         self.profiler = profiler  # cProfile of the guarded blocks (times inflated by it)
         self.rows = collections.defaultdict(list)   # phase -> [{segment: ms}]
         self.cuts = []                               # (phase, the step's absolute marks)
+        self.steps_in = collections.Counter()        # phase -> steps run in it (block-first steps too)
 
     def steps(self):
         return self.warmup + self.block * self.n_blocks
@@ -144,6 +147,7 @@ class Marks:
         if self.k > 0 and len(t) == 5:
             cuts = [t["begin"], t["output"], t["pre_guard"], t["post_guard"], t["optimized"], now]
             phase = "guarded" if ((self.k - 1) // self.block) % 2 else "paused"
+            self.steps_in[phase] += 1
             if (self.k - 1) % self.block:  # the first step of a block pays the pause/resume flush
                 self.rows[phase].append({s: (b - a) * 1e3 for s, a, b in zip(SEGMENTS, cuts, cuts[1:])})
                 self.cuts.append((phase, cuts))
@@ -184,7 +188,7 @@ def main():
     a = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    cfg = GPT2_SMALL
     data = token_batches(cfg, a.batch)
     import transformers
     from trainguard.hf import TrainguardCallback
@@ -222,7 +226,7 @@ def main():
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "median_ms": marks.summary(),
            "measured_at_backward": dict(tg.guard.backward_gate.counters)}
     if parts is not None:  # a paused guard runs few of these pieces
-        res["parts_us"] = parts.per_step_us(a.block * a.pairs)
+        res["parts_us"] = parts.per_step_us(marks.steps_in)
         res["sender_ms_per_step_by_segment"] = parts.overlap(marks.cuts)
     if marks.profiler is not None:
         marks.profiler.disable()
