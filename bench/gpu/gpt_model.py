@@ -4,6 +4,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+GPT2_SMALL = dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)   # 124M parameters
+TINY = dict(vocab=1000, seq=64, d=64, layers=2, heads=4)               # --tiny: a CPU smoke run
+
 
 class Embeddings(nn.Module):
     def __init__(self, vocab, seq, d):

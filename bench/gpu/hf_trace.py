@@ -32,6 +32,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from frameworks import hf_train, token_batches  # noqa: E402  (also puts the client on sys.path)
+from gpt_model import GPT2_SMALL  # noqa: E402
 
 STEP = re.compile(r"^(paused|guarded)-(\d+)$")
 
@@ -148,7 +149,7 @@ def main():
     a = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    cfg = GPT2_SMALL
     data = token_batches(cfg, a.batch)
     import transformers
     from trainguard.hf import TrainguardCallback

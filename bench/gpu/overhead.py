@@ -53,7 +53,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 from trainguard.guard import Guard  # noqa: E402
-from gpt_model import GPT  # noqa: E402
+from gpt_model import GPT, GPT2_SMALL, TINY  # noqa: E402
 
 
 def main():
@@ -74,7 +74,7 @@ def main():
     a = ap.parse_args()
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
-    cfg = dict(vocab=1000, seq=64, d=64, layers=2, heads=4) if a.tiny else dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    cfg = TINY if a.tiny else GPT2_SMALL
     variants = a.variants.split(",")
     info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(dev),
             "gpu": torch.cuda.get_device_name(0) if cuda else platform.processor(), "config": cfg,

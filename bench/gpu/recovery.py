@@ -32,7 +32,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
 sys.path.insert(0, HERE)
-from gpt_model import GPT  # noqa: E402
+from gpt_model import GPT, GPT2_SMALL, TINY  # noqa: E402
 from trainguard.guard import Guard  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main():
     a = ap.parse_args()
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
-    cfg = dict(vocab=1000, seq=64, d=64, layers=2, heads=4) if a.tiny else dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    cfg = TINY if a.tiny else GPT2_SMALL
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(0)
