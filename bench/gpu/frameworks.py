@@ -25,7 +25,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
 sys.path.insert(0, HERE)
-from gpt_model import GPT  # noqa: E402
+from gpt_model import GPT, GPT2_SMALL  # noqa: E402
 
 
 class Clock:
@@ -210,7 +210,7 @@ def token_batches(cfg, B, n=4):
 def blocks_main(a, cfg, info):
     for B in a.batch:
         data = token_batches(cfg, B)
-        for fw in [f for f in a.frameworks.split(",") if f.startswith("hf")]:
+        for fw in a.frameworks.split(","):
             blocks, counters, early = hf_blocks_run(cfg, B, data, a.target, a.warmup, a.blocks, a.rounds,
                                                     f"bench-{fw}-blocks-b{B}-{os.getpid()}", f"/tmp/{fw}-blocks-{B}",
                                                     **HF_VARIANTS[fw])
@@ -222,6 +222,7 @@ def blocks_main(a, cfg, info):
             print(f"batch {B} {fw}, alternate blocks of {a.blocks} steps in one Trainer: median {statistics.median(rs):.3f} "
                   f"[{min(rs):.3f}, {max(rs):.3f}] over {len(rs)} pairs; block ms {[round(x, 2) for x in blocks.ms]}; "
                   f"gated {counters['device_gated_steps']}, at backward {early}", flush=True)
+            save(a, info)
 
 
 def main():
@@ -231,15 +232,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=8)
-    ap.add_argument("--frameworks", default="lightning,hf",
-                    help="lightning, hf, hf-late; with --blocks also the diagnostic HF_VARIANTS")
+    ap.add_argument("--frameworks", default=None,
+                    help="lightning, hf, hf-late (default lightning,hf); with --blocks the HF_VARIANTS (default hf)")
     ap.add_argument("--blocks", type=int, default=0,
                     help="HF only: one Trainer, the guard paused in alternate blocks of this many steps; "
                          "--rounds guarded blocks")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    a.frameworks = a.frameworks or ("hf" if a.blocks else "lightning,hf")
+    names = a.frameworks.split(",")
+    allowed = set(HF_VARIANTS) if a.blocks else {"lightning", "hf", "hf-late"}
+    if len(set(names)) != len(names) or not set(names) <= allowed:
+        ap.error(f"--frameworks: each at most once, from {sorted(allowed)}{' (with --blocks)' if a.blocks else ''}")
     torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = dict(vocab=50257, seq=1024, d=768, layers=12, heads=12)
+    cfg = GPT2_SMALL
     info = {"torch": torch.__version__, "python": platform.python_version(), "gpu": torch.cuda.get_device_name(0),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps, "results": {}}
     for mod in ("lightning", "transformers", "accelerate"):
@@ -250,7 +256,19 @@ def main():
     warnings.simplefilter("ignore")
     if a.blocks:
         blocks_main(a, cfg, info)
-    for B in ([] if a.blocks else a.batch):
+    else:
+        rounds_main(a, cfg, info)
+
+
+def save(a, info):
+    """Writes what is measured so far: a later failure does not lose the earlier results."""
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(info, f, indent=1)
+
+
+def rounds_main(a, cfg, info):
+    for B in a.batch:
         data = token_batches(cfg, B)
         for fw in a.frameworks.split(","):
             rows = []
@@ -280,9 +298,7 @@ def main():
             info["results"][f"batch{B}-{fw}"] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
                                                  "rounds": rows}
             print(f"batch {B} {fw}: median {statistics.median(rs):.3f} [{min(rs):.3f}, {max(rs):.3f}]", flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(info, f, indent=1)
+            save(a, info)
 
 
 if __name__ == "__main__":
