@@ -1,7 +1,9 @@
 """The gradient address table's kernel (trainguard.grad_table), checked on the CPU under Triton's
 interpreter: each parameter group's sum of squares equals torch's, across chunk boundaries, mixed
-dtypes and groups, a missing gradient and a NaN; a gradient that is not one dense block is refused.
+dtypes and groups, a missing gradient and a NaN; a gradient that is not one dense block is refused;
+the clip divides the gradients in place only on a clipped step that is not skipped.
 The CUDA graph around it is checked on a GPU (bench/gpu/checks/test_gate_graph.py)."""
+import functools
 import json
 import os
 import subprocess
@@ -27,6 +29,16 @@ opt.param_groups[1]["params"][-1].grad = torch.ones(3, 3)
 table = gt.GradTable(opt, torch.device("cpu"))
 out = {"uploaded": table.upload(), "sums": [float(s) for s in table.sums()]}
 out["torch"] = [sum(float((p.grad.double() ** 2).sum()) for p in g["params"] if p.grad is not None) for g in opt.param_groups]
+grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+before = [t.clone() for t in grads]
+def divided(found, divisor):
+    table.divide(torch.tensor(found), torch.tensor(divisor))
+    return all(torch.equal(t, (b.float() / divisor).to(b.dtype)) for t, b in zip(grads, before))
+out["skipped_untouched"] = not divided(1.0, 4.0) and all(torch.equal(t, b) for t, b in zip(grads, before))
+out["unclipped_untouched"] = divided(0.0, 1.0)
+out["clipped_divided"] = divided(0.0, 4.0)
+for t, b in zip(grads, before):
+    t.copy_(b)
 fp32[1].grad[4097] = float("nan")
 table.upload()
 out["with_nan"] = [float(s) for s in table.sums()]
@@ -36,15 +48,26 @@ print(json.dumps(out))
 '''
 
 
-def test_table_sums_match_torch_and_refuse_strided_gradients():
+@functools.lru_cache(maxsize=1)
+def run_check():
     # torch's Linux wheels from PyPI bring Triton (the venv's stack); torch 1.13 has neither (torch2 marker)
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     res = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_table_sums_match_torch_and_refuse_strided_gradients():
+    out = run_check()
     assert out["uploaded"] is True
     for got, want in zip(out["sums"], out["torch"]):
         assert abs(got - want) <= 1e-4 * want
     assert out["with_nan"][0] != out["with_nan"][0]  # NaN propagates into its group's sum
     assert out["with_nan"][1] == pytest.approx(out["torch"][1], rel=1e-4)  # and not into the other group
     assert out["strided_uploaded"] is False
+
+
+def test_table_divides_the_gradients_only_on_a_clipped_step_that_is_not_skipped():
+    out = run_check()
+    assert out["skipped_untouched"] and out["unclipped_untouched"]
+    assert out["clipped_divided"]  # every dtype, across chunk boundaries, the missing gradient left alone

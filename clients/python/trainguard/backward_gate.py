@@ -29,12 +29,13 @@ log = logging.getLogger("trainguard")
 
 class Early:
     """One backward's measurement: the gate is installed and its statistics are on their way to the
-    host (``staged``: DeviceGate.stage's host tensors and event), so ``step()`` launches nothing for it."""
+    host (``staged``: DeviceGate.stage's host tensors and event), so ``step()`` launches nothing for it
+    but the clip (``clip``, GateGraphs.measure_and_install), which only the step that uses it may run."""
 
-    def __init__(self, n_groups, names, mods, threshold, loss, grads, versions, staged):
+    def __init__(self, n_groups, names, mods, threshold, loss, grads, versions, staged, clip):
         self.n_groups, self.names, self.mods = n_groups, names, mods
         self.threshold, self.loss, self.grads, self.versions = threshold, loss, grads, versions
-        self.staged = staged
+        self.staged, self.clip = staged, clip
 
 
 class BackwardGate:
@@ -113,22 +114,22 @@ class BackwardGate:
             return None
         thr = rules.gate_threshold(g.bounds or LocalBounds())
         names, mods = g.meter.take_watch()  # kept in Early: a re-measure at step() needs them again
-        stats, ng, names = g.gated.graphs.measure_and_install(loss, thr, taken=(names, mods))
+        stats, ng, names, clip = g.gated.graphs.measure_and_install(loss, thr, taken=(names, mods))
         grads = [p.grad for p in _params(g.optimizer)]
         # Staged here too, in stream order after the graph: the copy and its event are host work
         # that would otherwise fall after the loop's loss read.
         staged = g.gate.stage(stats)
-        return Early(ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads], staged)
+        return Early(ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads], staged, clip)
 
     def take(self, loss, threshold):
-        """This step's early measurement, (n_groups, names, staged) with the gate installed, if it
+        """This step's early measurement, (n_groups, names, staged, clip) with the gate installed, if it
         still describes what the optimizer will read; else None, and ``step()`` measures again."""
         early, self._early = self._early, None
         if early is None:
             return None
         if self._holds(early, loss, threshold):
             self.counters["used"] += 1
-            return early.n_groups, early.names, early.staged
+            return early.n_groups, early.names, early.staged, early.clip
         self.counters["stale"] += 1
         self.g.meter.hold((early.names, early.mods))
         return None

@@ -47,27 +47,33 @@ class GateGraphs:
         self._threshold = None   # device 0-d float32: the clip threshold the graphs divide by
         self._threshold_value = None
         self._stream = None
+        self._divide = None      # a graph of the table's in-place clip (grad_table.divide)
         self._retry_in = 0       # steps until capturing is tried again after unaddressable gradients
         self.counters = {"captures": 0, "replays": 0, "eager": 0}
 
     def measure_and_install(self, loss, threshold, taken=None):
-        """(stats, n_groups, module_names), the gate installed for ``threshold``. ``taken``: the watch's
-        (names, stats) when the caller already took them."""
+        """(stats, n_groups, module_names, clip), the gate installed for ``threshold``. ``clip``: None,
+        or what the caller must run, once, before the optimizer steps: the clip divides the gradients
+        in place (grad_table.divide) instead of through the optimizer's ``grad_scale``. It is left to
+        the caller because a measurement taken when backward ends may be superseded by a later
+        backward (gradient accumulation), which must not add to clipped gradients. ``taken``: the
+        watch's (names, stats) when the caller already took them."""
         names, mods = taken if taken is not None else self.meter.take_watch()
         key = self._key(loss, len(mods))
         cap = self._graphs.get(key) if key is not None else None
         if cap is not None and self._table.upload():
             self._load(cap, loss, mods, threshold)
             cap.graph.replay()
-            self.gate.point(threshold)
+            by_table = threshold > 0 and self._divide is not None
+            self.gate.point(threshold, divisor=not by_table)
             self.counters["replays"] += 1
-            return cap.stats, self._table.n_groups, names
+            return cap.stats, self._table.n_groups, names, (self._divide.replay if by_table else None)
         stats, total, ng, names = self.meter.on_device(loss, taken=(names, mods))
         self.gate.install(stats, total, threshold)
         self.counters["eager"] += 1
         if key is not None and cap is None:
             self._capture(key)
-        return stats, ng, names
+        return stats, ng, names, None
 
     def _key(self, loss, n_mods):
         """What a graph is captured for, (number of module statistics, loss given or not); None when
@@ -75,7 +81,7 @@ class GateGraphs:
         if not self.enabled or (torch.is_tensor(loss) and loss.device != self.device):
             return None
         if self._table is not None and not self._table.matches(self.optimizer):
-            self._table, self._graphs = None, {}  # the optimizer's parameters changed: build afresh
+            self._table, self._graphs, self._divide = None, {}, None  # the optimizer's parameters changed: build afresh
         return n_mods, torch.is_tensor(loss)
 
     def _load(self, cap, loss, mods, threshold):
@@ -109,6 +115,8 @@ class GateGraphs:
                 return
             table.sums()  # compiles and loads the kernels outside the capture
             found, scale = self.gate.buffers()
+            if self._divide is None:
+                self._divide = self._capture_divide(table, found, scale)
             in_loss = torch.zeros(1, dtype=torch.float32, device=self.device)
             in_mods = torch.zeros(n_mods, dtype=torch.float32, device=self.device) if n_mods else None
             graph = torch.cuda.CUDAGraph()
@@ -129,9 +137,23 @@ class GateGraphs:
             torch.cuda.current_stream(self.device).wait_stream(self._stream)
         except Exception as e:  # no Triton kernel, a driver or allocator that refuses capture: eager from now on
             self.enabled = False
-            self._graphs = {}
+            self._graphs, self._divide = {}, None
             log.info("trainguard: the device gate cannot run from a CUDA graph (%s: %s); it stays eager",
                      type(e).__name__, e)
             return
         self.counters["captures"] += 1
         self._graphs[key] = _Captured(graph, in_loss, in_mods, stats)
+
+    def _capture_divide(self, table, found, divisor):
+        """A graph of the table's in-place clip by ``divisor`` unless ``found`` is set."""
+        table.divide(self.gate.flag(True), divisor)  # compiles the kernel: a set flag leaves the gradients alone
+        graph = torch.cuda.CUDAGraph()
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                table.divide(found, divisor)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        return graph

@@ -148,9 +148,11 @@ class GatedPath:
         else:
             early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
             if early is not None:  # no GradScaler there; its statistics are already on their way to the host
-                ng, names, (hosts, event) = early
+                ng, names, (hosts, event), clip = early
             else:
-                stats, ng, names = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
+                stats, ng, names, clip = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
+            if clip is not None:
+                clip()
             vec = None
         if scaler is not None:
             scaler_skips_too(g)

@@ -41,6 +41,27 @@ if triton is not None:
             acc += x * x
         tl.store(partial + pid, tl.sum(acc, axis=0))
 
+    @triton.jit
+    def _divide_kernel(ptrs, block_tensor, block_start, sizes, found, divisor, CHUNK: tl.constexpr,
+                       BLOCK: tl.constexpr, ELEM: tl.constexpr):
+        # Touches the gradients only on a step that is clipped and not skipped: every other step each
+        # program reads two scalars and ends.
+        d = tl.load(divisor)
+        if (tl.load(found) == 0.0) & (d != 1.0):
+            pid = tl.program_id(0)
+            t = tl.load(block_tensor + pid)
+            start = tl.load(block_start + pid)
+            addr = tl.load(ptrs + t)
+            n = tl.load(sizes + t)
+            n = tl.where(addr == 0, 0, n)
+            base = addr.to(tl.pointer_type(ELEM))
+            end = tl.minimum(n - start, CHUNK)
+            for off in range(0, end, BLOCK):
+                idx = start + off + tl.arange(0, BLOCK)
+                mask = idx < n
+                x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
+                tl.store(base + idx, (x / d).to(ELEM), mask=mask)
+
     _ELEM = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 else:
     _ELEM = {}
@@ -71,7 +92,8 @@ class _DtypeRun:
 
 class GradTable:
     """The parameters of an optimizer's groups as address tables, per gradient dtype; ``sums()``
-    launches the kernels (capturable) and returns each group's sum of squares (0-d float32)."""
+    launches the kernels (capturable) and returns each group's sum of squares (0-d float32);
+    ``divide()`` clips the gradients in place."""
 
     def __init__(self, optimizer, device):
         self.device = device
@@ -142,6 +164,16 @@ class GradTable:
                 start += n
         zero = torch.zeros((), dtype=torch.float32, device=self.device)
         return [torch.stack(parts).sum() if parts else zero for parts in per_group]
+
+
+    def divide(self, found, divisor):
+        """Divides every gradient by ``divisor`` (0-d float32, on the device) in place unless ``found``
+        (0-d float32) is set or the divisor is 1: the clip a fused optimizer applies for its
+        ``grad_scale``, without the write of every gradient its kernel makes whenever one is given
+        (launches only, capturable)."""
+        for run in self.runs:
+            _divide_kernel[(run.blocks,)](run.ptrs, run.block_tensor, run.block_start, run.sizes, found, divisor,
+                                          CHUNK=CHUNK, BLOCK=BLOCK, ELEM=run.elem)
 
 
 def _runs_of(groups):

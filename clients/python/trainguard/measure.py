@@ -131,12 +131,14 @@ class DeviceGate:
             scale.div_(threshold)
         self.point(threshold)
 
-    def point(self, threshold):
-        """Points the optimizer at the flag and (with a clip threshold) the divisor: no kernel."""
+    def point(self, threshold, divisor=True):
+        """Points the optimizer at the flag and (with a clip threshold) the divisor: no kernel.
+        ``divisor=False``: the caller divides the gradients itself (GateGraphs: a fused kernel given a
+        ``grad_scale`` writes every gradient back, a step's worth of memory traffic for a rare clip)."""
         found, scale = self.buffers()
         opt = self.optimizer
         opt.found_inf = found
-        if threshold > 0:
+        if threshold > 0 and divisor:
             opt.grad_scale = scale
         else:
             opt.__dict__.pop("grad_scale", None)
