@@ -90,7 +90,9 @@ def analyse(events):
     for e in events:
         start, end = e.start_ns(), e.start_ns() + e.duration_ns()
         if e.device_type() == torch.autograd.DeviceType.CUDA:
-            if not STEP.match(e.name()):  # the step ranges are mirrored on the GPU timeline: not work
+            # record_function ranges (the steps, "Optimizer.step#AdamW.step") are mirrored on the GPU
+            # timeline: spans, not work
+            if not STEP.match(e.name()) and not (hasattr(e, "is_user_annotation") and e.is_user_annotation()):
                 gpu.append((start, end, e.name()))
         elif STEP.match(e.name()):
             steps.append((e.name(), start, end))

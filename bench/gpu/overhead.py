@@ -18,6 +18,12 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   tg_scaler    trainguard on the same fp16 + GradScaler loop (the gate's skip ORed into the scaler's
                found_inf); compare it with `scaler`, not with the bf16 baseline (tg_scaler_over_scaler)
   anomaly      torch.autograd.detect_anomaly() (fewer steps: it is ~5x slower)
+  tg_gradscale diagnostic: the clip divisor handed to the fused optimizer as grad_scale (before the
+               sixth pass's change): its kernel then writes every gradient back, every step
+  tg_mute      diagnostic: verdict_lag=None and no report at all (the sender thread idle): what the
+               training thread's own part of the guard costs
+  control      no guard: the baseline's loop timed as a variant (with --compile on its own compiled copy),
+               an A/A run whose spread is the method's noise, the yardstick for a variant's worst round
 
 Options that change every variant alike:
   --host-sync  one host read of the loss after backward, as the Hugging Face Trainer does every step
@@ -54,6 +60,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 from trainguard.guard import Guard  # noqa: E402
 from gpt_model import GPT, GPT2_SMALL, TINY  # noqa: E402
+from overhead_probes import GcClock, mute, sanity  # noqa: E402
 
 
 def main():
@@ -84,6 +91,7 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    gc_clock = GcClock()
     for B in a.batch:
         torch.manual_seed(0)
         model = GPT(**cfg).to(dev)
@@ -95,11 +103,12 @@ def main():
 
         def pair(name):
             """The model (callable) and optimizer a variant steps."""
-            if not a.compile or not name.startswith("tg"):
+            if not a.compile or not (name.startswith("tg") or name == "control"):
                 return base_fwd, opt
             if name not in copies:
                 m = copy.deepcopy(model)
-                copies[name] = [m, torch.optim.AdamW(m.parameters(), lr=3e-4, weight_decay=0.1, fused=True), None]
+                copies[name] = [m, torch.optim.AdamW(m.parameters(), lr=3e-4, weight_decay=0.1, fused=True),
+                                torch.compile(m) if name == "control" else None]  # a guarded copy compiles once hooked
             m = copies[name]
             return (m[2] if m[2] is not None else m[0]), m[1]
         seq, vocab = cfg["seq"], cfg["vocab"]
@@ -116,7 +125,7 @@ def main():
                 kw = dict(watch="auto", verdict_lag=1)
                 if name == "tg_all":
                     kw["watch"] = all_modules
-                if name == "tg_nolag":
+                if name in ("tg_nolag", "tg_mute"):
                     kw["verdict_lag"] = None
                 if name == "tg_nowatch":
                     kw["watch"] = []
@@ -131,6 +140,10 @@ def main():
                           autocast_dtype=torch.float16 if name == "tg_scaler" else torch.bfloat16, **kw)
                 if name != "tg_host" and not g.device_gate:
                     raise SystemExit(f"{name}: device gate is off")
+                if name == "tg_mute":
+                    mute(g)
+                if name == "tg_gradscale":
+                    g.gated.graphs._capture_divide = lambda *args: None
                 timed(g, name)
                 if a.compile:
                     copies[name][2] = torch.compile(m)  # after the Guard's hooks are on: they are traced in
@@ -141,6 +154,8 @@ def main():
 
         guard_s = {}  # variant -> [seconds in guard calls, steps]
         parts = {}    # variant -> {client piece: seconds}: where guard_cpu_us goes
+        gc_s = {}  # variant -> [collections gen 0..2, ms gen 0..2, steps]
+        last_gc_ms = {}  # variant -> ms in the collector during its last run
 
         def timed(g, name):
             """Wraps the client's per-step pieces with wall clocks (bench instrumentation only)."""
@@ -182,6 +197,7 @@ def main():
             in_guard = 0.0
             sender_clock = time.pthread_getcpuclockid(g.sender._thread.ident) if g is not None else None
             sender0 = time.clock_gettime(sender_clock) if sender_clock is not None else 0.0
+            gc0 = gc_clock.read()
             sync()
             t0 = time.perf_counter()
             for i in range(n):
@@ -245,6 +261,10 @@ def main():
                 o.zero_grad(set_to_none=True)
             sync()
             dt = (time.perf_counter() - t0) * 1000.0 / n
+            gc_delta = [b - a for a, b in zip(gc0, gc_clock.read())]
+            acc_gc = gc_s.setdefault(name, [0] * 6 + [0])
+            acc_gc[:] = [x + d for x, d in zip(acc_gc, gc_delta + [n])]
+            last_gc_ms[name] = sum(gc_delta[3:])
             if g is not None or name == "baseline":
                 acc = guard_s.setdefault(name, [0.0, 0, 0.0])
                 acc[0] += in_guard
@@ -265,6 +285,7 @@ def main():
             for acc in parts.values():  # the per-piece split is of the rounds, not of compiles and captures
                 acc.clear()
             guard_s.clear()
+            gc_s.clear()
             rows = {v: [] for v in variants}
             base_ms = []
             for r in range(a.rounds):
@@ -276,7 +297,8 @@ def main():
                     after = run("baseline", a.steps)
                     base_ms.append(after)
                     rows[v].append({"ms": t, "base_before": before, "base_after": after,
-                                    "ratio": t / ((before + after) / 2)})
+                                    "ratio": t / ((before + after) / 2), "gc_ms": last_gc_ms[v],
+                                    "base_after_gc_ms": last_gc_ms["baseline"]})
                     before = after
                 print(f"  batch {B} round {r + 1}/{a.rounds}: " + ", ".join(
                     f"{v} {rows[v][-1]['ratio']:.3f}" for v in variants), flush=True)
@@ -284,6 +306,8 @@ def main():
         res = {"baseline_ms_median": statistics.median(base_ms), "baseline_ms_min": min(base_ms),
                "baseline_ms_max": max(base_ms), "variants": {},
                "baseline_optimizer_us": guard_s["baseline"][0] / guard_s["baseline"][1] * 1e6}
+        res["gc_per_step"] = {k: {"collections": [c / x[6] for c in x[:3]], "ms": [m / x[6] for m in x[3:6]]}
+                              for k, x in gc_s.items()}  # generations 0, 1, 2
         for v in variants:
             rs = [x["ratio"] for x in rows[v]]
             res["variants"][v] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
@@ -325,6 +349,9 @@ def main():
             s = res["variants"][v]
             print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f} "
                   f"{s.get('guard_cpu_us', float('nan')):9.0f}  sender thread CPU {s.get('sender_cpu_us', float('nan')):.0f} us/step")
+        for k, x in res["gc_per_step"].items():
+            print(f"  {k} garbage collections per step (gen 0/1/2): " + "/".join(f"{c:.3f}" for c in x["collections"])
+                  + ", ms per step: " + "/".join(f"{m:.3f}" for m in x["ms"]))
         for v in variants:
             if res["variants"][v].get("guard_parts_us"):
                 print(f"  {v} us/step:", ", ".join(f"{k} {t:.0f}" for k, t in res["variants"][v]["guard_parts_us"].items()))
@@ -340,58 +367,6 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             json.dump(info, f, indent=1)
-
-
-def sanity(model, opt, g, data, dev, step_no):
-    out = {}
-    cuda = dev.type == "cuda"
-    g.resume()
-    x, y = data[0]
-
-    def step(poison=None):
-        h = None
-        if poison is not None:
-            h = model.h[poison].mlp.register_forward_hook(lambda m, i, o: o * float("nan"))
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
-            loss = model(x, y)
-        if h is not None:
-            h.remove()
-        loss.backward()
-        v = g.step(step_no["tg"], loss)
-        step_no["tg"] += 1
-        g.optimizer_step()
-        opt.zero_grad(set_to_none=True)
-        return v
-
-    for _ in range(3):
-        step()
-    if cuda:  # any synchronizing call on the training thread during guarded steps is recorded
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                for _ in range(5):
-                    step()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        syncs = [str(m.message).splitlines()[0] for m in w if "synchroniz" in str(m.message).lower()]
-        out["host_syncs_in_5_guarded_steps"] = len(syncs)
-        out["sync_messages"] = syncs[:3]
-    g.flush(10)
-    before = [p.detach().clone() for p in model.parameters()]
-    st = [opt.state[p]["step"].clone() for p in model.parameters()][:1]
-    skips0 = g.counters["skips"]
-    step(poison=len(model.h) // 2)  # NaN out of a middle block
-    g.flush(10)
-    out["nan_block_weights_unchanged"] = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    out["nan_block_step_counter_unchanged"] = bool(torch.equal(st[0], opt.state[next(model.parameters())]["step"]))
-    out["nan_block_counted_as_skip"] = g.counters["skips"] == skips0 + 1
-    out["weights_finite"] = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    step()
-    g.flush(10)
-    out["next_step_updates"] = not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    g.pause()
-    return out
 
 
 if __name__ == "__main__":
