@@ -165,7 +165,6 @@ class GradTable:
         zero = torch.zeros((), dtype=torch.float32, device=self.device)
         return [torch.stack(parts).sum() if parts else zero for parts in per_group]
 
-
     def divide(self, found, divisor):
         """Divides every gradient by ``divisor`` (0-d float32, on the device) in place unless ``found``
         (0-d float32) is set or the divisor is 1: the clip a fused optimizer applies for its

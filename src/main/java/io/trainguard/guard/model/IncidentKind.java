@@ -26,7 +26,11 @@ public enum IncidentKind {
     FAULT_REPLAYED,
     SUSPECT_DEVICE;
 
-    /** What the step detectors journal with the steps they skip (a scaler's own overflow has none). */
+    /**
+     * What the step detectors journal with the steps they skip (a scaler's own overflow has none): a
+     * restart counts a skipped step into its rank's skip streak only with one of these. Kept by hand;
+     * SkipStreakAcrossRestartTest tries every fault the detectors skip against it.
+     */
     public static final Set<IncidentKind> STEP_FAULTS =
             Collections.unmodifiableSet(EnumSet.of(NON_FINITE_LOSS, NON_FINITE_GRAD, NON_FINITE_MODULE, LOSS_SPIKE, GRAD_SPIKE));
 }
