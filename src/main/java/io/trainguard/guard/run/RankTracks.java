@@ -33,9 +33,14 @@ final class RankTracks {
         return byRank.get(rank);
     }
 
-    /** The shortest healthy streak among open ranks: the run recovers only when every rank has. */
-    int minHealthyStreak() {
-        return byRank.values().stream().filter(t -> !t.closed).mapToInt(t -> t.healthyStreak).min().orElse(0);
+    /**
+     * Whether every open rank has had {@code steps} healthy steps in a row: the run recovers only when
+     * every rank has. {@code current}'s own streak is read first, so the walk over all ranks runs only
+     * once the rank just stepped could complete the recovery.
+     */
+    boolean allHealthyFor(RankTrack current, int steps) {
+        return current.healthyStreak >= steps
+                && byRank.values().stream().filter(t -> !t.closed).allMatch(t -> t.healthyStreak >= steps);
     }
 
     int maxConsecutiveSkips() {

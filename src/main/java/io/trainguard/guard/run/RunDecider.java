@@ -191,8 +191,7 @@ public final class RunDecider {
             effect = CheckpointEffect.HEALTHY_STEP;
             t.healthyStreak++;
             rollback.healthyStep(policy);
-            if (state.state() == RunState.DEGRADED && t.healthyStreak >= policy.recoverySteps() // cheap first
-                    && ranks.minHealthyStreak() >= policy.recoverySteps()) {
+            if (state.state() == RunState.DEGRADED && ranks.allHealthyFor(t, policy.recoverySteps())) {
                 state.moveTo(RunState.HEALTHY, "recovered: " + policy.recoverySteps() + " healthy steps in a row");
             }
         } else if (!o.scalerOverflow && (o.action != Action.HALT || from != RunState.HALTED)) {
