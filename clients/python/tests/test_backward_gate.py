@@ -1,7 +1,8 @@
 """Measuring and gating at the end of backward (Guard.gate_on_backward), against the real sidecar jar,
 on the CPU (fused AdamW honours the device gate there as on CUDA): healthy steps end with the same
 weights as gating at step(); a NaN step is skipped; a measurement that no longer describes the
-gradients (changed in place or reassigned after backward, a backward that was not armed) is not used,
+gradients (changed in place, reassigned or moved to other storage after backward, a backward that was
+not armed) is not used,
 and the step is measured again."""
 import os
 import time
@@ -91,6 +92,17 @@ def test_reassigned_gradients_are_measured_again(sidecar):
         if step == 2:
             model.inp.weight.grad = torch.full_like(model.inp.weight, NAN)
     out = train(sidecar, "bwd-reassign", between=swap)
+    assert out["early"] == {"measured": 8, "used": 7, "stale": 1, "dropped": 0}
+    assert out["counters"]["skips"] == 1
+
+
+def test_gradients_moved_to_new_storage_are_measured_again(sidecar):
+    # prevents: ``grad.data = ...`` (same tensor, same version, other memory) leaving a measurement,
+    # and the in-place clip that writes through its addresses, on memory the optimizer no longer reads
+    def move(step, model):
+        if step == 5:
+            model.out.weight.grad.data = torch.full_like(model.out.weight, NAN)
+    out = train(sidecar, "bwd-storage", between=move)
     assert out["early"] == {"measured": 8, "used": 7, "stale": 1, "dropped": 0}
     assert out["counters"]["skips"] == 1
 

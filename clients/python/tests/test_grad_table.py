@@ -1,7 +1,7 @@
 """The gradient address table's kernel (trainguard.grad_table), checked on the CPU under Triton's
 interpreter: each parameter group's sum of squares equals torch's, across chunk boundaries, mixed
 dtypes and groups, a missing gradient and a NaN; a gradient that is not one dense block is refused;
-the clip divides the gradients in place only on a clipped step that is not skipped.
+the clip divides float32 gradients in place only on a clipped step that is not skipped.
 The CUDA graph around it is checked on a GPU (bench/gpu/checks/test_gate_graph.py)."""
 import functools
 import json
@@ -29,16 +29,24 @@ opt.param_groups[1]["params"][-1].grad = torch.ones(3, 3)
 table = gt.GradTable(opt, torch.device("cpu"))
 out = {"uploaded": table.upload(), "sums": [float(s) for s in table.sums()]}
 out["torch"] = [sum(float((p.grad.double() ** 2).sum()) for p in g["params"] if p.grad is not None) for g in opt.param_groups]
-grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+table32 = gt.GradTable(torch.optim.SGD(fp32, lr=0.1), torch.device("cpu"))  # fp32[2] has no gradient
+out["float32_only"] = [table.float32_only, table32.float32_only]
+table32.upload()
+grads = [p.grad for p in fp32 if p.grad is not None]
 before = [t.clone() for t in grads]
 def divided(found, divisor):
-    table.divide(torch.tensor(found), torch.tensor(divisor))
-    return all(torch.equal(t, (b.float() / divisor).to(b.dtype)) for t, b in zip(grads, before))
-out["skipped_untouched"] = not divided(1.0, 4.0) and all(torch.equal(t, b) for t, b in zip(grads, before))
+    table32.divide(torch.tensor(found), torch.tensor(divisor))
+    return all(torch.equal(t, b / divisor) for t, b in zip(grads, before))
+out["skipped_untouched"] = not divided(1.0, 3.0) and all(torch.equal(t, b) for t, b in zip(grads, before))
 out["unclipped_untouched"] = divided(0.0, 1.0)
-out["clipped_divided"] = divided(0.0, 4.0)
+out["clipped_divided"] = divided(0.0, 3.0)
 for t, b in zip(grads, before):
     t.copy_(b)
+try:
+    table.divide(torch.tensor(0.0), torch.tensor(3.0))
+    out["mixed_refused"] = False
+except ValueError:
+    out["mixed_refused"] = True
 fp32[1].grad[4097] = float("nan")
 table.upload()
 out["with_nan"] = [float(s) for s in table.sums()]
@@ -70,4 +78,6 @@ def test_table_sums_match_torch_and_refuse_strided_gradients():
 def test_table_divides_the_gradients_only_on_a_clipped_step_that_is_not_skipped():
     out = run_check()
     assert out["skipped_untouched"] and out["unclipped_untouched"]
-    assert out["clipped_divided"]  # every dtype, across chunk boundaries, the missing gradient left alone
+    assert out["clipped_divided"]  # across chunk boundaries, by a divisor that is not a power of two
+    # only an all-float32 table stands in for a fused optimizer's grad_scale (GateGraphs)
+    assert out["float32_only"] == [False, True] and out["mixed_refused"]

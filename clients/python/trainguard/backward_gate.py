@@ -32,9 +32,13 @@ class Early:
     host (``staged``: DeviceGate.stage's host tensors and event), so ``step()`` launches nothing for it
     but the clip (``clip``, GateGraphs.measure_and_install), which only the step that uses it may run."""
 
-    def __init__(self, n_groups, names, mods, threshold, loss, grads, versions, staged, clip):
+    def __init__(self, n_groups, names, mods, threshold, loss, grads, staged, clip):
         self.n_groups, self.names, self.mods = n_groups, names, mods
-        self.threshold, self.loss, self.grads, self.versions = threshold, loss, grads, versions
+        self.threshold, self.loss, self.grads = threshold, loss, grads
+        self.versions = [-1 if t is None else t._version for t in grads]
+        # where each gradient lies: ``grad.data = ...`` swaps the storage without a version bump, and
+        # the clip writes through the addresses measured here
+        self.ptrs = [0 if t is None else t.data_ptr() for t in grads]
         self.staged, self.clip = staged, clip
 
 
@@ -119,7 +123,7 @@ class BackwardGate:
         # Staged here too, in stream order after the graph: the copy and its event are host work
         # that would otherwise fall after the loop's loss read.
         staged = g.gate.stage(stats)
-        return Early(ng, names, mods, thr, loss, grads, [-1 if t is None else t._version for t in grads], staged, clip)
+        return Early(ng, names, mods, thr, loss, grads, staged, clip)
 
     def take(self, loss, threshold):
         """This step's early measurement, (n_groups, names, staged, clip) with the gate installed, if it
@@ -149,8 +153,8 @@ class BackwardGate:
             return False
         now = [p.grad for p in _params(self.g.optimizer)]
         return len(now) == len(early.grads) and all(
-            t is was and (t is None or 0 <= t._version - v <= self.noop_writes)
-            for t, was, v in zip(now, early.grads, early.versions))
+            t is was and (t is None or (0 <= t._version - v <= self.noop_writes and t.data_ptr() == ptr))
+            for t, was, v, ptr in zip(now, early.grads, early.versions, early.ptrs))
 
 
 def _params(optimizer):

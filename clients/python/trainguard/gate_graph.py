@@ -115,7 +115,7 @@ class GateGraphs:
                 return
             table.sums()  # compiles and loads the kernels outside the capture
             found, scale = self.gate.buffers()
-            if self._divide is None:
+            if self._divide is None and table.float32_only:
                 self._divide = self._capture_divide(table, found, scale)
             in_loss = torch.zeros(1, dtype=torch.float32, device=self.device)
             in_mods = torch.zeros(n_mods, dtype=torch.float32, device=self.device) if n_mods else None

@@ -45,7 +45,8 @@ if triton is not None:
     def _divide_kernel(ptrs, block_tensor, block_start, sizes, found, divisor, CHUNK: tl.constexpr,
                        BLOCK: tl.constexpr, ELEM: tl.constexpr):
         # Touches the gradients only on a step that is clipped and not skipped: every other step each
-        # program reads two scalars and ends.
+        # program reads two scalars and ends. The fp32 quotient may differ from the fused kernel's
+        # correctly rounded one in its last bit or two, as the divisor itself may (gate_graph).
         d = tl.load(divisor)
         if (tl.load(found) == 0.0) & (d != 1.0):
             pid = tl.program_id(0)
@@ -114,6 +115,9 @@ class GradTable:
             self.runs.append(_DtypeRun(start, [p.numel() for p, _ in rows], [gi for _, gi in rows], device, _ELEM[dt],
                                        self._ptrs[start:start + len(rows)]))
             start += len(rows)
+        #: every gradient float32: divide() may stand in for a fused optimizer's grad_scale, whose
+        #: kernel feeds the update an unrounded fp32 quotient (a bf16/fp16 gradient would be rounded first)
+        self.float32_only = set(by_dtype) <= {torch.float32}
         # the CPU: Triton's interpreter (TRITON_INTERPRET=1), the tests' check of the kernel
         self._pinned = device.type == "cuda"
         self._last = None
@@ -169,7 +173,9 @@ class GradTable:
         """Divides every gradient by ``divisor`` (0-d float32, on the device) in place unless ``found``
         (0-d float32) is set or the divisor is 1: the clip a fused optimizer applies for its
         ``grad_scale``, without the write of every gradient its kernel makes whenever one is given
-        (launches only, capturable)."""
+        (launches only, capturable). Float32 gradients only (``float32_only``)."""
+        if not self.float32_only:
+            raise ValueError("GradTable.divide stands in for grad_scale only when every gradient is float32")
         for run in self.runs:
             _divide_kernel[(run.blocks,)](run.ptrs, run.block_tensor, run.block_start, run.sizes, found, divisor,
                                           CHUNK=CHUNK, BLOCK=BLOCK, ELEM=run.elem)
