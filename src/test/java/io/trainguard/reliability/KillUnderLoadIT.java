@@ -48,6 +48,7 @@ class KillUnderLoadIT {
         Path clean = new SafetensorsWriter().f32("w", 1, 2, 3).f32("b", 0.5f).write(roots.resolve("good.safetensors"));
         Set<String> acked = ConcurrentHashMap.newKeySet();
         Map<String, Integer> ackedByAction = new ConcurrentHashMap<>();
+        Set<String> runsTurned = ConcurrentHashMap.newKeySet(); // runs a rank was told ROLLBACK or HALT
         List<String> runs = new ArrayList<>();
         List<String> failures = java.util.Collections.synchronizedList(new ArrayList<>());
         try (PackagedSidecar sidecar = new PackagedSidecar(dir).withJvmArgs("-Dtrainguard.checkpoint.roots=" + roots).start();
@@ -81,6 +82,9 @@ class KillUnderLoadIT {
                                 if (a == Action.ACTION_SKIP || a == Action.ACTION_ROLLBACK || a == Action.ACTION_HALT) {
                                     acked.add(run + "#" + r + "#" + s + "#" + a.name().substring(7));
                                     ackedByAction.merge(a.name().substring(7), 1, Integer::sum);
+                                    if (a != Action.ACTION_SKIP) {
+                                        runsTurned.add(run);
+                                    }
                                 }
                             }
                         } catch (StatusRuntimeException killed) {
@@ -94,9 +98,11 @@ class KillUnderLoadIT {
                     trainers.add(t);
                 }
             }
-            // kill mid-flight once there is something to lose: enough SKIPs and ROLLBACKs acknowledged
+            // kill mid-flight once there is something to lose: enough SKIPs and ROLLBACKs acknowledged,
+            // and every run turned (a run whose ranks the machine has not scheduled yet is still DEGRADED)
             long deadline = System.nanoTime() + 90_000_000_000L;
-            while (System.nanoTime() < deadline && (acked.size() < 60 || ackedByAction.getOrDefault("ROLLBACK", 0) < 8)) {
+            while (System.nanoTime() < deadline && (acked.size() < 60 || ackedByAction.getOrDefault("ROLLBACK", 0) < 8
+                    || runsTurned.size() < RUNS)) {
                 Thread.sleep(50);
             }
             sidecar.killHard();
