@@ -158,7 +158,9 @@ class Blocks:
 class Unsent:
     """Diagnostic only (the ``hf-unsent`` variant): the sender thread still builds every report and
     applies the answer, but ReportStep is answered in-process with the sidecar's first real answer,
-    so neither gRPC nor the sidecar run per step. Says what the report's transport costs the step."""
+    moved to the reported step (its bounds as far ahead of it as they were), so neither gRPC nor the
+    sidecar run per step while the client's path stays the device gate. Says what the report's
+    transport costs the step."""
 
     def __init__(self, transport):
         self.transport, self.first = transport, None
@@ -168,7 +170,12 @@ class Unsent:
             return self.transport.call(name, request, deadline)
         if self.first is None:
             self.first = self.transport.call(name, request, deadline)
-        return self.first
+        answer = type(self.first)()
+        answer.CopyFrom(self.first)
+        ahead = self.first.verdict.bounds.valid_until_step - self.first.verdict.step
+        answer.verdict.step = request.report.step
+        answer.verdict.bounds.valid_until_step = request.report.step + ahead
+        return answer
 
 
 # Diagnostic variants of the HF blocks run: what part of the guard the step's cost comes from.
