@@ -155,7 +155,7 @@ class ReportSender:
     def _enqueue(self, item, fut, hold=False):
         with self._cv:
             if not hold:  # reports go in order: one that is not held lets the earlier ones go
-                self._release_locked()
+                self._window += 1  # (the notify below wakes the sender)
             # A sidecar that stays away must not grow memory without bound: drop the oldest
             # asynchronous reports (they were decided already; only the record is lost). A deferred
             # one is still built, so the device's outcome reaches the counters; it is just not sent.
