@@ -10,6 +10,7 @@ Usage (GPU machine, after ``source bench/gpu/sidecar-up.sh``):
     python3 bench/gpu/compile_trace.py --batch 8 --block 10 --blocks 4 --out res.json
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -57,21 +58,17 @@ def main():
         fwd, opt, g = copies[phase]
         i = counter[phase]
         counter[phase] += 1
-        rng = record_function(name) if name else None
-        if rng:
-            rng.__enter__()
         x, y = data[i % len(data)]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fwd(x, y)
-        loss.backward()
-        if g is not None:
-            g.step(i, loss)
-            g.optimizer_step()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        if rng:
-            rng.__exit__(None, None, None)
+        with record_function(name) if name else contextlib.nullcontext():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = fwd(x, y)
+            loss.backward()
+            if g is not None:
+                g.step(i, loss)
+                g.optimizer_step()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
 
     for phase in ("paused", "guarded"):
         for _ in range(a.warmup):
