@@ -1,6 +1,7 @@
 """The gradient address table's kernel (trainguard.grad_table), checked on the CPU under Triton's
 interpreter: each parameter group's sum of squares equals torch's, across chunk boundaries, mixed
-dtypes and groups, a missing gradient and a NaN; a gradient that is not one dense block is refused;
+dtypes and groups, a missing gradient and a NaN; gradients that move are followed; a gradient that
+is not one dense block, a resized parameter and a replaced one are refused;
 the clip divides float32 gradients in place only on a clipped step that is not skipped.
 The CUDA graph around it is checked on a GPU (bench/gpu/checks/test_gate_graph.py)."""
 import functools
@@ -47,6 +48,26 @@ try:
     out["mixed_refused"] = False
 except ValueError:
     out["mixed_refused"] = True
+# every gradient present (the usual step): the table follows gradients that move, copies nothing
+# while they stay, and refuses a resized parameter; a replaced parameter no longer matches
+dense = [torch.nn.Parameter(torch.randn(n)) for n in (10, 5000, 9000)]
+opt_d = torch.optim.SGD(dense, lr=0.1)
+for p in dense:
+    p.grad = torch.randn_like(p)
+td = gt.GradTable(opt_d, torch.device("cpu"))
+sums = lambda: float(td.sums()[0])
+want = lambda: sum(float((p.grad.double() ** 2).sum()) for p in dense)
+out["dense"] = [td.upload(), td.copies, abs(sums() - want()) <= 1e-4 * want()]
+out["dense_again"] = [td.upload(), td.copies]                # same addresses: no copy
+for p in dense:
+    p.grad = torch.randn_like(p) * 2                         # new tensors, as after zero_grad(set_to_none=True)
+out["dense_moved"] = [td.upload(), td.copies, abs(sums() - want()) <= 1e-4 * want()]
+dense[1].data = torch.randn(6000)
+dense[1].grad = torch.randn(6000)
+out["resized_uploaded"] = td.upload()
+out["matches"] = td.matches(opt_d)
+opt_d.param_groups[0]["params"][2] = torch.nn.Parameter(torch.randn(9000))
+out["replaced_matches"] = td.matches(opt_d)
 fp32[1].grad[4097] = float("nan")
 table.upload()
 out["with_nan"] = [float(s) for s in table.sums()]
@@ -73,6 +94,15 @@ def test_table_sums_match_torch_and_refuse_strided_gradients():
     assert out["with_nan"][0] != out["with_nan"][0]  # NaN propagates into its group's sum
     assert out["with_nan"][1] == pytest.approx(out["torch"][1], rel=1e-4)  # and not into the other group
     assert out["strided_uploaded"] is False
+
+
+def test_table_follows_moved_gradients_and_refuses_resized_or_replaced_parameters():
+    out = run_check()
+    assert out["dense"] == [True, 1, True]
+    assert out["dense_again"] == [True, 1]         # nothing copied while the gradients stay put
+    assert out["dense_moved"] == [True, 2, True]   # moved: copied once more, and the sums follow
+    assert out["resized_uploaded"] is False
+    assert out["matches"] is True and out["replaced_matches"] is False
 
 
 def test_table_divides_the_gradients_only_on_a_clipped_step_that_is_not_skipped():

@@ -51,6 +51,11 @@ class GateGraphs:
         self._retry_in = 0       # steps until capturing is tried again after unaddressable gradients
         self.counters = {"captures": 0, "replays": 0, "eager": 0}
 
+    @property
+    def address_uploads(self):
+        """Steps whose gradients had moved since the last step (their addresses were copied to the device)."""
+        return self._table.copies if self._table is not None else 0
+
     def measure_and_install(self, loss, threshold, taken=None):
         """(stats, n_groups, module_names, clip), the gate installed for ``threshold``. ``clip``: None,
         or what the caller must run, once, before the optimizer steps: the clip divides the gradients

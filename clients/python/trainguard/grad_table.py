@@ -11,6 +11,8 @@ Each program sums the squares of one chunk of one gradient in float32 and writes
 partials of a parameter group are summed in a fixed order, so the result is deterministic. NaN and
 Inf propagate into the sums. A gradient that is None this step has address 0 and contributes 0.
 """
+import operator
+
 import torch
 
 try:
@@ -99,7 +101,7 @@ class GradTable:
     def __init__(self, optimizer, device):
         self.device = device
         self.n_groups = len(optimizer.param_groups)
-        self._ids = self._identities(optimizer)
+        self._groups = [list(grp["params"]) for grp in optimizer.param_groups]  # what matches() compares
         by_dtype = {}
         for gi, grp in enumerate(optimizer.param_groups):
             for p in grp["params"]:
@@ -120,21 +122,24 @@ class GradTable:
         self.float32_only = set(by_dtype) <= {torch.float32}
         # the CPU: Triton's interpreter (TRITON_INTERPRET=1), the tests' check of the kernel
         self._pinned = device.type == "cuda"
-        self._last = None
+        self._last = None  # the addresses in the device table
+        self.copies = 0    # host-to-device copies of the addresses (the steps they moved on)
 
     def matches(self, optimizer):
         """Whether the optimizer still has the very parameters the table was built for (a replaced
-        one would leave its gradient unread)."""
-        return self._identities(optimizer) == self._ids
-
-    @staticmethod
-    def _identities(optimizer):
-        return tuple(id(p) for grp in optimizer.param_groups for p in grp["params"])
+        one would leave its gradient unread). Called every step, so it compares references without
+        allocating anything: after torch.compile, a list of 148 fresh ints took 30 us instead of 4.5
+        on the H200 host (bench/gpu/alloc_probe.py), and this check took 120 us as such a list."""
+        groups = optimizer.param_groups
+        return len(groups) == len(self._groups) and all(
+            len(grp["params"]) == len(mine) and all(map(operator.is_, grp["params"], mine))
+            for grp, mine in zip(groups, self._groups))
 
     def upload(self):
         """Writes this step's gradient addresses into the device tables (stream-ordered, no sync).
         False when a gradient is not one dense block starting at its address: the eager kernels then
-        measure this step."""
+        measure this step. One pass over the gradients: a version with five C-level passes (one per
+        check) was no faster on the H200 host (docs/benchmarks.md, issue 21, seventh pass)."""
         ptrs = []
         try:
             for p, n in zip(self.params, self._numels):
@@ -147,8 +152,9 @@ class GradTable:
                     return False
         except RuntimeError:  # sparse gradients
             return False
-        if ptrs != self._last:
+        if ptrs != self._last:  # they moved: on nearly every step measured (zero_grad(set_to_none=True))
             self._last = ptrs
+            self.copies += 1
             # pinned and stream-ordered, no sync: torch's pinned allocator keeps the host buffer
             # until the copy has run
             self._ptrs.copy_(torch.tensor(ptrs, dtype=torch.int64, pin_memory=self._pinned), non_blocking=True)
