@@ -172,7 +172,9 @@ class GatedPath:
         absent = loss is None
 
         def build():  # on the sender thread
-            if event is not None:
+            # Normally the copy has landed by now. Then no synchronize(): it drops the GIL and, in a
+            # launch-bound loop, getting it back can take the interpreter's whole switch interval.
+            if event is not None and not event.query():
                 event.synchronize()  # blocks in C without the GIL
             return self._report(step, host.tolist(), ng, names, lr, step_time, thr, bounds, absent,
                                 None if host_vec is None else host_vec.tolist(),
