@@ -7,6 +7,7 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   tg           trainguard as shipped: per-step report to the real sidecar, per-block provenance
                (auto watch: emb, h.0..h.11, head = 14 modules), device gate, verdict_lag=1
   tg_nolag     the same with verdict_lag=None (never waits for the previous step's verdict)
+  tg_lag2      the same with verdict_lag=2 (step k waits for the verdict of step k-2)
   tg_all       trainguard with every module hooked
   tg_wrap      trainguard through the optimizer wrapper: guard.step(step, loss); opt.step() on guard.wrap(opt)
   tg_nowatch   trainguard without module watch hooks (watch=[]): what the per-block provenance costs
@@ -60,7 +61,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 from trainguard.guard import Guard  # noqa: E402
 from gpt_model import GPT, GPT2_SMALL, TINY  # noqa: E402
-from overhead_probes import GcClock, mute, sanity  # noqa: E402
+from overhead_probes import GcClock, PieceClock, mute, sanity  # noqa: E402
+from trainguard import grad_table  # noqa: E402
 
 
 def main():
@@ -92,6 +94,11 @@ def main():
         torch.backends.cudnn.allow_tf32 = True
 
     gc_clock = GcClock()
+    # where guard_cpu_us goes: the client's per-step pieces, two of them inside the graph path
+    # (class-level: wrapped once for all batch sizes)
+    clock = PieceClock()
+    clock.wrap_class(grad_table.GradTable, "upload", "mg_upload")
+    clock.wrap_class(torch.cuda.CUDAGraph, "replay", "mg_replay")
     for B in a.batch:
         torch.manual_seed(0)
         model = GPT(**cfg).to(dev)
@@ -127,6 +134,8 @@ def main():
                     kw["watch"] = all_modules
                 if name in ("tg_nolag", "tg_mute"):
                     kw["verdict_lag"] = None
+                if name == "tg_lag2":
+                    kw["verdict_lag"] = 2
                 if name == "tg_nowatch":
                     kw["watch"] = []
                 if name == "tg_nosnap":
@@ -144,7 +153,7 @@ def main():
                     mute(g)
                 if name == "tg_gradscale":
                     g.gated.graphs._capture_divide = lambda *args: None
-                timed(g, name)
+                clock.attach(g, name)
                 if a.compile:
                     copies[name][2] = torch.compile(m)  # after the Guard's hooks are on: they are traced in
                 else:
@@ -153,37 +162,9 @@ def main():
             return guards[name]
 
         guard_s = {}  # variant -> [seconds in guard calls, steps]
-        parts = {}    # variant -> {client piece: seconds}: where guard_cpu_us goes
         gc_s = {}  # variant -> [collections gen 0..2, ms gen 0..2, steps]
         last_gc_ms = {}  # variant -> ms in the collector during its last run
-
-        def timed(g, name):
-            """Wraps the client's per-step pieces with wall clocks (bench instrumentation only)."""
-            acc = parts.setdefault(name, {})
-
-            def wrap(obj, attr, label):
-                fn = getattr(obj, attr, None)
-                if fn is None:
-                    return
-
-                def timed_fn(*args, **kw):
-                    t = time.perf_counter()
-                    try:
-                        return fn(*args, **kw)
-                    finally:
-                        acc[label] = acc.get(label, 0.0) + time.perf_counter() - t
-                setattr(obj, attr, timed_fn)
-            wrap(g.gated, "await_verdicts", "await_verdicts")
-            wrap(g.gated, "step", "gated_step")
-            wrap(g.gated.graphs, "measure_and_install", "measure_and_gate")  # graph replay or the two below
-            wrap(g.meter, "on_device", "measure_on_device")
-            wrap(g.gate, "install", "gate_install")
-            wrap(g.gate, "stage", "gate_stage")
-            wrap(g.sender, "submit_deferred", "submit")
-            wrap(g.recovery, "begin", "recovery_begin")
-            wrap(g.recovery, "after_update", "recovery_after_update")
-            wrap(g, "_finish", "finish")
-            wrap(g, "optimizer_step", "optimizer_step")
+        last_launch_ms = {}  # variant -> ms/step until its last run's launches returned (before the sync)
 
         scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
         tg_scaler = torch.amp.GradScaler(dev.type) if "tg_scaler" in variants else None
@@ -198,9 +179,11 @@ def main():
             sender_clock = time.pthread_getcpuclockid(g.sender._thread.ident) if g is not None else None
             sender0 = time.clock_gettime(sender_clock) if sender_clock is not None else 0.0
             gc0 = gc_clock.read()
+            clock.variant = name if g is not None else None
             sync()
             t0 = time.perf_counter()
             for i in range(n):
+                clock.step = i
                 x, y = data[i % len(data)]
                 if name == "scaler":
                     with torch.autocast(dev.type, dtype=torch.float16):
@@ -259,8 +242,12 @@ def main():
                     o.step()
                     in_guard += time.perf_counter() - tb0  # the baseline's own optimizer call, to compare
                 o.zero_grad(set_to_none=True)
+            launched = time.perf_counter()
+            clock.step = None
             sync()
             dt = (time.perf_counter() - t0) * 1000.0 / n
+            # the host's share: launching n steps against all n run (a host-bound loop has launch ~ dt)
+            last_launch_ms[name] = (launched - t0) * 1000.0 / n
             gc_delta = [b - a for a, b in zip(gc0, gc_clock.read())]
             acc_gc = gc_s.setdefault(name, [0] * 6 + [0])
             acc_gc[:] = [x + d for x, d in zip(acc_gc, gc_delta + [n])]
@@ -282,8 +269,7 @@ def main():
             warnings.simplefilter("ignore")
             for name in ["baseline"] + variants:
                 run(name, a.anomaly_steps if name == "anomaly" else a.warmup)
-            for acc in parts.values():  # the per-piece split is of the rounds, not of compiles and captures
-                acc.clear()
+            clock.clear()  # the per-piece split is of the rounds, not of compiles and captures
             guard_s.clear()
             gc_s.clear()
             rows = {v: [] for v in variants}
@@ -298,6 +284,7 @@ def main():
                     base_ms.append(after)
                     rows[v].append({"ms": t, "base_before": before, "base_after": after,
                                     "ratio": t / ((before + after) / 2), "gc_ms": last_gc_ms[v],
+                                    "launch_ms": last_launch_ms[v], "base_launch_ms": last_launch_ms["baseline"],
                                     "base_after_gc_ms": last_gc_ms["baseline"]})
                     before = after
                 print(f"  batch {B} round {r + 1}/{a.rounds}: " + ", ".join(
@@ -311,11 +298,15 @@ def main():
         for v in variants:
             rs = [x["ratio"] for x in rows[v]]
             res["variants"][v] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
-                                  "ms_median": statistics.median(x["ms"] for x in rows[v]), "rounds": rows[v]}
+                                  "ms_median": statistics.median(x["ms"] for x in rows[v]),
+                                  "launch_ms_median": statistics.median(x["launch_ms"] for x in rows[v]),
+                                  "base_launch_ms_median": statistics.median(x["base_launch_ms"] for x in rows[v]),
+                                  "rounds": rows[v]}
             if v in guard_s and guard_s[v][1]:
                 res["variants"][v]["guard_cpu_us"] = guard_s[v][0] / guard_s[v][1] * 1e6
                 res["variants"][v]["sender_cpu_us"] = guard_s[v][2] / guard_s[v][1] * 1e6
-                res["variants"][v]["guard_parts_us"] = {k: t / guard_s[v][1] * 1e6 for k, t in parts.get(v, {}).items()}
+                res["variants"][v]["guard_parts_us"] = clock.per_step_us(v, guard_s[v][1])
+                res["variants"][v]["guard_parts_spread"] = clock.spread(v)
             if v in guards:
                 res["variants"][v]["measured_at_backward"] = dict(guards[v].backward_gate.counters)
         if "tg_scaler" in variants and "scaler" in variants:  # the fp16 loop's own baseline
@@ -336,7 +327,8 @@ def main():
         if "tg" in variants and not a.compile:
             res["sanity"] = sanity(model, opt, guard("tg"), data, dev, step_no)
             res["counters"] = {k: dict(g.counters) for k, g in guards.items()}
-        res["gate_graph"] = {k: dict(g.gated.graphs.counters) for k, g in guards.items()}
+        res["gate_graph"] = {k: dict(g.gated.graphs.counters, address_uploads=g.gated.graphs.address_uploads)
+                             for k, g in guards.items()}
         print("  gate graph (captures/replays/eager):", res["gate_graph"])
         for g in guards.values():
             g.close()
@@ -347,6 +339,8 @@ def main():
         print(f"  {'variant':10s} {'median':>7s} {'min':>7s} {'max':>7s} {'ms/step':>8s} {'guard us':>9s}")
         for v in variants:
             s = res["variants"][v]
+            print(f"  {v:10s} launched in {s['launch_ms_median']:.2f} ms/step, the baseline next to it in "
+                  f"{s['base_launch_ms_median']:.2f}")
             print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f} "
                   f"{s.get('guard_cpu_us', float('nan')):9.0f}  sender thread CPU {s.get('sender_cpu_us', float('nan')):.0f} us/step")
         for k, x in res["gc_per_step"].items():
@@ -355,6 +349,9 @@ def main():
         for v in variants:
             if res["variants"][v].get("guard_parts_us"):
                 print(f"  {v} us/step:", ", ".join(f"{k} {t:.0f}" for k, t in res["variants"][v]["guard_parts_us"].items()))
+                print(f"  {v} p50/p90/max us, first-step share, top-5% share:", "; ".join(
+                    f"{k} {x['p50_us']:.0f}/{x['p90_us']:.0f}/{x['max_us']:.0f} {x['first_step_share']:.2f} "
+                    f"{x['top5pct_share']:.2f}" for k, x in res["variants"][v]["guard_parts_spread"].items()))
         if a.compile:
             from torch._dynamo.utils import counters
             res["graph_breaks"] = {str(k): n for k, n in counters["graph_break"].items()}

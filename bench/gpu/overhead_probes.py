@@ -1,5 +1,6 @@
-"""Probes for overhead.py: the garbage collector's clock, a guard that sends nothing, and the sanity
-check of the guarded path on the bench's own model (no host sync, a NaN gated, the counters)."""
+"""Probes for overhead.py: the client's per-step pieces timed, the garbage collector's clock, a guard
+that sends nothing, and the sanity check of the guarded path on the bench's own model (no host sync,
+a NaN gated, the counters)."""
 import gc
 import time
 import warnings
@@ -16,6 +17,75 @@ def mute(g):
         fut._set()
         return fut
     g.sender.submit_deferred = submit_deferred
+
+
+class PieceClock:
+    """Wall time of the client's per-step pieces per variant (``guard_parts_us``), and how it spreads
+    over the calls (``guard_parts_spread``: a steady cost or rare long calls). The loop sets
+    ``variant`` (what a class-level piece is charged to) and ``step`` (calls are sampled only inside
+    the timed steps)."""
+
+    PIECES = [("gated", "await_verdicts", "await_verdicts"), ("gated", "step", "gated_step"),
+              ("graphs", "measure_and_install", "measure_and_gate"),  # the graph replay, or the two below
+              ("meter", "on_device", "measure_on_device"), ("gate", "install", "gate_install"),
+              ("gate", "stage", "gate_stage"), ("sender", "submit_deferred", "submit"),
+              ("recovery", "begin", "recovery_begin"), ("recovery", "after_update", "recovery_after_update"),
+              ("guard", "_finish", "finish"), ("guard", "optimizer_step", "optimizer_step"),
+              # inside measure_and_gate, the graph path
+              ("meter", "take_watch", "mg_take_watch"), ("graphs", "_key", "mg_key"),
+              ("graphs", "_load", "mg_load"), ("gate", "point", "mg_point")]
+
+    def __init__(self):
+        self.parts = {}    # variant -> {piece: seconds}
+        self.samples = {}  # variant -> piece -> [(step of its run, seconds)]
+        self.variant = None
+        self.step = None
+
+    def _add(self, variant, label, dt):
+        acc = self.parts.setdefault(variant, {})
+        acc[label] = acc.get(label, 0.0) + dt
+        if self.step is not None:
+            self.samples.setdefault(variant, {}).setdefault(label, []).append((self.step, dt))
+
+    def attach(self, g, variant):
+        owners = {"gated": g.gated, "graphs": g.gated.graphs, "meter": g.meter, "gate": g.gate,
+                  "sender": g.sender, "recovery": g.recovery, "guard": g}
+        for owner, attr, label in self.PIECES:
+            fn = getattr(owners[owner], attr, None)
+            if fn is not None:
+                setattr(owners[owner], attr, self._timed(fn, label, lambda: variant))
+
+    def wrap_class(self, cls, attr, label):
+        """A method of every instance, charged to the variant running (none between runs)."""
+        setattr(cls, attr, self._timed(getattr(cls, attr), label, lambda: self.variant))  # a function: binds as a method
+
+    def _timed(self, fn, label, variant_of):
+        def timed_fn(*args, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                variant = variant_of()
+                if variant is not None:
+                    self._add(variant, label, time.perf_counter() - t)
+        return timed_fn
+
+    def clear(self):
+        self.parts.clear()
+        self.samples.clear()
+
+    def per_step_us(self, variant, steps):
+        return {k: t / steps * 1e6 for k, t in self.parts.get(variant, {}).items()}
+
+    def spread(self, variant):
+        out = {}
+        for label, xs in self.samples.get(variant, {}).items():
+            ds = sorted(d for _, d in xs)
+            total = sum(ds) or 1.0
+            out[label] = {"calls": len(ds), "p50_us": ds[len(ds) // 2] * 1e6, "p90_us": ds[int(len(ds) * 0.9)] * 1e6,
+                          "max_us": ds[-1] * 1e6, "first_step_share": sum(d for i, d in xs if i == 0) / total,
+                          "top5pct_share": sum(ds[int(len(ds) * 0.95):]) / total}
+        return out
 
 
 class GcClock:
