@@ -1,7 +1,10 @@
 """Why the gate's host pieces cost more inside the training loop than alone: times the address
 table's identity check (``GradTable.matches``) and walk (``GradTable.upload``), and a plain Python
 loop of the same length, (a) alone after a synchronize and (b) right after each step's backward,
-in an eager and a compiled GPT-2-small loop (no guard, no sidecar).
+in an eager and a compiled GPT-2-small loop (no guard, no sidecar). ``grads`` is the first Python
+access to a step's fresh gradients (it creates their Python objects), in the loop; alone they exist.
+The seventh pass's run (results/2026-11-30-s11-host-probe.json) had the first rewrites of
+``matches`` (which still built a list of ids) and ``upload``.
 
 Usage: python host_probe.py --out res.json
 """
@@ -49,18 +52,18 @@ def main():
         x = torch.randint(0, GPT2_SMALL["vocab"], (8, GPT2_SMALL["seq"] + 1), device=dev)
         x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()
         table = None
-        rows = {"matches": [], "upload": [], "pyloop": [], "grads": []}
+        rows = {}
         for step in range(a.steps + 3):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = fwd(x, y)
             loss.backward()
             if table is None:
                 table = GradTable(opt, dev)
+                calls = {"grads": lambda: [p.grad for g in opt.param_groups for p in g["params"]],  # first: creates them
+                         "matches": lambda: table.matches(opt), "upload": table.upload, "pyloop": pyloop}
             if step >= 3:  # in the loop: right after backward, as the guard runs
-                rows["grads"].append(timed(lambda: [p.grad for g in opt.param_groups for p in g["params"]]))
-                rows["matches"].append(timed(lambda: table.matches(opt)))
-                rows["upload"].append(timed(table.upload))
-                rows["pyloop"].append(timed(pyloop))
+                for name, fn in calls.items():
+                    rows.setdefault(name, []).append(timed(fn))
             opt.step()
             opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
@@ -70,8 +73,7 @@ def main():
             loss = fwd(x, y)
         loss.backward()
         torch.cuda.synchronize()
-        alone = {"matches": timed(lambda: table.matches(opt), 200), "upload": timed(table.upload, 200),
-                 "pyloop": timed(pyloop, 200), "grads": timed(lambda: [p.grad for g in opt.param_groups for p in g["params"]], 200)}
+        alone = {name: timed(fn, 200) for name, fn in calls.items()}
         res[mode] = {"in_loop_us_median": in_loop, "alone_us": alone}
         print(mode, json.dumps(res[mode]))
         del model, opt, fwd
