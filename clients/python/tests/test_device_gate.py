@@ -114,6 +114,33 @@ def test_clip_on_the_device_matches_clip_grad_norm(fake):
     g.close()
 
 
+@pytest.mark.parametrize("loop_clip", [0.5, 2.0])  # the loop's clip below, then above the guard's 1.0
+def test_a_loop_that_clips_itself_gets_the_smaller_clip_once(fake, loop_clip):
+    # prevents: the gate's divisor, from the norm before the loop's clip_grad_norm_, applied inside
+    # optimizer.step() on top of that clip (a step both clip divided twice)
+    ref_model, model = make_fused()[0], make_fused()[0]  # the same initial weights
+    ref = torch.optim.SGD(ref_model.parameters(), lr=1e-1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-1, fused=True)
+    g = Guard(model, opt, f"gate-loop-clip-{loop_clip}", target=fake.target, device_gate=True, watch=None,
+              clipping_configured=True)
+    for s in range(3):
+        x, y = batch(s)
+        loss = torch.nn.functional.mse_loss(model(x) * 100, y)
+        loss.backward()
+        assert g.step(s, loss).device_gated
+        torch.nn.utils.clip_grad_norm_(model.parameters(), loop_clip)
+        g.optimizer_step()
+        opt.zero_grad()
+        # by hand: clipped once, to the smaller threshold
+        torch.nn.functional.mse_loss(ref_model(x) * 100, y).backward()
+        assert float(torch.nn.utils.clip_grad_norm_(ref_model.parameters(), min(1.0, loop_clip))) > max(1.0, loop_clip)
+        ref.step()
+        ref.zero_grad()
+    for a, b in zip(ref_model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    g.close()
+
+
 def test_rollback_verdict_for_step_k_is_applied_at_step_k_plus_1(fake):
     model, opt = make_fused()
     g = Guard(model, opt, "gate-halt", target=fake.target, device_gate=True)

@@ -103,3 +103,50 @@ def test_lightning_callback_skips_audits_and_rolls_back_to_its_own_checkpoint(si
     assert path.endswith(".ckpt") and os.path.dirname(path) == os.path.join(sidecar.checkpoint_root, "lightning")
     assert restored, "the weights after the rollback are not the checkpoint's"
     assert tg.guard.counters["rollbacks"] >= 1 and weights_finite(model)
+
+
+class Loud(pl.LightningModule):
+    """Every step's gradient norm far above both clips (targets x 50); plain SGD, fused: the device gate."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = MLP()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, b, i):
+        x, y = b
+        return torch.nn.functional.mse_loss(self(x), y * 50)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-3, fused=True)
+
+
+@pytest.mark.torch2
+def test_lightning_gradient_clipping_composes_with_the_guards_clip_on_the_device_gate(sidecar):
+    # prevents: a step that both clip being divided twice. Lightning clips after
+    # on_before_optimizer_step; the gate's divisor, from the unclipped norm, used to be applied
+    # inside optimizer.step() on top of it.
+    from trainguard.lightning import TrainguardCallback
+    guard_clip, lightning_clip, steps = 0.3, 0.5, 8
+    data = [batch(i) for i in range(steps)]
+    tg = TrainguardCallback("lightning-clip", target=sidecar.target, deadline=5.0, device_gate=True,
+                            policy={"clip_mode": "FIXED", "clip_threshold": guard_clip})
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, callbacks=[tg], logger=False,
+                         gradient_clip_val=lightning_clip, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    model = Loud()
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+    assert tg.guard.counters["device_gated_steps"] == steps
+    # the same steps by hand: each gradient clipped once, to the smaller of the two thresholds
+    ref = Loud()
+    opt = torch.optim.SGD(ref.parameters(), lr=1e-3)
+    for x, y in data:
+        torch.nn.functional.mse_loss(ref(x), y * 50).backward()
+        assert float(torch.nn.utils.clip_grad_norm_(ref.parameters(), min(guard_clip, lightning_clip))) > lightning_clip
+        opt.step()
+        opt.zero_grad()
+    for got, want in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -144,16 +144,18 @@ class GatedPath:
             bad = torch.logical_not(torch.isfinite(stats).all())
             skip, norm, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded)
             g.gate.install_agreed(skip, norm, thr)
-            early = None
+            early, clip = None, None
         else:
             early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
             if early is not None:  # no GradScaler there; its statistics are already on their way to the host
                 ng, names, (hosts, event), clip = early
             else:
                 stats, ng, names, clip = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
-            if clip is not None:
-                clip()
             vec = None
+        if clip is None:  # the table's in-place clip (graph path) or, with clip_in_place, the gate's
+            clip = g.gate.in_place_clip(thr)
+        if clip is not None:
+            clip()
         if scaler is not None:
             scaler_skips_too(g)
         if early is None:
@@ -300,6 +302,9 @@ class GatedPath:
             g.gate.install_agreed(skip, norm, rec.threshold)
         else:
             g.gate.install(total.reshape(1), total, rec.threshold)
+        clip = g.gate.in_place_clip(rec.threshold)
+        if clip is not None:
+            clip()
         now = [grp.get("lr") for grp in opt.param_groups]
         for grp, lr in zip(opt.param_groups, rec.lrs):
             grp["lr"] = lr

@@ -82,6 +82,12 @@ class Guard:
         sidecar's verdict on step ``k - verdict_lag``, so a ROLLBACK/HALT for step k-1 is applied at
         step k. Normally the verdict is already there. None: never wait (verdicts apply when they
         arrive).
+      clipping_configured: the loop clips the gradients itself between ``step()`` and the optimizer
+        step (``clip_grad_norm_`` in the loop; the Lightning and HF integrations set it from
+        ``gradient_clip_val`` / ``max_grad_norm``). The guard's own clip is then applied to the
+        gradients at ``step()`` on every path, so the loop's clip sees the result and the smaller
+        threshold wins; otherwise the device gate may apply it inside the optimizer's kernel, after
+        the loop's clip, from the norm before it.
       snapshots: in-memory known-good snapshots (trainguard.snapshot.SnapshotPolicy, a dict of its
         fields, True = defaults, False = off). Default: every 25 healthy steps, 2 slots, states up
         to 8 GiB per slot.
@@ -155,6 +161,7 @@ class Guard:
 
         self.meter = StepMeter(optimizer, self.device, scaler, self.watch)
         self.gate = DeviceGate(optimizer, self.device)
+        self.gate.clip_in_place = bool(clipping_configured)  # the loop's own clip must see the guard's
         self.protector = UpdateProtector(model, optimizer, self.watch, lambda *a: ship_bad_tensor(self, *a))
         self.recovery = Recovery(self, snapshots, replay, lr_restore)
         self.backward_gate = BackwardGate(self)

@@ -18,6 +18,9 @@
   RNG) and, by default, what it changed is undone in ``on_validation_end``;
 - ``state_dict()`` / ``load_state_dict()`` carry the guard's state in Lightning's checkpoints.
 
+With ``gradient_clip_val`` set, the guard's clip is applied to the gradients in
+``on_before_optimizer_step``, before Lightning's own clip, so the smaller threshold wins
+(``clipping_configured``).
 The loss comes from ``on_before_backward`` (the last micro-batch's, with gradient accumulation).
 The LR scheduler still steps on a skipped step, as it does under a GradScaler overflow.
 """

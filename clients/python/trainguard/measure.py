@@ -102,6 +102,12 @@ class DeviceGate:
         self.optimizer, self.device = optimizer, device
         self._found = None  # device float32 0-d: 1.0 = the optimizer skips (optimizer.found_inf)
         self._scale = None  # device float32 0-d: grads are divided by it (optimizer.grad_scale)
+        #: The loop clips the gradients itself between step() and the update (Guard's
+        #: ``clipping_configured``; Lightning's gradient_clip_val runs after on_before_optimizer_step).
+        #: The divisor, from the norm before that clip, must then not be applied inside
+        #: optimizer.step() on top of it: the guard's clip runs on the gradients at step()
+        #: (``in_place_clip``) and the loop's clip sees the result, so the smaller threshold wins.
+        self.clip_in_place = False
 
     def buffers(self):
         if self._found is None or self._found.device != self.device:
@@ -138,10 +144,24 @@ class DeviceGate:
         found, scale = self.buffers()
         opt = self.optimizer
         opt.found_inf = found
-        if threshold > 0 and divisor:
+        if threshold > 0 and divisor and not self.clip_in_place:
             opt.grad_scale = scale
         else:
             opt.__dict__.pop("grad_scale", None)
+
+    def in_place_clip(self, threshold):
+        """What the caller runs at step() when ``clip_in_place`` keeps the divisor out of the
+        optimizer: divides every gradient by it, unless the step is skipped. None when there is
+        nothing to clip. One pass over the gradients on every step (only in that configuration)."""
+        if not (threshold > 0 and self.clip_in_place):
+            return None
+        found, scale = self.buffers()
+
+        def clip():
+            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:  # a skipped step keeps its gradients (the optimizer leaves the weights alone anyway)
+                torch._foreach_mul_(grads, torch.where(found > 0, torch.ones_like(scale), scale.reciprocal()))
+        return clip
 
     def flag(self, value):
         """A 0-d device tensor holding ``value`` (a fill kernel: no host->device copy, no sync)."""
