@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 import warnings
 
@@ -37,41 +36,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from frameworks import hf_train, token_batches  # noqa: E402  (also puts the client on sys.path)
 from gpt_model import GPT2_SMALL  # noqa: E402
+from overhead_probes import PieceClock  # noqa: E402
 
 SEGMENTS = ("forward", "backward", "guard", "optimizer", "rest")
 
 
-class Parts:
-    """Wall clocks around the client's per-step pieces (bench instrumentation only): on the training
-    thread, what the guard and optimizer segments consist of; on the others (the sender, autograd's
-    thread at backward end), when they ran."""
-
-    def __init__(self):
-        self.s = {"paused": collections.defaultdict(list), "guarded": collections.defaultdict(list)}
-        self.main = threading.get_ident()
-        self.phase = None  # paused | guarded; None: warm-up, not counted
-        self.other = []    # (label, start, end) of the pieces that ran on other threads
-
-    def wrap(self, obj, attr, label):
-        fn = getattr(obj, attr, None)
-        if fn is None:
-            return
-
-        def timed(*args, **kw):
-            if self.phase is None:
-                return fn(*args, **kw)
-            if threading.get_ident() != self.main:
-                t = time.perf_counter()
-                try:
-                    return fn(*args, **kw)
-                finally:
-                    self.other.append((label, t, time.perf_counter()))
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kw)
-            finally:
-                self.s[self.phase][label].append(time.perf_counter() - t)
-        setattr(obj, attr, timed)
+class Parts(PieceClock):
+    """The client's per-step pieces on the training thread, per phase (``key``: paused | guarded;
+    None: warm-up, not counted): what the guard and optimizer segments consist of; and when the
+    pieces on the other threads (the sender, autograd's thread at backward end) ran."""
 
     def install(self, g):
         self.wrap(g.gated, "step", "gated.step")
@@ -97,12 +70,12 @@ class Parts:
             self.wrap(r.ring, "on_healthy", "recovery.ring.on_healthy")
             self.wrap(r.ring, "due", "recovery.ring.due")
 
-    def per_step_us(self, steps):
+    def per_step_phases(self, steps):
         """phase -> label -> µs per step of the phase (mean), calls, median and longest call (µs).
         ``steps``: phase -> the steps run in it."""
         out = {}
-        for phase, parts in self.s.items():
-            rows = sorted(parts.items(), key=lambda kv: -sum(kv[1]))
+        for phase, parts in self.samples.items():
+            rows = sorted(((k, [d for _, d in xs]) for k, xs in parts.items()), key=lambda kv: -sum(kv[1]))
             out[phase] = {k: {"per_step": round(sum(v) * 1e6 / max(1, steps[phase]), 1), "calls": len(v),
                               "median": round(statistics.median(v) * 1e6, 1), "max": round(max(v) * 1e6, 1)}
                           for k, v in rows}
@@ -156,7 +129,7 @@ class Marks:
             if self.profiler is not None:
                 (self.profiler.enable if guarded else self.profiler.disable)()
             if self.parts is not None:
-                self.parts.phase = "guarded" if guarded else "paused"
+                self.parts.key = "guarded" if guarded else "paused"
             (self.guard.resume if guarded else self.guard.pause)()
         self.t = {}
         self.k += 1
@@ -226,7 +199,7 @@ def main():
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "median_ms": marks.summary(),
            "measured_at_backward": dict(tg.guard.backward_gate.counters)}
     if parts is not None:  # a paused guard runs few of these pieces
-        res["parts_us"] = parts.per_step_us(marks.steps_in)
+        res["parts_us"] = parts.per_step_phases(marks.steps_in)
         res["sender_ms_per_step_by_segment"] = parts.overlap(marks.cuts)
     if marks.profiler is not None:
         marks.profiler.disable()

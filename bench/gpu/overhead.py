@@ -153,7 +153,7 @@ def main():
                     mute(g)
                 if name == "tg_gradscale":
                     g.gated.graphs._capture_divide = lambda *args: None
-                clock.attach(g, name)
+                clock.attach(g)
                 if a.compile:
                     copies[name][2] = torch.compile(m)  # after the Guard's hooks are on: they are traced in
                 else:
@@ -179,7 +179,7 @@ def main():
             sender_clock = time.pthread_getcpuclockid(g.sender._thread.ident) if g is not None else None
             sender0 = time.clock_gettime(sender_clock) if sender_clock is not None else 0.0
             gc0 = gc_clock.read()
-            clock.variant = name if g is not None else None
+            clock.key = name if g is not None else None
             sync()
             t0 = time.perf_counter()
             for i in range(n):

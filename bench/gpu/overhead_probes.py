@@ -1,7 +1,8 @@
-"""Probes for overhead.py: the client's per-step pieces timed, the garbage collector's clock, a guard
-that sends nothing, and the sanity check of the guarded path on the bench's own model (no host sync,
-a NaN gated, the counters)."""
+"""Probes for the GPU benches: the client's per-step pieces timed (overhead.py, hf_segments.py);
+for overhead.py also the garbage collector's clock, a guard that sends nothing, and the sanity check
+of the guarded path on the bench's own model (no host sync, a NaN gated, the counters)."""
 import gc
+import threading
 import time
 import warnings
 
@@ -20,10 +21,13 @@ def mute(g):
 
 
 class PieceClock:
-    """Wall time of the client's per-step pieces per variant (``guard_parts_us``), and how it spreads
-    over the calls (``guard_parts_spread``: a steady cost or rare long calls). The loop sets
-    ``variant`` (what a class-level piece is charged to) and ``step`` (calls are sampled only inside
-    the timed steps)."""
+    """Wall clocks around the client's per-step pieces (bench instrumentation only).
+
+    A call is charged to ``key``, what runs now (overhead.py: the variant; hf_segments.py: the
+    phase; None: nothing is counted), with the loop's ``step`` (None outside the timed steps). Calls
+    on the thread that built the clock go to ``samples``; calls on any other thread (the sender,
+    autograd's thread at backward end) are kept as (label, start, end) in ``other`` instead, since
+    they do not add to the training thread's time."""
 
     PIECES = [("gated", "await_verdicts", "await_verdicts"), ("gated", "step", "gated_step"),
               ("graphs", "measure_and_install", "measure_and_gate"),  # the graph replay, or the two below
@@ -36,50 +40,55 @@ class PieceClock:
               ("graphs", "_load", "mg_load"), ("gate", "point", "mg_point")]
 
     def __init__(self):
-        self.parts = {}    # variant -> {piece: seconds}
-        self.samples = {}  # variant -> piece -> [(step of its run, seconds)]
-        self.variant = None
+        self.samples = {}  # key -> piece -> [(step, seconds)]
+        self.other = []    # (label, start, end) of the calls on other threads
+        self.key = None
         self.step = None
+        self.main = threading.get_ident()
 
-    def _add(self, variant, label, dt):
-        acc = self.parts.setdefault(variant, {})
-        acc[label] = acc.get(label, 0.0) + dt
-        if self.step is not None:
-            self.samples.setdefault(variant, {}).setdefault(label, []).append((self.step, dt))
-
-    def attach(self, g, variant):
+    def attach(self, g):
+        """Times ``PIECES`` of the Guard ``g``."""
         owners = {"gated": g.gated, "graphs": g.gated.graphs, "meter": g.meter, "gate": g.gate,
                   "sender": g.sender, "recovery": g.recovery, "guard": g}
         for owner, attr, label in self.PIECES:
-            fn = getattr(owners[owner], attr, None)
-            if fn is not None:
-                setattr(owners[owner], attr, self._timed(fn, label, lambda: variant))
+            self.wrap(owners[owner], attr, label)
+
+    def wrap(self, obj, attr, label):
+        fn = getattr(obj, attr, None)
+        if fn is not None:
+            setattr(obj, attr, self._timed(fn, label))
 
     def wrap_class(self, cls, attr, label):
-        """A method of every instance, charged to the variant running (none between runs)."""
-        setattr(cls, attr, self._timed(getattr(cls, attr), label, lambda: self.variant))  # a function: binds as a method
+        """A method of every instance (the function binds as a method)."""
+        setattr(cls, attr, self._timed(getattr(cls, attr), label))
 
-    def _timed(self, fn, label, variant_of):
+    def _timed(self, fn, label):
         def timed_fn(*args, **kw):
+            key = self.key
+            if key is None:
+                return fn(*args, **kw)
             t = time.perf_counter()
             try:
                 return fn(*args, **kw)
             finally:
-                variant = variant_of()
-                if variant is not None:
-                    self._add(variant, label, time.perf_counter() - t)
+                if threading.get_ident() == self.main:
+                    self.samples.setdefault(key, {}).setdefault(label, []).append((self.step, time.perf_counter() - t))
+                else:
+                    self.other.append((label, t, time.perf_counter()))
         return timed_fn
 
     def clear(self):
-        self.parts.clear()
         self.samples.clear()
+        self.other.clear()
 
-    def per_step_us(self, variant, steps):
-        return {k: t / steps * 1e6 for k, t in self.parts.get(variant, {}).items()}
+    def per_step_us(self, key, steps):
+        """piece -> µs per step (the mean over ``steps`` steps)."""
+        return {label: sum(d for _, d in xs) / steps * 1e6 for label, xs in self.samples.get(key, {}).items()}
 
-    def spread(self, variant):
+    def spread(self, key):
+        """piece -> how its time spreads over the calls: a steady cost or rare long calls."""
         out = {}
-        for label, xs in self.samples.get(variant, {}).items():
+        for label, xs in self.samples.get(key, {}).items():
             ds = sorted(d for _, d in xs)
             total = sum(ds) or 1.0
             out[label] = {"calls": len(ds), "p50_us": ds[len(ds) // 2] * 1e6, "p90_us": ds[int(len(ds) * 0.9)] * 1e6,
