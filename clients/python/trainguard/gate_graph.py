@@ -59,7 +59,8 @@ class GateGraphs:
     def measure_and_install(self, loss, threshold, taken=None):
         """(stats, n_groups, module_names, clip), the gate installed for ``threshold``. ``clip``: None,
         or what the caller must run, once, before the optimizer steps: the clip divides the gradients
-        in place (grad_table.divide) instead of through the optimizer's ``grad_scale``. It is left to
+        in place (grad_table.divide, or DeviceGate's with ``clip_in_place``) instead of through the
+        optimizer's ``grad_scale``. It is left to
         the caller because a measurement taken when backward ends may be superseded by a later
         backward (gradient accumulation), which must not add to clipped gradients. ``taken``: the
         watch's (names, stats) when the caller already took them."""
@@ -70,15 +71,15 @@ class GateGraphs:
             self._load(cap, loss, mods, threshold)
             cap.graph.replay()
             by_table = threshold > 0 and self._divide is not None
-            self.gate.point(threshold, divisor=not by_table)
+            clip = self.gate.point(threshold, divisor=not by_table)
             self.counters["replays"] += 1
-            return cap.stats, self._table.n_groups, names, (self._divide.replay if by_table else None)
+            return cap.stats, self._table.n_groups, names, (self._divide.replay if by_table else clip)
         stats, total, ng, names = self.meter.on_device(loss, taken=(names, mods))
-        self.gate.install(stats, total, threshold)
+        clip = self.gate.install(stats, total, threshold)
         self.counters["eager"] += 1
         if key is not None and cap is None:
             self._capture(key)
-        return stats, ng, names, None
+        return stats, ng, names, clip
 
     def _key(self, loss, n_mods):
         """What a graph is captured for, (number of module statistics, loss given or not); None when

@@ -143,8 +143,8 @@ class GatedPath:
             stats, total, ng, names = g.meter.on_device(loss)
             bad = torch.logical_not(torch.isfinite(stats).all())
             skip, norm, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded)
-            g.gate.install_agreed(skip, norm, thr)
-            early, clip = None, None
+            clip = g.gate.install_agreed(skip, norm, thr)
+            early = None
         else:
             early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
             if early is not None:  # no GradScaler there; its statistics are already on their way to the host
@@ -152,9 +152,7 @@ class GatedPath:
             else:
                 stats, ng, names, clip = self.graphs.measure_and_install(loss, thr)  # one graph launch where it can
             vec = None
-        if clip is None:  # the table's in-place clip (graph path) or, with clip_in_place, the gate's
-            clip = g.gate.in_place_clip(thr)
-        if clip is not None:
+        if clip is not None:  # the gradients divided in place, before anything else reads them
             clip()
         if scaler is not None:
             scaler_skips_too(g)
@@ -299,10 +297,9 @@ class GatedPath:
         if self.multi:
             bad = torch.logical_not(torch.isfinite(total))
             skip, norm, _ = dist_agree.gate_collective(bad, g.gate.flag(False), total, self.sharded)
-            g.gate.install_agreed(skip, norm, rec.threshold)
+            clip = g.gate.install_agreed(skip, norm, rec.threshold)
         else:
-            g.gate.install(total.reshape(1), total, rec.threshold)
-        clip = g.gate.in_place_clip(rec.threshold)
+            clip = g.gate.install(total.reshape(1), total, rec.threshold)
         if clip is not None:
             clip()
         now = [grp.get("lr") for grp in opt.param_groups]

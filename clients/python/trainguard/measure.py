@@ -105,8 +105,8 @@ class DeviceGate:
         #: The loop clips the gradients itself between step() and the update (Guard's
         #: ``clipping_configured``; Lightning's gradient_clip_val runs after on_before_optimizer_step).
         #: The divisor, from the norm before that clip, must then not be applied inside
-        #: optimizer.step() on top of it: the guard's clip runs on the gradients at step()
-        #: (``in_place_clip``) and the loop's clip sees the result, so the smaller threshold wins.
+        #: optimizer.step() on top of it: installing the gate returns the in-place clip for the
+        #: caller to run at step(), and the loop's clip sees the result, so the smaller threshold wins.
         self.clip_in_place = False
 
     def buffers(self):
@@ -121,13 +121,13 @@ class DeviceGate:
         # 1.0 when anything is NaN/Inf: the fused optimizer then leaves weights, moments and its
         # step counter untouched (as under GradScaler).
         torch.logical_not(torch.isfinite(stats).all(), out=found)
-        self._point(total, threshold)
+        return self._point(total, threshold)
 
     def install_agreed(self, skip, norm, threshold):
         """As ``install``, from flags the ranks agreed on the device (distributed.gate_collective)."""
         found, _ = self.buffers()
         found.copy_(skip)
-        self._point(norm, threshold)
+        return self._point(norm, threshold)
 
     def _point(self, norm, threshold):
         _, scale = self.buffers()
@@ -135,33 +135,31 @@ class DeviceGate:
             # clip_grad_norm_'s coefficient min(1, thr/norm) as a divisor the fused kernel applies.
             torch.clamp(norm.detach().float(), min=threshold, out=scale)
             scale.div_(threshold)
-        self.point(threshold)
+        return self.point(threshold)
 
     def point(self, threshold, divisor=True):
         """Points the optimizer at the flag and (with a clip threshold) the divisor: no kernel.
         ``divisor=False``: the caller divides the gradients itself (GateGraphs: a fused kernel given a
-        ``grad_scale`` writes every gradient back, a step's worth of memory traffic for a rare clip)."""
+        ``grad_scale`` writes every gradient back, a step's worth of memory traffic for a rare clip).
+        Returns what the caller must run at step(), before the update: with ``clip_in_place``, the
+        clip the optimizer is then not given; else None. ``install`` and ``install_agreed`` return it too."""
         found, scale = self.buffers()
         opt = self.optimizer
         opt.found_inf = found
-        if threshold > 0 and divisor and not self.clip_in_place:
+        clips = threshold > 0 and divisor
+        if clips and not self.clip_in_place:
             opt.grad_scale = scale
-        else:
-            opt.__dict__.pop("grad_scale", None)
-
-    def in_place_clip(self, threshold):
-        """What the caller runs at step() when ``clip_in_place`` keeps the divisor out of the
-        optimizer: divides every gradient by it, unless the step is skipped. None when there is
-        nothing to clip. One pass over the gradients on every step (only in that configuration)."""
-        if not (threshold > 0 and self.clip_in_place):
             return None
-        found, scale = self.buffers()
+        opt.__dict__.pop("grad_scale", None)
+        return self._divide_in_place if clips else None
 
-        def clip():
-            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if grads:  # a skipped step keeps its gradients (the optimizer leaves the weights alone anyway)
-                torch._foreach_mul_(grads, torch.where(found > 0, torch.ones_like(scale), scale.reciprocal()))
-        return clip
+    def _divide_in_place(self):
+        """Divides every gradient by the divisor unless the step is skipped (the optimizer leaves the
+        weights alone then anyway). One pass over the gradients."""
+        found, scale = self.buffers()
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, scale.reciprocal().masked_fill_(found > 0, 1.0))
 
     def flag(self, value):
         """A 0-d device tensor holding ``value`` (a fill kernel: no host->device copy, no sync)."""
