@@ -95,4 +95,3 @@ def test_a_report_nobody_releases_goes_after_the_hold_limit():
         assert q.rec.sent[0][1] - t0 >= 0.19
     finally:
         q.sender.close()
-
