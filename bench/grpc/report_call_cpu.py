@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""What one step report costs the Python client's calling thread: a unary ReportStep (what the client
+sends) against one long-lived StreamSteps stream in lock-step (one report out, its verdict back), on
+the client's Transport channel. Per report: the calling thread's CPU (``thread_time``, nearly all of it
+holding the GIL), the whole client process's CPU (grpcio's own threads too) and the wall time of the
+round trip. The issue 21 seventh pass's reason to try the stream (docs/benchmarks.md).
+
+Usage: python3 report_call_cpu.py --target unix:///tmp/tg.sock [--reports 1000] [--repeats 3] [--out r.json]
+"""
+import argparse
+import json
+import os
+import platform
+import queue
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb  # noqa: E402
+from trainguard.transport import Transport  # noqa: E402
+
+
+def measure(send, n, first):
+    """(calling thread µs, process µs, wall µs) per report over ``n`` reports from step ``first``."""
+    c0, p0, w0 = time.thread_time(), time.process_time(), time.perf_counter()
+    for step in range(first, first + n):
+        send(step)
+    return [round((time.thread_time() - c0) / n * 1e6, 1), round((time.process_time() - p0) / n * 1e6, 1),
+            round((time.perf_counter() - w0) / n * 1e6, 1)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", default="unix:///tmp/tg.sock")
+    ap.add_argument("--reports", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    t = Transport(a.target, deadline=5.0)
+    run = f"report-call-cpu-{os.getpid()}"
+    t.call("OpenRun", pb.OpenRunRequest(run_id=run, rank=0, world_size=1, trainer_instance="bench"))
+
+    def report(step):
+        return pb.StepReport(run_id=run, rank=0, step=step, loss=2.0 - step * 1e-6, grad_norm=1.0)
+
+    def unary(step):
+        t.call("ReportStep", pb.ReportStepRequest(report=report(step)))
+
+    requests = queue.SimpleQueue()
+    answers = t.channel.stream_stream(
+        "/trainguard.v1.TrainGuardService/StreamSteps", request_serializer=pb.StreamStepsRequest.SerializeToString,
+        response_deserializer=pb.StreamStepsResponse.FromString)(iter(requests.get, None))
+
+    def stream(step):
+        requests.put(pb.StreamStepsRequest(report=report(step)))
+        answer = next(answers)
+        if answer.error:
+            raise SystemExit(f"step {step} refused: {answer.error}")
+
+    step, rows = 0, {"unary": [], "stream": []}
+    for kind, send in (("unary", unary), ("stream", stream)):  # warm-up
+        measure(send, 100, step)
+        step += 100
+    for _ in range(a.repeats):  # interleaved
+        for kind, send in (("unary", unary), ("stream", stream)):
+            rows[kind].append(measure(send, a.reports, step))
+            step += a.reports
+    requests.put(None)
+    res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
+           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "reports": a.reports,
+           "columns": ["calling thread CPU us", "process CPU us", "wall us"], "per_report": rows}
+    print(json.dumps(res, indent=1))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+    t.close()
+
+
+if __name__ == "__main__":
+    main()
