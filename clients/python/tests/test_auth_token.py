@@ -53,3 +53,26 @@ def test_transport_unixSocketWithoutToken_accepted(sidecar, monkeypatch):
     monkeypatch.delenv("TRAINGUARD_TOKEN", raising=False)
     monkeypatch.setenv("TRAINGUARD_TOKEN_FILE", "/nonexistent")
     _open(Transport(sc.unix_target), "py-auth-uds")
+
+
+# Prevents: reports sent by the report process (report_process.py) going out without the token.
+def test_report_process_carriesTheToken_reportsAccepted(sidecar, monkeypatch):
+    from trainguard.report_process import ReportCallError, ReportProcess
+    sc, _ = sidecar
+    monkeypatch.delenv("TRAINGUARD_TOKEN", raising=False)
+    monkeypatch.setenv("TRAINGUARD_TOKEN_FILE", "/nonexistent")
+    _open(Transport(sc.target, token=TOKEN), "py-auth-child")
+    request = pb.ReportStepRequest(report=pb.StepReport(run_id="py-auth-child", step=0, loss=1.0)).SerializeToString()
+    anonymous = ReportProcess(sc.target)
+    try:
+        with pytest.raises(ReportCallError) as e:
+            anonymous.call(request, 10.0)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        anonymous.close()
+    child = ReportProcess(sc.target, token=TOKEN)
+    try:
+        answer = pb.ReportStepResponse.FromString(child.call(request, 10.0))
+        assert answer.verdict.step == 0
+    finally:
+        child.close()

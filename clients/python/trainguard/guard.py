@@ -6,12 +6,8 @@ Per step (between ``loss.backward()`` and ``optimizer.step()``)::
     guard.optimizer_step()             # steps optimizer/scaler/scheduler only if the verdict allows
 
 ``Guard`` is a façade: it holds the parts, picks the path of each step by the client state
-(``connection.ClientState``: ONLINE / GATED / OFFLINE / PAUSED) and applies the verdict. The
-device-gated step is in ``gated``, the host-path step in ``host_path``, measuring in ``measure``,
-the local decision rules in ``rules``, the StepReport in ``report``, applying verdicts in
-``apply`` / ``rollback`` / ``protect``, the sidecar's asynchronous answers in ``answers``,
-checkpoints in ``checkpointing``, recovery (snapshots, replay, LR cuts) in ``recovery``, gRPC in
-``transport``. See the module map in ``trainguard/__init__.py`` and docs/client.md.
+(``connection.ClientState``: ONLINE / GATED / OFFLINE / PAUSED) and applies the verdict. Where
+each part lives: the module map in ``trainguard/__init__.py``, and docs/client.md.
 """
 import contextlib
 import logging
@@ -24,11 +20,8 @@ import uuid
 import grpc
 import torch
 
-from . import answers
+from . import answers, checkpointing, client_state, host_path
 from . import apply as apply_
-from . import checkpointing
-from . import client_state
-from . import host_path
 from . import distributed as dist_agree
 from .connection import ClientState, Connection
 from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFiniteUpdate: public here)
@@ -37,6 +30,7 @@ from .gated import GatedPath, gate_wanted
 from .measure import DeviceGate, StepMeter
 from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
+from .report_process import for_transport
 from .run_setup import build_policy, check_choices  # noqa: F401  (build_policy: public here)
 from .stats import ModuleWatch, auto_watch
 from .transport import ReportSender, Transport
@@ -95,6 +89,8 @@ class Guard:
         steps, at most 4 per 1000 steps; False = off). Needs ``step(..., replay=fn)``.
       lr_restore: after a rollback's LR cut (trainguard.lrcut.LrPolicy or a dict): lift the cut after
         ``restore_after`` healthy steps over ``restore_steps`` steps. Default: keep the cut.
+      report_process: "auto" (default): on the device gate on CUDA the ReportStep call is made by a
+        child process (report_process.py), off this process's GIL. True / False: always / never.
     """
 
     def __init__(self, model, optimizer, run, *, target=None, scheduler=None, scaler=None,
@@ -102,8 +98,10 @@ class Guard:
                  rank=None, world_size=None, open_deadline=None, protect_update="auto",
                  master_weights=False, autocast_dtype=None, clipping_configured=False,
                  framework="torch", trainer_instance=None, warn_every=100, device_gate="auto",
-                 verdict_lag=1, grad_sync="auto", snapshots=True, replay=True, lr_restore=None):
-        check_choices(failure_mode=failure_mode, mode=mode, device_gate=device_gate, grad_sync=grad_sync)
+                 verdict_lag=1, grad_sync="auto", snapshots=True, replay=True, lr_restore=None,
+                 report_process="auto"):
+        check_choices(failure_mode=failure_mode, mode=mode, device_gate=device_gate, grad_sync=grad_sync,
+                      report_process=report_process)
         if optimizer is None:
             optimizer = ParametersOnly(model)
         self.model, self.optimizer, self.run = model, optimizer, run
@@ -170,7 +168,8 @@ class Guard:
         self.transport = Transport(target, deadline)
         self.connection = Connection(self.transport, failure_mode, self.deadline, warn_every, self.counters)
         answers.open_run(self, open_deadline if open_deadline is not None else max(10.0, self.deadline))
-        self.sender = ReportSender(self.transport, lambda fut: answers.on_report_result(self, fut))
+        self.sender = ReportSender(self.transport, lambda fut: answers.on_report_result(self, fut),
+                                   process=for_transport(report_process, self.transport, self.device_gate, self.device))
 
     @property
     def scaler_on(self):

@@ -78,7 +78,7 @@ def open_request(guard):
 
 
 _CHOICES = {"failure_mode": ("open", "closed"), "mode": ("async", "sync"), "device_gate": ("auto", True, False),
-            "grad_sync": ("auto", "replicated", "sharded")}
+            "grad_sync": ("auto", "replicated", "sharded"), "report_process": ("auto", True, False)}
 
 
 def check_choices(**args):

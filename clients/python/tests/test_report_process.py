@@ -1,0 +1,167 @@
+"""Reports sent from a child process (report_process.py), against the real sidecar: every step still
+reaches it in order, verdicts still come back, a killed child is replaced without losing a report,
+the child never outlives the trainer, and where no child can start the reports go in-process."""
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import grpc
+import pytest
+import torch
+
+from trainguard import Action, TrainingHalted
+from trainguard import report_process
+from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
+from trainguard.connection import in_words
+from trainguard.guard import Guard
+from trainguard.report_process import ReportCallError, ReportProcess
+from fake_sidecar import FakeSidecar
+from models import MLP, batch, weights_finite
+
+pytestmark = pytest.mark.torch2  # the device gate on the CPU needs fused AdamW (torch >= 2.4)
+
+
+def make_guard(target, run, **kw):
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    g = Guard(model, opt, f"{run}-{os.getpid()}", target=target, device_gate=True, report_process=True,
+              deadline=5.0, **kw)
+    return g, model, opt
+
+
+def train(g, model, opt, steps, nan_at=()):
+    verdicts = []
+    for s in steps:
+        x, y = batch(s)
+        if s in nan_at:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        verdicts.append(g.step(s, loss))
+        g.optimizer_step()
+        opt.zero_grad()
+    return verdicts
+
+
+def reported(g):
+    return g.transport.call("GetRun", pb.GetRunRequest(run_id=g.run)).run.steps_reported
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def test_reports_go_through_a_child_process_and_reach_the_sidecar(sidecar):
+    g, model, opt = make_guard(sidecar.target, "child-reports")
+    train(g, model, opt, range(30), nan_at={12})
+    assert g.flush(10)
+    child = g.sender.process.pid
+    assert child is not None and child != os.getpid() and alive(child)
+    assert reported(g) == 30
+    assert g.counters["device_gated_steps"] == 30 and g.counters["skips"] == 1
+    assert g.counters["sidecar_failures"] == 0
+    assert weights_finite(model)
+    g.close()
+    assert not alive(child)  # closed with the guard
+
+
+def test_a_halt_verdict_through_the_child_is_applied_at_the_next_step():
+    fake = FakeSidecar(max_grad_norm=100.0, clip=1.0)
+    fake.start()
+    try:
+        g, model, opt = make_guard(fake.target, "child-halt")
+        fake.force[2] = pb.Action.Value("ACTION_HALT")  # for step 2, decided by the sidecar after the fact
+        vs = train(g, model, opt, range(3))
+        assert all(v.action == Action.APPLY and v.device_gated for v in vs)
+        with pytest.raises(TrainingHalted):
+            train(g, model, opt, [3])
+        assert [r.step for r in fake.reports] == [0, 1, 2]
+        g.close()
+    finally:
+        fake.stop()
+
+
+def test_a_killed_report_process_is_replaced_and_no_report_is_lost(sidecar):
+    g, model, opt = make_guard(sidecar.target, "child-killed")
+    train(g, model, opt, range(10))
+    assert g.flush(10)
+    first = g.sender.process.pid
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while g.sender.process.pid is not None and time.monotonic() < deadline:  # gone, every thread of it
+        time.sleep(0.01)
+    train(g, model, opt, range(10, 20))
+    assert g.flush(10)
+    assert g.sender.process.starts == 2 and g.sender.process.pid not in (None, first)
+    assert (reported(g), g.counters["sidecar_failures"]) == (20, 0), g.counters
+    g.close()
+
+
+def test_the_report_process_exits_when_the_trainer_is_killed(sidecar):
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path[:0] = {sys.path!r}
+        from trainguard.report_process import ReportProcess
+        from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
+        proc = ReportProcess({sidecar.target!r})
+        try:
+            proc.call(pb.ReportStepRequest(report=pb.StepReport(run_id="no-such-run")).SerializeToString(), 5.0)
+        except Exception:
+            pass  # the run does not exist: the child is up, which is all this needs
+        print(proc.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    child = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
+
+
+def test_where_no_child_can_start_reports_are_sent_in_process(sidecar, monkeypatch, caplog):
+    monkeypatch.setattr(report_process.sys, "executable", "/nonexistent/python3")
+    g, model, opt = make_guard(sidecar.target, "child-cannot-start")
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        train(g, model, opt, range(8))
+        assert g.flush(10)
+    assert not g.sender.process.usable
+    assert "reports are sent from the training process instead" in caplog.text
+    assert reported(g) == 8 and g.counters["sidecar_failures"] == 0
+    g.close()
+
+
+def test_a_wrong_target_fails_as_unreachable_in_words(tmp_path):
+    proc = ReportProcess("unix://" + str(tmp_path / "nothing.sock"))
+    try:
+        with pytest.raises(ReportCallError) as e:
+            proc.call(pb.ReportStepRequest(report=pb.StepReport(run_id="r")).SerializeToString(), 1.0)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "nothing answered there" in in_words(e.value, 1.0)
+        assert proc.usable  # the child runs; it is the sidecar that is not there
+    finally:
+        proc.close()
+
+
+def test_auto_uses_a_child_on_the_cuda_device_gate_only(monkeypatch):
+    monkeypatch.delenv("TRAINGUARD_REPORT_PROCESS", raising=False)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert report_process.wanted("auto", True, cuda) == (os.name == "posix")
+    assert not report_process.wanted("auto", False, cuda) and not report_process.wanted("auto", True, cpu)
+    assert report_process.wanted(True, False, cpu) and not report_process.wanted(False, True, cuda)
+    monkeypatch.setenv("TRAINGUARD_REPORT_PROCESS", "0")
+    assert not report_process.wanted("auto", True, cuda)
+    with pytest.raises(ValueError, match="report_process must be"):
+        Guard(MLP(), None, "bad-choice", target="unix:///nowhere.sock", report_process="yes")
