@@ -12,6 +12,8 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   tg_wrap      trainguard through the optimizer wrapper: guard.step(step, loss); opt.step() on guard.wrap(opt)
   tg_nowatch   trainguard without module watch hooks (watch=[]): what the per-block provenance costs
   tg_nosnap    trainguard with in-memory snapshots off: what the snapshots cost
+  tg_inproc    trainguard with report_process=False: the ReportStep call made by the sender thread in
+               the training process (before issue 21's eighth pass), not by the report process
   tg_host      trainguard with device_gate=False: the host path (one device read per step), as every
                run with a non-fused optimizer or protect_update takes it
   naive        clip_grad_norm_(1.0) + one .item() host sync per step
@@ -140,6 +142,8 @@ def main():
                     kw["watch"] = []
                 if name == "tg_nosnap":
                     kw["snapshots"] = False
+                if name == "tg_inproc":  # the ReportStep call made by the sender thread, not a child process
+                    kw["report_process"] = False
                 if name == "tg_scaler":
                     kw["scaler"] = tg_scaler
                 pair(name)

@@ -1,0 +1,165 @@
+"""Where the report thread's CPU goes in a launch-bound compiled loop: the guarded GPT-2 small loop
+of overhead.py (compiled, batch 8, device gate, verdict_lag=1) for ``--steps`` steps, with the
+sender thread's pieces timed on that thread (thread CPU and wall): the deferred build (the event
+wait, the host copy read, the report built), the ReportStep call (made in this process, or by the
+report process with TRAINGUARD_REPORT_PROCESS unset or 1), the answer applied; and the training
+thread's CPU and context switches per step, to set beside the sender's CPU. ``--unguarded``: the
+same loop without a guard.
+
+Usage: python sender_probe.py [--target unix:///tmp/tg.sock] [--steps 300] [--out FILE.json]
+"""
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import warnings
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
+sys.path.insert(0, HERE)
+from gpt_model import GPT, GPT2_SMALL  # noqa: E402
+from trainguard.guard import Guard  # noqa: E402
+
+
+class ThreadPieces:
+    """Thread CPU and wall seconds of wrapped calls, per label, on whichever thread runs them."""
+
+    def __init__(self):
+        self.acc = {}  # label -> [calls, cpu s, wall s]
+        self.on = False
+
+    def wrap(self, obj, attr, label):
+        fn = getattr(obj, attr)
+
+        def timed(*args, **kw):
+            if not self.on:
+                return fn(*args, **kw)
+            c, w = time.thread_time(), time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                a = self.acc.setdefault(label, [0, 0.0, 0.0])
+                a[0] += 1
+                a[1] += time.thread_time() - c
+                a[2] += time.perf_counter() - w
+        setattr(obj, attr, timed)
+
+    def per_step_us(self, steps):
+        return {k: {"calls": n, "cpu_us": cpu / steps * 1e6, "wall_us": wall / steps * 1e6}
+                for k, (n, cpu, wall) in self.acc.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", default="unix:///tmp/tg.sock")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--unguarded", action="store_true", help="the same loop without a guard (main thread only)")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    dev = torch.device("cuda", 0)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    model = GPT(**GPT2_SMALL).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
+    g = None if a.unguarded else Guard(model, opt, f"sender-probe-{os.getpid()}", target=a.target, deadline=2.0, device_gate="auto",
+              autocast_dtype=torch.bfloat16, watch="auto", verdict_lag=1)
+    fwd = model if a.eager else torch.compile(model)
+    pieces = ThreadPieces()
+    if g is not None:
+        instrument(g, pieces)
+    data = [torch.randint(0, GPT2_SMALL["vocab"], (a.batch, GPT2_SMALL["seq"] + 1), device=dev) for _ in range(4)]
+    data = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in data]
+
+    def steps(n, start):
+        for i in range(start, start + n):
+            x, y = data[i % 4]
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = fwd(x, y)
+            loss.backward()
+            if g is None:
+                opt.step()
+            else:
+                g.step(i, loss)
+                g.optimizer_step()
+            opt.zero_grad(set_to_none=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        steps(20, 0)
+        if g is not None:
+            g.flush(10)
+        torch.cuda.synchronize()
+        sender = time.pthread_getcpuclockid(g.sender._thread.ident) if g is not None else None
+        main_clock = time.pthread_getcpuclockid(threading.get_ident())
+        s0 = time.clock_gettime(sender) if sender is not None else 0.0
+        m0, t0, sched0 = time.clock_gettime(main_clock), time.perf_counter(), schedstat()
+        pieces.on = True
+        steps(a.steps, 20)
+        launched = time.perf_counter()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        pieces.on = False
+        s1 = time.clock_gettime(sender) if sender is not None else 0.0
+        m1, sched1 = time.clock_gettime(main_clock), schedstat()
+        if g is not None:
+            g.flush(10)
+    res = {"torch": torch.__version__, "compiled": not a.eager, "guarded": g is not None, "batch": a.batch,
+           "steps": a.steps, "step_ms": wall / a.steps * 1e3, "launch_ms": (launched - t0) / a.steps * 1e3,
+           "main_cpu_us_per_step": (m1 - m0) / a.steps * 1e6,
+           "main_runqueue_wait_us_per_step": (sched1[1] - sched0[1]) / 1e3 / a.steps,
+           "main_switches_per_step": {k: (sched1[2][k] - sched0[2][k]) / a.steps for k in sched1[2]},
+           "sender_cpu_us_per_step": (s1 - s0) / a.steps * 1e6, "pieces": pieces.per_step_us(a.steps),
+           "gate_graph": dict(g.gated.graphs.counters) if g is not None else None}
+    print(json.dumps(res, indent=1), flush=True)
+    if g is not None:
+        g.close()
+    if a.out:
+        with open(os.path.join(os.environ.get("OUT", "."), a.out), "w") as f:
+            json.dump(res, f, indent=1)
+
+
+def schedstat():
+    """The training thread's (cpu ns, run-queue wait ns, {voluntary, involuntary} context switches)."""
+    tid = threading.get_native_id()
+    with open(f"/proc/self/task/{tid}/schedstat") as f:
+        cpu, wait, _ = (int(x) for x in f.read().split())
+    switches = {}
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                k, v = line.split(":")
+                switches[k] = int(v)
+    return cpu, wait, switches
+
+
+def instrument(g, pieces):
+    """Times the sender thread's pieces of ``g``."""
+    pieces.wrap(g.sender, "_call", "report_call")  # the gRPC call, in this process or through the child
+    pieces.wrap(g.sender, "_on_result", "on_result")
+    pieces.wrap(g.gated, "_report", "report_logic_and_build")
+    pieces.wrap(g.gated, "await_verdicts", "main_await_verdicts")
+    original_submit = g.sender.submit_deferred
+
+    def submit_deferred(step, build, generation, hold=False):  # times the whole deferred build
+        def timed_build():
+            if not pieces.on:
+                return build()
+            c, w = time.thread_time(), time.perf_counter()
+            try:
+                return build()
+            finally:
+                acc = pieces.acc.setdefault("deferred_build", [0, 0.0, 0.0])
+                acc[0] += 1
+                acc[1] += time.thread_time() - c
+                acc[2] += time.perf_counter() - w
+        return original_submit(step, timed_build, generation, hold)
+    g.sender.submit_deferred = submit_deferred
+
+if __name__ == "__main__":
+    main()
