@@ -36,6 +36,7 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   rng.py           the RNG state a step depends on (capture, compare, restore): audit and replay
   distributed.py   cross-rank agreement on the verdict
   transport.py     gRPC stubs, deadlines, the ordered ReportSender thread
+  report_process.py  the ReportStep call made by a child process (off the training process's GIL)
   verdict.py, errors.py   the plain-Python types user code sees
   testing.py       Sidecar: launches the sidecar jar (tests, examples; jar from TRAINGUARD_JAR or jar=)
   wrap.py          guard.wrap(optimizer) / guard.wrap(scheduler), ParametersOnly (manual update loops)
