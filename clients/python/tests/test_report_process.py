@@ -108,6 +108,30 @@ def test_a_killed_report_process_is_replaced_and_no_report_is_lost(sidecar):
     g.close()
 
 
+def test_a_report_in_flight_when_the_child_dies_counts_as_a_failed_call_and_the_next_goes_through():
+    fake = FakeSidecar(max_grad_norm=100.0, clip=1.0)
+    fake.start()
+    try:
+        g, model, opt = make_guard(fake.target, "child-dies-mid-call")
+        train(g, model, opt, range(5))
+        assert g.flush(10)
+        first = g.sender.process.pid
+        fake.delay = 2.0  # the next report stays in the child's call
+        train(g, model, opt, [5])
+        time.sleep(0.5)
+        os.kill(first, signal.SIGKILL)
+        fake.delay = 0.0
+        train(g, model, opt, range(6, 10))  # step 6 waits for step 5's verdict: the call failed
+        assert g.flush(10)
+        assert g.counters["sidecar_failures"] == 1  # step 5's report, as an unanswered call would be
+        assert g.sender.process.starts == 2
+        assert [r.step for r in fake.reports if r.step >= 6] == [6, 7, 8, 9]
+        assert weights_finite(model)
+        g.close()
+    finally:
+        fake.stop()
+
+
 def test_the_report_process_exits_when_the_trainer_is_killed(sidecar):
     script = textwrap.dedent(f"""
         import os, signal, sys

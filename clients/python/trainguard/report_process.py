@@ -36,10 +36,11 @@ OK, FAILED = 0, 1
 
 def wanted(choice, device_gate, device):
     """Whether reports go through a child process: ``choice`` True/False, or "auto": on the device
-    gate on CUDA (where the training thread must not wait for the GIL), on POSIX. The environment's
-    TRAINGUARD_REPORT_PROCESS=0/1 decides "auto" (benchmarks compare both)."""
+    gate on CUDA (where the training thread must not wait for the GIL). POSIX only (the parent
+    waits on the pipe in select()). The environment's TRAINGUARD_REPORT_PROCESS=0/1 decides "auto"
+    (benchmarks compare both)."""
     if choice != "auto":
-        return bool(choice)
+        return bool(choice) and os.name == "posix"
     env = os.environ.get("TRAINGUARD_REPORT_PROCESS")
     if env is not None:
         return env != "0"
