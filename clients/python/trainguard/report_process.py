@@ -94,12 +94,13 @@ class ReportProcess:
         with self._lock:
             proc = self._sendable_child()
             try:
+                frame = _REQ.pack(len(request), deadline) + request
                 try:
-                    os.write(proc.stdin.fileno(), _REQ.pack(len(request), deadline) + request)
+                    _write_all(proc.stdin.fileno(), frame)
                 except BrokenPipeError:  # it died between calls: nothing was sent, so a fresh one sends it
                     self._stop()
                     proc = self._start()
-                    os.write(proc.stdin.fileno(), _REQ.pack(len(request), deadline) + request)
+                    _write_all(proc.stdin.fileno(), frame)
                 status, payload = self._read_frame(proc, deadline + self.MARGIN_S)
             except (OSError, EOFError) as e:  # the child died (or its pipe broke): a fresh one next time
                 self._stop()
@@ -137,7 +138,7 @@ class ReportProcess:
             proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path)], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, close_fds=True)
             self._proc = proc
-            os.write(proc.stdin.fileno(), struct.pack(">I", len(self._settings)) + self._settings)
+            _write_all(proc.stdin.fileno(), struct.pack(">I", len(self._settings)) + self._settings)
             status, _ = self._read_frame(proc, self.START_S)
             if status != OK:
                 raise OSError("it could not open a channel")
@@ -174,6 +175,12 @@ class ReportProcess:
         return status, _read_exact(fd, n, timeout)
 
 
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _read_exact(fd, n, timeout):
     """``n`` bytes from ``fd``, waiting in select (which releases the GIL) at most ``timeout`` s."""
     out = bytearray()
@@ -203,7 +210,7 @@ def child_main():
         return bytes(out)
 
     def answer(status, payload):
-        os.write(stdout, _RESP.pack(len(payload), status) + payload)
+        _write_all(stdout, _RESP.pack(len(payload), status) + payload)
 
     settings = json.loads(read(struct.unpack(">I", read(4))[0]))
     channel = grpc.insecure_channel(settings["target"], options=[tuple(o) for o in settings["options"]])
