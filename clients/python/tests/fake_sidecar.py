@@ -20,6 +20,7 @@ class FakeSidecar:
         self.refuse = refuse
         self.reports, self.validations, self.checkpoints, self.inspected = [], [], [], []
         self.skips = 0
+        self.in_call = threading.Event()  # set when a ReportStep call arrives (before any delay)
         self.incidents = 0
         self.force = {}  # step -> Action (scripted verdicts)
         self._lock = threading.Lock()
@@ -62,6 +63,7 @@ class FakeSidecar:
         return pb.OpenRunResponse(run=pb.Run(run_id=req.run_id), bounds=self.bounds())
 
     def report_step(self, req, ctx):
+        self.in_call.set()
         if self.delay:
             time.sleep(self.delay)
         r = req.report

@@ -1,8 +1,11 @@
-"""Reports sent from a child process (report_process.py), against the real sidecar: every step still
-reaches it in order, verdicts still come back, a killed child is replaced without losing a report,
-the child never outlives the trainer, and where no child can start the reports go in-process."""
+"""Reports sent from a child process (report_process.py). Against the real sidecar: every step still
+reaches it in order, a killed child is replaced without losing a report, the child never outlives
+the trainer (killed, or with forked workers), a hung child is given up, and where no child can start
+the reports go in-process. Against the Python stand-in (fake_sidecar.py), which can script a verdict
+and hold a call: a HALT through the child, a child that dies mid-call."""
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from trainguard import report_process
 from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
 from trainguard.connection import in_words
 from trainguard.guard import Guard
-from trainguard.report_process import ReportCallError, ReportProcess
+from trainguard.report_process import NotStarted, ReportCallError, ReportProcess
 from fake_sidecar import FakeSidecar
 from models import MLP, batch, weights_finite
 
@@ -101,6 +104,7 @@ def test_a_killed_report_process_is_replaced_and_no_report_is_lost(sidecar):
     deadline = time.monotonic() + 5
     while g.sender.process.pid is not None and time.monotonic() < deadline:  # gone, every thread of it
         time.sleep(0.01)
+    assert g.sender.process.pid is None  # dead before the next report: that report starts a fresh one
     train(g, model, opt, range(10, 20))
     assert g.flush(10)
     assert g.sender.process.starts == 2 and g.sender.process.pid not in (None, first)
@@ -117,8 +121,9 @@ def test_a_report_in_flight_when_the_child_dies_counts_as_a_failed_call_and_the_
         assert g.flush(10)
         first = g.sender.process.pid
         fake.delay = 2.0  # the next report stays in the child's call
+        fake.in_call.clear()
         train(g, model, opt, [5])
-        time.sleep(0.5)
+        assert fake.in_call.wait(10)
         os.kill(first, signal.SIGKILL)
         fake.delay = 0.0
         train(g, model, opt, range(6, 10))  # step 6 waits for step 5's verdict: the call failed
@@ -189,3 +194,106 @@ def test_auto_uses_a_child_on_the_cuda_device_gate_only(monkeypatch):
     assert not report_process.wanted("auto", True, cuda)
     with pytest.raises(ValueError, match="report_process must be"):
         Guard(MLP(), None, "bad-choice", target="unix:///nowhere.sock", report_process="yes")
+
+
+def open_run(target, run):
+    from trainguard.transport import Transport
+    t = Transport(target)
+    t.call("OpenRun", pb.OpenRunRequest(run_id=run, world_size=1, trainer_instance="t"), deadline=10)
+    t.close()
+    return pb.ReportStepRequest(report=pb.StepReport(run_id=run, step=0, loss=1.0)).SerializeToString()
+
+
+def answered(proc, request):
+    return pb.ReportStepResponse.FromString(proc.call(request, 10.0)).verdict.step == 0
+
+
+def test_a_hung_child_is_given_up_after_the_deadline_and_replaced(sidecar):
+    request = open_run(sidecar.target, f"child-hung-{os.getpid()}")
+    proc = ReportProcess(sidecar.target)
+    proc.MARGIN_S = 0.5
+    try:
+        proc.start()
+        hung = proc.pid
+        os.kill(hung, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(ReportCallError) as e:
+            proc.call(request, 0.2)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "did not answer" in e.value.details()
+        assert time.monotonic() - t0 < 5
+        assert not alive(hung)  # stopped, not left behind
+        assert answered(proc, request) and proc.starts == 2
+    finally:
+        proc.close()
+
+
+def test_pipes_above_fd_1024_work(sidecar):
+    request = open_run(sidecar.target, f"child-fds-{os.getpid()}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # a trainer with many files open
+    proc = ReportProcess(sidecar.target)
+    try:
+        assert answered(proc, request)
+        assert min(proc._proc.stdin.fileno(), proc._proc.stdout.fileno()) >= 1024
+    finally:
+        proc.close()
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_after_close_nothing_is_started_again(sidecar):
+    request = open_run(sidecar.target, f"child-closed-{os.getpid()}")
+    proc = ReportProcess(sidecar.target)
+    assert answered(proc, request)
+    child = proc.pid
+    proc.close()
+    assert not alive(child)
+    with pytest.raises(NotStarted):
+        proc.call(request, 1.0)
+    assert proc.pid is None and proc.starts == 1
+
+
+def test_what_the_child_interpreter_prints_never_reaches_the_answers(sidecar, tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text("print('noise on stdout ' * 50)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # imported by the child's interpreter at start-up
+    request = open_run(sidecar.target, f"child-noise-{os.getpid()}")
+    proc = ReportProcess(sidecar.target)
+    try:
+        assert answered(proc, request) and answered(proc, request)
+    finally:
+        proc.close()
+
+
+def test_a_forked_worker_does_not_keep_the_child_alive(sidecar):
+    proc = ReportProcess(sidecar.target)
+    proc.start()
+    child = proc.pid
+    worker = os.fork()  # as a DataLoader worker would be
+    if worker == 0:
+        time.sleep(3)
+        os._exit(0)
+    try:
+        popen = proc._proc
+        proc.close()
+        assert popen.returncode == 0  # it saw its stdin close and exited; it was not killed after a wait
+        assert not alive(child)
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        os.waitpid(worker, 0)
+
+
+def test_failed_restarts_after_a_working_child_send_in_process_and_lose_nothing(sidecar, monkeypatch):
+    g, model, opt = make_guard(sidecar.target, "child-restarts-fail")
+    train(g, model, opt, range(3))
+    assert g.flush(10)
+    monkeypatch.setattr(report_process.sys, "executable", "/nonexistent/python3")
+    os.kill(g.sender.process.pid, signal.SIGKILL)
+    while g.sender.process.pid is not None:
+        time.sleep(0.01)
+    train(g, model, opt, range(3, 8))
+    assert g.flush(10)
+    assert reported(g) == 8 and g.counters["sidecar_failures"] == 0
+    assert not g.sender.process.usable and g.sender.process.starts == 1  # given up after three tries
+    g.close()

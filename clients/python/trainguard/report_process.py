@@ -5,24 +5,27 @@ microsecond another thread of the training process holds the GIL is a microsecon
 launch kernels. The ReportStep call was most of the report thread's work there: 470-510 us of its
 790-850 us of CPU per step on the H200 host (bench/gpu/sender_probe.py). Here the sender thread
 hands the serialised request to a child process through a pipe and waits for the answer in
-``select`` (no GIL); the child, which imports only grpc, makes the call. The report is still built,
-and its answer applied, by the sender thread (the device's statistics and the guard's state live
-here); only the transport moved.
+``poll`` (no GIL); the child, which imports grpc and this package (not torch), makes the call. The
+report is still built, and its answer applied, by the sender thread (the device's statistics and
+the guard's state live here); only the transport moved.
 
-Protocol on the child's stdin/stdout: a first frame with the channel's settings (JSON: target,
-token, options), then one request frame per call, ``>Id`` (length, deadline seconds) + the request
-bytes, answered by ``>IB`` (length, status) + the response bytes (status 0) or ``CODE\\ndetails``
-of a failed call (status 1). The child exits when its stdin closes, so it never outlives the
-trainer.
+Protocol on the child's stdin/stdout: a first frame with the settings (JSON: sys.path, target,
+token, channel options), answered by the line ``READY`` once the channel is open (anything the
+interpreter printed before it is skipped; after it the child's fd 1 points at its stderr). Then one
+request frame per call, ``>Id`` (length, deadline seconds) + the request bytes, answered by ``>IB``
+(length, status) + the response bytes (status 0) or ``CODE\\ndetails`` of a failed call (status 1).
+The child exits when its stdin closes: when the trainer closes it, exits or is killed.
 """
 import json
 import logging
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
 import threading
+import weakref
 
 import grpc
 
@@ -30,28 +33,42 @@ log = logging.getLogger("trainguard")
 
 _REQ = struct.Struct(">Id")
 _RESP = struct.Struct(">IB")
+_LEN = struct.Struct(">I")
+_READY = b"TRAINGUARD-REPORT-PROCESS-READY\n"
 _METHOD = "/trainguard.v1.TrainGuardService/ReportStep"
 OK, FAILED = 0, 1
+# The child's first lines, run before anything else is imported: fd 1 (the answers) is kept aside and
+# pointed at stderr, so no print of the interpreter, grpc or a .pth file can reach the pipe.
+_BOOT = ("import os, sys, json, struct; out = os.dup(1); os.dup2(2, 1); "
+         "n = b''\nwhile len(n) < 4:\n    c = os.read(0, 4 - len(n))\n    n += c\n    if not c: sys.exit(0)\n"
+         "n = struct.unpack('>I', n)[0]; s = b''\nwhile len(s) < n:\n    c = os.read(0, n - len(s))\n"
+         "    s += c\n    if not c: sys.exit(0)\nsettings = json.loads(s); sys.path[:0] = settings['path']\n"
+         "from trainguard.report_process import child_main; child_main(out, settings)\n")
+_OFF = ("0", "false", "no", "off")
 
 
 def wanted(choice, device_gate, device):
     """Whether reports go through a child process: ``choice`` True/False, or "auto": on the device
-    gate on CUDA (where the training thread must not wait for the GIL). POSIX only (the parent
-    waits on the pipe in select()). The environment's TRAINGUARD_REPORT_PROCESS=0/1 decides "auto"
-    (benchmarks compare both)."""
+    gate on CUDA (where the training thread must not wait for the GIL). POSIX only. The environment's
+    TRAINGUARD_REPORT_PROCESS (0/false/no/off, else on) decides "auto" (benchmarks compare both)."""
+    if os.name != "posix":
+        return False
     if choice != "auto":
-        return bool(choice) and os.name == "posix"
+        return bool(choice)
     env = os.environ.get("TRAINGUARD_REPORT_PROCESS")
     if env is not None:
-        return env != "0"
-    return bool(device_gate) and device.type == "cuda" and os.name == "posix"
+        return env.strip().lower() not in _OFF
+    return bool(device_gate) and device.type == "cuda"
 
 
 def for_transport(choice, transport, device_gate, device):
-    """The ReportProcess for ``transport``'s target, or None where reports are sent in-process."""
+    """The ReportProcess for ``transport``'s target, started (so the first report does not wait for
+    an interpreter to start), or None where reports are sent in-process."""
     if not wanted(choice, device_gate, device):
         return None
-    return ReportProcess(transport.target, transport.token, transport.options)
+    proc = ReportProcess(transport.target, transport.token, transport.options)
+    proc.start()
+    return proc
 
 
 class ReportCallError(grpc.RpcError):
@@ -72,49 +89,88 @@ class ReportCallError(grpc.RpcError):
         return f"{self._code.name}: {self._details}"
 
 
+class NotStarted(ReportCallError):
+    """No child could be started for this call: nothing was sent, so the caller sends it itself."""
+
+
+_LIVE = weakref.WeakSet()  # every ReportProcess: a forked process must not keep their pipes open
+
+
+def _forget_in_forked_child():
+    # A fork (a DataLoader worker) inherits the pipes. Holding the child's stdin open would keep the
+    # child alive after the trainer is gone, so the copy closes them and never uses the child.
+    for proc in list(_LIVE):
+        proc._abandon()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_forked_child)
+
+
 class ReportProcess:
     """The parent's side: ``call(request_bytes, deadline) -> response bytes`` through the child.
     Used by one thread at a time (the sender). A child that dies or stops answering is killed and
-    started afresh on the next call; one that cannot start at all turns ``usable`` off, and the
-    sender then calls in-process."""
+    started afresh on the next call. Where none can be started, ``call`` raises ``NotStarted`` (the
+    caller sends that report itself); after the first start fails, or three in a row, ``usable`` is
+    off for good."""
 
     START_S = 20.0      # the longest a new child may take to import grpc and say it is ready
     MARGIN_S = 2.0      # beyond a call's deadline before a silent child is given up
     MAX_FAILED_STARTS = 3
+    MAX_NOISE = 1 << 16  # bytes the interpreter may print before READY
 
     def __init__(self, target, token=None, options=()):
-        self._settings = json.dumps({"target": target, "token": token, "options": list(options)}).encode()
+        self._settings = {"target": target, "token": token, "options": [list(o) for o in options]}
         self._proc = None
         self._failed_starts = 0
+        self._closed = False
+        self._sigpipe_blocked = set()  # threads that write to the pipe with SIGPIPE blocked
         self.usable = True
-        self.starts = 0
+        self.starts = 0  # children that came up
         self._lock = threading.Lock()
+        _LIVE.add(self)
+
+    def start(self):
+        """Starts the child now; False (and a warning) where it cannot start."""
+        with self._lock:
+            try:
+                self._sendable_child()
+                return True
+            except NotStarted:
+                return False
 
     def call(self, request: bytes, deadline: float) -> bytes:
         with self._lock:
+            self._block_sigpipe()
             proc = self._sendable_child()
+            frame = _REQ.pack(len(request), deadline) + request
             try:
-                frame = _REQ.pack(len(request), deadline) + request
                 try:
                     _write_all(proc.stdin.fileno(), frame)
                 except BrokenPipeError:  # it died between calls: nothing was sent, so a fresh one sends it
                     self._stop()
-                    proc = self._start()
+                    proc = self._sendable_child()
                     _write_all(proc.stdin.fileno(), frame)
                 status, payload = self._read_frame(proc, deadline + self.MARGIN_S)
-            except (OSError, EOFError) as e:  # the child died (or its pipe broke): a fresh one next time
-                self._stop()
-                raise ReportCallError(grpc.StatusCode.UNAVAILABLE, f"the report process exited ({e})") from None
             except TimeoutError:
+                self._stop(kill=True)
+                raise ReportCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "the report process did not answer "
+                                      f"within {deadline + self.MARGIN_S:.1f}s; it was stopped") from None
+            except (OSError, EOFError) as e:
                 self._stop()
-                raise ReportCallError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      f"the report process did not answer within {deadline + self.MARGIN_S:.1f}s") from None
+                raise ReportCallError(grpc.StatusCode.UNAVAILABLE, f"the report process exited ({_reason(e)})") from None
+            except BaseException:  # whatever it is, a child with an answer nobody read must not serve the next call
+                self._stop()
+                raise
         if status == OK:
             return payload
         code, _, details = payload.decode("utf-8", "replace").partition("\n")
         raise ReportCallError(getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN), details)
 
     def close(self):
+        """Stops the child for good: a later call raises NotStarted and starts nothing."""
+        self._closed = True
+        self.usable = False
         with self._lock:
             self._stop()
 
@@ -127,52 +183,78 @@ class ReportProcess:
     def _sendable_child(self):
         if self._proc is not None and self._proc.poll() is not None:  # it died since the last call
             self._stop()
-        return self._proc or self._start()
+        if self._proc is not None:
+            return self._proc
+        if self._closed or not self.usable:
+            raise NotStarted(grpc.StatusCode.CANCELLED, "the report process is closed")
+        return self._start()
 
     def _start(self):
-        # The child gets this interpreter and this sys.path (the package and grpc may have been put
-        # there by the program, not by the environment).
-        code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
-                "from trainguard.report_process import child_main; child_main()")
         try:
-            proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, close_fds=True)
+            proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    close_fds=True)
             self._proc = proc
-            _write_all(proc.stdin.fileno(), struct.pack(">I", len(self._settings)) + self._settings)
-            status, _ = self._read_frame(proc, self.START_S)
-            if status != OK:
-                raise OSError("it could not open a channel")
-        except (OSError, EOFError, TimeoutError) as e:
+            settings = json.dumps(dict(self._settings, path=sys.path)).encode()
+            _write_all(proc.stdin.fileno(), _LEN.pack(len(settings)) + settings)
+            _await_ready(proc.stdout.fileno(), self.START_S, self.MAX_NOISE)
+        except BaseException as e:
             self._stop()
+            if not isinstance(e, Exception):
+                raise
             self._failed_starts += 1
             if self.starts == 0 or self._failed_starts >= self.MAX_FAILED_STARTS:  # never worked, or no longer
                 self.usable = False
                 log.warning("trainguard: the report process could not start (%s); reports are sent from the "
-                            "training process instead", e)
-            raise ReportCallError(grpc.StatusCode.UNAVAILABLE, f"the report process could not start ({e})") from None
+                            "training process instead", _reason(e))
+            raise NotStarted(grpc.StatusCode.UNAVAILABLE, f"the report process could not start ({_reason(e)})") from None
         self._failed_starts = 0
-        self.starts += 1  # children that came up
+        self.starts += 1
         return proc
 
-    def _stop(self):
+    def _stop(self, kill=False):
         proc, self._proc = self._proc, None
         if proc is None:
             return
         try:
+            if kill:  # it stopped answering: no point waiting for it to read the end of its input
+                proc.kill()
             proc.stdin.close()  # the child's read ends: it exits
-            proc.wait(1.0)
+            proc.wait(2.0)
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
         finally:
             proc.stdout.close()
 
+    def _abandon(self):
+        """In a forked copy of the trainer: close this copy's ends of the pipes, never use the child."""
+        proc, self._proc = self._proc, None
+        self._closed, self.usable = True, False
+        self._lock = threading.Lock()  # the parent's lock may have been held at the fork
+        if proc is not None:
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    os.close(f.fileno())
+                except (OSError, ValueError):
+                    pass
+
+    def _block_sigpipe(self):
+        # A writer thread with SIGPIPE blocked gets EPIPE from a dead child instead of a signal,
+        # which a program that restored SIGPIPE's default would die of.
+        me = threading.get_ident()
+        if me not in self._sigpipe_blocked and hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+            self._sigpipe_blocked.add(me)
+
     @staticmethod
     def _read_frame(proc, timeout):
         fd = proc.stdout.fileno()
-        head = _read_exact(fd, _RESP.size, timeout)
-        n, status = _RESP.unpack(head)
+        n, status = _RESP.unpack(_read_exact(fd, _RESP.size, timeout))
         return status, _read_exact(fd, n, timeout)
+
+
+def _reason(e):
+    return str(e) or type(e).__name__
 
 
 def _write_all(fd, data):
@@ -181,13 +263,19 @@ def _write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
+def _wait_readable(fd, timeout):
+    """Waits in poll() (which releases the GIL, and takes any fd number, unlike select())."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    if not poller.poll(max(0, int(timeout * 1000))):
+        raise TimeoutError(f"nothing within {timeout:.1f}s")
+
+
 def _read_exact(fd, n, timeout):
-    """``n`` bytes from ``fd``, waiting in select (which releases the GIL) at most ``timeout`` s."""
+    """``n`` bytes from ``fd``, each wait at most ``timeout`` s."""
     out = bytearray()
     while len(out) < n:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            raise TimeoutError
+        _wait_readable(fd, timeout)
         chunk = os.read(fd, n - len(out))
         if not chunk:
             raise EOFError("end of stream")
@@ -195,35 +283,47 @@ def _read_exact(fd, n, timeout):
     return bytes(out)
 
 
-def child_main():
-    """The child: reads request frames from stdin, makes each call, writes the answer to stdout."""
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    sys.stdout = sys.stderr  # nothing but frames may reach the parent's pipe
+def _await_ready(fd, timeout, max_noise):
+    """Reads up to the READY line, skipping what the interpreter printed before it."""
+    seen = bytearray()
+    while not seen.endswith(_READY):
+        if len(seen) > max_noise:
+            raise OSError("the child printed too much before it was ready")
+        seen += _read_exact(fd, 1, timeout)
+
+
+def child_main(out, settings):
+    """The child: reads request frames from stdin, makes each call, writes the answer to ``out``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which closes us
 
     def read(n):
-        out = bytearray()
-        while len(out) < n:
-            chunk = os.read(stdin, n - len(out))
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = os.read(0, n - len(buf))
             if not chunk:
                 raise SystemExit(0)  # the parent closed the pipe or died: nothing left to send
-            out += chunk
-        return bytes(out)
+            buf += chunk
+        return bytes(buf)
 
-    def answer(status, payload):
-        _write_all(stdout, _RESP.pack(len(payload), status) + payload)
+    def answer(data):
+        try:
+            _write_all(out, data)
+        except OSError:  # the parent is gone
+            raise SystemExit(0) from None
 
-    settings = json.loads(read(struct.unpack(">I", read(4))[0]))
     channel = grpc.insecure_channel(settings["target"], options=[tuple(o) for o in settings["options"]])
     call = channel.unary_unary(_METHOD)  # bytes in, bytes out
     metadata = (("authorization", "Bearer " + settings["token"]),) if settings["token"] else None
-    answer(OK, b"")  # ready
+    answer(_READY)
     while True:
         n, deadline = _REQ.unpack(read(_REQ.size))
         request = read(n)
         try:
-            answer(OK, call(request, timeout=deadline, metadata=metadata))
+            status, payload = OK, call(request, timeout=deadline, metadata=metadata)
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-            answer(FAILED, f"{code.name}\n{e.details() if hasattr(e, 'details') else e}".encode("utf-8", "replace"))
+            details = e.details() if hasattr(e, "details") else str(e)
+            status, payload = FAILED, f"{code.name}\n{details}".encode("utf-8", "replace")
         except Exception as e:  # never leave the parent waiting
-            answer(FAILED, f"UNKNOWN\n{type(e).__name__}: {e}".encode("utf-8", "replace"))
+            status, payload = FAILED, f"UNKNOWN\n{type(e).__name__}: {e}".encode("utf-8", "replace")
+        answer(_RESP.pack(len(payload), status) + payload)

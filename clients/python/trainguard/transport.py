@@ -11,6 +11,7 @@ import threading
 import grpc
 
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
+from .report_process import NotStarted
 
 log = logging.getLogger("trainguard")
 _SERVICE = "/trainguard.v1.TrainGuardService/"
@@ -229,10 +230,8 @@ class ReportSender:
             try:
                 answer = proc.call(request.SerializeToString(), self._transport.deadline)
                 return pb.ReportStepResponse.FromString(answer)
-            except grpc.RpcError:
-                if proc.usable:
-                    raise
-                # the child cannot be started here: this report, and the next, go from this process
+            except NotStarted:
+                pass  # no child to send it: this process sends it (and the next ones, once it gave up)
         return self._transport.call("ReportStep", request)
 
     def close(self, timeout: float = 1.0):
