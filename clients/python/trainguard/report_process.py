@@ -181,8 +181,8 @@ class ReportProcess:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     def _sendable_child(self):
-        if self._proc is not None and self._proc.poll() is not None:  # it died since the last call
-            self._stop()
+        # A child that died since the last call is found by the write (EPIPE), not by asking for its
+        # exit status here on every call.
         if self._proc is not None:
             return self._proc
         if self._closed or not self.usable:
@@ -194,9 +194,12 @@ class ReportProcess:
             proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     close_fds=True)
             self._proc = proc
+            # poll(), not select(): it releases the GIL like select and takes fds above 1024
+            proc.answers = select.poll()
+            proc.answers.register(proc.stdout.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
             settings = json.dumps(dict(self._settings, path=sys.path)).encode()
             _write_all(proc.stdin.fileno(), _LEN.pack(len(settings)) + settings)
-            _await_ready(proc.stdout.fileno(), self.START_S, self.MAX_NOISE)
+            _await_ready(proc, self.START_S, self.MAX_NOISE)
         except BaseException as e:
             self._stop()
             if not isinstance(e, Exception):
@@ -248,9 +251,8 @@ class ReportProcess:
 
     @staticmethod
     def _read_frame(proc, timeout):
-        fd = proc.stdout.fileno()
-        n, status = _RESP.unpack(_read_exact(fd, _RESP.size, timeout))
-        return status, _read_exact(fd, n, timeout)
+        n, status = _RESP.unpack(_read_exact(proc, _RESP.size, timeout))
+        return status, _read_exact(proc, n, timeout)
 
 
 def _reason(e):
@@ -263,19 +265,12 @@ def _write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def _wait_readable(fd, timeout):
-    """Waits in poll() (which releases the GIL, and takes any fd number, unlike select())."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    if not poller.poll(max(0, int(timeout * 1000))):
-        raise TimeoutError(f"nothing within {timeout:.1f}s")
-
-
-def _read_exact(fd, n, timeout):
-    """``n`` bytes from ``fd``, each wait at most ``timeout`` s."""
-    out = bytearray()
+def _read_exact(proc, n, timeout):
+    """``n`` bytes from the child's stdout, each wait at most ``timeout`` s."""
+    fd, out = proc.stdout.fileno(), bytearray()
     while len(out) < n:
-        _wait_readable(fd, timeout)
+        if not proc.answers.poll(max(0, int(timeout * 1000))):
+            raise TimeoutError(f"nothing within {timeout:.1f}s")
         chunk = os.read(fd, n - len(out))
         if not chunk:
             raise EOFError("end of stream")
@@ -283,13 +278,13 @@ def _read_exact(fd, n, timeout):
     return bytes(out)
 
 
-def _await_ready(fd, timeout, max_noise):
+def _await_ready(proc, timeout, max_noise):
     """Reads up to the READY line, skipping what the interpreter printed before it."""
     seen = bytearray()
     while not seen.endswith(_READY):
         if len(seen) > max_noise:
             raise OSError("the child printed too much before it was ready")
-        seen += _read_exact(fd, 1, timeout)
+        seen += _read_exact(proc, 1, timeout)
 
 
 def child_main(out, settings):
