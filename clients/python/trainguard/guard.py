@@ -90,7 +90,7 @@ class Guard:
       lr_restore: after a rollback's LR cut (trainguard.lrcut.LrPolicy or a dict): lift the cut after
         ``restore_after`` healthy steps over ``restore_steps`` steps. Default: keep the cut.
       report_process: "auto" (default): on the device gate on CUDA the ReportStep call is made by a
-        child process (report_process.py), off this process's GIL. True / False: always / never.
+        child process (report_process.py), off this process's GIL. True / False: always / never (POSIX).
     """
 
     def __init__(self, model, optimizer, run, *, target=None, scheduler=None, scaler=None,
