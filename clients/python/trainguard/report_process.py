@@ -158,7 +158,8 @@ class ReportProcess:
                                       f"within {deadline + self.MARGIN_S:.1f}s; it was stopped") from None
             except (OSError, EOFError) as e:
                 self._stop()
-                raise ReportCallError(grpc.StatusCode.UNAVAILABLE, f"the report process exited ({_reason(e)})") from None
+                raise ReportCallError(grpc.StatusCode.UNAVAILABLE,
+                                      f"the report process exited ({_reason(e)})") from None
             except BaseException:  # whatever it is, a child with an answer nobody read must not serve the next call
                 self._stop()
                 raise
@@ -209,7 +210,8 @@ class ReportProcess:
                 self.usable = False
                 log.warning("trainguard: the report process could not start (%s); reports are sent from the "
                             "training process instead", _reason(e))
-            raise NotStarted(grpc.StatusCode.UNAVAILABLE, f"the report process could not start ({_reason(e)})") from None
+            raise NotStarted(grpc.StatusCode.UNAVAILABLE,
+                             f"the report process could not start ({_reason(e)})") from None
         self._failed_starts = 0
         self.starts += 1
         return proc
