@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""What one step report costs the Python client's calling thread: a unary ReportStep (what the client
-sends) against one long-lived StreamSteps stream in lock-step (one report out, its verdict back), on
-the client's Transport channel. Per report: the calling thread's CPU (``thread_time``, nearly all of it
+"""What one step report costs the Python client's calling thread: a unary ReportStep made in this
+process, the same call made by the report process (``child``: trainguard/report_process.py, what the
+client does on the CUDA device gate since issue 21's eighth pass), and one long-lived StreamSteps
+stream in lock-step (one report out, its verdict back), on the client's Transport channel. Per report: the calling thread's CPU (``thread_time``, nearly all of it
 holding the GIL), the whole client process's CPU (grpcio's own threads too) and the wall time of the
-round trip. The issue 21 seventh pass's reason to try the stream (docs/benchmarks.md).
+round trip; for ``child`` also the child's own CPU. The issue 21 seventh pass's reason to try the
+stream, the eighth pass's for the child (docs/benchmarks.md).
 
 Usage: python3 report_call_cpu.py --target unix:///tmp/tg.sock [--reports 1000] [--repeats 3] [--out r.json]
 """
@@ -17,16 +19,28 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb  # noqa: E402
+from trainguard.report_process import ReportProcess  # noqa: E402
 from trainguard.transport import Transport  # noqa: E402
 
 
-def measure(send, n, first):
-    """(calling thread µs, process µs, wall µs) per report over ``n`` reports from step ``first``."""
-    c0, p0, w0 = time.thread_time(), time.process_time(), time.perf_counter()
+def measure(send, n, first, child=None):
+    """(calling thread µs, process µs, wall µs, the report process's µs or None) per report over ``n``
+    reports from step ``first``."""
+    c0, p0, w0, k0 = time.thread_time(), time.process_time(), time.perf_counter(), cpu_of(child)
     for step in range(first, first + n):
         send(step)
     return [round((time.thread_time() - c0) / n * 1e6, 1), round((time.process_time() - p0) / n * 1e6, 1),
-            round((time.perf_counter() - w0) / n * 1e6, 1)]
+            round((time.perf_counter() - w0) / n * 1e6, 1),
+            None if child is None else round((cpu_of(child) - k0) / n * 1e6, 1)]
+
+
+def cpu_of(pid):
+    """Seconds of CPU process ``pid`` has used (utime + stime), 0 for None."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -51,24 +65,32 @@ def main():
         "/trainguard.v1.TrainGuardService/StreamSteps", request_serializer=pb.StreamStepsRequest.SerializeToString,
         response_deserializer=pb.StreamStepsResponse.FromString)(iter(requests.get, None))
 
+    child = ReportProcess(t.target, t.token, t.options)
+    child.start()
+
+    def via_child(step):
+        pb.ReportStepResponse.FromString(child.call(pb.ReportStepRequest(report=report(step)).SerializeToString(), 5.0))
+
     def stream(step):
         requests.put(pb.StreamStepsRequest(report=report(step)))
         answer = next(answers)
         if answer.error:
             raise SystemExit(f"step {step} refused: {answer.error}")
 
-    step, rows = 0, {"unary": [], "stream": []}
-    for kind, send in (("unary", unary), ("stream", stream)):  # warm-up
-        measure(send, 100, step)
+    kinds = (("unary", unary, None), ("child", via_child, child.pid), ("stream", stream, None))
+    step, rows = 0, {kind: [] for kind, _, _ in kinds}
+    for kind, send, pid in kinds:  # warm-up
+        measure(send, 100, step, pid)
         step += 100
     for _ in range(a.repeats):  # interleaved
-        for kind, send in (("unary", unary), ("stream", stream)):
-            rows[kind].append(measure(send, a.reports, step))
+        for kind, send, pid in kinds:
+            rows[kind].append(measure(send, a.reports, step, pid))
             step += a.reports
     requests.put(None)
+    child.close()
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "reports": a.reports,
-           "columns": ["calling thread CPU us", "process CPU us", "wall us"], "per_report": rows}
+           "columns": ["calling thread CPU us", "process CPU us", "wall us", "report process CPU us"], "per_report": rows}
     print(json.dumps(res, indent=1))
     if a.out:
         with open(a.out, "w") as f:
