@@ -297,3 +297,23 @@ def test_failed_restarts_after_a_working_child_send_in_process_and_lose_nothing(
     assert reported(g) == 8 and g.counters["sidecar_failures"] == 0
     assert not g.sender.process.usable and g.sender.process.starts == 1  # given up after three tries
     g.close()
+
+
+def test_a_loop_with_forked_dataloader_workers_trains_reports_and_closes_cleanly(sidecar):
+    g, model, opt = make_guard(sidecar.target, "child-dataloader")
+    xs = torch.cat([batch(s)[0] for s in range(12)])
+    ys = torch.cat([batch(s)[1] for s in range(12)])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs, ys), batch_size=32, num_workers=2,
+                                         multiprocessing_context="fork", persistent_workers=True)
+    for step, (x, y) in enumerate(loader):  # the workers are forked after the child started
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad()
+    assert g.flush(10)
+    assert reported(g) == 12 and g.counters["sidecar_failures"] == 0
+    popen = g.sender.process._proc
+    g.close()  # the workers are still alive (persistent): they must not hold the child's stdin open
+    assert popen.returncode == 0
+    del loader
