@@ -33,9 +33,10 @@ class ThreadPieces:
         self.on = False
 
     def wrap(self, obj, attr, label):
-        fn = getattr(obj, attr)
+        setattr(obj, attr, self.timed(getattr(obj, attr), label))
 
-        def timed(*args, **kw):
+    def timed(self, fn, label):
+        def timed_fn(*args, **kw):
             if not self.on:
                 return fn(*args, **kw)
             c, w = time.thread_time(), time.perf_counter()
@@ -46,7 +47,7 @@ class ThreadPieces:
                 a[0] += 1
                 a[1] += time.thread_time() - c
                 a[2] += time.perf_counter() - w
-        setattr(obj, attr, timed)
+        return timed_fn
 
     def per_step_us(self, steps):
         return {k: {"calls": n, "cpu_us": cpu / steps * 1e6, "wall_us": wall / steps * 1e6}
@@ -147,19 +148,9 @@ def instrument(g, pieces):
     original_submit = g.sender.submit_deferred
 
     def submit_deferred(step, build, generation, hold=False):  # times the whole deferred build
-        def timed_build():
-            if not pieces.on:
-                return build()
-            c, w = time.thread_time(), time.perf_counter()
-            try:
-                return build()
-            finally:
-                acc = pieces.acc.setdefault("deferred_build", [0, 0.0, 0.0])
-                acc[0] += 1
-                acc[1] += time.thread_time() - c
-                acc[2] += time.perf_counter() - w
-        return original_submit(step, timed_build, generation, hold)
+        return original_submit(step, pieces.timed(build, "deferred_build"), generation, hold)
     g.sender.submit_deferred = submit_deferred
+
 
 if __name__ == "__main__":
     main()
