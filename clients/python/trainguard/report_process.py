@@ -122,6 +122,7 @@ class ReportProcess:
     def __init__(self, target, token=None, options=()):
         self._settings = {"target": target, "token": token, "options": [list(o) for o in options]}
         self._proc = None
+        self._answers = None  # the running child's stdout (_Answers)
         self._failed_starts = 0
         self._closed = False
         self._sigpipe_blocked = set()  # threads that write to the pipe with SIGPIPE blocked
@@ -151,7 +152,7 @@ class ReportProcess:
                     self._stop()
                     proc = self._sendable_child()
                     _write_all(proc.stdin.fileno(), frame)
-                status, payload = self._read_frame(proc, deadline + self.MARGIN_S)
+                status, payload = self._read_frame(deadline + self.MARGIN_S)
             except TimeoutError:
                 self._stop(kill=True)
                 raise ReportCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "the report process did not answer "
@@ -194,13 +195,10 @@ class ReportProcess:
         try:
             proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     close_fds=True)
-            self._proc = proc
-            # poll(), not select(): it releases the GIL like select and takes fds above 1024
-            proc.answers = select.poll()
-            proc.answers.register(proc.stdout.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+            self._proc, self._answers = proc, _Answers(proc.stdout.fileno())
             settings = json.dumps(dict(self._settings, path=sys.path)).encode()
             _write_all(proc.stdin.fileno(), _LEN.pack(len(settings)) + settings)
-            _await_ready(proc, self.START_S, self.MAX_NOISE)
+            _await_ready(self._answers, self.START_S, self.MAX_NOISE)
         except BaseException as e:
             self._stop()
             if not isinstance(e, Exception):
@@ -251,10 +249,9 @@ class ReportProcess:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
             self._sigpipe_blocked.add(me)
 
-    @staticmethod
-    def _read_frame(proc, timeout):
-        n, status = _RESP.unpack(_read_exact(proc, _RESP.size, timeout))
-        return status, _read_exact(proc, n, timeout)
+    def _read_frame(self, timeout):
+        n, status = _RESP.unpack(self._answers.read(_RESP.size, timeout))
+        return status, self._answers.read(n, timeout)
 
 
 def _reason(e):
@@ -267,26 +264,34 @@ def _write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def _read_exact(proc, n, timeout):
-    """``n`` bytes from the child's stdout, each wait at most ``timeout`` s."""
-    fd, out = proc.stdout.fileno(), bytearray()
-    while len(out) < n:
-        if not proc.answers.poll(max(0, int(timeout * 1000))):
-            raise TimeoutError(f"nothing within {timeout:.1f}s")
-        chunk = os.read(fd, n - len(out))
-        if not chunk:
-            raise EOFError("end of stream")
-        out += chunk
-    return bytes(out)
+class _Answers:
+    """The child's stdout, read with poll(): it releases the GIL like select() and, unlike select(),
+    takes fds above 1024."""
+
+    def __init__(self, fd):
+        self.fd, self._poller = fd, select.poll()
+        self._poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+
+    def read(self, n, timeout):
+        """``n`` bytes, each wait at most ``timeout`` s."""
+        out = bytearray()
+        while len(out) < n:
+            if not self._poller.poll(max(0, int(timeout * 1000))):
+                raise TimeoutError(f"nothing within {timeout:.1f}s")
+            chunk = os.read(self.fd, n - len(out))
+            if not chunk:
+                raise EOFError("end of stream")
+            out += chunk
+        return bytes(out)
 
 
-def _await_ready(proc, timeout, max_noise):
+def _await_ready(answers, timeout, max_noise):
     """Reads up to the READY line, skipping what the interpreter printed before it."""
     seen = bytearray()
     while not seen.endswith(_READY):
         if len(seen) > max_noise:
             raise OSError("the child printed too much before it was ready")
-        seen += _read_exact(proc, 1, timeout)
+        seen += answers.read(1, timeout)
 
 
 def child_main(out, settings):
