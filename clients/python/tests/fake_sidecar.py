@@ -14,9 +14,11 @@ from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
 
 
 class FakeSidecar:
-    def __init__(self, max_grad_norm=100.0, clip=1.0, max_skips=3, delay=0.0, refuse=None):
+    def __init__(self, max_grad_norm=100.0, clip=1.0, max_skips=3, delay=0.0, refuse=None, register_delay=0.0):
         self.max_grad_norm, self.clip, self.max_skips = max_grad_norm, clip, max_skips
         self.delay = delay
+        self.register_delay = register_delay  # seconds each RegisterCheckpoint takes (a slow journal)
+        self.calls = []  # ("ReportStep" | "RegisterCheckpoint", step) in arrival order
         self.refuse = refuse
         self.reports, self.validations, self.checkpoints, self.inspected = [], [], [], []
         self.skips = 0
@@ -69,6 +71,7 @@ class FakeSidecar:
         r = req.report
         with self._lock:
             self.reports.append(r)
+            self.calls.append(("ReportStep", r.step))
             v = pb.Verdict(step=r.step, bounds=self.bounds(), validation_allowed=True)
             bad = not (math.isfinite(r.loss) and math.isfinite(r.grad_norm)) or not all(r.module_stats.finite)
             if r.step in self.force:
@@ -104,6 +107,10 @@ class FakeSidecar:
         return pb.EndValidationResponse()
 
     def register(self, req, ctx):
+        if self.register_delay:
+            time.sleep(self.register_delay)
+        with self._lock:
+            self.calls.append(("RegisterCheckpoint", req.step))
         self.checkpoints.append(req)
         return pb.RegisterCheckpointResponse(checkpoint=pb.Checkpoint(
             checkpoint_id=f"ck-{req.step}", run_id=req.run_id, step=req.step, state=pb.CHECKPOINT_STATE_KNOWN_GOOD))

@@ -16,15 +16,14 @@ from .lrcut import LrCuts, LrPolicy
 from .replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
 from .rules import within_bounds
 from .rng import capture_rng, restore_rng
-from .snapshot import KNOWN_GOOD, EMPTY, SnapshotPolicy, SnapshotStore
+from .snapshot import EMPTY, SnapshotPolicy, SnapshotStore
+from .snapshot_registration import MEMORY_SCHEME, SnapshotRegistrar
 from .snapshot_schedule import SnapshotRing
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
 
-MEMORY_SCHEME = "memory://"
 DEFAULT_MAX_BYTES = 8 << 30   # per slot: larger states need an explicit max_bytes (host memory!)
-_CONFIRM_MAX_WAIT = 64       # steps between two asks whether an earned snapshot is KNOWN_GOOD (backoff cap)
 
 
 def _policy(value, cls, default):
@@ -76,9 +75,7 @@ class Recovery:
         self._prepared = False
         self._warned_big = False
         self._warned_no_fn = False
-        self._to_register = []
-        self._confirm_wait = 0
-        self._confirm_backoff = 1
+        self.registrar = SnapshotRegistrar(guard)
         self._first = True
 
     # ------------------------------------------------------------------ set-up
@@ -96,7 +93,7 @@ class Recovery:
             self._replay_offered = True
             if self._step is not None:
                 self._rng = None  # not captured when this step began: no replay of this one
-        self._step = step
+        self._step = self.registrar.step = step
         self._position = int(data_position) if data_position is not None else int(step) + 1
         if self._first:
             self._first = False
@@ -218,14 +215,15 @@ class Recovery:
         """The step's update was applied (a healthy step)."""
         if self.g.connection.paused:
             return
+        self.registrar.take_answers()
         self.lr.on_healthy()
         if self.ring is not None and step is not None and not self._prepared:
             self._prepared = True  # the optimizer state exists now: size every slot's buffers once
             self.store.prepare()
         rng = self._capture_rng()  # first: a snapshot taken now reuses it rather than capturing again
         if self.ring is not None and step is not None:
-            self._register_ready()
-            self._confirm(self.ring.on_healthy(step))
+            self.registrar.register_ready()
+            self.registrar.confirm(self.ring.on_healthy(step))
             if self.ring.due():
                 self._take(step, rng=rng)
 
@@ -233,6 +231,7 @@ class Recovery:
         """The step was skipped (or rolled back, or halted)."""
         if self.g.connection.paused:
             return
+        self.registrar.take_answers()
         self.lr.on_unhealthy()
         if self.ring is not None and step is not None:
             self.ring.on_unhealthy(step)
@@ -256,80 +255,10 @@ class Recovery:
             return
         self.ring.taken()
         self.counters["snapshots"] += 1
-        self._to_register.append(s)
+        self.registrar.to_register.append(s)
         if wait and s.event is not None:
             s.event.synchronize()
-        self._register_ready()  # on the CPU (or after wait) at once: later steps count towards it
-
-    def _slot_name(self, s):
-        return f"{MEMORY_SCHEME}{self._holder()}/rank{self.g.rank}/slot{s.slot}"
-
-    def _holder(self):
-        return self.g.trainer_instance.replace("/", "_")
-
-    def _register(self, s):
-        """RegisterCheckpoint(MEMORY) for ``s``; returns the sidecar's state name or None."""
-        g = self.g
-        if g.rank != 0 and dist_agree.is_initialized() and g.world_size > 1:
-            return None
-        from .checkpointing import register
-        try:
-            c = register(g, s.step, [pb.CheckpointFile(path=self._slot_name(s), size_bytes=s.nbytes)],
-                         fmt=pb.CHECKPOINT_FORMAT_MEMORY, data_position=s.data_position)
-        except Exception as e:  # a refusal must not stop training: the snapshot just never becomes a target
-            log.warning("trainguard: snapshot of step %d not registered: %s", s.step, e)
-            return None
-        if c is None:
-            return None
-        s.checkpoint_id = c.checkpoint_id
-        return pb.CheckpointState.Name(c.state)
-
-    def _register_ready(self):
-        """Registers snapshots whose copy has landed (on CUDA that is usually the next step)."""
-        keep = []
-        for s in self._to_register:
-            if s.state == EMPTY:
-                continue
-            if not s.ready():
-                keep.append(s)
-                continue
-            if not s.finite():
-                log.warning("trainguard: snapshot of step %d holds non-finite values; discarded", s.step)
-                s.state = EMPTY
-                continue
-            state = self._register(s)
-            if state == "CHECKPOINT_STATE_KNOWN_GOOD" and not (dist_agree.is_initialized() and self.g.world_size > 1):
-                # the state the run started from is a rollback target at once (no update in it yet).
-                # Single rank only: with several, only rank 0 registers and slot states must stay
-                # equal on every rank (they choose the next slot), so they wait for _confirm's agreement.
-                s.state = KNOWN_GOOD
-        self._to_register = keep
-
-    def _confirm(self, earned):
-        """A snapshot the client counts as known-good is only treated so once the sidecar agrees:
-        then the other slot may be overwritten without ever losing the sidecar's rollback target."""
-        if not earned:
-            return
-        if self._confirm_wait > 0:
-            self._confirm_wait -= 1
-            return
-        self._confirm_wait = self._confirm_backoff  # reset below once the sidecar answered either way
-        for s in earned:
-            state = self._register(s)  # registering again returns the record as it is now
-            code = (0 if state == "CHECKPOINT_STATE_KNOWN_GOOD"
-                    else 2 if state in ("CHECKPOINT_STATE_REJECTED", "CHECKPOINT_STATE_EVICTED") else 1)
-            if dist_agree.is_initialized() and self.g.world_size > 1:
-                code = dist_agree.max_ints([code if self.g.rank == 0 else 0])[0]  # rank 0 registers
-            if code == 0:
-                s.state = KNOWN_GOOD
-            elif code == 2:
-                s.state = EMPTY
-            else:
-                # the sidecar has not counted as many healthy steps yet (reports in flight): ask again
-                # after 1, 2, 4... steps, so an unreachable sidecar costs a call only now and then
-                self._confirm_backoff = min(self._confirm_backoff * 2, _CONFIRM_MAX_WAIT)
-                return
-        self._confirm_wait, self._confirm_backoff = 0, 1
+        self.registrar.register_ready(now=wait)  # on the CPU (or after wait) at once: later steps count towards it
 
     # ------------------------------------------------------------------ rollback
 
@@ -341,6 +270,7 @@ class Recovery:
         when this rank does not hold it (evicted, or taken by another process)."""
         if self.store is None:
             raise LookupError("in-memory snapshots are off in this process")
+        self.registrar.take_answers()
         slot = plan.files[0].rsplit("/slot", 1)[-1]
         s = self.store.slots[int(slot)] if slot.isdigit() and int(slot) < len(self.store.slots) else None
         if s is None or s.step != plan.checkpoint_step or s.state == EMPTY:
@@ -351,7 +281,7 @@ class Recovery:
             if other.step > s.step:
                 other.state = EMPTY
         self.ring.taken(measured=False)  # healthy steps towards the next snapshot count from the restored step
-        self._to_register = [x for x in self._to_register if x.state != EMPTY]
+        self.registrar.to_register = [x for x in self.registrar.to_register if x.state != EMPTY]
         self._capture_rng()
         return s.lr_scale
 

@@ -97,6 +97,18 @@ class ReportFuture:
         self._event.set()
 
 
+class _Call:
+    """A queued sidecar call other than a report: it sends nothing through the report path."""
+    __slots__ = ("call",)
+
+    def __init__(self, call):
+        self.call = call
+
+    def __call__(self):
+        self.call()
+        return None
+
+
 class ReportSender:
     """Sends step reports one at a time, in step order, on a daemon thread.
 
@@ -146,6 +158,15 @@ class ReportSender:
         self._enqueue(build, fut, hold)
         return fut
 
+    def submit_call(self, step, call, generation) -> ReportFuture:
+        """Queues a sidecar call that is not a report (a snapshot's registration): made on the
+        sender thread in order with the reports, so the training thread neither waits for the
+        reports before it nor for the call; ``call()`` hands its answer on itself. Dropped, not
+        made, when the queue overflows (the sidecar is away)."""
+        fut = ReportFuture(step, generation, False)
+        self._enqueue(_Call(call), fut)
+        return fut
+
     def release(self):
         """Lets the held reports go: the training thread is about to wait for the device."""
         with self._cv:
@@ -165,7 +186,7 @@ class ReportSender:
             while len(self._queue) >= self._max_queue:
                 old_item, old, _ = self._queue.popleft()
                 self.dropped += 1
-                if callable(old_item):
+                if callable(old_item) and not isinstance(old_item, _Call):
                     try:
                         old_item()
                     except Exception:

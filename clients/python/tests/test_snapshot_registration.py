@@ -1,0 +1,54 @@
+"""A snapshot's RegisterCheckpoint is made by the sender thread, in order with the reports: a slow
+sidecar journal must not stall the training step, and the sidecar must still see every snapshot
+after the report of the step it was taken at (its known-good count starts there)."""
+import time
+
+import pytest
+import torch
+
+from trainguard.guard import Guard
+from trainguard.snapshot import KNOWN_GOOD
+from fake_sidecar import FakeSidecar
+from models import batch, make
+
+REGISTER_S = 0.4  # each RegisterCheckpoint answer takes this long (a slow journal)
+
+
+@pytest.fixture
+def slow_journal():
+    s = FakeSidecar(register_delay=REGISTER_S).start()
+    yield s
+    s.stop()
+
+
+def _steps(g, model, opt, start, n):
+    for step in range(start, start + n):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+
+
+def test_slow_snapshot_registration_does_not_stall_steps_and_follows_its_report(slow_journal):
+    model, opt = make()
+    g = Guard(model, opt, "slow-register", target=slow_journal.target, deadline=5.0, mode="async",
+              policy={"known_good_healthy_steps": 1}, snapshots={"interval": 1, "max_overhead": 0})
+    _steps(g, model, opt, 0, 1)  # the run's first snapshot is registered on this thread, before any report
+    t0 = time.perf_counter()
+    _steps(g, model, opt, 1, 8)  # a snapshot earns known-good at step 1: its confirmation is queued
+    elapsed = time.perf_counter() - t0
+    assert elapsed < REGISTER_S, f"8 steps took {elapsed:.2f}s: the training thread waited for RegisterCheckpoint"
+    assert g.flush(10)
+    _steps(g, model, opt, 9, 1)  # the answers are applied at the next step, on the training thread
+    known_good = [s for s in g.recovery.store.slots if s.state == KNOWN_GOOD]
+    assert known_good, [(s.slot, s.state, s.step) for s in g.recovery.store.slots]
+    assert all(s.checkpoint_id == f"ck-{s.step}" for s in known_good)
+    g.close()
+    calls = list(slow_journal.calls)
+    registered = [step for name, step in calls if name == "RegisterCheckpoint"]
+    assert len(registered) >= 3, calls  # the first snapshot, its confirmation, later snapshots
+    for i, (name, step) in enumerate(calls):
+        if name == "RegisterCheckpoint" and step >= 0:
+            assert ("ReportStep", step) in calls[:i], f"snapshot of step {step} registered before its report: {calls}"
