@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
 sys.path.insert(0, HERE)
 from gpt_model import GPT, GPT2_SMALL  # noqa: E402
 from trainguard.guard import Guard  # noqa: E402
+from overhead_probes import mute  # noqa: E402
 
 
 class ThreadPieces:
@@ -61,6 +62,11 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--eager", action="store_true")
     ap.add_argument("--unguarded", action="store_true", help="the same loop without a guard (main thread only)")
+    ap.add_argument("--kw", default="{}", help="JSON: Guard keyword arguments over the defaults, e.g. '{\"watch\": []}'")
+    ap.add_argument("--mute", action="store_true", help="reports neither built nor sent (overhead_probes.mute)")
+    ap.add_argument("--sample", type=float, default=0.0,
+                    help="every SAMPLE ms, charge the training thread's CPU since the last sample to where it is")
+    ap.add_argument("--cprofile", action="store_true", help="cProfile the guard's calls on the training thread")
     ap.add_argument("--out")
     a = ap.parse_args()
     dev = torch.device("cuda", 0)
@@ -68,12 +74,17 @@ def main():
     torch.manual_seed(0)
     model = GPT(**GPT2_SMALL).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
-    g = None if a.unguarded else Guard(model, opt, f"sender-probe-{os.getpid()}", target=a.target, deadline=2.0, device_gate="auto",
-              autocast_dtype=torch.bfloat16, watch="auto", verdict_lag=1)
+    kw = dict(deadline=2.0, device_gate="auto", autocast_dtype=torch.bfloat16, watch="auto", verdict_lag=1)
+    kw.update(json.loads(a.kw))
+    g = None if a.unguarded else Guard(model, opt, f"sender-probe-{os.getpid()}", target=a.target, **kw)
+    if g is not None and a.mute:
+        mute(g)
     fwd = model if a.eager else torch.compile(model)
     pieces = ThreadPieces()
+    pieces.wrap(opt, "step", "main_optimizer_step_inner")  # the optimizer's own step(), guarded or not
     if g is not None:
         instrument(g, pieces)
+    prof = profile_guard_calls(g) if g is not None and a.cprofile else None
     data = [torch.randint(0, GPT2_SMALL["vocab"], (a.batch, GPT2_SMALL["seq"] + 1), device=dev) for _ in range(4)]
     data = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in data]
 
@@ -101,11 +112,17 @@ def main():
         s0 = time.clock_gettime(sender) if sender is not None else 0.0
         m0, t0, sched0 = time.clock_gettime(main_clock), time.perf_counter(), schedstat()
         pieces.on = True
+        if prof is not None:
+            prof.clear()  # the warm-up's calls out
+        sampler = CpuSampler(threading.get_ident(), main_clock, a.sample / 1e3) if a.sample > 0 else None
         steps(a.steps, 20)
         launched = time.perf_counter()
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
         pieces.on = False
+        where = sampler.stop(a.steps) if sampler is not None else None
+        if prof is not None:
+            prof.report(a.steps)
         s1 = time.clock_gettime(sender) if sender is not None else 0.0
         m1, sched1 = time.clock_gettime(main_clock), schedstat()
         if g is not None:
@@ -116,13 +133,83 @@ def main():
            "main_runqueue_wait_us_per_step": (sched1[1] - sched0[1]) / 1e3 / a.steps,
            "main_switches_per_step": {k: (sched1[2][k] - sched0[2][k]) / a.steps for k in sched1[2]},
            "sender_cpu_us_per_step": (s1 - s0) / a.steps * 1e6, "pieces": pieces.per_step_us(a.steps),
-           "gate_graph": dict(g.gated.graphs.counters) if g is not None else None}
+           "gate_graph": dict(g.gated.graphs.counters) if g is not None else None,
+           "kw": json.loads(a.kw), "mute": a.mute, "main_cpu_where_us_per_step": where}
     print(json.dumps(res, indent=1), flush=True)
     if g is not None:
         g.close()
     if a.out:
         with open(os.path.join(os.environ.get("OUT", "."), a.out), "w") as f:
             json.dump(res, f, indent=1)
+
+
+class CpuSampler:
+    """Charges the training thread's CPU time to where its Python stack is, sampled every ``period``
+    seconds from a daemon thread: (line of the loop below, innermost trainguard function, innermost
+    frame). Coarse (C time is charged to the Python frame that called it) and it takes the GIL."""
+
+    def __init__(self, ident, clock, period):
+        self.ident, self.clock, self.period = ident, clock, period
+        self.acc, self.running = {}, True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        last = time.clock_gettime(self.clock)
+        while self.running:
+            time.sleep(self.period)
+            frame = sys._current_frames().get(self.ident)
+            now = time.clock_gettime(self.clock)
+            key = self._where(frame)
+            self.acc[key] = self.acc.get(key, 0.0) + now - last
+            last = now
+
+    @staticmethod
+    def _where(frame):
+        inner = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_code.co_name}" if frame else "?"
+        guard, loop = "-", "-"
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if guard == "-" and "trainguard" in name:
+                guard = f"{os.path.basename(name)}:{frame.f_code.co_name}"
+            if frame.f_code.co_name == "steps" and name.endswith("sender_probe.py"):
+                loop = f"line {frame.f_lineno}"
+            frame = frame.f_back
+        return f"{loop} | {guard} | {inner}"
+
+    def stop(self, steps):
+        self.running = False
+        self.thread.join()
+        top = sorted(self.acc.items(), key=lambda kv: -kv[1])[:30]
+        return {k: round(v / steps * 1e6, 1) for k, v in top}
+
+
+def profile_guard_calls(g):
+    """cProfile around Guard.step and Guard.optimizer_step only (the training thread's guard work)."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    for attr in ("step", "optimizer_step"):
+        fn = getattr(g, attr)
+
+        def profiled(*args, _fn=fn, **kw):
+            prof.enable()
+            try:
+                return _fn(*args, **kw)
+            finally:
+                prof.disable()
+        setattr(g, attr, profiled)
+
+    def report(steps):
+        out = io.StringIO()
+        st = pstats.Stats(prof, stream=out)
+        st.sort_stats("tottime").print_stats(45)
+        print(out.getvalue()[-9000:], flush=True)
+    prof.report = report
+    prof.clear()
+    return prof
 
 
 def schedstat():
@@ -145,6 +232,11 @@ def instrument(g, pieces):
     pieces.wrap(g.sender, "_on_result", "on_result")
     pieces.wrap(g.gated, "_report", "report_logic_and_build")
     pieces.wrap(g.gated, "await_verdicts", "main_await_verdicts")
+    pieces.wrap(g, "step", "main_guard_step")
+    pieces.wrap(g, "optimizer_step", "main_guard_optimizer_step")
+    pieces.wrap(g.gated.graphs, "measure_and_install", "main_measure_and_install")
+    for attr in ("after_update", "_take", "_register", "before_update"):
+        pieces.wrap(g.recovery, attr, f"main_recovery.{attr}")
     original_submit = g.sender.submit_deferred
 
     def submit_deferred(step, build, generation, hold=False):  # times the whole deferred build
