@@ -138,6 +138,7 @@ def overhead(a, cfg, dev, rank, B):
     if "tg" in guards:
         guards["tg"].flush(10)
         res["tg_counters"] = dict(guards["tg"].counters)
+        res["tg_gate_graph"] = dict(guards["tg"].gated.graphs.counters)  # replays: measured from the CUDA graph
     for g in guards.values():
         g.close()
     res["weights_hash"] = weights_hash(ddp) if not a.fsdp else None  # FSDP: each rank holds its shard

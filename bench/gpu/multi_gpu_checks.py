@@ -49,7 +49,8 @@ def correctness(a, cfg, dev, rank, world):
     finite = all(bool(torch.isfinite(p).all()) for p in ddp.parameters())
     out["nan"] = {"injected": {"rank": 1, "step": nan_step}, "skipped_steps": skipped,
                   "hash_after_nan_step": hashes[nan_step], "hash_end": hashes[9], "weights_finite": finite,
-                  "device_gated_steps": g.counters["device_gated_steps"], "skips": g.counters["skips"]}
+                  "device_gated_steps": g.counters["device_gated_steps"], "skips": g.counters["skips"],
+                  "gate_graph": dict(g.gated.graphs.counters)}
     g.close()
 
     # --- rank 1's gradients scaled after the all-reduce at step 6
