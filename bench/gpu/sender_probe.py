@@ -3,8 +3,13 @@ of overhead.py (compiled, batch 8, device gate, verdict_lag=1) for ``--steps`` s
 sender thread's pieces timed on that thread (thread CPU and wall): the deferred build (the event
 wait, the host copy read, the report built), the ReportStep call (made in this process, or by the
 report process with TRAINGUARD_REPORT_PROCESS unset or 1), the answer applied; and the training
-thread's CPU and context switches per step, to set beside the sender's CPU. ``--unguarded``: the
-same loop without a guard.
+thread's CPU and context switches per step, to set beside the sender's CPU, with the training
+thread's guard calls timed the same way (``main_*``: Guard.step, the graph path, optimizer_step,
+the optimizer's own step, the recovery hooks). ``--unguarded``: the same loop without a guard.
+``--kw JSON``: Guard options over the defaults (e.g. ``'{"snapshots": false}'``); ``--mute``: no
+report built or sent; ``--cprofile``: cProfile of the guard's training-thread calls (Python 3.12's
+cProfile sees every thread); ``--sample MS``: the training thread's CPU charged to its sampled stack
+(coarse: sampling needs the GIL).
 
 Usage: python sender_probe.py [--target unix:///tmp/tg.sock] [--steps 300] [--out FILE.json]
 """
