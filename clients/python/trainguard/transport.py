@@ -162,9 +162,10 @@ class ReportSender:
         """Queues a sidecar call that is not a report (a snapshot's registration): made on the
         sender thread in order with the reports, so the training thread neither waits for the
         reports before it nor for the call; ``call()`` hands its answer on itself. Dropped, not
-        made, when the queue overflows (the sidecar is away)."""
+        made, when the queue overflows (the sidecar is away). Queued as held: it goes with the next
+        report or release(), so it never lets held reports go early (see the class doc)."""
         fut = ReportFuture(step, generation, False)
-        self._enqueue(_Call(call), fut)
+        self._enqueue(_Call(call), fut, hold=True)
         return fut
 
     def release(self):
