@@ -1,6 +1,6 @@
-"""A snapshot's RegisterCheckpoint is made by the sender thread, in order with the reports: a slow
-sidecar journal must not stall the training step, and the sidecar must still see every snapshot
-after the report of the step it was taken at (its known-good count starts there)."""
+"""A snapshot's RegisterCheckpoint is made by a worker thread after the reports before it: a slow
+sidecar journal must stall neither the training step nor the reports, and the sidecar must still
+see every snapshot after the report of the step it was taken at (its known-good count starts there)."""
 import time
 
 import pytest
@@ -22,13 +22,15 @@ def slow_journal():
 
 
 def _steps(g, model, opt, start, n):
+    verdicts = []
     for step in range(start, start + n):
         x, y = batch(step)
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
-        g.step(step, loss)
+        verdicts.append(g.step(step, loss))
         g.optimizer_step()
         opt.zero_grad(set_to_none=True)
+    return verdicts
 
 
 def test_slow_snapshot_registration_does_not_stall_steps_and_follows_its_report(slow_journal):
@@ -40,7 +42,7 @@ def test_slow_snapshot_registration_does_not_stall_steps_and_follows_its_report(
     _steps(g, model, opt, 1, 8)  # a snapshot earns known-good at step 1: its confirmation is queued
     elapsed = time.perf_counter() - t0
     assert elapsed < REGISTER_S, f"8 steps took {elapsed:.2f}s: the training thread waited for RegisterCheckpoint"
-    assert g.flush(10)
+    assert g.flush(10) and g.recovery.registrar.flush(10)
     _steps(g, model, opt, 9, 1)  # the answers are applied at the next step, on the training thread
     known_good = [s for s in g.recovery.store.slots if s.state == KNOWN_GOOD]
     assert known_good, [(s.slot, s.state, s.step) for s in g.recovery.store.slots]
@@ -52,3 +54,17 @@ def test_slow_snapshot_registration_does_not_stall_steps_and_follows_its_report(
     for i, (name, step) in enumerate(calls):
         if name == "RegisterCheckpoint" and step >= 0:
             assert ("ReportStep", step) in calls[:i], f"snapshot of step {step} registered before its report: {calls}"
+
+
+def test_reports_behind_a_slow_registration_keep_their_own_deadline(slow_journal):
+    # every step's report waits for its verdict (sync) with a deadline shorter than one registration
+    model, opt = make()
+    g = Guard(model, opt, "slow-register-sync", target=slow_journal.target, deadline=0.3, mode="sync",
+              policy={"known_good_healthy_steps": 1}, snapshots={"interval": 1, "max_overhead": 0})
+    verdicts = _steps(g, model, opt, 0, 10)
+    assert g.recovery.registrar.flush(10)
+    verdicts += _steps(g, model, opt, 10, 2)
+    assert g.counters["sidecar_failures"] == 0, g.counters
+    assert [v.action.name for v in verdicts] == ["APPLY"] * 12
+    assert any(s.state == KNOWN_GOOD for s in g.recovery.store.slots)
+    g.close()

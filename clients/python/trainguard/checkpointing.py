@@ -24,16 +24,13 @@ def reports_first(guard, step):
     guard.sender.flush_through(step, guard.deadline)
 
 
-def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_position=0, ordered=False):
+def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_position=0):
     """Sends RegisterCheckpoint for ``files`` ([pb.CheckpointFile]); returns the sidecar's
     checkpoint message, or None when the sidecar is unreachable (fail-open) or does not track
-    checkpoints. Raises TrainguardError on a refusal. ``ordered``: the caller is the sender thread,
-    whose queue already puts the call after the reports before it (waiting for them there would
-    wait for itself)."""
+    checkpoints. Raises TrainguardError on a refusal."""
     req = pb.RegisterCheckpointRequest(run_id=guard.run, rank=guard.rank, step=int(step), format=fmt,
                                        files=files, data_position=int(data_position))
-    if not ordered:
-        reports_first(guard, step)
+    reports_first(guard, step)
     try:
         resp = guard.transport.call("RegisterCheckpoint", req, deadline=max(guard.deadline, 2.0))
     except grpc.RpcError as e:

@@ -388,6 +388,7 @@ class Guard:
         self.flush()
         self.gate.uninstall()
         self.sender.close()
+        self.recovery.registrar.close(self.deadline)
         try:
             self.transport.call("CloseRun", pb.CloseRunRequest(run_id=self.run, rank=self.rank, reason=reason))
         except grpc.RpcError:

@@ -1,16 +1,20 @@
 """Telling the sidecar about in-memory snapshots: RegisterCheckpoint(MEMORY) when a snapshot's copy
 has landed, and again once the client counts it known-good, to learn whether the sidecar agrees.
 
-The calls are made by the sender thread, in order with the reports. Made by the training thread
-they waited for the reports before them, i.e. until the GPU had finished the step, and then for
-the sidecar's journal: milliseconds in which a launch-bound loop queued no work. The answers come
-back through a queue and are applied by the training thread at its next step (``take_answers``),
-so slot states only ever change on that thread. Two registrations stay on the training thread:
-the run's first snapshot (taken before the first report) and, with several ranks, the
-confirmation, whose collective every rank must enter at the same step.
+The calls are made by a worker thread of their own. Each still waits for the reports of the steps
+up to the snapshot's (``reports_first``), i.e. until the GPU has finished that step, and then for
+the sidecar's journal: milliseconds in which a launch-bound loop, had it waited itself, would have
+queued no work. Not the sender thread: the reports behind a slow registration would then wait
+past their own deadline. The answers come back through a queue and are applied by the training
+thread at its next step (``take_answers``), so slot states only ever change on that thread; an
+answer about a slot taken again since, or from before a rollback, is dropped. Two registrations
+stay on the training thread: the run's first snapshot (taken before the first report) and, with
+several ranks, the confirmation, whose collective every rank must enter at the same step.
 """
 import collections
 import logging
+import queue
+import threading
 
 from . import distributed as dist_agree
 from .snapshot import EMPTY, KNOWN_GOOD
@@ -34,8 +38,11 @@ class SnapshotRegistrar:
         self._confirm_wait = 0
         self._confirm_backoff = 1
         self._confirming = None              # the queued confirmation's future (one at a time)
-        self._answers = collections.deque()  # (on_answer, [(record, checkpoint)]) from the sender thread
-        self.step = None                     # the step being trained (queued calls go after its report)
+        self._answers = collections.deque()  # (on_answer, generation, [(record, checkpoint)]) from the worker
+        self._jobs = queue.SimpleQueue()
+        self._worker = None
+        self._closed = False
+        self.step = None                     # the step being trained
 
     def slot_name(self, s):
         return f"{MEMORY_SCHEME}{self._holder()}/rank{self.g.rank}/slot{s.slot}"
@@ -45,18 +52,18 @@ class SnapshotRegistrar:
 
     def _record(self, s):
         """What RegisterCheckpoint says of ``s``, fixed now (the slot may be rewritten before the
-        sender thread makes the call): (slot, step, files, data position)."""
+        worker makes the call): (slot, step, when taken, files, data position)."""
         if self.g.rank != 0 and self._ranks():
             return None  # rank 0 registers the slot for every rank
-        return s, s.step, [pb.CheckpointFile(path=self.slot_name(s), size_bytes=s.nbytes)], s.data_position
+        return (s, s.step, s.taken_at, [pb.CheckpointFile(path=self.slot_name(s), size_bytes=s.nbytes)],
+                s.data_position)
 
-    def _send(self, record, ordered):
-        """Makes the call for ``record``; the sidecar's checkpoint message or None."""
+    def _send(self, record):
+        """Makes the call for ``record`` after the reports before it; the checkpoint message or None."""
         from .checkpointing import register
-        _, step, files, position = record
+        _, step, _, files, position = record
         try:
-            return register(self.g, step, files, fmt=pb.CHECKPOINT_FORMAT_MEMORY, data_position=position,
-                            ordered=ordered)
+            return register(self.g, step, files, fmt=pb.CHECKPOINT_FORMAT_MEMORY, data_position=position)
         except Exception as e:  # a refusal must not stop training: the snapshot just never becomes a target
             log.warning("trainguard: snapshot of step %d not registered: %s", step, e)
             return None
@@ -64,9 +71,10 @@ class SnapshotRegistrar:
     @staticmethod
     def _state(record, c):
         """The sidecar's state name for the snapshot (None: no answer), or False when the slot has
-        been rewritten or dropped since the record was made (the answer is about another state)."""
-        s, step = record[0], record[1]
-        if s.step != step or s.state == EMPTY:
+        been taken again or dropped since the record was made (the answer is about another state;
+        after a rollback the same step may be taken again, hence the time of the take)."""
+        s, step, taken_at = record[0], record[1], record[2]
+        if s.step != step or s.taken_at != taken_at or s.state == EMPTY:
             return False
         if c is None:
             return None
@@ -76,23 +84,61 @@ class SnapshotRegistrar:
     def _register_now(self, s):
         """RegisterCheckpoint for ``s`` on this thread, after the reports before it; its state name."""
         record = self._record(s)
-        return None if record is None else self._state(record, self._send(record, ordered=False))
+        return None if record is None else self._state(record, self._send(record))
 
     def _register_later(self, slots, on_answer):
-        """Queues RegisterCheckpoint for ``slots`` on the sender thread; ``on_answer([(slot, state)])``
-        runs on the training thread once they are answered. Returns the queued call's future."""
+        """Queues RegisterCheckpoint for ``slots`` on the worker; ``on_answer([(slot, state)])`` runs on
+        the training thread once they are answered. Returns an Event set when the call is over
+        (answered, failed, or skipped after a rollback), or None when nothing was queued."""
         records = [r for r in (self._record(s) for s in slots) if r is not None]
         if not records:
             return None
+        over, generation = threading.Event(), self.g.generation
 
-        def call():  # on the sender thread
-            self._answers.append((on_answer, [(r, self._send(r, ordered=True)) for r in records]))
-        return self.g.sender.submit_call(self.step if self.step is not None else -1, call, self.g.generation)
+        def call():  # on the worker
+            try:
+                if self.g.generation == generation and not self._closed:  # else a rollback since: history
+                    self._answers.append((on_answer, generation, [(r, self._send(r)) for r in records]))
+            finally:
+                over.set()
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="trainguard-register", daemon=True)
+            self._worker.start()
+        self._jobs.put(call)
+        return over
+
+    def _work(self):
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:  # never kill the worker
+                log.exception("trainguard: snapshot registration failed")
+
+    def flush(self, timeout):
+        """Waits until the queued registrations have been made (their answers apply at the next step)."""
+        if self._worker is None:
+            return True
+        done = threading.Event()
+        self._jobs.put(done.set)
+        return done.wait(timeout)
+
+    def close(self, timeout):
+        """Lets a call in flight finish (at most ``timeout``) before the channel closes under it;
+        calls still queued are not made."""
+        self._closed = True
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join(timeout)
 
     def take_answers(self):
-        """Applies the registrations the sender thread has answered since the last step."""
+        """Applies the registrations the worker has answered since the last step."""
         while self._answers:
-            on_answer, answered = self._answers.popleft()
+            on_answer, generation, answered = self._answers.popleft()
+            if generation != self.g.generation:
+                continue  # answered across a rollback: about snapshots the rollback dropped
             states = [(r[0], self._state(r, c)) for r, c in answered]
             on_answer([(s, state) for s, state in states if state is not False])
 
@@ -128,7 +174,7 @@ class SnapshotRegistrar:
     def confirm(self, earned):
         """A snapshot the client counts as known-good is only treated so once the sidecar agrees:
         then the other slot may be overwritten without ever losing the sidecar's rollback target."""
-        if not earned or (self._confirming is not None and not self._confirming.done()):
+        if not earned or (self._confirming is not None and not self._confirming.is_set()):
             return
         if self._confirm_wait > 0:
             self._confirm_wait -= 1

@@ -97,18 +97,6 @@ class ReportFuture:
         self._event.set()
 
 
-class _Call:
-    """A queued sidecar call other than a report: it sends nothing through the report path."""
-    __slots__ = ("call",)
-
-    def __init__(self, call):
-        self.call = call
-
-    def __call__(self):
-        self.call()
-        return None
-
-
 class ReportSender:
     """Sends step reports one at a time, in step order, on a daemon thread.
 
@@ -158,16 +146,6 @@ class ReportSender:
         self._enqueue(build, fut, hold)
         return fut
 
-    def submit_call(self, step, call, generation) -> ReportFuture:
-        """Queues a sidecar call that is not a report (a snapshot's registration): made on the
-        sender thread in order with the reports, so the training thread neither waits for the
-        reports before it nor for the call; ``call()`` hands its answer on itself. Dropped, not
-        made, when the queue overflows (the sidecar is away). Queued as held: it goes with the next
-        report or release(), so it never lets held reports go early (see the class doc)."""
-        fut = ReportFuture(step, generation, False)
-        self._enqueue(_Call(call), fut, hold=True)
-        return fut
-
     def release(self):
         """Lets the held reports go: the training thread is about to wait for the device."""
         with self._cv:
@@ -187,7 +165,7 @@ class ReportSender:
             while len(self._queue) >= self._max_queue:
                 old_item, old, _ = self._queue.popleft()
                 self.dropped += 1
-                if callable(old_item) and not isinstance(old_item, _Call):
+                if callable(old_item):
                     try:
                         old_item()
                     except Exception:
