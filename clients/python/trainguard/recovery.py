@@ -93,7 +93,7 @@ class Recovery:
             self._replay_offered = True
             if self._step is not None:
                 self._rng = None  # not captured when this step began: no replay of this one
-        self._step = self.registrar.step = step
+        self._step = step
         self._position = int(data_position) if data_position is not None else int(step) + 1
         if self._first:
             self._first = False

@@ -26,7 +26,6 @@ MEMORY_SCHEME = "memory://"
 _CONFIRM_MAX_WAIT = 64  # steps between two asks whether an earned snapshot is KNOWN_GOOD (backoff cap)
 # the sidecar's answer on an earned snapshot: 0 known-good, 1 not yet (ask again), 2 never
 _CONFIRM_CODES = {"CHECKPOINT_STATE_KNOWN_GOOD": 0, "CHECKPOINT_STATE_REJECTED": 2, "CHECKPOINT_STATE_EVICTED": 2}
-_CONFIRM_STATES = {0: "CHECKPOINT_STATE_KNOWN_GOOD", 1: None, 2: "CHECKPOINT_STATE_REJECTED"}
 
 
 class SnapshotRegistrar:
@@ -42,7 +41,6 @@ class SnapshotRegistrar:
         self._jobs = queue.SimpleQueue()
         self._worker = None
         self._closed = False
-        self.step = None                     # the step being trained
 
     def slot_name(self, s):
         return f"{MEMORY_SCHEME}{self._holder()}/rank{self.g.rank}/slot{s.slot}"
@@ -180,19 +178,20 @@ class SnapshotRegistrar:
             self._confirm_wait -= 1
             return
         self._confirm_wait = self._confirm_backoff  # reset once the sidecar answered either way
-        if not self._ranks():
-            self._confirming = self._register_later(earned, self._on_confirmed)  # registering again returns the record as it is now
+        if not self._ranks():  # registering again returns the record as it is now
+            self._confirming = self._register_later(
+                earned, lambda states: self._on_confirmed([(s, _CONFIRM_CODES.get(st, 1)) for s, st in states]))
             return
-        states = []
+        codes = []
         for s in earned:  # several ranks: rank 0 asks, all agree on its answer in one collective per snapshot
-            code = _CONFIRM_CODES.get(self._register_now(s) if self.g.rank == 0 else None, 1)
-            states.append((s, _CONFIRM_STATES[dist_agree.max_ints([code if self.g.rank == 0 else 0])[0]]))
-        self._on_confirmed(states)
+            code = _CONFIRM_CODES.get(self._register_now(s), 1) if self.g.rank == 0 else 0
+            codes.append((s, dist_agree.max_ints([code])[0]))
+        self._on_confirmed(codes)
 
-    def _on_confirmed(self, states):
+    def _on_confirmed(self, codes):
+        """(slot, code) per asked snapshot, codes as in _CONFIRM_CODES (1: not yet)."""
         self._confirming = None
-        for s, state in states:
-            code = _CONFIRM_CODES.get(state, 1)
+        for s, code in codes:
             if code == 0:
                 s.state = KNOWN_GOOD
             elif code == 2:
