@@ -65,7 +65,7 @@ def main():
         "/trainguard.v1.TrainGuardService/StreamSteps", request_serializer=pb.StreamStepsRequest.SerializeToString,
         response_deserializer=pb.StreamStepsResponse.FromString)(iter(requests.get, None))
 
-    child = ReportProcess(t.target, t.token, t.options)
+    child = ReportProcess(t.target, t.token)
     child.start()
 
     def via_child(step):

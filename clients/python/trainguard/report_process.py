@@ -9,9 +9,9 @@ hands the serialised request to a child process through a pipe and waits for the
 report is still built, and its answer applied, by the sender thread (the device's statistics and
 the guard's state live here); only the transport moved.
 
-Protocol on the child's stdin/stdout: a first frame with the settings (JSON: sys.path, target,
-token, channel options), answered by the line ``READY`` once the channel is open (anything the
-interpreter printed before it is skipped; after it the child's fd 1 points at its stderr). Then one
+Protocol on the child's stdin/stdout (its sys.path comes as its argument): a first frame with the
+settings (JSON: target, token), answered by the line ``READY`` once the channel is open (anything
+the interpreter printed before it is skipped; after it the child's fd 1 points at its stderr). Then one
 request frame per call, ``>Id`` (length, deadline seconds) + the request bytes, answered by ``>IB``
 (length, status) + the response bytes (status 0) or ``CODE\\ndetails`` of a failed call (status 1).
 The child exits when its stdin closes: when the trainer closes it, exits or is killed.
@@ -29,21 +29,20 @@ import weakref
 
 import grpc
 
+from .connection import grpc_code
+
 log = logging.getLogger("trainguard")
 
 _REQ = struct.Struct(">Id")
 _RESP = struct.Struct(">IB")
 _LEN = struct.Struct(">I")
 _READY = b"TRAINGUARD-REPORT-PROCESS-READY\n"
-_METHOD = "/trainguard.v1.TrainGuardService/ReportStep"
 OK, FAILED = 0, 1
 # The child's first lines, run before anything else is imported: fd 1 (the answers) is kept aside and
-# pointed at stderr, so no print of the interpreter, grpc or a .pth file can reach the pipe.
-_BOOT = ("import os, sys, json, struct; out = os.dup(1); os.dup2(2, 1); "
-         "n = b''\nwhile len(n) < 4:\n    c = os.read(0, 4 - len(n))\n    n += c\n    if not c: sys.exit(0)\n"
-         "n = struct.unpack('>I', n)[0]; s = b''\nwhile len(s) < n:\n    c = os.read(0, n - len(s))\n"
-         "    s += c\n    if not c: sys.exit(0)\nsettings = json.loads(s); sys.path[:0] = settings['path']\n"
-         "from trainguard.report_process import child_main; child_main(out, settings)\n")
+# pointed at stderr, so no print of grpc or of this package can reach the pipe (what the interpreter
+# prints before them, e.g. from a .pth file, is skipped up to READY).
+_BOOT = ("import os, sys, json; out = os.dup(1); os.dup2(2, 1); sys.path[:0] = json.loads(sys.argv[1]); "
+         "from trainguard.report_process import child_main; child_main(out)")
 _OFF = ("0", "false", "no", "off")
 
 
@@ -66,7 +65,7 @@ def for_transport(choice, transport, device_gate, device):
     an interpreter to start), or None where reports are sent in-process."""
     if not wanted(choice, device_gate, device):
         return None
-    proc = ReportProcess(transport.target, transport.token, transport.options)
+    proc = ReportProcess(transport.target, transport.token)
     proc.start()
     return proc
 
@@ -89,10 +88,6 @@ class ReportCallError(grpc.RpcError):
         return f"{self._code.name}: {self._details}"
 
 
-class NotStarted(ReportCallError):
-    """No child could be started for this call: nothing was sent, so the caller sends it itself."""
-
-
 _LIVE = weakref.WeakSet()  # every ReportProcess: a forked process must not keep their pipes open
 
 
@@ -110,21 +105,20 @@ if hasattr(os, "register_at_fork"):
 class ReportProcess:
     """The parent's side: ``call(request_bytes, deadline) -> response bytes`` through the child.
     Used by one thread at a time (the sender). A child that dies or stops answering is killed and
-    started afresh on the next call. Where none can be started, ``call`` raises ``NotStarted`` (the
-    caller sends that report itself); after the first start fails, or three in a row, ``usable`` is
-    off for good."""
+    started afresh on the next call. Where none can be started, ``call`` returns None: nothing was
+    sent, the caller sends that report itself. After the first start fails, or three in a row (or
+    ``close()``), ``usable`` is off for good."""
 
     START_S = 20.0      # the longest a new child may take to import grpc and say it is ready
     MARGIN_S = 2.0      # beyond a call's deadline before a silent child is given up
     MAX_FAILED_STARTS = 3
     MAX_NOISE = 1 << 16  # bytes the interpreter may print before READY
 
-    def __init__(self, target, token=None, options=()):
-        self._settings = {"target": target, "token": token, "options": [list(o) for o in options]}
+    def __init__(self, target, token=None):
+        self._settings = {"target": target, "token": token}
         self._proc = None
         self._answers = None  # the running child's stdout (_Answers)
         self._failed_starts = 0
-        self._closed = False
         self._sigpipe_blocked = set()  # threads that write to the pipe with SIGPIPE blocked
         self.usable = True
         self.starts = 0  # children that came up
@@ -134,24 +128,25 @@ class ReportProcess:
     def start(self):
         """Starts the child now; False (and a warning) where it cannot start."""
         with self._lock:
-            try:
-                self._sendable_child()
-                return True
-            except NotStarted:
-                return False
+            return self._sendable_child() is not None
 
-    def call(self, request: bytes, deadline: float) -> bytes:
+    def call(self, request: bytes, deadline: float):
+        """The response bytes; None when no child could take the call (nothing was sent)."""
         with self._lock:
             self._block_sigpipe()
             proc = self._sendable_child()
-            frame = _REQ.pack(len(request), deadline) + request
+            if proc is None:
+                return None
+            header = _REQ.pack(len(request), deadline)
             try:
                 try:
-                    _write_all(proc.stdin.fileno(), frame)
+                    _write_all(proc.stdin.fileno(), header, request)
                 except BrokenPipeError:  # it died between calls: nothing was sent, so a fresh one sends it
                     self._stop()
                     proc = self._sendable_child()
-                    _write_all(proc.stdin.fileno(), frame)
+                    if proc is None:
+                        return None
+                    _write_all(proc.stdin.fileno(), header, request)
                 status, payload = self._read_frame(deadline + self.MARGIN_S)
             except TimeoutError:
                 self._stop(kill=True)
@@ -170,8 +165,7 @@ class ReportProcess:
         raise ReportCallError(getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN), details)
 
     def close(self):
-        """Stops the child for good: a later call raises NotStarted and starts nothing."""
-        self._closed = True
+        """Stops the child for good: a later call returns None and starts nothing."""
         self.usable = False
         with self._lock:
             self._stop()
@@ -187,17 +181,16 @@ class ReportProcess:
         # exit status here on every call.
         if self._proc is not None:
             return self._proc
-        if self._closed or not self.usable:
-            raise NotStarted(grpc.StatusCode.CANCELLED, "the report process is closed")
-        return self._start()
+        return self._start() if self.usable else None
 
     def _start(self):
+        """The new child, or None (logged) where it cannot start."""
         try:
-            proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    close_fds=True)
+            proc = subprocess.Popen([sys.executable, "-c", _BOOT, json.dumps(sys.path)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, close_fds=True)
             self._proc, self._answers = proc, _Answers(proc.stdout.fileno())
-            settings = json.dumps(dict(self._settings, path=sys.path)).encode()
-            _write_all(proc.stdin.fileno(), _LEN.pack(len(settings)) + settings)
+            settings = json.dumps(self._settings).encode()
+            _write_all(proc.stdin.fileno(), _LEN.pack(len(settings)), settings)
             _await_ready(self._answers, self.START_S, self.MAX_NOISE)
         except BaseException as e:
             self._stop()
@@ -208,8 +201,7 @@ class ReportProcess:
                 self.usable = False
                 log.warning("trainguard: the report process could not start (%s); reports are sent from the "
                             "training process instead", _reason(e))
-            raise NotStarted(grpc.StatusCode.UNAVAILABLE,
-                             f"the report process could not start ({_reason(e)})") from None
+            return None
         self._failed_starts = 0
         self.starts += 1
         return proc
@@ -232,7 +224,7 @@ class ReportProcess:
     def _abandon(self):
         """In a forked copy of the trainer: close this copy's ends of the pipes, never use the child."""
         proc, self._proc = self._proc, None
-        self._closed, self.usable = True, False
+        self.usable = False
         self._lock = threading.Lock()  # the parent's lock may have been held at the fork
         if proc is not None:
             for f in (proc.stdin, proc.stdout):
@@ -258,31 +250,35 @@ def _reason(e):
     return str(e) or type(e).__name__
 
 
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd, *parts):
+    """Writes ``parts`` in one writev where the pipe takes them at once (one syscall per report)."""
+    written = os.writev(fd, parts)
+    rest = memoryview(b"".join(parts))[written:] if written < sum(map(len, parts)) else b""
+    while rest:
+        rest = rest[os.write(fd, rest):]
 
 
 class _Answers:
     """The child's stdout, read with poll(): it releases the GIL like select() and, unlike select(),
-    takes fds above 1024."""
+    takes fds above 1024. Buffered: an answer's header and body normally arrive in one read."""
+
+    CHUNK = 1 << 16
 
     def __init__(self, fd):
-        self.fd, self._poller = fd, select.poll()
+        self.fd, self._poller, self._buf = fd, select.poll(), b""
         self._poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
 
     def read(self, n, timeout):
         """``n`` bytes, each wait at most ``timeout`` s."""
-        out = bytearray()
-        while len(out) < n:
+        while len(self._buf) < n:
             if not self._poller.poll(max(0, int(timeout * 1000))):
                 raise TimeoutError(f"nothing within {timeout:.1f}s")
-            chunk = os.read(self.fd, n - len(out))
+            chunk = os.read(self.fd, max(self.CHUNK, n - len(self._buf)))
             if not chunk:
                 raise EOFError("end of stream")
-            out += chunk
-        return bytes(out)
+            self._buf += chunk
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
 
 
 def _await_ready(answers, timeout, max_noise):
@@ -294,8 +290,10 @@ def _await_ready(answers, timeout, max_noise):
         seen += answers.read(1, timeout)
 
 
-def child_main(out, settings):
-    """The child: reads request frames from stdin, makes each call, writes the answer to ``out``."""
+def child_main(out):
+    """The child: reads the settings, then request frames from stdin; makes each call and writes the
+    answer to ``out``."""
+    from .transport import Transport  # here: transport imports this module
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which closes us
 
     def read(n):
@@ -313,19 +311,17 @@ def child_main(out, settings):
         except OSError:  # the parent is gone
             raise SystemExit(0) from None
 
-    channel = grpc.insecure_channel(settings["target"], options=[tuple(o) for o in settings["options"]])
-    call = channel.unary_unary(_METHOD)  # bytes in, bytes out
-    metadata = (("authorization", "Bearer " + settings["token"]),) if settings["token"] else None
+    settings = json.loads(read(_LEN.unpack(read(_LEN.size))[0]))
+    call = Transport(settings["target"], token=settings["token"]).raw("ReportStep")
     answer(_READY)
     while True:
         n, deadline = _REQ.unpack(read(_REQ.size))
         request = read(n)
         try:
-            status, payload = OK, call(request, timeout=deadline, metadata=metadata)
+            status, payload = OK, call(request, deadline)
         except grpc.RpcError as e:
-            code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-            details = e.details() if hasattr(e, "details") else str(e)
-            status, payload = FAILED, f"{code.name}\n{details}".encode("utf-8", "replace")
+            code = grpc_code(e) or grpc.StatusCode.UNKNOWN
+            status, payload = FAILED, f"{code.name}\n{e.details()}".encode("utf-8", "replace")
         except Exception as e:  # never leave the parent waiting
             status, payload = FAILED, f"UNKNOWN\n{type(e).__name__}: {e}".encode("utf-8", "replace")
         answer(_RESP.pack(len(payload), status) + payload)

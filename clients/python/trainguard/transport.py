@@ -11,7 +11,6 @@ import threading
 import grpc
 
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
-from .report_process import NotStarted
 
 log = logging.getLogger("trainguard")
 _SERVICE = "/trainguard.v1.TrainGuardService/"
@@ -59,9 +58,9 @@ class Transport:
         self._metadata = (("authorization", "Bearer " + self.token),) if self.token else None
         self.deadline = float(deadline)
         # Fail fast while the sidecar is down instead of waiting for a reconnect inside the deadline.
-        self.options = [("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
-                        ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.min_reconnect_backoff_ms", 100)]
-        self.channel = grpc.insecure_channel(self.target, options=self.options)
+        options = [("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.min_reconnect_backoff_ms", 100)]
+        self.channel = grpc.insecure_channel(self.target, options=options)
         self._calls = {}
         for name, (req, resp) in _METHODS.items():
             self._calls[name] = self.channel.unary_unary(
@@ -71,6 +70,15 @@ class Transport:
     def call(self, name: str, request, deadline: float = None):
         return self._calls[name](request, timeout=self.deadline if deadline is None else deadline,
                                  metadata=self._metadata)
+
+    def raw(self, name: str):
+        """``call(request_bytes, deadline) -> response bytes`` for method ``name``: for a caller that
+        serialised the request itself (the report process)."""
+        stub = self.channel.unary_unary(_SERVICE + name)
+
+        def call(request: bytes, deadline: float) -> bytes:
+            return stub(request, timeout=deadline, metadata=self._metadata)
+        return call
 
     def close(self):
         self.channel.close()
@@ -227,11 +235,9 @@ class ReportSender:
     def _call(self, request):
         proc = self.process
         if proc is not None and proc.usable:
-            try:
-                answer = proc.call(request.SerializeToString(), self._transport.deadline)
-                return pb.ReportStepResponse.FromString(answer)
-            except NotStarted:
-                pass  # no child to send it: this process sends it (and the next ones, once it gave up)
+            answer = proc.call(request.SerializeToString(), self._transport.deadline)
+            if answer is not None:  # else no child could take it: this process sends it (and the next
+                return pb.ReportStepResponse.FromString(answer)  # ones, once it gave up)
         return self._transport.call("ReportStep", request)
 
     def close(self, timeout: float = 1.0):
