@@ -10,6 +10,7 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   tg_lag2      the same with verdict_lag=2 (step k waits for the verdict of step k-2)
   tg_all       trainguard with every module hooked
   tg_wrap      trainguard through the optimizer wrapper: guard.step(step, loss); opt.step() on guard.wrap(opt)
+  tg_bwd       trainguard measured and gated when backward ends (Guard.gate_on_backward)
   tg_nowatch   trainguard without module watch hooks (watch=[]): what the per-block provenance costs
   tg_nosnap    trainguard with in-memory snapshots off: what the snapshots cost
   tg_inproc    trainguard with report_process=False: the ReportStep call made by the sender thread in
@@ -67,6 +68,9 @@ from overhead_probes import GcClock, PieceClock, mute, sanity  # noqa: E402
 from trainguard import grad_table  # noqa: E402
 
 
+VARIANTS = ("tg", "tg_nolag", "tg_lag2", "tg_all", "tg_wrap", "tg_bwd", "tg_nowatch", "tg_nosnap", "tg_inproc",
+            "tg_host", "naive", "scaler", "tg_scaler", "anomaly", "tg_gradscale", "tg_mute", "control")
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", default="unix:///tmp/tg.sock")
@@ -87,6 +91,9 @@ def main():
     cuda = dev.type == "cuda"
     cfg = TINY if a.tiny else GPT2_SMALL
     variants = a.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:  # an unknown tg_* name would otherwise run as plain tg under its own label
+        raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(dev),
             "gpu": torch.cuda.get_device_name(0) if cuda else platform.processor(), "config": cfg,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps,

@@ -127,7 +127,7 @@ def main():
         pieces.on = False
         where = sampler.stop(a.steps) if sampler is not None else None
         if prof is not None:
-            prof.report(a.steps)
+            prof.report()
         s1 = time.clock_gettime(sender) if sender is not None else 0.0
         m1, sched1 = time.clock_gettime(main_clock), schedstat()
         if g is not None:
@@ -207,7 +207,7 @@ def profile_guard_calls(g):
                 prof.disable()
         setattr(g, attr, profiled)
 
-    def report(steps):
+    def report():
         out = io.StringIO()
         st = pstats.Stats(prof, stream=out)
         st.sort_stats("tottime").print_stats(45)

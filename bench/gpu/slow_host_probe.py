@@ -14,7 +14,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))  # trainguard.report
+sys.path.insert(0, HERE)
 from gpt_model import GPT, GPT2_SMALL  # noqa: E402
 
 
