@@ -12,12 +12,10 @@ Usage: python3 report_call_cpu.py --target unix:///tmp/tg.sock [--reports 1000] 
 import argparse
 import json
 import os
-import platform
 import queue
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+from common import SERVICE, machine, open_request, save_results  # puts clients/python on sys.path
 from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb  # noqa: E402
 from trainguard.report_process import ReportProcess  # noqa: E402
 from trainguard.transport import Transport  # noqa: E402
@@ -52,9 +50,9 @@ def main():
     a = ap.parse_args()
     t = Transport(a.target, deadline=5.0)
     run = f"report-call-cpu-{os.getpid()}"
-    t.call("OpenRun", pb.OpenRunRequest(run_id=run, rank=0, world_size=1, trainer_instance="bench"))
+    t.call("OpenRun", open_request(run))
 
-    def report(step):
+    def report(step):  # the smallest report (not common.step_report): the call's own cost, as measured before
         return pb.StepReport(run_id=run, rank=0, step=step, loss=2.0 - step * 1e-6, grad_norm=1.0)
 
     def unary(step):
@@ -62,7 +60,7 @@ def main():
 
     requests = queue.SimpleQueue()
     answers = t.channel.stream_stream(
-        "/trainguard.v1.TrainGuardService/StreamSteps", request_serializer=pb.StreamStepsRequest.SerializeToString,
+        SERVICE + "StreamSteps", request_serializer=pb.StreamStepsRequest.SerializeToString,
         response_deserializer=pb.StreamStepsResponse.FromString)(iter(requests.get, None))
 
     child = ReportProcess(t.target, t.token)
@@ -88,13 +86,10 @@ def main():
             step += a.reports
     requests.put(None)
     child.close()
-    res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
-           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "reports": a.reports,
+    res = {"machine": machine(), "reports": a.reports,
            "columns": ["calling thread CPU us", "process CPU us", "wall us", "report process CPU us"], "per_report": rows}
+    save_results(res, a.out)
     print(json.dumps(res, indent=1))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
     t.close()
 
 
