@@ -38,7 +38,10 @@ def run(fake, name, graphs, model_cls=MLP, steps=24, move_at=(4, 5, 16), dtype=t
     held, weights = [], []
     for step in range(steps):
         x, y = (t.cuda().to(dtype) for t in batch(step))
-        if step in NAN_STEPS:
+        if step == NAN_STEPS[0]:  # a NaN input: every module statistic is NaN too
+            x = x.clone()
+            x[0, 0] = float("nan")
+        elif step in NAN_STEPS:   # a NaN target: only the loss (and the gradients)
             y = y.clone()
             y[0, 0] = float("nan")
         loss = torch.nn.functional.mse_loss(model(x) * 3.0, y)
@@ -52,10 +55,28 @@ def run(fake, name, graphs, model_cls=MLP, steps=24, move_at=(4, 5, 16), dtype=t
         opt.zero_grad(set_to_none=True)
         weights.append([p.detach().clone() for p in model.parameters()])
     assert g.flush(10)
+    # what the sidecar was told of each step: the loss and the module statistics the graph read by address
+    told = {r.step: (r.loss, list(r.module_stats.names), list(r.module_stats.finite))
+            for r in fake.reports if r.run_id == name}
     out = dict(g.gated.graphs.counters, skips=g.counters["skips"], clips=g.counters["clips"],
-               early=dict(g.backward_gate.counters))
+               early=dict(g.backward_gate.counters), told=told)
     g.close()
     return weights, out
+
+
+def assert_same_reports(eager, graphed):
+    """The losses the graph read by address are the eager ones: exactly while the weights are the
+    same (steps 0 and 1: step 0 runs eagerly in both), then within the clip divisor's last bits
+    (module docstring of gate_graph); the module statistics' finite flags agree on every step."""
+    assert sorted(eager) == sorted(graphed) == list(range(24))
+    assert not any(graphed[NAN_STEPS[0]][2]) and all(graphed[NAN_STEPS[1]][2])
+    for step in eager:
+        (l1, n1, f1), (l2, n2, f2) = eager[step], graphed[step]
+        assert n1 == n2 and n1 and f1 == f2, f"step {step}: module statistics {n1} {f1} vs {n2} {f2}"
+        if step < 2 or l1 != l1:
+            assert l1 == l2 or (l1 != l1 and l2 != l2), f"step {step}: loss {l1} vs {l2}"
+        else:
+            assert l2 == pytest.approx(l1, rel=1e-5), f"step {step}: loss {l1} vs {l2}"
 
 
 def assert_same_training(eager, graphed):
@@ -73,6 +94,7 @@ def test_graph_gate_skips_and_clips_as_the_eager_gate_while_gradients_move(fake,
     assert (gr["skips"], gr["clips"]) == (e["skips"], e["clips"]) and gr["skips"] == 2 and gr["clips"] >= 5
     if dtype == torch.float32:
         assert_same_training(eager, graphed)
+        assert_same_reports(e["told"], gr["told"])
     # both NaN steps (replayed from the graph) left the weights as they were, and training went on
     assert all(torch.equal(x, y) for x, y in zip(graphed[8], graphed[10]))
     assert not all(torch.equal(x, y) for x, y in zip(graphed[10], graphed[11]))

@@ -2,7 +2,8 @@
 interpreter: each parameter group's sum of squares equals torch's, across chunk boundaries, mixed
 dtypes and groups, a missing gradient and a NaN; gradients that move are followed; a gradient that
 is not one dense block, a resized parameter and a replaced one are refused;
-the clip divides float32 gradients in place only on a clipped step that is not skipped.
+the clip divides float32 gradients in place only on a clipped step that is not skipped; loose
+float32 scalars (the loss, module statistics) are read by address, and other scalars refused.
 The CUDA graph around it is checked on a GPU (bench/gpu/checks/test_gate_graph.py)."""
 import functools
 import json
@@ -62,6 +63,7 @@ out["dense_again"] = [td.upload(), td.copies]                # same addresses: n
 for p in dense:
     p.grad = torch.randn_like(p) * 2                         # new tensors, as after zero_grad(set_to_none=True)
 out["dense_moved"] = [td.upload(), td.copies, abs(sums() - want()) <= 1e-4 * want()]
+td_scalars = gt.GradTable(opt_d, torch.device("cpu"))  # before the resize below
 dense[1].data = torch.randn(6000)
 dense[1].grad = torch.randn(6000)
 out["resized_uploaded"] = td.upload()
@@ -73,6 +75,17 @@ table.upload()
 out["with_nan"] = [float(s) for s in table.sums()]
 fp32[3].grad = torch.randn(9000, 2)[:, 0]  # a strided view: not one dense block
 out["strided_uploaded"] = table.upload()
+# loose scalars read by address: a 0-d loss, module statistics (one NaN), a 1-element view
+loss, stats = torch.tensor(2.5), [torch.tensor(float(i)) for i in range(20)] + [torch.tensor(float("nan"))]
+view = torch.arange(5, dtype=torch.float32)[3:4]
+into = torch.full((24,), -1.0)
+td = td_scalars
+dense[1].data, dense[1].grad = torch.randn(5000), torch.randn(5000)
+out["scalars_uploaded"] = td.upload([loss] + stats + [view])
+td.gather(into, 23)
+out["gathered"] = [x if x == x else "nan" for x in into.tolist()]
+out["refused_scalars"] = [td.upload([torch.tensor(1.0, dtype=torch.bfloat16)]), td.upload([torch.ones(2)]),
+                          td.upload([1.0]), td.upload([torch.tensor(0.0)] * (gt.SCALARS + 1))]
 print(json.dumps(out))
 '''
 
@@ -111,3 +124,12 @@ def test_table_divides_the_gradients_only_on_a_clipped_step_that_is_not_skipped(
     assert out["clipped_divided"]  # across chunk boundaries, by a divisor that is not a power of two
     # only an all-float32 table stands in for a fused optimizer's grad_scale (GateGraphs)
     assert out["float32_only"] == [False, True] and out["mixed_refused"]
+
+
+def test_table_reads_loose_float32_scalars_by_address_and_refuses_others():
+    out = run_check()
+    assert out["scalars_uploaded"] is True
+    # the loss, then the statistics in order (the NaN kept), then the view's element; the rest untouched
+    assert out["gathered"] == [2.5] + [float(i) for i in range(20)] + ["nan", 3.0, -1.0]
+    # a bf16 scalar, a 2-element tensor, a number, more scalars than the table holds
+    assert out["refused_scalars"] == [False, False, False, False]

@@ -5,8 +5,9 @@ Measuring a gated step (the norm of every gradient, the packed statistics) and i
 Python and launch work per step (H200, GPT-2 small). Where the GPU has work queued, that is
 hidden; where it has none (a launch-bound compiled step, a loop that reads the loss every step as
 the Hugging Face Trainer does), it is added to the step. Here it is one host-to-device copy of the
-gradients' addresses (``grad_table``), two small copies of the loss and the module statistics into
-the graph's inputs, and one graph launch.
+addresses of the gradients, the loss and the module statistics (``grad_table``), and one graph
+launch: the graph reads them all where they lie. (Copying the loss and the statistics into the
+graph's inputs instead took two launches, 100-230 us a step on the H200 host after torch.compile.)
 
 The first gated step runs the eager kernels and captures the graph (capturing runs nothing, so a
 failed capture changes nothing: the gate stays eager). A step whose gradients the table cannot
@@ -25,25 +26,30 @@ from . import grad_table
 log = logging.getLogger("trainguard")
 
 
-class _Captured:
-    """One graph and its fixed inputs and outputs."""
+# How a graph gets the step's loss: read where it lies (a 1-element float32 tensor on the device),
+# copied into its input (another tensor), or filled in (None or a number)
+LOSS_READ, LOSS_COPIED, LOSS_FILLED = "read", "copied", "filled"
 
-    def __init__(self, graph, loss, mods, stats):
-        self.graph, self.loss, self.mods, self.stats = graph, loss, mods, stats
+
+class _Captured:
+    """One graph and its fixed loss input and output."""
+
+    def __init__(self, graph, loss, stats):
+        self.graph, self.loss, self.stats = graph, loss, stats
 
 
 class GateGraphs:
     """Measures a single-rank gated step and installs its gate from a CUDA graph where it can,
     else eagerly (``StepMeter.on_device`` + ``DeviceGate.install``)."""
 
-    KEEP = 4  # graphs kept, one per (number of module statistics, loss given or not)
+    KEEP = 4  # graphs kept, one per (number of module statistics, how the loss gets in)
     RETRY_STEPS = 64  # eager steps between capture attempts while a gradient cannot be addressed
 
     def __init__(self, meter, gate, optimizer, device):
         self.meter, self.gate, self.optimizer, self.device = meter, gate, optimizer, device
         self.enabled = grad_table.available(device) and os.environ.get("TRAINGUARD_GATE_GRAPH", "1") != "0"
         self._table = None
-        self._graphs = {}        # (n_mods, loss is a tensor) -> _Captured
+        self._graphs = {}        # (n_mods, LOSS_*) -> _Captured
         self._threshold = None   # device 0-d float32: the clip threshold the graphs divide by
         self._threshold_value = None
         self._stream = None
@@ -53,7 +59,8 @@ class GateGraphs:
 
     @property
     def address_uploads(self):
-        """Steps whose gradients had moved since the last step (their addresses were copied to the device)."""
+        """Steps whose addresses had moved since the last step and were copied to the device (nearly
+        all: the loss is a fresh tensor every step)."""
         return self._table.copies if self._table is not None else 0
 
     def measure_and_install(self, loss, threshold, taken=None):
@@ -67,8 +74,8 @@ class GateGraphs:
         names, mods = taken if taken is not None else self.meter.take_watch()
         key = self._key(loss, len(mods))
         cap = self._graphs.get(key) if key is not None else None
-        if cap is not None and self._table.upload():
-            self._load(cap, loss, mods, threshold)
+        if cap is not None and self._table.upload(self._scalars(key, loss, mods)):
+            self._load(cap, key, loss, threshold)
             cap.graph.replay()
             by_table = threshold > 0 and self._divide is not None
             clip = self.gate.point(threshold, divisor=not by_table)
@@ -78,31 +85,36 @@ class GateGraphs:
         clip = self.gate.install(stats, total, threshold)
         self.counters["eager"] += 1
         if key is not None and cap is None:
-            self._capture(key)
+            self._capture(key, self._scalars(key, loss, mods))
         return stats, ng, names, clip
 
     def _key(self, loss, n_mods):
-        """What a graph is captured for, (number of module statistics, loss given or not); None when
-        this step cannot use one (graphs off, the loss on another device)."""
-        if not self.enabled or (torch.is_tensor(loss) and loss.device != self.device):
+        """What a graph is captured for, (number of module statistics, LOSS_*); None when this step
+        cannot use one (graphs off, the loss on another device, more statistics than the table reads)."""
+        if not self.enabled or (torch.is_tensor(loss) and loss.device != self.device) or n_mods >= grad_table.SCALARS:
             return None
         if self._table is not None and not self._table.matches(self.optimizer):
             self._table, self._graphs, self._divide = None, {}, None  # the optimizer's parameters changed: build afresh
-        return n_mods, torch.is_tensor(loss)
+        if not torch.is_tensor(loss):
+            return n_mods, LOSS_FILLED
+        return n_mods, (LOSS_READ if loss.dtype == torch.float32 and loss.numel() == 1 else LOSS_COPIED)
 
-    def _load(self, cap, loss, mods, threshold):
-        if torch.is_tensor(loss):
+    @staticmethod
+    def _scalars(key, loss, mods):
+        """What the graph reads by address: the loss (when it is read) and the module statistics."""
+        return [loss] + mods if key[1] == LOSS_READ else mods
+
+    def _load(self, cap, key, loss, threshold):
+        if key[1] == LOSS_COPIED:
             cap.loss.copy_(loss.detach().reshape(1))
-        else:
+        elif key[1] == LOSS_FILLED:
             cap.loss.fill_(0.0 if loss is None else float(loss))
-        if mods:
-            torch.stack(mods, out=cap.mods)
         value = float(threshold) if threshold > 0 else 1.0  # no clipping: the divisor is not used
         if value != self._threshold_value:
             self._threshold.fill_(value)  # one fill when the policy's threshold changes
             self._threshold_value = value
 
-    def _capture(self, key):
+    def _capture(self, key, scalars):
         if len(self._graphs) >= self.KEEP:
             return
         if self._retry_in:  # the gradients could not be addressed lately: the pointer walk would be wasted
@@ -116,21 +128,27 @@ class GateGraphs:
                 self._threshold_value = 1.0
                 self._stream = torch.cuda.Stream(device=self.device)
             table = self._table
-            if not table.upload():
+            if not table.upload(scalars):
                 self._retry_in = self.RETRY_STEPS  # a strided or DTensor gradient: eager for a while
                 return
+            # the loss and the module statistics side by side, read where they lie (or the loss put in)
+            inputs = torch.zeros(1 + n_mods, dtype=torch.float32, device=self.device)
+            in_loss, in_mods = inputs[:1], (inputs[1:] if n_mods else None)
+            read_into = inputs if key[1] == LOSS_READ else inputs[1:]
             table.sums()  # compiles and loads the kernels outside the capture
+            if scalars:
+                table.gather(read_into, len(scalars))
             found, scale = self.gate.buffers()
             if self._divide is None and table.float32_only:
                 self._divide = self._capture_divide(table, found, scale)
-            in_loss = torch.zeros(1, dtype=torch.float32, device=self.device)
-            in_mods = torch.zeros(n_mods, dtype=torch.float32, device=self.device) if n_mods else None
             graph = torch.cuda.CUDAGraph()
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self._stream):
                 # thread_local: the sender thread may wait on a CUDA event meanwhile
                 graph.capture_begin(capture_error_mode="thread_local")
                 try:
+                    if scalars:
+                        table.gather(read_into, len(scalars))
                     sq = torch.stack(table.sums())
                     per_group = torch.sqrt(sq)
                     total = torch.sqrt(sq.sum())
@@ -148,7 +166,7 @@ class GateGraphs:
                      type(e).__name__, e)
             return
         self.counters["captures"] += 1
-        self._graphs[key] = _Captured(graph, in_loss, in_mods, stats)
+        self._graphs[key] = _Captured(graph, in_loss, stats)
 
     def _capture_divide(self, table, found, divisor):
         """A graph of the table's in-place clip by ``divisor`` unless ``found`` is set."""

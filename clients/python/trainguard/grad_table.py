@@ -23,6 +23,7 @@ except ImportError:  # no Triton (CPU-only builds, some platforms): the gate sta
 
 CHUNK = 65536   # elements per program
 BLOCK = 2048    # elements per inner iteration
+SCALARS = 256   # the most loose float32 scalars (the loss, module statistics) a table reads by address
 
 if triton is not None:
     @triton.jit
@@ -64,6 +65,15 @@ if triton is not None:
                 mask = idx < n
                 x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
                 tl.store(base + idx, (x / d).to(ELEM), mask=mask)
+
+    @triton.jit
+    def _gather_kernel(ptrs, out, n, BLOCK: tl.constexpr):
+        # out[i] = the float32 at address ptrs[i]: the step's loss and module statistics are fresh
+        # tensors every step, so a graph reads them where they lie instead of a copy launched for each
+        i = tl.arange(0, BLOCK)
+        mask = i < n
+        addr = tl.load(ptrs + i, mask=mask, other=0)
+        tl.store(out + i, tl.load(addr.to(tl.pointer_type(tl.float32)), mask=mask, other=0.0), mask=mask)
 
     _ELEM = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 else:
@@ -111,7 +121,9 @@ class GradTable:
         # the table lists the parameters dtype by dtype, so each kernel's slice of it is contiguous
         self.params = [p for rows in by_dtype.values() for p, _ in rows]
         self._numels = [p.numel() for p in self.params]
-        self._ptrs = torch.zeros(len(self.params), dtype=torch.int64, device=device)
+        # the gradients' addresses, then those of up to SCALARS loose scalars (``upload``, ``gather``)
+        self._ptrs = torch.zeros(len(self.params) + SCALARS, dtype=torch.int64, device=device)
+        self._scalar_ptrs = self._ptrs[len(self.params):]
         self.runs, start = [], 0
         for dt, rows in by_dtype.items():
             self.runs.append(_DtypeRun(start, [p.numel() for p, _ in rows], [gi for _, gi in rows], device, _ELEM[dt],
@@ -135,11 +147,13 @@ class GradTable:
             len(grp["params"]) == len(mine) and all(map(operator.is_, grp["params"], mine))
             for grp, mine in zip(groups, self._groups))
 
-    def upload(self):
-        """Writes this step's gradient addresses into the device tables (stream-ordered, no sync).
-        False when a gradient is not one dense block starting at its address: the eager kernels then
-        measure this step. One pass over the gradients: a version with five C-level passes (one per
-        check) was no faster on the H200 host (docs/benchmarks.md, issue 21, seventh pass)."""
+    def upload(self, scalars=()):
+        """Writes this step's gradient addresses, then those of ``scalars`` (1-element float32
+        tensors on the device, read by ``gather``), into the device table (stream-ordered, no sync).
+        False when a gradient is not one dense block starting at its address, or a scalar is not such
+        a tensor: the eager kernels then measure this step. One pass over the gradients: a version
+        with five C-level passes (one per check) was no faster on the H200 host (docs/benchmarks.md,
+        issue 21, seventh pass)."""
         ptrs = []
         try:
             for p, n in zip(self.params, self._numels):
@@ -152,12 +166,18 @@ class GradTable:
                     return False
         except RuntimeError:  # sparse gradients
             return False
+        if len(scalars) > SCALARS:
+            return False
+        for s in scalars:
+            if type(s) is not torch.Tensor or s.dtype != torch.float32 or s.numel() != 1 or s.device != self.device:
+                return False
+            ptrs.append(s.data_ptr())
         if ptrs != self._last:  # they moved: on nearly every step measured (zero_grad(set_to_none=True))
             self._last = ptrs
             self.copies += 1
             # pinned and stream-ordered, no sync: torch's pinned allocator keeps the host buffer
             # until the copy has run
-            self._ptrs.copy_(torch.tensor(ptrs, dtype=torch.int64, pin_memory=self._pinned), non_blocking=True)
+            self._ptrs[:len(ptrs)].copy_(torch.tensor(ptrs, dtype=torch.int64, pin_memory=self._pinned), non_blocking=True)
         return True
 
     def sums(self):
@@ -174,6 +194,10 @@ class GradTable:
                 start += n
         zero = torch.zeros((), dtype=torch.float32, device=self.device)
         return [torch.stack(parts).sum() if parts else zero for parts in per_group]
+
+    def gather(self, out, n):
+        """out[:n] = the ``n`` scalars of the last upload (one launch, capturable)."""
+        _gather_kernel[(1,)](self._scalar_ptrs, out, n, BLOCK=max(16, triton.next_power_of_2(n)))
 
     def divide(self, found, divisor):
         """Divides every gradient by ``divisor`` (0-d float32, on the device) in place unless ``found``
