@@ -47,11 +47,17 @@ def test_sidecar_killed_fail_closed_stops(tmp_path_factory):
     try:
         model, opt = make()
         g = Guard(model, opt, "kill-closed", target=sc.target, deadline=1.0, failure_mode="closed")
-        seen = []
+        seen, failures = [], []  # the steps that returned, and the failed reports known when each did
+        kill = killer(sc, 15)
         with pytest.raises(trainguard.SidecarUnavailable, match="failure_mode='closed'"):
-            train(g, model, opt, 40, on_verdict=lambda s, v: (seen.append(s), killer(sc, 15)(s, v)))
-        # Detected within a few steps of the kill (async reports fail, the next step raises).
-        assert 15 <= seen[-1] <= 18, seen[-1]
+            train(g, model, opt, 40, on_verdict=lambda s, v: (seen.append(s), failures.append(
+                g.counters["sidecar_failures"]), kill(s, v)))
+        # The step after the first failed report is known raises. How soon the failure is known
+        # depends on how fast the sender thread runs: a few steps after the kill, later on a
+        # starved machine (once 19 on a loaded 2-core machine).
+        known = [s for s, f in zip(seen, failures) if f]
+        assert not known or seen[-1] == known[0], (seen, failures)
+        assert 15 <= seen[-1] <= 25, seen[-1]
         assert weights_finite(model)
     finally:
         sc.stop()
