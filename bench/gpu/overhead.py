@@ -13,6 +13,8 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   tg_bwd       trainguard measured and gated when backward ends (Guard.gate_on_backward)
   tg_nowatch   trainguard without module watch hooks (watch=[]): what the per-block provenance costs
   tg_nosnap    trainguard with in-memory snapshots off: what the snapshots cost
+  tg_si        trainguard with the interpreter's thread switch interval at 0.5 ms instead of 5 ms
+               during its rounds (sys.setswitchinterval): how long the report threads wait for the GIL
   tg_inproc    trainguard with report_process=False: the ReportStep call made by the sender thread in
                the training process (before issue 21's eighth pass), not by the report process
   tg_host      trainguard with device_gate=False: the host path (one device read per step), as every
@@ -68,7 +70,7 @@ from overhead_probes import GcClock, PieceClock, mute, sanity  # noqa: E402
 from trainguard import grad_table  # noqa: E402
 
 
-VARIANTS = ("tg", "tg_nolag", "tg_lag2", "tg_all", "tg_wrap", "tg_bwd", "tg_nowatch", "tg_nosnap", "tg_inproc",
+VARIANTS = ("tg", "tg_nolag", "tg_lag2", "tg_si", "tg_all", "tg_wrap", "tg_bwd", "tg_nowatch", "tg_nosnap", "tg_inproc",
             "tg_host", "naive", "scaler", "tg_scaler", "anomaly", "tg_gradscale", "tg_mute", "control")
 
 def main():
@@ -191,6 +193,9 @@ def main():
             sender0 = time.clock_gettime(sender_clock) if sender_clock is not None else 0.0
             gc0 = gc_clock.read()
             clock.key = name if g is not None else None
+            switch_interval = sys.getswitchinterval()
+            if name == "tg_si":
+                sys.setswitchinterval(0.0005)
             sync()
             t0 = time.perf_counter()
             for i in range(n):
@@ -257,6 +262,7 @@ def main():
             clock.step = None
             sync()
             dt = (time.perf_counter() - t0) * 1000.0 / n
+            sys.setswitchinterval(switch_interval)
             # the host's share: launching n steps against all n run (a host-bound loop has launch ~ dt)
             last_launch_ms[name] = (launched - t0) * 1000.0 / n
             gc_delta = [b - a for a, b in zip(gc0, gc_clock.read())]

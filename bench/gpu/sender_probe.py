@@ -240,8 +240,16 @@ def instrument(g, pieces):
     pieces.wrap(g, "step", "main_guard_step")
     pieces.wrap(g, "optimizer_step", "main_guard_optimizer_step")
     pieces.wrap(g.gated.graphs, "measure_and_install", "main_measure_and_install")
-    for attr in ("after_update", "_take", "_register", "before_update"):
+    # its parts: the address walk (class-level: the table is built at the first capture), the inputs
+    # loaded, the watch taken, the gate pointed
+    from trainguard import grad_table
+    pieces.wrap(grad_table.GradTable, "upload", "main_mi.upload")
+    pieces.wrap(g.gated.graphs, "_load", "main_mi.load")
+    pieces.wrap(g.gated.graphs.meter, "take_watch", "main_mi.take_watch")
+    pieces.wrap(g.gated.graphs.gate, "point", "main_mi.gate_point")
+    for attr in ("after_update", "_take", "before_update"):
         pieces.wrap(g.recovery, attr, f"main_recovery.{attr}")
+    pieces.wrap(g.recovery.registrar, "register_ready", "main_registrar.register_ready")
     original_submit = g.sender.submit_deferred
 
     def submit_deferred(step, build, generation, hold=False):  # times the whole deferred build
