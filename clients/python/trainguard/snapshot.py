@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import snapshot_staging
 from .rng import capture_rng, restore_rng
 
 EMPTY, COPYING, PENDING, KNOWN_GOOD = "EMPTY", "COPYING", "PENDING", "KNOWN_GOOD"
@@ -38,6 +39,9 @@ class SnapshotPolicy:
     slots: int = 2
     pin_memory: bool = True
     max_overhead: float = 0.01
+    #: copy the state on the device first and to the host from there (snapshot_staging): "auto"
+    #: (while the state is at most a quarter of the free device memory), True, False
+    device_staging: object = "auto"
 
     def __post_init__(self):
         if self.interval < 1:
@@ -49,6 +53,8 @@ class SnapshotPolicy:
             raise ValueError("snapshots need at least 2 slots (one known-good while the next is written)")
         if self.max_bytes < 0:
             raise ValueError("snapshot max_bytes must be >= 0 (0 = no cap)")
+        if self.device_staging not in ("auto", True, False):
+            raise ValueError('snapshot device_staging must be "auto", True or False')
 
 
 def _walk(obj, tensors):
@@ -125,10 +131,12 @@ class Snapshot:
         self.lr_scale = 1.0
         self.healthy_since = 0
         self.checkpoint_id = ""
-        self.host = None
-        self.spare = None        # buffers allocated ahead for this slot's next snapshot (see prepare())
+        self.host = None         # one host tensor per state tensor (views into ``flats`` when staged)
+        self.flats = None        # {dtype: flat pinned buffer} when the copy goes through DeviceStaging
+        self.spare = None        # (host, flats) allocated ahead for this slot's next snapshot (see prepare())
         self.skeleton = None
         self.finite_flag = None  # host 0-d bool tensor, valid once the copy completed
+        self.host_finite = True  # the state's tensors that live on the CPU (checked at the take)
         self.event = None
         self.taken_at = 0.0
 
@@ -143,7 +151,7 @@ class Snapshot:
         return self.state in (PENDING, KNOWN_GOOD)
 
     def finite(self):
-        return bool(self.finite_flag) if self.finite_flag is not None else True
+        return self.host_finite and (bool(self.finite_flag) if self.finite_flag is not None else True)
 
 
 class SnapshotStore:
@@ -157,8 +165,10 @@ class SnapshotStore:
         self.cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         self._copy_done = None   # the newest copy's event: optimizer.step() waits on it, on the device
+        self._staging = None     # DeviceStaging of the state's tensors on self.device, when used
+        self._staged_copy = None  # the last copy out of the staging buffers (a new copy in waits for it)
         self.too_big = None      # bytes, when the state exceeds policy.max_bytes
-        self.stats = {"taken": 0, "restored": 0, "last_take_s": 0.0, "bytes": 0}
+        self.stats = {"taken": 0, "restored": 0, "last_take_s": 0.0, "bytes": 0, "device_staging_bytes": 0}
 
     # ------------------------------------------------------------------ taking
 
@@ -202,36 +212,29 @@ class SnapshotStore:
         if self.policy.max_bytes and nbytes > self.policy.max_bytes:
             self.too_big = nbytes
             return None
+        staged = self._staged(uniq)
         alloc_s = 0.0
-        if not _fits(s.host, uniq) and _fits(s.spare, uniq):
-            s.host, s.spare = s.spare, None
-        if not _fits(s.host, uniq):
+        if not self._fit(s.host, s.flats, uniq, staged) and s.spare is not None and self._fit(*s.spare, uniq, staged):
+            (s.host, s.flats), s.spare = s.spare, None
+        if not self._fit(s.host, s.flats, uniq, staged):
             t_alloc = time.perf_counter()
             # Every free slot at once (normally all of them, at the first snapshot): pinning
             # gigabytes of host memory takes ~1 s/GB, a start-up cost rather than a stall mid-run.
             for other in self.slots:
-                if other is s or (other.state == EMPTY and not _fits(other.host, uniq)):
-                    self._allocate(other, uniq)
+                if other is s or (other.state == EMPTY and not self._fit(other.host, other.flats, uniq, staged)):
+                    self._allocate(other, uniq, staged)
             alloc_s = time.perf_counter() - t_alloc
         s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
         s.healthy_since, s.checkpoint_id, s.taken_at = 0, "", time.time()
         s.skeleton = (remap, skeleton, capture_rng() if rng is None else rng)
-        floats = [u for u in uniq if u.is_floating_point() and u.numel()]
-        if self.cuda:
-            main = torch.cuda.current_stream(self.device)
-            self._stream.wait_stream(main)  # the copy reads the state optimizer.step() just wrote
-            with torch.cuda.stream(self._stream):
-                for u in uniq:
-                    u.record_stream(self._stream)
-                self._copy(s.host, uniq, non_blocking=True)
-                if floats:
-                    flag = torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(floats, float("inf"))])).all()
-                    s.finite_flag.copy_(flag, non_blocking=True)
-                s.event = torch.cuda.Event()
-                s.event.record(self._stream)
-            self._copy_done = s.event
+        s.host_finite = True
+        if staged is not None:
+            self._take_staged(s, uniq, staged)
+        elif self.cuda:
+            self._take_direct(s, uniq)
         else:
             self._copy(s.host, uniq, non_blocking=False)
+            floats = [u for u in uniq if u.is_floating_point() and u.numel()]
             if floats:
                 norms = (torch._foreach_norm(floats, float("inf")) if hasattr(torch, "_foreach_norm")
                          else [f.abs().max() for f in floats])
@@ -244,6 +247,74 @@ class SnapshotStore:
         self.stats["alloc_s"] = self.stats.get("alloc_s", 0.0) + alloc_s
         return s
 
+    def _take_direct(self, s, uniq):
+        """Copies the live state straight to the slot's pinned buffers on the side stream (CPU
+        tensors at once); the next update waits for that copy on the device."""
+        on_device = [u for u in uniq if u.device == self.device]
+        floats = [u for u in on_device if u.is_floating_point() and u.numel()]
+        self._take_host_part(s, uniq)
+        main = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(main)  # the copy reads the state optimizer.step() just wrote
+        with torch.cuda.stream(self._stream):
+            for u in on_device:
+                u.record_stream(self._stream)
+            self._copy([h for h, u in zip(s.host, uniq) if u.device.type != "cpu"],
+                       [u for u in uniq if u.device.type != "cpu"], non_blocking=True)
+            if floats:
+                flag = torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(floats, float("inf"))])).all()
+                s.finite_flag.copy_(flag, non_blocking=True)
+            s.event = torch.cuda.Event()
+            s.event.record(self._stream)
+        self._copy_done = s.event
+
+    def _take_staged(self, s, uniq, staging):
+        """Copies the live state into the staging buffers on the training stream (the next update is
+        ordered after it and waits for nothing else), then to the host on the side stream."""
+        main = torch.cuda.current_stream(self.device)
+        if self._staged_copy is not None and not self._staged_copy.query():
+            main.wait_event(self._staged_copy)  # the last copy out still reads the staging buffers
+        staging.copy_in([u for u in uniq if u.device == self.device])
+        self._take_host_part(s, uniq)
+        self._stream.wait_stream(main)
+        with torch.cuda.stream(self._stream):
+            staging.copy_out(s.flats)
+            flag = staging.finite_flag()
+            if flag is not None:
+                s.finite_flag.copy_(flag, non_blocking=True)
+            s.event = torch.cuda.Event()
+            s.event.record(self._stream)
+        self._staged_copy = s.event
+
+    @staticmethod
+    def _take_host_part(s, uniq):  # the state's CPU tensors (a non-fused optimizer's step counts)
+        on_host = [(h, u) for h, u in zip(s.host, uniq) if u.device.type == "cpu"]
+        for h, u in on_host:
+            h.copy_(u)
+        s.host_finite = all(bool(torch.isfinite(u).all()) for _, u in on_host if u.is_floating_point())
+
+    def _staged(self, uniq):
+        """The DeviceStaging for this state when snapshots go through one, else None. The state's
+        tensors must be on this store's device, except CPU tensors (copied to the host directly)."""
+        if not self.cuda or self.policy.device_staging is False:
+            return None
+        on_device = [u for u in uniq if u.device == self.device]
+        if len(on_device) + sum(u.device.type == "cpu" for u in uniq) != len(uniq):
+            return None  # a tensor on another GPU
+        if self._staging is not None and self._staging.fits(on_device):
+            return self._staging
+        self._staging = None  # a state of other shapes (the first take has no optimizer state): rebuilt
+        if snapshot_staging.wanted(self.policy, self.device, sum(u.numel() * u.element_size() for u in on_device)):
+            try:
+                self._staging = snapshot_staging.DeviceStaging(on_device, self.device)
+            except torch.cuda.OutOfMemoryError:
+                pass  # the direct copy then
+        self.stats["device_staging_bytes"] = self._staging.nbytes if self._staging is not None else 0
+        return self._staging
+
+    @staticmethod
+    def _fit(host, flats, uniq, staged):  # a slot's buffers hold this state, laid out for how it is copied
+        return _fits(host, uniq) and ((flats is not None) == (staged is not None))
+
     def prepare(self):
         """Allocates, for every slot, buffers that fit the state as it is now, where its own do not:
         called after the first update, when the optimizer state exists (the starting-state snapshot
@@ -253,21 +324,21 @@ class SnapshotStore:
         uniq, _, _ = self._gather()
         if self.policy.max_bytes and sum(t.numel() * t.element_size() for t in uniq) > self.policy.max_bytes:
             return 0.0
+        staged = self._staged(uniq)
         for s in self.slots:
-            if _fits(s.host, uniq) or _fits(s.spare, uniq):
+            if self._fit(s.host, s.flats, uniq, staged) or (s.spare is not None and self._fit(*s.spare, uniq, staged)):
                 continue
             if s.state == EMPTY:
-                self._allocate(s, uniq)
+                self._allocate(s, uniq, staged)
             else:
-                s.spare = self._buffers(uniq)
+                s.spare = self._buffers(uniq, staged)
         return time.perf_counter() - t0
 
-    def _buffers(self, uniq):
-        pin = self.cuda and self.policy.pin_memory
-        return [torch.empty(u.shape, dtype=u.dtype, device="cpu", pin_memory=pin) for u in uniq]
+    def _buffers(self, uniq, staged=None):
+        return snapshot_staging.slot_buffers(uniq, self.device, staged, self.cuda and self.policy.pin_memory)
 
-    def _allocate(self, s, uniq):
-        s.host = self._buffers(uniq)
+    def _allocate(self, s, uniq, staged=None):
+        s.host, s.flats = self._buffers(uniq, staged)
         s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=self.cuda and self.policy.pin_memory)
 
     @staticmethod
