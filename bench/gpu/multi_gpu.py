@@ -59,9 +59,10 @@ def overhead(a, cfg, dev, rank, B):
 
     def guard(name):
         if name not in guards:
+            # tg_nosnap: without in-memory snapshots; tg_nowatch: without module watch hooks (what each costs)
             g = Guard(ddp, opt, f"mg-bench-{name}-b{B}-{a.run_tag}", target=a.target, deadline=2.0, device_gate=True,
-                      autocast_dtype=torch.bfloat16, watch=watch_names(ddp), verdict_lag=1,
-                      snapshots=True)  # FSDP2: each rank snapshots its local shards
+                      autocast_dtype=torch.bfloat16, watch=[] if name == "tg_nowatch" else watch_names(ddp),
+                      verdict_lag=1, snapshots=name != "tg_nosnap")  # FSDP2: each rank snapshots its local shards
             if not (g.device_gate and g._multi_gate):
                 raise SystemExit(f"{name}: the multi-rank device gate is off")
             g.pause()
@@ -71,7 +72,7 @@ def overhead(a, cfg, dev, rank, B):
     scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
 
     def run(name, n):
-        g = guard(name) if name == "tg" else None
+        g = guard(name) if name.startswith("tg") else None
         if g is not None:
             g.resume()
         sync()
@@ -139,6 +140,8 @@ def overhead(a, cfg, dev, rank, B):
         guards["tg"].flush(10)
         res["tg_counters"] = dict(guards["tg"].counters)
         res["tg_gate_graph"] = dict(guards["tg"].gated.graphs.counters)  # replays: measured from the CUDA graph
+        store = guards["tg"].recovery.store
+        res["tg_snapshots"] = dict(store.stats) if store is not None else None  # taken, last take's host time
     for g in guards.values():
         g.close()
     res["weights_hash"] = weights_hash(ddp) if not a.fsdp else None  # FSDP: each rank holds its shard
