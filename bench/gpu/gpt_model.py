@@ -84,3 +84,22 @@ class GPT(nn.Module):
         for b in self.h:
             x = b(x)
         return self.head(x, targets)
+
+
+def train_compiled(dev, model=None, opt=None, steps=3, batch=8):
+    """A few torch.compile'd training steps of ``model`` (default a fresh GPT-2 small with fused
+    AdamW) at ``batch``: leaves the host's Python as a compiled loop leaves it (the probes time
+    their loops before and after this)."""
+    if model is None:
+        model = GPT(**GPT2_SMALL).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+    fwd = torch.compile(model)
+    x = torch.randint(0, GPT2_SMALL["vocab"], (batch, GPT2_SMALL["seq"] + 1), device=dev)
+    for _ in range(steps):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = fwd(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return model, opt

@@ -17,7 +17,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))  # trainguard.report
 sys.path.insert(0, HERE)
-from gpt_model import GPT, GPT2_SMALL  # noqa: E402
+from gpt_model import GPT, GPT2_SMALL, train_compiled  # noqa: E402
 
 
 def timed(fn, n=300):
@@ -103,15 +103,7 @@ def main():
     model = GPT(**GPT2_SMALL).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
     result["before_compile"] = probes("before compile")
-    fwd = torch.compile(model)
-    x = torch.randint(0, GPT2_SMALL["vocab"], (8, GPT2_SMALL["seq"] + 1), device=dev)
-    for _ in range(3):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fwd(x[:, :-1], x[:, 1:])
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    torch.cuda.synchronize()
+    train_compiled(dev, model, opt)
     result["tracemalloc_after"] = tracemalloc.is_tracing()
     result["after_compile"] = probes("after compile")
     result["census_after_compile"] = census()

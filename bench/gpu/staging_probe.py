@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpt_model import GPT, GPT2_SMALL  # noqa: E402
+from gpt_model import train_compiled  # noqa: E402
 
 
 def timed(fn, n=400):
@@ -75,17 +75,7 @@ def main():
     a = ap.parse_args()
     dev = torch.device("cuda", 0)
     res = {"torch": torch.__version__, "before_compile": probes(dev)}
-    model = GPT(**GPT2_SMALL).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
-    fwd = torch.compile(model)
-    x = torch.randint(0, GPT2_SMALL["vocab"], (8, GPT2_SMALL["seq"] + 1), device=dev)
-    for _ in range(3):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fwd(x[:, :-1], x[:, 1:])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
+    train_compiled(dev)
     res["after_compile"] = probes(dev)
     print(json.dumps(res, indent=1))
     if a.out:
