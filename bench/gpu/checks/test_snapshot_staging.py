@@ -11,10 +11,12 @@ from trainguard.snapshot import SnapshotPolicy, SnapshotStore
 from models import MLP, batch
 
 
-def _train(model, opt, steps, start=0):
+def _train(model, opt, steps, start=0, store=None):
     for step in range(start, start + steps):
         x, y = (t.cuda() for t in batch(step))
         torch.nn.functional.mse_loss(model(x), y).backward()
+        if store is not None:
+            store.before_update()  # the direct copy's contract (Recovery calls it before every update)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -41,14 +43,14 @@ def test_a_snapshot_holds_the_state_of_its_moment_and_restores_it(staging, fused
     store.prepare()
     want = _state(model, opt)
     s = store.take(0, step=3, data_position=3)
-    _train(model, opt, 4, start=3)  # no wait in between: the copy must have read the state before these updates
+    _train(model, opt, 4, start=3, store=store)  # no host wait: the copy must have read the state before these updates
     assert (store.stats["device_staging_bytes"] > 0) == staging
     torch.cuda.synchronize()
     assert s.ready() and s.finite()
     assert not all(torch.equal(x, y) for x, y in zip(want[0], _state(model, opt)[0]))  # training moved on
     store.restore(s)
     _assert_equal(_state(model, opt), want)
-    _train(model, opt, 1, start=3)  # the restored optimizer steps
+    _train(model, opt, 1, start=3, store=store)  # the restored optimizer steps
 
 
 @pytest.mark.parametrize("staging", [True, False])
@@ -63,3 +65,24 @@ def test_a_snapshot_of_non_finite_weights_is_not_finite(staging):
     s = store.take(1, step=2, data_position=2)
     torch.cuda.synchronize()
     assert s.ready() and not s.finite()
+
+
+def test_step_counts_that_move_to_the_gpu_get_slots_laid_out_afresh():
+    # a checkpoint loaded with map_location=<the GPU> puts a foreach AdamW's step counts on the GPU:
+    # the slots' flat buffers, laid out while they were on the CPU, no longer fit the copy
+    torch.manual_seed(0)
+    model = MLP().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(device_staging=True, max_overhead=0))
+    _train(model, opt, 2, store=store)
+    store.prepare()
+    store.take(0, step=2, data_position=2)
+    for st in opt.state.values():
+        st["step"] = st["step"].cuda()
+    want = _state(model, opt)
+    s = store.take(1, step=2, data_position=2)
+    _train(model, opt, 2, start=2, store=store)
+    torch.cuda.synchronize()
+    assert s.ready() and s.finite()
+    store.restore(s)
+    _assert_equal(_state(model, opt), want)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainguard import snapshot_staging as st
-from trainguard.snapshot import SnapshotPolicy
+from trainguard.snapshot import SnapshotPolicy, _fit
 
 
 def _state():
@@ -20,7 +20,8 @@ def _state():
 def test_staging_round_trips_mixed_dtypes_exactly_with_one_buffer_per_dtype():
     state = _state()
     staging = st.DeviceStaging(state, torch.device("cpu"))
-    host, flats = st.slot_buffers(state, torch.device("cpu"), staging, pin=False)
+    host, flats, placement = st.slot_buffers(state, torch.device("cpu"), staging, pin=False)
+    assert placement == (True,) * len(state)
     assert sorted(map(str, flats)) == ["torch.bfloat16", "torch.float32", "torch.int64"]
     staging.copy_in(state)
     staging.copy_out(flats)
@@ -49,8 +50,25 @@ def test_staging_flags_a_nan_anywhere_and_refuses_other_shapes():
     assert not staging.fits(grown)
 
 
+def test_a_slot_laid_out_for_another_placement_or_way_does_not_fit():
+    # prevents: a slot whose flat buffers were laid out while a step count lived on the CPU being
+    # reused after it moved to the device (a checkpoint loaded with map_location): the copy out
+    # would not fit its buffers
+    state = _state()
+    staging = st.DeviceStaging(state, torch.device("cpu"))
+    buffers = st.slot_buffers(state, torch.device("cpu"), staging, pin=False)
+    assert _fit(buffers, state, (True,) * len(state))
+    assert not _fit(buffers, state, (True,) * (len(state) - 1) + (False,))
+    assert not _fit(buffers, state, None)  # laid out for the device copy, asked for the direct one
+    direct = st.slot_buffers(state, torch.device("cpu"), None, pin=False)
+    assert _fit(direct, state, None) and not _fit(direct, state, (True,) * len(state))
+    assert not _fit(None, state, None)
+
+
 def test_auto_staging_is_for_cuda_only_and_the_policy_refuses_other_values():
     assert not st.wanted(SnapshotPolicy(), torch.device("cpu"), 10)
     assert not st.wanted(SnapshotPolicy(device_staging=True), torch.device("cpu"), 10)
-    with pytest.raises(ValueError, match="device_staging"):
-        SnapshotPolicy(device_staging="sometimes")
+    assert st.StagingChoice(SnapshotPolicy(device_staging=True), torch.device("cpu")).for_state(_state()) is None
+    for bad in ("sometimes", 0, 1, None):  # 0 == False in Python: a config's 0 must not mean "auto"
+        with pytest.raises(ValueError, match="device_staging"):
+            SnapshotPolicy(device_staging=bad)

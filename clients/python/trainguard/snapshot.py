@@ -2,10 +2,11 @@
 
 A snapshot holds everything a rollback restores -- weights and buffers, optimizer state,
 scheduler, GradScaler, RNG states, the data position and the LR cut in force -- in host buffers
-allocated once per slot and refreshed in place. On CUDA the buffers are pinned and the copy is an
-asynchronous device-to-host copy on a side stream: a healthy step never waits for it; only the
-next ``optimizer.step()`` waits, on the device, until the copy has read the tensors it is about
-to change. Slots are double-buffered: the slot being written is never a rollback target, and the
+allocated once per slot and refreshed in place. On CUDA the buffers are pinned and the copy to
+them is asynchronous, on a side stream, so a healthy step never waits for it: it reads either
+device buffers the state was first copied into on the training stream (:mod:`trainguard.snapshot_staging`),
+or the live tensors, in which case the next ``optimizer.step()`` waits, on the device, until the
+copy has read them. Slots are double-buffered: the slot being written is never a rollback target, and the
 newest known-good slot is never the one overwritten (see :class:`trainguard.snapshot_schedule.SnapshotRing`).
 
 torch is needed here (this module is imported by Guard only).
@@ -53,7 +54,7 @@ class SnapshotPolicy:
             raise ValueError("snapshots need at least 2 slots (one known-good while the next is written)")
         if self.max_bytes < 0:
             raise ValueError("snapshot max_bytes must be >= 0 (0 = no cap)")
-        if self.device_staging not in ("auto", True, False):
+        if not (self.device_staging == "auto" or isinstance(self.device_staging, bool)):
             raise ValueError('snapshot device_staging must be "auto", True or False')
 
 
@@ -82,10 +83,12 @@ def _fill(obj, at):
     return obj
 
 
-def _fits(host, uniq):
-    """Whether a slot's host buffers can hold these tensors (same count, shapes and dtypes)."""
-    return (host is not None and len(host) == len(uniq)
-            and all(h.shape == u.shape and h.dtype == u.dtype for h, u in zip(host, uniq)))
+def _fit(buffers, uniq, placement):
+    """Whether a slot's (host, flats, placement) buffers can hold these tensors (same count, shapes
+    and dtypes), laid out for how they are copied (``placement`` None: each directly)."""
+    if buffers is None or buffers[0] is None or len(buffers[0]) != len(uniq) or buffers[2] != placement:
+        return False
+    return all(h.shape == u.shape and h.dtype == u.dtype for h, u in zip(buffers[0], uniq))
 
 
 def _is_dtensor(t):
@@ -133,12 +136,17 @@ class Snapshot:
         self.checkpoint_id = ""
         self.host = None         # one host tensor per state tensor (views into ``flats`` when staged)
         self.flats = None        # {dtype: flat pinned buffer} when the copy goes through DeviceStaging
-        self.spare = None        # (host, flats) allocated ahead for this slot's next snapshot (see prepare())
+        self.placement = None    # which tensors the flats hold (snapshot_staging.placement), when staged
+        self.spare = None        # (host, flats, placement) allocated ahead for the next snapshot (prepare())
         self.skeleton = None
         self.finite_flag = None  # host 0-d bool tensor, valid once the copy completed
         self.host_finite = True  # the state's tensors that live on the CPU (checked at the take)
         self.event = None
         self.taken_at = 0.0
+
+    @property
+    def buffers(self):
+        return self.host, self.flats, self.placement
 
     @property
     def nbytes(self):
@@ -165,7 +173,7 @@ class SnapshotStore:
         self.cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         self._copy_done = None   # the newest copy's event: optimizer.step() waits on it, on the device
-        self._staging = None     # DeviceStaging of the state's tensors on self.device, when used
+        self._staging = snapshot_staging.StagingChoice(self.policy, self.device)
         self._staged_copy = None  # the last copy out of the staging buffers (a new copy in waits for it)
         self.too_big = None      # bytes, when the state exceeds policy.max_bytes
         self.stats = {"taken": 0, "restored": 0, "last_take_s": 0.0, "bytes": 0, "device_staging_bytes": 0}
@@ -213,15 +221,16 @@ class SnapshotStore:
             self.too_big = nbytes
             return None
         staged = self._staged(uniq)
+        laid = self._placement(uniq, staged)
         alloc_s = 0.0
-        if not self._fit(s.host, s.flats, uniq, staged) and s.spare is not None and self._fit(*s.spare, uniq, staged):
-            (s.host, s.flats), s.spare = s.spare, None
-        if not self._fit(s.host, s.flats, uniq, staged):
+        if not _fit(s.buffers, uniq, laid) and _fit(s.spare, uniq, laid):
+            (s.host, s.flats, s.placement), s.spare = s.spare, None
+        if not _fit(s.buffers, uniq, laid):
             t_alloc = time.perf_counter()
             # Every free slot at once (normally all of them, at the first snapshot): pinning
             # gigabytes of host memory takes ~1 s/GB, a start-up cost rather than a stall mid-run.
             for other in self.slots:
-                if other is s or (other.state == EMPTY and not self._fit(other.host, other.flats, uniq, staged)):
+                if other is s or (other.state == EMPTY and not _fit(other.buffers, uniq, laid)):
                     self._allocate(other, uniq, staged)
             alloc_s = time.perf_counter() - t_alloc
         s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
@@ -250,7 +259,7 @@ class SnapshotStore:
     def _take_direct(self, s, uniq):
         """Copies the live state straight to the slot's pinned buffers on the side stream (CPU
         tensors at once); the next update waits for that copy on the device."""
-        on_device = [u for u in uniq if u.device == self.device]
+        on_device = [u for u in uniq if u.device.type != "cpu"]
         floats = [u for u in on_device if u.is_floating_point() and u.numel()]
         self._take_host_part(s, uniq)
         main = torch.cuda.current_stream(self.device)
@@ -258,8 +267,7 @@ class SnapshotStore:
         with torch.cuda.stream(self._stream):
             for u in on_device:
                 u.record_stream(self._stream)
-            self._copy([h for h, u in zip(s.host, uniq) if u.device.type != "cpu"],
-                       [u for u in uniq if u.device.type != "cpu"], non_blocking=True)
+            self._copy([h for h, u in zip(s.host, uniq) if u.device.type != "cpu"], on_device, non_blocking=True)
             if floats:
                 flag = torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(floats, float("inf"))])).all()
                 s.finite_flag.copy_(flag, non_blocking=True)
@@ -293,27 +301,13 @@ class SnapshotStore:
         s.host_finite = all(bool(torch.isfinite(u).all()) for _, u in on_host if u.is_floating_point())
 
     def _staged(self, uniq):
-        """The DeviceStaging for this state when snapshots go through one, else None. The state's
-        tensors must be on this store's device, except CPU tensors (copied to the host directly)."""
-        if not self.cuda or self.policy.device_staging is False:
-            return None
-        on_device = [u for u in uniq if u.device == self.device]
-        if len(on_device) + sum(u.device.type == "cpu" for u in uniq) != len(uniq):
-            return None  # a tensor on another GPU
-        if self._staging is not None and self._staging.fits(on_device):
-            return self._staging
-        self._staging = None  # a state of other shapes (the first take has no optimizer state): rebuilt
-        if snapshot_staging.wanted(self.policy, self.device, sum(u.numel() * u.element_size() for u in on_device)):
-            try:
-                self._staging = snapshot_staging.DeviceStaging(on_device, self.device)
-            except torch.cuda.OutOfMemoryError:
-                pass  # the direct copy then
-        self.stats["device_staging_bytes"] = self._staging.nbytes if self._staging is not None else 0
-        return self._staging
+        """The DeviceStaging this state's snapshot goes through, or None (snapshot_staging.StagingChoice)."""
+        staging = self._staging.for_state(uniq)
+        self.stats["device_staging_bytes"] = staging.nbytes if staging is not None else 0
+        return staging
 
-    @staticmethod
-    def _fit(host, flats, uniq, staged):  # a slot's buffers hold this state, laid out for how it is copied
-        return _fits(host, uniq) and ((flats is not None) == (staged is not None))
+    def _placement(self, uniq, staged):
+        return snapshot_staging.placement(uniq, self.device) if staged is not None else None
 
     def prepare(self):
         """Allocates, for every slot, buffers that fit the state as it is now, where its own do not:
@@ -325,8 +319,9 @@ class SnapshotStore:
         if self.policy.max_bytes and sum(t.numel() * t.element_size() for t in uniq) > self.policy.max_bytes:
             return 0.0
         staged = self._staged(uniq)
+        laid = self._placement(uniq, staged)
         for s in self.slots:
-            if self._fit(s.host, s.flats, uniq, staged) or (s.spare is not None and self._fit(*s.spare, uniq, staged)):
+            if _fit(s.buffers, uniq, laid) or _fit(s.spare, uniq, laid):
                 continue
             if s.state == EMPTY:
                 self._allocate(s, uniq, staged)
@@ -338,7 +333,7 @@ class SnapshotStore:
         return snapshot_staging.slot_buffers(uniq, self.device, staged, self.cuda and self.policy.pin_memory)
 
     def _allocate(self, s, uniq, staged=None):
-        s.host, s.flats = self._buffers(uniq, staged)
+        s.host, s.flats, s.placement = self._buffers(uniq, staged)
         s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=self.cuda and self.policy.pin_memory)
 
     @staticmethod

@@ -39,24 +39,36 @@ def _views(flats, rows):
 def wanted(policy, device, nbytes):
     """Whether snapshots of ``nbytes`` of state on ``device`` should go through a device copy."""
     mode = policy.device_staging
-    if device.type != "cuda" or mode is False or mode == "never":
+    if device.type != "cuda" or mode is False:
         return False
-    if mode is True or mode == "always":
+    if mode is True:
         return True
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes <= AUTO_SHARE * free
 
 
+def signature(tensors):
+    """What a staging layout depends on: each tensor's dtype and shape, in order."""
+    return [(t.dtype, t.shape) for t in tensors]
+
+
+def placement(tensors, device):
+    """Which of the state's tensors go through the device buffers (the rest, on the CPU, are
+    copied directly): a slot's host views are laid out for exactly this."""
+    return tuple(t.device == device for t in tensors)
+
+
 def slot_buffers(tensors, device, staging, pin):
     """One slot's host buffers for the state ``tensors``: (one host tensor per state tensor,
-    {dtype: flat buffer} or None). With ``staging``, the tensors on ``device`` get views into flat
-    buffers laid out as its device buffers; otherwise (and for CPU tensors) one buffer each."""
+    {dtype: flat buffer} or None, ``placement`` or None). With ``staging``, the tensors on
+    ``device`` get views into flat buffers laid out as its device buffers; otherwise (and for CPU
+    tensors) one buffer each."""
     if staging is None:
-        return [torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin) for t in tensors], None
+        return [torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin) for t in tensors], None, None
     flats, views = staging.host_buffers(pin)
     views = iter(views)
-    return [next(views) if t.device == device else torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
-            for t in tensors], flats
+    return ([next(views) if t.device == device else torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
+             for t in tensors], flats, placement(tensors, device))
 
 
 class DeviceStaging:
@@ -64,14 +76,14 @@ class DeviceStaging:
 
     def __init__(self, tensors, device):
         self.device = device
+        self.signature = signature(tensors)
         self._rows, totals = _layout(tensors)
         self._flats = {dt: torch.empty(n, dtype=dt, device=device) for dt, n in totals.items()}
         self.views = _views(self._flats, self._rows)
         self.nbytes = sum(f.numel() * f.element_size() for f in self._flats.values())
 
     def fits(self, tensors):
-        return len(tensors) == len(self._rows) and all(
-            t.dtype == dt and t.shape == shape for t, (dt, _, _, shape) in zip(tensors, self._rows))
+        return signature(tensors) == self.signature
 
     def host_buffers(self, pin):
         """(flat host buffers, their views per tensor) in this layout: one slot's buffers."""
@@ -105,3 +117,36 @@ class DeviceStaging:
         if not floats:
             return None
         return torch.isfinite(torch.stack([torch.linalg.vector_norm(f, float("inf")).float() for f in floats])).all()
+
+
+class StagingChoice:
+    """Which DeviceStaging, if any, one store's snapshots use. Decided once per state layout: free
+    memory that changes later, or an allocation that failed, does not make a later snapshot switch
+    ways (each switch reallocates every slot's pinned buffers, ~1 s/GB)."""
+
+    def __init__(self, policy, device):
+        self.policy, self.device = policy, device
+        self.current = None
+        self._declined = None  # the signature staging was declined for (not wanted, or no memory)
+
+    def for_state(self, tensors):
+        """The staging for this state, or None. Its tensors must be on the device, except CPU
+        tensors (copied to the host directly); a tensor on another GPU means no staging."""
+        if self.device.type != "cuda" or self.policy.device_staging is False:
+            return None
+        on_device = [t for t in tensors if t.device == self.device]
+        if len(on_device) + sum(t.device.type == "cpu" for t in tensors) != len(tensors):
+            return None
+        if self.current is not None and self.current.fits(on_device):
+            return self.current
+        sig = signature(on_device)
+        if sig == self._declined:
+            return None
+        self.current = None  # a state of other shapes (the first take has no optimizer state): rebuilt
+        if wanted(self.policy, self.device, sum(t.numel() * t.element_size() for t in on_device)):
+            try:
+                self.current = DeviceStaging(on_device, self.device)
+            except torch.cuda.OutOfMemoryError:
+                pass  # the direct copy then
+        self._declined = None if self.current is not None else sig
+        return self.current
