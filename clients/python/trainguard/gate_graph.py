@@ -26,8 +26,8 @@ from . import grad_table
 log = logging.getLogger("trainguard")
 
 
-# How a graph gets the step's loss: read where it lies (a 1-element float32 tensor on the device),
-# copied into its input (another tensor), or filled in (None or a number)
+# How a graph gets the step's loss: read where it lies (a plain 1-element float32 tensor on the
+# device), copied into its input (another tensor, a tensor subclass), or filled in (None or a number)
 LOSS_READ, LOSS_COPIED, LOSS_FILLED = "read", "copied", "filled"
 
 
@@ -97,7 +97,8 @@ class GateGraphs:
             self._table, self._graphs, self._divide = None, {}, None  # the optimizer's parameters changed: build afresh
         if not torch.is_tensor(loss):
             return n_mods, LOSS_FILLED
-        return n_mods, (LOSS_READ if loss.dtype == torch.float32 and loss.numel() == 1 else LOSS_COPIED)
+        readable = type(loss) is torch.Tensor and loss.dtype == torch.float32 and loss.numel() == 1  # as upload() checks
+        return n_mods, (LOSS_READ if readable else LOSS_COPIED)
 
     @staticmethod
     def _scalars(key, loss, mods):
