@@ -257,9 +257,9 @@ class SnapshotStore:
         return s
 
     def _take_direct(self, s, uniq):
-        """Copies the live state straight to the slot's pinned buffers on the side stream (CPU
-        tensors at once); the next update waits for that copy on the device."""
-        on_device = [u for u in uniq if u.device.type != "cpu"]
+        """Copies the live state straight to the slot's pinned buffers on the side stream (tensors
+        on other devices at once); the next update waits for that copy on the device."""
+        on_device = [u for u in uniq if u.device == self.device]
         floats = [u for u in on_device if u.is_floating_point() and u.numel()]
         self._take_host_part(s, uniq)
         main = torch.cuda.current_stream(self.device)
@@ -267,7 +267,7 @@ class SnapshotStore:
         with torch.cuda.stream(self._stream):
             for u in on_device:
                 u.record_stream(self._stream)
-            self._copy([h for h, u in zip(s.host, uniq) if u.device.type != "cpu"], on_device, non_blocking=True)
+            self._copy([h for h, u in zip(s.host, uniq) if u.device == self.device], on_device, non_blocking=True)
             if floats:
                 flag = torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(floats, float("inf"))])).all()
                 s.finite_flag.copy_(flag, non_blocking=True)
@@ -293,12 +293,14 @@ class SnapshotStore:
             s.event.record(self._stream)
         self._staged_copy = s.event
 
-    @staticmethod
-    def _take_host_part(s, uniq):  # the state's CPU tensors (a non-fused optimizer's step counts)
-        on_host = [(h, u) for h, u in zip(s.host, uniq) if u.device.type == "cpu"]
-        for h, u in on_host:
+    def _take_host_part(self, s, uniq):
+        """Copies, at once, the state's tensors that are not on this device: a non-fused optimizer's
+        CPU step counts, or (model parallel) tensors on another GPU, whose streams the side stream
+        and its event do not cover."""
+        others = [(h, u) for h, u in zip(s.host, uniq) if u.device != self.device]
+        for h, u in others:
             h.copy_(u)
-        s.host_finite = all(bool(torch.isfinite(u).all()) for _, u in on_host if u.is_floating_point())
+        s.host_finite = all(bool(torch.isfinite(u).all()) for _, u in others if u.is_floating_point())
 
     def _staged(self, uniq):
         """The DeviceStaging this state's snapshot goes through, or None (snapshot_staging.StagingChoice)."""
