@@ -97,8 +97,7 @@ class GateGraphs:
             self._table, self._graphs, self._divide = None, {}, None  # the optimizer's parameters changed: build afresh
         if not torch.is_tensor(loss):
             return n_mods, LOSS_FILLED
-        readable = type(loss) is torch.Tensor and loss.dtype == torch.float32 and loss.numel() == 1  # as upload() checks
-        return n_mods, (LOSS_READ if readable else LOSS_COPIED)
+        return n_mods, (LOSS_READ if grad_table.addressable(loss, self.device) else LOSS_COPIED)
 
     @staticmethod
     def _scalars(key, loss, mods):
@@ -134,7 +133,7 @@ class GateGraphs:
                 return
             # the loss and the module statistics side by side, read where they lie (or the loss put in)
             inputs = torch.zeros(1 + n_mods, dtype=torch.float32, device=self.device)
-            in_loss, in_mods = inputs[:1], (inputs[1:] if n_mods else None)
+            in_loss, in_mods = inputs[:1], inputs[1:]  # in_mods empty without statistics
             read_into = inputs if key[1] == LOSS_READ else inputs[1:]
             table.sums()  # compiles and loads the kernels outside the capture
             if scalars:
@@ -153,8 +152,7 @@ class GateGraphs:
                     sq = torch.stack(table.sums())
                     per_group = torch.sqrt(sq)
                     total = torch.sqrt(sq.sum())
-                    parts = [in_loss, total.reshape(1), per_group] + ([in_mods] if n_mods else [])
-                    stats = torch.cat(parts)
+                    stats = torch.cat([in_loss, total.reshape(1), per_group, in_mods])
                     torch.logical_not(torch.isfinite(stats).all(), out=found)
                     torch.div(torch.maximum(total, self._threshold), self._threshold, out=scale)
                 finally:

@@ -80,6 +80,12 @@ else:
     _ELEM = {}
 
 
+def addressable(t, device):
+    """A loose scalar the table can read by address (``upload``): a plain 1-element float32 tensor
+    on ``device``."""
+    return type(t) is torch.Tensor and t.dtype == torch.float32 and t.numel() == 1 and t.device == device
+
+
 def available(device):
     return triton is not None and device.type == "cuda"
 
@@ -169,7 +175,7 @@ class GradTable:
         if len(scalars) > SCALARS:
             return False
         for s in scalars:
-            if type(s) is not torch.Tensor or s.dtype != torch.float32 or s.numel() != 1 or s.device != self.device:
+            if not addressable(s, self.device):
                 return False
             ptrs.append(s.data_ptr())
         if ptrs != self._last:  # they moved: on nearly every step measured (zero_grad(set_to_none=True))
