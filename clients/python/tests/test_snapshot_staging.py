@@ -20,7 +20,7 @@ def _state():
 def test_staging_round_trips_mixed_dtypes_exactly_with_one_buffer_per_dtype():
     state = _state()
     staging = st.DeviceStaging(state, torch.device("cpu"))
-    host, flats, placement = st.slot_buffers(state, torch.device("cpu"), staging, pin=False)
+    host, flats, placement = st.slot_buffers(state, staging, st.placement(state, torch.device("cpu")), pin=False)
     assert placement == (True,) * len(state)
     assert sorted(map(str, flats)) == ["torch.bfloat16", "torch.float32", "torch.int64"]
     staging.copy_in(state)
@@ -56,11 +56,11 @@ def test_a_slot_laid_out_for_another_placement_or_way_does_not_fit():
     # would not fit its buffers
     state = _state()
     staging = st.DeviceStaging(state, torch.device("cpu"))
-    buffers = st.slot_buffers(state, torch.device("cpu"), staging, pin=False)
+    buffers = st.slot_buffers(state, staging, st.placement(state, torch.device("cpu")), pin=False)
     assert _fit(buffers, state, (True,) * len(state))
     assert not _fit(buffers, state, (True,) * (len(state) - 1) + (False,))
     assert not _fit(buffers, state, None)  # laid out for the device copy, asked for the direct one
-    direct = st.slot_buffers(state, torch.device("cpu"), None, pin=False)
+    direct = st.slot_buffers(state, None, None, pin=False)
     assert _fit(direct, state, None) and not _fit(direct, state, (True,) * len(state))
     assert not _fit(None, state, None)
 

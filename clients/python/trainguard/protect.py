@@ -10,6 +10,7 @@ import logging
 import torch
 
 from .errors import NonFiniteUpdate
+from .tensors import copy_tensors
 
 log = logging.getLogger("trainguard")
 
@@ -33,12 +34,7 @@ class UpdateProtector:
         if (buf is None or len(buf) != len(src)
                 or any(b.shape != s.shape or b.dtype != s.dtype or b.device != s.device for b, s in zip(buf, src))):
             buf = self._buffers = [torch.empty_like(s) for s in src]
-        with torch.no_grad():
-            if hasattr(torch, "_foreach_copy_"):
-                torch._foreach_copy_(buf, src)
-            else:
-                for b, s in zip(buf, src):
-                    b.copy_(s)
+        copy_tensors(buf, src)
         others = {p: {k: v for k, v in state[p].items() if not torch.is_tensor(v)} for p in params if p in state}
         return params, slots, buf, others
 

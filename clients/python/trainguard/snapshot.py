@@ -18,6 +18,7 @@ import torch
 
 from . import snapshot_staging
 from .rng import capture_rng, restore_rng
+from .tensors import all_finite, copy_tensors
 
 EMPTY, COPYING, PENDING, KNOWN_GOOD = "EMPTY", "COPYING", "PENDING", "KNOWN_GOOD"
 
@@ -231,7 +232,7 @@ class SnapshotStore:
             # gigabytes of host memory takes ~1 s/GB, a start-up cost rather than a stall mid-run.
             for other in self.slots:
                 if other is s or (other.state == EMPTY and not _fit(other.buffers, uniq, laid)):
-                    self._allocate(other, uniq, staged)
+                    self._allocate(other, uniq, staged, laid)
             alloc_s = time.perf_counter() - t_alloc
         s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
         s.healthy_since, s.checkpoint_id, s.taken_at = 0, "", time.time()
@@ -242,12 +243,8 @@ class SnapshotStore:
         elif self.cuda:
             self._take_direct(s, uniq)
         else:
-            self._copy(s.host, uniq, non_blocking=False)
-            floats = [u for u in uniq if u.is_floating_point() and u.numel()]
-            if floats:
-                norms = (torch._foreach_norm(floats, float("inf")) if hasattr(torch, "_foreach_norm")
-                         else [f.abs().max() for f in floats])
-                s.finite_flag = torch.isfinite(torch.stack([n.float() for n in norms])).all()
+            copy_tensors(s.host, uniq)
+            s.finite_flag = all_finite(uniq)
             s.event = None
             s.state = PENDING
         self.stats["taken"] += 1
@@ -260,16 +257,15 @@ class SnapshotStore:
         """Copies the live state straight to the slot's pinned buffers on the side stream (tensors
         on other devices at once); the next update waits for that copy on the device."""
         on_device = [u for u in uniq if u.device == self.device]
-        floats = [u for u in on_device if u.is_floating_point() and u.numel()]
         self._take_host_part(s, uniq)
         main = torch.cuda.current_stream(self.device)
         self._stream.wait_stream(main)  # the copy reads the state optimizer.step() just wrote
         with torch.cuda.stream(self._stream):
             for u in on_device:
                 u.record_stream(self._stream)
-            self._copy([h for h, u in zip(s.host, uniq) if u.device == self.device], on_device, non_blocking=True)
-            if floats:
-                flag = torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(floats, float("inf"))])).all()
+            copy_tensors([h for h, u in zip(s.host, uniq) if u.device == self.device], on_device, non_blocking=True)
+            flag = all_finite(on_device)
+            if flag is not None:
                 s.finite_flag.copy_(flag, non_blocking=True)
             s.event = torch.cuda.Event()
             s.event.record(self._stream)
@@ -298,9 +294,9 @@ class SnapshotStore:
         CPU step counts, or (model parallel) tensors on another GPU, whose streams the side stream
         and its event do not cover."""
         others = [(h, u) for h, u in zip(s.host, uniq) if u.device != self.device]
-        for h, u in others:
-            h.copy_(u)
-        s.host_finite = all(bool(torch.isfinite(u).all()) for _, u in others if u.is_floating_point())
+        copy_tensors([h for h, _ in others], [u for _, u in others])
+        flag = all_finite([u for _, u in others], on="cpu")
+        s.host_finite = flag is None or bool(flag)
 
     def _staged(self, uniq):
         """The DeviceStaging this state's snapshot goes through, or None (snapshot_staging.StagingChoice)."""
@@ -326,29 +322,17 @@ class SnapshotStore:
             if _fit(s.buffers, uniq, laid) or _fit(s.spare, uniq, laid):
                 continue
             if s.state == EMPTY:
-                self._allocate(s, uniq, staged)
+                self._allocate(s, uniq, staged, laid)
             else:
-                s.spare = self._buffers(uniq, staged)
+                s.spare = self._buffers(uniq, staged, laid)
         return time.perf_counter() - t0
 
-    def _buffers(self, uniq, staged=None):
-        return snapshot_staging.slot_buffers(uniq, self.device, staged, self.cuda and self.policy.pin_memory)
+    def _buffers(self, uniq, staged=None, laid=None):
+        return snapshot_staging.slot_buffers(uniq, staged, laid, self.cuda and self.policy.pin_memory)
 
-    def _allocate(self, s, uniq, staged=None):
-        s.host, s.flats, s.placement = self._buffers(uniq, staged)
+    def _allocate(self, s, uniq, staged=None, laid=None):
+        s.host, s.flats, s.placement = self._buffers(uniq, staged, laid)
         s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=self.cuda and self.policy.pin_memory)
-
-    @staticmethod
-    def _copy(dst, src, non_blocking):
-        with torch.no_grad():
-            if hasattr(torch, "_foreach_copy_"):
-                try:
-                    torch._foreach_copy_(dst, src, non_blocking=non_blocking)
-                    return
-                except (RuntimeError, TypeError):  # a torch whose foreach copy refuses mixed devices
-                    pass
-            for d, t in zip(dst, src):
-                d.copy_(t, non_blocking=non_blocking)
 
     def before_update(self):
         """Call right before optimizer.step(): on CUDA the main stream waits (on the device, the

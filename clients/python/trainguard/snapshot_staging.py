@@ -18,6 +18,8 @@ uses it only while that is at most ``AUTO_SHARE`` of the device's free memory.
 """
 import torch
 
+from .tensors import all_finite, copy_tensors
+
 AUTO_SHARE = 0.25  # "auto": staging only while the state is at most this share of free device memory
 
 
@@ -58,17 +60,17 @@ def placement(tensors, device):
     return tuple(t.device == device for t in tensors)
 
 
-def slot_buffers(tensors, device, staging, pin):
+def slot_buffers(tensors, staging, laid, pin):
     """One slot's host buffers for the state ``tensors``: (one host tensor per state tensor,
-    {dtype: flat buffer} or None, ``placement`` or None). With ``staging``, the tensors on
-    ``device`` get views into flat buffers laid out as its device buffers; otherwise (and for CPU
-    tensors) one buffer each."""
+    {dtype: flat buffer} or None, ``laid``). With ``staging``, the tensors ``laid`` (its
+    ``placement``) marks get views into flat buffers laid out as its device buffers; otherwise (and
+    for the others) one buffer each."""
     if staging is None:
         return [torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin) for t in tensors], None, None
     flats, views = staging.host_buffers(pin)
     views = iter(views)
-    return ([next(views) if t.device == device else torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
-             for t in tensors], flats, placement(tensors, device))
+    return ([next(views) if staged else torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
+             for t, staged in zip(tensors, laid)], flats, laid)
 
 
 class DeviceStaging:
@@ -92,12 +94,7 @@ class DeviceStaging:
 
     def copy_in(self, tensors):
         """Copies the live tensors into the device buffers, on the current stream (launches only)."""
-        with torch.no_grad():
-            if hasattr(torch, "_foreach_copy_"):
-                torch._foreach_copy_(self.views, tensors)
-            else:  # torch < 2.1
-                for v, t in zip(self.views, tensors):
-                    v.copy_(t)
+        copy_tensors(self.views, tensors)
 
     def copy_out(self, host_flats):
         """Copies the device buffers to one slot's host buffers, one transfer per dtype, on the
@@ -113,10 +110,7 @@ class DeviceStaging:
     def finite_flag(self):
         """A 0-d bool device tensor: every floating value in the buffers is finite (None: no
         floating buffer). One max |x| per dtype instead of one per tensor."""
-        floats = [f for f in self._flats.values() if f.is_floating_point() and f.numel()]
-        if not floats:
-            return None
-        return torch.isfinite(torch.stack([torch.linalg.vector_norm(f, float("inf")).float() for f in floats])).all()
+        return all_finite(list(self._flats.values()))
 
 
 class StagingChoice:
@@ -137,9 +131,9 @@ class StagingChoice:
         on_device = [t for t in tensors if t.device == self.device]
         if len(on_device) + sum(t.device.type == "cpu" for t in tensors) != len(tensors):
             return None
-        if self.current is not None and self.current.fits(on_device):
-            return self.current
         sig = signature(on_device)
+        if self.current is not None and self.current.signature == sig:
+            return self.current
         if sig == self._declined:
             return None
         self.current = None  # a state of other shapes (the first take has no optimizer state): rebuilt
