@@ -24,6 +24,11 @@ def reports_first(guard, step):
     guard.sender.flush_through(step, guard.deadline)
 
 
+def register_deadline(guard):
+    """A RegisterCheckpoint call's deadline: the sidecar verifies files before it answers."""
+    return max(guard.deadline, 2.0)
+
+
 def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_position=0):
     """Sends RegisterCheckpoint for ``files`` ([pb.CheckpointFile]); returns the sidecar's
     checkpoint message, or None when the sidecar is unreachable (fail-open) or does not track
@@ -32,7 +37,7 @@ def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_posi
                                        files=files, data_position=int(data_position))
     reports_first(guard, step)
     try:
-        resp = guard.transport.call("RegisterCheckpoint", req, deadline=max(guard.deadline, 2.0))
+        resp = guard.transport.call("RegisterCheckpoint", req, deadline=register_deadline(guard))
     except grpc.RpcError as e:
         if grpc_code(e) in UNREACHABLE:
             guard.connection.unreachable("RegisterCheckpoint", e)

@@ -381,14 +381,15 @@ class Guard:
             self.connection.unreachable("Heartbeat", e)
 
     def flush(self, timeout=None):
-        """Waits until every queued report has its verdict (or the timeout passes)."""
-        return self.sender.flush(self.deadline * 4 if timeout is None else timeout)
+        """Waits for the queued reports' verdicts and snapshot registrations (each at most ``timeout``)."""
+        timeout = self.deadline * 4 if timeout is None else timeout
+        return self.sender.flush(timeout) and self.recovery.registrar.flush(timeout)
 
     def close(self, reason="training finished"):
         self.flush()
         self.gate.uninstall()
         self.sender.close()
-        self.recovery.registrar.close(self.deadline)
+        self.recovery.registrar.close(checkpointing.register_deadline(self))  # a call in flight ends first
         try:
             self.transport.call("CloseRun", pb.CloseRunRequest(run_id=self.run, rank=self.rank, reason=reason))
         except grpc.RpcError:

@@ -255,7 +255,7 @@ class Recovery:
             return
         self.ring.taken()
         self.counters["snapshots"] += 1
-        self.registrar.to_register.append(s)
+        self.registrar.add(s)
         if wait and s.event is not None:
             s.event.synchronize()
         self.registrar.register_ready(now=wait)  # on the CPU (or after wait) at once: later steps count towards it
@@ -281,7 +281,6 @@ class Recovery:
             if other.step > s.step:
                 other.state = EMPTY
         self.ring.taken(measured=False)  # healthy steps towards the next snapshot count from the restored step
-        self.registrar.to_register = [x for x in self.registrar.to_register if x.state != EMPTY]
         self._capture_rng()
         return s.lr_scale
 

@@ -27,6 +27,11 @@ _CONFIRM_MAX_WAIT = 64  # steps between two asks whether an earned snapshot is K
 # the sidecar's answer on an earned snapshot: 0 known-good, 1 not yet (ask again), 2 never
 _CONFIRM_CODES = {"CHECKPOINT_STATE_KNOWN_GOOD": 0, "CHECKPOINT_STATE_REJECTED": 2, "CHECKPOINT_STATE_EVICTED": 2}
 
+# What RegisterCheckpoint says of a slot, fixed when the call is queued (the slot may be rewritten
+# before the worker makes it): the slot, its step and when it was taken (to recognise it in the
+# answer), the files and the data position sent
+_Record = collections.namedtuple("_Record", "slot step taken_at files position")
+
 
 class SnapshotRegistrar:
     """Registers one rank's snapshots and applies the sidecar's answers to their slots."""
@@ -49,21 +54,20 @@ class SnapshotRegistrar:
         return self.g.trainer_instance.replace("/", "_")
 
     def _record(self, s):
-        """What RegisterCheckpoint says of ``s``, fixed now (the slot may be rewritten before the
-        worker makes the call): (slot, step, when taken, files, data position)."""
+        """The _Record of ``s``; None on a rank other than 0 of several (rank 0 registers every slot)."""
         if self.g.rank != 0 and self._ranks():
-            return None  # rank 0 registers the slot for every rank
-        return (s, s.step, s.taken_at, [pb.CheckpointFile(path=self.slot_name(s), size_bytes=s.nbytes)],
-                s.data_position)
+            return None
+        return _Record(s, s.step, s.taken_at, [pb.CheckpointFile(path=self.slot_name(s), size_bytes=s.nbytes)],
+                       s.data_position)
 
     def _send(self, record):
         """Makes the call for ``record`` after the reports before it; the checkpoint message or None."""
         from .checkpointing import register
-        _, step, _, files, position = record
         try:
-            return register(self.g, step, files, fmt=pb.CHECKPOINT_FORMAT_MEMORY, data_position=position)
+            return register(self.g, record.step, record.files, fmt=pb.CHECKPOINT_FORMAT_MEMORY,
+                            data_position=record.position)
         except Exception as e:  # a refusal must not stop training: the snapshot just never becomes a target
-            log.warning("trainguard: snapshot of step %d not registered: %s", step, e)
+            log.warning("trainguard: snapshot of step %d not registered: %s", record.step, e)
             return None
 
     @staticmethod
@@ -71,8 +75,8 @@ class SnapshotRegistrar:
         """The sidecar's state name for the snapshot (None: no answer), or False when the slot has
         been taken again or dropped since the record was made (the answer is about another state;
         after a rollback the same step may be taken again, hence the time of the take)."""
-        s, step, taken_at = record[0], record[1], record[2]
-        if s.step != step or s.taken_at != taken_at or s.state == EMPTY:
+        s = record.slot
+        if s.step != record.step or s.taken_at != record.taken_at or s.state == EMPTY:
             return False
         if c is None:
             return None
@@ -137,8 +141,13 @@ class SnapshotRegistrar:
             on_answer, generation, answered = self._answers.popleft()
             if generation != self.g.generation:
                 continue  # answered across a rollback: about snapshots the rollback dropped
-            states = [(r[0], self._state(r, c)) for r, c in answered]
+            states = [(r.slot, self._state(r, c)) for r, c in answered]
             on_answer([(s, state) for s, state in states if state is not False])
+
+    def add(self, s):
+        """A snapshot just taken, registered once its copy has landed (a slot taken again before
+        that is listed once)."""
+        self.to_register = [x for x in self.to_register if x is not s] + [s]
 
     def register_ready(self, now=False):
         """Registers snapshots whose copy has landed (on CUDA that is usually the next step); ``now``:
