@@ -305,9 +305,9 @@ def child_main(out):
             buf += chunk
         return bytes(buf)
 
-    def answer(data):
+    def answer(*parts):
         try:
-            _write_all(out, data)
+            _write_all(out, *parts)
         except OSError:  # the parent is gone
             raise SystemExit(0) from None
 
@@ -324,4 +324,4 @@ def child_main(out):
             status, payload = FAILED, f"{code.name}\n{e.details()}".encode("utf-8", "replace")
         except Exception as e:  # never leave the parent waiting
             status, payload = FAILED, f"UNKNOWN\n{type(e).__name__}: {e}".encode("utf-8", "replace")
-        answer(_RESP.pack(len(payload), status) + payload)
+        answer(_RESP.pack(len(payload), status), payload)
