@@ -65,10 +65,19 @@ def alive(pid):
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
 
 
+def _noted(log, answer):
+    log.append(answer is not None)
+    return answer
+
+
 def test_reports_go_through_a_child_process_and_reach_the_sidecar(sidecar):
     g, model, opt = make_guard(sidecar.target, "child-reports")
+    answered_by_child = []  # per ReportStep call: did the child answer it (None: sent in-process)
+    call = g.sender.process.call
+    g.sender.process.call = lambda request, deadline: _noted(answered_by_child, call(request, deadline))
     train(g, model, opt, range(30), nan_at={12})
     assert g.flush(10)
+    assert answered_by_child == [True] * 30
     child = g.sender.process.pid
     assert child is not None and child != os.getpid() and alive(child)
     assert reported(g) == 30
@@ -90,6 +99,7 @@ def test_a_halt_verdict_through_the_child_is_applied_at_the_next_step():
         with pytest.raises(TrainingHalted):
             train(g, model, opt, [3])
         assert [r.step for r in fake.reports] == [0, 1, 2]
+        assert g.sender.process.usable and g.sender.process.starts == 1  # the verdict came through the child
         g.close()
     finally:
         fake.stop()
@@ -162,8 +172,8 @@ def test_the_report_process_exits_when_the_trainer_is_killed(sidecar):
 
 def test_where_no_child_can_start_reports_are_sent_in_process(sidecar, monkeypatch, caplog):
     monkeypatch.setattr(report_process.sys, "executable", "/nonexistent/python3")
-    g, model, opt = make_guard(sidecar.target, "child-cannot-start")
-    with caplog.at_level(logging.WARNING, logger="trainguard"):
+    with caplog.at_level(logging.WARNING, logger="trainguard"):  # the guard starts the child at once
+        g, model, opt = make_guard(sidecar.target, "child-cannot-start")
         train(g, model, opt, range(8))
         assert g.flush(10)
     assert not g.sender.process.usable
@@ -288,13 +298,18 @@ def test_failed_restarts_after_a_working_child_send_in_process_and_lose_nothing(
     train(g, model, opt, range(3))
     assert g.flush(10)
     monkeypatch.setattr(report_process.sys, "executable", "/nonexistent/python3")
+    attempts = []
+    popen = report_process.subprocess.Popen
+    monkeypatch.setattr(report_process.subprocess, "Popen", lambda *a, **kw: attempts.append(1) or popen(*a, **kw))
     os.kill(g.sender.process.pid, signal.SIGKILL)
-    while g.sender.process.pid is not None:
+    deadline = time.monotonic() + 5
+    while g.sender.process.pid is not None and time.monotonic() < deadline:
         time.sleep(0.01)
     train(g, model, opt, range(3, 8))
     assert g.flush(10)
     assert reported(g) == 8 and g.counters["sidecar_failures"] == 0
     assert not g.sender.process.usable and g.sender.process.starts == 1  # given up after three tries
+    assert len(attempts) == report_process.ReportProcess.MAX_FAILED_STARTS
     g.close()
 
 
