@@ -19,6 +19,8 @@ Overhead (paired interleaved rounds, the method of overhead.py and GPU-OVERHEAD.
   tg         trainguard as shipped: the multi-rank device gate (one in-stream all_reduce per step for
              the skip flag, the global norm and the cross-rank consistency check), per-block
              provenance (emb, h.0..h.11, head), verdict_lag=1
+  tg_nosnap  the same without in-memory snapshots (what they cost)
+  tg_nowatch the same without module watch hooks (what the per-block provenance costs)
   naive      clip_grad_norm_(1.0) + one .item() host sync per step
   scaler     fp16 autocast + GradScaler (fused AdamW)
 ms/step is the slowest rank's (all_reduce MAX); ratio = variant / mean of the baselines around it.
@@ -136,13 +138,12 @@ def overhead(a, cfg, dev, rank, B):
         rs = [x["ratio"] for x in rows[v]]
         res["variants"][v] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
                               "ms_median": statistics.median(x["ms"] for x in rows[v]), "rounds": rows[v]}
-    if "tg" in guards:
-        guards["tg"].flush(10)
-        res["tg_counters"] = dict(guards["tg"].counters)
-        res["tg_gate_graph"] = dict(guards["tg"].gated.graphs.counters)  # replays: measured from the CUDA graph
-        store = guards["tg"].recovery.store
-        res["tg_snapshots"] = dict(store.stats) if store is not None else None  # taken, last take's host time
-    for g in guards.values():
+    for name, g in guards.items():
+        g.flush(10)
+        res[f"{name}_counters"] = dict(g.counters)
+        res[f"{name}_gate_graph"] = dict(g.gated.graphs.counters)  # replays: measured from the CUDA graph
+        store = g.recovery.store
+        res[f"{name}_snapshots"] = dict(store.stats) if store is not None else None  # taken, last take's host time
         g.close()
     res["weights_hash"] = weights_hash(ddp) if not a.fsdp else None  # FSDP: each rank holds its shard
     del ddp, opt, data
@@ -224,6 +225,9 @@ def wait_for_grpc(target, timeout=120.0):
             t.close()
 
 
+VARIANTS = ("tg", "tg_nosnap", "tg_nowatch", "naive", "scaler")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", default="unix:///tmp/tg.sock")
@@ -240,6 +244,9 @@ def main():
                     "no correctness part (use --variants tg,naive)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    unknown = sorted(set(a.variants.split(",")) - set(VARIANTS))
+    if unknown:  # a misspelt tg_* variant would otherwise run as plain tg under its own label
+        raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     a.run_tag = f"{os.getpid()}"
     if a.fsdp:
         a.skip_correctness = True

@@ -73,6 +73,7 @@ from trainguard import grad_table  # noqa: E402
 VARIANTS = ("tg", "tg_nolag", "tg_lag2", "tg_si", "tg_all", "tg_wrap", "tg_bwd", "tg_nowatch", "tg_nosnap", "tg_inproc",
             "tg_host", "naive", "scaler", "tg_scaler", "anomaly", "tg_gradscale", "tg_mute", "control")
 
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", default="unix:///tmp/tg.sock")
@@ -81,7 +82,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--anomaly-steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=8)
-    ap.add_argument("--variants", default="tg,tg_nolag,tg_all,naive,scaler,anomaly")  # also: tg_wrap, tg_host, tg_bwd
+    ap.add_argument("--variants", default="tg,tg_nolag,tg_all,naive,scaler,anomaly")  # any of VARIANTS
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--host-sync", action="store_true")
