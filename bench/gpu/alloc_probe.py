@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpt_model import GPT, GPT2_SMALL  # noqa: E402
+from gpt_model import GPT, GPT2_SMALL, train_compiled  # noqa: E402
 
 
 def timed(fn, n=200):
@@ -60,13 +60,7 @@ def main():
     ps = opt.param_groups[0]["params"]
     ids = list(map(id, ps))
     probes("before compile", opt, ps, ids)
-    fwd = torch.compile(model)
-    x = torch.randint(0, GPT2_SMALL["vocab"], (8, GPT2_SMALL["seq"] + 1), device=dev)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = fwd(x[:, :-1], x[:, 1:])
-    loss.backward()
-    opt.step()
-    torch.cuda.synchronize()
+    train_compiled(dev, model, opt, steps=1)
     probes("after compile", opt, ps, ids)
     import gc
     print("gc counts", gc.get_count(), "objects", len(gc.get_objects()))

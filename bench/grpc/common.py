@@ -157,6 +157,13 @@ def stubs(channel):
     }
 
 
+def proc_cpu_s(pid):
+    """Seconds of CPU process ``pid`` has used (utime + stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def health_serving(resp_bytes):
     # HealthCheckResponse: field 1 (status) varint; SERVING = 1 -> b"\x08\x01"
     return resp_bytes == b"\x08\x01"

@@ -15,7 +15,7 @@ import os
 import queue
 import time
 
-from common import SERVICE, machine, open_request, save_results  # puts clients/python on sys.path
+from common import machine, open_request, proc_cpu_s, save_results, stubs  # puts clients/python on sys.path
 from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb  # noqa: E402
 from trainguard.report_process import ReportProcess  # noqa: E402
 from trainguard.transport import Transport  # noqa: E402
@@ -33,12 +33,8 @@ def measure(send, n, first, child=None):
 
 
 def cpu_of(pid):
-    """Seconds of CPU process ``pid`` has used (utime + stime), 0 for None."""
-    if pid is None:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """Seconds of CPU process ``pid`` has used, 0 for None."""
+    return 0.0 if pid is None else proc_cpu_s(pid)
 
 
 def main():
@@ -59,12 +55,11 @@ def main():
         t.call("ReportStep", pb.ReportStepRequest(report=report(step)))
 
     requests = queue.SimpleQueue()
-    answers = t.channel.stream_stream(
-        SERVICE + "StreamSteps", request_serializer=pb.StreamStepsRequest.SerializeToString,
-        response_deserializer=pb.StreamStepsResponse.FromString)(iter(requests.get, None))
+    answers = stubs(t.channel)["StreamSteps"](iter(requests.get, None))
 
     child = ReportProcess(t.target, t.token)
-    child.start()
+    if not child.start():
+        raise SystemExit("the report process could not start (see the warning above)")
 
     def via_child(step):
         pb.ReportStepResponse.FromString(child.call(pb.ReportStepRequest(report=report(step)).SerializeToString(), 5.0))

@@ -148,12 +148,6 @@ async def worker_main(a):
 
 # ----------------------------------------------------------------------------------- driver side
 
-def proc_cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 LOADGEN_DIR = "/tmp/tg-loadgen"
 
 
@@ -202,11 +196,11 @@ def run_load(sc, world, procs, mode, seconds, window=4, rate=5000.0, warmup=3.0,
     rss = []
     while time.time() < start_at + warmup:
         time.sleep(0.05)
-    cpu0, t0 = proc_cpu_s(sc.proc.pid), time.time()
+    cpu0, t0 = common.proc_cpu_s(sc.proc.pid), time.time()
     while time.time() < start_at + warmup + seconds:
         rss.append(sc.rss_kib())
         time.sleep(0.5)
-    cpu1, t1 = proc_cpu_s(sc.proc.pid), time.time()
+    cpu1, t1 = common.proc_cpu_s(sc.proc.pid), time.time()
     outs = []
     for w in workers:
         o, _ = w.communicate(timeout=120)
