@@ -8,8 +8,8 @@ GPUs copying at once under DDP, the rounds a snapshot fell in took 20-100 ms lon
 (``docs/benchmarks.md``, "Issue 21, tenth pass"). With it:
 
 - one ``_foreach_copy_`` on the training stream copies the state into flat device buffers (one per
-  dtype; by estimate ~0.75 ms of GPU time for 1.49 GB), so the update after it needs no wait of its own, and no
-  live tensor is read by another stream;
+  dtype; by estimate ~0.75 ms of GPU time for 1.49 GB), so the update after it needs no wait of its
+  own, and no live tensor is read by another stream;
 - a side stream then copies each flat buffer to the slot's flat pinned host buffer in one transfer
   per dtype, while training goes on; the slot's tensors are views into those host buffers.
 
