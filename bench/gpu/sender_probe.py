@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--cprofile", action="store_true", help="cProfile the guard's calls on the training thread")
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.unguarded and (a.mute or a.cprofile or a.kw != "{}"):
+        raise SystemExit("--mute, --cprofile and --kw apply to the guard: not with --unguarded")
     dev = torch.device("cuda", 0)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(0)
@@ -135,8 +137,8 @@ def main():
     res = {"torch": torch.__version__, "compiled": not a.eager, "guarded": g is not None, "batch": a.batch,
            "steps": a.steps, "step_ms": wall / a.steps * 1e3, "launch_ms": (launched - t0) / a.steps * 1e3,
            "main_cpu_us_per_step": (m1 - m0) / a.steps * 1e6,
-           "main_runqueue_wait_us_per_step": (sched1[1] - sched0[1]) / 1e3 / a.steps,
-           "main_switches_per_step": {k: (sched1[2][k] - sched0[2][k]) / a.steps for k in sched1[2]},
+           "main_runqueue_wait_us_per_step": (sched1[0] - sched0[0]) / 1e3 / a.steps,
+           "main_switches_per_step": {k: (sched1[1][k] - sched0[1][k]) / a.steps for k in sched1[1]},
            "sender_cpu_us_per_step": (s1 - s0) / a.steps * 1e6, "pieces": pieces.per_step_us(a.steps),
            "gate_graph": dict(g.gated.graphs.counters) if g is not None else None,
            "kw": json.loads(a.kw), "mute": a.mute, "main_cpu_where_us_per_step": where}
@@ -218,17 +220,17 @@ def profile_guard_calls(g):
 
 
 def schedstat():
-    """The training thread's (cpu ns, run-queue wait ns, {voluntary, involuntary} context switches)."""
+    """The training thread's (run-queue wait ns, {voluntary, involuntary} context switches)."""
     tid = threading.get_native_id()
     with open(f"/proc/self/task/{tid}/schedstat") as f:
-        cpu, wait, _ = (int(x) for x in f.read().split())
+        wait = int(f.read().split()[1])
     switches = {}
     with open(f"/proc/self/task/{tid}/status") as f:
         for line in f:
             if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                 k, v = line.split(":")
                 switches[k] = int(v)
-    return cpu, wait, switches
+    return wait, switches
 
 
 def instrument(g, pieces):
