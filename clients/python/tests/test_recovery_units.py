@@ -126,6 +126,23 @@ def test_ring_keeps_the_newest_known_good_and_discards_pending_on_unhealthy_step
     assert all(s.state == "EMPTY" for s in pending) and ring.known_good()
 
 
+def test_ring_of_several_ranks_waits_for_the_agreed_steps_not_its_own_clock():
+    # prevents: ranks whose own clocks hold a snapshot back at different steps (each rank measures a
+    # different cost, and rank 0 registers the slot for all of them)
+    model, opt = make()
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=2, max_overhead=0.5))
+    ring = SnapshotRing(store, known_good_steps=1, agreed=True)
+    ring.taken()                 # this rank's clock now measures the cost and would say "not yet"
+    ring.on_healthy(0)
+    ring.on_healthy(1)
+    assert ring.due()            # the interval is reached and nothing else was agreed
+    ring.agree_pace(5)
+    assert not ring.due()
+    for step in range(2, 5):
+        ring.on_healthy(step)
+    assert ring.due()
+
+
 def _paced(monkeypatch):
     """A SnapshotPace (max_overhead 1 %) on a fake clock after 10 usual steps of 20 ms; returns it
     and step(dt), which advances the clock by dt and reports a step."""
@@ -168,6 +185,18 @@ def test_pace_counts_training_steps_not_time_between_them(monkeypatch):
     for _ in range(5):           # 5 s between steps: counted as 3 usual steps each
         step(5.0)
     assert not pace.allows()     # 0.372 s of training since the snapshot, 1.2 s needed
+
+
+def test_pace_turns_its_cost_into_usual_steps_for_ranks_to_agree_on(monkeypatch):
+    # prevents: several ranks pacing by time, which differs per rank (they must snapshot at the same steps)
+    from trainguard import snapshot_schedule as snap
+    pace, step = _paced(monkeypatch)
+    assert pace.steps_needed() == 0          # nothing measured yet
+    pace.taken()
+    for dt in (0.032, 0.020, 0.020):
+        step(dt)
+    assert pace.steps_needed() == 60         # 12 ms / 1 % = 1.2 s of 20 ms steps
+    assert snap.SnapshotPace(max_overhead=0).steps_needed() == 0
 
 
 def test_pace_caps_a_cost_inflated_by_an_unrelated_pause(monkeypatch):

@@ -47,10 +47,9 @@ class Recovery:
         self.store = (SnapshotStore(guard.model, guard.optimizer, guard.scheduler, guard.scaler, snap_policy, guard.device)
                       if snap_policy is not None else None)
         kg = guard.policy_overrides.get("known_good_healthy_steps", 50)
-        # Several ranks must snapshot at the same steps (rank 0 registers the slot for all): the step
-        # interval is the same on every rank, a measured cost is not, so they are not paced by it.
-        paced = getattr(guard, "world_size", 1) == 1
-        self.ring = (SnapshotRing(self.store, kg, self.store.policy.max_overhead if paced else 0.0)
+        # Several ranks must snapshot at the same steps (rank 0 registers the slot for all): each
+        # measures its own cost, and they pace by the largest, agreed in the confirmation's collective.
+        self.ring = (SnapshotRing(self.store, kg, agreed=getattr(guard, "world_size", 1) > 1)
                      if self.store is not None else None)
         self.lr = LrCuts(guard.optimizer, guard.scheduler, _policy(lr, LrPolicy, LrPolicy()))
         rp = _policy(replay, ReplayPolicy, ReplayPolicy())
@@ -223,7 +222,9 @@ class Recovery:
         rng = self._capture_rng()  # first: a snapshot taken now reuses it rather than capturing again
         if self.ring is not None and step is not None:
             self.registrar.register_ready()
-            self.registrar.confirm(self.ring.on_healthy(step))
+            agreed = self.registrar.confirm(self.ring.on_healthy(step), self.ring.pace.steps_needed())
+            if agreed is not None:
+                self.ring.agree_pace(agreed)
             if self.ring.due():
                 self._take(step, rng=rng)
 

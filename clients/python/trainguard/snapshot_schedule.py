@@ -2,6 +2,7 @@
 known-good rule on the client, the pace keeps snapshots within their share of training time.
 The snapshots themselves (buffers, copies, restore) are in :mod:`trainguard.snapshot`."""
 import collections
+import math
 import time
 
 from .snapshot import COPYING, EMPTY, KNOWN_GOOD, PENDING
@@ -16,11 +17,15 @@ class SnapshotRing:
     step discards every snapshot that had not yet earned its healthy steps (the sidecar rejects
     those too). ``KNOWN_GOOD`` here means the sidecar confirmed it (see recovery.Recovery)."""
 
-    def __init__(self, store, known_good_steps, max_overhead=None):
+    def __init__(self, store, known_good_steps, max_overhead=None, agreed=False):
         self.store = store
         self.known_good_steps = int(known_good_steps)
         self._healthy_since_take = 0
         self.pace = SnapshotPace(store.policy.max_overhead if max_overhead is None else max_overhead)
+        # Several ranks must snapshot at the same steps, and each measures a different cost: they pace
+        # by a number of healthy steps all of them agreed on (agree_pace), not by their own clocks.
+        self.agreed = agreed
+        self.agreed_steps = 0
 
     @property
     def slots(self):
@@ -53,8 +58,16 @@ class SnapshotRing:
         self._healthy_since_take = 0
 
     def due(self):
-        return (self._healthy_since_take >= self.store.policy.interval and not self.pending()
-                and self.pace.allows())
+        if self.pending():
+            return False
+        if self.agreed:
+            return self._healthy_since_take >= max(self.store.policy.interval, self.agreed_steps)
+        return self._healthy_since_take >= self.store.policy.interval and self.pace.allows()
+
+    def agree_pace(self, steps):
+        """Several ranks: the healthy steps between two snapshots that they agreed on (the largest
+        of their ``pace.steps_needed()``)."""
+        self.agreed_steps = int(steps)
 
     def victim(self):
         empty = [s for s in self.slots if s.state == EMPTY]
@@ -142,3 +155,11 @@ class SnapshotPace:
         if self._after:  # the last snapshot's cost is still being measured
             return False
         return self._trained >= self.cost_s / self.max_overhead
+
+    def steps_needed(self):
+        """The measured cost as usual training steps to run between two snapshots (0: none
+        measured yet, or not paced): what several ranks agree on, where time cannot be compared."""
+        base = self.usual()
+        if self.max_overhead <= 0 or not self.cost_s or not base:
+            return 0
+        return math.ceil(self.cost_s / self.max_overhead / base - 1e-6)  # 60.0000000001 steps are 60

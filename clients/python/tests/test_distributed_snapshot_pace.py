@@ -1,0 +1,60 @@
+"""Several ranks pace their in-memory snapshots by measured cost too: each rank turns what its last
+snapshot cost into a number of usual steps, and the confirmation's collective agrees on the
+largest, so every rank still snapshots at the same steps (2 gloo ranks, DDP, CPU)."""
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from models import run_ranks
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STEPS = 40
+SLOW_S = 0.1  # what rank 1's snapshots cost: a step that much longer right after each one
+
+
+def _worker(rank, world, port, target, out_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, parallel_mlp, wait_online, weights_finite
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = Guard(model, opt, "ddp-snapshot-pace", target=target, deadline=5.0,
+              snapshots={"interval": 2, "max_overhead": 0.01}, policy={"known_good_healthy_steps": 4})
+    wait_online(g)
+    taken, agreed = [], []
+    for step in range(STEPS):
+        before = g.recovery.counters["snapshots"]
+        x, y = batch(step, seed=rank)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        assert weights_finite(model)
+        if g.recovery.counters["snapshots"] > before:
+            taken.append(step)
+            if rank == 1:  # this rank's snapshots are expensive, rank 0's are not
+                time.sleep(SLOW_S)
+        agreed.append(g.recovery.ring.agreed_steps)
+    g.close()
+    torch.save({"taken": taken, "agreed": agreed}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ranks_pace_snapshots_by_an_agreed_cost_and_still_take_them_at_the_same_steps(sidecar):
+    # prevents: several ranks snapshotting every `interval` steps whatever a snapshot costs (2-4 % of
+    # a DDP step on 2 H200s), or ranks that pace by their own clocks snapshotting at different steps
+    r0, r1 = run_ranks(_worker, sidecar.target)
+    assert r0["taken"] == r1["taken"], (r0["taken"], r1["taken"])
+    assert r0["agreed"] == r1["agreed"]
+    taken, agreed = r0["taken"], r0["agreed"]
+    assert len(taken) >= 2, taken  # the starting state, then one whose cost was measured
+    # 0.1 s is 1 % of 10 s of steps: far more steps than the run has, and no snapshot came after
+    # the ranks agreed on that (unpaced, one would be due every 4-6 steps)
+    assert agreed[-1] > STEPS, agreed
+    first = agreed.index(agreed[-1])
+    assert all(t <= first for t in taken), (taken, first)
