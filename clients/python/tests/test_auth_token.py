@@ -65,6 +65,7 @@ def test_report_process_carriesTheToken_reportsAccepted(sidecar, monkeypatch):
     request = pb.ReportStepRequest(report=pb.StepReport(run_id="py-auth-child", step=0, loss=1.0)).SerializeToString()
     anonymous = ReportProcess(sc.target)
     try:
+        assert anonymous.start()
         with pytest.raises(ReportCallError) as e:
             anonymous.call(request, 10.0)
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -72,6 +73,7 @@ def test_report_process_carriesTheToken_reportsAccepted(sidecar, monkeypatch):
         anonymous.close()
     child = ReportProcess(sc.target, token=TOKEN)
     try:
+        assert child.start()
         answer = pb.ReportStepResponse.FromString(child.call(request, 10.0))
         assert answer.verdict.step == 0
     finally:

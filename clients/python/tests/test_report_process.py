@@ -65,6 +65,13 @@ def alive(pid):
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
 
 
+def wait_for(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cond()
+
+
 def _noted(log, answer):
     log.append(answer is not None)
     return answer
@@ -111,14 +118,37 @@ def test_a_killed_report_process_is_replaced_and_no_report_is_lost(sidecar):
     assert g.flush(10)
     first = g.sender.process.pid
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while g.sender.process.pid is not None and time.monotonic() < deadline:  # gone, every thread of it
-        time.sleep(0.01)
-    assert g.sender.process.pid is None  # dead before the next report: that report starts a fresh one
-    train(g, model, opt, range(10, 20))
+    assert wait_for(lambda: g.sender.process.pid is None, 5)  # gone, every thread of it
+    train(g, model, opt, range(10, 20))  # the first report finds it dead and has a fresh one started
     assert g.flush(10)
+    assert wait_for(lambda: g.sender.process.pid is not None)
+    answered_by_child = []
+    call = g.sender.process.call
+    g.sender.process.call = lambda request, deadline: _noted(answered_by_child, call(request, deadline))
+    train(g, model, opt, range(20, 25))
+    assert g.flush(10)
+    assert answered_by_child == [True] * 5
     assert g.sender.process.starts == 2 and g.sender.process.pid not in (None, first)
-    assert (reported(g), g.counters["sidecar_failures"]) == (20, 0), g.counters
+    assert (reported(g), g.counters["sidecar_failures"]) == (25, 0), g.counters
+    g.close()
+
+
+def test_no_report_waits_for_a_replacement_child_to_start(sidecar, monkeypatch):
+    # prevents: the sender thread blocked while a new interpreter imports grpc (up to START_S), the
+    # reports and the verdicts the training thread awaits held up behind it
+    g, model, opt = make_guard(sidecar.target, "child-slow-restart")
+    train(g, model, opt, range(5))
+    assert g.flush(10)
+    os.kill(g.sender.process.pid, signal.SIGKILL)
+    assert wait_for(lambda: g.sender.process.pid is None, 5)
+    monkeypatch.setattr(report_process, "_BOOT", "import time; time.sleep(60); " + report_process._BOOT)
+    t0 = time.monotonic()
+    vs = train(g, model, opt, range(5, 15))
+    assert g.flush(10)
+    assert time.monotonic() - t0 < report_process.ReportProcess.START_S / 2  # not one child start's wait
+    assert all(v.action == Action.APPLY for v in vs)
+    assert g.sender.process.starts == 1 and g.sender.process._starting is not None  # the new one is still starting
+    assert (reported(g), g.counters["sidecar_failures"]) == (15, 0), g.counters  # sent in-process meanwhile
     g.close()
 
 
@@ -139,7 +169,7 @@ def test_a_report_in_flight_when_the_child_dies_counts_as_a_failed_call_and_the_
         train(g, model, opt, range(6, 10))  # step 6 waits for step 5's verdict: the call failed
         assert g.flush(10)
         assert g.counters["sidecar_failures"] == 1  # step 5's report, as an unanswered call would be
-        assert g.sender.process.starts == 2
+        assert wait_for(lambda: g.sender.process.starts == 2)
         assert [r.step for r in fake.reports if r.step >= 6] == [6, 7, 8, 9]
         assert weights_finite(model)
         g.close()
@@ -154,6 +184,7 @@ def test_the_report_process_exits_when_the_trainer_is_killed(sidecar):
         from trainguard.report_process import ReportProcess
         from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
         proc = ReportProcess({sidecar.target!r})
+        proc.start()
         try:
             proc.call(pb.ReportStepRequest(report=pb.StepReport(run_id="no-such-run")).SerializeToString(), 5.0)
         except Exception:
@@ -185,6 +216,7 @@ def test_where_no_child_can_start_reports_are_sent_in_process(sidecar, monkeypat
 def test_a_wrong_target_fails_as_unreachable_in_words(tmp_path):
     proc = ReportProcess("unix://" + str(tmp_path / "nothing.sock"))
     try:
+        assert proc.start()
         with pytest.raises(ReportCallError) as e:
             proc.call(pb.ReportStepRequest(report=pb.StepReport(run_id="r")).SerializeToString(), 1.0)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -215,6 +247,9 @@ def open_run(target, run):
 
 
 def answered(proc, request):
+    """Whether the child answers ``request``, once it is up (started, or restarted aside)."""
+    if proc.pid is None:
+        proc.start()
     return pb.ReportStepResponse.FromString(proc.call(request, 10.0)).verdict.step == 0
 
 
@@ -302,12 +337,13 @@ def test_failed_restarts_after_a_working_child_send_in_process_and_lose_nothing(
     popen = report_process.subprocess.Popen
     monkeypatch.setattr(report_process.subprocess, "Popen", lambda *a, **kw: attempts.append(1) or popen(*a, **kw))
     os.kill(g.sender.process.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while g.sender.process.pid is not None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    train(g, model, opt, range(3, 8))
-    assert g.flush(10)
-    assert reported(g) == 8 and g.counters["sidecar_failures"] == 0
+    assert wait_for(lambda: g.sender.process.pid is None, 5)
+    step = 3
+    while g.sender.process.usable and step < 200:  # each report that finds no child has one started aside
+        train(g, model, opt, [step])
+        assert g.flush(10)
+        step += 1
+    assert reported(g) == step and g.counters["sidecar_failures"] == 0
     assert not g.sender.process.usable and g.sender.process.starts == 1  # given up after three tries
     assert len(attempts) == report_process.ReportProcess.MAX_FAILED_STARTS
     g.close()

@@ -104,10 +104,11 @@ if hasattr(os, "register_at_fork"):
 
 class ReportProcess:
     """The parent's side: ``call(request_bytes, deadline) -> response bytes`` through the child.
-    Used by one thread at a time (the sender). A child that dies or stops answering is killed and
-    started afresh on the next call. Where none can be started, ``call`` returns None: nothing was
-    sent, the caller sends that report itself. After the first start fails, or three in a row (or
-    ``close()``), ``usable`` is off for good."""
+    Used by one thread at a time (the sender). A child that dies or stops answering is killed, and
+    a fresh one is started on a thread of its own: a new interpreter takes ~0.5 s (at most
+    ``START_S``) to import grpc and open its channel, and no report waits for that. While there is
+    no child, ``call`` returns None: nothing was sent, the caller sends that report itself. After the
+    first start fails, or three in a row (or ``close()``), ``usable`` is off for good."""
 
     START_S = 20.0      # the longest a new child may take to import grpc and say it is ready
     MARGIN_S = 2.0      # beyond a call's deadline before a silent child is given up
@@ -122,13 +123,17 @@ class ReportProcess:
         self._sigpipe_blocked = set()  # threads that write to the pipe with SIGPIPE blocked
         self.usable = True
         self.starts = 0  # children that came up
+        self._starting = None  # the thread starting a child, while it does
         self._lock = threading.Lock()
         _LIVE.add(self)
 
     def start(self):
-        """Starts the child now; False (and a warning) where it cannot start."""
+        """Starts the child and waits until it is ready; False (and a warning) where it cannot start."""
         with self._lock:
-            return self._sendable_child() is not None
+            starting = self._start_aside()
+        if starting is not None:
+            starting.join()
+        return self.pid is not None
 
     def call(self, request: bytes, deadline: float):
         """The response bytes; None when no child could take the call (nothing was sent)."""
@@ -141,12 +146,10 @@ class ReportProcess:
             try:
                 try:
                     _write_all(proc.stdin.fileno(), header, request)
-                except BrokenPipeError:  # it died between calls: nothing was sent, so a fresh one sends it
+                except BrokenPipeError:  # it died between calls: nothing was sent, the caller sends it
                     self._stop()
-                    proc = self._sendable_child()
-                    if proc is None:
-                        return None
-                    _write_all(proc.stdin.fileno(), header, request)
+                    self._start_aside()
+                    return None
                 status, payload = self._read_frame(deadline + self.MARGIN_S)
             except TimeoutError:
                 self._stop(kill=True)
@@ -179,52 +182,54 @@ class ReportProcess:
     def _sendable_child(self):
         # A child that died since the last call is found by the write (EPIPE), not by asking for its
         # exit status here on every call.
-        if self._proc is not None:
-            return self._proc
-        return self._start() if self.usable else None
+        if self._proc is None:
+            self._start_aside()
+        return self._proc
+
+    def _start_aside(self):
+        """Starts a child on a thread of its own unless one is starting (or none may); returns that
+        thread, or None. Called with the lock held."""
+        if self._starting is None and self._proc is None and self.usable:
+            self._starting = threading.Thread(target=self._start, name="trainguard-report-process-start", daemon=True)
+            self._starting.start()
+        return self._starting
 
     def _start(self):
-        """The new child, or None (logged) where it cannot start."""
+        """On the starting thread: the new child is installed once it said READY, or the failure counted
+        (and logged where the child is given up)."""
+        if hasattr(signal, "pthread_sigmask"):  # the settings go to a child that may already be dead
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+        child = error = None
         try:
-            proc = subprocess.Popen([sys.executable, "-c", _BOOT, json.dumps(sys.path)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, close_fds=True)
-            self._proc, self._answers = proc, _Answers(proc.stdout.fileno())
-            settings = json.dumps(self._settings).encode()
-            _write_all(proc.stdin.fileno(), _LEN.pack(len(settings)), settings)
-            _await_ready(self._answers, self.START_S, self.MAX_NOISE)
-        except BaseException as e:
-            self._stop()
-            if not isinstance(e, Exception):
-                raise
-            self._failed_starts += 1
-            if self.starts == 0 or self._failed_starts >= self.MAX_FAILED_STARTS:  # never worked, or no longer
-                self.usable = False
-                log.warning("trainguard: the report process could not start (%s); reports are sent from the "
-                            "training process instead", _reason(e))
-            return None
-        self._failed_starts = 0
-        self.starts += 1
-        return proc
+            child = _spawn(self._settings, self.START_S, self.MAX_NOISE)
+        except Exception as e:
+            error = e
+        finally:
+            with self._lock:
+                self._starting = None
+                if child is not None and self.usable:
+                    self._proc, self._answers = child
+                    self._failed_starts = 0
+                    self.starts += 1
+                elif child is not None:  # closed (or forked away) while it started
+                    _end(child[0])
+                elif error is not None:
+                    self._failed_starts += 1
+                    if self.starts == 0 or self._failed_starts >= self.MAX_FAILED_STARTS:  # never worked, or no longer
+                        self.usable = False
+                        log.warning("trainguard: the report process could not start (%s); reports are sent from "
+                                    "the training process instead", _reason(error))
 
     def _stop(self, kill=False):
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            if kill:  # it stopped answering: no point waiting for it to read the end of its input
-                proc.kill()
-            proc.stdin.close()  # the child's read ends: it exits
-            proc.wait(2.0)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
-        finally:
-            proc.stdout.close()
+        if proc is not None:
+            _end(proc, kill)
 
     def _abandon(self):
         """In a forked copy of the trainer: close this copy's ends of the pipes, never use the child."""
         proc, self._proc = self._proc, None
         self.usable = False
+        self._starting = None  # no thread survives a fork
         self._lock = threading.Lock()  # the parent's lock may have been held at the fork
         if proc is not None:
             for f in (proc.stdin, proc.stdout):
@@ -248,6 +253,35 @@ class ReportProcess:
 
 def _reason(e):
     return str(e) or type(e).__name__
+
+
+def _spawn(settings, timeout, max_noise):
+    """A new child that said READY: (Popen, _Answers). Raises where it cannot start."""
+    proc = subprocess.Popen([sys.executable, "-c", _BOOT, json.dumps(sys.path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, close_fds=True)
+    try:
+        answers = _Answers(proc.stdout.fileno())
+        body = json.dumps(settings).encode()
+        _write_all(proc.stdin.fileno(), _LEN.pack(len(body)), body)
+        _await_ready(answers, timeout, max_noise)
+    except BaseException:
+        _end(proc, kill=True)
+        raise
+    return proc, answers
+
+
+def _end(proc, kill=False):
+    """Stops a child: closing its stdin ends its read loop (``kill``: it stopped answering)."""
+    try:
+        if kill:
+            proc.kill()
+        proc.stdin.close()
+        proc.wait(2.0)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    finally:
+        proc.stdout.close()
 
 
 def _write_all(fd, *parts):
