@@ -144,6 +144,11 @@ def overhead(a, cfg, dev, rank, B):
         res[f"{name}_gate_graph"] = dict(g.gated.graphs.counters)  # replays: measured from the CUDA graph
         store = g.recovery.store
         res[f"{name}_snapshots"] = dict(store.stats) if store is not None else None  # taken, last take's host time
+        ring = g.recovery.ring
+        if ring is not None:  # the pace the ranks agreed on: a snapshot's measured cost, the steps between two
+            usual = ring.pace.usual()
+            res[f"{name}_snapshot_pace"] = {"cost_ms": ring.pace.cost_s * 1e3, "usual_step_ms": usual and usual * 1e3,
+                                            "agreed_steps": ring.agreed_steps}
         g.close()
     res["weights_hash"] = weights_hash(ddp) if not a.fsdp else None  # FSDP: each rank holds its shard
     del ddp, opt, data
