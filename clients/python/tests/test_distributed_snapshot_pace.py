@@ -17,7 +17,7 @@ SLOW_S = 0.1  # what rank 1's snapshots cost: a step that much longer right afte
 
 def _worker(rank, world, port, target, out_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, parallel_mlp, wait_online, weights_finite
+    from models import join_gloo, parallel_mlp, train, wait_online
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp("ddp")
@@ -25,21 +25,16 @@ def _worker(rank, world, port, target, out_dir):
     g = Guard(model, opt, "ddp-snapshot-pace", target=target, deadline=5.0,
               snapshots={"interval": 2, "max_overhead": 0.01}, policy={"known_good_healthy_steps": 4})
     wait_online(g)
-    taken, agreed = [], []
-    for step in range(STEPS):
-        before = g.recovery.counters["snapshots"]
-        x, y = batch(step, seed=rank)
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        g.step(step, loss)
-        g.optimizer_step()
-        opt.zero_grad(set_to_none=True)
-        assert weights_finite(model)
-        if g.recovery.counters["snapshots"] > before:
+    taken, agreed, seen = [], [], [0]
+
+    def note(step, verdict):
+        if g.recovery.counters["snapshots"] > seen[0]:
+            seen[0] = g.recovery.counters["snapshots"]
             taken.append(step)
             if rank == 1:  # this rank's snapshots are expensive, rank 0's are not
                 time.sleep(SLOW_S)
         agreed.append(g.recovery.ring.agreed_steps)
+    train(g, model, opt, STEPS, seed=rank, on_verdict=note)  # asserts finite weights after every step
     g.close()
     torch.save({"taken": taken, "agreed": agreed}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
