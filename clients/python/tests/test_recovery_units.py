@@ -87,6 +87,20 @@ def test_snapshot_above_max_bytes_is_not_taken():
     assert store.take(0, 0, 1) is None and store.too_big > 1000
 
 
+def test_a_store_takes_its_device_by_name():
+    # prevents: a store given its device as a name comparing each tensor's device with a string
+    # (on CUDA a bare "cuda" made every tensor "elsewhere": copied with a host wait)
+    model, opt = make()
+    _fit(model, opt, 1)
+    store = SnapshotStore(model, opt, device="cpu", policy=SnapshotPolicy(max_overhead=0))
+    assert store.device == torch.device("cpu")
+    want = [p.detach().clone() for p in model.parameters()]
+    s = store.take(0, 1, 2)
+    _fit(model, opt, 2, start=1)
+    store.restore(s)
+    assert s.finite() and all(torch.equal(a, b) for a, b in zip(want, model.parameters()))
+
+
 def test_snapshot_of_nonfinite_weights_is_never_known_good():
     # prevents: promoting a snapshot whose weights already hold a NaN
     model, opt = make()
