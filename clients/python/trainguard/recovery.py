@@ -222,7 +222,7 @@ class Recovery:
         rng = self._capture_rng()  # first: a snapshot taken now reuses it rather than capturing again
         if self.ring is not None and step is not None:
             self.registrar.register_ready()
-            agreed = self.registrar.confirm(self.ring.on_healthy(step), self.ring.pace.steps_needed())
+            agreed = self.registrar.confirm(self.ring.on_healthy(step), self.ring.pace.steps_needed)
             if agreed is not None:
                 self.ring.agree_pace(agreed)
             if self.ring.due():

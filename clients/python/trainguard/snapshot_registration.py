@@ -178,11 +178,11 @@ class SnapshotRegistrar:
                 # equal on every rank (they choose the next slot), so they wait for confirm()'s agreement.
                 s.state = KNOWN_GOOD
 
-    def confirm(self, earned, pace_steps=0):
+    def confirm(self, earned, pace_steps=lambda: 0):
         """A snapshot the client counts as known-good is only treated so once the sidecar agrees:
         then the other slot may be overwritten without ever losing the sidecar's rollback target.
         Several ranks: the same collective agrees on the snapshots' pace, the largest of the ranks'
-        ``pace_steps``, which it returns (None when no collective ran)."""
+        ``pace_steps()``, which it returns (None when no collective ran)."""
         if not earned or (self._confirming is not None and not self._confirming.is_set()):
             return None
         if self._confirm_wait > 0:
@@ -193,10 +193,10 @@ class SnapshotRegistrar:
             self._confirming = self._register_later(
                 earned, lambda states: self._on_confirmed([(s, _CONFIRM_CODES.get(st, 1)) for s, st in states]))
             return None
-        codes, agreed = [], 0
+        codes, agreed, mine = [], 0, pace_steps()
         for s in earned:  # several ranks: rank 0 asks, all agree on its answer in one collective per snapshot
             code = _CONFIRM_CODES.get(self._register_now(s), 1) if self.g.rank == 0 else 0
-            code, agreed = dist_agree.max_ints([code, pace_steps])
+            code, agreed = dist_agree.max_ints([code, mine])
             codes.append((s, code))
         self._on_confirmed(codes)
         return agreed
