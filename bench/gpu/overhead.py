@@ -30,6 +30,9 @@ ms/step over the mean of the two baselines around it; median, min and max over t
                training thread's own part of the guard costs
   control      no guard: the baseline's loop timed as a variant (with --compile on its own compiled copy),
                an A/A run whose spread is the method's noise, the yardstick for a variant's worst round
+  d2h          diagnostic: control plus, every D2H_EVERY steps, a snapshot's device work alone: the state
+               copied into device buffers on the training stream, then to pinned host memory on a side
+               stream (trainguard.snapshot_staging.DeviceStaging), with none of the guard's host-side take
 
 Options that change every variant alike:
   --host-sync  one host read of the loss after backward, as the Hugging Face Trainer does every step
@@ -68,10 +71,12 @@ from trainguard.guard import Guard  # noqa: E402
 from gpt_model import GPT, GPT2_SMALL, TINY  # noqa: E402
 from overhead_probes import GcClock, PieceClock, mute, sanity  # noqa: E402
 from trainguard import grad_table  # noqa: E402
+from trainguard.snapshot_staging import DeviceStaging  # noqa: E402
 
 
 VARIANTS = ("tg", "tg_nolag", "tg_lag2", "tg_si", "tg_all", "tg_wrap", "tg_bwd", "tg_nowatch", "tg_nosnap", "tg_inproc",
-            "tg_host", "naive", "scaler", "tg_scaler", "anomaly", "tg_gradscale", "tg_mute", "control")
+            "tg_host", "naive", "scaler", "tg_scaler", "anomaly", "tg_gradscale", "tg_mute", "control", "d2h")
+D2H_EVERY = 50  # steps between two copies of the d2h variant (a snapshot is due at most every ~50: known-good)
 
 
 def main():
@@ -122,12 +127,12 @@ def main():
 
         def pair(name):
             """The model (callable) and optimizer a variant steps."""
-            if not a.compile or not (name.startswith("tg") or name == "control"):
+            if not a.compile or not (name.startswith("tg") or name in ("control", "d2h")):
                 return base_fwd, opt
             if name not in copies:
                 m = copy.deepcopy(model)
                 copies[name] = [m, torch.optim.AdamW(m.parameters(), lr=3e-4, weight_decay=0.1, fused=True),
-                                torch.compile(m) if name == "control" else None]  # a guarded copy compiles once hooked
+                                torch.compile(m) if name in ("control", "d2h") else None]  # a guarded copy compiles once hooked
             m = copies[name]
             return (m[2] if m[2] is not None else m[0]), m[1]
         seq, vocab = cfg["seq"], cfg["vocab"]
@@ -137,7 +142,22 @@ def main():
         gate = "auto" if cuda else True
         all_modules = [n for n, _ in model.named_modules() if n]
         guards = {}
-        step_no = {}
+        step_no = {"d2h": 0}
+        copier = {}  # d2h: its DeviceStaging, the state tensors, the pinned host buffers, the side stream
+
+        def copy_state(m, o):
+            """What a snapshot does on the device (d2h): into the staging buffers on the training
+            stream, then to pinned host memory on a side stream."""
+            if not copier:
+                state = [p.detach() for p in m.parameters()] + [
+                    t for st in o.state.values() for t in st.values() if torch.is_tensor(t) and t.device == dev]
+                staging = DeviceStaging(state, dev)
+                copier.update(staging=staging, state=state, host=staging.host_buffers(True)[0],
+                              stream=torch.cuda.Stream(dev))
+            copier["staging"].copy_in(copier["state"])
+            copier["stream"].wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(copier["stream"]):
+                copier["staging"].copy_out(copier["host"])
 
         def guard(name):
             if name not in guards:
@@ -258,6 +278,10 @@ def main():
                     tb0 = time.perf_counter()
                     o.step()
                     in_guard += time.perf_counter() - tb0  # the baseline's own optimizer call, to compare
+                    if name == "d2h":
+                        step_no[name] += 1
+                        if step_no[name] % D2H_EVERY == 0 and cuda:
+                            copy_state(*copies[name][:2] if a.compile else (model, opt))
                 o.zero_grad(set_to_none=True)
             launched = time.perf_counter()
             clock.step = None
