@@ -63,7 +63,7 @@ def main():
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
-    uniq, _, _ = store._gather()
+    _, uniq, _ = store._gather()
     res = {"device": str(dev), "tensors": len(uniq), "bytes": sum(t.numel() * t.element_size() for t in uniq),
            "take_host_ms_median": statistics.median(takes) * 1e3, "take_host_ms": [t * 1e3 for t in takes],
            "gather_ms_median": statistics.median(gathers) * 1e3, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -1,11 +1,15 @@
 """Recovery pieces against plain torch objects, no sidecar: in-memory snapshots and their ring,
 fault classification and the replay budget, LR cuts from the base (the loops against the real
 sidecar are in test_recovery.py)."""
+import copy
+import gc
 import random
+import weakref
 
 import pytest
 import torch
 
+from trainguard import snapshot_layout
 from trainguard.lrcut import LrCuts, LrPolicy
 from trainguard.replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
 from trainguard.snapshot import KNOWN_GOOD, SnapshotPolicy, SnapshotStore
@@ -75,8 +79,52 @@ def test_tied_weights_are_copied_once():
     model.extra1, model.extra2 = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
     model.extra2.weight = model.extra1.weight
     store = SnapshotStore(model, opt)
-    uniq, remap, _ = store._gather()
-    assert len(remap) == len(uniq) + 1
+    layout, uniq, _ = store._gather()
+    assert len(layout.remap) == len(uniq) + 1
+
+
+def test_a_take_lays_the_state_out_afresh_only_when_its_tensors_change():
+    # prevents: every take redoing the per-tensor work (~2.5 ms for GPT-2 small), or a take that
+    # reuses the last layout after a parameter moved (p.data = ...), was reshaped, or the optimizer
+    # state was replaced, and so copies memory the model no longer uses
+    model, opt = make()
+    _fit(model, opt, 2)
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(max_overhead=0))
+    store.take(0, 1, 2)
+    first = store._layout
+    store.take(1, 2, 3)
+    # the same tensors over the same memory (a torch without the one-call address check lays the
+    # state out at every take)
+    assert (store._layout is first) == snapshot_layout.REUSES_LAYOUTS
+    w = model.inp.weight
+    w.data = torch.full_like(w, 0.5)                       # moved: new memory, the same Parameter
+    s = store.take(0, 3, 4)
+    assert store._layout is not first
+    with torch.no_grad():
+        w.zero_()
+    store.restore(s)
+    assert bool((w == 0.5).all())                          # the snapshot held the new memory's values
+    moved = store._layout
+    w.data = w.data.reshape(-1).reshape(w.shape[1], w.shape[0])  # the same memory, another shape
+    store.take(1, 4, 5)
+    assert store._layout is not moved
+    reshaped = store._layout
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # the optimizer's state replaced by copies
+    store.take(0, 5, 6)
+    assert store._layout is not reshaped
+
+
+def test_a_kept_layout_does_not_keep_a_replaced_state_alive():
+    # prevents: the optimizer state a checkpoint load replaced staying in (device) memory until the
+    # next snapshot, held by the layout kept for it
+    model, opt = make()
+    _fit(model, opt, 2)
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(max_overhead=0))
+    store.take(0, 1, 2)
+    old = weakref.ref(next(iter(opt.state.values()))["exp_avg"])
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    gc.collect()
+    assert old() is None
 
 
 def test_snapshot_above_max_bytes_is_not_taken():

@@ -18,6 +18,7 @@ import torch
 
 from . import snapshot_staging
 from .rng import capture_rng, restore_rng
+from .snapshot_layout import fill, gather, local, rebuild
 from .tensors import all_finite, copy_tensors
 
 EMPTY, COPYING, PENDING, KNOWN_GOOD = "EMPTY", "COPYING", "PENDING", "KNOWN_GOOD"
@@ -59,31 +60,6 @@ class SnapshotPolicy:
             raise ValueError('snapshot device_staging must be "auto", True or False')
 
 
-def _walk(obj, tensors):
-    """Replaces every tensor in a nested dict/list with a placeholder index into ``tensors``."""
-    if torch.is_tensor(obj):
-        tensors.append(obj)
-        return _Ref(len(tensors) - 1)
-    if isinstance(obj, dict):
-        return {k: _walk(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        out = [_walk(v, tensors) for v in obj]
-        return out if isinstance(obj, list) else tuple(out)
-    return obj
-
-
-def _fill(obj, at):
-    """``obj`` with every _Ref replaced by ``at(ref.i)``: only the tensors it refers to are fetched."""
-    if isinstance(obj, _Ref):
-        return at(obj.i)
-    if isinstance(obj, dict):
-        return {k: _fill(v, at) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        out = [_fill(v, at) for v in obj]
-        return out if isinstance(obj, list) else tuple(out)
-    return obj
-
-
 def _fit(buffers, uniq, placement):
     """Whether a slot's (host, flats, placement) buffers can hold these tensors (same count, shapes
     and dtypes), laid out for how they are copied (``placement`` None: each directly)."""
@@ -100,38 +76,6 @@ def _indexed(device):
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-def _is_dtensor(t):
-    return hasattr(t, "to_local") and hasattr(t, "placements") and hasattr(t, "device_mesh")
-
-
-def _local(t):
-    """(plain tensor, spec): a DTensor's (FSDP2, tensor parallel) local shard and what rebuilds the
-    DTensor around it; a plain tensor and None otherwise. Snapshots hold local shards only: every
-    rank keeps its own part of the state, as it keeps its own part of the parameters."""
-    if _is_dtensor(t):
-        local = t.to_local()
-        return local, (t.device_mesh, tuple(t.placements), t.shape, tuple(t.stride()), local.device)
-    return t, None
-
-
-def _rebuild(host, spec):
-    """A fresh live tensor from a snapshot buffer: a copy on the shard's device, wrapped back into
-    a DTensor when it was one (the snapshot's own buffer stays intact for a later rollback)."""
-    if spec is None:
-        return host.clone()
-    mesh, placements, shape, stride, device = spec
-    from torch.distributed.tensor import DTensor
-    return DTensor.from_local(host.to(device, copy=True), mesh, placements, run_check=False, shape=shape,
-                              stride=stride)
-
-
-class _Ref:
-    __slots__ = ("i",)
-
-    def __init__(self, i):
-        self.i = i
 
 
 class Snapshot:
@@ -187,53 +131,34 @@ class SnapshotStore:
         self._copy_done = None   # the newest copy's event: optimizer.step() waits on it, on the device
         self._staging = snapshot_staging.StagingChoice(self.policy, self.device)
         self._staged_copy = None  # the last copy out of the staging buffers (a new copy in waits for it)
+        self._layout = None       # the last take's StateLayout (snapshot_layout), reused while it holds
         self.too_big = None      # bytes, when the state exceeds policy.max_bytes
         self.stats = {"taken": 0, "restored": 0, "last_take_s": 0.0, "bytes": 0, "device_staging_bytes": 0}
 
     # ------------------------------------------------------------------ taking
 
     def _gather(self):
-        """The live tensors of the state (unique storage, so tied weights are copied once) and a
-        skeleton that puts them back in place."""
-        tensors = []
-        model_sd = _walk(self.model.state_dict(), tensors)
-        opt_sd = _walk(self.optimizer.state_dict(), tensors)  # references, not copies
-        sched = _walk(self.scheduler.state_dict(), tensors) if self.scheduler is not None else None
-        scaler = None
-        if self.scaler is not None and self.scaler.is_enabled() and getattr(self.scaler, "_scale", None) is not None:
-            # Tensors directly: scaler.state_dict() reads the scale with .item(), a device sync.
-            scaler = _walk({"scale": self.scaler._scale, "growth_tracker": self.scaler._growth_tracker}, tensors)
-        uniq, specs, index, remap = [], [], {}, []
-        for t in tensors:
-            t, spec = _local(t.detach())
-            key = (t.data_ptr(), t.dtype, tuple(t.shape), t.device) if t.numel() else None
-            if key is not None and key in index:
-                remap.append(index[key])
-                continue
-            if key is not None:
-                index[key] = len(uniq)
-            remap.append(len(uniq))
-            uniq.append(t)
-            specs.append(spec)
-        skeleton = {"model": model_sd, "optimizer": opt_sd, "scheduler": sched, "scaler": scaler, "specs": specs}
-        return uniq, remap, skeleton
+        """(layout, the live state's unique tensors, the skeleton that puts them back): the layout of
+        the last take again while it holds (snapshot_layout)."""
+        self._layout, uniq, skeleton = gather(self.model, self.optimizer, self.scheduler, self.scaler, self.device,
+                                              self._layout)
+        return self._layout, uniq, skeleton
 
     def state_bytes(self):
-        uniq, _, _ = self._gather()
-        return sum(t.numel() * t.element_size() for t in uniq)
+        return self._gather()[0].nbytes
 
     def take(self, slot, step, data_position, lr_scale=1.0, rng=None):
         """Starts copying the live state into ``slots[slot]``; returns the snapshot, or None when the
         state is larger than ``policy.max_bytes``. On CUDA it returns before the copy has landed."""
         t0 = time.perf_counter()
         s = self.slots[slot]
-        uniq, remap, skeleton = self._gather()
-        nbytes = sum(t.numel() * t.element_size() for t in uniq)
+        layout, uniq, skeleton = self._gather()
+        nbytes = layout.nbytes
         if self.policy.max_bytes and nbytes > self.policy.max_bytes:
             self.too_big = nbytes
             return None
-        staged = self._staged(uniq)
-        laid = self._placement(uniq, staged)
+        staged = self._staged(layout, uniq)
+        laid = self._placement(layout, uniq, staged)
         alloc_s = 0.0
         if not _fit(s.buffers, uniq, laid) and _fit(s.spare, uniq, laid):
             (s.host, s.flats, s.placement), s.spare = s.spare, None
@@ -247,12 +172,12 @@ class SnapshotStore:
             alloc_s = time.perf_counter() - t_alloc
         s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
         s.healthy_since, s.checkpoint_id, s.taken_at = 0, "", time.time()
-        s.skeleton = (remap, skeleton, capture_rng() if rng is None else rng)
+        s.skeleton = (layout.remap, skeleton, capture_rng() if rng is None else rng)
         s.host_finite = True
         if staged is not None:
-            self._take_staged(s, uniq, staged)
+            self._take_staged(s, layout, uniq, staged)
         elif self.cuda:
-            self._take_direct(s, uniq)
+            self._take_direct(s, layout, uniq)
         else:
             copy_tensors(s.host, uniq)
             s.finite_flag = all_finite(uniq)
@@ -264,17 +189,17 @@ class SnapshotStore:
         self.stats["alloc_s"] = self.stats.get("alloc_s", 0.0) + alloc_s
         return s
 
-    def _take_direct(self, s, uniq):
+    def _take_direct(self, s, layout, uniq):
         """Copies the live state straight to the slot's pinned buffers on the side stream (tensors
         on other devices at once); the next update waits for that copy on the device."""
-        on_device = [u for u in uniq if u.device == self.device]
-        self._take_host_part(s, uniq)
+        on_device = [uniq[i] for i in layout.here]
+        self._take_host_part(s, layout, uniq)
         main = torch.cuda.current_stream(self.device)
         self._stream.wait_stream(main)  # the copy reads the state optimizer.step() just wrote
         with torch.cuda.stream(self._stream):
             for u in on_device:
                 u.record_stream(self._stream)
-            copy_tensors([h for h, u in zip(s.host, uniq) if u.device == self.device], on_device, non_blocking=True)
+            copy_tensors([s.host[i] for i in layout.here], on_device, non_blocking=True)
             flag = all_finite(on_device)
             if flag is not None:
                 s.finite_flag.copy_(flag, non_blocking=True)
@@ -282,14 +207,14 @@ class SnapshotStore:
             s.event.record(self._stream)
         self._copy_done = s.event
 
-    def _take_staged(self, s, uniq, staging):
+    def _take_staged(self, s, layout, uniq, staging):
         """Copies the live state into the staging buffers on the training stream (the next update is
         ordered after it and waits for nothing else), then to the host on the side stream."""
         main = torch.cuda.current_stream(self.device)
         if self._staged_copy is not None and not self._staged_copy.query():
             main.wait_event(self._staged_copy)  # the last copy out still reads the staging buffers
-        staging.copy_in([u for u in uniq if u.device == self.device])
-        self._take_host_part(s, uniq)
+        staging.copy_in([uniq[i] for i in layout.here])
+        self._take_host_part(s, layout, uniq)
         self._stream.wait_stream(main)
         with torch.cuda.stream(self._stream):
             staging.copy_out(s.flats)
@@ -300,23 +225,30 @@ class SnapshotStore:
             s.event.record(self._stream)
         self._staged_copy = s.event
 
-    def _take_host_part(self, s, uniq):
+    def _take_host_part(self, s, layout, uniq):
         """Copies, at once, the state's tensors that are not on this device: a non-fused optimizer's
         CPU step counts, or (model parallel) tensors on another GPU, whose streams the side stream
         and its event do not cover."""
-        others = [(h, u) for h, u in zip(s.host, uniq) if u.device != self.device]
-        copy_tensors([h for h, _ in others], [u for _, u in others])
-        flag = all_finite([u for _, u in others], on="cpu")
+        others = [uniq[i] for i in layout.elsewhere]
+        copy_tensors([s.host[i] for i in layout.elsewhere], others)
+        flag = all_finite(others, on="cpu")
         s.host_finite = flag is None or bool(flag)
 
-    def _staged(self, uniq):
-        """The DeviceStaging this state's snapshot goes through, or None (snapshot_staging.StagingChoice)."""
-        staging = self._staging.for_state(uniq)
+    def _staged(self, layout, uniq):
+        """The DeviceStaging this state's snapshot goes through, or None (snapshot_staging.StagingChoice,
+        asked once per layout: it decides once per state layout anyway)."""
+        if "staging" not in layout.memo:
+            layout.memo["staging"] = self._staging.for_state(uniq)
+        staging = layout.memo["staging"]
         self.stats["device_staging_bytes"] = staging.nbytes if staging is not None else 0
         return staging
 
-    def _placement(self, uniq, staged):
-        return snapshot_staging.placement(uniq, self.device) if staged is not None else None
+    def _placement(self, layout, uniq, staged):
+        if staged is None:
+            return None
+        if "placement" not in layout.memo:
+            layout.memo["placement"] = snapshot_staging.placement(uniq, self.device)
+        return layout.memo["placement"]
 
     def prepare(self):
         """Allocates, for every slot, buffers that fit the state as it is now, where its own do not:
@@ -324,11 +256,11 @@ class SnapshotStore:
         has none), so that no later snapshot pins host memory mid-run. A slot in use gets them as
         spare buffers for its next snapshot. Returns the seconds it took."""
         t0 = time.perf_counter()
-        uniq, _, _ = self._gather()
-        if self.policy.max_bytes and sum(t.numel() * t.element_size() for t in uniq) > self.policy.max_bytes:
+        layout, uniq, _ = self._gather()
+        if self.policy.max_bytes and layout.nbytes > self.policy.max_bytes:
             return 0.0
-        staged = self._staged(uniq)
-        laid = self._placement(uniq, staged)
+        staged = self._staged(layout, uniq)
+        laid = self._placement(layout, uniq, staged)
         for s in self.slots:
             if _fit(s.buffers, uniq, laid) or _fit(s.spare, uniq, laid):
                 continue
@@ -368,20 +300,20 @@ class SnapshotStore:
         remap, skeleton, rng_state = s.skeleton
         def host(j):
             return s.host[remap[j]]
-        model_sd = _fill(skeleton["model"], host)
+        model_sd = fill(skeleton["model"], host)
         with torch.no_grad():
             live = self.model.state_dict()
             for k, v in model_sd.items():
                 if k in live and torch.is_tensor(live[k]):
-                    _local(live[k])[0].copy_(v, non_blocking=False)  # a DTensor: into this rank's shard
+                    local(live[k])[0].copy_(v, non_blocking=False)  # a DTensor: into this rank's shard
         # Fresh optimizer state (copies on the parameters' devices, DTensors again where they were):
         # the snapshot's own buffers stay intact for a later rollback.
         specs = skeleton["specs"]
-        self.optimizer.load_state_dict(_fill(skeleton["optimizer"], lambda j: _rebuild(host(j), specs[remap[j]])))
+        self.optimizer.load_state_dict(fill(skeleton["optimizer"], lambda j: rebuild(host(j), specs[remap[j]])))
         if self.scheduler is not None and skeleton["scheduler"] is not None:
-            self.scheduler.load_state_dict(_fill(skeleton["scheduler"], host))
+            self.scheduler.load_state_dict(fill(skeleton["scheduler"], host))
         if self.scaler is not None and skeleton["scaler"] is not None:
-            sc = _fill(skeleton["scaler"], host)
+            sc = fill(skeleton["scaler"], host)
             self.scaler._scale.copy_(sc["scale"])
             self.scaler._growth_tracker.copy_(sc["growth_tracker"])
         if rng:

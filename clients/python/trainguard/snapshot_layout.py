@@ -1,0 +1,148 @@
+"""What a snapshot copies: the training state's tensors, found by walking its state dicts, and the
+skeleton that puts them back (:mod:`trainguard.snapshot` takes and restores them).
+
+The walk runs at every take, since the skeleton holds values that change (the learning rate); the
+per-tensor work after it (deduplicating tied weights, finding each tensor's device, sizing the
+state) is kept in a :class:`StateLayout` while the state dicts hold the very same tensors over the
+very same memory, which is checked at every take without a Python loop over the tensors.
+"""
+import operator
+import weakref
+
+import torch
+
+_SHAPE = operator.attrgetter("shape")
+_DEREF = operator.methodcaller("__call__")
+# one C++ loop over the tensors' addresses (torch >= 2.1; older ones lay the state out at every take)
+_ADDRESSES_EQUAL = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
+REUSES_LAYOUTS = _ADDRESSES_EQUAL is not None
+
+
+class Ref:
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
+
+def walk(obj, tensors):
+    """Replaces every tensor in a nested dict/list with a placeholder index into ``tensors``."""
+    if torch.is_tensor(obj):
+        tensors.append(obj)
+        return Ref(len(tensors) - 1)
+    if isinstance(obj, dict):
+        return {k: walk(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [walk(v, tensors) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    return obj
+
+
+def fill(obj, at):
+    """``obj`` with every Ref replaced by ``at(ref.i)``: only the tensors it refers to are fetched."""
+    if isinstance(obj, Ref):
+        return at(obj.i)
+    if isinstance(obj, dict):
+        return {k: fill(v, at) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [fill(v, at) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    return obj
+
+
+def is_dtensor(t):
+    return hasattr(t, "to_local") and hasattr(t, "placements") and hasattr(t, "device_mesh")
+
+
+def local(t):
+    """(plain tensor, spec): a DTensor's (FSDP2, tensor parallel) local shard and what rebuilds the
+    DTensor around it; a plain tensor and None otherwise. Snapshots hold local shards only: every
+    rank keeps its own part of the state, as it keeps its own part of the parameters."""
+    if is_dtensor(t):
+        shard = t.to_local()
+        return shard, (t.device_mesh, tuple(t.placements), t.shape, tuple(t.stride()), shard.device)
+    return t, None
+
+
+def rebuild(host, spec):
+    """A fresh live tensor from a snapshot buffer: a copy on the shard's device, wrapped back into
+    a DTensor when it was one (the snapshot's own buffer stays intact for a later rollback)."""
+    if spec is None:
+        return host.clone()
+    mesh, placements, shape, stride, device = spec
+    from torch.distributed.tensor import DTensor
+    return DTensor.from_local(host.to(device, copy=True), mesh, placements, run_check=False, shape=shape,
+                              stride=stride)
+
+
+class StateLayout:
+    """How the state's tensors lie, as a take found them: ``first`` (the walked index of each unique
+    storage: tied weights are copied once), ``remap`` (each walked tensor's index among the unique
+    ones), their DTensor ``specs``, ``nbytes``, and which unique ones live on ``device`` (``here``) or
+    elsewhere (``elsewhere``: a non-fused optimizer's CPU step counts). ``memo`` keeps what the store
+    derives from it (its staging, the placement). It holds the tensors only weakly: a state that
+    was replaced (a checkpoint loaded) is not kept alive by it."""
+
+    @classmethod
+    def build(cls, raw, device):
+        """(layout, the unique tensors) of a walk's tensors ``raw``."""
+        self = cls()
+        uniq, self.specs, self.remap, self.first, index = [], [], [], [], {}
+        for j, t in enumerate(raw):
+            t, spec = local(t.detach())
+            key = (t.data_ptr(), t.dtype, tuple(t.shape), t.device) if t.numel() else None
+            if key is not None and key in index:
+                self.remap.append(index[key])
+                continue
+            if key is not None:
+                index[key] = len(uniq)
+            self.remap.append(len(uniq))
+            self.first.append(j)
+            uniq.append(t)
+            self.specs.append(spec)
+        self.nbytes = sum(t.numel() * t.element_size() for t in uniq)
+        self.here = [i for i, u in enumerate(uniq) if u.device == device]
+        self.elsewhere = [i for i, u in enumerate(uniq) if u.device != device]
+        self.memo = {}
+        # A DTensor's shard may be swapped under the same object: such a state is laid out afresh
+        # at every take, as is every state on a torch without the one-call address check.
+        checkable = _ADDRESSES_EQUAL is not None and all(spec is None for spec in self.specs)
+        self._refs = [weakref.ref(t) for t in raw] if checkable else None
+        self._addresses = [t.data_ptr() for t in raw] if checkable else None
+        self._indices = list(range(len(raw)))
+        self._shapes = list(map(_SHAPE, raw))
+        return self, uniq
+
+    def holds(self, raw):
+        """Whether ``raw`` (a new walk's tensors) are the very tensors this layout was made of, over
+        the same memory and with the same shapes (``p.data = ...`` moves or reshapes a parameter
+        without making a new one)."""
+        return (self._refs is not None and len(raw) == len(self._refs)
+                and all(map(operator.is_, raw, map(_DEREF, self._refs)))
+                and _ADDRESSES_EQUAL(raw, self._addresses, self._indices)
+                and list(map(_SHAPE, raw)) == self._shapes)
+
+    def unique(self, raw):
+        """The unique tensors of ``raw``, which this layout ``holds``: fresh detached views, so that
+        nothing is kept from one take to the next."""
+        return [raw[j].detach() for j in self.first]
+
+
+def gather(model, optimizer, scheduler, scaler, device, last=None):
+    """(layout, unique tensors, skeleton) of the live state, with ``last`` (the previous take's
+    layout) again where it still holds the state's tensors. ``keep_vars``: the parameters
+    themselves, the same objects at every take (their detached copies would be new ones)."""
+    tensors = []
+    model_sd = walk(model.state_dict(keep_vars=True), tensors)
+    opt_sd = walk(optimizer.state_dict(), tensors)  # references, not copies
+    sched = walk(scheduler.state_dict(), tensors) if scheduler is not None else None
+    scaled = None
+    if scaler is not None and scaler.is_enabled() and getattr(scaler, "_scale", None) is not None:
+        # Tensors directly: scaler.state_dict() reads the scale with .item(), a device sync.
+        scaled = walk({"scale": scaler._scale, "growth_tracker": scaler._growth_tracker}, tensors)
+    if last is not None and last.holds(tensors):
+        layout, uniq = last, last.unique(tensors)
+    else:
+        layout, uniq = StateLayout.build(tensors, device)
+    skeleton = {"model": model_sd, "optimizer": opt_sd, "scheduler": sched, "scaler": scaled, "specs": layout.specs}
+    return layout, uniq, skeleton
