@@ -117,7 +117,9 @@ class StateLayout:
         """Whether ``raw`` (a new walk's tensors) are the very tensors this layout was made of, over
         the same memory and with the same shapes (``p.data = ...`` moves or reshapes a parameter
         without making a new one)."""
-        if self._refs is None or len(raw) != len(self._refs) or not all(map(operator.is_, raw, map(_DEREF, self._refs))):
+        if self._refs is None or len(raw) != len(self._refs):
+            return False
+        if not all(map(operator.is_, raw, map(_DEREF, self._refs))):
             return False
         try:
             same_memory = _ADDRESSES_EQUAL(raw, self._addresses, self._indices)
