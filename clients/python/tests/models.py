@@ -70,6 +70,14 @@ def join_gloo(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def leave_gloo():
+    """Leaves the process group once every rank got here: rank 0 hosts the group's store, and a rank
+    still using it when rank 0 tore it down can abort ("terminate called without an active exception")."""
+    import torch.distributed as dist
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def parallel_mlp(mode, seed=0):
     """The test MLP under DDP (``mode="ddp"``) or FSDP2 (``"fsdp"``: ``fully_shard`` per block and root)."""
     torch.manual_seed(seed)

@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _worker(rank, world, port, target, out_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import MLP, batch, weights_finite
+    from models import MLP, batch, leave_gloo, weights_finite
     from trainguard import Action
     from trainguard.guard import Guard
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -37,7 +37,7 @@ def _worker(rank, world, port, target, out_dir):
     g.close()
     sums = [float(p.detach().sum()) for p in model.parameters()]
     torch.save({"actions": actions, "sums": sums}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def run_two_ranks(target):

@@ -4,10 +4,10 @@ weights stay identical across ranks."""
 import hashlib
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from models import run_ranks
 
@@ -24,7 +24,7 @@ def weights_hash(model):
 
 def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrupt_step):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, parallel_mlp, weights_finite
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, weights_finite
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp(mode)
@@ -58,7 +58,7 @@ def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrup
     g.close()
     rec["counters"] = dict(g.counters)
     torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def run(target, mode="ddp", nan_rank=1, nan_step=7, corrupt_step=-1):
@@ -91,7 +91,8 @@ def test_fsdp_nan_on_one_rank_skips_on_both(sidecar):
 
 def test_sidecar_unreachable_ranks_still_gate_and_agree():
     # prevents: "no transition offline -> gated" crashing every rank of a multi-GPU run whose sidecar is down
-    from trainguard.testing import free_port
-    r0, r1 = run(f"127.0.0.1:{free_port()}")  # nothing listens there
+    # a socket path nothing listens on: a free TCP port could be handed out again before the run
+    # (even to the ranks' own rendezvous store)
+    r0, r1 = run("unix://" + os.path.join(tempfile.mkdtemp(), "no-sidecar.sock"))
     assert 7 in r0["skipped"] and 7 in r1["skipped"]
     assert r0["hash"] == r1["hash"]

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from models import run_ranks
 
@@ -19,7 +18,7 @@ FLIP_STEP, POISON_STEP, STEPS = 7, 11, 14
 
 def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks, mode):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, parallel_mlp, wait_online, weights_finite
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_finite
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp(mode)
@@ -65,7 +64,7 @@ def _worker(rank, world, port, target, out_dir, run, gate, faults, fn_ranks, mod
     rec["recovery"] = dict(g.recovery.counters)
     rec["bad"] = sorted(g.recovery.bad_positions)
     torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def run(target, name, gate, faults=True, fn_ranks=(0, 1), mode="ddp"):

@@ -7,7 +7,6 @@ import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +30,7 @@ def _equal(a, b):
 
 def _worker(rank, world, port, target, out_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, parallel_mlp, wait_online, weights_finite
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_finite
     from trainguard import Action
     from trainguard.guard import Guard
     from trainguard.snapshot import SnapshotPolicy, SnapshotStore
@@ -94,7 +93,7 @@ def _worker(rank, world, port, target, out_dir):
     out["snapshot_restores"] = g.recovery.counters["snapshot_restores"]
     g.close()
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def test_fsdp2_snapshot_restores_each_ranks_shards_and_a_rollback_uses_it(sidecar):

@@ -6,7 +6,6 @@ import sys
 import time
 
 import torch
-import torch.distributed as dist
 
 from models import run_ranks
 
@@ -17,7 +16,7 @@ SLOW_S = 0.1  # what rank 1's snapshots cost: a step that much longer right afte
 
 def _worker(rank, world, port, target, out_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import join_gloo, parallel_mlp, train, wait_online
+    from models import join_gloo, leave_gloo, parallel_mlp, train, wait_online
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp("ddp")
@@ -37,7 +36,7 @@ def _worker(rank, world, port, target, out_dir):
     train(g, model, opt, STEPS, seed=rank, on_verdict=note)  # asserts finite weights after every step
     g.close()
     torch.save({"taken": taken, "agreed": agreed}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def test_ranks_pace_snapshots_by_an_agreed_cost_and_still_take_them_at_the_same_steps(sidecar):
