@@ -112,6 +112,26 @@ def test_a_halt_verdict_through_the_child_is_applied_at_the_next_step():
         fake.stop()
 
 
+def test_close_ends_a_child_still_starting_and_start_replaces_a_dead_one(sidecar, monkeypatch):
+    # prevents: a replacement child (and its starting thread) outliving close() by up to START_S, or
+    # start() reporting "no child" for good after the child died between calls
+    proc = ReportProcess(sidecar.target)
+    assert proc.start()
+    first = proc.pid
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: proc._proc.poll() is not None, 5)
+    assert proc.start() and proc.pid not in (None, first) and proc.starts == 2
+    proc._stop(kill=True)  # as a call that found it hung would
+    monkeypatch.setattr(report_process, "_BOOT", "import time; time.sleep(60); " + report_process._BOOT)
+    assert proc.call(b"", 1.0) is None  # no child: started aside, the caller sends in-process
+    assert wait_for(lambda: proc._spawning is not None, 10)
+    starting, child = proc._starting, proc._spawning.pid
+    proc.close()
+    starting.join(10)
+    assert not starting.is_alive() and wait_for(lambda: not alive(child), 5)
+    assert proc.pid is None and proc.starts == 2
+
+
 def test_a_killed_report_process_is_replaced_and_no_report_is_lost(sidecar):
     g, model, opt = make_guard(sidecar.target, "child-killed")
     train(g, model, opt, range(10))

@@ -124,12 +124,15 @@ class ReportProcess:
         self.usable = True
         self.starts = 0  # children that came up
         self._starting = None  # the thread starting a child, while it does
+        self._spawning = None  # the child it starts, until it said READY
         self._lock = threading.Lock()
         _LIVE.add(self)
 
     def start(self):
         """Starts the child and waits until it is ready; False (and a warning) where it cannot start."""
         with self._lock:
+            if self._proc is not None and self._proc.poll() is not None:
+                self._stop()  # it died since the last call
             starting = self._start_aside()
         if starting is not None:
             starting.join()
@@ -170,6 +173,12 @@ class ReportProcess:
     def close(self):
         """Stops the child for good: a later call returns None and starts nothing."""
         self.usable = False
+        spawning = self._spawning
+        if spawning is not None:  # a start in progress ends now: its handshake reads the end of the stream
+            try:
+                spawning.kill()
+            except OSError:
+                pass
         with self._lock:
             self._stop()
 
@@ -190,8 +199,12 @@ class ReportProcess:
         """Starts a child on a thread of its own unless one is starting (or none may); returns that
         thread, or None. Called with the lock held."""
         if self._starting is None and self._proc is None and self.usable:
-            self._starting = threading.Thread(target=self._start, name="trainguard-report-process-start", daemon=True)
-            self._starting.start()
+            thread = threading.Thread(target=self._start, name="trainguard-report-process-start", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had (a thread limit, interpreter shutdown): in-process
+                return None
+            self._starting = thread  # before its end can run: that needs the lock the caller holds
         return self._starting
 
     def _start(self):
@@ -201,19 +214,20 @@ class ReportProcess:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
         child = error = None
         try:
-            child = _spawn(self._settings, self.START_S, self.MAX_NOISE)
+            self._spawning = _popen()  # published: a fork closes its pipes, close() kills it
+            child = _handshake(self._spawning, self._settings, self.START_S, self.MAX_NOISE)
         except Exception as e:
             error = e
         finally:
             with self._lock:
-                self._starting = None
+                self._starting = self._spawning = None
                 if child is not None and self.usable:
                     self._proc, self._answers = child
                     self._failed_starts = 0
                     self.starts += 1
                 elif child is not None:  # closed (or forked away) while it started
                     _end(child[0])
-                elif error is not None:
+                elif error is not None and self.usable:  # (closed: the start was ended on purpose)
                     self._failed_starts += 1
                     if self.starts == 0 or self._failed_starts >= self.MAX_FAILED_STARTS:  # never worked, or no longer
                         self.usable = False
@@ -227,16 +241,16 @@ class ReportProcess:
 
     def _abandon(self):
         """In a forked copy of the trainer: close this copy's ends of the pipes, never use the child."""
-        proc, self._proc = self._proc, None
+        procs = (self._proc, self._spawning)  # the running child and one still starting
+        self._proc = self._spawning = None
         self.usable = False
         self._starting = None  # no thread survives a fork
         self._lock = threading.Lock()  # the parent's lock may have been held at the fork
-        if proc is not None:
-            for f in (proc.stdin, proc.stdout):
-                try:
-                    os.close(f.fileno())
-                except (OSError, ValueError):
-                    pass
+        for f in (f for proc in procs if proc is not None for f in (proc.stdin, proc.stdout)):
+            try:
+                os.close(f.fileno())
+            except (OSError, ValueError):
+                pass
 
     def _block_sigpipe(self):
         # A writer thread with SIGPIPE blocked gets EPIPE from a dead child instead of a signal,
@@ -255,10 +269,13 @@ def _reason(e):
     return str(e) or type(e).__name__
 
 
-def _spawn(settings, timeout, max_noise):
-    """A new child that said READY: (Popen, _Answers). Raises where it cannot start."""
-    proc = subprocess.Popen([sys.executable, "-c", _BOOT, json.dumps(sys.path)], stdin=subprocess.PIPE,
+def _popen():
+    return subprocess.Popen([sys.executable, "-c", _BOOT, json.dumps(sys.path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, close_fds=True)
+
+
+def _handshake(proc, settings, timeout, max_noise):
+    """(proc, its _Answers) once the new child said READY; stops it and raises where it does not."""
     try:
         answers = _Answers(proc.stdout.fileno())
         body = json.dumps(settings).encode()
