@@ -92,10 +92,14 @@ def test_a_take_lays_the_state_out_afresh_only_when_its_tensors_change():
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(max_overhead=0))
     store.take(0, 1, 2)
     first = store._layout
-    store.take(1, 2, 3)
+    want = [t.detach().clone() for t in model.state_dict().values()]
+    s = store.take(1, 2, 3)
     # the same tensors over the same memory (a torch without the one-call address check lays the
     # state out at every take)
     assert (store._layout is first) == snapshot_layout.REUSES_LAYOUTS
+    _fit(model, opt, 3, start=2)
+    store.restore(s)                                       # what the reused layout copied is the state
+    assert all(torch.equal(a, b) for a, b in zip(want, model.state_dict().values()))
     w = model.inp.weight
     w.data = torch.full_like(w, 0.5)                       # moved: new memory, the same Parameter
     s = store.take(0, 3, 4)
@@ -108,6 +112,13 @@ def test_a_take_lays_the_state_out_afresh_only_when_its_tensors_change():
     w.data = w.data.reshape(-1).reshape(w.shape[1], w.shape[0])  # the same memory, another shape
     store.take(1, 4, 5)
     assert store._layout is not moved
+    reshaped = store._layout
+    m = opt.state[w]["exp_avg"]
+    m.data = m.data.view(torch.int32)                      # the same memory and shape, another dtype
+    store.take(1, 4, 5)
+    assert store._layout is not reshaped
+    m.data = m.data.view(torch.float32)
+    store.take(1, 4, 5)
     reshaped = store._layout
     opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # the optimizer's state replaced by copies
     store.take(0, 5, 6)

@@ -12,6 +12,7 @@ import weakref
 import torch
 
 _SHAPE = operator.attrgetter("shape")
+_DTYPE = operator.attrgetter("dtype")
 _DEREF = operator.methodcaller("__call__")
 # one C++ loop over the tensors' addresses (torch >= 2.1; older ones lay the state out at every take)
 _ADDRESSES_EQUAL = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
@@ -111,12 +112,13 @@ class StateLayout:
         self._addresses = [t.data_ptr() for t in raw] if checkable else None
         self._indices = list(range(len(raw)))
         self._shapes = list(map(_SHAPE, raw))
+        self._dtypes = list(map(_DTYPE, raw))
         return self, uniq
 
     def holds(self, raw):
         """Whether ``raw`` (a new walk's tensors) are the very tensors this layout was made of, over
-        the same memory and with the same shapes (``p.data = ...`` moves or reshapes a parameter
-        without making a new one)."""
+        the same memory with the same shapes and dtypes (``p.data = ...`` moves, reshapes or
+        reinterprets a parameter without making a new one)."""
         if self._refs is None or len(raw) != len(self._refs):
             return False
         if not all(map(operator.is_, raw, map(_DEREF, self._refs))):
@@ -125,7 +127,7 @@ class StateLayout:
             same_memory = _ADDRESSES_EQUAL(raw, self._addresses, self._indices)
         except (RuntimeError, TypeError):  # a private torch function: if it ever changes, lay out afresh
             return False
-        return same_memory and list(map(_SHAPE, raw)) == self._shapes
+        return same_memory and list(map(_SHAPE, raw)) == self._shapes and list(map(_DTYPE, raw)) == self._dtypes
 
     def unique(self, raw):
         """The unique tensors of ``raw``, which this layout ``holds``: fresh detached views, so that
