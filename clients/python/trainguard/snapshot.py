@@ -107,8 +107,10 @@ class Snapshot:
     def nbytes(self):
         return sum(t.numel() * t.element_size() for t in self.host) if self.host else 0
 
-    def ready(self):
-        """True once the copy has landed (polls the CUDA event; never blocks)."""
+    def ready(self, wait=False):
+        """True once the copy has landed (polls the CUDA event; ``wait``: waits for it)."""
+        if self.state == COPYING and wait and self.event is not None:
+            self.event.synchronize()
         if self.state == COPYING and (self.event is None or self.event.query()):
             self.state = PENDING
         return self.state in (PENDING, KNOWN_GOOD)

@@ -45,7 +45,10 @@ class SnapshotRing:
         for s in self.slots:
             if s.state in (COPYING, PENDING) and step > s.step:
                 s.healthy_since += 1
-                if s.ready() and s.healthy_since >= self.known_good_steps and s.finite():
+                # Several ranks enter the confirmation's collective for what they earned, so whether a
+                # copy has landed must not decide it: they wait for it (long done after those steps).
+                if (s.healthy_since >= self.known_good_steps and s.ready(wait=self.agreed)
+                        and s.finite()):
                     earned.append(s)
         return earned
 
