@@ -161,7 +161,8 @@ class SnapshotRegistrar:
                 continue
             if not s.finite():
                 log.warning("trainguard: snapshot of step %d holds non-finite values; discarded", s.step)
-                s.state = EMPTY
+                if not self._ranks():  # several: every rank drops it at once, in confirm()'s collective
+                    s.state = EMPTY
                 continue
             ready.append(s)
         self.to_register = keep
@@ -195,7 +196,10 @@ class SnapshotRegistrar:
             return None
         codes, agreed, mine = [], 0, pace_steps()
         for s in earned:  # several ranks: rank 0 asks, all agree on its answer in one collective per snapshot
-            code = _CONFIRM_CODES.get(self._register_now(s), 1) if self.g.rank == 0 else 0
+            if not s.finite():
+                code = 2  # this rank's part is not finite: every rank drops the snapshot
+            else:
+                code = _CONFIRM_CODES.get(self._register_now(s), 1) if self.g.rank == 0 else 0
             code, agreed = dist_agree.max_ints([code, mine])
             codes.append((s, code))
         self._on_confirmed(codes)

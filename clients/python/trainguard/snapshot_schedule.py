@@ -45,10 +45,11 @@ class SnapshotRing:
         for s in self.slots:
             if s.state in (COPYING, PENDING) and step > s.step:
                 s.healthy_since += 1
-                # Several ranks enter the confirmation's collective for what they earned, so whether a
-                # copy has landed must not decide it: they wait for it (long done after those steps).
+                # Several ranks enter the confirmation's collective for what they earned, so neither
+                # whether a copy has landed nor this rank's part being finite may decide it: they wait
+                # for the copy (long done after those steps) and agree on finiteness there.
                 if (s.healthy_since >= self.known_good_steps and s.ready(wait=self.agreed)
-                        and s.finite()):
+                        and (self.agreed or s.finite())):
                     earned.append(s)
         return earned
 
