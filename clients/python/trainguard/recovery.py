@@ -49,8 +49,8 @@ class Recovery:
         kg = guard.policy_overrides.get("known_good_healthy_steps", 50)
         # Several ranks must snapshot at the same steps (rank 0 registers the slot for all): each
         # measures its own cost, and they pace by the largest, agreed in the confirmation's collective.
-        self.ring = (SnapshotRing(self.store, kg, agreed=getattr(guard, "world_size", 1) > 1)
-                     if self.store is not None else None)
+        ranks = dist_agree.is_initialized() and getattr(guard, "world_size", 1) > 1  # as the registrar's
+        self.ring = SnapshotRing(self.store, kg, agreed=ranks) if self.store is not None else None
         self.lr = LrCuts(guard.optimizer, guard.scheduler, _policy(lr, LrPolicy, LrPolicy()))
         rp = _policy(replay, ReplayPolicy, ReplayPolicy())
         self.replay_policy = rp if rp is not None else ReplayPolicy(mode="off")
