@@ -48,8 +48,9 @@ class Recovery:
                       if snap_policy is not None else None)
         kg = guard.policy_overrides.get("known_good_healthy_steps", 50)
         # Several ranks must snapshot at the same steps (rank 0 registers the slot for all): each
-        # measures its own cost, and they pace by the largest, agreed in the confirmation's collective.
-        ranks = dist_agree.is_initialized() and getattr(guard, "world_size", 1) > 1  # as the registrar's
+        # measures its own cost, and they pace by the largest, agreed in the confirmation's collective
+        # (which runs when the registrar's do: a process group and several ranks).
+        ranks = dist_agree.is_initialized() and getattr(guard, "world_size", 1) > 1
         self.ring = SnapshotRing(self.store, kg, agreed=ranks) if self.store is not None else None
         self.lr = LrCuts(guard.optimizer, guard.scheduler, _policy(lr, LrPolicy, LrPolicy()))
         rp = _policy(replay, ReplayPolicy, ReplayPolicy())
