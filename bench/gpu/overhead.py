@@ -69,9 +69,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 from trainguard.guard import Guard  # noqa: E402
 from gpt_model import GPT, GPT2_SMALL, TINY  # noqa: E402
-from overhead_probes import GcClock, PieceClock, mute, sanity  # noqa: E402
+from overhead_probes import GcClock, PieceClock, SnapshotCopies, mute, sanity  # noqa: E402
+from overhead_report import print_summary  # noqa: E402
 from trainguard import grad_table  # noqa: E402
-from trainguard.snapshot_staging import DeviceStaging  # noqa: E402
 
 
 VARIANTS = ("tg", "tg_nolag", "tg_lag2", "tg_si", "tg_all", "tg_wrap", "tg_bwd", "tg_nowatch", "tg_nosnap", "tg_inproc",
@@ -143,21 +143,7 @@ def main():
         all_modules = [n for n, _ in model.named_modules() if n]
         guards = {}
         step_no = {"d2h": 0}
-        copier = {}  # d2h: its DeviceStaging, the state tensors, the pinned host buffers, the side stream
-
-        def copy_state(m, o):
-            """What a snapshot does on the device (d2h): into the staging buffers on the training
-            stream, then to pinned host memory on a side stream."""
-            if not copier:
-                state = [p.detach() for p in m.parameters()] + [
-                    t for st in o.state.values() for t in st.values() if torch.is_tensor(t) and t.device == dev]
-                staging = DeviceStaging(state, dev)
-                copier.update(staging=staging, state=state, host=staging.host_buffers(True)[0],
-                              stream=torch.cuda.Stream(dev))
-            copier["staging"].copy_in(copier["state"])
-            copier["stream"].wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(copier["stream"]):
-                copier["staging"].copy_out(copier["host"])
+        copier = SnapshotCopies(dev)  # d2h
 
         def guard(name):
             if name not in guards:
@@ -281,7 +267,7 @@ def main():
                     if name == "d2h":
                         step_no[name] += 1
                         if step_no[name] % D2H_EVERY == 0 and cuda:
-                            copy_state(*copies[name][:2] if a.compile else (model, opt))
+                            copier.copy(*copies[name][:2] if a.compile else (model, opt))
                 o.zero_grad(set_to_none=True)
             launched = time.perf_counter()
             clock.step = None
@@ -375,25 +361,7 @@ def main():
         for g in guards.values():
             g.close()
         info["results"][f"batch{B}"] = res
-        print(f"\nbatch {B}: {nparams / 1e6:.1f}M parameters, baseline {res['baseline_ms_median']:.2f} ms/step "
-              f"[{res['baseline_ms_min']:.2f}, {res['baseline_ms_max']:.2f}]")
-        print(f"  the baseline's optimizer.step(): {res['baseline_optimizer_us']:.0f} us/step (compare guard us)")
-        print(f"  {'variant':10s} {'median':>7s} {'min':>7s} {'max':>7s} {'ms/step':>8s} {'guard us':>9s}")
-        for v in variants:
-            s = res["variants"][v]
-            print(f"  {v:10s} launched in {s['launch_ms_median']:.2f} ms/step, the baseline next to it in "
-                  f"{s['base_launch_ms_median']:.2f}")
-            print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f} "
-                  f"{s.get('guard_cpu_us', float('nan')):9.0f}  sender thread CPU {s.get('sender_cpu_us', float('nan')):.0f} us/step")
-        for k, x in res["gc_per_step"].items():
-            print(f"  {k} garbage collections per step (gen 0/1/2): " + "/".join(f"{c:.3f}" for c in x["collections"])
-                  + ", ms per step: " + "/".join(f"{m:.3f}" for m in x["ms"]))
-        for v in variants:
-            if res["variants"][v].get("guard_parts_us"):
-                print(f"  {v} us/step:", ", ".join(f"{k} {t:.0f}" for k, t in res["variants"][v]["guard_parts_us"].items()))
-                print(f"  {v} p50/p90/max us, first-step share, top-5% share:", "; ".join(
-                    f"{k} {x['p50_us']:.0f}/{x['p90_us']:.0f}/{x['max_us']:.0f} {x['first_step_share']:.2f} "
-                    f"{x['top5pct_share']:.2f}" for k, x in res["variants"][v]["guard_parts_spread"].items()))
+        print_summary(B, nparams, res, variants)
         if a.compile:
             from torch._dynamo.utils import counters
             res["graph_breaks"] = {str(k): n for k, n in counters["graph_break"].items()}

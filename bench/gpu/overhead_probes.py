@@ -169,3 +169,26 @@ def sanity(model, opt, g, data, dev, step_no):
     out["next_step_updates"] = not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     g.pause()
     return out
+
+
+class SnapshotCopies:
+    """What a snapshot does on the device, alone (overhead.py's d2h variant): the state copied into
+    staging buffers on the training stream, then to pinned host memory on a side stream, through
+    trainguard.snapshot_staging.DeviceStaging, with none of the guard's host-side take."""
+
+    def __init__(self, device):
+        self.device, self._staging = device, None
+
+    def copy(self, model, optimizer):
+        if self._staging is None:  # laid out at the first copy, when the optimizer state exists
+            from trainguard.snapshot_staging import DeviceStaging
+            self._state = [p.detach() for p in model.parameters()] + [
+                t for st in optimizer.state.values() for t in st.values()
+                if torch.is_tensor(t) and t.device == self.device]
+            self._staging = DeviceStaging(self._state, self.device)
+            self._host = self._staging.host_buffers(True)[0]
+            self._stream = torch.cuda.Stream(self.device)
+        self._staging.copy_in(self._state)
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            self._staging.copy_out(self._host)
