@@ -86,6 +86,10 @@ td.gather(into, 23)
 out["gathered"] = [x if x == x else "nan" for x in into.tolist()]
 out["refused_scalars"] = [td.upload([torch.tensor(1.0, dtype=torch.bfloat16)]), td.upload([torch.ones(2)]),
                           td.upload([1.0]), td.upload([torch.tensor(0.0)] * (gt.SCALARS + 1))]
+vouched = torch.full((22,), -1.0)  # scalars the caller vouches for (GateGraphs): read the same, unchecked
+out["vouched_uploaded"] = td.upload([loss] + stats, checked=True)
+td.gather(vouched, 22)
+out["vouched"] = [x if x == x else "nan" for x in vouched.tolist()]
 print(json.dumps(out))
 '''
 
@@ -133,3 +137,4 @@ def test_table_reads_loose_float32_scalars_by_address_and_refuses_others():
     assert out["gathered"] == [2.5] + [float(i) for i in range(20)] + ["nan", 3.0, -1.0]
     # a bf16 scalar, a 2-element tensor, a number, more scalars than the table holds
     assert out["refused_scalars"] == [False, False, False, False]
+    assert out["vouched_uploaded"] is True and out["vouched"] == out["gathered"][:22]

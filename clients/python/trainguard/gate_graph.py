@@ -74,7 +74,9 @@ class GateGraphs:
         names, mods = taken if taken is not None else self.meter.take_watch()
         key = self._key(loss, len(mods))
         cap = self._graphs.get(key) if key is not None else None
-        if cap is not None and self._table.upload(self._scalars(key, loss, mods)):
+        # the scalars are vouched for: _key checked the loss and the number of statistics, and the
+        # watch makes its statistics 0-d float32 tensors on the device (stats.ModuleWatch)
+        if cap is not None and self._table.upload(self._scalars(key, loss, mods), checked=True):
             self._load(cap, key, loss, threshold)
             cap.graph.replay()
             by_table = threshold > 0 and self._divide is not None

@@ -153,13 +153,14 @@ class GradTable:
             len(grp["params"]) == len(mine) and all(map(operator.is_, grp["params"], mine))
             for grp, mine in zip(groups, self._groups))
 
-    def upload(self, scalars=()):
+    def upload(self, scalars=(), checked=False):
         """Writes this step's gradient addresses, then those of ``scalars`` (1-element float32
         tensors on the device, read by ``gather``), into the device table (stream-ordered, no sync).
         False when a gradient is not one dense block starting at its address, or a scalar is not such
-        a tensor: the eager kernels then measure this step. One pass over the gradients: a version
-        with five C-level passes (one per check) was no faster on the H200 host (docs/benchmarks.md,
-        issue 21, seventh pass)."""
+        a tensor: the eager kernels then measure this step. ``checked``: the caller vouches for the
+        scalars (at most SCALARS, each ``addressable``), so the step does not check them again. One
+        pass over the gradients: a version with five C-level passes (one per check) was no faster on
+        the H200 host (docs/benchmarks.md, issue 21, seventh pass)."""
         ptrs = []
         try:
             for p, n in zip(self.params, self._numels):
@@ -172,12 +173,9 @@ class GradTable:
                     return False
         except RuntimeError:  # sparse gradients
             return False
-        if len(scalars) > SCALARS:
+        if not checked and (len(scalars) > SCALARS or not all(addressable(s, self.device) for s in scalars)):
             return False
-        for s in scalars:
-            if not addressable(s, self.device):
-                return False
-            ptrs.append(s.data_ptr())
+        ptrs.extend(map(torch.Tensor.data_ptr, scalars))
         if ptrs != self._last:  # they moved: on nearly every step measured (zero_grad(set_to_none=True))
             self._last = ptrs
             self.copies += 1
