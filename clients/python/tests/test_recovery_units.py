@@ -204,7 +204,7 @@ def test_ring_of_several_ranks_waits_for_the_agreed_steps_not_its_own_clock():
     # different cost, and rank 0 registers the slot for all of them)
     model, opt = make()
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=2, max_overhead=0.5))
-    ring = SnapshotRing(store, known_good_steps=1, agreed=True)
+    ring = SnapshotRing(store, known_good_steps=1, several_ranks=lambda: True)
     ring.taken()                 # this rank's clock now measures the cost and would say "not yet"
     ring.on_healthy(0)
     ring.on_healthy(1)

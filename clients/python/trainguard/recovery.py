@@ -47,11 +47,11 @@ class Recovery:
         self.store = (SnapshotStore(guard.model, guard.optimizer, guard.scheduler, guard.scaler, snap_policy, guard.device)
                       if snap_policy is not None else None)
         kg = guard.policy_overrides.get("known_good_healthy_steps", 50)
+        self.registrar = SnapshotRegistrar(guard)
         # Several ranks must snapshot at the same steps (rank 0 registers the slot for all): each
-        # measures its own cost, and they pace by the largest, agreed in the confirmation's collective
-        # (which runs when the registrar's do: a process group and several ranks).
-        ranks = dist_agree.is_initialized() and getattr(guard, "world_size", 1) > 1
-        self.ring = SnapshotRing(self.store, kg, agreed=ranks) if self.store is not None else None
+        # measures its own cost, and they pace by the largest, agreed in the confirmation's collective.
+        self.ring = (SnapshotRing(self.store, kg, several_ranks=self.registrar.several_ranks)
+                     if self.store is not None else None)
         self.lr = LrCuts(guard.optimizer, guard.scheduler, _policy(lr, LrPolicy, LrPolicy()))
         rp = _policy(replay, ReplayPolicy, ReplayPolicy())
         self.replay_policy = rp if rp is not None else ReplayPolicy(mode="off")
@@ -75,7 +75,6 @@ class Recovery:
         self._prepared = False
         self._warned_big = False
         self._warned_no_fn = False
-        self.registrar = SnapshotRegistrar(guard)
         self._first = True
 
     # ------------------------------------------------------------------ set-up

@@ -55,7 +55,7 @@ class SnapshotRegistrar:
 
     def _record(self, s):
         """The _Record of ``s``; None on a rank other than 0 of several (rank 0 registers every slot)."""
-        if self.g.rank != 0 and self._ranks():
+        if self.g.rank != 0 and self.several_ranks():
             return None
         return _Record(s, s.step, s.taken_at, [pb.CheckpointFile(path=self.slot_name(s), size_bytes=s.nbytes)],
                        s.data_position)
@@ -161,7 +161,7 @@ class SnapshotRegistrar:
                 continue
             if not s.finite():
                 log.warning("trainguard: snapshot of step %d holds non-finite values; discarded", s.step)
-                if not self._ranks():  # several: every rank drops it at once, in confirm()'s collective
+                if not self.several_ranks():  # several: every rank drops it at once, in confirm()'s collective
                     s.state = EMPTY
                 continue
             ready.append(s)
@@ -173,7 +173,7 @@ class SnapshotRegistrar:
 
     def _on_registered(self, states):
         for s, state in states:
-            if state == "CHECKPOINT_STATE_KNOWN_GOOD" and not self._ranks():
+            if state == "CHECKPOINT_STATE_KNOWN_GOOD" and not self.several_ranks():
                 # the state the run started from is a rollback target at once (no update in it yet).
                 # Single rank only: with several, only rank 0 registers and slot states must stay
                 # equal on every rank (they choose the next slot), so they wait for confirm()'s agreement.
@@ -190,7 +190,7 @@ class SnapshotRegistrar:
             self._confirm_wait -= 1
             return None
         self._confirm_wait = self._confirm_backoff  # reset once the sidecar answered either way
-        if not self._ranks():  # registering again returns the record as it is now
+        if not self.several_ranks():  # registering again returns the record as it is now
             self._confirming = self._register_later(
                 earned, lambda states: self._on_confirmed([(s, _CONFIRM_CODES.get(st, 1)) for s, st in states]))
             return None
@@ -220,5 +220,6 @@ class SnapshotRegistrar:
                 return
         self._confirm_wait, self._confirm_backoff = 0, 1
 
-    def _ranks(self):
+    def several_ranks(self):
+        """Several ranks in a process group: rank 0 registers, and they agree in collectives."""
         return dist_agree.is_initialized() and self.g.world_size > 1

@@ -17,15 +17,20 @@ class SnapshotRing:
     step discards every snapshot that had not yet earned its healthy steps (the sidecar rejects
     those too). ``KNOWN_GOOD`` here means the sidecar confirmed it (see recovery.Recovery)."""
 
-    def __init__(self, store, known_good_steps, max_overhead=None, agreed=False):
+    def __init__(self, store, known_good_steps, max_overhead=None, several_ranks=lambda: False):
         self.store = store
         self.known_good_steps = int(known_good_steps)
         self._healthy_since_take = 0
         self.pace = SnapshotPace(store.policy.max_overhead if max_overhead is None else max_overhead)
         # Several ranks must snapshot at the same steps, and each measures a different cost: they pace
         # by a number of healthy steps all of them agreed on (agree_pace), not by their own clocks.
-        self.agreed = agreed
+        # ``several_ranks``: asked each time, the same test that decides the registrar's collectives.
+        self._several_ranks = several_ranks
         self.agreed_steps = 0
+
+    @property
+    def agreed(self):
+        return self._several_ranks()
 
     @property
     def slots(self):
