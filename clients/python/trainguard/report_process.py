@@ -30,6 +30,7 @@ import weakref
 import grpc
 
 from .connection import grpc_code
+from .transport import Transport
 
 log = logging.getLogger("trainguard")
 
@@ -142,7 +143,10 @@ class ReportProcess:
         """The response bytes; None when no child could take the call (nothing was sent)."""
         with self._lock:
             self._block_sigpipe()
-            proc = self._sendable_child()
+            # A child that died since the last call is found by the write (EPIPE), not by asking for
+            # its exit status here on every call.
+            self._start_aside()  # only where there is none
+            proc = self._proc
             if proc is None:
                 return None
             header = _REQ.pack(len(request), deadline)
@@ -187,13 +191,6 @@ class ReportProcess:
         """The running child's pid, or None."""
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
-
-    def _sendable_child(self):
-        # A child that died since the last call is found by the write (EPIPE), not by asking for its
-        # exit status here on every call.
-        if self._proc is None:
-            self._start_aside()
-        return self._proc
 
     def _start_aside(self):
         """Starts a child on a thread of its own unless one is starting (or none may); returns that
@@ -280,7 +277,7 @@ def _handshake(proc, settings, timeout, max_noise):
         answers = _Answers(proc.stdout.fileno())
         body = json.dumps(settings).encode()
         _write_all(proc.stdin.fileno(), _LEN.pack(len(body)), body)
-        _await_ready(answers, timeout, max_noise)
+        answers.skip_through(_READY, timeout, max_noise + len(_READY))
     except BaseException:
         _end(proc, kill=True)
         raise
@@ -322,29 +319,31 @@ class _Answers:
     def read(self, n, timeout):
         """``n`` bytes, each wait at most ``timeout`` s."""
         while len(self._buf) < n:
-            if not self._poller.poll(max(0, int(timeout * 1000))):
-                raise TimeoutError(f"nothing within {timeout:.1f}s")
-            chunk = os.read(self.fd, max(self.CHUNK, n - len(self._buf)))
-            if not chunk:
-                raise EOFError("end of stream")
-            self._buf += chunk
+            self._more(n - len(self._buf), timeout)
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
+    def skip_through(self, marker, timeout, limit):
+        """Drops everything up to and including ``marker`` (what the child's interpreter printed
+        before it), reading at most ``limit`` bytes, each wait at most ``timeout`` s."""
+        while (at := self._buf.find(marker)) < 0:
+            if len(self._buf) > limit:
+                raise OSError("the child printed too much before it was ready")
+            self._more(len(marker), timeout)
+        self._buf = self._buf[at + len(marker):]
 
-def _await_ready(answers, timeout, max_noise):
-    """Reads up to the READY line, skipping what the interpreter printed before it."""
-    seen = bytearray()
-    while not seen.endswith(_READY):
-        if len(seen) > max_noise:
-            raise OSError("the child printed too much before it was ready")
-        seen += answers.read(1, timeout)
+    def _more(self, want, timeout):
+        if not self._poller.poll(max(0, int(timeout * 1000))):
+            raise TimeoutError(f"nothing within {timeout:.1f}s")
+        chunk = os.read(self.fd, max(self.CHUNK, want))
+        if not chunk:
+            raise EOFError("end of stream")
+        self._buf += chunk
 
 
 def child_main(out):
     """The child: reads the settings, then request frames from stdin; makes each call and writes the
     answer to ``out``."""
-    from .transport import Transport  # here: transport imports this module
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which closes us
 
     def read(n):
