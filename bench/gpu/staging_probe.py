@@ -13,22 +13,20 @@ import ctypes
 import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from alloc_probe import timed as mean_us  # noqa: E402
 from gpt_model import train_compiled  # noqa: E402
 
 
 def timed(fn, n=400):
+    """alloc_probe's mean microseconds per call, the device drained before and after."""
     torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    dt = (time.perf_counter() - t) / n * 1e6
+    dt = mean_us(fn, n)
     torch.cuda.synchronize()
-    return round(dt, 2)
+    return dt
 
 
 def probes(dev):
