@@ -172,23 +172,29 @@ def sanity(model, opt, g, data, dev, step_no):
 
 
 class SnapshotCopies:
-    """What a snapshot does on the device, alone (overhead.py's d2h variant): the state copied into
-    staging buffers on the training stream, then to pinned host memory on a side stream, through
-    trainguard.snapshot_staging.DeviceStaging, with none of the guard's host-side take."""
+    """What a snapshot does on the device, alone (overhead.py's d2h variant): the device tensors a
+    take would copy (found as a take finds them, trainguard.snapshot_layout.gather) copied into
+    staging buffers on the training stream, then to pinned host memory on a side stream, as
+    SnapshotStore._take_staged does, with none of the guard's host-side take."""
 
     def __init__(self, device):
-        self.device, self._staging = device, None
+        self.device, self._staging, self._done = device, None, None
 
     def copy(self, model, optimizer):
+        from trainguard.snapshot_layout import gather
+        from trainguard.snapshot_staging import DeviceStaging
+        layout, uniq, _ = gather(model, optimizer, None, None, self.device)
+        state = [uniq[i] for i in layout.here]
         if self._staging is None:  # laid out at the first copy, when the optimizer state exists
-            from trainguard.snapshot_staging import DeviceStaging
-            self._state = [p.detach() for p in model.parameters()] + [
-                t for st in optimizer.state.values() for t in st.values()
-                if torch.is_tensor(t) and t.device == self.device]
-            self._staging = DeviceStaging(self._state, self.device)
+            self._staging = DeviceStaging(state, self.device)
             self._host = self._staging.host_buffers(True)[0]
             self._stream = torch.cuda.Stream(self.device)
-        self._staging.copy_in(self._state)
-        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        main = torch.cuda.current_stream(self.device)
+        if self._done is not None:
+            main.wait_event(self._done)  # the last copy out still reads the staging buffers
+        self._staging.copy_in(state)
+        self._stream.wait_stream(main)
         with torch.cuda.stream(self._stream):
             self._staging.copy_out(self._host)
+            self._done = torch.cuda.Event()
+            self._done.record(self._stream)
