@@ -231,6 +231,9 @@ class SnapshotStore:
         """Copies, at once, the state's tensors that are not on this device: a non-fused optimizer's
         CPU step counts, or (model parallel) tensors on another GPU, whose streams the side stream
         and its event do not cover."""
+        if not layout.elsewhere:  # a fused optimizer: everything is on the device
+            s.host_finite = True
+            return
         others = [uniq[i] for i in layout.elsewhere]
         copy_tensors([s.host[i] for i in layout.elsewhere], others)
         flag = all_finite(others, on="cpu")
