@@ -26,29 +26,29 @@ class Ref:
         self.i = i
 
 
-def walk(obj, tensors):
-    """Replaces every tensor in a nested dict/list with a placeholder index into ``tensors``."""
-    if torch.is_tensor(obj):
-        tensors.append(obj)
-        return Ref(len(tensors) - 1)
+def _replace(obj, is_leaf, leaf):
+    """``obj`` (nested dicts, lists, tuples) with every ``is_leaf`` value replaced by ``leaf(value)``."""
+    if is_leaf(obj):
+        return leaf(obj)
     if isinstance(obj, dict):
-        return {k: walk(v, tensors) for k, v in obj.items()}
+        return {k: _replace(v, is_leaf, leaf) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        out = [walk(v, tensors) for v in obj]
+        out = [_replace(v, is_leaf, leaf) for v in obj]
         return out if isinstance(obj, list) else tuple(out)
     return obj
+
+
+def walk(obj, tensors):
+    """Replaces every tensor in a nested dict/list with a placeholder index into ``tensors``."""
+    def ref(t):
+        tensors.append(t)
+        return Ref(len(tensors) - 1)
+    return _replace(obj, torch.is_tensor, ref)
 
 
 def fill(obj, at):
     """``obj`` with every Ref replaced by ``at(ref.i)``: only the tensors it refers to are fetched."""
-    if isinstance(obj, Ref):
-        return at(obj.i)
-    if isinstance(obj, dict):
-        return {k: fill(v, at) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        out = [fill(v, at) for v in obj]
-        return out if isinstance(obj, list) else tuple(out)
-    return obj
+    return _replace(obj, lambda x: isinstance(x, Ref), lambda r: at(r.i))
 
 
 def is_dtensor(t):
