@@ -34,14 +34,14 @@ class SnapshotPolicy:
     first snapshot (the run's first step), so pinning host memory never stalls a later step.
     ``max_overhead``: snapshots are also spaced in time so that what one measurably costs the steps
     around it (its copy's launch, the next update's wait for the copy) stays below this fraction of
-    training time; e.g. a snapshot that costs 12 ms is taken at most every 1.2 s at 0.01. 0 = the
+    training time; e.g. a snapshot that costs 12 ms is taken at most every 2.4 s at 0.005. 0 = the
     step interval alone decides."""
     enabled: bool = True
     interval: int = 25
     max_bytes: int = 0
     slots: int = 2
     pin_memory: bool = True
-    max_overhead: float = 0.01
+    max_overhead: float = 0.005
     #: copy the state on the device first and to the host from there (snapshot_staging): "auto"
     #: (while the state is at most a quarter of the free device memory), True, False
     device_staging: object = "auto"
