@@ -96,17 +96,41 @@ def agree(guard, verdict, error, need_host=False):
 NORM_SPREAD_TOLERANCE = 1e-5
 
 
-def gate_collective(bad, need_host, local_norm, sharded):
+def threshold_entry(threshold, device):
+    """A rank's clip threshold as its two entries of the gate collective, float64
+    ``[threshold, 1]``, or ``[0, 0]`` without one. Written on the device by fill kernels: a tensor
+    made from host values would be a host-to-device copy that waits for the device, every time the
+    threshold changes (with an adaptive clip, every step: 1.13-1.25x under DDP on 2 H200s,
+    bench/gpu/results/2026-11-30-s16-multi-gpu-agreed-2xh200.log)."""
+    entry = torch.zeros(2, dtype=torch.float64, device=device)
+    if threshold > 0:
+        entry[0].fill_(float(threshold))
+        entry[1].fill_(1.0)
+    return entry
+
+
+def agreed_threshold(vec_values):
+    """The clip threshold every rank applied, from the host copy of the reduced vector: the mean of
+    the ranks' thresholds (0: no rank had one)."""
+    total, ranks = vec_values[5], vec_values[6]
+    return total / ranks if ranks > 0 else 0.0
+
+
+def gate_collective(bad, need_host, local_norm, sharded, threshold):
     """One in-stream ``all_reduce(SUM)`` (no host read) over float64
-    ``[non-finite flag, needs-host flag, norm^2, norm, norm^2]``. Returns device tensors
-    ``(skip, global_norm, reduced)``: ``skip`` is 1.0 when any rank saw a non-finite value or, for
+    ``[non-finite flag, needs-host flag, norm^2, norm, norm^2, threshold, has a threshold]``
+    (``threshold``: this rank's ``threshold_entry``). Returns device tensors
+    ``(skip, global_norm, threshold, reduced)``: ``skip`` is 1.0 when any rank saw a non-finite value or, for
     replicated gradients, the ranks' norms disagree (a silent-data-corruption signal); the global norm
     is ``sqrt(sum of squares)`` for sharded gradients (FSDP, as ``clip_grad_norm_`` computes it) and the
-    mean for replicated ones (DDP); ``reduced`` is the summed vector, read later on the host."""
+    mean for replicated ones (DDP). The clip threshold is agreed too: each rank's comes with its own
+    verdicts, and two verdicts for one step may carry different bounds (the sidecar learns from every
+    rank's report in turn), yet every rank must divide the same gradients by the same number. It is
+    the mean of the ranks' thresholds (0: none); ``reduced`` is the summed vector, read later on the host."""
     d = _dist()
     n = torch.nan_to_num(local_norm.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
     flags = torch.stack([bad.double(), need_host.double()])
-    vec = torch.cat([flags, torch.stack([n * n, n, n * n])])
+    vec = torch.cat([flags, torch.stack([n * n, n, n * n]), threshold])
     d.all_reduce(vec, op=d.ReduceOp.SUM)
     world = float(d.get_world_size())
     if sharded:
@@ -117,7 +141,8 @@ def gate_collective(bad, need_host, local_norm, sharded):
         var = (vec[4] / world - mean * mean).clamp(min=0.0)
         skip = (vec[0] > 0) | (var.sqrt() > NORM_SPREAD_TOLERANCE * mean)
         norm = mean
-    return skip.float(), norm.float(), vec
+    agreed = torch.where(vec[6] > 0, vec[5] / vec[6].clamp(min=1.0), torch.zeros_like(vec[5]))
+    return skip.float(), norm.float(), agreed.float(), vec
 
 
 def reduced_flags(vec_values, world, sharded):

@@ -74,6 +74,7 @@ class GatedPath:
         self.futs = collections.deque()  # reports not yet answered
         self.last = None             # the last gated step (GatedStep), until the next step looked at it
         self._graphs = None          # one rank: the measure-and-gate kernels as a CUDA graph (gate_graph)
+        self._threshold = (None, None)  # several ranks: (clip threshold, its collective entries on the device)
 
     @property
     def graphs(self):
@@ -142,8 +143,9 @@ class GatedPath:
         if self.multi:
             stats, total, ng, names = g.meter.on_device(loss)
             bad = torch.logical_not(torch.isfinite(stats).all())
-            skip, norm, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded)
-            clip = g.gate.install_agreed(skip, norm, thr)
+            skip, norm, agreed, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded,
+                                                                 self._threshold_entry(thr))
+            clip = g.gate.install_agreed(skip, norm, agreed)
             early = None
         else:
             early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
@@ -190,6 +192,13 @@ class GatedPath:
                               replay_fn=replay, rng=rec.step_rng(), position=rec.position())
         return verdict
 
+    def _threshold_entry(self, thr):
+        """This rank's clip threshold for the gate collective, on the device; a fresh copy only when
+        the threshold changed (it comes with the bounds, which rarely do)."""
+        if self._threshold[0] != thr:
+            self._threshold = (thr, dist_agree.threshold_entry(thr, self.g.device))
+        return self._threshold[1]
+
     def _report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent, reduced=None, loss_scale=0.0):
         g = self.g
         loss_v, gnorm = vals[0], vals[1]
@@ -211,6 +220,7 @@ class GatedPath:
                             "DDP gives every rank the same gradients: silent data corruption or a rank out of "
                             "step; the update was skipped on every rank", step, spread)
             finite = finite and not any_bad and not mismatch
+            thr = dist_agree.agreed_threshold(reduced)  # what every rank clipped by
             clipped = finite and thr > 0 and gnorm > thr
             in_bounds = rules.within_bounds(bounds, loss_v, gnorm)
         with g._lock:
@@ -296,8 +306,9 @@ class GatedPath:
         total, _ = grad_norms([grp["params"] for grp in opt.param_groups], g.device)
         if self.multi:
             bad = torch.logical_not(torch.isfinite(total))
-            skip, norm, _ = dist_agree.gate_collective(bad, g.gate.flag(False), total, self.sharded)
-            clip = g.gate.install_agreed(skip, norm, rec.threshold)
+            skip, norm, agreed, _ = dist_agree.gate_collective(bad, g.gate.flag(False), total, self.sharded,
+                                                               self._threshold_entry(rec.threshold))
+            clip = g.gate.install_agreed(skip, norm, agreed)
         else:
             clip = g.gate.install(total.reshape(1), total, rec.threshold)
         if clip is not None:

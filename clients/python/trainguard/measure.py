@@ -124,10 +124,15 @@ class DeviceGate:
         return self._point(total, threshold)
 
     def install_agreed(self, skip, norm, threshold):
-        """As ``install``, from flags the ranks agreed on the device (distributed.gate_collective)."""
-        found, _ = self.buffers()
+        """As ``install``, from what the ranks agreed on the device (distributed.gate_collective):
+        ``threshold`` is the agreed one, a device tensor (0: no clip). Every rank installs the
+        divisor, 1.0 where nothing is clipped: whether a step clips is decided on the device, the
+        same on every rank."""
+        found, scale = self.buffers()
         found.copy_(skip)
-        return self._point(norm, threshold)
+        norm = norm.detach().float()
+        scale.copy_(torch.where(threshold > 0, torch.maximum(norm, threshold) / threshold, torch.ones_like(norm)))
+        return self.point(1.0)
 
     def _point(self, norm, threshold):
         _, scale = self.buffers()

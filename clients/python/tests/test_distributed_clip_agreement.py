@@ -1,0 +1,67 @@
+"""2 gloo ranks on the device gate whose clip thresholds differ: each rank takes its bounds from its
+own verdicts, and two verdicts for the same step can carry different bounds (the sidecar updates
+its statistics with every rank's report in turn). The ranks must still divide their identical
+gradients by the same number, or their weights part for good."""
+import hashlib
+import os
+import sys
+
+import pytest
+import torch
+
+from fake_sidecar import FakeSidecar
+from models import run_ranks
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
+
+# rank 0's sidecar clips every step of this model (grad norms 0.25-0.65) far down, rank 1's most
+# steps a little: agreed, they clip every step at 0.2
+TIGHT, LOOSE = 0.05, 0.35
+
+
+def _worker(rank, world, port, targets, out_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    g = Guard(model, opt, "clip-agreement", target=targets.split("|")[rank], device_gate=True, deadline=5.0,
+              snapshots=False)
+    rec = {"hash": [], "norm": [], "verdict_thr": []}
+    for step in range(12):
+        x, y = batch(step, seed=rank)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        rec["norm"].append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))))
+        g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        h = hashlib.sha256()
+        for p in model.module.parameters():
+            h.update(p.detach().contiguous().numpy().tobytes())
+        rec["hash"].append(h.hexdigest())
+    g.flush(10)
+    rec["clips"] = g.counters["clips"]
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_ranks_whose_clip_thresholds_differ_divide_by_the_same_number():
+    # prevents: one rank clipping a step and the other not (each by its own bounds): weights that part for good
+    tight, loose = FakeSidecar(clip=TIGHT), FakeSidecar(clip=LOOSE)
+    tight.start()
+    loose.start()
+    try:
+        r0, r1 = run_ranks(_worker, f"{tight.target}|{loose.target}")
+    finally:
+        tight.stop()
+        loose.stop()
+    agreed = (TIGHT + LOOSE) / 2
+    assert r0["norm"] == r1["norm"]  # DDP: the same gradients on both ranks
+    assert r0["hash"] == r1["hash"]  # and the same weights after every step
+    # both ranks clipped by the agreed threshold, and counted it
+    expected = sum(n > agreed for n in r0["norm"])
+    assert expected >= 10 and r0["clips"] == r1["clips"] == expected
