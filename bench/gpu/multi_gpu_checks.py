@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from multi_gpu_common import Captured, batches, gather, make_model, watch_names, weights_hash
+from multi_gpu_common import Captured, batches, gather, make_model, optimizer_hash, watch_names, weights_hash
 
 
 def correctness(a, cfg, dev, rank, world):
@@ -56,7 +56,7 @@ def correctness(a, cfg, dev, rank, world):
     # --- rank 1's gradients scaled after the all-reduce at step 6
     g = Guard(ddp, opt, f"mg-mismatch-{a.run_tag}", target=a.target, deadline=5.0, device_gate=True,
               autocast_dtype=torch.bfloat16, watch=watch_names(ddp))
-    skipped, bad_step, norms = [], 6, None
+    skipped, bad_step, norms, per_step = [], 6, None, []
     n_msgs = len(cap.messages)
     for step in range(10):
         x, y = data[step % len(data)]
@@ -71,17 +71,19 @@ def correctness(a, cfg, dev, rank, world):
             local = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in ddp.parameters()]))
             norms = gather(float(local))  # this script's own record of which rank differed
         before = [p.detach().clone() for p in ddp.parameters()]
-        g.step(step, loss)
+        v = g.step(step, loss)
         g.optimizer_step()
         opt.zero_grad(set_to_none=True)
         if all(torch.equal(b, p) for b, p in zip(before, ddp.parameters())):
             skipped.append(step)
+        per_step.append((step, v.action.name, weights_hash(ddp), optimizer_hash(opt)))
     g.flush(10)
     msgs = [m for m in cap.messages[n_msgs:] if "grad norms differ" in m]
     out["mismatch"] = {"injected": {"rank": 1, "step": bad_step, "grad_scale": 1.5}, "skipped_steps": skipped,
                        "grad_norm_mismatches": g.counters["grad_norm_mismatches"], "per_rank_norms": norms,
                        "hash_end": weights_hash(ddp), "warnings": msgs[:2],
-                       "warning_names_a_rank": any("rank 1" in m or "rank=1" in m for m in msgs)}
+                       "warning_names_a_rank": any("rank 1" in m or "rank=1" in m for m in msgs),
+                       "per_step": per_step, "counters": {k: v for k, v in g.counters.items() if v}}
     g.close()
 
     # --- ROLLBACK: checkpoints every 4 steps, then a NaN burst on rank 1

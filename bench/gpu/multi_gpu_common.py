@@ -19,6 +19,16 @@ def weights_hash(model):
     return h.hexdigest()[:16]
 
 
+def optimizer_hash(opt):
+    """sha256 of every tensor in the optimizer's state (moments, step counts), in order."""
+    h = hashlib.sha256()
+    for state in opt.state.values():
+        for k in sorted(state):
+            if torch.is_tensor(state[k]):
+                h.update(state[k].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class Captured(logging.Handler):
     """Keeps the trainguard logger's warnings (what a user would see) for the result file."""
 
