@@ -41,11 +41,17 @@ Options that change every variant alike:
   --compile    torch.compile: the baseline is one compiled copy of the model; each guarded variant
                gets its own copy (same initial weights, its own fused AdamW), hooked by its Guard and
                then compiled, so no variant's hooks change another's graph
+  --gc-freeze  after the warm-up: gc.collect(), then gc.freeze(), so that the full collection
+               torch.compile's objects leave pending (765 ms in results/2026-11-30-s16-compile-b8-knobs.json)
+               is not paid inside a round by whichever variant allocates first (long runs often time the
+               collector themselves, e.g. Megatron-LM's --manual-gc)
   --profile    after the rounds, cProfile 30 steps of the first guarded variant (top functions by
                own time into <out>.profile.txt)
 Each guarded variant also records guard_cpu_us: the mean wall time of its per-step client calls
 (guard.step + the optimizer step through the guard), next to baseline_optimizer_us (the unguarded
-optimizer.step() call), and guard_parts_us: the same time split over the client's pieces.
+optimizer.step() call); guard_thread_cpu_us: the training thread's CPU time in those calls (not
+counting waits for the GIL or a verdict), next to baseline_optimizer_thread_cpu_us; and
+guard_parts_us: the wall time split over the client's pieces.
 
 Usage: python overhead.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 7 --steps 30 --out res.json
        python overhead.py --device cpu --tiny ...   (a smoke test of the script, no timing value)
@@ -53,6 +59,7 @@ Usage: python overhead.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 7 -
 import argparse
 import copy
 import cProfile
+import gc
 import io
 import json
 import math
@@ -93,6 +100,7 @@ def main():
     ap.add_argument("--host-sync", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--gc-freeze", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     dev = torch.device(a.device)
@@ -195,7 +203,7 @@ def main():
             fwd, o = pair(name)
             if g is not None and not a.compile:
                 g.resume()
-            in_guard = 0.0
+            in_guard = in_guard_cpu = 0.0
             sender_clock = time.pthread_getcpuclockid(g.sender._thread.ident) if g is not None else None
             sender0 = time.clock_gettime(sender_clock) if sender_clock is not None else 0.0
             gc0 = gc_clock.read()
@@ -243,17 +251,19 @@ def main():
                 if a.host_sync and bool(torch.isnan(loss)):  # what HF's logging_nan_inf_filter reads
                     pass
                 if g is not None and name == "tg_wrap":
-                    tg0 = time.perf_counter()
+                    tg0, tc0 = time.perf_counter(), time.thread_time()
                     g.step(step_no[name], loss)
                     step_no[name] += 1
                     g.wrap(o).step()
                     in_guard += time.perf_counter() - tg0
+                    in_guard_cpu += time.thread_time() - tc0
                 elif g is not None:
-                    tg0 = time.perf_counter()
+                    tg0, tc0 = time.perf_counter(), time.thread_time()
                     g.step(step_no[name], loss)
                     step_no[name] += 1
                     g.optimizer_step()
                     in_guard += time.perf_counter() - tg0
+                    in_guard_cpu += time.thread_time() - tc0
                 elif name == "naive":
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
                     if not math.isfinite(norm.item()):  # the one host sync
@@ -261,9 +271,10 @@ def main():
                         continue
                     opt.step()
                 else:
-                    tb0 = time.perf_counter()
+                    tb0, tc0 = time.perf_counter(), time.thread_time()
                     o.step()
                     in_guard += time.perf_counter() - tb0  # the baseline's own optimizer call, to compare
+                    in_guard_cpu += time.thread_time() - tc0
                     if name == "d2h":
                         step_no[name] += 1
                         if step_no[name] % D2H_EVERY == 0 and cuda:
@@ -281,9 +292,10 @@ def main():
             acc_gc[:] = [x + d for x, d in zip(acc_gc, gc_delta + [n])]
             last_gc_ms[name] = sum(gc_delta[3:])
             if g is not None or name == "baseline":
-                acc = guard_s.setdefault(name, [0.0, 0, 0.0])
+                acc = guard_s.setdefault(name, [0.0, 0, 0.0, 0.0])
                 acc[0] += in_guard
                 acc[1] += n
+                acc[3] += in_guard_cpu
                 if sender_clock is not None:  # the report thread's CPU: in a launch-bound loop it competes for the GIL
                     acc[2] += time.clock_gettime(sender_clock) - sender0
             if g is not None:
@@ -298,6 +310,9 @@ def main():
             for name in ["baseline"] + variants:
                 run(name, a.anomaly_steps if name == "anomaly" else a.warmup)
             clock.clear()  # the per-piece split is of the rounds, not of compiles and captures
+            if a.gc_freeze:  # the full collection torch.compile leaves pending, paid here, once, for all variants
+                gc.collect()
+                gc.freeze()
             guard_s.clear()
             gc_s.clear()
             rows = {v: [] for v in variants}
@@ -320,7 +335,8 @@ def main():
 
         res = {"baseline_ms_median": statistics.median(base_ms), "baseline_ms_min": min(base_ms),
                "baseline_ms_max": max(base_ms), "variants": {},
-               "baseline_optimizer_us": guard_s["baseline"][0] / guard_s["baseline"][1] * 1e6}
+               "baseline_optimizer_us": guard_s["baseline"][0] / guard_s["baseline"][1] * 1e6,
+               "baseline_optimizer_thread_cpu_us": guard_s["baseline"][3] / guard_s["baseline"][1] * 1e6}
         res["gc_per_step"] = {k: {"collections": [c / x[6] for c in x[:3]], "ms": [m / x[6] for m in x[3:6]]}
                               for k, x in gc_s.items()}  # generations 0, 1, 2
         for v in variants:
@@ -333,6 +349,7 @@ def main():
             if v in guard_s and guard_s[v][1]:
                 res["variants"][v]["guard_cpu_us"] = guard_s[v][0] / guard_s[v][1] * 1e6
                 res["variants"][v]["sender_cpu_us"] = guard_s[v][2] / guard_s[v][1] * 1e6
+                res["variants"][v]["guard_thread_cpu_us"] = guard_s[v][3] / guard_s[v][1] * 1e6
                 res["variants"][v]["guard_parts_us"] = clock.per_step_us(v, guard_s[v][1])
                 res["variants"][v]["guard_parts_spread"] = clock.spread(v)
             if v in guards:

@@ -6,14 +6,16 @@ thread's time per step, garbage collections, and the guard's time split over its
 def print_summary(batch, nparams, res, variants):
     print(f"\nbatch {batch}: {nparams / 1e6:.1f}M parameters, baseline {res['baseline_ms_median']:.2f} ms/step "
           f"[{res['baseline_ms_min']:.2f}, {res['baseline_ms_max']:.2f}]")
-    print(f"  the baseline's optimizer.step(): {res['baseline_optimizer_us']:.0f} us/step (compare guard us)")
+    print(f"  the baseline's optimizer.step(): {res['baseline_optimizer_us']:.0f} us/step (compare guard us), "
+          f"{res.get('baseline_optimizer_thread_cpu_us', float('nan')):.0f} us of CPU (compare guard CPU)")
     print(f"  {'variant':10s} {'median':>7s} {'min':>7s} {'max':>7s} {'ms/step':>8s} {'guard us':>9s}")
     for v in variants:
         s = res["variants"][v]
         print(f"  {v:10s} launched in {s['launch_ms_median']:.2f} ms/step, the baseline next to it in "
               f"{s['base_launch_ms_median']:.2f}")
         print(f"  {v:10s} {s['median']:7.3f} {s['min']:7.3f} {s['max']:7.3f} {s['ms_median']:8.2f} "
-              f"{s.get('guard_cpu_us', float('nan')):9.0f}  sender thread CPU {s.get('sender_cpu_us', float('nan')):.0f} us/step")
+              f"{s.get('guard_cpu_us', float('nan')):9.0f}  guard CPU {s.get('guard_thread_cpu_us', float('nan')):.0f}, "
+              f"sender thread CPU {s.get('sender_cpu_us', float('nan')):.0f} us/step")
     for k, x in res["gc_per_step"].items():
         print(f"  {k} garbage collections per step (gen 0/1/2): " + "/".join(f"{c:.3f}" for c in x["collections"])
               + ", ms per step: " + "/".join(f"{m:.3f}" for m in x["ms"]))
