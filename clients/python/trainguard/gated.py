@@ -193,8 +193,8 @@ class GatedPath:
         return verdict
 
     def _threshold_entry(self, thr):
-        """This rank's clip threshold for the gate collective, on the device; a fresh copy only when
-        the threshold changed (it comes with the bounds, which rarely do)."""
+        """This rank's clip threshold for the gate collective, on the device; written afresh only when
+        it changed (the spike bound it follows moves with the sidecar's statistics, so most steps)."""
         if self._threshold[0] != thr:
             self._threshold = (thr, dist_agree.threshold_entry(thr, self.g.device))
         return self._threshold[1]
