@@ -80,6 +80,11 @@ def test_grad_norm_mismatch_across_ranks_skips_the_step_on_both(sidecar):
     assert r0["counters"]["grad_norm_mismatches"] == 1 and r1["counters"]["grad_norm_mismatches"] == 1
     assert 9 in r0["skipped"] and 9 in r1["skipped"]
     assert r0["hash"] == r1["hash"]
+    # both ranks' own values were finite: each said the ranks skipped together, and the sidecar's
+    # records say SKIP for both (a SKIP is committed before its verdict is answered)
+    for rank in (0, 1):
+        steps = sidecar.get(f"/api/runs/gate-ddp-7-9/steps?rank={rank}&from=9&to=9")["steps"]
+        assert [b["skips"] for b in steps["buckets"]] == [1], (rank, steps)
 
 
 def test_fsdp_nan_on_one_rank_skips_on_both(sidecar):

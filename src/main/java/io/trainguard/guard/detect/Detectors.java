@@ -45,6 +45,20 @@ public final class Detectors {
         return out;
     }
 
+    /**
+     * The findings of a step the ranks skipped together on the device on another rank's account
+     * ({@link StepReport#skippedByAgreement()}): a SKIP, and the cross-rank check, which names a rank
+     * whose norm differed. No other detector sees the step: none may learn from an update that did
+     * not happen.
+     */
+    public static List<Finding> inspectSkippedTogether(StepContext step) {
+        List<Finding> out = new ArrayList<>(2);
+        out.add(Finding.note(Action.SKIP, Double.POSITIVE_INFINITY, "update skipped on the device together with the "
+                + "other ranks: another rank saw a non-finite value or the ranks' grad norms disagreed"));
+        crossRank(step, out);
+        return out;
+    }
+
     static void nonFinite(StepContext c, List<Finding> out) {
         NonFiniteFinding bad = NonFiniteFinding.of(c.report(), c.watchedModules());
         if (bad != null) {

@@ -9,6 +9,9 @@ import java.util.List;
  * @param moduleNames    empty when the modules were declared at OpenRun (then moduleFinite and
  *                       moduleMaxAbs follow that order)
  * @param decidedLocally the client already acted within the bounds of the previous verdict
+ * @param skippedByAgreement several ranks on the device gate skipped this update together although
+ *                       this rank's own values were finite (another rank's fault, or their grad
+ *                       norms disagreed)
  */
 public record StepReport(
         String runId,
@@ -24,7 +27,16 @@ public record StepReport(
         boolean[] moduleFinite,
         double[] moduleMaxAbs,
         Duration stepTime,
-        boolean decidedLocally) {
+        boolean decidedLocally,
+        boolean skippedByAgreement) {
+
+    /** A report of a step this rank's device gate did not skip on another rank's account. */
+    public StepReport(String runId, int rank, long step, double loss, boolean lossAbsent, double gradNorm,
+                      double[] groupGradNorms, double learningRate, double lossScale, List<String> moduleNames,
+                      boolean[] moduleFinite, double[] moduleMaxAbs, Duration stepTime, boolean decidedLocally) {
+        this(runId, rank, step, loss, lossAbsent, gradNorm, groupGradNorms, learningRate, lossScale, moduleNames,
+                moduleFinite, moduleMaxAbs, stepTime, decidedLocally, false);
+    }
 
     public boolean hasModuleStats() {
         return moduleFinite.length > 0 || moduleMaxAbs.length > 0;

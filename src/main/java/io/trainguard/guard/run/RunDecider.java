@@ -232,7 +232,9 @@ public final class RunDecider {
             reasons.add(LossScaleOverflow.reason(r));
             return;
         }
-        StepFold fold = StepFold.of(Detectors.inspect(new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize)));
+        StepContext context = new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize);
+        boolean together = r.skippedByAgreement(); // skipped on another rank's account: that rank's streak counts it
+        StepFold fold = StepFold.of(together ? Detectors.inspectSkippedTogether(context) : Detectors.inspect(context));
         o.action = fold.action();
         o.clip = fold.clip();
         o.firstBadModule = fold.module();
@@ -245,7 +247,7 @@ public final class RunDecider {
         }
 
         if (o.action == Action.SKIP) {
-            t.consecutiveSkips++;
+            t.consecutiveSkips += together ? 0 : 1;
             if (state.state() == RunState.HEALTHY) {
                 state.moveTo(RunState.DEGRADED, reasons.get(0));
             }

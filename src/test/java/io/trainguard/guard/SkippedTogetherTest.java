@@ -1,0 +1,89 @@
+package io.trainguard.guard;
+
+import static io.trainguard.guard.Fixtures.service;
+import static io.trainguard.guard.Fixtures.setup;
+import static io.trainguard.guard.Fixtures.step;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.trainguard.guard.model.Action;
+import io.trainguard.guard.model.IncidentKind;
+import io.trainguard.guard.model.StepRecord;
+import io.trainguard.guard.model.StepReport;
+import io.trainguard.guard.model.Verdict;
+import java.time.Duration;
+import java.util.List;
+import java.util.Random;
+import org.junit.jupiter.api.Test;
+
+/**
+ * Several ranks on the device gate skip an update together when one of them saw a fault or their
+ * grad norms disagreed; the ranks whose own values were finite say so (skippedByAgreement). Their
+ * steps must be recorded as the skips they were, without teaching their statistics a norm the
+ * update never used, and without a skip streak of their own.
+ */
+class SkippedTogetherTest {
+    private final InMemoryJournal journal = new InMemoryJournal();
+    private final GuardedRuns guard = service(journal, new Fixtures.Checkpoints());
+
+    private static StepReport together(String run, int rank, long step, double gradNorm) {
+        return new StepReport(run, rank, step, 2.0, false, gradNorm, new double[0], 1e-3, 0, List.of(), new boolean[0],
+                new double[0], Duration.ZERO, false, true);
+    }
+
+    private Verdict healthySteps(String run, long from, long to) {
+        Random noise = new Random(3);
+        Verdict last = null;
+        for (long s = from; s < to; s++) {
+            double norm = 0.5 + 0.02 * noise.nextGaussian();
+            guard.report(step(run, 0, s, 2.0, norm));
+            last = guard.report(step(run, 1, s, 2.0, norm));
+            assertEquals(Action.APPLY, last.action(), "step " + s);
+        }
+        return last;
+    }
+
+    private StepRecord recorded(String run, int rank, long step) {
+        return journal.steps.stream().filter(s -> s.runId().equals(run) && s.rank() == rank && s.step() == step)
+                .findFirst().orElseThrow();
+    }
+
+    @Test
+    void aStepSkippedOnAnotherRanksAccount_isRecordedAsSkip_andTeachesThatRankNothing() {
+        // prevents: the journal saying APPLY for an update the device skipped, and a corrupt rank's norm
+        // moving that rank's bounds (its clip threshold) for the steps after
+        guard.open(setup("t1", 0, 2, null));
+        Verdict before = healthySteps("t1", 0, 30);
+        guard.report(step("t1", 0, 30, Double.NaN, Double.NaN)); // rank 0's own fault
+        Verdict v = guard.report(together("t1", 1, 30, 50.0));   // rank 1: finite, 100x the usual norm
+        assertEquals(Action.SKIP, v.action());
+        assertTrue(v.reasons().get(0).contains("together with the other ranks"), v.reasons().toString());
+        assertEquals(Action.SKIP, recorded("t1", 1, 30).action());
+        assertEquals(before.bounds().maxGradNorm(), v.bounds().maxGradNorm(), 0.0);
+        assertEquals(before.bounds().clipThreshold(), v.bounds().clipThreshold(), 0.0);
+    }
+
+    @Test
+    void skipsOnAnotherRanksAccount_doNotMakeAStreakOfTheirOwn() {
+        // prevents: a healthy rank ordering a rollback of its own for faults another rank counts
+        guard.open(setup("t2", 0, 2, null));
+        healthySteps("t2", 0, 20);
+        for (long s = 20; s < 30; s++) { // ten in a row, beyond the policy's 3 consecutive skips
+            Verdict v = guard.report(together("t2", 1, s, 0.5));
+            assertEquals(Action.SKIP, v.action(), "step " + s);
+        }
+        assertEquals(Action.APPLY, guard.report(step("t2", 1, 30, 2.0, 0.5)).action());
+    }
+
+    @Test
+    void ranksWhoseNormsDisagreed_areStillComparedAndTheMismatchRecorded() {
+        // prevents: the skip hiding the silent-data-corruption incident that names the odd rank
+        guard.open(setup("t3", 0, 2, null));
+        healthySteps("t3", 0, 20);
+        assertEquals(Action.SKIP, guard.report(together("t3", 0, 20, 0.5)).action());
+        Verdict v = guard.report(together("t3", 1, 20, 0.75));
+        assertEquals(Action.SKIP, v.action());
+        assertEquals(IncidentKind.CROSS_RANK_MISMATCH, journal.incidents.get(journal.incidents.size() - 1).kind());
+        assertEquals(1, v.incidentIds().size());
+    }
+}
