@@ -247,7 +247,9 @@ public final class RunDecider {
         }
 
         if (o.action == Action.SKIP) {
-            t.consecutiveSkips += together ? 0 : 1;
+            if (!together) {
+                t.consecutiveSkips++;
+            }
             if (state.state() == RunState.HEALTHY) {
                 state.moveTo(RunState.DEGRADED, reasons.get(0));
             }
