@@ -4,6 +4,7 @@ import static io.trainguard.guard.Fixtures.service;
 import static io.trainguard.guard.Fixtures.setup;
 import static io.trainguard.guard.Fixtures.step;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.trainguard.guard.model.Action;
@@ -73,6 +74,14 @@ class SkippedTogetherTest {
             assertEquals(Action.SKIP, v.action(), "step " + s);
         }
         assertEquals(Action.APPLY, guard.report(step("t2", 1, 30, 2.0, 0.5)).action());
+    }
+
+    @Test
+    void aSingleRankRun_refusesASkipTakenTogether_withAnActionableError() {
+        guard.open(setup("t4", 0, 1, null));
+        InvalidRequestException e = assertThrows(InvalidRequestException.class, () -> guard.report(together("t4", 0, 0, 0.5)));
+        assertTrue(e.getMessage().contains("world size 1"), e.getMessage());
+        assertEquals(Action.APPLY, guard.report(step("t4", 0, 0, 2.0, 0.5)).action()); // and keeps serving
     }
 
     @Test

@@ -19,6 +19,10 @@ final class ReportValidation {
             throw new InvalidRequestException("rank " + r.rank() + " is outside world size " + worldSize + " of run '"
                     + r.runId() + "': ranks are 0.." + (worldSize - 1));
         }
+        if (r.skippedByAgreement() && worldSize < 2) {
+            throw new InvalidRequestException("skipped_by_agreement is set but run '" + r.runId() + "' has world size "
+                    + worldSize + ": only several ranks skip an update together; open the run with its world size");
+        }
         int finite = r.moduleFinite().length;
         int maxAbs = r.moduleMaxAbs().length;
         int names = r.moduleNames().size();
