@@ -96,17 +96,25 @@ def agree(guard, verdict, error, need_host=False):
 NORM_SPREAD_TOLERANCE = 1e-5
 
 
-def threshold_entry(threshold, device):
-    """A rank's clip threshold as its two entries of the gate collective, float64
-    ``[threshold, 1]``, or ``[0, 0]`` without one. Written on the device by fill kernels: a tensor
-    made from host values would be a host-to-device copy that waits for the device, every time the
-    threshold changes (with an adaptive clip, every step: 1.13-1.25x under DDP on 2 H200s,
-    bench/gpu/results/2026-11-30-s16-multi-gpu-agreed-2xh200.log)."""
-    entry = torch.zeros(2, dtype=torch.float64, device=device)
-    if threshold > 0:
-        entry[0].fill_(float(threshold))
-        entry[1].fill_(1.0)
-    return entry
+class ThresholdEntry:
+    """A rank's clip threshold as its two entries of the gate collective, float64 ``[threshold, 1]``
+    (``[0, 0]`` without one), kept in one device buffer that two fill kernels rewrite when the
+    threshold changes (with an adaptive bound, most steps). A tensor made from host values would be a
+    host-to-device copy that waits for the device: 1.13-1.25x under DDP on 2 H200s
+    (bench/gpu/results/2026-11-30-s16-multi-gpu-agreed-2xh200.log). The collective copies the buffer
+    (``torch.cat``) in stream order before the next rewrite."""
+
+    def __init__(self, device):
+        self.tensor = torch.zeros(2, dtype=torch.float64, device=device)
+        self._value, self._threshold, self._has = 0.0, self.tensor[0], self.tensor[1]
+
+    def of(self, threshold):
+        if threshold != self._value:
+            has = threshold > 0
+            self._threshold.fill_(float(threshold) if has else 0.0)
+            self._has.fill_(1.0 if has else 0.0)
+            self._value = threshold
+        return self.tensor
 
 
 def agreed_threshold(vec_values):
@@ -119,14 +127,17 @@ def agreed_threshold(vec_values):
 def gate_collective(bad, need_host, local_norm, sharded, threshold):
     """One in-stream ``all_reduce(SUM)`` (no host read) over float64
     ``[non-finite flag, needs-host flag, norm^2, norm, norm^2, threshold, has a threshold]``
-    (``threshold``: this rank's ``threshold_entry``). Returns device tensors
-    ``(skip, global_norm, threshold, reduced)``: ``skip`` is 1.0 when any rank saw a non-finite value or, for
+    (``threshold``: this rank's ``ThresholdEntry``). Returns device tensors
+    ``(skip, global_norm, 1 / threshold, reduced)``: ``skip`` is 1.0 when any rank saw a non-finite value or, for
     replicated gradients, the ranks' norms disagree (a silent-data-corruption signal); the global norm
     is ``sqrt(sum of squares)`` for sharded gradients (FSDP, as ``clip_grad_norm_`` computes it) and the
     mean for replicated ones (DDP). The clip threshold is agreed too: each rank's comes with its own
     verdicts, and two verdicts for one step may carry different bounds (the sidecar learns from every
     rank's report in turn), yet every rank must divide the same gradients by the same number. It is
-    the mean of the ranks' thresholds (0: none); ``reduced`` is the summed vector, read later on the host."""
+    the mean of the ranks' thresholds, returned as its inverse (0: no rank has one), so that the
+    divisor is one multiply and one clamp. (The host path's agreement takes the tightest threshold;
+    a SUM collective can only give the mean, and a norm above a rank's own bound still goes to the
+    sidecar.) ``reduced`` is the summed vector, read later on the host."""
     d = _dist()
     n = torch.nan_to_num(local_norm.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
     flags = torch.stack([bad.double(), need_host.double()])
@@ -141,8 +152,8 @@ def gate_collective(bad, need_host, local_norm, sharded, threshold):
         var = (vec[4] / world - mean * mean).clamp(min=0.0)
         skip = (vec[0] > 0) | (var.sqrt() > NORM_SPREAD_TOLERANCE * mean)
         norm = mean
-    agreed = torch.where(vec[6] > 0, vec[5] / vec[6].clamp(min=1.0), torch.zeros_like(vec[5]))
-    return skip.float(), norm.float(), agreed.float(), vec
+    inverse = vec[6] / vec[5].clamp(min=torch.finfo(torch.float64).tiny)  # [0, 0]: 0
+    return skip.float(), norm.float(), inverse.float(), vec
 
 
 def reduced_flags(vec_values, world, sharded):

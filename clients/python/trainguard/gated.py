@@ -74,7 +74,7 @@ class GatedPath:
         self.futs = collections.deque()  # reports not yet answered
         self.last = None             # the last gated step (GatedStep), until the next step looked at it
         self._graphs = None          # one rank: the measure-and-gate kernels as a CUDA graph (gate_graph)
-        self._threshold = (None, None)  # several ranks: (clip threshold, its collective entries on the device)
+        self._threshold = None       # several ranks: this rank's clip threshold for the collective (ThresholdEntry)
 
     @property
     def graphs(self):
@@ -143,9 +143,9 @@ class GatedPath:
         if self.multi:
             stats, total, ng, names = g.meter.on_device(loss)
             bad = torch.logical_not(torch.isfinite(stats).all())
-            skip, norm, agreed, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded,
-                                                                 self._threshold_entry(thr))
-            clip = g.gate.install_agreed(skip, norm, agreed)
+            skip, norm, inverse, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded,
+                                                                  self._threshold_entry(thr))
+            clip = g.gate.install_agreed(skip, norm, inverse)
             early = None
         else:
             early = g.backward_gate.take(loss, thr)  # measured when backward ended (gate_on_backward)
@@ -193,11 +193,9 @@ class GatedPath:
         return verdict
 
     def _threshold_entry(self, thr):
-        """This rank's clip threshold for the gate collective, on the device; written afresh only when
-        it changed (the spike bound it follows moves with the sidecar's statistics, so most steps)."""
-        if self._threshold[0] != thr:
-            self._threshold = (thr, dist_agree.threshold_entry(thr, self.g.device))
-        return self._threshold[1]
+        if self._threshold is None:
+            self._threshold = dist_agree.ThresholdEntry(self.g.device)
+        return self._threshold.of(thr)
 
     def _report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent, reduced=None, loss_scale=0.0):
         g = self.g
@@ -307,9 +305,9 @@ class GatedPath:
         total, _ = grad_norms([grp["params"] for grp in opt.param_groups], g.device)
         if self.multi:
             bad = torch.logical_not(torch.isfinite(total))
-            skip, norm, agreed, _ = dist_agree.gate_collective(bad, g.gate.flag(False), total, self.sharded,
-                                                               self._threshold_entry(rec.threshold))
-            clip = g.gate.install_agreed(skip, norm, agreed)
+            skip, norm, inverse, _ = dist_agree.gate_collective(bad, g.gate.flag(False), total, self.sharded,
+                                                                self._threshold_entry(rec.threshold))
+            clip = g.gate.install_agreed(skip, norm, inverse)
         else:
             clip = g.gate.install(total.reshape(1), total, rec.threshold)
         if clip is not None:

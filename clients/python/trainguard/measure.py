@@ -123,15 +123,15 @@ class DeviceGate:
         torch.logical_not(torch.isfinite(stats).all(), out=found)
         return self._point(total, threshold)
 
-    def install_agreed(self, skip, norm, threshold):
+    def install_agreed(self, skip, norm, inverse_threshold):
         """As ``install``, from what the ranks agreed on the device (distributed.gate_collective):
-        ``threshold`` is the agreed one, a device tensor (0: no clip). Every rank installs the
-        divisor, 1.0 where nothing is clipped: whether a step clips is decided on the device, the
-        same on every rank."""
+        ``inverse_threshold`` is 1 / the agreed threshold (0: no clip), a device tensor. Every rank
+        installs the divisor, 1.0 where nothing is clipped: whether a step clips is decided on the
+        device, the same on every rank."""
         found, scale = self.buffers()
         found.copy_(skip)
-        norm = norm.detach().float()
-        scale.copy_(torch.where(threshold > 0, torch.maximum(norm, threshold) / threshold, torch.ones_like(norm)))
+        torch.mul(norm, inverse_threshold, out=scale)
+        scale.clamp_(min=1.0)  # max(norm, threshold) / threshold
         return self.point(1.0)
 
     def _point(self, norm, threshold):
