@@ -221,6 +221,7 @@ class GatedPath:
             thr = dist_agree.agreed_threshold(reduced)  # what every rank clipped by
             clipped = finite and thr > 0 and gnorm > thr
             in_bounds = rules.within_bounds(bounds, loss_v, gnorm)
+        skipped_together = locally_finite and not finite  # on another rank's account (or the norms')
         with g._lock:
             if not finite:
                 g.counters["skips"] += 1
@@ -234,7 +235,7 @@ class GatedPath:
         if overflow and reduced is None:
             log.info("trainguard: step %d: GradScaler overflow at scale %g: the update was skipped on the device and "
                      "the scaler lowers its scale", step, loss_scale)
-        elif locally_finite and not finite:
+        elif skipped_together:
             log.warning("trainguard: step %d: another rank saw a non-finite value or the norms disagreed: the update "
                         "was skipped on every rank", step)
         elif not finite:
@@ -246,7 +247,7 @@ class GatedPath:
                            learning_rate=lr, step_time=step_time, loss_absent=absent, module_names=names,
                            module_values=mods, values_are_max_abs=g._watch_sends_max_abs(), loss_scale=loss_scale,
                            decided_locally=(finite and in_bounds) or overflow,
-                           skipped_by_agreement=locally_finite and not finite)
+                           skipped_by_agreement=skipped_together)
 
     # ------------------------------------------------------------------ replaying the last step's fault
 
