@@ -199,7 +199,8 @@ class ReportProcess:
             thread = threading.Thread(target=self._start, name="trainguard-report-process-start", daemon=True)
             try:
                 thread.start()
-            except RuntimeError:  # no thread to be had (a thread limit, interpreter shutdown): in-process
+            except RuntimeError as e:  # no thread to be had (a thread limit, interpreter shutdown): in-process
+                self._failed_start(e)
                 return None
             self._starting = thread  # before its end can run: that needs the lock the caller holds
         return self._starting
@@ -225,11 +226,16 @@ class ReportProcess:
                 elif child is not None:  # closed (or forked away) while it started
                     _end(child[0])
                 elif error is not None and self.usable:  # (closed: the start was ended on purpose)
-                    self._failed_starts += 1
-                    if self.starts == 0 or self._failed_starts >= self.MAX_FAILED_STARTS:  # never worked, or no longer
-                        self.usable = False
-                        log.warning("trainguard: the report process could not start (%s); reports are sent from "
-                                    "the training process instead", _reason(error))
+                    self._failed_start(error)
+
+    def _failed_start(self, error):
+        """Counts a start that failed (with the lock held); gives the child up, once and loudly, when
+        none ever came up or the last few failed."""
+        self._failed_starts += 1
+        if self.starts == 0 or self._failed_starts >= self.MAX_FAILED_STARTS:  # never worked, or no longer
+            self.usable = False
+            log.warning("trainguard: the report process could not start (%s); reports are sent from "
+                        "the training process instead", _reason(error))
 
     def _stop(self, kill=False):
         proc, self._proc = self._proc, None
