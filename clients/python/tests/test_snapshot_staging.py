@@ -3,6 +3,8 @@ round-trips mixed dtypes, 0-d and non-contiguous tensors exactly through one tra
 its finiteness flag sees a NaN anywhere, a state of other shapes does not fit, and "auto" never
 stages off CUDA. The CUDA path (training stream, side stream, restore) is checked on the GPU:
 bench/gpu/checks/test_snapshot_staging.py."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -56,13 +58,16 @@ def test_a_slot_laid_out_for_another_placement_or_way_does_not_fit():
     # would not fit its buffers
     state = _state()
     staging = st.DeviceStaging(state, torch.device("cpu"))
-    buffers = st.slot_buffers(state, staging, st.placement(state, torch.device("cpu")), pin=False)
-    assert _fit(buffers, state, (True,) * len(state))
-    assert not _fit(buffers, state, (True,) * (len(state) - 1) + (False,))
-    assert not _fit(buffers, state, None)  # laid out for the device copy, asked for the direct one
-    direct = st.slot_buffers(state, None, None, pin=False)
-    assert _fit(direct, state, None) and not _fit(direct, state, (True,) * len(state))
-    assert not _fit(None, state, None)
+    other = SimpleNamespace(serial=-1)  # a layout these buffers were not found to fit before: checked in full
+    buffers = st.slot_buffers(state, staging, st.placement(state, torch.device("cpu")), pin=False) + (None,)
+    assert _fit(buffers, other, state, (True,) * len(state))
+    assert not _fit(buffers, other, state, (True,) * (len(state) - 1) + (False,))
+    assert not _fit(buffers, other, state, None)  # laid out for the device copy, asked for the direct one
+    direct = st.slot_buffers(state, None, None, pin=False) + (None,)
+    assert _fit(direct, other, state, None) and not _fit(direct, other, state, (True,) * len(state))
+    assert not _fit(None, other, state, None)
+    # buffers found to fit a layout fit it again without a look at its tensors (a take's fast path)
+    assert _fit(direct[:3] + (7,), SimpleNamespace(serial=7), [], (True,))
 
 
 def test_auto_staging_is_for_cuda_only_and_the_policy_refuses_other_values():

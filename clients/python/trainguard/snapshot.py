@@ -60,10 +60,15 @@ class SnapshotPolicy:
             raise ValueError('snapshot device_staging must be "auto", True or False')
 
 
-def _fit(buffers, uniq, placement):
-    """Whether a slot's (host, flats, placement) buffers can hold these tensors (same count, shapes
-    and dtypes), laid out for how they are copied (``placement`` None: each directly)."""
-    if buffers is None or buffers[0] is None or len(buffers[0]) != len(uniq) or buffers[2] != placement:
+def _fit(buffers, layout, uniq, placement):
+    """Whether a slot's (host, flats, placement, layout serial) buffers can hold these tensors (same
+    count, shapes and dtypes), laid out for how they are copied (``placement`` None: each directly).
+    Buffers last found to fit this very layout fit it still: no loop over the tensors at each take."""
+    if buffers is None or buffers[0] is None:
+        return False
+    if buffers[3] == layout.serial:
+        return True
+    if len(buffers[0]) != len(uniq) or buffers[2] != placement:
         return False
     return all(h.shape == u.shape and h.dtype == u.dtype for h, u in zip(buffers[0], uniq))
 
@@ -92,7 +97,8 @@ class Snapshot:
         self.host = None         # one host tensor per state tensor (views into ``flats`` when staged)
         self.flats = None        # {dtype: flat pinned buffer} when the copy goes through DeviceStaging
         self.placement = None    # which tensors the flats hold (snapshot_staging.placement), when staged
-        self.spare = None        # (host, flats, placement) allocated ahead for the next snapshot (prepare())
+        self.laid_for = None     # the serial of the StateLayout these buffers were last found to fit
+        self.spare = None        # (host, flats, placement, serial) allocated ahead for the next snapshot (prepare())
         self.skeleton = None
         self.finite_flag = None  # host 0-d bool tensor, valid once the copy completed
         self.host_finite = True  # the state's tensors that live on the CPU (checked at the take)
@@ -101,7 +107,7 @@ class Snapshot:
 
     @property
     def buffers(self):
-        return self.host, self.flats, self.placement
+        return self.host, self.flats, self.placement, self.laid_for
 
     @property
     def nbytes(self):
@@ -146,9 +152,6 @@ class SnapshotStore:
                                               self._layout)
         return self._layout, uniq, skeleton
 
-    def state_bytes(self):
-        return self._gather()[0].nbytes
-
     def take(self, slot, step, data_position, lr_scale=1.0, rng=None):
         """Starts copying the live state into ``slots[slot]``; returns the snapshot, or None when the
         state is larger than ``policy.max_bytes``. On CUDA it returns before the copy has landed."""
@@ -160,18 +163,19 @@ class SnapshotStore:
             self.too_big = nbytes
             return None
         staged = self._staged(layout, uniq)
-        laid = self._placement(layout, uniq, staged)
+        laid = self._placement(layout, staged)
         alloc_s = 0.0
-        if not _fit(s.buffers, uniq, laid) and _fit(s.spare, uniq, laid):
-            (s.host, s.flats, s.placement), s.spare = s.spare, None
-        if not _fit(s.buffers, uniq, laid):
+        if not _fit(s.buffers, layout, uniq, laid) and _fit(s.spare, layout, uniq, laid):
+            (s.host, s.flats, s.placement, _), s.spare = s.spare, None
+        if not _fit(s.buffers, layout, uniq, laid):
             t_alloc = time.perf_counter()
             # Every free slot at once (normally all of them, at the first snapshot): pinning
             # gigabytes of host memory takes ~1 s/GB, a start-up cost rather than a stall mid-run.
             for other in self.slots:
-                if other is s or (other.state == EMPTY and not _fit(other.buffers, uniq, laid)):
-                    self._allocate(other, uniq, staged, laid)
+                if other is s or (other.state == EMPTY and not _fit(other.buffers, layout, uniq, laid)):
+                    self._allocate(other, layout, uniq, staged, laid)
             alloc_s = time.perf_counter() - t_alloc
+        s.laid_for = layout.serial
         s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
         s.healthy_since, s.checkpoint_id, s.taken_at = 0, "", time.time()
         s.skeleton = (layout.remap, skeleton, capture_rng() if rng is None else rng)
@@ -248,12 +252,9 @@ class SnapshotStore:
         self.stats["device_staging_bytes"] = staging.nbytes if staging is not None else 0
         return staging
 
-    def _placement(self, layout, uniq, staged):
-        if staged is None:
-            return None
-        if "placement" not in layout.memo:
-            layout.memo["placement"] = snapshot_staging.placement(uniq, self.device)
-        return layout.memo["placement"]
+    @staticmethod
+    def _placement(layout, staged):
+        return layout.placement if staged is not None else None
 
     def prepare(self):
         """Allocates, for every slot, buffers that fit the state as it is now, where its own do not:
@@ -265,21 +266,22 @@ class SnapshotStore:
         if self.policy.max_bytes and layout.nbytes > self.policy.max_bytes:
             return 0.0
         staged = self._staged(layout, uniq)
-        laid = self._placement(layout, uniq, staged)
+        laid = self._placement(layout, staged)
         for s in self.slots:
-            if _fit(s.buffers, uniq, laid) or _fit(s.spare, uniq, laid):
+            if _fit(s.buffers, layout, uniq, laid) or _fit(s.spare, layout, uniq, laid):
                 continue
             if s.state == EMPTY:
-                self._allocate(s, uniq, staged, laid)
+                self._allocate(s, layout, uniq, staged, laid)
             else:
-                s.spare = self._buffers(uniq, staged, laid)
+                s.spare = self._buffers(uniq, staged, laid) + (layout.serial,)
         return time.perf_counter() - t0
 
     def _buffers(self, uniq, staged=None, laid=None):
         return snapshot_staging.slot_buffers(uniq, staged, laid, self.cuda and self.policy.pin_memory)
 
-    def _allocate(self, s, uniq, staged=None, laid=None):
+    def _allocate(self, s, layout, uniq, staged=None, laid=None):
         s.host, s.flats, s.placement = self._buffers(uniq, staged, laid)
+        s.laid_for = layout.serial
         s.finite_flag = torch.ones((), dtype=torch.bool, pin_memory=self.cuda and self.policy.pin_memory)
 
     def before_update(self):

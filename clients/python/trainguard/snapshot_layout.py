@@ -6,10 +6,13 @@ per-tensor work after it (deduplicating tied weights, finding each tensor's devi
 state) is kept in a :class:`StateLayout` while the state dicts hold the very same tensors over the
 very same memory, which is checked at every take without a Python loop over the tensors.
 """
+import itertools
 import operator
 import weakref
 
 import torch
+
+from .snapshot_staging import placement
 
 _SHAPE = operator.attrgetter("shape")
 _DTYPE = operator.attrgetter("dtype")
@@ -17,6 +20,7 @@ _DEREF = operator.methodcaller("__call__")
 # one C++ loop over the tensors' addresses (torch >= 2.1; older ones lay the state out at every take)
 _ADDRESSES_EQUAL = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
 REUSES_LAYOUTS = _ADDRESSES_EQUAL is not None
+_SERIALS = itertools.count()
 
 
 class Ref:
@@ -79,10 +83,11 @@ def rebuild(host, spec):
 class StateLayout:
     """How the state's tensors lie, as a take found them: ``first`` (the walked index of each unique
     storage: tied weights are copied once), ``remap`` (each walked tensor's index among the unique
-    ones), their DTensor ``specs``, ``nbytes``, and which unique ones live on ``device`` (``here``) or
-    elsewhere (``elsewhere``: a non-fused optimizer's CPU step counts). ``memo`` keeps what the store
-    derives from it (its staging, the placement). It holds the tensors only weakly: a state that
-    was replaced (a checkpoint loaded) is not kept alive by it."""
+    ones), their DTensor ``specs``, ``nbytes``, whether each unique one lives on ``device``
+    (``placement``) and their indices there (``here``) or elsewhere (``elsewhere``: a non-fused
+    optimizer's CPU step counts). ``serial`` tells layouts apart (a slot's buffers remember the one
+    they were laid out for). ``memo`` keeps what the store derives from it (its staging). It holds
+    the tensors only weakly: a state that was replaced (a checkpoint loaded) is not kept alive by it."""
 
     @classmethod
     def build(cls, raw, device):
@@ -102,8 +107,10 @@ class StateLayout:
             uniq.append(t)
             self.specs.append(spec)
         self.nbytes = sum(t.numel() * t.element_size() for t in uniq)
-        self.here = [i for i, u in enumerate(uniq) if u.device == device]
-        self.elsewhere = [i for i, u in enumerate(uniq) if u.device != device]
+        self.placement = placement(uniq, device)
+        self.here = [i for i, on in enumerate(self.placement) if on]
+        self.elsewhere = [i for i, on in enumerate(self.placement) if not on]
+        self.serial = next(_SERIALS)
         self.memo = {}
         # A DTensor's shard may be swapped under the same object: such a state is laid out afresh
         # at every take, as is every state on a torch without the one-call address check.
