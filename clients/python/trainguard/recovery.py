@@ -257,8 +257,6 @@ class Recovery:
         self.ring.taken()
         self.counters["snapshots"] += 1
         self.registrar.add(s)
-        if wait and s.event is not None:
-            s.event.synchronize()
         self.registrar.register_ready(now=wait)  # on the CPU (or after wait) at once: later steps count towards it
 
     # ------------------------------------------------------------------ rollback

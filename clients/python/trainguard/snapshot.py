@@ -235,8 +235,7 @@ class SnapshotStore:
         """Copies, at once, the state's tensors that are not on this device: a non-fused optimizer's
         CPU step counts, or (model parallel) tensors on another GPU, whose streams the side stream
         and its event do not cover."""
-        if not layout.elsewhere:  # a fused optimizer: everything is on the device
-            s.host_finite = True
+        if not layout.elsewhere:  # a fused optimizer: everything is on the device (take() set host_finite)
             return
         others = [uniq[i] for i in layout.elsewhere]
         copy_tensors([s.host[i] for i in layout.elsewhere], others)
@@ -299,10 +298,7 @@ class SnapshotStore:
     def restore(self, s, rng=True):
         """Puts the snapshot's state back into the live model, optimizer, scheduler and scaler (the
         same parameter objects, so every reference to them stays valid)."""
-        if s.state == COPYING and s.event is not None:
-            s.event.synchronize()
-        s.ready()
-        if s.state not in (PENDING, KNOWN_GOOD):
+        if not s.ready(wait=True):
             raise ValueError(f"snapshot slot {s.slot} holds no complete state (state {s.state})")
         remap, skeleton, rng_state = s.skeleton
         def host(j):

@@ -151,17 +151,21 @@ class SnapshotRegistrar:
 
     def register_ready(self, now=False):
         """Registers snapshots whose copy has landed (on CUDA that is usually the next step); ``now``:
-        on this thread (the run's first snapshot, before the first report)."""
+        waits for the copy and registers on this thread (the run's first snapshot, before the first
+        report)."""
         keep, ready = [], []
         for s in self.to_register:
             if s.state == EMPTY:
                 continue
-            if not s.ready():
+            if not s.ready(wait=now):
                 keep.append(s)
                 continue
             if not s.finite():
-                log.warning("trainguard: snapshot of step %d holds non-finite values; discarded", s.step)
-                if not self.several_ranks():  # several: every rank drops it at once, in confirm()'s collective
+                if self.several_ranks():  # every rank drops it at once, in confirm()'s collective
+                    log.warning("trainguard: snapshot of step %d holds non-finite values; every rank drops it "
+                                "when they agree on it", s.step)
+                else:
+                    log.warning("trainguard: snapshot of step %d holds non-finite values; discarded", s.step)
                     s.state = EMPTY
                 continue
             ready.append(s)

@@ -17,11 +17,11 @@ class SnapshotRing:
     step discards every snapshot that had not yet earned its healthy steps (the sidecar rejects
     those too). ``KNOWN_GOOD`` here means the sidecar confirmed it (see recovery.Recovery)."""
 
-    def __init__(self, store, known_good_steps, max_overhead=None, several_ranks=lambda: False):
+    def __init__(self, store, known_good_steps, several_ranks=lambda: False):
         self.store = store
         self.known_good_steps = int(known_good_steps)
         self._healthy_since_take = 0
-        self.pace = SnapshotPace(store.policy.max_overhead if max_overhead is None else max_overhead)
+        self.pace = SnapshotPace(store.policy.max_overhead)
         # Several ranks must snapshot at the same steps, and each measures a different cost: they pace
         # by a number of healthy steps all of them agreed on (agree_pace), not by their own clocks.
         # ``several_ranks``: asked each time, the same test that decides the registrar's collectives.
@@ -29,7 +29,7 @@ class SnapshotRing:
         self.agreed_steps = 0
 
     @property
-    def agreed(self):
+    def several_ranks(self):
         return self._several_ranks()
 
     @property
@@ -53,8 +53,8 @@ class SnapshotRing:
                 # Several ranks enter the confirmation's collective for what they earned, so neither
                 # whether a copy has landed nor this rank's part being finite may decide it: they wait
                 # for the copy (long done after those steps) and agree on finiteness there.
-                if (s.healthy_since >= self.known_good_steps and s.ready(wait=self.agreed)
-                        and (self.agreed or s.finite())):
+                if (s.healthy_since >= self.known_good_steps and s.ready(wait=self.several_ranks)
+                        and (self.several_ranks or s.finite())):
                     earned.append(s)
         return earned
 
@@ -69,7 +69,7 @@ class SnapshotRing:
     def due(self):
         if self.pending():
             return False
-        if self.agreed:
+        if self.several_ranks:
             return self._healthy_since_take >= max(self.store.policy.interval, self.agreed_steps)
         return self._healthy_since_take >= self.store.policy.interval and self.pace.allows()
 
