@@ -339,3 +339,19 @@ def test_checksum_reference_matches_the_sidecars_known_values():
     assert hex64(tg1(b"trainguard")) == "307a5862ae24af81"
     assert hex64(tg1(pattern)) == "dfd36bcd658d5fed"
     assert tg1(pattern[:-1]) != tg1(pattern) != tg1(pattern + b"\0")
+
+
+def test_fp16_weights_whose_l2_norm_overflows_fp16_are_not_called_non_finite():
+    # prevents: a false NonFiniteUpdate (the update undone, the run stopped) for finite fp16 weights:
+    # 10,000 values of 1000 have an L2 norm of 1e5, above fp16's largest 65504
+    from trainguard.protect import UpdateProtector
+    model = torch.nn.Linear(100, 100, bias=False).half()
+    with torch.no_grad():
+        model.weight.fill_(1000.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    protector = UpdateProtector(model, opt)
+    protector.check(protector.snapshot(), step=0)  # no raise
+    with torch.no_grad():
+        model.weight[3, 7] = float("nan")
+    with pytest.raises(NonFiniteUpdate):
+        protector.check(protector.snapshot(), step=1)

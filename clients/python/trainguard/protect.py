@@ -10,7 +10,7 @@ import logging
 import torch
 
 from .errors import NonFiniteUpdate
-from .tensors import copy_tensors
+from .tensors import copy_tensors, foreach_norms
 
 log = logging.getLogger("trainguard")
 
@@ -57,8 +57,8 @@ class UpdateProtector:
     def check(self, snap, step):
         """Raises NonFiniteUpdate (after undoing the update) when a parameter went non-finite."""
         params = snap[0]
-        norms = [n.float() for n in (torch._foreach_norm([p.detach() for p in params])
-                                     if hasattr(torch, "_foreach_norm") else [p.detach().norm() for p in params])]
+        # max |x|, not the L2 norm: a finite fp16 tensor's L2 norm can overflow fp16 (a false alarm)
+        norms = foreach_norms([p.detach() for p in params], float("inf"))
         ok = torch.isfinite(torch.stack(norms)).tolist()  # one device read
         if all(ok):
             return

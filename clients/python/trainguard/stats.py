@@ -4,26 +4,7 @@ Everything stays on the device until ``Guard.step`` reads one packed tensor once
 """
 import torch
 
-
-_NORM_TAKES_DTYPE = [True]  # torch._foreach_norm(..., dtype=) exists (torch 2.x); found out on first use
-
-
-def _foreach_norms(grads):
-    """Per-tensor L2 norms as float32 tensors, one fused kernel per device/dtype group where available
-    (computed in float32 where torch allows it, else in the gradients' dtype and then converted)."""
-    if hasattr(torch, "_foreach_norm"):
-        if _NORM_TAKES_DTYPE[0]:
-            try:
-                return torch._foreach_norm(grads, 2, dtype=torch.float32)
-            except TypeError:  # torch 1.13: no dtype argument
-                _NORM_TAKES_DTYPE[0] = False
-            except RuntimeError:  # sparse gradients, mixed devices on old builds
-                return [torch.linalg.vector_norm(g.float()) for g in grads]
-        try:
-            return [n.float() for n in torch._foreach_norm(grads)]
-        except (RuntimeError, TypeError):
-            pass
-    return [torch.linalg.vector_norm(g.float()) for g in grads]
+from .tensors import foreach_norms
 
 
 def grad_norms(groups, device):
@@ -41,7 +22,7 @@ def grad_norms(groups, device):
         if any(type(g) is not torch.Tensor for g in grads):
             # DTensor gradients (FSDP2): this rank's shard; the ranks' norms are combined by the caller
             grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
-        norms = _foreach_norms(grads)
+        norms = foreach_norms(grads)
         try:
             stacked = torch.stack(norms)
             if stacked.device != device:

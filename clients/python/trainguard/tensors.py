@@ -1,5 +1,26 @@
-"""Two whole-state tensor operations the snapshots and the update protector share."""
+"""Whole-state tensor operations the gate, the snapshots and the update protector share."""
 import torch
+
+_NORM_TAKES_DTYPE = [True]  # torch._foreach_norm(..., dtype=) exists (torch 2.x); found out on first use
+
+
+def foreach_norms(tensors, ord=2):
+    """Per-tensor norms (``ord`` 2, or ``inf`` for max |x|) as float32 tensors, one fused kernel per
+    device/dtype group where available, computed in float32 where torch allows it (else in the
+    tensors' dtype, then converted)."""
+    if hasattr(torch, "_foreach_norm"):
+        if _NORM_TAKES_DTYPE[0]:
+            try:
+                return torch._foreach_norm(tensors, ord, dtype=torch.float32)
+            except TypeError:  # torch 1.13: no dtype argument
+                _NORM_TAKES_DTYPE[0] = False
+            except RuntimeError:  # sparse tensors, mixed devices on old builds
+                return [torch.linalg.vector_norm(t.float(), ord) for t in tensors]
+        try:
+            return [n.float() for n in torch._foreach_norm(tensors, ord)]
+        except (RuntimeError, TypeError):
+            pass
+    return [torch.linalg.vector_norm(t.float(), ord) for t in tensors]
 
 
 def copy_tensors(dst, src, non_blocking=False):
@@ -22,6 +43,5 @@ def all_finite(tensors, on=None):
     floats = [t for t in tensors if t.is_floating_point() and t.numel()]
     if not floats:
         return None
-    norms = (torch._foreach_norm(floats, float("inf")) if hasattr(torch, "_foreach_norm")
-             else [f.abs().max() for f in floats])
-    return torch.isfinite(torch.stack([n.float() if on is None else n.float().to(on) for n in norms])).all()
+    norms = foreach_norms(floats, float("inf"))
+    return torch.isfinite(torch.stack(norms if on is None else [n.to(on) for n in norms])).all()
