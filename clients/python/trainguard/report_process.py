@@ -208,8 +208,9 @@ class ReportProcess:
     def _start(self):
         """On the starting thread: the new child is installed once it said READY, or the failure counted
         (and logged where the child is given up)."""
-        if hasattr(signal, "pthread_sigmask"):  # the settings go to a child that may already be dead
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+        # The settings go to a child that may already be dead. Not remembered in _sigpipe_blocked:
+        # this thread is short-lived, and its id will be reused.
+        _block_sigpipe_here()
         child = error = None
         try:
             self._spawning = _popen()  # published: a fork closes its pipes, close() kills it
@@ -256,16 +257,22 @@ class ReportProcess:
                 pass
 
     def _block_sigpipe(self):
-        # A writer thread with SIGPIPE blocked gets EPIPE from a dead child instead of a signal,
-        # which a program that restored SIGPIPE's default would die of.
+        """Once per writer thread (``_block_sigpipe_here``)."""
         me = threading.get_ident()
-        if me not in self._sigpipe_blocked and hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+        if me not in self._sigpipe_blocked:
+            _block_sigpipe_here()
             self._sigpipe_blocked.add(me)
 
     def _read_frame(self, timeout):
         n, status = _RESP.unpack(self._answers.read(_RESP.size, timeout))
         return status, self._answers.read(n, timeout)
+
+
+def _block_sigpipe_here():
+    """A writer thread with SIGPIPE blocked gets EPIPE from a dead child instead of a signal, which a
+    program that restored SIGPIPE's default would die of."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
 
 
 def _reason(e):
