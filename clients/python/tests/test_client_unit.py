@@ -1,8 +1,10 @@
 """Client logic against a small real-gRPC stand-in (fake_sidecar.py); no JVM needed."""
+import logging
 import math
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 import trainguard
 from trainguard import Action
 from trainguard.guard import Guard, NonFiniteUpdate
+from trainguard.report_process import ReportProcess
 from fake_sidecar import FakeSidecar
 from models import batch, make, train, weights_finite
 
@@ -355,3 +358,23 @@ def test_fp16_weights_whose_l2_norm_overflows_fp16_are_not_called_non_finite():
         model.weight[3, 7] = float("nan")
     with pytest.raises(NonFiniteUpdate):
         protector.check(protector.snapshot(), step=1)
+
+
+def test_no_thread_to_start_the_child_on_gives_it_up_once_and_loudly(monkeypatch, caplog):
+    # prevents: a start that cannot get a thread failing silently, and every later call trying again
+    real_start = threading.Thread.start
+    tries = []
+
+    def refuse(thread):
+        if thread.name == "trainguard-report-process-start":
+            tries.append(thread)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    proc = ReportProcess("unix:///nonexistent.sock")
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        assert not proc.start()
+    assert not proc.usable and "can't start new thread" in caplog.text
+    assert proc.call(b"", 1.0) is None and len(tries) == 1  # the caller sends it; no second try
+    proc.close()

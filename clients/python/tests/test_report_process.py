@@ -233,26 +233,6 @@ def test_where_no_child_can_start_reports_are_sent_in_process(sidecar, monkeypat
     g.close()
 
 
-def test_no_thread_to_start_the_child_on_gives_it_up_once_and_loudly(monkeypatch, caplog):
-    # prevents: a start that cannot get a thread failing silently, and every later call trying again
-    real_start = report_process.threading.Thread.start
-    tries = []
-
-    def refuse(thread):
-        if thread.name == "trainguard-report-process-start":
-            tries.append(thread)
-            raise RuntimeError("can't start new thread")
-        real_start(thread)
-
-    monkeypatch.setattr(report_process.threading.Thread, "start", refuse)
-    proc = ReportProcess("unix:///nonexistent.sock")
-    with caplog.at_level(logging.WARNING, logger="trainguard"):
-        assert not proc.start()
-    assert not proc.usable and "can't start new thread" in caplog.text
-    assert proc.call(b"", 1.0) is None and len(tries) == 1  # the caller sends it; no second try
-    proc.close()
-
-
 def test_a_wrong_target_fails_as_unreachable_in_words(tmp_path):
     proc = ReportProcess("unix://" + str(tmp_path / "nothing.sock"))
     try:
