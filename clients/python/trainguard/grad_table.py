@@ -4,7 +4,7 @@
 valid while the gradients stay where they were; with ``zero_grad(set_to_none=True)`` (torch's
 default) they are freed after every step and the caching allocator puts them somewhere else on the
 next backward. Here the addresses are data: each step they are written into a small device table
-(one host-to-device copy from pinned memory, ordered on the stream, no sync), and a kernel that
+(one host-to-device copy, ordered on the stream, no sync), and a kernel that
 reads the table can sit in a CUDA graph for the whole run.
 
 Each program sums the squares of one chunk of one gradient in float32 and writes one partial; the
@@ -139,7 +139,6 @@ class GradTable:
         #: kernel feeds the update an unrounded fp32 quotient (a bf16/fp16 gradient would be rounded first)
         self.float32_only = set(by_dtype) <= {torch.float32}
         # the CPU: Triton's interpreter (TRITON_INTERPRET=1), the tests' check of the kernel
-        self._pinned = device.type == "cuda"
         self._last = None  # the addresses in the device table
         self.copies = 0    # host-to-device copies of the addresses (the steps they moved on)
 
@@ -179,9 +178,11 @@ class GradTable:
         if ptrs != self._last:  # they moved: on nearly every step measured (zero_grad(set_to_none=True))
             self._last = ptrs
             self.copies += 1
-            # pinned and stream-ordered, no sync: torch's pinned allocator keeps the host buffer
-            # until the copy has run
-            self._ptrs[:len(ptrs)].copy_(torch.tensor(ptrs, dtype=torch.int64, pin_memory=self._pinned), non_blocking=True)
+            # From pageable memory: the driver stages the 1.2 KB before the call returns, so the
+            # temporary may go at once, and the copy is stream-ordered without a sync. A pinned
+            # temporary (torch.tensor(..., pin_memory=True)) held the GIL for 117 us a step in the
+            # compiled loop (py-spy, docs/benchmarks.md, issue 21, thirteenth pass).
+            self._ptrs[:len(ptrs)].copy_(torch.tensor(ptrs, dtype=torch.int64), non_blocking=True)
         return True
 
     def sums(self):
