@@ -55,6 +55,10 @@ class GatedStep:
     def ready(self):
         return self.event is None or self.event.query()  # never blocks
 
+    def finite(self):
+        """Whether every value of the step was finite: the healthy step's check, which builds nothing."""
+        return all(map(math.isfinite, self.host.tolist()))
+
     def fault(self):
         vals = self.host.tolist()
         mods = vals[2 + self.n_groups:]
@@ -265,18 +269,13 @@ class GatedPath:
         if self.multi:
             if rec.event is not None:
                 rec.event.synchronize()  # agreed_host_path() already waited for it this step
-            faulty = dist_agree.reduced_flags(rec.host_vec.tolist(), g.world_size, self.sharded)[0]
-        else:
-            if not rec.ready():
-                # the host does not know yet (verdict_lag=None and the device is behind): waiting
-                # would be a host sync on a step that may be healthy
+            if not dist_agree.reduced_flags(rec.host_vec.tolist(), g.world_size, self.sharded)[0]:
                 return loss
-            faulty = None
-        fault = rec.fault()
-        if faulty is None:
-            faulty = fault.nonfinite
-        if not faulty:
+        elif not rec.ready() or rec.finite():
+            # not ready: the host does not know yet (verdict_lag=None and the device is behind), and
+            # waiting would be a host sync on a step that may be healthy
             return loss
+        fault = rec.fault()
         able = rec.replay_fn is not None and replay is not None and rec.rng is not None
         if not rcv.should_replay(rec.step, fault, able, suppress, wants=True,
                                  why_unable="pass guard.step(..., replay=fn) at the faulty step and the step after it "
