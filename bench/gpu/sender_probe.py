@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--sample", type=float, default=0.0,
                     help="every SAMPLE ms, charge the training thread's CPU since the last sample to where it is")
     ap.add_argument("--cprofile", action="store_true", help="cProfile the guard's calls on the training thread")
+    ap.add_argument("--ready-file", help="created after the warm-up, for a sampler to attach then (gil_profile.py)")
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.unguarded and (a.mute or a.cprofile or a.kw != "{}"):
@@ -114,6 +115,8 @@ def main():
         if g is not None:
             g.flush(10)
         torch.cuda.synchronize()
+        if a.ready_file:
+            open(a.ready_file, "w").close()
         sender = time.pthread_getcpuclockid(g.sender._thread.ident) if g is not None else None
         main_clock = time.pthread_getcpuclockid(threading.get_ident())
         s0 = time.clock_gettime(sender) if sender is not None else 0.0
