@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# On the GPU machine (after `source bench/gpu/sidecar-up.sh`, with py-spy's wheel in .whl): who holds
+# On the GPU machine (after `source bench/gpu/sidecar-up.sh`; bench/gpu/run.sh puts py-spy's wheel in .whl): who holds
 # the GIL during sender_probe.py's timed steps, guarded and unguarded. py-spy attaches once the
 # probe's warm-up (and compilation) is over, samples RATE times a second for SECONDS without pausing
-# the process, and gil_profile.py summarises. Results in $OUT/<TAG>-gil-<run>.{raw,txt,json}.
+# the process, and gil_profile.py summarises. Results in $OUT/$TAG-<run>.{raw,txt,json,log}.
 set -uo pipefail
 TAG=${TAG:-gil}; RATE=${RATE:-1000}; SECONDS_=${SECONDS_:-8}; STEPS=${STEPS:-700}
 SPY=${SPY:-/tmp/site/bin/py-spy}

@@ -3,7 +3,8 @@
 #  .bundle/app.tar.xz  the sidecar built without the DJL native jar (-Dno-djl-native), with the
 #                      other platforms' native libraries stripped from sqlite-jdbc, jna, pytorch-jni
 #  .bundle/jre.tar.xz  a jlink-ed Java 17 runtime (the GPU machine has no Java)
-#  .whl/               grpcio + protobuf wheels for CPython 3.12 manylinux (the GPU machine's python3)
+#  .whl/               grpcio + protobuf wheels for CPython 3.12 manylinux (the GPU machine's python3),
+#                      and py-spy's (gil-profile-cmd.sh)
 # Both folders are git-ignored; name them in the device call's carry. Together < 64 MiB.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -46,10 +47,10 @@ mkdir -p "$REPO/.bundle" "$REPO/.whl"
 rm -f "$REPO"/.bundle/*
 tar -cJf "$REPO/.bundle/jre.tar.xz" -C ${JRE_DIR:-/tmp/gpu-jre} .
 tar -cJf "$REPO/.bundle/app.tar.xz" -C "$BUILD/target" quarkus-app
-rm -f "$REPO"/.whl/grpcio-* "$REPO"/.whl/protobuf-*
+rm -f "$REPO"/.whl/grpcio-* "$REPO"/.whl/protobuf-* "$REPO"/.whl/py_spy-*
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$REPO/.whl" grpcio==1.85.3 protobuf==7.36.2
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$REPO/.whl" grpcio==1.85.3 protobuf==7.36.2 py-spy==0.4.3
 du -sh "$REPO/.bundle" "$REPO/.whl"
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | du -ch --files0-from=- | tail -1)
 echo
