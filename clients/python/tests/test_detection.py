@@ -118,6 +118,30 @@ def test_reused_dropout_nan_from_rnn_is_blamed_on_rnn(sidecar):
     assert all(verdicts[s].action == Action.APPLY for s in verdicts if s != 8)
 
 
+class Wrapper(nn.Module):
+    """A framework's wrapper, holding the model as DistributedDataParallel does: its one child ``module``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module = model
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def test_a_wrapped_model_is_watched_block_by_block(sidecar):
+    # Prevents: a DDP (torch.compile, FSDP1) run naming only "module", the whole model, as where its NaN appeared.
+    model, opt = make()
+    wrapped = Wrapper(Wrapper(model))
+    g = Guard(wrapped, opt, "nan-in-wrapped", target=sidecar.target, deadline=5.0)
+    assert g.watch.names == [f"module.module.{n}" for n in ("inp", "blocks.0", "blocks.1", "out")]
+    h = model.blocks[1][0].register_forward_hook(lambda mod, inp, out: out * float("nan"))
+    v = train(g, wrapped, opt, 1)[0]
+    h.remove()
+    g.close()
+    assert v.action == Action.SKIP and v.first_nonfinite_module == "module.module.blocks.1"
+
+
 # ---------------------------------------------------------------- 2. the validation audit
 
 class Processor:

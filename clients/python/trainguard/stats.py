@@ -154,14 +154,26 @@ def first_non_finite(names, finite):
     return ""
 
 
+# The attribute under which a framework's wrapper holds the model it wraps, as its only child:
+# DistributedDataParallel's ``module``, torch.compile's ``_orig_mod``, FSDP1's ``_fsdp_wrapped_module``.
+WRAPPED = ("module", "_orig_mod", "_fsdp_wrapped_module")
+
+
 def auto_watch(model):
     """Default watched modules: the model's children, with containers (ModuleList/Sequential/
-    ModuleDict) opened one level so that each block is watched on its own."""
+    ModuleDict) opened one level so that each block is watched on its own. A framework's wrapper
+    (``WRAPPED``) is looked through: its one child is the whole model, whose output alone would say
+    nothing about where a NaN appeared. A module of the user's with one child is not."""
+    prefix = ""
+    kids = list(model.named_children())
+    while len(kids) == 1 and kids[0][0] in WRAPPED:
+        prefix += kids[0][0] + "."
+        kids = list(kids[0][1].named_children())
     names = []
     containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
-    for name, child in model.named_children():
+    for name, child in kids:
         if isinstance(child, containers):
-            names.extend(f"{name}.{sub}" for sub, _ in child.named_children())
+            names.extend(f"{prefix}{name}.{sub}" for sub, _ in child.named_children())
         else:
-            names.append(name)
+            names.append(prefix + name)
     return names
