@@ -7,6 +7,10 @@ is a fresh Trainer whose steps warmup..warmup+steps are timed inside the trainin
 synchronizes CUDA and reads the clock), so Trainer start-up is not counted. Ratio = guarded ms/step
 over the mean of the two unguarded runs around it; median, min and max over the rounds.
 
+The guard watches the GPT's blocks, as overhead.py's does (``watched``): named through the
+framework's module that holds the GPT, which ``watch="auto"`` would watch as one module. Until the
+seventeenth session it did, so the earlier runs' figures carry no per-block statistics.
+
 Usage: python frameworks.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 5 --steps 30 --out res.json
        python frameworks.py --blocks 20 --rounds 10 --batch 8   # HF: guarded and unguarded blocks in one Trainer
        python frameworks.py --blocks 10 --rounds 30 --batch 8 --frameworks hf,hf-nosnap,hf-unsent  # diagnostics
@@ -26,6 +30,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
 sys.path.insert(0, HERE)
 from gpt_model import GPT, GPT2_SMALL  # noqa: E402
+
+
+def watched(cfg):
+    """The GPT's blocks (emb, h.0.., head) under the attribute ``gpt`` that LM and HFWrapped hold it in."""
+    return ["gpt.emb"] + [f"gpt.h.{i}" for i in range(cfg["layers"])] + ["gpt.head"]
 
 
 class Clock:
@@ -68,7 +77,8 @@ def lightning_run(cfg, B, data, guarded, target, warmup, steps, run):
     cbs = [Timer()]
     if guarded:
         from trainguard.lightning import TrainguardCallback
-        cbs.insert(0, TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16))
+        cbs.insert(0, TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
+                                         watch=watched(cfg)))
     trainer = pl.Trainer(max_steps=warmup + steps + 1, accelerator="gpu", devices=1, precision="bf16-mixed",
                          callbacks=cbs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0)
@@ -116,7 +126,7 @@ def hf_run(cfg, B, data, guarded, target, warmup, steps, run, out_dir, at_backwa
     if guarded:
         from trainguard.hf import TrainguardCallback
         cbs.insert(0, TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
-                                         measure_at_backward=at_backward))
+                                         measure_at_backward=at_backward, watch=watched(cfg)))
     hf_train(cfg, B, data, out_dir, warmup + steps + 1, cbs, repeat=64)
     gated = cbs[0].guard.counters["device_gated_steps"] if guarded else None
     if guarded:
@@ -194,7 +204,7 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
     from trainguard.hf import TrainguardCallback
     blocks = Blocks(warmup, size, pairs)
     tg = TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
-                            measure_at_backward=at_backward, snapshots=snapshots)
+                            measure_at_backward=at_backward, snapshots=snapshots, watch=watched(cfg))
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
