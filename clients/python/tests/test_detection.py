@@ -13,7 +13,7 @@ from torch import nn
 
 from trainguard import Action
 from trainguard.guard import Guard
-from trainguard.stats import first_non_finite
+from trainguard.stats import auto_watch, first_non_finite
 from models import batch, make, train, weights_finite
 
 FAST = {"known_good_healthy_steps": 5, "validation_warmup_steps": 5, "validation_interval_steps": 5}
@@ -140,6 +140,7 @@ def test_a_wrapped_model_is_watched_block_by_block(sidecar):
     h.remove()
     g.close()
     assert v.action == Action.SKIP and v.first_nonfinite_module == "module.module.blocks.1"
+    assert auto_watch(Wrapper(nn.Linear(2, 2))) == ["module"]  # a wrapped leaf is watched, not dropped
 
 
 # ---------------------------------------------------------------- 2. the validation audit

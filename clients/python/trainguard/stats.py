@@ -162,11 +162,12 @@ WRAPPED = ("module", "_orig_mod", "_fsdp_wrapped_module")
 def auto_watch(model):
     """Default watched modules: the model's children, with containers (ModuleList/Sequential/
     ModuleDict) opened one level so that each block is watched on its own. A framework's wrapper
-    (``WRAPPED``) is looked through: its one child is the whole model, whose output alone would say
-    nothing about where a NaN appeared. A module of the user's with one child is not."""
+    (one child, named as in ``WRAPPED``) is looked through: its child is the whole model, whose
+    output alone would say nothing about where a NaN appeared. A module whose one child has any other
+    name is not (the user names its blocks), nor a wrapped model without children (it is watched)."""
     prefix = ""
     kids = list(model.named_children())
-    while len(kids) == 1 and kids[0][0] in WRAPPED:
+    while len(kids) == 1 and kids[0][0] in WRAPPED and any(True for _ in kids[0][1].children()):
         prefix += kids[0][0] + "."
         kids = list(kids[0][1].named_children())
     names = []
