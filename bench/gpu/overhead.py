@@ -40,8 +40,7 @@ Options that change every variant alike:
                guard does before the next launches lies on the critical path instead of being hidden
   --compile    torch.compile: the baseline is one compiled copy of the model; each guarded variant
                gets its own copy (same initial weights, its own fused AdamW), hooked by its Guard and
-               then compiled, so no variant's hooks change another's graph; --compile-mode MODE
-               passes torch.compile's mode (reduce-overhead: the compiled steps replayed as CUDA graphs)
+               then compiled, so no variant's hooks change another's graph; --compile-mode: its mode
   --gc-freeze  after the warm-up: gc.collect(), then gc.freeze(), so that the full collection
                torch.compile's objects leave pending (765 ms in results/2026-11-30-s16-compile-b8-knobs.json)
                is not paid inside a round by whichever variant allocates first (long runs often time the
@@ -59,7 +58,6 @@ Usage: python overhead.py --target unix:///tmp/tg.sock --batch 8 16 --rounds 7 -
 """
 import argparse
 import copy
-import functools
 import cProfile
 import gc
 import io
@@ -101,8 +99,7 @@ def main():
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--host-sync", action="store_true")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--compile-mode", default=None, help="torch.compile's mode for every compiled copy, e.g. "
-                    "reduce-overhead (CUDA graphs: the launches of a launch-bound step replayed)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile's mode, e.g. reduce-overhead")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--gc-freeze", action="store_true")
     ap.add_argument("--out", default=None)
@@ -117,7 +114,8 @@ def main():
     info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(dev),
             "gpu": torch.cuda.get_device_name(0) if cuda else platform.processor(), "config": cfg,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": a.rounds, "steps": a.steps,
-            "anomaly_steps": a.anomaly_steps, "host_sync": a.host_sync, "compile": a.compile, "compile_mode": a.compile_mode, "results": {}}
+            "anomaly_steps": a.anomaly_steps, "host_sync": a.host_sync, "compile": a.compile,
+            "compile_mode": a.compile_mode, "results": {}}
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -135,8 +133,7 @@ def main():
         info["parameters"] = nparams
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
         copies = {}  # --compile: variant -> (its own model copy, its optimizer)
-        compile_ = functools.partial(torch.compile, mode=a.compile_mode)
-        base_fwd = compile_(model) if a.compile else model
+        base_fwd = torch.compile(model, mode=a.compile_mode) if a.compile else model
 
         def pair(name):
             """The model (callable) and optimizer a variant steps."""
@@ -145,7 +142,8 @@ def main():
             if name not in copies:
                 m = copy.deepcopy(model)
                 copies[name] = [m, torch.optim.AdamW(m.parameters(), lr=3e-4, weight_decay=0.1, fused=True),
-                                compile_(m) if name in ("control", "d2h") else None]  # a guarded copy compiles once hooked
+                                # a guarded copy compiles once hooked
+                                torch.compile(m, mode=a.compile_mode) if name in ("control", "d2h") else None]
             m = copies[name]
             return (m[2] if m[2] is not None else m[0]), m[1]
         seq, vocab = cfg["seq"], cfg["vocab"]
@@ -188,7 +186,7 @@ def main():
                     g.gated.graphs._capture_divide = lambda *args: None
                 clock.attach(g)
                 if a.compile:
-                    copies[name][2] = compile_(m)  # after the Guard's hooks are on: they are traced in
+                    copies[name][2] = torch.compile(m, mode=a.compile_mode)  # after the Guard's hooks: traced in
                 else:
                     g.pause()
                 guards[name], step_no[name] = g, 0

@@ -136,4 +136,6 @@ def test_a_model_compiled_into_cuda_graphs_is_gated_as_the_plain_one(fake):
     assert not all(torch.equal(x, y) for x, y in zip(compiled[10], compiled[11]))
     for a, b in zip(plain[-1], compiled[-1]):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
-    assert not any(c["told"][NAN_STEPS[0]][2]) and all(c["told"][NAN_STEPS[1]][2])  # the statistics, by address
+    names = c["told"][NAN_STEPS[0]][1]
+    assert names and names == p["told"][NAN_STEPS[0]][1]  # the compiled model's watched statistics were read
+    assert not any(c["told"][NAN_STEPS[0]][2]) and all(c["told"][NAN_STEPS[1]][2])  # by address, as on the plain one
