@@ -179,9 +179,10 @@ class GradTable:
             self._last = ptrs
             self.copies += 1
             # From pageable memory: the driver stages the 1.2 KB before the call returns, so the
-            # temporary may go at once, and the copy is stream-ordered without a sync. A pinned
-            # temporary (torch.tensor(..., pin_memory=True)) held the GIL for 117 us a step in the
-            # compiled loop (py-spy, docs/benchmarks.md, issue 21, thirteenth pass).
+            # temporary may go at once; the copy is stream-ordered (CUDA allows a pageable copy to
+            # wait for the stream; the upload's measured time shows no such wait). A pinned
+            # temporary (torch.tensor(..., pin_memory=True)) held the GIL 81-117 us a step in the
+            # compiled loop, this 61 (py-spy, docs/benchmarks.md, issue 21, thirteenth pass).
             self._ptrs[:len(ptrs)].copy_(torch.tensor(ptrs, dtype=torch.int64), non_blocking=True)
         return True
 
