@@ -360,6 +360,17 @@ def test_fp16_weights_whose_l2_norm_overflows_fp16_are_not_called_non_finite():
         protector.check(protector.snapshot(), step=1)
 
 
+def test_a_float64_state_is_checked_in_one_foreach_pass(monkeypatch):
+    # prevents: every snapshot's finiteness check of a state holding float64 going tensor by tensor
+    # (an fp32 copy each) because the fused norm refuses to narrow float64 to float32
+    from trainguard.tensors import all_finite
+    monkeypatch.setattr(torch.linalg, "vector_norm", None)  # the per-tensor fallback would fail here
+    state = [torch.full((4,), 1e10, dtype=torch.float64), torch.ones(3)]
+    assert bool(all_finite(state))
+    state[0][2] = float("inf")
+    assert not bool(all_finite(state))
+
+
 def test_no_thread_to_start_the_child_on_gives_it_up_once_and_loudly(monkeypatch, caplog):
     # prevents: a start that cannot get a thread failing silently, and every later call trying again
     real_start = threading.Thread.start

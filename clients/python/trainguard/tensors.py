@@ -14,9 +14,9 @@ def foreach_norms(tensors, ord=2):
                 return torch._foreach_norm(tensors, ord, dtype=torch.float32)
             except TypeError:  # torch 1.13: no dtype argument
                 _NORM_TAKES_DTYPE[0] = False
-            except RuntimeError:  # sparse tensors, mixed devices on old builds
-                return [torch.linalg.vector_norm(t.float(), ord) for t in tensors]
-        try:
+            except RuntimeError:  # a float64 tensor (no narrowing to float32), sparse, mixed devices
+                pass
+        try:  # in the tensors' dtypes: a float64 norm beyond float32's range becomes inf (the safe side)
             return [n.float() for n in torch._foreach_norm(tensors, ord)]
         except (RuntimeError, TypeError):
             pass
