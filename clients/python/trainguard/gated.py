@@ -41,8 +41,7 @@ class GatedStep:
     step: int
     verdict: Verdict
     host: Any                  # [loss, grad_norm, group norms..., module stats...] (host copy, maybe in flight)
-    host_vec: Any              # several ranks: the reduced agreement vector (host copy), else None
-    event: Any                 # CUDA event after which both host copies are valid; None on the CPU
+    event: Any                 # CUDA event after which the host copy is valid; None on the CPU
     n_groups: int
     names: List[str]
     threshold: float
@@ -75,6 +74,7 @@ class GatedPath:
         self.sharded = sharded       # FSDP/ZeRO: the global norm is the root of the sum of squares
         self.host_next = False       # several ranks: they agreed that the next step takes the host path
         self.prev = None             # several ranks: (host copy of the reduced vector, event) of the last step
+        self.prev_faulty = False     # several ranks: whether they agreed that the last step was non-finite
         self.futs = collections.deque()  # reports not yet answered
         self.last = None             # the last gated step (GatedStep), until the next step looked at it
         self._graphs = None          # one rank: the measure-and-gate kernels as a CUDA graph (gate_graph)
@@ -120,12 +120,13 @@ class GatedPath:
         """Several ranks: whether they agreed (on the device, in the last step's collective, or in
         the last host step's agreement) that this step takes the host path."""
         prev, self.prev = self.prev, None
+        self.prev_faulty = False
         if prev is None:
             return self.host_next
         vec, event = prev
         if event is not None:
             event.synchronize()  # the last step's collective; normally long done
-        _, need, _ = dist_agree.reduced_flags(vec.tolist(), self.g.world_size, self.sharded)
+        self.prev_faulty, need, _ = dist_agree.reduced_flags(vec.tolist(), self.g.world_size, self.sharded)
         self.host_next = need
         return need
 
@@ -192,7 +193,7 @@ class GatedPath:
         verdict = Verdict(step, Action.APPLY, clip_threshold=thr, validation_allowed=g._validation_hint,
                           bounds=bounds, decided_locally=True, device_gated=True)
         rec = g.recovery
-        self.last = GatedStep(step, verdict, host, host_vec, event, ng, names, thr, lrs, g.generation,
+        self.last = GatedStep(step, verdict, host, event, ng, names, thr, lrs, g.generation,
                               replay_fn=replay, rng=rec.step_rng(), position=rec.position())
         return verdict
 
@@ -267,9 +268,7 @@ class GatedPath:
         if rec is None or rcv.replay_policy.mode == "off" or rec.generation != g.generation:
             return loss
         if self.multi:
-            if rec.event is not None:
-                rec.event.synchronize()  # agreed_host_path() already waited for it this step
-            if not dist_agree.reduced_flags(rec.host_vec.tolist(), g.world_size, self.sharded)[0]:
+            if not self.prev_faulty:  # read from the same collective by agreed_host_path(), this step
                 return loss
         elif not rec.ready() or rec.finite():
             # not ready: the host does not know yet (verdict_lag=None and the device is behind), and
