@@ -65,3 +65,10 @@ def test_ranks_whose_clip_thresholds_differ_divide_by_the_same_number():
     # both ranks clipped by the agreed threshold, and counted it
     expected = sum(n > agreed for n in r0["norm"])
     assert expected >= 10 and r0["clips"] == r1["clips"] == expected
+
+
+def test_a_threshold_entry_follows_the_threshold_and_whether_there_is_one():
+    from trainguard.distributed import ThresholdEntry
+    entry = ThresholdEntry(torch.device("cpu"))
+    for thr, want in [(0.3, [0.3, 1.0]), (0.5, [0.5, 1.0]), (0.0, [0.0, 0.0]), (0.2, [0.2, 1.0]), (0.2, [0.2, 1.0])]:
+        assert entry.of(thr).tolist() == want, thr

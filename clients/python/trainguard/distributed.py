@@ -98,8 +98,8 @@ NORM_SPREAD_TOLERANCE = 1e-5
 
 class ThresholdEntry:
     """A rank's clip threshold as its two entries of the gate collective, float64 ``[threshold, 1]``
-    (``[0, 0]`` without one), kept in one device buffer that two fill kernels rewrite when the
-    threshold changes (with an adaptive bound, most steps). A tensor made from host values would be a
+    (``[0, 0]`` without one), kept in one device buffer that a fill kernel rewrites when the
+    threshold changes (with an adaptive bound, most steps), and a second one when it starts or stops. A tensor made from host values would be a
     host-to-device copy that waits for the device: 1.13-1.25x under DDP on 2 H200s
     (bench/gpu/results/2026-11-30-s16-multi-gpu-agreed-2xh200.log). The collective copies the buffer
     (``torch.cat``) in stream order before the next rewrite."""
@@ -112,7 +112,8 @@ class ThresholdEntry:
         if threshold != self._value:
             has = threshold > 0
             self._threshold.fill_(float(threshold) if has else 0.0)
-            self._has.fill_(1.0 if has else 0.0)
+            if has != (self._value > 0):
+                self._has.fill_(1.0 if has else 0.0)
             self._value = threshold
         return self.tensor
 
@@ -153,7 +154,7 @@ def gate_collective(bad, need_host, local_norm, sharded, threshold):
         skip = (vec[0] > 0) | (var.sqrt() > NORM_SPREAD_TOLERANCE * mean)
         norm = mean
     inverse = vec[6] / vec[5].clamp(min=torch.finfo(torch.float64).tiny)  # [0, 0]: 0
-    return skip.float(), norm.float(), inverse.float(), vec
+    return skip.float(), norm.float(), inverse, vec  # inverse: float64, multiplied into a float32 divisor
 
 
 def reduced_flags(vec_values, world, sharded):
