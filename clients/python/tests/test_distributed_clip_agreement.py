@@ -15,9 +15,9 @@ from models import run_ranks
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
 
-# rank 0's sidecar clips every step of this model (grad norms 0.25-0.65) far down, rank 1's most
-# steps a little: agreed, they clip every step at 0.2
-TIGHT, LOOSE = 0.05, 0.35
+# rank 0's sidecar would clip every step of this model (grad norms 0.25-0.65), rank 1's none: agreed,
+# at their mean, they clip some steps and not others (the tightest would clip all, the loosest none)
+TIGHT, LOOSE = 0.1, 0.7
 
 
 def _worker(rank, world, port, targets, out_dir):
@@ -64,7 +64,7 @@ def test_ranks_whose_clip_thresholds_differ_divide_by_the_same_number():
     assert r0["hash"] == r1["hash"]  # and the same weights after every step
     # both ranks clipped by the agreed threshold, and counted it
     expected = sum(n > agreed for n in r0["norm"])
-    assert expected >= 10 and r0["clips"] == r1["clips"] == expected
+    assert 0 < expected < len(r0["norm"]) and r0["clips"] == r1["clips"] == expected, r0["norm"]
 
 
 def test_a_threshold_entry_follows_the_threshold_and_whether_there_is_one():
