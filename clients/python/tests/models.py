@@ -28,6 +28,15 @@ def weights_finite(model):
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def weights_hash(model):
+    """sha256 of every parameter's bytes: equal across ranks exactly when their weights are."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def make(seed=0, lr=1e-2, opt="adamw", dtype=torch.float32):
     torch.manual_seed(seed)
     model = MLP().to(dtype)

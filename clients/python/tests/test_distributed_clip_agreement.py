@@ -2,7 +2,6 @@
 own verdicts, and two verdicts for the same step can carry different bounds (the sidecar updates
 its statistics with every rank's report in turn). The ranks must still divide their identical
 gradients by the same number, or their weights part for good."""
-import hashlib
 import os
 import sys
 
@@ -22,7 +21,7 @@ TIGHT, LOOSE = 0.1, 0.7
 
 def _worker(rank, world, port, targets, out_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, weights_hash
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp("ddp")
@@ -38,10 +37,7 @@ def _worker(rank, world, port, targets, out_dir):
         g.step(step, loss)
         g.optimizer_step()
         opt.zero_grad(set_to_none=True)
-        h = hashlib.sha256()
-        for p in model.module.parameters():
-            h.update(p.detach().contiguous().numpy().tobytes())
-        rec["hash"].append(h.hexdigest())
+        rec["hash"].append(weights_hash(model.module))
     g.flush(10)
     rec["clips"] = g.counters["clips"]
     g.close()

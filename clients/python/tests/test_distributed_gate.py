@@ -1,7 +1,6 @@
 """2 gloo ranks on the device gate (fused AdamW on the CPU honours found_inf/grad_scale like CUDA):
 the ranks agree in one in-stream all_reduce, a NaN on one rank skips the step on both, and the
 weights stay identical across ranks."""
-import hashlib
 import os
 import sys
 import tempfile
@@ -15,16 +14,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
 
 
-def weights_hash(model):
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrupt_step):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, leave_gloo, parallel_mlp, weights_finite
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, weights_finite, weights_hash
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp(mode)
