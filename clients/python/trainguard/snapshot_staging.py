@@ -131,9 +131,9 @@ class StagingChoice:
         on_device = [t for t in tensors if t.device == self.device]
         if len(on_device) + sum(t.device.type == "cpu" for t in tensors) != len(tensors):
             return None
-        if self.current is not None and self.current.fits(on_device):
+        sig = signature(on_device)  # once: compared with the current staging's, then the declined one's
+        if self.current is not None and self.current.signature == sig:
             return self.current
-        sig = signature(on_device)
         if sig == self._declined:
             return None
         self.current = None  # a state of other shapes (the first take has no optimizer state): rebuilt
