@@ -178,13 +178,14 @@ class SnapshotCopies:
     SnapshotStore._take_staged does, with none of the guard's host-side take."""
 
     def __init__(self, device):
-        self.device, self._staging, self._done = device, None, None
+        self.device, self._staging, self._done, self._layout = device, None, None, None
 
     def copy(self, model, optimizer):
         from trainguard.snapshot_layout import gather
         from trainguard.snapshot_staging import DeviceStaging
-        layout, uniq, _ = gather(model, optimizer, None, None, self.device)
-        state = [uniq[i] for i in layout.here]
+        # the last layout kept, as a take keeps it (laid out afresh, every copy paid ~2.5 ms of host time)
+        self._layout, uniq, _ = gather(model, optimizer, None, None, self.device, last=self._layout)
+        state = [uniq[i] for i in self._layout.here]
         if self._staging is None:  # laid out at the first copy, when the optimizer state exists
             self._staging = DeviceStaging(state, self.device)
             self._host = self._staging.host_buffers(True)[0]
