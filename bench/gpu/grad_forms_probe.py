@@ -43,7 +43,7 @@ def main():
     params = opt.param_groups[0]["params"]
     names = {id(p): n for n, p in model.named_parameters()}
     fwd = torch.compile(model) if a.compile else model
-    x = torch.randint(0, 50257, (8, 1025), device=dev)
+    x = torch.randint(0, GPT2_SMALL["vocab"], (8, GPT2_SMALL["seq"] + 1), device=dev)
     res = {"lc1": [], "lc2": [], "lc_synced": [], "lc_after_opt": []}
     slow = {}
     for s in range(a.steps):
