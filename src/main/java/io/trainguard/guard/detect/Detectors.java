@@ -32,9 +32,20 @@ public final class Detectors {
             Detectors::divergence,
             Detectors::crossRank);
 
-    /** The findings of one step. */
+    /**
+     * The findings of one step. A step the ranks skipped together on the device on another rank's
+     * account ({@link StepReport#skippedByAgreement()}) is a SKIP, and only the cross-rank check,
+     * which names a rank whose norm differed, sees it: no detector may learn from an update that did
+     * not happen.
+     */
     public static List<Finding> inspect(StepContext step) {
         List<Finding> out = new ArrayList<>(2);
+        if (step.report().skippedByAgreement()) {
+            out.add(Finding.note(Action.SKIP, Double.POSITIVE_INFINITY, "update skipped on the device together with the "
+                    + "other ranks: another rank saw a non-finite value or the ranks' grad norms disagreed"));
+            crossRank(step, out);
+            return out;
+        }
         NON_FINITE_GATE.inspect(step, out);
         if (!out.isEmpty()) {
             return out;
@@ -42,20 +53,6 @@ public final class Detectors {
         for (Detector d : PIPELINE) {
             d.inspect(step, out);
         }
-        return out;
-    }
-
-    /**
-     * The findings of a step the ranks skipped together on the device on another rank's account
-     * ({@link StepReport#skippedByAgreement()}): a SKIP, and the cross-rank check, which names a rank
-     * whose norm differed. No other detector sees the step: none may learn from an update that did
-     * not happen.
-     */
-    public static List<Finding> inspectSkippedTogether(StepContext step) {
-        List<Finding> out = new ArrayList<>(2);
-        out.add(Finding.note(Action.SKIP, Double.POSITIVE_INFINITY, "update skipped on the device together with the "
-                + "other ranks: another rank saw a non-finite value or the ranks' grad norms disagreed"));
-        crossRank(step, out);
         return out;
     }
 

@@ -221,6 +221,8 @@ public final class RunDecider {
         RollbackPlan plan;
         /** A loss scaler skipped its own overflow: neither a healthy step nor a faulty one. */
         boolean scalerOverflow;
+        /** Skipped on the device together with the other ranks, this rank's values finite. */
+        boolean skippedTogether;
     }
 
     private void evaluate(StepReport r, RankTrack t, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
@@ -232,9 +234,8 @@ public final class RunDecider {
             reasons.add(LossScaleOverflow.reason(r));
             return;
         }
-        StepContext context = new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize);
-        boolean together = r.skippedByAgreement(); // skipped on another rank's account: that rank's streak counts it
-        StepFold fold = StepFold.of(together ? Detectors.inspectSkippedTogether(context) : Detectors.inspect(context));
+        StepFold fold = StepFold.of(Detectors.inspect(new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize)));
+        o.skippedTogether = r.skippedByAgreement();
         o.action = fold.action();
         o.clip = fold.clip();
         o.firstBadModule = fold.module();
@@ -247,7 +248,7 @@ public final class RunDecider {
         }
 
         if (o.action == Action.SKIP) {
-            if (!together) {
+            if (!o.skippedTogether) { // skipped on another rank's account: that rank's streak counts it
                 t.consecutiveSkips++;
             }
             if (state.state() == RunState.HEALTHY) {
