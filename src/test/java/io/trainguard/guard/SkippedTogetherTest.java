@@ -9,6 +9,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.IncidentKind;
+import io.trainguard.guard.model.RunState;
 import io.trainguard.guard.model.StepRecord;
 import io.trainguard.guard.model.StepReport;
 import io.trainguard.guard.model.Verdict;
@@ -56,7 +57,8 @@ class SkippedTogetherTest {
         guard.open(setup("t1", 0, 2, null));
         Verdict before = healthySteps("t1", 0, 30);
         guard.report(step("t1", 0, 30, Double.NaN, Double.NaN)); // rank 0's own fault
-        Verdict v = guard.report(together("t1", 1, 30, 50.0));   // rank 1: finite, 100x the usual norm
+        // rank 1: finite, and no spike (2.5 sigma), so the bounds would move had it been learned
+        Verdict v = guard.report(together("t1", 1, 30, 0.55));
         assertEquals(Action.SKIP, v.action());
         assertTrue(v.reasons().get(0).contains("together with the other ranks"), v.reasons().toString());
         assertEquals(Action.SKIP, recorded("t1", 1, 30).action());
@@ -74,6 +76,23 @@ class SkippedTogetherTest {
             assertEquals(Action.SKIP, v.action(), "step " + s);
         }
         assertEquals(Action.APPLY, guard.report(step("t2", 1, 30, 2.0, 0.5)).action());
+    }
+
+    @Test
+    void aSkipTakenTogether_neitherEndsNorExtendsAHealthyStreak_asARestartRebuildsIt() {
+        // prevents: a restart changing when a run recovers (the journal holds no fault for such a skip)
+        guard.open(setup("t5", 0, 2, null));
+        healthySteps("t5", 0, 20); // the policy's 20 recovery steps
+        guard.report(together("t5", 0, 20, 0.5));
+        guard.report(together("t5", 1, 20, 0.75)); // the norms disagreed: an incident, the run DEGRADED
+        assertEquals(RunState.DEGRADED, new RunReads(guard).view("t5", 10).run().state());
+        GuardedRuns restarted = service(journal, new Fixtures.Checkpoints());
+        assertEquals(1, restarted.restore(512));
+        for (GuardedRuns g : List.of(guard, restarted)) {
+            g.report(step("t5", 0, 21, 2.0, 0.5));
+            g.report(step("t5", 1, 21, 2.0, 0.5));
+            assertEquals(RunState.HEALTHY, new RunReads(g).view("t5", 10).run().state(), "the streaks held through step 20");
+        }
     }
 
     @Test

@@ -27,9 +27,10 @@ public enum IncidentKind {
     SUSPECT_DEVICE;
 
     /**
-     * What the step detectors journal with the steps they skip (a scaler's own overflow has none): a
-     * restart counts a skipped step into its rank's skip streak only with one of these. Kept by hand;
-     * SkipStreakAcrossRestartTest tries every fault the detectors skip against it.
+     * What the step detectors journal with the steps they skip (a scaler's own overflow, and a skip
+     * taken together on another rank's account, have none): a restart counts a skipped step into its
+     * rank's skip streak only with one of these. Kept by hand; SkipStreakAcrossRestartTest tries
+     * every fault the detectors skip against it.
      */
     public static final Set<IncidentKind> STEP_FAULTS =
             Collections.unmodifiableSet(EnumSet.of(NON_FINITE_LOSS, NON_FINITE_GRAD, NON_FINITE_MODULE, LOSS_SPIKE, GRAD_SPIKE));

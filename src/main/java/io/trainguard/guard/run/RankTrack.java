@@ -27,8 +27,9 @@ final class RankTrack {
     /**
      * Relearns one journaled step after a restart, as deciding it did: only applied steps teach the
      * statistics. {@code faulted}: the journal holds a step-fault incident (non-finite, spike) of
-     * this rank at this step. Every skip the detectors decide has one; a GradScaler's own overflow,
-     * the one skip that does not count in the streak, has none.
+     * this rank at this step. Every skip the detectors decide has one; a GradScaler's own overflow
+     * and a skip taken together with the other ranks on another rank's account, the skips that
+     * count in neither streak, have none.
      */
     void replay(StepRecord s, boolean faulted) {
         if (s.action() == Action.APPLY || s.action() == Action.CLIP) {

@@ -194,7 +194,7 @@ public final class RunDecider {
             if (state.state() == RunState.DEGRADED && ranks.allHealthyFor(t, policy.recoverySteps())) {
                 state.moveTo(RunState.HEALTHY, "recovered: " + policy.recoverySteps() + " healthy steps in a row");
             }
-        } else if (!o.scalerOverflow && (o.action != Action.HALT || from != RunState.HALTED)) {
+        } else if (!o.scalerOverflow && !o.skippedTogether && (o.action != Action.HALT || from != RunState.HALTED)) {
             effect = CheckpointEffect.UNHEALTHY_STEP;
             t.healthyStreak = 0;
         }
@@ -221,7 +221,11 @@ public final class RunDecider {
         RollbackPlan plan;
         /** A loss scaler skipped its own overflow: neither a healthy step nor a faulty one. */
         boolean scalerOverflow;
-        /** Skipped on the device together with the other ranks, this rank's values finite. */
+        /**
+         * Skipped on the device together with the other ranks, this rank's values finite: neither
+         * healthy nor faulty for this rank (the faulty rank's own report counts), as a restart
+         * rebuilds it from the journal, where such a skip has no step-fault incident.
+         */
         boolean skippedTogether;
     }
 
