@@ -24,13 +24,9 @@ class SnapshotRing:
         self.pace = SnapshotPace(store.policy.max_overhead)
         # Several ranks must snapshot at the same steps, and each measures a different cost: they pace
         # by a number of healthy steps all of them agreed on (agree_pace), not by their own clocks.
-        # ``several_ranks``: asked each time, the same test that decides the registrar's collectives.
-        self._several_ranks = several_ranks
+        # ``several_ranks()``: asked each time, the same test that decides the registrar's collectives.
+        self.several_ranks = several_ranks
         self.agreed_steps = 0
-
-    @property
-    def several_ranks(self):
-        return self._several_ranks()
 
     @property
     def slots(self):
@@ -46,15 +42,15 @@ class SnapshotRing:
         """Counts one healthy step; returns the snapshots that earned known-good (client view)."""
         self._healthy_since_take += 1
         self.pace.on_step()
-        earned = []
+        earned, several = [], self.several_ranks()
         for s in self.slots:
             if s.state in (COPYING, PENDING) and step > s.step:
                 s.healthy_since += 1
                 # Several ranks enter the confirmation's collective for what they earned, so neither
                 # whether a copy has landed nor this rank's part being finite may decide it: they wait
                 # for the copy (long done after those steps) and agree on finiteness there.
-                if (s.healthy_since >= self.known_good_steps and s.ready(wait=self.several_ranks)
-                        and (self.several_ranks or s.finite())):
+                if (s.healthy_since >= self.known_good_steps and s.ready(wait=several)
+                        and (several or s.finite())):
                     earned.append(s)
         return earned
 
@@ -69,7 +65,7 @@ class SnapshotRing:
     def due(self):
         if self.pending():
             return False
-        if self.several_ranks:
+        if self.several_ranks():
             return self._healthy_since_take >= max(self.store.policy.interval, self.agreed_steps)
         return self._healthy_since_take >= self.store.policy.interval and self.pace.allows()
 
