@@ -194,17 +194,22 @@ HF_VARIANTS = {
     "hf-late": dict(at_backward=False),                      # measured at on_pre_optimizer_step
     "hf-nosnap": dict(at_backward=True, snapshots=False),    # no in-memory snapshots
     "hf-unsent": dict(at_backward=True, unsent=True),        # reports not sent (Unsent)
+    "hf-nowatch": dict(at_backward=True, watch=()),          # no module statistics
+    "hf-onewatch": dict(at_backward=True, watch=("gpt",)),   # the whole model's output only (before s17)
+    "hf-oneblock": dict(at_backward=True, watch=("gpt.h.0",)),  # one block of the 14
 }
 
 
 def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True, snapshots=True,
-                  unsent=False):
-    """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``)."""
+                  unsent=False, watch=None):
+    """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``);
+    ``watch`` the modules watched (default: the GPT's blocks)."""
     import transformers
     from trainguard.hf import TrainguardCallback
     blocks = Blocks(warmup, size, pairs)
     tg = TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
-                            measure_at_backward=at_backward, snapshots=snapshots, watch=watched(cfg))
+                            measure_at_backward=at_backward, snapshots=snapshots,
+                            watch=watched(cfg) if watch is None else list(watch))
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):

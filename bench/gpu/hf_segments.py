@@ -34,7 +34,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from frameworks import hf_train, token_batches  # noqa: E402  (also puts the client on sys.path)
+from frameworks import hf_train, token_batches, watched  # noqa: E402  (also puts the client on sys.path)
 from gpt_model import GPT2_SMALL  # noqa: E402
 from overhead_probes import PieceClock  # noqa: E402
 
@@ -158,6 +158,8 @@ def main():
                     help="also cProfile the guarded blocks (slows them: segments not comparable; on Python "
                          ">= 3.12 cProfile sees every thread: the sender's and autograd's functions show too)")
     ap.add_argument("--parts", action="store_true", help="also time the client's per-step pieces (Parts)")
+    ap.add_argument("--watch", choices=("blocks", "none", "auto"), default="blocks",
+                    help="the modules watched: the GPT's 14 blocks (as frameworks.py), none, or watch='auto'")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -167,8 +169,9 @@ def main():
     from trainguard.hf import TrainguardCallback
     parts = Parts() if a.parts else None
     marks = Marks(a.warmup, a.block, a.pairs, cProfile.Profile() if a.pyprofile else None, parts)
+    watch = {"blocks": watched(cfg), "none": [], "auto": "auto"}[a.watch]
     tg = TrainguardCallback(f"hf-segments-b{a.batch}-{os.getpid()}", target=a.target, deadline=2.0,
-                            autocast_dtype=torch.bfloat16)
+                            autocast_dtype=torch.bfloat16, watch=watch)
 
     class Before(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -197,7 +200,8 @@ def main():
     res = {"batch": a.batch, "block": a.block, "pairs": a.pairs, "gpu": torch.cuda.get_device_name(0),
            "torch": torch.__version__, "transformers": transformers.__version__,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "median_ms": marks.summary(),
-           "measured_at_backward": dict(tg.guard.backward_gate.counters)}
+           "watch": a.watch, "measured_at_backward": dict(tg.guard.backward_gate.counters),
+           "gate_graphs": dict(tg.guard.gated.graphs.counters, address_uploads=tg.guard.gated.graphs.address_uploads)}
     if parts is not None:  # a paused guard runs few of these pieces
         res["parts_us"] = parts.per_step_phases(marks.steps_in)
         res["sender_ms_per_step_by_segment"] = parts.overlap(marks.cuts)
