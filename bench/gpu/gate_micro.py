@@ -50,7 +50,7 @@ def main():
     dev = torch.device("cuda", 0)
     model = GPT(vocab=50257, seq=1024, d=768, layers=12, heads=12).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    watch = ModuleWatch(model, auto_watch(model), reduce="sum")
+    watch = ModuleWatch(model, auto_watch(model))
     x = torch.randint(0, 50257, (8, 1025), device=dev)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = model(x[:, :-1], x[:, 1:])

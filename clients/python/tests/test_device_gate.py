@@ -44,13 +44,14 @@ def one_step(g, model, opt, step, x=None, y=None, scale=1.0):
 def test_healthy_steps_are_device_gated_and_all_reported(fake):
     model, opt = make_fused()
     g = Guard(model, opt, "gate-healthy", target=fake.target, device_gate=True, deadline=5.0)  # all 20 reports must arrive, also on a loaded machine
-    assert g.device_gate and g.watch.reduce == "sum"
+    assert g.device_gate
     vs = [one_step(g, model, opt, s) for s in range(20)]
     assert g.flush(5)
     assert all(v.device_gated and v.action == Action.APPLY for v in vs)
     assert [r.step for r in fake.reports] == list(range(20))
     r = fake.reports[0]
-    assert r.decided_locally and list(r.module_stats.finite) == [True] * 4 and len(r.module_stats.max_abs) == 0
+    assert r.decided_locally and list(r.module_stats.finite) == [True] * 4
+    assert len(r.module_stats.max_abs) == 4 and all(0 < m < float("inf") for m in r.module_stats.max_abs)
     assert r.module_stats.names[:2] == ["inp", "blocks.0"]
     assert g.counters["device_gated_steps"] == 20 and g.counters["local_decisions"] == 20
     g.close()

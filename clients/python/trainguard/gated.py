@@ -250,7 +250,7 @@ class GatedPath:
                         f", first non-finite module call {bad}" if bad else "")
         return step_report(g.run, g.rank, step, loss=loss_v, grad_norm=gnorm, group_norms=vals[2:2 + ng],
                            learning_rate=lr, step_time=step_time, loss_absent=absent, module_names=names,
-                           module_values=mods, values_are_max_abs=g._watch_sends_max_abs(), loss_scale=loss_scale,
+                           module_values=mods, loss_scale=loss_scale,
                            decided_locally=(finite and in_bounds) or overflow,
                            skipped_by_agreement=skipped_together)
 

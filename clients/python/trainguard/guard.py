@@ -129,8 +129,7 @@ class Guard:
         self.grad_sync = grad_sync
         self.gated = GatedPath(self, self.device_gate and self.world_size > 1, grad_sync == "sharded")
         names = auto_watch(model) if watch == "auto" else list(watch or [])
-        reduce = "sum" if (self.device.type == "cuda" or self.device_gate) else "amax"
-        self.watch = ModuleWatch(model, names, reduce=reduce) if names else None
+        self.watch = ModuleWatch(model, names) if names else None
 
         # Counters and state that round-trip through state_dict().
         self.counters = {"steps": 0, "local_decisions": 0, "sidecar_verdicts": 0, "sidecar_failures": 0,
@@ -259,9 +258,6 @@ class Guard:
         is still busy, instead of after that read. ``step()`` uses it only if the gradients are still
         the ones measured (backward_gate). Returns whether it armed (device gate, one rank, no GradScaler)."""
         return self.backward_gate.arm(loss)
-
-    def _watch_sends_max_abs(self):
-        return self.watch is None or self.watch.reduce == "amax"
 
     # ------------------------------------------------------------------ applying verdicts
 

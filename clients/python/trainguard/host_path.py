@@ -26,8 +26,7 @@ def step(guard, step, loss, step_time, late, replay=None):
     report = step_report(g.run, g.rank, step, loss=m.loss, grad_norm=m.grad_norm,
                          group_norms=m.group_norms, learning_rate=float(g.optimizer.param_groups[0].get("lr", 0.0)),
                          step_time=step_time, loss_absent=loss is None, module_names=m.module_names,
-                         module_values=m.module_values, values_are_max_abs=g._watch_sends_max_abs(),
-                         loss_scale=m.loss_scale)
+                         module_values=m.module_values, loss_scale=m.loss_scale)
     scaler_overflow = rules.is_scaler_overflow(scaler_on, m.loss, m.grad_norm)
     offline = g.connection.offline
     if late is not None:

@@ -99,6 +99,8 @@ class TrainguardCallback(pl.Callback):
 
     def on_before_backward(self, trainer, pl_module, loss):
         self._loss = loss.detach()
+        if self.guard.watch:  # training_step need not call the module's forward, whose end takes them
+            self.guard.watch.settle()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._register_new_checkpoints(trainer)

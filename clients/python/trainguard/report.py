@@ -5,10 +5,10 @@ from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 
 def step_report(run, rank, step, *, loss, grad_norm, group_norms, learning_rate, step_time, loss_absent,
-                module_names=(), module_values=(), values_are_max_abs=True, loss_scale=0.0,
+                module_names=(), module_values=(), loss_scale=0.0,
                 decided_locally=False, skipped_by_agreement=False):
-    """``module_values`` are the watched modules' statistics in forward order: max |x| (then sent as
-    ``max_abs``) or, with ``values_are_max_abs=False``, a sum that is only a finite flag.
+    """``module_values`` are the watched module calls' max |x| in call order (sent as ``max_abs``, and
+    as ``finite`` flags).
     ``skipped_by_agreement``: several ranks skipped this update together on the device although this
     rank's own values were finite (the sidecar then records a SKIP and learns nothing from them)."""
     values = list(module_values)
@@ -16,7 +16,7 @@ def step_report(run, rank, step, *, loss, grad_norm, group_norms, learning_rate,
                            group_grad_norms=list(group_norms), learning_rate=learning_rate, loss_scale=loss_scale,
                            module_stats=pb.ModuleStats(names=list(module_names),
                                                        finite=[math.isfinite(x) for x in values],
-                                                       max_abs=values if values_are_max_abs else []),
+                                                       max_abs=values),
                            loss_absent=loss_absent, decided_locally=decided_locally,
                            skipped_by_agreement=skipped_by_agreement)
     report.step_time.FromNanoseconds(int(step_time * 1e9))

@@ -52,8 +52,22 @@ def _first_tensor(out):
     return None
 
 
+def _compiling_check():
+    """torch's "is dynamo tracing this call" test, or one that always says no (torch 1.13)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling
+    dynamo = getattr(torch, "_dynamo", None)
+    return getattr(dynamo, "is_compiling", None) or (lambda: False)
+
+
+_is_compiling = _compiling_check()
+
+
 class ModuleWatch:
-    """Forward hooks that keep one float32 statistic per module *call* on the device.
+    """Forward hooks that keep one float32 statistic per module *call* on the device: max |output|,
+    whose ``isfinite`` is the finite flag (NaN propagates through the max and Inf is its own
+    maximum, so one pass gives both, and no finite output can read as non-finite).
 
     A module called several times in one step (one Dropout before and after an RNN, a block
     applied in a loop, micro-batches of gradient accumulation) gets one entry per call, in the order
@@ -62,21 +76,21 @@ class ModuleWatch:
     ``MAX_CALLS`` calls of one module in a step its later calls fold into its last entry (max), so a
     module applied per time step of a long sequence cannot grow the report without bound.
 
-    ``reduce="amax"`` (the CPU default): max |output|, one ``abs().amax()`` per call. NaN propagates
-    through ``amax`` and ``maximum`` and Inf is its own maximum, so the finite flag is
-    ``isfinite(max_abs)`` and needs no second pass.
-
-    ``reduce="sum"`` (CUDA): ``torch.sum(out, dtype=float32)``, one reduction kernel that reads the
-    output once, upcasts in registers and writes one float; NaN and Inf propagate through the sum
-    (Inf + -Inf is NaN), so the value is a finite flag only (it is no magnitude: reports then carry
-    ``finite`` and no ``max_abs``)."""
+    **One launch per forward, not one per module.** A reduction launched from each hook costs the
+    host ~50 µs per watched module on an H200 host (autocast casts the output to float32 first), and
+    where the forward's launches set the pace (a loop that reads the loss every step, as the HF
+    Trainer does) that host time is the step's (``bench/gpu/watch_probe.py``). So, while autograd
+    records (training), a hook only keeps its output; the statistics of all kept outputs are taken
+    in one ``_foreach_norm`` when the model's own forward returns (a hook on the root module), or
+    at the latest when the step takes them. Those outputs are normally kept by autograd for backward
+    anyway. A call traced by ``torch.compile``, one without grad (an evaluation loop: nothing would
+    keep them) and one past ``MAX_CALLS`` are measured in the hook. A module whose output is changed
+    in place after its hook (the tensor's version moved before the statistic was taken) is measured
+    in its hook from then on."""
 
     MAX_CALLS = 8
 
-    def __init__(self, model, names, reduce="amax"):
-        if reduce not in ("amax", "sum"):
-            raise ValueError('reduce must be "amax" or "sum"')
-        self.reduce = reduce
+    def __init__(self, model, names):
         self._model = model
         modules = dict(model.named_modules())
         self.names = [n for n in names if n in modules]
@@ -84,6 +98,8 @@ class ModuleWatch:
         self._last = [None] * len(self.names)  # per module: its newest entry in _calls this step
         self._count = [0] * len(self.names)    # per module: calls this step
         self._order = []  # indices in the order the modules first ran, across steps: the forward order
+        self._kept = []   # (entry, output, its version) whose statistic is still to be taken (settle)
+        self._in_hook = set()  # modules measured in their hook: their output is changed in place later
         self.enabled = True
         self._handles = []
         self.attach()
@@ -95,6 +111,7 @@ class ModuleWatch:
         modules = dict(self._model.named_modules())
         for i, n in enumerate(self.names):
             self._handles.append(modules[n].register_forward_hook(self._make_hook(i)))
+        self._handles.append(self._model.register_forward_hook(lambda *_: self.settle()))
 
     def _make_hook(self, i):
         def hook(module, inputs, output):
@@ -103,20 +120,33 @@ class ModuleWatch:
             t = _first_tensor(output)
             if t is None or not t.is_floating_point() or t.numel() == 0:
                 return
-            if self.reduce == "sum":
-                m = torch.sum(t.detach(), dtype=torch.float32)
-            else:  # max |x| in one kernel, no |x| temporary; NaN and Inf propagate
-                m = torch.linalg.vector_norm(t.detach(), float("inf"), dtype=torch.float32)
             if i not in self._order:
                 self._order.append(i)
             self._count[i] += 1
-            if self._count[i] <= self.MAX_CALLS:
-                self._last[i] = len(self._calls)
-                self._calls.append([i, m])
+            if self._count[i] > self.MAX_CALLS:
+                entry, m = self._calls[self._last[i]], _max_abs(t)
+                entry[1] = m if entry[1] is None else torch.maximum(entry[1], m)
+                return
+            entry = [i, None]
+            self._last[i] = len(self._calls)
+            self._calls.append(entry)
+            if t.requires_grad and i not in self._in_hook and not _is_compiling():
+                self._kept.append((entry, t, t._version))
             else:
-                entry = self._calls[self._last[i]]
-                entry[1] = (entry[1] + m) if self.reduce == "sum" else torch.maximum(entry[1], m)
+                entry[1] = _max_abs(t)
         return hook
+
+    def settle(self):
+        """Takes the statistics of the kept outputs: one ``_foreach_norm`` per device and dtype."""
+        if _is_compiling() or not self._kept:
+            return
+        kept, self._kept = self._kept, []
+        with torch.no_grad():
+            values = foreach_norms([t for _, t, _ in kept], float("inf"))
+        for (entry, t, version), v in zip(kept, values):
+            entry[1] = v if entry[1] is None else torch.maximum(entry[1], v)  # later calls folded in
+            if t._version != version:  # written in place after its hook: this value may be a later one
+                self._in_hook.add(entry[0])
 
     def forward_order(self):
         seen = list(self._order)
@@ -126,12 +156,14 @@ class ModuleWatch:
         """The names of this step's module calls in call order (a module called twice appears twice)
         and their statistics as 0-d float32 tensors, unstacked: the caller concatenates them with the
         rest of the step's statistics in one kernel."""
+        self.settle()
         calls = self._calls
         self.reset()
         return ([self.names[i] for i, _ in calls], [m if m.device == device else m.to(device) for _, m in calls])
 
     def reset(self):
         self._calls = []
+        self._kept = []
         self._last = [None] * len(self.names)
         self._count = [0] * len(self.names)
 
@@ -139,6 +171,12 @@ class ModuleWatch:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _max_abs(t):
+    """max |t| as a 0-d float32 tensor, one reduction, no |t| temporary; NaN and Inf propagate."""
+    with torch.no_grad():
+        return torch.linalg.vector_norm(t, float("inf"), dtype=torch.float32)
 
 
 def first_non_finite(names, finite):
