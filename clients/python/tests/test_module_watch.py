@@ -60,8 +60,9 @@ def test_calls_past_max_calls_fold_into_the_last_entry_as_their_max():
     watch = ModuleWatch(model, ["0"])
     n = ModuleWatch.MAX_CALLS + 4
     xs = [torch.randn(3, 4) * (k + 1) for k in range(n)]
-    outs = [max_abs(lin(x)) for x in xs]  # the same calls, unwatched... (hooks fire: reset below)
-    watch.reset()
+    watch.remove()
+    outs = [max_abs(lin(x)) for x in xs]  # the same calls, unwatched
+    watch.attach()
     for x in xs:
         lin(x)  # called directly: the root's forward never returns, the take settles
     assert len(watch._kept) == ModuleWatch.MAX_CALLS
