@@ -1,14 +1,25 @@
 """ModuleWatch: what each watched module call's statistic is, and when it is taken.
 
-While autograd records, the hooks keep the outputs and one batched max |x| takes their statistics
-when the model's forward returns (stats.ModuleWatch); these tests pin that the values are the ones a
-per-call reduction in the hook gives, in call order, on every path (grad, no grad, folded calls,
-an output changed in place after its hook)."""
+While autograd keeps a watched output anyway, the hook keeps a reference and one batched max |x|
+takes the statistics when the model's forward returns (stats.ModuleWatch); a module's first call
+is measured in its hook as a probe. These tests pin that the values are the ones a reduction in the
+hook gives, in call order, on every path (probe and batched, no grad, folded calls, outputs changed
+in place, activation checkpointing, a forward that raises, a failed batched reduction)."""
+import inspect
+
+import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from trainguard import stats
 from trainguard.stats import ModuleWatch, auto_watch
 from models import MLP, batch
+
+# torch 1.13 cannot tell a recompute or saved-tensor hooks from a plain forward: it never batches
+BATCHES = stats._tracing._task is not None and stats._tracing._saved_hooks is not None
+CPU = torch.device("cpu")
+ALWAYS_CALL = "always_call" in inspect.signature(nn.Module.register_forward_hook).parameters
 
 
 def max_abs(t):
@@ -28,36 +39,42 @@ def outputs_of(model, names, fn):
     return seen
 
 
-def test_statistics_are_each_calls_max_abs_taken_when_the_forward_returns():
+def test_statistics_are_each_calls_max_abs_probed_first_then_taken_when_the_forward_returns():
     torch.manual_seed(0)
     model = MLP()
     names = auto_watch(model)
     watch = ModuleWatch(model, names)
-    x, _ = batch(0)
-    seen = outputs_of(model, names, lambda: model(x))
-    assert not watch._kept, "the root module's forward hook takes the kept outputs' statistics"
-    got_names, values = watch.take_list(torch.device("cpu"))
-    assert got_names == [n for n, _ in seen] == ["inp", "blocks.0", "blocks.1", "out"]
-    assert all(v.dtype == torch.float32 and v.dim() == 0 for v in values)
-    assert [float(v) for v in values] == [max_abs(o) for _, o in seen]
+    for step in range(3):
+        x, _ = batch(step)
+        seen = outputs_of(model, names, lambda: model(x))
+        assert not watch._kept, "the root module's forward hook takes the kept outputs' statistics"
+        got_names, values = watch.take_list(CPU)
+        assert got_names == [n for n, _ in seen] == ["inp", "blocks.0", "blocks.1", "out"]
+        assert all(v.dtype == torch.float32 and v.dim() == 0 for v in values)
+        assert [float(v) for v in values] == [max_abs(o) for _, o in seen], step
+    assert watch._batched == ({0, 1, 2, 3} if BATCHES else set()) and not watch._in_hook
 
 
-def test_a_forward_without_grad_is_measured_in_its_hooks_and_matches():
+def test_a_call_without_grad_is_measured_in_its_hook():
     torch.manual_seed(0)
     model = MLP()
     watch = ModuleWatch(model, auto_watch(model))
-    x, _ = batch(1)
+    model(batch(0)[0])
+    watch.take_list(CPU)  # probed: batched from now on, where autograd keeps the output
+    x = torch.randn(5, 32)
     with torch.no_grad():
-        seen = outputs_of(model, watch.names, lambda: model(x))
+        out = model.blocks[0](x)  # the root's forward never returns: nothing would take a kept output
     assert not watch._kept
-    _, values = watch.take_list(torch.device("cpu"))
-    assert [float(v) for v in values] == [max_abs(o) for _, o in seen]
+    names, values = watch.take_list(CPU)
+    assert names == ["blocks.0"] and float(values[0]) == max_abs(out)
 
 
 def test_calls_past_max_calls_fold_into_the_last_entry_as_their_max():
     lin = nn.Linear(4, 4)
     model = nn.Sequential(lin)
     watch = ModuleWatch(model, ["0"])
+    model(torch.randn(3, 4))
+    watch.take_list(CPU)  # the probe
     n = ModuleWatch.MAX_CALLS + 4
     xs = [torch.randn(3, 4) * (k + 1) for k in range(n)]
     watch.remove()
@@ -65,53 +82,152 @@ def test_calls_past_max_calls_fold_into_the_last_entry_as_their_max():
     watch.attach()
     for x in xs:
         lin(x)  # called directly: the root's forward never returns, the take settles
-    assert len(watch._kept) == ModuleWatch.MAX_CALLS
-    names, values = watch.take_list(torch.device("cpu"))
+    assert len(watch._kept) == (ModuleWatch.MAX_CALLS if BATCHES else 0)
+    assert all(t.grad_fn is None for _, t, _ in watch._kept)  # kept detached: not the graph behind them
+    names, values = watch.take_list(CPU)
     assert names == ["0"] * ModuleWatch.MAX_CALLS
     expect = outs[:ModuleWatch.MAX_CALLS - 1] + [max(outs[ModuleWatch.MAX_CALLS - 1:])]
     assert [float(v) for v in values] == expect
 
 
-class InPlaceAfter(nn.Module):
-    """``first``'s output is changed in place by the module after it (legal: Linear's backward needs
-    its input, not its output)."""
+class MaskedHead(nn.Module):
+    """``head``'s logits are masked in place after its hook (``masked_fill_`` with -inf, as a
+    constrained vocabulary does), every step or from ``mask_from`` on."""
 
-    def __init__(self):
+    def __init__(self, mask_from=0):
         super().__init__()
-        self.first = nn.Linear(4, 4)
-        self.second = nn.Linear(4, 4)
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 6)
+        self.mask_from, self.calls = mask_from, 0
 
     def forward(self, x):
-        h = self.first(x)
-        h.mul_(1000.0)
-        return self.second(h)
+        logits = self.head(self.body(x))
+        if self.calls >= self.mask_from:
+            logits.masked_fill_(torch.arange(6) >= 4, float("-inf"))
+        self.calls += 1
+        return torch.log_softmax(logits, -1).clamp(min=-30)
 
 
-def test_a_module_whose_output_is_changed_in_place_is_measured_in_its_hook_from_then_on():
+def test_an_output_changed_in_place_reads_its_own_value_from_the_first_step_on():
+    # Prevents: a healthy step skipped because a statistic read the masked (-inf) logits.
     torch.manual_seed(0)
-    model = InPlaceAfter()
-    watch = ModuleWatch(model, ["first", "second"])
+    model = MaskedHead()
+    watch = ModuleWatch(model, ["body", "head"])
     x = torch.randn(5, 4)
+    for step in range(3):
+        seen = outputs_of(model, ["body", "head"], lambda: model(x).sum().backward())
+        _, values = watch.take_list(CPU)
+        assert [float(v) for v in values] == [max_abs(o) for _, o in seen], step  # finite: the hook's value
+    assert watch._in_hook == ({1} if BATCHES else set()) and watch._batched == ({0} if BATCHES else set())
+
+
+def test_a_batched_output_changed_in_place_later_reads_zero_once_then_is_measured_in_its_hook():
+    torch.manual_seed(0)
+    model = MaskedHead(mask_from=2)
+    watch = ModuleWatch(model, ["body", "head"])
+    x = torch.randn(5, 4)
+    got = []
+    for step in range(4):
+        seen = outputs_of(model, ["head"], lambda: model(x).sum().backward())
+        _, values = watch.take_list(CPU)
+        got.append((float(values[1]), max_abs(seen[0][1])))
+    assert got[0][0] == got[0][1] and got[1][0] == got[1][1]
+    assert got[2][0] == (0.0 if BATCHES else got[2][1])  # step 2: not measured (the masked value is no output's)
+    assert got[3][0] == got[3][1]
+    assert watch._in_hook == ({1} if BATCHES else set())
+
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(3)])
+
+    def forward(self, x, reentrant=None):
+        for b in self.blocks:
+            x = b(x) if reentrant is None else checkpoint(b, x, use_reentrant=reentrant)
+        return x
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_activation_checkpointing_keeps_no_output_the_checkpoint_frees(reentrant):
+    torch.manual_seed(0)
+    model = Stack()
+    watch = ModuleWatch(model, auto_watch(model))
+    x = torch.randn(4, 8, requires_grad=True)
     model(x).sum().backward()
-    watch.take_list(torch.device("cpu"))
-    assert watch._in_hook == {0}  # seen once: its version moved between its hook and the forward's end
-    model(x).sum().backward()
-    _, values = watch.take_list(torch.device("cpu"))
-    with torch.no_grad():
-        assert float(values[0]) == max_abs(model.first(x))  # the value its hook saw, not the scaled one
-    assert float(values[1]) == max_abs(model(x))
+    watch.take_list(CPU)  # probed
+    y = model.blocks[0](x) if reentrant else checkpoint(model.blocks[0], x, use_reentrant=False)
+    assert len(watch._kept) == (0 if not reentrant else int(BATCHES))  # under saved-tensor hooks: in the hook
+    watch.take_list(CPU)
+    model(x, reentrant=reentrant).sum().backward()  # a reentrant one runs the hooks again in backward
+    assert not watch._kept
+    names, values = watch.take_list(CPU)
+    assert names[:3] == ["blocks.0", "blocks.1", "blocks.2"] and all(torch.isfinite(v) for v in values)
+    del y
+
+
+class Fails(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.fail = False
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.fail:
+            raise RuntimeError("out of memory (injected)")
+        return h
+
+
+def test_a_forward_that_raises_leaves_no_output_kept():
+    model = Fails()
+    watch = ModuleWatch(model, ["a"])
+    model(torch.randn(2, 4))
+    watch.take_list(CPU)
+    model.fail = True
+    with pytest.raises(RuntimeError, match="injected"):
+        model(torch.randn(2, 4))
+    if ALWAYS_CALL:  # the root's hook ran although the forward raised: an OOM retry starts with nothing kept
+        assert not watch._kept
+    model.fail = False
+    model(torch.randn(2, 4))  # on a torch without always_call hooks, this forward's pre-hook settles
+    assert not watch._kept
+    names, values = watch.take_list(CPU)
+    assert names == ["a", "a"] and all(v is not None and torch.isfinite(v) for v in values)
+
+
+def test_a_failed_batched_reduction_keeps_the_outputs_and_the_next_take_measures_them(monkeypatch):
+    torch.manual_seed(0)
+    model = MLP()
+    watch = ModuleWatch(model, auto_watch(model))
+    model(batch(0)[0])
+    watch.take_list(CPU)
+    real = stats.foreach_norms
+
+    def broken(*a, **k):
+        raise RuntimeError("norm failed (injected)")
+    monkeypatch.setattr(stats, "foreach_norms", broken)
+    x, _ = batch(1)
+    seen = outputs_of(model, watch.names, lambda: pytest.raises(RuntimeError, model, x) if BATCHES else model(x))
+    monkeypatch.setattr(stats, "foreach_norms", real)
+    _, values = watch.take_list(CPU)
+    assert [float(v) for v in values] == [max_abs(o) for _, o in seen]
 
 
 def test_a_nan_output_reads_non_finite_and_an_inf_one_too():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     watch = ModuleWatch(model, ["0", "1"])
-    with torch.no_grad():
-        model[1].bias[0] = float("inf")
-    model(torch.randn(2, 4))
-    _, values = watch.take_list(torch.device("cpu"))
-    assert torch.isfinite(values[0]) and not torch.isfinite(values[1])
-    with torch.no_grad():
-        model[0].weight[0, 0] = float("nan")
-    model(torch.randn(2, 4))
-    _, values = watch.take_list(torch.device("cpu"))
-    assert not torch.isfinite(values[0]) and not torch.isfinite(values[1])
+    for _ in range(2):  # the probe's step and a batched one
+        with torch.no_grad():
+            model[1].bias[0] = float("inf")
+        model(torch.randn(2, 4))
+        _, values = watch.take_list(CPU)
+        assert torch.isfinite(values[0]) and not torch.isfinite(values[1])
+        with torch.no_grad():
+            model[0].weight[0, 0] = float("nan")
+        model(torch.randn(2, 4))
+        _, values = watch.take_list(CPU)
+        assert not torch.isfinite(values[0]) and not torch.isfinite(values[1])
+        with torch.no_grad():
+            model[0].weight[0, 0] = 0.0
+            model[1].bias[0] = 0.0

@@ -52,16 +52,32 @@ def _first_tensor(out):
     return None
 
 
-def _compiling_check():
-    """torch's "is dynamo tracing this call" test, or one that always says no (torch 1.13)."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling
-    dynamo = getattr(torch, "_dynamo", None)
-    return getattr(dynamo, "is_compiling", None) or (lambda: False)
+class _Tracing:
+    """Whether a hook may keep its output for the batched statistic: autograd records in the plain
+    forward (not traced by ``torch.compile``, not a recompute inside backward, as reentrant
+    activation checkpointing does, not under saved-tensor hooks, as non-reentrant checkpointing
+    and CPU offloading use, whose point is to not keep what the forward made). A torch without the
+    calls that tell (1.13) never keeps: every statistic is taken in its hook there."""
+
+    def __init__(self):
+        autograd = getattr(torch._C, "_autograd", None)
+        self._task = getattr(torch._C, "_current_graph_task_id", None)
+        self._saved_hooks = getattr(autograd, "_top_saved_tensors_default_hooks", None)
+        # torch >= 2.3; an older one's torch._dynamo is looked up on first use (heavy to import)
+        self._compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+    def compiling(self):
+        if self._compiling is None:
+            self._compiling = getattr(getattr(torch, "_dynamo", None), "is_compiling", None) or (lambda: False)
+        return self._compiling()
+
+    def may_keep(self, t):
+        # compiling() first: under dynamo's trace the torch._C calls after it would break the graph
+        return (t.requires_grad and not self.compiling() and self._task is not None
+                and self._saved_hooks is not None and self._task() == -1 and self._saved_hooks(False) is None)
 
 
-_is_compiling = _compiling_check()
+_tracing = _Tracing()
 
 
 class ModuleWatch:
@@ -77,16 +93,21 @@ class ModuleWatch:
     module applied per time step of a long sequence cannot grow the report without bound.
 
     **One launch per forward, not one per module.** A reduction launched from each hook costs the
-    host ~50 µs per watched module on an H200 host (autocast casts the output to float32 first), and
-    where the forward's launches set the pace (a loop that reads the loss every step, as the HF
-    Trainer does) that host time is the step's (``bench/gpu/watch_probe.py``). So, while autograd
-    records (training), a hook only keeps its output; the statistics of all kept outputs are taken
-    in one ``_foreach_norm`` when the model's own forward returns (a hook on the root module), or
-    at the latest when the step takes them. Those outputs are normally kept by autograd for backward
-    anyway. A call traced by ``torch.compile``, one without grad (an evaluation loop: nothing would
-    keep them) and one past ``MAX_CALLS`` are measured in the hook. A module whose output is changed
-    in place after its hook (the tensor's version moved before the statistic was taken) is measured
-    in its hook from then on."""
+    host 74-108 µs per watched module on an H200 host (autocast casts the output to float32 first),
+    and where the forward's launches set the pace (a loop that reads the loss every step, as the HF
+    Trainer does) that host time is the step's (``bench/gpu/watch_probe.py``). So a hook whose
+    output autograd keeps anyway (``_Tracing.may_keep``) keeps a detached reference, and one
+    ``_foreach_norm`` takes the statistics of all kept outputs when the model's own forward
+    returns (a hook on the root module, also called when the forward raises), or at the latest
+    when the step takes them.
+
+    Measured in the hook instead: a module's first call (a probe: if its output is changed in place
+    before the forward returns, as ``masked_fill_`` on logits or an in-place ReLU after it do, the
+    module is measured in its hook from then on, so the statistic is the module's own output); calls
+    autograd does not keep (``may_keep``), calls past ``MAX_CALLS``. A batched module whose output is
+    changed in place later after all reads 0 for that call (not measured: the value at the forward's
+    end is not its output's, and could read non-finite for a healthy one) and is measured in its
+    hook from then on."""
 
     MAX_CALLS = 8
 
@@ -98,8 +119,10 @@ class ModuleWatch:
         self._last = [None] * len(self.names)  # per module: its newest entry in _calls this step
         self._count = [0] * len(self.names)    # per module: calls this step
         self._order = []  # indices in the order the modules first ran, across steps: the forward order
-        self._kept = []   # (entry, output, its version) whose statistic is still to be taken (settle)
-        self._in_hook = set()  # modules measured in their hook: their output is changed in place later
+        self._kept = []    # (entry, detached output, its version): the statistic is taken in settle()
+        self._probes = []  # (module index, detached output, its version) of first calls measured in the hook
+        self._batched = set()  # modules whose output stayed as it was until the forward returned
+        self._in_hook = set()  # modules whose output is changed in place after their hook
         self.enabled = True
         self._handles = []
         self.attach()
@@ -111,7 +134,12 @@ class ModuleWatch:
         modules = dict(self._model.named_modules())
         for i, n in enumerate(self.names):
             self._handles.append(modules[n].register_forward_hook(self._make_hook(i)))
-        self._handles.append(self._model.register_forward_hook(lambda *_: self.settle()))
+        settle = lambda *_: self.settle()  # noqa: E731
+        self._handles.append(self._model.register_forward_pre_hook(settle))  # what a failed forward left
+        try:
+            self._handles.append(self._model.register_forward_hook(settle, always_call=True))
+        except TypeError:  # torch < 2.1: not called when the forward raises (the pre-hook settles then)
+            self._handles.append(self._model.register_forward_hook(settle))
 
     def _make_hook(self, i):
         def hook(module, inputs, output):
@@ -130,23 +158,35 @@ class ModuleWatch:
             entry = [i, None]
             self._last[i] = len(self._calls)
             self._calls.append(entry)
-            if t.requires_grad and i not in self._in_hook and not _is_compiling():
-                self._kept.append((entry, t, t._version))
-            else:
-                entry[1] = _max_abs(t)
+            keep = i not in self._in_hook and _tracing.may_keep(t)
+            if keep and i in self._batched:
+                self._kept.append((entry, t.detach(), t._version))
+                return
+            entry[1] = _max_abs(t)
+            if keep:
+                self._probes.append((i, t.detach(), t._version))
         return hook
 
     def settle(self):
         """Takes the statistics of the kept outputs: one ``_foreach_norm`` per device and dtype."""
-        if _is_compiling() or not self._kept:
+        if _tracing.compiling():
             return
-        kept, self._kept = self._kept, []
+        probes, self._probes = self._probes, []
+        moved = {i for i, t, version in probes if t._version != version}
+        self._in_hook |= moved
+        self._batched |= {i for i, _, _ in probes} - self._in_hook
+        kept = self._kept
+        if not kept:
+            return
         with torch.no_grad():
             values = foreach_norms([t for _, t, _ in kept], float("inf"))
+        self._kept = self._kept[len(kept):]  # computed first: a failure leaves them kept, none unmeasured
         for (entry, t, version), v in zip(kept, values):
-            entry[1] = v if entry[1] is None else torch.maximum(entry[1], v)  # later calls folded in
-            if t._version != version:  # written in place after its hook: this value may be a later one
+            if t._version != version:  # changed in place after its hook: this is not its output's value
+                v = torch.zeros_like(v)
+                self._batched.discard(entry[0])
                 self._in_hook.add(entry[0])
+            entry[1] = v if entry[1] is None else torch.maximum(entry[1], v)  # later calls folded in
 
     def forward_order(self):
         seen = list(self._order)
@@ -164,6 +204,7 @@ class ModuleWatch:
     def reset(self):
         self._calls = []
         self._kept = []
+        self._probes = []
         self._last = [None] * len(self.names)
         self._count = [0] * len(self.names)
 
