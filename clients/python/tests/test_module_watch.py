@@ -159,10 +159,13 @@ def test_activation_checkpointing_keeps_no_output_the_checkpoint_frees(reentrant
     y = model.blocks[0](x) if reentrant else checkpoint(model.blocks[0], x, use_reentrant=False)
     assert len(watch._kept) == (0 if not reentrant else int(BATCHES))  # under saved-tensor hooks: in the hook
     watch.take_list(CPU)
-    model(x, reentrant=reentrant).sum().backward()  # a reentrant one runs the hooks again in backward
+    model(x, reentrant=reentrant).sum().backward()  # a reentrant one runs the forwards again in backward
     assert not watch._kept
     names, values = watch.take_list(CPU)
-    assert names[:3] == ["blocks.0", "blocks.1", "blocks.2"] and all(torch.isfinite(v) for v in values)
+    once = ["blocks.0", "blocks.1", "blocks.2"]
+    # the recompute is not recorded again (torch 1.13 cannot tell it from a forward: it is)
+    assert names == (once if BATCHES else once + once[::-1]), names
+    assert all(torch.isfinite(v) for v in values)
     del y
 
 

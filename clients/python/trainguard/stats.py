@@ -71,10 +71,16 @@ class _Tracing:
             self._compiling = getattr(getattr(torch, "_dynamo", None), "is_compiling", None) or (lambda: False)
         return self._compiling()
 
-    def may_keep(self, t):
+    def recomputing(self):
+        """A forward run again inside backward (activation checkpointing's recompute): the step's
+        forward already recorded this call. False where torch cannot tell (1.13)."""
         # compiling() first: under dynamo's trace the torch._C calls after it would break the graph
-        return (t.requires_grad and not self.compiling() and self._task is not None
-                and self._saved_hooks is not None and self._task() == -1 and self._saved_hooks(False) is None)
+        return self._task is not None and not self.compiling() and self._task() != -1
+
+    def may_keep(self, t):
+        """Called after ``recomputing()`` said no."""
+        return (t.requires_grad and self._task is not None and self._saved_hooks is not None
+                and not self.compiling() and self._saved_hooks(False) is None)
 
 
 _tracing = _Tracing()
@@ -101,6 +107,7 @@ class ModuleWatch:
     returns (a hook on the root module, also called when the forward raises), or at the latest
     when the step takes them.
 
+    A call run again inside backward (activation checkpointing's recompute) is not recorded twice.
     Measured in the hook instead: a module's first call (a probe: if its output is changed in place
     before the forward returns, as ``masked_fill_`` on logits or an in-place ReLU after it do, the
     module is measured in its hook from then on, so the statistic is the module's own output); calls
@@ -143,7 +150,7 @@ class ModuleWatch:
 
     def _make_hook(self, i):
         def hook(module, inputs, output):
-            if not self.enabled:
+            if not self.enabled or _tracing.recomputing():
                 return
             t = _first_tensor(output)
             if t is None or not t.is_floating_point() or t.numel() == 0:
