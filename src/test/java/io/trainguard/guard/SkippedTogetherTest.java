@@ -29,8 +29,16 @@ class SkippedTogetherTest {
     private final GuardedRuns guard = service(journal, new Fixtures.Checkpoints());
 
     private static StepReport together(String run, int rank, long step, double gradNorm) {
-        return new StepReport(run, rank, step, 2.0, false, gradNorm, new double[0], 1e-3, 0, List.of(), new boolean[0],
+        return together(run, rank, step, 2.0, gradNorm);
+    }
+
+    private static StepReport together(String run, int rank, long step, double loss, double gradNorm) {
+        return new StepReport(run, rank, step, loss, false, gradNorm, new double[0], 1e-3, 0, List.of(), new boolean[0],
                 new double[0], Duration.ZERO, false, true);
+    }
+
+    private RunState state(GuardedRuns g, String run) {
+        return new RunReads(g).view(run, 10).run().state();
     }
 
     private Verdict healthySteps(String run, long from, long to) {
@@ -53,7 +61,7 @@ class SkippedTogetherTest {
     @Test
     void aStepSkippedOnAnotherRanksAccount_isRecordedAsSkip_andTeachesThatRankNothing() {
         // prevents: the journal saying APPLY for an update the device skipped, and a corrupt rank's norm
-        // moving that rank's bounds (its clip threshold) for the steps after
+        // moving that rank's bounds (the grad-norm bound it decides healthy steps by) for the steps after
         guard.open(setup("t1", 0, 2, null));
         Verdict before = healthySteps("t1", 0, 30);
         guard.report(step("t1", 0, 30, Double.NaN, Double.NaN)); // rank 0's own fault
@@ -64,6 +72,50 @@ class SkippedTogetherTest {
         assertEquals(Action.SKIP, recorded("t1", 1, 30).action());
         assertEquals(before.bounds().maxGradNorm(), v.bounds().maxGradNorm(), 0.0);
         assertEquals(before.bounds().clipThreshold(), v.bounds().clipThreshold(), 0.0);
+        // the same norm from a healthy step does move the bound: the assertion above can fail
+        guard.report(step("t1", 0, 31, 2.0, 0.55));
+        Verdict learned = guard.report(step("t1", 1, 31, 2.0, 0.55));
+        assertTrue(learned.bounds().maxGradNorm() != before.bounds().maxGradNorm(), learned.bounds().toString());
+    }
+
+    @Test
+    void aSkipTakenTogether_doesNotCountTowardsRecovery_norRestartIt() {
+        // prevents: a skip taken together counted as a healthy step (a run recovering early) or as a
+        // faulty one (recovering late), live or after a restart
+        guard.open(setup("t6", 0, 2, null));
+        healthySteps("t6", 0, 20);
+        guard.report(step("t6", 0, 20, Double.NaN, Double.NaN));
+        guard.report(step("t6", 1, 20, Double.NaN, Double.NaN)); // both ranks' own faults: streaks at 0
+        assertEquals(RunState.DEGRADED, state(guard, "t6"));
+        healthySteps("t6", 21, 24); // a streak of 3 of the policy's 5 recovery steps
+        guard.report(together("t6", 0, 24, 0.5));
+        guard.report(together("t6", 1, 24, 0.75)); // skipped together: the norms disagreed
+        GuardedRuns restarted = service(journal, new Fixtures.Checkpoints());
+        assertEquals(1, restarted.restore(512));
+        for (GuardedRuns g : List.of(guard, restarted)) {
+            g.report(step("t6", 0, 25, 2.0, 0.5));
+            g.report(step("t6", 1, 25, 2.0, 0.5));
+            assertEquals(RunState.DEGRADED, state(g, "t6"), "4 healthy steps: had the skip counted, 5");
+            g.report(step("t6", 0, 26, 2.0, 0.5));
+            g.report(step("t6", 1, 26, 2.0, 0.5));
+            assertEquals(RunState.HEALTHY, state(g, "t6"), "5 healthy steps: had the skip ended the streak, 2");
+        }
+    }
+
+    @Test
+    void aRanksOwnFault_isRecordedAsSuch_evenWhenItSaysTheRanksSkippedTogether() {
+        // prevents: the flag hiding this rank's own non-finite values (no incident, no skip streak)
+        guard.open(setup("t7", 0, 2, null));
+        healthySteps("t7", 0, 20);
+        for (long s = 20; s < 24; s++) { // four in a row, beyond the policy's 3 consecutive skips
+            guard.report(together("t7", 0, s, 0.5));
+            Verdict v = guard.report(together("t7", 1, s, Double.NaN, Double.NaN));
+            long step = s;
+            assertTrue(journal.incidents.stream().anyMatch(i -> i.rank() == 1 && i.step() == step
+                    && i.kind() == IncidentKind.NON_FINITE_LOSS), "step " + s);
+            // its own skips make a streak: the fourth is beyond the limit (no checkpoint to roll back to: HALT)
+            assertEquals(s < 23 ? Action.SKIP : Action.HALT, v.action(), "step " + s);
+        }
     }
 
     @Test
@@ -82,16 +134,16 @@ class SkippedTogetherTest {
     void aSkipTakenTogether_neitherEndsNorExtendsAHealthyStreak_asARestartRebuildsIt() {
         // prevents: a restart changing when a run recovers (the journal holds no fault for such a skip)
         guard.open(setup("t5", 0, 2, null));
-        healthySteps("t5", 0, 20); // the policy's 20 recovery steps
+        healthySteps("t5", 0, 20); // a streak of 20, beyond the policy's 5 recovery steps
         guard.report(together("t5", 0, 20, 0.5));
         guard.report(together("t5", 1, 20, 0.75)); // the norms disagreed: an incident, the run DEGRADED
-        assertEquals(RunState.DEGRADED, new RunReads(guard).view("t5", 10).run().state());
+        assertEquals(RunState.DEGRADED, state(guard, "t5"));
         GuardedRuns restarted = service(journal, new Fixtures.Checkpoints());
         assertEquals(1, restarted.restore(512));
         for (GuardedRuns g : List.of(guard, restarted)) {
             g.report(step("t5", 0, 21, 2.0, 0.5));
             g.report(step("t5", 1, 21, 2.0, 0.5));
-            assertEquals(RunState.HEALTHY, new RunReads(g).view("t5", 10).run().state(), "the streaks held through step 20");
+            assertEquals(RunState.HEALTHY, state(g, "t5"), "the streaks held through step 20");
         }
     }
 

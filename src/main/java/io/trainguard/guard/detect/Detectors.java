@@ -33,21 +33,22 @@ public final class Detectors {
             Detectors::crossRank);
 
     /**
-     * The findings of one step. A step the ranks skipped together on the device on another rank's
-     * account ({@link StepReport#skippedByAgreement()}) is a SKIP, and only the cross-rank check,
-     * which names a rank whose norm differed, sees it: no detector may learn from an update that did
+     * The findings of one step. The non-finite gate runs first, also for a step the ranks skipped
+     * together ({@link StepReport#skippedByAgreement()}): the flag cannot hide this rank's own fault.
+     * A step skipped together on another rank's account is a SKIP that only the cross-rank check,
+     * which names a rank whose norm differed, sees: no detector may learn from an update that did
      * not happen.
      */
     public static List<Finding> inspect(StepContext step) {
         List<Finding> out = new ArrayList<>(2);
+        NON_FINITE_GATE.inspect(step, out);
+        if (!out.isEmpty()) {
+            return out;
+        }
         if (step.report().skippedByAgreement()) {
             out.add(Finding.note(Action.SKIP, Double.POSITIVE_INFINITY, "update skipped on the device together with the "
                     + "other ranks: another rank saw a non-finite value or the ranks' grad norms disagreed"));
             crossRank(step, out);
-            return out;
-        }
-        NON_FINITE_GATE.inspect(step, out);
-        if (!out.isEmpty()) {
             return out;
         }
         for (Detector d : PIPELINE) {

@@ -194,7 +194,7 @@ public final class RunDecider {
             if (state.state() == RunState.DEGRADED && ranks.allHealthyFor(t, policy.recoverySteps())) {
                 state.moveTo(RunState.HEALTHY, "recovered: " + policy.recoverySteps() + " healthy steps in a row");
             }
-        } else if (!o.scalerOverflow && !o.skippedTogether && (o.action != Action.HALT || from != RunState.HALTED)) {
+        } else if (!o.neutralSkip && (o.action != Action.HALT || from != RunState.HALTED)) {
             effect = CheckpointEffect.UNHEALTHY_STEP;
             t.healthyStreak = 0;
         }
@@ -205,8 +205,8 @@ public final class RunDecider {
                 incidents.isEmpty() ? List.of() : incidents.stream().map(Incident::id).toList());
         StepRecord record = new StepRecord(runId, r.rank(), r.step(), r.lossAbsent() ? Double.NaN : r.loss(), r.gradNorm(),
                 r.learningRate(), r.lossScale(), o.action, verdict.clipThreshold(), now);
-        // a scaler's own overflow changes nothing (no streak, no checkpoint): no commit to wait for
-        boolean durable = o.action.changesCourse() && !o.scalerOverflow && from != RunState.HALTED
+        // a neutral skip changes nothing for this rank (no streak, no checkpoint): no commit to wait for
+        boolean durable = o.action.changesCourse() && !o.neutralSkip && from != RunState.HALTED
                 || from != state.state();
         RunSnapshot snapshot = snapshots.take(durable || !incidents.isEmpty(), nowNanos) ? snapshot() : null;
         this.knownGood = Optional.empty();
@@ -219,14 +219,14 @@ public final class RunDecider {
         double clip = Double.POSITIVE_INFINITY;
         String firstBadModule = "";
         RollbackPlan plan;
-        /** A loss scaler skipped its own overflow: neither a healthy step nor a faulty one. */
-        boolean scalerOverflow;
         /**
-         * Skipped on the device together with the other ranks, this rank's values finite: neither
-         * healthy nor faulty for this rank (the faulty rank's own report counts), as a restart
-         * rebuilds it from the journal, where such a skip has no step-fault incident.
+         * A SKIP that is neither a healthy step nor a faulty one for this rank: it neither ends nor
+         * extends a streak, and has no commit to wait for. A loss scaler skipping its own overflow,
+         * or the ranks skipping together on another rank's account, this rank's values finite (the
+         * faulty rank's own report counts), as a restart rebuilds it from the journal, where such a
+         * skip has no step-fault incident.
          */
-        boolean skippedTogether;
+        boolean neutralSkip;
     }
 
     private void evaluate(StepReport r, RankTrack t, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
@@ -234,13 +234,13 @@ public final class RunDecider {
             // the scaler's own skip while it calibrates: no detector learns from it, no incident, and
             // it neither extends nor ends a skip streak
             o.action = Action.SKIP;
-            o.scalerOverflow = true;
+            o.neutralSkip = true;
             reasons.add(LossScaleOverflow.reason(r));
             return;
         }
         StepFold fold = StepFold.of(Detectors.inspect(new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize)));
-        o.skippedTogether = r.skippedByAgreement();
         o.action = fold.action();
+        o.neutralSkip = r.skippedByAgreement() && fold.incidents().stream().noneMatch(f -> IncidentKind.STEP_FAULTS.contains(f.kind()));
         o.clip = fold.clip();
         o.firstBadModule = fold.module();
         reasons.addAll(fold.reasons());
@@ -252,7 +252,7 @@ public final class RunDecider {
         }
 
         if (o.action == Action.SKIP) {
-            if (!o.skippedTogether) { // skipped on another rank's account: that rank's streak counts it
+            if (!o.neutralSkip) { // skipped on another rank's account: that rank's streak counts it
                 t.consecutiveSkips++;
             }
             if (state.state() == RunState.HEALTHY) {
