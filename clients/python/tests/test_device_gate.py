@@ -6,6 +6,7 @@ import torch
 
 from trainguard import Action
 from trainguard.guard import Guard
+from trainguard.measure import DeviceGate
 from fake_sidecar import FakeSidecar
 from models import MLP, batch, weights_finite
 
@@ -189,3 +190,29 @@ def test_device_gate_true_refuses_an_optimizer_that_cannot_skip_on_the_device(fa
     opt = torch.optim.AdamW(model.parameters())  # not fused
     with pytest.raises(ValueError):
         Guard(model, opt, "gate-refuse", target=fake.target, device_gate=True)
+
+
+def test_an_agreed_divisor_is_one_for_a_norm_beyond_float32_without_a_threshold(tmp_path):
+    # prevents: a sharded global norm beyond float32's range (every rank's own norm finite) times the
+    # 0 inverse of "no clip" making a NaN divisor the fused optimizer applies to every gradient
+    import torch.distributed as dist
+    from trainguard import distributed as agree
+    model, opt = make_fused()
+    gate = DeviceGate(opt, torch.device("cpu"))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        no_threshold = agree.ThresholdEntry(torch.device("cpu")).of(0.0)
+        beyond = torch.tensor(1e39, dtype=torch.float64)  # finite in float64, inf in float32
+        skip, norm, inverse, _ = agree.gate_collective(torch.tensor(False), torch.tensor(False), beyond, True,
+                                                       no_threshold)
+        gate.install_agreed(skip, norm, inverse)
+        assert float(opt.grad_scale) == 1.0 and float(opt.found_inf) == 0.0
+        clip = agree.ThresholdEntry(torch.device("cpu")).of(2.0)
+        skip, norm, inverse, _ = agree.gate_collective(torch.tensor(False), torch.tensor(False), torch.tensor(8.0),
+                                                       True, clip)
+        gate.install_agreed(skip, norm, inverse)
+        assert float(opt.grad_scale) == 4.0  # a clip: max(norm, threshold) / threshold
+    finally:
+        dist.destroy_process_group()
+        gate.uninstall()
+    assert not hasattr(opt, "grad_scale")

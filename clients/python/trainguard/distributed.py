@@ -154,7 +154,9 @@ def gate_collective(bad, need_host, local_norm, sharded, threshold):
         skip = (vec[0] > 0) | (var.sqrt() > NORM_SPREAD_TOLERANCE * mean)
         norm = mean
     inverse = vec[6] / vec[5].clamp(min=torch.finfo(torch.float64).tiny)  # [0, 0]: 0
-    return skip.float(), norm.float(), inverse, vec  # inverse: float64, multiplied into a float32 divisor
+    # norm and inverse stay float64 into the float32 divisor: a sharded norm beyond float32's range
+    # times a 0 inverse (no clip) is 0, where a float32 inf would give NaN
+    return skip.float(), norm, inverse, vec
 
 
 def reduced_flags(vec_values, world, sharded):

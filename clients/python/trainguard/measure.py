@@ -125,7 +125,8 @@ class DeviceGate:
 
     def install_agreed(self, skip, norm, inverse_threshold):
         """As ``install``, from what the ranks agreed on the device (distributed.gate_collective):
-        ``inverse_threshold`` is 1 / the agreed threshold (0: no clip), a device tensor. Every rank
+        ``norm`` and ``inverse_threshold`` (1 / the agreed threshold, 0: no clip) are float64 device
+        tensors, multiplied in float64 and written into the float32 divisor. Every rank
         installs the divisor, 1.0 where nothing is clipped: whether a step clips is decided on the
         device, the same on every rank."""
         found, scale = self.buffers()
