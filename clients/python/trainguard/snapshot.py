@@ -166,7 +166,7 @@ class SnapshotStore:
         laid = self._placement(layout, staged)
         alloc_s = 0.0
         if not _fit(s.buffers, layout, uniq, laid) and _fit(s.spare, layout, uniq, laid):
-            (s.host, s.flats, s.placement, _), s.spare = s.spare, None
+            (s.host, s.flats, s.placement, s.laid_for), s.spare = s.spare, None
         if not _fit(s.buffers, layout, uniq, laid):
             t_alloc = time.perf_counter()
             # Every free slot at once (normally all of them, at the first snapshot): pinning
