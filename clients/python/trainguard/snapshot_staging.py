@@ -84,9 +84,6 @@ class DeviceStaging:
         self.views = _views(self._flats, self._rows)
         self.nbytes = sum(f.numel() * f.element_size() for f in self._flats.values())
 
-    def fits(self, tensors):
-        return signature(tensors) == self.signature
-
     def host_buffers(self, pin):
         """(flat host buffers, their views per tensor) in this layout: one slot's buffers."""
         flats = {dt: torch.empty(f.numel(), dtype=dt, device="cpu", pin_memory=pin) for dt, f in self._flats.items()}
