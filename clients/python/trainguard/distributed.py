@@ -99,8 +99,9 @@ NORM_SPREAD_TOLERANCE = 1e-5
 class ThresholdEntry:
     """A rank's clip threshold as its two entries of the gate collective, float64 ``[threshold, 1]``
     (``[0, 0]`` without one), kept in one device buffer that a fill kernel rewrites when the
-    threshold changes (with an adaptive bound, most steps), and a second one when it starts or stops. A tensor made from host values would be a
-    host-to-device copy that waits for the device: 1.13-1.25x under DDP on 2 H200s
+    threshold changes (with an adaptive bound, most steps), and a second one when it starts or
+    stops. A tensor made from host values would be a host-to-device copy that waits for the device:
+    1.13-1.25x under DDP on 2 H200s
     (bench/gpu/results/2026-11-30-s16-multi-gpu-agreed-2xh200.log). The collective copies the buffer
     (``torch.cat``) in stream order before the next rewrite."""
 

@@ -55,7 +55,8 @@ class GatedStep:
         return self.event is None or self.event.query()  # never blocks
 
     def finite(self):
-        """Whether every value of the step was finite: the healthy step's check, which builds nothing."""
+        """Whether every value of the step was finite: the healthy step's check, which builds no
+        StepFault."""
         return all(map(math.isfinite, self.host.tolist()))
 
     def fault(self):
