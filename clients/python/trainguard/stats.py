@@ -52,12 +52,16 @@ def _first_tensor(out):
     return None
 
 
+MEASURE, KEEP, RECOMPUTE = range(3)
+
+
 class _Tracing:
-    """Whether a hook may keep its output for the batched statistic: autograd records in the plain
-    forward (not traced by ``torch.compile``, not a recompute inside backward, as reentrant
-    activation checkpointing does, not under saved-tensor hooks, as non-reentrant checkpointing
-    and CPU offloading use, whose point is to not keep what the forward made). A torch without the
-    calls that tell (1.13) never keeps: every statistic is taken in its hook there."""
+    """What a hook call is: ``KEEP`` in a plain forward that autograd records, whose output may be
+    kept for the batched statistic; ``RECOMPUTE`` a forward run again inside backward (reentrant
+    activation checkpointing), whose call the forward already recorded; ``MEASURE`` (in the hook)
+    otherwise: traced by ``torch.compile``, without grad, or under saved-tensor hooks (non-reentrant
+    checkpointing, CPU offloading), whose point is to not keep what the forward made. A torch
+    without the calls that tell (1.13) always measures in the hook."""
 
     def __init__(self):
         autograd = getattr(torch._C, "_autograd", None)
@@ -71,16 +75,13 @@ class _Tracing:
             self._compiling = getattr(getattr(torch, "_dynamo", None), "is_compiling", None) or (lambda: False)
         return self._compiling()
 
-    def recomputing(self):
-        """A forward run again inside backward (activation checkpointing's recompute): the step's
-        forward already recorded this call. False where torch cannot tell (1.13)."""
+    def kind(self, t):
         # compiling() first: under dynamo's trace the torch._C calls after it would break the graph
-        return self._task is not None and not self.compiling() and self._task() != -1
-
-    def may_keep(self, t):
-        """Called after ``recomputing()`` said no."""
-        return (t.requires_grad and self._task is not None and self._saved_hooks is not None
-                and not self.compiling() and self._saved_hooks(False) is None)
+        if self.compiling() or self._task is None or self._saved_hooks is None:
+            return MEASURE
+        if self._task() != -1:
+            return RECOMPUTE
+        return KEEP if t.requires_grad and self._saved_hooks(False) is None else MEASURE
 
 
 _tracing = _Tracing()
@@ -101,8 +102,9 @@ class ModuleWatch:
     **One launch per forward, not one per module.** A reduction launched from each hook costs the
     host 74-108 µs per watched module on an H200 host (autocast casts the output to float32 first),
     and where the forward's launches set the pace (a loop that reads the loss every step, as the HF
-    Trainer does) that host time is the step's (``bench/gpu/watch_probe.py``). So a hook whose
-    output autograd keeps anyway (``_Tracing.may_keep``) keeps a detached reference, and one
+    Trainer does) that host time is the step's (``bench/gpu/watch_probe.py``). So in a forward
+    autograd records (``_Tracing.kind``), whose outputs are normally saved for backward anyway, a
+    hook keeps a detached reference (one nobody saves lives until the forward returns), and one
     ``_foreach_norm`` takes the statistics of all kept outputs when the model's own forward
     returns (a hook on the root module, also called when the forward raises), or at the latest
     when the step takes them.
@@ -111,7 +113,7 @@ class ModuleWatch:
     Measured in the hook instead: a module's first call (a probe: if its output is changed in place
     before the forward returns, as ``masked_fill_`` on logits or an in-place ReLU after it do, the
     module is measured in its hook from then on, so the statistic is the module's own output); calls
-    autograd does not keep (``may_keep``), calls past ``MAX_CALLS``. A batched module whose output is
+    ``_Tracing.kind`` says to measure, calls past ``MAX_CALLS``. A batched module whose output is
     changed in place later after all reads 0 for that call (not measured: the value at the forward's
     end is not its output's, and could read non-finite for a healthy one) and is measured in its
     hook from then on."""
@@ -150,10 +152,13 @@ class ModuleWatch:
 
     def _make_hook(self, i):
         def hook(module, inputs, output):
-            if not self.enabled or _tracing.recomputing():
+            if not self.enabled:
                 return
             t = _first_tensor(output)
             if t is None or not t.is_floating_point() or t.numel() == 0:
+                return
+            kind = _tracing.kind(t)
+            if kind == RECOMPUTE:
                 return
             if i not in self._order:
                 self._order.append(i)
@@ -165,7 +170,7 @@ class ModuleWatch:
             entry = [i, None]
             self._last[i] = len(self._calls)
             self._calls.append(entry)
-            keep = i not in self._in_hook and _tracing.may_keep(t)
+            keep = kind == KEEP and i not in self._in_hook
             if keep and i in self._batched:
                 self._kept.append((entry, t.detach(), t._version))
                 return
@@ -185,8 +190,7 @@ class ModuleWatch:
         kept = self._kept
         if not kept:
             return
-        with torch.no_grad():
-            values = foreach_norms([t for _, t, _ in kept], float("inf"))
+        values = foreach_norms([t for _, t, _ in kept], float("inf"))  # detached: nothing recorded
         self._kept = self._kept[len(kept):]  # computed first: a failure leaves them kept, none unmeasured
         for (entry, t, version), v in zip(kept, values):
             if t._version != version:  # changed in place after its hook: this is not its output's value
@@ -223,8 +227,7 @@ class ModuleWatch:
 
 def _max_abs(t):
     """max |t| as a 0-d float32 tensor, one reduction, no |t| temporary; NaN and Inf propagate."""
-    with torch.no_grad():
-        return torch.linalg.vector_norm(t, float("inf"), dtype=torch.float32)
+    return torch.linalg.vector_norm(t.detach(), float("inf"), dtype=torch.float32)
 
 
 def first_non_finite(names, finite):
