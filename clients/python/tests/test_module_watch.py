@@ -156,8 +156,11 @@ def test_activation_checkpointing_keeps_no_output_the_checkpoint_frees(reentrant
     x = torch.randn(4, 8, requires_grad=True)
     model(x).sum().backward()
     watch.take_list(CPU)  # probed
-    y = model.blocks[0](x) if reentrant else checkpoint(model.blocks[0], x, use_reentrant=False)
-    assert len(watch._kept) == (0 if not reentrant else int(BATCHES))  # under saved-tensor hooks: in the hook
+    y = model.blocks[0](x)  # a plain call, the control: kept where torch can tell
+    assert len(watch._kept) == int(BATCHES)
+    # no grad (reentrant) or under saved-tensor hooks (non-reentrant): measured in the hook, nothing kept
+    z = checkpoint(model.blocks[0], x, use_reentrant=reentrant)
+    assert len(watch._kept) == int(BATCHES)
     watch.take_list(CPU)
     model(x, reentrant=reentrant).sum().backward()  # a reentrant one runs the forwards again in backward
     assert not watch._kept
@@ -166,7 +169,7 @@ def test_activation_checkpointing_keeps_no_output_the_checkpoint_frees(reentrant
     # the recompute is not recorded again (torch 1.13 cannot tell it from a forward: it is)
     assert names == (once if BATCHES else once + once[::-1]), names
     assert all(torch.isfinite(v) for v in values)
-    del y
+    del y, z
 
 
 class Fails(nn.Module):
