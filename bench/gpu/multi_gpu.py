@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from multi_gpu_common import batches, gather, make_model, watch_names, weights_hash
+from multi_gpu_common import batches, gather, make_model, weights_hash
 from multi_gpu_checks import correctness, judge
 
 
@@ -63,7 +63,7 @@ def overhead(a, cfg, dev, rank, B):
         if name not in guards:
             # tg_nosnap: without in-memory snapshots; tg_nowatch: without module watch hooks (what each costs)
             g = Guard(ddp, opt, f"mg-bench-{name}-b{B}-{a.run_tag}", target=a.target, deadline=2.0, device_gate=True,
-                      autocast_dtype=torch.bfloat16, watch=[] if name == "tg_nowatch" else watch_names(ddp),
+                      autocast_dtype=torch.bfloat16, watch=[] if name == "tg_nowatch" else "auto",
                       verdict_lag=1, snapshots=name != "tg_nosnap")  # FSDP2: each rank snapshots its local shards
             if not (g.device_gate and g._multi_gate):
                 raise SystemExit(f"{name}: the multi-rank device gate is off")

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from multi_gpu_common import Captured, batches, gather, make_model, optimizer_hash, watch_names, weights_hash
+from multi_gpu_common import Captured, batches, gather, make_model, optimizer_hash, weights_hash
 
 
 def correctness(a, cfg, dev, rank, world):
@@ -24,7 +24,7 @@ def correctness(a, cfg, dev, rank, world):
     # --- a NaN in rank 1's activations at step 5
     ddp, opt = make_model(cfg, dev, rank)
     g = Guard(ddp, opt, f"mg-nan-{a.run_tag}", target=a.target, deadline=5.0,
-              device_gate=True, autocast_dtype=torch.bfloat16, watch=watch_names(ddp))
+              device_gate=True, autocast_dtype=torch.bfloat16, watch="auto")
     skipped, nan_step = [], 5
     hashes = {}
     for step in range(10):
@@ -55,7 +55,7 @@ def correctness(a, cfg, dev, rank, world):
 
     # --- rank 1's gradients scaled after the all-reduce at step 6
     g = Guard(ddp, opt, f"mg-mismatch-{a.run_tag}", target=a.target, deadline=5.0, device_gate=True,
-              autocast_dtype=torch.bfloat16, watch=watch_names(ddp))
+              autocast_dtype=torch.bfloat16, watch="auto")
     skipped, bad_step, norms, per_step = [], 6, None, []
     n_msgs = len(cap.messages)
     for step in range(10):
@@ -90,7 +90,7 @@ def correctness(a, cfg, dev, rank, world):
     policy = {"known_good_healthy_steps": 2, "validation_warmup_steps": 10**6, "clip_mode": "OFF",
               "max_consecutive_skips": 3, "rollback_rewarm_steps": 2, "max_rollbacks": 3}
     g = Guard(ddp, opt, f"mg-rollback-{a.run_tag}", target=a.target, deadline=5.0, device_gate=True,
-              autocast_dtype=torch.bfloat16, watch=watch_names(ddp), policy=policy, snapshots=False, replay=False)
+              autocast_dtype=torch.bfloat16, watch="auto", policy=policy, snapshots=False, replay=False)
     ck_hash, rb = {}, []
     step, burst, rolled, it = 0, range(10, 16), False, 0
     ckdir = os.path.join(a.ckpt_dir, a.run_tag)  # one directory: rank 0 writes it (single host)

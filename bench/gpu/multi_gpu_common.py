@@ -40,13 +40,6 @@ class Captured(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def watch_names(ddp):
-    from trainguard.stats import auto_watch
-    if not hasattr(ddp, "module"):  # FSDP2: the model itself
-        return auto_watch(ddp)
-    return [f"module.{n}" for n in auto_watch(ddp.module)]  # auto_watch(ddp) sees only "module"
-
-
 def make_model(cfg, dev, rank, fsdp=False):
     from gpt_model import GPT
     torch.manual_seed(0)
