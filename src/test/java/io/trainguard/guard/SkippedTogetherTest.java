@@ -53,6 +53,24 @@ class SkippedTogetherTest {
         return last;
     }
 
+    /**
+     * Both ranks skip {@code step} together, their norms disagreeing (an incident, the run DEGRADED),
+     * then a second service restores the run from the journal: the live service and the restored one,
+     * to drive alike.
+     */
+    private List<GuardedRuns> skipTogetherThenRestart(String run, long step) {
+        guard.report(together(run, 0, step, 0.5));
+        guard.report(together(run, 1, step, 0.75));
+        GuardedRuns restarted = service(journal, new Fixtures.Checkpoints());
+        assertEquals(1, restarted.restore(512));
+        return List.of(guard, restarted);
+    }
+
+    private static void healthyStep(GuardedRuns g, String run, long step) {
+        g.report(step(run, 0, step, 2.0, 0.5));
+        g.report(step(run, 1, step, 2.0, 0.5));
+    }
+
     private StepRecord recorded(String run, int rank, long step) {
         return journal.steps.stream().filter(s -> s.runId().equals(run) && s.rank() == rank && s.step() == step)
                 .findFirst().orElseThrow();
@@ -88,16 +106,10 @@ class SkippedTogetherTest {
         guard.report(step("t6", 1, 20, Double.NaN, Double.NaN)); // both ranks' own faults: streaks at 0
         assertEquals(RunState.DEGRADED, state(guard, "t6"));
         healthySteps("t6", 21, 24); // a streak of 3 of the policy's 5 recovery steps
-        guard.report(together("t6", 0, 24, 0.5));
-        guard.report(together("t6", 1, 24, 0.75)); // skipped together: the norms disagreed
-        GuardedRuns restarted = service(journal, new Fixtures.Checkpoints());
-        assertEquals(1, restarted.restore(512));
-        for (GuardedRuns g : List.of(guard, restarted)) {
-            g.report(step("t6", 0, 25, 2.0, 0.5));
-            g.report(step("t6", 1, 25, 2.0, 0.5));
+        for (GuardedRuns g : skipTogetherThenRestart("t6", 24)) {
+            healthyStep(g, "t6", 25);
             assertEquals(RunState.DEGRADED, state(g, "t6"), "4 healthy steps: had the skip counted, 5");
-            g.report(step("t6", 0, 26, 2.0, 0.5));
-            g.report(step("t6", 1, 26, 2.0, 0.5));
+            healthyStep(g, "t6", 26);
             assertEquals(RunState.HEALTHY, state(g, "t6"), "5 healthy steps: had the skip ended the streak, 2");
         }
     }
@@ -135,14 +147,9 @@ class SkippedTogetherTest {
         // prevents: a restart changing when a run recovers (the journal holds no fault for such a skip)
         guard.open(setup("t5", 0, 2, null));
         healthySteps("t5", 0, 20); // a streak of 20, beyond the policy's 5 recovery steps
-        guard.report(together("t5", 0, 20, 0.5));
-        guard.report(together("t5", 1, 20, 0.75)); // the norms disagreed: an incident, the run DEGRADED
-        assertEquals(RunState.DEGRADED, state(guard, "t5"));
-        GuardedRuns restarted = service(journal, new Fixtures.Checkpoints());
-        assertEquals(1, restarted.restore(512));
-        for (GuardedRuns g : List.of(guard, restarted)) {
-            g.report(step("t5", 0, 21, 2.0, 0.5));
-            g.report(step("t5", 1, 21, 2.0, 0.5));
+        for (GuardedRuns g : skipTogetherThenRestart("t5", 20)) {
+            assertEquals(RunState.DEGRADED, state(g, "t5")); // the mismatch's incident
+            healthyStep(g, "t5", 21);
             assertEquals(RunState.HEALTHY, state(g, "t5"), "the streaks held through step 20");
         }
     }
