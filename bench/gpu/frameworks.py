@@ -144,10 +144,22 @@ class Blocks:
     unguarded blocks on either side, so a host that drifts over seconds moves both alike. A paused
     guard still runs its callback and the optimizer wrapper (a few µs, counted as unguarded)."""
 
-    def __init__(self, warmup, size, pairs):
+    def __init__(self, warmup, size, pairs, toggle="guard"):
         self.warmup, self.size, self.n_blocks = warmup, size, 2 * pairs + 1
         self.n, self.t0, self.ms = 0, None, []
         self.guard = None
+        self.toggle = toggle  # "watch": the guard stays on, its module watch is detached in even blocks
+
+    def _switch(self, on):
+        if self.toggle == "watch":
+            w = self.guard.watch
+            if on:
+                w.attach()
+            else:
+                w.remove()
+                w.reset()
+        else:
+            (self.guard.resume if on else self.guard.pause)()
 
     def steps(self):
         return self.warmup + self.size * self.n_blocks
@@ -160,7 +172,7 @@ class Blocks:
                 self.ms.append((time.perf_counter() - self.t0) * 1000.0 / self.size)
             block = k // self.size  # even: unguarded, odd: guarded
             if block < self.n_blocks:  # pause() flushes the reports: not counted in either block
-                (self.guard.resume if block % 2 else self.guard.pause)()
+                self._switch(block % 2 == 1)
             torch.cuda.synchronize()
             self.t0 = time.perf_counter()
         self.n += 1
@@ -201,16 +213,18 @@ HF_VARIANTS = {
     "hf-nowatch": dict(at_backward=True, watch=()),          # no module statistics
     "hf-onewatch": dict(at_backward=True, watch=("gpt",)),   # the whole model's output only (before s17)
     "hf-oneblock": dict(at_backward=True, watch=("gpt.h.0",)),  # one block of the 14
+    # the guard on throughout, the 14 blocks' watch detached in every other block: the watch's own cost
+    "hf-watch-ab": dict(at_backward=True, toggle="watch"),
 }
 
 
 def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True, snapshots=True,
-                  unsent=False, watch=None):
+                  unsent=False, watch=None, toggle="guard"):
     """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``);
     ``watch`` the modules watched (default: the GPT's blocks)."""
     import transformers
     from trainguard.hf import TrainguardCallback
-    blocks = Blocks(warmup, size, pairs)
+    blocks = Blocks(warmup, size, pairs, toggle)
     tg = TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
                             measure_at_backward=at_backward, snapshots=snapshots,
                             watch=watched(cfg) if watch is None else list(watch))
