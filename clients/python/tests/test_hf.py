@@ -188,3 +188,42 @@ def test_hf_trainer_with_gradient_accumulation_measures_the_cycles_last_backward
     assert tg.guard.counters["device_gated_steps"] == 4
     assert tg.guard.backward_gate.counters == {"measured": 4, "used": 4, "stale": 0, "dropped": 0}
     assert weights_finite(model)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_a_transformers_model_is_watched_layer_by_layer_and_a_nan_is_named_by_its_layer(sidecar, family):
+    # Prevents: a transformers model watched as "transformer" + "lm_head", so a NaN inside decoder
+    # layer 1 was named by the whole transformer, and the logits read in full for one statistic.
+    from trainguard.guard import Guard
+    torch.manual_seed(0)
+    small = dict(vocab_size=64, num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    if family == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32,
+                                                                     n_layer=2, n_head=2))
+        layers, expected = model.transformer.h, ["transformer.wte", "transformer.wpe", "transformer.h.0",
+                                                  "transformer.h.1", "transformer.ln_f", "lm_head"]
+    elif family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(num_key_value_heads=2, **small))
+        layers, expected = model.model.layers, ["model.embed_tokens", "model.layers.0", "model.layers.1",
+                                                "model.norm", "lm_head"]
+    else:
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2, **small))
+        layers, expected = model.bert.encoder.layer, ["bert.embeddings", "bert.encoder.layer.0",
+                                                      "bert.encoder.layer.1", "bert.pooler", "dropout", "classifier"]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = Guard(model, opt, f"layers-{family}-{time.time_ns()}", target=sidecar.target, deadline=5.0)
+    assert g.watch.names == expected
+    name = next(n for n in expected if n.endswith(".1"))  # the second layer
+    inner = layers[1].intermediate if family == "bert" else layers[1].mlp  # inside the layer: its hook runs first
+    poison = inner.register_forward_hook(lambda mod, inp, out: out * float("nan"))
+    ids = torch.randint(0, 64, (2, 8))
+    labels = torch.tensor([0, 1]) if family == "bert" else ids
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(input_ids=ids, labels=labels).loss
+    loss.backward()
+    v = g.step(0, loss)
+    poison.remove()
+    opt.zero_grad()
+    g.close()
+    assert v.action.name == "SKIP" and v.first_nonfinite_module == name, (v.action, v.first_nonfinite_module)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -248,22 +248,57 @@ def first_non_finite(names, finite):
 WRAPPED = ("module", "_orig_mod", "_fsdp_wrapped_module")
 
 
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+_STACK_DEPTH = 3  # how far below a child a stack of blocks is looked for
+
+
+def _has_params(module):
+    return any(True for _ in module.parameters())
+
+
+def _is_stack(module):
+    """A container of repeated blocks: at least two children of one class that hold parameters."""
+    if not isinstance(module, _CONTAINERS):
+        return False
+    seen = set()
+    for child in module.children():
+        if type(child) in seen and _has_params(child):
+            return True
+        seen.add(type(child))
+    return False
+
+
+def _holds_stack(module, depth=_STACK_DEPTH):
+    return depth > 0 and any(_is_stack(c) or _holds_stack(c, depth - 1) for c in module.children())
+
+
 def auto_watch(model):
     """Default watched modules: the model's children, with containers (ModuleList/Sequential/
-    ModuleDict) opened one level so that each block is watched on its own. A framework's wrapper
-    (one child, named as in ``WRAPPED``) is looked through: its child is the whole model, whose
-    output alone would say nothing about where a NaN appeared. A module whose one child has any other
-    name is not (the user names its blocks), nor a wrapped model without children (it is watched)."""
+    ModuleDict) opened one level so that each block is watched on its own.
+
+    A child that holds the model's stack of blocks a few levels down (transformers'
+    ``GPT2LMHeadModel.transformer.h``, ``LlamaForCausalLM.model.layers``, ``BertModel.encoder.layer``, a
+    LightningModule's ``self.model``) is opened too, down to that stack: its blocks are watched one by
+    one, and beside them the modules with parameters on the way (embeddings, final norm), so a NaN is
+    named by the block where it appeared, not by the one module that holds them all. A framework's
+    wrapper (one child, named as in ``WRAPPED``) is looked through even without such a stack: its child
+    is the whole model. A module whose one child has any other name and no stack below it is watched
+    as it is (the user names its blocks), as is a wrapped model without children."""
     prefix = ""
     kids = list(model.named_children())
     while len(kids) == 1 and kids[0][0] in WRAPPED and any(True for _ in kids[0][1].children()):
         prefix += kids[0][0] + "."
         kids = list(kids[0][1].named_children())
     names = []
-    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
-    for name, child in kids:
-        if isinstance(child, containers):
-            names.extend(f"{prefix}{name}.{sub}" for sub, _ in child.named_children())
-        else:
-            names.append(prefix + name)
+    _expand(kids, prefix, names, top=True)
     return names
+
+
+def _expand(kids, prefix, names, top):
+    for name, child in kids:
+        if isinstance(child, _CONTAINERS):
+            names.extend(f"{prefix}{name}.{sub}" for sub, _ in child.named_children())
+        elif _holds_stack(child):
+            _expand(list(child.named_children()), f"{prefix}{name}.", names, top=False)
+        elif top or _has_params(child):  # below the top: dropout, rotary tables, activations are not watched
+            names.append(prefix + name)
