@@ -161,24 +161,35 @@ def test_hf_trainer_on_the_device_gate_measures_at_backward_end_and_skips_nan(si
     assert guard.counters["skips"] == 1
 
 
+def token_rows(n):
+    """``n`` seeded rows of 16 random tokens, each its own label."""
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (n, 16), generator=g)]
+
+
 def train_on_gate(sidecar, name, rows, **args):
     """A tiny GPT-2 trained by the Trainer on the CPU's device gate; returns (callback, model)."""
     from trainguard.hf import TrainguardCallback
     model = tiny_gpt2()
-    g = torch.Generator().manual_seed(1)
-    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (rows, 16), generator=g)]
+    data = token_rows(rows)
     tg = TrainguardCallback(f"hf-trainer-{name}", target=sidecar.target, deadline=5.0, device_gate=True)
     transformers.Trainer(model=model, args=fused_cpu_args(sidecar, f"hf-{name}", **args), train_dataset=data,
                          callbacks=[tg]).train()
     return tg, model
 
 
-def test_hf_trainer_that_clips_itself_measures_at_pre_optimizer_step_only(sidecar):
-    # prevents: every step measured twice (at backward end, then again after the Trainer's in-place clip)
-    tg, model = train_on_gate(sidecar, "clips", 40, max_steps=5, max_grad_norm=1.0)
+@pytest.mark.parametrize("max_grad_norm, used", [(1e6, 5), (1e-4, 0)])
+def test_hf_trainer_that_clips_itself_keeps_the_backward_measurement_only_where_its_clip_changed_nothing(
+        sidecar, max_grad_norm, used):
+    # prevents: every step of a Trainer with max_grad_norm set (its default, 1.0) measured only after
+    # the loss read, and a step the Trainer clipped judged on the gradients before its clip
+    tg, model = train_on_gate(sidecar, f"clips-{max_grad_norm}", 40, max_steps=5, max_grad_norm=max_grad_norm)
     assert tg.guard.counters["device_gated_steps"] == 5
-    assert tg.guard.backward_gate.counters == {"measured": 0, "used": 0, "stale": 0, "dropped": 0}
-    assert weights_finite(model)
+    assert tg.guard.backward_gate.counters == {"measured": 5, "used": used, "stale": 5 - used, "dropped": 0}
+    plain = tiny_gpt2()
+    transformers.Trainer(model=plain, args=fused_cpu_args(sidecar, f"hf-plain-{max_grad_norm}", max_steps=5,
+                                                          max_grad_norm=max_grad_norm), train_dataset=token_rows(40)).train()
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))  # the same updates
 
 
 def test_hf_trainer_with_gradient_accumulation_measures_the_cycles_last_backward(sidecar):

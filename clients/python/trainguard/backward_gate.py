@@ -18,6 +18,7 @@ Only a single-rank device-gated step without an enabled GradScaler is measured e
 agree in a collective at ``step()``; a GradScaler unscales in place at ``step()``).
 """
 import logging
+import math
 
 import torch
 
@@ -51,6 +52,11 @@ class BackwardGate:
         #: in-place writes per gradient between backward and step() that the caller vouches leave its
         #: values unchanged (the HF Trainer's clip_grad_norm_(inf), a multiply by 1.0, every step)
         self.noop_writes = 0
+        #: ``max_norm`` of a ``clip_grad_norm_(params, max_norm)`` the loop runs between backward and
+        #: step() (the HF Trainer's ``max_grad_norm``, Accelerate's ``clip_grad_norm_``). Its one write
+        #: multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``: exactly 1.0 while the norm
+        #: is below ``max_norm``, which the measurement's own statistics say once they reached the host.
+        self.clip_max_norm = None
         self._armed = None   # (detached loss, stream) of the backward to measure at its end
         self._early = None
         # dropped: superseded by a later backward, or the step went to the host path
@@ -151,10 +157,24 @@ class BackwardGate:
         if not (torch.is_tensor(loss) and loss.device == early.loss.device
                 and loss.data_ptr() == early.loss.data_ptr() and loss.shape == early.loss.shape):
             return False
+        writes = self.noop_writes + (1 if self._clip_left_unchanged(early) else 0)
         now = [p.grad for p in _params(self.g.optimizer)]
         return len(now) == len(early.grads) and all(
-            t is was and (t is None or (0 <= t._version - v <= self.noop_writes and t.data_ptr() == ptr))
+            t is was and (t is None or (0 <= t._version - v <= writes and t.data_ptr() == ptr))
             for t, was, v, ptr in zip(now, early.grads, early.versions, early.ptrs))
+
+    def _clip_left_unchanged(self, early):
+        """Whether the loop's ``clip_grad_norm_(max_norm)`` multiplied by exactly 1.0: the measured norm
+        is finite and below ``max_norm`` with room for the clip's own rounding. Read from the staged
+        statistics only once they landed (the loop's loss read has waited for them): never a wait here.
+        A step it clipped, or one not yet known, is measured again at step()."""
+        if self.clip_max_norm is None:
+            return False
+        hosts, event = early.staged
+        if event is not None and not event.query():
+            return False
+        norm = float(hosts[0][1])  # [loss, grad norm, ...]
+        return math.isfinite(norm) and norm * (1 + 1e-3) + 1e-6 < self.clip_max_norm
 
 
 def _params(optimizer):

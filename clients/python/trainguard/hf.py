@@ -11,7 +11,8 @@ a custom ``compute_loss`` without it reports the loss as absent and the gradient
 On the device gate the step is measured when the last micro-batch's backward ends, before the
 Trainer's per-step loss read (``Guard.gate_on_backward``); ``on_pre_optimizer_step`` uses that
 measurement unless the gradients changed since. With ``max_grad_norm`` set the Trainer clips in place
-after backward, so the step is measured at ``on_pre_optimizer_step`` only.
+after backward; that measurement still holds on a step whose norm was below ``max_grad_norm`` (the
+clip multiplied by 1.0), and a step the Trainer clipped is measured again at ``on_pre_optimizer_step``.
 Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its tensor files:
 ``*.safetensors`` and ``optimizer.pt``/``scheduler.pt``/``scaler.pt``, all verified; not
 ``rng_state.pth`` or ``training_args.bin``, which pickle Python objects), and a ROLLBACK restores it: weights,
@@ -85,8 +86,10 @@ class TrainguardCallback(TrainerCallback):
         install_wrapper(optimizer, self.guard.wrap(inner))
         self.guard.restore_hook = self._restore
         if args.max_grad_norm:
-            # the Trainer clips in place after backward: a measurement taken then is always stale
-            self.measure_at_backward = False
+            # The Trainer clips in place after backward, once: a multiply by exactly 1.0 on every
+            # step whose norm is below max_grad_norm, so the measurement at backward's end holds there;
+            # a step it clipped is measured again at on_pre_optimizer_step (backward_gate).
+            self.guard.backward_gate.clip_max_norm = float(args.max_grad_norm)
         else:
             # transformers >= 5 reads the grad norm every step through clip_grad_norm_(inf) (its
             # Trainer._get_grad_norm): the gradients are multiplied by exactly 1.0 in place, their

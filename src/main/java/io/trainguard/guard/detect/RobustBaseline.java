@@ -80,9 +80,15 @@ public final class RobustBaseline {
         return spread;
     }
 
-    /** {@code median + k * spread}; +inf before the first value (nothing to compare with yet). */
+    /**
+     * {@code median + k * spread}; +inf before the first non-zero value (nothing to compare with yet).
+     * A signal that has only been 0 (a first batch whose tokens are all masked: loss 0, grad norm 0)
+     * has no scale: a bound of {@code k * Double.MIN_NORMAL} would make every later value a spike, and
+     * spikes are never admitted, so the level would stay 0 and the run be skipped, rolled back and
+     * halted on healthy steps.
+     */
     public double upperBound(double k) {
-        return count == 0 ? Double.POSITIVE_INFINITY : median + k * spread;
+        return count == 0 || peak <= 0 ? Double.POSITIVE_INFINITY : median + k * spread;
     }
 
     /** How many times the level x is ({@code x / median}), or NaN when that ratio means nothing. */

@@ -29,6 +29,20 @@ class SpikeDetectorTest {
     }
 
     @Test
+    void isSpike_firstValuesExactlyZero_laterHealthyValuesAreNotSpikes() {
+        // Prevents: a first batch whose tokens are all masked (loss 0, grad norm 0) giving a bound of
+        // k * Double.MIN_NORMAL: every later healthy step a spike, skipped, rolled back, then halted.
+        var d = new SpikeDetector(0.98, 64, Z);
+        d.observe(0.0);
+        double[] healthy = {15.5, 10.2, 9.8, 9.1, 8.7, 8.9, 8.2, 7.9, 7.5, 7.7, 7.2};
+        for (double x : healthy) {
+            assertFalse(d.isSpike(x, Z), "healthy value " + x + " after a first 0");
+            d.observe(x);
+        }
+        assertTrue(d.isSpike(150 * 7.5, Z), "once the signal has a level, a 150x jump is a spike again");
+    }
+
+    @Test
     void isSpike_eightSamples_orderOfMagnitudeJumpCaught() {
         // Prevents: an early bound so wide that a 20x jump at step 10 passes.
         var d = new SpikeDetector(0.98, 64, Z);
