@@ -159,8 +159,8 @@ def _dict_changes(before, now, path, out, key_format):
     out.extend(f"{path + key_format.format(k)} added ({_short(now[k])})" for k in now if k not in before)
 
 
-def _attributes(m, own):
-    return {k: _Remembered(v, 0, own) for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
+def _attributes(m, own, ignore=frozenset()):
+    return {k: _Remembered(v, 0, own) for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in ignore}
 
 
 def _class_attributes(cls):
@@ -186,9 +186,12 @@ class ModelSnapshot:
     tensor once, restores none), None only each tensor's version counter (no read at all; sees
     in-place writes, not ``.data`` swaps of equal dtype and device)."""
 
-    def __init__(self, model, keep_values=True, ignore_hooks=()):
+    def __init__(self, model, keep_values=True, ignore_hooks=(), ignore_attrs=()):
         self.model = model
         self.ignore_hooks = set(ignore_hooks)
+        # a framework's own bookkeeping in module __dict__s (Lightning's _current_fx_name), which
+        # the framework itself changes around every validation pass: neither compared nor restored
+        self.ignore_attrs = frozenset(ignore_attrs)
         self.tensors = {}
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             self.tensors[name] = (t, t.dtype, t.device, t.detach().clone() if keep_values else None,
@@ -203,7 +206,7 @@ class ModelSnapshot:
                 "inst_forward": m.__dict__.get("forward", None),
                 "fwd_hooks": {k: v for k, v in m._forward_hooks.items() if k not in self.ignore_hooks},
                 "pre_hooks": dict(m._forward_pre_hooks),
-                "attrs": _attributes(m, own),
+                "attrs": _attributes(m, own, self.ignore_attrs),
             }
             for cls in type(m).__mro__:
                 if cls is not object and cls not in self.classes:
@@ -250,7 +253,7 @@ class ModelSnapshot:
             if hooks != s["fwd_hooks"] or dict(m._forward_pre_hooks) != s["pre_hooks"]:
                 found.append((self.WIRING, f"{label} forward hooks changed"))
             attrs = []
-            current = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
+            current = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in self.ignore_attrs}
             _dict_changes(s["attrs"], current, label, attrs, ".{}")
             found += [(self.ATTRIBUTES, text) for text in attrs]
         found += self._explain_grouped(self.TRAIN_MODE, train_mode, "modules changed")
@@ -343,7 +346,8 @@ class ModelSnapshot:
                 m.__dict__.pop("forward", None)
             else:
                 m.__dict__["forward"] = s["inst_forward"]
-            for k in [k for k in m.__dict__ if k not in _MODULE_INTERNALS and k not in s["attrs"]]:
+            for k in [k for k in m.__dict__ if k not in _MODULE_INTERNALS and k not in s["attrs"]
+                      and k not in self.ignore_attrs]:
                 del m.__dict__[k]
             for k, r in s["attrs"].items():
                 m.__dict__[k] = r.obj  # plain attributes live in __dict__; no nn.Module __setattr__ routing

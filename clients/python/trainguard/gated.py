@@ -62,8 +62,10 @@ class GatedStep:
     def fault(self):
         vals = self.host.tolist()
         mods = vals[2 + self.n_groups:]
-        bad = first_non_finite(self.names, [math.isfinite(x) for x in mods])
-        return StepFault(vals[0], vals[1], module=bad or "")
+        # the bare name, as Recovery._fault gives the replay's: the two are compared in classify()
+        # (first_non_finite's "'name' (call k of n)" is for messages only)
+        bad = next((n for n, x in zip(self.names, mods) if not math.isfinite(x)), "")
+        return StepFault(vals[0], vals[1], module=bad)
 
 
 class GatedPath:

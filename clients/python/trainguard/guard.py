@@ -20,7 +20,7 @@ import uuid
 import grpc
 import torch
 
-from . import answers, checkpointing, client_state, host_path
+from . import answers, checkpointing, client_state, host_path, lifecycle
 from . import apply as apply_
 from . import distributed as dist_agree
 from .connection import ClientState, Connection
@@ -32,6 +32,7 @@ from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
 from .report_process import for_transport
 from .run_setup import build_policy, check_choices  # noqa: F401  (build_policy: public here)
+from .numbering import LoopNumbering
 from .stats import ModuleWatch, auto_watch
 from .transport import ReportSender, Transport
 from .validation import ValidationContext
@@ -155,6 +156,8 @@ class Guard:
         #: Lightning / HF integrations); None: load_checkpoint(), the Guard's own format.
         self.restore_hook = None
         self._pending_update = False  # a step() verdict no optimizer update has consumed yet
+        self.numbering = LoopNumbering()  # a loop that did not jump back after a rollback (numbering.py)
+        self._closed = self._closed_warned = False
 
         self.meter = StepMeter(optimizer, self.device, scaler, self.watch)
         self.gate = DeviceGate(optimizer, self.device)
@@ -201,6 +204,9 @@ class Guard:
         the loss; a faulty step is then replayed once to classify the fault (docs/client.md,
         Recovery). ``data_position``: where the data stands after this step's batch (default
         step + 1); in-memory snapshots record it."""
+        if self._closed:
+            return lifecycle.closed_step(self, step)
+        step = self.numbering.guard_step(step)
         self.recovery.begin(step, data_position, replay)
         now = time.perf_counter()
         step_time, self._step_t0 = now - self._step_t0, now
@@ -295,7 +301,7 @@ class Guard:
         """The verdict an optimizer update about to run must obey. With ``auto`` and no
         ``step()`` since the last update, the step is measured and judged now (loss absent)."""
         if not self._pending_update and auto:
-            self.step(self.next_step(), None)
+            self.step(self.numbering.loop_step(self.next_step()), None)
         self._pending_update = False
         return self.last_verdict
 
@@ -313,25 +319,10 @@ class Guard:
         """Detaches the guard until ``resume()``: waits for queued reports, removes the forward hooks
         and the optimizer's device gate, so the optimizer steps as if unguarded. ``step()`` while
         paused returns APPLY without measuring."""
-        self.flush()
-        self.gated.clear()
-        if self.watch:
-            self.watch.remove()
-            self.watch.reset()
-        self.gate.uninstall()
-        if not self.connection.offline:
-            self.heartbeat(self.last_step or 0, "IDLE")  # a paused trainer is not hung (HangWatch)
-        self.connection.pause()
+        lifecycle.pause(self)
 
     def resume(self):
-        if self.watch:
-            self.watch.attach()
-        self._step_t0 = time.perf_counter()
-        if self.recovery.ring is not None:
-            self.recovery.ring.pace.restart_clock()  # the pause is no step time
-        self.connection.resume()
-        if not self.connection.offline:
-            self.heartbeat(self.last_step or 0, "STEP")
+        lifecycle.resume(self)
 
     # ------------------------------------------------------------------ checkpoints and validation
 
@@ -381,16 +372,13 @@ class Guard:
         timeout = self.deadline * 4 if timeout is None else timeout
         return self.sender.flush(timeout) and self.recovery.registrar.flush(timeout)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close("training finished" if exc_type is None else f"training ended by {exc_type.__name__}")
+        return False
+
     def close(self, reason="training finished"):
-        self.flush()
-        self.gate.uninstall()
-        self.sender.close()
-        self.recovery.registrar.close(checkpointing.register_deadline(self))  # a call in flight ends first
-        try:
-            self.transport.call("CloseRun", pb.CloseRunRequest(run_id=self.run, rank=self.rank, reason=reason))
-        except grpc.RpcError:
-            pass
-        if self.watch:
-            self.watch.remove()
-        self.transport.close()
-        self.counters["reports_dropped"] = self.sender.dropped
+        """Flushes the reports, closes the run and removes hooks and gate. Idempotent."""
+        lifecycle.close(self, reason)

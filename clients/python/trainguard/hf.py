@@ -24,6 +24,7 @@ Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the s
     model, opt = accelerator.prepare(model, guard.wrap(optimizer))
     ... guard.gate_on_backward(loss); accelerator.backward(loss); guard.step(step, loss); opt.step(); opt.zero_grad()
 """
+import glob
 import logging
 import os
 
@@ -64,6 +65,7 @@ class TrainguardCallback(TrainerCallback):
         self.run, self.target, self.guard_kwargs = run, target, guard_kwargs
         self.measure_at_backward = measure_at_backward
         self.guard = None
+        self._base_run, self._trainings = run, 0
         self.step = 0            # the guard's step: optimizer steps, re-numbered after a rollback
         self.verdicts = []       # (step, action name, reasons) of every verdict that was not APPLY
         self._loss = None
@@ -78,6 +80,18 @@ class TrainguardCallback(TrainerCallback):
             raise TypeError("the Trainer's optimizer is not an Accelerate AcceleratedOptimizer; build the Trainer "
                             "with optimizers=(guard.wrap(optimizer), scheduler) and use trainguard.Guard directly")
         scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
+        self._trainings += 1
+        if self._trainings > 1:  # train() again (a notebook, hyperparameter_search): the last run was closed
+            self.run = f"{self._base_run}-{self._trainings}"
+            log.warning("trainguard: train() called again with this TrainguardCallback: run '%s' was closed at the "
+                        "end of the last one, this one is run '%s'", self._base_run, self.run)
+        # Resuming (resume_from_checkpoint): number the steps on from the Trainer's, so that the checkpoints
+        # this process registers do not take the step numbers of the ones the run registered before.
+        self.step, self._loss = int(state.global_step), None
+        if args.save_total_limit:
+            log.warning("trainguard: save_total_limit=%s: the Trainer deletes old checkpoints, possibly the one a "
+                        "ROLLBACK returns to (training then halts); keep more checkpoints or save less often",
+                        args.save_total_limit)
         kwargs_ = dict(self.guard_kwargs)
         kwargs_.setdefault("framework", "transformers")
         kwargs_.setdefault("clipping_configured", bool(args.max_grad_norm))
@@ -130,10 +144,21 @@ class TrainguardCallback(TrainerCallback):
         self.guard.checkpoints[step]["restore"] = path
 
     def _restore(self, target, plan):
-        entry = self.guard.checkpoints.get(plan.checkpoint_step, {})
-        path = entry.get("restore") or (os.path.dirname(target) if os.path.isfile(target) else target)
-        weights = os.path.join(path, "model.safetensors")
-        state = read_safetensors(weights)
+        # The plan's own files name the checkpoint: a step number alone may be taken twice in one run
+        # (a resumed run renumbers; an earlier process registered its own checkpoints).
+        if os.path.isdir(target) or not os.path.splitext(target)[1]:
+            path = target
+        else:
+            path = os.path.dirname(target)
+        shards = sorted(glob.glob(os.path.join(path, "model.safetensors")) or
+                        glob.glob(os.path.join(path, "model-*-of-*.safetensors")))
+        if not shards:
+            raise FileNotFoundError(f"the checkpoint {path} has no model.safetensors (or shards): deleted (the "
+                                    f"Trainer's save_total_limit rotation?) or saved in another layout")
+        weights = shards[0] if len(shards) == 1 else path
+        state = {}
+        for f in shards:
+            state.update(read_safetensors(f))
         device = next(self._model.parameters()).device
         missing, unexpected = self._model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
         tied = {k for k in missing if k.endswith("lm_head.weight") or "tied" in k}

@@ -27,6 +27,7 @@ The LR scheduler still steps on a skipped step, as it does under a GradScaler ov
 import logging
 import os
 
+import grpc
 import torch
 
 try:
@@ -34,12 +35,19 @@ try:
 except ImportError:  # the standalone package
     import pytorch_lightning as pl
 
+from .connection import grpc_code
+from .errors import TrainguardError
+from . import rollback as rollback_
 from .guard import Guard
 from .safetensors_io import write_safetensors
 from .validation import ModelSnapshot
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
+
+# What Lightning itself writes into a LightningModule's __dict__ around a validation pass (the hook
+# being called): not the model's state, and not the validation's doing.
+LIGHTNING_BOOKKEEPING = frozenset({"_current_fx_name"})
 
 
 class TrainguardCallback(pl.Callback):
@@ -48,9 +56,15 @@ class TrainguardCallback(pl.Callback):
     safetensors next to each checkpoint; False, the default: not, Lightning's own files are registered),
     and any Guard keyword argument."""
 
-    def __init__(self, run, target=None, restore=True, weights_copy=False, **guard_kwargs):
+    def __init__(self, run, target=None, restore=True, weights_copy=False, gate_validation=False, **guard_kwargs):
         super().__init__()
         self.run, self.target, self.restore = run, target, restore
+        # False (default): Lightning's validation always runs (audited, restored); the sidecar's
+        # refusal is logged. True: a refused pass runs no validation_step, so nothing is logged and
+        # ModelCheckpoint/EarlyStopping/ReduceLROnPlateau(monitor=...) fail on the missing metric.
+        self.gate_validation = bool(gate_validation)
+        self._refusal_said = False
+        self._refused_ckpt_said = False
         self.guard_kwargs = guard_kwargs
         # "auto" (the former default) meant no copy: Lightning's own .ckpt files are registered
         self.weights_copy = False if weights_copy == "auto" else bool(weights_copy)
@@ -63,10 +77,17 @@ class TrainguardCallback(pl.Callback):
         self._seen = set()
         self._val = None
         self._state = None
+        self._update = None       # [step, LRs to put back, protection snapshot, stepped] of the update under way
+        self._closed = False      # on_fit_end closed the guard's run (a closed run id cannot be reopened)
+        self._post_hook = None
 
     # ------------------------------------------------------------------ setup
 
     def on_fit_start(self, trainer, pl_module):
+        if self._closed:
+            raise ValueError(f"TrainguardCallback(run={self.run!r}) already guarded a fit, which closed run "
+                             f"{self.run!r}; a closed run cannot be reopened: give this fit a new "
+                             f"TrainguardCallback with a new run id (its state carries over through the checkpoint)")
         if len(trainer.optimizers) != 1:
             raise ValueError(f"TrainguardCallback guards one optimizer; this Trainer has {len(trainer.optimizers)} "
                              "(use trainguard.Guard directly in manual optimization)")
@@ -76,23 +97,38 @@ class TrainguardCallback(pl.Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         kwargs = dict(self.guard_kwargs)
         kwargs.setdefault("framework", "lightning")
+        # fault replay needs guard.step(..., replay=fn), which Lightning's loop cannot pass: without
+        # this every non-finite step warns "pass guard.step(..., replay=fn)", advice a Lightning user cannot follow
+        kwargs.setdefault("replay", False)
         kwargs.setdefault("clipping_configured", trainer.gradient_clip_val is not None)
         strategy = type(trainer.strategy).__name__.lower()
         kwargs.setdefault("grad_sync", "sharded" if ("fsdp" in strategy or "deepspeed" in strategy) else "replicated")
         self.guard = Guard(pl_module, opt, self.run, target=self.target, scheduler=scheduler, scaler=scaler,
                            **kwargs)
         self.guard.restore_hook = lambda path, plan: self._restore(trainer, pl_module, plan)
+        # Lightning calls optimizer.step() itself: the guard's before/after-update work (re-warm LR,
+        # protect_update, in-memory snapshots) hangs on the optimizer's step hook and on_train_batch_end
+        self._post_hook = opt.register_step_post_hook(self._after_optimizer_step)
         if self._state is not None:
             self.guard.load_state_dict(self._state)
             self.step = self._state.get("callback_step", self.step)
 
+    def _unhook(self):
+        if self._post_hook is not None:
+            self._post_hook.remove()
+            self._post_hook = None
+
     def on_fit_end(self, trainer, pl_module):
+        self._unhook()
         self._register_new_checkpoints(trainer)
-        if self.guard is not None:
+        if self.guard is not None and not self._closed:
             self.guard.close()
+            self._closed = True
 
     def on_exception(self, trainer, pl_module, exception):
-        if self.guard is not None:
+        self._unhook()
+        if self.guard is not None and not self._closed:
+            self._closed = True
             self.guard.close(reason=f"training stopped: {type(exception).__name__}: {exception}")
 
     # ------------------------------------------------------------------ per step
@@ -105,9 +141,53 @@ class TrainguardCallback(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._register_new_checkpoints(trainer)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pl_module.__dict__.pop("configure_gradient_clipping", None)
+        self._finish_update()  # after Lightning stepped the LR scheduler, as in guard.optimizer_step()
+
+    def _put_lr_back(self, saved):
+        if saved is not None:
+            for group, lr in zip(self.guard.optimizer.param_groups, saved):
+                group["lr"] = lr
+
+    def _after_optimizer_step(self, optimizer, args, kwargs):
+        u = self._update
+        if u is None or u[3]:
+            return
+        u[3] = True
+        self._put_lr_back(u[1])
+        if u[2] is not None:
+            self.guard.protector.check(u[2], u[0])  # undoes a non-finite update and raises NonFiniteUpdate
+
+    def _finish_update(self):
+        u, self._update = self._update, None
+        if u is None:
+            return
+        step, saved, _, stepped = u
+        if stepped:
+            self.guard.recovery.after_update(step)
+        else:  # the optimizer did not step after all (a GradScaler overflow)
+            self._put_lr_back(saved)
+            self.guard.recovery.after_no_update(step)
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        pl_module.__dict__.pop("configure_gradient_clipping", None)
+        self._finish_update()
         loss, self._loss = self._loss, None
-        v = self.guard.step(self.step, loss)
+        g = self.guard
+        v = g.step(self.step, loss)
+        g._pending_update = False  # the update is Lightning's: what guard.optimizer_step() does around it is here
+        if v.should_step:
+            self._update = [v.step, rollback_.rewarm_lr(g, v.step),
+                            g.protector.snapshot() if g.protect_update else None, False]
+            g.recovery.before_update()
+        else:
+            g.recovery.after_no_update(v.step)
+        if not v.should_step:
+            # SKIP/ROLLBACK left no gradients (None). Lightning clips right after this hook, and
+            # torch's clip_grad_value_ (gradient_clip_algorithm="value", or a user's own
+            # configure_gradient_clipping) raises on an empty list: no clip on this step.
+            pl_module.__dict__["configure_gradient_clipping"] = lambda *a, **k: None
         if v.action.name != "APPLY":
             self.verdicts.append((self.step, v.action.name, list(v.reasons)))
         self.step = v.resume_step if v.resume_step is not None else self.step + 1
@@ -139,17 +219,32 @@ class TrainguardCallback(pl.Callback):
         if step in self.guard.checkpoints:
             return
         ckpt = new[-1]
-        if copy is not None:
-            self.guard.checkpoint_saved(copy, step, data_position=step + 1)
-        elif trainer.is_global_zero:
-            self.guard.checkpoint_saved(ckpt, step, data_position=step + 1)
+        try:
+            if copy is not None:
+                self.guard.checkpoint_saved(copy, step, data_position=step + 1)
+            elif trainer.is_global_zero:
+                self.guard.checkpoint_saved(ckpt, step, data_position=step + 1)
+        except grpc.RpcError as e:  # a refusal (e.g. outside trainguard.checkpoint.roots); unreachable is handled inside
+            self.guard.checkpoints.pop(step, None)  # the sidecar does not know it: no rollback target
+            msg = (f"trainguard: the sidecar refused checkpoint {copy or ckpt} ({grpc_code(e).name}: "
+                   f"{e.details() if hasattr(e, 'details') else e}); Lightning's checkpoints are no rollback targets "
+                   f"until ModelCheckpoint(dirpath=...) lies under the sidecar's trainguard.checkpoint.roots")
+            if self.guard.failure_mode == "closed":
+                raise TrainguardError(msg) from None
+            log.log(logging.DEBUG if self._refused_ckpt_said else logging.ERROR, msg)
+            self._refused_ckpt_said = True
+            return
         entry = self.guard.checkpoints.setdefault(step, {"dir": ckpt, "files": [ckpt], "checkpoint_id": "",
                                                          "data_position": step + 1})
         entry["restore"] = ckpt
 
     def _restore(self, trainer, pl_module, plan):
-        entry = self.guard.checkpoints.get(plan.checkpoint_step, {})
+        entry = self._on_disk(plan)
         ckpt = entry.get("restore")
+        # entries of later steps belong to the timeline the rollback abandons; the re-numbered steps
+        # reuse their numbers, and a later checkpoint of such a step must be registered again
+        for s in [s for s in self.guard.checkpoints if s > plan.checkpoint_step]:
+            del self.guard.checkpoints[s]
         if ckpt and os.path.isfile(ckpt):
             state = torch.load(ckpt, map_location=pl_module.device, weights_only=False)
             pl_module.load_state_dict(state["state_dict"])
@@ -172,10 +267,34 @@ class TrainguardCallback(pl.Callback):
         log.warning("trainguard: Lightning checkpoint %s is gone; restored the weights only from %s "
                     "(optimizer state kept)", ckpt, weights)
 
+    def _on_disk(self, plan):
+        """The entry of the plan's checkpoint; if its files are gone (ModelCheckpoint(save_top_k=k)
+        deletes all but the k best), the newest older registered one still on disk, with
+        ``plan.checkpoint_step`` moved to it (the rollback resumes after that step)."""
+        g = self.guard
+        def there(e, files=()):
+            return (e.get("restore") and os.path.isfile(e["restore"])) or any(
+                f.endswith(".safetensors") and os.path.isfile(f) for f in list(files) + list(e.get("files") or []))
+        entry = g.checkpoints.get(plan.checkpoint_step, {})
+        if there(entry, plan.files or ()):
+            return entry
+        older = [s for s, e in g.checkpoints.items() if s < plan.checkpoint_step and there(e)]
+        if not older:
+            raise TrainguardError(f"rollback to step {plan.checkpoint_step}: its checkpoint ({entry.get('restore')}) "
+                                  f"is gone (deleted by ModelCheckpoint's save_top_k?) and no older registered "
+                                  f"checkpoint is on disk; use save_top_k=-1 or weights_copy=True")
+        step = max(older)
+        log.warning("trainguard: the checkpoint of step %d (%s) is gone (deleted by ModelCheckpoint's save_top_k?); "
+                    "rolling back to step %d instead", plan.checkpoint_step, entry.get("restore"), step)
+        plan.checkpoint_step = step
+        plan.files = []
+        plan.data_position = g.checkpoints[step].get("data_position", step + 1)
+        return g.checkpoints[step]
+
     # ------------------------------------------------------------------ validation
 
     def on_validation_start(self, trainer, pl_module):
-        if trainer.sanity_checking or self.guard is None:
+        if trainer.sanity_checking or self.guard is None or self._closed:  # trainer.validate() after fit
             return
         g = self.guard
         step = self.step  # optimizer steps done (Lightning's global_step unless a rollback re-numbered)
@@ -189,16 +308,26 @@ class TrainguardCallback(pl.Callback):
         from . import distributed as dist_agree
         if dist_agree.is_initialized() and g.world_size > 1:
             allowed = dist_agree.all_true(allowed)
-        if not allowed:
+        if not allowed and self.gate_validation:
             # no veto hook in Lightning: the pass runs, its validation_step does nothing
             pl_module.__dict__["validation_step"] = lambda *a, **k: None
             self._val = (step, False, None)
-            log.info("trainguard: validation at step %d refused by the sidecar: %s", step, reason)
+            self._say_refused(step, reason, "its validation_step is skipped: metrics logged there (val_loss) are "
+                              "missing for this pass, and callbacks monitoring them fail")
             return
+        if not allowed:
+            self._say_refused(step, reason, "it runs anyway (gate_validation=False), audited and restored")
         ours = {h.id for h in g.watch._handles} if g.watch else set()
         if g.watch:
             g.watch.enabled = False
-        self._val = (step, True, ModelSnapshot(pl_module, keep_values=self.restore, ignore_hooks=ours))
+        self._val = (step, allowed, ModelSnapshot(pl_module, keep_values=self.restore, ignore_hooks=ours,
+                                                       ignore_attrs=LIGHTNING_BOOKKEEPING))
+
+    def _say_refused(self, step, reason, what):
+        level = logging.DEBUG if self._refusal_said else logging.WARNING
+        self._refusal_said = True
+        log.log(level, "trainguard: the sidecar refused validation at step %d (%s); %s", step,
+                reason or "no reason given", what)
 
     def on_validation_end(self, trainer, pl_module):
         if self._val is None:
@@ -206,7 +335,7 @@ class TrainguardCallback(pl.Callback):
         step, allowed, snap = self._val
         self._val = None
         g = self.guard
-        if not allowed:
+        if snap is None:
             pl_module.__dict__.pop("validation_step", None)
             self.validations.append((step, False, None))
             return
@@ -220,7 +349,7 @@ class TrainguardCallback(pl.Callback):
             restored = True
         audit = {"parameters_changed": p, "dtype_device_mode_changed": d, "wiring_changed": w, "rng_changed": r,
                  "details": details, "restored": restored}
-        self.validations.append((step, True, audit))
+        self.validations.append((step, allowed, audit))
         metric = trainer.callback_metrics.get("val_loss")
         try:
             g.transport.call("EndValidation", pb.EndValidationRequest(

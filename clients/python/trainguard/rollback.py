@@ -35,7 +35,10 @@ def rollback(guard, v):
         if target is None:
             _halt(v, f"ROLLBACK to step {plan.checkpoint_step} ordered but its files are unknown to this rank")
         restore = getattr(guard, "restore_hook", None)  # a framework's own loader (Lightning, HF), if set
-        side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
+        try:
+            side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
+        except FileNotFoundError as e:  # deleted since it was registered (a framework's rotation)
+            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but its files are gone: {e}")
         # A checkpoint written before LR cuts were recorded (or by a framework) was saved at the uncut rate.
         restored_scale = float((side or {}).get("lr_scale", 1.0)) if isinstance(side, dict) else 1.0
     rec.lr.on_rollback(restored_scale, plan.lr_factor, plan.checkpoint_step + 1, plan.rewarm_steps)
@@ -46,6 +49,7 @@ def rollback(guard, v):
     guard._applied_rollbacks.add(key)
     guard.counters["rollbacks"] += 1
     v.resume_step = plan.checkpoint_step + 1
+    guard.numbering.rolled_back(v.step, v.resume_step)  # the next step() maps the loop's number onto it
     log.warning("trainguard: rolled back to step %d (%s), data position %d, lr x%.3g of the uncut rate%s",
                 plan.checkpoint_step, target, plan.resume_position, rec.lr.scale,
                 f", known-bad data positions {plan.bad_positions}" if plan.bad_positions else "")

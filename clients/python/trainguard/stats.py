@@ -133,6 +133,7 @@ class ModuleWatch:
         self._batched = set()  # modules whose output stayed as it was until the forward returned
         self._in_hook = set()  # modules whose output is changed in place after their hook
         self.enabled = True
+        self._outside = False  # the model's forward runs without grad (an evaluation): not this step's
         self._handles = []
         self.attach()
 
@@ -143,16 +144,27 @@ class ModuleWatch:
         modules = dict(self._model.named_modules())
         for i, n in enumerate(self.names):
             self._handles.append(modules[n].register_forward_hook(self._make_hook(i)))
-        settle = lambda *_: self.settle()  # noqa: E731
-        self._handles.append(self._model.register_forward_pre_hook(settle))  # what a failed forward left
+        def enter(*_):
+            self.settle()  # what a failed forward left
+            if not _tracing.compiling():
+                # A forward of the whole model without grad (an evaluation, sampling, a rollout between
+                # steps) cannot reach this step's gradients: its calls are not recorded, so a NaN in one
+                # validation batch does not skip the next healthy training step.
+                self._outside = not torch.is_grad_enabled()
+
+        def leave(*_):
+            self.settle()
+            if not _tracing.compiling():
+                self._outside = False
+        self._handles.append(self._model.register_forward_pre_hook(enter))
         try:
-            self._handles.append(self._model.register_forward_hook(settle, always_call=True))
+            self._handles.append(self._model.register_forward_hook(leave, always_call=True))
         except TypeError:  # torch < 2.1: not called when the forward raises (the pre-hook settles then)
-            self._handles.append(self._model.register_forward_hook(settle))
+            self._handles.append(self._model.register_forward_hook(leave))
 
     def _make_hook(self, i):
         def hook(module, inputs, output):
-            if not self.enabled:
+            if not self.enabled or self._outside:
                 return
             t = _first_tensor(output)
             if t is None or not t.is_floating_point() or t.numel() == 0:

@@ -90,6 +90,14 @@ class GuardedOptimizer(torch.optim.Optimizer):
     def step(self, closure=None, **kwargs):
         """Steps the inner optimizer when this step's verdict allows it; returns its result or None."""
         g = self.guard
+        if closure is not None and not g._pending_update:
+            # A closure computes this step's gradients: judging now (before it ran) would judge the
+            # previous step's gradients, or none. Evaluate it once, judge that, and hand the inner
+            # optimizer the result for its first evaluation (LBFGS evaluates it again later).
+            with torch.enable_grad():
+                first = closure()
+            g.step(g.numbering.loop_step(g.next_step()), first)
+            closure = _first_call_returns(first, closure)
         v = g._verdict_for_update()
         if v is not None and not v.should_step:
             apply_.skipped_update(g, v)
@@ -117,6 +125,19 @@ class GuardedOptimizer(torch.optim.Optimizer):
         else:
             self.optimizer.__dict__.pop("grad_scale", None)
         return True
+
+
+def _first_call_returns(value, closure):
+    """A closure whose first call returns ``value`` (already computed, its gradients in place) and
+    whose later calls evaluate ``closure``."""
+    pending = [True]
+
+    def call():
+        if pending[0]:
+            pending[0] = False
+            return value
+        return closure()
+    return call
 
 
 class GuardedScheduler:

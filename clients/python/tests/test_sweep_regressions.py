@@ -1,0 +1,84 @@
+"""Regressions found by the client sweep (/tmp/sweep-plain): loops written the common ways."""
+import torch
+
+from trainguard import Action
+from trainguard.guard import Guard
+from models import batch, make, weights_finite
+
+
+def test_a_loop_that_does_not_jump_to_resume_step_is_renumbered_not_rolled_back_forever(sidecar):
+    # prevents: `for step in range(n)` after a ROLLBACK getting the pending ROLLBACK (a restore) at every later step
+    model, opt = make()
+    g = Guard(model, opt, "sweep-no-jump", target=sidecar.target, deadline=5.0,
+              policy={"max_consecutive_skips": 2}, replay=False)
+    wopt = g.wrap(opt)
+    actions = []
+    for step in range(30):
+        x, y = batch(step)
+        if 10 <= step < 13:
+            y = torch.full_like(y, float("nan"))
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        actions.append(g.step(step, loss).action)
+        wopt.step()
+        wopt.zero_grad()
+        assert weights_finite(model)
+    g.close()
+    assert actions.count(Action.ROLLBACK) == 1 and g.counters["rollbacks"] == 1, actions
+    assert all(a == Action.APPLY for a in actions[14:]), actions
+
+
+def test_a_closure_step_through_the_wrapper_judges_the_closures_gradients(sidecar):
+    # prevents: opt.step(closure) judged before the closure ran (stale or no gradients): a NaN made
+    # inside the closure reaching the weights, healthy steps skipped
+    torch.manual_seed(0)
+    model, _ = make()
+    ref, _ = make()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3)
+    ref_opt = torch.optim.LBFGS(ref.parameters(), lr=0.5, max_iter=3)
+    g = Guard(model, opt, "sweep-closure", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    for step in range(12):
+        x, y = batch(step)
+        for m, o, guarded in ((model, wopt, True), (ref, ref_opt, False)):
+            def closure(m=m, o=o, guarded=guarded):
+                o.zero_grad()
+                loss = torch.nn.functional.mse_loss(m(x), y)
+                if guarded and step == 6:
+                    loss = loss * float("nan")
+                loss.backward()
+                return loss
+            if guarded or step != 6:
+                o.step(closure)
+        assert g.last_verdict.step == step and weights_finite(model)
+        assert g.last_verdict.should_step == (step != 6), (step, g.last_verdict)
+    g.close()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
+
+
+def test_a_nan_in_an_evaluation_forward_between_steps_does_not_skip_the_next_step(sidecar):
+    # prevents: a no_grad forward of the whole model (validation, sampling) counted as the next step's
+    model, opt = make()
+    g = Guard(model, opt, "sweep-eval", target=sidecar.target, deadline=5.0, replay=False)
+    for step in range(6):
+        x, y = batch(step)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        assert g.step(step, None).action == Action.APPLY
+        g.optimizer_step()
+        opt.zero_grad()
+        with torch.no_grad():
+            bad = x.clone()
+            bad[0, 0] = float("nan")
+            model(bad)
+    g.close()
+
+
+def test_close_is_idempotent_and_guard_is_a_context_manager(sidecar):
+    model, opt = make()
+    with Guard(model, opt, "sweep-close", target=sidecar.target) as g:
+        x, y = batch(0)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        g.step(0, None)
+        g.optimizer_step()
+    g.close()
+    assert g.step(1, None).should_step  # after close: not guarded, no wait, no error

@@ -1,0 +1,60 @@
+"""Pausing, resuming and closing a Guard (its ``pause``/``resume``/``close`` call these)."""
+import logging
+import time
+
+import grpc
+
+from . import checkpointing
+from .verdict import Action, Verdict
+from ._proto.trainguard.v1 import trainguard_pb2 as pb
+
+log = logging.getLogger("trainguard")
+
+
+def pause(g):
+    g.flush()
+    g.gated.clear()
+    if g.watch:
+        g.watch.remove()
+        g.watch.reset()
+    g.gate.uninstall()
+    if not g.connection.offline:
+        g.heartbeat(g.last_step or 0, "IDLE")  # a paused trainer is not hung (HangWatch)
+    g.connection.pause()
+
+
+def resume(g):
+    if g.watch:
+        g.watch.attach()
+    g._step_t0 = time.perf_counter()
+    if g.recovery.ring is not None:
+        g.recovery.ring.pace.restart_clock()  # the pause is no step time
+    g.connection.resume()
+    if not g.connection.offline:
+        g.heartbeat(g.last_step or 0, "STEP")
+
+
+def close(g, reason):
+    if g._closed:
+        return
+    g._closed = True
+    g.flush()
+    g.gate.uninstall()
+    g.sender.close()
+    g.recovery.registrar.close(checkpointing.register_deadline(g))  # a call in flight ends first
+    try:
+        g.transport.call("CloseRun", pb.CloseRunRequest(run_id=g.run, rank=g.rank, reason=reason))
+    except grpc.RpcError:
+        pass
+    if g.watch:
+        g.watch.remove()
+    g.transport.close()
+    g.counters["reports_dropped"] = g.sender.dropped
+
+
+def closed_step(g, step):
+    """``step()`` after ``close()``: not guarded, said once (no wait for a sidecar that was left)."""
+    if not g._closed_warned:
+        g._closed_warned = True
+        log.warning("trainguard: guard.step(%d) after close(): the step is not guarded", step)
+    return Verdict(step, Action.APPLY, reasons=["guard closed"], decided_locally=True)
