@@ -28,6 +28,8 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   report.py        the one place a StepReport is built
   apply.py         applying a verdict (clip, skip, rollback, halt) and the guarded optimizer step
   rollback.py      rollback to a checkpoint, LR cut, re-warm
+  numbering.py     the loop's step numbers after a rollback it did not jump back for
+  lifecycle.py     pause / resume / close of a Guard
   protect.py       update protection: undo an optimizer.step() that made weights non-finite
   checkpointing.py Guard.save_checkpoint / load_checkpoint and RegisterCheckpoint
   validation.py    validation gate (ValidationContext: `with guard.validation(m) as v: if v.allowed:`)
