@@ -1,0 +1,212 @@
+"""Regression tests for the Lightning fixes of the sweep (commit dace20c, trainguard/lightning.py),
+against the real sidecar jar: tiny LightningModules on the CPU, a few steps each. Each test is one
+of /tmp/sweep-lightning/repro_*.py turned into assertions on what the run actually did."""
+import collections
+import logging
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from models import MLP, batch, weights_finite  # noqa: E402
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", module="lightning")
+
+
+VAL_CALLS = collections.Counter()
+
+
+class Net(pl.LightningModule):
+    """``nan_loss_at``: training_step call indices whose loss is NaN. Logs val_loss in validation_step."""
+
+    def __init__(self, nan_loss_at=()):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = MLP()
+        self.nan_loss_at = set(nan_loss_at)
+        self.calls = 0
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, b, i):
+        x, y = b
+        c, self.calls = self.calls, self.calls + 1
+        loss = F.mse_loss(self(x), y)
+        if c in self.nan_loss_at:
+            loss = loss * float("nan")
+        return loss
+
+    def validation_step(self, b, i):
+        VAL_CALLS[id(self)] += 1  # counted outside the module: an attribute change is a validation incident
+        x, y = b
+        loss = F.mse_loss(self(x), y)
+        self.log("val_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+def data(n):
+    return [batch(i) for i in range(n)]
+
+
+def loader(d):
+    return torch.utils.data.DataLoader(d, batch_size=None)
+
+
+def trainer(callbacks, **kw):
+    base = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                num_sanity_val_steps=0, enable_checkpointing=False)
+    base.update(kw)
+    return pl.Trainer(callbacks=list(callbacks), **base)
+
+
+def callback(sidecar, run, **kw):
+    from trainguard.lightning import TrainguardCallback
+    kw.setdefault("deadline", 5.0)
+    return TrainguardCallback(run, target=sidecar.target, **kw)
+
+
+def test_refused_validation_still_runs_so_monitored_val_loss_callbacks_work(sidecar):
+    # Prevents: a refused validation (default policy: before step 100) no-opping validation_step, so ModelCheckpoint/EarlyStopping(monitor="val_loss") crash a healthy run
+    tg = callback(sidecar, "sweep-refused-validation")  # default policy
+    ckpt = ModelCheckpoint(dirpath=os.path.join(sidecar.checkpoint_root, "refused"), monitor="val_loss", save_top_k=2)
+    stop = EarlyStopping(monitor="val_loss", patience=5)
+    t = trainer([tg, ckpt, stop], max_epochs=2, enable_checkpointing=True, limit_val_batches=2)
+    m = Net()
+    d = data(10)
+    t.fit(m, train_dataloaders=loader(d), val_dataloaders=loader(d[:2]))
+    assert t.global_step == 20 and t.current_epoch == 2
+    # the sidecar did refuse both passes (steps 10 and 20 < validation_warmup_steps=100) ...
+    assert [(s, allowed) for s, allowed, _ in tg.validations] == [(10, False), (20, False)], tg.validations
+    # ... and they ran anyway, audited: 2 epochs x 2 validation batches, val_loss reached the callbacks
+    assert VAL_CALLS[id(m)] == 4
+    assert all(audit is not None and not audit["parameters_changed"] for _, _, audit in tg.validations)
+    assert "val_loss" in t.callback_metrics
+    assert ckpt.best_model_path and os.path.isfile(ckpt.best_model_path)
+    assert weights_finite(m)
+
+
+def test_checkpoint_outside_sidecar_roots_fails_open_and_training_completes(sidecar, tmp_path):
+    # Prevents: the sidecar's refusal (INVALID_ARGUMENT) to register a ModelCheckpoint file outside trainguard.checkpoint.roots ending the fail-open run with a raw gRPC error
+    outside = str(tmp_path / "outside-roots")
+    assert not outside.startswith(sidecar.checkpoint_root)
+    tg = callback(sidecar, "sweep-outside-roots")
+    ckpt = ModelCheckpoint(dirpath=outside, every_n_train_steps=2, save_top_k=-1)
+    t = trainer([tg, ckpt], max_steps=10, enable_checkpointing=True)
+    m = Net()
+    t.fit(m, train_dataloaders=loader(data(10)))  # no exception
+    assert t.global_step == 10
+    assert len([f for f in os.listdir(outside) if f.endswith(".ckpt")]) == 5  # Lightning still saved them
+    # none of them became a rollback target: the refused registrations were dropped
+    assert not any(str(e.get("restore", "")).startswith(outside) for e in tg.guard.checkpoints.values()), \
+        tg.guard.checkpoints
+    assert weights_finite(m)
+
+
+class GradProbe(pl.Callback):
+    """The largest |gradient| each optimizer.step() sees (after Lightning's clipping), per step."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_fit_start(self, trainer, pl_module):
+        # a post hook: Lightning's optimizer.step(closure) runs training_step and backward inside the
+        # step, so the gradients the update used are there once it returns
+        def post(opt, args, kwargs):
+            gs = [p.grad for grp in opt.param_groups for p in grp["params"] if p.grad is not None]
+            self.seen.append((pl_module.calls - 1, max(float(g.abs().max()) for g in gs) if gs else None))
+        trainer.optimizers[0].register_step_post_hook(post)
+
+
+def test_clip_by_value_after_a_skipped_nan_step_does_not_crash(sidecar):
+    # Prevents: Lightning's clip_grad_value_ raising on the empty gradient list a SKIP leaves ("Expected !nested_tensorlist[0].empty()")
+    clip = 0.01
+    tg = callback(sidecar, "sweep-clip-value")
+    probe = GradProbe()
+    t = trainer([tg, probe], max_steps=10, gradient_clip_val=clip, gradient_clip_algorithm="value")
+    m = Net(nan_loss_at={5})
+    t.fit(m, train_dataloaders=loader(data(10)))
+    assert t.global_step == 10
+    assert [(s, a) for s, a, _ in tg.verdicts] == [(5, "SKIP")], tg.verdicts
+    assert tg.guard.counters["skips"] == 1
+    assert weights_finite(m)
+    # the skipped step reached optimizer.step() with no gradients; every other step was still clipped by
+    # value, before and after the skip (the no-clip override lasts one step)
+    steps = probe.seen
+    assert [s for s, g in steps] == list(range(10)), probe.seen
+    assert dict(steps)[5] is None, probe.seen
+    assert all(g is not None and g <= clip + 1e-7 for s, g in steps if s != 5), probe.seen
+
+
+def test_harmless_validation_records_no_validation_mutation_incident(sidecar):
+    # Prevents: Lightning's own pl_module._current_fx_name bookkeeping reported as a validation that changed the model (false VALIDATION_MUTATION)
+    run = "sweep-val-no-incident"
+    tg = callback(sidecar, run, policy={"validation_warmup_steps": 5, "validation_interval_steps": 5})
+    t = trainer([tg], max_steps=20, val_check_interval=5, limit_val_batches=1)
+    m = Net()
+    d = data(20)
+    t.fit(m, train_dataloaders=loader(d), val_dataloaders=loader(d[:1]))
+    allowed = [(s, audit) for s, ok, audit in tg.validations if ok]
+    assert len(allowed) >= 3, tg.validations  # the sidecar allowed passes at 5, 10, 15, 20
+    for s, audit in allowed:
+        assert not (audit["parameters_changed"] or audit["dtype_device_mode_changed"] or audit["wiring_changed"]
+                    or audit["rng_changed"]), (s, audit)
+        assert audit["details"] == [] and not audit["restored"], (s, audit)
+    assert tg.guard.counters["validation_incidents"] == 0
+    kinds = [i["kind"] for i in sidecar.run_info(run)["incidents"]]
+    assert "VALIDATION_MUTATION" not in kinds, sidecar.run_info(run)["incidents"]
+
+
+class Rollbacks(pl.Callback):
+    """The checkpoint step of every ROLLBACK the guard decided, and whether weights stay finite."""
+
+    def __init__(self, tg):
+        self.tg, self.targets, self.bad = tg, [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, b, i):
+        if not weights_finite(pl_module):
+            self.bad.append(trainer.global_step)
+        v = self.tg.guard.last_verdict
+        if v is not None and v.action.name == "ROLLBACK" and (v.step, v.rollback.checkpoint_step) not in self.targets:
+            self.targets.append((v.step, v.rollback.checkpoint_step))
+
+
+def test_in_memory_snapshots_are_taken_and_a_nan_burst_rolls_back_to_a_recent_one(sidecar):
+    # Prevents: the snapshot ring never advancing under Lightning (after_update never called), so a NaN burst with no ModelCheckpoint rolled back to the untrained model (step -1)
+    tg = callback(sidecar, "sweep-snapshots", policy={"known_good_healthy_steps": 3, "spike_warmup_steps": 8},
+                  snapshots={"interval": 3, "max_overhead": 0.0, "pin_memory": False})
+    rb = Rollbacks(tg)
+    burst = set(range(18, 23))  # 5 NaN steps in a row: the 4th skip (limit 3) is a ROLLBACK
+    t = trainer([tg, rb], max_steps=30)
+    m = Net(nan_loss_at=burst)
+    t.fit(m, train_dataloaders=loader(data(30)))
+    rec = tg.guard.recovery
+    assert rec.counters["snapshots"] > 1, rec.counters  # more than the initial state's (step -1)
+    assert any(s.step > 0 for s in rec.store.slots) or rec.counters["snapshot_restores"] >= 1
+    assert tg.guard.counters["rollbacks"] >= 1 and rb.targets, tg.verdicts
+    step, target = rb.targets[0]
+    assert 0 <= target < min(burst), rb.targets  # a snapshot taken during training, before the burst
+    assert rec.counters["snapshot_restores"] >= 1, rec.counters
+    assert not rb.bad and weights_finite(m)
+
+
+def test_second_fit_with_the_same_callback_says_to_use_a_new_run_id(sidecar):
+    # Prevents: a second trainer.fit with a used TrainguardCallback failing with "Cannot invoke RPC on closed channel!" instead of saying why
+    tg = callback(sidecar, "sweep-fit-twice")
+    m = Net()
+    d = data(5)
+    trainer([tg], max_steps=5).fit(m, train_dataloaders=loader(d))
+    with pytest.raises(ValueError, match="new run id") as e:
+        trainer([tg], max_steps=5).fit(m, train_dataloaders=loader(d))
+    assert "closed channel" not in str(e.value)
+    assert "sweep-fit-twice" in str(e.value)
