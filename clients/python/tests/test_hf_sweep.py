@@ -227,3 +227,21 @@ def test_a_nan_in_a_trainer_evaluation_between_steps_does_not_skip_the_next_trai
     assert sorted(changed) == list(range(1, 13)) and all(changed.values()), changed
     assert weights_finite(model)
 
+
+
+def test_a_step_the_guard_skipped_does_not_advance_the_trainers_lr_schedule(sidecar):
+    # Prevents: the Trainer stepping its scheduler after an update the guard skipped (it skips the
+    # scheduler only for a GradScaler overflow), so the schedule ran ahead of the updates.
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    model.lm_head.register_forward_hook(NanAt({4}))
+    tg = TrainguardCallback(f"hf-sweep-sched-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+                            device_gate=False)
+    args = fused_cpu_args(sidecar, "hf-sweep-sched", max_steps=8, optim="adamw_torch",
+                          lr_scheduler_type="linear")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=token_rows(64), callbacks=[tg])
+    trainer.train()
+    assert tg.guard.counters["skips"] == 1, tg.verdicts
+    scheduler = getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler)
+    assert scheduler.last_epoch == 8 - 1  # one scheduler step per update that ran
+    assert weights_finite(model)

@@ -110,6 +110,7 @@ class TrainguardCallback(TrainerCallback):
             # values unchanged. Older ones write nothing, so no write is vouched for there.
             self.guard.backward_gate.noop_writes = 1 if hasattr(Trainer, "_get_grad_norm") else 0
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
+        self._accelerated, self._skipped = optimizer, False
         self._hook = model.register_forward_hook(self._read_loss)
 
     def _read_loss(self, module, inputs, output):
@@ -128,7 +129,21 @@ class TrainguardCallback(TrainerCallback):
         v = self.guard.step(self.step, loss)
         if v.action.name != "APPLY":
             self.verdicts.append((self.step, v.action.name, list(v.reasons)))
+        self._skipped = not v.should_step
         self.step = v.resume_step if v.resume_step is not None else self.step + 1
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # The Trainer steps its LR scheduler unless Accelerate says the update was skipped (a
+        # GradScaler overflow): a step the guard skipped on the host reads as one too, so the
+        # schedule does not advance past updates that did not happen. Without a GradScaler Accelerate
+        # never sets the flag itself. A skip decided on the device gate is known one step later: the
+        # schedule advances on it.
+        acc = self._accelerated
+        if getattr(acc, "scaler", None) is None:
+            acc._is_overflow = self._skipped
+        elif self._skipped:
+            acc._is_overflow = True
+        self._skipped = False
 
     def on_save(self, args, state, control, **kwargs):
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
