@@ -104,14 +104,15 @@ class HFWrapped(torch.nn.Module):
         return {"loss": self.gpt(idx, targets)}
 
 
-def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat):
-    """Runs a fresh HF Trainer (bf16, fused AdamW, no clipping, no saving) over ``data`` repeated."""
+def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat, max_grad_norm=0.0):
+    """Runs a fresh HF Trainer (bf16, fused AdamW, no saving; no clipping unless ``max_grad_norm``)
+    over ``data`` repeated."""
     import transformers
     rows = [{"idx": x.cpu(), "targets": y.cpu()} for x, y in data]
     args = transformers.TrainingArguments(output_dir=out_dir, max_steps=max_steps,
                                           per_device_train_batch_size=B, learning_rate=3e-4, weight_decay=0.1,
                                           bf16=True, optim="adamw_torch_fused", save_strategy="no",
-                                          logging_steps=10_000, report_to=[], max_grad_norm=0.0,
+                                          logging_steps=10_000, report_to=[], max_grad_norm=max_grad_norm,
                                           dataloader_num_workers=0, disable_tqdm=True)
     flat = [{"idx": r["idx"][i], "targets": r["targets"][i]} for r in rows for i in range(B)]
     trainer = transformers.Trainer(model=HFWrapped(cfg), args=args, train_dataset=flat * repeat, callbacks=callbacks)
@@ -215,11 +216,14 @@ HF_VARIANTS = {
     "hf-oneblock": dict(at_backward=True, watch=("gpt.h.0",)),  # one block of the 14
     # the guard on throughout, the 14 blocks' watch detached in every other block: the watch's own cost
     "hf-watch-ab": dict(at_backward=True, toggle="watch"),
+    # the Trainer's default max_grad_norm=1.0 (it clips in place after backward), guarded and paused alike
+    "hf-clip1": dict(at_backward=True, max_grad_norm=1.0),
+    "hf-clip1000": dict(at_backward=True, max_grad_norm=1000.0),  # set, but never reached
 }
 
 
 def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True, snapshots=True,
-                  unsent=False, watch=None, toggle="guard"):
+                  unsent=False, watch=None, toggle="guard", max_grad_norm=0.0):
     """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``);
     ``watch`` the modules watched (default: the GPT's blocks)."""
     import transformers
@@ -236,7 +240,7 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
             blocks.guard = tg.guard
             blocks.tick()
 
-    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [tg, Timer()], repeat=1000)
+    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [tg, Timer()], repeat=1000, max_grad_norm=max_grad_norm)
     return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters)
 
 
