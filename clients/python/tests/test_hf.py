@@ -178,18 +178,57 @@ def train_on_gate(sidecar, name, rows, **args):
     return tg, model
 
 
-@pytest.mark.parametrize("max_grad_norm, used", [(1e6, 5), (1e-4, 0)])
-def test_hf_trainer_that_clips_itself_keeps_the_backward_measurement_only_where_its_clip_changed_nothing(
-        sidecar, max_grad_norm, used):
+@pytest.mark.parametrize("max_grad_norm", [1e6, 1e-4])
+def test_hf_trainer_that_clips_itself_keeps_the_measurement_at_backward_end_and_updates_as_unguarded(
+        sidecar, max_grad_norm):
     # prevents: every step of a Trainer with max_grad_norm set (its default, 1.0) measured only after
-    # the loss read, and a step the Trainer clipped judged on the gradients before its clip
+    # the loss read, judged on the clipped gradients, or clipped twice (the guard's clip from the norm
+    # before the Trainer's)
     tg, model = train_on_gate(sidecar, f"clips-{max_grad_norm}", 40, max_steps=5, max_grad_norm=max_grad_norm)
     assert tg.guard.counters["device_gated_steps"] == 5
-    assert tg.guard.backward_gate.counters == {"measured": 5, "used": used, "stale": 5 - used, "dropped": 0}
+    assert tg.guard.backward_gate.counters == {"measured": 5, "used": 5, "stale": 0, "dropped": 0}
     plain = tiny_gpt2()
     transformers.Trainer(model=plain, args=fused_cpu_args(sidecar, f"hf-plain-{max_grad_norm}", max_steps=5,
                                                           max_grad_norm=max_grad_norm), train_dataset=token_rows(40)).train()
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))  # the same updates
+
+
+def test_the_guards_clip_below_the_trainers_clips_once_to_its_own_threshold(sidecar):
+    # prevents: a step both clip divided twice: the guard's clip computed from the norm before the
+    # Trainer's, applied to gradients the Trainer had already scaled down to max_grad_norm
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    tg = TrainguardCallback(f"hf-trainer-clip-twice-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+                            device_gate=True, policy={"clip_mode": "FIXED", "clip_threshold": 0.5})
+    transformers.Trainer(model=model, args=fused_cpu_args(sidecar, "hf-clip-twice", max_steps=6, max_grad_norm=1.0),
+                         train_dataset=token_rows(48), callbacks=[tg]).train()
+    assert tg.guard.backward_gate.counters["used"] == 6
+    plain = tiny_gpt2()  # the same clip to 0.5 done once, by the Trainer
+    transformers.Trainer(model=plain, args=fused_cpu_args(sidecar, "hf-clip-once", max_steps=6, max_grad_norm=0.5),
+                         train_dataset=token_rows(48)).train()
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(plain.parameters(), model.parameters()))
+
+
+def test_hf_trainer_that_clips_itself_reports_a_gradient_spike_with_its_norm_before_the_clip(sidecar):
+    # prevents: the Trainer's default max_grad_norm=1.0 hiding every gradient spike from the guard
+    # (it saw the clipped norm, at most 1.0), with the loss not in the model's output (label smoothing)
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    spike_at = 14
+
+    def spike(module, inputs, output):
+        spike.calls += 1
+        return output * 1e4 if module.training and spike.calls - 1 == spike_at else None
+    spike.calls = 0
+    model.lm_head.register_forward_hook(spike)
+    run = f"hf-trainer-clip-spike-{time.time_ns()}"
+    tg = TrainguardCallback(run, target=sidecar.target, deadline=5.0, device_gate=True, policy=POLICY)
+    args = fused_cpu_args(sidecar, "hf-clip-spike", max_steps=18, max_grad_norm=1.0, label_smoothing_factor=0.1)
+    transformers.Trainer(model=model, args=args, train_dataset=token_rows(80), callbacks=[tg]).train()
+    assert tg.guard.backward_gate.counters["used"] == 18  # armed through the logits: no loss in the output
+    spikes = [i for i in sidecar.run_info(run)["incidents"] if i["kind"] == "GRAD_SPIKE"]
+    assert [i["step"] for i in spikes] == [spike_at], sidecar.run_info(run)["incidents"]
+    assert weights_finite(model)
 
 
 def test_hf_trainer_with_gradient_accumulation_measures_the_cycles_last_backward(sidecar):

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from . import apply as apply_
 from . import rules
 from .verdict import LocalBounds
 
@@ -54,8 +55,8 @@ class BackwardGate:
         self.noop_writes = 0
         #: ``max_norm`` of a ``clip_grad_norm_(params, max_norm)`` the loop runs between backward and
         #: step() (the HF Trainer's ``max_grad_norm``, Accelerate's ``clip_grad_norm_``). Its one write
-        #: multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``: exactly 1.0 while the norm
-        #: is below ``max_norm``, which the measurement's own statistics say once they reached the host.
+        #: multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``, which the measurement's own
+        #: statistics say once they reached the host: the measurement then still holds (``_loop_clip``).
         self.clip_max_norm = None
         self._armed = None   # (detached loss, stream) of the backward to measure at its end
         self._early = None
@@ -70,13 +71,17 @@ class BackwardGate:
                 and g._late is None and g._async_error is None
                 and not g.scaler_on)
 
-    def arm(self, loss):
-        """Call before ``loss.backward()``; a no-op where the step cannot be measured early."""
-        if not (torch.is_tensor(loss) and loss.requires_grad and self.eligible()):
+    def arm(self, loss, anchor=None):
+        """Call before ``loss.backward()``; a no-op where the step cannot be measured early. With no
+        loss (the loop computes it outside the model, as the HF Trainer does under label smoothing),
+        ``anchor``, any tensor of the forward that the backward passes through (the logits), arms it:
+        the step is then measured with its loss absent, as ``step(k, None)`` measures it."""
+        on = loss if loss is not None else anchor
+        if not (torch.is_tensor(on) and on.requires_grad and self.eligible()):
             return False
-        stream = torch.cuda.current_stream(loss.device) if loss.device.type == "cuda" else None
-        self._armed = (loss.detach(), stream)
-        loss.register_hook(self._on_loss_grad)
+        stream = torch.cuda.current_stream(on.device) if on.device.type == "cuda" else None
+        self._armed = (None if loss is None else loss.detach(), stream)
+        on.register_hook(self._on_loss_grad)
         return True
 
     def release_on(self, loss):
@@ -137,9 +142,13 @@ class BackwardGate:
         early, self._early = self._early, None
         if early is None:
             return None
-        if self._holds(early, loss, threshold):
+        loop_clip = self._loop_clip(early)
+        if self._holds(early, loss, threshold, loop_clip is not None):
             self.counters["used"] += 1
-            return early.n_groups, early.names, early.staged, early.clip
+            clip = early.clip
+            if loop_clip is not None and loop_clip[1] < 1.0:
+                clip = _clip_after_the_loops(self.g.optimizer, loop_clip, threshold)
+            return early.n_groups, early.names, early.staged, clip
         self.counters["stale"] += 1
         self.g.meter.hold((early.names, early.mods))
         return None
@@ -151,30 +160,50 @@ class BackwardGate:
             self.counters["dropped"] += 1
             self.g.meter.hold((early.names, early.mods))
 
-    def _holds(self, early, loss, threshold):
+    def _holds(self, early, loss, threshold, loop_clipped):
         if threshold != early.threshold:
             return False
-        if not (torch.is_tensor(loss) and loss.device == early.loss.device
-                and loss.data_ptr() == early.loss.data_ptr() and loss.shape == early.loss.shape):
+        if early.loss is None:  # armed without a loss: the step must be judged without one too
+            if loss is not None:
+                return False
+        elif not (torch.is_tensor(loss) and loss.device == early.loss.device
+                  and loss.data_ptr() == early.loss.data_ptr() and loss.shape == early.loss.shape):
             return False
-        writes = self.noop_writes + (1 if self._clip_left_unchanged(early) else 0)
+        writes = self.noop_writes + (1 if loop_clipped else 0)
         now = [p.grad for p in _params(self.g.optimizer)]
         return len(now) == len(early.grads) and all(
             t is was and (t is None or (0 <= t._version - v <= writes and t.data_ptr() == ptr))
             for t, was, v, ptr in zip(now, early.grads, early.versions, early.ptrs))
 
-    def _clip_left_unchanged(self, early):
-        """Whether the loop's ``clip_grad_norm_(max_norm)`` multiplied by exactly 1.0: the measured norm
-        is finite and below ``max_norm`` with room for the clip's own rounding. Read from the staged
-        statistics only once they landed (the loop's loss read has waited for them): never a wait here.
-        A step it clipped, or one not yet known, is measured again at step()."""
+    def _loop_clip(self, early):
+        """What the loop's ``clip_grad_norm_(max_norm)`` did to the measured gradients: (their norm
+        measured here, the factor it multiplied them by: ``min(1, max_norm / (norm + 1e-6))``, exactly
+        1.0 below max_norm); None when unknown: no max_norm, the statistics not landed yet (read only
+        once the loop's loss read has waited for them: never a wait here), or a non-finite norm (the
+        clip made the gradients NaN; the step is measured again). The measurement stays valid either
+        way: a finite gradient scaled down stays finite, and its norm before the clip is the one to
+        judge (the Trainer logs that one too)."""
         if self.clip_max_norm is None:
-            return False
+            return None
         hosts, event = early.staged
         if event is not None and not event.query():
-            return False
+            return None
         norm = float(hosts[0][1])  # [loss, grad norm, ...]
-        return math.isfinite(norm) and norm * (1 + 1e-3) + 1e-6 < self.clip_max_norm
+        if not math.isfinite(norm):
+            return None
+        return norm, min(1.0, self.clip_max_norm / (norm + 1e-6))
+
+
+def _clip_after_the_loops(optimizer, loop_clip, threshold):
+    """The guard's clip for gradients the loop has already scaled down: the early measurement's clip
+    divides by ``norm / threshold`` from the norm before the loop's clip, which would shrink them
+    twice. Their norm now is ``norm * factor``; only above the guard's threshold are they scaled
+    further, to it. None: nothing to do."""
+    norm, factor = loop_clip
+    now = norm * factor
+    if not (threshold > 0 and now > threshold):
+        return None
+    return lambda: apply_.clip_gradients(optimizer, threshold, now)
 
 
 def _params(optimizer):

@@ -258,12 +258,14 @@ class Guard:
         return (self.device_gate and not self._multi_gate and not self.connection.offline
                 and self.bounds is not None and self.bounds.usable(step))
 
-    def gate_on_backward(self, loss):
+    def gate_on_backward(self, loss, anchor=None):
         """Call before ``loss.backward()`` in a loop that reads the loss on the host before ``step()``
         (logging, the HF Trainer): the step is measured and gated when backward ends, while the GPU
         is still busy, instead of after that read. ``step()`` uses it only if the gradients are still
-        the ones measured (backward_gate). Returns whether it armed (device gate, one rank, no GradScaler)."""
-        return self.backward_gate.arm(loss)
+        the ones measured (backward_gate). ``loss=None`` with ``anchor`` (a tensor the backward passes
+        through): the step is judged without a loss. Returns whether it armed (device gate, one rank,
+        no GradScaler)."""
+        return self.backward_gate.arm(loss, anchor)
 
     # ------------------------------------------------------------------ applying verdicts
 

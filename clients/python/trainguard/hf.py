@@ -11,8 +11,8 @@ a custom ``compute_loss`` without it reports the loss as absent and the gradient
 On the device gate the step is measured when the last micro-batch's backward ends, before the
 Trainer's per-step loss read (``Guard.gate_on_backward``); ``on_pre_optimizer_step`` uses that
 measurement unless the gradients changed since. With ``max_grad_norm`` set the Trainer clips in place
-after backward; that measurement still holds on a step whose norm was below ``max_grad_norm`` (the
-clip multiplied by 1.0), and a step the Trainer clipped is measured again at ``on_pre_optimizer_step``.
+after backward; that measurement still holds (the norm before the clip is judged, and the guard's own
+clip scales the clipped gradients once: backward_gate). Without a loss in the output the logits arm it.
 Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its tensor files:
 ``*.safetensors`` and ``optimizer.pt``/``scheduler.pt``/``scaler.pt``, all verified; not
 ``rng_state.pth`` or ``training_args.bin``, which pickle Python objects), and a ROLLBACK restores it: weights,
@@ -54,6 +54,12 @@ def _sync_gradients():
         return GradientState().sync_gradients
     except Exception:  # another Accelerate layout: measure every backward, the last one is used
         return True
+
+
+def _first_grad_tensor(output):
+    """The first tensor of a model's output that autograd records (the logits), or None."""
+    values = output.values() if isinstance(output, dict) else (output if isinstance(output, (tuple, list)) else [output])
+    return next((t for t in values if torch.is_tensor(t) and t.requires_grad), None)
 
 
 class TrainguardCallback(TrainerCallback):
@@ -100,9 +106,8 @@ class TrainguardCallback(TrainerCallback):
         install_wrapper(optimizer, self.guard.wrap(inner))
         self.guard.restore_hook = self._restore
         if args.max_grad_norm:
-            # The Trainer clips in place after backward, once: a multiply by exactly 1.0 on every
-            # step whose norm is below max_grad_norm, so the measurement at backward's end holds there;
-            # a step it clipped is measured again at on_pre_optimizer_step (backward_gate).
+            # The Trainer clips in place after backward, once: the measurement at backward's end
+            # still holds, judged on the norm before the clip (backward_gate._loop_clip).
             self.guard.backward_gate.clip_max_norm = float(args.max_grad_norm)
         else:
             # transformers >= 5 reads the grad norm every step through clip_grad_norm_(inf) (its
@@ -114,15 +119,22 @@ class TrainguardCallback(TrainerCallback):
         self._hook = model.register_forward_hook(self._read_loss)
 
     def _read_loss(self, module, inputs, output):
+        if not module.training:
+            return
         loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
-        if torch.is_tensor(loss) and module.training:
-            self._loss = loss.detach()
-            if self.measure_at_backward and _sync_gradients():  # the micro-batch whose backward ends before the optimizer step
-                # The Trainer reads the loss on the host (its NaN filter) between backward and
-                # on_pre_optimizer_step: measure and gate before that read, not after (backward_gate).
-                self.guard.gate_on_backward(loss)
-            elif self.measure_at_backward:  # an earlier micro-batch: its backward lets the held report go
-                self.guard.backward_gate.release_on(loss)
+        loss = loss if torch.is_tensor(loss) else None
+        # No loss in the output (label smoothing, a compute_loss of the user's): the Trainer computes
+        # it from the logits, so their backward still arms the measurement, judged without a loss.
+        anchor = loss if loss is not None else _first_grad_tensor(output)
+        if anchor is None:
+            return
+        self._loss = None if loss is None else loss.detach()
+        if self.measure_at_backward and _sync_gradients():  # the micro-batch whose backward ends before the optimizer step
+            # The Trainer reads the loss on the host (its NaN filter) between backward and
+            # on_pre_optimizer_step: measure and gate before that read, not after (backward_gate).
+            self.guard.gate_on_backward(loss, anchor)
+        elif self.measure_at_backward:  # an earlier micro-batch: its backward lets the held report go
+            self.guard.backward_gate.release_on(anchor)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         loss, self._loss = self._loss, None
