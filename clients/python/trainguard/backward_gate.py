@@ -10,7 +10,9 @@ and it runs on a "cold" host: on an H200 the same measure-and-gate costs ~690 µ
 of its statistics to the host, at the end of that backward instead (an autograd final callback, on
 the thread that runs backward, while the GPU still has backward kernels queued). ``step()`` then uses that measurement if it still describes the
 gradients the optimizer will read: every gradient the same tensor at the same version (no
-reassignment, no in-place clip or unscale since), the same clip threshold, the same loss. If not,
+reassignment, no in-place write since but the ones the loop vouches for: a multiply by exactly 1.0,
+``noop_writes``, or one ``clip_grad_norm_`` to ``clip_max_norm``, whose factor the landed statistics
+tell), the same clip threshold, the same loss. If not,
 ``step()`` measures again, as it would have without the call, so the early measurement can make a
 step faster but never decide it on stale numbers.
 
