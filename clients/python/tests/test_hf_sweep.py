@@ -115,8 +115,14 @@ def test_trainer_train_twice_with_one_callback_guards_the_second_as_a_new_run(si
                                    train_dataset=token_rows(24), callbacks=[tg])
     trainer.train()
     first, first_guard = tg.run, tg.guard
+    before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
     second = tg.run
+    # the second run's updates ran, and its guard wraps the optimizer itself, not the first run's
+    # closed wrapper around it (which would obey the first guard's last verdict)
+    from trainguard.wrap import GuardedOptimizer
+    assert not all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert not isinstance(tg.guard.optimizer, GuardedOptimizer)
     assert second != first and tg.guard is not first_guard
     assert first_guard._closed and tg.guard._closed  # each train() closed its own run
     for run in (first, second):

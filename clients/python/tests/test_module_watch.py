@@ -55,6 +55,30 @@ def test_statistics_are_each_calls_max_abs_probed_first_then_taken_when_the_forw
     assert watch._batched == ({0, 1, 2, 3} if BATCHES else set()) and not watch._in_hook
 
 
+class Recursive(torch.nn.Module):
+    """A model whose forward calls itself (nested root calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    def forward(self, x, depth=1):
+        x = self.b(self.a(x))
+        return self(x, depth - 1) if depth > 0 else x
+
+
+def test_a_forward_without_grad_records_nothing_even_when_the_model_calls_itself():
+    # prevents: the inner root call's end marking the outer no-grad forward as this step's again
+    model = Recursive()
+    watch = ModuleWatch(model, ["a", "b"])
+    with torch.no_grad():
+        model(torch.full((2, 4), float("nan")))
+    assert watch.take_list(CPU) == ([], [])
+    model(torch.ones(2, 4))  # with grad: both calls of both modules recorded
+    names, values = watch.take_list(CPU)
+    assert names == ["a", "b", "a", "b"] and all(torch.isfinite(v) for v in values)
+
+
 def test_a_call_without_grad_is_measured_in_its_hook():
     torch.manual_seed(0)
     model = MLP()

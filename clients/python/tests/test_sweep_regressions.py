@@ -82,3 +82,54 @@ def test_close_is_idempotent_and_guard_is_a_context_manager(sidecar):
         g.optimizer_step()
     g.close()
     assert g.step(1, None).should_step  # after close: not guarded, no wait, no error
+
+
+def test_after_close_updates_run_unguarded_and_the_sidecars_calls_say_so(sidecar, tmp_path):
+    # prevents: step() after close() saying APPLY while the update obeyed the last SKIP before close;
+    # pause/resume/validation/save_checkpoint failing with "Cannot invoke RPC on closed channel!"
+    from trainguard.errors import TrainguardError
+    model, opt = make()
+    g = Guard(model, opt, "sweep-after-close", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    x, y = batch(0)
+    torch.nn.functional.mse_loss(model(x), torch.full_like(y, float("nan"))).backward()
+    assert not g.step(0, None).should_step  # a SKIP, the last verdict before close
+    wopt.step()
+    g.close()
+    before = [p.detach().clone() for p in model.parameters()]
+    wopt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    assert g.step(1, None).should_step
+    wopt.step()
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the update after close ran"
+    g.pause()
+    g.resume()  # no-ops
+    with g.validation(model) as v:
+        assert v.allowed
+    try:
+        g.save_checkpoint(str(tmp_path), 2)
+        raise AssertionError("save_checkpoint after close must say the run is closed")
+    except TrainguardError as e:
+        assert "after close()" in str(e)
+
+
+def test_a_loop_numbering_its_micro_batches_is_renumbered_once_after_a_rollback(sidecar):
+    # prevents: a loop whose step numbers grow by 2 (guard.step every 2nd micro-batch) after a
+    # ROLLBACK getting the pending ROLLBACK again at every later step
+    model, opt = make()
+    g = Guard(model, opt, "sweep-stride", target=sidecar.target, deadline=5.0,
+              policy={"max_consecutive_skips": 2}, replay=False)
+    wopt = g.wrap(opt)
+    actions = []
+    for i in range(0, 60, 2):
+        x, y = batch(i)
+        if 20 <= i < 26:
+            y = torch.full_like(y, float("nan"))
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        actions.append(g.step(i, None).action)
+        wopt.step()
+        wopt.zero_grad()
+        assert weights_finite(model)
+    g.close()
+    assert g.counters["rollbacks"] == 1, actions
+    assert all(a == Action.APPLY for a in actions[14:]), actions

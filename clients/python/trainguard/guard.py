@@ -35,7 +35,7 @@ from .run_setup import build_policy, check_choices  # noqa: F401  (build_policy:
 from .numbering import LoopNumbering
 from .stats import ModuleWatch, auto_watch
 from .transport import ReportSender, Transport
-from .validation import ValidationContext
+from .validation import ValidationContext, ValidationSession
 from .verdict import Action, Verdict
 from .wrap import ParametersOnly, wrap as wrap_
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
@@ -331,11 +331,13 @@ class Guard:
     def save_checkpoint(self, directory, step, data_position=0, extra=None):
         """Saves model (safetensors), optimizer/scheduler/scaler/client state (torch.save) and
         registers the weights with the sidecar. Returns the sidecar's checkpoint dict (or None)."""
+        lifecycle.refuse_if_closed(self, "save_checkpoint()")
         return checkpointing.save(self, directory, step, data_position, extra)
 
     def checkpoint_saved(self, path_or_dir_or_files, step, data_position=0):
         """Registers a checkpoint that other code wrote (torch.save, Lightning, DCP, Trainer) with the
         sidecar and records it for rollback. Returns the sidecar's checkpoint dict (or None)."""
+        lifecycle.refuse_if_closed(self, "checkpoint_saved()")
         return checkpointing.checkpoint_saved(self, path_or_dir_or_files, step, data_position)
 
     def load_checkpoint(self, path_or_step):
@@ -351,6 +353,8 @@ class Guard:
         """``with guard.validation(model) as v: if v.allowed: ...`` — ``v.allowed`` says whether the
         sidecar allows validation now (a refusal is logged once per reason); afterwards the model is
         audited and, by default, restored. See validation.py."""
+        if self._closed:  # nothing to ask or to report to: the validation runs unguarded
+            return contextlib.nullcontext(ValidationSession(True, "guard closed"))
         return ValidationContext(self, model or self.model, step, restore)
 
     # ------------------------------------------------------------------ state and lifecycle

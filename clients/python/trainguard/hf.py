@@ -33,6 +33,7 @@ from transformers import Trainer, TrainerCallback
 
 from .guard import Guard
 from .safetensors_io import read_safetensors
+from .wrap import GuardedOptimizer
 
 log = logging.getLogger("trainguard")
 
@@ -82,6 +83,8 @@ class TrainguardCallback(TrainerCallback):
         if optimizer is None or model is None:
             raise ValueError("trainguard.hf.TrainguardCallback needs the Trainer's model and optimizer at on_train_begin")
         inner = getattr(optimizer, "optimizer", optimizer)
+        while isinstance(inner, GuardedOptimizer):  # train() again: the last run's wrapper is still in place
+            inner = inner.optimizer
         if inner is optimizer:
             raise TypeError("the Trainer's optimizer is not an Accelerate AcceleratedOptimizer; build the Trainer "
                             "with optimizers=(guard.wrap(optimizer), scheduler) and use trainguard.Guard directly")

@@ -5,6 +5,7 @@ import time
 import grpc
 
 from . import checkpointing
+from .errors import TrainguardError
 from .verdict import Action, Verdict
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
@@ -12,6 +13,8 @@ log = logging.getLogger("trainguard")
 
 
 def pause(g):
+    if g._closed:
+        return
     g.flush()
     g.gated.clear()
     if g.watch:
@@ -24,6 +27,8 @@ def pause(g):
 
 
 def resume(g):
+    if g._closed:
+        return
     if g.watch:
         g.watch.attach()
     g._step_t0 = time.perf_counter()
@@ -57,4 +62,14 @@ def closed_step(g, step):
     if not g._closed_warned:
         g._closed_warned = True
         log.warning("trainguard: guard.step(%d) after close(): the step is not guarded", step)
-    return Verdict(step, Action.APPLY, reasons=["guard closed"], decided_locally=True)
+    verdict = Verdict(step, Action.APPLY, reasons=["guard closed"], decided_locally=True)
+    # the update that follows (the wrapper's step(), optimizer_step()) obeys this verdict, not the
+    # last one before close
+    g.last_verdict, g.last_step, g._pending_update = verdict, step, True
+    return verdict
+
+
+def refuse_if_closed(g, what):
+    if g._closed:
+        raise TrainguardError(f"trainguard: {what} after close() (or the end of the Guard's with block): the run is "
+                              f"closed; call it before closing, or save with your own code (torch.save, save_file)")

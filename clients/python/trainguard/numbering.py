@@ -17,14 +17,18 @@ class LoopNumbering:
         self._rolled = None    # (guard step of the ROLLBACK, its resume_step) until the next step()
 
     def rolled_back(self, step, resume_step):
+        """``step``: the guard's number of the step in which the ROLLBACK was applied (on the device
+        gate one after the step it was for)."""
         self._rolled = (step, resume_step)
 
     def guard_step(self, step):
         """The guard's number for the loop's ``step``."""
         r, self._rolled = self._rolled, None
-        if r is not None and step == r[0] + self.shift + 1 and step != r[1]:
-            # the step after the ROLLBACK's, in the loop's numbering: the loop did not jump back (a loop
-            # that did may go on past resume_step, e.g. skipping guard.is_bad_batch positions)
+        if r is not None and step > r[0] + self.shift and step != r[1]:
+            # past the step in which the ROLLBACK was applied, in the loop's numbering (the next one,
+            # or further on: a loop numbering its micro-batches, a verdict that came a step late): the
+            # loop did not jump back (one that did goes on from resume_step, at most past a few
+            # guard.is_bad_batch positions, never beyond the step it rolled back in)
             self.shift = step - r[1]
             log.warning("trainguard: the loop went on at step %d after the rollback instead of "
                         "verdict.resume_step %d: the guard numbers its steps from %d on (loop step - %d)",

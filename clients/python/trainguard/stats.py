@@ -134,6 +134,7 @@ class ModuleWatch:
         self._in_hook = set()  # modules whose output is changed in place after their hook
         self.enabled = True
         self._outside = False  # the model's forward runs without grad (an evaluation): not this step's
+        self._depth = 0        # root forwards under way (a model may call itself)
         self._handles = []
         self.attach()
 
@@ -149,13 +150,18 @@ class ModuleWatch:
             if not _tracing.compiling():
                 # A forward of the whole model without grad (an evaluation, sampling, a rollout between
                 # steps) cannot reach this step's gradients: its calls are not recorded, so a NaN in one
-                # validation batch does not skip the next healthy training step.
-                self._outside = not torch.is_grad_enabled()
+                # validation batch does not skip the next healthy training step. The outermost call
+                # of the model decides (a model that calls itself runs nested root calls).
+                if self._depth == 0:
+                    self._outside = not torch.is_grad_enabled()
+                self._depth += 1
 
         def leave(*_):
             self.settle()
             if not _tracing.compiling():
-                self._outside = False
+                self._depth = max(0, self._depth - 1)
+                if self._depth == 0:
+                    self._outside = False
         self._handles.append(self._model.register_forward_pre_hook(enter))
         try:
             self._handles.append(self._model.register_forward_hook(leave, always_call=True))
@@ -225,6 +231,7 @@ class ModuleWatch:
         return ([self.names[i] for i, _ in calls], [m if m.device == device else m.to(device) for _, m in calls])
 
     def reset(self):
+        self._depth, self._outside = 0, False  # what a forward that raised left (torch < 2.1: no leave)
         self._calls = []
         self._kept = []
         self._probes = []
