@@ -280,9 +280,10 @@ class TrainguardCallback(pl.Callback):
             return entry
         older = [s for s, e in g.checkpoints.items() if s < plan.checkpoint_step and there(e)]
         if not older:
-            raise TrainguardError(f"rollback to step {plan.checkpoint_step}: its checkpoint ({entry.get('restore')}) "
-                                  f"is gone (deleted by ModelCheckpoint's save_top_k?) and no older registered "
-                                  f"checkpoint is on disk; use save_top_k=-1 or weights_copy=True")
+            # a FileNotFoundError: the rollback turns it into TrainingHalted with this reason
+            raise FileNotFoundError(f"its checkpoint ({entry.get('restore')}) is gone (deleted by ModelCheckpoint's "
+                                    f"save_top_k?) and no older registered checkpoint is on disk; use save_top_k=-1 "
+                                    f"or weights_copy=True")
         step = max(older)
         log.warning("trainguard: the checkpoint of step %d (%s) is gone (deleted by ModelCheckpoint's save_top_k?); "
                     "rolling back to step %d instead", plan.checkpoint_step, entry.get("restore"), step)
