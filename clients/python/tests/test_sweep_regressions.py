@@ -6,16 +6,16 @@ from trainguard.guard import Guard
 from models import batch, make, weights_finite
 
 
-def test_a_loop_that_does_not_jump_to_resume_step_is_renumbered_not_rolled_back_forever(sidecar):
-    # prevents: `for step in range(n)` after a ROLLBACK getting the pending ROLLBACK (a restore) at every later step
+def counting_loop(sidecar, run, numbers, burst):
+    """A loop that keeps counting through a NaN burst (the loop's step numbers in ``burst``) and its
+    ROLLBACK: the actions per step and the guard."""
     model, opt = make()
-    g = Guard(model, opt, "sweep-no-jump", target=sidecar.target, deadline=5.0,
-              policy={"max_consecutive_skips": 2}, replay=False)
+    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, policy={"max_consecutive_skips": 2}, replay=False)
     wopt = g.wrap(opt)
     actions = []
-    for step in range(30):
+    for step in numbers:
         x, y = batch(step)
-        if 10 <= step < 13:
+        if step in burst:
             y = torch.full_like(y, float("nan"))
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
@@ -24,6 +24,12 @@ def test_a_loop_that_does_not_jump_to_resume_step_is_renumbered_not_rolled_back_
         wopt.zero_grad()
         assert weights_finite(model)
     g.close()
+    return actions, g
+
+
+def test_a_loop_that_does_not_jump_to_resume_step_is_renumbered_not_rolled_back_forever(sidecar):
+    # prevents: `for step in range(n)` after a ROLLBACK getting the pending ROLLBACK (a restore) at every later step
+    actions, g = counting_loop(sidecar, "sweep-no-jump", range(30), range(10, 13))
     assert actions.count(Action.ROLLBACK) == 1 and g.counters["rollbacks"] == 1, actions
     assert all(a == Action.APPLY for a in actions[14:]), actions
 
@@ -116,20 +122,6 @@ def test_after_close_updates_run_unguarded_and_the_sidecars_calls_say_so(sidecar
 def test_a_loop_numbering_its_micro_batches_is_renumbered_once_after_a_rollback(sidecar):
     # prevents: a loop whose step numbers grow by 2 (guard.step every 2nd micro-batch) after a
     # ROLLBACK getting the pending ROLLBACK again at every later step
-    model, opt = make()
-    g = Guard(model, opt, "sweep-stride", target=sidecar.target, deadline=5.0,
-              policy={"max_consecutive_skips": 2}, replay=False)
-    wopt = g.wrap(opt)
-    actions = []
-    for i in range(0, 60, 2):
-        x, y = batch(i)
-        if 20 <= i < 26:
-            y = torch.full_like(y, float("nan"))
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        actions.append(g.step(i, None).action)
-        wopt.step()
-        wopt.zero_grad()
-        assert weights_finite(model)
-    g.close()
+    actions, g = counting_loop(sidecar, "sweep-stride", range(0, 60, 2), range(20, 26))
     assert g.counters["rollbacks"] == 1, actions
     assert all(a == Action.APPLY for a in actions[14:]), actions
