@@ -158,11 +158,11 @@ def test_checkpoint_saved_registers_files_written_by_torch_save_and_safetensors(
     write_safetensors(model.state_dict(), os.path.join(st_dir, "model.safetensors"))
     torch.save({"optimizer": opt.state_dict()}, os.path.join(st_dir, "optim.pt"))
     c_st = g.checkpoint_saved(st_dir, 5)
+    with pytest.raises(Exception, match="no such file"):
+        g.checkpoint_saved(os.path.join(root, "missing.pt"), 7)
     g.close()
     assert c_pt is not None and c_pt["step"] == 3 and c_pt["checkpoint_id"]
     assert c_st is not None and c_st["step"] == 5 and c_st["checkpoint_id"]
     assert g.checkpoints[3]["dir"] == pt and g.checkpoints[5]["files"][0].endswith("model.safetensors")
     steps = sorted(c["step"] for c in sidecar.run_info("wrap-ckpt")["checkpoints"])
     assert steps == [3, 5]
-    with pytest.raises(Exception, match="no such file"):
-        g.checkpoint_saved(os.path.join(root, "missing.pt"), 7)
