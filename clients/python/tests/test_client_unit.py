@@ -221,10 +221,12 @@ def test_state_dict_round_trips(fake, tmp_path):
     g = Guard(model, opt, "state", target=fake.target)
     train(g, model, opt, 6, inject=nan_at({2}))
     g.save_checkpoint(str(tmp_path), 5)
+    g.numbering.shift = 7  # a loop that kept counting after a rollback: renumbered after a restart too
     st = g.state_dict()
     g2 = Guard(model, opt, "state", target=fake.target)
     g2.load_state_dict(st)
     assert g2.state_dict() == st and g2.counters["skips"] == 1 and 5 in g2.checkpoints
+    assert g2.numbering.guard_step(20) == 13
     torch.save(st, str(tmp_path / "g.pt"))
     assert torch.load(str(tmp_path / "g.pt")) == st
     g.close(); g2.close()

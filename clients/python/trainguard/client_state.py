@@ -1,6 +1,7 @@
 """The Guard's own state that round-trips through the trainer's checkpoint (``guard.state_dict()``):
 counters, the rollback generation, the last LocalBounds, the checkpoints it knows, the policy
-overrides and the recovery state (LR cuts, replay budget, known-bad data positions)."""
+overrides, the recovery state (LR cuts, replay budget, known-bad data positions) and how a loop that
+kept counting after a rollback is renumbered (numbering.py)."""
 from .verdict import LocalBounds
 
 
@@ -10,7 +11,8 @@ def state_dict(guard):
                 "bounds": None if guard.bounds is None else vars(guard.bounds).copy(),
                 "checkpoints": {k: dict(v) for k, v in guard.checkpoints.items()},
                 "rewarm": guard.recovery.lr.rewarm, "policy": dict(guard.policy_overrides),
-                "last_step": guard.last_step, "recovery": guard.recovery.state_dict()}
+                "last_step": guard.last_step, "recovery": guard.recovery.state_dict(),
+                "loop_shift": guard.numbering.shift}
 
 
 def load_state_dict(guard, state):
@@ -22,6 +24,7 @@ def load_state_dict(guard, state):
         guard.bounds = LocalBounds(**state["bounds"]) if state.get("bounds") else guard.bounds
         guard.checkpoints = {int(k): dict(v) for k, v in state["checkpoints"].items()}
         guard.last_step = state.get("last_step")
+        guard.numbering.shift = int(state.get("loop_shift", 0))  # a loop renumbered after a rollback
         guard.recovery.load_state_dict(state.get("recovery"))
         if state.get("rewarm") and not state.get("recovery"):
             guard.recovery.lr.rewarm = tuple(state["rewarm"])
