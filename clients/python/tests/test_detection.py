@@ -13,7 +13,7 @@ from torch import nn
 
 from trainguard import Action
 from trainguard.guard import Guard
-from trainguard.stats import auto_watch, first_non_finite
+from trainguard.stats import first_non_finite
 from models import batch, make, train, weights_finite
 
 FAST = {"known_good_healthy_steps": 5, "validation_warmup_steps": 5, "validation_interval_steps": 5}
@@ -116,60 +116,6 @@ def test_reused_dropout_nan_from_rnn_is_blamed_on_rnn(sidecar):
     assert v.first_nonfinite_module == "rnn", (v.first_nonfinite_module, v.reasons)
     assert ("NON_FINITE_MODULE", 8) in kinds(sidecar, "reused-dropout")
     assert all(verdicts[s].action == Action.APPLY for s in verdicts if s != 8)
-
-
-class Wrapper(nn.Module):
-    """A framework's wrapper, holding the model as DistributedDataParallel does: its one child ``module``."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.module = model
-
-    def forward(self, x):
-        return self.module(x)
-
-
-def test_a_wrapped_model_is_watched_block_by_block(sidecar):
-    # Prevents: a DDP (torch.compile, FSDP1) run naming only "module", the whole model, as where its NaN appeared.
-    model, opt = make()
-    wrapped = Wrapper(Wrapper(model))
-    g = Guard(wrapped, opt, "nan-in-wrapped", target=sidecar.target, deadline=5.0)
-    assert g.watch.names == [f"module.module.{n}" for n in ("inp", "blocks.0", "blocks.1", "out")]
-    h = model.blocks[1][0].register_forward_hook(lambda mod, inp, out: out * float("nan"))
-    v = train(g, wrapped, opt, 1)[0]
-    h.remove()
-    g.close()
-    assert v.action == Action.SKIP and v.first_nonfinite_module == "module.module.blocks.1"
-    assert auto_watch(Wrapper(nn.Linear(2, 2))) == ["module"]  # a wrapped leaf is watched, not dropped
-
-
-class Holder(nn.Module):
-    """A LightningModule's shape: the network under a name of the user's, beside a parameterless loss."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.net = model
-        self.loss_fn = nn.MSELoss()
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def test_a_model_held_under_another_name_is_watched_down_to_its_blocks(sidecar):
-    # Prevents: "net" (the whole model) named as where a NaN appeared, for any model not held as
-    # DDP's "module" (a LightningModule's self.model, transformers' GPT2LMHeadModel.transformer).
-    model, opt = make()
-    holder = Holder(model)
-    g = Guard(holder, opt, "nan-in-held", target=sidecar.target, deadline=5.0)
-    assert g.watch.names == ["net.inp", "net.blocks.0", "net.blocks.1", "net.out", "loss_fn"]
-    h = model.blocks[1][0].register_forward_hook(lambda mod, inp, out: out * float("nan"))
-    v = train(g, holder, opt, 1)[0]
-    h.remove()
-    g.close()
-    assert v.action == Action.SKIP and v.first_nonfinite_module == "net.blocks.1"
-    # no stack of blocks below: the module is watched as it is
-    assert auto_watch(Holder(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))) == ["net.0", "net.1", "loss_fn"]
-    assert auto_watch(Holder(nn.LSTM(2, 2))) == ["net", "loss_fn"]
 
 
 # ---------------------------------------------------------------- 2. the validation audit
