@@ -56,18 +56,30 @@ def apply_verdict(guard, v, grad_norm):
     drop_gradients(guard.optimizer)
 
 
-def run_update(guard, v, update):
-    """Runs ``update()`` (the optimizer's step) under the verdict ``v``: the re-warm LR for this step
-    and, with protect_update, the check that the weights stayed finite. Returns update()'s result."""
+def begin_update(guard, v):
+    """What runs just before an update under the verdict ``v``: the re-warm LR for this step and, with
+    protect_update, the weights' snapshot. Returns (the LRs to put back or None, the snapshot or None)."""
     saved_lr = rollback_.rewarm_lr(guard, v.step if v else None)
     snap = guard.protector.snapshot() if guard.protect_update else None
     guard.recovery.before_update()  # on CUDA: the update waits (on the device) for a snapshot copy
+    return saved_lr, snap
+
+
+def put_lr_back(guard, saved_lr):
+    """Undoes begin_update's re-warm LR once the update ran (None: nothing was changed)."""
+    if saved_lr is not None:
+        for g, lr in zip(guard.optimizer.param_groups, saved_lr):
+            g["lr"] = lr
+
+
+def run_update(guard, v, update):
+    """Runs ``update()`` (the optimizer's step) under the verdict ``v``: the re-warm LR for this step
+    and, with protect_update, the check that the weights stayed finite. Returns update()'s result."""
+    saved_lr, snap = begin_update(guard, v)
     try:
         result = update()
     finally:
-        if saved_lr is not None:
-            for g, lr in zip(guard.optimizer.param_groups, saved_lr):
-                g["lr"] = lr
+        put_lr_back(guard, saved_lr)
     if snap is not None:
         guard.protector.check(snap, v.step if v else -1)
     return result

@@ -37,7 +37,7 @@ except ImportError:  # the standalone package
 
 from .connection import grpc_code
 from .errors import TrainguardError
-from . import rollback as rollback_
+from . import apply as apply_
 from .guard import Guard
 from .safetensors_io import write_safetensors
 from .validation import ModelSnapshot
@@ -145,17 +145,12 @@ class TrainguardCallback(pl.Callback):
         pl_module.__dict__.pop("configure_gradient_clipping", None)
         self._finish_update()  # after Lightning stepped the LR scheduler, as in guard.optimizer_step()
 
-    def _put_lr_back(self, saved):
-        if saved is not None:
-            for group, lr in zip(self.guard.optimizer.param_groups, saved):
-                group["lr"] = lr
-
     def _after_optimizer_step(self, optimizer, args, kwargs):
         u = self._update
         if u is None or u[3]:
             return
         u[3] = True
-        self._put_lr_back(u[1])
+        apply_.put_lr_back(self.guard, u[1])
         if u[2] is not None:
             self.guard.protector.check(u[2], u[0])  # undoes a non-finite update and raises NonFiniteUpdate
 
@@ -167,7 +162,7 @@ class TrainguardCallback(pl.Callback):
         if stepped:
             self.guard.recovery.after_update(step)
         else:  # the optimizer did not step after all (a GradScaler overflow)
-            self._put_lr_back(saved)
+            apply_.put_lr_back(self.guard, saved)
             self.guard.recovery.after_no_update(step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
@@ -178,12 +173,9 @@ class TrainguardCallback(pl.Callback):
         v = g.step(self.step, loss)
         g._pending_update = False  # the update is Lightning's: what guard.optimizer_step() does around it is here
         if v.should_step:
-            self._update = [v.step, rollback_.rewarm_lr(g, v.step),
-                            g.protector.snapshot() if g.protect_update else None, False]
-            g.recovery.before_update()
+            self._update = [v.step, *apply_.begin_update(g, v), False]
         else:
-            g.recovery.after_no_update(v.step)
-        if not v.should_step:
+            apply_.skipped_update(g, v)
             # SKIP/ROLLBACK left no gradients (None). Lightning clips right after this hook, and
             # torch's clip_grad_value_ (gradient_clip_algorithm="value", or a user's own
             # configure_gradient_clipping) raises on an empty list: no clip on this step.
