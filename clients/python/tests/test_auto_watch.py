@@ -63,3 +63,29 @@ def test_a_model_held_under_another_name_is_watched_down_to_its_blocks(sidecar):
     # no stack of blocks below: the module is watched as it is
     assert auto_watch(Holder(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))) == ["net.0", "net.1", "loss_fn"]
     assert auto_watch(Holder(nn.LSTM(2, 2))) == ["net", "loss_fn"]
+
+
+class NanoGPTLayout(nn.Module):
+    """karpathy/nanoGPT's layout: ``transformer = ModuleDict(wte, drop, h=ModuleList([...]), ln_f)``,
+    whose forward indexes the dict and loops over ``h`` (neither container is ever called)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(inp=model.inp, drop=nn.Dropout(0.0), h=model.blocks))
+        self.head = model.out
+
+    def forward(self, x):
+        t = self.transformer
+        x = t.drop(t.inp(x))
+        for b in t.h:
+            x = b(x)
+        return self.head(x)
+
+
+def test_blocks_held_in_a_module_dict_are_watched_one_by_one(sidecar):
+    # Prevents: nanoGPT's "transformer.h" (a ModuleList, whose hooks never fire) watched in place of its
+    # blocks, and a NaN made in h.1 named after the next module that ran.
+    model, opt = make()
+    names, v = nan_in_block_1(sidecar, "nan-in-module-dict", NanoGPTLayout(model), model, opt)
+    assert names == ["transformer.inp", "transformer.drop", "transformer.h.0", "transformer.h.1", "head"]
+    assert v.action == Action.SKIP and v.first_nonfinite_module == "transformer.h.1"

@@ -268,6 +268,7 @@ WRAPPED = ("module", "_orig_mod", "_fsdp_wrapped_module")
 
 
 _CONTAINERS = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+_NEVER_CALLED = (torch.nn.ModuleList, torch.nn.ModuleDict)
 _STACK_DEPTH = 3  # how far below a child a stack of blocks is looked for
 
 
@@ -293,7 +294,8 @@ def _holds_stack(module, depth=_STACK_DEPTH):
 
 def auto_watch(model):
     """Default watched modules: the model's children, with containers (ModuleList/Sequential/
-    ModuleDict) opened one level so that each block is watched on its own.
+    ModuleDict) opened one level so that each block is watched on its own (a ModuleList or ModuleDict
+    found there is opened too: it is never called itself).
 
     A child that holds the model's stack of blocks a few levels down (transformers'
     ``GPT2LMHeadModel.transformer.h``, ``LlamaForCausalLM.model.layers``, ``BertModel.encoder.layer``, a
@@ -315,9 +317,21 @@ def auto_watch(model):
 
 def _expand(kids, prefix, names, top):
     for name, child in kids:
+        path = prefix + name
         if isinstance(child, _CONTAINERS):
-            names.extend(f"{prefix}{name}.{sub}" for sub, _ in child.named_children())
+            _open(child, path, names)
         elif _holds_stack(child):
-            _expand(list(child.named_children()), f"{prefix}{name}.", names, top=False)
+            _expand(list(child.named_children()), path + ".", names, top=False)
         elif top or _has_params(child):  # below the top: dropout, rotary tables, activations are not watched
-            names.append(prefix + name)
+            names.append(path)
+
+
+def _open(container, path, names):
+    """A container's children, watched one by one. A ModuleList / ModuleDict among them has no forward,
+    so a hook on it would never fire: it is opened in turn (nanoGPT's ``ModuleDict(h=ModuleList(...))``
+    gives ``transformer.h.0``, ``transformer.h.1``, ...)."""
+    for sub, child in container.named_children():
+        if isinstance(child, _NEVER_CALLED):
+            _open(child, f"{path}.{sub}", names)
+        else:
+            names.append(f"{path}.{sub}")
