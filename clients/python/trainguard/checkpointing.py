@@ -58,6 +58,7 @@ def as_dict(c):
 
 def save(guard, directory, step, data_position=0, extra=None):
     """See Guard.save_checkpoint."""
+    step = guard.numbering.to_guard(int(step))
     path = os.path.abspath(os.path.join(directory, f"step-{int(step):08d}"))
     weights = os.path.join(path, "model.safetensors")
     distributed = dist_agree.is_initialized() and guard.world_size > 1
@@ -75,7 +76,8 @@ def save(guard, directory, step, data_position=0, extra=None):
         os.replace(os.path.join(path, "trainer.pt.tmp"), os.path.join(path, "trainer.pt"))
     if distributed:
         dist_agree.barrier()
-    entry = {"dir": path, "files": [weights], "checkpoint_id": "", "data_position": int(data_position)}
+    entry = {"dir": path, "files": [weights], "checkpoint_id": "", "data_position": int(data_position),
+             "lr_scale": guard.recovery.lr.scale}
     guard.checkpoints[int(step)] = entry
     if not writer:
         return None
@@ -119,8 +121,10 @@ def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
     # Every rank records the entry (a ROLLBACK may name it); rank 0 registers; an unreachable
     # sidecar is the failure mode's business, like every other call.
     files = formats._paths(path_or_dir_or_files)  # raises when a path does not exist
+    step = guard.numbering.to_guard(int(step))  # a loop that kept counting after a rollback (numbering.py)
+    # The LR cut in force is in the saved optimizer's rates: a rollback to it measures its cut from there.
     entry = {"dir": files[0], "files": files_of(files[0] if len(files) == 1 else files),
-             "checkpoint_id": "", "data_position": int(data_position)}
+             "checkpoint_id": "", "data_position": int(data_position), "lr_scale": guard.recovery.lr.scale}
     guard.checkpoints[int(step)] = entry
     if guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1:
         return None

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import schedulers
+
 _GROUP_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 
 
@@ -51,8 +53,7 @@ class LrCuts:
             for k in _GROUP_KEYS:
                 if k in g and g[k] is not None:
                     g[k] = _scale_value(g[k], f)
-        s = self.scheduler
-        if s is not None:
+        for s in schedulers.each(self.scheduler):  # a SequentialLR's own schedulers compute the rate
             for attr in ("base_lrs", "max_lrs"):
                 if isinstance(getattr(s, attr, None), list):
                     setattr(s, attr, [x * f for x in getattr(s, attr)])

@@ -35,6 +35,11 @@ class LoopNumbering:
                         step, r[1], r[1], self.shift)
         return step - self.shift
 
+    def to_guard(self, step):
+        """The guard's number for the loop's ``step`` where no step is being taken (a checkpoint the
+        loop saves under its own number)."""
+        return step - self.shift
+
     def loop_step(self, guard_step):
         """The loop's number for the guard's ``guard_step``."""
         return guard_step + self.shift

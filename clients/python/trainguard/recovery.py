@@ -12,6 +12,7 @@ import socket
 import grpc
 
 from . import distributed as dist_agree
+from . import schedulers
 from .lrcut import LrCuts, LrPolicy
 from .replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
 from .rules import within_bounds
@@ -96,11 +97,28 @@ class Recovery:
         self._position = int(data_position) if data_position is not None else int(step) + 1
         if self._first:
             self._first = False
+            if self.g.scheduler is None:  # built on the (wrapped) optimizer, not handed to the guard
+                self.attach_scheduler(schedulers.built_on(*self._optimizers()))
             if self.ring is not None:
                 # The state the loop starts from (weights not yet updated by this step): a rollback
                 # target from the first steps on. Registered before this step is reported, so this
                 # step already counts towards its known-good promotion.
                 self._take(step - 1, self._position - 1, wait=True)
+
+    def attach_scheduler(self, scheduler):
+        """A scheduler the guard learned of after it was built (``guard.wrap(scheduler)``, or found on
+        the optimizer at the first step): snapshots hold its state, LR cuts scale its base rates."""
+        if scheduler is None:
+            return
+        self.g.scheduler = scheduler
+        self.lr.scheduler = scheduler
+        if self.store is not None:
+            self.store.scheduler = scheduler
+            self.store.forget_layout()
+
+    def _optimizers(self):
+        wrapped = self.g._wrapped
+        return (self.g.optimizer,) if wrapped is None else (self.g.optimizer, wrapped)
 
     # ------------------------------------------------------------------ replay
 

@@ -39,8 +39,10 @@ def rollback(guard, v):
             side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
         except FileNotFoundError as e:  # deleted since it was registered (a framework's rotation)
             _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but its files are gone: {e}")
-        # A checkpoint written before LR cuts were recorded (or by a framework) was saved at the uncut rate.
-        restored_scale = float((side or {}).get("lr_scale", 1.0)) if isinstance(side, dict) else 1.0
+        # The cut the checkpoint was saved at: its side file's, else the one recorded when it was registered
+        # (a framework's loader returns none), else the uncut rate (registered by an earlier process).
+        registered = guard.checkpoints.get(plan.checkpoint_step, {}).get("lr_scale", 1.0)
+        restored_scale = float(side.get("lr_scale", registered) if isinstance(side, dict) else registered)
     rec.lr.on_rollback(restored_scale, plan.lr_factor, plan.checkpoint_step + 1, plan.rewarm_steps)
     plan.bad_positions = sorted(rec.bad_positions)
     guard._void_in_flight()  # verdicts still in flight for pre-rollback steps are void

@@ -143,6 +143,10 @@ class SnapshotStore:
         self.too_big = None      # bytes, when the state exceeds policy.max_bytes
         self.stats = {"taken": 0, "restored": 0, "last_take_s": 0.0, "bytes": 0, "device_staging_bytes": 0}
 
+    def forget_layout(self):
+        """The state's make-up changed (a scheduler attached later): the next take lays it out afresh."""
+        self._layout = None
+
     # ------------------------------------------------------------------ taking
 
     def _gather(self):

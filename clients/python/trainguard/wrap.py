@@ -206,7 +206,7 @@ def wrap(guard, obj):
             guard._wrapped = GuardedOptimizer(guard, obj)
         return guard._wrapped
     if hasattr(obj, "step") and hasattr(obj, "state_dict") and hasattr(obj, "optimizer"):
-        if guard.scheduler is None:
-            guard.scheduler = obj  # restored on rollback; stepped by the loop through the wrapper
+        if guard.scheduler is None:  # restored on rollback, its rates cut; stepped by the loop through the wrapper
+            guard.recovery.attach_scheduler(obj)
         return GuardedScheduler(guard, obj)
     raise TypeError(f"guard.wrap() takes the Guard's optimizer or an LR scheduler, not {type(obj).__name__}")

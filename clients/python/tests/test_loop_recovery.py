@@ -1,0 +1,101 @@
+"""Rollbacks in loops written the way users write them (a second sweep of code written elsewhere),
+against the real sidecar jar: a loop that keeps counting after a rollback and saves with its own
+torch.save and restore code, and a scheduler built on the wrapped optimizer but never handed to the
+guard."""
+import os
+import time
+
+import pytest
+import torch
+
+from models import batch, make, weights_finite
+from trainguard import Guard
+from trainguard.verdict import Action
+
+POLICY = {"known_good_healthy_steps": 2, "max_consecutive_skips": 2, "validation_warmup_steps": 10**6,
+          "clip_mode": "OFF", "max_rollbacks": 5}
+
+
+def _known_good(sidecar, run, step, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if any(c["step"] == step and c["state"] == "KNOWN_GOOD" for c in sidecar.run_info(run)["checkpoints"]):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"checkpoint of step {step} not KNOWN_GOOD: {sidecar.run_info(run)['checkpoints']}")
+
+
+def test_a_loop_that_keeps_counting_rolls_back_twice_with_its_own_files_and_the_cut_is_not_cut_again(sidecar):
+    # Prevents: (1) a checkpoint the loop saved after a rollback registered under the loop's number, ahead
+    # of every step the guard reports (never known-good: the next rollback went further back); (2) the
+    # second rollback cutting the LR on top of the cut saved in the file (0.25 x 0.25 instead of 0.25)
+    # because the user's restore hook, like the frameworks' loaders, returns no LR scale.
+    run = f"keeps-counting-{time.time_ns()}"
+    root = os.path.join(sidecar.checkpoint_root, run)
+    os.makedirs(root)
+    model, opt = make(lr=1e-2)
+    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync", policy=POLICY,
+              snapshots=False, replay=False)
+    g.restore_hook = lambda path, plan: model.load_state_dict(torch.load(path)["model"]) or opt.load_state_dict(
+        torch.load(path)["optimizer"])  # returns None, as most users' loaders do
+    wrapped = g.wrap(opt)
+    saved, rollbacks, burst = {}, [], None
+    for step in range(70):  # the loop's own numbering: it never jumps back
+        if step % 5 == 0:
+            path = os.path.join(root, f"ckpt-{step}.pt")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+            g.checkpoint_saved(path, step)
+            saved[step] = path
+        if step in (20, 50):  # a burst once the newest file is known-good (its step in the guard's numbers)
+            _known_good(sidecar, run, g.numbering.to_guard(max(s for s in saved if s < step)))
+            burst = range(step, step + 3)
+        x, y = batch(step)
+        if burst is not None and step in burst:
+            x = x * float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        v = g.step(step, loss)
+        if v.action == Action.ROLLBACK:
+            rollbacks.append((v.rollback.files[0], v.rollback.lr_factor, opt.param_groups[0]["lr"]))
+        wrapped.step()
+        wrapped.zero_grad(set_to_none=True)
+        assert weights_finite(model), f"non-finite weights after step {step}"
+    g.close()
+    assert len(rollbacks) == 2, rollbacks
+    (first, f1, lr1), (second, f2, lr2) = rollbacks
+    assert first == saved[15] and second == saved[45], "each rollback goes to the newest file saved before its burst"
+    assert lr1 == pytest.approx(1e-2 * f1) and lr2 == pytest.approx(1e-2 * f2), rollbacks  # from the uncut rate
+    assert f2 < 1.0
+
+
+def test_a_scheduler_built_on_the_wrapper_is_restored_and_keeps_the_cut(sidecar):
+    # Prevents: a LambdaLR built on guard.wrap(opt), as the quickstart says, unknown to the guard: a
+    # rollback left its step count where it was and its next step() recomputed the uncut rate.
+    run = f"sched-on-wrapper-{time.time_ns()}"
+    model, opt = make(lr=1e-2)
+    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync",
+              policy=dict(POLICY, known_good_healthy_steps=3), replay=False)
+    wrapped = g.wrap(opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(wrapped, lambda k: 1.0 / (1 + 0.01 * k))
+    restored = None
+    for step in range(40):
+        x, y = batch(step)
+        if 30 <= step < 33:
+            x = x * float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        v = g.step(step, loss)
+        wrapped.step()
+        sched.step()
+        wrapped.zero_grad(set_to_none=True)
+        if v.action == Action.ROLLBACK:
+            restored = (v, sched.last_epoch, opt.param_groups[0]["lr"])
+            break
+    g.close()
+    assert restored is not None
+    v, epoch, lr = restored
+    # the snapshot (taken after the update of step resume_step - 1, before the loop's scheduler.step()),
+    # then the loop's scheduler.step(); the rate the schedule gives there, cut
+    assert epoch == v.resume_step
+    assert lr == pytest.approx(1e-2 / (1 + 0.01 * epoch) * v.rollback.lr_factor)
+    assert v.rollback.lr_factor < 1.0
