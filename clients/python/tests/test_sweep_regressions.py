@@ -125,3 +125,37 @@ def test_a_loop_numbering_its_micro_batches_is_renumbered_once_after_a_rollback(
     actions, g = counting_loop(sidecar, "sweep-stride", range(0, 60, 2), range(20, 26))
     assert g.counters["rollbacks"] == 1, actions
     assert all(a == Action.APPLY for a in actions[14:]), actions
+
+
+def test_a_batch_the_loop_drops_itself_is_not_charged_to_the_next_step(sidecar):
+    # Prevents: `if not torch.isfinite(loss): continue` (detection and speech code) leaving the dropped
+    # forward's NaN activations in the watch, so the next, healthy step was skipped as non-finite.
+    model, opt = make()
+    g = Guard(model, opt, "drops-its-own-nan", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    actions, step = [], 0
+    for it in range(8):
+        x, y = batch(it)
+        if it == 4:
+            x = x * float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if not torch.isfinite(loss):
+            wopt.zero_grad(set_to_none=True)
+            continue
+        loss.backward()
+        actions.append(g.step(step, loss).action)
+        wopt.step()
+        wopt.zero_grad(set_to_none=True)
+        step += 1
+    g.close()
+    assert actions == [Action.APPLY] * 7
+    # a NaN in a forward the backward does go through is still this step's
+    x, y = batch(9)
+    model2, opt2 = make()
+    g2 = Guard(model2, opt2, "own-nan-still-judged", target=sidecar.target, deadline=5.0, replay=False)
+    h = model2.blocks[0][0].register_forward_hook(lambda m, i, out: out * float("nan"))
+    torch.nn.functional.mse_loss(model2(x), y).backward()
+    h.remove()
+    v = g2.step(0, torch.tensor(1.0))  # the loss passed finite: only the watch can tell
+    g2.close()
+    assert v.action == Action.SKIP and v.first_nonfinite_module == "blocks.0"

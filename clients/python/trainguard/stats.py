@@ -135,6 +135,8 @@ class ModuleWatch:
         self.enabled = True
         self._outside = False  # the model's forward runs without grad (an evaluation): not this step's
         self._depth = 0        # root forwards under way (a model may call itself)
+        self._forward = 0      # the root forward under way (each entry in _calls carries it)
+        self._backed = set()   # root forwards of this step that a backward went through
         self._handles = []
         self.attach()
 
@@ -154,13 +156,16 @@ class ModuleWatch:
                 # of the model decides (a model that calls itself runs nested root calls).
                 if self._depth == 0:
                     self._outside = not torch.is_grad_enabled()
+                    self._forward += 1
                 self._depth += 1
 
-        def leave(*_):
+        def leave(module, args, output=None):
             self.settle()
             if not _tracing.compiling():
                 self._depth = max(0, self._depth - 1)
                 if self._depth == 0:
+                    if not self._outside:
+                        self._on_backward(self._forward, output)
                     self._outside = False
         self._handles.append(self._model.register_forward_pre_hook(enter))
         try:
@@ -185,7 +190,7 @@ class ModuleWatch:
                 entry, m = self._calls[self._last[i]], _max_abs(t)
                 entry[1] = m if entry[1] is None else torch.maximum(entry[1], m)
                 return
-            entry = [i, None]
+            entry = [i, None, self._forward if self._depth else 0]  # 0: outside the model's own forward
             self._last[i] = len(self._calls)
             self._calls.append(entry)
             keep = kind == KEEP and i not in self._in_hook
@@ -196,6 +201,13 @@ class ModuleWatch:
             if keep:
                 self._probes.append((i, t.detach(), t._version))
         return hook
+
+    def _on_backward(self, forward, output):
+        """Marks ``forward`` once a backward goes through its output: a loop that drops a batch itself
+        (``if not torch.isfinite(loss): continue``) runs a forward no backward follows, whose calls
+        must not be charged to the next step (take_list)."""
+        for t in _grad_tensors(output):
+            t.register_hook(lambda grad, f=forward: self._backed.add(f))
 
     def settle(self):
         """Takes the statistics of the kept outputs: one ``_foreach_norm`` per device and dtype."""
@@ -226,13 +238,16 @@ class ModuleWatch:
         and their statistics as 0-d float32 tensors, unstacked: the caller concatenates them with the
         rest of the step's statistics in one kernel."""
         self.settle()
-        calls = self._calls
+        calls, backed = self._calls, self._backed
         self.reset()
-        return ([self.names[i] for i, _ in calls], [m if m.device == device else m.to(device) for _, m in calls])
+        if backed:  # a forward no backward went through was abandoned by the loop: not this step's
+            calls = [c for c in calls if c[2] in backed or c[2] == 0]
+        return ([self.names[i] for i, _, _ in calls], [m if m.device == device else m.to(device) for _, m, _ in calls])
 
     def reset(self):
         self._depth, self._outside = 0, False  # what a forward that raised left (torch < 2.1: no leave)
         self._calls = []
+        self._backed = set()
         self._kept = []
         self._probes = []
         self._last = [None] * len(self.names)
@@ -242,6 +257,19 @@ class ModuleWatch:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _grad_tensors(output):
+    """The tensors of a forward's output (one level into a tuple, list or dict) that autograd records."""
+    if torch.is_tensor(output):
+        values = [output]
+    elif isinstance(output, dict):
+        values = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        values = list(output)
+    else:
+        values = [getattr(output, k, None) for k in ("loss", "logits")]  # a ModelOutput-like object
+    return [t for t in values if torch.is_tensor(t) and t.requires_grad]
 
 
 def _max_abs(t):
