@@ -109,3 +109,42 @@ def test_scaler_on_a_torch_that_drops_the_clip_divisor_keeps_the_host_path(sidec
     g = Guard(model, opt, "scaler-new-torch", target=sidecar.target, scaler=scaler, device_gate=True)
     assert g.device_gate
     g.close()
+
+
+def clip_block_run(sidecar, name, unscale):
+    """A GradScaler loop with the usual clip block (``scaler.unscale_``, ``clip_grad_norm_``) after
+    ``guard.step``; ``unscale``: which optimizer the block unscales ('inner', 'wrapper'); None: unguarded.
+    Returns the weights after each step and the norms the clip saw."""
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    g = Guard(model, opt, name, target=sidecar.target, scaler=scaler, deadline=5.0) if unscale else None
+    stepped = g.wrap(opt) if g else opt
+    weights, norms = [], []
+    for step in range(6):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        if g is not None:
+            g.step(step, loss)
+        scaler.unscale_(opt if unscale in (None, "inner") else stepped)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)))
+        scaler.step(stepped)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    if g is not None:
+        g.close()
+    return weights, norms
+
+
+@pytest.mark.parametrize("unscale", ["inner", "wrapper"])
+def test_a_loops_own_unscale_before_its_clip_is_the_guards_one(sidecar, unscale):
+    # Prevents: scaler.unscale_(optimizer) in the loop's clip block dividing the gradients a second time
+    # after guard.step had unscaled them (silently: the clip saw 1/1024 of the norm), or, on the wrapper,
+    # raising "unscale_() has already been called".
+    want_w, want_n = clip_block_run(sidecar, None, None)
+    got_w, got_n = clip_block_run(sidecar, f"own-unscale-{unscale}", unscale)
+    assert got_n == want_n
+    assert all(same(a, b) for a, b in zip(got_w, want_w))
