@@ -35,6 +35,8 @@ def drop_gradients(optimizer):
 def apply_verdict(guard, v, grad_norm):
     """Acts on the gradients/training state for ``v``; raises TrainingHalted on HALT."""
     a = v.action
+    if guard.running_stats and a != Action.ROLLBACK and not guard.connection.paused:  # a skipped forward's writes undone
+        guard.running_stats.settle(guard.gate.buffers()[0] if v.device_gated else not v.should_step)
     if a == Action.APPLY:
         return
     if a == Action.CLIP:
@@ -48,6 +50,8 @@ def apply_verdict(guard, v, grad_norm):
     if a == Action.ROLLBACK:
         drop_gradients(guard.optimizer)
         rollback_.rollback(guard, v)
+        if guard.running_stats:
+            guard.running_stats.keep_current()  # restored with the model
         return
     if a == Action.HALT:
         drop_gradients(guard.optimizer)

@@ -33,6 +33,7 @@ from .recovery import Recovery
 from .report_process import for_transport
 from .run_setup import build_policy, check_choices  # noqa: F401  (build_policy: public here)
 from .numbering import LoopNumbering
+from .running_stats import RunningStats
 from .scaler_share import share_unscale
 from .stats import ModuleWatch, auto_watch
 from .transport import ReportSender, Transport
@@ -162,6 +163,7 @@ class Guard:
 
         self.meter = StepMeter(optimizer, self.device, scaler, self.watch)
         share_unscale(self)  # the loop's own scaler.unscale_ and the guard's are one (scaler_share.py)
+        self.running_stats = RunningStats(model)  # BatchNorm's statistics of a skipped step (running_stats.py)
         self.gate = DeviceGate(optimizer, self.device)
         self.gate.clip_in_place = bool(clipping_configured)  # the loop's own clip must see the guard's
         self.protector = UpdateProtector(model, optimizer, self.watch, lambda *a: ship_bad_tensor(self, *a))

@@ -1,0 +1,74 @@
+"""Normalization statistics a skipped step must not keep.
+
+BatchNorm (and InstanceNorm with ``track_running_stats``) updates ``running_mean`` / ``running_var``
+in its forward, before anything is judged. A step the guard skips keeps the weights as they were,
+but a NaN batch has already written NaN into those statistics: training goes on looking healthy
+(in train mode BatchNorm normalizes with the batch's own statistics) and the model evaluates to NaN
+for every input. So after each judged step the statistics are settled on the device: where the
+step was skipped, or where a value is not finite, the value from the last step that kept them is
+put back; elsewhere this step's values become the ones kept. One concatenation, one ``where`` and
+one ``_foreach_copy_`` per device and dtype, no host read: the same on the device gate, whose skip
+is a device flag. A ROLLBACK restores them with the model, and they are kept from there.
+"""
+import torch
+
+_STATS = ("running_mean", "running_var")
+
+
+class RunningStats:
+    def __init__(self, model):
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
+        tensors = [getattr(m, n) for m in norms for n in _STATS if torch.is_tensor(getattr(m, n, None))]
+        groups = {}
+        for t in tensors:
+            if t.is_floating_point():
+                groups.setdefault((t.device, t.dtype), []).append(t)
+        self._groups = [_Group(ts) for ts in groups.values()]
+
+    def __bool__(self):
+        return bool(self._groups)
+
+    def settle(self, skip):
+        """``skip``: whether this step's update is dropped (a bool), or the device gate's flag (a 0-d
+        tensor, > 0: skipped)."""
+        for g in self._groups:
+            g.settle(skip)
+
+    def keep_current(self):
+        """The statistics as they are now are the ones kept (after a ROLLBACK restored them)."""
+        for g in self._groups:
+            g.keep_current()
+
+
+class _Group:
+    """The statistics of one device and dtype, kept in one flat tensor."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+        self.kept = torch.cat([t.detach().reshape(-1) for t in tensors])
+        self._views = list(torch.split(self.kept, [t.numel() for t in tensors]))
+        self._views = [v.view(t.shape) for v, t in zip(self._views, tensors)]
+
+    def settle(self, skip):
+        with torch.no_grad():
+            if skip is True:
+                now_bad = None
+            else:
+                now = torch.cat([t.reshape(-1) for t in self.tensors])
+                now_bad = ~torch.isfinite(now)
+                if torch.is_tensor(skip):
+                    now_bad |= skip.to(now.device) > 0
+                torch.where(now_bad, self.kept, now, out=self.kept)
+            _copy(self.tensors, self._views)
+
+    def keep_current(self):
+        with torch.no_grad():
+            self.kept.copy_(torch.cat([t.detach().reshape(-1) for t in self.tensors]))
+
+
+def _copy(dst, src):
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(dst, src)
+    else:  # torch < 2.1
+        for d, s in zip(dst, src):
+            d.copy_(s)
