@@ -1,6 +1,7 @@
-"""Regression tests for the Lightning fixes of the sweep (commit dace20c, trainguard/lightning.py),
+"""Regression tests for the Lightning fixes of the sweeps (commit dace20c and after, trainguard/lightning.py),
 against the real sidecar jar: tiny LightningModules on the CPU, a few steps each. Each test is one
-of /tmp/sweep-lightning/repro_*.py turned into assertions on what the run actually did."""
+of the sweeps' reproducers turned into assertions on what the run actually did (the checkpoint ones
+are in test_lightning_checkpoints.py)."""
 import collections
 import logging
 import os
@@ -210,3 +211,100 @@ def test_second_fit_with_the_same_callback_says_to_use_a_new_run_id(sidecar):
         trainer([tg], max_steps=5).fit(m, train_dataloaders=loader(d))
     assert "closed channel" not in str(e.value)
     assert "sweep-fit-twice" in str(e.value)
+
+
+class LossOnlySpike(Net):
+    """Adds a constant at ``spike_at`` (a loss spike with the gradients of a healthy step); records the
+    loss every training_step returns."""
+
+    def __init__(self, spike_at):
+        super().__init__()
+        self.spike_at, self.returned = spike_at, []
+
+    def training_step(self, b, i):
+        loss = super().training_step(b, i)
+        if self.calls - 1 == self.spike_at:
+            loss = loss + 1e3
+        self.returned.append(float(loss.detach()))
+        return loss
+
+
+class GuardLosses(pl.Callback):
+    """The loss each guard.step() was given (after TrainguardCallback's on_fit_start made the Guard)."""
+
+    def __init__(self, tg):
+        self.tg, self.seen = tg, []
+
+    def on_fit_start(self, trainer, pl_module):
+        g = self.tg.guard
+        step = g.step
+        def recording(n, loss=None, *a, **k):
+            self.seen.append(float(loss))
+            return step(n, loss, *a, **k)
+        g.step = recording
+
+
+def test_gradient_accumulation_judges_the_cycles_mean_loss_so_a_spike_in_its_first_micro_batch_counts(sidecar):
+    # Prevents: the guard seeing only the last micro-batch's loss, divided by accumulate_grad_batches,
+    # so a loss spike in an earlier micro-batch of the cycle was applied unjudged
+    n, steps, spike_step = 4, 16, 12
+    tg = callback(sidecar, "sweep-accumulation", policy={"spike_warmup_steps": 8})
+    probe = GuardLosses(tg)
+    t = trainer([tg, probe], max_steps=steps, accumulate_grad_batches=n)
+    m = LossOnlySpike(spike_at=spike_step * n)  # micro-batch 0 of step 12's cycle
+    t.fit(m, train_dataloaders=loader(data(steps * n)))
+    assert t.global_step == steps and len(probe.seen) == steps
+    for k, seen in enumerate(probe.seen):  # every step: its own cycle's mean, nothing carried over
+        assert seen == pytest.approx(sum(m.returned[k * n:(k + 1) * n]) / n, rel=1e-5), (k, probe.seen)
+    actions = {s: a for s, a, _ in tg.verdicts}
+    assert actions.get(spike_step) in ("SKIP", "CLIP"), tg.verdicts  # judged, not APPLYed at full size
+    assert weights_finite(m)
+
+
+class ManualClipByValue(Net):
+    """Manual optimization: backward, clip by value, step (Lightning's documented manual loop)."""
+
+    def __init__(self, nan_loss_at, clip):
+        super().__init__(nan_loss_at)
+        self.automatic_optimization = False
+        self.clip = clip
+
+    def training_step(self, b, i):
+        opt = self.optimizers()
+        loss = super().training_step(b, i)
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=self.clip, gradient_clip_algorithm="value")
+        opt.step()
+        opt.zero_grad()
+
+
+def test_manual_optimization_clipping_by_value_survives_a_skipped_step(sidecar):
+    # Prevents: self.clip_gradients(..., "value") raising on the empty gradient list a SKIP leaves, as it
+    # does when the loop calls guard.step() itself. The callback judges inside opt.step(), after the
+    # loop's clip, so the clip never meets dropped gradients (the route docs/client.md gives manual loops)
+    tg = callback(sidecar, "sweep-manual-clip-value")
+    probe = GradProbe()
+    t = trainer([tg, probe], max_steps=10)
+    m = ManualClipByValue(nan_loss_at={5}, clip=0.01)
+    t.fit(m, train_dataloaders=loader(data(10)))
+    assert t.global_step == 10
+    assert [(s, a) for s, a, _ in tg.verdicts] == [(5, "SKIP")], tg.verdicts
+    assert dict(probe.seen)[5] is None  # the NaN step's update had no gradients
+    assert all(g is not None and g <= 0.01 + 1e-7 for s, g in probe.seen if s != 5), probe.seen
+    assert weights_finite(m)
+
+
+def test_under_a_grad_scaler_the_guard_judges_the_unscaled_loss(sidecar):
+    # Prevents: 16-mixed's GradScaler scaling the loss before on_before_backward, so the guard judged
+    # loss x 65536, a value that halves at every overflow backoff
+    from lightning.pytorch.plugins import MixedPrecision
+    tg = callback(sidecar, "sweep-scaled-loss")
+    probe = GuardLosses(tg)
+    scaler = torch.amp.GradScaler("cpu")  # CUDA's default for 16-mixed; on the CPU given explicitly
+    t = trainer([tg, probe], max_steps=6, accumulate_grad_batches=2,
+                plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    m = LossOnlySpike(spike_at=-1)  # no spike: only records the losses
+    t.fit(m, train_dataloaders=loader(data(12)))
+    assert scaler.get_scale() > 1  # the loss was scaled for backward
+    assert probe.seen == pytest.approx([(a + b) / 2 for a, b in zip(m.returned[::2], m.returned[1::2])], rel=1e-3)
+    assert weights_finite(m)

@@ -9,10 +9,12 @@
   scales them; HALT raises ``TrainingHalted``; ROLLBACK restores a checkpoint that Lightning's own
   ``ModelCheckpoint`` wrote (model, optimizers, LR schedulers, the AMP scaler) and re-numbers the
   guard's steps from the checkpoint's;
-- checkpoints: every file a ``ModelCheckpoint`` writes is registered with the sidecar (a
-  known-good candidate), which verifies Lightning's ``.ckpt`` as it is; ``weights_copy=True`` also
-  writes the model's weights as ``<ckpt dir>/trainguard-step-N.safetensors`` (one extra write of
-  the weights per checkpoint);
+- checkpoints: the files a ``ModelCheckpoint`` save writes are registered with the sidecar (a
+  known-good candidate), which verifies Lightning's ``.ckpt`` as it is, except its last checkpoint
+  (``last.ckpt``), which later saves rewrite; a rollback loads a registered file only while it is
+  still the one registered (lightning_checkpoints.py); ``weights_copy=True`` also writes the
+  model's weights as ``<ckpt dir>/trainguard-step-N.safetensors`` (one extra write of the weights
+  per checkpoint);
 - validation: ``on_validation_start`` asks the sidecar; a refused pass runs no ``validation_step``
   (the loop only walks its data); an allowed pass is audited (parameters, buffers, modes, wiring,
   RNG) and, by default, what it changed is undone in ``on_validation_end``;
@@ -21,7 +23,9 @@
 With ``gradient_clip_val`` set, the guard's clip is applied to the gradients in
 ``on_before_optimizer_step``, before Lightning's own clip, so the smaller threshold wins
 (``clipping_configured``).
-The loss comes from ``on_before_backward`` (the last micro-batch's, with gradient accumulation).
+The loss comes from ``on_before_backward``: with ``accumulate_grad_batches=N`` the mean of the
+cycle's micro-batch losses as ``training_step`` returned them (Lightning backpropagates each / N,
+and a GradScaler's times its scale).
 The LR scheduler still steps on a skipped step, as it does under a GradScaler overflow.
 """
 import logging
@@ -38,6 +42,7 @@ except ImportError:  # the standalone package
 from .connection import grpc_code
 from .errors import TrainguardError
 from . import apply as apply_
+from . import lightning_checkpoints as ckpts
 from .guard import Guard
 from .safetensors_io import write_safetensors
 from .validation import ModelSnapshot
@@ -72,9 +77,11 @@ class TrainguardCallback(pl.Callback):
         self.step = 0             # the guard's step: optimizer steps, re-numbered after a rollback
         self.verdicts = []        # (step, action name, reasons) of every verdict that was not APPLY
         self.validations = []     # (step, allowed, audit dict) of every validation pass
-        self._loss = None
-        self._saved_at = None     # (step, weights copy path) of the last on_save_checkpoint
-        self._seen = set()
+        self._loss_sum = None     # the losses training_step returned since the last judged step, summed
+        self._loss_parts = 0      # ... and how many (micro-batches of an accumulation cycle)
+        self._saved_at = None     # (step, weights copy path) of the last on_save_checkpoint not yet registered
+        self._files_before = {}   # ModelCheckpoint's files just before that save (lightning_checkpoints.files_on_disk)
+        self._no_target_said = False
         self._val = None
         self._state = None
         self._update = None       # [step, LRs to put back, protection snapshot, stepped] of the update under way
@@ -134,7 +141,19 @@ class TrainguardCallback(pl.Callback):
     # ------------------------------------------------------------------ per step
 
     def on_before_backward(self, trainer, pl_module, loss):
-        self._loss = loss.detach()
+        # automatic optimization backpropagates training_step's loss / accumulate_grad_batches, once per
+        # micro-batch: undone here, so the step is judged on the cycle's mean loss (a spike in any
+        # micro-batch counts, not only the last one's, shrunk N times)
+        part = loss.detach()
+        n = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+        if n != 1:
+            part = part.float() * n
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            # 16-mixed scales the loss before this hook; the scale tensor, not get_scale(): no device read
+            part = part.float() / scaler._get_scale_async()
+        self._loss_sum = part if self._loss_sum is None else self._loss_sum + part
+        self._loss_parts += 1
         if self.guard.watch:  # training_step need not call the module's forward, whose end takes them
             self.guard.watch.settle()
 
@@ -154,6 +173,12 @@ class TrainguardCallback(pl.Callback):
         if u[2] is not None:
             self.guard.protector.check(u[2], u[0])  # undoes a non-finite update and raises NonFiniteUpdate
 
+    def _cycle_loss(self):
+        """The mean of the losses since the last judged step (None without a backward); starts the next cycle."""
+        total, parts = self._loss_sum, self._loss_parts
+        self._loss_sum, self._loss_parts = None, 0
+        return total if parts <= 1 else total / parts
+
     def _finish_update(self):
         u, self._update = self._update, None
         if u is None:
@@ -168,7 +193,7 @@ class TrainguardCallback(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         pl_module.__dict__.pop("configure_gradient_clipping", None)
         self._finish_update()
-        loss, self._loss = self._loss, None
+        loss = self._cycle_loss()
         g = self.guard
         v = g.step(self.step, loss)
         g._pending_update = False  # the update is Lightning's: what guard.optimizer_step() does around it is here
@@ -188,6 +213,8 @@ class TrainguardCallback(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         step = self.step - 1  # the last step whose update is in the checkpoint
+        if self._saved_at is None:  # the step's first save: what is on disk before it is not of this save
+            self._files_before = ckpts.files_on_disk(trainer)
         path = None
         if self.weights_copy and trainer.is_global_zero and step >= 0:
             root = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
@@ -197,92 +224,81 @@ class TrainguardCallback(pl.Callback):
         self._saved_at = (step, path)
 
     def _register_new_checkpoints(self, trainer):
+        """Registers the files the saves since the last batch wrote (after Lightning wrote them)."""
         if self.guard is None or self._saved_at is None:
             return
-        paths = []
-        for cb in getattr(trainer, "checkpoint_callbacks", []) or []:
-            paths += list(getattr(cb, "best_k_models", {}) or {})
-            paths += [getattr(cb, a, "") or "" for a in ("best_model_path", "last_model_path", "_last_checkpoint_saved")]
-        new = [p for p in paths if p and p not in self._seen and os.path.isfile(p)]
-        if not new:
+        (step, copy), self._saved_at = self._saved_at, None
+        new = ckpts.written_since(trainer, self._files_before)
+        if not new and copy is None:
+            self._say_no_target(step)
             return
-        self._seen.update(new)
-        step, copy = self._saved_at
         if step in self.guard.checkpoints:
             return
-        ckpt = new[-1]
         try:
             if copy is not None:
                 self.guard.checkpoint_saved(copy, step, data_position=step + 1)
             elif trainer.is_global_zero:
-                self.guard.checkpoint_saved(ckpt, step, data_position=step + 1)
+                self.guard.checkpoint_saved(new if len(new) > 1 else new[0], step, data_position=step + 1)
         except grpc.RpcError as e:  # a refusal (e.g. outside trainguard.checkpoint.roots); unreachable is handled inside
-            self.guard.checkpoints.pop(step, None)  # the sidecar does not know it: no rollback target
-            msg = (f"trainguard: the sidecar refused checkpoint {copy or ckpt} ({grpc_code(e).name}: "
-                   f"{e.details() if hasattr(e, 'details') else e}); Lightning's checkpoints are no rollback targets "
-                   f"until ModelCheckpoint(dirpath=...) lies under the sidecar's trainguard.checkpoint.roots")
-            if self.guard.failure_mode == "closed":
-                raise TrainguardError(msg) from None
-            log.log(logging.DEBUG if self._refused_ckpt_said else logging.ERROR, msg)
-            self._refused_ckpt_said = True
+            self._say_refused_checkpoint(step, copy or new[0], e)
             return
-        entry = self.guard.checkpoints.setdefault(step, {"dir": ckpt, "files": [ckpt], "checkpoint_id": "",
+        if not new:
+            return
+        entry = self.guard.checkpoints.setdefault(step, {"dir": new[0], "files": list(new), "checkpoint_id": "",
                                                          "data_position": step + 1})
-        entry["restore"] = ckpt
+        entry["restore"] = new[0]
+        # what the rollback checks the file against: a later save may rewrite it in place
+        entry["identity"] = {p: ckpts.identity(p) for p in new}
+
+    def _say_no_target(self, step):
+        if self._no_target_said:
+            return
+        self._no_target_said = True
+        log.info("trainguard: the save at step %d wrote no file a ModelCheckpoint keeps for that step (only its "
+                 "last checkpoint, which later saves rewrite, or a file it does not name): no rollback target", step)
+
+    def _say_refused_checkpoint(self, step, path, e):
+        self.guard.checkpoints.pop(step, None)  # the sidecar does not know it: no rollback target
+        msg = (f"trainguard: the sidecar refused checkpoint {path} ({grpc_code(e).name}: "
+               f"{e.details() if hasattr(e, 'details') else e}); Lightning's checkpoints are no rollback targets "
+               f"until ModelCheckpoint(dirpath=...) lies under the sidecar's trainguard.checkpoint.roots")
+        if self.guard.failure_mode == "closed":
+            raise TrainguardError(msg) from None
+        log.log(logging.DEBUG if self._refused_ckpt_said else logging.ERROR, msg)
+        self._refused_ckpt_said = True
 
     def _restore(self, trainer, pl_module, plan):
-        entry = self._on_disk(plan)
-        ckpt = entry.get("restore")
+        entry = ckpts.entry_to_restore(self.guard, plan)
+        ckpt, _ = ckpts.restorable(entry)
         # entries of later steps belong to the timeline the rollback abandons; the re-numbered steps
         # reuse their numbers, and a later checkpoint of such a step must be registered again
         for s in [s for s in self.guard.checkpoints if s > plan.checkpoint_step]:
             del self.guard.checkpoints[s]
-        if ckpt and os.path.isfile(ckpt):
-            state = torch.load(ckpt, map_location=pl_module.device, weights_only=False)
-            pl_module.load_state_dict(state["state_dict"])
-            for opt, s in zip(trainer.optimizers, state.get("optimizer_states", [])):
-                opt.load_state_dict(s)
-            for cfg, s in zip(getattr(trainer, "lr_scheduler_configs", []) or [], state.get("lr_schedulers", [])):
-                cfg.scheduler.load_state_dict(s)
-            scaler = getattr(trainer.precision_plugin, "scaler", None)
-            if scaler is not None and state.get("native_amp_scaling_state"):
-                scaler.load_state_dict(state["native_amp_scaling_state"])
+        if ckpt:
+            self._load_lightning_checkpoint(trainer, pl_module, ckpt)
             log.warning("trainguard: restored Lightning checkpoint %s (step %d)", ckpt, plan.checkpoint_step)
             return
         files = plan.files or entry.get("files") or []
         weights = next((f for f in files if f.endswith(".safetensors") and os.path.isfile(f)), None)
         if weights is None:
             raise FileNotFoundError(f"rollback to step {plan.checkpoint_step}: neither the Lightning checkpoint "
-                                    f"({ckpt}) nor a weights file is there any more")
+                                    f"({entry.get('restore')}) nor a weights file is there any more")
         from .safetensors_io import read_safetensors
         pl_module.load_state_dict({k: v.to(pl_module.device) for k, v in read_safetensors(weights).items()})
-        log.warning("trainguard: Lightning checkpoint %s is gone; restored the weights only from %s "
-                    "(optimizer state kept)", ckpt, weights)
+        log.warning("trainguard: Lightning checkpoint %s is gone or rewritten; restored the weights only from %s "
+                    "(optimizer state kept)", entry.get("restore"), weights)
 
-    def _on_disk(self, plan):
-        """The entry of the plan's checkpoint; if its files are gone (ModelCheckpoint(save_top_k=k)
-        deletes all but the k best), the newest older registered one still on disk, with
-        ``plan.checkpoint_step`` moved to it (the rollback resumes after that step)."""
-        g = self.guard
-        def there(e, files=()):
-            return (e.get("restore") and os.path.isfile(e["restore"])) or any(
-                f.endswith(".safetensors") and os.path.isfile(f) for f in list(files) + list(e.get("files") or []))
-        entry = g.checkpoints.get(plan.checkpoint_step, {})
-        if there(entry, plan.files or ()):
-            return entry
-        older = [s for s, e in g.checkpoints.items() if s < plan.checkpoint_step and there(e)]
-        if not older:
-            # a FileNotFoundError: the rollback turns it into TrainingHalted with this reason
-            raise FileNotFoundError(f"its checkpoint ({entry.get('restore')}) is gone (deleted by ModelCheckpoint's "
-                                    f"save_top_k?) and no older registered checkpoint is on disk; use save_top_k=-1 "
-                                    f"or weights_copy=True")
-        step = max(older)
-        log.warning("trainguard: the checkpoint of step %d (%s) is gone (deleted by ModelCheckpoint's save_top_k?); "
-                    "rolling back to step %d instead", plan.checkpoint_step, entry.get("restore"), step)
-        plan.checkpoint_step = step
-        plan.files = []
-        plan.data_position = g.checkpoints[step].get("data_position", step + 1)
-        return g.checkpoints[step]
+    @staticmethod
+    def _load_lightning_checkpoint(trainer, pl_module, ckpt):
+        state = torch.load(ckpt, map_location=pl_module.device, weights_only=False)
+        pl_module.load_state_dict(state["state_dict"])
+        for opt, s in zip(trainer.optimizers, state.get("optimizer_states", [])):
+            opt.load_state_dict(s)
+        for cfg, s in zip(getattr(trainer, "lr_scheduler_configs", []) or [], state.get("lr_schedulers", [])):
+            cfg.scheduler.load_state_dict(s)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and state.get("native_amp_scaling_state"):
+            scaler.load_state_dict(state["native_amp_scaling_state"])
 
     # ------------------------------------------------------------------ validation
 
