@@ -125,6 +125,30 @@ def test_gradient_accumulation_uses_the_last_micro_batch_measurement(sidecar):
     assert same(early["weights"], late["weights"])
 
 
+def test_a_detached_cycle_loss_armed_on_the_last_micro_batchs_loss_is_measured_and_used(sidecar):
+    # prevents: an accumulation cycle's loss (the sum of its micro-batches', detached) refused, or the
+    # step measured with the last micro-batch's loss instead of the one step() is given
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    g = Guard(model, opt, "bwd-cycle-loss", target=sidecar.target, deadline=5.0, device_gate=True)
+    for step in range(4):
+        total = None
+        for m in range(3):
+            x, y = batch(step * 3 + m)
+            loss = torch.nn.functional.mse_loss(model(x), y) / 3
+            total = loss.detach() if total is None else total + loss.detach()
+            if m == 2:  # the hook on the micro-batch's loss, which backward passes through
+                assert g.gate_on_backward(total, loss)
+            loss.backward()
+        g.step(step, total)
+        assert g.gated.last.host.tolist()[0] == pytest.approx(total.item(), rel=1e-6)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+    assert g.backward_gate.counters == {"measured": 4, "used": 4, "stale": 0, "dropped": 0}
+    g.close()
+
+
 def test_arming_is_refused_where_the_step_cannot_be_measured_early(sidecar):
     # prevents: a host-path guard installing a device gate from backward
     torch.manual_seed(0)

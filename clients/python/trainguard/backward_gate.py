@@ -21,6 +21,8 @@ agree in a collective at ``step()``; a GradScaler unscales in place at ``step()`
 """
 import logging
 import math
+import operator
+from itertools import chain
 
 import torch
 
@@ -39,11 +41,21 @@ class Early:
     def __init__(self, n_groups, names, mods, threshold, loss, grads, staged, clip):
         self.n_groups, self.names, self.mods = n_groups, names, mods
         self.threshold, self.loss, self.grads = threshold, loss, grads
-        self.versions = [-1 if t is None else t._version for t in grads]
-        # where each gradient lies: ``grad.data = ...`` swaps the storage without a version bump, and
-        # the clip writes through the addresses measured here
-        self.ptrs = [0 if t is None else t.data_ptr() for t in grads]
+        # every gradient a plain tensor (none missing, no subclass): BackwardGate._holds checks them
+        # in C loops; else one by one, as here
+        self.plain = all(type(t) is torch.Tensor for t in grads)
+        # ptrs: where each gradient lies: ``grad.data = ...`` swaps the storage without a version
+        # bump, and the clip writes through the addresses measured here
+        if self.plain:
+            self.versions = list(map(_version_of, grads))
+            self.ptrs = list(map(_data_ptr, grads))
+        else:
+            self.versions = [-1 if t is None else t._version for t in grads]
+            self.ptrs = [0 if t is None else t.data_ptr() for t in grads]
+        self.indices = list(range(len(grads)))  # for _ptrs_equal
         self.staged, self.clip = staged, clip
+        # the statistics' host copy read without a tensor index (_loop_clip): [loss, grad norm, ...]
+        self.host_stats = _host_view(staged[0][0]) if staged is not None and staged[0] else None
 
 
 class BackwardGate:
@@ -77,8 +89,11 @@ class BackwardGate:
         """Call before ``loss.backward()``; a no-op where the step cannot be measured early. With no
         loss (the loop computes it outside the model, as the HF Trainer does under label smoothing),
         ``anchor``, any tensor of the forward that the backward passes through (the logits), arms it:
-        the step is then measured with its loss absent, as ``step(k, None)`` measures it."""
-        on = loss if loss is not None else anchor
+        the step is then measured with its loss absent, as ``step(k, None)`` measures it. A ``loss`` that
+        needs no gradient (detached: the sum of a gradient-accumulation cycle's micro-batch losses) is
+        measured while the hook sits on ``anchor`` (the last micro-batch's own loss); ``step()`` must
+        then get that same tensor (``_holds``)."""
+        on = loss if anchor is None or (torch.is_tensor(loss) and loss.requires_grad) else anchor
         if not (torch.is_tensor(on) and on.requires_grad and self.eligible()):
             return False
         stream = torch.cuda.current_stream(on.device) if on.device.type == "cuda" else None
@@ -132,7 +147,7 @@ class BackwardGate:
         thr = rules.gate_threshold(g.bounds or LocalBounds())
         names, mods = g.meter.take_watch()  # kept in Early: a re-measure at step() needs them again
         stats, ng, names, clip = g.gated.graphs.measure_and_install(loss, thr, taken=(names, mods))
-        grads = [p.grad for p in _params(g.optimizer)]
+        grads = _grads(g.optimizer)
         # Staged here too, in stream order after the graph: the copy and its event are host work
         # that would otherwise fall after the loop's loss read.
         staged = g.gate.stage(stats)
@@ -172,10 +187,20 @@ class BackwardGate:
                   and loss.data_ptr() == early.loss.data_ptr() and loss.shape == early.loss.shape):
             return False
         writes = self.noop_writes + (1 if loop_clipped else 0)
-        now = [p.grad for p in _params(self.g.optimizer)]
-        return len(now) == len(early.grads) and all(
-            t is was and (t is None or (0 <= t._version - v <= writes and t.data_ptr() == ptr))
-            for t, was, v, ptr in zip(now, early.grads, early.versions, early.ptrs))
+        # On the step's critical path (right after the loop's loss read): the checks run as C loops
+        # over the gradient list (map, list compares), not a Python loop per parameter.
+        now = _grads(self.g.optimizer)
+        if len(now) != len(early.grads) or not all(map(operator.is_, now, early.grads)):
+            return False  # a gradient reassigned (or one more, or one fewer)
+        if not early.plain:  # a parameter without a gradient, or a tensor subclass: one by one
+            return all(t is None or (0 <= t._version - v <= writes and t.data_ptr() == ptr)
+                       for t, v, ptr in zip(now, early.versions, early.ptrs))
+        versions = list(map(_version_of, now))
+        if versions != early.versions:  # written in place since: only as many writes as vouched for
+            deltas = set(map(operator.sub, versions, early.versions))
+            if min(deltas) < 0 or max(deltas) > writes:
+                return False
+        return _ptrs_equal(now, early.ptrs, early.indices)
 
     def _loop_clip(self, early):
         """What the loop's ``clip_grad_norm_(max_norm)`` did to the measured gradients: (their norm
@@ -190,7 +215,8 @@ class BackwardGate:
         hosts, event = early.staged
         if event is not None and not event.query():
             return None
-        norm = float(hosts[0][1])  # [loss, grad norm, ...]
+        # [loss, grad norm, ...]: one numpy read where the copy has a view (no tensor index and item)
+        norm = early.host_stats.item(1) if early.host_stats is not None else float(hosts[0][1])
         if not math.isfinite(norm):
             return None
         return norm, min(1.0, self.clip_max_norm / (norm + 1e-6))
@@ -208,6 +234,34 @@ def _clip_after_the_loops(optimizer, loop_clip, threshold):
     return lambda: apply_.clip_gradients(optimizer, threshold, now)
 
 
-def _params(optimizer):
-    for group in optimizer.param_groups:
-        yield from group["params"]
+_grad_of = operator.attrgetter("grad")
+_version_of = operator.attrgetter("_version")
+_data_ptr = torch.Tensor.data_ptr  # only on plain tensors (Early.plain): no override to honour
+
+
+def _grads(optimizer):
+    """Every parameter's ``.grad``, in the optimizer's order, read in a C loop."""
+    groups = optimizer.param_groups
+    if len(groups) == 1:
+        return list(map(_grad_of, groups[0]["params"]))
+    return list(map(_grad_of, chain.from_iterable(map(operator.itemgetter("params"), groups))))
+
+
+def _ptrs_equal(grads, ptrs, indices):
+    """Whether every gradient still lies at its measured address (plain tensors: ``t.data_ptr()``),
+    in one C call where torch has it (>= 2.1, the check CUDA graph trees use), else a C-level map."""
+    if _PTRS_AT is not None:
+        return _PTRS_AT(grads, ptrs, indices)
+    return list(map(_data_ptr, grads)) == ptrs
+
+
+_PTRS_AT = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
+
+
+def _host_view(host):
+    """A numpy view of a staged host tensor (shares its memory: reads what the copy landed), or None
+    where numpy cannot view it (bfloat16, no numpy)."""
+    try:
+        return host.numpy()
+    except Exception:
+        return None

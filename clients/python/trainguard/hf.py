@@ -7,7 +7,8 @@ A ``TrainerCallback`` cannot veto an optimizer step, so at ``on_train_begin`` th
 ``guard.wrap(optimizer)`` inside the Trainer's ``AcceleratedOptimizer``: ``optimizer.step()`` then
 runs only when the verdict allows it. ``on_pre_optimizer_step`` (after the Trainer's gradient
 clipping) judges the step with the loss the model returned (a forward hook reads ``output.loss``;
-a custom ``compute_loss`` without it reports the loss as absent and the gradients are judged).
+a custom ``compute_loss`` without it reports the loss as absent and the gradients are judged). Under
+gradient accumulation the step's loss is its cycle's, as the Trainer logs it (``CycleLoss``).
 On the device gate the step is measured when the last micro-batch's backward ends, before the
 Trainer's per-step loss read (``Guard.gate_on_backward``); ``on_pre_optimizer_step`` uses that
 measurement unless the gradients changed since. With ``max_grad_norm`` set the Trainer clips in place
@@ -57,6 +58,48 @@ def _sync_gradients():
         return True
 
 
+class CycleLoss:
+    """The loss of one gradient-accumulation cycle, as the Trainer logs it, from its micro-batches'
+    ``output.loss``: their sum when the model got ``num_items_in_batch`` (each is then already divided
+    by the whole cycle's item count: transformers >= 4.46), else their mean (the Trainer divides each
+    by the number of micro-batches). Judging only the last micro-batch's would miss a spike in an
+    earlier one, and under ``num_items_in_batch`` report a fraction of the loss."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """A new cycle (``on_step_begin``)."""
+        self._sum, self._count, self._absent, self._normalised = None, 0, False, False
+
+    def add(self, loss, normalised):
+        """One micro-batch's loss (None: absent, and so is the cycle's: a partial sum would understate
+        it); ``normalised``: its forward got ``num_items_in_batch``."""
+        self._count += 1
+        self._normalised = normalised
+        if loss is None or self._absent:
+            self._absent, self._sum = True, None
+            return
+        loss = loss.detach()
+        self._sum = loss if self._sum is None else self._sum + loss
+
+    def value(self):
+        """The cycle's loss so far: one new tensor (measured at backward and judged at step(): the
+        same one), or the only micro-batch's own loss without accumulation; None when absent."""
+        if self._sum is None or self._normalised or self._count == 1:
+            return self._sum
+        return self._sum / self._count
+
+
+def _forward_hook(model, hook):
+    """``hook(module, args, kwargs, output)`` on ``model``'s forward; kwargs is None where torch
+    cannot pass them (< 2.0): the cycle's loss is then the mean of its micro-batches'."""
+    try:
+        return model.register_forward_hook(hook, with_kwargs=True)
+    except TypeError:
+        return model.register_forward_hook(lambda module, args, output: hook(module, args, None, output))
+
+
 def _first_grad_tensor(output):
     """The first tensor of a model's output that autograd records (the logits), or None."""
     values = output.values() if isinstance(output, dict) else (output if isinstance(output, (tuple, list)) else [output])
@@ -75,7 +118,8 @@ class TrainguardCallback(TrainerCallback):
         self._base_run, self._trainings = run, 0
         self.step = 0            # the guard's step: optimizer steps, re-numbered after a rollback
         self.verdicts = []       # (step, action name, reasons) of every verdict that was not APPLY
-        self._loss = None
+        self._loss = None        # the cycle's loss, set at its last micro-batch's forward
+        self._cycle = CycleLoss()
         self._hook = None
         self._model = self._optimizer = self._scheduler = None
 
@@ -97,6 +141,7 @@ class TrainguardCallback(TrainerCallback):
         # Resuming (resume_from_checkpoint): number the steps on from the Trainer's, so that the checkpoints
         # this process registers do not take the step numbers of the ones the run registered before.
         self.step, self._loss = int(state.global_step), None
+        self._cycle.reset()
         if args.save_total_limit:
             log.warning("trainguard: save_total_limit=%s: the Trainer deletes old checkpoints, possibly the one a "
                         "ROLLBACK returns to (training then halts); keep more checkpoints or save less often",
@@ -119,9 +164,12 @@ class TrainguardCallback(TrainerCallback):
             self.guard.backward_gate.noop_writes = 1 if hasattr(Trainer, "_get_grad_norm") else 0
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._accelerated, self._skipped = optimizer, False
-        self._hook = model.register_forward_hook(self._read_loss)
+        self._hook = _forward_hook(model, self._read_loss)
 
-    def _read_loss(self, module, inputs, output):
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._cycle.reset()  # the Trainer calls it before each accumulation cycle's first micro-batch
+
+    def _read_loss(self, module, inputs, kwargs, output):
         if not module.training:
             return
         loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
@@ -131,16 +179,22 @@ class TrainguardCallback(TrainerCallback):
         anchor = loss if loss is not None else _first_grad_tensor(output)
         if anchor is None:
             return
-        self._loss = None if loss is None else loss.detach()
-        if self.measure_at_backward and _sync_gradients():  # the micro-batch whose backward ends before the optimizer step
+        self._cycle.add(loss, normalised=bool(kwargs) and kwargs.get("num_items_in_batch") is not None)
+        if not _sync_gradients():  # an earlier micro-batch: its backward lets the held report go
+            if self.measure_at_backward:
+                self.guard.backward_gate.release_on(anchor)
+            return
+        # The micro-batch whose backward ends before the optimizer step: the cycle's loss is complete.
+        self._loss = self._cycle.value()
+        if self.measure_at_backward:
             # The Trainer reads the loss on the host (its NaN filter) between backward and
             # on_pre_optimizer_step: measure and gate before that read, not after (backward_gate).
-            self.guard.gate_on_backward(loss, anchor)
-        elif self.measure_at_backward:  # an earlier micro-batch: its backward lets the held report go
-            self.guard.backward_gate.release_on(anchor)
+            # The hook sits on this micro-batch's loss (or logits); the cycle's loss is measured.
+            self.guard.gate_on_backward(self._loss, anchor)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         loss, self._loss = self._loss, None
+        self._cycle.reset()
         v = self.guard.step(self.step, loss)
         if v.action.name != "APPLY":
             self.verdicts.append((self.step, v.action.name, list(v.reasons)))
