@@ -50,6 +50,10 @@ class Parts(PieceClock):
         self.wrap(g.gated, "step", "gated.step")
         self.wrap(g.gated, "await_verdicts", "gated.await_verdicts")
         self.wrap(g.backward_gate, "take", "backward_gate.take")
+        self.wrap(g.backward_gate, "_holds", "backward_gate._holds")
+        self.wrap(g.backward_gate, "_loop_clip", "backward_gate._loop_clip")
+        from trainguard import apply as apply_
+        self.wrap(apply_, "clip_gradients", "apply.clip_gradients")  # the clip after the Trainer's
         self.wrap(g.gated.graphs, "measure_and_install", "measure_and_install")
         self.wrap(g.gate, "stage", "gate.stage")
         self.wrap(g.sender, "submit_deferred", "sender.submit_deferred")
@@ -160,6 +164,8 @@ def main():
     ap.add_argument("--parts", action="store_true", help="also time the client's per-step pieces (Parts)")
     ap.add_argument("--watch", choices=("blocks", "none", "auto"), default="blocks",
                     help="the modules watched: the GPT's 14 blocks (as frameworks.py), none, or watch='auto'")
+    ap.add_argument("--max-grad-norm", type=float, default=0.0,
+                    help="the Trainer's max_grad_norm (its default is 1.0; frameworks.py's hf variants use 0)")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -196,11 +202,12 @@ def main():
         def on_optimizer_step(self, args, state, control, **kw):
             marks.mark("optimized")
 
-    hf_train(cfg, a.batch, data, f"/tmp/hf-segments-{a.batch}", marks.steps() + 1, [Before(), tg, After()], repeat=1000)
+    hf_train(cfg, a.batch, data, f"/tmp/hf-segments-{a.batch}", marks.steps() + 1, [Before(), tg, After()], repeat=1000,
+             max_grad_norm=a.max_grad_norm)
     res = {"batch": a.batch, "block": a.block, "pairs": a.pairs, "gpu": torch.cuda.get_device_name(0),
            "torch": torch.__version__, "transformers": transformers.__version__,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "median_ms": marks.summary(),
-           "watch": a.watch, "measured_at_backward": dict(tg.guard.backward_gate.counters),
+           "watch": a.watch, "max_grad_norm": a.max_grad_norm, "measured_at_backward": dict(tg.guard.backward_gate.counters),
            "gate_graphs": dict(tg.guard.gated.graphs.counters, address_uploads=tg.guard.gated.graphs.address_uploads)}
     if parts is not None:  # a paused guard runs few of these pieces
         res["parts_us"] = parts.per_step_phases(marks.steps_in)
