@@ -27,7 +27,7 @@ def step(guard, step, loss, step_time, late, replay=None):
                          group_norms=m.group_norms, learning_rate=float(g.optimizer.param_groups[0].get("lr", 0.0)),
                          step_time=step_time, loss_absent=loss is None, module_names=m.module_names,
                          module_values=m.module_values, loss_scale=m.loss_scale)
-    scaler_overflow = rules.is_scaler_overflow(scaler_on, m.loss, m.grad_norm)
+    scaler_overflow = rules.is_scaler_overflow(scaler_on, m.loss, m.grad_norm, m.module_values)
     offline = g.connection.offline
     if late is not None:
         verdict = late  # a ROLLBACK/HALT for an earlier step: this step's update is dropped too

@@ -21,10 +21,13 @@ def may_decide_locally(bounds, step, loss, grad_norm, finite):
     return finite and bounds is not None and bounds.usable(step) and within_bounds(bounds, loss, grad_norm)
 
 
-def is_scaler_overflow(scaler_on, loss, grad_norm):
-    """Finite loss, non-finite grads under an enabled GradScaler: the scaler's own business (it
-    skips the step and lowers the scale), not an incident."""
-    return scaler_on and math.isfinite(loss) and not math.isfinite(grad_norm)
+def is_scaler_overflow(scaler_on, loss, grad_norm, module_values=()):
+    """Finite loss and activations, non-finite grads under an enabled GradScaler: the scaler's own
+    business (it skips the step and lowers the scale), not an incident. A non-finite watched
+    activation is the model's fault, whatever the loss passed (with gradient accumulation, the last
+    micro-batch's) says."""
+    return (scaler_on and math.isfinite(loss) and not math.isfinite(grad_norm)
+            and all(math.isfinite(v) for v in module_values))
 
 
 def clip_action(threshold, grad_norm):
