@@ -249,7 +249,7 @@ class GatedPath:
         elif not finite:
             bad = first_non_finite(names, mod_finite)
             log.warning("trainguard: step %d non-finite (loss=%s, grad norm=%s%s): the update was skipped on the "
-                        "device; the sidecar decides what follows", step, loss_v, gnorm,
+                        "device; the sidecar decides what follows", step, "absent" if absent else loss_v, gnorm,
                         f", first non-finite module call {bad}" if bad else "")
         return step_report(g.run, g.rank, step, loss=loss_v, grad_norm=gnorm, group_norms=vals[2:2 + ng],
                            learning_rate=lr, step_time=step_time, loss_absent=absent, module_names=names,

@@ -106,6 +106,14 @@ def _first_grad_tensor(output):
     return next((t for t in values if torch.is_tensor(t) and t.requires_grad), None)
 
 
+def _tied_to_loaded(model, missing, loaded):
+    """The missing keys whose tensor shares its storage with a loaded one: tied weights (GPT-2's
+    lm_head, T5/BART's embed_tokens and shared), which safetensors checkpoints store once."""
+    live = model.state_dict()
+    ptrs = {live[k].data_ptr() for k in loaded if k in live}
+    return {k for k in missing if k in live and live[k].data_ptr() in ptrs}
+
+
 class TrainguardCallback(TrainerCallback):
     """Args: ``run`` (the run id), ``target`` (the sidecar; default $TRAINGUARD_TARGET),
     ``measure_at_backward`` (default True: ``Guard.gate_on_backward`` on the device gate) and any Guard
@@ -245,7 +253,7 @@ class TrainguardCallback(TrainerCallback):
             state.update(read_safetensors(f))
         device = next(self._model.parameters()).device
         missing, unexpected = self._model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
-        tied = {k for k in missing if k.endswith("lm_head.weight") or "tied" in k}
+        tied = _tied_to_loaded(self._model, missing, state)
         if unexpected or set(missing) - tied:
             log.warning("trainguard: restoring %s: missing %s, unexpected %s", weights, sorted(set(missing) - tied),
                         sorted(unexpected))
