@@ -159,3 +159,20 @@ def test_a_batch_the_loop_drops_itself_is_not_charged_to_the_next_step(sidecar):
     v = g2.step(0, torch.tensor(1.0))  # the loss passed finite: only the watch can tell
     g2.close()
     assert v.action == Action.SKIP and v.first_nonfinite_module == "blocks.0"
+
+
+def test_a_wrong_step_or_loss_gets_an_error_that_says_what_to_pass(sidecar):
+    # Prevents: errors from deep inside (protobuf's "'float' object cannot be interpreted as an integer",
+    # "shape '[1]' is invalid for input of size 32") for a float step or a reduction="none" loss.
+    import pytest
+    model, opt = make()
+    g = Guard(model, opt, "wrong-args", target=sidecar.target, deadline=5.0, replay=False)
+    x, y = batch(0)
+    loss = torch.nn.functional.mse_loss(model(x), y, reduction="none")
+    loss.mean().backward()
+    with pytest.raises(TypeError, match="step must be an integer"):
+        g.step(0.0, loss.mean())
+    with pytest.raises(ValueError, match=r"loss must be one value, got a tensor of shape \(32, 1\)"):
+        g.step(0, loss)
+    assert g.step(0, loss.mean()).action == Action.APPLY  # nothing was recorded by the refused calls
+    g.close()

@@ -20,7 +20,7 @@ import uuid
 import grpc
 import torch
 
-from . import answers, checkpointing, client_state, host_path, lifecycle
+from . import answers, checkpointing, client_state, host_path, lifecycle, step_args
 from . import apply as apply_
 from . import distributed as dist_agree
 from .connection import ClientState, Connection
@@ -208,6 +208,7 @@ class Guard:
         the loss; a faulty step is then replayed once to classify the fault (docs/client.md,
         Recovery). ``data_position``: where the data stands after this step's batch (default
         step + 1); in-memory snapshots record it."""
+        step = step_args.checked(step, loss)
         if self._closed:
             return lifecycle.closed_step(self, step)
         step = self.numbering.guard_step(step)
@@ -392,3 +393,4 @@ class Guard:
     def close(self, reason="training finished"):
         """Flushes the reports, closes the run and removes hooks and gate. Idempotent."""
         lifecycle.close(self, reason)
+
