@@ -391,3 +391,8 @@ def test_no_thread_to_start_the_child_on_gives_it_up_once_and_loudly(monkeypatch
     assert not proc.usable and "can't start new thread" in caplog.text
     assert proc.call(b"", 1.0) is None and len(tries) == 1  # the caller sends it; no second try
     proc.close()
+
+
+def test_a_halt_message_says_each_reason_once():
+    v = trainguard.Verdict(3, trainguard.Action.HALT, reasons=["limit 3", "halted: limit 3; rolled back twice"])
+    assert str(trainguard.TrainingHalted(v)).count("limit 3") == 1

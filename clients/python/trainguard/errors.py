@@ -19,7 +19,10 @@ class TrainingHalted(TrainguardError):
     """The sidecar ordered HALT. ``verdict`` is the verdict that did it; its reasons say why."""
 
     def __init__(self, verdict):
-        reasons = "; ".join(verdict.reasons) or "no reason given"
+        rs = list(verdict.reasons)
+        # a reason already contained in another one (the sidecar's HALT restates its cause) is said once
+        said = [r for i, r in enumerate(rs) if r not in rs[:i] and not any(r != o and r in o for o in rs)]
+        reasons = "; ".join(said) or "no reason given"
         where = f" (first non-finite module: {verdict.first_nonfinite_module})" if verdict.first_nonfinite_module else ""
         super().__init__(f"trainguard halted the run at step {verdict.step}: {reasons}{where}")
         self.verdict = verdict
