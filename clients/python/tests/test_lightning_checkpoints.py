@@ -8,37 +8,17 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from models import MLP, batch, weights_finite  # noqa: E402
+from models import batch, weights_finite  # noqa: E402
+from test_lightning_sweep import Net  # noqa: E402  (a NaN loss at given training_step calls)
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", module="lightning")
 
 POLICY = {"known_good_healthy_steps": 3}
-
-
-class Net(pl.LightningModule):
-    """``nan_loss_at``: training_step call indices (= optimizer steps here) whose loss is NaN."""
-
-    def __init__(self, nan_loss_at=()):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = MLP()
-        self.nan_loss_at = set(nan_loss_at)
-        self.calls = 0
-
-    def training_step(self, b, i):
-        x, y = b
-        c, self.calls = self.calls, self.calls + 1
-        loss = F.mse_loss(self.net(x), y)
-        return loss * float("nan") if c in self.nan_loss_at else loss
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=1e-2)
 
 
 def wait_for_checkpoint(sidecar, run, step, states, timeout=90):
