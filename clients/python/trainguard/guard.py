@@ -6,9 +6,8 @@ Per step (between ``loss.backward()`` and ``optimizer.step()``)::
     guard.optimizer_step()             # steps optimizer/scaler/scheduler only if the verdict allows
 
 ``Guard`` is a façade: it holds the parts, picks the path of each step by the client state
-(``connection.ClientState``: ONLINE / GATED / OFFLINE / PAUSED) and applies the verdict. Where
-each part lives: the module map in ``trainguard/__init__.py``, and docs/client.md.
-"""
+(``connection.ClientState``: ONLINE / GATED / OFFLINE / PAUSED) and applies the verdict (parts: the
+module map in ``trainguard/__init__.py``, and docs/client.md)."""
 import contextlib
 import logging
 import os
@@ -160,7 +159,6 @@ class Guard:
         self._pending_update = False  # a step() verdict no optimizer update has consumed yet
         self.numbering = LoopNumbering()  # a loop that did not jump back after a rollback (numbering.py)
         self._closed = self._closed_warned = False
-
         self.meter = StepMeter(optimizer, self.device, scaler, self.watch)
         share_unscale(self)  # the loop's own scaler.unscale_ and the guard's are one (scaler_share.py)
         self.running_stats = RunningStats(model)  # BatchNorm's statistics of a skipped step (running_stats.py)
@@ -176,6 +174,12 @@ class Guard:
         answers.open_run(self, open_deadline if open_deadline is not None else max(10.0, self.deadline))
         self.sender = ReportSender(self.transport, lambda fut: answers.on_report_result(self, fut),
                                    process=for_transport(report_process, self.transport, self.device_gate, self.device))
+
+    @property
+    def lr_scale(self):
+        """The LR cut in force after rollbacks (1.0: none): a loop that sets the LR itself multiplies
+        by it (``g["lr"] = get_lr(it) * guard.lr_scale``), else it undoes the cut."""
+        return self.recovery.lr.scale
 
     @property
     def scaler_on(self):
