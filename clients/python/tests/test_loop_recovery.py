@@ -66,6 +66,7 @@ def test_a_loop_that_keeps_counting_rolls_back_twice_with_its_own_files_and_the_
     assert first == saved[15] and second == saved[45], "each rollback goes to the newest file saved before its burst"
     assert lr1 == pytest.approx(1e-2 * f1) and lr2 == pytest.approx(1e-2 * f2), rollbacks  # from the uncut rate
     assert f2 < 1.0
+    assert g.lr_scale == pytest.approx(f2)  # what a loop that sets the LR itself multiplies by
 
 
 def test_a_scheduler_built_on_the_wrapper_is_restored_and_keeps_the_cut(sidecar):
