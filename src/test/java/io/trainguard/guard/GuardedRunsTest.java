@@ -283,6 +283,33 @@ class GuardedRunsTest {
     }
 
     @Test
+    void crossRank_stepsReportedAgainAfterARollback_areNotComparedWithTheirOldNorms() {
+        // prevents: a false CROSS_RANK_MISMATCH (ERROR, "silent data corruption") after every multi-rank
+        // rollback, one rank's new norm for step 7 compared with the other's from before the rollback
+        guard.open(setup("r5", 0, 2, null));
+        guard.open(setup("r5", 1, 2, null));
+        for (int s = 5; s < 8; s++) {
+            guard.report(step("r5", 0, s, 1.0, 0.5));
+            guard.report(step("r5", 1, s, 1.0, 0.5));
+        }
+        checkpoints.knownGood = new CheckpointCatalog.RollbackTarget("ck", 5, List.of("/ck"), 5);
+        for (int s = 8; s < 12; s++) {
+            guard.report(step("r5", 0, s, Double.NaN, 1));
+            guard.report(step("r5", 1, s, Double.NaN, 1));
+        }
+        assertEquals(RunState.ROLLING_BACK, guard.report(step("r5", 0, 12, 1.0, 0.5)).runState());
+        for (int s = 6; s < 8; s++) { // both ranks agree again, on norms unlike the ones before
+            assertEquals(Action.APPLY, guard.report(step("r5", 0, s, 1.0, 0.9)).action());
+            assertEquals(Action.APPLY, guard.report(step("r5", 1, s, 1.0, 0.9)).action());
+        }
+        assertFalse(journal.incidents.stream().anyMatch(i -> i.kind() == IncidentKind.CROSS_RANK_MISMATCH),
+                journal.incidents.toString());
+        guard.report(step("r5", 1, 8, 1.0, 0.95)); // and a real disagreement is still caught
+        guard.report(step("r5", 0, 8, 1.0, 0.9));
+        assertEquals(IncidentKind.CROSS_RANK_MISMATCH, journal.incidents.get(journal.incidents.size() - 1).kind());
+    }
+
+    @Test
     void crossRank_threeRanks_namesTheRankOutsideTheMajority() {
         // prevents: naming the healthy rank that reports after a corrupted one
         guard.open(setup("r4", 0, 3, null));

@@ -74,6 +74,14 @@ public final class CrossRankCheck {
         return Optional.of(attribute(seen, rank, reference, rtol));
     }
 
+    /**
+     * Forgets every step's norms: after a rollback the ranks report the steps past the checkpoint again,
+     * from the restored weights, and their new norms must not be compared with the old ones.
+     */
+    public synchronized void clear() {
+        Arrays.fill(slotStep, Long.MIN_VALUE);
+    }
+
     private static boolean agree(double a, double b, double rtol) {
         return Math.abs(a - b) <= rtol * Math.max(Math.abs(a), Math.abs(b));
     }

@@ -286,6 +286,7 @@ public final class RunDecider {
             return;
         }
         RollbackPlan plan = rollback.plan(target.get(), r.step(), policy);
+        crossRank.clear(); // the steps past the checkpoint are reported again from the restored weights
         String msg = RollbackCourse.orderedReason(plan, cause);
         state.moveTo(RunState.ROLLING_BACK, msg);
         reasons.add(msg);
