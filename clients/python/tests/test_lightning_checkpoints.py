@@ -110,3 +110,19 @@ def test_a_registered_file_rewritten_in_place_is_not_loaded_the_rollback_falls_b
     assert any("checkpoint of step 11" in r.message and "rewritten since it was registered" in r.message
                for r in caplog.records), [r.message for r in caplog.records]
     assert weights_finite(m)
+
+
+def test_a_checkpoint_registered_before_a_restart_is_restored_from_the_plans_files(tmp_path):
+    # Prevents: after a crash and fit(ckpt_path=...), the checkpoint the killed process registered (the
+    # one the fit resumed from, KNOWN_GOOD at the sidecar) was unknown to the new process: the rollback
+    # "fell back" past it to an older one, and its log named a file it had not restored.
+    from types import SimpleNamespace
+    from trainguard import lightning_checkpoints as ckpts
+    from trainguard.verdict import RollbackPlan
+    older, target = tmp_path / "step=25.ckpt", tmp_path / "step=30.ckpt"
+    older.write_bytes(b"25")
+    target.write_bytes(b"30")
+    guard = SimpleNamespace(checkpoints={24: {"restore": str(older), "files": [str(older)]}})
+    plan = RollbackPlan(checkpoint_id="ckpt-29", checkpoint_step=29, files=[str(target)])
+    entry = ckpts.entry_to_restore(guard, plan)
+    assert ckpts.restorable(entry) == (str(target), "") and plan.checkpoint_step == 29

@@ -75,11 +75,18 @@ def _has_weights_copy(entry, files=()):
     return any(f.endswith(".safetensors") and os.path.isfile(f) for f in list(files) + list(entry.get("files") or []))
 
 
+def _registered_earlier(plan):
+    """An entry for a checkpoint this process never registered (a fit resumed after a crash: the killed
+    process registered it) from the files the sidecar's plan names; no identity to compare with."""
+    ckpt = next((f for f in plan.files or () if f.endswith(".ckpt") and os.path.isfile(f)), None)
+    return {"restore": ckpt, "files": list(plan.files or ())} if ckpt else {}
+
+
 def entry_to_restore(guard, plan):
     """The entry of the plan's checkpoint; if its file is gone (ModelCheckpoint(save_top_k=k) deletes
     all but the k best) or rewritten, the newest older registered one still intact, with
     ``plan.checkpoint_step`` moved to it (the rollback resumes after that step)."""
-    entry = guard.checkpoints.get(plan.checkpoint_step, {})
+    entry = guard.checkpoints.get(plan.checkpoint_step) or _registered_earlier(plan)
     ckpt, why = restorable(entry)
     if ckpt or _has_weights_copy(entry, plan.files or ()):
         return entry
