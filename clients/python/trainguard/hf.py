@@ -157,6 +157,7 @@ class TrainguardCallback(TrainerCallback):
         kwargs_ = dict(self.guard_kwargs)
         kwargs_.setdefault("framework", "transformers")
         kwargs_.setdefault("clipping_configured", bool(args.max_grad_norm))
+        kwargs_.setdefault("replay", False)  # the Trainer's loop cannot pass guard.step a replay function
         self.guard = Guard(model, inner, self.run, target=self.target, scheduler=scheduler,
                            scaler=getattr(optimizer, "scaler", None), **kwargs_)
         install_wrapper(optimizer, self.guard.wrap(inner))
@@ -262,6 +263,8 @@ class TrainguardCallback(TrainerCallback):
             f = os.path.join(path, name)
             if obj is not None and os.path.isfile(f):
                 obj.load_state_dict(torch.load(f, map_location=device, weights_only=False))
+            elif obj is not None:  # save_only_model=True: the weights alone
+                log.warning("trainguard: %s has no %s (save_only_model=True?): its state is kept as it is", path, name)
         log.warning("trainguard: restored Trainer checkpoint %s (step %d)", path, plan.checkpoint_step)
 
     def on_train_end(self, args, state, control, **kwargs):
