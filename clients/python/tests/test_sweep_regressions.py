@@ -176,3 +176,17 @@ def test_a_wrong_step_or_loss_gets_an_error_that_says_what_to_pass(sidecar):
         g.step(0, loss)
     assert g.step(0, loss.mean()).action == Action.APPLY  # nothing was recorded by the refused calls
     g.close()
+
+
+def test_a_float64_model_is_watched_and_its_nan_named(sidecar):
+    # Prevents: the watch's float32 reduction raising inside the forward of a model.double()
+    # (pytorch/examples' time_sequence_prediction), i.e. guarding it crashed the user's first step.
+    model, opt = make(dtype=torch.float64)
+    g = Guard(model, opt, "float64-model", target=sidecar.target, deadline=5.0, replay=False)
+    h = model.blocks[1][0].register_forward_hook(lambda m, i, out: out * float("nan"))
+    x, y = batch(0)
+    torch.nn.functional.mse_loss(model(x.double()), y.double()).backward()
+    h.remove()
+    v = g.step(0, None)
+    g.close()
+    assert v.action == Action.SKIP and v.first_nonfinite_module == "blocks.1"

@@ -273,7 +273,11 @@ def _grad_tensors(output):
 
 
 def _max_abs(t):
-    """max |t| as a 0-d float32 tensor, one reduction, no |t| temporary; NaN and Inf propagate."""
+    """max |t| as a 0-d float32 tensor, one reduction, no |t| temporary; NaN and Inf propagate. A
+    float64 output (``model.double()``) is reduced in float64, which torch will not narrow inside the
+    norm, then converted (a value beyond float32's range reads inf: the safe side)."""
+    if t.dtype == torch.float64:
+        return torch.linalg.vector_norm(t.detach(), float("inf")).float()
     return torch.linalg.vector_norm(t.detach(), float("inf"), dtype=torch.float32)
 
 
