@@ -190,3 +190,20 @@ def test_a_float64_model_is_watched_and_its_nan_named(sidecar):
     v = g.step(0, None)
     g.close()
     assert v.action == Action.SKIP and v.first_nonfinite_module == "blocks.1"
+
+
+def test_a_guarded_model_can_be_saved_whole_and_deep_copied(sidecar, tmp_path):
+    # Prevents: torch.save(model) (pytorch/examples' word_language_model) failing on the watch's hook
+    # closures, and an EMA's deepcopy(model) calling the guard with the copy's outputs.
+    import copy
+    model, opt = make()
+    g = Guard(model, opt, "saved-whole", target=sidecar.target, deadline=5.0, replay=False)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    ema = copy.deepcopy(model)
+    x, y = batch(0)
+    for m in (loaded, ema):  # their hooks are inert: nothing of theirs reaches the guard
+        torch.nn.functional.mse_loss(m(x * float("nan")), y).backward()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    assert g.step(0, None).action == Action.APPLY
+    g.close()

@@ -33,6 +33,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .guard import Guard
+from .hooks import Detached
 from .safetensors_io import read_safetensors
 from .wrap import GuardedOptimizer
 
@@ -95,9 +96,9 @@ def _forward_hook(model, hook):
     """``hook(module, args, kwargs, output)`` on ``model``'s forward; kwargs is None where torch
     cannot pass them (< 2.0): the cycle's loss is then the mean of its micro-batches'."""
     try:
-        return model.register_forward_hook(hook, with_kwargs=True)
+        return model.register_forward_hook(Detached(hook), with_kwargs=True)
     except TypeError:
-        return model.register_forward_hook(lambda module, args, output: hook(module, args, None, output))
+        return model.register_forward_hook(Detached(lambda module, args, output: hook(module, args, None, output)))
 
 
 def _first_grad_tensor(output):

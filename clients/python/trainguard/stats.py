@@ -4,6 +4,7 @@ Everything stays on the device until ``Guard.step`` reads one packed tensor once
 """
 import torch
 
+from .hooks import Detached
 from .tensors import foreach_norms
 
 
@@ -146,7 +147,7 @@ class ModuleWatch:
             return
         modules = dict(self._model.named_modules())
         for i, n in enumerate(self.names):
-            self._handles.append(modules[n].register_forward_hook(self._make_hook(i)))
+            self._handles.append(modules[n].register_forward_hook(Detached(self._make_hook(i))))
         def enter(*_):
             self.settle()  # what a failed forward left
             if not _tracing.compiling():
@@ -167,11 +168,11 @@ class ModuleWatch:
                     if not self._outside:
                         self._on_backward(self._forward, output)
                     self._outside = False
-        self._handles.append(self._model.register_forward_pre_hook(enter))
+        self._handles.append(self._model.register_forward_pre_hook(Detached(enter)))
         try:
-            self._handles.append(self._model.register_forward_hook(leave, always_call=True))
+            self._handles.append(self._model.register_forward_hook(Detached(leave), always_call=True))
         except TypeError:  # torch < 2.1: not called when the forward raises (the pre-hook settles then)
-            self._handles.append(self._model.register_forward_hook(leave))
+            self._handles.append(self._model.register_forward_hook(Detached(leave)))
 
     def _make_hook(self, i):
         def hook(module, inputs, output):

@@ -1,0 +1,25 @@
+"""Hooks the guard installs on the user's model, made to be left behind by a copy of it.
+
+A module's hooks are pickled and deep-copied with it: ``torch.save(model)`` (pytorch/examples'
+word_language_model saves its whole model), ``copy.deepcopy(model)`` (an EMA copy), a model handed
+to ``multiprocessing``. A closure cannot be pickled, so the save failed; and a deep copy kept calling
+the guard with the copy's outputs. Wrapped in ``Detached``, a hook is copied as an inert one:
+``functools.partial(sys.audit, ...)`` (standard library only, so loading the saved model does not
+need trainguard), which takes any arguments and returns None (a forward hook that returns None
+leaves the output alone).
+"""
+import functools
+import sys
+
+
+class Detached:
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self):
+        return functools.partial, (sys.audit, "trainguard.hook.left-behind")
