@@ -51,6 +51,9 @@ def test_a_wrapped_model_is_watched_block_by_block(sidecar):
     assert names == [f"module.module.{n}" for n in ("inp", "blocks.0", "blocks.1", "out")]
     assert v.action == Action.SKIP and v.first_nonfinite_module == "module.module.blocks.1"
     assert auto_watch(Wrapper(nn.Linear(2, 2))) == ["module"]  # a wrapped leaf is watched, not dropped
+    fabric = nn.Module()  # Lightning Fabric's _FabricModule holds the model as _forward_module
+    fabric._forward_module = model
+    assert auto_watch(fabric) == [f"_forward_module.{n}" for n in ("inp", "blocks.0", "blocks.1", "out")]
 
 
 def test_a_model_held_under_another_name_is_watched_down_to_its_blocks(sidecar):

@@ -297,7 +297,7 @@ def first_non_finite(names, finite):
 
 # The attribute under which a framework's wrapper holds the model it wraps, as its only child:
 # DistributedDataParallel's ``module``, torch.compile's ``_orig_mod``, FSDP1's ``_fsdp_wrapped_module``.
-WRAPPED = ("module", "_orig_mod", "_fsdp_wrapped_module")
+WRAPPED = ("module", "_orig_mod", "_fsdp_wrapped_module", "_forward_module")  # DDP, torch.compile, FSDP1, Fabric
 
 
 _CONTAINERS = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
