@@ -1,7 +1,10 @@
 """Regressions found by the client sweep (/tmp/sweep-plain): loops written the common ways."""
+import time
+
 import torch
 
 from trainguard import Action
+from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
 from trainguard.guard import Guard
 from models import batch, make, weights_finite
 
@@ -206,4 +209,20 @@ def test_a_guarded_model_can_be_saved_whole_and_deep_copied(sidecar, tmp_path):
         torch.nn.functional.mse_loss(m(x * float("nan")), y).backward()
     torch.nn.functional.mse_loss(model(x), y).backward()
     assert g.step(0, None).action == Action.APPLY
+    g.close()
+
+
+def test_a_backlog_of_reports_ahead_of_a_blocking_one_does_not_take_the_client_offline(sidecar):
+    # Prevents: a fast loop (~1 ms steps) whose reports queue up behind the one sender: the blocking
+    # report (bounds expired) waited behind the backlog, its deadline ran out while the sidecar was
+    # answering every report ahead of it, and the client went offline blaming the sidecar.
+    model, opt = make()
+    g = Guard(model, opt, "backlog", target=sidecar.target, deadline=0.3, replay=False)
+    slow_call = g.sender._call
+    g.sender._call = lambda request: (time.sleep(0.02), slow_call(request))[1]  # each report takes 20 ms
+    for s in range(40):  # 0.8 s of reports queued ahead: past the deadline, each one answered
+        g.sender.submit(pb.StepReport(run_id="backlog", step=s, loss=1.0, grad_norm=0.5), g.generation)
+    from trainguard import host_path
+    v = host_path.ask_sidecar(g, pb.StepReport(run_id="backlog", step=40, loss=1.0, grad_norm=0.5), 40, 0.5, True)
+    assert not v.degraded and g.counters["sidecar_failures"] == 0 and not g.connection.offline
     g.close()

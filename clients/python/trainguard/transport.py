@@ -137,6 +137,7 @@ class ReportSender:
         self._closed = False
         self._window = 0  # release() count: a held report waits until it passes the count it was queued at
         self.dropped = 0
+        self.answered = 0  # reports the sidecar answered: a wait behind the queue sees it is there
         self._thread = threading.Thread(target=self._run, name="trainguard-sender", daemon=True)
         self._thread.start()
 
@@ -217,6 +218,7 @@ class ReportSender:
                     send = report is not None
                 if send:
                     fut.response = self._call(pb.ReportStepRequest(report=report))
+                    self.answered += 1
             except Exception as e:  # grpc.RpcError or a serialisation problem: never kill the thread
                 fut.error = e
             try:
