@@ -100,3 +100,42 @@ def test_a_scheduler_built_on_the_wrapper_is_restored_and_keeps_the_cut(sidecar)
     assert epoch == v.resume_step
     assert lr == pytest.approx(1e-2 / (1 + 0.01 * epoch) * v.rollback.lr_factor)
     assert v.rollback.lr_factor < 1.0
+
+
+def test_a_foreign_checkpoint_without_a_restore_hook_halts_with_what_to_set_and_the_model_untouched(sidecar, caplog):
+    # Prevents: a folder written by other code (accelerator.save_state: model.safetensors, no trainer.pt)
+    # registered without a restore_hook: the rollback loaded its weights into the model, then failed on
+    # the missing trainer.pt and halted saying the files were gone (or raised a raw RuntimeError).
+    from trainguard import TrainingHalted
+    from trainguard.safetensors_io import write_safetensors
+    run = f"foreign-{time.time_ns()}"
+    folder = os.path.join(sidecar.checkpoint_root, run, "checkpoint_0")
+    os.makedirs(folder)
+    model, opt = make(lr=1e-2)
+    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync", policy=POLICY,
+              snapshots=False, replay=False)
+    wrapped = g.wrap(opt)
+    write_safetensors(model.state_dict(), os.path.join(folder, "model.safetensors"))
+    with caplog.at_level("WARNING", logger="trainguard"):
+        g.checkpoint_saved(folder, 0)
+    assert "no guard.restore_hook is set" in caplog.text
+    halted, before = None, None
+    for step in range(1, 12):
+        if step == 4:
+            _known_good(sidecar, run, 0)
+        x, y = batch(step)
+        if step >= 4:
+            x = x * float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        try:
+            g.step(step, loss)
+        except TrainingHalted as e:
+            halted = str(e)
+            break
+        wrapped.step()
+        wrapped.zero_grad(set_to_none=True)
+    g.close()
+    assert halted is not None and "guard.restore_hook" in halted and "gone" not in halted, halted
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))  # nothing half-loaded

@@ -4,6 +4,7 @@ registration with the sidecar (RegisterCheckpoint), which verifies and tracks th
 Checkpoints written by other code (torch.save, Lightning, torch.distributed.checkpoint, Trainer)
 are described by ``trainguard.checkpoints`` (formats) and registered through ``register``.
 """
+import logging
 import os
 import warnings
 
@@ -15,6 +16,8 @@ from .connection import UNREACHABLE, grpc_code
 from .errors import TrainguardError
 from .safetensors_io import read_safetensors, write_safetensors
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
+
+log = logging.getLogger("trainguard")
 
 
 def reports_first(guard, step):
@@ -94,6 +97,11 @@ def load(guard, path_or_step):
     d = guard.checkpoints[path_or_step]["dir"] if isinstance(path_or_step, int) else path_or_step
     if d.endswith(".safetensors"):
         d = os.path.dirname(d)
+    if not is_own_layout(d):  # checked before the model is touched: nothing half-loaded
+        raise TrainguardError(
+            f"{d} is not a checkpoint written by guard.save_checkpoint (no model.safetensors + trainer.pt): a "
+            f"checkpoint saved by other code (torch.save, accelerator.save_state, fabric.save) is restored by "
+            f"the loader set as guard.restore_hook = lambda path, plan: ... (docs/client.md)")
     weights = read_safetensors(os.path.join(d, "model.safetensors"))
     guard.model.load_state_dict({k: v.to(guard.device) for k, v in weights.items()})
     side = torch.load(os.path.join(d, "trainer.pt"), map_location=guard.device)
@@ -103,6 +111,11 @@ def load(guard, path_or_step):
     if guard.scaler is not None and side.get("scaler") is not None:
         guard.scaler.load_state_dict(side["scaler"])
     return side
+
+
+def is_own_layout(d):
+    """Whether ``d`` (a directory) holds what guard.save_checkpoint writes."""
+    return all(os.path.isfile(os.path.join(d, f)) for f in ("model.safetensors", "trainer.pt"))
 
 
 def files_of(path_or_dir_or_files):
@@ -126,6 +139,12 @@ def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
     entry = {"dir": files[0], "files": files_of(files[0] if len(files) == 1 else files),
              "checkpoint_id": "", "data_position": int(data_position), "lr_scale": guard.recovery.lr.scale}
     guard.checkpoints[int(step)] = entry
+    if getattr(guard, "restore_hook", None) is None and not getattr(guard, "_warned_no_loader", False) and not (
+            os.path.isdir(files[0]) and is_own_layout(files[0])):
+        guard._warned_no_loader = True  # once per Guard
+        log.warning("trainguard: checkpoint_saved(%s): no guard.restore_hook is set, and a ROLLBACK to it would "
+                    "need one (it is not guard.save_checkpoint's layout): set guard.restore_hook = lambda path, "
+                    "plan: <your loader> (torch.load + load_state_dict, accelerator.load_state, fabric.load)", files[0])
     if guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1:
         return None
     reports_first(guard, step)

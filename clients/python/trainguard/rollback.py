@@ -8,7 +8,7 @@ the window for one optimizer.step().
 """
 import logging
 
-from .errors import TrainingHalted
+from .errors import TrainguardError, TrainingHalted
 from .verdict import Action, RollbackPlan, Verdict
 
 log = logging.getLogger("trainguard")
@@ -39,6 +39,8 @@ def rollback(guard, v):
             side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
         except FileNotFoundError as e:  # deleted since it was registered (a framework's rotation)
             _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but its files are gone: {e}")
+        except TrainguardError as e:  # not guard.save_checkpoint's layout, and no restore_hook to load it
+            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but {e}")
         # The cut the checkpoint was saved at: its side file's, else the one recorded when it was registered
         # (a framework's loader returns none), else the uncut rate (registered by an earlier process).
         registered = guard.checkpoints.get(plan.checkpoint_step, {}).get("lr_scale", 1.0)
