@@ -279,7 +279,8 @@ public final class CheckpointRegistry {
     }
 
     private String unhealthyReason(CheckpointRecord r, long unhealthyStep) {
-        return "step " + unhealthyStep + " was non-finite after " + r.healthyStepsSince() + " of "
+        // a SKIP for a finite spike counts too: the checkpoint was not followed by the healthy steps it needs
+        return "step " + unhealthyStep + " was unhealthy (skipped or worse) after " + r.healthyStepsSince() + " of "
                 + required(r.runId()) + " healthy steps since this checkpoint; not a rollback target";
     }
 
