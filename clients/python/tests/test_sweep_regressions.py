@@ -226,3 +226,21 @@ def test_a_backlog_of_reports_ahead_of_a_blocking_one_does_not_take_the_client_o
     v = host_path.ask_sidecar(g, pb.StepReport(run_id="backlog", step=40, loss=1.0, grad_norm=0.5), 40, 0.5, True)
     assert not v.degraded and g.counters["sidecar_failures"] == 0 and not g.connection.offline
     g.close()
+
+
+def test_a_spike_in_the_first_steps_reaches_the_sidecar_before_the_update(sidecar):
+    # Prevents: OpenRun's bounds (no limit: the sidecar has no baseline yet) read as leave to decide
+    # locally, so a x1e4 spike in the first steps of a fast loop was applied before any verdict came.
+    for spike_at in (3, 10):
+        model, opt = make()
+        g = Guard(model, opt, f"early-spike-{spike_at}", target=sidecar.target, deadline=5.0, replay=False)
+        actions = []
+        for step in range(spike_at + 1):
+            x, y = batch(step)
+            loss = torch.nn.functional.mse_loss(model(x), y * (1e4 if step == spike_at else 1.0))
+            loss.backward()
+            actions.append(g.step(step, loss).action)
+            g.optimizer_step()
+            opt.zero_grad(set_to_none=True)
+        g.close()
+        assert actions[-1] == Action.SKIP, (spike_at, actions)
