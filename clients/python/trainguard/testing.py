@@ -45,6 +45,7 @@ class Sidecar:
         self.jar = find_jar(jar)
         self.workdir = workdir or tempfile.mkdtemp(prefix="trainguard-sidecar-")
         self.port = port or free_port()
+        self._fixed_port = port is not None
         # Health and metrics are on Quarkus' management interface (9000 by default): one free port per sidecar.
         self.management_port = free_port()
         self.socket_path = os.path.join(self.workdir, "tg.sock")
@@ -77,11 +78,17 @@ class Sidecar:
             self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
                                          cwd=self.workdir)
             while self.proc.poll() is None and time.monotonic() < end:
-                if self._ready() and self._grpc_warm(end):
+                # ready, and ready because of this process: another sidecar given the same free port
+                # (free_port() closes it before the JVM binds) would answer the checks itself
+                if self._listening() and self._ready() and self._grpc_warm(end):
                     return self
                 time.sleep(0.2)
             if self.proc.poll() is None:
                 break
+            if re.search(r"already in use|seems to be in use", self.tail(20000)) and not self._fixed_port:
+                props["trainguard.listen.port"] = self.port = free_port()  # taken meanwhile: other ports
+                props["quarkus.management.port"] = self.management_port = free_port()
+                continue
             # An older sidecar build rejects properties it does not know: drop those and retry.
             unknown = re.findall(r"SRCFG00050: (\S+) in \S+ does not map", self.tail(20000))
             if not unknown or not any(u in props for u in unknown):
@@ -105,6 +112,10 @@ class Sidecar:
         finally:
             t.close()
         return True
+
+    def _listening(self):
+        """Whether this process logged that it listens on its port (Quarkus's start-up line)."""
+        return f"Listening on: http://127.0.0.1:{self.port}" in self.tail(20000)
 
     def _ready(self):
         for port in (self.management_port, self.port):  # a build without the management interface: main port
