@@ -1,0 +1,66 @@
+"""The docs' Lightning Fabric recipe (docs/client.md, "Lightning Fabric"), run against the real
+sidecar jar: the Guard built before or after ``fabric.setup``, judged after ``fabric.backward``, a
+clip by value only when the verdict steps, ``fabric.save`` + ``checkpoint_saved``, and
+``restore_hook = fabric.load``. A NaN step is skipped; a NaN burst rolls back to a saved step."""
+import os
+import time
+
+import pytest
+import torch
+
+from lightning.fabric import Fabric
+
+import trainguard
+from models import MLP, batch, weights_finite
+
+
+@pytest.mark.parametrize("order", ["guard_first", "setup_first"])
+def test_the_fabric_recipe_skips_a_nan_and_rolls_back_through_fabric_load(sidecar, order):
+    run = f"fabric-{order}-{time.time_ns()}"
+    fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    kw = dict(target=sidecar.target, deadline=5.0, policy={"known_good_healthy_steps": 3}, snapshots=False,
+              clipping_configured=True, replay=False)
+    if order == "guard_first":
+        guard = trainguard.Guard(model, optimizer, run=run, **kw)
+        model, opt = fabric.setup(model, guard.wrap(optimizer))
+    else:
+        model, optimizer = fabric.setup(model, optimizer)
+        guard = trainguard.Guard(model, optimizer, run=run, **kw)
+        opt = guard.wrap(optimizer)
+    root = os.path.join(sidecar.checkpoint_root, run)
+    os.makedirs(root)
+    state = {"model": model, "optimizer": opt}
+    guard.restore_hook = lambda path, plan: fabric.load(path, state)
+    saved, rollbacks, actions = {}, [], []
+    for step in range(30):
+        if step == 21:  # the burst comes once a saved step is known-good
+            end = time.monotonic() + 60
+            while time.monotonic() < end and not any(
+                    c["state"] == "KNOWN_GOOD" for c in sidecar.run_info(run)["checkpoints"]):
+                time.sleep(0.1)
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if step == 5 or 22 <= step <= 26:
+            loss = loss * float("nan")
+        fabric.backward(loss)
+        v = guard.step(step, loss)
+        actions.append(v.action.name)
+        if v.should_step:  # a SKIP/ROLLBACK left no gradients: clip_grad_value_ raises on none
+            fabric.clip_gradients(model, opt, clip_val=0.5)
+        opt.step()
+        opt.zero_grad()
+        if v.action.name == "ROLLBACK":
+            want = saved[v.rollback.checkpoint_step]
+            rollbacks.append(all(torch.equal(want[k], t) for k, t in model.state_dict().items()))
+        assert weights_finite(model), f"non-finite weights after step {step}"
+        if step % 5 == 4 and step < 20:
+            path = os.path.join(root, f"step-{step}.ckpt")
+            fabric.save(path, state)
+            saved[step] = {k: t.clone() for k, t in model.state_dict().items()}
+            guard.checkpoint_saved(path, step, data_position=step + 1)
+    guard.close()
+    assert actions[5] == "SKIP"
+    assert rollbacks and all(rollbacks), (actions, rollbacks)  # the weights are the saved step's
