@@ -11,6 +11,7 @@ many).
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -23,26 +24,22 @@ import torch  # noqa: E402
 from trainguard import backward_gate as bg  # noqa: E402
 
 
-def old_holds(self, early, loss, threshold, loop_clipped):
-    """BackwardGate._holds as it was (commit 1dff98a)."""
-    if threshold != early.threshold:
-        return False
-    if early.loss is None:
-        if loss is not None:
-            return False
-    elif not (torch.is_tensor(loss) and loss.device == early.loss.device
-              and loss.data_ptr() == early.loss.data_ptr() and loss.shape == early.loss.shape):
-        return False
-    writes = self.noop_writes + (1 if loop_clipped else 0)
-    now = [p.grad for p in old_params(self.g.optimizer)]
-    return len(now) == len(early.grads) and all(
-        t is was and (t is None or (0 <= t._version - v <= writes and t.data_ptr() == ptr))
-        for t, was, v, ptr in zip(now, early.grads, early.versions, early.ptrs))
+OLD = "1dff98a"  # the commit before _holds ran in C loops
 
 
-def old_params(optimizer):
-    for group in optimizer.param_groups:
-        yield from group["params"]
+def old_backward_gate():
+    """backward_gate.py as it was at OLD, from git, loaded into the trainguard package (its relative
+    imports resolve there): the bench compares against the real old code, not a copy of it."""
+    repo = os.path.join(HERE, "..", "..")
+    src = subprocess.run(["git", "-C", repo, "show", f"{OLD}:clients/python/trainguard/backward_gate.py"],
+                         check=True, capture_output=True, text=True).stdout
+    mod = types.ModuleType(f"trainguard._backward_gate_{OLD}")
+    mod.__package__ = "trainguard"
+    exec(compile(src, f"backward_gate.py@{OLD}", "exec"), mod.__dict__)
+    return mod
+
+
+old_holds = old_backward_gate().BackwardGate._holds
 
 
 def old_norm_read(early):
