@@ -34,6 +34,7 @@ from transformers import Trainer, TrainerCallback
 
 from .guard import Guard
 from .hooks import Detached
+from .stats import grad_tensors
 from .safetensors_io import read_safetensors
 from .wrap import GuardedOptimizer
 
@@ -99,12 +100,6 @@ def _forward_hook(model, hook):
         return model.register_forward_hook(Detached(hook), with_kwargs=True)
     except TypeError:
         return model.register_forward_hook(Detached(lambda module, args, output: hook(module, args, None, output)))
-
-
-def _first_grad_tensor(output):
-    """The first tensor of a model's output that autograd records (the logits), or None."""
-    values = output.values() if isinstance(output, dict) else (output if isinstance(output, (tuple, list)) else [output])
-    return next((t for t in values if torch.is_tensor(t) and t.requires_grad), None)
 
 
 def _tied_to_loaded(model, missing, loaded):
@@ -186,7 +181,7 @@ class TrainguardCallback(TrainerCallback):
         loss = loss if torch.is_tensor(loss) else None
         # No loss in the output (label smoothing, a compute_loss of the user's): the Trainer computes
         # it from the logits, so their backward still arms the measurement, judged without a loss.
-        anchor = loss if loss is not None else _first_grad_tensor(output)
+        anchor = loss if loss is not None else next(iter(grad_tensors(output)), None)  # the logits
         if anchor is None:
             return
         self._cycle.add(loss, normalised=bool(kwargs) and kwargs.get("num_items_in_batch") is not None)

@@ -207,7 +207,7 @@ class ModuleWatch:
         """Marks ``forward`` once a backward goes through its output: a loop that drops a batch itself
         (``if not torch.isfinite(loss): continue``) runs a forward no backward follows, whose calls
         must not be charged to the next step (take_list)."""
-        for t in _grad_tensors(output):
+        for t in grad_tensors(output):
             t.register_hook(lambda grad, f=forward: self._backed.add(f))
 
     def settle(self):
@@ -260,7 +260,7 @@ class ModuleWatch:
         self._handles = []
 
 
-def _grad_tensors(output):
+def grad_tensors(output):
     """The tensors of a forward's output (one level into a tuple, list or dict) that autograd records."""
     if torch.is_tensor(output):
         values = [output]
