@@ -20,12 +20,8 @@ def may_decide_locally(bounds, step, loss, grad_norm, finite):
     """A finite step within usable bounds needs no round trip to the sidecar. Bounds without a finite
     limit (the sidecar has no baseline yet: its first steps) are no such authorisation on the host
     path: a spike there must reach the sidecar before the update."""
-    return (finite and bounds is not None and bounds.usable(step) and has_a_finite_limit(bounds)
+    return (finite and bounds is not None and bounds.usable(step) and bounds.learned()
             and within_bounds(bounds, loss, grad_norm))
-
-
-def has_a_finite_limit(bounds):
-    return 0 < bounds.max_grad_norm < math.inf or 0 < bounds.max_loss < math.inf
 
 
 def is_scaler_overflow(scaler_on, loss, grad_norm, module_values=()):

@@ -1,5 +1,6 @@
 """The verdict a step gets, as plain Python (no protobuf types leak into user code)."""
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -31,6 +32,10 @@ class LocalBounds:
         if self.max_grad_norm <= 0 and self.max_loss <= 0:
             return False
         return self.valid_until_step <= 0 or step <= self.valid_until_step
+
+    def learned(self) -> bool:
+        """Whether a limit comes from the run's own values: inf is the sidecar's "no baseline yet"."""
+        return 0 < self.max_grad_norm < math.inf or 0 < self.max_loss < math.inf
 
 
 @dataclass
