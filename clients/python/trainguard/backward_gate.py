@@ -19,6 +19,7 @@ step faster but never decide it on stale numbers.
 Only a single-rank device-gated step without an enabled GradScaler is measured early (several ranks
 agree in a collective at ``step()``; a GradScaler unscales in place at ``step()``).
 """
+import functools
 import logging
 import math
 import operator
@@ -52,7 +53,6 @@ class Early:
         else:
             self.versions = [-1 if t is None else t._version for t in grads]
             self.ptrs = [0 if t is None else t.data_ptr() for t in grads]
-        self.indices = list(range(len(grads)))  # for _ptrs_equal
         self.staged, self.clip = staged, clip
         # the statistics' host copy read without a tensor index (_loop_clip): [loss, grad norm, ...]
         self.host_stats = _host_view(staged[0][0]) if staged is not None and staged[0] else None
@@ -200,7 +200,7 @@ class BackwardGate:
             deltas = set(map(operator.sub, versions, early.versions))
             if min(deltas) < 0 or max(deltas) > writes:
                 return False
-        return _ptrs_equal(now, early.ptrs, early.indices)
+        return _ptrs_equal(now, early.ptrs)
 
     def _loop_clip(self, early):
         """What the loop's ``clip_grad_norm_(max_norm)`` did to the measured gradients: (their norm
@@ -247,11 +247,17 @@ def _grads(optimizer):
     return list(map(_grad_of, chain.from_iterable(map(operator.itemgetter("params"), groups))))
 
 
-def _ptrs_equal(grads, ptrs, indices):
+@functools.lru_cache(maxsize=8)
+def _all_indices(n):
+    """[0, n): the same list every step (the parameter count does not change), not a new one."""
+    return list(range(n))
+
+
+def _ptrs_equal(grads, ptrs):
     """Whether every gradient still lies at its measured address (plain tensors: ``t.data_ptr()``),
     in one C call where torch has it (>= 2.1, the check CUDA graph trees use), else a C-level map."""
     if _PTRS_AT is not None:
-        return _PTRS_AT(grads, ptrs, indices)
+        return _PTRS_AT(grads, ptrs, _all_indices(len(grads)))
     return list(map(_data_ptr, grads)) == ptrs
 
 
