@@ -21,8 +21,9 @@ def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrup
     join_gloo(rank, world, port)
     model = parallel_mlp(mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + k))  # a new LR every step
     g = Guard(model, opt, f"gate-{mode}-{nan_step}-{corrupt_step}", target=target, device_gate=True, deadline=5.0,
-              policy={"known_good_healthy_steps": 5})
+              policy={"known_good_healthy_steps": 5}, scheduler=sched)
     rec = {"gated": [], "hash": [], "skipped": []}
     for step in range(16):
         x, y = batch(step, seed=rank)
@@ -40,6 +41,7 @@ def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrup
         opt.zero_grad(set_to_none=True)
         assert weights_finite(model), f"rank {rank}: non-finite weights after step {step}"
         rec["gated"].append(bool(v.device_gated))
+        rec.setdefault("lr", []).append(opt.param_groups[0]["lr"])
         if all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters())):
             rec["skipped"].append(step)
         full = model.module if hasattr(model, "module") else model
@@ -49,6 +51,7 @@ def _worker(rank, world, port, target, out_dir, mode, nan_rank, nan_step, corrup
             rec["hash"].append(weights_hash(full))
     g.close()
     rec["counters"] = dict(g.counters)
+    rec["scheduler_steps"] = sched.last_epoch
     torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
     leave_gloo()
 
@@ -64,6 +67,9 @@ def test_nan_on_one_rank_skips_on_both_on_the_device_gate(sidecar):
     assert 7 in r0["skipped"] and 7 in r1["skipped"]
     assert sum(r0["gated"]) >= 10 and r0["gated"] == r1["gated"]
     assert r0["counters"]["device_gated_steps"] >= 10
+    # the schedule advanced on the skip the device made, and was held back once when the ranks
+    # learned of it, at the same step on both (their LRs never differ)
+    assert r0["scheduler_steps"] == r1["scheduler_steps"] == 15 and r0["lr"] == r1["lr"]
 
 
 def test_grad_norm_mismatch_across_ranks_skips_the_step_on_both(sidecar):
@@ -72,6 +78,7 @@ def test_grad_norm_mismatch_across_ranks_skips_the_step_on_both(sidecar):
     assert r0["counters"]["grad_norm_mismatches"] == 1 and r1["counters"]["grad_norm_mismatches"] == 1
     assert 9 in r0["skipped"] and 9 in r1["skipped"]
     assert r0["hash"] == r1["hash"]
+    assert r0["scheduler_steps"] == r1["scheduler_steps"] == 15 and r0["lr"] == r1["lr"]
     # both ranks' own values were finite: each said the ranks skipped together, and the sidecar's
     # records say SKIP for both (a SKIP is committed before its verdict is answered)
     for rank in (0, 1):

@@ -159,6 +159,10 @@ def test_hf_trainer_on_the_device_gate_measures_at_backward_end_and_skips_nan(si
     assert guard.counters["device_gated_steps"] >= 10
     assert guard.backward_gate.counters["used"] >= 8, guard.backward_gate.counters
     assert guard.counters["skips"] == 1
+    # the skip the device made is learned a step later: listed among the verdicts, and the LR
+    # schedule held back once for it (12 steps, 11 updates)
+    assert [(step, action) for step, action, _ in tg.verdicts] == [(6, "SKIP")], tg.verdicts
+    assert trainer.lr_scheduler.last_epoch == 11
 
 
 def token_rows(n):

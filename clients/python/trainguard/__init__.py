@@ -15,6 +15,7 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
                    gated step's fault one step later
   gate_graph.py, grad_table.py   the device gate's kernels as one CUDA graph; gradients by address table
   backward_gate.py the device gate measured when backward ends (gate_on_backward), checked at step()
+  late_skips.py    the device's skips as the host learns of them: the LR schedule held back, callbacks told
   host_path.py     the host-path step: one packed read, replay at once, local / sidecar / offline verdict
   answers.py       the sidecar's asynchronous answers: OpenRun, verdicts of async reports (late ROLLBACK/HALT)
   client_state.py  Guard.state_dict / load_state_dict (round-trips through the trainer's checkpoint)

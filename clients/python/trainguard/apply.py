@@ -118,7 +118,7 @@ def optimizer_step(guard):
         run_update(guard, v, update)
     finally:
         guard._unscaled = False
-    if guard.scheduler is not None:
+    if guard.scheduler is not None and not guard.gated.late.pay():  # not owed to a late skip (late_skips)
         guard.scheduler.step()
     guard.recovery.after_update(v.step if v else None)
     return True

@@ -160,6 +160,12 @@ def gate_collective(bad, need_host, local_norm, sharded, threshold):
     return skip.float(), norm, inverse, vec
 
 
+def norms_disagree(spread):
+    """Whether the ranks' grad norms differ beyond the tolerance (``reduced_flags``' spread; None:
+    sharded, where they differ by design): the device skipped the step on every rank."""
+    return spread is not None and spread > NORM_SPREAD_TOLERANCE
+
+
 def reduced_flags(vec_values, world, sharded):
     """Host-side reading of the reduced vector: (any rank non-finite, any rank needs the host path
     next step, norm spread across ranks relative to the mean, None when sharded)."""

@@ -26,6 +26,7 @@ from . import rules
 from .connection import ClientState
 from .gate_graph import GateGraphs
 from .host_path import stepped_optimizer, unscale_once
+from .late_skips import LateSkips
 from .replay import FaultClass, StepFault
 from .report import step_report
 from .rng import restore_rng
@@ -50,9 +51,17 @@ class GatedStep:
     replay_fn: Optional[Callable] = None
     rng: Any = None            # the RNG state the step began with
     position: Optional[int] = None  # the data position after this step's batch
+    scaled: bool = False       # under an enabled GradScaler
+    update_applied: bool = False  # its replay applied its update (TRANSIENT)
+    multi: bool = False        # several ranks: whether it was skipped is what they agree (agreed_skip)
+    agreed_skip: Optional[bool] = None  # several ranks: set by the next step, which reads their flags
 
     def ready(self):
         return self.event is None or self.event.query()  # never blocks
+
+    def known(self):
+        """Whether the host knows if the device skipped it, without waiting."""
+        return self.agreed_skip is not None if self.multi else self.ready()
 
     def finite(self):
         """Whether every value of the step was finite: the healthy step's check, which builds no
@@ -82,6 +91,7 @@ class GatedPath:
         self.last = None             # the last gated step (GatedStep), until the next step looked at it
         self._graphs = None          # one rank: the measure-and-gate kernels as a CUDA graph (gate_graph)
         self._threshold = None       # several ranks: this rank's clip threshold for the collective (ThresholdEntry)
+        self.late = LateSkips()      # the device's skips as the host learns of them (LR schedule, callbacks)
 
     @property
     def graphs(self):
@@ -91,8 +101,16 @@ class GatedPath:
         return self._graphs
 
     def clear(self):
+        """A pause: what the device did so far is learned (the reports were flushed), then forgotten."""
+        self.settle_late(wait=True)
+        self.late.forget_unknown()
         self.futs.clear()
         self.last = None
+        self.prev = None
+
+    def settle_late(self, wait=False):
+        """Learns the device's skips that are known by now (late_skips); at each step, after a replay."""
+        self.late.settle(self.g.generation, wait)
 
     # ------------------------------------------------------------------ before the step
 
@@ -129,7 +147,9 @@ class GatedPath:
         vec, event = prev
         if event is not None:
             event.synchronize()  # the last step's collective; normally long done
-        self.prev_faulty, need, _ = dist_agree.reduced_flags(vec.tolist(), self.g.world_size, self.sharded)
+        self.prev_faulty, need, spread = dist_agree.reduced_flags(vec.tolist(), self.g.world_size, self.sharded)
+        if self.last is not None and self.last.multi:  # the step the vector is of: what the device did to it
+            self.last.agreed_skip = self.prev_faulty or dist_agree.norms_disagree(spread)
         self.host_next = need
         return need
 
@@ -197,7 +217,9 @@ class GatedPath:
                           bounds=bounds, decided_locally=True, device_gated=True)
         rec = g.recovery
         self.last = GatedStep(step, verdict, host, event, ng, names, thr, lrs, g.generation,
-                              replay_fn=replay, rng=rec.step_rng(), position=rec.position())
+                              replay_fn=replay, rng=rec.step_rng(), position=rec.position(),
+                              scaled=scaler is not None, multi=self.multi)
+        self.late.watch(self.last)
         return verdict
 
     def _threshold_entry(self, thr):
@@ -218,7 +240,7 @@ class GatedPath:
             any_bad, _, spread = dist_agree.reduced_flags(reduced, g.world_size, self.sharded)
             if self.sharded and finite:
                 gnorm = math.sqrt(reduced[2])  # the global norm, as FSDP's clip_grad_norm_ computes it
-            mismatch = spread is not None and spread > dist_agree.NORM_SPREAD_TOLERANCE
+            mismatch = dist_agree.norms_disagree(spread)
             if mismatch:
                 with g._lock:
                     g.counters["grad_norm_mismatches"] += 1
@@ -260,6 +282,13 @@ class GatedPath:
     # ------------------------------------------------------------------ replaying the last step's fault
 
     def replay_previous(self, step, loss, replay, suppress):
+        """At each step on a device-gated Guard, before it is decided: replays the last gated step if it
+        was faulty (``_replay_last``), then learns the device's skips known by now (late_skips)."""
+        loss = self._replay_last(step, loss, replay, suppress)
+        self.settle_late()
+        return loss
+
+    def _replay_last(self, step, loss, replay, suppress):
         """At step k+1: when the gated step k was non-finite (on any rank), replay it, classify the
         fault and, for TRANSIENT, apply the replay's update; then run this step's forward and
         backward again (``replay``) on the weights as they now are. Returns the loss to judge this
@@ -293,6 +322,7 @@ class GatedPath:
         rec.verdict.fault_class = cls.name
         if cls == FaultClass.TRANSIENT:
             self._apply_replayed(rec)
+            rec.update_applied = True
         opt.zero_grad(set_to_none=True)
         if g.watch:
             g.watch.reset()

@@ -201,6 +201,7 @@ class TrainguardCallback(TrainerCallback):
         loss, self._loss = self._loss, None
         self._cycle.reset()
         v = self.guard.step(self.step, loss)
+        self.verdicts.extend(self.guard.gated.late.take())  # skips the device made, learned since
         if v.action.name != "APPLY":
             self.verdicts.append((self.step, v.action.name, list(v.reasons)))
         self._skipped = not v.should_step
@@ -210,12 +211,13 @@ class TrainguardCallback(TrainerCallback):
         # The Trainer steps its LR scheduler unless Accelerate says the update was skipped (a
         # GradScaler overflow): a step the guard skipped on the host reads as one too, so the
         # schedule does not advance past updates that did not happen. Without a GradScaler Accelerate
-        # never sets the flag itself. A skip decided on the device gate is known one step later: the
-        # schedule advances on it.
+        # never sets the flag itself. A skip decided on the device gate is learned a step or more
+        # later, after the schedule advanced on it: the next scheduler step is left out for it.
         acc = self._accelerated
+        skip_schedule = self._skipped or self.guard.gated.late.pay()
         if getattr(acc, "scaler", None) is None:
-            acc._is_overflow = self._skipped
-        elif self._skipped:
+            acc._is_overflow = skip_schedule
+        elif skip_schedule:
             acc._is_overflow = True
         self._skipped = False
 
@@ -268,3 +270,4 @@ class TrainguardCallback(TrainerCallback):
             self._hook.remove()
         if self.guard is not None:
             self.guard.close()
+            self.verdicts.extend(self.guard.gated.late.take())

@@ -44,6 +44,7 @@ def close(g, reason):
         return
     g._closed = True
     g.flush()
+    g.gated.settle_late(wait=True)  # the last steps' skips, for the callbacks' verdicts
     g.gate.uninstall()
     g.sender.close()
     g.recovery.registrar.close(checkpointing.register_deadline(g))  # a call in flight ends first

@@ -131,6 +131,7 @@ class TrainguardCallback(pl.Callback):
         if self.guard is not None and not self._closed:
             self.guard.close()
             self._closed = True
+            self.verdicts.extend(self.guard.gated.late.take())
 
     def on_exception(self, trainer, pl_module, exception):
         self._unhook()
@@ -196,6 +197,7 @@ class TrainguardCallback(pl.Callback):
         loss = self._cycle_loss()
         g = self.guard
         v = g.step(self.step, loss)
+        self.verdicts.extend(g.gated.late.take())  # skips the device made, learned since
         g._pending_update = False  # the update is Lightning's: what guard.optimizer_step() does around it is here
         if v.should_step:
             self._update = [v.step, *apply_.begin_update(g, v), False]

@@ -142,7 +142,8 @@ def _first_call_returns(value, closure):
 
 class GuardedScheduler:
     """An LR scheduler whose ``step()`` is skipped when the guard skipped the update (as the
-    optimizer's own step was); everything else is the inner scheduler's."""
+    optimizer's own step was), or once for each skip the device gate made that the host learned of
+    since (the schedule had advanced on it: late_skips); everything else is the inner scheduler's."""
 
     def __init__(self, guard, scheduler):
         self.__dict__["guard"] = guard
@@ -157,6 +158,8 @@ class GuardedScheduler:
     def step(self, *args, **kwargs):
         v = self.guard.last_verdict
         if v is not None and not v.should_step:
+            return None
+        if self.guard.gated.late.pay():  # owed to a skip the device made, learned since (late_skips)
             return None
         return self.scheduler.step(*args, **kwargs)
 

@@ -1,0 +1,132 @@
+"""The integrations on CUDA, against the sidecar that bench/gpu/sidecar-up.sh started (the real one,
+``$TG_TARGET``, default unix:///tmp/tg.sock): a NaN step skipped on the device gate is learned on the
+host from a CUDA event a step or more later (late_skips), so the LR schedule is held back once and the
+callbacks list the skip; Lightning's 16-mixed (a CUDA GradScaler) and bf16-mixed on the device gate.
+CI runs the same paths on the CPU (tests/test_late_skips.py, test_hf.py, test_lightning.py), where
+there is no event to wait for."""
+import os
+import time
+
+import pytest
+import torch
+
+from trainguard.guard import Guard
+from models import MLP, batch, weights_finite
+
+TARGET = os.environ.get("TG_TARGET", "unix:///tmp/tg.sock")
+NAN_STEP, STEPS = 5, 20
+
+
+def run_id(name):
+    return f"{name}-{int(time.time() * 1000)}"  # a fresh run per call: the sidecar outlives the checks
+
+
+def nan_activation(module, at):
+    """A forward hook that makes ``module``'s output NaN at its ``at``-th call in training mode."""
+    calls = [0]
+
+    def hook(mod, inp, out):
+        if not mod.training:
+            return None
+        i, calls[0] = calls[0], calls[0] + 1
+        return out * float("nan") if i == at else None
+    return module.register_forward_hook(hook)
+
+
+def test_a_skip_on_the_cuda_gate_is_learned_later_and_holds_the_wrapped_scheduler_back_once():
+    torch.manual_seed(0)
+    model = MLP().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    g = Guard(model, opt, run_id("cuda-late-skip"), target=TARGET, device_gate=True, deadline=5.0, replay=False)
+    gopt = g.wrap(opt)
+    sched = g.wrap(torch.optim.lr_scheduler.LambdaLR(gopt, lambda k: 1.0 / (1 + k)))
+    nan_activation(model.blocks[0], NAN_STEP)
+    for step in range(STEPS):
+        x, y = (t.cuda() for t in batch(step))
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        before = [p.detach().clone() for p in model.parameters()] if step == NAN_STEP else None
+        assert g.step(step, loss).device_gated
+        gopt.step()
+        sched.step()
+        gopt.zero_grad(set_to_none=True)
+        assert weights_finite(model)
+        if before is not None:
+            assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    g.close()
+    assert g.counters["skips"] == 1 and g.counters["device_gated_steps"] == STEPS
+    assert sched.last_epoch == STEPS - 1
+
+
+def tiny_gpt2():
+    import transformers
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32,
+                                                                n_layer=2, n_head=2))
+
+
+def test_hf_trainer_on_cuda_lists_the_devices_skip_and_holds_its_schedule_back(tmp_path):
+    import transformers
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    nan_activation(model.lm_head, NAN_STEP)
+    rows = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(1))
+    data = [{"input_ids": r, "labels": r} for r in rows]
+    tg = TrainguardCallback(run_id("cuda-hf-late-skip"), target=TARGET, deadline=5.0)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=12,
+                                          learning_rate=1e-3, save_strategy="no", report_to=[], max_grad_norm=0.0,
+                                          optim="adamw_torch_fused", disable_tqdm=True, logging_steps=1000)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg])
+    trainer.train()
+    assert tg.guard.counters["device_gated_steps"] >= 10 and tg.guard.counters["skips"] == 1
+    assert [(s, a) for s, a, _ in tg.verdicts] == [(NAN_STEP, "SKIP")], tg.verdicts
+    assert trainer.lr_scheduler.last_epoch == 11
+    assert weights_finite(model)
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_lightning_mixed_precision_on_cuda_skips_a_nan_step_on_the_device(precision):
+    import lightning.pytorch as pl
+    from trainguard.lightning import TrainguardCallback
+
+    class Net(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = MLP()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, b, i):
+            x, y = b
+            return torch.nn.functional.mse_loss(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2, fused=True)
+
+    class Checks(pl.Callback):
+        def __init__(self):
+            self.unchanged = []
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            self.before = [p.detach().clone() for p in module.parameters()]
+
+        def on_train_batch_end(self, trainer, module, outputs, b, i):
+            assert weights_finite(module), f"non-finite weights after batch {i}"
+            if all(torch.equal(a, p) for a, p in zip(self.before, module.parameters())):
+                self.unchanged.append(i)
+
+    model = Net()
+    nan_activation(model.net.blocks[0], NAN_STEP)
+    tg = TrainguardCallback(run_id(f"cuda-lightning-{precision}"), target=TARGET, deadline=5.0)
+    checks = Checks()
+    trainer = pl.Trainer(max_steps=STEPS, accelerator="gpu", devices=1, precision=precision, callbacks=[tg, checks],
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader([batch(i) for i in range(STEPS)],
+                                                                     batch_size=None))
+    assert tg.guard.device_gate and tg.guard.counters["device_gated_steps"] >= STEPS - 2
+    assert NAN_STEP in checks.unchanged  # the NaN step's update never reached the weights
+    assert tg.guard.counters["skips"] >= 1  # 16-mixed: the scaler's own overflows are counted too, not listed
+    assert [(s, a) for s, a, _ in tg.verdicts] == [(NAN_STEP, "SKIP")], tg.verdicts

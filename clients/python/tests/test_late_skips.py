@@ -1,0 +1,66 @@
+"""The device gate's skips, learned on the host a step later (late_skips), against the real sidecar
+on the CPU's device gate (fused AdamW honours found_inf like the CUDA kernel): the LR schedule counts
+applied updates, not steps, and a framework callback lists the skip among its verdicts."""
+import pytest
+import torch
+
+from trainguard.guard import Guard
+from models import FlipOnce, batch, weights_finite
+from test_gated_replay import QUICK, make_fused, run_loop
+
+pytestmark = pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
+
+STEPS, NAN_STEP = 16, 5
+
+
+def decaying(opt):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + k))  # a new LR every step
+
+
+def nan_at(step, x, y):
+    if step == NAN_STEP:
+        y = y.clone()
+        y[0, 0] = float("nan")
+    return x, y
+
+
+def test_a_skip_on_the_device_holds_the_wrapped_scheduler_back_once(sidecar):
+    # prevents: the schedule running one step ahead of the updates for every NaN the device skipped
+    model, opt = make_fused()
+    g = Guard(model, opt, "late-skip-wrapped", target=sidecar.target, device_gate=True, deadline=5.0,
+              policy=QUICK, replay=False)
+    gopt = g.wrap(opt)
+    sched = g.wrap(decaying(gopt))
+    lrs = []
+    for step in range(STEPS):
+        x, y = nan_at(step, *batch(step))
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        lrs.append(opt.param_groups[0]["lr"])
+        v = g.step(step, loss)
+        gopt.step()
+        sched.step()
+        gopt.zero_grad(set_to_none=True)
+        assert weights_finite(model) and v.device_gated
+    g.close()
+    assert g.counters["skips"] == 1
+    # step 5 ran at the 6th rate and was skipped; step 6 learned it: the rate after it stays
+    assert lrs[NAN_STEP + 1] == lrs[NAN_STEP + 2] and lrs[NAN_STEP + 2] != lrs[NAN_STEP + 3]
+    assert sched.last_epoch == STEPS - 1
+
+
+def test_optimizer_step_holds_the_guards_scheduler_back_for_a_deterministic_fault_not_a_transient_one(sidecar):
+    # prevents: a replayed fault whose update was applied (TRANSIENT) costing the schedule a step
+    for name, inject, skipped in (("late-skip-poison", nan_at, 1),
+                                  ("late-skip-flip", None, 0)):
+        model, opt = make_fused()
+        sched = decaying(opt)
+        g = Guard(model, opt, name, target=sidecar.target, device_gate=True, deadline=5.0, policy=QUICK,
+                  scheduler=sched)
+        if inject is None:
+            inject = FlipOnce(model.blocks[0], step=NAN_STEP).mark  # a one-off NaN a replay fixes
+        torch.manual_seed(7)
+        run_loop(g, model, opt, STEPS, inject=inject)
+        g.close()
+        assert g.recovery.counters["replayed_updates"] == 1 - skipped, name
+        assert sched.last_epoch == STEPS - skipped, name
