@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 
-import grpc
 import torch
 
 from . import answers, checkpointing, client_state, host_path, lifecycle, step_args
@@ -26,6 +25,7 @@ from .connection import ClientState, Connection
 from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFiniteUpdate: public here)
 from .backward_gate import BackwardGate
 from .gated import GatedPath, gate_wanted
+from .loop_updates import LoopUpdates
 from .measure import DeviceGate, StepMeter
 from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
@@ -39,7 +39,6 @@ from .transport import ReportSender, Transport
 from .validation import ValidationContext, ValidationSession
 from .verdict import Action, Verdict
 from .wrap import ParametersOnly, wrap as wrap_
-from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
 
@@ -167,6 +166,7 @@ class Guard:
         self.protector = UpdateProtector(model, optimizer, self.watch, lambda *a: ship_bad_tensor(self, *a))
         self.recovery = Recovery(self, snapshots, replay, lr_restore)
         self.backward_gate = BackwardGate(self)
+        self.loop_updates = LoopUpdates(self)  # an update the loop makes itself gets the same work around it
         # The manifests set TRAINGUARD_TARGET (the pod's socket); an explicit target wins.
         target = target or os.environ.get("TRAINGUARD_TARGET") or "127.0.0.1:7474"
         self.transport = Transport(target, deadline)
@@ -216,6 +216,7 @@ class Guard:
         if self._closed:
             return lifecycle.closed_step(self, step)
         step = self.numbering.guard_step(step)
+        self.loop_updates.note_last()  # the last verdict's update, if the loop made it without an optimizer step
         self.recovery.begin(step, data_position, replay)
         now = time.perf_counter()
         step_time, self._step_t0 = now - self._step_t0, now
@@ -325,6 +326,7 @@ class Guard:
         snap = self.protector.snapshot()
         yield
         self.protector.check(snap, v.step if v else -1)
+        self.recovery.after_update(v.step if v else None)  # snapshots, RNG for a replay: as after optimizer_step()
 
     def pause(self):
         """Detaches the guard until ``resume()``: waits for queued reports, removes the forward hooks
@@ -376,11 +378,7 @@ class Guard:
         client_state.load_state_dict(self, state)
 
     def heartbeat(self, step, phase="STEP"):
-        try:
-            return self.transport.call("Heartbeat", pb.HeartbeatRequest(run_id=self.run, rank=self.rank, step=step,
-                                                                         phase=pb.Phase.Value("PHASE_" + phase)))
-        except grpc.RpcError as e:
-            self.connection.unreachable("Heartbeat", e)
+        return lifecycle.heartbeat(self, step, phase)
 
     def flush(self, timeout=None):
         """Waits for the queued reports' verdicts and snapshot registrations (each at most ``timeout``)."""

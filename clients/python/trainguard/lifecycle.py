@@ -39,6 +39,14 @@ def resume(g):
         g.heartbeat(g.last_step or 0, "STEP")
 
 
+def heartbeat(g, step, phase):
+    try:
+        return g.transport.call("Heartbeat", pb.HeartbeatRequest(run_id=g.run, rank=g.rank, step=step,
+                                                                  phase=pb.Phase.Value("PHASE_" + phase)))
+    except grpc.RpcError as e:
+        g.connection.unreachable("Heartbeat", e)
+
+
 def close(g, reason):
     if g._closed:
         return
@@ -46,6 +54,7 @@ def close(g, reason):
     g.flush()
     g.gated.settle_late(wait=True)  # the last steps' skips, for the callbacks' verdicts
     g.gate.uninstall()
+    g.loop_updates.remove()
     g.sender.close()
     g.recovery.registrar.close(checkpointing.register_deadline(g))  # a call in flight ends first
     try:

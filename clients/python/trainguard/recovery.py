@@ -228,8 +228,9 @@ class Recovery:
         if self.store is not None:
             self.store.before_update()
 
-    def after_update(self, step):
-        """The step's update was applied (a healthy step)."""
+    def after_update(self, step, late=False):
+        """The step's update was applied (a healthy step). ``late``: learned at the next step, whose
+        forward has run since (loop_updates): the RNG state it began with is gone, so no replay of it."""
         if self.g.connection.paused:
             return
         self.registrar.take_answers()
@@ -237,7 +238,9 @@ class Recovery:
         if self.ring is not None and step is not None and not self._prepared:
             self._prepared = True  # the optimizer state exists now: size every slot's buffers once
             self.store.prepare()
-        rng = self._capture_rng()  # first: a snapshot taken now reuses it rather than capturing again
+        if late:
+            self._rng = None
+        rng = None if late else self._capture_rng()  # first: a snapshot taken now reuses it
         if self.ring is not None and step is not None:
             self.registrar.register_ready()
             agreed = self.registrar.confirm(self.ring.on_healthy(step), self.ring.pace.steps_needed)
@@ -246,15 +249,18 @@ class Recovery:
             if self.ring.due():
                 self._take(step, rng=rng)
 
-    def after_no_update(self, step):
-        """The step was skipped (or rolled back, or halted)."""
+    def after_no_update(self, step, late=False):
+        """The step was skipped (or rolled back, or halted); ``late``: as in after_update."""
         if self.g.connection.paused:
             return
         self.registrar.take_answers()
         self.lr.on_unhealthy()
         if self.ring is not None and step is not None:
             self.ring.on_unhealthy(step)
-        self._capture_rng()
+        if late:
+            self._rng = None
+        else:
+            self._capture_rng()
 
     def _take(self, step, position=None, wait=False, rng=None):
         victim = self.ring.victim()

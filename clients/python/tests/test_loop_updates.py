@@ -1,0 +1,66 @@
+"""Updates the loop makes itself, in the documented forms that bypass guard.optimizer_step() and the
+wrapper: ``if v.should_step: optimizer.step()`` (the optimizer's step hooks) and a manual update loop
+(``Guard(model, None)``: noted at the next step). Against the real sidecar: in-memory snapshots keep
+their cadence, so a late NaN burst rolls back to a recent state, not the run's start, and the
+re-warm LR after a rollback ramps for the loop's own optimizer.step()."""
+import time
+
+import pytest
+import torch
+
+from trainguard import Action, Guard
+
+STEPS, BURST = 150, range(120, 124)
+POLICY = {"known_good_healthy_steps": 5, "rollback_rewarm_steps": 10}
+
+
+def loop(sidecar, form, steps=STEPS, on_update=None):
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    g = Guard(m, None if form == "manual" else opt, f"loop-updates-{form}-{time.time()}", target=sidecar.target,
+              deadline=5.0, policy=POLICY, snapshots={"interval": 10, "max_overhead": 0})
+    if on_update is not None:
+        opt.register_step_pre_hook(on_update)  # after the guard's: sees the LR the update runs at
+    rolled_to = None
+    for step in range(steps):
+        x, y = torch.randn(16, 4), torch.randn(16, 1)
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        if step in BURST:
+            loss = loss * float("nan")
+        loss.backward()
+        v = g.step(step, loss)
+        if v.action == Action.ROLLBACK:
+            rolled_to = v.rollback.checkpoint_step
+        if form == "optimizer_step":
+            g.optimizer_step()
+        elif form == "manual":
+            if v.should_step:
+                with torch.no_grad():
+                    for p in m.parameters():
+                        p -= 0.1 * p.grad
+        elif v.should_step:
+            opt.step()
+        m.zero_grad(set_to_none=True)
+    g.close()
+    return g, rolled_to
+
+
+@pytest.mark.parametrize("form", ["optimizer_step", "should_step", "manual"])
+def test_a_loop_that_updates_itself_keeps_taking_snapshots_and_rolls_back_to_a_recent_one(sidecar, form):
+    # prevents: one snapshot in a whole run (the start state), so a late rollback lost every step
+    g, rolled_to = loop(sidecar, form)
+    assert g.recovery.counters["snapshots"] >= 4, g.recovery.counters
+    assert rolled_to is not None and rolled_to > 0, rolled_to  # -1: the state the run started from
+
+
+@pytest.mark.torch2  # the optimizer's step hooks: torch >= 2.0
+def test_the_loops_own_optimizer_step_after_a_rollback_runs_at_the_re_warm_lr(sidecar):
+    # prevents: the first updates after a rollback running at the full (cut) rate in this loop form
+    lrs = []
+    g, rolled_to = loop(sidecar, "should_step", on_update=lambda o, a, k: lrs.append(o.param_groups[0]["lr"]))
+    assert rolled_to is not None
+    first_after = next(i for i, lr in enumerate(lrs) if lr < 0.1)  # the first update after the rollback
+    ramp = lrs[first_after:first_after + 5]
+    assert all(a < b for a, b in zip(ramp, ramp[1:])) and ramp[-1] < 0.05, lrs
+    assert lrs[0] == 0.1 and lrs[-1] == pytest.approx(0.05)  # the cut rate once re-warmed

@@ -1,0 +1,67 @@
+"""The update that follows a verdict, whichever way the loop makes it.
+
+``guard.optimizer_step()`` and ``guard.wrap(optimizer)`` make the update themselves
+(``apply.run_update``), wrapped in the work the guard does around an update: the re-warm LR after a
+rollback, update protection, and the recovery's bookkeeping (in-memory snapshots every N healthy
+updates, the RNG state for a replay, lifting an LR cut). Two documented forms make it without them:
+
+- a loop that drives the optimizer itself, ``if verdict.should_step: optimizer.step()``: the
+  optimizer's step hooks (torch >= 2.0) run the same work around that ``step()``;
+- a manual update loop (``Guard(model, None)``: ``if guard.step(i, loss).should_step: <update>``), or
+  the same loop on torch < 2.0: the next ``guard.step()`` notes that the last verdict's update was
+  made (or not), so the snapshots keep their cadence. No re-warm there (the loop sets its own LR:
+  ``guard.lr_scale``), and a snapshot taken then also holds the next forward's BatchNorm statistics.
+
+Before, both forms took one snapshot in a whole run: a late rollback went back to its first step.
+"""
+from . import apply as apply_
+
+
+class LoopUpdates:
+    def __init__(self, guard):
+        self.g = guard
+        self._open = None   # (verdict, LRs to put back, protection snapshot) of an update under way
+        opt = guard.optimizer
+        self._handles = []
+        if hasattr(opt, "register_step_pre_hook") and hasattr(opt, "register_step_post_hook"):
+            self._handles = [opt.register_step_pre_hook(self._before), opt.register_step_post_hook(self._after)]
+
+    def _before(self, optimizer, args, kwargs):
+        g = self.g
+        if not g._pending_update or g._closed or g.connection.paused:  # the guard's own update, or unguarded
+            return None
+        g._pending_update = False
+        v = g.last_verdict
+        if v is None or not v.should_step:  # stepped anyway: the verdict dropped its gradients
+            apply_.skipped_update(g, v)
+            return None
+        self._open = (v, *apply_.begin_update(g, v))
+        return None
+
+    def _after(self, optimizer, args, kwargs):
+        u, self._open = self._open, None
+        if u is None:
+            return
+        v, saved, snap = u
+        apply_.put_lr_back(self.g, saved)
+        if snap is not None:
+            self.g.protector.check(snap, v.step)  # raises NonFiniteUpdate out of optimizer.step()
+        self.g.recovery.after_update(v.step)
+
+    def note_last(self):
+        """At ``guard.step()``: the last verdict no optimizer step consumed was the loop's to act on
+        (a manual update when it allowed one)."""
+        g = self.g
+        if not g._pending_update or g.last_verdict is None or g._closed:
+            return
+        g._pending_update = False
+        v = g.last_verdict
+        if v.should_step:
+            g.recovery.after_update(v.step, late=True)
+        else:
+            g.recovery.after_no_update(v.step, late=True)
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
