@@ -68,3 +68,52 @@ def test_healthy_run_with_defaults_is_bit_identical_to_unguarded(sidecar, how):
     assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters()))
     # the run is one that a FIXED 1.0 default would have changed
     assert sum(n > 1.0 for n in norms) >= STEPS // 2
+
+
+def dropout_run(guard_with=None):
+    """30 steps of a dropout model whose data order and dropout draw from the global RNG, with a
+    validation over a DataLoader every 10 steps (which takes its base seed from the same RNG)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.2), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    g = guard_with(m, opt) if guard_with else None
+    xs, ys = torch.randn(64, 4), torch.randn(64, 1)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8)
+
+    def evaluate():
+        m.eval()
+        with torch.no_grad():
+            total = sum(float(torch.nn.functional.mse_loss(m(x), y)) for x, y in val)
+        m.train()
+        return total
+    audits = []
+    for step in range(31):
+        idx = torch.randint(0, 64, (16,))
+        torch.nn.functional.mse_loss(m(xs[idx]), ys[idx]).backward()
+        if g is not None:
+            g.step(step, None)
+        opt.step()
+        opt.zero_grad()
+        if step and step % 10 == 0:
+            if g is None:
+                evaluate()
+                continue
+            with g.validation(m, step=step) as v:
+                if v.allowed:
+                    v.loss = evaluate()
+            audits.append(v.audit)
+    if g is not None:
+        g.close()
+    return [p.detach().clone() for p in m.parameters()], audits, g
+
+
+def test_a_healthy_validation_over_a_dataloader_is_no_incident_and_leaves_the_run_as_unguarded(sidecar):
+    # prevents: every validation over a DataLoader (its base seed drawn from the global RNG) read as
+    # "RNG changed", reported, and the RNG rewound: the guarded run then drew other dropout masks
+    want, _, _ = dropout_run()
+    got, audits, g = dropout_run(lambda m, opt: Guard(m, opt, "no-harm-val-loader", target=sidecar.target, deadline=5.0,
+                                                      policy={"validation_warmup_steps": 5,
+                                                              "validation_interval_steps": 5}))
+    assert len(audits) == 3 and not any(a["rng_changed"] for a in audits), audits
+    assert g.counters["validation_incidents"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -15,7 +15,7 @@ import weakref
 
 import torch
 
-from .rng import capture_rng, restore_rng, rng_equal
+from .rng import capture_rng, only_drawn_from, restore_rng
 
 
 # Everything nn.Module keeps in an instance's __dict__ for itself (parameters, buffers, children,
@@ -268,8 +268,10 @@ class ModelSnapshot:
             found += [(self.WIRING, f"class {cls.__qualname__}.{k} added") for k in after if k not in before]
         for names, before in ((now, self.tensors), (mods, self.modules)):
             found += [(self.WIRING, f"{name} added") for name in names if name not in before]
-        if not rng_equal(self.rng, capture_rng()):
-            found.append((self.RNG, "global RNG state changed"))
+        # Draws are what the run does unguarded too (a DataLoader takes its base seed from the global
+        # RNG): only a reseed, or a state set from elsewhere, is a change, and only it is undone.
+        if not only_drawn_from(self.rng, capture_rng()):
+            found.append((self.RNG, "global RNG reseeded or set (not only drawn from)"))
         found.sort(key=lambda f: f[0])  # stable: within a kind, discovery order
         kinds = {k for k, _ in found}
         return (self.VALUES in kinds, bool(kinds & {self.PLACEMENT, self.TRAIN_MODE}),
@@ -368,7 +370,8 @@ class ModelSnapshot:
                 parent, _, cname = full.rpartition(".")
                 if parent == name and cname and getattr(m, cname, None) is not cs["module"]:
                     setattr(m, cname, cs["module"])
-        restore_rng(self.rng)
+        if not only_drawn_from(self.rng, capture_rng()):
+            restore_rng(self.rng)
 
 
 _MISSING = object()
