@@ -131,6 +131,24 @@ def test_validation_that_mutates_the_model_is_caught_and_undone(sidecar):
     assert any(k == "VALIDATION_MUTATION" for k, s in kinds(sidecar, "val-mutation"))
 
 
+def test_validation_that_freezes_parameters_is_caught_and_undone(sidecar):
+    # prevents: an inference helper's requires_grad_(False) leaving layers out of every later update, silently
+    model, opt = make()
+    g = Guard(model, opt, "val-freeze", target=sidecar.target, deadline=2.0, policy=FAST)
+    train(g, model, opt, 11)
+    g.flush()
+    with g.validation(model, step=10) as v:
+        model.blocks[0].requires_grad_(False)
+        with torch.no_grad():
+            v.loss = float(model(batch(1000)[0]).pow(2).mean())
+    assert v.allowed, v.reason
+    assert v.restored and v.audit["dtype_device_mode_changed"]
+    assert any("requires_grad True -> False" in d for d in v.audit["details"]), v.audit
+    assert all(p.requires_grad for p in model.parameters())
+    g.close()
+    assert any(k == "VALIDATION_MUTATION" for k, s in kinds(sidecar, "val-freeze"))
+
+
 def test_validation_before_warmup_is_not_run(sidecar):
     model, opt = make()
     g = Guard(model, opt, "val-gate", target=sidecar.target, deadline=2.0, policy=FAST)

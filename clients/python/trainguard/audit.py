@@ -197,6 +197,9 @@ class ModelSnapshot:
             self.tensors[name] = (t, t.dtype, t.device, t.detach().clone() if keep_values else None,
                                   float(t.detach().double().sum()) if keep_values is False else None, t._version)
         own = {id(t) for t, *_ in self.tensors.values()}
+        # a pass that freezes parameters (an inference helper's requires_grad_(False)) leaves them out
+        # of every later update, silently
+        self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         self.modules = {}
         self.classes = {}
         for name, m in model.named_modules():
@@ -257,6 +260,9 @@ class ModelSnapshot:
             _dict_changes(s["attrs"], current, label, attrs, ".{}")
             found += [(self.ATTRIBUTES, text) for text in attrs]
         found += self._explain_grouped(self.TRAIN_MODE, train_mode, "modules changed")
+        frozen = [(name, f"requires_grad {was} -> {not was}") for name, was in self.requires_grad.items()
+                  if name in now and now[name].requires_grad != was]
+        found += self._explain_grouped(self.TRAIN_MODE, frozen, "parameters changed")
         for cls, before in self.classes.items():
             after = _class_attributes(cls)
             for k, v in before.items():
@@ -330,6 +336,9 @@ class ModelSnapshot:
                     cur.copy_(value)
                 if cur is not t:  # the tensor object itself was swapped: put the original back
                     t.data = value.clone()
+        for name, was in self.requires_grad.items():
+            if name in now and now[name].requires_grad != was:
+                now[name].requires_grad_(was)
         for cls, before in self.classes.items():
             after = _class_attributes(cls)
             for k in [k for k in after if k not in before]:
