@@ -12,6 +12,11 @@ import torch
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+try:
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+except ImportError:  # Lightning < 2.6
+    EMAWeightAveraging = None
+
 from models import batch, weights_finite  # noqa: E402
 from test_lightning_sweep import Net  # noqa: E402  (a NaN loss at given training_step calls)
 
@@ -56,8 +61,10 @@ class FirstRollback(pl.Callback):
             path = self.tg.guard.checkpoints[step]["restore"]
             saved = torch.load(path, map_location="cpu", weights_only=False)
             now = pl_module.state_dict()
+            trained = saved.get("current_model_state", saved["state_dict"])  # EMA: the averaged ones are state_dict
             self.rollback = {"step": step, "file": os.path.basename(path), "global_step": saved["global_step"],
-                             "weights_equal": all(torch.equal(saved["state_dict"][k], now[k]) for k in now)}
+                             "weights_equal": all(torch.equal(saved["state_dict"][k], now[k]) for k in now),
+                             "trained_weights_equal": all(torch.equal(trained[k], now[k]) for k in now)}
 
 
 def fit(sidecar, run, checkpoints, burst, waits, max_steps):
@@ -109,6 +116,24 @@ def test_a_registered_file_rewritten_in_place_is_not_loaded_the_rollback_falls_b
     assert rb["global_step"] == 8 and rb["weights_equal"], rb
     assert any("checkpoint of step 11" in r.message and "rewritten since it was registered" in r.message
                for r in caplog.records), [r.message for r in caplog.records]
+    # the rollback's own line names the file it restored, not the plan's rewritten one
+    assert any(r.message.startswith("trainguard: rolled back to step 7 (") and "epoch=0-step=8.ckpt" in r.message
+               for r in caplog.records), [r.message for r in caplog.records]
+    assert weights_finite(m)
+
+
+@pytest.mark.skipif(EMAWeightAveraging is None, reason="Lightning >= 2.6")
+def test_a_rollback_under_ema_weight_averaging_restores_the_trained_weights_not_the_average(sidecar):
+    # Prevents: a rollback loading the checkpoint's state_dict, which EMAWeightAveraging fills with the
+    # averaged weights, into the training model (its trained weights sit beside them, which Lightning's
+    # own restore puts back through the callback's on_load_checkpoint)
+    run = "lightning-ema"
+    ckpt = ModelCheckpoint(dirpath=os.path.join(sidecar.checkpoint_root, "ema"), every_n_train_steps=5, save_top_k=-1)
+    tg, watch, m = fit(sidecar, run, [EMAWeightAveraging(decay=0.5), ckpt], burst=set(range(11, 16)),
+                       waits={9: (4, {"KNOWN_GOOD"})}, max_steps=24)
+    rb = watch.rollback
+    assert rb is not None, tg.verdicts
+    assert rb["step"] == 4 and rb["trained_weights_equal"] and not rb["weights_equal"], rb
     assert weights_finite(m)
 
 

@@ -308,3 +308,44 @@ def test_under_a_grad_scaler_the_guard_judges_the_unscaled_loss(sidecar):
     assert scaler.get_scale() > 1  # the loss was scaled for backward
     assert probe.seen == pytest.approx([(a + b) / 2 for a, b in zip(m.returned[::2], m.returned[1::2])], rel=1e-3)
     assert weights_finite(m)
+
+
+DROPPED = range(10, 16)
+
+
+class DropsNonFinite(Net):
+    """Drops a batch whose loss is not finite, as Lightning users do: training_step returns None
+    (automatic optimization) or returns before its backward and step (manual). It calls the
+    submodule, outside the LightningModule's own forward."""
+
+    def __init__(self, manual):
+        super().__init__()
+        self.automatic_optimization = not manual
+
+    def training_step(self, b, i):
+        x, y = b
+        c, self.calls = self.calls, self.calls + 1
+        if c in DROPPED:  # a NaN in the input: every watched module's output is NaN
+            x = x.clone()
+            x[0, 0] = float("nan")
+        loss = F.mse_loss(self.net(x), y)
+        if not torch.isfinite(loss):
+            return None
+        if not self.automatic_optimization:
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+        return loss
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_batches_the_loop_drops_are_not_judged_nor_charged_to_the_next_step(sidecar, manual):
+    # prevents: Lightning stepping the optimizer for a dropped batch (no backward, no gradients) and
+    # the guard judging the dropped NaN forward: SKIPs, then a ROLLBACK to the untrained weights; and
+    # a dropped forward of a submodule skipping the next healthy step
+    tg = callback(sidecar, f"lightning-drops-{manual}", policy={"known_good_healthy_steps": 3})
+    m = DropsNonFinite(manual)
+    trainer([tg], max_steps=24).fit(m, train_dataloaders=loader(data(30)))
+    assert tg.verdicts == [] and tg.guard.counters["skips"] == 0 and tg.guard.counters["rollbacks"] == 0
+    assert weights_finite(m)

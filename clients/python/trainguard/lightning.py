@@ -157,9 +157,12 @@ class TrainguardCallback(pl.Callback):
         self._loss_parts += 1
         if self.guard.watch:  # training_step need not call the module's forward, whose end takes them
             self.guard.watch.settle()
+            self.guard.watch.unit_backed()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._register_new_checkpoints(trainer)
+        if self.guard.watch:  # training_step may call a submodule, outside the module's own forward
+            self.guard.watch.begin_unit()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         pl_module.__dict__.pop("configure_gradient_clipping", None)
@@ -194,8 +197,16 @@ class TrainguardCallback(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         pl_module.__dict__.pop("configure_gradient_clipping", None)
         self._finish_update()
-        loss = self._cycle_loss()
         g = self.guard
+        if self._loss_parts == 0 and not apply_.gradients(optimizer):
+            # No backward since the last step and no gradient: training_step returned None (Lightning's
+            # way to drop a batch) or a manual step ran without one. The optimizer has nothing to apply;
+            # judging it would charge the dropped forward's NaN to the run (skips, then a rollback).
+            if g.watch:
+                g.watch.reset()
+            g.backward_gate.discard()
+            return
+        loss = self._cycle_loss()
         v = g.step(self.step, loss)
         self.verdicts.extend(g.gated.late.take())  # skips the device made, learned since
         g._pending_update = False  # the update is Lightning's: what guard.optimizer_step() does around it is here
@@ -290,9 +301,14 @@ class TrainguardCallback(pl.Callback):
         log.warning("trainguard: Lightning checkpoint %s is gone or rewritten; restored the weights only from %s "
                     "(optimizer state kept)", entry.get("restore"), weights)
 
-    @staticmethod
-    def _load_lightning_checkpoint(trainer, pl_module, ckpt):
+    def _load_lightning_checkpoint(self, trainer, pl_module, ckpt):
+        """Loads ``ckpt`` in Lightning's own order: the module's ``on_load_checkpoint``, its weights, the
+        optimizers, schedulers and scaler, then the other callbacks' ``on_load_checkpoint`` (EMA /
+        WeightAveraging saves the averaged weights as ``state_dict`` and the trained ones beside them,
+        which its hook puts back). Callbacks' own state (``load_state_dict``) is not loaded: a rollback
+        rewinds the model, not ModelCheckpoint's or this callback's records."""
         state = torch.load(ckpt, map_location=pl_module.device, weights_only=False)
+        pl_module.on_load_checkpoint(state)
         pl_module.load_state_dict(state["state_dict"])
         for opt, s in zip(trainer.optimizers, state.get("optimizer_states", [])):
             opt.load_state_dict(s)
@@ -301,6 +317,9 @@ class TrainguardCallback(pl.Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and state.get("native_amp_scaling_state"):
             scaler.load_state_dict(state["native_amp_scaling_state"])
+        for cb in trainer.callbacks:
+            if cb is not self:
+                cb.on_load_checkpoint(trainer, pl_module, state)
 
     # ------------------------------------------------------------------ validation
 

@@ -44,6 +44,8 @@ def rollback(guard, v):
         # The cut the checkpoint was saved at: its side file's, else the one recorded when it was registered
         # (a framework's loader returns none), else the uncut rate (registered by an earlier process).
         registered = guard.checkpoints.get(plan.checkpoint_step, {}).get("lr_scale", 1.0)
+        # a framework's loader may have fallen back to an older checkpoint (its file rotated away)
+        target = guard.checkpoints.get(plan.checkpoint_step, {}).get("restore") or target
         restored_scale = float(side.get("lr_scale", registered) if isinstance(side, dict) else registered)
     rec.lr.on_rollback(restored_scale, plan.lr_factor, plan.checkpoint_step + 1, plan.rewarm_steps)
     plan.bad_positions = sorted(rec.bad_positions)

@@ -138,6 +138,7 @@ class ModuleWatch:
         self._depth = 0        # root forwards under way (a model may call itself)
         self._forward = 0      # the root forward under way (each entry in _calls carries it)
         self._backed = set()   # root forwards of this step that a backward went through
+        self._unit = 0         # the loop's unit of work under way (begin_unit); 0: none
         self._handles = []
         self.attach()
 
@@ -191,7 +192,7 @@ class ModuleWatch:
                 entry, m = self._calls[self._last[i]], _max_abs(t)
                 entry[1] = m if entry[1] is None else torch.maximum(entry[1], m)
                 return
-            entry = [i, None, self._forward if self._depth else 0]  # 0: outside the model's own forward
+            entry = [i, None, self._forward if self._depth else self._unit]  # outside the model's forward: the unit's
             self._last[i] = len(self._calls)
             self._calls.append(entry)
             keep = kind == KEEP and i not in self._in_hook
@@ -202,6 +203,18 @@ class ModuleWatch:
             if keep:
                 self._probes.append((i, t.detach(), t._version))
         return hook
+
+    def begin_unit(self):
+        """A unit of the loop's work begins (Lightning: a training batch). Calls made outside the
+        model's own forward (a ``training_step`` that calls ``self.net(x)``) carry its number, so a
+        unit no backward followed (a batch the loop dropped) is not charged to the step (take_list)."""
+        self._forward += 1
+        self._unit = self._forward
+
+    def unit_backed(self):
+        """A backward runs for the unit under way."""
+        if self._unit:
+            self._backed.add(self._unit)
 
     def _on_backward(self, forward, output):
         """Marks ``forward`` once a backward goes through its output: a loop that drops a batch itself
