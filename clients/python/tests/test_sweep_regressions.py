@@ -244,3 +244,32 @@ def test_a_spike_in_the_first_steps_reaches_the_sidecar_before_the_update(sideca
             opt.zero_grad(set_to_none=True)
         g.close()
         assert actions[-1] == Action.SKIP, (spike_at, actions)
+
+
+def test_a_rollback_to_a_snapshot_from_before_add_param_group_halts_cleanly_without_touching_the_weights(sidecar):
+    # prevents: a ValueError out of guard.step() after the weights were already overwritten (half restored)
+    import pytest
+    from trainguard import TrainingHalted
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    m[0].requires_grad_(False)  # the backbone frozen at first
+    opt = torch.optim.AdamW([{"params": m[2].parameters(), "lr": 1e-2}])
+    g = Guard(m, opt, "add-param-group-rollback", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    with pytest.raises(TrainingHalted) as halted:
+        for step in range(30):
+            if step == 10:  # unfrozen: a new parameter group
+                m[0].requires_grad_(True)
+                wopt.add_param_group({"params": m[0].parameters(), "lr": 1e-3})
+            x, y = batch(step)
+            loss = torch.nn.functional.mse_loss(m(x[:, :4]), y)
+            loss = loss * float("nan") if 15 <= step < 19 else loss  # the 4th skip (limit 3) is a ROLLBACK
+            loss.backward()
+            before = [p.detach().clone() for p in m.parameters()]
+            g.step(step, loss)
+            wopt.step()
+            wopt.zero_grad()
+    assert "add_param_group" in str(halted.value), halted.value
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))  # nothing half-restored
+    assert len(opt.param_groups) == 2
+    g.close()

@@ -305,6 +305,7 @@ class SnapshotStore:
         if not s.ready(wait=True):
             raise ValueError(f"snapshot slot {s.slot} holds no complete state (state {s.state})")
         remap, skeleton, rng_state = s.skeleton
+        _check_layout(skeleton["optimizer"], self.optimizer)  # before anything is written: no half-restored state
         def host(j):
             return s.host[remap[j]]
         model_sd = fill(skeleton["model"], host)
@@ -327,3 +328,14 @@ class SnapshotStore:
             restore_rng(rng_state)
         self.stats["restored"] += 1
         return s
+
+
+def _check_layout(saved, optimizer):
+    """A LookupError (the rollback halts with it) when the optimizer's parameter groups are no longer
+    the snapshot's: ``add_param_group`` since (unfreezing mid-run), whose state it cannot hold."""
+    groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
+    then = [len(g.get("params", ())) for g in groups]
+    now = [len(g["params"]) for g in optimizer.param_groups]
+    if then != now:
+        raise LookupError(f"it was taken before the optimizer's parameter groups changed (parameters per group "
+                          f"then {then}, now {now}: add_param_group since?), so it cannot restore them")
