@@ -59,9 +59,22 @@ def as_dict(c):
             "state_reason": c.state_reason, "step": c.step}
 
 
+def refuse_sharded(guard):
+    """save_checkpoint writes one safetensors file of the whole model from rank 0: sharded parameters
+    (FSDP2's DTensors, FSDP1's flat shards) would give rank 0's shards alone, or fail inside the write
+    while the other ranks wait at the barrier. Said on every rank, so none of them waits."""
+    from .snapshot_layout import is_dtensor
+    if any(is_dtensor(p) for p in guard.model.parameters()) or type(guard.model).__name__ == "FullyShardedDataParallel":
+        raise TrainguardError("guard.save_checkpoint writes the whole model from rank 0 and cannot save sharded "
+                              "parameters (FSDP): save with torch.distributed.checkpoint (dcp.save(state, "
+                              "checkpoint_id=dir)) on every rank, then guard.checkpoint_saved(dir, step), and set "
+                              "guard.restore_hook to load it (dcp.load)")
+
+
 def save(guard, directory, step, data_position=0, extra=None):
     """See Guard.save_checkpoint."""
     step = guard.numbering.to_guard(int(step))
+    refuse_sharded(guard)  # on every rank, before any of them writes or waits
     path = os.path.abspath(os.path.join(directory, f"step-{int(step):08d}"))
     weights = os.path.join(path, "model.safetensors")
     distributed = dist_agree.is_initialized() and guard.world_size > 1
@@ -133,10 +146,16 @@ def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
     from . import checkpoints as formats  # imports torch.distributed.checkpoint helpers: only when used
     # Every rank records the entry (a ROLLBACK may name it); rank 0 registers; an unreachable
     # sidecar is the failure mode's business, like every other call.
-    files = formats._paths(path_or_dir_or_files)  # raises when a path does not exist
+    other_rank = guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1
+    if other_rank:  # rank 0 wrote it, maybe only on its own disk, maybe not yet: nothing to look at here
+        given = [path_or_dir_or_files] if isinstance(path_or_dir_or_files, (str, os.PathLike)) else path_or_dir_or_files
+        files = listed = [os.path.abspath(os.fspath(p)) for p in given]
+    else:
+        files = formats._paths(path_or_dir_or_files)  # raises when a path does not exist
+        listed = files_of(files[0] if len(files) == 1 else files)
     step = guard.numbering.to_guard(int(step))  # a loop that kept counting after a rollback (numbering.py)
     # The LR cut in force is in the saved optimizer's rates: a rollback to it measures its cut from there.
-    entry = {"dir": files[0], "files": files_of(files[0] if len(files) == 1 else files),
+    entry = {"dir": files[0], "files": listed,
              "checkpoint_id": "", "data_position": int(data_position), "lr_scale": guard.recovery.lr.scale}
     guard.checkpoints[int(step)] = entry
     if getattr(guard, "restore_hook", None) is None and not getattr(guard, "_warned_no_loader", False) and not (
@@ -145,7 +164,7 @@ def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
         log.warning("trainguard: checkpoint_saved(%s): no guard.restore_hook is set, and a ROLLBACK to it would "
                     "need one (it is not guard.save_checkpoint's layout): set guard.restore_hook = lambda path, "
                     "plan: <your loader> (torch.load + load_state_dict, accelerator.load_state, fabric.load)", files[0])
-    if guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1:
+    if other_rank:
         return None
     reports_first(guard, step)
     try:

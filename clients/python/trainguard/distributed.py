@@ -44,6 +44,19 @@ def all_true(flag):
     return int(t.item()) == 0
 
 
+def global_norms(stats, start, end):
+    """``stats`` with its entries ``[start, end)`` -- L2 norms of this rank's shard of the gradients
+    (FSDP) -- made the global norms, the root of the sum of every rank's squares, as FSDP's
+    ``clip_grad_norm_`` computes them (one all_reduce). Non-finite stays non-finite."""
+    d = _dist()
+    dev = _device()
+    sq = stats[start:end].double().pow(2).to(dev)
+    d.all_reduce(sq)
+    out = stats.clone()
+    out[start:end] = sq.sqrt().to(out.device, out.dtype)
+    return out
+
+
 def max_ints(values):
     """The element-wise maximum over all ranks of a short list of ints (one all_reduce)."""
     d = _dist()

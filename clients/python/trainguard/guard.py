@@ -72,7 +72,7 @@ class Guard:
       grad_sync: several ranks on the device gate: "replicated" (DDP: every rank holds the same
         gradients; the ranks' norms must agree, else the step is skipped as corrupted), "sharded"
         (FSDP/ZeRO: the global norm is the square root of the sum of the ranks' squared norms) or
-        "auto" (replicated for a DistributedDataParallel model, else sharded).
+        "auto" (replicated for a DistributedDataParallel model, also torch.compile'd, else sharded).
       verdict_lag: with the device gate, ``step(k)`` first waits (at most ``deadline``) for the
         sidecar's verdict on step ``k - verdict_lag``, so a ROLLBACK/HALT for step k-1 is applied at
         step k. Normally the verdict is already there. None: never wait (verdicts apply when they
@@ -125,7 +125,7 @@ class Guard:
         self.device_gate = gate_wanted(self, device_gate)
         self.verdict_lag = verdict_lag
         if grad_sync == "auto":
-            ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+            ddp = isinstance(getattr(model, "_orig_mod", model), torch.nn.parallel.DistributedDataParallel)  # compiled too
             grad_sync = "replicated" if ddp else "sharded"
         self.grad_sync = grad_sync
         self.gated = GatedPath(self, self.device_gate and self.world_size > 1, grad_sync == "sharded")
@@ -158,7 +158,7 @@ class Guard:
         self._pending_update = False  # a step() verdict no optimizer update has consumed yet
         self.numbering = LoopNumbering()  # a loop that did not jump back after a rollback (numbering.py)
         self._closed = self._closed_warned = False
-        self.meter = StepMeter(optimizer, self.device, scaler, self.watch)
+        self.meter = StepMeter(optimizer, self.device, scaler, self.watch, sharded=self.gated.sharded and self.world_size > 1)
         share_unscale(self)  # the loop's own scaler.unscale_ and the guard's are one (scaler_share.py)
         self.running_stats = RunningStats(model)  # BatchNorm's statistics of a skipped step (running_stats.py)
         self.gate = DeviceGate(optimizer, self.device)

@@ -12,6 +12,7 @@ from typing import List, NamedTuple
 
 import torch
 
+from . import distributed as dist_agree
 from .stats import grad_norms
 
 
@@ -27,8 +28,9 @@ class Measurement(NamedTuple):
 class StepMeter:
     """Reads one step's statistics with a single device->host transfer."""
 
-    def __init__(self, optimizer, device, scaler=None, watch=None):
+    def __init__(self, optimizer, device, scaler=None, watch=None, sharded=False):
         self.optimizer, self.device, self.scaler, self.watch = optimizer, device, scaler, watch
+        self.sharded = sharded  # several ranks, each with a shard of the gradients (FSDP): norms are combined
         self._no_scale = None
         self._held = None  # statistics a measurement took but did not use (backward_gate), for the next take
 
@@ -40,6 +42,8 @@ class StepMeter:
         the loss scale at its end."""
         names, mods = self.take_watch()
         stats, _, ng = self.pack(self._loss1(loss), torch.stack(mods) if mods else None, tail=self._scale())
+        if self.sharded:  # every rank's host path reads together: one all_reduce, in stream order
+            stats = dist_agree.global_norms(stats, 1, 1 + ng)
         vals = stats.tolist()  # the step's only device->host transfer
         return Measurement(vals[0], vals[1], vals[2:2 + ng], names, vals[2 + ng:-1], vals[-1])
 

@@ -1,0 +1,116 @@
+"""Regressions found by the distributed sweep (2 gloo ranks on the CPU, the real sidecar): FSDP2 on
+the host path clips and reports by the global norm; a rank other than 0 records a checkpoint rank 0
+has not written (or cannot share) without looking for it; save_checkpoint refuses sharded
+parameters on every rank instead of failing on rank 0 while the others wait; a torch.compile'd DDP
+model is replicated, not sharded."""
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+from models import run_ranks
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.torch2  # FSDP2 (fully_shard), torch.compile: torch >= 2.4
+THRESHOLD = 0.05
+
+
+def shard_norm(model):
+    local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in local])))
+
+
+def _fsdp_host_worker(rank, world, port, target, out_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    import torch.distributed as dist
+    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from trainguard.errors import TrainguardError
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("fsdp")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # foreach: the host path
+    g = Guard(model, opt, "fsdp-host-clip", target=target, deadline=5.0, snapshots=False,
+              policy={"clip_mode": "FIXED", "clip_threshold": THRESHOLD})
+    rec = {"clipped_global": [], "actions": []}
+    for step in range(6):
+        x, y = batch(step, seed=rank)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        v = g.step(step, None)
+        sq = torch.tensor([shard_norm(model) ** 2])
+        dist.all_reduce(sq)
+        rec["clipped_global"].append(float(sq.sqrt()))
+        rec["actions"].append(v.action.name)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+    try:  # every rank refuses, none waits at the barrier for a rank that failed
+        g.save_checkpoint(out_dir, 6)
+        rec["save"] = "saved"
+    except TrainguardError as e:
+        rec["save"] = str(e)
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_fsdp2_on_the_host_path_clips_by_the_global_norm_and_refuses_save_checkpoint(sidecar):
+    # prevents: each rank clipping its shard by its own norm (not global-norm clipping), a
+    # CROSS_RANK_MISMATCH on every healthy step, and save_checkpoint failing on rank 0 while rank 1 hangs
+    r0, r1 = run_ranks(_fsdp_host_worker, sidecar.target, timeout=120)
+    assert r0["actions"] == r1["actions"] and r0["actions"].count("CLIP") >= 4, r0["actions"]
+    for act, after in zip(r0["actions"], r0["clipped_global"]):
+        if act == "CLIP":
+            assert after == pytest.approx(THRESHOLD, rel=1e-3), r0["clipped_global"]
+    assert r0["clipped_global"] == r1["clipped_global"]
+    kinds = [i["kind"] for i in sidecar.run_info("fsdp-host-clip")["incidents"]]
+    assert "CROSS_RANK_MISMATCH" not in kinds, kinds
+    assert "FSDP" in r0["save"] and "FSDP" in r1["save"], (r0["save"], r1["save"])
+
+
+def _late_file_worker(rank, world, port, target, out_dir, ckpt_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    g = Guard(model, opt, "late-file", target=target, deadline=5.0, snapshots=False)
+    x, y = batch(0, seed=rank)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    g.step(0, None)
+    g.optimizer_step()
+    path = os.path.join(ckpt_dir, "step-0.pt")
+    if rank == 0:
+        time.sleep(1.0)  # rank 1 records it before it exists
+        torch.save(model.module.state_dict(), path)
+    g.checkpoint_saved(path, 0)
+    rec = {"entry": dict(g.checkpoints[0])}
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_a_rank_other_than_0_records_a_checkpoint_it_cannot_see_yet(sidecar):
+    # prevents: FileNotFoundError on rank 1 (it only records the entry; rank 0 registers), then rank 0
+    # dying in DDP's next collective
+    r0, r1 = run_ranks(_late_file_worker, sidecar.target, sidecar.checkpoint_root, timeout=120)
+    assert r0["entry"]["checkpoint_id"] and r1["entry"]["dir"] == r0["entry"]["dir"]
+
+
+def test_a_compiled_ddp_model_is_replicated_not_sharded(sidecar):
+    # prevents: the grad norm read as the root of the ranks' summed squares (sqrt(world) too large) and
+    # the replicated ranks' consistency check off, for torch.compile(DDP(model))
+    import torch.distributed as dist
+    from models import MLP, join_gloo
+    from trainguard.guard import Guard
+    from trainguard.testing import free_port
+    join_gloo(0, 1, free_port())
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(MLP())
+        g = Guard(torch.compile(ddp, backend="eager"), torch.optim.SGD(ddp.parameters(), lr=0.1), "compiled-ddp",
+                  target=sidecar.target, deadline=5.0)
+        assert g.grad_sync == "replicated"
+        g.close()
+    finally:
+        dist.destroy_process_group()
