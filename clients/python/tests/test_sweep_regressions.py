@@ -273,3 +273,69 @@ def test_a_rollback_to_a_snapshot_from_before_add_param_group_halts_cleanly_with
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))  # nothing half-restored
     assert len(opt.param_groups) == 2
     g.close()
+
+
+def test_a_manual_update_loop_judges_parameters_unfrozen_after_the_guard_was_built(sidecar):
+    # prevents: a NaN gradient of a backbone unfrozen mid-run judged APPLY and written into the weights
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    m[0].requires_grad_(False)  # a frozen backbone
+    g = Guard(m, None, "manual-unfrozen", target=sidecar.target, deadline=5.0)
+    actions = {}
+    for step in range(20):
+        if step == 10:
+            m[0].requires_grad_(True)  # unfrozen
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(m(x[:, :4]), y)
+        loss.backward()
+        if step == 15:
+            m[0].weight.grad[0, 0] = float("nan")  # a non-finite gradient in the backbone only
+        v = g.step(step, loss)
+        actions[step] = v.action
+        if v.should_step:
+            with torch.no_grad():
+                for p in m.parameters():
+                    if p.grad is not None:
+                        p -= 0.05 * p.grad
+        m.zero_grad(set_to_none=True)
+        assert weights_finite(m), f"non-finite weights after step {step}"
+    g.close()
+    assert actions[15] != Action.APPLY and actions[16] == Action.APPLY
+
+
+def test_a_wrapped_scheduler_stepped_per_epoch_steps_whatever_the_epochs_last_step_was(sidecar):
+    # prevents: a once-per-epoch StepLR losing an epoch for good when the epoch's last batch was skipped
+    model, opt = make()
+    g = Guard(model, opt, "epoch-scheduler", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    sched = g.wrap(torch.optim.lr_scheduler.StepLR(wopt, step_size=1, gamma=0.5))
+    step = 0
+    for epoch in range(4):
+        for _ in range(4):
+            x, y = batch(step)
+            if step == 3:  # the first epoch's last batch
+                y = torch.full_like(y, float("nan"))
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            g.step(step, None)
+            wopt.step()
+            wopt.zero_grad()
+            step += 1
+        sched.step()
+    g.close()
+    assert g.counters["skips"] == 1 and sched.last_epoch == 4
+
+
+def test_optimizer_step_leaves_a_metric_scheduler_to_the_loop(sidecar):
+    # prevents: guard.optimizer_step() calling ReduceLROnPlateau.step() without its metric (a TypeError
+    # after the weights were updated, the guard's after-update work skipped)
+    model, opt = make()
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=2)
+    g = Guard(model, opt, "plateau-optimizer-step", target=sidecar.target, deadline=5.0, scheduler=plateau)
+    x, y = batch(0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    g.step(0, None)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert g.optimizer_step()
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    plateau.step(1.0)  # the loop's own call, with its metric
+    g.close()

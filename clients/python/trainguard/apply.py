@@ -1,5 +1,6 @@
 """Applying a verdict to the training state: clip or drop the gradients, roll back, halt; and the
 optimizer step that honours it (GradScaler, scheduler, re-warm, update protection)."""
+import logging
 import math
 
 import torch
@@ -7,6 +8,8 @@ import torch
 from . import rollback as rollback_
 from .errors import TrainingHalted
 from .verdict import Action
+
+log = logging.getLogger("trainguard")
 
 
 def gradients(optimizer):
@@ -94,6 +97,18 @@ def skipped_update(guard, v):
     guard.recovery.after_no_update(v.step if v else None)
 
 
+def on_a_metric(guard):
+    """Whether the guard's scheduler steps on a metric (ReduceLROnPlateau): the loop steps it with
+    its validation loss; the guard keeps it for snapshots and rollbacks only. Said once."""
+    if not isinstance(guard.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return False
+    if not getattr(guard, "_said_metric_scheduler", False):
+        guard._said_metric_scheduler = True
+        log.info("trainguard: Guard(scheduler=ReduceLROnPlateau): it steps on a metric, so guard.optimizer_step() "
+                 "does not step it: call scheduler.step(val_loss) yourself (the guard still restores it on rollback)")
+    return True
+
+
 def optimizer_step(guard):
     """Steps the optimizer (through the GradScaler if any) and the scheduler when the last verdict
     allows it; otherwise only lets the GradScaler close its iteration. Returns whether it stepped."""
@@ -118,7 +133,7 @@ def optimizer_step(guard):
         run_update(guard, v, update)
     finally:
         guard._unscaled = False
-    if guard.scheduler is not None and not guard.gated.late.pay():  # not owed to a late skip (late_skips)
+    if guard.scheduler is not None and not on_a_metric(guard) and not guard.gated.late.pay():  # late_skips
         guard.scheduler.step()
     guard.recovery.after_update(v.step if v else None)
     return True

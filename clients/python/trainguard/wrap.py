@@ -143,11 +143,14 @@ def _first_call_returns(value, closure):
 class GuardedScheduler:
     """An LR scheduler whose ``step()`` is skipped when the guard skipped the update (as the
     optimizer's own step was), or once for each skip the device gate made that the host learned of
-    since (the schedule had advanced on it: late_skips); everything else is the inner scheduler's."""
+    since (the schedule had advanced on it: late_skips); everything else is the inner scheduler's.
+    Only a scheduler stepped once per step is held back: one stepped per epoch (several steps since
+    its last ``step()``) or on a metric always steps, whatever the epoch's last step was."""
 
     def __init__(self, guard, scheduler):
         self.__dict__["guard"] = guard
         self.__dict__["scheduler"] = scheduler
+        self.__dict__["_steps_seen"] = guard.counters["steps"]  # the guard's steps at the last step()
 
     def __getattr__(self, name):
         return getattr(self.__dict__["scheduler"], name)
@@ -156,11 +159,14 @@ class GuardedScheduler:
         setattr(self.scheduler, name, value)
 
     def step(self, *args, **kwargs):
-        v = self.guard.last_verdict
-        if v is not None and not v.should_step:
-            return None
-        if self.guard.gated.late.pay():  # owed to a skip the device made, learned since (late_skips)
-            return None
+        g = self.guard
+        seen, self.__dict__["_steps_seen"] = self._steps_seen, g.counters["steps"]
+        if g.counters["steps"] - seen == 1:  # stepped once per step: it follows the updates
+            v = g.last_verdict
+            if v is not None and not v.should_step:
+                return None
+            if g.gated.late.pay():  # owed to a skip the device made, learned since (late_skips)
+                return None
         return self.scheduler.step(*args, **kwargs)
 
     def state_dict(self):
@@ -171,12 +177,13 @@ class GuardedScheduler:
 
 
 class ParametersOnly:
-    """Stands in for the optimizer of a manual update loop (``Guard(model, None, run)``): the
-    trainable parameters in one group, no state, and a ``step()`` that does nothing — the loop
-    updates the weights itself when ``guard.step(...).should_step``."""
+    """Stands in for the optimizer of a manual update loop (``Guard(model, None, run)``): every
+    parameter in one group (a frozen one has no gradient and counts for nothing until the loop
+    unfreezes it: then its gradients are judged and dropped with the rest), no state, and a
+    ``step()`` that does nothing — the loop updates the weights itself when ``guard.step(...).should_step``."""
 
     def __init__(self, model):
-        self.param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 0.0}]
+        self.param_groups = [{"params": list(model.parameters()), "lr": 0.0}]
         self.state = {}
         self.defaults = {}
 
