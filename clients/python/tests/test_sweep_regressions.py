@@ -339,3 +339,23 @@ def test_optimizer_step_leaves_a_metric_scheduler_to_the_loop(sidecar):
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     plateau.step(1.0)  # the loop's own call, with its metric
     g.close()
+
+
+def test_validation_at_the_loops_own_offset_is_allowed_once_per_interval(sidecar):
+    # prevents: the gate allowing only steps that are multiples of the interval, so a nanoGPT-style
+    # "if it % N == 0" at the top of the iteration (the guard's last step is it - 1) never validated
+    model, opt = make()
+    g = Guard(model, opt, "validation-offset", target=sidecar.target, deadline=5.0,
+              policy={"validation_warmup_steps": 5, "validation_interval_steps": 10})
+    allowed = {}
+    for it in range(41):
+        if it % 10 == 0:
+            with g.validation(model) as v:
+                allowed[it] = v.allowed
+        x, y = batch(it)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        g.step(it, None)
+        g.optimizer_step()
+        opt.zero_grad()
+    g.close()
+    assert allowed == {0: False, 10: True, 20: True, 30: True, 40: True}, allowed

@@ -223,6 +223,7 @@ public final class GuardedRuns {
         StringBuilder why = new StringBuilder();
         boolean allowed = g.validationAllowed(step, why);
         if (allowed) {
+            g.validationBegun(step);
             g.progress(rank, Phase.VALIDATION, step, nanoTime.getAsLong());
         }
         return new ValidationGate(allowed, allowed ? "validation allowed at step " + step : why.toString());

@@ -199,13 +199,25 @@ class GuardedRunsTest {
     }
 
     @Test
-    void report_validationGate_deferredUntilWarmupThenOnInterval() {
+    void report_validationGate_deferredUntilWarmupThenOnceAnInterval() {
         guard.open(setup("r1", 0, 1, null));
         Random noise = new Random(1);
-        for (int s = 0; s <= 20; s++) {
+        for (int s = 0; s <= 12; s++) {
             Verdict v = guard.report(step("r1", 0, s, 2 + 0.01 * noise.nextGaussian(), 0.5));
-            assertEquals(s >= 10 && s % 5 == 0, v.validationAllowed(), "step " + s);
+            assertEquals(s >= 10, v.validationAllowed(), "step " + s);
         }
+        // at the loop's own offset (12, not a multiple of 5), and again for another rank's request
+        assertTrue(guard.beginValidation("r1", 0, 12).allowed());
+        assertTrue(guard.beginValidation("r1", 0, 12).allowed());
+        GuardedRuns.ValidationGate early = guard.beginValidation("r1", 0, 15);
+        assertFalse(early.allowed());
+        assertTrue(early.reason().contains("at most every 5 steps") && early.reason().contains("until step 17"),
+                early.reason());
+        for (int s = 13; s <= 20; s++) {
+            Verdict v = guard.report(step("r1", 0, s, 2 + 0.01 * noise.nextGaussian(), 0.5));
+            assertEquals(s >= 17, v.validationAllowed(), "step " + s);
+        }
+        assertTrue(guard.beginValidation("r1", 0, 11).allowed(), "a step before the last one: a rewound timeline");
         guard.report(step("r1", 0, 21, Double.NaN, 0.5));
         assertFalse(guard.beginValidation("r1", 0, 25).allowed(), "no validation while degraded");
     }

@@ -33,7 +33,7 @@ public enum PolicyField {
     VALIDATION_WARMUP_STEPS("validation_warmup_steps", Kind.LONG, "100", "steps", "no validation before this step",
             Policy::validationWarmupSteps, (b, v) -> b.validationWarmupSteps = (Long) v, Range.closed(0, Long.MAX_VALUE)),
     VALIDATION_INTERVAL_STEPS("validation_interval_steps", Kind.LONG, "500", "steps",
-            "then only every this many steps, only while HEALTHY",
+            "then at most once per this many steps (from the last validation begun), only while HEALTHY",
             Policy::validationIntervalSteps, (b, v) -> b.validationIntervalSteps = (Long) v, Range.closed(1, Long.MAX_VALUE)),
     SPIKE_Z_THRESHOLD("spike_z_threshold", Kind.DOUBLE, "6.0", "sigma", "z-score of the loss / grad norm that is a spike",
             Policy::spikeZThreshold, (b, v) -> b.spikeZThreshold = (Double) v, Range.open(0, 1000)),

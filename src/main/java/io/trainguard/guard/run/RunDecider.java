@@ -47,6 +47,8 @@ public final class RunDecider {
     private final String runId;
     private final int worldSize;
     private final RunStateMachine state;
+    /** The step of the last validation begun (ValidationGate's spacing); -1: none in this process. */
+    private long lastValidation = -1;
     private final RankTracks ranks = new RankTracks();
     private final CrossRankCheck crossRank = new CrossRankCheck();
     private final IdSource ids;
@@ -199,7 +201,7 @@ public final class RunDecider {
             t.healthyStreak = 0;
         }
 
-        boolean validationAllowed = healthy && ValidationGate.open(state, policy, r.step(), null);
+        boolean validationAllowed = healthy && ValidationGate.open(state, policy, r.step(), lastValidation, null);
         Verdict verdict = new Verdict(r.step(), o.action, o.action == Action.CLIP ? o.clip : 0, validationAllowed,
                 List.copyOf(reasons), o.firstBadModule, state.state(), o.plan, bounds(t),
                 incidents.isEmpty() ? List.of() : incidents.stream().map(Incident::id).toList());
@@ -330,7 +332,12 @@ public final class RunDecider {
     // ------------------------------------------------------------------ validation, heartbeats, policy
 
     public synchronized boolean validationAllowed(long step, StringBuilder why) {
-        return ValidationGate.open(state, policy, step, why);
+        return ValidationGate.open(state, policy, step, lastValidation, why);
+    }
+
+    /** A validation began at {@code step}: the next one waits the interval from here. */
+    public synchronized void validationBegun(long step) {
+        lastValidation = step;
     }
 
     public synchronized void progress(int rank, Phase phase, long step, long nowNanos) {

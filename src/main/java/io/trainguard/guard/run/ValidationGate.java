@@ -4,9 +4,15 @@ import io.trainguard.guard.model.RunState;
 import io.trainguard.guard.policy.Policy;
 
 /**
- * When a run may validate: HEALTHY, past the warm-up, on the interval. One rule behind both the
- * verdict's validation flag (decided on every step, so no text is built: {@code why} is null) and
+ * When a run may validate: HEALTHY, past the warm-up, at most once per interval. One rule behind both
+ * the verdict's validation flag (decided on every step, so no text is built: {@code why} is null) and
  * the explicit request (which says why not), so the two cannot drift apart.
+ *
+ * <p>The interval is a spacing from the last validation begun, not {@code step % interval == 0}: loops
+ * validate at their own offsets ({@code if it % N == 0} before the step, {@code (step + 1) % N == 0}
+ * after it), and a multiple-of rule refused every pass of those for the whole run. The same step again
+ * (the other ranks' requests) and a step before the last one (the timeline a rollback rewound) are
+ * allowed.
  */
 final class ValidationGate {
 
@@ -14,7 +20,8 @@ final class ValidationGate {
     }
 
     /** {@code why}, when not null, receives the reason validation is refused. */
-    static boolean open(RunStateMachine state, Policy policy, long step, StringBuilder why) {
+    /** {@code last}: the step of the last validation begun, or a negative value for none yet. */
+    static boolean open(RunStateMachine state, Policy policy, long step, long last, StringBuilder why) {
         if (state.state() != RunState.HEALTHY) {
             if (why != null) {
                 why.append("run is ").append(state.state()).append(": ").append(state.reason());
@@ -27,9 +34,11 @@ final class ValidationGate {
             }
             return false;
         }
-        if (step % policy.validationIntervalSteps() != 0) {
+        long interval = policy.validationIntervalSteps();
+        if (last >= 0 && step > last && step - last < interval) {
             if (why != null) {
-                why.append("validation runs every ").append(policy.validationIntervalSteps()).append(" steps");
+                why.append("validation runs at most every ").append(interval).append(" steps (the last began at step ")
+                        .append(last).append("): deferred until step ").append(last + interval);
             }
             return false;
         }
