@@ -359,3 +359,49 @@ def test_validation_at_the_loops_own_offset_is_allowed_once_per_interval(sidecar
         opt.zero_grad()
     g.close()
     assert allowed == {0: False, 10: True, 20: True, 30: True, 40: True}, allowed
+
+
+def test_a_scheduler_the_loop_steps_itself_is_not_stepped_again_by_optimizer_step(sidecar):
+    # prevents: a scheduler found on the optimizer (not handed to the Guard) stepped twice per step
+    # when the loop calls guard.optimizer_step() and then its own scheduler.step()
+    model, opt = make()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + k))
+    g = Guard(model, opt, "found-scheduler-once", target=sidecar.target, deadline=5.0)
+    for step in range(10):
+        x, y = batch(step)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        g.step(step, None)
+        g.optimizer_step()
+        sched.step()
+        opt.zero_grad()
+    g.close()
+    assert g.scheduler is sched and sched.last_epoch == 10
+
+
+def test_a_rollbacks_lr_cut_holds_with_a_per_step_schedule_beside_a_plateau_scheduler(sidecar):
+    # prevents: two schedulers on one optimizer making the guard attach neither: the per-step
+    # LambdaLR recomputed the uncut rate at its next step() after the rollback's cut
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    g = Guard(m, opt, "two-schedulers", target=sidecar.target, deadline=5.0,
+              policy={"known_good_healthy_steps": 3, "rollback_rewarm_steps": 0})
+    wopt = g.wrap(opt)
+    per_step = torch.optim.lr_scheduler.LambdaLR(wopt, lambda s: 1.0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(wopt, patience=100)
+    used = []
+    opt.register_step_pre_hook(lambda o, a, k: used.append(o.param_groups[0]["lr"]))
+    for step in range(40):
+        x, y = torch.randn(16, 4), torch.randn(16, 1)  # noise: a flat loss, no spike to judge
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        loss = loss * float("nan") if 20 <= step < 24 else loss
+        loss.backward()
+        g.step(step, loss)
+        wopt.step()
+        per_step.step()
+        wopt.zero_grad()
+        if step % 10 == 9:
+            plateau.step(1.0)
+    g.close()
+    assert g.counters["rollbacks"] == 1 and g.lr_scale == 0.5
+    assert used[-3:] == [0.05] * 3, used

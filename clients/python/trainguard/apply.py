@@ -133,7 +133,7 @@ def optimizer_step(guard):
         run_update(guard, v, update)
     finally:
         guard._unscaled = False
-    if guard.scheduler is not None and not on_a_metric(guard) and not guard.gated.late.pay():  # late_skips
+    if guard.steps_scheduler and not on_a_metric(guard) and not guard.gated.late.pay():  # late_skips
         guard.scheduler.step()
     guard.recovery.after_update(v.step if v else None)
     return True

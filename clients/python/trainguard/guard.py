@@ -107,6 +107,7 @@ class Guard:
             optimizer = ParametersOnly(model)
         self.model, self.optimizer, self.run = model, optimizer, run
         self.scheduler, self.scaler = scheduler, scaler
+        self.steps_scheduler = scheduler is not None  # optimizer_step() steps the one handed here, not one found
         self.failure_mode, self.mode = failure_mode, mode
         self.deadline = float(deadline)
         self.policy_overrides = dict(policy or {})

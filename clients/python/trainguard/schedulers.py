@@ -4,25 +4,43 @@ The quickstart builds the scheduler on ``guard.wrap(optimizer)``; many loops nev
 ``Guard(scheduler=...)``. A rollback must still restore its state and cut its base rates (a
 ``LambdaLR`` recomputes ``lr = base_lr * lambda(epoch)`` at every ``step()``, so a cut of the groups'
 ``lr`` alone would be undone at the next one). Every torch scheduler writes ``initial_lr`` into the
-optimizer's groups; only then is the heap searched, once, for the scheduler objects that hold the
-optimizer (``gc.get_referrers``: a one-off cost of a few ms per million live objects).
+optimizer's groups, but ReduceLROnPlateau does not: the heap is searched once, at the first step,
+for the scheduler objects that hold the optimizer (``gc.get_referrers``: a one-off cost of a few ms
+per million live objects). Several (a per-step schedule and a ReduceLROnPlateau on validation) are
+restored and cut together (``Several``). The guard never steps a scheduler it found: the loop does.
 """
 import gc
 
 import torch
 
-_BASE = getattr(torch.optim.lr_scheduler, "LRScheduler", None) or torch.optim.lr_scheduler._LRScheduler
+_BASE = (getattr(torch.optim.lr_scheduler, "LRScheduler", None) or torch.optim.lr_scheduler._LRScheduler,
+         torch.optim.lr_scheduler.ReduceLROnPlateau)  # not an LRScheduler before torch 2.2
 
 
 def built_on(*optimizers):
     """The outermost scheduler built on one of ``optimizers`` (a SequentialLR rather than the
-    schedulers it sequences), or None."""
-    if not any("initial_lr" in g for o in optimizers for g in o.param_groups):
-        return None
+    schedulers it sequences), ``Several`` of them, or None."""
     found = [s for s in _holders(optimizers) if isinstance(s, _BASE) and any(s.optimizer is o for o in optimizers)]
     inner = {id(c) for s in found for c in getattr(s, "_schedulers", ())}
-    outer = [s for s in found if id(s) not in inner]
-    return outer[0] if len(outer) == 1 else None  # several unrelated ones: which is the loop's is unknown
+    outer = list({id(s): s for s in found if id(s) not in inner}.values())
+    if not outer:
+        return None
+    return outer[0] if len(outer) == 1 else Several(outer)
+
+
+class Several:
+    """Schedulers the loop built on one optimizer, side by side: their states restored together,
+    their base rates cut together (``each`` reaches them through ``_schedulers``)."""
+
+    def __init__(self, schedulers):
+        self._schedulers = list(schedulers)
+
+    def state_dict(self):
+        return {"schedulers": [s.state_dict() for s in self._schedulers]}
+
+    def load_state_dict(self, state):
+        for s, d in zip(self._schedulers, state["schedulers"]):
+            s.load_state_dict(d)
 
 
 def _holders(optimizers):
