@@ -405,3 +405,30 @@ def test_a_rollbacks_lr_cut_holds_with_a_per_step_schedule_beside_a_plateau_sche
     g.close()
     assert g.counters["rollbacks"] == 1 and g.lr_scale == 0.5
     assert used[-3:] == [0.05] * 3, used
+
+
+def test_a_rollback_restores_a_parameter_the_optimizer_updates_outside_the_model(sidecar):
+    # prevents: learned loss weights passed to the optimizer beside model.parameters() keeping their
+    # later values after a rollback while their optimizer state went back (an inconsistent state)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    log_vars = torch.nn.Parameter(torch.zeros(2))  # outside the model
+    opt = torch.optim.Adam(list(model.parameters()) + [log_vars], lr=1e-2)
+    g = Guard(model, opt, "outside-param", target=sidecar.target, deadline=5.0, replay=False,
+              policy={"known_good_healthy_steps": 5}, snapshots={"interval": 10, "max_overhead": 0})
+    after, restored = {}, None
+    for step in range(60):
+        x, y = torch.randn(16, 4), torch.randn(16, 2)
+        loss = (torch.exp(-log_vars) * ((model(x) - y) ** 2).mean(0) + log_vars).sum()
+        loss = loss * float("nan") if 40 <= step < 44 else loss
+        loss.backward()
+        v = g.step(step, loss)
+        if v.action == Action.ROLLBACK:
+            restored = v.rollback.checkpoint_step
+            break
+        g.optimizer_step()
+        opt.zero_grad()
+        after[step] = (log_vars.detach().clone(), opt.state[log_vars]["exp_avg"].clone())
+    g.close()
+    assert restored is not None and restored >= 0, restored
+    assert torch.equal(log_vars.detach(), after[restored][0]) and torch.equal(opt.state[log_vars]["exp_avg"], after[restored][1])

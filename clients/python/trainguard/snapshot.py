@@ -18,7 +18,7 @@ import torch
 
 from . import snapshot_staging
 from .rng import capture_rng, restore_rng
-from .snapshot_layout import fill, gather, local, rebuild
+from .snapshot_layout import fill, gather, local, outside_params, rebuild
 from .tensors import all_finite, copy_tensors
 
 EMPTY, COPYING, PENDING, KNOWN_GOOD = "EMPTY", "COPYING", "PENDING", "KNOWN_GOOD"
@@ -314,6 +314,8 @@ class SnapshotStore:
             for k, v in model_sd.items():
                 if k in live and torch.is_tensor(live[k]):
                     local(live[k])[0].copy_(v, non_blocking=False)  # a DTensor: into this rank's shard
+            for p, v in zip(outside_params(self.model, self.optimizer), fill(skeleton.get("outside") or [], host)):
+                local(p)[0].copy_(v, non_blocking=False)
         # Fresh optimizer state (copies on the parameters' devices, DTensors again where they were):
         # the snapshot's own buffers stay intact for a later rollback.
         specs = skeleton["specs"]

@@ -148,6 +148,7 @@ def gather(model, optimizer, scheduler, scaler, device, last=None):
     themselves, the same objects at every take (their detached copies would be new ones)."""
     tensors = []
     model_sd = walk(model.state_dict(keep_vars=True), tensors)
+    outside = walk(outside_params(model, optimizer), tensors)
     opt_sd = walk(optimizer.state_dict(), tensors)  # references, not copies
     sched = walk(scheduler.state_dict(), tensors) if scheduler is not None else None
     scaled = None
@@ -158,5 +159,14 @@ def gather(model, optimizer, scheduler, scaler, device, last=None):
         layout, uniq = last, last.unique(tensors)
     else:
         layout, uniq = StateLayout.build(tensors, device)
-    skeleton = {"model": model_sd, "optimizer": opt_sd, "scheduler": sched, "scaler": scaled, "specs": layout.specs}
+    skeleton = {"model": model_sd, "outside": outside, "optimizer": opt_sd, "scheduler": sched, "scaler": scaled,
+                "specs": layout.specs}
     return layout, uniq, skeleton
+
+
+def outside_params(model, optimizer):
+    """The parameters the optimizer updates that are not the model's (learned loss weights, a
+    temperature kept beside the model): a snapshot holds them too, or a rollback restores their
+    optimizer state and leaves them at their later values."""
+    own = {id(p) for p in model.parameters()}
+    return [p for g in optimizer.param_groups for p in g["params"] if id(p) not in own]
