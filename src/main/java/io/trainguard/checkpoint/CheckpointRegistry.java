@@ -240,7 +240,10 @@ public final class CheckpointRegistry {
                 }
                 now = now == null ? now() : now;
                 next = switch (r.state()) {
-                    case REGISTERED, VERIFYING -> r.withUnhealthy(step, now);
+                    // healthy steps it had already earned while its verification was pending: a later
+                    // unhealthy step says nothing about it (it becomes known-good once verified)
+                    case REGISTERED, VERIFYING -> r.healthyStepsSince() >= required(r.runId()) ? null
+                            : r.withUnhealthy(step, now);
                     case VERIFIED -> {
                         CheckpointRecord marked = r.withUnhealthy(step, now);
                         yield marked.moveTo(CheckpointState.REJECTED, unhealthyReason(marked, step), now);

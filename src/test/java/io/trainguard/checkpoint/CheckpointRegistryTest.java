@@ -195,6 +195,24 @@ class CheckpointRegistryTest {
     }
 
     @Test
+    void onUnhealthyStep_afterTheHealthyStepsWereEarnedDuringVerification_stillKnownGood() throws Exception {
+        // prevents: a checkpoint followed by its N healthy steps while still being verified rejected by a
+        // later unhealthy step ("after 7 of 3 healthy steps"), leaving the run without a rollback target
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 2);
+        byte[] big = new byte[64 << 20]; // the verifier's one thread is busy with it while c waits
+        reg.register("run", 1, CheckpointFormat.SAFETENSORS,
+                file("big.safetensors", new SafetensorsWriter().raw("w", "F32", new long[] {big.length / 4}, big)), 0, false);
+        CheckpointRecord c = reg.register("run", 100, CheckpointFormat.SAFETENSORS,
+                file("late.safetensors", new SafetensorsWriter().f32("w", 1)), 0, false);
+        reg.onHealthyStep("run", 101);
+        reg.onHealthyStep("run", 102);
+        CheckpointState pending = reg.get(c.id()).state();
+        reg.onUnhealthyStep("run", 103);
+        assertTrue(pending == CheckpointState.REGISTERED || pending == CheckpointState.VERIFYING, pending.name());
+        assertEquals(CheckpointState.KNOWN_GOOD, awaitSettled(reg, c.id()).state(), reg.get(c.id()).stateReason());
+    }
+
+    @Test
     void register_nanCheckpoint_rejectedInJournalAcrossRestart() throws Exception {
         // prevents: losing checkpoint states (and the known-good target) when the sidecar restarts
         SQLiteDataSource ds = new SQLiteDataSource();
