@@ -335,8 +335,9 @@ class SnapshotStore:
 def _check_layout(saved, optimizer):
     """A LookupError (the rollback halts with it) when the optimizer's parameter groups are no longer
     the snapshot's: ``add_param_group`` since (unfreezing mid-run), whose state it cannot hold."""
-    groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
-    then = [len(g.get("params", ())) for g in groups]
+    if not isinstance(saved, dict) or "param_groups" not in saved:
+        return  # an optimizer without groups of its own (a manual update loop's ParametersOnly)
+    then = [len(g.get("params", ())) for g in saved["param_groups"]]
     now = [len(g["params"]) for g in optimizer.param_groups]
     if then != now:
         raise LookupError(f"it was taken before the optimizer's parameter groups changed (parameters per group "
