@@ -64,3 +64,28 @@ def test_optimizer_step_holds_the_guards_scheduler_back_for_a_deterministic_faul
         g.close()
         assert g.recovery.counters["replayed_updates"] == 1 - skipped, name
         assert sched.last_epoch == STEPS - skipped, name
+
+
+def test_a_first_step_nan_under_fused_sgd_with_momentum_leaves_no_uninitialised_momentum(sidecar):
+    # prevents: fused SGD creating its momentum buffers with empty_like before its kernel reads found_inf:
+    # a first step skipped on the device left garbage momentum that the next steps applied
+    def run(nan_first):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(16, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, fused=True)
+        g = Guard(model, opt, f"fused-sgd-first-{nan_first}", target=sidecar.target, device_gate=True, deadline=5.0,
+                  replay=False)
+        for step in range(4):
+            x, y = batch(step)
+            if nan_first and step == 0:
+                y = torch.full_like(y, float("nan"))
+            elif not nan_first and step == 0:
+                continue  # the same run without step 0
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            g.step(step, None)
+            g.optimizer_step()
+            opt.zero_grad(set_to_none=True)
+        g.close()
+        return model
+    a, b = run(True), run(False)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

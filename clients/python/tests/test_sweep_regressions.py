@@ -1,6 +1,7 @@
 """Regressions found by the client sweep (/tmp/sweep-plain): loops written the common ways."""
 import time
 
+import pytest
 import torch
 
 from trainguard import Action
@@ -378,6 +379,7 @@ def test_a_scheduler_the_loop_steps_itself_is_not_stepped_again_by_optimizer_ste
     assert g.scheduler is sched and sched.last_epoch == 10
 
 
+@pytest.mark.torch2  # the optimizer's step pre-hook records the LR each update ran at: torch >= 2.0
 def test_a_rollbacks_lr_cut_holds_with_a_per_step_schedule_beside_a_plateau_scheduler(sidecar):
     # prevents: two schedulers on one optimizer making the guard attach neither: the per-step
     # LambdaLR recomputed the uncut rate at its next step() after the rollback's cut
@@ -432,3 +434,55 @@ def test_a_rollback_restores_a_parameter_the_optimizer_updates_outside_the_model
     g.close()
     assert restored is not None and restored >= 0, restored
     assert torch.equal(log_vars.detach(), after[restored][0]) and torch.equal(opt.state[log_vars]["exp_avg"], after[restored][1])
+
+
+def test_a_disabled_grad_scaler_handed_to_the_guard_leaves_the_loops_unscale_a_no_op(sidecar):
+    # prevents: nanoGPT's GradScaler(enabled=dtype == 'float16'), disabled under bf16 or on the CPU,
+    # crashing the loop's own scaler.unscale_ with an AttributeError from the guard
+    model, opt = make()
+    scaler = torch.amp.GradScaler("cpu", enabled=False) if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler") \
+        else torch.cuda.amp.GradScaler(enabled=False)
+    g = Guard(model, opt, "disabled-scaler", target=sidecar.target, deadline=5.0, scaler=scaler, clipping_configured=True)
+    wopt = g.wrap(opt)
+    for step in range(3):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        g.step(step, loss)
+        scaler.unscale_(wopt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(wopt)
+        scaler.update()
+        wopt.zero_grad()
+    g.close()
+    assert g.counters["steps"] == 3 and weights_finite(model)
+
+
+def test_a_closure_step_the_guard_skips_returns_the_closures_loss(sidecar):
+    # prevents: loss = opt.step(closure); loss.item() crashing on a skipped step (None returned)
+    model, opt = make(opt="sgd")
+    g = Guard(model, opt, "closure-skip-returns", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    for step in range(4):
+        x, y = batch(step)
+        y = torch.full_like(y, float("nan")) if step == 2 else y
+
+        def closure():
+            wopt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+        loss = wopt.step(closure)
+        assert torch.is_tensor(loss), (step, loss)
+    g.close()
+    assert g.counters["skips"] == 1
+
+
+def test_an_optimizer_without_a_fixed_epsilon_builds_its_guard(sidecar):
+    # prevents: torch.optim.Adafactor (eps=(None, 1e-3)) crashing Guard() with a TypeError
+    if not hasattr(torch.optim, "Adafactor"):
+        import pytest
+        pytest.skip("torch.optim.Adafactor: torch >= 2.5")
+    model, _ = make()
+    g = Guard(model, torch.optim.Adafactor(model.parameters()), "adafactor", target=sidecar.target, deadline=5.0)
+    g.close()

@@ -110,14 +110,27 @@ def load(guard, path_or_step):
     d = guard.checkpoints[path_or_step]["dir"] if isinstance(path_or_step, int) else path_or_step
     if d.endswith(".safetensors"):
         d = os.path.dirname(d)
-    if not is_own_layout(d):  # checked before the model is touched: nothing half-loaded
+    # Everything is read and checked before the model is touched: nothing half-loaded.
+    if not is_own_layout(d):
+        present = [f for f in ("model.safetensors", "trainer.pt") if os.path.isfile(os.path.join(d, f))]
+        if present:  # one of the two is there: the checkpoint lost the other since it was written
+            raise FileNotFoundError(f"{d} has {present[0]} but not the rest of what guard.save_checkpoint wrote "
+                                    f"(model.safetensors + trainer.pt): deleted since")
         raise TrainguardError(
             f"{d} is not a checkpoint written by guard.save_checkpoint (no model.safetensors + trainer.pt): a "
             f"checkpoint saved by other code (torch.save, accelerator.save_state, fabric.save) is restored by "
             f"the loader set as guard.restore_hook = lambda path, plan: ... (docs/client.md)")
-    weights = read_safetensors(os.path.join(d, "model.safetensors"))
+    try:
+        weights = read_safetensors(os.path.join(d, "model.safetensors"))
+        side = torch.load(os.path.join(d, "trainer.pt"), map_location=guard.device)
+    except Exception as e:  # truncated, overwritten: not the state that was registered
+        raise TrainguardError(f"{d} cannot be read any more ({type(e).__name__}: {e}): damaged since it was "
+                              f"written") from e
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainguardError(f"{d} holds non-finite values now ({', '.join(bad[:3])}): changed since the sidecar "
+                              f"verified it")
     guard.model.load_state_dict({k: v.to(guard.device) for k, v in weights.items()})
-    side = torch.load(os.path.join(d, "trainer.pt"), map_location=guard.device)
     guard.optimizer.load_state_dict(side["optimizer"])
     if guard.scheduler is not None and side.get("scheduler") is not None:
         guard.scheduler.load_state_dict(side["scheduler"])

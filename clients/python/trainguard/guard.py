@@ -26,7 +26,7 @@ from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFinit
 from .backward_gate import BackwardGate
 from .gated import GatedPath, gate_wanted
 from .loop_updates import LoopUpdates
-from .measure import DeviceGate, StepMeter
+from .measure import DeviceGate, StepMeter, momentum_unborn
 from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
 from .report_process import for_transport
@@ -232,7 +232,7 @@ class Guard:
         with self._lock:
             late, self._late = self._late, None
             async_err, self._async_error = self._async_error, None
-        host_agreed = self._multi_gate and self.gated.agreed_host_path()
+        host_agreed = self._multi_gate and (self.gated.agreed_host_path() or momentum_unborn(self.optimizer))
         if self.device_gate:  # the last gated step was non-finite: replay it now (its weights are untouched)
             loss = self.gated.replay_previous(step, loss, replay, suppress=late is not None)
         if self._multi_gate and not host_agreed:
@@ -267,7 +267,7 @@ class Guard:
         """One rank on the device gate, online, with bounds valid for ``step``: the step can be gated
         without the sidecar (unless a late verdict or a failed report is pending)."""
         return (self.device_gate and not self._multi_gate and not self.connection.offline
-                and self.bounds is not None and self.bounds.usable(step))
+                and self.bounds is not None and self.bounds.usable(step) and not momentum_unborn(self.optimizer))
 
     def gate_on_backward(self, loss, anchor=None):
         """Call before ``loss.backward()`` in a loop that reads the loss on the host before ``step()``

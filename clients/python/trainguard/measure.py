@@ -94,6 +94,14 @@ class StepMeter:
         return torch.cat(parts), total, len(per_group)
 
 
+def momentum_unborn(optimizer):
+    """Fused SGD with momentum creates its momentum buffers with ``empty_like`` before its kernel reads
+    ``found_inf``: a first update skipped on the device leaves them uninitialised, and the next steps
+    use them as momentum. Until the first update made them, its steps take the host path."""
+    return (isinstance(optimizer, torch.optim.SGD) and not optimizer.state
+            and any(g.get("momentum", 0) for g in optimizer.param_groups))
+
+
 def optimizer_honours_gate(optimizer):
     """Fused Adam/AdamW/SGD read ``found_inf``/``grad_scale`` (set for GradScaler) in their kernel."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))

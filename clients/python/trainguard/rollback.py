@@ -8,7 +8,9 @@ the window for one optimizer.step().
 """
 import logging
 
+from . import distributed as dist_agree
 from .errors import TrainguardError, TrainingHalted
+from .tensors import all_finite
 from .verdict import Action, RollbackPlan, Verdict
 
 log = logging.getLogger("trainguard")
@@ -41,6 +43,12 @@ def rollback(guard, v):
             _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but its files are gone: {e}")
         except TrainguardError as e:  # not guard.save_checkpoint's layout, and no restore_hook to load it
             _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but {e}")
+        except Exception as e:  # a loader (restore_hook) failing on a damaged file: a reason, not a crash
+            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but loading it failed "
+                     f"({type(e).__name__}: {e}); restart from another checkpoint")
+        if not _restored_finite(guard):  # whatever the loader read: never train on NaN
+            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} restored non-finite weights (the "
+                     f"file changed since the sidecar verified it?); restart from another checkpoint")
         # The cut the checkpoint was saved at: its side file's, else the one recorded when it was registered
         # (a framework's loader returns none), else the uncut rate (registered by an earlier process).
         registered = guard.checkpoints.get(plan.checkpoint_step, {}).get("lr_scale", 1.0)
@@ -60,6 +68,17 @@ def rollback(guard, v):
     log.warning("trainguard: rolled back to step %d (%s), data position %d, lr x%.3g of the uncut rate%s",
                 plan.checkpoint_step, target, plan.resume_position, rec.lr.scale,
                 f", known-bad data positions {plan.bad_positions}" if plan.bad_positions else "")
+
+
+def _restored_finite(guard):
+    """Whether the restored weights are finite (each rank's shard; with several ranks, all of them:
+    every rank restores in the same step and halts together)."""
+    local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in guard.model.parameters()]
+    ok = all_finite(local)
+    ok = ok is None or bool(ok)
+    if dist_agree.is_initialized() and guard.world_size > 1:
+        ok = dist_agree.all_true(ok)
+    return ok
 
 
 def rewarm_lr(guard, step):

@@ -49,7 +49,8 @@ def precision(model, optimizer, scaler, autocast_dtype, master_weights, clipping
     pdtype = ps[0].dtype if ps else torch.float32
     d = optimizer.defaults
     eps = d.get("eps", 0.0)
-    eps = float(eps[0] if isinstance(eps, (tuple, list)) else eps or 0.0)
+    eps = eps[0] if isinstance(eps, (tuple, list)) else eps
+    eps = float(eps or 0.0)  # None: Adafactor's default (1e-3 relative), no fixed epsilon to audit
     state_dtypes = set()
     for st in list(optimizer.state.values())[:4]:
         for v in st.values():

@@ -22,6 +22,8 @@ def share_unscale(guard):
     original = scaler.unscale_
 
     def unscale_(optimizer):
+        if not scaler.is_enabled():  # GradScaler(enabled=False) (nanoGPT's under bf16 or on the CPU): a no-op
+            return original(optimizer)
         twins = next(([o for o in (g.optimizer, g._wrapped) if o is not None] for g in guards
                       if optimizer is g.optimizer or optimizer is g._wrapped), None)
         if twins is None:

@@ -88,8 +88,10 @@ class GuardedOptimizer(torch.optim.Optimizer):
 
     # --- the guarded step -----------------------------------------------------------------------
     def step(self, closure=None, **kwargs):
-        """Steps the inner optimizer when this step's verdict allows it; returns its result or None."""
+        """Steps the inner optimizer when this step's verdict allows it; returns its result (a skipped
+        step: the closure's loss when it ran, as torch's ``step(closure)`` returns it, else None)."""
         g = self.guard
+        first = None
         if closure is not None and not g._pending_update:
             # A closure computes this step's gradients: judging now (before it ran) would judge the
             # previous step's gradients, or none. Evaluate it once, judge that, and hand the inner
@@ -101,7 +103,7 @@ class GuardedOptimizer(torch.optim.Optimizer):
         v = g._verdict_for_update()
         if v is not None and not v.should_step:
             apply_.skipped_update(g, v)
-            return None
+            return first  # a loop reads it (loss = opt.step(closure); loss.item())
         handed = self._hand_on_scaler_flags()
         try:
             result = apply_.run_update(g, v, lambda: self.optimizer.step(closure, **kwargs) if closure is not None
