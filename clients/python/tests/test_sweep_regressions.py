@@ -486,3 +486,49 @@ def test_an_optimizer_without_a_fixed_epsilon_builds_its_guard(sidecar):
     model, _ = make()
     g = Guard(model, torch.optim.Adafactor(model.parameters()), "adafactor", target=sidecar.target, deadline=5.0)
     g.close()
+
+
+@pytest.mark.parametrize("damage", ["nan", "truncate", "trainer_truncate"])
+def test_a_checkpoint_damaged_after_it_was_verified_halts_the_rollback_with_its_reason(sidecar, damage):
+    # prevents: a rollback loading NaN weights from a file rewritten since the sidecar verified it, and a
+    # truncated file's SafetensorError/OSError escaping guard.step() with the model half-restored
+    import os
+    from trainguard import TrainingHalted
+    from trainguard.safetensors_io import read_safetensors, write_safetensors
+    model, opt = make()
+    g = Guard(model, opt, f"damaged-{damage}", target=sidecar.target, deadline=5.0, snapshots=False, replay=False,
+              policy={"known_good_healthy_steps": 3, "max_consecutive_skips": 2})
+    root = os.path.join(sidecar.checkpoint_root, f"damaged-{damage}")
+    with pytest.raises(TrainingHalted) as halted:
+        for step in range(30):
+            x, y = batch(step)
+            if 14 <= step:
+                y = torch.full_like(y, float("nan"))
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            g.step(step, None)
+            g.optimizer_step()
+            opt.zero_grad()
+            if step == 4:
+                g.save_checkpoint(root, 4, data_position=5)
+            if step == 12:  # known-good (waited for), then damaged on disk
+                g.flush()
+                for _ in range(300):
+                    if (4, "KNOWN_GOOD") in [(c["step"], c["state"]) for c in sidecar.run_info(g.run)["checkpoints"]]:
+                        break
+                    time.sleep(0.1)
+                d = os.path.join(root, "step-00000004")
+                st, tp = os.path.join(d, "model.safetensors"), os.path.join(d, "trainer.pt")
+                if damage == "nan":
+                    w = read_safetensors(st)
+                    w["inp.weight"][0, 0] = float("nan")
+                    write_safetensors(w, st)
+                else:
+                    p = st if damage == "truncate" else tp
+                    with open(p, "r+b") as f:
+                        f.truncate(os.path.getsize(p) // 2)
+            assert weights_finite(model), f"non-finite weights after step {step}"
+    why = str(halted.value)
+    assert "ROLLBACK to the checkpoint of step 4 ordered but" in why, why
+    assert ("non-finite" in why) if damage == "nan" else ("cannot be read any more" in why), why
+    assert weights_finite(model)
+    g.close()

@@ -16,10 +16,13 @@ public final class FormatSniffer {
     }
 
     public static Kind sniff(Path p) throws IOException {
-        byte[] head = new byte[8];
+        byte[] head = new byte[9];
         int n;
         try (InputStream in = Files.newInputStream(p)) {
             n = in.readNBytes(head, 0, head.length);
+        }
+        if (n == 9 && looksLikeSafetensors(head, Files.size(p))) {
+            return Kind.SAFETENSORS_OR_UNKNOWN;
         }
         if (n >= 2 && (head[0] & 0xFF) == 0x80 && head[1] >= 2 && head[1] <= 5) {
             return Kind.LEGACY_PICKLE; // pickle PROTO opcode: torch.save(_use_new_zipfile_serialization=False)
@@ -32,6 +35,19 @@ public final class FormatSniffer {
             return zipKind(p);
         }
         return Kind.SAFETENSORS_OR_UNKNOWN;
+    }
+
+    /**
+     * A safetensors file: its 8-byte little-endian header length, which fits in the file, then the
+     * header's '{'. Checked first: a header 640 bytes long starts with 0x80 0x02, a pickle's opcode
+     * pair, and such a file was taken for a torch.save pickle (UNVERIFIABLE).
+     */
+    private static boolean looksLikeSafetensors(byte[] head, long size) {
+        long len = 0;
+        for (int i = 7; i >= 0; i--) {
+            len = (len << 8) | (head[i] & 0xFF);
+        }
+        return head[8] == '{' && len > 0 && len <= size - 8;
     }
 
     private static Kind zipKind(Path p) throws IOException {
