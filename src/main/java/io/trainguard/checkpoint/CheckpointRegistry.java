@@ -130,6 +130,8 @@ public final class CheckpointRegistry {
                 CheckpointState.REGISTERED, "", now, now, 0, step, -1, Map.of(), List.of(), 0, 0);
         if (format == CheckpointFormat.MEMORY) {
             evictMemory(runId, files.get(0).path(), step, now);
+        } else {
+            evictRewritten(runId, files, step, now);
         }
         store.insert(r);
         byId.put(id, r);
@@ -278,6 +280,24 @@ public final class CheckpointRegistry {
                 save(r.moveTo(CheckpointState.EVICTED, "held by a trainer process that is gone (a newer one registered "
                         + slot + ")", now));
             }
+        }
+    }
+
+    /**
+     * A checkpoint written again to a path an earlier one of the run named (nanoGPT's one
+     * {@code ckpt.pt}, a fixed filename): the earlier record no longer describes what is on disk, and a
+     * rollback to it would load the newer state under the older step.
+     */
+    private void evictRewritten(String runId, List<CheckpointFileSpec> files, long step, Instant now) {
+        java.util.Set<String> written = new java.util.HashSet<>();
+        files.forEach(f -> written.add(f.path()));
+        for (CheckpointRecord r : List.copyOf(byId.values())) {
+            if (!r.runId().equals(runId) || r.format() == CheckpointFormat.MEMORY || !r.state().canMoveTo(CheckpointState.EVICTED)) {
+                continue;
+            }
+            r.files().stream().map(CheckpointFileSpec::path).filter(written::contains).findFirst().ifPresent(path ->
+                    save(r.moveTo(CheckpointState.EVICTED, path + " was written again by the checkpoint of step " + step
+                            + ": it no longer holds this state", now)));
         }
     }
 

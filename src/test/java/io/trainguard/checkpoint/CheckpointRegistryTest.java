@@ -213,6 +213,25 @@ class CheckpointRegistryTest {
     }
 
     @Test
+    void register_samePathAgain_evictsTheEarlierCheckpoint() throws Exception {
+        // prevents: a rollback to step 10 loading ckpt.pt as step 40 rewrote it (one fixed filename,
+        // nanoGPT's always_save_checkpoint), the newer (maybe diverged) state under the older step
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 1);
+        CheckpointRecord a = reg.register("run", 10, CheckpointFormat.SAFETENSORS,
+                file("ckpt.safetensors", new SafetensorsWriter().f32("w", 1)), 11, false);
+        awaitSettled(reg, a.id());
+        reg.onHealthyStep("run", 11);
+        assertEquals(CheckpointState.KNOWN_GOOD, reg.get(a.id()).state());
+        CheckpointRecord b = reg.register("run", 40, CheckpointFormat.SAFETENSORS,
+                file("ckpt.safetensors", new SafetensorsWriter().f32("w", 2)), 41, false);
+        CheckpointRecord evicted = reg.get(a.id());
+        assertEquals(CheckpointState.EVICTED, evicted.state());
+        assertTrue(evicted.stateReason().contains("written again by the checkpoint of step 40"), evicted.stateReason());
+        awaitSettled(reg, b.id());
+        assertTrue(reg.newestKnownGood("run").isEmpty(), "the rewritten step 10 is no rollback target");
+    }
+
+    @Test
     void register_nanCheckpoint_rejectedInJournalAcrossRestart() throws Exception {
         // prevents: losing checkpoint states (and the known-good target) when the sidecar restarts
         SQLiteDataSource ds = new SQLiteDataSource();
