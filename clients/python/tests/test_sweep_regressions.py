@@ -532,3 +532,24 @@ def test_a_checkpoint_damaged_after_it_was_verified_halts_the_rollback_with_its_
     assert ("non-finite" in why) if damage == "nan" else ("cannot be read any more" in why), why
     assert weights_finite(model)
     g.close()
+
+
+def test_a_checkpoint_the_sidecar_refuses_raises_a_trainguard_error_and_keeps_the_steps_entry(sidecar, tmp_path):
+    # prevents: a raw grpc error out of checkpoint_saved for a path outside trainguard.checkpoint.roots,
+    # and the refused path replacing the registered checkpoint of that step
+    import os
+    from trainguard.errors import TrainguardError
+    from trainguard.safetensors_io import write_safetensors
+    model, opt = make()
+    g = Guard(model, opt, "refused-checkpoint", target=sidecar.target, deadline=5.0)
+    good, bad = os.path.join(sidecar.checkpoint_root, "good.safetensors"), str(tmp_path / "outside.safetensors")
+    for path in (good, bad):
+        write_safetensors(model.state_dict(), path)
+    g.checkpoint_saved(good, 3)
+    try:
+        g.checkpoint_saved(bad, 3)
+        raise AssertionError("a path outside the roots was accepted")
+    except TrainguardError as e:
+        assert "RegisterCheckpoint step 3" in str(e), e
+    assert g.checkpoints[3]["dir"] == good and g.checkpoints[3]["checkpoint_id"]
+    g.close()

@@ -170,6 +170,7 @@ def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
     # The LR cut in force is in the saved optimizer's rates: a rollback to it measures its cut from there.
     entry = {"dir": files[0], "files": listed,
              "checkpoint_id": "", "data_position": int(data_position), "lr_scale": guard.recovery.lr.scale}
+    earlier = guard.checkpoints.get(int(step))
     guard.checkpoints[int(step)] = entry
     if getattr(guard, "restore_hook", None) is None and not getattr(guard, "_warned_no_loader", False) and not (
             os.path.isdir(files[0]) and is_own_layout(files[0])):
@@ -186,6 +187,11 @@ def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
         if grpc_code(e) in UNREACHABLE:
             guard.connection.unreachable("RegisterCheckpoint", e)
             return None
-        raise
+        # refused (a path outside trainguard.checkpoint.roots...): no rollback target; what was there stays
+        if earlier is None:
+            guard.checkpoints.pop(int(step), None)
+        else:
+            guard.checkpoints[int(step)] = earlier
+        raise TrainguardError(f"RegisterCheckpoint step {step}: {grpc_code(e).name}: {e.details()}") from None
     entry["checkpoint_id"] = c["checkpoint_id"]
     return c

@@ -32,6 +32,7 @@ import os
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .errors import TrainguardError
 from .guard import Guard
 from .hooks import Detached
 from .stats import grad_tensors
@@ -231,7 +232,14 @@ class TrainguardCallback(TrainerCallback):
         names = ("optimizer.pt", "scheduler.pt", "scaler.pt")
         files = [os.path.join(path, f) for f in sorted(os.listdir(path))
                  if f.endswith(".safetensors") or f in names]
-        self.guard.checkpoint_saved(files or path, step, data_position=state.global_step * args.gradient_accumulation_steps)
+        try:
+            self.guard.checkpoint_saved(files or path, step, data_position=state.global_step * args.gradient_accumulation_steps)
+        except TrainguardError as e:  # refused (output_dir outside trainguard.checkpoint.roots): no rollback target
+            if self.guard.failure_mode == "closed":
+                raise
+            log.error("trainguard: %s; the Trainer's checkpoints are no rollback targets until output_dir lies under "
+                      "the sidecar's trainguard.checkpoint.roots", e)
+            return
         self.guard.checkpoints[step]["restore"] = path
 
     def _restore(self, target, plan):

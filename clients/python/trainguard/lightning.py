@@ -252,7 +252,7 @@ class TrainguardCallback(pl.Callback):
                 self.guard.checkpoint_saved(copy, step, data_position=step + 1)
             elif trainer.is_global_zero:
                 self.guard.checkpoint_saved(new if len(new) > 1 else new[0], step, data_position=step + 1)
-        except grpc.RpcError as e:  # a refusal (e.g. outside trainguard.checkpoint.roots); unreachable is handled inside
+        except (grpc.RpcError, TrainguardError) as e:  # a refusal (outside trainguard.checkpoint.roots); unreachable: inside
             self._say_refused_checkpoint(step, copy or new[0], e)
             return
         if not new:
@@ -272,8 +272,8 @@ class TrainguardCallback(pl.Callback):
 
     def _say_refused_checkpoint(self, step, path, e):
         self.guard.checkpoints.pop(step, None)  # the sidecar does not know it: no rollback target
-        msg = (f"trainguard: the sidecar refused checkpoint {path} ({grpc_code(e).name}: "
-               f"{e.details() if hasattr(e, 'details') else e}); Lightning's checkpoints are no rollback targets "
+        why = f"{grpc_code(e).name}: {e.details()}" if grpc_code(e) is not None else str(e)
+        msg = (f"trainguard: the sidecar refused checkpoint {path} ({why}); Lightning's checkpoints are no rollback targets "
                f"until ModelCheckpoint(dirpath=...) lies under the sidecar's trainguard.checkpoint.roots")
         if self.guard.failure_mode == "closed":
             raise TrainguardError(msg) from None
