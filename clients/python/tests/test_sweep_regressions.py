@@ -553,3 +553,27 @@ def test_a_checkpoint_the_sidecar_refuses_raises_a_trainguard_error_and_keeps_th
         assert "RegisterCheckpoint step 3" in str(e), e
     assert g.checkpoints[3]["dir"] == good and g.checkpoints[3]["checkpoint_id"]
     g.close()
+
+
+def test_save_checkpoint_after_a_renumbering_rollback_records_the_loops_step_to_resume_from(sidecar):
+    # prevents: trainer.pt holding the guard's step while the restored guard state renumbers again: a
+    # resumed loop that continues from side["step"] + 1 was shifted twice, behind its own checkpoint
+    model, opt = make()
+    g = Guard(model, opt, "save-after-renumbering", target=sidecar.target, deadline=5.0, replay=False,
+              policy={"max_consecutive_skips": 2})
+    wopt = g.wrap(opt)
+    for step in range(30):  # a loop that keeps counting after the rollback its NaN burst causes
+        x, y = batch(step)
+        y = torch.full_like(y, float("nan")) if 10 <= step < 13 else y
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        g.step(step, None)
+        wopt.step()
+        wopt.zero_grad()
+    shift = 29 - g.last_step
+    assert g.counters["rollbacks"] == 1 and shift > 0, (g.counters, g.last_step)
+    import os
+    root = os.path.join(sidecar.checkpoint_root, "save-after-renumbering")
+    g.save_checkpoint(root, 29)
+    side = torch.load(os.path.join(root, f"step-{29 - shift:08d}", "trainer.pt"), weights_only=False)
+    assert side["step"] == 29 and side["guard_step"] == 29 - shift
+    g.close()

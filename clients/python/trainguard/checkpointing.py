@@ -73,7 +73,8 @@ def refuse_sharded(guard):
 
 def save(guard, directory, step, data_position=0, extra=None):
     """See Guard.save_checkpoint."""
-    step = guard.numbering.to_guard(int(step))
+    loop_step = int(step)  # what the loop resumes from (side["step"] + 1): its own numbering
+    step = guard.numbering.to_guard(loop_step)
     refuse_sharded(guard)  # on every rank, before any of them writes or waits
     path = os.path.abspath(os.path.join(directory, f"step-{int(step):08d}"))
     weights = os.path.join(path, "model.safetensors")
@@ -84,7 +85,10 @@ def save(guard, directory, step, data_position=0, extra=None):
         os.makedirs(path, exist_ok=True)
         sha, size = write_safetensors(guard.model.state_dict(), weights,
                                       metadata={"step": str(step), "run": guard.run})
-        side = {"optimizer": guard.optimizer.state_dict(), "step": int(step), "data_position": int(data_position),
+        # "step": the loop's number, which a resumed loop continues from and the restored guard state
+        # (its renumbering after a rollback) maps again; "guard_step": the number the sidecar knows it by
+        side = {"optimizer": guard.optimizer.state_dict(), "step": loop_step, "guard_step": int(step),
+                "data_position": int(data_position),
                 "scheduler": guard.scheduler.state_dict() if guard.scheduler is not None else None,
                 "scaler": guard.scaler.state_dict() if guard.scaler is not None else None,
                 "guard": guard.state_dict(), "extra": extra, "lr_scale": guard.recovery.lr.scale}
