@@ -301,6 +301,22 @@ public final class CheckpointRegistry {
         }
     }
 
+    /**
+     * Rank {@code rank} re-opened the run from trainer process {@code instance}: the memory snapshots
+     * other processes held for it are gone. Before, only the new process's own first snapshot evicted
+     * them, so a process with snapshots off (or faulting before its first) was ordered back to one.
+     */
+    public synchronized void evictOtherProcesses(String runId, int rank, String instance) {
+        Instant now = now();
+        for (CheckpointRecord r : List.copyOf(byId.values())) {
+            if (r.runId().equals(runId) && r.format() == CheckpointFormat.MEMORY && r.state().canMoveTo(CheckpointState.EVICTED)
+                    && MemorySnapshots.otherProcessOfRank(r.files().get(0).path(), rank, instance)) {
+                save(r.moveTo(CheckpointState.EVICTED, "held by a trainer process that is gone (rank " + rank
+                        + " re-opened the run as " + instance + ")", now));
+            }
+        }
+    }
+
     private String unhealthyReason(CheckpointRecord r, long unhealthyStep) {
         // a SKIP for a finite spike counts too: the checkpoint was not followed by the healthy steps it needs
         return "step " + unhealthyStep + " was unhealthy (skipped or worse) after " + r.healthyStepsSince() + " of "

@@ -24,6 +24,12 @@ final class MemorySnapshots {
         return process(a).equals(process(b));
     }
 
+    /** Whether {@code slot} is rank {@code rank}'s snapshot held by a process other than {@code instance}. */
+    static boolean otherProcessOfRank(String slot, int rank, String instance) {
+        String holder = process(slot);
+        return holder.endsWith("/rank" + rank) && !holder.equals(SCHEME + instance + "/rank" + rank);
+    }
+
     private static String process(String slot) {
         return slot.substring(0, slot.lastIndexOf('/'));
     }

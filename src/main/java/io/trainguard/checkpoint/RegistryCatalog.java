@@ -34,6 +34,11 @@ public final class RegistryCatalog implements CheckpointCatalog {
     }
 
     @Override
+    public void trainerRestarted(String runId, int rank, String trainerInstance) {
+        registry.evictOtherProcesses(runId, rank, trainerInstance);
+    }
+
+    @Override
     public void configure(String runId, int knownGoodHealthySteps) {
         registry.setHealthyStepsRequired(runId, knownGoodHealthySteps);
     }

@@ -12,6 +12,13 @@ public interface CheckpointCatalog {
     /** The newest known-good checkpoint; cheap and lock-free: read on every step, before the run's lock. */
     Optional<RollbackTarget> newestKnownGood(String runId);
 
+    /**
+     * A new trainer process opened rank {@code rank} of the run (a restart): the in-memory snapshots
+     * other processes held for that rank are gone with them, whether or not this one takes any.
+     */
+    default void trainerRestarted(String runId, int rank, String trainerInstance) {
+    }
+
     /** The run's policy says how many healthy steps make a verified checkpoint known-good. */
     default void configure(String runId, int knownGoodHealthySteps) {
     }

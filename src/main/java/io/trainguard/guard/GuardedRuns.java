@@ -131,6 +131,7 @@ public final class GuardedRuns {
                         "policy changed on re-open: " + diff, now));
             }
             if (resumed) {
+                checkpoints.trainerRestarted(setup.runId(), setup.rank(), setup.trainerInstance());
                 incidents.add(guard.incidentAt(setup.rank(), guard.lastStep(), IncidentKind.RESUMED, Severity.INFO,
                         "rank " + setup.rank() + " re-opened the run (trainer instance '" + setup.trainerInstance()
                                 + "'); continuing after step " + guard.lastStep() + " in state " + guard.state(), now));

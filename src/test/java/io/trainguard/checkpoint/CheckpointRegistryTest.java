@@ -168,6 +168,20 @@ class CheckpointRegistryTest {
     }
 
     @Test
+    void evictOtherProcesses_aRestartedRank_evictsTheSnapshotsOfItsGoneProcessOnly() {
+        // prevents: a restarted trainer with snapshots off ordered back to a snapshot only the dead process held
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 0);
+        CheckpointRecord gone = reg.register("run", 5, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 6, false);
+        reg.evictOtherProcesses("run", 1, "p2"); // another rank re-opened: not this snapshot's
+        reg.evictOtherProcesses("run", 0, "p1"); // its own process re-opened (a reconnect): still held
+        assertEquals(CheckpointState.KNOWN_GOOD, reg.get(gone.id()).state());
+        reg.evictOtherProcesses("run", 0, "p2");
+        assertEquals(CheckpointState.EVICTED, reg.get(gone.id()).state());
+        assertTrue(reg.get(gone.id()).stateReason().contains("re-opened the run as p2"), reg.get(gone.id()).stateReason());
+        assertTrue(reg.newestKnownGood("run").isEmpty());
+    }
+
+    @Test
     void register_memoryWithoutSlotName_refused() {
         // prevents: a memory checkpoint whose holder and slot cannot be told apart (never evicted)
         CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 0);
