@@ -87,21 +87,10 @@ def test_hf_trainer_on_cuda_lists_the_devices_skip_and_holds_its_schedule_back(t
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 def test_lightning_mixed_precision_on_cuda_skips_a_nan_step_on_the_device(precision):
     import lightning.pytorch as pl
+    from test_lightning_sweep import Net  # a NaN loss at chosen training_step calls
     from trainguard.lightning import TrainguardCallback
 
-    class Net(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.net = MLP()
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, b, i):
-            x, y = b
-            return torch.nn.functional.mse_loss(self(x), y)
-
+    class Fused(Net):  # fused AdamW: the device gate
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-2, fused=True)
 
@@ -117,8 +106,7 @@ def test_lightning_mixed_precision_on_cuda_skips_a_nan_step_on_the_device(precis
             if all(torch.equal(a, p) for a, p in zip(self.before, module.parameters())):
                 self.unchanged.append(i)
 
-    model = Net()
-    nan_activation(model.net.blocks[0], NAN_STEP)
+    model = Fused(nan_loss_at={NAN_STEP})
     tg = TrainguardCallback(run_id(f"cuda-lightning-{precision}"), target=TARGET, deadline=5.0)
     checks = Checks()
     trainer = pl.Trainer(max_steps=STEPS, accelerator="gpu", devices=1, precision=precision, callbacks=[tg, checks],

@@ -10,6 +10,15 @@ from trainguard.guard import Guard
 from models import batch, make, weights_finite
 
 
+def healthy_step(g, model, opt, step):
+    """One step of the test model through guard.step and guard.optimizer_step."""
+    x, y = batch(step)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    g.step(step, None)
+    g.optimizer_step()
+    opt.zero_grad()
+
+
 def counting_loop(sidecar, run, numbers, burst):
     """A loop that keeps counting through a NaN burst (the loop's step numbers in ``burst``) and its
     ROLLBACK: the actions per step and the guard."""
@@ -353,11 +362,7 @@ def test_validation_at_the_loops_own_offset_is_allowed_once_per_interval(sidecar
         if it % 10 == 0:
             with g.validation(model) as v:
                 allowed[it] = v.allowed
-        x, y = batch(it)
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        g.step(it, None)
-        g.optimizer_step()
-        opt.zero_grad()
+        healthy_step(g, model, opt, it)
     g.close()
     assert allowed == {0: False, 10: True, 20: True, 30: True, 40: True}, allowed
 
@@ -369,12 +374,8 @@ def test_a_scheduler_the_loop_steps_itself_is_not_stepped_again_by_optimizer_ste
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + k))
     g = Guard(model, opt, "found-scheduler-once", target=sidecar.target, deadline=5.0)
     for step in range(10):
-        x, y = batch(step)
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        g.step(step, None)
-        g.optimizer_step()
+        healthy_step(g, model, opt, step)
         sched.step()
-        opt.zero_grad()
     g.close()
     assert g.scheduler is sched and sched.last_epoch == 10
 

@@ -31,7 +31,6 @@ The LR scheduler still steps on a skipped step, as it does under a GradScaler ov
 import logging
 import os
 
-import grpc
 import torch
 
 try:
@@ -39,7 +38,6 @@ try:
 except ImportError:  # the standalone package
     import pytorch_lightning as pl
 
-from .connection import grpc_code
 from .errors import TrainguardError
 from . import apply as apply_
 from . import lightning_checkpoints as ckpts
@@ -161,8 +159,8 @@ class TrainguardCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._register_new_checkpoints(trainer)
-        if self.guard.watch:  # training_step may call a submodule, outside the module's own forward
-            self.guard.watch.begin_unit()
+        if self.guard.watch:
+            self.guard.watch.begin_unit()  # training_step may call a submodule, outside the module's forward
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         pl_module.__dict__.pop("configure_gradient_clipping", None)
@@ -199,11 +197,9 @@ class TrainguardCallback(pl.Callback):
         self._finish_update()
         g = self.guard
         if self._loss_parts == 0 and not apply_.gradients(optimizer):
-            # No backward since the last step and no gradient: training_step returned None (Lightning's
-            # way to drop a batch) or a manual step ran without one. The optimizer has nothing to apply;
-            # judging it would charge the dropped forward's NaN to the run (skips, then a rollback).
-            if g.watch:
-                g.watch.reset()
+            # training_step returned None (a dropped batch) or a manual step had no backward: nothing to
+            # apply, and judging it would charge the dropped forward's NaN to the run (skips, a rollback)
+            g.meter.take_watch()  # the dropped forward's statistics: not the next step's
             g.backward_gate.discard()
             return
         loss = self._cycle_loss()
@@ -252,7 +248,7 @@ class TrainguardCallback(pl.Callback):
                 self.guard.checkpoint_saved(copy, step, data_position=step + 1)
             elif trainer.is_global_zero:
                 self.guard.checkpoint_saved(new if len(new) > 1 else new[0], step, data_position=step + 1)
-        except (grpc.RpcError, TrainguardError) as e:  # a refusal (outside trainguard.checkpoint.roots); unreachable: inside
+        except TrainguardError as e:  # refused (outside trainguard.checkpoint.roots); unreachable is handled inside
             self._say_refused_checkpoint(step, copy or new[0], e)
             return
         if not new:
@@ -272,8 +268,7 @@ class TrainguardCallback(pl.Callback):
 
     def _say_refused_checkpoint(self, step, path, e):
         self.guard.checkpoints.pop(step, None)  # the sidecar does not know it: no rollback target
-        why = f"{grpc_code(e).name}: {e.details()}" if grpc_code(e) is not None else str(e)
-        msg = (f"trainguard: the sidecar refused checkpoint {path} ({why}); Lightning's checkpoints are no rollback targets "
+        msg = (f"trainguard: the sidecar refused checkpoint {path} ({e}); Lightning's checkpoints are no rollback targets "
                f"until ModelCheckpoint(dirpath=...) lies under the sidecar's trainguard.checkpoint.roots")
         if self.guard.failure_mode == "closed":
             raise TrainguardError(msg) from None
@@ -302,11 +297,9 @@ class TrainguardCallback(pl.Callback):
                     "(optimizer state kept)", entry.get("restore"), weights)
 
     def _load_lightning_checkpoint(self, trainer, pl_module, ckpt):
-        """Loads ``ckpt`` in Lightning's own order: the module's ``on_load_checkpoint``, its weights, the
-        optimizers, schedulers and scaler, then the other callbacks' ``on_load_checkpoint`` (EMA /
-        WeightAveraging saves the averaged weights as ``state_dict`` and the trained ones beside them,
-        which its hook puts back). Callbacks' own state (``load_state_dict``) is not loaded: a rollback
-        rewinds the model, not ModelCheckpoint's or this callback's records."""
+        """Loads ``ckpt`` in Lightning's order, the other callbacks' ``on_load_checkpoint`` last (EMA
+        WeightAveraging's puts the trained weights back over the averaged ``state_dict``); not their own
+        state (``load_state_dict``): a rollback rewinds the model, not ModelCheckpoint's records."""
         state = torch.load(ckpt, map_location=pl_module.device, weights_only=False)
         pl_module.on_load_checkpoint(state)
         pl_module.load_state_dict(state["state_dict"])
