@@ -105,17 +105,18 @@ def test_a_registered_file_rewritten_in_place_is_not_loaded_the_rollback_falls_b
     root = os.path.join(sidecar.checkpoint_root, "rewritten")
     rolling = ModelCheckpoint(dirpath=root, filename="rolling", every_n_train_steps=3, save_top_k=1)
     kept = ModelCheckpoint(dirpath=root, every_n_train_steps=8, save_top_k=-1)  # global steps 8, 16
-    # step 11's rolling.ckpt is verified before step 14 rewrites it, KNOWN_GOOD before the burst;
-    # the rollback the sidecar plans to step 11 must not load rolling.ckpt (now step 14's state)
-    waits = {12: (11, {"VERIFIED", "KNOWN_GOOD"}), 15: (11, {"KNOWN_GOOD"})}
+    # step 11's rolling.ckpt is verified before step 14 rewrites it; the sidecar then evicts it (the
+    # same path registered again), so the burst's rollback goes to step 7, the newest intact checkpoint
+    # (the client's own identity check would refuse rolling.ckpt too: rewritten since it was registered)
+    waits = {12: (11, {"VERIFIED", "KNOWN_GOOD"}), 15: (7, {"KNOWN_GOOD"})}
     with caplog.at_level(logging.WARNING, logger="trainguard"):
         tg, watch, m = fit(sidecar, run, [rolling, kept], burst=set(range(16, 21)), waits=waits, max_steps=24)
     rb = watch.rollback
     assert rb is not None, tg.verdicts
     assert rb["step"] == 7 and rb["file"] == "epoch=0-step=8.ckpt", rb  # the newest older intact checkpoint
     assert rb["global_step"] == 8 and rb["weights_equal"], rb
-    assert any("checkpoint of step 11" in r.message and "rewritten since it was registered" in r.message
-               for r in caplog.records), [r.message for r in caplog.records]
+    evicted = {c["step"]: c["stateReason"] for c in sidecar.run_info(run)["checkpoints"] if c["state"] == "EVICTED"}
+    assert "written again by the checkpoint of step 14" in evicted.get(11, ""), evicted
     # the rollback's own line names the file it restored, not the plan's rewritten one
     assert any(r.message.startswith("trainguard: rolled back to step 7 (") and "epoch=0-step=8.ckpt" in r.message
                for r in caplog.records), [r.message for r in caplog.records]
