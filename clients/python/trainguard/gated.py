@@ -106,7 +106,6 @@ class GatedPath:
         self.late.forget_unknown()
         self.futs.clear()
         self.last = None
-        self.prev = None
 
     def settle_late(self, wait=False):
         """Learns the device's skips that are known by now (late_skips); at each step, after a replay."""
