@@ -489,7 +489,7 @@ def test_an_optimizer_without_a_fixed_epsilon_builds_its_guard(sidecar):
     g.close()
 
 
-@pytest.mark.parametrize("damage", ["nan", "truncate", "trainer_truncate"])
+@pytest.mark.parametrize("damage", ["nan", "truncate", "trainer_truncate", "delete"])
 def test_a_checkpoint_damaged_after_it_was_verified_halts_the_rollback_with_its_reason(sidecar, damage):
     # prevents: a rollback loading NaN weights from a file rewritten since the sidecar verified it, and a
     # truncated file's SafetensorError/OSError escaping guard.step() with the model half-restored
@@ -519,7 +519,9 @@ def test_a_checkpoint_damaged_after_it_was_verified_halts_the_rollback_with_its_
                     time.sleep(0.1)
                 d = os.path.join(root, "step-00000004")
                 st, tp = os.path.join(d, "model.safetensors"), os.path.join(d, "trainer.pt")
-                if damage == "nan":
+                if damage == "delete":
+                    os.remove(st)
+                elif damage == "nan":
                     w = read_safetensors(st)
                     w["inp.weight"][0, 0] = float("nan")
                     write_safetensors(w, st)
@@ -530,7 +532,7 @@ def test_a_checkpoint_damaged_after_it_was_verified_halts_the_rollback_with_its_
             assert weights_finite(model), f"non-finite weights after step {step}"
     why = str(halted.value)
     assert "ROLLBACK to the checkpoint of step 4 ordered but" in why, why
-    assert ("non-finite" in why) if damage == "nan" else ("cannot be read any more" in why), why
+    assert {"nan": "non-finite", "delete": "its files are gone"}.get(damage, "cannot be read any more") in why, why
     assert weights_finite(model)
     g.close()
 

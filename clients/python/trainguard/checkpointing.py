@@ -116,10 +116,9 @@ def load(guard, path_or_step):
         d = os.path.dirname(d)
     # Everything is read and checked before the model is touched: nothing half-loaded.
     if not is_own_layout(d):
-        present = [f for f in ("model.safetensors", "trainer.pt") if os.path.isfile(os.path.join(d, f))]
-        if present:  # one of the two is there: the checkpoint lost the other since it was written
-            raise FileNotFoundError(f"{d} has {present[0]} but not the rest of what guard.save_checkpoint wrote "
-                                    f"(model.safetensors + trainer.pt): deleted since")
+        if os.path.isfile(os.path.join(d, "trainer.pt")):  # save_checkpoint's side file: the weights went since
+            raise FileNotFoundError(f"{d} has the trainer.pt guard.save_checkpoint wrote but not its "
+                                    f"model.safetensors: deleted since")
         raise TrainguardError(
             f"{d} is not a checkpoint written by guard.save_checkpoint (no model.safetensors + trainer.pt): a "
             f"checkpoint saved by other code (torch.save, accelerator.save_state, fabric.save) is restored by "
