@@ -50,7 +50,9 @@ def loop(sidecar, form, steps=STEPS, on_update=None):
 def test_a_loop_that_updates_itself_keeps_taking_snapshots_and_rolls_back_to_a_recent_one(sidecar, form):
     # prevents: one snapshot in a whole run (the start state), so a late rollback lost every step
     g, rolled_to = loop(sidecar, form)
-    assert g.recovery.counters["snapshots"] >= 4, g.recovery.counters
+    # more than the start state's (the bug: that one alone); how many more depends on how fast the sidecar
+    # promotes each (one waits for the last to become known-good)
+    assert g.recovery.counters["snapshots"] > 1, g.recovery.counters
     assert rolled_to is not None and rolled_to > 0, rolled_to  # -1: the state the run started from
 
 
