@@ -10,12 +10,7 @@ import pytest
 import torch
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
-
-try:
-    from lightning.pytorch.callbacks import EMAWeightAveraging
-except ImportError:  # Lightning < 2.6
-    EMAWeightAveraging = None
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from models import batch, weights_finite  # noqa: E402
 from test_lightning_sweep import Net  # noqa: E402  (a NaN loss at given training_step calls)
@@ -123,7 +118,6 @@ def test_a_registered_file_rewritten_in_place_is_not_loaded_the_rollback_falls_b
     assert weights_finite(m)
 
 
-@pytest.mark.skipif(EMAWeightAveraging is None, reason="Lightning >= 2.6")
 def test_a_rollback_under_ema_weight_averaging_restores_the_trained_weights_not_the_average(sidecar):
     # Prevents: a rollback loading the checkpoint's state_dict, which EMAWeightAveraging fills with the
     # averaged weights, into the training model (its trained weights sit beside them, which Lightning's

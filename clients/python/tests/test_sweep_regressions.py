@@ -479,11 +479,9 @@ def test_a_closure_step_the_guard_skips_returns_the_closures_loss(sidecar):
     assert g.counters["skips"] == 1
 
 
+@pytest.mark.torch2  # torch.optim.Adafactor: torch >= 2.5 (the current-torch stack)
 def test_an_optimizer_without_a_fixed_epsilon_builds_its_guard(sidecar):
     # prevents: torch.optim.Adafactor (eps=(None, 1e-3)) crashing Guard() with a TypeError
-    if not hasattr(torch.optim, "Adafactor"):
-        import pytest
-        pytest.skip("torch.optim.Adafactor: torch >= 2.5")
     model, _ = make()
     g = Guard(model, torch.optim.Adafactor(model.parameters()), "adafactor", target=sidecar.target, deadline=5.0)
     g.close()
