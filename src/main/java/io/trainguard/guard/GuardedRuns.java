@@ -222,9 +222,8 @@ public final class GuardedRuns {
         RunChecks.rank(g, rank);
         RunChecks.notClosed(g, "BeginValidation");
         StringBuilder why = new StringBuilder();
-        boolean allowed = g.validationAllowed(step, why);
+        boolean allowed = g.beginValidation(step, why);
         if (allowed) {
-            g.validationBegun(step);
             g.progress(rank, Phase.VALIDATION, step, nanoTime.getAsLong());
         }
         return new ValidationGate(allowed, allowed ? "validation allowed at step " + step : why.toString());

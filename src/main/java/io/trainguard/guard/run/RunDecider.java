@@ -47,8 +47,7 @@ public final class RunDecider {
     private final String runId;
     private final int worldSize;
     private final RunStateMachine state;
-    /** The step of the last validation begun (ValidationGate's spacing); -1: none in this process. */
-    private long lastValidation = -1;
+    private final ValidationGate validation = new ValidationGate(); // its spacing: the last one begun
     private final RankTracks ranks = new RankTracks();
     private final CrossRankCheck crossRank = new CrossRankCheck();
     private final IdSource ids;
@@ -201,7 +200,7 @@ public final class RunDecider {
             t.healthyStreak = 0;
         }
 
-        boolean validationAllowed = healthy && ValidationGate.open(state, policy, r.step(), lastValidation, null);
+        boolean validationAllowed = healthy && validation.open(state, policy, r.step(), null);
         Verdict verdict = new Verdict(r.step(), o.action, o.action == Action.CLIP ? o.clip : 0, validationAllowed,
                 List.copyOf(reasons), o.firstBadModule, state.state(), o.plan, bounds(t),
                 incidents.isEmpty() ? List.of() : incidents.stream().map(Incident::id).toList());
@@ -331,13 +330,9 @@ public final class RunDecider {
 
     // ------------------------------------------------------------------ validation, heartbeats, policy
 
-    public synchronized boolean validationAllowed(long step, StringBuilder why) {
-        return ValidationGate.open(state, policy, step, lastValidation, why);
-    }
-
-    /** A validation began at {@code step}: the next one waits the interval from here. */
-    public synchronized void validationBegun(long step) {
-        lastValidation = step;
+    /** Whether a validation may begin at {@code step}; if so it begins: the next one waits the interval. */
+    public synchronized boolean beginValidation(long step, StringBuilder why) {
+        return validation.begin(state, policy, step, why);
     }
 
     public synchronized void progress(int rank, Phase phase, long step, long nowNanos) {

@@ -16,12 +16,17 @@ import io.trainguard.guard.policy.Policy;
  */
 final class ValidationGate {
 
-    private ValidationGate() {
+    private long last = -1; // the step of the last validation begun; -1: none in this process
+
+    /** Whether a validation may begin at {@code step}; if so it begins there. */
+    boolean begin(RunStateMachine state, Policy policy, long step, StringBuilder why) {
+        boolean allowed = open(state, policy, step, why);
+        last = allowed ? step : last;
+        return allowed;
     }
 
     /** {@code why}, when not null, receives the reason validation is refused. */
-    /** {@code last}: the step of the last validation begun, or a negative value for none yet. */
-    static boolean open(RunStateMachine state, Policy policy, long step, long last, StringBuilder why) {
+    boolean open(RunStateMachine state, Policy policy, long step, StringBuilder why) {
         if (state.state() != RunState.HEALTHY) {
             if (why != null) {
                 why.append("run is ").append(state.state()).append(": ").append(state.reason());
