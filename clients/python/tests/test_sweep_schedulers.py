@@ -1,0 +1,89 @@
+"""Regressions found by the sweeps around LR schedulers, against the real sidecar: per-epoch and
+metric schedulers through the wrapper and optimizer_step, a scheduler the guard found, several
+schedulers on one optimizer."""
+import pytest
+import torch
+
+from trainguard.guard import Guard
+from models import batch, make
+from test_sweep_regressions import healthy_step
+
+def test_a_wrapped_scheduler_stepped_per_epoch_steps_whatever_the_epochs_last_step_was(sidecar):
+    # prevents: a once-per-epoch StepLR losing an epoch for good when the epoch's last batch was skipped
+    model, opt = make()
+    g = Guard(model, opt, "epoch-scheduler", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    sched = g.wrap(torch.optim.lr_scheduler.StepLR(wopt, step_size=1, gamma=0.5))
+    step = 0
+    for epoch in range(4):
+        for _ in range(4):
+            x, y = batch(step)
+            if step == 3:  # the first epoch's last batch
+                y = torch.full_like(y, float("nan"))
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            g.step(step, None)
+            wopt.step()
+            wopt.zero_grad()
+            step += 1
+        sched.step()
+    g.close()
+    assert g.counters["skips"] == 1 and sched.last_epoch == 4
+
+
+def test_optimizer_step_leaves_a_metric_scheduler_to_the_loop(sidecar):
+    # prevents: guard.optimizer_step() calling ReduceLROnPlateau.step() without its metric (a TypeError
+    # after the weights were updated, the guard's after-update work skipped)
+    model, opt = make()
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=2)
+    g = Guard(model, opt, "plateau-optimizer-step", target=sidecar.target, deadline=5.0, scheduler=plateau)
+    x, y = batch(0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    g.step(0, None)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert g.optimizer_step()
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    plateau.step(1.0)  # the loop's own call, with its metric
+    g.close()
+
+
+def test_a_scheduler_the_loop_steps_itself_is_not_stepped_again_by_optimizer_step(sidecar):
+    # prevents: a scheduler found on the optimizer (not handed to the Guard) stepped twice per step
+    # when the loop calls guard.optimizer_step() and then its own scheduler.step()
+    model, opt = make()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + k))
+    g = Guard(model, opt, "found-scheduler-once", target=sidecar.target, deadline=5.0)
+    for step in range(10):
+        healthy_step(g, model, opt, step)
+        sched.step()
+    g.close()
+    assert g.scheduler is sched and sched.last_epoch == 10
+
+
+@pytest.mark.torch2  # the optimizer's step pre-hook records the LR each update ran at: torch >= 2.0
+def test_a_rollbacks_lr_cut_holds_with_a_per_step_schedule_beside_a_plateau_scheduler(sidecar):
+    # prevents: two schedulers on one optimizer making the guard attach neither: the per-step
+    # LambdaLR recomputed the uncut rate at its next step() after the rollback's cut
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    g = Guard(m, opt, "two-schedulers", target=sidecar.target, deadline=5.0,
+              policy={"known_good_healthy_steps": 3, "rollback_rewarm_steps": 0})
+    wopt = g.wrap(opt)
+    per_step = torch.optim.lr_scheduler.LambdaLR(wopt, lambda s: 1.0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(wopt, patience=100)
+    used = []
+    opt.register_step_pre_hook(lambda o, a, k: used.append(o.param_groups[0]["lr"]))
+    for step in range(40):
+        x, y = torch.randn(16, 4), torch.randn(16, 1)  # noise: a flat loss, no spike to judge
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        loss = loss * float("nan") if 20 <= step < 24 else loss
+        loss.backward()
+        g.step(step, loss)
+        wopt.step()
+        per_step.step()
+        wopt.zero_grad()
+        if step % 10 == 9:
+            plateau.step(1.0)
+    g.close()
+    assert g.counters["rollbacks"] == 1 and g.lr_scale == 0.5
+    assert used[-3:] == [0.05] * 3, used
