@@ -149,9 +149,12 @@ class Blocks:
         self.warmup, self.size, self.n_blocks = warmup, size, 2 * pairs + 1
         self.n, self.t0, self.ms = 0, None, []
         self.guard = None
-        self.toggle = toggle  # "watch": the guard stays on, its module watch is detached in even blocks
+        # "watch": the guard stays on, its module watch is detached in even blocks; "none": on in all (A/A)
+        self.toggle = toggle
 
     def _switch(self, on):
+        if self.toggle == "none":  # A/A: the guard on in every block, the ratios read the method's own bias
+            return
         if self.toggle == "watch":
             w = self.guard.watch
             if on:
@@ -216,6 +219,8 @@ HF_VARIANTS = {
     "hf-oneblock": dict(at_backward=True, watch=("gpt.h.0",)),  # one block of the 14
     # the guard on throughout, the 14 blocks' watch detached in every other block: the watch's own cost
     "hf-watch-ab": dict(at_backward=True, toggle="watch"),
+    # A/A: the guard on in every block, timed and paired as "hf": what this method reads with no difference
+    "hf-aa": dict(at_backward=True, toggle="none"),
     # the Trainer's default max_grad_norm=1.0 (it clips in place after backward), guarded and paused alike
     "hf-clip1": dict(at_backward=True, max_grad_norm=1.0),
     "hf-clip1000": dict(at_backward=True, max_grad_norm=1000.0),  # set, but never reached

@@ -196,6 +196,7 @@ def main():
         gc_s = {}  # variant -> [collections gen 0..2, ms gen 0..2, steps]
         last_gc_ms = {}  # variant -> ms in the collector during its last run
         last_launch_ms = {}  # variant -> ms/step until its last run's launches returned (before the sync)
+        last_host = {}  # variant -> its last run's slowest host step, and the snapshots taken in it
 
         scaler = torch.amp.GradScaler(dev.type) if "scaler" in variants else None
         tg_scaler = torch.amp.GradScaler(dev.type) if "tg_scaler" in variants else None
@@ -214,9 +215,13 @@ def main():
             switch_interval = sys.getswitchinterval()
             if name == "tg_si":
                 sys.setswitchinterval(0.0005)
+            store = g.recovery.store if g is not None else None
+            taken0 = store.stats["taken"] if store is not None else 0
             sync()
             t0 = time.perf_counter()
+            starts = []  # each step's host start: a round's slow step shows where the host stalled
             for i in range(n):
+                starts.append(time.perf_counter())
                 clock.step = i
                 x, y = data[i % len(data)]
                 if name == "scaler":
@@ -290,6 +295,10 @@ def main():
             sys.setswitchinterval(switch_interval)
             # the host's share: launching n steps against all n run (a host-bound loop has launch ~ dt)
             last_launch_ms[name] = (launched - t0) * 1000.0 / n
+            gaps = [(b - a) * 1000.0 for a, b in zip(starts, starts[1:] + [launched])]
+            last_host[name] = {"slowest_step_host_ms": max(gaps), "slowest_step": gaps.index(max(gaps)),
+                               "median_step_host_ms": statistics.median(gaps),
+                               "snapshots": (store.stats["taken"] - taken0) if store is not None else 0}
             gc_delta = [b - a for a, b in zip(gc0, gc_clock.read())]
             acc_gc = gc_s.setdefault(name, [0] * 6 + [0])
             acc_gc[:] = [x + d for x, d in zip(acc_gc, gc_delta + [n])]
@@ -331,10 +340,12 @@ def main():
                     rows[v].append({"ms": t, "base_before": before, "base_after": after,
                                     "ratio": t / ((before + after) / 2), "gc_ms": last_gc_ms[v],
                                     "launch_ms": last_launch_ms[v], "base_launch_ms": last_launch_ms["baseline"],
-                                    "base_after_gc_ms": last_gc_ms["baseline"]})
+                                    "base_after_gc_ms": last_gc_ms["baseline"], **last_host[v]})
                     before = after
                 print(f"  batch {B} round {r + 1}/{a.rounds}: " + ", ".join(
-                    f"{v} {rows[v][-1]['ratio']:.3f}" for v in variants), flush=True)
+                    f"{v} {rows[v][-1]['ratio']:.3f} (snapshots {rows[v][-1]['snapshots']}, slowest host step "
+                    f"{rows[v][-1]['slowest_step']} {rows[v][-1]['slowest_step_host_ms']:.1f} ms)" for v in variants),
+                    flush=True)
 
         res = {"baseline_ms_median": statistics.median(base_ms), "baseline_ms_min": min(base_ms),
                "baseline_ms_max": max(base_ms), "variants": {},
