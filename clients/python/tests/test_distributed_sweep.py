@@ -114,3 +114,53 @@ def test_a_compiled_ddp_model_is_replicated_not_sharded(sidecar):
         g.close()
     finally:
         dist.destroy_process_group()
+
+
+def _rank0_save_worker(rank, world, port, target, out_dir, ckpt_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_hash
+    from trainguard import Action
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    g = Guard(model, opt, "rank0-save", target=target, deadline=5.0, mode="sync", snapshots=False,
+              policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 0,
+                      "validation_warmup_steps": 10**6, "rollback_rewarm_steps": 0})
+    wait_online(g)
+    rec, step, poisoned = {"rollbacks": []}, 0, False
+    while step < 10:
+        x, y = batch(step, seed=rank)
+        if rank == 1 and step == 7 and not poisoned:
+            poisoned = True
+            y = y.clone(); y[0, 0] = float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        v = g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        if v.action == Action.ROLLBACK:
+            rec["rollbacks"].append((step, v.rollback.checkpoint_step, weights_hash(model)))
+            step = v.resume_step
+            continue
+        if step == 3:
+            rec["saved_hash"] = weights_hash(model)
+            if rank == 0:  # the usual DDP idiom: only rank 0 saves
+                rec["saved"] = g.save_checkpoint(ckpt_dir, step)
+        step += 1
+    rec["final_hash"] = weights_hash(model)
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_save_checkpoint_called_on_rank_0_only_saves_and_both_ranks_roll_back_to_it(sidecar):
+    # prevents: rank 0 waiting forever at a barrier inside save_checkpoint that the other ranks, which
+    # never call it (``if rank == 0: save``), never reach
+    r0, r1 = run_ranks(_rank0_save_worker, sidecar.target, sidecar.checkpoint_root, timeout=150)
+    assert r0["saved"]["checkpoint_id"], r0["saved"]
+    assert r0["saved_hash"] == r1["saved_hash"]
+    for r in (r0, r1):
+        assert [(s, c) for s, c, _ in r["rollbacks"]] == [(7, 3)], r["rollbacks"]
+        assert r["rollbacks"][0][2] == r0["saved_hash"]  # the weights are the checkpoint's on both ranks
+    assert r0["final_hash"] == r1["final_hash"]

@@ -94,8 +94,9 @@ def save(guard, directory, step, data_position=0, extra=None):
                 "guard": guard.state_dict(), "extra": extra, "lr_scale": guard.recovery.lr.scale}
         torch.save(side, os.path.join(path, "trainer.pt.tmp"))
         os.replace(os.path.join(path, "trainer.pt.tmp"), os.path.join(path, "trainer.pt"))
-    if distributed:
-        dist_agree.barrier()
+    # No barrier: the usual DDP loop saves on rank 0 only (``if rank == 0: save``), where one would wait
+    # forever. The other ranks need not wait for the files either: a ROLLBACK names them only after
+    # rank 0 registered them and the sidecar verified them, and every rank loads from the plan's path.
     entry = {"dir": path, "files": [weights], "checkpoint_id": "", "data_position": int(data_position),
              "lr_scale": guard.recovery.lr.scale}
     guard.checkpoints[int(step)] = entry

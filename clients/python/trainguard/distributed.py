@@ -28,10 +28,6 @@ def world_size():
     return _dist().get_world_size()
 
 
-def barrier():
-    _dist().barrier()
-
-
 def _device():
     d = _dist()
     return torch.device("cuda", torch.cuda.current_device()) if d.get_backend() == "nccl" else torch.device("cpu")
