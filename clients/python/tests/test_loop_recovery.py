@@ -139,3 +139,30 @@ def test_a_foreign_checkpoint_without_a_restore_hook_halts_with_what_to_set_and_
     g.close()
     assert halted is not None and "guard.restore_hook" in halted and "gone" not in halted, halted
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))  # nothing half-loaded
+
+
+def test_a_loop_numbering_its_steps_per_epoch_is_numbered_on_and_its_epoch_end_checkpoint_becomes_known_good(
+        sidecar, caplog):
+    # Prevents: ``guard.step(batch_idx, loss)`` filing steps 0..4 again every epoch with the sidecar,
+    # so a checkpoint saved at an epoch's last batch (4) waited for healthy steps past 4 that never came
+    # (never known-good, never a rollback target), and no word said why.
+    run = f"per-epoch-{time.time_ns()}"
+    model, opt = make(lr=1e-2)
+    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync", policy=POLICY, snapshots=False)
+    numbers = []
+    with caplog.at_level("WARNING", logger="trainguard"):
+        for epoch in range(3):
+            for batch_idx in range(5):
+                x, y = batch(epoch * 5 + batch_idx)
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                numbers.append(g.step(batch_idx, loss).step)
+                g.optimizer_step()
+                opt.zero_grad(set_to_none=True)
+            if epoch == 0:
+                saved = g.save_checkpoint(os.path.join(sidecar.checkpoint_root, run), batch_idx)
+    assert numbers == list(range(15))
+    assert saved["step"] == 4
+    _known_good(sidecar, run, 4)
+    assert caplog.text.count("numbering its steps per epoch") == 1, caplog.text
+    g.close()

@@ -216,7 +216,7 @@ class Guard:
         step = step_args.checked(step, loss)
         if self._closed:
             return lifecycle.closed_step(self, step)
-        step = self.numbering.guard_step(step)
+        step = self.numbering.guard_step(step, self.last_step)
         self.loop_updates.note_last()  # the last verdict's update, if the loop made it without an optimizer step
         self.recovery.begin(step, data_position, replay)
         now = time.perf_counter()
