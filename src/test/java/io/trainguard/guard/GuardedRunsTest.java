@@ -100,7 +100,10 @@ class GuardedRunsTest {
         assertEquals(Action.HALT, v.action());
         assertEquals(RunState.HALTED, v.runState());
         assertTrue(v.reasons().stream().anyMatch(r -> r.contains("No known-good checkpoint")), v.reasons().toString());
-        assertEquals(Action.HALT, guard.report(step("r1", 0, 4, 1.0, 0.5)).action(), "a halted run stays halted");
+        Verdict after = guard.report(step("r1", 0, 4, 1.0, 0.5));
+        assertEquals(Action.HALT, after.action(), "a halted run stays halted");
+        assertTrue(after.reasons().stream().anyMatch(r -> r.contains("trainguard resume r1") && r.contains("/api/runs/r1/resume")
+                && r.contains("new run id")), "a halted run says how to go on: " + after.reasons());
     }
 
     @Test

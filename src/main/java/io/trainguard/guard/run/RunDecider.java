@@ -174,7 +174,7 @@ public final class RunDecider {
 
         if (state.state() == RunState.HALTED) {
             o.action = Action.HALT;
-            reasons.add("run is halted since step " + haltStep + ": " + state.reason());
+            reasons.add(state.haltedReason(runId, haltStep));
         } else if (state.state() == RunState.ROLLING_BACK && rollback.owedTo(r.rank(), r.step())) {
             o.action = Action.ROLLBACK;
             o.plan = rollback.pending();

@@ -40,6 +40,13 @@ public final class RunStateMachine {
         return reason;
     }
 
+    /** What a step of a halted run is told: why it halted, and the two ways to train on. */
+    String haltedReason(String runId, long haltStep) {
+        return "run is halted since step " + haltStep + ": " + reason + ". To train on, fix the cause, then resume "
+                + "this run (trainguard resume " + runId + " --reason \"...\", or POST /api/runs/" + runId
+                + "/resume) or start the trainer under a new run id";
+    }
+
     /** Moves to {@code next}; staying in the same state only updates the reason. */
     public void moveTo(RunState next, String why) {
         if (next != state && !LEGAL.get(state).contains(next)) {
