@@ -164,3 +164,41 @@ def test_save_checkpoint_called_on_rank_0_only_saves_and_both_ranks_roll_back_to
         assert [(s, c) for s, c, _ in r["rollbacks"]] == [(7, 3)], r["rollbacks"]
         assert r["rollbacks"][0][2] == r0["saved_hash"]  # the weights are the checkpoint's on both ranks
     assert r0["final_hash"] == r1["final_hash"]
+
+
+def _rank0_validation_worker(rank, world, port, target, out_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_hash
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    g = Guard(model, opt, "rank0-validation", target=target, deadline=5.0, mode="sync", snapshots=False,
+              policy={"clip_mode": "OFF", "validation_warmup_steps": 3, "validation_interval_steps": 4})
+    wait_online(g)
+    rec = {"allowed": {}}
+    for step in range(12):
+        x, y = batch(step, seed=rank)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        g.step(step, None)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        if (step == 4 and rank == 0) or step == 9:  # rank 0 alone (the usual idiom), then every rank
+            with g.validation(model.module, step=step) as v:
+                rec["allowed"][step] = v.allowed
+                if v.allowed:
+                    with torch.no_grad():
+                        model.module(batch(100)[0])
+    rec["hash"] = weights_hash(model)
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_validation_on_rank_0_only_runs_there_and_every_rank_validating_at_a_step_is_told_the_same(sidecar):
+    # prevents: guard.validation() waiting in a collective for ranks that do not validate (``if rank == 0:``)
+    r0, r1 = run_ranks(_rank0_validation_worker, sidecar.target, timeout=150)
+    assert r0["allowed"] == {4: True, 9: True}, r0["allowed"]
+    assert r1["allowed"] == {9: True}, r1["allowed"]
+    assert r0["hash"] == r1["hash"]
+

@@ -13,7 +13,6 @@ import re
 
 import grpc
 
-from . import distributed as dist_agree
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 from .audit import ModelSnapshot
 
@@ -69,9 +68,8 @@ class ValidationContext:
         except grpc.RpcError as e:
             g.connection.unreachable("BeginValidation", e)  # raises when closed; open: validate, audit still runs
             reason = "sidecar unreachable; validating with the audit on"
-        if dist_agree.is_initialized() and g.world_size > 1:
-            allowed = dist_agree.all_true(allowed)
-            reason = reason or ("refused on another rank" if not allowed else "")
+        # Several ranks: no collective here. The sidecar tells every rank asking at one step what it told
+        # the first, so ranks agree; and a loop that validates on rank 0 only has no other rank to wait for.
         self.session = ValidationSession(allowed, reason)
         if not allowed:
             self._say_deferred(reason)

@@ -222,7 +222,17 @@ class GuardedRunsTest {
         }
         assertTrue(guard.beginValidation("r1", 0, 11).allowed(), "a step before the last one: a rewound timeline");
         guard.report(step("r1", 0, 21, Double.NaN, 0.5));
-        assertFalse(guard.beginValidation("r1", 0, 25).allowed(), "no validation while degraded");
+        GuardedRuns.ValidationGate degraded = guard.beginValidation("r1", 0, 25);
+        assertFalse(degraded.allowed(), "no validation while degraded");
+        for (int s = 22; s <= 50; s++) {
+            guard.report(step("r1", 0, s, 2 + 0.01 * noise.nextGaussian(), 0.5));
+        }
+        // the other ranks asking at step 25 hear what the first request heard, though the run recovered since:
+        // ranks agree without a collective (a loop validating on rank 0 only has none to join)
+        GuardedRuns.ValidationGate again = guard.beginValidation("r1", 0, 25);
+        assertFalse(again.allowed());
+        assertEquals(degraded.reason(), again.reason());
+        assertTrue(guard.beginValidation("r1", 0, 50).allowed(), "recovered: a later step may validate");
     }
 
     @Test

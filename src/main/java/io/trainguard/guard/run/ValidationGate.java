@@ -11,17 +11,30 @@ import io.trainguard.guard.policy.Policy;
  * <p>The interval is a spacing from the last validation begun, not {@code step % interval == 0}: loops
  * validate at their own offsets ({@code if it % N == 0} before the step, {@code (step + 1) % N == 0}
  * after it), and a multiple-of rule refused every pass of those for the whole run. The same step again
- * (the other ranks' requests) and a step before the last one (the timeline a rollback rewound) are
- * allowed.
+ * (the other ranks' requests) gets the answer its first request got; a step before the last one (the
+ * timeline a rollback rewound) is allowed.
  */
 final class ValidationGate {
 
     private long last = -1; // the step of the last validation begun; -1: none in this process
+    // The last request's step and answer: every rank asking at that step is told the same, so ranks
+    // agree without a collective of their own (which would hang a loop that validates on rank 0 only).
+    private long askedStep = -1;
+    private boolean askedAllowed;
+    private String askedWhy = "";
 
     /** Whether a validation may begin at {@code step}; if so it begins there. */
     boolean begin(RunStateMachine state, Policy policy, long step, StringBuilder why) {
+        if (step == askedStep) {
+            why.append(askedWhy);
+            return askedAllowed;
+        }
+        int from = why.length();
         boolean allowed = open(state, policy, step, why);
         last = allowed ? step : last;
+        askedStep = step;
+        askedAllowed = allowed;
+        askedWhy = why.substring(from);
         return allowed;
     }
 
