@@ -202,3 +202,34 @@ def test_validation_on_rank_0_only_runs_there_and_every_rank_validating_at_a_ste
     assert r1["allowed"] == {9: True}, r1["allowed"]
     assert r0["hash"] == r1["hash"]
 
+
+def _guard_on_rank0_worker(rank, world, port, target, out_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from trainguard import distributed
+    from trainguard.errors import TrainguardError
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    distributed.EveryRank.WAIT_S = 2.0
+    model = parallel_mlp("ddp")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    g = Guard(model, opt, "guard-on-rank0", target=target, deadline=5.0, snapshots=False) if rank == 0 else None
+    rec = {}
+    x, y = batch(0, seed=rank)
+    torch.nn.functional.mse_loss(model(x), y).backward()  # DDP's own all_reduce: both ranks
+    if g is not None:
+        try:
+            g.step(0, None)
+            rec["error"] = ""
+        except TrainguardError as e:
+            rec["error"] = str(e)
+        g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_a_guard_built_on_rank_0_only_says_so_at_its_first_step_instead_of_waiting_in_a_collective(sidecar):
+    # prevents: rank 0 waiting forever in the step's agreement (or pairing it with another rank's
+    # collective) when the other ranks built no Guard
+    r0, _ = run_ranks(_guard_on_rank0_worker, sidecar.target, timeout=120)
+    assert "only 1 of 2 ranks built a Guard" in r0["error"] and "every rank" in r0["error"], r0

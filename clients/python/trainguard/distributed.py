@@ -1,7 +1,11 @@
 """Cross-rank agreement: every rank applies the same action (the most severe wins) to the same
 rollback target, with one small all_reduce per step; one broadcast only on ROLLBACK/HALT."""
+import collections
+import time
+
 import torch
 
+from .errors import TrainguardError
 from .verdict import Action, Verdict
 
 _ERROR = 6  # a rank hit an error (fail-closed): every rank stops
@@ -20,12 +24,53 @@ def is_initialized():
         return False
 
 
-def rank():
-    return _dist().get_rank()
+def rank_and_world(rank, world):
+    """(rank, world size): the ones given, else the process group's where one is initialised, else 0 and 1."""
+    if is_initialized():
+        rank = _dist().get_rank() if rank is None else rank
+        world = _dist().get_world_size() if world is None else world
+    return rank or 0, world or 1
 
 
-def world_size():
-    return _dist().get_world_size()
+class EveryRank:
+    """Whether every rank built a Guard for the run, asked once, before the guard's first collective.
+
+    A Guard built on rank 0 only (``if rank == 0: guard = Guard(...)``) would wait in that collective
+    for ranks that never join it, or pair it with a collective of their own. Counted in the process
+    group's store, which needs no collective; by the first step the other ranks are past their first
+    backward (DDP's and FSDP's own collectives), so their Guards, if any, exist."""
+
+    WAIT_S = 120.0
+    _built = collections.Counter()  # run -> Guards this process built for it: the same count on every rank
+
+    def __init__(self, run, world):
+        self.run, self.world, self.key, self.store = run, world, None, None
+        if world <= 1 or not is_initialized():
+            return
+        try:
+            from torch.distributed import distributed_c10d
+            self.store = distributed_c10d._get_default_store()
+        except Exception:  # no store to count in (a process group of another kind): nothing is checked
+            return
+        EveryRank._built[run] += 1
+        self.key = f"trainguard/{run}/guards-built/{EveryRank._built[run]}"
+        self.store.add(self.key, 1)
+
+    def check(self):
+        if self.key is None:
+            return
+        key, self.key = self.key, None
+        end = time.monotonic() + self.WAIT_S
+        while True:
+            built = self.store.add(key, 0)
+            if built >= self.world:
+                return
+            if time.monotonic() > end:
+                raise TrainguardError(
+                    f"only {built} of {self.world} ranks built a Guard for run '{self.run}' (none more within "
+                    f"{self.WAIT_S:.0f} s of this rank's first step): build it on every rank, not only on rank 0. "
+                    f"Every rank joins each step's agreement on the action, so no rank applies an update another skipped")
+            time.sleep(0.01)
 
 
 def _device():

@@ -111,10 +111,8 @@ class Guard:
         self.failure_mode, self.mode = failure_mode, mode
         self.deadline = float(deadline)
         self.policy_overrides = dict(policy or {})
-        if dist_agree.is_initialized():
-            rank = dist_agree.rank() if rank is None else rank
-            world_size = dist_agree.world_size() if world_size is None else world_size
-        self.rank, self.world_size = rank or 0, world_size or 1
+        self.rank, self.world_size = dist_agree.rank_and_world(rank, world_size)
+        self.every_rank = dist_agree.EveryRank(run, self.world_size)  # checked before the first collective
         self.trainer_instance = trainer_instance or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.master_weights, self.autocast_dtype = master_weights, autocast_dtype
         self.clipping_configured, self.framework = clipping_configured, framework
@@ -216,6 +214,7 @@ class Guard:
         step = step_args.checked(step, loss)
         if self._closed:
             return lifecycle.closed_step(self, step)
+        self.every_rank.check()
         step = self.numbering.guard_step(step, self.last_step)
         self.loop_updates.note_last()  # the last verdict's update, if the loop made it without an optimizer step
         self.recovery.begin(step, data_position, replay)
