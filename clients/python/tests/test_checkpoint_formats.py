@@ -76,3 +76,20 @@ def test_restore_userLoadStateDict_appliesVerifiedFile(files):
     state = restore(os.path.join(files, "state.pt"), load_state_dict=got.update,
                     load=lambda fs: torch.load(fs[0], map_location="cpu"))
     assert got["step"] == 3 and torch.equal(state["i64"], torch.arange(5))
+
+
+def test_registerSaved_folderOfSafetensorsWithNumpyArrays_readsEachFileAsWhatItIs(transport, sidecar):
+    # prevents: a folder of safetensors weights that also holds a .npy (an EMA, metrics) refused whole
+    # as "registered as safetensors but is numpy": never known-good; a NaN in that .npy still rejects it
+    import numpy as np
+    from trainguard.safetensors_io import write_safetensors
+    for step, ema in ((14, np.arange(6, dtype=np.float32)), (15, np.array([1.0, np.nan], dtype=np.float32))):
+        d = os.path.join(sidecar.checkpoint_root, f"with-npy-{step}")
+        os.makedirs(d)
+        write_safetensors({"w": torch.ones(3, 2)}, os.path.join(d, "model.safetensors"))
+        np.save(os.path.join(d, "ema.npy"), ema)
+        c = settled(transport, register_saved(transport, d, step=step, run="formats"))
+        if step == 14:
+            assert c["state"] == "CHECKPOINT_STATE_VERIFIED", c
+        else:
+            assert c["state"] == "CHECKPOINT_STATE_REJECTED" and "ema.npy" in c["state_reason"], c

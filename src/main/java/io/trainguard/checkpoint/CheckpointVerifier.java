@@ -212,10 +212,14 @@ public final class CheckpointVerifier implements AutoCloseable {
         if (kind == FormatSniffer.Kind.TORCH_ZIP_PICKLE) {
             return torchFiles.verifyTorchSave(p, scan, sums, tracker::at, tracker.done);
         }
-        if (format == CheckpointFormat.TORCH_PICKLE) {
+        // A folder of safetensors weights may also hold numpy arrays (an EMA, metrics, RNG state):
+        // read them as what they are, not refused as "not safetensors".
+        boolean numpy = kind == FormatSniffer.Kind.NUMPY || kind == FormatSniffer.Kind.ZIP_NUMPY;
+        CheckpointFormat readAs = numpy ? CheckpointFormat.NPY : format;
+        if (readAs == CheckpointFormat.TORCH_PICKLE) {
             throw new UnverifiableTensorFileException(FormatSniffer.pickleReason(p));
         }
-        switch (format) {
+        switch (readAs) {
             case SAFETENSORS: {
                 if (kind != FormatSniffer.Kind.SAFETENSORS_OR_UNKNOWN) {
                     throw new RejectedTensorFileException(p.getFileName() + " was registered as safetensors but is "
