@@ -166,3 +166,45 @@ def test_a_loop_numbering_its_steps_per_epoch_is_numbered_on_and_its_epoch_end_c
     _known_good(sidecar, run, 4)
     assert caplog.text.count("numbering its steps per epoch") == 1, caplog.text
     g.close()
+
+
+@pytest.mark.parametrize("device_gate", [True, False])
+def test_after_a_rollback_to_an_early_state_its_higher_loss_is_not_judged_against_the_later_bounds(
+        sidecar, device_gate):
+    # Prevents: the bounds learned late in the run (a loss that fell 100x) still in force after a rollback
+    # to an early checkpoint: the restored state's loss was a "spike" to the client (and to the device
+    # gate), every step was skipped, the skips rolled back again, then HALT (seen on an mnist-like loss).
+    torch.manual_seed(0)
+    run = f"early-rollback-{device_gate}-{time.time_ns()}"
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2, fused=True) if device_gate else \
+        torch.optim.AdamW(model.parameters(), lr=3e-2)
+    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, device_gate=device_gate, snapshots=False,
+              replay=False, policy=dict(POLICY, rollback_rewarm_steps=0))
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.sin(x.sum(1, keepdim=True))
+    actions, step, losses = [], 0, {}
+    while step < 80 and len(actions) < 200:
+        bad = 50 <= step < 53 and not any(a == "ROLLBACK" for _, a in actions)
+        loss = torch.nn.functional.mse_loss(model(x), y * float("nan") if bad else y)
+        loss.backward()
+        v = g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+        assert weights_finite(model)
+        losses[step] = float(loss)
+        actions.append((step, v.action.name))
+        if v.action == Action.ROLLBACK:
+            step = v.resume_step
+            continue
+        if step == 2:
+            g.save_checkpoint(os.path.join(sidecar.checkpoint_root, run), step)
+        step += 1
+    g.flush(10)
+    rollbacks = [s for s, a in actions if a == "ROLLBACK"]
+    assert len(rollbacks) == 1, actions
+    assert losses[3] > 10 * losses[49], (losses[3], losses[49])  # the restored state's loss: far above the bounds
+    after = [a for s, a in actions[[a for _, a in actions].index("ROLLBACK") + 1:]]
+    assert set(after) <= {"APPLY"}, after
+    assert step == 80
+    g.close()

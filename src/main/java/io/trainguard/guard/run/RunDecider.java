@@ -305,8 +305,9 @@ public final class RunDecider {
 
     private void confirmRollback(StepReport r, RankTrack t, List<Incident> incidents, Instant now) {
         if (rollback.confirm(r.rank())) {
-            // the restored weights make the pre-rollback loss history meaningless for this rank
-            t.stats.divergence.reset();
+            // The restored state's loss and grad norms are its own (an early checkpoint's loss can be 30x the
+            // abandoned timeline's level, each step then a "spike", skipped, rolled back, halted): start over.
+            t.stats.rebuild(policy);
             t.consecutiveSkips = 0;
             t.healthyStreak = 0;
         }
