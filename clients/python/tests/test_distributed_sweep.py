@@ -118,7 +118,7 @@ def test_a_compiled_ddp_model_is_replicated_not_sharded(sidecar):
 
 def _rank0_save_worker(rank, world, port, target, out_dir, ckpt_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_hash
+    from models import join_gloo, leave_gloo, parallel_mlp, train, wait_online, weights_hash
     from trainguard import Action
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
@@ -128,26 +128,29 @@ def _rank0_save_worker(rank, world, port, target, out_dir, ckpt_dir):
               policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 0,
                       "validation_warmup_steps": 10**6, "rollback_rewarm_steps": 0})
     wait_online(g)
-    rec, step, poisoned = {"rollbacks": []}, 0, False
-    while step < 10:
-        x, y = batch(step, seed=rank)
-        if rank == 1 and step == 7 and not poisoned:
-            poisoned = True
+    rec = {"rollbacks": []}
+
+    def nan_once_on_rank1(step, x, y, model):
+        if rank == 1 and step == 7 and not rec["rollbacks"]:
             y = y.clone(); y[0, 0] = float("nan")
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        v = g.step(step, loss)
-        g.optimizer_step()
-        opt.zero_grad(set_to_none=True)
+        return x, y
+
+    def on_verdict(step, v):
         if v.action == Action.ROLLBACK:
             rec["rollbacks"].append((step, v.rollback.checkpoint_step, weights_hash(model)))
-            step = v.resume_step
-            continue
-        if step == 3:
+        elif step == 3:
             rec["saved_hash"] = weights_hash(model)
             if rank == 0:  # the usual DDP idiom: only rank 0 saves
                 rec["saved"] = g.save_checkpoint(ckpt_dir, step)
-        step += 1
+                verified(g, rec["saved"]["checkpoint_id"])  # before the NaN, however busy the machine
+
+    def verified(g, checkpoint_id, timeout=60.0):
+        from trainguard.checkpoints import checkpoint_state
+        end = time.monotonic() + timeout
+        while checkpoint_state(g, checkpoint_id)["state"] != "CHECKPOINT_STATE_VERIFIED" and time.monotonic() < end:
+            time.sleep(0.05)
+
+    train(g, model, opt, 10, inject=nan_once_on_rank1, on_verdict=on_verdict, seed=rank)
     rec["final_hash"] = weights_hash(model)
     g.close()
     torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
