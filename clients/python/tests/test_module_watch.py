@@ -261,3 +261,23 @@ def test_a_nan_output_reads_non_finite_and_an_inf_one_too():
         with torch.no_grad():
             model[0].weight[0, 0] = 0.0
             model[1].bias[0] = 0.0
+
+
+def test_a_dataparallel_replicas_forward_is_not_recorded_and_the_originals_is():
+    # prevents: nn.DataParallel's per-GPU replicas, which share the original's hooks, calling the guard's
+    # hooks from their threads with tensors on other GPUs (the HF Trainer on 2 GPUs crashed adding the
+    # replicas' losses; the watch would have batched outputs of several devices)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    watch = ModuleWatch(model, ["0", "2"])
+    replica = model._replicate_for_data_parallel()  # as torch.nn.parallel.replicate makes them
+    replica._modules = {k: m._replicate_for_data_parallel() for k, m in model._modules.items()}
+    for k in ("0", "2"):
+        for p in ("weight", "bias"):
+            setattr(replica._modules[k], p, getattr(model._modules[k], p) * 1.0)
+    x = torch.randn(3, 4)
+    replica(x)
+    assert watch.take_list(CPU)[0] == []
+    seen = outputs_of(model, ["0", "2"], lambda: model(x))
+    names, values = watch.take_list(CPU)
+    assert names == ["0", "2"] and [float(v) for v in values] == [max_abs(o) for _, o in seen]

@@ -151,6 +151,11 @@ class TrainguardCallback(TrainerCallback):
             log.warning("trainguard: save_total_limit=%s: the Trainer deletes old checkpoints, possibly the one a "
                         "ROLLBACK returns to (training then halts); keep more checkpoints or save less often",
                         args.save_total_limit)
+        if getattr(args, "n_gpu", 1) > 1 and getattr(getattr(args, "parallel_mode", None), "value", "") == "not_distributed":
+            log.warning("trainguard: the Trainer runs the model under torch.nn.DataParallel on %d GPUs: each step is "
+                        "judged by the gradients gathered on the first GPU, without the loss or the watched modules' "
+                        "statistics, which the replicas compute (trainguard.hooks). Launch with torchrun (DDP) to "
+                        "have them", args.n_gpu)
         kwargs_ = dict(self.guard_kwargs)
         kwargs_.setdefault("framework", "transformers")
         kwargs_.setdefault("clipping_configured", bool(args.max_grad_norm))

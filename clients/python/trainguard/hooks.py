@@ -7,6 +7,13 @@ the guard with the copy's outputs. Wrapped in ``Detached``, a hook is copied as 
 ``functools.partial(sys.audit, ...)`` (standard library only, so loading the saved model does not
 need trainguard), which takes any arguments and returns None (a forward hook that returns None
 leaves the output alone).
+
+``nn.DataParallel`` (the HF Trainer's choice on a machine with several GPUs and no ``torchrun``)
+copies the module for every GPU at every forward and runs the copies in threads; the copies share
+the original's hooks. A hook called by such a replica returns at once: its tensors are on another
+GPU, its calls race the others', and the guard's step reads the gradients DataParallel gathered on
+the first GPU. The step is then judged without what the replicas compute (the loss read in a hook,
+the watched modules' statistics).
 """
 import functools
 import sys
@@ -19,6 +26,8 @@ class Detached:
         self.fn = fn
 
     def __call__(self, *args, **kwargs):
+        if args and getattr(args[0], "_is_replica", False):  # a DataParallel replica's forward
+            return None
         return self.fn(*args, **kwargs)
 
     def __reduce__(self):
