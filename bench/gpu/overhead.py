@@ -13,10 +13,8 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   tg_bwd       trainguard measured and gated when backward ends (Guard.gate_on_backward)
   tg_nowatch   trainguard without module watch hooks (watch=[]): what the per-block provenance costs
   tg_nosnap    trainguard with in-memory snapshots off: what the snapshots cost
-  tg_si        trainguard with the interpreter's thread switch interval at 0.5 ms instead of 5 ms
-               during its rounds (sys.setswitchinterval): how long the report threads wait for the GIL
-  tg_inproc    trainguard with report_process=False: the ReportStep call made by the sender thread in
-               the training process (before issue 21's eighth pass), not by the report process
+  tg_si        the interpreter's thread switch interval at 0.5 ms instead of 5 ms in its rounds
+  tg_inproc    report_process=False: ReportStep called by the sender thread, not the report process
   tg_host      trainguard with device_gate=False: the host path (one device read per step), as every
                run with a non-fused optimizer or protect_update takes it
   naive        clip_grad_norm_(1.0) + one .item() host sync per step
@@ -26,13 +24,11 @@ ms/step over the mean of the two baselines around it; median, min and max over t
   anomaly      torch.autograd.detect_anomaly() (fewer steps: it is ~5x slower)
   tg_gradscale diagnostic: the clip divisor handed to the fused optimizer as grad_scale (before the
                sixth pass's change): its kernel then writes every gradient back, every step
-  tg_mute      diagnostic: verdict_lag=None and no report at all (the sender thread idle): what the
-               training thread's own part of the guard costs
+  tg_mute      diagnostic: verdict_lag=None and no report at all: the training thread's own part
   control      no guard: the baseline's loop timed as a variant (with --compile on its own compiled copy),
                an A/A run whose spread is the method's noise, the yardstick for a variant's worst round
-  d2h          diagnostic: control plus, every D2H_EVERY steps, a snapshot's device work alone: the state
-               copied into device buffers on the training stream, then to pinned host memory on a side
-               stream (trainguard.snapshot_staging.DeviceStaging), with none of the guard's host-side take
+  d2h          diagnostic: control plus, every D2H_EVERY steps, a snapshot's device copies alone (on the
+               training stream, then to pinned host memory on a side stream), none of its host-side take
 
 Options that change every variant alike:
   --host-sync  one host read of the loss after backward, as the Hugging Face Trainer does every step
@@ -77,7 +73,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from trainguard.guard import Guard  # noqa: E402
 from gpt_model import GPT, GPT2_SMALL, TINY  # noqa: E402
 from overhead_probes import GcClock, PieceClock, SnapshotCopies, mute, sanity  # noqa: E402
-from overhead_report import print_summary  # noqa: E402
+from overhead_report import host_steps, print_round, print_summary, snapshots_taken  # noqa: E402
 from trainguard import grad_table  # noqa: E402
 
 
@@ -215,8 +211,7 @@ def main():
             switch_interval = sys.getswitchinterval()
             if name == "tg_si":
                 sys.setswitchinterval(0.0005)
-            store = g.recovery.store if g is not None else None
-            taken0 = store.stats["taken"] if store is not None else 0
+            taken0 = snapshots_taken(g)
             sync()
             t0 = time.perf_counter()
             starts = []  # each step's host start: a round's slow step shows where the host stalled
@@ -295,10 +290,7 @@ def main():
             sys.setswitchinterval(switch_interval)
             # the host's share: launching n steps against all n run (a host-bound loop has launch ~ dt)
             last_launch_ms[name] = (launched - t0) * 1000.0 / n
-            gaps = [(b - a) * 1000.0 for a, b in zip(starts, starts[1:] + [launched])]
-            last_host[name] = {"slowest_step_host_ms": max(gaps), "slowest_step": gaps.index(max(gaps)),
-                               "median_step_host_ms": statistics.median(gaps),
-                               "snapshots": (store.stats["taken"] - taken0) if store is not None else 0}
+            last_host[name] = host_steps(starts, launched, snapshots_taken(g) - taken0)
             gc_delta = [b - a for a, b in zip(gc0, gc_clock.read())]
             acc_gc = gc_s.setdefault(name, [0] * 6 + [0])
             acc_gc[:] = [x + d for x, d in zip(acc_gc, gc_delta + [n])]
@@ -342,10 +334,7 @@ def main():
                                     "launch_ms": last_launch_ms[v], "base_launch_ms": last_launch_ms["baseline"],
                                     "base_after_gc_ms": last_gc_ms["baseline"], **last_host[v]})
                     before = after
-                print(f"  batch {B} round {r + 1}/{a.rounds}: " + ", ".join(
-                    f"{v} {rows[v][-1]['ratio']:.3f} (snapshots {rows[v][-1]['snapshots']}, slowest host step "
-                    f"{rows[v][-1]['slowest_step']} {rows[v][-1]['slowest_step_host_ms']:.1f} ms)" for v in variants),
-                    flush=True)
+                print_round(B, r, a.rounds, rows, variants)
 
         res = {"baseline_ms_median": statistics.median(base_ms), "baseline_ms_min": min(base_ms),
                "baseline_ms_max": max(base_ms), "variants": {},

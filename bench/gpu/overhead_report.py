@@ -1,6 +1,28 @@
 """The summary overhead.py prints for one batch size: each variant's ratio to the unguarded baseline
 (median, min, max over the paired rounds), where its launches returned, the guard's and the sender
-thread's time per step, garbage collections, and the guard's time split over its pieces."""
+thread's time per step, garbage collections, and the guard's time split over its pieces; and each
+round's line."""
+import statistics
+
+
+def host_steps(starts, launched, snapshots):
+    """A run's host side from each step's start (perf_counter) and when its launches returned: its
+    slowest step (where the host stalled) and median step, and the snapshots taken in it."""
+    gaps = [(b - a) * 1000.0 for a, b in zip(starts, starts[1:] + [launched])]
+    return {"slowest_step_host_ms": max(gaps), "slowest_step": gaps.index(max(gaps)),
+            "median_step_host_ms": statistics.median(gaps), "snapshots": snapshots}
+
+
+def snapshots_taken(guard):
+    """In-memory snapshots ``guard`` has taken so far (0 without a guard or snapshots)."""
+    store = guard.recovery.store if guard is not None else None
+    return store.stats["taken"] if store is not None else 0
+
+
+def print_round(batch, r, rounds, rows, variants):
+    print(f"  batch {batch} round {r + 1}/{rounds}: " + ", ".join(
+        f"{v} {rows[v][-1]['ratio']:.3f} (snapshots {rows[v][-1]['snapshots']}, slowest host step "
+        f"{rows[v][-1]['slowest_step']} {rows[v][-1]['slowest_step_host_ms']:.1f} ms)" for v in variants), flush=True)
 
 
 def print_summary(batch, nparams, res, variants):
