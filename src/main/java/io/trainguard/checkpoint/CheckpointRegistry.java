@@ -11,6 +11,7 @@ import java.util.Map;
 import java.util.Optional;
 import java.util.UUID;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.Function;
 import org.jboss.logging.Logger;
 
 /**
@@ -269,18 +270,20 @@ public final class CheckpointRegistry {
      * of another trainer process of the run, so neither can be chosen as a rollback target.
      */
     private void evictMemory(String runId, String slot, long step, Instant now) {
-        for (CheckpointRecord r : byId.values()) { // values replaced only, as in onHealthyStep
-            if (!r.runId().equals(runId) || r.format() != CheckpointFormat.MEMORY || !r.state().canMoveTo(CheckpointState.EVICTED)) {
-                continue;
-            }
-            String held = r.files().get(0).path();
-            if (held.equals(slot)) {
-                save(r.moveTo(CheckpointState.EVICTED, "slot overwritten by the snapshot of step " + step, now));
-            } else if (!MemorySnapshots.sameProcess(held, slot)) {
-                save(r.moveTo(CheckpointState.EVICTED, "held by a trainer process that is gone (a newer one registered "
-                        + slot + ")", now));
-            }
+        evictWhere(runId, r -> slotEviction(r, slot, step), now);
+    }
+
+    /** Why registering {@code slot} evicts {@code r}, or null when it does not. */
+    private static String slotEviction(CheckpointRecord r, String slot, long step) {
+        if (r.format() != CheckpointFormat.MEMORY) {
+            return null;
         }
+        String held = r.files().get(0).path();
+        if (held.equals(slot)) {
+            return "slot overwritten by the snapshot of step " + step;
+        }
+        return MemorySnapshots.sameProcess(held, slot) ? null
+                : "held by a trainer process that is gone (a newer one registered " + slot + ")";
     }
 
     /**
@@ -289,16 +292,11 @@ public final class CheckpointRegistry {
      * rollback to it would load the newer state under the older step.
      */
     private void evictRewritten(String runId, List<CheckpointFileSpec> files, long step, Instant now) {
-        java.util.Set<String> written = new java.util.HashSet<>();
-        files.forEach(f -> written.add(f.path()));
-        for (CheckpointRecord r : List.copyOf(byId.values())) {
-            if (!r.runId().equals(runId) || r.format() == CheckpointFormat.MEMORY || !r.state().canMoveTo(CheckpointState.EVICTED)) {
-                continue;
-            }
-            r.files().stream().map(CheckpointFileSpec::path).filter(written::contains).findFirst().ifPresent(path ->
-                    save(r.moveTo(CheckpointState.EVICTED, path + " was written again by the checkpoint of step " + step
-                            + ": it no longer holds this state", now)));
-        }
+        List<String> written = files.stream().map(CheckpointFileSpec::path).toList();
+        evictWhere(runId, r -> r.format() == CheckpointFormat.MEMORY ? null
+                : r.files().stream().map(CheckpointFileSpec::path).filter(written::contains).findFirst()
+                        .map(path -> path + " was written again by the checkpoint of step " + step
+                                + ": it no longer holds this state").orElse(null), now);
     }
 
     /**
@@ -307,12 +305,20 @@ public final class CheckpointRegistry {
      * them, so a process with snapshots off (or faulting before its first) was ordered back to one.
      */
     public synchronized void evictOtherProcesses(String runId, int rank, String instance) {
-        Instant now = now();
+        evictWhere(runId, r -> r.format() == CheckpointFormat.MEMORY
+                && MemorySnapshots.otherProcessOfRank(r.files().get(0).path(), rank, instance)
+                ? "held by a trainer process that is gone (rank " + rank + " re-opened the run as " + instance + ")"
+                : null, now());
+    }
+
+    /** Evicts each checkpoint of {@code runId} that may still be evicted and {@code why} gives a reason for (null: kept). */
+    private void evictWhere(String runId, Function<CheckpointRecord, String> why, Instant now) {
         for (CheckpointRecord r : List.copyOf(byId.values())) {
-            if (r.runId().equals(runId) && r.format() == CheckpointFormat.MEMORY && r.state().canMoveTo(CheckpointState.EVICTED)
-                    && MemorySnapshots.otherProcessOfRank(r.files().get(0).path(), rank, instance)) {
-                save(r.moveTo(CheckpointState.EVICTED, "held by a trainer process that is gone (rank " + rank
-                        + " re-opened the run as " + instance + ")", now));
+            if (r.runId().equals(runId) && r.state().canMoveTo(CheckpointState.EVICTED)) {
+                String reason = why.apply(r);
+                if (reason != null) {
+                    save(r.moveTo(CheckpointState.EVICTED, reason, now));
+                }
             }
         }
     }
