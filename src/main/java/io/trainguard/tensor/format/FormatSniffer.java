@@ -2,6 +2,8 @@ package io.trainguard.tensor.format;
 
 import java.io.IOException;
 import java.io.InputStream;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Enumeration;
@@ -43,10 +45,7 @@ public final class FormatSniffer {
      * pair, and such a file was taken for a torch.save pickle (UNVERIFIABLE).
      */
     private static boolean looksLikeSafetensors(byte[] head, long size) {
-        long len = 0;
-        for (int i = 7; i >= 0; i--) {
-            len = (len << 8) | (head[i] & 0xFF);
-        }
+        long len = ByteBuffer.wrap(head).order(ByteOrder.LITTLE_ENDIAN).getLong(0);
         return head[8] == '{' && len > 0 && len <= size - 8;
     }
 
