@@ -267,7 +267,7 @@ class TrainguardCallback(pl.Callback):
                  "last checkpoint, which later saves rewrite, or a file it does not name): no rollback target", step)
 
     def _say_refused_checkpoint(self, step, path, e):
-        self.guard.checkpoints.pop(step, None)  # the sidecar does not know it: no rollback target
+        # checkpoint_saved already took the refused entry back (or put back the one it replaced)
         msg = (f"trainguard: the sidecar refused checkpoint {path} ({e}); Lightning's checkpoints are no rollback targets "
                f"until ModelCheckpoint(dirpath=...) lies under the sidecar's trainguard.checkpoint.roots")
         if self.guard.failure_mode == "closed":
