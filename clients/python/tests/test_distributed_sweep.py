@@ -116,6 +116,14 @@ def test_a_compiled_ddp_model_is_replicated_not_sharded(sidecar):
         dist.destroy_process_group()
 
 
+def _verified(g, checkpoint_id, timeout=60.0):
+    """Waits (on the rank that registered it) until the sidecar verified the checkpoint."""
+    from trainguard.checkpoints import checkpoint_state
+    end = time.monotonic() + timeout
+    while checkpoint_state(g, checkpoint_id)["state"] != "CHECKPOINT_STATE_VERIFIED" and time.monotonic() < end:
+        time.sleep(0.05)
+
+
 def _rank0_save_worker(rank, world, port, target, out_dir, ckpt_dir):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
     from models import join_gloo, leave_gloo, parallel_mlp, train, wait_online, weights_hash
@@ -142,13 +150,7 @@ def _rank0_save_worker(rank, world, port, target, out_dir, ckpt_dir):
             rec["saved_hash"] = weights_hash(model)
             if rank == 0:  # the usual DDP idiom: only rank 0 saves
                 rec["saved"] = g.save_checkpoint(ckpt_dir, step)
-                verified(g, rec["saved"]["checkpoint_id"])  # before the NaN, however busy the machine
-
-    def verified(g, checkpoint_id, timeout=60.0):
-        from trainguard.checkpoints import checkpoint_state
-        end = time.monotonic() + timeout
-        while checkpoint_state(g, checkpoint_id)["state"] != "CHECKPOINT_STATE_VERIFIED" and time.monotonic() < end:
-            time.sleep(0.05)
+                _verified(g, rec["saved"]["checkpoint_id"])  # before the NaN, however busy the machine
 
     train(g, model, opt, 10, inject=nan_once_on_rank1, on_verdict=on_verdict, seed=rank)
     rec["final_hash"] = weights_hash(model)
@@ -236,3 +238,49 @@ def test_a_guard_built_on_rank_0_only_says_so_at_its_first_step_instead_of_waiti
     # collective) when the other ranks built no Guard
     r0, _ = run_ranks(_guard_on_rank0_worker, sidecar.target, timeout=120)
     assert "only 1 of 2 ranks built a Guard" in r0["error"] and "every rank" in r0["error"], r0
+
+
+def _damaged_on_one_rank_worker(rank, world, port, target, out_dir, ckpt_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import join_gloo, leave_gloo, parallel_mlp, train, wait_online
+    from trainguard.errors import TrainingHalted
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    g = Guard(model, opt, "damaged-on-one-rank", target=target, deadline=5.0, mode="sync", snapshots=False,
+              policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 0,
+                      "validation_warmup_steps": 10**6, "rollback_rewarm_steps": 0})
+    wait_online(g)
+    if rank == 1:  # this rank's copy of the checkpoint cannot be read (a node's own disk, damaged)
+        def unreadable(path, plan):
+            raise OSError(f"{path}: read error")
+        g.restore_hook = unreadable
+    rec = {"halted": ""}
+
+    def nan_on_rank1(step, x, y, model):
+        if rank == 1 and step == 7:
+            y = y.clone(); y[0, 0] = float("nan")
+        return x, y
+
+    def on_verdict(step, v):
+        if step == 3:
+            saved = g.save_checkpoint(ckpt_dir, step)
+            if rank == 0:
+                _verified(g, saved["checkpoint_id"])
+
+    try:
+        train(g, model, opt, 10, inject=nan_on_rank1, on_verdict=on_verdict, seed=rank)
+    except TrainingHalted as e:
+        rec["halted"] = str(e)
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_a_checkpoint_one_rank_cannot_restore_halts_every_rank_with_a_reason(sidecar):
+    # prevents: the rank whose load failed halting alone while the others waited in the finiteness
+    # check's collective for it
+    r0, r1 = run_ranks(_damaged_on_one_rank_worker, sidecar.target, sidecar.checkpoint_root, timeout=150)
+    assert "OSError" in r1["halted"] and "read error" in r1["halted"], r1
+    assert "another rank could not restore it" in r0["halted"], r0

@@ -34,21 +34,11 @@ def rollback(guard, v):
         target = plan.files[0]
     else:
         target = plan.files[0] if plan.files else guard.checkpoints.get(plan.checkpoint_step, {}).get("dir")
-        if target is None:
-            _halt(v, f"ROLLBACK to step {plan.checkpoint_step} ordered but its files are unknown to this rank")
-        restore = getattr(guard, "restore_hook", None)  # a framework's own loader (Lightning, HF), if set
-        try:
-            side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
-        except FileNotFoundError as e:  # deleted since it was registered (a framework's rotation)
-            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but its files are gone: {e}")
-        except TrainguardError as e:  # not guard.save_checkpoint's layout, and no restore_hook to load it
-            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but {e}")
-        except Exception as e:  # a loader (restore_hook) failing on a damaged file: a reason, not a crash
-            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but loading it failed "
-                     f"({type(e).__name__}: {e}); restart from another checkpoint")
-        if not _restored_finite(guard):  # whatever the loader read: never train on NaN
-            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} restored non-finite weights (the "
-                     f"file changed since the sidecar verified it?); restart from another checkpoint")
+        side, failure = _load(guard, plan, target)
+        # every rank halts together, whichever failed: none is left waiting in a collective for another
+        if not _agreed(guard, failure is None):
+            _halt(v, failure or f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but another rank "
+                                f"could not restore it; restart from another checkpoint")
         # The cut the checkpoint was saved at: its side file's, else the one recorded when it was registered
         # (a framework's loader returns none), else the uncut rate (registered by an earlier process).
         registered = guard.checkpoints.get(plan.checkpoint_step, {}).get("lr_scale", 1.0)
@@ -70,15 +60,33 @@ def rollback(guard, v):
                 f", known-bad data positions {plan.bad_positions}" if plan.bad_positions else "")
 
 
-def _restored_finite(guard):
-    """Whether the restored weights are finite (each rank's shard; with several ranks, all of them:
-    every rank restores in the same step and halts together)."""
+def _load(guard, plan, target):
+    """Loads the checkpoint at ``target`` with the framework's loader (``restore_hook``) or the guard's
+    own: (what the loader returned, None), or (None, why it could not, in words)."""
+    said = f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but"
+    if target is None:
+        return None, f"ROLLBACK to step {plan.checkpoint_step} ordered but its files are unknown to this rank"
+    restore = getattr(guard, "restore_hook", None)  # a framework's own loader (Lightning, HF), if set
+    try:
+        side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
+    except FileNotFoundError as e:  # deleted since it was registered (a framework's rotation)
+        return None, f"{said} its files are gone: {e}"
+    except TrainguardError as e:  # not guard.save_checkpoint's layout, and no restore_hook to load it
+        return None, f"{said} {e}"
+    except Exception as e:  # a loader (restore_hook) failing on a damaged file: a reason, not a crash
+        return None, f"{said} loading it failed ({type(e).__name__}: {e}); restart from another checkpoint"
+    # whatever the loader read (each rank's shard): never train on NaN
     local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in guard.model.parameters()]
     ok = all_finite(local)
-    ok = ok is None or bool(ok)
-    if dist_agree.is_initialized() and guard.world_size > 1:
-        ok = dist_agree.all_true(ok)
-    return ok
+    if not (ok is None or bool(ok)):
+        return None, (f"{said} restored non-finite weights (the file changed since the sidecar verified it?); "
+                      f"restart from another checkpoint")
+    return side, None
+
+
+def _agreed(guard, ok):
+    """``ok`` on every rank (one all_reduce with several ranks, which all restore in the same step)."""
+    return dist_agree.all_true(ok) if dist_agree.is_initialized() and guard.world_size > 1 else ok
 
 
 def rewarm_lr(guard, step):
