@@ -29,7 +29,7 @@ def _fit(model, opt, steps, start=0, sched=None):
 
 
 def _state(model, opt):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
+    return ({k: (v.clone() if torch.is_tensor(v) else v) for k, v in model.state_dict().items()},
             {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for p, s in opt.state.items()})
 
 
@@ -70,6 +70,55 @@ def test_restore_twice_from_the_same_snapshot_gives_the_same_state():
     store.restore(s)
     _fit(model, opt, 8, start=3)
     assert all(torch.equal(first[k], v) for k, v in model.state_dict().items())
+
+
+class _Counted(torch.nn.Linear):
+    """A module whose state dict holds a non-tensor value beside its tensors (extra state)."""
+
+    def __init__(self):
+        super().__init__(4, 4)
+        self.seen = 0
+        self.kept = {}
+
+    def get_extra_state(self):
+        self.kept["seen"] = self.seen
+        return self.kept  # the same object each time: a snapshot must hold its value, not it
+
+    def set_extra_state(self, state):
+        self.seen = state["seen"]
+
+
+def test_a_snapshot_restores_extra_state_and_parameters_the_optimizer_holds_beside_the_model():
+    # prevents: the walk that takes an all-tensor dict in one run dropping a mixed dict's other
+    # values, and the state-dict shortcut for "no parameter outside the model" missing one that is
+    model = torch.nn.Sequential(_Counted(), torch.nn.Linear(4, 1))
+    temperature = torch.nn.Parameter(torch.ones(()))
+    opt = torch.optim.AdamW([{"params": model.parameters()}, {"params": [temperature], "lr": 0.1}], lr=0.01)
+    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
+
+    def fit(steps):
+        for i in range(steps):
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(i))
+            (model(x).pow(2).mean() * temperature).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            model[0].seen += 1
+
+    fit(3)
+    store.take(0, 2, 3)  # lays the state out
+    fit(2)
+    s = store.take(1, 4, 5)  # the kept layout
+    w, o = _state(model, opt)
+    t, seen = temperature.detach().clone(), model[0].seen
+    fit(4)
+    assert not torch.equal(temperature.detach(), t) and model[0].seen == seen + 4
+    store.restore(s)
+    assert model[0].seen == seen
+    assert torch.equal(temperature.detach(), t)
+    assert all(torch.equal(w[k], v) for k, v in model.state_dict().items() if torch.is_tensor(v))
+    now = _state(model, opt)[1]
+    assert all(torch.equal(now[id(p)][k], v) if torch.is_tensor(v) else now[id(p)][k] == v
+               for p in [temperature, *model.parameters()] for k, v in o[id(p)].items())
 
 
 def test_tied_weights_are_copied_once():

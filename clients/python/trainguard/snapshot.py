@@ -11,6 +11,7 @@ newest known-good slot is never the one overwritten (see :class:`trainguard.snap
 
 torch is needed here (this module is imported by Guard only).
 """
+import copy
 import time
 from dataclasses import dataclass
 
@@ -310,11 +311,13 @@ class SnapshotStore:
             return s.host[remap[j]]
         model_sd = fill(skeleton["model"], host)
         with torch.no_grad():
-            live = self.model.state_dict()
+            live = self.model.state_dict(keep_vars=True)  # as the take walked it (outside_params)
             for k, v in model_sd.items():
                 if k in live and torch.is_tensor(live[k]):
                     local(live[k])[0].copy_(v, non_blocking=False)  # a DTensor: into this rank's shard
-            for p, v in zip(outside_params(self.model, self.optimizer), fill(skeleton.get("outside") or [], host)):
+                elif k.endswith(_EXTRA_STATE) and not torch.is_tensor(v):
+                    _set_extra_state(self.model, k, v)
+            for p, v in zip(outside_params(self.model, self.optimizer, live), fill(skeleton.get("outside") or [], host)):
                 local(p)[0].copy_(v, non_blocking=False)
         # Fresh optimizer state (copies on the parameters' devices, DTensors again where they were):
         # the snapshot's own buffers stay intact for a later rollback.
@@ -330,6 +333,16 @@ class SnapshotStore:
             restore_rng(rng_state)
         self.stats["restored"] += 1
         return s
+
+
+_EXTRA_STATE = "_extra_state"  # torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+
+
+def _set_extra_state(model, key, value):
+    """A module's extra state (``get_extra_state``: a counter, a quantizer's scales kept as Python
+    values) back as the snapshot held it."""
+    path = key[:-len(_EXTRA_STATE)].rstrip(".")
+    model.get_submodule(path).set_extra_state(copy.deepcopy(value))
 
 
 def _check_layout(saved, optimizer):

@@ -43,5 +43,6 @@ def all_finite(tensors, on=None):
     floats = [t for t in tensors if t.is_floating_point() and t.numel()]
     if not floats:
         return None
-    norms = foreach_norms(floats, float("inf"))
-    return torch.isfinite(torch.stack(norms if on is None else [n.to(on) for n in norms])).all()
+    with torch.no_grad():  # live parameters among them: no autograd record of the check
+        norms = foreach_norms(floats, float("inf"))
+        return torch.isfinite(torch.stack(norms if on is None else [n.to(on) for n in norms])).all()
