@@ -32,15 +32,20 @@ def register_deadline(guard):
     return max(guard.deadline, 2.0)
 
 
-def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_position=0):
+def register(guard, step, files, fmt=pb.CHECKPOINT_FORMAT_SAFETENSORS, data_position=0, process=None):
     """Sends RegisterCheckpoint for ``files`` ([pb.CheckpointFile]); returns the sidecar's
     checkpoint message, or None when the sidecar is unreachable (fail-open) or does not track
-    checkpoints. Raises TrainguardError on a refusal."""
+    checkpoints. Raises TrainguardError on a refusal. ``process``: a ReportProcess that makes the
+    call (off this process's GIL) where it has a child ready; else this process makes it."""
     req = pb.RegisterCheckpointRequest(run_id=guard.run, rank=guard.rank, step=int(step), format=fmt,
                                        files=files, data_position=int(data_position))
     reports_first(guard, step)
     try:
-        resp = guard.transport.call("RegisterCheckpoint", req, deadline=register_deadline(guard))
+        raw = None
+        if process is not None and process.usable:
+            raw = process.call(req.SerializeToString(), register_deadline(guard), method="RegisterCheckpoint")
+        resp = (pb.RegisterCheckpointResponse.FromString(raw) if raw is not None
+                else guard.transport.call("RegisterCheckpoint", req, deadline=register_deadline(guard)))
     except grpc.RpcError as e:
         if grpc_code(e) in UNREACHABLE:
             guard.connection.unreachable("RegisterCheckpoint", e)

@@ -12,7 +12,7 @@ the guard's state live here); only the transport moved.
 Protocol on the child's stdin/stdout (its sys.path comes as its argument): a first frame with the
 settings (JSON: target, token), answered by the line ``READY`` once the channel is open (anything
 the interpreter printed before it is skipped; after it the child's fd 1 points at its stderr). Then one
-request frame per call, ``>Id`` (length, deadline seconds) + the request bytes, answered by ``>IB``
+request frame per call, ``>IdB`` (length, deadline seconds, method index in ``METHODS``) + the request bytes, answered by ``>IB``
 (length, status) + the response bytes (status 0) or ``CODE\\ndetails`` of a failed call (status 1).
 The child exits when its stdin closes: when the trainer closes it, exits or is killed.
 """
@@ -34,7 +34,10 @@ from .transport import Transport
 
 log = logging.getLogger("trainguard")
 
-_REQ = struct.Struct(">Id")
+_REQ = struct.Struct(">IdB")  # length, deadline seconds, the method's index in METHODS
+#: the calls a child makes: the step reports, and the in-memory snapshots' registrations
+#: (snapshot_registration), whose gRPC work would otherwise hold this process's GIL too
+METHODS = ("ReportStep", "RegisterCheckpoint")
 _RESP = struct.Struct(">IB")
 _LEN = struct.Struct(">I")
 _READY = b"TRAINGUARD-REPORT-PROCESS-READY\n"
@@ -105,7 +108,7 @@ if hasattr(os, "register_at_fork"):
 
 class ReportProcess:
     """The parent's side: ``call(request_bytes, deadline) -> response bytes`` through the child.
-    Used by one thread at a time (the sender). A child that dies or stops answering is killed, and
+    Calls take turns (the sender's reports; the snapshot registrations have a child of their own). A child that dies or stops answering is killed, and
     a fresh one is started on a thread of its own: a new interpreter takes ~0.5 s (at most
     ``START_S``) to import grpc and open its channel, and no report waits for that. While there is
     no child, ``call`` returns None: nothing was sent, the caller sends that report itself. After the
@@ -139,8 +142,14 @@ class ReportProcess:
             starting.join()
         return self.pid is not None
 
-    def call(self, request: bytes, deadline: float):
-        """The response bytes; None when no child could take the call (nothing was sent)."""
+    def start_aside(self):
+        """Starts a child on a thread of its own where none runs or is starting; returns at once."""
+        with self._lock:
+            self._start_aside()
+
+    def call(self, request: bytes, deadline: float, method: str = "ReportStep"):
+        """The response bytes of ``method`` (one of METHODS); None when no child could take the call
+        (nothing was sent). Calls from several threads take turns."""
         with self._lock:
             self._block_sigpipe()
             # A child that died since the last call is found by the write (EPIPE), not by asking for
@@ -149,7 +158,7 @@ class ReportProcess:
             proc = self._proc
             if proc is None:
                 return None
-            header = _REQ.pack(len(request), deadline)
+            header = _REQ.pack(len(request), deadline, METHODS.index(method))
             try:
                 try:
                     _write_all(proc.stdin.fileno(), header, request)
@@ -375,13 +384,14 @@ def child_main(out):
             raise SystemExit(0) from None
 
     settings = json.loads(read(_LEN.unpack(read(_LEN.size))[0]))
-    call = Transport(settings["target"], token=settings["token"]).raw("ReportStep")
+    transport = Transport(settings["target"], token=settings["token"])
+    calls = [transport.raw(m) for m in METHODS]
     answer(_READY)
     while True:
-        n, deadline = _REQ.unpack(read(_REQ.size))
+        n, deadline, method = _REQ.unpack(read(_REQ.size))
         request = read(n)
         try:
-            status, payload = OK, call(request, deadline)
+            status, payload = OK, calls[method](request, deadline)
         except grpc.RpcError as e:
             code = grpc_code(e) or grpc.StatusCode.UNKNOWN
             status, payload = FAILED, f"{code.name}\n{e.details()}".encode("utf-8", "replace")

@@ -10,6 +10,8 @@ thread at its next step (``take_answers``), so slot states only ever change on t
 answer about a slot taken again since, or from before a rollback, is dropped. Two registrations
 stay on the training thread: the run's first snapshot (taken before the first report) and, with
 several ranks, the confirmation, whose collective every rank must enter at the same step.
+Where the reports go through a child process (report_process), the registrations' gRPC calls are
+made by a second child, so that their Python work does not hold this process's GIL either.
 """
 import collections
 import logging
@@ -17,6 +19,7 @@ import queue
 import threading
 
 from . import distributed as dist_agree
+from .report_process import ReportProcess
 from .snapshot import EMPTY, KNOWN_GOOD
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
@@ -46,6 +49,7 @@ class SnapshotRegistrar:
         self._jobs = queue.SimpleQueue()
         self._worker = None
         self._closed = False
+        self._process = None  # the registrations' ReportProcess (where the reports have one), from the first snapshot
 
     def slot_name(self, s):
         return f"{MEMORY_SCHEME}{self._holder()}/rank{self.g.rank}/slot{s.slot}"
@@ -64,8 +68,11 @@ class SnapshotRegistrar:
         """Makes the call for ``record`` after the reports before it; the checkpoint message or None."""
         from .checkpointing import register
         try:
+            # Through a child process where the reports go through one: the gRPC call's Python work
+            # in this process held the GIL the training thread launches with (docs/benchmarks.md,
+            # Issue 21, nineteenth pass). A child of its own: a report never waits behind it.
             return register(self.g, record.step, record.files, fmt=pb.CHECKPOINT_FORMAT_MEMORY,
-                            data_position=record.position)
+                            data_position=record.position, process=self._process)
         except Exception as e:  # a refusal must not stop training: the snapshot just never becomes a target
             log.warning("trainguard: snapshot of step %d not registered: %s", record.step, e)
             return None
@@ -134,6 +141,8 @@ class SnapshotRegistrar:
         if self._worker is not None:
             self._jobs.put(None)
             self._worker.join(timeout)
+        if self._process is not None:
+            self._process.close()
 
     def take_answers(self):
         """Applies the registrations the worker has answered since the last step."""
@@ -148,6 +157,10 @@ class SnapshotRegistrar:
         """A snapshot just taken, registered once its copy has landed (a slot taken again before
         that is listed once)."""
         self.to_register = [x for x in self.to_register if x is not s] + [s]
+        if self._process is None and self.g.sender.process is not None:
+            t = self.g.transport
+            self._process = ReportProcess(t.target, t.token)
+            self._process.start_aside()  # ~0.5 s to start: the registrations until then are made here
 
     def register_ready(self, now=False):
         """Registers snapshots whose copy has landed (on CUDA that is usually the next step); ``now``:
