@@ -2,7 +2,7 @@
 fused AdamW: the whole take, its ``_gather`` (state dicts walked, tensors deduplicated) alone, and a
 cProfile of a few takes (top functions by own time into ``<out>.profile.txt``).
 
-Usage: python snapshot_take_probe.py --out res.json [--device cpu --tiny]
+Usage: [TG_CLIENT=dir] python snapshot_take_probe.py --out res.json [--device cpu --tiny]
 """
 import argparse
 import cProfile
@@ -16,7 +16,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+# TG_CLIENT: another checkout's client (an A/B in one device call)
+sys.path.insert(0, os.environ.get("TG_CLIENT") or
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 from trainguard.snapshot import EMPTY, SnapshotPolicy, SnapshotStore  # noqa: E402
 from gpt_model import GPT, GPT2_SMALL, TINY  # noqa: E402
 
