@@ -34,11 +34,14 @@ def test_a_loop_that_keeps_counting_rolls_back_twice_with_its_own_files_and_the_
     root = os.path.join(sidecar.checkpoint_root, run)
     os.makedirs(root)
     model, opt = make(lr=1e-2)
-    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync", policy=POLICY,
-              snapshots=False, replay=False)
+    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync",
+              policy=dict(POLICY, rollback_rewarm_steps=0), snapshots=False, replay=False)  # the cut at once
     g.restore_hook = lambda path, plan: model.load_state_dict(torch.load(path)["model"]) or opt.load_state_dict(
         torch.load(path)["optimizer"])  # returns None, as most users' loaders do
     wrapped = g.wrap(opt)
+    ran_at = {}  # the loop's step -> the LR its update ran at
+    inner_step = opt.step
+    opt.step = lambda *a, **k: (ran_at.__setitem__(step, opt.param_groups[0]["lr"]), inner_step(*a, **k))[1]
     saved, rollbacks, burst = {}, [], None
     for step in range(70):  # the loop's own numbering: it never jumps back
         if step % 5 == 0:
@@ -56,17 +59,18 @@ def test_a_loop_that_keeps_counting_rolls_back_twice_with_its_own_files_and_the_
         loss.backward()
         v = g.step(step, loss)
         if v.action == Action.ROLLBACK:
-            rollbacks.append((v.rollback.files[0], v.rollback.lr_factor, opt.param_groups[0]["lr"]))
+            rollbacks.append((v.rollback.files[0], v.rollback.lr_factor, step))
         wrapped.step()
         wrapped.zero_grad(set_to_none=True)
         assert weights_finite(model), f"non-finite weights after step {step}"
     g.close()
     assert len(rollbacks) == 2, rollbacks
-    (first, f1, lr1), (second, f2, lr2) = rollbacks
+    (first, f1, at1), (second, f2, at2) = rollbacks
     assert first == saved[15] and second == saved[45], "each rollback goes to the newest file saved before its burst"
-    assert lr1 == pytest.approx(1e-2 * f1) and lr2 == pytest.approx(1e-2 * f2), rollbacks  # from the uncut rate
+    lr1, lr2 = (ran_at[min(k for k in ran_at if k > at)] for at in (at1, at2))  # the next update after each
+    assert lr1 == pytest.approx(1e-2 * f1) and lr2 == pytest.approx(1e-2 * f2), (rollbacks, ran_at)  # from the uncut rate
     assert f2 < 1.0
-    assert g.lr_scale == pytest.approx(f2)  # what a loop that sets the LR itself multiplies by
+    assert g.lr_scale == pytest.approx(f2)  # what a manual update without an optimizer multiplies by
 
 
 def test_a_scheduler_built_on_the_wrapper_is_restored_and_keeps_the_cut(sidecar):

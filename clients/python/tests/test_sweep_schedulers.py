@@ -87,3 +87,59 @@ def test_a_rollbacks_lr_cut_holds_with_a_per_step_schedule_beside_a_plateau_sche
     g.close()
     assert g.counters["rollbacks"] == 1 and g.lr_scale == 0.5
     assert used[-3:] == [0.05] * 3, used
+
+
+class _TimmLike:
+    """A scheduler as timm writes them: no torch LRScheduler, ``step_update(n)`` sets each group's LR
+    from its own base (a linear warm-up here)."""
+
+    def __init__(self, optimizer, base, warmup):
+        self.optimizer, self.base, self.warmup = optimizer, base, warmup
+
+    def step_update(self, num_updates):
+        for grp in self.optimizer.param_groups:
+            grp["lr"] = self.base * min(1.0, (num_updates + 1) / self.warmup)
+
+
+@pytest.mark.parametrize("writer", ["get_lr", "timm", "decay"])
+def test_a_rollbacks_lr_cut_holds_whatever_sets_the_lr_and_the_loops_own_rate_is_kept(sidecar, writer):
+    # prevents: the cut written into the groups, undone by the loop's next write (nanoGPT's
+    # g["lr"] = get_lr(it), timm's step_update) or compounded by a loop that multiplies the LR itself
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    g = Guard(m, opt, f"lr-writer-{writer}", target=sidecar.target, deadline=5.0,
+              policy={"known_good_healthy_steps": 3, "rollback_rewarm_steps": 0})
+    wopt = g.wrap(opt)
+    timm = _TimmLike(opt, 0.1, warmup=10)
+    ran = {}  # step -> (the loop's LR, the LR the update ran at)
+    inner_step = opt.step
+    opt.step = lambda *a, **k: (ran.__setitem__(step, (loop_lr, opt.param_groups[0]["lr"])), inner_step(*a, **k))[1]
+    rolled_back_at = None
+    for step in range(40):
+        if writer == "get_lr":
+            for grp in wopt.param_groups:
+                grp["lr"] = 0.1 * min(1.0, (step + 1) / 10)
+        elif writer == "timm":
+            timm.step_update(step)
+        else:
+            for grp in wopt.param_groups:
+                grp["lr"] *= 0.99
+        loop_lr = opt.param_groups[0]["lr"]
+        x, y = torch.randn(16, 4), torch.randn(16, 1)  # noise: a flat loss, no spike to judge
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        loss = loss * float("nan") if 20 <= step < 24 else loss
+        loss.backward()
+        v = g.step(step, loss)
+        if v.action.name == "ROLLBACK":
+            rolled_back_at = step
+        wopt.step()
+        wopt.zero_grad()
+    g.close()
+    assert g.counters["rollbacks"] == 1 and g.lr_scale == 0.5 and rolled_back_at is not None
+    before = [used / loop for s, (loop, used) in ran.items() if s < 20]
+    after = [used / loop for s, (loop, used) in ran.items() if s > rolled_back_at]
+    assert before == [1.0] * len(before) and after and after == pytest.approx([0.5] * len(after)), ran
+    # the loop's own rate is never cut in place (a cut there halves it: <= 0.05 for each writer here;
+    # the decay restarts from the restored state's 0.099)
+    assert min(loop for s, (loop, _) in ran.items() if s > rolled_back_at) > 0.08, ran

@@ -197,7 +197,7 @@ class GatedPath:
         # replayed update run at the next step's LR.
         lrs = [grp.get("lr", 0.0) for grp in g.optimizer.param_groups]
         lr = lrs[0] if lrs else 0.0
-        lr = float(lr) if not torch.is_tensor(lr) or lr.device.type == "cpu" else 0.0
+        lr = g.recovery.lr.effective(float(lr)) if not torch.is_tensor(lr) or lr.device.type == "cpu" else 0.0
         absent = loss is None
 
         def build():  # on the sender thread

@@ -176,8 +176,8 @@ class Guard:
 
     @property
     def lr_scale(self):
-        """The LR cut in force after rollbacks (1.0: none): a loop that sets the LR itself multiplies
-        by it (``g["lr"] = get_lr(it) * guard.lr_scale``), else it undoes the cut."""
+        """The LR cut in force after rollbacks (1.0: none). Updates made through an optimizer run at it
+        whatever sets the LR (lrcut); a manual update without one multiplies its rate by it."""
         return self.recovery.lr.scale
 
     @property

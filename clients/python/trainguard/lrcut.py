@@ -4,9 +4,14 @@ The sidecar's plan for rollback attempt k carries ``lr_factor = factor**k``: the
 runs at *relative to the run's own schedule*. The state a rollback restores (a snapshot or a
 checkpoint) remembers the cut that was in force when it was taken (``lr_scale``), so the rate is
 set to ``restored x factor**k / restored_scale`` -- never a cut on top of a cut (20 -> 10 -> 5 for
-factor 0.5, not 20 -> 10 -> 2.5). The cut applies to the optimizer's groups (``lr`` and the
-schedule keys ``initial_lr``/``max_lr``/``min_lr``) and to the scheduler's ``base_lrs``/``max_lrs``,
-so the schedule goes on, scaled.
+factor 0.5, not 20 -> 10 -> 2.5). With a torch LR scheduler known to the guard the cut is written into
+the optimizer's groups (``lr`` and the schedule keys ``initial_lr``/``max_lr``/``min_lr``) and into the
+scheduler's ``base_lrs``/``max_lrs``, so the schedule goes on, scaled. Without one the LR is the loop's
+own business -- nanoGPT's ``g["lr"] = get_lr(it)`` every iteration, timm's schedulers, a manual
+``g["lr"] *= 0.99`` -- and a cut written into the groups would be overwritten at the next write (or,
+by a multiplying writer, carried on): there the cut is applied at each update instead (``update_factor``:
+the groups' LRs times the cut for the optimizer's step, put back after it), so it holds whatever
+writes the LR, and the groups keep the loop's values.
 
 After a rollback the first ``rewarm_steps`` steps ramp linearly up to the cut rate (ending at it).
 ``restore_after`` healthy steps after the rollback (0 = never, the default: a run that needed a
@@ -46,8 +51,21 @@ class LrCuts:
         self._healthy = 0         # healthy steps since the last rollback
         self._from = None         # the scale the restore ramp starts from
 
+    @property
+    def at_update(self):
+        """Whether the cut is applied at each update rather than written into the groups: no torch
+        scheduler is known, so something else (or nothing) sets the LR."""
+        return self.scheduler is None
+
+    def attach(self, scheduler):
+        """A torch scheduler became known: a cut applied at each update until now is written in."""
+        cut_at_update = self.at_update and self.scale != 1.0
+        self.scheduler = scheduler
+        if cut_at_update and not self.at_update:
+            self._rescale(self.scale)
+
     def _rescale(self, f):
-        if f == 1.0:
+        if f == 1.0 or self.at_update:
             return
         for g in self.optimizer.param_groups:
             for k in _GROUP_KEYS:
@@ -63,7 +81,7 @@ class LrCuts:
     def on_rollback(self, restored_scale, lr_factor, resume_step, rewarm_steps):
         """The state was just restored (taken at ``restored_scale``); attempt k runs at ``lr_factor``."""
         target = lr_factor if lr_factor > 0 else 1.0
-        self._rescale(target / (restored_scale or 1.0))
+        self._rescale(target / (restored_scale or 1.0))  # at each update instead: the restored LRs are uncut
         self.scale = target
         self.rewarm = (int(resume_step), int(rewarm_steps)) if rewarm_steps > 0 else None
         self._healthy = 0
@@ -103,6 +121,18 @@ class LrCuts:
         if k < 0:
             return None
         return (k + 1) / n
+
+    def update_factor(self, step):
+        """What the LRs are multiplied by for the update of ``step`` (None: nothing): the re-warm
+        ramp, and the cut where it is applied at each update (``at_update``)."""
+        f = self.rewarm_factor(step)
+        if self.at_update and self.scale != 1.0:
+            f = self.scale if f is None else f * self.scale
+        return f
+
+    def effective(self, lr):
+        """The rate an update runs at, for the step's report, given the groups' ``lr``."""
+        return lr * self.scale if self.scale != 1.0 and self.at_update else lr
 
     def state_dict(self):
         return {"scale": self.scale, "rewarm": self.rewarm, "healthy": self._healthy, "from": self._from}

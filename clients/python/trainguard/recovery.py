@@ -111,7 +111,7 @@ class Recovery:
         if scheduler is None:
             return
         self.g.scheduler = scheduler
-        self.lr.scheduler = scheduler
+        self.lr.attach(scheduler)
         if self.store is not None:
             self.store.scheduler = scheduler
             self.store.forget_layout()

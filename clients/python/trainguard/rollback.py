@@ -90,8 +90,9 @@ def _agreed(guard, ok):
 
 
 def rewarm_lr(guard, step):
-    """Lowers the LR for this step inside the re-warm window; returns the LRs to put back (or None)."""
-    f = guard.recovery.lr.rewarm_factor(step)
+    """Lowers the LR for this step's update: inside the re-warm window, and by the cut where it is
+    applied at each update (lrcut); returns the LRs to put back (or None)."""
+    f = guard.recovery.lr.update_factor(step)
     if f is None:
         return None
     saved = [g["lr"] for g in guard.optimizer.param_groups]
