@@ -348,3 +348,24 @@ def test_an_optimizer_without_a_fixed_epsilon_builds_its_guard(sidecar):
     model, _ = make()
     g = Guard(model, torch.optim.Adafactor(model.parameters()), "adafactor", target=sidecar.target, deadline=5.0)
     g.close()
+
+
+def test_a_second_process_on_a_run_and_rank_another_still_holds_is_told_in_words(sidecar, caplog):
+    # prevents: two processes under one run id (a script with a hard-coded run name run twice, processes
+    # that all think they are rank 0) merged silently: their steps interleaved, each evicting the
+    # other's in-memory snapshots
+    model, opt = make()
+    run = f"held-rank-{time.time_ns()}"
+    first = Guard(model, opt, run, target=sidecar.target, deadline=5.0)
+    for step in range(3):
+        healthy_step(first, model, opt, step)
+    assert first.flush(10)
+    other_model, other_opt = make()
+    with caplog.at_level("WARNING", logger="trainguard"):
+        second = Guard(other_model, other_opt, run, target=sidecar.target, deadline=5.0)
+    said = [m for code, _, m in second.findings if code == "RANK_HELD_BY_ANOTHER_PROCESS"]
+    assert said and first.trainer_instance in said[0] and "own run id" in said[0], second.findings
+    assert any("RANK_HELD_BY_ANOTHER_PROCESS" in r.getMessage() for r in caplog.records)
+    assert not [c for c, _, _ in first.findings if c == "RANK_HELD_BY_ANOTHER_PROCESS"]  # the first was alone
+    second.close()
+    first.close()

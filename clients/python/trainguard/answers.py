@@ -18,7 +18,7 @@ def open_run(guard, deadline):
         return
     g.findings = [(f.code, pb.Severity.Name(f.severity), f.message) for f in resp.findings]
     for code, sev, msg in g.findings:
-        log.warning("trainguard pre-flight %s %s: %s", sev, code, msg)
+        log.warning("trainguard: OpenRun %s %s: %s", sev, code, msg)  # pre-flight audit, a rank held elsewhere
     g.resumed = resp.resumed
     g.recovery.opened(resp)
     if resp.HasField("bounds"):

@@ -17,6 +17,7 @@ import io.trainguard.guard.model.ValidationAudit;
 import io.trainguard.guard.model.Verdict;
 import io.trainguard.guard.policy.Policy;
 import io.trainguard.guard.run.Decision;
+import io.trainguard.guard.run.Joined;
 import io.trainguard.guard.run.RunDecider;
 import java.time.Clock;
 import java.time.Duration;
@@ -109,8 +110,8 @@ public final class GuardedRuns {
         Instant now = clock.instant();
         RunDecider existing = runs.get(setup.runId());
         Policy policy = (existing != null ? existing.policy() : defaults).toBuilder().let(setup.policyOverrides());
-        List<AuditFinding> findings = policy.preflightMode() == AuditMode.OFF ? List.of()
-                : preflight.audit(setup.precision(), setup.parameterGroups());
+        List<AuditFinding> findings = new ArrayList<>(policy.preflightMode() == AuditMode.OFF ? List.of()
+                : preflight.audit(setup.precision(), setup.parameterGroups()));
         if (policy.preflightMode() == AuditMode.REFUSE && findings.stream().anyMatch(f -> f.severity().ordinal() >= Severity.ERROR.ordinal())) {
             StringBuilder msg = new StringBuilder("pre-flight audit refused run '" + setup.runId() + "' (rank " + setup.rank() + "):");
             findings.stream().filter(f -> f.severity().ordinal() >= Severity.ERROR.ordinal())
@@ -124,7 +125,9 @@ public final class GuardedRuns {
         if (existing != null) {
             guard = existing;
             RunChecks.reopening(guard, setup);
-            resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong());
+            Joined joined = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong(), setup.trainerInstance());
+            resumed = joined.resumed();
+            joined.otherHolder().ifPresent(holder -> findings.add(RunChecks.sharedRank(setup, holder)));
             String diff = guard.changePolicy(policy);
             if (!diff.equals("no change")) {
                 incidents.add(guard.incidentAt(setup.rank(), guard.lastStep(), IncidentKind.POLICY_CHANGED, Severity.INFO,
@@ -139,7 +142,7 @@ public final class GuardedRuns {
         } else {
             guard = runs.computeIfAbsent(setup.runId(), id -> new RunDecider(id, setup.worldSize(), policy,
                     setup.watchedModules(), journal::nextIncidentId, now));
-            resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong());
+            resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong(), setup.trainerInstance()).resumed();
         }
         checkpoints.configure(setup.runId(), guard.policy().knownGoodHealthySteps());
         for (AuditFinding f : findings) {

@@ -1,7 +1,10 @@
 package io.trainguard.guard;
 
+import io.trainguard.guard.model.AuditFinding;
 import io.trainguard.guard.model.RunSetup;
 import io.trainguard.guard.model.RunState;
+import io.trainguard.guard.model.Severity;
+import io.trainguard.guard.run.RankHolder;
 import io.trainguard.guard.run.RunDecider;
 import java.util.regex.Pattern;
 
@@ -11,6 +14,20 @@ final class RunChecks {
     private static final int MAX_WORLD_SIZE = 1 << 20;
 
     private RunChecks() {
+    }
+
+    /**
+     * A rank opened by a second trainer process while the first still holds it: a warning, not a
+     * refusal, since a process restarted after a crash looks the same for a while (the old one was
+     * heard from recently) and must not be left unprotected.
+     */
+    static AuditFinding sharedRank(RunSetup setup, RankHolder holder) {
+        return new AuditFinding("RANK_HELD_BY_ANOTHER_PROCESS", Severity.WARNING, "rank " + setup.rank() + " of run '"
+                + setup.runId() + "' is held by another trainer process ('" + holder.trainerInstance() + "', last heard "
+                + holder.quiet().toSeconds() + " s ago, at step " + holder.lastStep() + ") that has not closed the run: this "
+                + "process ('" + setup.trainerInstance() + "') and it would merge their steps under one run and evict "
+                + "each other's in-memory snapshots. Give each training process its own run id (or launch them as the "
+                + "ranks of one job, e.g. with torchrun). If that process has exited (a restart after a crash), ignore this.");
     }
 
     /** A new rank's OpenRun: the run id, world size and rank must be usable. */

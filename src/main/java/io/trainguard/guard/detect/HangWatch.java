@@ -33,6 +33,11 @@ public final class HangWatch {
         lastSeenNanos = nowNanos;
     }
 
+    /** When the rank last reported progress (a step report or a heartbeat), or was opened. */
+    public synchronized long lastSeenNanos() {
+        return lastSeenNanos;
+    }
+
     /** A rank reported progress (a step report or a heartbeat) at {@code nowNanos}. */
     public synchronized void progress(Phase reported, long step, long nowNanos) {
         boolean stepAdvanced = reported == Phase.STEP && phase == Phase.STEP && step != lastStep;

@@ -17,6 +17,14 @@ final class RankTrack {
     int healthyStreak;
     long lastStep = -1;
     boolean closed;
+    /** The trainer process that opened this rank last ("" when it did not say). */
+    String trainerInstance = "";
+
+    void heldBy(String instance) {
+        if (instance != null && !instance.isEmpty()) {
+            trainerInstance = instance;
+        }
+    }
 
     RankTrack(int rank, Policy policy, long nowNanos) {
         this.rank = rank;

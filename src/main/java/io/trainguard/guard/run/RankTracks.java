@@ -2,9 +2,11 @@ package io.trainguard.guard.run;
 
 import io.trainguard.guard.model.HangReport;
 import io.trainguard.guard.policy.Policy;
+import java.time.Duration;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 
 /**
  * The ranks of one run and the questions asked across all of them (slowest healthy streak, worst
@@ -12,6 +14,9 @@ import java.util.Map;
  * verdict logic, not map walks. Not thread-safe: the owning decider's lock guards it.
  */
 final class RankTracks {
+
+    /** How recently a rank's process must have been heard from to count as still holding it. */
+    static final Duration LIVE = Duration.ofSeconds(60);
 
     private final Map<Integer, RankTrack> byRank = new HashMap<>();
 
@@ -23,6 +28,23 @@ final class RankTracks {
             byRank.put(rank, t);
         }
         return t;
+    }
+
+    /**
+     * Another trainer process holding {@code rank} now, as seen before {@code trainerInstance} joins:
+     * the rank is open under a different instance that was heard from within {@link #LIVE}. Two
+     * processes training under one run id and rank merge their steps and evict each other's
+     * in-memory snapshots.
+     */
+    Optional<RankHolder> otherHolder(int rank, String trainerInstance, long nowNanos) {
+        RankTrack t = byRank.get(rank);
+        if (t == null || t.closed || t.trainerInstance.isEmpty() || trainerInstance == null
+                || trainerInstance.isEmpty() || t.trainerInstance.equals(trainerInstance)) {
+            return Optional.empty();
+        }
+        long quiet = nowNanos - t.hang.lastSeenNanos();
+        return quiet < LIVE.toNanos() ? Optional.of(new RankHolder(t.trainerInstance, Duration.ofNanos(quiet), t.lastStep))
+                : Optional.empty();
     }
 
     boolean known(int rank) {

@@ -129,16 +129,16 @@ public final class RunDecider {
 
     // ------------------------------------------------------------------ joining
 
-    /** A rank (re)joins. Returns true when this is a resume of a rank that was seen before. */
-    public synchronized boolean join(int rank, List<String> modules, long nowNanos) {
-        boolean known = ranks.known(rank);
+    /** A rank (re)joins from trainer process {@code trainerInstance} ("" when unnamed): see {@link Joined}. */
+    public synchronized Joined join(int rank, List<String> modules, long nowNanos, String trainerInstance) {
+        Joined joined = new Joined(ranks.known(rank) || lastStep >= 0, ranks.otherHolder(rank, trainerInstance, nowNanos));
         RankTrack t = track(rank, nowNanos);
-        boolean resumed = known || lastStep >= 0;
         t.closed = false;
+        t.heldBy(trainerInstance);
         if (!modules.isEmpty()) {
             watchedModules = List.copyOf(modules);
         }
-        return resumed;
+        return joined;
     }
 
     public synchronized long lastStep() {
