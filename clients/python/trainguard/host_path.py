@@ -23,9 +23,9 @@ def step(guard, step, loss, step_time, late, replay=None):
     # with several ranks it runs a collective that every rank must join.
     m, fault_class = g.recovery.maybe_replay(step, m, replay, g.meter, suppress=late is not None)
     finite = math.isfinite(m.loss) and math.isfinite(m.grad_norm) and all(math.isfinite(x) for x in m.module_values)
-    report = step_report(g.run, g.rank, step, loss=m.loss, grad_norm=m.grad_norm,
-                         group_norms=m.group_norms, learning_rate=g.recovery.lr.effective(float(g.optimizer.param_groups[0].get("lr", 0.0))),
-                         step_time=step_time, loss_absent=loss is None, module_names=m.module_names,
+    lr = g.recovery.lr.effective(float(g.optimizer.param_groups[0].get("lr", 0.0)))  # with a cut made at the update
+    report = step_report(g.run, g.rank, step, loss=m.loss, grad_norm=m.grad_norm, group_norms=m.group_norms,
+                         learning_rate=lr, step_time=step_time, loss_absent=loss is None, module_names=m.module_names,
                          module_values=m.module_values, loss_scale=m.loss_scale)
     scaler_overflow = rules.is_scaler_overflow(scaler_on, m.loss, m.grad_norm, m.module_values)
     offline = g.connection.offline

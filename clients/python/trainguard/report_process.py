@@ -12,8 +12,9 @@ the guard's state live here); only the transport moved.
 Protocol on the child's stdin/stdout (its sys.path comes as its argument): a first frame with the
 settings (JSON: target, token), answered by the line ``READY`` once the channel is open (anything
 the interpreter printed before it is skipped; after it the child's fd 1 points at its stderr). Then one
-request frame per call, ``>IdB`` (length, deadline seconds, method index in ``METHODS``) + the request bytes, answered by ``>IB``
-(length, status) + the response bytes (status 0) or ``CODE\\ndetails`` of a failed call (status 1).
+request frame per call, ``>IdB`` (length, deadline seconds, the method's index in ``METHODS``) + the
+request bytes, answered by ``>IB`` (length, status) + the response bytes (status 0) or
+``CODE\\ndetails`` of a failed call (status 1).
 The child exits when its stdin closes: when the trainer closes it, exits or is killed.
 """
 import json
@@ -108,11 +109,12 @@ if hasattr(os, "register_at_fork"):
 
 class ReportProcess:
     """The parent's side: ``call(request_bytes, deadline) -> response bytes`` through the child.
-    Calls take turns (the sender's reports; the snapshot registrations have a child of their own). A child that dies or stops answering is killed, and
-    a fresh one is started on a thread of its own: a new interpreter takes ~0.5 s (at most
-    ``START_S``) to import grpc and open its channel, and no report waits for that. While there is
-    no child, ``call`` returns None: nothing was sent, the caller sends that report itself. After the
-    first start fails, or three in a row (or ``close()``), ``usable`` is off for good."""
+    Calls take turns (the sender's reports; the snapshot registrations have a child of their own).
+    A child that dies or stops answering is killed, and a fresh one is started on a thread of its
+    own: a new interpreter takes ~0.5 s (at most ``START_S``) to import grpc and open its channel,
+    and no report waits for that. While there is no child, ``call`` returns None: nothing was sent,
+    the caller sends that report itself. After the first start fails, or three in a row (or
+    ``close()``), ``usable`` is off for good."""
 
     START_S = 20.0      # the longest a new child may take to import grpc and say it is ready
     MARGIN_S = 2.0      # beyond a call's deadline before a silent child is given up
