@@ -1,5 +1,5 @@
 """Recovery pieces against plain torch objects, no sidecar: in-memory snapshots and their ring,
-fault classification and the replay budget, LR cuts from the base (the loops against the real
+fault classification and the replay budget (LR cuts: test_lr_cuts.py; the loops against the real
 sidecar are in test_recovery.py)."""
 import copy
 import gc
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from trainguard import snapshot_layout
-from trainguard.lrcut import LrCuts, LrPolicy
 from trainguard.replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
 from trainguard.snapshot import KNOWN_GOOD, SnapshotPolicy, SnapshotStore
 from trainguard.snapshot_schedule import SnapshotRing
@@ -394,58 +393,3 @@ def test_replay_policy_modes():
     assert not ReplayBudget(ReplayPolicy(mode="off")).wants(nf)
     with pytest.raises(ValueError):
         ReplayPolicy(mode="always")
-
-
-# ---------------------------------------------------------------------------------- LR cuts
-
-def _lr(opt):
-    return opt.param_groups[0]["lr"]
-
-
-def test_lr_cuts_are_taken_from_the_base_never_compounded():
-    # prevents: the second cut applied to the already-cut rate (20 -> 10 -> 2.5 instead of 5)
-    model, opt = make(lr=20.0, opt="sgd")
-    cuts = LrCuts(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))  # a scheduler: the cut is written in
-    base_state = (dict(opt.state_dict()["param_groups"][0]), cuts.scale)
-    cuts.on_rollback(1.0, 0.5, resume_step=5, rewarm_steps=0)
-    assert _lr(opt) == pytest.approx(10.0)
-    # attempt 2 restores a state saved before any cut (scale 1.0): 20 x 0.25
-    opt.param_groups[0]["lr"] = base_state[0]["lr"]
-    cuts.on_rollback(base_state[1], 0.25, resume_step=5, rewarm_steps=0)
-    assert _lr(opt) == pytest.approx(5.0)
-    # attempt 3 restores a state saved during attempt 1 (rate 10, scale 0.5): 20 x 0.125
-    opt.param_groups[0]["lr"] = 10.0
-    cuts.on_rollback(0.5, 0.125, resume_step=5, rewarm_steps=0)
-    assert _lr(opt) == pytest.approx(2.5)
-
-
-def test_without_a_scheduler_the_cut_is_applied_at_each_update_and_the_groups_keep_the_loops_lr():
-    # prevents: a cut written into the groups, which a loop that sets the LR itself (nanoGPT's
-    # get_lr, timm's schedulers) overwrites at its next write, or a multiplying one carries on cut
-    model, opt = make(lr=20.0, opt="sgd")
-    cuts = LrCuts(opt)
-    cuts.on_rollback(1.0, 0.5, resume_step=5, rewarm_steps=2)
-    assert _lr(opt) == 20.0 and cuts.scale == 0.5
-    assert [cuts.update_factor(s) for s in (5, 6, 7)] == [0.25, 0.5, 0.5]  # the re-warm ramp, then the cut
-    cuts.on_rollback(0.5, 0.25, resume_step=9, rewarm_steps=0)  # a restored state's LRs are the loop's: uncut
-    assert _lr(opt) == 20.0 and cuts.update_factor(9) == 0.25
-    cuts.attach(torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))  # from now on written in
-    assert _lr(opt) == pytest.approx(5.0) and cuts.update_factor(10) is None
-
-
-def test_lr_cut_scales_the_schedule_and_restore_ramp_lifts_it():
-    # prevents: a scheduler overwriting the cut on its next step, and a restore that jumps at once
-    model, opt = make(lr=1.0, opt="sgd")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 / (1 + e))
-    cuts = LrCuts(opt, sched, LrPolicy(restore_after=3, restore_steps=2))
-    cuts.on_rollback(1.0, 0.5, resume_step=0, rewarm_steps=0)
-    seen = []
-    for e in range(6):
-        opt.step()
-        sched.step()
-        cuts.on_healthy()
-        seen.append(round(_lr(opt) * (2 + e), 6))  # undo the schedule: the cut in force
-    assert seen == [0.5, 0.5, 0.75, 1.0, 1.0, 1.0]
-
-
-# ---------------------------------------------------------------------------------- with the sidecar

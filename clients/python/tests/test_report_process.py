@@ -95,32 +95,6 @@ def test_reports_go_through_a_child_process_and_reach_the_sidecar(sidecar):
     assert not alive(child)  # closed with the guard
 
 
-def test_snapshot_registrations_go_through_a_child_of_their_own(sidecar):
-    # prevents: RegisterCheckpoint made in the training process, whose gRPC work held the GIL a
-    # launch-bound loop launches with (a step two after each snapshot took up to 10 ms longer)
-    g, model, opt = make_guard(sidecar.target, "child-registrations", policy={"known_good_healthy_steps": 2},
-                               snapshots={"interval": 2, "max_overhead": 0})
-    in_process = []
-    call = g.transport.call
-    g.transport.call = lambda method, *a, **kw: (in_process.append(method), call(method, *a, **kw))[1]
-    train(g, model, opt, range(2))
-    registrar = g.recovery.registrar
-    assert registrar._process is not None and registrar._process.start()  # up (it starts aside at the first snapshot)
-    child, reports_child = registrar._process.pid, g.sender.process.pid
-    assert child not in (None, reports_child, os.getpid()) and alive(child)
-    in_process.clear()
-    train(g, model, opt, range(2, 30))
-    assert g.flush(10) and registrar.flush(10)
-    train(g, model, opt, range(30, 31))  # the answers are applied at the next step
-    assert "RegisterCheckpoint" not in in_process, in_process
-    listed = g.transport.call("GetRun", pb.GetRunRequest(run_id=g.run)).checkpoints
-    memory = [c for c in listed if c.format == pb.CHECKPOINT_FORMAT_MEMORY and c.step >= 2]
-    assert memory and any(c.state == pb.CHECKPOINT_STATE_KNOWN_GOOD for c in memory), listed
-    assert g.recovery.ring.known_good(), [(s.slot, s.state, s.step) for s in g.recovery.store.slots]
-    g.close()
-    assert not alive(child)  # closed with the guard
-
-
 def test_a_halt_verdict_through_the_child_is_applied_at_the_next_step():
     fake = FakeSidecar(max_grad_norm=100.0, clip=1.0)
     fake.start()

@@ -1,15 +1,19 @@
 """A snapshot's RegisterCheckpoint is made by a worker thread after the reports before it: a slow
 sidecar journal must stall neither the training step nor the reports, and the sidecar must still
-see every snapshot after the report of the step it was taken at (its known-good count starts there)."""
+see every snapshot after the report of the step it was taken at (its known-good count starts there).
+Where the reports go through a child process, the registrations go through a child of their own."""
+import os
 import time
 
 import pytest
 import torch
 
+from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
 from trainguard.guard import Guard
 from trainguard.snapshot import KNOWN_GOOD
 from fake_sidecar import FakeSidecar
 from models import batch, make
+from test_report_process import alive, make_guard, train
 
 REGISTER_S = 0.4  # each RegisterCheckpoint answer takes this long (a slow journal)
 
@@ -68,3 +72,30 @@ def test_reports_behind_a_slow_registration_keep_their_own_deadline(slow_journal
     assert [v.action.name for v in verdicts] == ["APPLY"] * 12
     assert any(s.state == KNOWN_GOOD for s in g.recovery.store.slots)
     g.close()
+
+
+@pytest.mark.torch2  # the device gate on the CPU needs fused AdamW (torch >= 2.4)
+def test_snapshot_registrations_go_through_a_child_of_their_own(sidecar):
+    # prevents: RegisterCheckpoint made in the training process, whose gRPC work held the GIL a
+    # launch-bound loop launches with (a step two after each snapshot took up to 10 ms longer)
+    g, model, opt = make_guard(sidecar.target, "child-registrations", policy={"known_good_healthy_steps": 2},
+                               snapshots={"interval": 2, "max_overhead": 0})
+    in_process = []
+    call = g.transport.call
+    g.transport.call = lambda method, *a, **kw: (in_process.append(method), call(method, *a, **kw))[1]
+    train(g, model, opt, range(2))
+    registrar = g.recovery.registrar
+    assert registrar._process is not None and registrar._process.start()  # up (it starts aside at the first snapshot)
+    child, reports_child = registrar._process.pid, g.sender.process.pid
+    assert child not in (None, reports_child, os.getpid()) and alive(child)
+    in_process.clear()
+    train(g, model, opt, range(2, 30))
+    assert g.flush(10) and registrar.flush(10)
+    train(g, model, opt, range(30, 31))  # the answers are applied at the next step
+    assert "RegisterCheckpoint" not in in_process, in_process
+    listed = g.transport.call("GetRun", pb.GetRunRequest(run_id=g.run)).checkpoints
+    memory = [c for c in listed if c.format == pb.CHECKPOINT_FORMAT_MEMORY and c.step >= 2]
+    assert memory and any(c.state == pb.CHECKPOINT_STATE_KNOWN_GOOD for c in memory), listed
+    assert g.recovery.ring.known_good(), [(s.slot, s.state, s.step) for s in g.recovery.store.slots]
+    g.close()
+    assert not alive(child)  # closed with the guard

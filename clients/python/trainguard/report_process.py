@@ -36,9 +36,7 @@ from .transport import Transport
 log = logging.getLogger("trainguard")
 
 _REQ = struct.Struct(">IdB")  # length, deadline seconds, the method's index in METHODS
-#: the calls a child makes: the step reports, and the in-memory snapshots' registrations
-#: (snapshot_registration), whose gRPC work would otherwise hold this process's GIL too
-METHODS = ("ReportStep", "RegisterCheckpoint")
+METHODS = ("ReportStep", "RegisterCheckpoint")  # the step reports; in-memory snapshots' registrations
 _RESP = struct.Struct(">IB")
 _LEN = struct.Struct(">I")
 _READY = b"TRAINGUARD-REPORT-PROCESS-READY\n"

@@ -35,34 +35,6 @@ class GuardedRunsTest {
         }
     }
 
-    private static io.trainguard.guard.model.RunSetup setupAs(String run, String trainerInstance) {
-        io.trainguard.guard.model.RunSetup s = setup(run, 0, 1, b -> b);
-        return new io.trainguard.guard.model.RunSetup(s.runId(), s.rank(), s.worldSize(), s.policyOverrides(),
-                s.parameterGroups(), s.watchedModules(), s.precision(), trainerInstance);
-    }
-
-    private static boolean warnsOfAnotherProcess(GuardedRuns.OpenResult opened, String holder) {
-        return opened.findings().stream().anyMatch(f -> f.code().equals("RANK_HELD_BY_ANOTHER_PROCESS")
-                && f.message().contains("'" + holder + "'"));
-    }
-
-    @Test
-    void open_aRankAnotherLiveProcessHolds_warnsButARestartOrTheSameProcessDoesNot() {
-        // Prevents: two processes training under one run id (a run name hard-coded in a script run twice,
-        // processes that all think they are rank 0) merged silently, evicting each other's snapshots.
-        String run = "shared-rank";
-        guard.open(setupAs(run, "trainer-A"));
-        healthySteps(run, 0, 3);
-        GuardedRuns.OpenResult second = guard.open(setupAs(run, "trainer-B"));
-        assertTrue(warnsOfAnotherProcess(second, "trainer-A"), second.findings().toString());
-        assertTrue(journal.incidents.stream().anyMatch(i -> i.message().contains("RANK_HELD_BY_ANOTHER_PROCESS")));
-        // the same process opening again (after losing the sidecar) is no second process
-        assertTrue(guard.open(setupAs(run, "trainer-B")).findings().isEmpty());
-        // a holder not heard from for longer than the window has exited: a restart after a crash
-        Fixtures.NANOS.addAndGet(java.time.Duration.ofSeconds(61).toNanos());
-        assertTrue(guard.open(setupAs(run, "trainer-C")).findings().isEmpty());
-    }
-
     @Test
     void report_nanLoss_skipsAndJournalsIncident() {
         // Prevents the Keras TerminateOnNaN failure: a NaN step must never be APPLY.
