@@ -129,6 +129,8 @@ def test_tied_weights_are_copied_once():
     store = SnapshotStore(model, opt)
     layout, uniq, _ = store._gather()
     assert len(layout.remap) == len(uniq) + 1
+    s = store.take(0, 0, 1)  # its registration's size: what its buffers hold, the shared storage once
+    assert s.nbytes == sum(h.numel() * h.element_size() for h in s.host) == sum(t.numel() * t.element_size() for t in uniq)
 
 
 def test_a_take_lays_the_state_out_afresh_only_when_its_tensors_change():

@@ -105,14 +105,11 @@ class Snapshot:
         self.host_finite = True  # the state's tensors that live on the CPU (checked at the take)
         self.event = None
         self.taken_at = 0.0
+        self.nbytes = 0          # the state it holds: set at the take (each registration sends it, once per step)
 
     @property
     def buffers(self):
         return self.host, self.flats, self.placement, self.laid_for
-
-    @property
-    def nbytes(self):
-        return sum(t.numel() * t.element_size() for t in self.host) if self.host else 0
 
     def ready(self, wait=False):
         """True once the copy has landed (polls the CUDA event; ``wait``: waits for it)."""
@@ -182,7 +179,7 @@ class SnapshotStore:
             alloc_s = time.perf_counter() - t_alloc
         s.laid_for = layout.serial
         s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
-        s.healthy_since, s.checkpoint_id, s.taken_at = 0, "", time.time()
+        s.healthy_since, s.checkpoint_id, s.taken_at, s.nbytes = 0, "", time.time(), nbytes
         s.skeleton = (layout.remap, skeleton, capture_rng() if rng is None else rng)
         s.host_finite = True
         if staged is not None:
