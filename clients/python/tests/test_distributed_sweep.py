@@ -124,18 +124,26 @@ def _verified(g, checkpoint_id, timeout=60.0):
         time.sleep(0.05)
 
 
-def _rank0_save_worker(rank, world, port, target, out_dir, ckpt_dir):
+def _rollback_ready_ddp(rank, world, port, target, run):
+    """A rank of a 2-rank DDP run whose first non-finite step rolls back to the newest known-good
+    checkpoint (no snapshots: the checkpoints on disk are the targets): (model, optimizer, guard)."""
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import join_gloo, leave_gloo, parallel_mlp, train, wait_online, weights_hash
-    from trainguard import Action
+    from models import join_gloo, parallel_mlp, wait_online
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp("ddp")
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    g = Guard(model, opt, "rank0-save", target=target, deadline=5.0, mode="sync", snapshots=False,
+    g = Guard(model, opt, run, target=target, deadline=5.0, mode="sync", snapshots=False,
               policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 0,
                       "validation_warmup_steps": 10**6, "rollback_rewarm_steps": 0})
     wait_online(g)
+    return model, opt, g
+
+
+def _rank0_save_worker(rank, world, port, target, out_dir, ckpt_dir):
+    model, opt, g = _rollback_ready_ddp(rank, world, port, target, "rank0-save")
+    from models import leave_gloo, train, weights_hash
+    from trainguard import Action
     rec = {"rollbacks": []}
 
     def nan_once_on_rank1(step, x, y, model):
@@ -241,17 +249,9 @@ def test_a_guard_built_on_rank_0_only_says_so_at_its_first_step_instead_of_waiti
 
 
 def _damaged_on_one_rank_worker(rank, world, port, target, out_dir, ckpt_dir):
-    sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import join_gloo, leave_gloo, parallel_mlp, train, wait_online
+    model, opt, g = _rollback_ready_ddp(rank, world, port, target, "damaged-on-one-rank")
+    from models import leave_gloo, train
     from trainguard.errors import TrainingHalted
-    from trainguard.guard import Guard
-    join_gloo(rank, world, port)
-    model = parallel_mlp("ddp")
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    g = Guard(model, opt, "damaged-on-one-rank", target=target, deadline=5.0, mode="sync", snapshots=False,
-              policy={"known_good_healthy_steps": 2, "clip_mode": "OFF", "max_consecutive_skips": 0,
-                      "validation_warmup_steps": 10**6, "rollback_rewarm_steps": 0})
-    wait_online(g)
     if rank == 1:  # this rank's copy of the checkpoint cannot be read (a node's own disk, damaged)
         def unreadable(path, plan):
             raise OSError(f"{path}: read error")
