@@ -87,10 +87,24 @@ class _Counted(torch.nn.Linear):
         self.seen = state["seen"]
 
 
+class _Serialised(torch.nn.Linear):
+    """A module whose extra state is a tensor it builds anew at each call (as TransformerEngine's)."""
+
+    def __init__(self):
+        super().__init__(4, 4)
+        self.amax = 1.0
+
+    def get_extra_state(self):
+        return torch.tensor([self.amax])
+
+    def set_extra_state(self, state):
+        self.amax = float(state[0])
+
+
 def test_a_snapshot_restores_extra_state_and_parameters_the_optimizer_holds_beside_the_model():
     # prevents: the walk that takes an all-tensor dict in one run dropping a mixed dict's other
     # values, and the state-dict shortcut for "no parameter outside the model" missing one that is
-    model = torch.nn.Sequential(_Counted(), torch.nn.Linear(4, 1))
+    model = torch.nn.Sequential(_Counted(), _Serialised(), torch.nn.Linear(4, 1))
     temperature = torch.nn.Parameter(torch.ones(()))
     opt = torch.optim.AdamW([{"params": model.parameters()}, {"params": [temperature], "lr": 0.1}], lr=0.01)
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
@@ -102,17 +116,18 @@ def test_a_snapshot_restores_extra_state_and_parameters_the_optimizer_holds_besi
             opt.step()
             opt.zero_grad(set_to_none=True)
             model[0].seen += 1
+            model[1].amax *= 2
 
     fit(3)
     store.take(0, 2, 3)  # lays the state out
     fit(2)
     s = store.take(1, 4, 5)  # the kept layout
     w, o = _state(model, opt)
-    t, seen = temperature.detach().clone(), model[0].seen
+    t, seen, amax = temperature.detach().clone(), model[0].seen, model[1].amax
     fit(4)
     assert not torch.equal(temperature.detach(), t) and model[0].seen == seen + 4
     store.restore(s)
-    assert model[0].seen == seen
+    assert model[0].seen == seen and model[1].amax == amax
     assert torch.equal(temperature.detach(), t)
     assert all(torch.equal(w[k], v) for k, v in model.state_dict().items() if torch.is_tensor(v))
     now = _state(model, opt)[1]

@@ -310,10 +310,10 @@ class SnapshotStore:
         with torch.no_grad():
             live = self.model.state_dict(keep_vars=True)  # as the take walked it (outside_params)
             for k, v in model_sd.items():
-                if k in live and torch.is_tensor(live[k]):
-                    local(live[k])[0].copy_(v, non_blocking=False)  # a DTensor: into this rank's shard
-                elif k.endswith(_EXTRA_STATE) and not torch.is_tensor(v):
+                if k.endswith(_EXTRA_STATE):  # Python values or a tensor the module builds anew at each call
                     _set_extra_state(self.model, k, v)
+                elif k in live and torch.is_tensor(live[k]):
+                    local(live[k])[0].copy_(v, non_blocking=False)  # a DTensor: into this rank's shard
             for p, v in zip(outside_params(self.model, self.optimizer, live), fill(skeleton.get("outside") or [], host)):
                 local(p)[0].copy_(v, non_blocking=False)
         # Fresh optimizer state (copies on the parameters' devices, DTensors again where they were):
@@ -332,7 +332,8 @@ class SnapshotStore:
         return s
 
 
-_EXTRA_STATE = "_extra_state"  # torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+# the key suffix torch's state_dict gives a module's get_extra_state() (torch >= 1.10)
+_EXTRA_STATE = getattr(torch.nn.modules.module, "_EXTRA_STATE_KEY_SUFFIX", "_extra_state")
 
 
 def _set_extra_state(model, key, value):
