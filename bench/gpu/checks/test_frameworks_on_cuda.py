@@ -120,3 +120,50 @@ def test_lightning_mixed_precision_on_cuda_skips_a_nan_step_on_the_device(precis
     assert NAN_STEP in checks.unchanged  # the NaN step's update never reached the weights
     assert tg.guard.counters["skips"] >= 1  # 16-mixed: the scaler's own overflows are counted too, not listed
     assert [(s, a) for s, a, _ in tg.verdicts] == [(NAN_STEP, "SKIP")], tg.verdicts
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["device-gate", "host-path"])
+def test_fp16_steps_judged_at_the_scalers_step_catch_a_nan_streak_on_cuda(fused):
+    # timm's NativeScaler call form (backward, clip block, scaler.step in one call: no guard.step):
+    # with a CUDA fp16 GradScaler the healthy steps match an unguarded run, and a NaN the model
+    # makes step after step reaches the guard (skips, a rollback, then a halt), not the scaler alone.
+    from trainguard.errors import TrainingHalted
+
+    def run(guarded):
+        torch.manual_seed(0)
+        model = MLP().cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)
+        scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+        g = Guard(model, opt, run_id(f"cuda-scaler-{fused}"), target=TARGET, scaler=scaler, deadline=5.0,
+                  device_gate=fused) if guarded else None
+        stepped, weights, halted_at = (g.wrap(opt) if g else opt), [], None
+        for step in range(30):
+            x, y = (t.cuda() for t in batch(step))
+            if step >= 10:
+                x = x * float("nan")
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = torch.nn.functional.mse_loss(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(stepped)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            try:
+                scaler.step(stepped)
+            except TrainingHalted:
+                halted_at = step
+                break
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            assert weights_finite(model), f"non-finite weights after step {step}"
+            weights.append([p.detach().clone() for p in model.parameters()])
+        if g is not None:
+            g.close()
+        return weights, halted_at, (dict(g.counters) if g else None)
+
+    plain, never, _ = run(False)
+    guarded, halted_at, c = run(True)
+    assert never is None
+    for step in range(10):
+        assert all(torch.equal(a, b) for a, b in zip(guarded[step], plain[step])), f"step {step} differs"
+    assert c["skips"] >= 3 and c["rollbacks"] >= 1 and halted_at is not None, (halted_at, c)
+    if fused:
+        assert c["device_gated_steps"] >= 10, c

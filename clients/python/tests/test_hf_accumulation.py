@@ -13,6 +13,7 @@ pytest.importorskip("accelerate")
 
 from models import weights_finite  # noqa: E402
 from test_hf import fused_cpu_args, tiny_gpt2, token_rows  # noqa: E402
+from sidecar_fixture import reported_losses  # noqa: E402
 
 POLICY = {"known_good_healthy_steps": 3, "spike_warmup_steps": 8}
 ACCUM = 4
@@ -61,17 +62,6 @@ class UpdateWatch(transformers.TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kw):
         self.changed[state.global_step - 1] = not all(torch.equal(a, b) for a, b in zip(self.before, model.parameters()))
         assert weights_finite(model), f"non-finite weights after step {state.global_step}"
-
-
-def reported_losses(sidecar, run, steps, within=10.0):
-    """The loss the sidecar recorded for each of the run's ``steps`` steps (its step history)."""
-    end = time.monotonic() + within
-    while True:
-        buckets = sidecar.get(f"/api/runs/{run}/steps")["steps"]["buckets"]
-        losses = {b["firstStep"]: b["lossMean"] for b in buckets if b["firstStep"] == b["lastStep"]}
-        if len(losses) >= steps or time.monotonic() > end:
-            return losses
-        time.sleep(0.1)
 
 
 def train_accumulating(sidecar, name, normalised=True, spike_forward=None, max_steps=16, **guard_kwargs):

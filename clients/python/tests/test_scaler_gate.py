@@ -8,6 +8,7 @@ import torch
 
 from trainguard.guard import Guard
 from models import MLP, batch, weights_finite
+from sidecar_fixture import reported_losses
 
 pytestmark = pytest.mark.torch2  # fused AdamW and GradScaler on the CPU
 
@@ -87,7 +88,7 @@ def test_a_loop_that_leaves_the_step_to_the_wrapper_is_unscaled_once(sidecar):
     # guard.step unscaled the gradients (unscaled twice, by a divisor growing every step)
     guarded = train(sidecar, "scaler-gate-wrapper-only", wrap=True, call_step=False, overflows=(3,))
     plain = train(sidecar, "unused", guarded=False, overflows=(3,))
-    assert guarded["counters"]["steps"] == 13  # the overflow: GradScaler skipped it without calling step()
+    assert guarded["counters"]["steps"] == 14  # the overflow too: scaler.step judged it before skipping it
     for step, (a, b) in enumerate(zip(guarded["weights"], plain["weights"])):
         assert same(a, b), f"weights differ after step {step}"
 
@@ -148,3 +149,81 @@ def test_a_loops_own_unscale_before_its_clip_is_the_guards_one(sidecar, unscale)
     got_w, got_n = clip_block_run(sidecar, f"own-unscale-{unscale}", unscale)
     assert got_n == want_n
     assert all(same(a, b) for a, b in zip(got_w, want_w))
+
+
+class NativeScalerCall:
+    """The call form of timm's ``NativeScaler`` (timm.utils.cuda): backward, the clip block and the
+    scaler's step in one call, so the loop has no moment for ``guard.step`` before the update."""
+
+    def __init__(self, scaler):
+        self._scaler = scaler
+
+    def __call__(self, loss, optimizer, clip_grad=None, parameters=None):
+        self._scaler.scale(loss).backward()
+        if clip_grad is not None:
+            self._scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+        self._scaler.step(optimizer)
+        self._scaler.update()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["device-gate", "host-path"])
+def test_a_nan_streak_under_a_scaler_that_steps_the_wrapper_reaches_the_guard(sidecar, fused):
+    # Prevents: a loop with no guard.step (timm's NativeScaler) whose model makes NaN step after step:
+    # GradScaler skipped each update without calling the wrapper's step(), so the guard never saw
+    # one; the scale fell to 0.001 and nothing was said.
+    from trainguard.errors import TrainingHalted
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)
+    loss_scaler = NativeScalerCall(torch.amp.GradScaler("cpu", init_scale=1024.0))
+    g = Guard(model, opt, f"scaler-nan-streak-{fused}", target=sidecar.target, scaler=loss_scaler._scaler,
+              deadline=5.0, device_gate=fused)
+    stepped, halted_at = g.wrap(opt), None
+    for step in range(30):
+        x, y = batch(step)
+        if step >= 10:  # the model's own NaN from here on, not a loss scale too high
+            x = x * float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        try:
+            loss_scaler(loss, stepped, clip_grad=1.0, parameters=model.parameters())
+        except TrainingHalted:
+            halted_at = step
+            break
+        opt.zero_grad(set_to_none=True)
+        assert weights_finite(model), f"non-finite weights after step {step}"
+    c = dict(g.counters)
+    g.close()
+    assert c["steps"] >= 13 and c["skips"] >= 3 and c["rollbacks"] >= 1, c
+    assert halted_at is not None and halted_at >= 12, (halted_at, c)
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["fp16", "disabled"])
+def test_the_loss_handed_to_scaler_scale_is_the_one_judged(sidecar, enabled):
+    # Prevents: a step judged at scaler.step reported with its loss absent (the sidecar then judges
+    # the gradients alone: a loss spike on such a run is never seen); a disabled scaler (nanoGPT
+    # under bf16) is called all the same
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=enabled)
+    run = f"scaler-loss-judged-{enabled}"
+    # a Guard closed before on the same scaler (a Trainer's train() called twice) leaves it to this one
+    Guard(model, opt, f"{run}-before", target=sidecar.target, scaler=scaler, deadline=5.0).close()
+    g = Guard(model, opt, run, target=sidecar.target, scaler=scaler, deadline=5.0)
+    stepped, want = g.wrap(opt), {}
+    for step in range(3):
+        x, y = batch(step)
+        parts = [torch.nn.functional.mse_loss(model(x[i::2]), y[i::2]) / 2 for i in range(2)]  # 2 micro-batches
+        for part in parts:
+            scaler.scale(part).backward()
+        scaler.step(stepped)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        want[step] = float(parts[0]) + float(parts[1])
+    g.flush(5)
+    g.close()
+    got = reported_losses(sidecar, run, 3)
+    assert sorted(got) == [0, 1, 2], got
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, rel=1e-6), (step, got[step], loss)

@@ -4,7 +4,7 @@ import time
 
 import grpc
 
-from . import checkpointing
+from . import checkpointing, scaler_share
 from .errors import TrainguardError
 from .verdict import Action, Verdict
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
@@ -55,6 +55,7 @@ def close(g, reason):
     g.gated.settle_late(wait=True)  # the last steps' skips, for the callbacks' verdicts
     g.gate.uninstall()
     g.loop_updates.remove()
+    scaler_share.release(g)
     g.sender.close()
     g.recovery.registrar.close(checkpointing.register_deadline(g))  # a call in flight ends first
     try:
