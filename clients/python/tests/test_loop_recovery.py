@@ -73,15 +73,19 @@ def test_a_loop_that_keeps_counting_rolls_back_twice_with_its_own_files_and_the_
     assert g.lr_scale == pytest.approx(f2)  # what a manual update without an optimizer multiplies by
 
 
-def test_a_scheduler_built_on_the_wrapper_is_restored_and_keeps_the_cut(sidecar):
+@pytest.mark.parametrize("held", [False, True], ids=["found", "wrapped"])
+def test_a_scheduler_built_on_the_wrapper_is_restored_and_keeps_the_cut(sidecar, held):
     # Prevents: a LambdaLR built on guard.wrap(opt), as the quickstart says, unknown to the guard: a
-    # rollback left its step count where it was and its next step() recomputed the uncut rate.
-    run = f"sched-on-wrapper-{time.time_ns()}"
+    # rollback left its step count where it was and its next step() recomputed the uncut rate. And a
+    # snapshot taken after an update, before the loop's scheduler.step(), restored the schedule one
+    # step behind the run's for the rest of it.
+    run = f"sched-on-wrapper-{held}-{time.time_ns()}"
     model, opt = make(lr=1e-2)
     g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync",
               policy=dict(POLICY, known_good_healthy_steps=3), replay=False)
     wrapped = g.wrap(opt)
     sched = torch.optim.lr_scheduler.LambdaLR(wrapped, lambda k: 1.0 / (1 + 0.01 * k))
+    stepped = g.wrap(sched) if held else sched
     restored = None
     for step in range(40):
         x, y = batch(step)
@@ -91,7 +95,7 @@ def test_a_scheduler_built_on_the_wrapper_is_restored_and_keeps_the_cut(sidecar)
         loss.backward()
         v = g.step(step, loss)
         wrapped.step()
-        sched.step()
+        stepped.step()
         wrapped.zero_grad(set_to_none=True)
         if v.action == Action.ROLLBACK:
             restored = (v, sched.last_epoch, opt.param_groups[0]["lr"])
@@ -99,9 +103,11 @@ def test_a_scheduler_built_on_the_wrapper_is_restored_and_keeps_the_cut(sidecar)
     g.close()
     assert restored is not None
     v, epoch, lr = restored
-    # the snapshot (taken after the update of step resume_step - 1, before the loop's scheduler.step()),
-    # then the loop's scheduler.step(); the rate the schedule gives there, cut
-    assert epoch == v.resume_step
+    assert v.resume_step > 1  # a snapshot taken after an update, not the run's first state
+    # The state after the update of step resume_step - 1 and the loop's scheduler.step() that followed
+    # it: the count resume_step, where the next update runs. A scheduler the guard does not hold back
+    # then takes the loop's step() of the rolled-back step too, as at any skipped step.
+    assert epoch == v.resume_step + (0 if held else 1)
     assert lr == pytest.approx(1e-2 / (1 + 0.01 * epoch) * v.rollback.lr_factor)
     assert v.rollback.lr_factor < 1.0
 

@@ -77,6 +77,7 @@ class Recovery:
         self._warned_big = False
         self._warned_no_fn = False
         self._first = True
+        self._unsettled = None  # the snapshot of the last update, until the next step reads its schedulers
 
     # ------------------------------------------------------------------ set-up
 
@@ -95,6 +96,9 @@ class Recovery:
                 self._rng = None  # not captured when this step began: no replay of this one
         self._step = step
         self._position = int(data_position) if data_position is not None else int(step) + 1
+        if self._unsettled is not None:  # the last update's snapshot: the loop has stepped its scheduler since
+            s, self._unsettled = self._unsettled, None
+            s.scheduler_steps = schedulers.stepped_since(s.scheduler_marks)
         if self._first:
             self._first = False
             if self.g.scheduler is None:  # built on the (wrapped) optimizer, not handed to the guard
@@ -247,7 +251,7 @@ class Recovery:
             if agreed is not None:
                 self.ring.agree_pace(agreed)
             if self.ring.due():
-                self._take(step, rng=rng)
+                self._unsettled = self._take(step, rng=rng)
 
     def after_no_update(self, step, late=False):
         """The step was skipped (or rolled back, or halted); ``late``: as in after_update."""
@@ -263,6 +267,7 @@ class Recovery:
             self._capture_rng()
 
     def _take(self, step, position=None, wait=False, rng=None):
+        """Takes a snapshot into the ring's next slot; returns it (None: none taken)."""
         victim = self.ring.victim()
         if victim is None:
             return
@@ -282,6 +287,7 @@ class Recovery:
         self.counters["snapshots"] += 1
         self.registrar.add(s)
         self.registrar.register_ready(now=wait)  # on the CPU (or after wait) at once: later steps count towards it
+        return s
 
     # ------------------------------------------------------------------ rollback
 

@@ -8,8 +8,15 @@ optimizer's groups, but ReduceLROnPlateau does not: the heap is searched once, a
 for the scheduler objects that hold the optimizer (``gc.get_referrers``: a one-off cost of a few ms
 per million live objects). Several (a per-step schedule and a ReduceLROnPlateau on validation) are
 restored and cut together (``Several``). The guard never steps a scheduler it found: the loop does.
+
+An in-memory snapshot is taken right after an update, and the loop steps its scheduler after that:
+the snapshot's scheduler state is one step short of the state the next update runs with. The step
+counts are read at the take (``marks``) and again at the next ``guard.step`` (``stepped_since``); a
+restore steps each scheduler that many times (``step_again``), so the run goes on at the rate the
+original run had there, not one step behind from then on.
 """
 import gc
+import warnings
 
 import torch
 
@@ -59,3 +66,30 @@ def each(scheduler):
     if scheduler is None:
         return []
     return [scheduler] + [s for c in getattr(scheduler, "_schedulers", ()) for s in each(c)]
+
+
+def _stepped_by_the_loop(scheduler):
+    """The schedulers the loop steps between updates: the outermost ones (``Several``'s members), not
+    a ReduceLROnPlateau (it steps on a metric, which a restore does not have)."""
+    members = scheduler._schedulers if isinstance(scheduler, Several) else [scheduler] if scheduler is not None else []
+    return [s for s in members if isinstance(getattr(s, "last_epoch", None), int)
+            and not isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau)]
+
+
+def marks(scheduler):
+    """(scheduler, its step count) at a snapshot's take."""
+    return [(s, s.last_epoch) for s in _stepped_by_the_loop(scheduler)]
+
+
+def stepped_since(taken):
+    """(scheduler, how often it was stepped since ``marks``) at the next ``guard.step``."""
+    return [(s, s.last_epoch - epoch) for s, epoch in taken]
+
+
+def step_again(stepped):
+    """After a restore: steps each scheduler as often as the loop did after the snapshot's update."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": as the loop did
+        for s, n in stepped:
+            for _ in range(max(0, n)):
+                s.step()

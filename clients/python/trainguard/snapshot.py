@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import snapshot_staging
+from . import schedulers, snapshot_staging
 from .rng import capture_rng, restore_rng
 from .snapshot_layout import fill, gather, local, outside_params, rebuild
 from .tensors import all_finite, copy_tensors
@@ -106,6 +106,8 @@ class Snapshot:
         self.event = None
         self.taken_at = 0.0
         self.nbytes = 0          # the state it holds: set at the take (each registration sends it, once per step)
+        self.scheduler_marks = []  # (scheduler, step count) at the take (schedulers.marks)
+        self.scheduler_steps = []  # (scheduler, steps the loop made after the take): known at the next step
 
     @property
     def buffers(self):
@@ -181,6 +183,7 @@ class SnapshotStore:
         s.state, s.step, s.data_position, s.lr_scale = COPYING, int(step), int(data_position), float(lr_scale)
         s.healthy_since, s.checkpoint_id, s.taken_at, s.nbytes = 0, "", time.time(), nbytes
         s.skeleton = (layout.remap, skeleton, capture_rng() if rng is None else rng)
+        s.scheduler_marks, s.scheduler_steps = schedulers.marks(self.scheduler), []
         s.host_finite = True
         if staged is not None:
             self._take_staged(s, layout, uniq, staged)
@@ -322,6 +325,7 @@ class SnapshotStore:
         self.optimizer.load_state_dict(fill(skeleton["optimizer"], lambda j: rebuild(host(j), specs[remap[j]])))
         if self.scheduler is not None and skeleton["scheduler"] is not None:
             self.scheduler.load_state_dict(fill(skeleton["scheduler"], host))
+            schedulers.step_again(s.scheduler_steps)  # the loop's scheduler.step() after the snapshot's update
         if self.scaler is not None and skeleton["scaler"] is not None:
             sc = fill(skeleton["scaler"], host)
             self.scaler._scale.copy_(sc["scale"])
