@@ -66,3 +66,42 @@ def test_the_loops_own_optimizer_step_after_a_rollback_runs_at_the_re_warm_lr(si
     ramp = lrs[first_after:first_after + 5]
     assert all(a < b for a, b in zip(ramp, ramp[1:])) and ramp[-1] < 0.05, lrs
     assert lrs[0] == 0.1 and lrs[-1] == pytest.approx(0.05)  # the cut rate once re-warmed
+
+
+@pytest.mark.torch2  # the optimizer's step hooks
+@pytest.mark.parametrize("form", ["never", "every_other", "wrapper", "optimizer_step", "dropped"])
+def test_updates_no_guard_step_judged_are_said_once(sidecar, form, caplog):
+    # Prevents: a Guard built and a loop that never calls guard.step (or steps the inner optimizer
+    # where a framework holds it, not the wrapper): every update went unguarded, silently. An update
+    # with no gradient at all (Lightning steps after a training_step that returned None) is no such one.
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    g = Guard(m, opt, f"unjudged-{form}-{time.time()}", target=sidecar.target, deadline=5.0)
+    wrapped = g.wrap(opt)
+    with caplog.at_level("WARNING", logger="trainguard"):
+        for step in range(6):
+            loss = torch.nn.functional.mse_loss(m(torch.randn(16, 4)), torch.randn(16, 1))
+            if form == "dropped" and step % 2:  # a batch the loop drops: no backward, an update of nothing
+                opt.step()
+                continue
+            loss.backward()
+            if form == "never":  # no guard.step at all
+                opt.step()
+            elif form == "every_other":  # the inner optimizer stepped, judged every other step only
+                if step % 2 == 0:
+                    g.step(step, loss)
+                opt.step()
+            elif form in ("wrapper", "dropped"):  # judged by the wrapper itself
+                wrapped.step()
+            else:
+                g.step(step, loss)
+                g.optimizer_step()
+            opt.zero_grad(set_to_none=True)
+    g.close()
+    said = [r.getMessage() for r in caplog.records if "were not guarded" in r.getMessage()]
+    if form in ("wrapper", "optimizer_step", "dropped"):
+        assert said == []
+    else:
+        assert len(said) == 1, said
+        assert "SGD.step() ran" in said[0] and "guard.wrap(optimizer)" in said[0]

@@ -13,14 +13,24 @@ updates, the RNG state for a replay, lifting an LR cut). Two documented forms ma
   ``guard.lr_scale``), and a snapshot taken then also holds the next forward's BatchNorm statistics.
 
 Before, both forms took one snapshot in a whole run: a late rollback went back to its first step.
+
+The same hooks count the optimizer's updates. A loop that steps the optimizer more often than it
+calls ``guard.step()`` (one that never calls it, or steps the inner optimizer where a framework holds
+it instead of the wrapper) makes updates nobody judged: said once, in words, with what to change.
 """
+import logging
+
 from . import apply as apply_
+
+log = logging.getLogger("trainguard")
 
 
 class LoopUpdates:
     def __init__(self, guard):
         self.g = guard
         self._open = None   # (verdict, LRs to put back, protection snapshot) of an update under way
+        self.updates = 0    # the optimizer's step() calls that ran (post-hook)
+        self._said_unjudged = False
         opt = guard.optimizer
         self._handles = []
         if hasattr(opt, "register_step_pre_hook") and hasattr(opt, "register_step_post_hook"):
@@ -39,6 +49,7 @@ class LoopUpdates:
         return None
 
     def _after(self, optimizer, args, kwargs):
+        self._count_update()
         u, self._open = self._open, None
         if u is None:
             return
@@ -47,6 +58,22 @@ class LoopUpdates:
         if snap is not None:
             self.g.protector.check(snap, v.step)  # raises NonFiniteUpdate out of optimizer.step()
         self.g.recovery.after_update(v.step)
+
+    def _count_update(self):
+        g = self.g
+        self.updates += 1
+        # one update ahead is let go (a warm-up update before the loop's first step(), say)
+        if self._said_unjudged or g._closed or g.connection.paused or self.updates <= g.counters["steps"] + 1:
+            return
+        if not apply_.gradients(g.optimizer):  # a step with no gradient changed nothing (Lightning's dropped batch)
+            self.updates -= 1
+            return
+        self._said_unjudged = True
+        log.warning("trainguard: %s.step() ran %d times but guard.step() judged %d steps: the updates in between "
+                    "were not guarded (a NaN among them reaches the weights). Call guard.step(step, loss) after "
+                    "backward and before every optimizer step, or step the optimizer through "
+                    "opt = guard.wrap(optimizer), which judges each update itself (docs/client.md)",
+                    type(g.optimizer).__name__, self.updates, g.counters["steps"])
 
     def note_last(self):
         """At ``guard.step()``: the last verdict no optimizer step consumed was the loop's to act on
