@@ -88,6 +88,9 @@ class Recovery:
                 self.ring.known_good_steps = resp.run.policy.known_good_healthy_steps
 
     def begin(self, step, data_position, replay=None):
+        if self._unsettled is not None:  # the last update's snapshot: the loop has stepped its scheduler since
+            s, self._unsettled = self._unsettled, None
+            s.scheduler_steps = schedulers.stepped_since(s.scheduler_marks)
         if self.g.connection.paused:
             return
         if replay is not None and not self._replay_offered:
@@ -96,9 +99,6 @@ class Recovery:
                 self._rng = None  # not captured when this step began: no replay of this one
         self._step = step
         self._position = int(data_position) if data_position is not None else int(step) + 1
-        if self._unsettled is not None:  # the last update's snapshot: the loop has stepped its scheduler since
-            s, self._unsettled = self._unsettled, None
-            s.scheduler_steps = schedulers.stepped_since(s.scheduler_marks)
         if self._first:
             self._first = False
             if self.g.scheduler is None:  # built on the (wrapped) optimizer, not handed to the guard

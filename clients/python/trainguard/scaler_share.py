@@ -10,12 +10,12 @@ both share one per-iteration state, so ``scaler.step`` on either sees the gradie
 inf checks recorded. ``update()`` starts a fresh state for every optimizer, as before.
 
 ``scaler.step`` on the wrapper with no ``guard.step`` since the last update (timm's ``NativeScaler``:
-the loop has no moment between backward and the update) judges the
-step first, with the losses the loop handed ``scaler.scale`` since the last step, summed (its
-micro-batches'; a disabled scaler too: nanoGPT under bf16 calls it all the same). Left to the
-wrapper's own ``step()``, such a step was judged only when the scaler found no inf: a step it skipped (an overflow, or a NaN the
-model made, step after step) never reached the guard, and a run stuck on NaN lowered its scale forever
-without an incident. An update the scaler skipped without calling ``step()`` is recorded as skipped.
+the loop has no moment between backward and the update) judges the step first, with the losses the
+loop handed ``scaler.scale`` since the last step, summed (its micro-batches'; a disabled scaler too:
+nanoGPT under bf16 calls it all the same). Left to the wrapper's own ``step()``, such a step was
+judged only when the scaler found no inf: a step it skipped (an overflow, or a NaN the model made,
+step after step) never reached the guard, and a run stuck on NaN lowered its scale forever without
+an incident. An update the scaler skipped without calling ``step()`` is recorded as skipped.
 """
 import torch
 
