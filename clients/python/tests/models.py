@@ -24,6 +24,18 @@ def batch(step, d=16, n=32, seed=0):
     return x, y
 
 
+def fit_plain(model, opt, steps, start=0, sched=None):
+    """Unguarded training steps [start, steps) on ``batch`` (dropout on the output: the RNG matters)."""
+    for step in range(start, steps):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(torch.nn.functional.dropout(model(x), 0.1), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
+
+
 def weights_finite(model):
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 

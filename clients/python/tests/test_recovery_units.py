@@ -1,6 +1,6 @@
-"""Recovery pieces against plain torch objects, no sidecar: in-memory snapshots and their ring,
-fault classification and the replay budget (LR cuts: test_lr_cuts.py; the loops against the real
-sidecar are in test_recovery.py)."""
+"""Recovery pieces against plain torch objects, no sidecar: in-memory snapshots,
+fault classification and the replay budget (the ring and its pace: test_snapshot_ring.py; LR cuts:
+test_lr_cuts.py; the loops against the real sidecar are in test_recovery.py)."""
 import copy
 import gc
 import random
@@ -11,20 +11,9 @@ import torch
 
 from trainguard import snapshot_layout
 from trainguard.replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
-from trainguard.snapshot import KNOWN_GOOD, SnapshotPolicy, SnapshotStore
+from trainguard.snapshot import SnapshotPolicy, SnapshotStore
 from trainguard.snapshot_schedule import SnapshotRing
-from models import batch, make
-
-
-def _fit(model, opt, steps, start=0, sched=None):
-    for step in range(start, steps):
-        x, y = batch(step)
-        loss = torch.nn.functional.mse_loss(torch.nn.functional.dropout(model(x), 0.1), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if sched is not None:
-            sched.step()
+from models import fit_plain, make
 
 
 def _state(model, opt):
@@ -40,19 +29,19 @@ def test_restore_snapshot_after_more_steps_returns_exact_state_and_continues_ide
     model, opt = make()
     sched = torch.optim.lr_scheduler.StepLR(opt, 3, gamma=0.5)
     store = SnapshotStore(model, opt, scheduler=sched, policy=SnapshotPolicy(interval=1, max_overhead=0))
-    _fit(model, opt, 5, sched=sched)
+    fit_plain(model, opt, 5, sched=sched)
     torch.manual_seed(123)
     random.seed(7)
     s = store.take(0, step=4, data_position=5)
     assert s.ready() and s.finite()
     w5, _ = _state(model, opt)
-    _fit(model, opt, 9, start=5, sched=sched)
+    fit_plain(model, opt, 9, start=5, sched=sched)
     ref = _state(model, opt)[0]
     r_py = random.random()
     store.restore(s)
     assert all(torch.equal(w5[k], v) for k, v in model.state_dict().items())
     assert sched.last_epoch == 5 and random.random() == r_py
-    _fit(model, opt, 9, start=5, sched=sched)  # the same steps again: dropout draws the same masks
+    fit_plain(model, opt, 9, start=5, sched=sched)  # the same steps again: dropout draws the same masks
     assert all(torch.equal(ref[k], v) for k, v in model.state_dict().items())
 
 
@@ -61,13 +50,13 @@ def test_restore_twice_from_the_same_snapshot_gives_the_same_state():
     # overwrite the snapshot, and a second rollback would restore garbage)
     model, opt = make()
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
-    _fit(model, opt, 3)
+    fit_plain(model, opt, 3)
     s = store.take(0, 2, 3)
     store.restore(s)
-    _fit(model, opt, 8, start=3)
+    fit_plain(model, opt, 8, start=3)
     first = _state(model, opt)[0]
     store.restore(s)
-    _fit(model, opt, 8, start=3)
+    fit_plain(model, opt, 8, start=3)
     assert all(torch.equal(first[k], v) for k, v in model.state_dict().items())
 
 
@@ -153,7 +142,7 @@ def test_a_take_lays_the_state_out_afresh_only_when_its_tensors_change():
     # reuses the last layout after a parameter moved (p.data = ...), was reshaped, or the optimizer
     # state was replaced, and so copies memory the model no longer uses
     model, opt = make()
-    _fit(model, opt, 2)
+    fit_plain(model, opt, 2)
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(max_overhead=0))
     store.take(0, 1, 2)
     first = store._layout
@@ -162,7 +151,7 @@ def test_a_take_lays_the_state_out_afresh_only_when_its_tensors_change():
     # the same tensors over the same memory (a torch without the one-call address check lays the
     # state out at every take)
     assert (store._layout is first) == snapshot_layout.REUSES_LAYOUTS
-    _fit(model, opt, 3, start=2)
+    fit_plain(model, opt, 3, start=2)
     store.restore(s)                                       # what the reused layout copied is the state
     assert all(torch.equal(a, b) for a, b in zip(want, model.state_dict().values()))
     w = model.inp.weight
@@ -194,7 +183,7 @@ def test_a_kept_layout_does_not_keep_a_replaced_state_alive():
     # prevents: the optimizer state a checkpoint load replaced staying in (device) memory until the
     # next snapshot, held by the layout kept for it
     model, opt = make()
-    _fit(model, opt, 2)
+    fit_plain(model, opt, 2)
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(max_overhead=0))
     store.take(0, 1, 2)
     old = weakref.ref(next(iter(opt.state.values()))["exp_avg"])
@@ -206,7 +195,7 @@ def test_a_kept_layout_does_not_keep_a_replaced_state_alive():
 def test_snapshot_above_max_bytes_is_not_taken():
     # prevents: a snapshot silently using more host memory than the policy allows
     model, opt = make()
-    _fit(model, opt, 1)
+    fit_plain(model, opt, 1)
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(max_bytes=1000))
     assert store.take(0, 0, 1) is None and store.too_big > 1000
 
@@ -215,12 +204,12 @@ def test_a_store_takes_its_device_by_name():
     # prevents: a store given its device as a name comparing each tensor's device with a string
     # (on CUDA a bare "cuda" made every tensor "elsewhere": copied with a host wait)
     model, opt = make()
-    _fit(model, opt, 1)
+    fit_plain(model, opt, 1)
     store = SnapshotStore(model, opt, device="cpu", policy=SnapshotPolicy(max_overhead=0))
     assert store.device == torch.device("cpu")
     want = [p.detach().clone() for p in model.parameters()]
     s = store.take(0, 1, 2)
-    _fit(model, opt, 2, start=1)
+    fit_plain(model, opt, 2, start=1)
     store.restore(s)
     assert s.finite() and all(torch.equal(a, b) for a, b in zip(want, model.parameters()))
 
@@ -228,7 +217,7 @@ def test_a_store_takes_its_device_by_name():
 def test_snapshot_of_nonfinite_weights_is_never_known_good():
     # prevents: promoting a snapshot whose weights already hold a NaN
     model, opt = make()
-    _fit(model, opt, 2)
+    fit_plain(model, opt, 2)
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
     ring = SnapshotRing(store, known_good_steps=2)
     with torch.no_grad():
@@ -238,120 +227,11 @@ def test_snapshot_of_nonfinite_weights_is_never_known_good():
     assert ring.on_healthy(2) == [] and ring.on_healthy(3) == []
 
 
-def test_ring_keeps_the_newest_known_good_and_discards_pending_on_unhealthy_step():
-    # prevents: overwriting the only known-good snapshot, or keeping one that saw a fault
-    model, opt = make()
-    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=2, max_overhead=0))
-    ring = SnapshotRing(store, known_good_steps=3)
-    taken = []
-    for step in range(40):
-        _fit(model, opt, step + 1, start=step)
-        for s in ring.on_healthy(step):
-            s.state = KNOWN_GOOD
-        if ring.due():
-            v = ring.victim()
-            assert v is not None
-            store.take(v, step, step + 1)
-            ring.taken()
-            taken.append(step)
-        good = ring.known_good()
-        if taken and taken[0] + 3 < step:
-            assert good, f"no known-good snapshot at step {step}"
-    # every interval (2) healthy steps, but never while one is pending (known-good after 3): every 3
-    assert taken[:3] == [1, 4, 7]
-    pending = ring.pending()
-    ring.on_unhealthy(40)
-    assert all(s.state == "EMPTY" for s in pending) and ring.known_good()
-
-
-def test_ring_of_several_ranks_waits_for_the_agreed_steps_not_its_own_clock():
-    # prevents: ranks whose own clocks hold a snapshot back at different steps (each rank measures a
-    # different cost, and rank 0 registers the slot for all of them)
-    model, opt = make()
-    store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=2, max_overhead=0.5))
-    ring = SnapshotRing(store, known_good_steps=1, several_ranks=lambda: True)
-    ring.taken()                 # this rank's clock now measures the cost and would say "not yet"
-    ring.on_healthy(0)
-    ring.on_healthy(1)
-    assert ring.due()            # the interval is reached and nothing else was agreed
-    ring.agree_pace(5)
-    assert not ring.due()
-    for step in range(2, 5):
-        ring.on_healthy(step)
-    assert ring.due()
-
-
-def _paced(monkeypatch):
-    """A SnapshotPace (max_overhead 1 %) on a fake clock after 10 usual steps of 20 ms; returns it
-    and step(dt), which advances the clock by dt and reports a step."""
-    from trainguard import snapshot_schedule as snap
-    clock = [0.0]
-    monkeypatch.setattr(snap.time, "perf_counter", lambda: clock[0])
-    pace = snap.SnapshotPace(max_overhead=0.01)
-
-    def step(dt=0.020):
-        clock[0] += dt
-        pace.on_step()
-    for _ in range(10):
-        step()
-    return pace, step
-
-
-def test_pace_spaces_snapshots_by_their_measured_cost(monkeypatch):
-    # prevents: snapshots of a large state every few fast steps costing far more than max_overhead
-    pace, step = _paced(monkeypatch)
-    assert pace.allows()         # nothing taken yet
-    pace.taken()
-    for dt in (0.032, 0.020, 0.020):  # the step after the snapshot took 12 ms more
-        step(dt)
-    assert abs(pace.cost_s - 0.012) < 1e-9
-    for _ in range(50):          # 1.072 s of steps since the snapshot: 12 ms / 0.01 = 1.2 s not yet run
-        step()
-    assert not pace.allows()
-    for _ in range(7):
-        step()
-    assert pace.allows()
-
-
-def test_pace_counts_training_steps_not_time_between_them(monkeypatch):
-    # prevents: a loop that trains in bursts (validation, other work, an interleaved benchmark)
-    # snapshotting far more often per step than max_overhead allows
-    pace, step = _paced(monkeypatch)
-    pace.taken()
-    for dt in (0.032, 0.020, 0.020):
-        step(dt)
-    for _ in range(5):           # 5 s between steps: counted as 3 usual steps each
-        step(5.0)
-    assert not pace.allows()     # 0.372 s of training since the snapshot, 1.2 s needed
-
-
-def test_pace_turns_its_cost_into_usual_steps_for_ranks_to_agree_on(monkeypatch):
-    # prevents: several ranks pacing by time, which differs per rank (they must snapshot at the same steps)
-    from trainguard import snapshot_schedule as snap
-    pace, step = _paced(monkeypatch)
-    assert pace.steps_needed() == 0          # nothing measured yet
-    pace.taken()
-    for dt in (0.032, 0.020, 0.020):
-        step(dt)
-    assert pace.steps_needed() == 60         # 12 ms / 1 % = 1.2 s of 20 ms steps
-    assert snap.SnapshotPace(max_overhead=0).steps_needed() == 0
-
-
-def test_pace_caps_a_cost_inflated_by_an_unrelated_pause(monkeypatch):
-    # prevents: a validation pass right after a snapshot postponing the next one for hours
-    from trainguard import snapshot_schedule as snap
-    pace, step = _paced(monkeypatch)
-    pace.taken()
-    for dt in (60.0, 0.020, 0.020):
-        step(dt)
-    assert pace.cost_s == snap.SnapshotPace.MAX_COST_STEPS * 0.020
-
-
 def test_first_snapshot_allocates_every_slot():
     # prevents: pinning the second slot's host memory mid-run (a ~1 s/GB stall at the 2nd snapshot)
     model, opt = make()
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
-    _fit(model, opt, 1)
+    fit_plain(model, opt, 1)
     store.take(0, 0, 1)
     assert all(s.host is not None for s in store.slots)
     hosts = [id(h) for h in store.slots[1].host]
@@ -366,11 +246,11 @@ def test_buffers_sized_after_the_first_update_serve_every_later_snapshot():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     store = SnapshotStore(model, opt, policy=SnapshotPolicy(interval=1, max_overhead=0))
     store.take(0, -1, 0)                 # the starting state: no optimizer state yet
-    _fit(model, opt, 1)
+    fit_plain(model, opt, 1)
     store.prepare()                       # what Recovery does after the first update
     alloc = store.stats["alloc_s"]
     for slot, step in ((1, 1), (0, 2), (1, 3)):
-        _fit(model, opt, 1, start=step)
+        fit_plain(model, opt, 1, start=step)
         store.take(slot, step, step + 1)
     assert store.stats["alloc_s"] == alloc
     assert len(store.slots[0].host) > 2   # weights and Adam's moments
