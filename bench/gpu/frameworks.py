@@ -104,7 +104,7 @@ class HFWrapped(torch.nn.Module):
         return {"loss": self.gpt(idx, targets)}
 
 
-def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat, max_grad_norm=0.0):
+def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat, max_grad_norm=0.0, nan_filter=True):
     """Runs a fresh HF Trainer (bf16, fused AdamW, no saving; no clipping unless ``max_grad_norm``)
     over ``data`` repeated."""
     import transformers
@@ -113,7 +113,7 @@ def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat, max_grad_norm=
                                           per_device_train_batch_size=B, learning_rate=3e-4, weight_decay=0.1,
                                           bf16=True, optim="adamw_torch_fused", save_strategy="no",
                                           logging_steps=10_000, report_to=[], max_grad_norm=max_grad_norm,
-                                          dataloader_num_workers=0, disable_tqdm=True)
+                                          logging_nan_inf_filter=nan_filter, dataloader_num_workers=0, disable_tqdm=True)
     flat = [{"idx": r["idx"][i], "targets": r["targets"][i]} for r in rows for i in range(B)]
     trainer = transformers.Trainer(model=HFWrapped(cfg), args=args, train_dataset=flat * repeat, callbacks=callbacks)
     trainer.train()
@@ -148,7 +148,7 @@ class Blocks:
     def __init__(self, warmup, size, pairs, toggle="guard"):
         self.warmup, self.size, self.n_blocks = warmup, size, 2 * pairs + 1
         self.n, self.t0, self.ms = 0, None, []
-        self.guard = None
+        self.guard = self.args = None
         # "watch": the guard stays on, its module watch is detached in even blocks; "none": on in all (A/A)
         self.toggle = toggle
 
@@ -164,6 +164,8 @@ class Blocks:
                 w.reset()
         else:
             (self.guard.resume if on else self.guard.pause)()
+            if self.toggle == "guard+filter":  # paused: the stock Trainer's per-step NaN filter; guarded: off
+                self.args.logging_nan_inf_filter = not on
 
     def steps(self):
         return self.warmup + self.size * self.n_blocks
@@ -224,11 +226,16 @@ HF_VARIANTS = {
     # the Trainer's default max_grad_norm=1.0 (it clips in place after backward), guarded and paused alike
     "hf-clip1": dict(at_backward=True, max_grad_norm=1.0),
     "hf-clip1000": dict(at_backward=True, max_grad_norm=1000.0),  # set, but never reached
+    # the Trainer's NaN filter (a host read of every step's loss) off, guarded and paused alike
+    "hf-nofilter": dict(at_backward=True, nan_filter=False),
+    # paused blocks as the stock Trainer (its NaN filter on), guarded blocks without it
+    "hf-vs-stock": dict(at_backward=True, toggle="guard+filter"),
+    "hf-vs-stock-clip1": dict(at_backward=True, toggle="guard+filter", max_grad_norm=1.0),
 }
 
 
 def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True, snapshots=True,
-                  unsent=False, watch=None, toggle="guard", max_grad_norm=0.0):
+                  unsent=False, watch=None, toggle="guard", max_grad_norm=0.0, nan_filter=True):
     """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``);
     ``watch`` the modules watched (default: the GPT's blocks)."""
     import transformers
@@ -242,10 +249,11 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
         def on_step_begin(self, args, state, control, **kw):
             if unsent and blocks.guard is None:
                 tg.guard.sender._transport = Unsent(tg.guard.sender._transport)
-            blocks.guard = tg.guard
+            blocks.guard, blocks.args = tg.guard, args
             blocks.tick()
 
-    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [tg, Timer()], repeat=1000, max_grad_norm=max_grad_norm)
+    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [tg, Timer()], repeat=1000, max_grad_norm=max_grad_norm,
+             nan_filter=nan_filter)
     return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters)
 
 
