@@ -1,7 +1,11 @@
 """Hugging Face integration: the Trainer (a callback paired with the optimizer wrapper) and Accelerate.
 
     from trainguard.hf import TrainguardCallback
-    trainer = transformers.Trainer(..., callbacks=[TrainguardCallback(run="my-run")])
+    trainer = transformers.Trainer(...)
+    TrainguardCallback(run="my-run").attach(trainer)   # or Trainer(..., callbacks=[TrainguardCallback(...)])
+
+``attach`` also takes the Trainer's per-step NaN/Inf loss filter over on the device
+(``hf_loss_filter``): the Trainer then no longer waits for every step's backward on the host.
 
 A ``TrainerCallback`` cannot veto an optimizer step, so at ``on_train_begin`` the callback puts
 ``guard.wrap(optimizer)`` inside the Trainer's ``AcceleratedOptimizer``: ``optimizer.step()`` then
@@ -34,6 +38,7 @@ from transformers import Trainer, TrainerCallback
 
 from .errors import TrainguardError
 from .guard import Guard
+from .hf_loss_filter import LossFilter
 from .hooks import Detached
 from .stats import grad_tensors
 from .safetensors_io import read_safetensors
@@ -127,6 +132,16 @@ class TrainguardCallback(TrainerCallback):
         self._cycle = CycleLoss()
         self._hook = None
         self._model = self._optimizer = self._scheduler = None
+        self.loss_filter = None  # hf_loss_filter.LossFilter, set by attach()
+        self._filter_said = False
+
+    def attach(self, trainer):
+        """Adds this callback to ``trainer`` (unless it is there) and takes the Trainer's NaN/Inf
+        loss filter over on the device (``hf_loss_filter``). Returns the callback."""
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        self.loss_filter = LossFilter.install(trainer)
+        return self
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if optimizer is None or model is None:
@@ -176,6 +191,20 @@ class TrainguardCallback(TrainerCallback):
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._accelerated, self._skipped = optimizer, False
         self._hook = _forward_hook(model, self._read_loss)
+        self._say_the_filter(args, model)
+
+    def _say_the_filter(self, args, model):
+        if self.loss_filter is not None or self._filter_said or not getattr(args, "logging_nan_inf_filter", False):
+            return
+        self._filter_said = True
+        if next(model.parameters()).device.type == "cuda":
+            log.info("trainguard: the Trainer reads every step's loss on the host for its NaN filter "
+                     "(logging_nan_inf_filter), so the GPU idles after each backward; "
+                     "TrainguardCallback(...).attach(trainer) does that check on the device instead")
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        if self.loss_filter is not None:  # the Trainer checked the micro-batch's loss: its flag goes back
+            self.loss_filter.check_done()
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._cycle.reset()  # the Trainer calls it before each accumulation cycle's first micro-batch
@@ -204,6 +233,8 @@ class TrainguardCallback(TrainerCallback):
             self.guard.gate_on_backward(self._loss, anchor)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.loss_filter is not None:
+            self.loss_filter.check_done()
         loss, self._loss = self._loss, None
         self._cycle.reset()
         v = self.guard.step(self.step, loss)
@@ -279,6 +310,8 @@ class TrainguardCallback(TrainerCallback):
         log.warning("trainguard: restored Trainer checkpoint %s (step %d)", path, plan.checkpoint_step)
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.loss_filter is not None:
+            self.loss_filter.check_done()
         if self._hook is not None:
             self._hook.remove()
         if self.guard is not None:

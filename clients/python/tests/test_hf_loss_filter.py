@@ -1,0 +1,103 @@
+"""``TrainguardCallback.attach(trainer)`` takes the Trainer's NaN/Inf loss filter over on the device
+(trainguard.hf_loss_filter), against the real sidecar jar and the real transformers Trainer on a tiny
+GPT-2 built from a config: the Trainer no longer reads each micro-batch's loss on the host, logs the
+same losses as with its own filter, and evaluation keeps the filter as the user set it. Skipped without transformers (the Debian stack)."""
+import sys
+
+import pytest
+import torch
+
+import transformers
+
+from test_hf import fused_cpu_args, tiny_gpt2, token_rows
+from test_hf_sweep import NanAt
+
+NAN_FORWARDS = (3, 6)
+
+
+def trainer_isnan_calls(monkeypatch):
+    """A list that grows by one at each ``torch.isnan`` the Trainer's own module calls."""
+    calls, isnan = [], torch.isnan
+
+    def counted(*args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__") == "transformers.trainer":
+            calls.append(1)
+        return isnan(*args, **kwargs)
+    monkeypatch.setattr(torch, "isnan", counted)
+    return calls
+
+
+class EvalNan:
+    """Forward hook on the LM head: NaN output in the first batch of each two-batch evaluation."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, module, inputs, output):
+        if module.training:
+            return None
+        self.calls += 1
+        return output * float("nan") if self.calls % 2 == 1 else None
+
+
+def train(sidecar, name, attach, accumulation=1, eval_nan=None, **args):
+    """A tiny GPT-2 trained by the Trainer under the guard, NaN at two training forwards; returns
+    (trainer, callback)."""
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    model.lm_head.register_forward_hook(NanAt(NAN_FORWARDS))
+    if eval_nan is not None:
+        model.lm_head.register_forward_hook(eval_nan)
+    tg = TrainguardCallback(f"hf-filter-{name}", target=sidecar.target, deadline=5.0)
+    kw = dict(max_steps=8, logging_steps=2, gradient_accumulation_steps=accumulation)
+    kw.update(args)
+    trainer = transformers.Trainer(model=model, args=fused_cpu_args(sidecar, f"hf-filter-{name}", **kw),
+                                   train_dataset=token_rows(80), eval_dataset=token_rows(8) if eval_nan else None,
+                                   callbacks=None if attach else [tg])
+    if attach:
+        assert tg.attach(trainer) is tg
+    trainer.train()
+    return trainer, tg
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_an_attached_trainer_never_reads_the_loss_on_the_host_and_logs_the_losses_its_own_filter_logs(
+        sidecar, monkeypatch, accumulation):
+    # Prevents: a guarded Trainer on a GPU waiting on the host for every step's backward (its NaN
+    # filter), or the device's filter logging other losses than the Trainer's (a NaN kept for good)
+    reads = trainer_isnan_calls(monkeypatch)
+    stock, stock_tg = train(sidecar, f"stock-{accumulation}", attach=False, accumulation=accumulation)
+    micro_batches = 8 * accumulation
+    assert len(reads) == micro_batches  # the Trainer's own check, a host read per micro-batch
+    del reads[:]
+    attached, tg = train(sidecar, f"attached-{accumulation}", attach=True, accumulation=accumulation)
+    assert reads == []
+    assert tg.loss_filter.counters == {"on_device": micro_batches, "left_to_the_trainer": 0}
+    logged = [h["loss"] for h in attached.state.log_history if "loss" in h]
+    assert len(logged) == 4 and all(x == x for x in logged), logged  # every one finite: the NaNs filtered
+    assert logged == [h["loss"] for h in stock.state.log_history if "loss" in h]
+    assert tg.guard.counters["skips"] == stock_tg.guard.counters["skips"] == 2
+    assert attached.args.logging_nan_inf_filter is True
+
+
+def test_evaluation_under_an_attached_trainer_keeps_the_trainers_filter(sidecar):
+    # Prevents: the flag lowered for the Trainer's check of a training loss still lowered when an
+    # evaluation between steps reads it, so one NaN batch makes the whole eval_loss NaN
+    eval_nan = EvalNan()
+    trainer, tg = train(sidecar, "eval", attach=True, eval_nan=eval_nan, eval_strategy="steps", eval_steps=2,
+                        per_device_eval_batch_size=4)
+    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    assert eval_nan.calls == 8  # four evaluations of two batches, the first of each NaN
+    assert len(evals) == 4 and all(e == e for e in evals), evals  # the Trainer's filter left the NaN batch out
+    assert tg.loss_filter.counters["on_device"] == 8
+
+
+def test_attach_leaves_a_trainer_whose_filter_the_user_turned_off_as_it_is(sidecar):
+    from trainguard.hf import TrainguardCallback
+    trainer = transformers.Trainer(model=tiny_gpt2(), train_dataset=token_rows(8),
+                                   args=fused_cpu_args(sidecar, "hf-filter-off", max_steps=1,
+                                                       logging_nan_inf_filter=False))
+    tg = TrainguardCallback("hf-filter-off", target=sidecar.target).attach(trainer)
+    assert tg.loss_filter is None and "training_step" not in trainer.__dict__
+    assert tg in trainer.callback_handler.callbacks
+    assert tg.attach(trainer) is tg and trainer.callback_handler.callbacks.count(tg) == 1

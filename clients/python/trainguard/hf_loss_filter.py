@@ -1,0 +1,67 @@
+"""The Hugging Face Trainer's NaN/Inf loss filter, done on the device.
+
+With ``logging_nan_inf_filter`` (the Trainer's default) every micro-batch's loss is checked with
+``torch.isnan(loss) or torch.isinf(loss)`` in Python: a host read, so each step waits for its
+backward to finish before the host goes on, and everything the host does next (the optimizer's
+launch, the scheduler, the next batch, the next forward's launches) finds the GPU idle. On GPT-2
+small at batch 8 on an H200 that wait costs the Trainer about 7 % of its step (docs/benchmarks.md,
+Issue 21, twenty-first pass). Under the guard the check no longer protects the weights: a
+non-finite step is skipped before the optimizer reads it. The Trainer still needs it for the loss it
+logs, because its accumulator never recovers from a NaN (it is reset by subtracting it from itself).
+
+``LossFilter`` makes the same choice on the device: the micro-batch's loss where it is finite, else
+the stand-in the Trainer adds (its accumulator over one plus the steps since the last log), and it
+tells the Trainer that this micro-batch is checked by lowering ``logging_nan_inf_filter`` until the
+callback's next event (``check_done``). Evaluation, which reads the same flag, sees it as the user
+set it. It needs the accumulator on the Trainer (``Trainer._tr_loss``, transformers >= 5); on other
+versions the Trainer's own check runs, as without it.
+"""
+import torch
+
+
+class LossFilter:
+    """Installed by ``TrainguardCallback.attach(trainer)`` around ``trainer.training_step``."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.enabled = True         # False: the Trainer's own check (its host read) runs again
+        self._inner = trainer.training_step
+        self._lowered = False
+        self.counters = {"on_device": 0, "left_to_the_trainer": 0}
+
+    @classmethod
+    def install(cls, trainer):
+        """The filter on ``trainer`` (the one already there on a second call); None where the user
+        turned the Trainer's filter off: there is nothing to take over."""
+        if not getattr(trainer.args, "logging_nan_inf_filter", False):
+            return None
+        present = getattr(trainer.__dict__.get("training_step"), "__self__", None)
+        if isinstance(present, cls):
+            return present
+        lf = cls(trainer)
+        trainer.training_step = lf.training_step
+        return lf
+
+    def training_step(self, *args, **kwargs):
+        self.check_done()  # a Trainer that ran no callback event since the last micro-batch
+        loss = self._inner(*args, **kwargs)
+        t = self.trainer
+        acc = getattr(t, "_tr_loss", None)
+        last = getattr(t, "_globalstep_last_logged", None)
+        if not (self.enabled and t.args.logging_nan_inf_filter and torch.is_tensor(loss) and loss.numel() == 1
+                and torch.is_tensor(acc) and acc.device == loss.device and last is not None):
+            self.counters["left_to_the_trainer"] += 1
+            return loss
+        stand_in = acc / (1 + t.state.global_step - last)  # what the Trainer adds for a non-finite loss
+        filtered = torch.where(torch.isfinite(loss), loss, stand_in)
+        t.args.logging_nan_inf_filter = False  # read once, right after this returns: done above
+        self._lowered = True
+        self.counters["on_device"] += 1
+        return filtered
+
+    def check_done(self):
+        """The Trainer's check of the last micro-batch is past (the callback's next event): its flag
+        goes back to on, for evaluation and the next micro-batch."""
+        if self._lowered:
+            self.trainer.args.logging_nan_inf_filter = True
+            self._lowered = False
