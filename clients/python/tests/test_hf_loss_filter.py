@@ -1,7 +1,9 @@
 """``TrainguardCallback.attach(trainer)`` takes the Trainer's NaN/Inf loss filter over on the device
 (trainguard.hf_loss_filter), against the real sidecar jar and the real transformers Trainer on a tiny
 GPT-2 built from a config: the Trainer no longer reads each micro-batch's loss on the host, logs the
-same losses as with its own filter, and evaluation keeps the filter as the user set it. Skipped without transformers (the Debian stack)."""
+same losses as with its own filter, and evaluation keeps the filter as the user set it. Also the
+Trainer's own clip when the early measurement's statistics have not landed at the optimizer step, as
+on a GPU once nothing reads the loss on the host. Skipped without transformers (the Debian stack)."""
 import sys
 
 import pytest
@@ -101,3 +103,36 @@ def test_attach_leaves_a_trainer_whose_filter_the_user_turned_off_as_it_is(sidec
     assert tg.loss_filter is None and "training_step" not in trainer.__dict__
     assert tg in trainer.callback_handler.callbacks
     assert tg.attach(trainer) is tg and trainer.callback_handler.callbacks.count(tg) == 1
+
+
+class NotLanded:
+    """Stands in for the CUDA event of the early measurement's copy to the host while the copy is in
+    flight, as at the optimizer step of a GPU Trainer that no longer reads the loss on the host (on
+    the CPU the copy has always landed)."""
+
+    def query(self):
+        return False
+
+    def synchronize(self):
+        pass
+
+
+def test_the_trainers_own_clip_keeps_the_early_measurement_while_its_statistics_are_in_flight(
+        sidecar, monkeypatch):
+    # Prevents: every step of an attached Trainer with max_grad_norm set (its default) measured a
+    # second time at the optimizer step, because the clip's factor was not on the host yet
+    from trainguard.measure import DeviceGate
+    stage = DeviceGate.stage
+    monkeypatch.setattr(DeviceGate, "stage", lambda self, *t: (stage(self, *t)[0], NotLanded()))
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    args = dict(max_steps=5, max_grad_norm=1e-4)  # clips every step
+    trainer = transformers.Trainer(model=model, args=fused_cpu_args(sidecar, "hf-filter-clip", **args),
+                                   train_dataset=token_rows(40))
+    tg = TrainguardCallback("hf-filter-clip", target=sidecar.target, deadline=5.0, device_gate=True).attach(trainer)
+    trainer.train()
+    assert tg.guard.backward_gate.counters == {"measured": 5, "used": 5, "stale": 0, "dropped": 0}
+    plain = tiny_gpt2()
+    transformers.Trainer(model=plain, args=fused_cpu_args(sidecar, "hf-filter-clip-plain", **args),
+                         train_dataset=token_rows(40)).train()
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))  # clipped once, as unguarded

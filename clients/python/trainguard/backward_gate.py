@@ -12,7 +12,8 @@ the thread that runs backward, while the GPU still has backward kernels queued).
 gradients the optimizer will read: every gradient the same tensor at the same version (no
 reassignment, no in-place write since but the ones the loop vouches for: a multiply by exactly 1.0,
 ``noop_writes``, or one ``clip_grad_norm_`` to ``clip_max_norm``, whose factor the landed statistics
-tell), the same clip threshold, the same loss. If not,
+tell, or which leaves the gradients under the guard's own clip threshold), the same clip threshold,
+the same loss. If not,
 ``step()`` measures again, as it would have without the call, so the early measurement can make a
 step faster but never decide it on stale numbers.
 
@@ -159,11 +160,13 @@ class BackwardGate:
         early, self._early = self._early, None
         if early is None:
             return None
-        loop_clip = self._loop_clip(early)
+        loop_clip = self._loop_clip(early, threshold)
         if self._holds(early, loss, threshold, loop_clip is not None):
             self.counters["used"] += 1
             clip = early.clip
-            if loop_clip is not None and loop_clip[1] < 1.0:
+            if loop_clip is BELOW_THRESHOLD:
+                clip = None
+            elif loop_clip is not None and loop_clip[1] < 1.0:
                 clip = _clip_after_the_loops(self.g.optimizer, loop_clip, threshold)
             return early.n_groups, early.names, early.staged, clip
         self.counters["stale"] += 1
@@ -202,24 +205,30 @@ class BackwardGate:
                 return False
         return _ptrs_equal(now, early.ptrs)
 
-    def _loop_clip(self, early):
+    def _loop_clip(self, early, threshold):
         """What the loop's ``clip_grad_norm_(max_norm)`` did to the measured gradients: (their norm
         measured here, the factor it multiplied them by: ``min(1, max_norm / (norm + 1e-6))``, exactly
-        1.0 below max_norm); None when unknown: no max_norm, the statistics not landed yet (read only
-        once the loop's loss read has waited for them: never a wait here), or a non-finite norm (the
-        clip made the gradients NaN; the step is measured again). The measurement stays valid either
-        way: a finite gradient scaled down stays finite, and its norm before the clip is the one to
-        judge (the Trainer logs that one too)."""
+        1.0 below max_norm); ``BELOW_THRESHOLD`` when the statistics have not landed yet (never a wait
+        here: a loop that does not read the loss on the host, as the Trainer under hf_loss_filter) but
+        the guard's threshold is off or at least max_norm, so whatever the factor, the guard's clip has
+        nothing left to do; None when unknown otherwise: no max_norm, not landed, or a non-finite norm
+        (the clip made the gradients NaN; the step is measured again). The measurement stays valid
+        either way: a finite gradient scaled down stays finite, and its norm before the clip is the
+        one to judge (the Trainer logs that one too)."""
         if self.clip_max_norm is None:
             return None
         hosts, event = early.staged
         if event is not None and not event.query():
-            return None
+            return BELOW_THRESHOLD if threshold <= 0 or threshold >= self.clip_max_norm else None
         # [loss, grad norm, ...]: one numpy read where the copy has a view (no tensor index and item)
         norm = early.host_stats.item(1) if early.host_stats is not None else float(hosts[0][1])
         if not math.isfinite(norm):
             return None
         return norm, min(1.0, self.clip_max_norm / (norm + 1e-6))
+
+
+#: ``_loop_clip``'s answer when the loop's clip leaves the gradients under the guard's threshold
+BELOW_THRESHOLD = (math.nan, math.nan)
 
 
 def _clip_after_the_loops(optimizer, loop_clip, threshold):
