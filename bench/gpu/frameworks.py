@@ -104,9 +104,9 @@ class HFWrapped(torch.nn.Module):
         return {"loss": self.gpt(idx, targets)}
 
 
-def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat, max_grad_norm=0.0, nan_filter=True):
+def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat, max_grad_norm=0.0, nan_filter=True, attach=None):
     """Runs a fresh HF Trainer (bf16, fused AdamW, no saving; no clipping unless ``max_grad_norm``)
-    over ``data`` repeated."""
+    over ``data`` repeated; ``attach``: a TrainguardCallback attached to it (``attach(trainer)``)."""
     import transformers
     rows = [{"idx": x.cpu(), "targets": y.cpu()} for x, y in data]
     args = transformers.TrainingArguments(output_dir=out_dir, max_steps=max_steps,
@@ -116,6 +116,8 @@ def hf_train(cfg, B, data, out_dir, max_steps, callbacks, repeat, max_grad_norm=
                                           logging_nan_inf_filter=nan_filter, dataloader_num_workers=0, disable_tqdm=True)
     flat = [{"idx": r["idx"][i], "targets": r["targets"][i]} for r in rows for i in range(B)]
     trainer = transformers.Trainer(model=HFWrapped(cfg), args=args, train_dataset=flat * repeat, callbacks=callbacks)
+    if attach is not None:
+        attach.attach(trainer)
     trainer.train()
 
 
@@ -148,7 +150,7 @@ class Blocks:
     def __init__(self, warmup, size, pairs, toggle="guard"):
         self.warmup, self.size, self.n_blocks = warmup, size, 2 * pairs + 1
         self.n, self.t0, self.ms = 0, None, []
-        self.guard = self.args = None
+        self.guard = self.loss_filter = None
         # "watch": the guard stays on, its module watch is detached in even blocks; "none": on in all (A/A)
         self.toggle = toggle
 
@@ -164,8 +166,8 @@ class Blocks:
                 w.reset()
         else:
             (self.guard.resume if on else self.guard.pause)()
-            if self.toggle == "guard+filter":  # paused: the stock Trainer's per-step NaN filter; guarded: off
-                self.args.logging_nan_inf_filter = not on
+            if self.toggle == "guard+filter":  # paused: the stock Trainer's own NaN filter; guarded: the device's
+                self.loss_filter.enabled = on
 
     def steps(self):
         return self.warmup + self.size * self.n_blocks
@@ -210,32 +212,38 @@ class Unsent:
         return answer
 
 
-# Diagnostic variants of the HF blocks run: what part of the guard the step's cost comes from.
+# Variants of the HF blocks run. From the twenty-first pass on, "hf" is the Trainer as the docs set it up,
+# TrainguardCallback(...).attach(trainer), whose NaN/Inf loss filter then runs on the device (attached
+# in paused blocks too: the guard's own cost); "hf-callback" is callbacks=[TrainguardCallback(...)], the
+# Trainer's own filter (a host read per step) kept, the earlier passes' "hf". The diagnostic variants
+# below it are the callback's, as in the passes that introduced them.
 HF_VARIANTS = {
-    "hf": dict(at_backward=True),
+    "hf": dict(attach=True),
+    "hf-callback": dict(),
     "hf-late": dict(at_backward=False),                      # measured at on_pre_optimizer_step
-    "hf-nosnap": dict(at_backward=True, snapshots=False),    # no in-memory snapshots
-    "hf-unsent": dict(at_backward=True, unsent=True),        # reports not sent (Unsent)
-    "hf-nowatch": dict(at_backward=True, watch=()),          # no module statistics
-    "hf-onewatch": dict(at_backward=True, watch=("gpt",)),   # the whole model's output only (before s17)
-    "hf-oneblock": dict(at_backward=True, watch=("gpt.h.0",)),  # one block of the 14
+    "hf-nosnap": dict(snapshots=False),                      # no in-memory snapshots
+    "hf-unsent": dict(unsent=True),                          # reports not sent (Unsent)
+    "hf-nowatch": dict(watch=()),                            # no module statistics
+    "hf-onewatch": dict(watch=("gpt",)),                     # the whole model's output only (before s17)
+    "hf-oneblock": dict(watch=("gpt.h.0",)),                 # one block of the 14
     # the guard on throughout, the 14 blocks' watch detached in every other block: the watch's own cost
-    "hf-watch-ab": dict(at_backward=True, toggle="watch"),
+    "hf-watch-ab": dict(toggle="watch"),
     # A/A: the guard on in every block, timed and paired as "hf": what this method reads with no difference
-    "hf-aa": dict(at_backward=True, toggle="none"),
+    "hf-aa": dict(attach=True, toggle="none"),
     # the Trainer's default max_grad_norm=1.0 (it clips in place after backward), guarded and paused alike
-    "hf-clip1": dict(at_backward=True, max_grad_norm=1.0),
-    "hf-clip1000": dict(at_backward=True, max_grad_norm=1000.0),  # set, but never reached
-    # the Trainer's NaN filter (a host read of every step's loss) off, guarded and paused alike
-    "hf-nofilter": dict(at_backward=True, nan_filter=False),
-    # paused blocks as the stock Trainer (its NaN filter on), guarded blocks without it
-    "hf-vs-stock": dict(at_backward=True, toggle="guard+filter"),
-    "hf-vs-stock-clip1": dict(at_backward=True, toggle="guard+filter", max_grad_norm=1.0),
+    "hf-clip1": dict(max_grad_norm=1.0),
+    "hf-clip1000": dict(max_grad_norm=1000.0),               # set, but never reached
+    # the Trainer's NaN filter off in its arguments, guarded and paused alike (the callback alone)
+    "hf-nofilter": dict(nan_filter=False),
+    # paused blocks as the stock Trainer (its own NaN filter: the device's is disabled there), guarded
+    # blocks attached; at the Trainer's default max_grad_norm too
+    "hf-vs-stock": dict(attach=True, toggle="guard+filter"),
+    "hf-vs-stock-clip1": dict(attach=True, toggle="guard+filter", max_grad_norm=1.0),
 }
 
 
 def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True, snapshots=True,
-                  unsent=False, watch=None, toggle="guard", max_grad_norm=0.0, nan_filter=True):
+                  unsent=False, watch=None, toggle="guard", max_grad_norm=0.0, nan_filter=True, attach=False):
     """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``);
     ``watch`` the modules watched (default: the GPT's blocks)."""
     import transformers
@@ -249,11 +257,11 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
         def on_step_begin(self, args, state, control, **kw):
             if unsent and blocks.guard is None:
                 tg.guard.sender._transport = Unsent(tg.guard.sender._transport)
-            blocks.guard, blocks.args = tg.guard, args
+            blocks.guard, blocks.loss_filter = tg.guard, tg.loss_filter
             blocks.tick()
 
-    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [tg, Timer()], repeat=1000, max_grad_norm=max_grad_norm,
-             nan_filter=nan_filter)
+    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [Timer()] if attach else [tg, Timer()], repeat=1000,
+             max_grad_norm=max_grad_norm, nan_filter=nan_filter, attach=tg if attach else None)
     return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters)
 
 

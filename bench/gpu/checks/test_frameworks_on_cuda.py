@@ -1,7 +1,8 @@
 """The integrations on CUDA, against the sidecar that bench/gpu/sidecar-up.sh started (the real one,
 ``$TG_TARGET``, default unix:///tmp/tg.sock): a NaN step skipped on the device gate is learned on the
 host from a CUDA event a step or more later (late_skips), so the LR schedule is held back once and the
-callbacks list the skip; Lightning's 16-mixed (a CUDA GradScaler) and bf16-mixed on the device gate.
+callbacks list the skip; a Trainer attached to (``TrainguardCallback.attach``) reads no loss on the host
+and updates bit for bit as the stock one; Lightning's 16-mixed (a CUDA GradScaler) and bf16-mixed on the device gate.
 CI runs the same paths on the CPU (tests/test_late_skips.py, test_hf.py, test_lightning.py), where
 there is no event to wait for."""
 import os
@@ -84,6 +85,57 @@ def test_hf_trainer_on_cuda_lists_the_devices_skip_and_holds_its_schedule_back(t
     assert [(s, a) for s, a, _ in tg.verdicts] == [(NAN_STEP // trainer.args.n_gpu, "SKIP")], tg.verdicts
     assert trainer.lr_scheduler.last_epoch == 11
     assert weights_finite(model)
+
+
+def trainer_on_cuda(tmp_path, name, callbacks=(), **overrides):
+    """A tiny GPT-2's Trainer on CUDA: fused AdamW, the Trainer's default max_grad_norm (1.0) and NaN filter."""
+    import transformers
+    rows = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(1))
+    kw = dict(output_dir=str(tmp_path / name), per_device_train_batch_size=4, max_steps=12, learning_rate=1e-3,
+              save_strategy="no", report_to=[], optim="adamw_torch_fused", disable_tqdm=True, logging_steps=2)
+    kw.update(overrides)
+    return transformers.Trainer(model=tiny_gpt2(), args=transformers.TrainingArguments(**kw),
+                                train_dataset=[{"input_ids": r, "labels": r} for r in rows], callbacks=list(callbacks))
+
+
+def trainer_isnan_calls(monkeypatch):
+    """A list that grows by one at each ``torch.isnan`` the Trainer's own module calls (its NaN filter)."""
+    import sys
+    calls, isnan = [], torch.isnan
+
+    def counted(*args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__") == "transformers.trainer":
+            calls.append(1)
+        return isnan(*args, **kwargs)
+    monkeypatch.setattr(torch, "isnan", counted)
+    return calls
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["healthy", "nan-step"])
+def test_an_attached_hf_trainer_on_cuda_reads_no_loss_on_the_host_and_updates_as_the_stock_one(
+        tmp_path, monkeypatch, nan):
+    from trainguard.hf import TrainguardCallback
+    reads = trainer_isnan_calls(monkeypatch)
+    trainer = trainer_on_cuda(tmp_path, "attached")
+    if nan:
+        nan_activation(trainer.model.lm_head, NAN_STEP)
+    tg = TrainguardCallback(run_id("cuda-hf-attached"), target=TARGET, deadline=5.0).attach(trainer)
+    trainer.train()
+    assert reads == [] and tg.loss_filter.counters["on_device"] == 12
+    gate = tg.guard.backward_gate.counters
+    assert gate["measured"] == 12 and gate["used"] + gate["stale"] == 12, gate
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 6 and all(x == x for x in logged), logged
+    assert weights_finite(trainer.model)
+    if nan:
+        assert [(s, a) for s, a, _ in tg.verdicts] == [(NAN_STEP // trainer.args.n_gpu, "SKIP")], tg.verdicts
+        return
+    assert tg.verdicts == []
+    stock = trainer_on_cuda(tmp_path, "stock")
+    stock.train()
+    assert len(reads) == 12  # the stock Trainer's own filter: a host read per step
+    assert all(torch.equal(a, b) for a, b in zip(stock.model.parameters(), trainer.model.parameters()))
+    assert [h["loss"] for h in stock.state.log_history if "loss" in h] == logged
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
