@@ -44,6 +44,7 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   testing.py       Sidecar: launches the sidecar jar (tests, examples; jar from TRAINGUARD_JAR or jar=)
   wrap.py          guard.wrap(optimizer) / guard.wrap(scheduler), ParametersOnly (manual update loops)
   lightning.py     Lightning Callback (extra "lightning");  hf.py  Trainer callback + Accelerate (extra "hf")
+  hf_loss_filter.py  the Trainer's NaN/Inf loss filter on the device (TrainguardCallback.attach)
   checksum.py, safetensors_io.py   tg1 checksums, safetensors read/write without the package
 """
 from .errors import RunRefused, SidecarUnavailable, TrainguardError, TrainingHalted
