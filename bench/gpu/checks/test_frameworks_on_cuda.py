@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainguard.guard import Guard
-from models import MLP, batch, weights_finite
+from models import MLP, batch, trainer_isnan_calls, weights_finite
 
 TARGET = os.environ.get("TG_TARGET", "unix:///tmp/tg.sock")
 NAN_STEP, STEPS = 5, 20
@@ -96,19 +96,6 @@ def trainer_on_cuda(tmp_path, name, callbacks=(), **overrides):
     kw.update(overrides)
     return transformers.Trainer(model=tiny_gpt2(), args=transformers.TrainingArguments(**kw),
                                 train_dataset=[{"input_ids": r, "labels": r} for r in rows], callbacks=list(callbacks))
-
-
-def trainer_isnan_calls(monkeypatch):
-    """A list that grows by one at each ``torch.isnan`` the Trainer's own module calls (its NaN filter)."""
-    import sys
-    calls, isnan = [], torch.isnan
-
-    def counted(*args, **kwargs):
-        if sys._getframe(1).f_globals.get("__name__") == "transformers.trainer":
-            calls.append(1)
-        return isnan(*args, **kwargs)
-    monkeypatch.setattr(torch, "isnan", counted)
-    return calls
 
 
 @pytest.mark.parametrize("nan", [False, True], ids=["healthy", "nan-step"])

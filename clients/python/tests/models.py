@@ -1,4 +1,6 @@
 """Small seeded models and data for the tests (CPU, a few ms per step)."""
+import sys
+
 import torch
 from torch import nn
 
@@ -162,3 +164,16 @@ class FlipOnce:
     def mark(self, step, x, y):
         self.step = step
         return x, y
+
+
+def trainer_isnan_calls(monkeypatch):
+    """A list that grows by one at each ``torch.isnan`` the transformers Trainer's own module calls
+    (its per-micro-batch NaN filter, a host read of the loss)."""
+    calls, isnan = [], torch.isnan
+
+    def counted(*args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__") == "transformers.trainer":
+            calls.append(1)
+        return isnan(*args, **kwargs)
+    monkeypatch.setattr(torch, "isnan", counted)
+    return calls

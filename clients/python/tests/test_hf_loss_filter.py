@@ -4,29 +4,16 @@ GPT-2 built from a config: the Trainer no longer reads each micro-batch's loss o
 same losses as with its own filter, and evaluation keeps the filter as the user set it. Also the
 Trainer's own clip when the early measurement's statistics have not landed at the optimizer step, as
 on a GPU once nothing reads the loss on the host. Skipped without transformers (the Debian stack)."""
-import sys
-
 import pytest
 import torch
 
 import transformers
 
+from models import trainer_isnan_calls
 from test_hf import fused_cpu_args, tiny_gpt2, token_rows
 from test_hf_sweep import NanAt
 
 NAN_FORWARDS = (3, 6)
-
-
-def trainer_isnan_calls(monkeypatch):
-    """A list that grows by one at each ``torch.isnan`` the Trainer's own module calls."""
-    calls, isnan = [], torch.isnan
-
-    def counted(*args, **kwargs):
-        if sys._getframe(1).f_globals.get("__name__") == "transformers.trainer":
-            calls.append(1)
-        return isnan(*args, **kwargs)
-    monkeypatch.setattr(torch, "isnan", counted)
-    return calls
 
 
 class EvalNan:

@@ -197,7 +197,8 @@ class TrainguardCallback(TrainerCallback):
         if self.loss_filter is not None or self._filter_said or not getattr(args, "logging_nan_inf_filter", False):
             return
         self._filter_said = True
-        if next(model.parameters()).device.type == "cuda":
+        first = next(iter(model.parameters()), None)
+        if first is not None and first.device.type == "cuda":
             log.info("trainguard: the Trainer reads every step's loss on the host for its NaN filter "
                      "(logging_nan_inf_filter), so the GPU idles after each backward; "
                      "TrainguardCallback(...).attach(trainer) does that check on the device instead")
