@@ -228,8 +228,9 @@ class TrainguardCallback(TrainerCallback):
         # The micro-batch whose backward ends before the optimizer step: the cycle's loss is complete.
         self._loss = self._cycle.value()
         if self.measure_at_backward:
-            # The Trainer reads the loss on the host (its NaN filter) between backward and
-            # on_pre_optimizer_step: measure and gate before that read, not after (backward_gate).
+            # Not attached, the Trainer reads the loss on the host (its NaN filter) between backward
+            # and on_pre_optimizer_step: measure and gate before that read, not after (backward_gate).
+            # Attached, nothing waits there, and the gate is launched while backward's are queued.
             # The hook sits on this micro-batch's loss (or logits); the cycle's loss is measured.
             self.guard.gate_on_backward(self._loss, anchor)
 
