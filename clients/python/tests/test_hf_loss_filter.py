@@ -81,6 +81,59 @@ def test_evaluation_under_an_attached_trainer_keeps_the_trainers_filter(sidecar)
     assert tg.loss_filter.counters["on_device"] == 8
 
 
+def test_every_other_callback_sees_the_trainers_flag_as_the_user_set_it(sidecar):
+    # Prevents: callbacks that run before the guard's (a user's evaluation in on_pre_optimizer_step)
+    # seeing the flag still lowered for the Trainer's check
+    seen = []
+
+    class Flag(transformers.TrainerCallback):
+        def on_substep_end(self, args, state, control, **kw):
+            seen.append(args.logging_nan_inf_filter)
+
+        on_pre_optimizer_step = on_step_end = on_substep_end
+
+    from trainguard.hf import TrainguardCallback
+    trainer = transformers.Trainer(model=tiny_gpt2(), train_dataset=token_rows(40), callbacks=[Flag()],
+                                   args=fused_cpu_args(sidecar, "hf-filter-order", max_steps=4,
+                                                       gradient_accumulation_steps=2))
+    tg = TrainguardCallback("hf-filter-order", target=sidecar.target, deadline=5.0).attach(trainer)
+    trainer.train()
+    assert tg.loss_filter.counters["on_device"] == 8
+    assert len(seen) == 4 * 3 and all(seen), seen  # a substep end and the two step events, each step
+
+
+class ClipFails(Exception):
+    pass
+
+
+def test_an_evaluation_after_a_step_cut_short_keeps_the_trainers_filter(sidecar):
+    # Prevents: an exception between the Trainer's check and the next callback event (here in the
+    # Trainer's clip) leaving the flag lowered for good: the next evaluate() averaging in a NaN batch
+    # and save_model() writing it into training_args.bin
+    from trainguard.hf import TrainguardCallback
+    model = tiny_gpt2()
+    trainer = transformers.Trainer(model=model, train_dataset=token_rows(40), eval_dataset=token_rows(8),
+                                   args=fused_cpu_args(sidecar, "hf-filter-cut", max_steps=6, max_grad_norm=1.0,
+                                                       per_device_eval_batch_size=4))
+    tg = TrainguardCallback("hf-filter-cut", target=sidecar.target, deadline=5.0).attach(trainer)
+    clip, calls = trainer._clip_grad_norm, [0]
+
+    def clip_then_fail(m):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise ClipFails("the clip failed")
+        return clip(m)
+    trainer._clip_grad_norm = clip_then_fail
+    with pytest.raises(ClipFails):
+        trainer.train()
+    assert tg.loss_filter.counters["on_device"] == 3
+    eval_nan = EvalNan()
+    model.lm_head.register_forward_hook(eval_nan)
+    loss = trainer.evaluate()["eval_loss"]
+    assert eval_nan.calls == 2 and loss == loss, loss  # the NaN batch left out, as the user set it
+    assert trainer.args.logging_nan_inf_filter is True
+
+
 def test_attach_leaves_a_trainer_whose_filter_the_user_turned_off_as_it_is(sidecar):
     from trainguard.hf import TrainguardCallback
     trainer = transformers.Trainer(model=tiny_gpt2(), train_dataset=token_rows(8),

@@ -203,10 +203,6 @@ class TrainguardCallback(TrainerCallback):
                      "(logging_nan_inf_filter), so the GPU idles after each backward; "
                      "TrainguardCallback(...).attach(trainer) does that check on the device instead")
 
-    def on_substep_end(self, args, state, control, **kwargs):
-        if self.loss_filter is not None:  # the Trainer checked the micro-batch's loss: its flag goes back
-            self.loss_filter.check_done()
-
     def on_step_begin(self, args, state, control, **kwargs):
         self._cycle.reset()  # the Trainer calls it before each accumulation cycle's first micro-batch
 
@@ -235,8 +231,6 @@ class TrainguardCallback(TrainerCallback):
             self.guard.gate_on_backward(self._loss, anchor)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.loss_filter is not None:
-            self.loss_filter.check_done()
         loss, self._loss = self._loss, None
         self._cycle.reset()
         v = self.guard.step(self.step, loss)
@@ -312,8 +306,6 @@ class TrainguardCallback(TrainerCallback):
         log.warning("trainguard: restored Trainer checkpoint %s (step %d)", path, plan.checkpoint_step)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.loss_filter is not None:
-            self.loss_filter.check_done()
         if self._hook is not None:
             self._hook.remove()
         if self.guard is not None:

@@ -12,11 +12,20 @@ logs, because its accumulator never recovers from a NaN (it is reset by subtract
 ``LossFilter`` makes the same choice on the device: the micro-batch's loss where it is finite, else
 the stand-in the Trainer adds (its accumulator over one plus the steps since the last log), and it
 tells the Trainer that this micro-batch is checked by lowering ``logging_nan_inf_filter`` until the
-callback's next event (``check_done``). Evaluation, which reads the same flag, sees it as the user
-set it. It needs the accumulator on the Trainer (``Trainer._tr_loss``, transformers >= 5); on other
-versions the Trainer's own check runs, as without it.
+Trainer's next callback event (``check_done``, from ``RaiseFlag``, first in the callback list, so no
+other callback sees it lowered). Evaluation and saving, which read the same flag, raise it first
+themselves, also after an exception cut the step short. It needs the accumulator on the Trainer
+(``Trainer._tr_loss``, transformers >= 5); on other versions, and where the Trainer skips its own
+check (torch_xla installed), the Trainer is left as it is.
 """
 import torch
+from transformers import TrainerCallback
+
+try:
+    from transformers.utils import is_torch_xla_available
+except ImportError:  # older transformers: the Trainer checks torch_xla its own way
+    def is_torch_xla_available():
+        return True
 
 
 class LossFilter:
@@ -38,9 +47,24 @@ class LossFilter:
         present = getattr(trainer.__dict__.get("training_step"), "__self__", None)
         if isinstance(present, cls):
             return present
+        if is_torch_xla_available():  # the Trainer does not filter there: nothing to take over
+            return None
         lf = cls(trainer)
         trainer.training_step = lf.training_step
+        trainer.callback_handler.callbacks.insert(0, RaiseFlag(lf))
+        for name in ("evaluation_loop", "save_model"):  # the flag's other readers (training_args.bin)
+            lf._raise_before(name)
         return lf
+
+    def _raise_before(self, name):
+        inner = getattr(self.trainer, name, None)
+        if inner is None:
+            return
+
+        def raised_first(*args, **kwargs):
+            self.check_done()
+            return inner(*args, **kwargs)
+        setattr(self.trainer, name, raised_first)
 
     def training_step(self, *args, **kwargs):
         self.check_done()  # a Trainer that ran no callback event since the last micro-batch
@@ -60,8 +84,20 @@ class LossFilter:
         return filtered
 
     def check_done(self):
-        """The Trainer's check of the last micro-batch is past (the callback's next event): its flag
-        goes back to on, for evaluation and the next micro-batch."""
+        """The Trainer's check of the last micro-batch is past: its flag goes back to on."""
         if self._lowered:
             self.trainer.args.logging_nan_inf_filter = True
             self._lowered = False
+
+
+class RaiseFlag(TrainerCallback):
+    """First in the Trainer's callback list: at the first event after the Trainer's check of a
+    micro-batch's loss, before any other callback runs, the flag goes back to on."""
+
+    def __init__(self, loss_filter):
+        self.loss_filter = loss_filter
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.loss_filter.check_done()
+
+    on_pre_optimizer_step = on_step_end = on_train_end = on_substep_end
