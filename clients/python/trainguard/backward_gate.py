@@ -211,9 +211,10 @@ class BackwardGate:
         1.0 below max_norm); ``BELOW_THRESHOLD`` when the statistics have not landed yet (never a wait
         here: a loop that does not read the loss on the host, as the Trainer under hf_loss_filter) but
         the guard's threshold is off or at least max_norm, so whatever the factor, the guard's clip has
-        nothing left to do; None when unknown otherwise: no max_norm, not landed, or a non-finite norm
-        (the clip made the gradients NaN; the step is measured again). The measurement stays valid
-        either way: a finite gradient scaled down stays finite, and its norm before the clip is the
+        nothing left to do (a non-finite norm, not known yet there, is skipped by the gate the
+        measurement installed); None when unknown otherwise: no max_norm, not landed, or a landed
+        non-finite norm (the clip made the gradients NaN; the step is measured again). The
+        measurement stays valid either way: a finite gradient scaled down stays finite, and its norm before the clip is the
         one to judge (the Trainer logs that one too)."""
         if self.clip_max_norm is None:
             return None
