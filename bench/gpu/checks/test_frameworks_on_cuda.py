@@ -66,27 +66,6 @@ def tiny_gpt2():
                                                                 n_layer=2, n_head=2))
 
 
-def test_hf_trainer_on_cuda_lists_the_devices_skip_and_holds_its_schedule_back(tmp_path):
-    import transformers
-    from trainguard.hf import TrainguardCallback
-    model = tiny_gpt2()
-    nan_activation(model.lm_head, NAN_STEP)
-    rows = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(1))
-    data = [{"input_ids": r, "labels": r} for r in rows]
-    tg = TrainguardCallback(run_id("cuda-hf-late-skip"), target=TARGET, deadline=5.0)
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=12,
-                                          learning_rate=1e-3, save_strategy="no", report_to=[], max_grad_norm=0.0,
-                                          optim="adamw_torch_fused", disable_tqdm=True, logging_steps=1000)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[tg])
-    trainer.train()
-    assert tg.guard.counters["device_gated_steps"] >= 10 and tg.guard.counters["skips"] == 1
-    # lm_head's NAN_STEP-th call: on a host with several GPUs the Trainer runs nn.DataParallel, whose
-    # n_gpu replicas each call it once a step (the guard then judges without their loss: trainguard.hooks)
-    assert [(s, a) for s, a, _ in tg.verdicts] == [(NAN_STEP // trainer.args.n_gpu, "SKIP")], tg.verdicts
-    assert trainer.lr_scheduler.last_epoch == 11
-    assert weights_finite(model)
-
-
 def trainer_on_cuda(tmp_path, name, callbacks=(), **overrides):
     """A tiny GPT-2's Trainer on CUDA: fused AdamW, the Trainer's default max_grad_norm (1.0) and NaN filter."""
     import transformers
@@ -96,6 +75,21 @@ def trainer_on_cuda(tmp_path, name, callbacks=(), **overrides):
     kw.update(overrides)
     return transformers.Trainer(model=tiny_gpt2(), args=transformers.TrainingArguments(**kw),
                                 train_dataset=[{"input_ids": r, "labels": r} for r in rows], callbacks=list(callbacks))
+
+
+def test_hf_trainer_on_cuda_lists_the_devices_skip_and_holds_its_schedule_back(tmp_path):
+    from trainguard.hf import TrainguardCallback
+    tg = TrainguardCallback(run_id("cuda-hf-late-skip"), target=TARGET, deadline=5.0)
+    trainer = trainer_on_cuda(tmp_path, "late-skip", [tg], max_grad_norm=0.0, logging_steps=1000)
+    model = trainer.model
+    nan_activation(model.lm_head, NAN_STEP)
+    trainer.train()
+    assert tg.guard.counters["device_gated_steps"] >= 10 and tg.guard.counters["skips"] == 1
+    # lm_head's NAN_STEP-th call: on a host with several GPUs the Trainer runs nn.DataParallel, whose
+    # n_gpu replicas each call it once a step (the guard then judges without their loss: trainguard.hooks)
+    assert [(s, a) for s, a, _ in tg.verdicts] == [(NAN_STEP // trainer.args.n_gpu, "SKIP")], tg.verdicts
+    assert trainer.lr_scheduler.last_epoch == 11
+    assert weights_finite(model)
 
 
 @pytest.mark.parametrize("nan", [False, True], ids=["healthy", "nan-step"])
