@@ -97,7 +97,7 @@ class RaiseFlag(TrainerCallback):
     def __init__(self, loss_filter):
         self.loss_filter = loss_filter
 
-    def on_substep_end(self, args, state, control, **kwargs):
+    def on_substep_end(self, args, state, control, **kwargs):  # after a micro-batch that ends no cycle
         self.loss_filter.check_done()
 
-    on_pre_optimizer_step = on_step_end = on_train_end = on_substep_end
+    on_pre_optimizer_step = on_substep_end  # after the cycle's last micro-batch
