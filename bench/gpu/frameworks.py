@@ -260,8 +260,8 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
             blocks.guard, blocks.loss_filter = tg.guard, tg.loss_filter
             blocks.tick()
 
-    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [Timer()] if attach else [tg, Timer()], repeat=1000,
-             max_grad_norm=max_grad_norm, nan_filter=nan_filter, attach=tg if attach else None)
+    hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [tg, Timer()], repeat=1000, max_grad_norm=max_grad_norm,
+             nan_filter=nan_filter, attach=tg if attach else None)  # attach() keeps tg where it is in the list
     return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters)
 
 
