@@ -212,14 +212,17 @@ class Unsent:
         return answer
 
 
-# Variants of the HF blocks run. From the twenty-first pass on, "hf" is the Trainer as the docs set it up,
-# TrainguardCallback(...).attach(trainer), whose NaN/Inf loss filter then runs on the device (attached
-# in paused blocks too: the guard's own cost); "hf-callback" is callbacks=[TrainguardCallback(...)], the
-# Trainer's own filter (a host read per step) kept, the earlier passes' "hf". The diagnostic variants
-# below it are the callback's, as in the passes that introduced them.
+# Variants of the HF blocks run. "hf" is the Trainer as the docs set it up. In the twenty-first pass that
+# was TrainguardCallback(...).attach(trainer), whose NaN/Inf loss filter then runs on the device (in
+# paused blocks too: the guard's own cost), and "hf-callback" was callbacks=[TrainguardCallback(...)],
+# the Trainer's own filter (a host read per step) kept, the earlier passes' "hf". From the twenty-second
+# pass on the callback finds its Trainer and installs the device's filter itself: "hf" is
+# callbacks=[...], "hf-attach" the attached form, "hf-callback" still the Trainer's own filter
+# (device_loss_filter=False). The diagnostic variants below get the device's filter from then on.
 HF_VARIANTS = {
-    "hf": dict(attach=True),
-    "hf-callback": dict(),
+    "hf": dict(),
+    "hf-attach": dict(attach=True),
+    "hf-callback": dict(device_filter=False),
     "hf-late": dict(at_backward=False),                      # measured at on_pre_optimizer_step
     "hf-nosnap": dict(snapshots=False),                      # no in-memory snapshots
     "hf-unsent": dict(unsent=True),                          # reports not sent (Unsent)
@@ -229,7 +232,7 @@ HF_VARIANTS = {
     # the guard on throughout, the 14 blocks' watch detached in every other block: the watch's own cost
     "hf-watch-ab": dict(toggle="watch"),
     # A/A: the guard on in every block, timed and paired as "hf": what this method reads with no difference
-    "hf-aa": dict(attach=True, toggle="none"),
+    "hf-aa": dict(toggle="none"),
     # the Trainer's default max_grad_norm=1.0 (it clips in place after backward), guarded and paused alike
     "hf-clip1": dict(max_grad_norm=1.0),
     "hf-clip1000": dict(max_grad_norm=1000.0),               # set, but never reached
@@ -237,20 +240,21 @@ HF_VARIANTS = {
     "hf-nofilter": dict(nan_filter=False),
     # paused blocks as the stock Trainer (its own NaN filter: the device's is disabled there), guarded
     # blocks attached; at the Trainer's default max_grad_norm too
-    "hf-vs-stock": dict(attach=True, toggle="guard+filter"),
-    "hf-vs-stock-clip1": dict(attach=True, toggle="guard+filter", max_grad_norm=1.0),
+    "hf-vs-stock": dict(toggle="guard+filter"),
+    "hf-vs-stock-clip1": dict(toggle="guard+filter", max_grad_norm=1.0),
 }
 
 
 def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_backward=True, snapshots=True,
-                  unsent=False, watch=None, toggle="guard", max_grad_norm=0.0, nan_filter=True, attach=False):
+                  unsent=False, watch=None, toggle="guard", max_grad_norm=0.0, nan_filter=True, attach=False,
+                  device_filter=True):
     """The HF Trainer with the guard paused in every other block of ``size`` steps (``Blocks``);
     ``watch`` the modules watched (default: the GPT's blocks)."""
     import transformers
     from trainguard.hf import TrainguardCallback
     blocks = Blocks(warmup, size, pairs, toggle)
     tg = TrainguardCallback(run, target=target, deadline=2.0, autocast_dtype=torch.bfloat16,
-                            measure_at_backward=at_backward, snapshots=snapshots,
+                            measure_at_backward=at_backward, snapshots=snapshots, device_loss_filter=device_filter,
                             watch=watched(cfg) if watch is None else list(watch))
 
     class Timer(transformers.TrainerCallback):
@@ -262,7 +266,8 @@ def hf_blocks_run(cfg, B, data, target, warmup, size, pairs, run, out_dir, at_ba
 
     hf_train(cfg, B, data, out_dir, blocks.steps() + 1, [tg, Timer()], repeat=1000, max_grad_norm=max_grad_norm,
              nan_filter=nan_filter, attach=tg if attach else None)  # attach() keeps tg where it is in the list
-    return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters)
+    device_filter = dict(tg.loss_filter.counters) if tg.loss_filter is not None else None
+    return blocks, dict(tg.guard.counters), dict(tg.guard.backward_gate.counters), device_filter
 
 
 def token_batches(cfg, B, n=4):
@@ -276,17 +281,18 @@ def blocks_main(a, cfg, info):
     for B in a.batch:
         data = token_batches(cfg, B)
         for fw in a.frameworks.split(","):
-            blocks, counters, early = hf_blocks_run(cfg, B, data, a.target, a.warmup, a.blocks, a.rounds,
+            blocks, counters, early, device_filter = hf_blocks_run(cfg, B, data, a.target, a.warmup, a.blocks, a.rounds,
                                                     f"bench-{fw}-blocks-b{B}-{os.getpid()}", f"/tmp/{fw}-blocks-{B}",
                                                     **HF_VARIANTS[fw])
             rs = blocks.ratios()
             info["results"][f"batch{B}-{fw}-blocks"] = {
                 "block_steps": a.blocks, "median": statistics.median(rs), "min": min(rs), "max": max(rs),
                 "ratios": rs, "block_ms": blocks.ms, "device_gated_steps": counters["device_gated_steps"],
-                "measured_at_backward": early}
+                "measured_at_backward": early, "device_loss_filter": device_filter}
             print(f"batch {B} {fw}, alternate blocks of {a.blocks} steps in one Trainer: median {statistics.median(rs):.3f} "
                   f"[{min(rs):.3f}, {max(rs):.3f}] over {len(rs)} pairs; block ms {[round(x, 2) for x in blocks.ms]}; "
-                  f"gated {counters['device_gated_steps']}, at backward {early}", flush=True)
+                  f"gated {counters['device_gated_steps']}, at backward {early}, device loss filter {device_filter}",
+                  flush=True)
             save(a, info)
 
 

@@ -1,8 +1,9 @@
 """The integrations on CUDA, against the sidecar that bench/gpu/sidecar-up.sh started (the real one,
 ``$TG_TARGET``, default unix:///tmp/tg.sock): a NaN step skipped on the device gate is learned on the
 host from a CUDA event a step or more later (late_skips), so the LR schedule is held back once and the
-callbacks list the skip; a Trainer attached to (``TrainguardCallback.attach``) reads no loss on the host
-and updates bit for bit as the stock one; Lightning's 16-mixed (a CUDA GradScaler) and bf16-mixed on the device gate.
+callbacks list the skip; a guarded Trainer (``callbacks=[...]`` or ``TrainguardCallback.attach``)
+reads no loss on the host and updates bit for bit as the stock one; Lightning's 16-mixed (a CUDA
+GradScaler) and bf16-mixed on the device gate.
 CI runs the same paths on the CPU (tests/test_late_skips.py, test_hf.py, test_lightning.py), where
 there is no event to wait for."""
 import os
@@ -92,15 +93,18 @@ def test_hf_trainer_on_cuda_lists_the_devices_skip_and_holds_its_schedule_back(t
     assert weights_finite(model)
 
 
+@pytest.mark.parametrize("form", ["attach", "callbacks"])
 @pytest.mark.parametrize("nan", [False, True], ids=["healthy", "nan-step"])
-def test_an_attached_hf_trainer_on_cuda_reads_no_loss_on_the_host_and_updates_as_the_stock_one(
-        tmp_path, monkeypatch, nan):
+def test_a_guarded_hf_trainer_on_cuda_reads_no_loss_on_the_host_and_updates_as_the_stock_one(
+        tmp_path, monkeypatch, nan, form):
     from trainguard.hf import TrainguardCallback
     reads = trainer_isnan_calls(monkeypatch)
-    trainer = trainer_on_cuda(tmp_path, "attached")
+    tg = TrainguardCallback(run_id(f"cuda-hf-{form}"), target=TARGET, deadline=5.0)
+    trainer = trainer_on_cuda(tmp_path, form, [tg] if form == "callbacks" else [])
     if nan:
         nan_activation(trainer.model.lm_head, NAN_STEP)
-    tg = TrainguardCallback(run_id("cuda-hf-attached"), target=TARGET, deadline=5.0).attach(trainer)
+    if form == "attach":
+        tg.attach(trainer)
     trainer.train()
     assert reads == [] and tg.loss_filter.counters["on_device"] == 12
     gate = tg.guard.backward_gate.counters

@@ -1,7 +1,8 @@
-"""``TrainguardCallback.attach(trainer)`` takes the Trainer's NaN/Inf loss filter over on the device
-(trainguard.hf_loss_filter), against the real sidecar jar and the real transformers Trainer on a tiny
-GPT-2 built from a config: the Trainer no longer reads each micro-batch's loss on the host, logs the
-same losses as with its own filter, and evaluation keeps the filter as the user set it. Also the
+"""``TrainguardCallback`` takes the Trainer's NaN/Inf loss filter over on the device
+(trainguard.hf_loss_filter), given in ``callbacks=[...]`` or through ``attach(trainer)``, against the
+real sidecar jar and the real transformers Trainer on a tiny GPT-2 built from a config: the Trainer
+no longer reads each micro-batch's loss on the host, logs the same losses as with its own filter,
+and evaluation keeps the filter as the user set it. Also the
 Trainer's own clip when the early measurement's statistics have not landed at the optimizer step, as
 on a GPU once nothing reads the loss on the host. Skipped without transformers (the Debian stack)."""
 import pytest
@@ -29,37 +30,40 @@ class EvalNan:
         return output * float("nan") if self.calls % 2 == 1 else None
 
 
-def train(sidecar, name, attach, accumulation=1, eval_nan=None, **args):
+def train(sidecar, name, form, accumulation=1, eval_nan=None, **args):
     """A tiny GPT-2 trained by the Trainer under the guard, NaN at two training forwards; returns
-    (trainer, callback)."""
+    (trainer, callback). ``form``: "callbacks" (``callbacks=[...]``), "attach" (``attach(trainer)``)
+    or "stock" (``callbacks=[...]`` with ``device_loss_filter=False``: the Trainer's own check)."""
     from trainguard.hf import TrainguardCallback
     model = tiny_gpt2()
     model.lm_head.register_forward_hook(NanAt(NAN_FORWARDS))
     if eval_nan is not None:
         model.lm_head.register_forward_hook(eval_nan)
-    tg = TrainguardCallback(f"hf-filter-{name}", target=sidecar.target, deadline=5.0)
+    tg = TrainguardCallback(f"hf-filter-{name}", target=sidecar.target, deadline=5.0,
+                            device_loss_filter=form != "stock")
     kw = dict(max_steps=8, logging_steps=2, gradient_accumulation_steps=accumulation)
     kw.update(args)
     trainer = transformers.Trainer(model=model, args=fused_cpu_args(sidecar, f"hf-filter-{name}", **kw),
                                    train_dataset=token_rows(80), eval_dataset=token_rows(8) if eval_nan else None,
-                                   callbacks=None if attach else [tg])
-    if attach:
+                                   callbacks=None if form == "attach" else [tg])
+    if form == "attach":
         assert tg.attach(trainer) is tg
     trainer.train()
     return trainer, tg
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_an_attached_trainer_never_reads_the_loss_on_the_host_and_logs_the_losses_its_own_filter_logs(
-        sidecar, monkeypatch, accumulation):
+@pytest.mark.parametrize("form, accumulation", [("attach", 1), ("attach", 2), ("callbacks", 1), ("callbacks", 2)])
+def test_a_guarded_trainer_never_reads_the_loss_on_the_host_and_logs_the_losses_its_own_filter_logs(
+        sidecar, monkeypatch, form, accumulation):
     # Prevents: a guarded Trainer on a GPU waiting on the host for every step's backward (its NaN
     # filter), or the device's filter logging other losses than the Trainer's (a NaN kept for good)
     reads = trainer_isnan_calls(monkeypatch)
-    stock, stock_tg = train(sidecar, f"stock-{accumulation}", attach=False, accumulation=accumulation)
+    stock, stock_tg = train(sidecar, f"stock-{form}-{accumulation}", "stock", accumulation=accumulation)
     micro_batches = 8 * accumulation
     assert len(reads) == micro_batches  # the Trainer's own check, a host read per micro-batch
+    assert stock_tg.loss_filter is None
     del reads[:]
-    attached, tg = train(sidecar, f"attached-{accumulation}", attach=True, accumulation=accumulation)
+    attached, tg = train(sidecar, f"{form}-{accumulation}", form, accumulation=accumulation)
     assert reads == []
     assert tg.loss_filter.counters == {"on_device": micro_batches, "left_to_the_trainer": 0}
     logged = [h["loss"] for h in attached.state.log_history if "loss" in h]
@@ -69,11 +73,11 @@ def test_an_attached_trainer_never_reads_the_loss_on_the_host_and_logs_the_losse
     assert attached.args.logging_nan_inf_filter is True
 
 
-def test_evaluation_under_an_attached_trainer_keeps_the_trainers_filter(sidecar):
+def test_evaluation_under_a_guarded_trainer_keeps_the_trainers_filter(sidecar):
     # Prevents: the flag lowered for the Trainer's check of a training loss still lowered when an
     # evaluation between steps reads it, so one NaN batch makes the whole eval_loss NaN
     eval_nan = EvalNan()
-    trainer, tg = train(sidecar, "eval", attach=True, eval_nan=eval_nan, eval_strategy="steps", eval_steps=2,
+    trainer, tg = train(sidecar, "eval", "callbacks", eval_nan=eval_nan, eval_strategy="steps", eval_steps=2,
                         per_device_eval_batch_size=4)
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     assert eval_nan.calls == 8  # four evaluations of two batches, the first of each NaN
@@ -81,25 +85,37 @@ def test_evaluation_under_an_attached_trainer_keeps_the_trainers_filter(sidecar)
     assert tg.loss_filter.counters["on_device"] == 8
 
 
-def test_every_other_callback_sees_the_trainers_flag_as_the_user_set_it(sidecar):
+@pytest.mark.parametrize("form", ["attach", "callbacks"])
+def test_every_other_callback_sees_the_trainers_flag_as_the_user_set_it(sidecar, form):
     # Prevents: callbacks that run before the guard's (a user's evaluation in on_pre_optimizer_step)
-    # seeing the flag still lowered for the Trainer's check
-    seen = []
+    # seeing the flag still lowered for the Trainer's check; and, given in callbacks=[...], the
+    # filter installed from on_train_begin running that event of a callback twice (a list insert
+    # while the Trainer iterates it)
+    seen, began = [], []
 
     class Flag(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            began.append(self)
+
         def on_substep_end(self, args, state, control, **kw):
             seen.append(args.logging_nan_inf_filter)
 
         on_pre_optimizer_step = on_step_end = on_substep_end
 
     from trainguard.hf import TrainguardCallback
-    trainer = transformers.Trainer(model=tiny_gpt2(), train_dataset=token_rows(40), callbacks=[Flag()],
-                                   args=fused_cpu_args(sidecar, "hf-filter-order", max_steps=4,
+    tg = TrainguardCallback(f"hf-filter-order-{form}", target=sidecar.target, deadline=5.0)
+    first, last = Flag(), Flag()
+    trainer = transformers.Trainer(model=tiny_gpt2(), train_dataset=token_rows(40),
+                                   callbacks=[first] if form == "attach" else [first, tg, last],
+                                   args=fused_cpu_args(sidecar, f"hf-filter-order-{form}", max_steps=4,
                                                        gradient_accumulation_steps=2))
-    tg = TrainguardCallback("hf-filter-order", target=sidecar.target, deadline=5.0).attach(trainer)
+    if form == "attach":
+        tg.attach(trainer)
+        trainer.add_callback(last)
     trainer.train()
     assert tg.loss_filter.counters["on_device"] == 8
-    assert len(seen) == 4 * 3 and all(seen), seen  # a substep end and the two step events, each step
+    assert began == [first, last] and tg.run == f"hf-filter-order-{form}"  # one on_train_begin each
+    assert len(seen) == 2 * 4 * 3 and all(seen), seen  # a substep end and the two step events, each step
 
 
 class ClipFails(Exception):

@@ -1,11 +1,13 @@
 """Hugging Face integration: the Trainer (a callback paired with the optimizer wrapper) and Accelerate.
 
     from trainguard.hf import TrainguardCallback
-    trainer = transformers.Trainer(...)
-    TrainguardCallback(run="my-run").attach(trainer)   # or Trainer(..., callbacks=[TrainguardCallback(...)])
+    trainer = transformers.Trainer(..., callbacks=[TrainguardCallback(run="my-run")])
+    # or, on a Trainer built already: TrainguardCallback(run="my-run").attach(trainer)
 
-``attach`` also takes the Trainer's per-step NaN/Inf loss filter over on the device
+The callback also takes the Trainer's per-step NaN/Inf loss filter over on the device
 (``hf_loss_filter``): the Trainer then no longer waits for every step's backward on the host.
+Given in ``callbacks=[...]`` it finds its Trainer at ``on_train_begin`` (``_trainer_running``);
+``attach`` hands it over directly.
 
 A ``TrainerCallback`` cannot veto an optimizer step, so at ``on_train_begin`` the callback puts
 ``guard.wrap(optimizer)`` inside the Trainer's ``AcceleratedOptimizer``: ``optimizer.step()`` then
@@ -32,6 +34,7 @@ Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the s
 import glob
 import logging
 import os
+import sys
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -108,6 +111,22 @@ def _forward_hook(model, hook):
         return model.register_forward_hook(Detached(lambda module, args, output: hook(module, args, None, output)))
 
 
+def _trainer_running(callback):
+    """The Trainer whose event ``callback`` is handling, or None. A callback is not handed its
+    Trainer, but its events are fired by the Trainer's own methods (``_inner_training_loop`` calls
+    ``callback_handler.on_train_begin``, which calls each callback's), so the Trainer is the ``self``
+    of a frame a few levels up: the first Trainer there whose callback list holds ``callback``."""
+    frame = sys._getframe(1)
+    for _ in range(16):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Trainer) and callback in owner.callback_handler.callbacks:
+            return owner
+        frame = frame.f_back
+    return None
+
+
 def _tied_to_loaded(model, missing, loaded):
     """The missing keys whose tensor shares its storage with a loaded one: tied weights (GPT-2's
     lm_head, T5/BART's embed_tokens and shared), which safetensors checkpoints store once."""
@@ -118,12 +137,15 @@ def _tied_to_loaded(model, missing, loaded):
 
 class TrainguardCallback(TrainerCallback):
     """Args: ``run`` (the run id), ``target`` (the sidecar; default $TRAINGUARD_TARGET),
-    ``measure_at_backward`` (default True: ``Guard.gate_on_backward`` on the device gate) and any Guard
-    keyword argument."""
+    ``measure_at_backward`` (default True: ``Guard.gate_on_backward`` on the device gate),
+    ``device_loss_filter`` (default True: the Trainer's NaN/Inf loss filter done on the device,
+    ``hf_loss_filter``; False keeps the Trainer's own check, a host read per micro-batch) and any
+    Guard keyword argument."""
 
-    def __init__(self, run, target=None, measure_at_backward=True, **guard_kwargs):
+    def __init__(self, run, target=None, measure_at_backward=True, device_loss_filter=True, **guard_kwargs):
         self.run, self.target, self.guard_kwargs = run, target, guard_kwargs
         self.measure_at_backward = measure_at_backward
+        self.device_loss_filter = device_loss_filter
         self.guard = None
         self._base_run, self._trainings = run, 0
         self.step = 0            # the guard's step: optimizer steps, re-numbered after a rollback
@@ -136,11 +158,13 @@ class TrainguardCallback(TrainerCallback):
         self._filter_said = False
 
     def attach(self, trainer):
-        """Adds this callback to ``trainer`` (unless it is there) and takes the Trainer's NaN/Inf
-        loss filter over on the device (``hf_loss_filter``). Returns the callback."""
+        """Adds this callback to ``trainer`` (unless it is there) and, unless ``device_loss_filter``
+        is off, takes the Trainer's NaN/Inf loss filter over on the device (``hf_loss_filter``).
+        Returns the callback."""
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
-        self.loss_filter = LossFilter.install(trainer)
+        if self.device_loss_filter:
+            self.loss_filter = LossFilter.install(trainer)
         return self
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
@@ -191,17 +215,23 @@ class TrainguardCallback(TrainerCallback):
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._accelerated, self._skipped = optimizer, False
         self._hook = _forward_hook(model, self._read_loss)
+        if self.device_loss_filter and self.loss_filter is None:
+            trainer = _trainer_running(self)
+            if trainer is not None:
+                self.loss_filter = LossFilter.install(trainer)
         self._say_the_filter(args, model)
 
     def _say_the_filter(self, args, model):
-        if self.loss_filter is not None or self._filter_said or not getattr(args, "logging_nan_inf_filter", False):
+        if (self.loss_filter is not None or not self.device_loss_filter or self._filter_said
+                or not getattr(args, "logging_nan_inf_filter", False)):
             return
         self._filter_said = True
         first = next(iter(model.parameters()), None)
         if first is not None and first.device.type == "cuda":
             log.info("trainguard: the Trainer reads every step's loss on the host for its NaN filter "
-                     "(logging_nan_inf_filter), so the GPU idles after each backward; "
-                     "TrainguardCallback(...).attach(trainer) does that check on the device instead")
+                     "(logging_nan_inf_filter), so the GPU idles after each backward, and this callback "
+                     "did not find the Trainer that runs it to do that check on the device; "
+                     "TrainguardCallback(...).attach(trainer) hands it over")
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._cycle.reset()  # the Trainer calls it before each accumulation cycle's first micro-batch

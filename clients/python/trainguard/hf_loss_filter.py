@@ -29,7 +29,8 @@ except ImportError:  # older transformers: the Trainer checks torch_xla its own 
 
 
 class LossFilter:
-    """Installed by ``TrainguardCallback.attach(trainer)`` around ``trainer.training_step``."""
+    """Installed around ``trainer.training_step`` by ``TrainguardCallback`` (at ``on_train_begin``, or
+    by ``attach(trainer)``)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -51,7 +52,10 @@ class LossFilter:
             return None
         lf = cls(trainer)
         trainer.training_step = lf.training_step
-        trainer.callback_handler.callbacks.insert(0, RaiseFlag(lf))
+        # A new list, not an insert: installed from on_train_begin, the Trainer is iterating the list
+        # it holds, and an insert at 0 would run the current callback's event a second time.
+        handler = trainer.callback_handler
+        handler.callbacks = [RaiseFlag(lf)] + handler.callbacks
         for name in ("evaluation_loop", "save_model"):  # the flag's other readers (training_args.bin)
             lf._raise_before(name)
         return lf
