@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On the GPU machine (after `source bench/gpu/sidecar-up.sh`; bench/gpu/run.sh puts py-spy's wheel in .whl): who holds
+# On the GPU machine (after `source bench/gpu/sidecar-up.sh`; bench/gpu/run.sh puts py-spy's wheel in .whl-prof,
+# which this call must carry too, with .bundle and .whl): who holds
 # the GIL during sender_probe.py's timed steps, guarded and unguarded. py-spy attaches once the
 # probe's warm-up (and compilation) is over, samples RATE times a second for SECONDS without pausing
 # the process, and gil_profile.py summarises. Results in $OUT/$TAG-<run>.{raw,txt,json,log}.

@@ -3,9 +3,10 @@
 #  .bundle/app.tar.xz  the sidecar built without the DJL native jar (-Dno-djl-native), with the
 #                      other platforms' native libraries stripped from sqlite-jdbc, jna, pytorch-jni
 #  .bundle/jre.tar.xz  a jlink-ed Java 17 runtime (the GPU machine has no Java)
-#  .whl/               grpcio + protobuf wheels for CPython 3.12 manylinux (the GPU machine's python3),
-#                      and py-spy's (gil-profile-cmd.sh)
-# Both folders are git-ignored; name them in the device call's carry. Together < 64 MiB.
+#  .whl/               grpcio + protobuf wheels for CPython 3.12 manylinux (the GPU machine's python3)
+#  .whl-prof/          py-spy's wheel, for gil-profile-cmd.sh only: carried with the other two the
+#                      working tree passed the device's 64 MiB limit (twenty-second pass)
+# The folders are git-ignored; name .bundle and .whl in the device call's carry. Together < 64 MiB.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD=${BUILD:-/tmp/gpu-build}
@@ -43,14 +44,19 @@ PID=$!
 for i in $(seq 1 90); do sleep 1; curl -sf http://127.0.0.1:9007/q/health/ready >/dev/null && break; done
 curl -sf http://127.0.0.1:9007/q/health/ready >/dev/null || { kill $PID; tail -20 /tmp/gpu-check.log; exit 1; }
 kill $PID
-mkdir -p "$REPO/.bundle" "$REPO/.whl"
+mkdir -p "$REPO/.bundle" "$REPO/.whl" "$REPO/.whl-prof"
 rm -f "$REPO"/.bundle/*
 tar -cJf "$REPO/.bundle/jre.tar.xz" -C ${JRE_DIR:-/tmp/gpu-jre} .
 tar -cJf "$REPO/.bundle/app.tar.xz" -C "$BUILD/target" quarkus-app
-rm -f "$REPO"/.whl/grpcio-* "$REPO"/.whl/protobuf-* "$REPO"/.whl/py_spy-*
-python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$REPO/.whl" grpcio==1.85.3 protobuf==7.36.2 py-spy==0.4.3
+rm -f "$REPO"/.whl/grpcio-* "$REPO"/.whl/protobuf-* "$REPO"/.whl/py_spy-* "$REPO"/.whl-prof/py_spy-*
+wheels() {  # dest, packages: CPython 3.12 manylinux wheels
+  local dest=$1; shift
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$dest" "$@"
+}
+wheels "$REPO/.whl" grpcio==1.85.3 protobuf==7.36.2
+wheels "$REPO/.whl-prof" py-spy==0.4.3
 du -sh "$REPO/.bundle" "$REPO/.whl"
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | du -ch --files0-from=- | tail -1)
 echo
