@@ -161,6 +161,35 @@ def test_attach_leaves_a_trainer_whose_filter_the_user_turned_off_as_it_is(sidec
     assert tg.attach(trainer) is tg and trainer.callback_handler.callbacks.count(tg) == 1
 
 
+def test_a_callback_leaves_a_trainer_whose_filter_the_user_turned_off_as_it_is(sidecar, monkeypatch):
+    # Prevents: the device's filter turning a check back on that the user turned off
+    from trainguard.hf import TrainguardCallback
+    reads = trainer_isnan_calls(monkeypatch)
+    tg = TrainguardCallback("hf-filter-off-cb", target=sidecar.target, deadline=5.0)
+    trainer = transformers.Trainer(model=tiny_gpt2(), train_dataset=token_rows(16), callbacks=[tg],
+                                   args=fused_cpu_args(sidecar, "hf-filter-off-cb", max_steps=2,
+                                                       logging_nan_inf_filter=False))
+    trainer.train()
+    assert tg.loss_filter is None and "training_step" not in trainer.__dict__
+    assert reads == [] and trainer.args.logging_nan_inf_filter is False
+
+
+def test_a_callback_handed_to_a_second_trainer_takes_that_trainers_filter_over_too(sidecar, monkeypatch):
+    # Prevents: the filter installed once, on the first Trainer, so a second Trainer given the same
+    # callback (a notebook's next experiment) reads every micro-batch's loss on the host again
+    from trainguard.hf import TrainguardCallback
+    reads = trainer_isnan_calls(monkeypatch)
+    tg = TrainguardCallback("hf-filter-two", target=sidecar.target, deadline=5.0)
+    filters = []
+    for n in range(2):
+        trainer = transformers.Trainer(model=tiny_gpt2(), train_dataset=token_rows(16), callbacks=[tg],
+                                       args=fused_cpu_args(sidecar, f"hf-filter-two-{n}", max_steps=3))
+        trainer.train()
+        assert tg.loss_filter.trainer is trainer and tg.loss_filter.counters["on_device"] == 3
+        filters.append(tg.loss_filter)
+    assert reads == [] and filters[0] is not filters[1]
+
+
 class NotLanded:
     """Stands in for the CUDA event of the early measurement's copy to the host while the copy is in
     flight, as at the optimizer step of a GPU Trainer that no longer reads the loss on the host (on

@@ -154,7 +154,7 @@ class TrainguardCallback(TrainerCallback):
         self._cycle = CycleLoss()
         self._hook = None
         self._model = self._optimizer = self._scheduler = None
-        self.loss_filter = None  # hf_loss_filter.LossFilter, set by attach()
+        self.loss_filter = None  # hf_loss_filter.LossFilter of the Trainer running this callback
         self._filter_said = False
 
     def attach(self, trainer):
@@ -215,15 +215,19 @@ class TrainguardCallback(TrainerCallback):
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._accelerated, self._skipped = optimizer, False
         self._hook = _forward_hook(model, self._read_loss)
-        if self.device_loss_filter and self.loss_filter is None:
+        if self.device_loss_filter:
+            # Every training: one callback may be handed to a second Trainer, which needs its own.
             trainer = _trainer_running(self)
-            if trainer is not None:
+            if trainer is None:
+                if self.loss_filter is None:  # attach() did not hand it over either
+                    self._say_the_filter(args, model)
+            elif self.loss_filter is None or self.loss_filter.trainer is not trainer:
                 self.loss_filter = LossFilter.install(trainer)
-        self._say_the_filter(args, model)
 
     def _say_the_filter(self, args, model):
-        if (self.loss_filter is not None or not self.device_loss_filter or self._filter_said
-                or not getattr(args, "logging_nan_inf_filter", False)):
+        """No Trainer found to take the filter over (a Trainer subclass that fires its events from
+        elsewhere): said once, on a GPU, where the host read costs."""
+        if self._filter_said or not getattr(args, "logging_nan_inf_filter", False):
             return
         self._filter_said = True
         first = next(iter(model.parameters()), None)
@@ -254,9 +258,9 @@ class TrainguardCallback(TrainerCallback):
         # The micro-batch whose backward ends before the optimizer step: the cycle's loss is complete.
         self._loss = self._cycle.value()
         if self.measure_at_backward:
-            # Not attached, the Trainer reads the loss on the host (its NaN filter) between backward
-            # and on_pre_optimizer_step: measure and gate before that read, not after (backward_gate).
-            # Attached, nothing waits there, and the gate is launched while backward's are queued.
+            # Without the device filter, the Trainer reads the loss on the host (its NaN filter) between
+            # backward and on_pre_optimizer_step: measure and gate before that read (backward_gate).
+            # With it, nothing waits there, and the gate is launched while backward's are queued.
             # The hook sits on this micro-batch's loss (or logits); the cycle's loss is measured.
             self.guard.gate_on_backward(self._loss, anchor)
 
