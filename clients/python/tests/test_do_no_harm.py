@@ -1,5 +1,8 @@
 """Do no harm by default: a healthy run guarded with every default ends bit-identical to the same
 run unguarded (real sidecar jar, default policy), through each way of guarding a loop."""
+import time
+import warnings
+
 import pytest
 import torch
 
@@ -117,3 +120,54 @@ def test_a_healthy_validation_over_a_dataloader_is_no_incident_and_leaves_the_ru
     assert len(audits) == 3 and not any(a["rng_changed"] for a in audits), audits
     assert g.counters["validation_incidents"] == 0
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def overflowing_amp_run(target=None, how=None, steps=30):
+    """fp16 autocast under a GradScaler whose first steps overflow (init_scale 2**32, as a too-high
+    scale does at the start of any fp16 run), with a OneCycleLR stepped per step."""
+    model, opt = make(lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 32)
+    g = None
+    if how == "wrap":
+        g = Guard(model, opt, f"noharm-overflow-wrap-{time.time_ns()}", target=target, scaler=scaler)
+        opt = g.wrap(opt)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=steps)
+    if how == "wrap":
+        sched = g.wrap(sched)
+    elif how == "optimizer_step":
+        g = Guard(model, opt, f"noharm-overflow-step-{time.time_ns()}", target=target, scaler=scaler, scheduler=sched)
+    actions, lrs = [], []
+    for step in range(steps):
+        x, y = data(step)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        if how == "optimizer_step":
+            actions.append(g.step(step, loss).action)
+            g.optimizer_step()
+        else:
+            if g is not None:
+                actions.append(g.step(step, loss).action)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+        opt.zero_grad(set_to_none=True)
+        lrs.append(opt.param_groups[0]["lr"])
+    if g is not None:
+        g.close()
+    return model, actions, lrs
+
+
+@pytest.mark.torch2  # GradScaler on the CPU needs torch >= 2.3
+@pytest.mark.parametrize("how", ["wrap", "optimizer_step"])
+def test_a_schedule_the_guard_holds_advances_on_grad_scaler_overflows_as_without_a_guard(sidecar, how):
+    # Prevents: guard.wrap(scheduler) and guard.optimizer_step() holding the LR schedule back on the
+    # scaler's own overflow skips (every verdict that was not should_step), so a healthy fp16 run's
+    # schedule ran behind the unguarded one's and its weights parted from it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: lr_scheduler.step() before optimizer.step() (the first overflows)
+        ref, _, ref_lrs = overflowing_amp_run()
+        model, actions, lrs = overflowing_amp_run(sidecar.target, how)
+    assert actions[0] == Action.SKIP and Action.APPLY in actions  # the run did overflow, then trained
+    assert lrs == ref_lrs
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters()))

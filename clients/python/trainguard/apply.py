@@ -120,6 +120,8 @@ def optimizer_step(guard):
             scaler.update()
         guard._unscaled = False
         skipped_update(guard, v)
+        if v.scaler_overflow:  # the scaler's own skip: the schedule advances on it, as without a guard
+            step_scheduler(guard)
         return False
 
     def update():
@@ -133,7 +135,13 @@ def optimizer_step(guard):
         run_update(guard, v, update)
     finally:
         guard._unscaled = False
-    if guard.steps_scheduler and not on_a_metric(guard) and not guard.gated.late.pay():  # late_skips
-        guard.scheduler.step()
+    step_scheduler(guard)
     guard.recovery.after_update(v.step if v else None)
     return True
+
+
+def step_scheduler(guard):
+    """The guard's scheduler's step after an update, unless it steps on a metric or is owed a skip
+    the device gate made (late_skips)."""
+    if guard.steps_scheduler and not on_a_metric(guard) and not guard.gated.late.pay():
+        guard.scheduler.step()

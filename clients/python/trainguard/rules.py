@@ -45,7 +45,8 @@ def clip_reason(grad_norm, threshold, source):
 
 def decide_locally(step, grad_norm, bounds, scaler_overflow, validation_allowed):
     if scaler_overflow:
-        return Verdict(step, Action.SKIP, reasons=["GradScaler overflow: loss scale lowered"], decided_locally=True)
+        return Verdict(step, Action.SKIP, reasons=["GradScaler overflow: loss scale lowered"], decided_locally=True,
+                       scaler_overflow=True)
     thr = bounds.clip_threshold if bounds else 0.0
     action = clip_action(thr, grad_norm)
     reasons = [clip_reason(grad_norm, thr, "the run's clip policy, decided locally")] if action == Action.CLIP else []

@@ -86,6 +86,9 @@ class Verdict:
     #: Set when the step was replayed: "TRANSIENT" (the replay's clean update was applied),
     #: "DETERMINISTIC" or "UNSTABLE" (see trainguard.replay).
     fault_class: Optional[str] = None
+    #: A SKIP that is an enabled GradScaler's own overflow skip (decided locally, no incident): the
+    #: scaler skips the update and lowers its scale, and the LR schedule advances as without a guard.
+    scaler_overflow: bool = False
 
     @property
     def should_step(self) -> bool:

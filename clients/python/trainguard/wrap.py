@@ -144,7 +144,8 @@ def _first_call_returns(value, closure):
 
 class GuardedScheduler:
     """An LR scheduler whose ``step()`` is skipped when the guard skipped the update (as the
-    optimizer's own step was), or once for each skip the device gate made that the host learned of
+    optimizer's own step was; not on a GradScaler's own overflow skip, on which a schedule steps
+    without a guard too), or once for each skip the device gate made that the host learned of
     since (the schedule had advanced on it: late_skips); everything else is the inner scheduler's.
     Only a scheduler stepped once per step is held back: one stepped per epoch (several steps since
     its last ``step()``) or on a metric always steps, whatever the epoch's last step was."""
@@ -165,7 +166,7 @@ class GuardedScheduler:
         seen, self.__dict__["_steps_seen"] = self._steps_seen, g.counters["steps"]
         if g.counters["steps"] - seen == 1:  # stepped once per step: it follows the updates
             v = g.last_verdict
-            if v is not None and not v.should_step:
+            if v is not None and not v.should_step and not v.scaler_overflow:  # an overflow: as without a guard
                 return None
             if g.gated.late.pay():  # owed to a skip the device made, learned since (late_skips)
                 return None
