@@ -73,9 +73,10 @@ def test_healthy_run_with_defaults_is_bit_identical_to_unguarded(sidecar, how):
     assert sum(n > 1.0 for n in norms) >= STEPS // 2
 
 
-def dropout_run(guard_with=None):
+def dropout_run(guard_with=None, samples=0):
     """30 steps of a dropout model whose data order and dropout draw from the global RNG, with a
-    validation over a DataLoader every 10 steps (which takes its base seed from the same RNG)."""
+    validation over a DataLoader every 10 steps (which takes its base seed from the same RNG) that
+    also draws ``samples`` normal numbers from it (a VAE's or a diffusion model's sampling)."""
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.2), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
@@ -87,6 +88,7 @@ def dropout_run(guard_with=None):
         m.eval()
         with torch.no_grad():
             total = sum(float(torch.nn.functional.mse_loss(m(x), y)) for x, y in val)
+            total += 0.0 * float(torch.randn(samples).sum()) if samples else 0.0
         m.train()
         return total
     audits = []
@@ -110,13 +112,16 @@ def dropout_run(guard_with=None):
     return [p.detach().clone() for p in m.parameters()], audits, g
 
 
-def test_a_healthy_validation_over_a_dataloader_is_no_incident_and_leaves_the_run_as_unguarded(sidecar):
+@pytest.mark.parametrize("samples", [0, 500_000], ids=["loader", "sampling"])
+def test_a_healthy_validation_over_a_dataloader_is_no_incident_and_leaves_the_run_as_unguarded(sidecar, samples):
     # prevents: every validation over a DataLoader (its base seed drawn from the global RNG) read as
-    # "RNG changed", reported, and the RNG rewound: the guarded run then drew other dropout masks
-    want, _, _ = dropout_run()
-    got, audits, g = dropout_run(lambda m, opt: Guard(m, opt, "no-harm-val-loader", target=sidecar.target, deadline=5.0,
+    # "RNG changed", reported, and the RNG rewound: the guarded run then drew other dropout masks.
+    # And a validation that samples (16,384 draws were enough) read as a reseed the same way.
+    want, _, _ = dropout_run(samples=samples)
+    got, audits, g = dropout_run(lambda m, opt: Guard(m, opt, f"no-harm-val-{samples}-{time.time_ns()}",
+                                                      target=sidecar.target, deadline=5.0,
                                                       policy={"validation_warmup_steps": 5,
-                                                              "validation_interval_steps": 5}))
+                                                              "validation_interval_steps": 5}), samples=samples)
     assert len(audits) == 3 and not any(a["rng_changed"] for a in audits), audits
     assert g.counters["validation_incidents"] == 0
     assert all(torch.equal(a, b) for a, b in zip(got, want))
