@@ -76,6 +76,10 @@ final class Rollup {
         return reports;
     }
 
+    private static boolean heldBack(String action) {
+        return !"APPLY".equals(action) && !"CLIP".equals(action);
+    }
+
     void add(long rowid, long step, double loss, double grad, double clip, double lr, double scale, String action) {
         lastRowid = rowid;
         reports++;
@@ -88,7 +92,9 @@ final class Rollup {
             a.lossMax = Math.max(a.lossMax, loss);
             a.lossSum += loss;
             a.lossFinite++;
-        } else {
+        } else if (!Double.isNaN(loss) || heldBack(action)) {
+            // The journal stores NaN as NULL, and a step reported without a loss as NULL too: a NaN
+            // loss is never applied, so a NULL on an applied step is an absent loss, not a NaN.
             a.nonFiniteLoss++;
         }
         if (Double.isFinite(grad)) {

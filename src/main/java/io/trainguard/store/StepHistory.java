@@ -100,10 +100,12 @@ public final class StepHistory implements AutoCloseable {
         if (width >= Rollup.BASE) {
             return rollup(runId, rank).range(lo, hi, points);
         }
-        // One pass in SQLite; MIN/MAX/AVG skip NULL, which is how NaN is stored.
+        // One pass in SQLite; MIN/MAX/AVG skip NULL, which is how NaN is stored. An absent loss (a step
+        // reported without one) is NULL too: NULL counts as non-finite only where the update was held
+        // back, as a NaN loss always is (Rollup.add).
         String sql = "SELECT (step - ?1) / ?2 AS b, MIN(step), MAX(step), COUNT(*), "
                 + "MIN(loss), MAX(loss), AVG(loss), MIN(grad_norm), MAX(grad_norm), MAX(clip), MAX(lr), MIN(loss_scale), "
-                + "SUM(loss IS NULL OR abs(loss) > 1.7976931348623157e308), SUM(action='SKIP'), SUM(action='CLIP'), SUM(action='ROLLBACK'), SUM(action='HALT') "
+                + "SUM((loss IS NULL AND action NOT IN ('APPLY','CLIP')) OR abs(loss) > 1.7976931348623157e308), SUM(action='SKIP'), SUM(action='CLIP'), SUM(action='ROLLBACK'), SUM(action='HALT') "
                 + "FROM steps WHERE run_id=?3 AND rank=?4 AND step BETWEEN ?5 AND ?6 GROUP BY b ORDER BY b";
         List<Bucket> out = new ArrayList<>();
         long reports = 0;

@@ -116,6 +116,24 @@ class StepHistoryTest {
         }
     }
 
+    @Test
+    void steps_stepsReportedWithoutALoss_areNotCountedAsNonFiniteLossesButANaNLossStillIs(@TempDir Path own) throws Exception {
+        // prevents: a run that reports no loss (guard.step(k, None), a Trainer with label smoothing) drawn
+        // with a red "non-finite loss" tick at every step: the journal stores both as NULL
+        try (SqliteJournal journal = new SqliteJournal(own.resolve("journal.db"), "OFF", 64);
+                StepHistory h = new StepHistory(own.resolve("journal.db"))) {
+            List<StepRecord> steps = new ArrayList<>(rows(0, 1000, Double.NaN));
+            steps.add(new StepRecord("warm", 0, 1000, Double.NaN, 1.0, 1e-3, 65536, Action.SKIP, 5.0,
+                    Instant.parse("2026-11-29T00:00:00Z")));
+            journal.write(new JournalWrite(null, steps, List.of(), true)).get(60, TimeUnit.SECONDS);
+            for (int points : new int[] {5, 1001}) { // the rollup's buckets and SQLite's per-step rows
+                List<StepHistory.Bucket> b = h.steps("warm", 0, null, null, points).buckets();
+                assertEquals(1, b.stream().mapToInt(StepHistory.Bucket::nonFiniteLoss).sum(), "points " + points);
+                assertEquals(1, bucketOf(new StepHistory.Range("warm", 0, 0, 1000, 1, 0, b), 1000).nonFiniteLoss());
+            }
+        }
+    }
+
     private static List<StepRecord> rows(int from, int to, double loss) {
         List<StepRecord> out = new ArrayList<>();
         for (int s = from; s < to; s++) {
