@@ -131,6 +131,60 @@ def test_accelerate_loop_through_the_wrapper_skips_nan(sidecar):
     assert skipped == [5]
 
 
+def accelerate_schedule(target=None, nan_at=None, cycles=8):
+    """An Accelerate loop with gradient accumulation 2 and a LambdaLR stepped on every micro-batch,
+    as Accelerate's examples do (its AcceleratedScheduler steps it at the cycles' ends); guarded with
+    guard.wrap(optimizer) and guard.wrap(scheduler) when ``target`` is given. Returns the LR after
+    each cycle and the prepared scheduler's class name."""
+    from accelerate import Accelerator
+    from trainguard.guard import Guard
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    model, opt = make()
+    guard = None
+    if target is not None:
+        guard = Guard(model, opt, f"hf-accelerate-schedule-{time.time_ns()}", target=target, deadline=5.0,
+                      scaler=acc.scaler, replay=False)
+        opt = guard.wrap(opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + k))
+    if guard is not None:
+        sched = guard.wrap(sched)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    lrs, step = [], 0
+    for i in range(2 * cycles):
+        x, y = batch(i)
+        with acc.accumulate(model):
+            if step == nan_at:
+                y = y * float("nan")
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            acc.backward(loss)
+            if guard is not None and acc.sync_gradients:
+                guard.step(step, loss)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        if acc.sync_gradients:
+            lrs.append(opt.param_groups[0]["lr"])
+            step += 1
+    if guard is not None:
+        guard.close()
+    return lrs, type(sched).__name__
+
+
+def test_a_wrapped_scheduler_prepared_by_accelerate_steps_with_the_updates_and_holds_on_a_skip(sidecar):
+    # Prevents: guard.wrap(scheduler) handed to accelerator.prepare() taken for an unknown object (it
+    # was no LRScheduler to isinstance): left unwrapped, it stepped on every micro-batch (the schedule
+    # ran twice as fast on a healthy run) and save_state did not save it.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: lr_scheduler.step() before optimizer.step() (a skipped first update)
+        ref, _ = accelerate_schedule()
+        healthy, prepared = accelerate_schedule(sidecar.target)
+        skipped, _ = accelerate_schedule(sidecar.target, nan_at=3)
+    assert prepared == "AcceleratedScheduler"
+    assert healthy == ref
+    assert skipped == ref[:3] + ref[2:7]  # the skipped step's update and its schedule step left out
+
+
 def test_hf_trainer_on_the_device_gate_measures_at_backward_end_and_skips_nan(sidecar):
     # prevents: the Trainer's per-step loss read making the guard's gate late, or the early
     # measurement letting a NaN update through

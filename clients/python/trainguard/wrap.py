@@ -155,6 +155,13 @@ class GuardedScheduler:
         self.__dict__["scheduler"] = scheduler
         self.__dict__["_steps_seen"] = guard.counters["steps"]  # the guard's steps at the last step()
 
+    @property
+    def __class__(self):
+        # isinstance(it, LRScheduler) holds, as for the scheduler itself: Accelerate's prepare()
+        # recognises schedulers by class, and left a plain proxy unwrapped (stepped on every
+        # micro-batch, not saved by save_state)
+        return type(self.__dict__["scheduler"])
+
     def __getattr__(self, name):
         return getattr(self.__dict__["scheduler"], name)
 
