@@ -176,3 +176,69 @@ def test_a_schedule_the_guard_holds_advances_on_grad_scaler_overflows_as_without
     assert actions[0] == Action.SKIP and Action.APPLY in actions  # the run did overflow, then trained
     assert lrs == ref_lrs
     assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters()))
+
+
+class MaskedPolicy(torch.nn.Module):
+    """A policy whose head gives invalid actions -inf logits (as action and vocabulary masks do): its
+    output is never finite, its loss and gradients always are."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh())
+        self.head = MaskedHead()
+
+    def forward(self, x, mask):
+        return self.head(self.body(x), mask)
+
+
+class MaskedHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(32, 6)
+
+    def forward(self, h, mask):
+        return self.fc(h).masked_fill(~mask, float("-inf"))
+
+
+def masked_policy_run(target=None, how=None, nan_at=None, steps=30):
+    torch.manual_seed(0)
+    model = MaskedPolicy()
+    opt = (torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True) if how == "gate"
+           else torch.optim.AdamW(model.parameters(), lr=1e-2))
+    g = (Guard(model, opt, f"noharm-masked-{how}-{time.time_ns()}", target=target, device_gate=(how == "gate") or "auto")
+         if target else None)
+    mask = torch.ones(32, 6, dtype=torch.bool)
+    mask[:, 4:] = False
+    actions = []
+    for step in range(steps):
+        x, _ = batch(step)
+        if step == nan_at:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        loss = torch.nn.functional.cross_entropy(model(x, mask), torch.arange(32) % 4)
+        loss.backward()
+        if g is not None:
+            actions.append(g.step(step, loss).action)
+            g.optimizer_step()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    if g is not None:
+        g.close()
+    return model, actions, g
+
+
+@pytest.mark.parametrize("how", ["optimizer_step", pytest.param("gate", marks=pytest.mark.torch2)])
+def test_a_head_that_masks_with_minus_infinity_trains_as_unguarded_and_a_nan_is_still_skipped(sidecar, how):
+    # Prevents: the default module watch taking a head's -inf logits (action or vocabulary masking; loss
+    # and gradients finite) for a non-finite step: every step skipped, rollbacks until the run halted.
+    ref, _, _ = masked_policy_run(how=how)
+    model, actions, g = masked_policy_run(sidecar.target, how)
+    assert set(actions) == {Action.APPLY}, actions
+    assert g.counters["skips"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters()))
+    # a NaN in the body's output is still a fault: skipped, and charged to the module where it appeared
+    model, actions, g = masked_policy_run(sidecar.target, how, nan_at=12)
+    assert g.counters["skips"] == 1
+    incidents = sidecar.run_info(g.run)["incidents"]
+    assert [i["module"] for i in incidents if i["kind"] == "NON_FINITE_MODULE"][:1] == ["body.0"], incidents

@@ -22,6 +22,7 @@ import os
 import torch
 
 from . import grad_table
+from .measure import skip_flag
 
 log = logging.getLogger("trainguard")
 
@@ -84,7 +85,7 @@ class GateGraphs:
             self.counters["replays"] += 1
             return cap.stats, self._table.n_groups, names, (self._divide.replay if by_table else clip)
         stats, total, ng, names = self.meter.on_device(loss, taken=(names, mods))
-        clip = self.gate.install(stats, total, threshold)
+        clip = self.gate.install(stats, total, threshold, head=2 + ng)
         self.counters["eager"] += 1
         if key is not None and cap is None:
             self._capture(key, self._scalars(key, loss, mods))
@@ -155,7 +156,7 @@ class GateGraphs:
                     per_group = torch.sqrt(sq)
                     total = torch.sqrt(sq.sum())
                     stats = torch.cat([in_loss, total.reshape(1), per_group, in_mods])
-                    torch.logical_not(torch.isfinite(stats).all(), out=found)
+                    skip_flag(stats, 2 + per_group.numel(), out=found)
                     torch.div(torch.maximum(total, self._threshold), self._threshold, out=scale)
                 finally:
                     graph.capture_end()

@@ -27,6 +27,7 @@ from .connection import ClientState
 from .gate_graph import GateGraphs
 from .host_path import stepped_optimizer, unscale_once
 from .late_skips import LateSkips
+from .measure import skip_flag
 from .replay import FaultClass, StepFault
 from .report import step_report
 from .rng import restore_rng
@@ -66,14 +67,16 @@ class GatedStep:
     def finite(self):
         """Whether every value of the step was finite: the healthy step's check, which builds no
         StepFault."""
-        return all(map(math.isfinite, self.host.tolist()))
+        vals = self.host.tolist()
+        head = 2 + self.n_groups
+        return all(map(math.isfinite, vals[:head])) and rules.outputs_finite(vals[head:])
 
     def fault(self):
         vals = self.host.tolist()
         mods = vals[2 + self.n_groups:]
         # the bare name, as Recovery._fault gives the replay's: the two are compared in classify()
         # (first_non_finite's "'name' (call k of n)" is for messages only)
-        bad = next((n for n, x in zip(self.names, mods) if not math.isfinite(x)), "")
+        bad = rules.charged_output(self.names, vals[0], vals[1], mods)
         return StepFault(vals[0], vals[1], module=bad)
 
 
@@ -169,7 +172,7 @@ class GatedPath:
             unscale_once(g)  # true gradients for the norms (in place, on the device)
         if self.multi:
             stats, total, ng, names = g.meter.on_device(loss)
-            bad = torch.logical_not(torch.isfinite(stats).all())
+            bad = skip_flag(stats, 2 + ng)
             skip, norm, inverse, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded,
                                                                   self._threshold_entry(thr))
             clip = g.gate.install_agreed(skip, norm, inverse)
@@ -230,10 +233,9 @@ class GatedPath:
         g = self.g
         loss_v, gnorm = vals[0], vals[1]
         mods = vals[2 + ng:]
-        mod_finite = [math.isfinite(x) for x in mods]
-        finite, clipped, in_bounds = rules.gated_outcome(loss_v, gnorm, mod_finite, thr, bounds)  # = the device's gate
+        finite, clipped, in_bounds = rules.gated_outcome(loss_v, gnorm, mods, thr, bounds)  # = the device's gate
         # the GradScaler's own overflow (scale too high): its business, as on the host path
-        overflow = loss_scale > 0 and rules.is_scaler_overflow(True, loss_v, gnorm) and all(mod_finite)
+        overflow = loss_scale > 0 and rules.is_scaler_overflow(True, loss_v, gnorm, mods)
         locally_finite = finite
         if reduced is not None:  # several ranks: the device acted on what they agreed
             any_bad, _, spread = dist_agree.reduced_flags(reduced, g.world_size, self.sharded)
@@ -268,7 +270,7 @@ class GatedPath:
             log.warning("trainguard: step %d: another rank saw a non-finite value or the norms disagreed: the update "
                         "was skipped on every rank", step)
         elif not finite:
-            bad = first_non_finite(names, mod_finite)
+            bad = first_non_finite(names, [math.isfinite(x) for x in mods])
             log.warning("trainguard: step %d non-finite (loss=%s, grad norm=%s%s): the update was skipped on the "
                         "device; the sidecar decides what follows", step, "absent" if absent else loss_v, gnorm,
                         f", first non-finite module call {bad}" if bad else "")

@@ -94,6 +94,16 @@ class StepMeter:
         return torch.cat(parts), total, len(per_group)
 
 
+def skip_flag(stats, head, out=None):
+    """Whether a step's update must be skipped, on the device (a bool 0-d tensor, or written into
+    ``out``): the loss and gradient norms (``stats[:head]``) NaN or Inf, or a watched output's max |x|
+    (the rest) NaN. An output's Inf alone is masking (-inf logits), as on the host (rules.outputs_finite)."""
+    bad = torch.logical_not(torch.isfinite(stats[:head]).all())
+    if stats.numel() > head:
+        return torch.logical_or(bad, torch.isnan(stats[head:]).any(), out=out)
+    return bad if out is None else out.copy_(bad)
+
+
 def momentum_unborn(optimizer):
     """Fused SGD with momentum creates its momentum buffers with ``empty_like`` before its kernel reads
     ``found_inf``: a first update skipped on the device leaves them uninitialised, and the next steps
@@ -127,12 +137,13 @@ class DeviceGate:
             self._scale = torch.ones((), dtype=torch.float32, device=self.device)
         return self._found, self._scale
 
-    def install(self, stats, total, threshold):
-        """Writes the skip flag and the clip divisor for this step and points the optimizer at them."""
+    def install(self, stats, total, threshold, head=None):
+        """Writes the skip flag and the clip divisor for this step and points the optimizer at them.
+        ``head``: how many of ``stats`` are the loss and gradient norms (the rest: watched outputs)."""
         found, _ = self.buffers()
-        # 1.0 when anything is NaN/Inf: the fused optimizer then leaves weights, moments and its
+        # 1.0 when the step is not finite: the fused optimizer then leaves weights, moments and its
         # step counter untouched (as under GradScaler).
-        torch.logical_not(torch.isfinite(stats).all(), out=found)
+        skip_flag(stats, stats.numel() if head is None else head, out=found)
         return self._point(total, threshold)
 
     def install_agreed(self, skip, norm, inverse_threshold):

@@ -15,7 +15,7 @@ from . import distributed as dist_agree
 from . import schedulers
 from .lrcut import LrCuts, LrPolicy
 from .replay import FaultClass, ReplayBudget, ReplayPolicy, StepFault, classify
-from .rules import within_bounds
+from .rules import charged_output, within_bounds
 from .rng import capture_rng, restore_rng
 from .snapshot import EMPTY, SnapshotPolicy, SnapshotStore
 from .snapshot_registration import MEMORY_SCHEME, SnapshotRegistrar
@@ -127,7 +127,7 @@ class Recovery:
     # ------------------------------------------------------------------ replay
 
     def _fault(self, m, bounds, step):
-        module = next((n for n, v in zip(m.module_names, m.module_values) if not math.isfinite(v)), "")
+        module = charged_output(m.module_names, m.loss, m.grad_norm, m.module_values)
         f = StepFault(m.loss, m.grad_norm, module=module)
         if not f.nonfinite and bounds is not None and bounds.usable(step):
             f.spike = not within_bounds(bounds, m.loss, m.grad_norm)

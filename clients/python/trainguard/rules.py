@@ -24,13 +24,34 @@ def may_decide_locally(bounds, step, loss, grad_norm, finite):
             and within_bounds(bounds, loss, grad_norm))
 
 
+def outputs_finite(module_values):
+    """Whether the watched outputs (their max |x|) let a step count as finite: no NaN. An output's
+    ±Inf alone does: a module that masks with -inf (attention scores, invalid actions, a vocabulary)
+    puts infinities in its output on purpose, and an Inf that reaches the update shows in the loss
+    or the gradients. The device gate applies the same rule (measure.skip_flag), and so does the
+    sidecar (NonFiniteFinding)."""
+    return not any(map(math.isnan, module_values))
+
+
+def step_finite(loss, grad_norm, module_values):
+    return math.isfinite(loss) and math.isfinite(grad_norm) and outputs_finite(module_values)
+
+
+def charged_output(names, loss, grad_norm, module_values):
+    """The watched output a non-finite step is charged to: the first in forward order whose max |x|
+    is NaN or Inf (an fp16 overflow shows as Inf before the NaN it makes downstream); "" for a
+    finite step, whose infinities are masking."""
+    if step_finite(loss, grad_norm, module_values):
+        return ""
+    return next((n for n, v in zip(names, module_values) if not math.isfinite(v)), "")
+
+
 def is_scaler_overflow(scaler_on, loss, grad_norm, module_values=()):
     """Finite loss and activations, non-finite grads under an enabled GradScaler: the scaler's own
-    business (it skips the step and lowers the scale), not an incident. A non-finite watched
+    business (it skips the step and lowers the scale), not an incident. A NaN in a watched
     activation is the model's fault, whatever the loss passed (with gradient accumulation, the last
     micro-batch's) says."""
-    return (scaler_on and math.isfinite(loss) and not math.isfinite(grad_norm)
-            and all(math.isfinite(v) for v in module_values))
+    return scaler_on and math.isfinite(loss) and not math.isfinite(grad_norm) and outputs_finite(module_values)
 
 
 def clip_action(threshold, grad_norm):
@@ -75,9 +96,9 @@ def gate_threshold(bounds):
     return thr
 
 
-def gated_outcome(loss, grad_norm, module_finite, threshold, bounds):
+def gated_outcome(loss, grad_norm, module_values, threshold, bounds):
     """What the device gate did to a step, recomputed on the host from the same numbers:
     (finite: the update ran, clipped: its grads were scaled down, in_bounds: no sidecar needed)."""
-    finite = math.isfinite(loss) and math.isfinite(grad_norm) and all(module_finite)
+    finite = step_finite(loss, grad_norm, module_values)
     clipped = finite and threshold > 0 and grad_norm > threshold
     return finite, clipped, within_bounds(bounds, loss, grad_norm)

@@ -65,6 +65,35 @@ class GuardedRunsTest {
     }
 
     @Test
+    void report_outputMaskedWithMinusInfinityAndFiniteLossAndGrads_appliesWithoutAnIncident() {
+        // Prevents: a head that masks invalid actions or a vocabulary with -inf (max |x| = inf, loss and
+        // gradients finite) skipped at every step, then rolled back until the run halted.
+        guard.open(setup("r1", 0, 1, null));
+        StepReport masked = new StepReport("r1", 0, 0, 2.0, false, 0.5, new double[0], 1e-3, 0,
+                List.of("body", "head"), new boolean[] {true, false}, new double[] {3.0, Double.POSITIVE_INFINITY},
+                java.time.Duration.ZERO, false);
+        assertEquals(Action.APPLY, guard.report(masked).action());
+        assertEquals(0, journal.incidents.size());
+    }
+
+    @Test
+    void report_nanInAnOutputWithFiniteLoss_stillSkipsAndAnInfBeforeANaNGradIsNamed() {
+        // Prevents: the masking rule opening a hole. A NaN output is a fault whatever the loss says, and
+        // on a non-finite step the first non-finite output is named, Inf included (an fp16 overflow).
+        guard.open(setup("r1", 0, 1, null));
+        StepReport nan = new StepReport("r1", 0, 0, 2.0, false, 0.5, new double[0], 1e-3, 0,
+                List.of("body", "head"), new boolean[] {false, true}, new double[] {Double.NaN, 1.0},
+                java.time.Duration.ZERO, false);
+        Verdict v = guard.report(nan);
+        assertEquals(Action.SKIP, v.action());
+        assertEquals("body", v.firstNonFiniteModule());
+        StepReport overflow = new StepReport("r1", 0, 1, Double.NaN, false, Double.NaN, new double[0], 1e-3, 0,
+                List.of("body", "head"), new boolean[] {false, false},
+                new double[] {Double.POSITIVE_INFINITY, Double.NaN}, java.time.Duration.ZERO, false);
+        assertEquals("body", guard.report(overflow).firstNonFiniteModule());
+    }
+
+    @Test
     void report_reusedModuleSecondCallNonFinite_namesTheCallNotTheModulesFirstRun() {
         // Prevents: issue 15's RNN LM, where a Dropout used before and after the RNN took the blame
         // (recorded once, at its first call) for NaN that the RNN produced.

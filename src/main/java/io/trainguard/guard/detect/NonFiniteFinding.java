@@ -3,6 +3,7 @@ package io.trainguard.guard.detect;
 import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.StepReport;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 
 /** Where a step went non-finite. The first module in forward order is the provenance people need. */
@@ -13,16 +14,17 @@ public record NonFiniteFinding(IncidentKind kind, String module, String message)
         IncidentKind kind = null;
         String module = "";
         List<String> names = r.moduleNames().isEmpty() ? watchedModules : r.moduleNames();
-        int n = Math.max(r.moduleFinite().length, r.moduleMaxAbs().length);
-        for (int i = 0; i < n; i++) {
-            boolean finite = (i >= r.moduleFinite().length || r.moduleFinite()[i])
-                    && (i >= r.moduleMaxAbs().length || Double.isFinite(r.moduleMaxAbs()[i]));
-            if (!finite) {
-                module = i < names.size() ? names.get(i) : "#" + i;
-                kind = IncidentKind.NON_FINITE_MODULE;
-                parts.add("non-finite values first appeared in module '" + module + "' (" + position(names, i) + ")");
-                break;
-            }
+        boolean lossOrGradsNonFinite = (!r.lossAbsent() && !Double.isFinite(r.loss())) || !Double.isFinite(r.gradNorm())
+                || Arrays.stream(r.groupGradNorms()).anyMatch(g -> !Double.isFinite(g));
+        int first = firstNonFiniteModule(r);
+        // An output's Inf alone is masking (-inf logits for invalid actions or a vocabulary), not a
+        // fault: an Inf that reaches the update shows in the loss or the gradients. A NaN in an output
+        // is one. The step is charged to the first non-finite output, Inf included: an fp16 overflow
+        // shows as Inf before the NaN it makes downstream.
+        if (first >= 0 && (lossOrGradsNonFinite || anyNaNModule(r))) {
+            module = first < names.size() ? names.get(first) : "#" + first;
+            kind = IncidentKind.NON_FINITE_MODULE;
+            parts.add("non-finite values first appeared in module '" + module + "' (" + position(names, first) + ")");
         }
         if (!r.lossAbsent() && !Double.isFinite(r.loss())) {
             kind = kind == null ? IncidentKind.NON_FINITE_LOSS : kind;
@@ -40,6 +42,30 @@ public record NonFiniteFinding(IncidentKind kind, String module, String message)
             }
         }
         return kind == null ? null : new NonFiniteFinding(kind, module, "step " + r.step() + ": " + String.join("; ", parts));
+    }
+
+    private static int firstNonFiniteModule(StepReport r) {
+        int n = Math.max(r.moduleFinite().length, r.moduleMaxAbs().length);
+        for (int i = 0; i < n; i++) {
+            boolean finite = (i >= r.moduleFinite().length || r.moduleFinite()[i])
+                    && (i >= r.moduleMaxAbs().length || Double.isFinite(r.moduleMaxAbs()[i]));
+            if (!finite) {
+                return i;
+            }
+        }
+        return -1;
+    }
+
+    /** A NaN in a watched output: its max |x| is NaN (a client that sends only flags: a false flag). */
+    private static boolean anyNaNModule(StepReport r) {
+        int n = Math.max(r.moduleFinite().length, r.moduleMaxAbs().length);
+        for (int i = 0; i < n; i++) {
+            boolean nan = i < r.moduleMaxAbs().length ? Double.isNaN(r.moduleMaxAbs()[i]) : !r.moduleFinite()[i];
+            if (nan) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /**
