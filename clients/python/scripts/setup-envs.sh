@@ -16,14 +16,15 @@ setup_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     "$py" -m venv "$VENV"
   fi
-  if "$VENV/bin/python" -c 'import torch, grpc, google.protobuf, pytest, safetensors, numpy, lightning, transformers, accelerate' 2>/dev/null; then
+  if "$VENV/bin/python" -c 'import torch, grpc, google.protobuf, pytest, safetensors, numpy, lightning, torchmetrics, transformers, accelerate' 2>/dev/null; then
     echo "[venv] $VENV already complete"
   else
     "$VENV/bin/python" -m pip install --upgrade pip >/dev/null
     # --prefer-binary: never build anything from source here.
-    # lightning / transformers / accelerate: the framework integrations' tests (tiny models, no hub).
+    # lightning / transformers / accelerate: the framework integrations' tests (tiny models, no hub);
+    # torchmetrics (a lightning dependency, named since the validation-audit tests import it)
     "$VENV/bin/python" -m pip install --prefer-binary torch grpcio protobuf pytest safetensors numpy \
-      lightning transformers accelerate
+      lightning torchmetrics transformers accelerate
   fi
   # The client itself, editable (pure Python; no build step beyond setuptools).
   "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e "$CLIENT_DIR" >/dev/null 2>&1 \

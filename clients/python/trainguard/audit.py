@@ -10,6 +10,7 @@ Identity is compared for every value, the value itself for small ones. When one 
 many changes it is named once ("every parameter went through float16 and back")."""
 import enum
 import math
+import sys
 import types
 import weakref
 
@@ -163,6 +164,16 @@ def _attributes(m, own, ignore=frozenset()):
     return {k: _Remembered(v, 0, own) for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in ignore}
 
 
+def _is_metric(m):
+    """A torchmetrics ``Metric`` or ``MetricCollection`` (a user's subclass too): its plain attributes
+    (running sums, ``_update_count``, caches) are bookkeeping a validation is there to change. Decided
+    from the class hierarchy; torchmetrics is not imported for it."""
+    if "torchmetrics" not in sys.modules:  # no module can be a metric before torchmetrics is imported
+        return False
+    return any(c.__module__.startswith("torchmetrics.") and c.__name__ in ("Metric", "MetricCollection")
+               for c in type(m).__mro__)
+
+
 def _class_attributes(cls):
     return {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__", "__doc__")}
 
@@ -203,13 +214,17 @@ class ModelSnapshot:
         self.modules = {}
         self.classes = {}
         for name, m in model.named_modules():
+            metric = _is_metric(m)
             self.modules[name] = {
                 "module": m, "training": m.training, "cls": type(m),
                 "cls_forward": type(m).__dict__.get("forward", None) or type(m).forward,
                 "inst_forward": m.__dict__.get("forward", None),
                 "fwd_hooks": {k: v for k, v in m._forward_hooks.items() if k not in self.ignore_hooks},
                 "pre_hooks": dict(m._forward_pre_hooks),
-                "attrs": _attributes(m, own, self.ignore_attrs),
+                # a metric's attributes are its state, updated by every validation step: neither
+                # compared nor restored. Its parameters, buffers, children, hooks and mode still are.
+                "metric": metric,
+                "attrs": {} if metric else _attributes(m, own, self.ignore_attrs),
             }
             for cls in type(m).__mro__:
                 if cls is not object and cls not in self.classes:
@@ -255,6 +270,8 @@ class ModelSnapshot:
             hooks = {k: v for k, v in m._forward_hooks.items() if k not in self.ignore_hooks}
             if hooks != s["fwd_hooks"] or dict(m._forward_pre_hooks) != s["pre_hooks"]:
                 found.append((self.WIRING, f"{label} forward hooks changed"))
+            if s["metric"]:
+                continue
             attrs = []
             current = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in self.ignore_attrs}
             _dict_changes(s["attrs"], current, label, attrs, ".{}")
@@ -358,7 +375,7 @@ class ModelSnapshot:
             else:
                 m.__dict__["forward"] = s["inst_forward"]
             for k in [k for k in m.__dict__ if k not in _MODULE_INTERNALS and k not in s["attrs"]
-                      and k not in self.ignore_attrs]:
+                      and k not in self.ignore_attrs and not s["metric"]]:
                 del m.__dict__[k]
             for k, r in s["attrs"].items():
                 m.__dict__[k] = r.obj  # plain attributes live in __dict__; no nn.Module __setattr__ routing

@@ -17,7 +17,8 @@
   per checkpoint);
 - validation: ``on_validation_start`` asks the sidecar; a refused pass runs no ``validation_step``
   (the loop only walks its data); an allowed pass is audited (parameters, buffers, modes, wiring,
-  RNG) and, by default, what it changed is undone in ``on_validation_end``;
+  RNG) and, by default, what it changed is undone in ``on_validation_end``; so is Lightning's sanity
+  check, which is no validation of the run (the sidecar is neither asked nor told);
 - ``state_dict()`` / ``load_state_dict()`` carry the guard's state in Lightning's checkpoints.
 
 With ``gradient_clip_val`` set, the guard's clip is applied to the gradients in
@@ -49,8 +50,11 @@ from ._proto.trainguard.v1 import trainguard_pb2 as pb
 log = logging.getLogger("trainguard")
 
 # What Lightning itself writes into a LightningModule's __dict__ around a validation pass (the hook
-# being called): not the model's state, and not the validation's doing.
-LIGHTNING_BOOKKEEPING = frozenset({"_current_fx_name"})
+# being called; the names of its torchmetrics modules, cached by the first self.log of a metric object):
+# not the model's state, and not the validation's doing.
+LIGHTNING_BOOKKEEPING = frozenset({"_current_fx_name", "_metric_attributes"})
+# An audit's kinds of change, in the order ModelSnapshot.diff() returns them (ValidationAudit's fields)
+AUDIT_KINDS = ("parameters_changed", "dtype_device_mode_changed", "wiring_changed", "rng_changed")
 
 
 class TrainguardCallback(pl.Callback):
@@ -75,6 +79,7 @@ class TrainguardCallback(pl.Callback):
         self.step = 0             # the guard's step: optimizer steps, re-numbered after a rollback
         self.verdicts = []        # (step, action name, reasons) of every verdict that was not APPLY
         self.validations = []     # (step, allowed, audit dict) of every validation pass
+        self.sanity_check = None  # the audit dict of Lightning's sanity check (no validation of the run)
         self._loss_sum = None     # the losses training_step returned since the last judged step, summed
         self._loss_parts = 0      # ... and how many (micro-batches of an accumulation cycle)
         self._saved_at = None     # (step, weights copy path) of the last on_save_checkpoint not yet registered
@@ -117,6 +122,17 @@ class TrainguardCallback(pl.Callback):
         if self._state is not None:
             self.guard.load_state_dict(self._state)
             self.step = self._state.get("callback_step", self.step)
+        self._say_weights_only_no_target(trainer)
+
+    def _say_weights_only_no_target(self, trainer):
+        # Lightning saves these without calling on_save_checkpoint, so they would go unregistered silently
+        for dirpath in ckpts.weights_only_dirs(trainer):
+            log.warning("trainguard: ModelCheckpoint(save_weights_only=True, dirpath=%s) writes no rollback targets: "
+                        "its files hold the weights only, not the optimizer's moments, LR schedulers or AMP scaler, "
+                        "and a rollback must restore all of them (old weights with the moments of the abandoned steps "
+                        "is no known-good state). Rollbacks go to the guard's in-memory snapshots and to other "
+                        "ModelCheckpoints' files: add one without save_weights_only (e.g. "
+                        "ModelCheckpoint(every_n_train_steps=N, save_top_k=k)) for targets on disk", dirpath)
 
     def _unhook(self):
         if self._post_hook is not None:
@@ -278,10 +294,6 @@ class TrainguardCallback(pl.Callback):
     def _restore(self, trainer, pl_module, plan):
         entry = ckpts.entry_to_restore(self.guard, plan)
         ckpt, _ = ckpts.restorable(entry)
-        # entries of later steps belong to the timeline the rollback abandons; the re-numbered steps
-        # reuse their numbers, and a later checkpoint of such a step must be registered again
-        for s in [s for s in self.guard.checkpoints if s > plan.checkpoint_step]:
-            del self.guard.checkpoints[s]
         if ckpt:
             self._load_lightning_checkpoint(trainer, pl_module, ckpt)
             log.warning("trainguard: restored Lightning checkpoint %s (step %d)", ckpt, plan.checkpoint_step)
@@ -307,9 +319,7 @@ class TrainguardCallback(pl.Callback):
             opt.load_state_dict(s)
         for cfg, s in zip(getattr(trainer, "lr_scheduler_configs", []) or [], state.get("lr_schedulers", [])):
             cfg.scheduler.load_state_dict(s)
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and state.get("native_amp_scaling_state"):
-            scaler.load_state_dict(state["native_amp_scaling_state"])
+        ckpts.load_precision_state(trainer.precision_plugin, state)
         for cb in trainer.callbacks:
             if cb is not self:
                 cb.on_load_checkpoint(trainer, pl_module, state)
@@ -317,7 +327,13 @@ class TrainguardCallback(pl.Callback):
     # ------------------------------------------------------------------ validation
 
     def on_validation_start(self, trainer, pl_module):
-        if trainer.sanity_checking or self.guard is None or self._closed:  # trainer.validate() after fit
+        if self.guard is None or self._closed:  # trainer.validate() after fit
+            return
+        if trainer.sanity_checking:
+            # Lightning's sanity check runs validation_step before step 0: a validation that writes into
+            # the model does so here too. Audited and undone like any pass, but not the run's validation:
+            # the sidecar is neither asked nor told (allowed None)
+            self._val = (self.step, None, self._audit_snapshot(pl_module))
             return
         g = self.guard
         step = self.step  # optimizer steps done (Lightning's global_step unless a rollback re-numbered)
@@ -340,11 +356,22 @@ class TrainguardCallback(pl.Callback):
             return
         if not allowed:
             self._say_refused(step, reason, "it runs anyway (gate_validation=False), audited and restored")
+        self._val = (step, allowed, self._audit_snapshot(pl_module))
+
+    def _audit_snapshot(self, pl_module):
+        g = self.guard
         ours = {h.id for h in g.watch._handles} if g.watch else set()
         if g.watch:
             g.watch.enabled = False
-        self._val = (step, allowed, ModelSnapshot(pl_module, keep_values=self.restore, ignore_hooks=ours,
-                                                       ignore_attrs=LIGHTNING_BOOKKEEPING))
+        return ModelSnapshot(pl_module, keep_values=self.restore, ignore_hooks=ours, ignore_attrs=LIGHTNING_BOOKKEEPING)
+
+    def _audit(self, snap):
+        """What the pass changed (an audit dict: AUDIT_KINDS, details, restored), undone when ``restore`` is on."""
+        *kinds, details = snap.diff()
+        audit = dict(zip(AUDIT_KINDS, kinds), details=details, restored=bool(any(kinds) and self.restore))
+        if audit["restored"]:
+            snap.restore()
+        return audit
 
     def _say_refused(self, step, reason, what):
         level = logging.DEBUG if self._refusal_said else logging.WARNING
@@ -364,27 +391,28 @@ class TrainguardCallback(pl.Callback):
             return
         if g.watch:
             g.watch.enabled = True
-        p, d, w, r, details = snap.diff()
-        changed = p or d or w or r
-        restored = False
-        if changed and self.restore:
-            snap.restore()
-            restored = True
-        audit = {"parameters_changed": p, "dtype_device_mode_changed": d, "wiring_changed": w, "rng_changed": r,
-                 "details": details, "restored": restored}
+        audit = self._audit(snap)
+        if allowed is None:
+            self.sanity_check = audit
+            self._say_changed("Lightning's sanity check (num_sanity_val_steps)", audit)
+            return
         self.validations.append((step, allowed, audit))
         metric = trainer.callback_metrics.get("val_loss")
         try:
             g.transport.call("EndValidation", pb.EndValidationRequest(
                 run_id=g.run, rank=g.rank, step=step, validation_loss=float(metric) if metric is not None else 0.0,
-                audit=pb.ValidationAudit(parameters_changed=p, dtype_device_mode_changed=d, wiring_changed=w,
-                                         rng_changed=r, details=details[:64], restored=restored)))
+                audit=pb.ValidationAudit(**{k: audit[k] for k in AUDIT_KINDS}, details=audit["details"][:64],
+                                         restored=audit["restored"])))
         except Exception as e:
             g.connection.unreachable("EndValidation", e)
-        if changed:
-            g.counters["validation_incidents"] += 1
-            log.warning("trainguard: validation changed the model (%s)%s", "; ".join(details[:8]),
-                        ", undone" if restored else "")
+        self._say_changed("validation", audit)
+
+    def _say_changed(self, what, audit):
+        if not any(audit[k] for k in AUDIT_KINDS):
+            return
+        self.guard.counters["validation_incidents"] += 1
+        log.warning("trainguard: %s changed the model (%s)%s", what, "; ".join(audit["details"][:8]),
+                    ", undone" if audit["restored"] else "")
 
     # ------------------------------------------------------------------ state
 
@@ -397,3 +425,4 @@ class TrainguardCallback(pl.Callback):
 
     def load_state_dict(self, state_dict):
         self._state = dict(state_dict) if state_dict else None
+

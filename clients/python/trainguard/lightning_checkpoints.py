@@ -29,6 +29,12 @@ def _callbacks(trainer):
     return getattr(trainer, "checkpoint_callbacks", []) or []
 
 
+def weights_only_dirs(trainer):
+    """The dirpath of every ModelCheckpoint(save_weights_only=True): Lightning calls no callback's
+    ``on_save_checkpoint`` for its saves, and its files hold no optimizer state to roll back to."""
+    return [getattr(cb, "dirpath", None) for cb in _callbacks(trainer) if getattr(cb, "save_weights_only", False)]
+
+
 def rewritten_in_place(trainer):
     """The paths ModelCheckpoint overwrites at later saves: each callback's last checkpoint."""
     return {os.path.abspath(cb.last_model_path) for cb in _callbacks(trainer) if getattr(cb, "last_model_path", "")}
@@ -104,3 +110,17 @@ def entry_to_restore(guard, plan):
     plan.files = []
     plan.data_position = guard.checkpoints[step].get("data_position", step + 1)
     return guard.checkpoints[step]
+
+
+def load_precision_state(plugin, state):
+    """The precision plugin's state (a GradScaler's scale and growth tracker), as Lightning 2.x restores it:
+    saved under the plugin's class name ("MixedPrecision"); Lightning 1.x's ``native_amp_scaling_state``
+    otherwise. Left as it is, the scale the NaN burst halved stays after the rollback."""
+    plugin.on_load_checkpoint(state)
+    own = state.get(type(plugin).__qualname__)
+    if own:
+        plugin.load_state_dict(own)
+        return
+    scaler = getattr(plugin, "scaler", None)
+    if scaler is not None and state.get("native_amp_scaling_state"):
+        scaler.load_state_dict(state["native_amp_scaling_state"])

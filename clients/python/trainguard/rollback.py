@@ -45,6 +45,7 @@ def rollback(guard, v):
         # a framework's loader may have fallen back to an older checkpoint (its file rotated away)
         target = guard.checkpoints.get(plan.checkpoint_step, {}).get("restore") or target
         restored_scale = float(side.get("lr_scale", registered) if isinstance(side, dict) else registered)
+    _forget_abandoned_checkpoints(guard, plan.checkpoint_step)
     rec.lr.on_rollback(restored_scale, plan.lr_factor, plan.checkpoint_step + 1, plan.rewarm_steps)
     plan.bad_positions = sorted(rec.bad_positions)
     guard._void_in_flight()  # verdicts still in flight for pre-rollback steps are void
@@ -58,6 +59,14 @@ def rollback(guard, v):
     log.warning("trainguard: rolled back to step %d (%s), data position %d, lr x%.3g of the uncut rate%s",
                 plan.checkpoint_step, target, plan.resume_position, rec.lr.scale,
                 f", known-bad data positions {plan.bad_positions}" if plan.bad_positions else "")
+
+
+def _forget_abandoned_checkpoints(guard, restored_step):
+    """Drops the entries of steps after ``restored_step``: they hold the timeline the rollback abandons,
+    whose step numbers the re-numbered steps take again. Left in place, a stale entry makes a framework
+    skip registering a new save of that step, or shadows it as the file a later rollback loads."""
+    for step in [s for s in guard.checkpoints if s > restored_step]:
+        del guard.checkpoints[step]
 
 
 def _load(guard, plan, target):
