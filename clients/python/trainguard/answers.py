@@ -34,7 +34,10 @@ def on_report_result(guard, fut):
                 g.counters["sidecar_failures"] += 1
                 if g.failure_mode == "closed" and g._async_error is None:
                     g._async_error = fut.error
+            if g.failure_mode != "closed":  # a sidecar that died mid-run: said at its first lost report
+                g.connection.lost("ReportStep", fut.error)
         return
+    g.connection.answered()
     v = fut.response.verdict
     with g._lock:
         if v.HasField("bounds"):

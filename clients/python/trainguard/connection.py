@@ -46,8 +46,9 @@ def in_words(err, deadline):
     return str(err)
 
 
-def unprotected_message(run, target, err, deadline):
-    return (f"trainguard: run '{run}' is NOT PROTECTED by a sidecar. {target}: {in_words(err, deadline)}. "
+def unprotected_message(run, target, err, deadline, what=None):
+    where = f"{target} did not answer {what}" if what else target
+    return (f"trainguard: run '{run}' is NOT PROTECTED by a sidecar. {where}: {in_words(err, deadline)}. "
             f"Training goes on (failure_mode='open'); until a sidecar answers (retried every "
             f"{REOPEN_EVERY_S:.0f} s) only the client's own rule applies: non-finite updates are skipped. "
             f"Not protected meanwhile: loss and grad-norm spike detection, divergence detection, rollback to "
@@ -74,13 +75,13 @@ _ALLOWED = {
 class Connection:
     """Owns the client state and what happens when the sidecar does not answer."""
 
-    def __init__(self, transport, failure_mode, deadline, warn_every, counters):
-        self.transport, self.failure_mode = transport, failure_mode
+    def __init__(self, transport, failure_mode, deadline, warn_every, counters, run=None):
+        self.transport, self.failure_mode, self.run = transport, failure_mode, run
         self.deadline, self.warn_every, self.counters = deadline, warn_every, counters
         self.state = ClientState.ONLINE
         self._resume_to = ClientState.ONLINE
         self._last_open_try = 0.0
-        self._warned = False
+        self._lost = False  # said that the sidecar stopped answering; answered() clears it
 
     # ---------------------------------------------------------------- state
 
@@ -124,22 +125,39 @@ class Connection:
     # ---------------------------------------------------------------- failures
 
     def unreachable(self, what, err, run=None, deadline=None):
-        """Counts a call the sidecar did not answer; raises in fail-closed mode, warns (once, then
-        every ``warn_every`` failures) in fail-open mode."""
+        """Counts a call the sidecar did not answer; raises in fail-closed mode. In fail-open mode the
+        first failure says in words what is unprotected (``lost``), later ones warn every
+        ``warn_every`` failures."""
         self.counters["sidecar_failures"] += 1
-        msg = f"trainguard sidecar at {self.transport.target} did not answer {what} within {self.deadline}s: {err}"
+        deadline = deadline or self.deadline
+        msg = f"trainguard sidecar at {self.transport.target} did not answer {what}: {in_words(err, deadline)}"
         if self.failure_mode == "closed":
             raise SidecarUnavailable(msg + " (failure_mode='closed': training stops; start the sidecar or use failure_mode='open')")
-        n = self.counters["sidecar_failures"]
-        if what == "OpenRun" and not self._warned:
-            self._warned = True
-            words = unprotected_message(run, self.transport.target, err, deadline or self.deadline)
-            log.error("%s", words)
-            warnings.warn(words, RuntimeWarning)
+        if self.lost(what, err, run, deadline):
             return
-        if not self._warned or n % self.warn_every == 0:
-            self._warned = True
+        n = self.counters["sidecar_failures"]
+        if n % self.warn_every == 0:
             warnings.warn(msg + f" (failure_mode='open': training goes on; {n} failures so far)", RuntimeWarning)
+
+    def lost(self, what, err, run=None, deadline=None):
+        """Fail-open: the first call the sidecar did not answer since it last did (a wrong address at
+        the start, a sidecar that died mid-run, including a report sent in the background) says
+        loudly and once, in words, what is unprotected. Returns whether it said so now."""
+        if self._lost or (grpc_code(err) is not None and grpc_code(err) not in UNREACHABLE):
+            return False
+        self._lost = True
+        words = unprotected_message(run or self.run, self.transport.target, err, deadline or self.deadline,
+                                    None if what == "OpenRun" else what)
+        log.error("%s", words)
+        warnings.warn(words, RuntimeWarning)
+        return True
+
+    def answered(self):
+        """A call was answered: the next loss of the sidecar is said again."""
+        if self._lost:
+            self._lost = False
+            log.warning("trainguard: the sidecar at %s answers again: run '%s' is protected again",
+                        self.transport.target, self.run)
 
     def open_run(self, run, request, deadline):
         """Sends OpenRun. Returns the response, or None when the sidecar is unreachable (the client
@@ -160,4 +178,5 @@ class Connection:
             self.to(ClientState.ONLINE)
         elif self.paused:
             self._resume_to = ClientState.ONLINE
+        self.answered()
         return resp

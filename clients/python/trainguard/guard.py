@@ -169,7 +169,7 @@ class Guard:
         # The manifests set TRAINGUARD_TARGET (the pod's socket); an explicit target wins.
         target = target or os.environ.get("TRAINGUARD_TARGET") or "127.0.0.1:7474"
         self.transport = Transport(target, deadline)
-        self.connection = Connection(self.transport, failure_mode, self.deadline, warn_every, self.counters)
+        self.connection = Connection(self.transport, failure_mode, self.deadline, warn_every, self.counters, run)
         answers.open_run(self, open_deadline if open_deadline is not None else max(10.0, self.deadline))
         self.sender = ReportSender(self.transport, lambda fut: answers.on_report_result(self, fut),
                                    process=for_transport(report_process, self.transport, self.device_gate, self.device))
