@@ -32,6 +32,7 @@ Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the s
     ... guard.gate_on_backward(loss); accelerator.backward(loss); guard.step(step, loss); opt.step(); opt.zero_grad()
 """
 import glob
+import json
 import logging
 import os
 import sys
@@ -127,6 +128,28 @@ def _trainer_running(callback):
     return None
 
 
+# The guard's LR cut rides in the TrainerState the Trainer saves with every checkpoint (trainer_state.json,
+# under ``stateful_callbacks``, which it saves and loads as it is). Not as an ExportableState callback: the
+# Trainer would rebuild one from its saved arguments on resume, dropping the user's own instance.
+_STATE_KEY = "trainguard"
+
+
+def _saved_cut(stateful):
+    """The LR cut recorded in a TrainerState's ``stateful_callbacks`` (None: a checkpoint without it)."""
+    entry = stateful.get(_STATE_KEY) if isinstance(stateful, dict) else None
+    cut = entry.get("lr_scale") if isinstance(entry, dict) else None
+    return float(cut) if cut is not None else None
+
+
+def _checkpoint_cut(path):
+    """The LR cut a Trainer checkpoint directory's optimizer/scheduler state was saved under, or None."""
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            return _saved_cut(json.load(f).get("stateful_callbacks"))
+    except (OSError, ValueError):
+        return None
+
+
 def _tied_to_loaded(model, missing, loaded):
     """The missing keys whose tensor shares its storage with a loaded one: tied weights (GPT-2's
     lm_head, T5/BART's embed_tokens and shared), which safetensors checkpoints store once."""
@@ -203,6 +226,7 @@ class TrainguardCallback(TrainerCallback):
                            scaler=getattr(optimizer, "scaler", None), **kwargs_)
         install_wrapper(optimizer, self.guard.wrap(inner))
         self.guard.restore_hook = self._restore
+        self._resume_cut(state)
         if args.max_grad_norm:
             # The Trainer clips in place after backward, once: the measurement at backward's end
             # still holds, judged on the norm before the clip (backward_gate._loop_clip).
@@ -223,6 +247,21 @@ class TrainguardCallback(TrainerCallback):
                     self._say_the_filter(args, model)
             elif self.loss_filter is None or self.loss_filter.trainer is not trainer:
                 self.loss_filter = LossFilter.install(trainer)
+
+    def _resume_cut(self, state):
+        """Resuming (resume_from_checkpoint): the optimizer.pt/scheduler.pt the Trainer just loaded carry
+        the cut in force when they were saved; the guard learns it, or a later rollback's cut would be
+        applied on top of it (and checkpoints saved from here registered as uncut)."""
+        cut = _saved_cut(state.stateful_callbacks)
+        if cut is not None:
+            self.guard.recovery.lr.resumed_at(cut)
+        self._record_cut(state)
+
+    def _record_cut(self, state):
+        """Keeps the cut in force in the TrainerState, which every checkpoint saves (trainer_state.json)."""
+        if not isinstance(state.stateful_callbacks, dict):
+            state.stateful_callbacks = {}
+        state.stateful_callbacks[_STATE_KEY] = {"lr_scale": float(self.guard.recovery.lr.scale)}
 
     def _say_the_filter(self, args, model):
         """No Trainer found to take the filter over (a Trainer subclass that fires its events from
@@ -273,6 +312,9 @@ class TrainguardCallback(TrainerCallback):
             self.verdicts.append((self.step, v.action.name, list(v.reasons)))
         self._skipped = not v.should_step
         self.step = v.resume_step if v.resume_step is not None else self.step + 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._record_cut(state)  # a rollback or a lifted cut changed it; the step's save comes after this
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         # The Trainer steps its LR scheduler unless Accelerate says the update was skipped (a
@@ -338,6 +380,10 @@ class TrainguardCallback(TrainerCallback):
             elif obj is not None:  # save_only_model=True: the weights alone
                 log.warning("trainguard: %s has no %s (save_only_model=True?): its state is kept as it is", path, name)
         log.warning("trainguard: restored Trainer checkpoint %s (step %d)", path, plan.checkpoint_step)
+        # The cut its optimizer/scheduler state carries: it may have been saved by an earlier process,
+        # whose registration this guard never saw (rollback.py takes it over the registered one).
+        cut = _checkpoint_cut(path)
+        return {"lr_scale": cut} if cut is not None else None
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._hook is not None:

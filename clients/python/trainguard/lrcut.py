@@ -78,6 +78,13 @@ class LrCuts:
             if hasattr(s, "_last_lr") and isinstance(s._last_lr, list):
                 s._last_lr = [x * f for x in s._last_lr]
 
+    def resumed_at(self, scale):
+        """A run resumed from a checkpoint saved under the cut ``scale``: the optimizer/scheduler state
+        loaded with it already carries the cut, so it is recorded, not applied again (a later rollback
+        then measures its cut from here: never a cut on a cut)."""
+        self.scale = float(scale)
+        self.rewarm, self._healthy, self._from = None, 0, None
+
     def on_rollback(self, restored_scale, lr_factor, resume_step, rewarm_steps):
         """The state was just restored (taken at ``restored_scale``); attempt k runs at ``lr_factor``."""
         target = lr_factor if lr_factor > 0 else 1.0
