@@ -349,3 +349,25 @@ def test_batches_the_loop_drops_are_not_judged_nor_charged_to_the_next_step(side
     trainer([tg], max_steps=24).fit(m, train_dataloaders=loader(data(30)))
     assert tg.verdicts == [] and tg.guard.counters["skips"] == 0 and tg.guard.counters["rollbacks"] == 0
     assert weights_finite(m)
+
+
+def test_callback_state_that_lightning_restores_after_fit_start_is_applied_before_the_first_step(sidecar):
+    # Prevents: under FSDP, DeepSpeed and ModelParallel Lightning restores callbacks' state after
+    # on_fit_start, where the guard is built: the state was kept for a start that had passed, so a
+    # resumed run's LR cut (already in its optimizer and scheduler state) was cut again later.
+    import time
+
+    class LateRestore(pl.Callback):  # what those strategies do: load_state_dict once the fit has started
+        def __init__(self, tg, state):
+            self.tg, self.state, self.seen = tg, state, None
+
+        def on_train_start(self, trainer, pl_module):
+            state = self.tg.state_dict()  # a checkpoint's: saved after a rollback cut the LR by half
+            state["recovery"]["lr"]["scale"], state["callback_step"] = 0.5, 7
+            self.tg.load_state_dict(state)
+            self.seen = (self.tg.guard.lr_scale, self.tg.step)
+
+    tg = callback(sidecar, f"sweep-late-state-{time.time_ns()}")
+    late = LateRestore(tg, None)
+    trainer([tg, late], max_steps=2).fit(Net(), train_dataloaders=loader(data(4)))
+    assert late.seen == (0.5, 7)

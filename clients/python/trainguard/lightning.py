@@ -119,10 +119,13 @@ class TrainguardCallback(pl.Callback):
         # Lightning calls optimizer.step() itself: the guard's before/after-update work (re-warm LR,
         # protect_update, in-memory snapshots) hangs on the optimizer's step hook and on_train_batch_end
         self._post_hook = opt.register_step_post_hook(self._after_optimizer_step)
+        self._apply_state()
+        self._say_weights_only_no_target(trainer)
+
+    def _apply_state(self):
         if self._state is not None:
             self.guard.load_state_dict(self._state)
             self.step = self._state.get("callback_step", self.step)
-        self._say_weights_only_no_target(trainer)
 
     def _say_weights_only_no_target(self, trainer):
         # Lightning saves these without calling on_save_checkpoint, so they would go unregistered silently
@@ -425,4 +428,9 @@ class TrainguardCallback(pl.Callback):
 
     def load_state_dict(self, state_dict):
         self._state = dict(state_dict) if state_dict else None
+        if self.guard is not None:
+            # FSDP, DeepSpeed and ModelParallel restore callbacks' state after on_fit_start, where the
+            # guard is built: applied at once, before the first step (else a resumed run's LR cut,
+            # already in its optimizer and scheduler state, was cut again at the next rollback)
+            self._apply_state()
 
