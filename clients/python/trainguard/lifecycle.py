@@ -53,6 +53,7 @@ def close(g, reason):
     g._closed = True
     g.flush()
     g.gated.settle_late(wait=True)  # the last steps' skips, for the callbacks' verdicts
+    settle_running_stats(g)
     g.gate.uninstall()
     g.loop_updates.remove()
     scaler_share.release(g)
@@ -66,6 +67,15 @@ def close(g, reason):
         g.watch.remove()
     g.transport.close()
     g.counters["reports_dropped"] = g.sender.dropped
+
+
+def settle_running_stats(g):
+    """BatchNorm statistics written by forwards after the last judged step (a GAN's generator pass
+    through D after D's step, a last step whose forward was NaN) are settled as a judged step's are
+    (running_stats.py): no later step will, so a NaN written there would be what the model keeps
+    and evaluates with. Nothing is dropped for a finite value: those forwards were never judged."""
+    if g.running_stats and not g.connection.paused:
+        g.running_stats.settle(False)
 
 
 def closed_step(g, step):

@@ -139,6 +139,10 @@ class ModuleWatch:
         self._forward = 0      # the root forward under way (each entry in _calls carries it)
         self._backed = set()   # root forwards of this step that a backward went through
         self._unit = 0         # the loop's unit of work under way (begin_unit); 0: none
+        self._sentinel = None  # a small parameter whose .grad tells whether the gradients were reset
+        self._sentinel_picked = False
+        self._after_backward = None  # (calls then, id and version of the sentinel's grad) when a backward ended
+        self._queued_task = None     # the backward whose end is already waited for
         self._handles = []
         self.attach()
 
@@ -159,6 +163,8 @@ class ModuleWatch:
                 if self._depth == 0:
                     self._outside = not torch.is_grad_enabled()
                     self._forward += 1
+                    if not self._outside and self._after_backward is not None:
+                        self._forget_discarded()
                 self._depth += 1
 
         def leave(module, args, output=None):
@@ -221,7 +227,63 @@ class ModuleWatch:
         (``if not torch.isfinite(loss): continue``) runs a forward no backward follows, whose calls
         must not be charged to the next step (take_list)."""
         for t in grad_tensors(output):
-            t.register_hook(lambda grad, f=forward: self._backed.add(f))
+            t.register_hook(lambda grad, f=forward: self._backed_through(f))
+
+    def _backed_through(self, forward):
+        self._backed.add(forward)
+        task = _tracing._task() if _tracing._task is not None else None
+        if task is None or task != self._queued_task:  # once per backward
+            self._queued_task = task
+            try:
+                torch.autograd.Variable._execution_engine.queue_callback(self._backward_ended)
+            except RuntimeError:  # not inside the engine's own backward (compiled autograd): not judged
+                self._queued_task = None
+
+    def _backward_ended(self):
+        """Notes what the gradients look like once a backward has accumulated them: ids and version
+        counters only (a reference to the grad would make autograd accumulate out of place)."""
+        if not self._sentinel_picked:
+            self._sentinel_picked = True
+            self._sentinel = _smallest_with_grad(self._model)
+        g = self._sentinel.grad if self._sentinel is not None else None
+        self._after_backward = None if g is None else (len(self._calls), id(g), g._version)
+
+    def _forget_discarded(self):
+        """A forward of the model begins after a backward ended and before this step was taken.
+        Where the gradients were reset since (``zero_grad()``), that backward fed no gradient the step
+        will judge: a GAN's generator pass through D after D's step, whose gradients D's next
+        ``zero_grad`` discards. Its calls are not the next step's. ``set_to_none=True`` (torch's
+        default) reads as a sentinel's grad gone, dropped here; ``set_to_none=False`` as its grad
+        changed in place, which a clip between micro-batches of accumulation also does: those calls
+        read 0 where the sentinel's grad reads all zero, decided on the device (no host read)."""
+        n, ident, version = self._after_backward
+        self._after_backward = None
+        g = self._sentinel.grad
+        if g is None:
+            self._drop_calls(n)
+        elif id(g) == ident and g._version != version:
+            self._zero_calls_if(n, torch.logical_not(g.detach().ne(0).any()))
+
+    def _drop_calls(self, n):
+        self._calls = self._calls[n:]
+        self._last, self._count = [None] * len(self.names), [0] * len(self.names)
+        for k, entry in enumerate(self._calls):
+            self._last[entry[0]] = k
+            self._count[entry[0]] += 1
+
+    def _zero_calls_if(self, n, zeroed):
+        entries = [e for e in self._calls[:n] if e[1] is not None]
+        if not entries:
+            return
+        try:
+            stats = torch.stack([e[1] for e in entries])
+        except RuntimeError:  # statistics on several devices (model parallel in one process)
+            for e in entries:
+                e[1] = torch.where(zeroed.to(e[1].device), torch.zeros_like(e[1]), e[1])
+            return
+        stats = torch.where(zeroed.to(stats.device), torch.zeros_like(stats), stats)
+        for e, v in zip(entries, stats.unbind()):
+            e[1] = v
 
     def settle(self):
         """Takes the statistics of the kept outputs: one ``_foreach_norm`` per device and dtype."""
@@ -262,6 +324,7 @@ class ModuleWatch:
         self._depth, self._outside = 0, False  # what a forward that raised left (torch < 2.1: no leave)
         self._calls = []
         self._backed = set()
+        self._after_backward = None  # the step is taken: what its backwards fed is judged
         self._kept = []
         self._probes = []
         self._last = [None] * len(self.names)
@@ -271,6 +334,12 @@ class ModuleWatch:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _smallest_with_grad(model):
+    """The smallest parameter that has a gradient (a bias, a norm's weight): the cheapest to look at."""
+    with_grad = [p for p in model.parameters() if p.grad is not None]
+    return min(with_grad, key=lambda p: p.numel()) if with_grad else None
 
 
 def grad_tensors(output):
