@@ -74,6 +74,9 @@ class StepFault:
 
     def describe(self):
         if self.nonfinite:
+            if self.module and math.isfinite(self.loss) and math.isfinite(self.grad_norm):
+                return (f"non-finite: a NaN in module '{self.module}''s output (loss {self.loss:.6g} and "
+                        f"grad norm {self.grad_norm:.6g} finite)")
             where = f" first in module '{self.module}'" if self.module else ""
             return f"non-finite (loss={self.loss}, grad norm={self.grad_norm}){where}"
         if self.spike:
