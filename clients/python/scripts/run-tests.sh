@@ -32,6 +32,10 @@ if [ "$WHICH" = debian ] || [ "$WHICH" = all ]; then
   # torch 1.13 has no fused AdamW and no fp16 AdamW/matmul kernels on the CPU: the tests marked
   # torch2 (the device gate, pure-fp16 AdamW) run on the venv stack above, not here.
   # The Lightning / Hugging Face integrations are tested on the venv stack only (Debian ships neither).
-  run debian /usr/bin/python3 -m "not torch2" --ignore=tests/test_lightning.py --ignore=tests/test_lightning_sweep.py --ignore=tests/test_hf.py --ignore=tests/test_hf_sweep.py --ignore=tests/test_lightning_checkpoints.py --ignore=tests/test_hf_accumulation.py --ignore=tests/test_hf_loss_filter.py --ignore=tests/test_fabric.py "$@" || rc=1
+  frameworks=()
+  for f in "$CLIENT_DIR"/tests/test_lightning*.py "$CLIENT_DIR"/tests/test_hf*.py "$CLIENT_DIR"/tests/test_fabric.py; do
+    frameworks+=("--ignore=tests/$(basename "$f")")
+  done
+  run debian /usr/bin/python3 -m "not torch2" "${frameworks[@]}" "$@" || rc=1
 fi
 exit $rc
