@@ -177,3 +177,15 @@ def trainer_isnan_calls(monkeypatch):
         return isnan(*args, **kwargs)
     monkeypatch.setattr(torch, "isnan", counted)
     return calls
+
+
+def guarded_update(g, opt, step, loss, actions):
+    """Backward and the update of a loop guarded by ``g`` (guard.step, then guard.optimizer_step;
+    the verdict's action appended to ``actions``) or, with ``g`` None, the same loop unguarded."""
+    loss.backward()
+    if g is not None:
+        actions.append(g.step(step, loss).action)
+        g.optimizer_step()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ import torch
 
 from trainguard import Action
 from trainguard.guard import Guard
-from models import batch, make
+from models import batch, guarded_update, make
 
 STEPS = 100  # past the spike detectors' warm-up (64 steps): they watch but must not act
 
@@ -215,14 +215,7 @@ def masked_policy_run(target=None, how=None, nan_at=None, steps=30):
         if step == nan_at:
             x = x.clone()
             x[0, 0] = float("nan")
-        loss = torch.nn.functional.cross_entropy(model(x, mask), torch.arange(32) % 4)
-        loss.backward()
-        if g is not None:
-            actions.append(g.step(step, loss).action)
-            g.optimizer_step()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        guarded_update(g, opt, step, torch.nn.functional.cross_entropy(model(x, mask), torch.arange(32) % 4), actions)
     if g is not None:
         g.close()
     return model, actions, g

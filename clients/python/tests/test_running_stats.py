@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import batch
+from models import batch, guarded_update
 from trainguard import Action
 from trainguard.guard import Guard
 
@@ -38,14 +38,7 @@ def run(sidecar, guarded, device_gate=False, steps=10):
             if g is None:
                 continue
             x = x * float("nan")
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        if g is not None:
-            actions.append(g.step(step, loss).action)
-            g.optimizer_step()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        guarded_update(g, opt, step, nn.functional.mse_loss(model(x), y), actions)
     if g is not None:
         g.close()
     return model, actions
