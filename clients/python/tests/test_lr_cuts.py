@@ -56,3 +56,22 @@ def test_lr_cut_scales_the_schedule_and_restore_ramp_lifts_it():
         cuts.on_healthy()
         seen.append(round(_lr(opt) * (2 + e), 6))  # undo the schedule: the cut in force
     assert seen == [0.5, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("kind", ["swalr", "cosine", "plateau"])
+def test_a_cut_holds_under_schedulers_that_anneal_towards_a_rate_of_their_own(kind):
+    # Prevents: SWALR annealing back to its uncut "swa_lr" (kept in the param groups) within a few
+    # steps of a rollback, and a cosine's eta_min or ReduceLROnPlateau's min_lrs left uncut as the floor.
+    model, opt = make(lr=1.0, opt="sgd")
+    if kind == "swalr":
+        sched = torch.optim.swa_utils.SWALR(opt, swa_lr=0.5, anneal_epochs=3)
+    elif kind == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4, eta_min=0.5)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=0, min_lr=0.5)
+    cuts = LrCuts(opt, sched)
+    cuts.on_rollback(1.0, 0.5, resume_step=0, rewarm_steps=0)
+    for _ in range(4 if kind == "cosine" else 8):  # a cosine reaches eta_min at T_max
+        opt.step()
+        sched.step(1.0) if kind == "plateau" else sched.step()
+    assert _lr(opt) == pytest.approx(0.25)  # the rate it anneals to (0.5), cut by half

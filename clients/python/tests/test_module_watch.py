@@ -5,6 +5,7 @@ takes the statistics when the model's forward returns (stats.ModuleWatch); a mod
 is measured in its hook as a probe. These tests pin that the values are the ones a reduction in the
 hook gives, in call order, on every path (probe and batched, no grad, folded calls, outputs changed
 in place, activation checkpointing, a forward that raises, a failed batched reduction)."""
+import dataclasses
 import inspect
 
 import pytest
@@ -281,3 +282,55 @@ def test_a_dataparallel_replicas_forward_is_not_recorded_and_the_originals_is():
     seen = outputs_of(model, ["0", "2"], lambda: model(x))
     names, values = watch.take_list(CPU)
     assert names == ["0", "2"] and [float(v) for v in values] == [max_abs(o) for _, o in seen]
+
+
+@dataclasses.dataclass
+class EncoderOutput:
+    hidden: torch.Tensor
+
+
+class DataclassEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return EncoderOutput(self.lin(x))
+
+
+class Router(nn.Module):
+    """A mixture-of-experts router: the chosen experts' indices first, then their weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(4, 4)
+
+    def forward(self, h):
+        weights = self.gate(h).softmax(-1)
+        return weights.argmax(-1), weights
+
+
+class Routed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.router, self.head = DataclassEncoder(), Router(), nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.enc(x).hidden
+        _, w = self.router(h)
+        return self.head(h * w)
+
+
+def test_outputs_that_are_dataclasses_or_lead_with_integer_indices_are_watched_and_a_nan_named_there():
+    # Prevents: a module returning a dataclass, or a router returning (indices, weights), never
+    # watched, so a NaN born there was charged to the next module.
+    model = Routed()
+    watch = ModuleWatch(model, ["enc", "router", "head"])
+    model(torch.randn(2, 4))
+    names, values = watch.take_list(CPU)
+    assert names == ["enc", "router", "head"] and all(torch.isfinite(v) for v in values)
+    with torch.no_grad():
+        model.enc.lin.weight[0, 0] = float("nan")
+    model(torch.randn(2, 4))
+    names, values = watch.take_list(CPU)
+    assert stats.first_non_finite(names, [bool(torch.isfinite(v)) for v in values]) == "'enc'"

@@ -23,7 +23,10 @@ import torch
 
 from . import schedulers
 
-_GROUP_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+# The rates a group carries (SWALR anneals towards its "swa_lr") and those a scheduler keeps itself
+# (base_lrs, CyclicLR's max_lrs, a cosine's eta_min, ReduceLROnPlateau's floor): all cut alike, or a
+# scheduler heads back to the uncut rate.
+_GROUP_KEYS = ("lr", "initial_lr", "max_lr", "min_lr", "swa_lr")
 
 
 @dataclass
@@ -72,9 +75,11 @@ class LrCuts:
                 if k in g and g[k] is not None:
                     g[k] = _scale_value(g[k], f)
         for s in schedulers.each(self.scheduler):  # a SequentialLR's own schedulers compute the rate
-            for attr in ("base_lrs", "max_lrs"):
+            for attr in ("base_lrs", "max_lrs", "min_lrs"):
                 if isinstance(getattr(s, attr, None), list):
                     setattr(s, attr, [x * f for x in getattr(s, attr)])
+            if isinstance(getattr(s, "eta_min", None), (int, float)) and s.eta_min:
+                s.eta_min = s.eta_min * f
             if hasattr(s, "_last_lr") and isinstance(s._last_lr, list):
                 s._last_lr = [x * f for x in s._last_lr]
 

@@ -1,7 +1,7 @@
 """Normalization statistics a skipped step must not keep.
 
 BatchNorm (and InstanceNorm with ``track_running_stats``) updates ``running_mean`` / ``running_var``
-in its forward, before anything is judged. A step the guard skips keeps the weights as they were,
+(and ``num_batches_tracked``) in its forward, before anything is judged. A step the guard skips keeps the weights as they were,
 but a NaN batch has already written NaN into those statistics: training goes on looking healthy
 (in train mode BatchNorm normalizes with the batch's own statistics) and the model evaluates to NaN
 for every input. So after each judged step the statistics are settled on the device: where the
@@ -12,7 +12,8 @@ is a device flag. A ROLLBACK restores them with the model, and they are kept fro
 """
 import torch
 
-_STATS = ("running_mean", "running_var")
+# num_batches_tracked too: BatchNorm(momentum=None) averages by it, and a skipped batch must not count
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class RunningStats:
@@ -21,8 +22,7 @@ class RunningStats:
         tensors = [getattr(m, n) for m in norms for n in _STATS if torch.is_tensor(getattr(m, n, None))]
         groups = {}
         for t in tensors:
-            if t.is_floating_point():
-                groups.setdefault((t.device, t.dtype), []).append(t)
+            groups.setdefault((t.device, t.dtype), []).append(t)  # an integer counter is always finite
         self._groups = [_Group(ts) for ts in groups.values()]
 
     def __bool__(self):

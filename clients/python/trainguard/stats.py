@@ -2,6 +2,8 @@
 
 Everything stays on the device until ``Guard.step`` reads one packed tensor once per step.
 """
+import dataclasses
+
 import torch
 
 from .hooks import Detached
@@ -38,18 +40,23 @@ def grad_norms(groups, device):
 
 
 def _first_tensor(out):
+    """The first floating-point tensor of a module's output, looked for in tuples, lists, dicts
+    (transformers' ModelOutput is one) and dataclasses: what the watch measures for that call. A
+    router's integer indices before its weights are passed over."""
     if torch.is_tensor(out):
-        return out
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            t = _first_tensor(o)
-            if t is not None:
-                return t
+        return out if out.is_floating_point() else None
     if isinstance(out, dict):
-        for o in out.values():
-            t = _first_tensor(o)
-            if t is not None:
-                return t
+        parts = out.values()
+    elif isinstance(out, (tuple, list)):
+        parts = out
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        parts = (getattr(out, f.name, None) for f in dataclasses.fields(out))
+    else:
+        return None
+    for o in parts:
+        t = _first_tensor(o)
+        if t is not None:
+            return t
     return None
 
 
