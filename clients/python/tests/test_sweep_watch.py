@@ -8,10 +8,11 @@ from trainguard import Action
 from trainguard.guard import Guard
 
 
-def gan(sidecar, run, set_to_none, nan_at):
+def gan(sidecar, run, set_to_none, nan_at, penalty_first=False):
     """A GAN's D loop (dcgan's order): D's step, then the generator pass through D whose backward
     reaches D's gradients, which D's next zero_grad discards. ``fake`` is NaN at ``nan_at``.
-    Returns D's verdicts."""
+    ``penalty_first``: the first backward through D is a torch.autograd.grad (a WGAN-GP gradient
+    penalty), which leaves no .grad. Returns D's verdicts."""
     torch.manual_seed(0)
     D = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     G = nn.Linear(2, 4)
@@ -19,6 +20,9 @@ def gan(sidecar, run, set_to_none, nan_at):
     g = Guard(D, opt_d, run, target=sidecar.target, deadline=5.0, replay=False)
     opt_d = g.wrap(opt_d)
     verdicts = []
+    if penalty_first:
+        x = torch.randn(16, 4, requires_grad=True)
+        torch.autograd.grad(D(x).sum(), x)
     for i in range(8):
         D.zero_grad(set_to_none=set_to_none)
         loss_d = D(torch.randn(16, 4)).pow(2).mean()
@@ -34,11 +38,15 @@ def gan(sidecar, run, set_to_none, nan_at):
     return verdicts
 
 
+@pytest.mark.parametrize("penalty_first", [False, True], ids=["backward", "autograd-grad-first"])
 @pytest.mark.parametrize("set_to_none", [True, False])
-def test_a_forward_whose_gradients_zero_grad_discarded_is_not_charged_to_the_next_step(sidecar, set_to_none):
+def test_a_forward_whose_gradients_zero_grad_discarded_is_not_charged_to_the_next_step(sidecar, set_to_none,
+                                                                                      penalty_first):
     # Prevents: a GAN's generator pass through D after D's step (NaN fake at iteration 2) skipping
-    # D's healthy step 3 as "non-finite values first appeared in module '0'".
-    verdicts = gan(sidecar, f"sweep-gan-{set_to_none}", set_to_none, nan_at=2)
+    # D's healthy step 3 as "non-finite values first appeared in module '0'". And the gradient to
+    # watch given up for good when the first backward left none (a gradient penalty's autograd.grad).
+    verdicts = gan(sidecar, f"sweep-gan-{set_to_none}-{penalty_first}", set_to_none, nan_at=2,
+                   penalty_first=penalty_first)
     assert [v.action for v in verdicts] == [Action.APPLY] * 8, [v.reasons for v in verdicts]
 
 

@@ -166,3 +166,28 @@ def test_checkpoint_saved_registers_files_written_by_torch_save_and_safetensors(
     assert g.checkpoints[3]["dir"] == pt and g.checkpoints[5]["files"][0].endswith("model.safetensors")
     steps = sorted(c["step"] for c in sidecar.run_info("wrap-ckpt")["checkpoints"])
     assert steps == [3, 5]
+
+
+def test_a_wrapped_scheduler_stepped_once_per_process_holds_every_call_of_a_skipped_step(sidecar):
+    # Prevents: Accelerate's scheduler (split_batches=False) stepping the wrapped one once per process
+    # for each update: only the first call of a skipped step was held back, so on N processes a skip
+    # still advanced the schedule by N - 1.
+    import time
+    model, opt = make()
+    g = Guard(model, opt, f"sched-per-process-{time.time_ns()}", target=sidecar.target, deadline=5.0)
+    wopt = g.wrap(opt)
+    sched = g.wrap(torch.optim.lr_scheduler.LambdaLR(wopt, lambda k: 1.0))
+    epochs = []
+    for step in range(8):
+        x, y = batch(step)
+        if step == 5:
+            y = y * float("nan")
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        g.step(step, None)
+        wopt.step()
+        sched.step()
+        sched.step()  # the second process's share
+        wopt.zero_grad()
+        epochs.append(sched.last_epoch)
+    g.close()
+    assert epochs == [2, 4, 6, 8, 10, 10, 12, 14]

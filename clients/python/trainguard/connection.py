@@ -136,7 +136,7 @@ class Connection:
         if self.lost(what, err, run, deadline):
             return
         n = self.counters["sidecar_failures"]
-        if n % self.warn_every == 0:
+        if n == 1 or n % self.warn_every == 0:
             warnings.warn(msg + f" (failure_mode='open': training goes on; {n} failures so far)", RuntimeWarning)
 
     def lost(self, what, err, run=None, deadline=None):

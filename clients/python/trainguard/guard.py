@@ -129,7 +129,9 @@ class Guard:
         self.grad_sync = grad_sync
         self.gated = GatedPath(self, self.device_gate and self.world_size > 1, grad_sync == "sharded")
         names = auto_watch(model) if watch == "auto" else list(watch or [])
-        self.watch = ModuleWatch(model, names) if names else None
+        # Several ranks with sharded gradients: the engine itself may set .grad to None between micro-batches
+        self.watch = (ModuleWatch(model, names, forget_discarded=not (self.world_size > 1 and grad_sync == "sharded"))
+                      if names else None)
 
         # Counters and state that round-trip through state_dict().
         self.counters = {"steps": 0, "local_decisions": 0, "sidecar_verdicts": 0, "sidecar_failures": 0,

@@ -15,7 +15,6 @@ a fault whose replay applied its update (TRANSIENT) skipped nothing. After a rol
 the restored scheduler is the checkpoint's.
 """
 import collections
-import math
 
 from .rules import is_scaler_overflow
 
@@ -84,6 +83,6 @@ def skip_reason(rec):
         return "skipped on the device on every rank (a rank saw a non-finite value, or the norms disagreed)"
     vals = rec.host.tolist()
     loss, norm, mods = vals[0], vals[1], vals[2 + rec.n_groups:]
-    if all(map(math.isfinite, vals)) or is_scaler_overflow(rec.scaled, loss, norm, mods):
+    if rec.finite() or is_scaler_overflow(rec.scaled, loss, norm, mods):  # the device's rule: -inf masking is no skip
         return None
     return f"non-finite (loss={loss}, grad norm={norm}): skipped on the device"

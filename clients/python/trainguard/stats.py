@@ -128,8 +128,11 @@ class ModuleWatch:
 
     MAX_CALLS = 8
 
-    def __init__(self, model, names):
+    def __init__(self, model, names, forget_discarded=True):
         self._model = model
+        #: whether a forward whose gradients a zero_grad discarded is dropped from the step's calls
+        #: (off where an engine sets .grad to None itself between micro-batches: FSDP, DeepSpeed)
+        self.forget_discarded = forget_discarded
         modules = dict(model.named_modules())
         self.names = [n for n in names if n in modules]
         self._calls = []                      # [module index, statistic] per call this step, in call order
@@ -171,7 +174,10 @@ class ModuleWatch:
                     self._outside = not torch.is_grad_enabled()
                     self._forward += 1
                     if not self._outside and self._after_backward is not None:
-                        self._forget_discarded()
+                        try:
+                            self._forget_discarded()
+                        except Exception:  # a gradient this cannot read (DTensor, sparse): the calls stay
+                            self._after_backward = None
                 self._depth += 1
 
         def leave(module, args, output=None):
@@ -238,6 +244,8 @@ class ModuleWatch:
 
     def _backed_through(self, forward):
         self._backed.add(forward)
+        if not self.forget_discarded:
+            return
         task = _tracing._task() if _tracing._task is not None else None
         if task is None or task != self._queued_task:  # once per backward
             self._queued_task = task
@@ -250,8 +258,9 @@ class ModuleWatch:
         """Notes what the gradients look like once a backward has accumulated them: ids and version
         counters only (a reference to the grad would make autograd accumulate out of place)."""
         if not self._sentinel_picked:
-            self._sentinel_picked = True
+            # picked once a backward has left a gradient (not after torch.autograd.grad, a frozen model)
             self._sentinel = _smallest_with_grad(self._model)
+            self._sentinel_picked = self._sentinel is not None
         g = self._sentinel.grad if self._sentinel is not None else None
         self._after_backward = None if g is None else (len(self._calls), id(g), g._version)
 

@@ -148,12 +148,15 @@ class GuardedScheduler:
     without a guard too), or once for each skip the device gate made that the host learned of
     since (the schedule had advanced on it: late_skips); everything else is the inner scheduler's.
     Only a scheduler stepped once per step is held back: one stepped per epoch (several steps since
-    its last ``step()``) or on a metric always steps, whatever the epoch's last step was."""
+    its last ``step()``) or on a metric always steps, whatever the epoch's last step was. Further
+    calls for a step held back are held back too: Accelerate's scheduler steps it once per process
+    for each update (``split_batches=False``)."""
 
     def __init__(self, guard, scheduler):
         self.__dict__["guard"] = guard
         self.__dict__["scheduler"] = scheduler
         self.__dict__["_steps_seen"] = guard.counters["steps"]  # the guard's steps at the last step()
+        self.__dict__["_held_at"] = None  # the guard's steps when a step() was last held back
 
     @property
     def __class__(self):
@@ -170,14 +173,21 @@ class GuardedScheduler:
 
     def step(self, *args, **kwargs):
         g = self.guard
-        seen, self.__dict__["_steps_seen"] = self._steps_seen, g.counters["steps"]
-        if g.counters["steps"] - seen == 1:  # stepped once per step: it follows the updates
-            v = g.last_verdict
-            if v is not None and not v.should_step and not v.scaler_overflow:  # an overflow: as without a guard
-                return None
-            if g.gated.late.pay():  # owed to a skip the device made, learned since (late_skips)
-                return None
+        steps = g.counters["steps"]
+        seen, self.__dict__["_steps_seen"] = self._steps_seen, steps
+        if steps == self._held_at:  # another call for the step held back (one per process)
+            return None
+        if steps - seen == 1 and self._held_back(g):  # stepped once per step: it follows the updates
+            self.__dict__["_held_at"] = steps
+            return None
         return self.scheduler.step(*args, **kwargs)
+
+    @staticmethod
+    def _held_back(g):
+        v = g.last_verdict
+        if v is not None and not v.should_step and not v.scaler_overflow:  # an overflow: as without a guard
+            return True
+        return g.gated.late.pay()  # owed to a skip the device made, learned since (late_skips)
 
     def state_dict(self):
         return self.scheduler.state_dict()
