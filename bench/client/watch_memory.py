@@ -93,7 +93,8 @@ def main():
     ap.add_argument("--client", default=os.path.join(HERE, "..", "..", "clients", "python"))
     a = ap.parse_args()
     sys.path.insert(0, os.path.abspath(a.client))
-    from trainguard.stats import ModuleWatch, auto_watch
+    from trainguard.stats import ModuleWatch
+    from trainguard.watch_names import auto_watch
     torch.manual_seed(0)
     for case in (raised, reentrant, inner):
         mb, watch = case(ModuleWatch, auto_watch)

@@ -35,7 +35,7 @@ from gpt_model import GPT, GPT2_SMALL  # noqa: E402
 def watched(cfg):
     """The GPT's blocks as ``watch="auto"`` names them for the GPT alone (emb, h.0.., head), under the
     attribute ``gpt`` that LM and HFWrapped hold it in (a meta-device model: names, no memory)."""
-    from trainguard.stats import auto_watch
+    from trainguard.watch_names import auto_watch
     with torch.device("meta"):
         gpt = GPT(**cfg)
     return [f"gpt.{n}" for n in auto_watch(gpt)]

@@ -20,7 +20,8 @@ from gpt_model import GPT  # noqa: E402
 from trainguard.gate_graph import GateGraphs  # noqa: E402
 from trainguard.grad_table import GradTable  # noqa: E402
 from trainguard.measure import DeviceGate, StepMeter  # noqa: E402
-from trainguard.stats import ModuleWatch, auto_watch  # noqa: E402
+from trainguard.stats import ModuleWatch  # noqa: E402
+from trainguard.watch_names import auto_watch  # noqa: E402
 
 
 def timed(fn, iters):

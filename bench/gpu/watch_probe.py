@@ -20,7 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "clients", "python"))
 sys.path.insert(0, HERE)
 from gpt_model import GPT, GPT2_SMALL  # noqa: E402
-from trainguard.stats import ModuleWatch, auto_watch  # noqa: E402
+from trainguard.stats import ModuleWatch  # noqa: E402
+from trainguard.watch_names import auto_watch  # noqa: E402
 
 
 def main():

@@ -6,7 +6,7 @@ from torch import nn
 
 from trainguard import Action
 from trainguard.guard import Guard
-from trainguard.stats import auto_watch
+from trainguard.watch_names import auto_watch
 from models import make, train
 
 

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from trainguard import stats
-from trainguard.stats import ModuleWatch, auto_watch
+from trainguard.stats import ModuleWatch
+from trainguard.watch_names import auto_watch
 from models import MLP, batch
 
 # torch 1.13 cannot tell a recompute or saved-tensor hooks from a plain forward: it never batches

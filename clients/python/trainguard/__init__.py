@@ -24,7 +24,8 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   run_setup.py     what OpenRun sends: policy overrides, model description, precision setup
   measure.py       measuring a step: StepMeter (packed one-read on the host path, on-device stats),
                    DeviceGate (found_inf / grad_scale on a fused optimizer, pinned staging)
-  stats.py         device statistics: grad norms, ModuleWatch forward hooks, auto_watch
+  stats.py         device statistics: grad norms, ModuleWatch forward hooks
+  watch_names.py   which modules are watched by default (auto_watch)
   rules.py         local decision rules, pure functions (bounds, local/offline verdicts, gate clip)
   report.py        the one place a StepReport is built
   apply.py         applying a verdict (clip, skip, rollback, halt) and the guarded optimizer step
@@ -35,6 +36,7 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   checkpointing.py Guard.save_checkpoint / load_checkpoint and RegisterCheckpoint
   validation.py    validation gate (ValidationContext: `with guard.validation(m) as v: if v.allowed:`)
   audit.py         validation audit: ModelSnapshot (tensors, wiring, attribute state, RNG), diff, restore
+  remembered.py    how the audit remembers, compares and restores one attribute value
   recovery.py      in-memory snapshots (snapshot.py), fault replay (replay.py), LR cuts (lrcut.py)
   rng.py           the RNG state a step depends on (capture, compare, restore): audit and replay
   distributed.py   cross-rank agreement on the verdict

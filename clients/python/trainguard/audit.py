@@ -8,14 +8,11 @@ minus parameters, buffers, children and hooks): a swapped attention processor
 container or plain object changed in place, and class attributes patched on the model's classes.
 Identity is compared for every value, the value itself for small ones. When one mechanism explains
 many changes it is named once ("every parameter went through float16 and back")."""
-import enum
-import math
 import sys
-import types
-import weakref
 
 import torch
 
+from .remembered import Remembered, dict_changes, short
 from .rng import capture_rng, only_drawn_from, restore_rng
 
 
@@ -23,145 +20,8 @@ from .rng import capture_rng, only_drawn_from, restore_rng
 # hooks, ...): read from a fresh Module, so it follows the installed torch version. Audited
 # separately (tensors, tree, hooks, train mode) or not at all (hook bookkeeping).
 _MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__) | {"forward"}
-_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, enum.Enum)
-_SMALL_CONTAINER = 64   # lists/dicts up to this size are compared item by item
-_SMALL_OBJECT = 16      # plain objects with up to this many attributes are compared attribute by attribute
-_SMALL_TENSOR = 4096    # plain (non-parameter) tensor attributes up to this many elements keep their values
-_DEPTH = 2              # how far into containers/objects an attribute is followed
-
-
-def _short(v, limit=48):
-    if isinstance(v, _SCALARS):
-        text = repr(v)
-    elif isinstance(v, types.FunctionType):
-        text = v.__qualname__
-    elif isinstance(v, (types.BuiltinFunctionType, types.MethodType)):
-        text = getattr(v, "__name__", type(v).__name__)
-    elif isinstance(v, type):
-        text = f"class {v.__qualname__}"
-    elif torch.is_tensor(v):
-        text = f"tensor{tuple(v.shape)} {v.dtype}"
-    else:
-        text = type(v).__qualname__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class _Remembered:
-    """What the audit keeps of one attribute value: the object itself (identity), and for small
-    values what is needed to see an in-place change and undo it."""
-    __slots__ = ("obj", "scalar", "version", "values", "items", "attrs")
-
-    def __init__(self, v, depth, own):
-        self.obj, self.scalar, self.version, self.values, self.items, self.attrs = v, False, None, None, None, None
-        if isinstance(v, _SCALARS):
-            self.scalar = True
-        elif torch.is_tensor(v):
-            if id(v) not in own:  # the model's own parameters/buffers are audited as tensors
-                self.version = v._version
-                if v.numel() <= _SMALL_TENSOR:
-                    self.values = v.detach().clone()
-        elif depth >= _DEPTH or isinstance(v, (torch.nn.Module, type, types.FunctionType, types.MethodType,
-                                                 types.BuiltinFunctionType, types.ModuleType)):
-            pass  # identity only
-        elif isinstance(v, (list, tuple)) and len(v) <= _SMALL_CONTAINER:
-            self.items = [_Remembered(x, depth + 1, own) for x in v]
-        elif isinstance(v, dict) and len(v) <= _SMALL_CONTAINER:
-            self.items = {k: _Remembered(x, depth + 1, own) for k, x in v.items()}
-        elif isinstance(v, (set, frozenset)) and len(v) <= _SMALL_CONTAINER:
-            self.items = frozenset(v)
-        elif isinstance(getattr(v, "__dict__", None), dict) and len(v.__dict__) <= _SMALL_OBJECT:
-            # a small plain object, e.g. an attention processor holding its scale
-            self.attrs = {k: _Remembered(x, depth + 1, own) for k, x in v.__dict__.items()}
-
-    def changes(self, cur, path, out):
-        """Appends a text per change between what was remembered and ``cur``."""
-        if self.scalar:
-            if not (cur is self.obj or (type(cur) is type(self.obj) and _equal(cur, self.obj))):
-                out.append(f"{path} {_short(self.obj)} -> {_short(cur)}")
-            return
-        if cur is not self.obj and not self._same_contents(cur):
-            before, after = _short(self.obj), _short(cur)
-            out.append(f"{path} replaced ({before} -> {after})" if before != after else f"{path} replaced by another {after}")
-            return
-        if cur is not self.obj:
-            return  # rebuilt with the same contents (an LSTM's _flat_weights after .to()): no change
-        if self.version is not None and (cur._version != self.version or self.values is not None and (
-                cur.shape != self.values.shape or not torch.equal(cur.detach(), self.values))):
-            out.append(f"{path} changed in place")
-        if isinstance(self.items, list):
-            if len(cur) != len(self.items):
-                out.append(f"{path} changed in place (length {len(self.items)} -> {len(cur)})")
-            else:
-                for i, (r, x) in enumerate(zip(self.items, cur)):
-                    r.changes(x, f"{path}[{i}]", out)
-        elif isinstance(self.items, dict):
-            _dict_changes(self.items, cur, path, out, "[{!r}]")
-        elif isinstance(self.items, frozenset) and frozenset(cur) != self.items:
-            out.append(f"{path} changed in place")
-        if self.attrs is not None:
-            _dict_changes(self.attrs, cur.__dict__, path, out, ".{}")
-
-    def _same_contents(self, cur):
-        if isinstance(self.obj, weakref.ref) and isinstance(cur, weakref.ref):
-            return cur() is not None and cur() is self.obj()
-        if self.items is None or type(cur) is not type(self.obj) or isinstance(self.items, frozenset):
-            return False
-        found = []
-        if isinstance(self.items, list):
-            if len(cur) != len(self.items):
-                return False
-            for r, x in zip(self.items, cur):
-                r.changes(x, "", found)
-        else:
-            _dict_changes(self.items, cur, "", found, "[{!r}]")
-        return not found
-
-    def restore_inside(self):
-        """Undoes in-place changes inside the remembered object (the caller puts the object itself back)."""
-        v = self.obj
-        if self.values is not None and v._version != self.version and v.shape == self.values.shape:
-            with torch.no_grad():
-                v.copy_(self.values)
-        if isinstance(self.items, list):
-            if isinstance(v, list):
-                v[:] = [r.obj for r in self.items]
-            for r in self.items:
-                r.restore_inside()
-        elif isinstance(self.items, dict):
-            v.clear()
-            v.update({k: r.obj for k, r in self.items.items()})
-            for r in self.items.values():
-                r.restore_inside()
-        elif isinstance(self.items, frozenset) and isinstance(v, set):
-            v.clear()
-            v.update(self.items)
-        if self.attrs is not None:
-            for k in [k for k in v.__dict__ if k not in self.attrs]:
-                del v.__dict__[k]
-            v.__dict__.update({k: r.obj for k, r in self.attrs.items()})
-            for r in self.attrs.values():
-                r.restore_inside()
-
-
-def _equal(a, b):
-    try:
-        return bool(a == b) or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
-    except Exception:  # noqa: BLE001 - a value without a usable __eq__ counts as changed
-        return False
-
-
-def _dict_changes(before, now, path, out, key_format):
-    for k, r in before.items():
-        sub = path + key_format.format(k)
-        if k not in now:
-            out.append(f"{sub} removed")
-        else:
-            r.changes(now[k], sub, out)
-    out.extend(f"{path + key_format.format(k)} added ({_short(now[k])})" for k in now if k not in before)
-
-
 def _attributes(m, own, ignore=frozenset()):
-    return {k: _Remembered(v, 0, own) for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in ignore}
+    return {k: Remembered(v, 0, own) for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in ignore}
 
 
 def _is_metric(m):
@@ -274,7 +134,7 @@ class ModelSnapshot:
                 continue
             attrs = []
             current = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in self.ignore_attrs}
-            _dict_changes(s["attrs"], current, label, attrs, ".{}")
+            dict_changes(s["attrs"], current, label, attrs, ".{}")
             found += [(self.ATTRIBUTES, text) for text in attrs]
         found += self._explain_grouped(self.TRAIN_MODE, train_mode, "modules changed")
         frozen = [(name, f"requires_grad {was} -> {not was}") for name, was in self.requires_grad.items()
@@ -287,7 +147,7 @@ class ModelSnapshot:
                     if k == "forward":
                         continue  # reported per module above
                     found.append((self.WIRING, f"class {cls.__qualname__}.{k} "
-                                               f"{'removed' if k not in after else 'replaced (' + _short(v) + ' -> ' + _short(after[k]) + ')'}"))
+                                               f"{'removed' if k not in after else 'replaced (' + short(v) + ' -> ' + short(after[k]) + ')'}"))
             found += [(self.WIRING, f"class {cls.__qualname__}.{k} added") for k in after if k not in before]
         for names, before in ((now, self.tensors), (mods, self.modules)):
             found += [(self.WIRING, f"{name} added") for name in names if name not in before]

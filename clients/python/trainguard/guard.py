@@ -34,7 +34,8 @@ from .run_setup import build_policy, check_choices  # noqa: F401  (build_policy:
 from .numbering import LoopNumbering
 from .running_stats import RunningStats
 from .scaler_share import share_unscale
-from .stats import ModuleWatch, auto_watch
+from .stats import ModuleWatch
+from .watch_names import auto_watch
 from .transport import ReportSender, Transport
 from .validation import ValidationContext, ValidationSession
 from .verdict import Action, Verdict
@@ -129,9 +130,8 @@ class Guard:
         self.grad_sync = grad_sync
         self.gated = GatedPath(self, self.device_gate and self.world_size > 1, grad_sync == "sharded")
         names = auto_watch(model) if watch == "auto" else list(watch or [])
-        # Several ranks with sharded gradients: the engine itself may set .grad to None between micro-batches
-        self.watch = (ModuleWatch(model, names, forget_discarded=not (self.world_size > 1 and grad_sync == "sharded"))
-                      if names else None)
+        sharded_ranks = self.world_size > 1 and grad_sync == "sharded"  # the engine may reset .grad itself
+        self.watch = ModuleWatch(model, names, forget_discarded=not sharded_ranks) if names else None
 
         # Counters and state that round-trip through state_dict().
         self.counters = {"steps": 0, "local_decisions": 0, "sidecar_verdicts": 0, "sidecar_failures": 0,

@@ -4,7 +4,6 @@ within the sidecar's LocalBounds, asked of the sidecar, or -- unreachable in fai
 decided by the offline rule. Taken when the device gate is off or cannot decide this step
 (bounds expired, a late ROLLBACK/HALT, offline, an optimizer without found_inf, a GradScaler on
 torch < 2.4)."""
-import math
 
 from . import rules
 from .errors import SidecarUnavailable

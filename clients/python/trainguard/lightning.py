@@ -32,8 +32,6 @@ The LR scheduler still steps on a skipped step, as it does under a GradScaler ov
 import logging
 import os
 
-import torch
-
 try:
     import lightning.pytorch as pl
 except ImportError:  # the standalone package
@@ -115,27 +113,17 @@ class TrainguardCallback(pl.Callback):
         kwargs.setdefault("grad_sync", "sharded" if ("fsdp" in strategy or "deepspeed" in strategy) else "replicated")
         self.guard = Guard(pl_module, opt, self.run, target=self.target, scheduler=scheduler, scaler=scaler,
                            **kwargs)
-        self.guard.restore_hook = lambda path, plan: self._restore(trainer, pl_module, plan)
+        self.guard.restore_hook = lambda path, plan: ckpts.restore(self.guard, trainer, pl_module, plan, self)
         # Lightning calls optimizer.step() itself: the guard's before/after-update work (re-warm LR,
         # protect_update, in-memory snapshots) hangs on the optimizer's step hook and on_train_batch_end
         self._post_hook = opt.register_step_post_hook(self._after_optimizer_step)
         self._apply_state()
-        self._say_weights_only_no_target(trainer)
+        ckpts.say_weights_only_no_target(trainer)
 
     def _apply_state(self):
         if self._state is not None:
             self.guard.load_state_dict(self._state)
             self.step = self._state.get("callback_step", self.step)
-
-    def _say_weights_only_no_target(self, trainer):
-        # Lightning saves these without calling on_save_checkpoint, so they would go unregistered silently
-        for dirpath in ckpts.weights_only_dirs(trainer):
-            log.warning("trainguard: ModelCheckpoint(save_weights_only=True, dirpath=%s) writes no rollback targets: "
-                        "its files hold the weights only, not the optimizer's moments, LR schedulers or AMP scaler, "
-                        "and a rollback must restore all of them (old weights with the moments of the abandoned steps "
-                        "is no known-good state). Rollbacks go to the guard's in-memory snapshots and to other "
-                        "ModelCheckpoints' files: add one without save_weights_only (e.g. "
-                        "ModelCheckpoint(every_n_train_steps=N, save_top_k=k)) for targets on disk", dirpath)
 
     def _unhook(self):
         if self._post_hook is not None:
@@ -293,39 +281,6 @@ class TrainguardCallback(pl.Callback):
             raise TrainguardError(msg) from None
         log.log(logging.DEBUG if self._refused_ckpt_said else logging.ERROR, msg)
         self._refused_ckpt_said = True
-
-    def _restore(self, trainer, pl_module, plan):
-        entry = ckpts.entry_to_restore(self.guard, plan)
-        ckpt, _ = ckpts.restorable(entry)
-        if ckpt:
-            self._load_lightning_checkpoint(trainer, pl_module, ckpt)
-            log.warning("trainguard: restored Lightning checkpoint %s (step %d)", ckpt, plan.checkpoint_step)
-            return
-        files = plan.files or entry.get("files") or []
-        weights = next((f for f in files if f.endswith(".safetensors") and os.path.isfile(f)), None)
-        if weights is None:
-            raise FileNotFoundError(f"rollback to step {plan.checkpoint_step}: neither the Lightning checkpoint "
-                                    f"({entry.get('restore')}) nor a weights file is there any more")
-        from .safetensors_io import read_safetensors
-        pl_module.load_state_dict({k: v.to(pl_module.device) for k, v in read_safetensors(weights).items()})
-        log.warning("trainguard: Lightning checkpoint %s is gone or rewritten; restored the weights only from %s "
-                    "(optimizer state kept)", entry.get("restore"), weights)
-
-    def _load_lightning_checkpoint(self, trainer, pl_module, ckpt):
-        """Loads ``ckpt`` in Lightning's order, the other callbacks' ``on_load_checkpoint`` last (EMA
-        WeightAveraging's puts the trained weights back over the averaged ``state_dict``); not their own
-        state (``load_state_dict``): a rollback rewinds the model, not ModelCheckpoint's records."""
-        state = torch.load(ckpt, map_location=pl_module.device, weights_only=False)
-        pl_module.on_load_checkpoint(state)
-        pl_module.load_state_dict(state["state_dict"])
-        for opt, s in zip(trainer.optimizers, state.get("optimizer_states", [])):
-            opt.load_state_dict(s)
-        for cfg, s in zip(getattr(trainer, "lr_scheduler_configs", []) or [], state.get("lr_schedulers", [])):
-            cfg.scheduler.load_state_dict(s)
-        ckpts.load_precision_state(trainer.precision_plugin, state)
-        for cb in trainer.callbacks:
-            if cb is not self:
-                cb.on_load_checkpoint(trainer, pl_module, state)
 
     # ------------------------------------------------------------------ validation
 

@@ -15,6 +15,8 @@ that step's state:
 import logging
 import os
 
+import torch
+
 log = logging.getLogger("trainguard")
 
 
@@ -124,3 +126,51 @@ def load_precision_state(plugin, state):
     scaler = getattr(plugin, "scaler", None)
     if scaler is not None and state.get("native_amp_scaling_state"):
         scaler.load_state_dict(state["native_amp_scaling_state"])
+
+
+def say_weights_only_no_target(trainer):
+    # Lightning saves these without calling on_save_checkpoint, so they would go unregistered silently
+    for dirpath in weights_only_dirs(trainer):
+        log.warning("trainguard: ModelCheckpoint(save_weights_only=True, dirpath=%s) writes no rollback targets: "
+                    "its files hold the weights only, not the optimizer's moments, LR schedulers or AMP scaler, "
+                    "and a rollback must restore all of them (old weights with the moments of the abandoned steps "
+                    "is no known-good state). Rollbacks go to the guard's in-memory snapshots and to other "
+                    "ModelCheckpoints' files: add one without save_weights_only (e.g. "
+                    "ModelCheckpoint(every_n_train_steps=N, save_top_k=k)) for targets on disk", dirpath)
+
+
+def restore(guard, trainer, pl_module, plan, callback):
+    """The callback's restore hook: the registered Lightning checkpoint of ``plan``, or the weights
+    copy beside it when that file is gone or rewritten."""
+    entry = entry_to_restore(guard, plan)
+    ckpt, _ = restorable(entry)
+    if ckpt:
+        load_lightning_checkpoint(trainer, pl_module, ckpt, callback)
+        log.warning("trainguard: restored Lightning checkpoint %s (step %d)", ckpt, plan.checkpoint_step)
+        return
+    files = plan.files or entry.get("files") or []
+    weights = next((f for f in files if f.endswith(".safetensors") and os.path.isfile(f)), None)
+    if weights is None:
+        raise FileNotFoundError(f"rollback to step {plan.checkpoint_step}: neither the Lightning checkpoint "
+                                f"({entry.get('restore')}) nor a weights file is there any more")
+    from .safetensors_io import read_safetensors
+    pl_module.load_state_dict({k: v.to(pl_module.device) for k, v in read_safetensors(weights).items()})
+    log.warning("trainguard: Lightning checkpoint %s is gone or rewritten; restored the weights only from %s "
+                "(optimizer state kept)", entry.get("restore"), weights)
+
+
+def load_lightning_checkpoint(trainer, pl_module, ckpt, callback):
+    """Loads ``ckpt`` in Lightning's order, the other callbacks' ``on_load_checkpoint`` last (EMA
+    WeightAveraging's puts the trained weights back over the averaged ``state_dict``); not their own
+    state (``load_state_dict``): a rollback rewinds the model, not ModelCheckpoint's records."""
+    state = torch.load(ckpt, map_location=pl_module.device, weights_only=False)
+    pl_module.on_load_checkpoint(state)
+    pl_module.load_state_dict(state["state_dict"])
+    for opt, s in zip(trainer.optimizers, state.get("optimizer_states", [])):
+        opt.load_state_dict(s)
+    for cfg, s in zip(getattr(trainer, "lr_scheduler_configs", []) or [], state.get("lr_schedulers", [])):
+        cfg.scheduler.load_state_dict(s)
+    load_precision_state(trainer.precision_plugin, state)
+    for cb in trainer.callbacks:
+        if cb is not callback:
+            cb.on_load_checkpoint(trainer, pl_module, state)

@@ -6,7 +6,6 @@ and is called by the Guard at four points of a step: ``begin`` (guard.step), ``m
 (guard.optimizer_step), and ``restore`` (a ROLLBACK). See docs/client.md, "Recovery".
 """
 import logging
-import math
 import socket
 
 import grpc
