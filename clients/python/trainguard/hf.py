@@ -261,7 +261,9 @@ class TrainguardCallback(TrainerCallback):
         """Keeps the cut in force in the TrainerState, which every checkpoint saves (trainer_state.json)."""
         if not isinstance(state.stateful_callbacks, dict):
             state.stateful_callbacks = {}
-        state.stateful_callbacks[_STATE_KEY] = {"lr_scale": float(self.guard.recovery.lr.scale)}
+        scale = float(self.guard.recovery.lr.scale)
+        if _saved_cut(state.stateful_callbacks) != scale:  # every step: written only when it changed
+            state.stateful_callbacks[_STATE_KEY] = {"lr_scale": scale}
 
     def _say_the_filter(self, args, model):
         """No Trainer found to take the filter over (a Trainer subclass that fires its events from
