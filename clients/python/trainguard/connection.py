@@ -13,6 +13,7 @@ non-finite update), fail-closed raises SidecarUnavailable. PAUSED: the guard is 
 """
 import enum
 import logging
+import threading
 import time
 import warnings
 
@@ -82,6 +83,8 @@ class Connection:
         self._resume_to = ClientState.ONLINE
         self._last_open_try = 0.0
         self._lost = False  # said that the sidecar stopped answering; answered() clears it
+        # the training thread and the report sender both fail and succeed calls: one of them says it
+        self._lost_lock = threading.Lock()
 
     # ---------------------------------------------------------------- state
 
@@ -143,9 +146,12 @@ class Connection:
         """Fail-open: the first call the sidecar did not answer since it last did (a wrong address at
         the start, a sidecar that died mid-run, including a report sent in the background) says
         loudly and once, in words, what is unprotected. Returns whether it said so now."""
-        if self._lost or (grpc_code(err) is not None and grpc_code(err) not in UNREACHABLE):
+        if grpc_code(err) is not None and grpc_code(err) not in UNREACHABLE:
             return False
-        self._lost = True
+        with self._lost_lock:
+            if self._lost:
+                return False
+            self._lost = True
         words = unprotected_message(run or self.run, self.transport.target, err, deadline or self.deadline,
                                     None if what == "OpenRun" else what)
         log.error("%s", words)
@@ -154,10 +160,14 @@ class Connection:
 
     def answered(self):
         """A call was answered: the next loss of the sidecar is said again."""
-        if self._lost:
+        if not self._lost:  # the common case, without the lock
+            return
+        with self._lost_lock:
+            if not self._lost:
+                return
             self._lost = False
-            log.warning("trainguard: the sidecar at %s answers again: run '%s' is protected again",
-                        self.transport.target, self.run)
+        log.warning("trainguard: the sidecar at %s answers again: run '%s' is protected again",
+                    self.transport.target, self.run)
 
     def open_run(self, run, request, deadline):
         """Sends OpenRun. Returns the response, or None when the sidecar is unreachable (the client

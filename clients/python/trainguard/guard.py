@@ -362,13 +362,14 @@ class Guard:
         re-reads data after a rollback skips it."""
         return int(data_position) in self.recovery.bad_positions
 
-    def validation(self, model=None, step=None, restore=True):
+    def validation(self, model=None, step=None, restore=True, runs_anyway=False):
         """``with guard.validation(model) as v: if v.allowed: ...`` — ``v.allowed`` says whether the
         sidecar allows validation now (a refusal is logged once per reason); afterwards the model is
-        audited and, by default, restored. See validation.py."""
+        audited and, by default, restored. ``runs_anyway``: a framework's pass that runs whatever the
+        answer, audited and restored in full. See validation.py."""
         if self._closed:  # nothing to ask or to report to: the validation runs unguarded
             return contextlib.nullcontext(ValidationSession(True, "guard closed"))
-        return ValidationContext(self, model or self.model, step, restore)
+        return ValidationContext(self, model or self.model, step, restore, runs_anyway)
 
     # ------------------------------------------------------------------ state and lifecycle
 

@@ -42,6 +42,7 @@ from transformers import Trainer, TrainerCallback
 
 from .errors import TrainguardError
 from .guard import Guard
+from . import hf_evaluation
 from .hf_loss_filter import LossFilter
 from .hooks import Detached
 from .stats import grad_tensors
@@ -186,9 +187,15 @@ class TrainguardCallback(TrainerCallback):
         Returns the callback."""
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
+        hf_evaluation.install(self, trainer)
         if self.device_loss_filter:
             self.loss_filter = LossFilter.install(trainer)
         return self
+
+    def on_init_end(self, args, state, control, **kwargs):
+        trainer = _trainer_running(self)  # an evaluate() before train() is audited too
+        if trainer is not None:
+            hf_evaluation.install(self, trainer)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if optimizer is None or model is None:
@@ -239,9 +246,11 @@ class TrainguardCallback(TrainerCallback):
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._accelerated, self._skipped = optimizer, False
         self._hook = _forward_hook(model, self._read_loss)
+        trainer = _trainer_running(self)
+        if trainer is not None:
+            hf_evaluation.install(self, trainer)  # every training: one callback may go to a second Trainer
         if self.device_loss_filter:
             # Every training: one callback may be handed to a second Trainer, which needs its own.
-            trainer = _trainer_running(self)
             if trainer is None:
                 if self.loss_filter is None:  # attach() did not hand it over either
                     self._say_the_filter(args, model)

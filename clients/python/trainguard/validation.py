@@ -54,8 +54,11 @@ class ValidationContext:
     restore) and EndValidation. When validation is refused the body still runs (no trace hook can
     skip it cleanly): the loop checks ``if v.allowed:``."""
 
-    def __init__(self, guard, model, step, restore):
+    def __init__(self, guard, model, step, restore, runs_anyway=False):
         self.g, self.model, self.step, self.restore = guard, model, step, restore
+        # a framework's evaluation the loop cannot be told not to run (the HF Trainer's): a refusal is
+        # said, and the pass is audited and restored in full like an allowed one
+        self.runs_anyway = runs_anyway
 
     def __enter__(self):
         g = self.g
@@ -71,7 +74,12 @@ class ValidationContext:
         # Several ranks: no collective here. The sidecar tells every rank asking at one step what it told
         # the first, so ranks agree; and a loop that validates on rank 0 only has no other rank to wait for.
         self.session = ValidationSession(allowed, reason)
-        if not allowed:
+        if not allowed and self.runs_anyway:
+            log.log(logging.DEBUG if g.__dict__.get("_validation_runs_anyway_said") else logging.WARNING,
+                    "trainguard: validation at step %d refused (%s); the framework runs it anyway, audited and "
+                    "restored", self.step, reason or "no reason given")
+            g.__dict__["_validation_runs_anyway_said"] = True
+        elif not allowed:
             self._say_deferred(reason)
         if g.watch:
             g.watch.enabled = False
@@ -81,7 +89,8 @@ class ValidationContext:
                 ours.add(h.id)
         # A refused validation keeps no tensor values (the loop normally skips the body): it only
         # notes versions, wiring and attributes, enough to see and name what an unchecked body did.
-        self.snap = ModelSnapshot(self.model, keep_values=self.restore if allowed else None, ignore_hooks=ours)
+        self.snap = ModelSnapshot(self.model, keep_values=self.restore if allowed or self.runs_anyway else None,
+                                  ignore_hooks=ours)
         return self.session
 
     def _say_deferred(self, reason):
@@ -100,7 +109,7 @@ class ValidationContext:
         if g.watch:
             g.watch.enabled = True
         s = self.session
-        if not s._allowed:
+        if not s._allowed and not self.runs_anyway:
             return self._exit_refused(exc_type)
         p, d, w, r, details = self.snap.diff()
         changed = p or d or w or r
@@ -145,4 +154,31 @@ class ValidationContext:
                       "was refused (%s). trainguard no longer skips the body with a trace hook (it broke debuggers "
                       "and coverage): write `with guard.validation(model) as v:` then `if v.allowed: <validate>`. "
                       "Said once.", self.step, s.reason)
+        return False
+
+
+class AuditedOutsideRun:
+    """``with AuditedOutsideRun(model, "trainer.validate()"):`` -- a pass with no run to report to (a
+    framework's evaluation before or after training): the model is snapshotted, and what the pass
+    changed is undone (``restore``) and said, as inside a run. A validation that writes into the
+    weights before training starts would otherwise leave the run to start from damaged weights."""
+
+    def __init__(self, model, what, restore=True):
+        self.model, self.what, self.restore = model, what, restore
+        self.audit = None
+
+    def __enter__(self):
+        self.snap = ModelSnapshot(self.model, keep_values=self.restore)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        p, d, w, r, details = self.snap.diff()
+        changed = p or d or w or r
+        if changed and self.restore:
+            self.snap.restore()
+        self.audit = {"parameters_changed": p, "dtype_device_mode_changed": d, "wiring_changed": w,
+                      "rng_changed": r, "details": details, "restored": bool(changed and self.restore)}
+        if changed:
+            log.warning("trainguard: %s changed the model (%s)%s", self.what, "; ".join(details[:8]),
+                        ", undone" if self.restore else "")
         return False

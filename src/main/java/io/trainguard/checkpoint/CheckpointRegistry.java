@@ -1,6 +1,8 @@
 package io.trainguard.checkpoint;
 
 import io.trainguard.guard.policy.Policy;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.time.Clock;
 import java.time.Instant;
 import java.util.ArrayList;
@@ -134,6 +136,7 @@ public final class CheckpointRegistry {
         } else {
             evictRewritten(runId, files, step, now);
         }
+        evictDeleted(runId, now);
         store.insert(r);
         byId.put(id, r);
         if (format == CheckpointFormat.MEMORY) {
@@ -287,6 +290,41 @@ public final class CheckpointRegistry {
     }
 
     /**
+     * Checkpoint rotation (Lightning's {@code save_top_k}, the HF Trainer's {@code save_total_limit},
+     * a loop keeping its last k files) deletes files the run registered, usually right after the save
+     * that registers the next one: checked at every registration (snapshots included, so a run that
+     * saves files rarely still learns it within a snapshot interval) and at promotion, so the rollback
+     * target is one whose files exist. Before, the newest known-good was often a deleted file and the
+     * trainer, ordered back to it, halted although an intact target was held.
+     */
+    private void evictDeleted(String runId, Instant now) {
+        evictWhere(runId, r -> r.state() == CheckpointState.KNOWN_GOOD || r.state() == CheckpointState.VERIFIED
+                ? deletedReasonOrNull(goneFile(r)) : null, now);
+    }
+
+    /** The first of a file checkpoint's files no longer on disk, or null (a memory snapshot has none). */
+    private static String goneFile(CheckpointRecord r) {
+        if (r.format() == CheckpointFormat.MEMORY) {
+            return null;
+        }
+        for (CheckpointFileSpec f : r.files()) {
+            if (!Files.exists(Path.of(f.path()))) {
+                return f.path();
+            }
+        }
+        return null;
+    }
+
+    private static String deletedReasonOrNull(String gone) {
+        return gone == null ? null : deletedReason(gone);
+    }
+
+    private static String deletedReason(String gone) {
+        return gone + " is gone from disk (deleted after it was saved, as checkpoint rotation does: save_top_k, "
+                + "save_total_limit); not a rollback target";
+    }
+
+    /**
      * A checkpoint written again to a path an earlier one of the run named (nanoGPT's one
      * {@code ckpt.pt}, a fixed filename): the earlier record no longer describes what is on disk, and a
      * rollback to it would load the newer state under the older step.
@@ -331,6 +369,12 @@ public final class CheckpointRegistry {
 
     private CheckpointRecord promoteIfEarned(CheckpointRecord r, Instant now) {
         if (r.state() == CheckpointState.VERIFIED && r.healthyStepsSince() >= required(r.runId())) {
+            String gone = goneFile(r);
+            if (gone != null) {
+                LOG.infof("checkpoint %s (run %s, step %d) earned known-good but %s", r.id(), r.runId(), r.step(),
+                        deletedReason(gone));
+                return r.moveTo(CheckpointState.EVICTED, deletedReason(gone), now);
+            }
             LOG.infof("checkpoint %s (run %s, step %d) is known-good after %d healthy steps", r.id(), r.runId(),
                     r.step(), r.healthyStepsSince());
             return r.moveTo(CheckpointState.KNOWN_GOOD, "", now);

@@ -246,6 +246,44 @@ class CheckpointRegistryTest {
     }
 
     @Test
+    void aCheckpointFileDeletedByRotation_isNoRollbackTarget_whetherDeletedBeforeOrAfterItEarnedKnownGood() throws Exception {
+        // prevents: a rollback ordered to a file save_top_k / save_total_limit deleted (the trainer halted
+        // although an intact snapshot was known-good), when the deletion came before or after the promotion
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 1);
+        CheckpointRecord kept = reg.register("run", 5, CheckpointFormat.SAFETENSORS,
+                file("step5.safetensors", new SafetensorsWriter().f32("w", 1)), 6, false);
+        awaitSettled(reg, kept.id());
+        reg.onHealthyStep("run", 6);
+        CheckpointRecord rotated = reg.register("run", 10, CheckpointFormat.SAFETENSORS,
+                file("step10.safetensors", new SafetensorsWriter().f32("w", 1)), 11, false);
+        awaitSettled(reg, rotated.id());
+        reg.onHealthyStep("run", 11);
+        assertEquals(rotated.id(), reg.newestKnownGood("run").orElseThrow().id());
+        CheckpointRecord early = reg.register("run", 20, CheckpointFormat.SAFETENSORS,
+                file("step20.safetensors", new SafetensorsWriter().f32("w", 1)), 21, false);
+        assertEquals(CheckpointState.VERIFIED, awaitSettled(reg, early.id()).state());
+
+        Files.delete(root.resolve("step10.safetensors")); // after it earned known-good
+        Files.delete(root.resolve("step20.safetensors")); // before
+        reg.register("run", 22, CheckpointFormat.MEMORY, slot("memory://p1/rank0/slot0"), 23, true);
+        CheckpointRecord gone = reg.get(rotated.id());
+        assertEquals(CheckpointState.EVICTED, gone.state());
+        assertTrue(gone.stateReason().contains("step10.safetensors is gone from disk"), gone.stateReason());
+        assertEquals(CheckpointState.EVICTED, reg.get(early.id()).state(), "checked at every registration");
+        assertEquals(kept.id(), reg.newestKnownGood("run").orElseThrow().id(), "the intact older file");
+
+        CheckpointRecord late = reg.register("run", 30, CheckpointFormat.SAFETENSORS,
+                file("step30.safetensors", new SafetensorsWriter().f32("w", 1)), 31, false);
+        awaitSettled(reg, late.id());
+        Files.delete(root.resolve("step30.safetensors"));
+        reg.onHealthyStep("run", 31); // earns it, but its file is gone: evicted, not promoted
+        assertEquals(CheckpointState.EVICTED, reg.get(late.id()).state());
+        reg.onHealthyStep("run", 32);
+        assertEquals(CheckpointState.KNOWN_GOOD, reg.get(kept.id()).state());
+        assertTrue(reg.newestKnownGood("run").orElseThrow().step() != 30);
+    }
+
+    @Test
     void register_nanCheckpoint_rejectedInJournalAcrossRestart() throws Exception {
         // prevents: losing checkpoint states (and the known-good target) when the sidecar restarts
         SQLiteDataSource ds = new SQLiteDataSource();
