@@ -241,3 +241,37 @@ def test_a_rollback_to_a_lightning_checkpoint_restores_the_grad_scaler(sidecar):
     assert before != saved  # the scaler moved on after the save (else the test could not tell)
     assert after == saved, (before, after, saved)
     assert weights_finite(m)
+
+
+class WritesInEveryPass(Net):
+    """validation_step, test_step and predict_step each add 1 to the first layer's bias."""
+
+    def _harm(self):
+        with torch.no_grad():
+            next(self.net.parameters()).add_(1.0)
+
+    def validation_step(self, b, i):
+        self._harm()
+        return super().validation_step(b, i)
+
+    def test_step(self, b, i):
+        self._harm()
+
+    def predict_step(self, b, i, dataloader_idx=0):
+        self._harm()
+        return self(b[0])
+
+
+@pytest.mark.parametrize("call", ["validate", "test", "predict"])
+def test_a_validate_test_or_predict_outside_fit_that_writes_into_the_model_is_undone_and_said(sidecar, call, caplog):
+    # Prevents: trainer.validate() before fit (or test/predict) leaving its damage, so fit started from it unnoticed
+    tg = callback(sidecar, f"sweep5-outside-fit-{call}-{time.time_ns()}")
+    m = WritesInEveryPass()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    t = trainer([tg], max_steps=2)
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        getattr(t, call)(m, loader(data(3)))
+    for k, v in before.items():
+        assert torch.equal(m.state_dict()[k], v), f"{k} kept the damage of trainer.{call}()"
+    said = [r.getMessage() for r in caplog.records if f"trainer.{call}() changed the model" in r.getMessage()]
+    assert len(said) == 1 and "values changed" in said[0] and "undone" in said[0], said

@@ -1,7 +1,9 @@
 """End to end (issue 17): a guarded run that saves with plain ``torch.save`` rolls back to its last
 known-good file after an injected fault and finishes. Real sidecar jar, real CPU PyTorch loop, no
 in-memory snapshots: the only rollback target is the file the user's own code wrote."""
+import argparse
 import os
+import pathlib
 import time
 
 import pytest
@@ -35,11 +37,16 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_torchSaveRun_persistentNanBatches_rollsBackToLastKnownGoodFileAndFinishes(sidecar):
+@pytest.mark.parametrize("saved_with", ["tensors", "script_args"])
+def test_torchSaveRun_persistentNanBatches_rollsBackToLastKnownGoodFileAndFinishes(sidecar, saved_with):
     # prevents: a run that saves with plain torch.save having nothing to roll back to (HALT), or
     # being "rolled back" to a file that is not the newest known-good one, or to weights that are
-    # not the file's
-    run = "torchsave-e2e"
+    # not the file's; "script_args": saved as timm's CheckpointSaver does, with the script's
+    # argparse.Namespace (and a path) beside the weights, which the sidecar verifies and the client
+    # once refused to load (the rollback halted)
+    run = f"torchsave-e2e-{saved_with}"
+    extra = {"args": argparse.Namespace(lr=1e-2, model="mlp"), "output": pathlib.Path("/tmp/out")} \
+        if saved_with == "script_args" else {}
     root = os.path.join(sidecar.checkpoint_root, run)
     os.makedirs(root)
     model, opt = make(lr=1e-2)
@@ -66,7 +73,7 @@ def test_torchSaveRun_persistentNanBatches_rollsBackToLastKnownGoodFileAndFinish
         loss.backward()
         v = g.step(step, loss)
         if v.action == Action.ROLLBACK:
-            on_disk = torch.load(v.rollback.files[0], map_location="cpu")
+            on_disk = torch.load(v.rollback.files[0], map_location="cpu", weights_only=False)  # the test trusts it
             assert _same(model.state_dict(), on_disk["model"]), "weights after the rollback are not the file's"
             got, want = opt.state_dict()["state"], on_disk["optimizer"]["state"]
             assert got.keys() == want.keys() and all(_same(got[i], want[i]) for i in want)
@@ -83,7 +90,7 @@ def test_torchSaveRun_persistentNanBatches_rollsBackToLastKnownGoodFileAndFinish
         if step % EVERY == 0 and step > 0:
             path = os.path.join(root, f"ckpt-{step:05d}.pt")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "data_position": pos}, path)
+                        "data_position": pos, **extra}, path)
             c = g.checkpoint_saved(path, step, data_position=pos)
             assert c is not None and c["checkpoint_id"], c
             saved[step] = path

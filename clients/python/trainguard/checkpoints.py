@@ -10,8 +10,11 @@ only when every file verified, optimizer state included.
 :func:`register_saved`; restoring goes through the user's own callables (torchft's
 ``Manager(load_state_dict=..., state_dict=...)`` pattern), see :func:`restore`.
 """
+import contextlib
+import importlib
 import os
 import pickle
+import sys
 import types
 
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
@@ -104,9 +107,31 @@ def restore(files, load_state_dict=None, load=None):
 
 # What a tensor checkpoint's pickle may name (the sidecar's allow-list, less what torch.load resolves
 # itself: storage types). Anything else raises UnpicklingError naming it; nothing is executed.
+# The plain data classes the sidecar's verifier accepts too (RestrictedUnpickler's DATA_CLASSES): a
+# training script's arguments saved beside the weights (timm's CheckpointSaver: argparse.Namespace),
+# paths, Lightning's hyperparameters. Without them a checkpoint the sidecar made known-good could not
+# be restored and the rollback halted.
+_DATA_CLASSES = {("argparse", "Namespace"), ("pathlib", "Path"), ("pathlib", "PosixPath"),
+                 ("pathlib", "WindowsPath"), ("torch.torch_version", "TorchVersion"),
+                 ("lightning.fabric.utilities.data", "AttributeDict"),
+                 ("lightning.pytorch.utilities.parsing", "AttributeDict"),
+                 ("pytorch_lightning.utilities.parsing", "AttributeDict")}
 _ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
             ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
-            ("torch", "Size"), ("torch", "device"), ("torch.serialization", "_get_layout")}
+            ("torch", "Size"), ("torch", "device"), ("torch.serialization", "_get_layout")} | _DATA_CLASSES
+
+
+def _data_classes():
+    """The classes of _DATA_CLASSES whose modules are importable here (Lightning's only when loaded)."""
+    out = []
+    for module, name in sorted(_DATA_CLASSES):
+        if module.split(".")[0] in ("lightning", "pytorch_lightning") and module not in sys.modules:
+            continue  # a checkpoint holding one comes from a process that had Lightning loaded
+        try:
+            out.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return out
 
 
 class _AllowListUnpickler(pickle.Unpickler):
@@ -127,11 +152,13 @@ def _load_weights_only(path):
     runs on the standard pickle VM instead, through torch's zip reader (1.13's torch.load ignores
     ``pickle_module`` unless ``weights_only``, hence the private ``_load``)."""
     import torch
+    safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with safe(_data_classes()) if safe else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported operand" not in str(e):
-            raise
+        if safe is not None and "Unsupported operand" not in str(e):
+            raise  # before 2.5 the data classes cannot be admitted there: the allow-list below admits them
     ser = torch.serialization
     with open(path, "rb") as f:
         if not ser._is_zipfile(f):

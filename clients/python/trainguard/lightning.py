@@ -42,7 +42,7 @@ from . import apply as apply_
 from . import lightning_checkpoints as ckpts
 from .guard import Guard
 from .safetensors_io import write_safetensors
-from .validation import ModelSnapshot
+from .validation import AuditedOutsideRun, ModelSnapshot
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
@@ -87,6 +87,7 @@ class TrainguardCallback(pl.Callback):
         self._state = None
         self._update = None       # [step, LRs to put back, protection snapshot, stepped] of the update under way
         self._closed = False      # on_fit_end closed the guard's run (a closed run id cannot be reopened)
+        self._outside = None      # the audit of a validate()/test()/predict() outside fit (AuditedOutsideRun)
         self._post_hook = None
 
     # ------------------------------------------------------------------ setup
@@ -285,7 +286,8 @@ class TrainguardCallback(pl.Callback):
     # ------------------------------------------------------------------ validation
 
     def on_validation_start(self, trainer, pl_module):
-        if self.guard is None or self._closed:  # trainer.validate() after fit
+        if self.guard is None or self._closed:  # trainer.validate() outside fit: no run to report to
+            self._audit_outside_fit(pl_module, "trainer.validate()")
             return
         if trainer.sanity_checking:
             # Lightning's sanity check runs validation_step before step 0: a validation that writes into
@@ -337,7 +339,30 @@ class TrainguardCallback(pl.Callback):
         log.log(level, "trainguard: the sidecar refused validation at step %d (%s); %s", step,
                 reason or "no reason given", what)
 
+    # test() and predict() have no run to report to either: a pass that writes into the model is undone
+    def on_test_start(self, trainer, pl_module):
+        self._audit_outside_fit(pl_module, "trainer.test()")
+
+    def on_predict_start(self, trainer, pl_module):
+        self._audit_outside_fit(pl_module, "trainer.predict()")
+
+    def on_test_end(self, trainer, pl_module):
+        self._end_outside_fit()
+
+    def on_predict_end(self, trainer, pl_module):
+        self._end_outside_fit()
+
+    def _audit_outside_fit(self, pl_module, what):
+        self._outside = AuditedOutsideRun(pl_module, what, restore=self.restore, ignore_attrs=LIGHTNING_BOOKKEEPING)
+        self._outside.__enter__()
+
+    def _end_outside_fit(self):
+        outside, self._outside = self._outside, None
+        if outside is not None:
+            outside.__exit__(None, None, None)
+
     def on_validation_end(self, trainer, pl_module):
+        self._end_outside_fit()
         if self._val is None:
             return
         step, allowed, snap = self._val

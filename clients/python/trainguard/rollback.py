@@ -7,6 +7,8 @@ and voids verdicts still in flight for pre-rollback steps. ``rewarm_lr`` ramps t
 the window for one optimizer.step().
 """
 import logging
+import pickle
+import re
 
 from . import distributed as dist_agree
 from .errors import TrainguardError, TrainingHalted
@@ -82,8 +84,11 @@ def _load(guard, plan, target):
         return None, f"{said} its files are gone: {e}"
     except TrainguardError as e:  # not guard.save_checkpoint's layout, and no restore_hook to load it
         return None, f"{said} {e}"
+    except pickle.UnpicklingError as e:  # a class the weights-only reader does not take
+        return None, (f"{said} loading it failed ({type(e).__name__}: {_plain(e)}); restore it with your own "
+                      f"loader: guard.restore_hook = lambda path, plan: restore(plan.files, load=<your loader>, ...)")
     except Exception as e:  # a loader (restore_hook) failing on a damaged file: a reason, not a crash
-        return None, f"{said} loading it failed ({type(e).__name__}: {e}); restart from another checkpoint"
+        return None, f"{said} loading it failed ({type(e).__name__}: {_plain(e)}); restart from another checkpoint"
     # whatever the loader read (each rank's shard): never train on NaN
     local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in guard.model.parameters()]
     ok = all_finite(local)
@@ -91,6 +96,11 @@ def _load(guard, plan, target):
         return None, (f"{said} restored non-finite weights (the file changed since the sidecar verified it?); "
                       f"restart from another checkpoint")
     return side, None
+
+
+def _plain(err):
+    """An error's text without terminal escapes (torch's UnpicklingError bolds its advice), for the journal."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(err))
 
 
 def _agreed(guard, ok):

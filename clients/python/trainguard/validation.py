@@ -163,12 +163,12 @@ class AuditedOutsideRun:
     changed is undone (``restore``) and said, as inside a run. A validation that writes into the
     weights before training starts would otherwise leave the run to start from damaged weights."""
 
-    def __init__(self, model, what, restore=True):
-        self.model, self.what, self.restore = model, what, restore
+    def __init__(self, model, what, restore=True, ignore_attrs=()):
+        self.model, self.what, self.restore, self.ignore_attrs = model, what, restore, ignore_attrs
         self.audit = None
 
     def __enter__(self):
-        self.snap = ModelSnapshot(self.model, keep_values=self.restore)
+        self.snap = ModelSnapshot(self.model, keep_values=self.restore, ignore_attrs=self.ignore_attrs)
         return self
 
     def __exit__(self, exc_type, exc, tb):
