@@ -63,3 +63,34 @@ def test_an_evaluate_before_train_that_writes_into_the_weights_is_undone_and_sai
         assert torch.equal(model.state_dict()[k], v), f"{k} kept the evaluation's damage"
     said = [r.getMessage() for r in caplog.records if "evaluation (outside train())" in r.getMessage()]
     assert len(said) == 1 and "transformer.ln_f.weight" in said[0] and "undone" in said[0], said
+
+
+class RaiseOnce(transformers.TrainerCallback):
+    def __init__(self, at):
+        self.at, self.raised = at, False
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == self.at and not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt  # a notebook's interrupt
+
+
+def test_train_again_after_an_interrupted_train_closes_the_first_run_and_guards_every_update_once(sidecar, caplog):
+    # Prevents: the first train()'s guard left open with its hooks, the sidecar showing that run HEALTHY for
+    # ever, a warning that it "was closed", and one saying the second train()'s updates were not guarded
+    from trainguard.hf import TrainguardCallback
+    run = f"hf-interrupted-{time.time_ns()}"
+    tg = TrainguardCallback(run, target=sidecar.target, deadline=5.0)
+    model = tiny_gpt2()
+    trainer = transformers.Trainer(model=model, args=fused_cpu_args(sidecar, "hf-interrupted", max_steps=6),
+                                   train_dataset=token_rows(24), callbacks=[tg, RaiseOnce(3)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        trainer.train()
+    first, second = sidecar.run_info(run)["run"], sidecar.run_info(f"{run}-2")["run"]
+    assert first["state"] == "CLOSED" and "exception" in first["stateReason"], first
+    assert second["state"] == "CLOSED" and second["lastStep"] == 5, second
+    said = [r.getMessage() for r in caplog.records]
+    assert any("ended by an exception and is closed now" in m for m in said), said
+    assert not any("not guarded" in m for m in said), said

@@ -275,3 +275,28 @@ def test_a_validate_test_or_predict_outside_fit_that_writes_into_the_model_is_un
         assert torch.equal(m.state_dict()[k], v), f"{k} kept the damage of trainer.{call}()"
     said = [r.getMessage() for r in caplog.records if f"trainer.{call}() changed the model" in r.getMessage()]
     assert len(said) == 1 and "values changed" in said[0] and "undone" in said[0], said
+
+
+class RaisesAt(pl.Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, b, i):
+        if trainer.global_step == self.at:
+            raise RuntimeError("data loader worker died")
+
+
+def test_a_fit_that_raises_leaves_its_run_open_and_a_restart_with_the_same_run_id_resumes_it(sidecar):
+    # Prevents: on_exception closing the run, so a restart (torchrun --max-restarts, a retry) reopening the
+    # same run id got RunRefused, a hard error even in fail-open mode
+    run = f"sweep5-raises-{time.time_ns()}"
+    m = Net()
+    with pytest.raises(RuntimeError, match="worker died"):
+        trainer([callback(sidecar, run), RaisesAt(5)], max_steps=10).fit(m, loader(data(10)))
+    info = sidecar.run_info(run)["run"]
+    assert info["state"] != "CLOSED" and info["lastStep"] >= 3, info
+    tg = callback(sidecar, run)
+    trainer([tg], max_steps=10).fit(m, loader(data(10)))
+    info = sidecar.run_info(run)["run"]
+    assert info["state"] == "CLOSED" and info["stateReason"] == "training finished", info
+    assert tg.guard.counters["steps"] >= 10 and weights_finite(m)

@@ -392,10 +392,12 @@ class Guard:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.close("training finished" if exc_type is None else f"training ended by {exc_type.__name__}")
+        self.close("training finished" if exc_type is None else f"training ended by {exc_type.__name__}",
+                   close_run=lifecycle.ends_the_run(exc))
         return False
 
-    def close(self, reason="training finished"):
-        """Flushes the reports, closes the run and removes hooks and gate. Idempotent."""
-        lifecycle.close(self, reason)
+    def close(self, reason="training finished", close_run=True):
+        """Flushes the reports, closes the run (unless ``close_run`` is False: a restart resumes it) and
+        removes hooks and gate. Idempotent."""
+        lifecycle.close(self, reason, close_run)
 

@@ -208,10 +208,17 @@ class TrainguardCallback(TrainerCallback):
                             "with optimizers=(guard.wrap(optimizer), scheduler) and use trainguard.Guard directly")
         scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
         self._trainings += 1
-        if self._trainings > 1:  # train() again (a notebook, hyperparameter_search): the last run was closed
+        if self._trainings > 1:  # train() again (a notebook, hyperparameter_search): a run id of its own
+            ended = "was closed at the end of the last one"
+            if self.guard is not None and not self.guard._closed:
+                # the last train() raised (a Trainer fires no event then): its hooks and wrapper go now
+                if self._hook is not None:
+                    self._hook.remove()
+                self.guard.close("training ended by an exception; train() was called again")
+                ended = "ended by an exception and is closed now"
+            log.warning("trainguard: train() called again with this TrainguardCallback: run '%s' %s, this one is "
+                        "run '%s'", self.run, ended, f"{self._base_run}-{self._trainings}")
             self.run = f"{self._base_run}-{self._trainings}"
-            log.warning("trainguard: train() called again with this TrainguardCallback: run '%s' was closed at the "
-                        "end of the last one, this one is run '%s'", self._base_run, self.run)
         # Resuming (resume_from_checkpoint): number the steps on from the Trainer's, so that the checkpoints
         # this process registers do not take the step numbers of the ones the run registered before.
         self.step, self._loss = int(state.global_step), None

@@ -5,7 +5,7 @@ import time
 import grpc
 
 from . import checkpointing, scaler_share
-from .errors import TrainguardError
+from .errors import TrainguardError, TrainingHalted
 from .verdict import Action, Verdict
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
@@ -47,7 +47,15 @@ def heartbeat(g, step, phase):
         g.connection.unreachable("Heartbeat", e)
 
 
-def close(g, reason):
+def ends_the_run(exc):
+    """Whether training that stopped with ``exc`` (None: it finished) is over for good: finished,
+    interrupted by a person, halted by the guard. Any other exception may be followed by a restart
+    of the same run (torchrun --max-restarts, a retry loop, a resubmitted job), which a closed run id
+    would refuse: such a run is left open, as a crash leaves it, and resumed by the restart."""
+    return exc is None or isinstance(exc, (KeyboardInterrupt, TrainingHalted))
+
+
+def close(g, reason, close_run=True):
     if g._closed:
         return
     g._closed = True
@@ -59,10 +67,14 @@ def close(g, reason):
     scaler_share.release(g)
     g.sender.close()
     g.recovery.registrar.close(checkpointing.register_deadline(g))  # a call in flight ends first
-    try:
-        g.transport.call("CloseRun", pb.CloseRunRequest(run_id=g.run, rank=g.rank, reason=reason))
-    except grpc.RpcError:
-        pass
+    if close_run:
+        try:
+            g.transport.call("CloseRun", pb.CloseRunRequest(run_id=g.run, rank=g.rank, reason=reason))
+        except grpc.RpcError:
+            pass
+    else:
+        log.warning("trainguard: %s; run '%s' is left open, so that a restarted trainer (torchrun --max-restarts, "
+                    "a retry, a resubmitted job) resumes it with the same run id", reason, g.run)
     if g.watch:
         g.watch.remove()
     g.transport.close()

@@ -41,6 +41,7 @@ from .errors import TrainguardError
 from . import apply as apply_
 from . import lightning_checkpoints as ckpts
 from .guard import Guard
+from .lifecycle import ends_the_run
 from .safetensors_io import write_safetensors
 from .validation import AuditedOutsideRun, ModelSnapshot
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
@@ -143,7 +144,8 @@ class TrainguardCallback(pl.Callback):
         self._unhook()
         if self.guard is not None and not self._closed:
             self._closed = True
-            self.guard.close(reason=f"training stopped: {type(exception).__name__}: {exception}")
+            self.guard.close(reason=f"training stopped: {type(exception).__name__}: {exception}",
+                             close_run=ends_the_run(exception))
 
     # ------------------------------------------------------------------ per step
 
