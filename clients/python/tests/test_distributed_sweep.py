@@ -284,3 +284,72 @@ def test_a_checkpoint_one_rank_cannot_restore_halts_every_rank_with_a_reason(sid
     r0, r1 = run_ranks(_damaged_on_one_rank_worker, sidecar.target, sidecar.checkpoint_root, timeout=150)
     assert "OSError" in r1["halted"] and "read error" in r1["halted"], r1
     assert "another rank could not restore it" in r0["halted"], r0
+
+
+def _zero_worker(rank, world, port, target, out_dir, run):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_finite
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-2)
+    g = Guard(model, opt, run, target=target, deadline=5.0, mode="sync", replay=False,
+              policy={"known_good_healthy_steps": 2, "max_consecutive_skips": 2},
+              snapshots={"interval": 5, "max_overhead": 0})
+    wait_online(g)
+    wopt = g.wrap(opt)
+    rec = {"after": {}, "rollback": None}
+    step = 0
+    while step < 20:
+        x, y = batch(step, seed=rank)
+        if 12 <= step < 15 and rank == 1:  # a burst on one rank: every rank rolls back
+            x = x * float("nan")
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        v = g.step(step, None)
+        wopt.step()
+        wopt.zero_grad(set_to_none=True)
+        assert weights_finite(model), f"non-finite weights after step {step}"
+        if v.action.name == "ROLLBACK" and rec["rollback"] is None:
+            rec["rollback"] = (v.rollback.checkpoint_step, [p.detach().clone() for p in model.parameters()])
+            step = v.resume_step
+            continue
+        rec["after"][step] = [p.detach().clone() for p in model.parameters()]
+        step += 1
+    g.close()
+    rec["final"] = [p.detach().clone() for p in model.parameters()]
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_zero_redundancy_optimizer_snapshots_its_shard_and_every_rank_rolls_back_to_one_state(sidecar):
+    # prevents: the snapshot's optimizer.state_dict() raising "state has not been consolidated" at step 0
+    # (ZeRO's own state_dict is a collective): the job died at its first guard.step
+    r0, r1 = run_ranks(_zero_worker, sidecar.target, f"zero-snapshots-{time.time_ns()}", timeout=150)
+    for r in (r0, r1):
+        target, restored = r["rollback"]
+        assert target >= 4, target  # a snapshot taken after updates, not the run's first state
+        assert all(torch.equal(a, b) for a, b in zip(restored, r["after"][target]))
+    assert all(torch.equal(a, b) for a, b in zip(r0["final"], r1["final"]))
+
+
+def _fsdp1_worker(rank, world, port, target, out_dir):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from models import MLP, join_gloo, leave_gloo
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    torch.manual_seed(0)
+    model = FullyShardedDataParallel(MLP(), device_id=torch.device("cpu"), use_orig_params=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = Guard(model, opt, f"fsdp1-snapshots-{rank}-{time.time_ns()}", target=target, deadline=5.0)
+    torch.save({"store": g.recovery.store}, os.path.join(out_dir, f"rank{rank}.pt"))
+    g.close()
+    leave_gloo()
+
+
+def test_fsdp1_has_no_in_memory_snapshots_whose_restore_would_not_reach_its_shards(sidecar):
+    # prevents: a ROLLBACK to a snapshot under FSDP1 "restoring" into state_dict()'s gathered copies: the
+    # weights stayed as they were while the optimizer state went back, and the guard said it rolled back
+    r0, r1 = run_ranks(_fsdp1_worker, sidecar.target, timeout=120)
+    assert r0["store"] is None and r1["store"] is None

@@ -75,6 +75,43 @@ def test_a_closure_step_through_the_wrapper_judges_the_closures_gradients(sideca
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
 
 
+def test_a_closure_whose_later_evaluation_goes_nan_inside_the_step_has_its_update_undone(sidecar):
+    # prevents: LBFGS' line search evaluating the closure again inside step() after the first, judged,
+    # evaluation was healthy: a NaN there wrote NaN into the weights, which stayed (pytorch/examples'
+    # time_sequence_prediction with a bad batch)
+    model, _ = make()
+    ref, _ = make()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3)
+    ref_opt = torch.optim.LBFGS(ref.parameters(), lr=0.5, max_iter=3)
+    g = Guard(model, opt, f"sweep-closure-later-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    for step in range(12):
+        x, y = batch(step)
+        evaluations = [0]
+
+        def closure(m=model, o=wopt):
+            o.zero_grad()
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            evaluations[0] += 1
+            if step == 6 and evaluations[0] == 2:  # the first evaluation inside LBFGS' own loop
+                loss = loss * float("nan")
+            loss.backward()
+            return loss
+
+        def ref_closure():
+            ref_opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(ref(x), y)
+            loss.backward()
+            return loss
+        wopt.step(closure)
+        if step != 6:  # the reference skips the step whose update the guard undid
+            ref_opt.step(ref_closure)
+        assert weights_finite(model), f"non-finite weights after step {step}"
+    g.close()
+    assert g.counters["updates_undone"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
+
+
 def test_a_nan_in_an_evaluation_forward_between_steps_does_not_skip_the_next_step(sidecar):
     # prevents: a no_grad forward of the whole model (validation, sampling) counted as the next step's
     model, opt = make()

@@ -63,11 +63,12 @@ def apply_verdict(guard, v, grad_norm):
     drop_gradients(guard.optimizer)
 
 
-def begin_update(guard, v):
+def begin_update(guard, v, protect=False):
     """What runs just before an update under the verdict ``v``: the re-warm LR for this step and, with
-    protect_update, the weights' snapshot. Returns (the LRs to put back or None, the snapshot or None)."""
+    protect_update (or ``protect``), the weights' snapshot. Returns (the LRs to put back or None, the
+    snapshot or None)."""
     saved_lr = rollback_.rewarm_lr(guard, v.step if v else None)
-    snap = guard.protector.snapshot() if guard.protect_update else None
+    snap = guard.protector.snapshot() if guard.protect_update or protect else None
     guard.recovery.before_update()  # on CUDA: the update waits (on the device) for a snapshot copy
     return saved_lr, snap
 
@@ -79,16 +80,31 @@ def put_lr_back(guard, saved_lr):
             g["lr"] = lr
 
 
-def run_update(guard, v, update):
+def run_update(guard, v, update, closure=False):
     """Runs ``update()`` (the optimizer's step) under the verdict ``v``: the re-warm LR for this step
-    and, with protect_update, the check that the weights stayed finite. Returns update()'s result."""
-    saved_lr, snap = begin_update(guard, v)
+    and, with protect_update, the check that the weights stayed finite. Returns update()'s result.
+
+    ``closure``: an optimizer that evaluates its closure again inside the step (LBFGS' line search),
+    where only the first evaluation was judged: the step is always protected, and an update that a
+    later evaluation's NaN made non-finite is undone and counted as a skip instead of reaching the
+    weights (without protect_update it does not raise: training goes on)."""
+    saved_lr, snap = begin_update(guard, v, protect=closure)
     try:
         result = update()
     finally:
         put_lr_back(guard, saved_lr)
+    step = v.step if v else -1
+    if snap is not None and closure and not guard.protect_update:
+        bad = guard.protector.undo_if_not_finite(snap)
+        if bad:
+            guard.counters["skips"] += 1
+            guard.counters["updates_undone"] = guard.counters.get("updates_undone", 0) + 1
+            log.warning("trainguard: step %d: %s's update left %s non-finite (an evaluation of the closure inside "
+                        "the step went non-finite after the first, judged one): the update is undone, the step "
+                        "skipped", step, type(guard.optimizer).__name__, ", ".join(bad[:5]))
+        return result
     if snap is not None:
-        guard.protector.check(snap, v.step if v else -1)
+        guard.protector.check(snap, step)
     return result
 
 

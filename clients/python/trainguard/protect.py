@@ -35,7 +35,10 @@ class UpdateProtector:
                 or any(b.shape != s.shape or b.dtype != s.dtype or b.device != s.device for b, s in zip(buf, src))):
             buf = self._buffers = [torch.empty_like(s) for s in src]
         copy_tensors(buf, src)
-        others = {p: {k: v for k, v in state[p].items() if not torch.is_tensor(v)} for p in params if p in state}
+        # lists are copied (LBFGS appends to and pops from its history lists in place; their tensors it
+        # replaces, never writes)
+        others = {p: {k: list(v) if isinstance(v, list) else v for k, v in state[p].items() if not torch.is_tensor(v)}
+                  for p in params if p in state}
         return params, slots, buf, others
 
     def undo(self, snap):
@@ -54,16 +57,29 @@ class UpdateProtector:
         for (p, k), b in zip(slots, buf[len(params):]):
             state[p][k] = b.clone()
 
+    def _not_finite(self, params):
+        """The parameters that are not finite (one device read)."""
+        # max |x|, not the L2 norm: a finite fp16 tensor's L2 norm can overflow fp16 (a false alarm)
+        norms = foreach_norms([p.detach() for p in params], float("inf"))
+        ok = torch.isfinite(torch.stack(norms)).tolist()
+        return [p for p, good in zip(params, ok) if not good]
+
+    def undo_if_not_finite(self, snap):
+        """Undoes the update when it left a parameter non-finite; returns those parameters' names."""
+        bad = self._not_finite(snap[0])
+        if not bad:
+            return []
+        self.undo(snap)
+        owner = {id(p): n for n, p in self.model.named_parameters()}
+        return [owner.get(id(p), "?") for p in bad]
+
     def check(self, snap, step):
         """Raises NonFiniteUpdate (after undoing the update) when a parameter went non-finite."""
         params = snap[0]
-        # max |x|, not the L2 norm: a finite fp16 tensor's L2 norm can overflow fp16 (a false alarm)
-        norms = foreach_norms([p.detach() for p in params], float("inf"))
-        ok = torch.isfinite(torch.stack(norms)).tolist()  # one device read
-        if all(ok):
+        bad_params = self._not_finite(params)
+        if not bad_params:
             return
         owner = {id(p): n for n, p in self.model.named_parameters()}
-        bad_params = [p for p, good in zip(params, ok) if not good]
         bad = [owner.get(id(p), "?") for p in bad_params]
         order = self.watch.forward_order() if self.watch else []
         module = next((m for m in order if any(b == m or b.startswith(m + ".") for b in bad)), bad[0].rsplit(".", 1)[0])

@@ -38,13 +38,33 @@ def _policy(value, cls, default):
     raise TypeError(f"expected {cls.__name__}, a dict of its fields, True or False; got {value!r}")
 
 
+def _fsdp1(model):
+    return any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+
+
+def shard_optimizer(optimizer):
+    """The optimizer whose state a snapshot holds: ZeroRedundancyOptimizer's local one (this rank's
+    shard; its own state_dict() needs a consolidation, a collective, first) or the optimizer itself."""
+    if type(optimizer).__name__ == "ZeroRedundancyOptimizer" and hasattr(optimizer, "optim"):
+        return optimizer.optim
+    return optimizer
+
+
 class Recovery:
     def __init__(self, guard, snapshots=True, replay=True, lr=None):
         self.g = guard
         snap_policy = _policy(snapshots, SnapshotPolicy, SnapshotPolicy(max_bytes=DEFAULT_MAX_BYTES))
         if snap_policy is not None and not snap_policy.enabled:
             snap_policy = None
-        self.store = (SnapshotStore(guard.model, guard.optimizer, guard.scheduler, guard.scaler, snap_policy, guard.device)
+        if snap_policy is not None and _fsdp1(guard.model):
+            snap_policy = None
+            log.warning("trainguard: in-memory snapshots are off under FSDP1 (FullyShardedDataParallel): its "
+                        "state_dict() hands out gathered copies, not the live shards, so a restore would not reach "
+                        "the weights. Rollback targets: DCP checkpoints (dcp.save on every rank, "
+                        "guard.checkpoint_saved(dir, step), guard.restore_hook loading with dcp.load), or FSDP2 "
+                        "(fully_shard), whose shards snapshots hold")
+        self.store = (SnapshotStore(guard.model, shard_optimizer(guard.optimizer), guard.scheduler, guard.scaler,
+                                    snap_policy, guard.device)
                       if snap_policy is not None else None)
         kg = guard.policy_overrides.get("known_good_healthy_steps", 50)
         self.registrar = SnapshotRegistrar(guard)

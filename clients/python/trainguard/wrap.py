@@ -107,7 +107,7 @@ class GuardedOptimizer(torch.optim.Optimizer):
         handed = self._hand_on_scaler_flags()
         try:
             result = apply_.run_update(g, v, lambda: self.optimizer.step(closure, **kwargs) if closure is not None
-                                       else self.optimizer.step(**kwargs))
+                                       else self.optimizer.step(**kwargs), closure=closure is not None)
         finally:
             if handed:  # GradScaler's flags were for this update only (the gate installs its own each step)
                 self.optimizer.__dict__.pop("found_inf", None)
