@@ -353,3 +353,38 @@ def test_fsdp1_has_no_in_memory_snapshots_whose_restore_would_not_reach_its_shar
     # weights stayed as they were while the optimizer state went back, and the guard said it rolled back
     r0, r1 = run_ranks(_fsdp1_worker, sidecar.target, timeout=120)
     assert r0["store"] is None and r1["store"] is None
+
+
+def _offset_step_worker(rank, world, port, target, out_dir, run):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online
+    from trainguard.errors import TrainguardError
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # foreach: the host path's agreement
+    g = Guard(model, opt, run, target=target, deadline=5.0, snapshots=False, replay=False)
+    wait_online(g)
+    rec = {"error": None, "steps": 0}
+    try:
+        for step in range(6):
+            x, y = batch(step, seed=rank)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            g.step(step + (1 if rank == 1 and step >= 3 else 0), None)  # rank 1's counter runs ahead from step 3
+            g.optimizer_step()
+            opt.zero_grad(set_to_none=True)
+            rec["steps"] += 1
+    except TrainguardError as e:
+        rec["error"] = str(e)
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_ranks_that_pass_different_step_numbers_are_stopped_together_with_the_numbers_named(sidecar):
+    # prevents: a loop bug (a per-rank counter) going unsaid while the sidecar filed a "silent data
+    # corruption" CROSS_RANK_MISMATCH at every step
+    r0, r1 = run_ranks(_offset_step_worker, sidecar.target, f"offset-steps-{time.time_ns()}", timeout=120)
+    for r in (r0, r1):
+        assert r["steps"] == 3, r
+        assert r["error"] and "different step numbers" in r["error"] and "from 3 to 4" in r["error"], r

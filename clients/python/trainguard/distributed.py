@@ -115,12 +115,21 @@ def agree(guard, verdict, error, need_host=False):
     has_plan = sev in (Action.ROLLBACK, Action.HALT, _ERROR)
     thr = verdict.clip_threshold if verdict.action == Action.CLIP and verdict.clip_threshold > 0 else float("inf")
     # [severity, source score (lowest rank with a plan wins), -clip threshold (the tightest wins),
-    #  some rank needs the host path next step]
+    #  some rank needs the host path next step, the step number, minus it (ranks that judged different
+    #  steps: a loop bug, which the sidecar would only see as every step's cross-rank mismatch)]
     t = torch.tensor([float(sev), float(n - me) if has_plan else 0.0, -thr if thr != float("inf") else -1e300,
-                      1.0 if need_host else 0.0], dtype=torch.float64, device=_device())
+                      1.0 if need_host else 0.0, float(verdict.step), -float(verdict.step)],
+                     dtype=torch.float64, device=_device())
     d.all_reduce(t, op=d.ReduceOp.MAX)
-    sev_max, score_max, neg_thr, host_next = t.tolist()  # one device read for the four
+    sev_max, score_max, neg_thr, host_next, step_max, neg_step_min = t.tolist()  # one device read
     host_next = host_next > 0
+    if step_max != -neg_step_min and error is None:
+        from .errors import TrainguardError
+        error = TrainguardError(
+            f"the ranks passed different step numbers to guard.step() (from {int(-neg_step_min)} to {int(step_max)}; "
+            f"this rank {verdict.step}): every rank must judge the same step. Pass each rank the same number (the "
+            f"optimizer step count, not a per-rank counter, an epoch-local index or a count of its micro-batches)")
+        return verdict, error, host_next  # every rank read the same numbers: every rank stops here
     agreed, src_score = int(sev_max), int(score_max)
     if agreed == int(verdict.action) and error is None and agreed not in (Action.ROLLBACK, Action.HALT):
         if agreed == Action.CLIP and -neg_thr < verdict.clip_threshold:
