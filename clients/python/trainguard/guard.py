@@ -72,7 +72,7 @@ class Guard:
         True: wherever the optimizer allows it, also on the CPU (tests).
       grad_sync: several ranks on the device gate: "replicated" (DDP: every rank holds the same
         gradients; the ranks' norms must agree, else the step is skipped as corrupted), "sharded"
-        (FSDP/ZeRO: the global norm is the square root of the sum of the ranks' squared norms) or
+        (FSDP: the global norm is the square root of the sum of the ranks' squared norms) or
         "auto" (replicated for a DistributedDataParallel model, also torch.compile'd, else sharded).
       verdict_lag: with the device gate, ``step(k)`` first waits (at most ``deadline``) for the
         sidecar's verdict on step ``k - verdict_lag``, so a ROLLBACK/HALT for step k-1 is applied at
