@@ -89,3 +89,44 @@ def test_a_first_step_nan_under_fused_sgd_with_momentum_leaves_no_uninitialised_
         return model
     a, b = run(True), run(False)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_a_device_skip_of_a_step_measured_without_a_loss_says_the_loss_was_absent(sidecar):
+    # prevents: the late skip's reason reading the loss slot's 0.0 placeholder as "loss=0.0"
+    model, opt = make_fused()
+    g = Guard(model, opt, "late-skip-absent", target=sidecar.target, device_gate=True, deadline=5.0,
+              policy=QUICK, replay=False)
+    for step in range(NAN_STEP + 3):
+        x, y = nan_at(step, *batch(step))
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        g.step(step, None)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+    g.close()
+    reasons = [r for _, _, rs in g.gated.late.take() for r in rs]
+    assert any("loss=absent" in r for r in reasons) and not any("loss=0.0" in r for r in reasons), reasons
+
+
+def test_a_finite_spike_the_device_gate_applied_clipped_is_recorded_as_applied_not_skipped(sidecar):
+    # prevents: the sidecar recording a loss spike as SKIP (its step history: skips=1, clips=0) although
+    # the device gate had applied the update, clipped to the spike bound, before the verdict came
+    model, opt = make_fused()
+    run = "device-gate-spike-recorded"
+    g = Guard(model, opt, run, target=sidecar.target, device_gate=True, deadline=5.0, replay=False,
+              policy=dict(QUICK, spike_warmup_steps=8))
+    spike = 14
+    for step in range(spike + 3):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if step == spike:
+            loss = loss * 1000.0
+        loss.backward()
+        g.step(step, loss)
+        g.optimizer_step()
+        opt.zero_grad(set_to_none=True)
+    g.close()
+    kinds = [(i["kind"], i["step"]) for i in sidecar.run_info(run)["incidents"]]
+    assert ("LOSS_SPIKE", spike) in kinds, kinds
+    bucket = sidecar.get(f"/api/runs/{run}/steps?from={spike}&to={spike}")["steps"]["buckets"][0]
+    assert bucket["skips"] == 0 and bucket["clips"] == 1, bucket
+    assert g.counters["skips"] == 0, g.counters

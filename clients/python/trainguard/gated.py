@@ -56,6 +56,7 @@ class GatedStep:
     update_applied: bool = False  # its replay applied its update (TRANSIENT)
     multi: bool = False        # several ranks: whether it was skipped is what they agree (agreed_skip)
     agreed_skip: Optional[bool] = None  # several ranks: set by the next step, which reads their flags
+    loss_absent: bool = False  # measured without a loss (its slot holds a 0.0 placeholder)
 
     def ready(self):
         return self.event is None or self.event.query()  # never blocks
@@ -220,7 +221,7 @@ class GatedPath:
         rec = g.recovery
         self.last = GatedStep(step, verdict, host, event, ng, names, thr, lrs, g.generation,
                               replay_fn=replay, rng=rec.step_rng(), position=rec.position(),
-                              scaled=scaler is not None, multi=self.multi)
+                              scaled=scaler is not None, multi=self.multi, loss_absent=absent)
         self.late.watch(self.last)
         return verdict
 
@@ -277,7 +278,9 @@ class GatedPath:
         return step_report(g.run, g.rank, step, loss=loss_v, grad_norm=gnorm, group_norms=vals[2:2 + ng],
                            learning_rate=lr, step_time=step_time, loss_absent=absent, module_names=names,
                            module_values=mods, loss_scale=loss_scale,
-                           decided_locally=(finite and in_bounds) or overflow,
+                           # a finite step's update was applied on the device (clipped to the spike
+                           # bound beyond it): the sidecar cannot skip it any more, and records it so
+                           decided_locally=(finite and not skipped_together) or overflow,
                            skipped_by_agreement=skipped_together)
 
     # ------------------------------------------------------------------ replaying the last step's fault

@@ -85,4 +85,4 @@ def skip_reason(rec):
     loss, norm, mods = vals[0], vals[1], vals[2 + rec.n_groups:]
     if rec.finite() or is_scaler_overflow(rec.scaled, loss, norm, mods):  # the device's rule: -inf masking is no skip
         return None
-    return f"non-finite (loss={loss}, grad norm={norm}): skipped on the device"
+    return f"non-finite (loss={'absent' if rec.loss_absent else loss}, grad norm={norm}): skipped on the device"
