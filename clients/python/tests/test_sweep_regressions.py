@@ -406,3 +406,33 @@ def test_a_second_process_on_a_run_and_rank_another_still_holds_is_told_in_words
     assert not [c for c, _, _ in first.findings if c == "RANK_HELD_BY_ANOTHER_PROCESS"]  # the first was alone
     second.close()
     first.close()
+
+
+def test_a_rollback_under_gradient_accumulation_resumes_past_the_micro_batches_that_triggered_it(sidecar):
+    # prevents: resume_position = the checkpoint's position (counted in micro-batches, as the loop passes it)
+    # plus a skip counted in optimizer steps: the loop re-read the poisoned micro-batches until the run halted
+    accum, poisoned = 4, range(60, 76)  # micro-batches 60..75: the optimizer steps 15..18
+    model, opt = make()
+    g = Guard(model, opt, f"sweep-accum-resume-{time.time_ns()}", target=sidecar.target, deadline=5.0, mode="sync",
+              replay=False, policy={"max_consecutive_skips": 2, "known_good_healthy_steps": 2},
+              snapshots={"interval": 5, "max_overhead": 0})
+    step, pos, plan = 0, 0, None
+    while step < 25:
+        for _ in range(accum):
+            x, y = batch(pos)
+            if pos in poisoned:
+                x = x * float("nan")
+            (torch.nn.functional.mse_loss(model(x), y) / accum).backward()
+            pos += 1
+        v = g.step(step, None, data_position=pos)
+        g.optimizer_step()
+        opt.zero_grad()
+        assert weights_finite(model)
+        if v.action == Action.ROLLBACK and plan is None:
+            plan = v.rollback
+            step, pos = v.resume_step, plan.resume_position
+            continue
+        step += 1
+    g.close()
+    assert plan is not None and plan.resume_position >= 68, plan  # past the trigger step's micro-batches
+    assert g.counters["rollbacks"] == 1, g.counters

@@ -27,6 +27,10 @@ def rollback(guard, v):
     plan = v.rollback or RollbackPlan()
     key = (plan.checkpoint_id, plan.checkpoint_step, plan.attempt, v.step)
     rec = guard.recovery
+    if rec.position() is not None:
+        # the policy's extra skip beyond the steps back to the checkpoint, counted from the trigger's position
+        extra = max(0, plan.skip_batches - max(0, v.step - plan.checkpoint_step))
+        plan.resume_at = rec.position() + extra
     if rec.holds(plan):
         try:
             restored_scale = rec.restore(plan)

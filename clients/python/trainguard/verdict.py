@@ -51,11 +51,18 @@ class RollbackPlan:
     #: Set by the client: data positions whose batches failed DETERMINISTICALLY on replay; a loop
     #: that re-reads data after the rollback skips them (``guard.is_bad_batch(position)``).
     bad_positions: List[int] = field(default_factory=list)
+    #: Set by the client: where the loop stood after the batch that triggered the rollback, plus the
+    #: policy's extra skip, when the loop passes data positions (``guard.step(..., data_position=)``)
+    resume_at: Optional[int] = None
 
     @property
     def resume_position(self) -> int:
-        """Where the data loader should continue: the checkpoint's position plus the skipped window."""
-        return self.data_position + self.skip_batches
+        """Where the data loader should continue: past the batches that led into the trouble. The
+        sidecar's skip counts steps from the checkpoint's position; a loop whose positions count
+        something else (micro-batches under gradient accumulation, samples) is placed past the
+        trigger's own position instead (``resume_at``), whichever is further."""
+        planned = self.data_position + self.skip_batches
+        return planned if self.resume_at is None else max(planned, self.resume_at)
 
     @classmethod
     def from_proto(cls, p):
