@@ -78,3 +78,38 @@ def test_report_process_carriesTheToken_reportsAccepted(sidecar, monkeypatch):
         assert answer.verdict.step == 0
     finally:
         child.close()
+
+
+def test_a_guard_without_the_token_says_once_in_words_that_the_sidecar_refused_it(sidecar, monkeypatch):
+    # prevents: a missing token in fail-open mode leaving the run unrecorded behind "did not answer OpenRun:
+    # the call failed with UNAUTHENTICATED" and a line per snapshot
+    import warnings
+    from models import make, train
+    from trainguard.guard import Guard
+    sc, _ = sidecar
+    monkeypatch.delenv("TRAINGUARD_TOKEN", raising=False)
+    monkeypatch.setenv("TRAINGUARD_TOKEN_FILE", "/nonexistent")
+    model, opt = make()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = Guard(model, opt, "no-token", target=sc.target, deadline=2.0)
+        train(g, model, opt, 4)
+    loud = [str(w.message) for w in caught if "NOT PROTECTED" in str(w.message)]
+    assert len(loud) == 1 and "refused the call's token" in loud[0] and "TRAINGUARD_TOKEN" in loud[0], loud
+
+
+def test_the_management_port_or_an_http_url_as_target_is_said_for_what_it_is(sidecar):
+    # prevents: the health/metrics port read as an old sidecar, an http:// URL as "nothing answered there"
+    import warnings
+    from models import make, train
+    from trainguard.guard import Guard
+    sc, _ = sidecar
+    model, opt = make()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = Guard(model, opt, "management-port", target=f"127.0.0.1:{sc.management_port}", deadline=2.0)
+        train(g, model, opt, 4)
+    loud = [str(w.message) for w in caught if "NOT PROTECTED" in str(w.message)]
+    assert len(loud) == 1 and "not a trainguard sidecar" in loud[0] and "management port" in loud[0], loud
+    with pytest.raises(ValueError, match="is an HTTP URL: pass host:port"):
+        Guard(model, opt, "http-url", target=f"http://127.0.0.1:{sc.port}/")

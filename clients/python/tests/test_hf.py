@@ -335,3 +335,13 @@ def test_a_transformers_model_is_watched_layer_by_layer_and_a_nan_is_named_by_it
     g.close()
     assert v.action.name == "SKIP" and v.first_nonfinite_module == name, (v.action, v.first_nonfinite_module)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_guard_built_on_the_optimizer_accelerate_prepared_says_to_build_it_before_prepare(sidecar):
+    # prevents: a raw AttributeError ('AcceleratedOptimizer' object has no attribute '_optimizer_step_pre_hooks')
+    from accelerate import Accelerator
+    from trainguard.guard import Guard
+    model, opt = make()
+    _, prepared = Accelerator(cpu=True).prepare(model, opt)
+    with pytest.raises(TypeError, match="before prepare"):
+        Guard(model, prepared, "hf-after-prepare", target=sidecar.target)

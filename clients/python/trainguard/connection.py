@@ -26,6 +26,9 @@ log = logging.getLogger("trainguard")
 #: gRPC codes that mean "the sidecar did not answer", as opposed to "it answered no".
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED)
+#: gRPC codes of an answer that is no trainguard's: something else serves that address, or the
+#: sidecar refused the caller's token. Said in words once, like a sidecar that does not answer.
+NOT_SERVED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 REOPEN_EVERY_S = 5.0
 
 
@@ -42,13 +45,21 @@ def in_words(err, deadline):
     if code == grpc.StatusCode.DEADLINE_EXCEEDED or isinstance(err, TimeoutError):
         return (f"no answer within {deadline}s (nothing is listening there, the sidecar is overloaded, or "
                 "the address reaches something that is not a trainguard sidecar)")
+    details = err.details() if hasattr(err, "details") else err
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return (f"something answered there that is not a trainguard sidecar (the sidecar's management port, "
+                f"9000 by default, serves only health and metrics; gRPC is on the main port, 7474 by default): {details}")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return (f"the sidecar refused the call's token ({details}): give the sidecar's token with "
+                f"TRAINGUARD_TOKEN or TRAINGUARD_TOKEN_FILE, or connect over its Unix socket")
     if code is not None:
-        return f"the call failed with {code.name}: {err.details() if hasattr(err, 'details') else err}"
+        return f"the call failed with {code.name}: {details}"
     return str(err)
 
 
 def unprotected_message(run, target, err, deadline, what=None):
-    where = f"{target} did not answer {what}" if what else target
+    verb = "refused" if grpc_code(err) in NOT_SERVED else "did not answer"
+    where = f"{target} {verb} {what}" if what else target
     return (f"trainguard: run '{run}' is NOT PROTECTED by a sidecar. {where}: {in_words(err, deadline)}. "
             f"Training goes on (failure_mode='open'); until a sidecar answers (retried every "
             f"{REOPEN_EVERY_S:.0f} s) only the client's own rule applies: non-finite updates are skipped. "
@@ -146,7 +157,7 @@ class Connection:
         """Fail-open: the first call the sidecar did not answer since it last did (a wrong address at
         the start, a sidecar that died mid-run, including a report sent in the background) says
         loudly and once, in words, what is unprotected. Returns whether it said so now."""
-        if grpc_code(err) is not None and grpc_code(err) not in UNREACHABLE:
+        if grpc_code(err) is not None and grpc_code(err) not in UNREACHABLE + NOT_SERVED:
             return False
         with self._lost_lock:
             if self._lost:

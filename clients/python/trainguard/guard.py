@@ -30,7 +30,7 @@ from .measure import DeviceGate, StepMeter, momentum_unborn
 from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
 from .report_process import for_transport
-from .run_setup import build_policy, check_choices  # noqa: F401  (build_policy: public here)
+from .run_setup import build_policy, check_choices, check_optimizer  # noqa: F401  (build_policy: public here)
 from .numbering import LoopNumbering
 from .running_stats import RunningStats
 from .scaler_share import share_unscale
@@ -104,8 +104,8 @@ class Guard:
                  report_process="auto"):
         check_choices(failure_mode=failure_mode, mode=mode, device_gate=device_gate, grad_sync=grad_sync,
                       report_process=report_process)
-        if optimizer is None:
-            optimizer = ParametersOnly(model)
+        check_optimizer(optimizer)
+        optimizer = ParametersOnly(model) if optimizer is None else optimizer
         self.model, self.optimizer, self.run = model, optimizer, run
         self.scheduler, self.scaler = scheduler, scaler
         self.steps_scheduler = scheduler is not None  # optimizer_step() steps the one handed here, not one found

@@ -88,3 +88,13 @@ def check_choices(**args):
         if value not in _CHOICES[name]:
             choices = " or ".join(f'"{c}"' if isinstance(c, str) else str(c) for c in _CHOICES[name])
             raise ValueError(f"{name} must be {choices}, not {value!r}")
+
+
+def check_optimizer(optimizer):
+    """Raises TypeError for an optimizer the Guard cannot hook: Accelerate's ``AcceleratedOptimizer``
+    (what ``accelerator.prepare()`` returns) is no torch Optimizer and has no step hooks."""
+    if type(optimizer).__name__ == "AcceleratedOptimizer":
+        raise TypeError("trainguard.Guard was given the optimizer accelerator.prepare() returned (an "
+                        "AcceleratedOptimizer): build the Guard on your torch optimizer before prepare() and hand "
+                        "prepare() the wrapper: guard = Guard(model, optimizer, ...); model, opt = "
+                        "accelerator.prepare(model, guard.wrap(optimizer)) (docs/client.md, Accelerate)")

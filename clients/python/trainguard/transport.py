@@ -31,7 +31,12 @@ _METHODS = {
 
 
 def normalize_target(target: str) -> str:
-    """Accepts "host:port", "unix:///abs/path", "unix:/abs/path" or a bare socket path."""
+    """Accepts "host:port", "unix:///abs/path", "unix:/abs/path" or a bare socket path; refuses an HTTP
+    URL (the run page's and the CLI's address, easily copied here), which gRPC would read as a host
+    name "http" and report as nothing answering."""
+    if target.lower().startswith(("http://", "https://")):
+        raise ValueError(f"trainguard target {target!r} is an HTTP URL: pass host:port (e.g. "
+                         f"{target.split('://', 1)[1].rstrip('/')!r}) or unix:///path/to/socket")
     if target.startswith("/"):
         return "unix://" + target
     return target
