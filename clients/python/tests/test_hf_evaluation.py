@@ -94,3 +94,52 @@ def test_train_again_after_an_interrupted_train_closes_the_first_run_and_guards_
     said = [r.getMessage() for r in caplog.records]
     assert any("ended by an exception and is closed now" in m for m in said), said
     assert not any("not guarded" in m for m in said), said
+
+
+class BestRecordAtRollback(transformers.TrainerCallback):
+    """Waits for a known-good checkpoint before the burst; records (rollback target folder, best checkpoint
+    right after the rollback)."""
+
+    def __init__(self, tg, sidecar, burst_at, stop):
+        self.tg, self.sidecar, self.burst_at, self.stop, self.seen = tg, sidecar, burst_at, stop, []
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.burst_at:
+            end = time.monotonic() + 60
+            while time.monotonic() < end and not any(
+                    c["state"] == "KNOWN_GOOD" and c["step"] >= 0
+                    for c in self.sidecar.run_info(self.tg.run).get("checkpoints", [])):
+                time.sleep(0.1)
+        v = self.tg.guard.last_verdict
+        if v is not None and v.action.name == "ROLLBACK" and not self.seen:
+            self.seen.append((v.rollback.files[0], state.best_model_checkpoint, state.best_metric,
+                              self.stop.early_stopping_patience_counter))
+
+
+def test_a_rollback_rewinds_the_trainers_best_model_record_and_early_stopping_patience(sidecar):
+    # prevents: best_model_checkpoint left at a checkpoint of the abandoned steps (load_best_model_at_end then
+    # loaded it at the end, undoing the rollback) and EarlyStopping counting their evaluations
+    from test_hf_sweep import NanAt
+    from trainguard.hf import TrainguardCallback
+    import json
+    import os
+    model = tiny_gpt2()
+    model.lm_head.register_forward_hook(NanAt(range(14, 20)))  # 4 NaN steps: ROLLBACK
+    tg = TrainguardCallback(f"hf-best-rewind-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+                            policy={"known_good_healthy_steps": 3})
+    stop = transformers.EarlyStoppingCallback(early_stopping_patience=100)  # counts, never stops this run
+    seen = BestRecordAtRollback(tg, sidecar, 14, stop)
+    args = fused_cpu_args(sidecar, f"hf-best-rewind-{time.time_ns()}", max_steps=40, optim="adamw_torch",
+                          learning_rate=3e-3, save_strategy="steps", save_steps=4, eval_strategy="steps", eval_steps=4,
+                          load_best_model_at_end=True, metric_for_best_model="eval_loss")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=token_rows(200), eval_dataset=token_rows(16),
+                                   callbacks=[tg, seen, stop])
+    trainer.train()
+    assert seen.seen, ([(s, a) for s, a, _ in tg.verdicts], [(c["step"], c["state"]) for c in sidecar.run_info(tg.run)["checkpoints"]])
+    target, best, best_metric, patience_used = seen.seen[0]
+    folder = target if os.path.isdir(target) else os.path.dirname(target)
+    with open(os.path.join(folder, "trainer_state.json")) as f:
+        saved = json.load(f)
+    assert (best, best_metric) == (saved["best_model_checkpoint"], saved["best_metric"])
+    counted = saved["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"]["early_stopping_patience_counter"]
+    assert patience_used == counted, "early stopping kept counting the abandoned steps' evaluations"

@@ -142,13 +142,19 @@ def _saved_cut(stateful):
     return float(cut) if cut is not None else None
 
 
-def _checkpoint_cut(path):
-    """The LR cut a Trainer checkpoint directory's optimizer/scheduler state was saved under, or None."""
+def _trainer_state(path):
+    """A Trainer checkpoint's trainer_state.json as a dict, or None."""
     try:
         with open(os.path.join(path, "trainer_state.json")) as f:
-            return _saved_cut(json.load(f).get("stateful_callbacks"))
+            return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def _checkpoint_cut(path):
+    """The LR cut a Trainer checkpoint directory's optimizer/scheduler state was saved under, or None."""
+    saved = _trainer_state(path)
+    return _saved_cut(saved.get("stateful_callbacks")) if saved is not None else None
 
 
 def _tied_to_loaded(model, missing, loaded):
@@ -179,6 +185,7 @@ class TrainguardCallback(TrainerCallback):
         self._hook = None
         self._model = self._optimizer = self._scheduler = None
         self.loss_filter = None  # hf_loss_filter.LossFilter of the Trainer running this callback
+        self._state = self._trainer = None  # the running training's TrainerState and Trainer
         self._filter_said = False
 
     def attach(self, trainer):
@@ -222,6 +229,7 @@ class TrainguardCallback(TrainerCallback):
         # Resuming (resume_from_checkpoint): number the steps on from the Trainer's, so that the checkpoints
         # this process registers do not take the step numbers of the ones the run registered before.
         self.step, self._loss = int(state.global_step), None
+        self._state = state  # the TrainerState of this training (a rollback rewinds its best-model record)
         self._cycle.reset()
         if args.save_total_limit:
             log.warning("trainguard: save_total_limit=%s: the Trainer deletes old checkpoints, possibly the one a "
@@ -253,7 +261,7 @@ class TrainguardCallback(TrainerCallback):
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._accelerated, self._skipped = optimizer, False
         self._hook = _forward_hook(model, self._read_loss)
-        trainer = _trainer_running(self)
+        trainer = self._trainer = _trainer_running(self)
         if trainer is not None:
             hf_evaluation.install(self, trainer)  # every training: one callback may go to a second Trainer
         if self.device_loss_filter:
@@ -398,10 +406,30 @@ class TrainguardCallback(TrainerCallback):
             elif obj is not None:  # save_only_model=True: the weights alone
                 log.warning("trainguard: %s has no %s (save_only_model=True?): its state is kept as it is", path, name)
         log.warning("trainguard: restored Trainer checkpoint %s (step %d)", path, plan.checkpoint_step)
+        self._rewind_bookkeeping(path)
         # The cut its optimizer/scheduler state carries: it may have been saved by an earlier process,
         # whose registration this guard never saw (rollback.py takes it over the registered one).
         cut = _checkpoint_cut(path)
         return {"lr_scale": cut} if cut is not None else None
+
+    def _rewind_bookkeeping(self, path):
+        """The Trainer's record of its best model and its stateful callbacks' counters (EarlyStopping's
+        patience) as the restored checkpoint saved them: left at the abandoned steps' values,
+        ``load_best_model_at_end`` loaded a checkpoint of those steps at the end (undoing the rollback)
+        and early stopping counted their evaluations."""
+        saved = _trainer_state(path)
+        if saved is None or self._state is None:
+            return
+        for key in ("best_metric", "best_model_checkpoint", "best_global_step"):
+            if hasattr(self._state, key):
+                setattr(self._state, key, saved.get(key))
+        stateful = saved.get("stateful_callbacks") or {}
+        for cb in (self._trainer.callback_handler.callbacks if self._trainer is not None else ()):
+            entry = stateful.get(type(cb).__name__)
+            if cb is self or not isinstance(entry, dict) or not hasattr(cb, "state"):
+                continue
+            for name, value in (entry.get("attributes") or {}).items():
+                setattr(cb, name, value)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._hook is not None:
