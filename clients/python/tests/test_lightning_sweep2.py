@@ -206,6 +206,9 @@ def test_damage_during_lightnings_sanity_check_is_audited_and_undone(sidecar):
     assert [s for s, _, _ in tg.validations] == [5, 10], tg.validations
     assert tg.guard.counters["validation_incidents"] == 3
     assert float(m.net.bias) == initial
+    # the sidecar records the sanity check's damage too (an incident at step 0, beside the two passes')
+    mutations = sorted(i["step"] for i in sidecar.run_info(run)["incidents"] if i["kind"] == "VALIDATION_MUTATION")
+    assert mutations == [0, 5, 10], mutations
 
 
 class ScalerAtRestore(pl.Callback):

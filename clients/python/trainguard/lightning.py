@@ -379,10 +379,16 @@ class TrainguardCallback(pl.Callback):
         audit = self._audit(snap)
         if allowed is None:
             self.sanity_check = audit
+            if any(audit[k] for k in AUDIT_KINDS):  # the sidecar records the incident (it was asked nothing)
+                self._end_validation(step, audit, None)
             self._say_changed("Lightning's sanity check (num_sanity_val_steps)", audit)
             return
         self.validations.append((step, allowed, audit))
-        metric = trainer.callback_metrics.get("val_loss")
+        self._end_validation(step, audit, trainer.callback_metrics.get("val_loss"))
+        self._say_changed("validation", audit)
+
+    def _end_validation(self, step, audit, metric):
+        g = self.guard
         try:
             g.transport.call("EndValidation", pb.EndValidationRequest(
                 run_id=g.run, rank=g.rank, step=step, validation_loss=float(metric) if metric is not None else 0.0,
@@ -390,7 +396,6 @@ class TrainguardCallback(pl.Callback):
                                          restored=audit["restored"])))
         except Exception as e:
             g.connection.unreachable("EndValidation", e)
-        self._say_changed("validation", audit)
 
     def _say_changed(self, what, audit):
         if not any(audit[k] for k in AUDIT_KINDS):
