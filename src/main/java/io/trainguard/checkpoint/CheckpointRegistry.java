@@ -36,6 +36,7 @@ public final class CheckpointRegistry {
     private final Map<String, CheckpointRecord> byId = new LinkedHashMap<>();
     private final Map<String, Integer> healthyStepsRequired = new ConcurrentHashMap<>();
     private final Map<String, CheckpointRecord> newestKnownGood = new ConcurrentHashMap<>();
+    private final Map<String, CheckpointRecord> newestPending = new ConcurrentHashMap<>();
 
     /**
      * @param healthyStepsRequired trainguard.checkpoint.known-good-healthy-steps; a run's Policy may
@@ -390,8 +391,33 @@ public final class CheckpointRegistry {
         return Optional.ofNullable(newestKnownGood.get(runId));
     }
 
+    /**
+     * The newest checkpoint of the run still on its way to KNOWN_GOOD (registered, verifying, or
+     * verified and owed healthy steps), lock-free: a HALT for want of a target names it.
+     */
+    public Optional<CheckpointRecord> newestPending(String runId) {
+        return Optional.ofNullable(newestPending.get(runId));
+    }
+
+    /** The healthy steps a checkpoint of {@code runId} needs after it to become known-good. */
+    public int healthyStepsRequired(String runId) {
+        return required(runId);
+    }
+
+    private static boolean pending(CheckpointState s) {
+        return s == CheckpointState.REGISTERED || s == CheckpointState.VERIFYING || s == CheckpointState.VERIFIED;
+    }
+
     private void remember(CheckpointRecord r) {
         byId.put(r.id(), r);
+        CheckpointRecord pendingNow = newestPending.get(r.runId());
+        if (pending(r.state())) {
+            newestPending.merge(r.runId(), r, CheckpointRegistry::newer);
+        } else if (pendingNow != null && pendingNow.id().equals(r.id())) {
+            newestPending.remove(r.runId());
+            byId.values().stream().filter(c -> c.runId().equals(r.runId()) && pending(c.state()))
+                    .forEach(c -> newestPending.merge(c.runId(), c, CheckpointRegistry::newer));
+        }
         if (r.state() == CheckpointState.KNOWN_GOOD) {
             newestKnownGood.merge(r.runId(), r, CheckpointRegistry::newer);
             return;

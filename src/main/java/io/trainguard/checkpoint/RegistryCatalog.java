@@ -20,6 +20,12 @@ public final class RegistryCatalog implements CheckpointCatalog {
     }
 
     @Override
+    public Optional<PendingTarget> newestPending(String runId) {
+        return registry.newestPending(runId).map(c -> new PendingTarget(c.id(), c.step(), c.state().name(),
+                c.healthyStepsSince(), registry.healthyStepsRequired(runId)));
+    }
+
+    @Override
     public List<JournalRow> onHealthyStep(String runId, long step) {
         return rows(registry.countStep(runId, step, true));
     }

@@ -9,8 +9,24 @@ public interface CheckpointCatalog {
     record RollbackTarget(String checkpointId, long step, List<String> files, long dataPosition) {
     }
 
+    /** A checkpoint on its way to known-good: verification pending, or healthy steps still owed. */
+    record PendingTarget(String checkpointId, long step, String state, long healthySteps, int healthyStepsRequired) {
+        /** In words, for a HALT that found no rollback target while this one was on its way. */
+        public String describe() {
+            String owed = "VERIFIED".equals(state)
+                    ? "verified, with " + healthySteps + " of the " + healthyStepsRequired + " healthy steps it needs"
+                    : "not verified yet (" + state + ")";
+            return "checkpoint " + checkpointId + " (step " + step + ") is registered but " + owed;
+        }
+    }
+
     /** The newest known-good checkpoint; cheap and lock-free: read on every step, before the run's lock. */
     Optional<RollbackTarget> newestKnownGood(String runId);
+
+    /** The newest checkpoint not yet known-good (lock-free, as {@link #newestKnownGood}). */
+    default Optional<PendingTarget> newestPending(String runId) {
+        return Optional.empty();
+    }
 
     /**
      * A new trainer process opened rank {@code rank} of the run (a restart): the in-memory snapshots

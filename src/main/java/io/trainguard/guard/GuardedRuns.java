@@ -182,10 +182,11 @@ public final class GuardedRuns {
     public CompletableFuture<Verdict> reportAsync(StepReport report) {
         long start = nanoTime.getAsLong();
         RunDecider guard = run(report.runId());
-        var knownGood = checkpoints.newestKnownGood(report.runId()); // lock-free read, before the run's lock
+        var knownGood = checkpoints.newestKnownGood(report.runId()); // lock-free reads, before the run's lock
+        var pending = checkpoints.newestPending(report.runId());
         Decision d;
         synchronized (guard) {
-            d = guard.decide(report, knownGood, start, clock.instant());
+            d = guard.decide(report, knownGood, pending, start, clock.instant());
             // Hand over hand: the write-order lock is taken before the run's lock is released, so one
             // run's writes are queued in decision order while the next decision may already start.
             guard.writeOrder().lock();

@@ -284,6 +284,22 @@ class CheckpointRegistryTest {
     }
 
     @Test
+    void newestPending_isTheNewestCheckpointNotYetKnownGood_andLeavesWithItsPromotion() throws Exception {
+        // prevents: a HALT for want of a target telling a trainer to register checkpoints it had registered
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 2);
+        assertTrue(reg.newestPending("run").isEmpty());
+        CheckpointRecord c = reg.register("run", 10, CheckpointFormat.SAFETENSORS,
+                file("p.safetensors", new SafetensorsWriter().f32("w", 1)), 11, false);
+        assertEquals(c.id(), reg.newestPending("run").orElseThrow().id());
+        awaitSettled(reg, c.id());
+        reg.onHealthyStep("run", 11);
+        assertEquals(CheckpointState.VERIFIED, reg.newestPending("run").orElseThrow().state());
+        reg.onHealthyStep("run", 12);
+        assertEquals(CheckpointState.KNOWN_GOOD, reg.get(c.id()).state());
+        assertTrue(reg.newestPending("run").isEmpty(), "promoted: no longer pending");
+    }
+
+    @Test
     void register_nanCheckpoint_rejectedInJournalAcrossRestart() throws Exception {
         // prevents: losing checkpoint states (and the known-good target) when the sidecar restarts
         SQLiteDataSource ds = new SQLiteDataSource();

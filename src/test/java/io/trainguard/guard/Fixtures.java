@@ -28,12 +28,18 @@ final class Fixtures {
 
     static final class Checkpoints implements CheckpointCatalog {
         RollbackTarget knownGood;
+        PendingTarget pending;
         int healthy;
         int unhealthy;
 
         @Override
         public Optional<RollbackTarget> newestKnownGood(String runId) {
             return Optional.ofNullable(knownGood);
+        }
+
+        @Override
+        public Optional<PendingTarget> newestPending(String runId) {
+            return Optional.ofNullable(pending);
         }
 
         @Override

@@ -44,6 +44,22 @@ class GuardedRunsTest {
     }
 
     @Test
+    void aHaltWhileACheckpointIsStillOnItsWayToKnownGood_namesIt_insteadOfAskingToRegisterOne() {
+        // prevents: "No known-good checkpoint exists ... register checkpoints with RegisterCheckpoint" told to a
+        // trainer whose checkpoint was registered and still verifying when the burst came
+        guard.open(setup("r1", 0, 1, null));
+        checkpoints.pending = new CheckpointCatalog.PendingTarget("ckpt-10-ab", 10, "VERIFYING", 0, 50);
+        for (int s = 0; s < 3; s++) {
+            guard.report(step("r1", 0, s, Double.NaN, 1));
+        }
+        Verdict v = guard.report(step("r1", 0, 3, Double.NaN, 1));
+        assertEquals(Action.HALT, v.action());
+        String why = String.join(" ", v.reasons());
+        assertTrue(why.contains("checkpoint ckpt-10-ab (step 10) is registered but not verified yet (VERIFYING)"), why);
+        assertTrue(!why.contains("register checkpoints with RegisterCheckpoint"), why);
+    }
+
+    @Test
     void report_moreThanMaxConsecutiveSkipsWithoutCheckpoint_halts() {
         guard.open(setup("r1", 0, 1, null));
         for (int s = 0; s < 3; s++) {

@@ -6,6 +6,7 @@ import io.trainguard.guard.model.RunSnapshot;
 import io.trainguard.guard.model.RunState;
 import io.trainguard.guard.policy.Policy;
 import java.util.HashSet;
+import java.util.Optional;
 import java.util.Set;
 
 /**
@@ -115,7 +116,13 @@ final class RollbackCourse {
                 + (pending.checkpointStep() + 1);
     }
 
-    static String noTargetReason(String cause, Policy policy) {
+    static String noTargetReason(String cause, Policy policy, Optional<CheckpointCatalog.PendingTarget> pending) {
+        if (pending.isPresent()) {
+            // the trainer did register checkpoints: telling it to register some would send it the wrong way
+            return cause + ". No known-good checkpoint to roll back to yet: " + pending.get().describe()
+                    + "; a checkpoint becomes a rollback target once it verifies clean and the healthy steps follow it. "
+                    + "Restart from your last good state; save earlier (or lower known_good_healthy_steps) to have one sooner";
+        }
         return cause + ". No known-good checkpoint exists to roll back to: register "
                 + "checkpoints with RegisterCheckpoint (one becomes known-good after it verifies clean and "
                 + policy.knownGoodHealthySteps() + " healthy steps follow it), then restart from your last good state";

@@ -63,6 +63,7 @@ public final class RunDecider {
     private final ReentrantLock writeOrder = new ReentrantLock();
     /** The rollback target the service read for the decision in progress (decide's input). */
     private Optional<CheckpointCatalog.RollbackTarget> knownGood = Optional.empty();
+    private Optional<CheckpointCatalog.PendingTarget> pending = Optional.empty();
 
     /** Incident ids come from the journal so they are unique across restarts. */
     public interface IdSource {
@@ -152,9 +153,10 @@ public final class RunDecider {
      * this run's state and {@code knownGood} (the rollback target the caller looked up), changes
      * only this run's state, and returns everything to write and announce.
      */
-    public synchronized Decision decide(StepReport r, Optional<CheckpointCatalog.RollbackTarget> knownGood, long nowNanos,
-                                        Instant now) {
+    public synchronized Decision decide(StepReport r, Optional<CheckpointCatalog.RollbackTarget> knownGood,
+                                        Optional<CheckpointCatalog.PendingTarget> pending, long nowNanos, Instant now) {
         this.knownGood = knownGood;
+        this.pending = pending;
         ReportValidation.validate(r, worldSize, watchedModules);
         if (state.state() == RunState.CLOSED) {
             throw new PreconditionFailedException("run '" + runId + "' is closed (" + state.reason()
@@ -211,6 +213,7 @@ public final class RunDecider {
                 || from != state.state();
         RunSnapshot snapshot = snapshots.take(durable || !incidents.isEmpty(), nowNanos) ? snapshot() : null;
         this.knownGood = Optional.empty();
+        this.pending = Optional.empty();
         return new Decision(verdict, new JournalWrite(snapshot, List.of(record), List.copyOf(incidents), durable),
                 from, state.state(), effect);
     }
@@ -279,7 +282,7 @@ public final class RunDecider {
         String cause = String.join("; ", reasons);
         var target = knownGood;
         if (target.isEmpty()) {
-            halt(r, reasons, incidents, o, now, RollbackCourse.noTargetReason(cause, policy));
+            halt(r, reasons, incidents, o, now, RollbackCourse.noTargetReason(cause, policy, pending));
             return;
         }
         if (rollback.exhausted(policy)) {
