@@ -59,3 +59,56 @@ def test_a_skipped_nan_batch_leaves_batchnorm_statistics_as_if_it_never_ran(side
         assert torch.equal(a, b)
     got.eval()
     assert torch.isfinite(got(batch(0)[0])).all()
+
+
+class QueueNet(nn.Module):
+    """MoCo's pattern in small: each training forward enqueues its batch's keys into a buffer queue (and moves
+    a pointer buffer); the loss contrasts the batch with the queue, so NaN keys left there poison later steps."""
+
+    def __init__(self, size=24, dim=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(16, dim)
+        self.register_buffer("queue", torch.randn(size, dim) * 0.1)
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        k = self.net(x)
+        logits = k @ self.queue.clone().t()  # as MoCo: the enqueue below writes the buffer in place
+        if self.training:
+            with torch.no_grad():
+                n, p = k.shape[0], int(self.ptr)
+                idx = (torch.arange(n) + p) % self.queue.shape[0]
+                self.queue[idx] = k.detach()
+                self.ptr.fill_((p + n) % self.queue.shape[0])
+        return logits.logsumexp(dim=1).mean()
+
+
+def queue_run(sidecar, guarded, step_buffers):
+    model = QueueNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = Guard(model, opt, f"queue-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False,
+              policy={"clip_mode": "OFF"}, step_buffers=[model.queue, model.ptr] if step_buffers else ()) \
+        if guarded else None
+    actions = []
+    for step in range(10):
+        x, _ = batch(step)
+        if step == NAN_STEP:
+            if g is None:
+                continue
+            x = x * float("nan")
+        guarded_update(g, opt, step, model(x), actions)
+    if g is not None:
+        g.close()
+    return model, actions
+
+
+def test_buffers_given_as_step_buffers_are_put_back_after_a_skipped_step_as_if_it_never_ran(sidecar):
+    # Prevents: a skipped NaN batch leaving its NaN keys in a MoCo-style queue, so the next steps were NaN
+    # too and the run rolled back to its start
+    want, _ = queue_run(sidecar, guarded=False, step_buffers=True)
+    got, actions = queue_run(sidecar, guarded=True, step_buffers=True)
+    assert actions[NAN_STEP] == Action.SKIP and all(a == Action.APPLY for a in actions[NAN_STEP + 1:]), actions
+    assert torch.equal(got.queue, want.queue) and torch.equal(got.ptr, want.ptr)
+    _, without = queue_run(sidecar, guarded=True, step_buffers=False)
+    assert without[NAN_STEP + 1] != Action.APPLY, without  # what the queue's NaN keys do when left there

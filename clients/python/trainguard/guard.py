@@ -61,6 +61,8 @@ class Guard:
       mode: "async" (healthy steps decided locally with the sidecar's LocalBounds, report sent in
         the background) or "sync" (every step waits for the sidecar's verdict).
       policy: Policy overrides, e.g. {"clip_mode": "FIXED", "clip_threshold": 1.0}.
+      step_buffers: buffers the forward writes besides normalization statistics (a MoCo key queue and
+        its pointer, a memory bank): like BatchNorm's statistics, put back when the step is skipped.
       protect_update: check the weights after optimizer.step() and undo a non-finite update.
         "auto" turns it on for low-precision parameters without fp32 master weights.
       device_gate: "auto" (default): on CUDA, with an optimizer that honours ``found_inf`` and
@@ -101,7 +103,7 @@ class Guard:
                  master_weights=False, autocast_dtype=None, clipping_configured=False,
                  framework="torch", trainer_instance=None, warn_every=100, device_gate="auto",
                  verdict_lag=1, grad_sync="auto", snapshots=True, replay=True, lr_restore=None,
-                 report_process="auto"):
+                 report_process="auto", step_buffers=()):
         check_choices(failure_mode=failure_mode, mode=mode, device_gate=device_gate, grad_sync=grad_sync,
                       report_process=report_process)
         check_optimizer(optimizer)
@@ -161,7 +163,7 @@ class Guard:
         self._closed = self._closed_warned = False
         self.meter = StepMeter(optimizer, self.device, scaler, self.watch, sharded=self.gated.sharded and self.world_size > 1)
         share_unscale(self)  # the loop's own scaler.unscale_ and the guard's are one (scaler_share.py)
-        self.running_stats = RunningStats(model)  # BatchNorm's statistics of a skipped step (running_stats.py)
+        self.running_stats = RunningStats(model, step_buffers)  # what a skipped step's forward wrote (running_stats.py)
         self.gate = DeviceGate(optimizer, self.device)
         self.gate.clip_in_place = bool(clipping_configured)  # the loop's own clip must see the guard's
         self.protector = UpdateProtector(model, optimizer, self.watch, lambda *a: ship_bad_tensor(self, *a))

@@ -1,4 +1,4 @@
-"""Normalization statistics a skipped step must not keep.
+"""Normalization statistics (and other buffers the forward writes) a skipped step must not keep.
 
 BatchNorm (and InstanceNorm with ``track_running_stats``) updates ``running_mean`` / ``running_var``
 (and ``num_batches_tracked``) in its forward, before anything is judged. A step the guard skips keeps the weights as they were,
@@ -17,9 +17,19 @@ _STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class RunningStats:
-    def __init__(self, model):
+    def __init__(self, model, step_buffers=()):
+        """``step_buffers``: other tensors the forward writes (``Guard(step_buffers=...)``): a MoCo key
+        queue and its pointer, a memory bank. A skipped step's enqueue of NaN keys would otherwise stay
+        in the queue and make the next steps NaN too."""
         norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
         tensors = [getattr(m, n) for m in norms for n in _STATS if torch.is_tensor(getattr(m, n, None))]
+        seen = set(map(id, tensors))
+        for t in step_buffers:
+            if not torch.is_tensor(t):
+                raise TypeError(f"step_buffers takes tensors (the module's buffers themselves), not {type(t).__name__}")
+            if id(t) not in seen:
+                seen.add(id(t))
+                tensors.append(t)
         groups = {}
         for t in tensors:
             groups.setdefault((t.device, t.dtype), []).append(t)  # an integer counter is always finite
