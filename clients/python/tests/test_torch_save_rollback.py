@@ -6,6 +6,8 @@ import os
 import pathlib
 import time
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -43,10 +45,11 @@ def test_torchSaveRun_persistentNanBatches_rollsBackToLastKnownGoodFileAndFinish
     # being "rolled back" to a file that is not the newest known-good one, or to weights that are
     # not the file's; "script_args": saved as timm's CheckpointSaver does, with the script's
     # argparse.Namespace (and a path) beside the weights, which the sidecar verifies and the client
-    # once refused to load (the rollback halted)
+    # once refused to load (the rollback halted), and numpy's RNG state, which the sidecar once
+    # refused (every such checkpoint REJECTED)
     run = f"torchsave-e2e-{saved_with}"
-    extra = {"args": argparse.Namespace(lr=1e-2, model="mlp"), "output": pathlib.Path("/tmp/out")} \
-        if saved_with == "script_args" else {}
+    extra = {"args": argparse.Namespace(lr=1e-2, model="mlp"), "output": pathlib.Path("/tmp/out"),
+             "rng": {"numpy": np.random.get_state(), "loss_ema": np.float64(0.5)}} if saved_with == "script_args" else {}
     root = os.path.join(sidecar.checkpoint_root, run)
     os.makedirs(root)
     model, opt = make(lr=1e-2)

@@ -115,7 +115,11 @@ _DATA_CLASSES = {("argparse", "Namespace"), ("pathlib", "Path"), ("pathlib", "Po
                  ("pathlib", "WindowsPath"), ("torch.torch_version", "TorchVersion"),
                  ("lightning.fabric.utilities.data", "AttributeDict"),
                  ("lightning.pytorch.utilities.parsing", "AttributeDict"),
-                 ("pytorch_lightning.utilities.parsing", "AttributeDict")}
+                 ("pytorch_lightning.utilities.parsing", "AttributeDict"),
+                 # numpy arrays, dtypes and scalars (np.random.get_state() saved with the weights), numpy 1 and 2
+                 ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                 ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                 ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 _ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
             ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
             ("torch", "Size"), ("torch", "device"), ("torch.serialization", "_get_layout")} | _DATA_CLASSES
@@ -131,6 +135,11 @@ def _data_classes():
             out.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
             continue
+    try:  # numpy >= 1.25: a dtype object is built as its own class (numpy.dtypes.Float64DType, ...)
+        import numpy.dtypes
+        out += [c for c in vars(numpy.dtypes).values() if isinstance(c, type) and issubclass(c, numpy.dtype)]
+    except ImportError:
+        pass
     return out
 
 

@@ -68,7 +68,12 @@ public final class RestrictedUnpickler extends Unpickler {
             "lightning.fabric.utilities.data.AttributeDict",
             "pytorch_lightning.utilities.parsing.AttributeDict",
             "lightning.pytorch.utilities.parsing.AttributeDict",
-            "argparse.Namespace");
+            "argparse.Namespace",
+            // numpy arrays, dtypes and scalars: a training script's np.random.get_state() saved beside the
+            // weights (held as opaque data here, never reconstructed); numpy 1.x and 2.x module names
+            "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+            "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+            "numpy.ndarray", "numpy.dtype", "_codecs.encode");
 
     public RestrictedUnpickler() {
         super();
