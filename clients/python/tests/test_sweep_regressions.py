@@ -436,3 +436,33 @@ def test_a_rollback_under_gradient_accumulation_resumes_past_the_micro_batches_t
     g.close()
     assert plan is not None and plan.resume_position >= 68, plan  # past the trigger step's micro-batches
     assert g.counters["rollbacks"] == 1, g.counters
+
+
+@pytest.mark.torch2  # register_post_accumulate_grad_hook: torch >= 2.1
+def test_an_optimizer_stepped_inside_backward_is_said_at_the_first_step_as_unguardable(sidecar):
+    # prevents: torchtune's optimizer_in_bwd (an optimizer per parameter, stepped in a post-accumulate-grad
+    # hook) guarded silently: every step judged on cleared gradients, a NaN "skipped" after it reached the weights
+    import warnings
+    model, _ = make()
+    optims = {p: torch.optim.AdamW([p], lr=1e-2) for p in model.parameters()}
+
+    def step_in_backward(p):
+        optims[p].step()
+        optims[p].zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(step_in_backward)
+    g = Guard(model, None, f"sweep-opt-in-bwd-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(3):
+            x, y = batch(step)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            g.step(step, None)
+    g.close()
+    said = [str(w.message) for w in caught if "inside backward" in str(w.message)]
+    assert len(said) == 1 and "cannot be skipped" in said[0], said
+    model2, opt2 = make()
+    g2 = Guard(model2, opt2, f"sweep-opt-after-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False,
+               failure_mode="closed")
+    healthy_step(g2, model2, opt2, 0)  # an ordinary loop: nothing said, nothing raised
+    g2.close()

@@ -25,7 +25,7 @@ from .connection import ClientState, Connection
 from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFiniteUpdate: public here)
 from .backward_gate import BackwardGate
 from .gated import GatedPath, gate_wanted
-from .loop_updates import LoopUpdates
+from .loop_updates import LoopUpdates, say_updates_in_backward
 from .measure import DeviceGate, StepMeter, momentum_unborn
 from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
@@ -219,6 +219,8 @@ class Guard:
         if self._closed:
             return lifecycle.closed_step(self, step)
         self.every_rank.check()
+        if not self.counters["steps"]:
+            say_updates_in_backward(self)
         step = self.numbering.guard_step(step, self.last_step)
         self.loop_updates.note_last()  # the last verdict's update, if the loop made it without an optimizer step
         self.recovery.begin(step, data_position, replay)

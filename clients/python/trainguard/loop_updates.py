@@ -92,3 +92,30 @@ class LoopUpdates:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def updates_in_backward(model):
+    """The parameters an optimizer stepped inside backward (torchtune's ``optimizer_in_bwd``, PyTorch's
+    "fuse the optimizer into backward" recipe): a post-accumulate-grad hook took their gradient before
+    ``guard.step`` ran. Their updates are made before anything is judged: nothing the guard decides
+    can keep them out, and the step is judged on gradients that are already gone."""
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and p.grad is None and getattr(p, "_post_accumulate_grad_hooks", None)]
+
+
+def say_updates_in_backward(guard):
+    """At the first judged step: said loudly, once; an error in fail-closed mode."""
+    names = updates_in_backward(guard.model)
+    if not names:
+        return
+    from .errors import TrainguardError
+    msg = (f"trainguard: {len(names)} parameters ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) are "
+           f"updated inside backward by a post-accumulate-grad hook (an optimizer in backward): those updates happen "
+           f"before guard.step() and cannot be skipped, clipped or undone, and the guard judges gradients the hook "
+           f"already cleared. A NaN step reaches the weights whatever the verdict says. Step the optimizer after "
+           f"guard.step() instead (guard.wrap(optimizer)) to have them guarded")
+    if guard.failure_mode == "closed":
+        raise TrainguardError(msg)
+    log.error("%s", msg)
+    import warnings
+    warnings.warn(msg, RuntimeWarning)
