@@ -47,6 +47,24 @@ class LossScaleOverflowTest {
     }
 
     @Test
+    void report_anOverflowWhoseLossIsItselfASpike_isAnIncidentNotTheScalersCalibration() {
+        // prevents: a x1000 loss under fp16 AMP (its scaled gradients overflow) filed as a neutral overflow:
+        // no LOSS_SPIKE incident, no count towards the skip streak
+        guard.open(setup("r1", 0, 1, null));
+        java.util.Random noise = new java.util.Random(3);
+        for (long s = 0; s < 40; s++) {
+            guard.report(step("r1", 0, s, 2.0 + 0.05 * noise.nextGaussian(), 0.5 + 0.02 * noise.nextGaussian()));
+        }
+        StepReport spike = new StepReport("r1", 0, 40, 2000.0, false, Double.POSITIVE_INFINITY, new double[0], 1e-3, 1024,
+                List.of(), new boolean[] {true, true, true, true}, new double[0], Duration.ZERO, true);
+        Verdict v = guard.report(spike);
+        assertEquals(Action.SKIP, v.action());
+        assertTrue(v.reasons().stream().noneMatch(r -> r.contains("loss-scaler overflow")), v.reasons().toString());
+        assertTrue(v.reasons().stream().anyMatch(r -> r.contains("no loss-scaler calibration")), v.reasons().toString());
+        assertTrue(journal.incidents.stream().anyMatch(i -> i.step() == 40), "an incident: " + journal.incidents);
+    }
+
+    @Test
     void report_periodicScalerOverflow_doesNotCountAgainstKnownGoodCheckpoints() {
         // prevents: every growth-interval overflow of an fp16 run resetting the healthy streak that
         // promotes checkpoints to KNOWN_GOOD

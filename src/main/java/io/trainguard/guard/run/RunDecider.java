@@ -234,13 +234,21 @@ public final class RunDecider {
     }
 
     private void evaluate(StepReport r, RankTrack t, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
-        if (LossScaleOverflow.of(r)) {
+        // A loss that is itself a spike overflowed the scaled gradients for a reason: not the scaler's
+        // calibration but an event, judged like any non-finite step with its spike named (before, a x1000
+        // loss under fp16 AMP was filed as a neutral overflow, without an incident)
+        boolean lossSpike = !r.lossAbsent() && t.stats.lossSpikes.isSpike(r.loss(), policy.spikeZThreshold());
+        if (LossScaleOverflow.of(r) && !lossSpike) {
             // the scaler's own skip while it calibrates: no detector learns from it, no incident, and
             // it neither extends nor ends a skip streak
             o.action = Action.SKIP;
             o.neutralSkip = true;
             reasons.add(LossScaleOverflow.reason(r));
             return;
+        }
+        if (lossSpike && LossScaleOverflow.of(r)) {
+            reasons.add(t.stats.lossSpikes.explain("loss", r.loss(), policy.spikeZThreshold())
+                    + ": the scaled gradients overflowed with it, which is no loss-scaler calibration");
         }
         StepFold fold = StepFold.of(Detectors.inspect(new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize)));
         o.action = fold.action();
