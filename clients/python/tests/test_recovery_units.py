@@ -290,3 +290,10 @@ def test_replay_policy_modes():
     assert not ReplayBudget(ReplayPolicy(mode="off")).wants(nf)
     with pytest.raises(ValueError):
         ReplayPolicy(mode="always")
+
+
+def test_a_fault_judged_without_a_loss_is_described_as_loss_absent_not_zero():
+    # prevents: "non-finite (loss=0.0, grad norm=nan)" for a step whose loss was never given (the wrapper alone)
+    from trainguard.replay import StepFault
+    assert "loss=absent" in StepFault(0.0, float("nan"), loss_absent=True).describe()
+    assert "loss=0.0" in StepFault(0.0, float("nan")).describe()

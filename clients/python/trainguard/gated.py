@@ -78,7 +78,7 @@ class GatedStep:
         # the bare name, as Recovery._fault gives the replay's: the two are compared in classify()
         # (first_non_finite's "'name' (call k of n)" is for messages only)
         bad = rules.charged_output(self.names, vals[0], vals[1], mods)
-        return StepFault(vals[0], vals[1], module=bad)
+        return StepFault(vals[0], vals[1], module=bad, loss_absent=self.loss_absent)
 
 
 class GatedPath:

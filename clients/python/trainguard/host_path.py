@@ -20,7 +20,8 @@ def step(guard, step, loss, step_time, late, replay=None):
     m = g.meter.read(loss)
     # Called on every host-path step (also with a late verdict, which suppresses the replay):
     # with several ranks it runs a collective that every rank must join.
-    m, fault_class = g.recovery.maybe_replay(step, m, replay, g.meter, suppress=late is not None)
+    m, fault_class = g.recovery.maybe_replay(step, m, replay, g.meter, suppress=late is not None,
+                                             loss_absent=loss is None)
     finite = rules.step_finite(m.loss, m.grad_norm, m.module_values)
     lr = g.recovery.lr.effective(float(g.optimizer.param_groups[0].get("lr", 0.0)))  # with a cut made at the update
     report = step_report(g.run, g.rank, step, loss=m.loss, grad_norm=m.grad_norm, group_norms=m.group_norms,

@@ -145,9 +145,9 @@ class Recovery:
 
     # ------------------------------------------------------------------ replay
 
-    def _fault(self, m, bounds, step):
+    def _fault(self, m, bounds, step, loss_absent=False):
         module = charged_output(m.module_names, m.loss, m.grad_norm, m.module_values)
-        f = StepFault(m.loss, m.grad_norm, module=module)
+        f = StepFault(m.loss, m.grad_norm, module=module, loss_absent=loss_absent)
         if not f.nonfinite and bounds is not None and bounds.usable(step):
             f.spike = not within_bounds(bounds, m.loss, m.grad_norm)
         return f
@@ -167,14 +167,14 @@ class Recovery:
         """The data position after the current step's batch."""
         return self._position
 
-    def maybe_replay(self, step, m, replay_fn, meter, suppress=False):
+    def maybe_replay(self, step, m, replay_fn, meter, suppress=False, loss_absent=False):
         """Replays a faulty step once when the policy and budget allow. Returns (measurement to
         decide on, FaultClass or None). TRANSIENT returns the replay's clean measurement (the
         gradients now are the replay's); the other classes return the original one."""
         g = self.g
         if self.replay_policy.mode == "off":
             return m, None
-        fault = self._fault(m, g.bounds, step)
+        fault = self._fault(m, g.bounds, step, loss_absent)
         able = replay_fn is not None and self._rng is not None
         if not self.should_replay(step, fault, able, suppress):
             return m, None
@@ -185,7 +185,9 @@ class Recovery:
         return (m2 if cls == FaultClass.TRANSIENT else m), cls
 
     def should_replay(self, step, fault, able, suppress, wants=None,
-                      why_unable="pass guard.step(..., replay=fn) with fn re-running forward+backward on the same batch"):
+                      why_unable="pass guard.step(..., replay=fn) with fn re-running forward+backward on the same "
+                                 "batch (a step the wrapper judged on its own has no batch to replay; "
+                                 "Guard(replay=False) turns replays and this note off)"):
         """Whether step ``step`` (``fault``) is replayed now: the policy wants it (``wants``
         overrides the fault's own say, e.g. when another rank saw the fault), ``able`` (a replay
         callable and the step's RNG state) and the budget allows. With several ranks every rank

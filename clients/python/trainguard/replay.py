@@ -58,6 +58,7 @@ class StepFault:
     grad_norm: float
     module: str = ""      # first watched module with a non-finite output
     spike: bool = False   # finite but beyond the local bounds
+    loss_absent: bool = False  # judged without a loss: ``loss`` is a 0.0 placeholder
 
     @property
     def nonfinite(self):
@@ -78,7 +79,7 @@ class StepFault:
                 return (f"non-finite: a NaN in module '{self.module}''s output (loss {self.loss:.6g} and "
                         f"grad norm {self.grad_norm:.6g} finite)")
             where = f" first in module '{self.module}'" if self.module else ""
-            return f"non-finite (loss={self.loss}, grad norm={self.grad_norm}){where}"
+            return f"non-finite (loss={'absent' if self.loss_absent else self.loss}, grad norm={self.grad_norm}){where}"
         if self.spike:
             return f"spike (loss={self.loss:.6g}, grad norm={self.grad_norm:.6g})"
         return f"clean (loss={self.loss:.6g}, grad norm={self.grad_norm:.6g})"
