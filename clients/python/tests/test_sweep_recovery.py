@@ -155,3 +155,34 @@ def test_save_checkpoint_after_a_renumbering_rollback_records_the_loops_step_to_
     side = torch.load(os.path.join(root, f"step-{29 - shift:08d}", "trainer.pt"), weights_only=False)
     assert side["step"] == 29 and side["guard_step"] == 29 - shift
     g.close()
+
+
+def test_after_add_param_group_a_snapshot_is_taken_at_once_so_a_later_burst_rolls_back_instead_of_halting(sidecar):
+    # prevents: no snapshot for the interval (and the pace) after a backbone was unfrozen, every snapshot held
+    # unrestorable into the new groups: a burst 20 steps later halted the run
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    m[0].requires_grad_(False)
+    opt = torch.optim.AdamW([{"params": m[2].parameters(), "lr": 1e-2}])
+    g = Guard(m, opt, f"add-param-group-snapshot-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+              replay=False, mode="sync", policy={"known_good_healthy_steps": 5},
+              snapshots={"interval": 1000, "max_overhead": 0})  # by the interval alone: none in this run
+    wopt = g.wrap(opt)
+    target = None
+    for step in range(40):
+        if step == 10:
+            m[0].requires_grad_(True)
+            wopt.add_param_group({"params": m[0].parameters(), "lr": 1e-3})
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(m(x[:, :4]), y)
+        loss = loss * float("nan") if 30 <= step < 34 else loss
+        loss.backward()
+        v = g.step(step, loss)
+        wopt.step()
+        wopt.zero_grad()
+        if v.action == Action.ROLLBACK:
+            target = v.rollback.checkpoint_step
+            break
+    g.close()
+    assert target is not None and target >= 10, target  # a snapshot of the new groups, taken right after the change
+    assert len(opt.param_groups) == 2 and all(torch.isfinite(p).all() for p in m.parameters())

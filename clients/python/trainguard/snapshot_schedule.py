@@ -27,6 +27,7 @@ class SnapshotRing:
         # ``several_ranks()``: asked each time, the same test that decides the registrar's collectives.
         self.several_ranks = several_ranks
         self.agreed_steps = 0
+        self._taken_layout = None  # the optimizer's parameter groups at the last snapshot (their sizes)
 
     @property
     def slots(self):
@@ -62,9 +63,21 @@ class SnapshotRing:
                 s.state = EMPTY
         self._healthy_since_take = 0
 
+    def _layout(self):
+        opt = getattr(self.store, "optimizer", None)
+        return None if opt is None else tuple(len(g["params"]) for g in opt.param_groups)
+
+    def layout_changed(self):
+        """The optimizer's parameter groups changed since the last snapshot (``add_param_group``: a
+        backbone unfrozen): no snapshot held can be restored into it, so a rollback would halt until
+        a new one earns known-good. One is then due at once, whatever the interval and the pace."""
+        return self._taken_layout is not None and self._layout() != self._taken_layout
+
     def due(self):
         if self.pending():
             return False
+        if self.layout_changed():
+            return True
         if self.several_ranks():
             return self._healthy_since_take >= max(self.store.policy.interval, self.agreed_steps)
         return self._healthy_since_take >= self.store.policy.interval and self.pace.allows()
@@ -79,12 +92,15 @@ class SnapshotRing:
         if empty:
             return empty[0].slot
         good = self.known_good()
-        return good[0].slot if len(good) > 1 else None
+        if len(good) > 1 or (good and self.layout_changed()):  # after add_param_group none of them restores
+            return good[0].slot
+        return None
 
     def taken(self, measured=True):
         """A snapshot was taken (``measured``: its cost paces the next one) or the state was
         restored from one (the healthy steps towards the next snapshot count from here)."""
         self._healthy_since_take = 0
+        self._taken_layout = self._layout()
         if measured:
             self.pace.taken()
         else:
