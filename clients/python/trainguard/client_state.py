@@ -2,7 +2,11 @@
 counters, the rollback generation, the last LocalBounds, the checkpoints it knows, the policy
 overrides, the recovery state (LR cuts, replay budget, known-bad data positions) and how a loop that
 kept counting after a rollback is renumbered (numbering.py)."""
+import logging
+
 from .verdict import LocalBounds
+
+log = logging.getLogger("trainguard")
 
 
 def state_dict(guard):
@@ -16,6 +20,12 @@ def state_dict(guard):
 
 
 def load_state_dict(guard, state):
+    if getattr(guard, "_restoring", False):
+        # a restore_hook loading a checkpoint that holds the guard too (Fabric's fabric.load(path, state)
+        # with "guard" in the state): the rollback under way owns the guard's state; taking the saved one
+        # would reset its counters and checkpoint records and cut the LR again on top of the cut it carries
+        log.debug("trainguard: the guard's saved state is left out of a rollback's restore")
+        return
     if state.get("version") != 1:
         raise ValueError(f"unknown trainguard state version {state.get('version')}")
     with guard._lock:

@@ -27,6 +27,10 @@ def rollback(guard, v):
     plan = v.rollback or RollbackPlan()
     key = (plan.checkpoint_id, plan.checkpoint_step, plan.attempt, v.step)
     rec = guard.recovery
+    if plan.checkpoint_step >= v.step:  # an older sidecar's plan: going "back" to a later state resumes nothing
+        _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered at step {v.step}: it is not "
+                 f"behind this step (a checkpoint an earlier process of this run saved after the point this one "
+                 f"restarted from?); restart with a new run id, or from that checkpoint")
     if rec.position() is not None:
         # the policy's extra skip beyond the steps back to the checkpoint, counted from the trigger's position
         extra = max(0, plan.skip_batches - max(0, v.step - plan.checkpoint_step))
@@ -82,6 +86,7 @@ def _load(guard, plan, target):
     if target is None:
         return None, f"ROLLBACK to step {plan.checkpoint_step} ordered but its files are unknown to this rank"
     restore = getattr(guard, "restore_hook", None)  # a framework's own loader (Lightning, HF), if set
+    guard._restoring = True  # Guard.load_state_dict is a no-op meanwhile (client_state)
     try:
         side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
     except FileNotFoundError as e:  # deleted since it was registered (a framework's rotation)
@@ -93,6 +98,8 @@ def _load(guard, plan, target):
                       f"loader: guard.restore_hook = lambda path, plan: restore(plan.files, load=<your loader>, ...)")
     except Exception as e:  # a loader (restore_hook) failing on a damaged file: a reason, not a crash
         return None, f"{said} loading it failed ({type(e).__name__}: {_plain(e)}); restart from another checkpoint"
+    finally:
+        guard._restoring = False
     # whatever the loader read (each rank's shard): never train on NaN
     local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in guard.model.parameters()]
     ok = all_finite(local)

@@ -124,7 +124,13 @@ public final class CheckpointRegistry {
             }
         }
         for (CheckpointRecord r : byId.values()) {
-            if (r.runId().equals(runId) && r.step() == step && r.files().equals(files)) {
+            // The same registration again (a retry) while it is in flight. A file checkpoint registered
+            // again once settled is a new save to the same path (a loop that jumped back after a
+            // rollback, a restarted trainer re-writing checkpoint-N/): its content is verified anew and
+            // the record of the old content is evicted below, not handed back unverified.
+            if (r.runId().equals(runId) && r.step() == step && r.files().equals(files)
+                    && (format == CheckpointFormat.MEMORY || r.state() == CheckpointState.REGISTERED
+                            || r.state() == CheckpointState.VERIFYING)) {
                 return r;
             }
         }
@@ -389,6 +395,13 @@ public final class CheckpointRegistry {
      */
     public Optional<CheckpointRecord> newestKnownGood(String runId) {
         return Optional.ofNullable(newestKnownGood.get(runId));
+    }
+
+    /** The KNOWN_GOOD checkpoint of the run with the highest step below {@code step} (a scan: rarely asked). */
+    public synchronized Optional<CheckpointRecord> newestKnownGoodBefore(String runId, long step) {
+        return byId.values().stream()
+                .filter(c -> c.runId().equals(runId) && c.state() == CheckpointState.KNOWN_GOOD && c.step() < step)
+                .reduce(CheckpointRegistry::newer);
     }
 
     /**

@@ -15,8 +15,17 @@ public final class RegistryCatalog implements CheckpointCatalog {
 
     @Override
     public Optional<RollbackTarget> newestKnownGood(String runId) {
-        return registry.newestKnownGood(runId).map(c -> new RollbackTarget(c.id(), c.step(),
-                c.files().stream().map(CheckpointFileSpec::path).toList(), c.dataPosition()));
+        return registry.newestKnownGood(runId).map(RegistryCatalog::target);
+    }
+
+    @Override
+    public Optional<RollbackTarget> newestKnownGoodBefore(String runId, long step) {
+        return registry.newestKnownGoodBefore(runId, step).map(RegistryCatalog::target);
+    }
+
+    private static RollbackTarget target(CheckpointRecord c) {
+        return new RollbackTarget(c.id(), c.step(), c.files().stream().map(CheckpointFileSpec::path).toList(),
+                c.dataPosition());
     }
 
     @Override

@@ -23,6 +23,15 @@ public interface CheckpointCatalog {
     /** The newest known-good checkpoint; cheap and lock-free: read on every step, before the run's lock. */
     Optional<RollbackTarget> newestKnownGood(String runId);
 
+    /**
+     * The newest known-good checkpoint of a step below {@code step}: the rollback target for a step
+     * that is not past the newest one (a restarted trainer that went back to an older checkpoint while
+     * the run's earlier process had saved later ones). Not read on every step: only then.
+     */
+    default Optional<RollbackTarget> newestKnownGoodBefore(String runId, long step) {
+        return newestKnownGood(runId).filter(t -> t.step() < step);
+    }
+
     /** The newest checkpoint not yet known-good (lock-free, as {@link #newestKnownGood}). */
     default Optional<PendingTarget> newestPending(String runId) {
         return Optional.empty();

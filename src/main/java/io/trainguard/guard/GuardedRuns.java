@@ -183,6 +183,12 @@ public final class GuardedRuns {
         long start = nanoTime.getAsLong();
         RunDecider guard = run(report.runId());
         var knownGood = checkpoints.newestKnownGood(report.runId()); // lock-free reads, before the run's lock
+        if (knownGood.isPresent() && knownGood.get().step() >= report.step()) {
+            // not behind this step: a restarted trainer that went back to an older checkpoint while the
+            // run's earlier process saved later ones (a rollback "forward" into that timeline resumed at
+            // or past its trigger, was never confirmed and was ordered again at every step)
+            knownGood = checkpoints.newestKnownGoodBefore(report.runId(), report.step());
+        }
         var pending = checkpoints.newestPending(report.runId());
         Decision d;
         synchronized (guard) {

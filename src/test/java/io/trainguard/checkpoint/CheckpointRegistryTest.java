@@ -300,6 +300,23 @@ class CheckpointRegistryTest {
     }
 
     @Test
+    void theSamePathAtTheSameStepRegisteredAgainOnceSettled_isVerifiedAnew_notHandedTheOldRecord() throws Exception {
+        // prevents: a loop that jumped back after a rollback re-saving step-24 (healthy now) getting the old
+        // REJECTED record back, and a restarted trainer's rewrite of checkpoint-N/ keeping KNOWN_GOOD unverified
+        CheckpointRegistry reg = registry(new InMemoryCheckpointStore(), 1);
+        List<CheckpointFileSpec> f = file("step24.safetensors", new SafetensorsWriter().f32("w", Float.NaN));
+        CheckpointRecord bad = awaitSettled(reg, reg.register("run", 24, CheckpointFormat.SAFETENSORS, f, 25, false).id());
+        assertEquals(CheckpointState.REJECTED, bad.state());
+        List<CheckpointFileSpec> again = file("step24.safetensors", new SafetensorsWriter().f32("w", 1));
+        assertEquals(f, again);
+        CheckpointRecord good = reg.register("run", 24, CheckpointFormat.SAFETENSORS, again, 25, true);
+        assertTrue(!good.id().equals(bad.id()), "a new record for the new content");
+        assertEquals(CheckpointState.VERIFIED, awaitSettled(reg, good.id()).state());
+        reg.onHealthyStep("run", 25);
+        assertEquals(good.id(), reg.newestKnownGood("run").orElseThrow().id());
+    }
+
+    @Test
     void register_nanCheckpoint_rejectedInJournalAcrossRestart() throws Exception {
         // prevents: losing checkpoint states (and the known-good target) when the sidecar restarts
         SQLiteDataSource ds = new SQLiteDataSource();

@@ -28,6 +28,7 @@ final class Fixtures {
 
     static final class Checkpoints implements CheckpointCatalog {
         RollbackTarget knownGood;
+        RollbackTarget older;  // what newestKnownGoodBefore finds below knownGood
         PendingTarget pending;
         int healthy;
         int unhealthy;
@@ -35,6 +36,12 @@ final class Fixtures {
         @Override
         public Optional<RollbackTarget> newestKnownGood(String runId) {
             return Optional.ofNullable(knownGood);
+        }
+
+        @Override
+        public Optional<RollbackTarget> newestKnownGoodBefore(String runId, long step) {
+            return Optional.ofNullable(knownGood != null && knownGood.step() < step ? knownGood
+                    : older != null && older.step() < step ? older : null);
         }
 
         @Override

@@ -60,6 +60,23 @@ class GuardedRunsTest {
     }
 
     @Test
+    void aRollbackNeverGoesForwardToACheckpointAtOrPastTheFailingStep() {
+        // prevents: a trainer restarted from an older checkpoint under the same run id rolled back "forward" to
+        // the crashed process's later checkpoint, resumed past the trigger, and was ordered back at every step
+        guard.open(setup("r1", 0, 1, null));
+        checkpoints.knownGood = new CheckpointCatalog.RollbackTarget("ckpt-24", 24, List.of("/c/step-24"), 25);
+        checkpoints.older = new CheckpointCatalog.RollbackTarget("ckpt-4", 4, List.of("/c/step-4"), 5);
+        healthySteps("r1", 10, 20);
+        for (long s = 20; s < 23; s++) {
+            guard.report(step("r1", 0, s, Double.NaN, 1));
+        }
+        Verdict v = guard.report(step("r1", 0, 23, Double.NaN, 1));
+        assertEquals(Action.ROLLBACK, v.action());
+        assertEquals(4, v.rollback().checkpointStep(), v.toString());
+        assertEquals(Action.APPLY, guard.report(step("r1", 0, 5, 2.0, 0.5)).action(), "resumed and confirmed");
+    }
+
+    @Test
     void report_moreThanMaxConsecutiveSkipsWithoutCheckpoint_halts() {
         guard.open(setup("r1", 0, 1, null));
         for (int s = 0; s < 3; s++) {
