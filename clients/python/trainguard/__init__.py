@@ -46,7 +46,10 @@ Module map (one concern each; ``Guard`` in guard.py is a façade over them):
   testing.py       Sidecar: launches the sidecar jar (tests, examples; jar from TRAINGUARD_JAR or jar=)
   wrap.py          guard.wrap(optimizer) / guard.wrap(scheduler), ParametersOnly (manual update loops)
   lightning.py     Lightning Callback (extra "lightning");  hf.py  Trainer callback + Accelerate (extra "hf")
+  lightning_validation.py  the callback's validation passes: gated, audited, undone (also outside fit)
   hf_loss_filter.py  the Trainer's NaN/Inf loss filter on the device (TrainguardCallback.attach)
+  hf_evaluation.py   the Trainer's evaluations audited and undone (evaluate(), predict())
+  hf_state.py      the TrainerState a rollback and a resume need: the LR cut, the best-model record
   checksum.py, safetensors_io.py   tg1 checksums, safetensors read/write without the package
 """
 from .errors import RunRefused, SidecarUnavailable, TrainguardError, TrainingHalted

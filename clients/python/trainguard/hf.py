@@ -32,7 +32,6 @@ Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the s
     ... guard.gate_on_backward(loss); accelerator.backward(loss); guard.step(step, loss); opt.step(); opt.zero_grad()
 """
 import glob
-import json
 import logging
 import os
 import sys
@@ -42,7 +41,7 @@ from transformers import Trainer, TrainerCallback
 
 from .errors import TrainguardError
 from .guard import Guard
-from . import hf_evaluation
+from . import hf_evaluation, hf_state
 from .hf_loss_filter import LossFilter
 from .hooks import Detached
 from .stats import grad_tensors
@@ -127,34 +126,6 @@ def _trainer_running(callback):
             return owner
         frame = frame.f_back
     return None
-
-
-# The guard's LR cut rides in the TrainerState the Trainer saves with every checkpoint (trainer_state.json,
-# under ``stateful_callbacks``, which it saves and loads as it is). Not as an ExportableState callback: the
-# Trainer would rebuild one from its saved arguments on resume, dropping the user's own instance.
-_STATE_KEY = "trainguard"
-
-
-def _saved_cut(stateful):
-    """The LR cut recorded in a TrainerState's ``stateful_callbacks`` (None: a checkpoint without it)."""
-    entry = stateful.get(_STATE_KEY) if isinstance(stateful, dict) else None
-    cut = entry.get("lr_scale") if isinstance(entry, dict) else None
-    return float(cut) if cut is not None else None
-
-
-def _trainer_state(path):
-    """A Trainer checkpoint's trainer_state.json as a dict, or None."""
-    try:
-        with open(os.path.join(path, "trainer_state.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _checkpoint_cut(path):
-    """The LR cut a Trainer checkpoint directory's optimizer/scheduler state was saved under, or None."""
-    saved = _trainer_state(path)
-    return _saved_cut(saved.get("stateful_callbacks")) if saved is not None else None
 
 
 def _tied_to_loaded(model, missing, loaded):
@@ -276,7 +247,7 @@ class TrainguardCallback(TrainerCallback):
         """Resuming (resume_from_checkpoint): the optimizer.pt/scheduler.pt the Trainer just loaded carry
         the cut in force when they were saved; the guard learns it, or a later rollback's cut would be
         applied on top of it (and checkpoints saved from here registered as uncut)."""
-        cut = _saved_cut(state.stateful_callbacks)
+        cut = hf_state.saved_cut(state.stateful_callbacks)
         if cut is not None:
             self.guard.recovery.lr.resumed_at(cut)
         self._record_cut(state)
@@ -286,8 +257,8 @@ class TrainguardCallback(TrainerCallback):
         if not isinstance(state.stateful_callbacks, dict):
             state.stateful_callbacks = {}
         scale = float(self.guard.recovery.lr.scale)
-        if _saved_cut(state.stateful_callbacks) != scale:  # every step: written only when it changed
-            state.stateful_callbacks[_STATE_KEY] = {"lr_scale": scale}
+        if hf_state.saved_cut(state.stateful_callbacks) != scale:  # every step: written only when it changed
+            state.stateful_callbacks[hf_state.STATE_KEY] = {"lr_scale": scale}
 
     def _say_the_filter(self, args, model):
         """No Trainer found to take the filter over (a Trainer subclass that fires its events from
@@ -406,30 +377,11 @@ class TrainguardCallback(TrainerCallback):
             elif obj is not None:  # save_only_model=True: the weights alone
                 log.warning("trainguard: %s has no %s (save_only_model=True?): its state is kept as it is", path, name)
         log.warning("trainguard: restored Trainer checkpoint %s (step %d)", path, plan.checkpoint_step)
-        self._rewind_bookkeeping(path)
+        hf_state.rewind_bookkeeping(path, self._state, self._trainer, self)
         # The cut its optimizer/scheduler state carries: it may have been saved by an earlier process,
         # whose registration this guard never saw (rollback.py takes it over the registered one).
-        cut = _checkpoint_cut(path)
+        cut = hf_state.checkpoint_cut(path)
         return {"lr_scale": cut} if cut is not None else None
-
-    def _rewind_bookkeeping(self, path):
-        """The Trainer's record of its best model and its stateful callbacks' counters (EarlyStopping's
-        patience) as the restored checkpoint saved them: left at the abandoned steps' values,
-        ``load_best_model_at_end`` loaded a checkpoint of those steps at the end (undoing the rollback)
-        and early stopping counted their evaluations."""
-        saved = _trainer_state(path)
-        if saved is None or self._state is None:
-            return
-        for key in ("best_metric", "best_model_checkpoint", "best_global_step"):
-            if hasattr(self._state, key):
-                setattr(self._state, key, saved.get(key))
-        stateful = saved.get("stateful_callbacks") or {}
-        for cb in (self._trainer.callback_handler.callbacks if self._trainer is not None else ()):
-            entry = stateful.get(type(cb).__name__)
-            if cb is self or not isinstance(entry, dict) or not hasattr(cb, "state"):
-                continue
-            for name, value in (entry.get("attributes") or {}).items():
-                setattr(cb, name, value)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._hook is not None:
