@@ -2,6 +2,7 @@
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -399,3 +400,18 @@ def test_no_thread_to_start_the_child_on_gives_it_up_once_and_loudly(monkeypatch
 def test_a_halt_message_says_each_reason_once():
     v = trainguard.Verdict(3, trainguard.Action.HALT, reasons=["limit 3", "halted: limit 3; rolled back twice"])
     assert str(trainguard.TrainingHalted(v)).count("limit 3") == 1
+
+
+@pytest.mark.parametrize("policy, said", [
+    ({"clip_mod": "FIXED"}, "did you mean 'clip_mode'"),
+    ({"clipMode": "FIXED"}, "the Python client spells it 'clip_mode'"),
+    ({"clip_threshold": "1.0"}, "'clip_threshold'='1.0': expects a number"),
+    ({"max_consecutive_skips": 2.5}, "expects an integer"),
+    ({"clip_mode": "ZCLIP"}, "expects one of OFF, FIXED, ZSCORE, PERCENTILE"),
+    ({"hang_min": "10m"}, "expects seconds"),
+])
+def test_a_policy_key_or_value_the_client_cannot_send_is_named_with_what_it_takes(policy, said):
+    # prevents: raw protobuf errors (no field named, no valid names listed) out of Guard(policy=...)
+    model, opt = make()
+    with pytest.raises(ValueError, match=re.escape(said)):
+        Guard(model, opt, "bad-policy", target="127.0.0.1:1", deadline=0.2, open_deadline=0.2, policy=policy)

@@ -466,3 +466,24 @@ def test_an_optimizer_stepped_inside_backward_is_said_at_the_first_step_as_ungua
                failure_mode="closed")
     healthy_step(g2, model2, opt2, 0)  # an ordinary loop: nothing said, nothing raised
     g2.close()
+
+
+def test_a_run_the_guard_halts_inside_with_guard_stays_halted_for_the_operator(sidecar):
+    # prevents: `with Guard(...)` closing a run the guard had halted: no HALTED state for the health group and
+    # the alert, `trainguard resume` refused (409: CLOSED), the restarted trainer refused (RunRefused)
+    from trainguard import TrainingHalted
+    run = f"sweep-halt-with-{time.time_ns()}"
+    model, opt = make()
+    with pytest.raises(TrainingHalted) as halted:
+        with Guard(model, opt, run, target=sidecar.target, deadline=5.0, mode="sync", replay=False, snapshots=False,
+                   policy={"max_consecutive_skips": 1, "max_rollbacks": 0}) as g:
+            for step in range(6):
+                x, y = batch(step)
+                if step >= 2:
+                    x = x * float("nan")
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                g.step(step, None)
+                g.optimizer_step()
+                opt.zero_grad()
+    assert "trainguard resume" in str(halted.value), str(halted.value)
+    assert sidecar.run_info(run)["run"]["state"] == "HALTED"

@@ -24,7 +24,10 @@ class TrainingHalted(TrainguardError):
         said = [r for i, r in enumerate(rs) if r not in rs[:i] and not any(r != o and r in o for o in rs)]
         reasons = "; ".join(said) or "no reason given"
         where = f" (first non-finite module: {verdict.first_nonfinite_module})" if verdict.first_nonfinite_module else ""
-        super().__init__(f"trainguard halted the run at step {verdict.step}: {reasons}{where}")
+        how = "" if "trainguard resume" in reasons else (
+            " The run stays HALTED: once the cause is dealt with, an operator resumes it (`trainguard resume <run>`, "
+            "or POST /api/runs/<run>/resume) and the trainer is restarted on the same run id")
+        super().__init__(f"trainguard halted the run at step {verdict.step}: {reasons}{where}.{how}")
         self.verdict = verdict
 
 

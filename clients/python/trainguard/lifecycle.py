@@ -5,7 +5,7 @@ import time
 import grpc
 
 from . import checkpointing, scaler_share
-from .errors import TrainguardError, TrainingHalted
+from .errors import TrainguardError
 from .verdict import Action, Verdict
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
@@ -48,11 +48,13 @@ def heartbeat(g, step, phase):
 
 
 def ends_the_run(exc):
-    """Whether training that stopped with ``exc`` (None: it finished) is over for good: finished,
-    interrupted by a person, halted by the guard. Any other exception may be followed by a restart
-    of the same run (torchrun --max-restarts, a retry loop, a resubmitted job), which a closed run id
-    would refuse: such a run is left open, as a crash leaves it, and resumed by the restart."""
-    return exc is None or isinstance(exc, (KeyboardInterrupt, TrainingHalted))
+    """Whether training that stopped with ``exc`` (None: it finished) is over for good: finished or
+    interrupted by a person. Any other exception may be followed by a restart of the same run
+    (torchrun --max-restarts, a retry loop, a resubmitted job), which a closed run id would refuse:
+    such a run is left open, as a crash leaves it, and resumed by the restart. So is a run the guard
+    halted: it stays HALTED, for the health group, the alert and the operator's ``trainguard resume``
+    (closed, none of them saw it and the restart was refused)."""
+    return exc is None or isinstance(exc, KeyboardInterrupt)
 
 
 def close(g, reason, close_run=True):

@@ -13,22 +13,56 @@ _ENUM_PREFIX = {"clip_mode": "CLIP_MODE_", "spike_action": "ACTION_", "preflight
 
 
 def build_policy(overrides):
+    """The Policy message for ``Guard(policy=...)``; a ValueError naming the key and what it takes for a
+    key, type or choice the message cannot hold (before, a raw protobuf error that named neither)."""
     p = pb.Policy()
     for key, value in (overrides or {}).items():
-        if key in ("hang_min", "hang_max"):
-            getattr(p, key).FromNanoseconds(int(float(value) * 1e9))
-        elif key in _ENUM_PREFIX and isinstance(value, str):
-            setattr(p, key, _enum_number(key, value))
-        elif isinstance(value, Action):
-            setattr(p, key, int(value))
-        else:
-            setattr(p, key, value)
+        if key not in pb.Policy.DESCRIPTOR.fields_by_name:
+            raise ValueError(f"unknown policy key {key!r}{_did_you_mean(key)}; the keys are "
+                             f"{', '.join(sorted(pb.Policy.DESCRIPTOR.fields_by_name))} (docs/policy.md)")
+        try:
+            if key in ("hang_min", "hang_max"):
+                getattr(p, key).FromNanoseconds(int(float(value) * 1e9))
+            elif key in _ENUM_PREFIX:
+                setattr(p, key, int(value) if isinstance(value, Action) else _enum_number(key, value))
+            else:
+                setattr(p, key, value)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"policy {key!r}={value!r}: {_expects(key)} ({type(e).__name__}: {e})") from None
     return p
 
 
+def _did_you_mean(key):
+    """A close valid key: the CLI's and REST's camelCase spelling, or a typo."""
+    import difflib
+    snake = "".join("_" + c.lower() if c.isupper() else c for c in key)
+    if snake in pb.Policy.DESCRIPTOR.fields_by_name:
+        return f" (the Python client spells it {snake!r})"
+    close = difflib.get_close_matches(key, list(pb.Policy.DESCRIPTOR.fields_by_name), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _expects(key):
+    if key in ("hang_min", "hang_max"):
+        return "expects seconds, a number"
+    if key in _ENUM_PREFIX:
+        enum = _ENUMS[key]
+        return "expects one of " + ", ".join(n[len(_ENUM_PREFIX[key]):] for n in enum.keys() if not n.endswith("UNSPECIFIED"))
+    field = pb.Policy.DESCRIPTOR.fields_by_name[key]
+    kind = {field.TYPE_DOUBLE: "a number", field.TYPE_FLOAT: "a number", field.TYPE_INT32: "an integer",
+            field.TYPE_INT64: "an integer", field.TYPE_BOOL: "True or False"}.get(field.type, "another type")
+    return f"expects {kind}"
+
+
+_ENUMS = {"clip_mode": pb.ClipMode, "spike_action": pb.Action, "preflight_mode": pb.AuditMode}
+
+
 def _enum_number(key, value):
-    enum = {"clip_mode": pb.ClipMode, "spike_action": pb.Action, "preflight_mode": pb.AuditMode}[key]
-    return enum.Value(_ENUM_PREFIX[key] + value.upper())
+    if isinstance(value, int) and not isinstance(value, bool):  # the enum's number
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"a name, not {type(value).__name__}")
+    return _ENUMS[key].Value(_ENUM_PREFIX[key] + value.upper())
 
 
 def describe(optimizer, watched, master_weights):

@@ -36,7 +36,7 @@ public enum PolicyField {
             "then at most once per this many steps (from the last validation begun), only while HEALTHY",
             Policy::validationIntervalSteps, (b, v) -> b.validationIntervalSteps = (Long) v, Range.closed(1, Long.MAX_VALUE)),
     SPIKE_Z_THRESHOLD("spike_z_threshold", Kind.DOUBLE, "6.0", "sigma", "z-score of the loss / grad norm that is a spike",
-            Policy::spikeZThreshold, (b, v) -> b.spikeZThreshold = (Double) v, Range.open(0, 1000)),
+            Policy::spikeZThreshold, (b, v) -> b.spikeZThreshold = (Double) v, Range.open(0, 1e9)),
     SPIKE_EMA_ALPHA("spike_ema_alpha", Kind.DOUBLE, "0.98", "", "EMA weight of the past in the spike statistics",
             Policy::spikeEmaAlpha, (b, v) -> b.spikeEmaAlpha = (Double) v, Range.openBoth(0, 1)),
     SPIKE_WARMUP_STEPS("spike_warmup_steps", Kind.INT, "64", "steps", "samples before spikes are judged",
