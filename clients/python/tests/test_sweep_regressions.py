@@ -487,3 +487,25 @@ def test_a_run_the_guard_halts_inside_with_guard_stays_halted_for_the_operator(s
                 opt.zero_grad()
     assert "trainguard resume" in str(halted.value), str(halted.value)
     assert sidecar.run_info(run)["run"]["state"] == "HALTED"
+
+
+def test_in_async_mode_the_sidecars_record_of_clips_is_what_the_client_applied(sidecar):
+    # prevents: the sidecar re-running its adaptive clip rule on steps the client had decided (and applied)
+    # with older bounds, recording CLIPs no update saw (72 recorded, 33 applied, over 150 PERCENTILE steps)
+    run = f"sweep-clip-record-{time.time_ns()}"
+    model, opt = make()
+    g = Guard(model, opt, run, target=sidecar.target, deadline=5.0, replay=False, policy={"clip_mode": "PERCENTILE"})
+    wopt = g.wrap(opt)
+    clipped = []
+    for step in range(120):
+        x, y = batch(step)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        if g.step(step, None).action == Action.CLIP:
+            clipped.append(step)
+        wopt.step()
+        wopt.zero_grad()
+    g.close()
+    buckets = sidecar.get(f"/api/runs/{run}/steps?points=120")["steps"]["buckets"]
+    recorded = sorted(b["firstStep"] for b in buckets if b.get("clips", 0) > 0)
+    assert clipped and g.counters["local_decisions"] > 0
+    assert recorded == clipped, (recorded, clipped)

@@ -281,6 +281,7 @@ class GatedPath:
                            # a finite step's update was applied on the device (clipped to the spike
                            # bound beyond it): the sidecar cannot skip it any more, and records it so
                            decided_locally=(finite and not skipped_together) or overflow,
+                           applied_clip_threshold=thr if clipped and not skipped_together else 0.0,
                            skipped_by_agreement=skipped_together)
 
     # ------------------------------------------------------------------ replaying the last step's fault

@@ -36,6 +36,8 @@ def step(guard, step, loss, step_time, late, replay=None):
         g.counters["local_decisions"] += 1
         verdict = rules.decide_locally(step, m.grad_norm, g.bounds, scaler_overflow, g._validation_hint)
         report.decided_locally = True
+        if verdict.action == Action.CLIP:  # what the update is clipped to: the sidecar records it
+            report.applied_clip_threshold = verdict.clip_threshold
         g.sender.submit(report, g.generation, blocking=False)
     elif offline:
         verdict = decide_offline(g, step, m.grad_norm, finite)

@@ -204,7 +204,7 @@ public final class ProtoMapper {
         return new StepReport(r.getRunId(), r.getRank(), r.getStep(), r.getLoss(), r.getLossAbsent(), r.getGradNorm(), groups,
                 r.getLearningRate(), r.getLossScale(), m.getNamesList(), finite, maxAbs,
                 r.hasStepTime() ? duration(r.getStepTime()) : java.time.Duration.ZERO, r.getDecidedLocally(),
-                r.getSkippedByAgreement());
+                r.getSkippedByAgreement(), r.getAppliedClipThreshold());
     }
 
     public static Phase phase(io.trainguard.api.grpc.v1.Phase p) {

@@ -100,7 +100,17 @@ public final class Detectors {
 
     /** The policy's clip rule (FIXED / ZClip / AutoClip): CLIP to its threshold. */
     static void clipRule(StepContext c, List<Finding> out) {
-        double threshold = c.rank().clip.thresholdFor(c.report().gradNorm());
+        double threshold = c.rank().clip.thresholdFor(c.report().gradNorm()); // the rule learns from every step
+        if (c.report().decidedLocally()) {
+            // the client applied this step with the bounds it had: what it clipped to is the record
+            double applied = c.report().appliedClipThreshold();
+            if (applied > 0 && c.report().gradNorm() > applied) {
+                out.add(Finding.proposal(Action.CLIP, applied, String.format(
+                        "grad norm %.6g above clip threshold %.6g (clipped by the client with its local bounds)",
+                        c.report().gradNorm(), applied), Map.of("value", c.report().gradNorm(), "threshold", applied)));
+            }
+            return;
+        }
         if (Double.isFinite(threshold)) {
             out.add(Finding.proposal(Action.CLIP, threshold, String.format("grad norm %.6g above clip threshold %.6g (%s)",
                     c.report().gradNorm(), threshold, c.policy().clipMode()),

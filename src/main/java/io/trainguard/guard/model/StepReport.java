@@ -12,6 +12,8 @@ import java.util.List;
  * @param skippedByAgreement several ranks on the device gate skipped this update together although
  *                       this rank's own values were finite (another rank's fault, or their grad
  *                       norms disagreed)
+ * @param appliedClipThreshold with decidedLocally: the threshold the client clipped the update to (0:
+ *                       not clipped); the record shows it rather than what the clip rule would choose now
  */
 public record StepReport(
         String runId,
@@ -28,7 +30,17 @@ public record StepReport(
         double[] moduleMaxAbs,
         Duration stepTime,
         boolean decidedLocally,
-        boolean skippedByAgreement) {
+        boolean skippedByAgreement,
+        double appliedClipThreshold) {
+
+    /** A report without a clip the client applied itself. */
+    public StepReport(String runId, int rank, long step, double loss, boolean lossAbsent, double gradNorm,
+                      double[] groupGradNorms, double learningRate, double lossScale, List<String> moduleNames,
+                      boolean[] moduleFinite, double[] moduleMaxAbs, Duration stepTime, boolean decidedLocally,
+                      boolean skippedByAgreement) {
+        this(runId, rank, step, loss, lossAbsent, gradNorm, groupGradNorms, learningRate, lossScale, moduleNames,
+                moduleFinite, moduleMaxAbs, stepTime, decidedLocally, skippedByAgreement, 0.0);
+    }
 
     /** A report of a step this rank's device gate did not skip on another rank's account. */
     public StepReport(String runId, int rank, long step, double loss, boolean lossAbsent, double gradNorm,
