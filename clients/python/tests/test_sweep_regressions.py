@@ -509,3 +509,55 @@ def test_in_async_mode_the_sidecars_record_of_clips_is_what_the_client_applied(s
     recorded = sorted(b["firstStep"] for b in buckets if b.get("clips", 0) > 0)
     assert clipped and g.counters["local_decisions"] > 0
     assert recorded == clipped, (recorded, clipped)
+
+
+def test_a_second_optimizer_built_after_the_guard_gets_no_vetoed_gradients_and_is_named(sidecar, caplog):
+    # prevents: a new AdamW over all parameters after unfreezing, stepped by the loop, applying a SKIPped step's
+    # NaN gradients to the parameters the Guard's optimizer does not hold (the weights went NaN, nothing said)
+    import logging
+    model, _ = make()
+    head = list(model.parameters())[-2:]
+    opt = torch.optim.AdamW(head, lr=1e-2)
+    g = Guard(model, opt, f"sweep-new-opt-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False,
+              snapshots=False)
+    new = torch.optim.AdamW(model.parameters(), lr=1e-2)  # built after the Guard, when unfreezing
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        for step in range(6):
+            x, y = batch(step)
+            if step == 4:
+                x = x * float("nan")
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            v = g.step(step, None)
+            new.step()
+            new.zero_grad()
+            assert weights_finite(model), f"non-finite weights after step {step} ({v.action.name})"
+    g.close()
+    said = [r.getMessage() for r in caplog.records if "not in the optimizer this Guard was built with" in r.getMessage()]
+    assert len(said) == 1, said
+    with pytest.raises(ValueError, match="needs a Guard of its own"):
+        g.wrap(new)
+
+
+def test_a_run_closed_under_a_live_guard_is_said_in_words_and_training_goes_on(sidecar, monkeypatch):
+    # prevents: a stale Guard with the same run id (a notebook cell run twice) closing the run, and the live
+    # Guard's periodic reopen raising RunRefused mid-run in fail-open mode
+    import warnings
+    from trainguard import connection
+    monkeypatch.setattr(connection, "REOPEN_EVERY_S", 0.05)
+    run = f"sweep-closed-under-{time.time_ns()}"
+    model, opt = make()
+    stale = Guard(model, opt, run, target=sidecar.target, deadline=5.0, replay=False, snapshots=False)
+    live = Guard(model, opt, run, target=sidecar.target, deadline=5.0, replay=False, snapshots=False, mode="sync")
+    stale.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(8):
+            x, y = batch(step)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            live.step(step, None)
+            live.optimizer_step()
+            opt.zero_grad()
+            time.sleep(0.06)
+    live.close()
+    said = [str(w.message) for w in caught if "was closed under this Guard" in str(w.message)]
+    assert len(said) == 1 and "its own run id" in said[0], [str(w.message) for w in caught]

@@ -3,7 +3,9 @@ the first LocalBounds, resume) and the verdicts of asynchronous reports, which r
 thread: new bounds, the validation hint, and a ROLLBACK/HALT for an earlier step (``guard._late``,
 applied at the next step) or, fail-closed, the error of a report that failed."""
 import logging
+import warnings
 
+from .errors import RunRefused
 from .run_setup import open_request
 from .verdict import Action, LocalBounds, Verdict
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
@@ -23,6 +25,26 @@ def open_run(guard, deadline):
     g.recovery.opened(resp)
     if resp.HasField("bounds"):
         g.bounds = LocalBounds.from_proto(resp.bounds)
+
+
+def reopen(guard):
+    """The periodic OpenRun of a client gone offline. A run closed meanwhile (another Guard with the same
+    run id closed it: a notebook cell run twice, two models' Guards sharing an id) is refused: in
+    fail-open mode that is said once, in words, and training goes on unprotected instead of raising
+    RunRefused mid-run."""
+    try:
+        open_run(guard, guard.deadline)
+    except RunRefused as e:
+        if guard.failure_mode == "closed":
+            raise
+        guard.connection.went_offline()
+        if not guard.__dict__.get("_closed_under_said"):
+            guard._closed_under_said = True
+            msg = (f"trainguard: run '{guard.run}' was closed under this Guard ({e}): another Guard or process "
+                   f"with the same run id closed it. This Guard goes on NOT PROTECTED (failure_mode='open'): give "
+                   f"each Guard its own run id")
+            log.error("%s", msg)
+            warnings.warn(msg, RuntimeWarning)
 
 
 def on_report_result(guard, fut):

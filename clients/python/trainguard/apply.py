@@ -31,8 +31,17 @@ def clip_gradients(optimizer, threshold, grad_norm):
     return True
 
 
-def drop_gradients(optimizer):
+def drop_gradients(optimizer, model=None):
+    """Drops the step's gradients: the optimizer's, and any other of the model's (parameters another
+    optimizer updates: one built after the Guard, when unfreezing; a loop stepping it would otherwise
+    apply the vetoed step's NaN to them)."""
     optimizer.zero_grad(set_to_none=True)
+    if model is None:
+        return
+    others = [n for n, p in model.named_parameters() if p.grad is not None]
+    for _, p in model.named_parameters():
+        p.grad = None
+    return others
 
 
 def apply_verdict(guard, v, grad_norm):
@@ -47,20 +56,32 @@ def apply_verdict(guard, v, grad_norm):
             guard.counters["clips"] += 1
         return
     if a == Action.SKIP:
-        drop_gradients(guard.optimizer)
+        _drop_all_gradients(guard)
         guard.counters["skips"] += 1
         return
     if a == Action.ROLLBACK:
-        drop_gradients(guard.optimizer)
+        _drop_all_gradients(guard)
         rollback_.rollback(guard, v)
         if guard.running_stats:
             guard.running_stats.keep_current()  # restored with the model
         return
     if a == Action.HALT:
-        drop_gradients(guard.optimizer)
+        _drop_all_gradients(guard)
         raise TrainingHalted(v)
     # UNSPECIFIED (an old or confused sidecar): the safe reading is SKIP.
-    drop_gradients(guard.optimizer)
+    _drop_all_gradients(guard)
+
+
+def _drop_all_gradients(guard):
+    others = drop_gradients(guard.optimizer, guard.model)
+    if others and not guard.__dict__.get("_other_grads_said"):
+        guard._other_grads_said = True
+        log.warning("trainguard: %d parameters with gradients are not in the optimizer this Guard was built with "
+                    "(%s%s): another optimizer updates them (one built after the Guard, when unfreezing?). Their "
+                    "gradients were dropped with the vetoed step's, but their norms are not judged and their "
+                    "healthy updates are not guarded: build a Guard on the optimizer that updates them "
+                    "(guard.close(), then Guard(model, new_optimizer, run=<a new run id>))", len(others),
+                    ", ".join(others[:3]), ", ..." if len(others) > 3 else "")
 
 
 def begin_update(guard, v, protect=False):

@@ -231,7 +231,7 @@ class Guard:
             self.backward_gate.discard()
             return self._finish(step, Verdict(step, Action.APPLY, reasons=["guard paused"], decided_locally=True))
         if self.connection.reopen_due():
-            answers.open_run(self, self.deadline)
+            answers.reopen(self)
         if self.device_gate:
             self.gated.await_verdicts(step)
         with self._lock:

@@ -231,7 +231,9 @@ def wrap(guard, obj):
     if isinstance(obj, torch.optim.Optimizer):
         if obj is not guard.optimizer:
             raise ValueError("guard.wrap(optimizer): wrap the optimizer this Guard was built with "
-                             f"({type(guard.optimizer).__name__}), not another one")
+                             f"({type(guard.optimizer).__name__}), not another one. A new optimizer (after "
+                             "unfreezing, say) needs a Guard of its own: guard.close(), then "
+                             "Guard(model, new_optimizer, run=<a new run id>) and wrap that")
         if guard._wrapped is None:
             guard._wrapped = GuardedOptimizer(guard, obj)
         return guard._wrapped
