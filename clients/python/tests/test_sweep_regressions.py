@@ -561,3 +561,25 @@ def test_a_run_closed_under_a_live_guard_is_said_in_words_and_training_goes_on(s
     live.close()
     said = [str(w.message) for w in caught if "was closed under this Guard" in str(w.message)]
     assert len(said) == 1 and "its own run id" in said[0], [str(w.message) for w in caught]
+
+
+def test_a_model_cast_after_the_guard_was_built_is_said_once(sidecar, caplog):
+    # prevents: model.half() after the Guard silently leaving the pre-flight audit and update protection as
+    # decided for float32 (a NaN update reached the weights with nothing said)
+    import logging
+    model, opt = make()
+    g = Guard(model, opt, f"sweep-cast-after-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False,
+              snapshots=False)
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        for step in range(4):
+            if step == 0:  # before the optimizer made its state (AdamW's moments keep their dtype)
+                model.double()
+            x, y = batch(step)
+            torch.nn.functional.mse_loss(model(x.to(next(model.parameters()).dtype)),
+                                         y.to(next(model.parameters()).dtype)).backward()
+            g.step(step, None)
+            g.optimizer_step()
+            opt.zero_grad()
+    g.close()
+    said = [r.getMessage() for r in caplog.records if "when this Guard was built" in r.getMessage()]
+    assert len(said) == 1 and "torch.float64 now, torch.float32" in said[0], said

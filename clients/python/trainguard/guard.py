@@ -25,7 +25,7 @@ from .connection import ClientState, Connection
 from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFiniteUpdate: public here)
 from .backward_gate import BackwardGate
 from .gated import GatedPath, gate_wanted
-from .loop_updates import LoopUpdates, say_updates_in_backward
+from .loop_updates import CastWatch, LoopUpdates, say_updates_in_backward
 from .measure import DeviceGate, StepMeter, momentum_unborn
 from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
@@ -124,6 +124,7 @@ class Guard:
         self.device = params[0].device if params else torch.device("cpu")
         low = any(p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) for p in params)
         self.protect_update = (low and not master_weights) if protect_update == "auto" else bool(protect_update)
+        self.cast_watch = CastWatch(params)  # a model cast after this (model.half()) is said at the next step
         self.device_gate = gate_wanted(self, device_gate)
         self.verdict_lag = verdict_lag
         if grad_sync == "auto":
@@ -221,6 +222,7 @@ class Guard:
         self.every_rank.check()
         if not self.counters["steps"]:
             say_updates_in_backward(self)
+        self.cast_watch.check(self)
         step = self.numbering.guard_step(step, self.last_step)
         self.loop_updates.note_last()  # the last verdict's update, if the loop made it without an optimizer step
         self.recovery.begin(step, data_position, replay)

@@ -119,3 +119,24 @@ def say_updates_in_backward(guard):
     log.error("%s", msg)
     import warnings
     warnings.warn(msg, RuntimeWarning)
+
+
+class CastWatch:
+    """The model's parameters cast to another dtype after the Guard was built (``model.half()``,
+    ``.to(torch.bfloat16)``): the pre-flight audit and the low-precision update protection were decided
+    for the dtype the Guard saw, so a cast to fp16 without master weights goes unprotected. One
+    parameter's dtype is read per step (a cast changes them all); said once."""
+
+    def __init__(self, params):
+        self.param = next((p for p in params if p.requires_grad), None)
+        self.dtype = self.param.dtype if self.param is not None else None
+        self.said = False
+
+    def check(self, guard):
+        if self.said or self.param is None or self.param.dtype == self.dtype:
+            return
+        self.said = True
+        log.warning("trainguard: the model's parameters are %s now, %s when this Guard was built (a cast after it: "
+                    "model.half(), .to(dtype)): the pre-flight audit of the precision setup and the protection of "
+                    "low-precision updates were decided for %s and are not redone. Build the Guard after the cast "
+                    "(a new run id), or pass protect_update=True", self.param.dtype, self.dtype, self.dtype)
