@@ -1,8 +1,6 @@
 package io.trainguard.checkpoint;
 
 import io.trainguard.guard.policy.Policy;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.time.Clock;
 import java.time.Instant;
 import java.util.ArrayList;
@@ -35,8 +33,10 @@ public final class CheckpointRegistry {
     private final Clock clock;
     private final Map<String, CheckpointRecord> byId = new LinkedHashMap<>();
     private final Map<String, Integer> healthyStepsRequired = new ConcurrentHashMap<>();
-    private final Map<String, CheckpointRecord> newestKnownGood = new ConcurrentHashMap<>();
-    private final Map<String, CheckpointRecord> newestPending = new ConcurrentHashMap<>();
+    private final NewestPerRun newestKnownGood = new NewestPerRun(s -> s == CheckpointState.KNOWN_GOOD);
+    /** Registered, verifying, or verified and owed healthy steps: named by a HALT for want of a target. */
+    private final NewestPerRun newestPending = new NewestPerRun(
+            s -> s == CheckpointState.REGISTERED || s == CheckpointState.VERIFYING || s == CheckpointState.VERIFIED);
 
     /**
      * @param healthyStepsRequired trainguard.checkpoint.known-good-healthy-steps; a run's Policy may
@@ -138,12 +138,13 @@ public final class CheckpointRegistry {
         String id = "ckpt-" + step + "-" + UUID.randomUUID().toString().substring(0, 8);
         CheckpointRecord r = new CheckpointRecord(id, runId, step, format, List.copyOf(files), dataPosition,
                 CheckpointState.REGISTERED, "", now, now, 0, step, -1, Map.of(), List.of(), 0, 0);
-        if (format == CheckpointFormat.MEMORY) {
-            evictMemory(runId, files.get(0).path(), step, now);
-        } else {
-            evictRewritten(runId, files, step, now);
-        }
-        evictDeleted(runId, now);
+        List<String> written = files.stream().map(CheckpointFileSpec::path).toList();
+        evictWhere(runId, c -> format == CheckpointFormat.MEMORY ? EvictionReasons.slotRegistered(c, written.get(0), step)
+                : EvictionReasons.rewritten(c, written, step), now);
+        // rotation deletes files right after the save that registers the next one: checked at every
+        // registration (snapshots too, so a run that saves files rarely learns it within a snapshot interval)
+        evictWhere(runId, c -> c.state() == CheckpointState.KNOWN_GOOD || c.state() == CheckpointState.VERIFIED
+                ? EvictionReasons.deleted(c) : null, now);
         store.insert(r);
         byId.put(id, r);
         if (format == CheckpointFormat.MEMORY) {
@@ -275,85 +276,12 @@ public final class CheckpointRegistry {
     }
 
     /**
-     * The trainer holds a slot's snapshot only until it writes the slot again, and its snapshots
-     * only while its process lives: registering a slot evicts the slot's previous snapshot and those
-     * of another trainer process of the run, so neither can be chosen as a rollback target.
-     */
-    private void evictMemory(String runId, String slot, long step, Instant now) {
-        evictWhere(runId, r -> slotEviction(r, slot, step), now);
-    }
-
-    /** Why registering {@code slot} evicts {@code r}, or null when it does not. */
-    private static String slotEviction(CheckpointRecord r, String slot, long step) {
-        if (r.format() != CheckpointFormat.MEMORY) {
-            return null;
-        }
-        String held = r.files().get(0).path();
-        if (held.equals(slot)) {
-            return "slot overwritten by the snapshot of step " + step;
-        }
-        return MemorySnapshots.sameProcess(held, slot) ? null
-                : "held by a trainer process that is gone (a newer one registered " + slot + ")";
-    }
-
-    /**
-     * Checkpoint rotation (Lightning's {@code save_top_k}, the HF Trainer's {@code save_total_limit},
-     * a loop keeping its last k files) deletes files the run registered, usually right after the save
-     * that registers the next one: checked at every registration (snapshots included, so a run that
-     * saves files rarely still learns it within a snapshot interval) and at promotion, so the rollback
-     * target is one whose files exist. Before, the newest known-good was often a deleted file and the
-     * trainer, ordered back to it, halted although an intact target was held.
-     */
-    private void evictDeleted(String runId, Instant now) {
-        evictWhere(runId, r -> r.state() == CheckpointState.KNOWN_GOOD || r.state() == CheckpointState.VERIFIED
-                ? deletedReasonOrNull(goneFile(r)) : null, now);
-    }
-
-    /** The first of a file checkpoint's files no longer on disk, or null (a memory snapshot has none). */
-    private static String goneFile(CheckpointRecord r) {
-        if (r.format() == CheckpointFormat.MEMORY) {
-            return null;
-        }
-        for (CheckpointFileSpec f : r.files()) {
-            if (!Files.exists(Path.of(f.path()))) {
-                return f.path();
-            }
-        }
-        return null;
-    }
-
-    private static String deletedReasonOrNull(String gone) {
-        return gone == null ? null : deletedReason(gone);
-    }
-
-    private static String deletedReason(String gone) {
-        return gone + " is gone from disk (deleted after it was saved, as checkpoint rotation does: save_top_k, "
-                + "save_total_limit); not a rollback target";
-    }
-
-    /**
-     * A checkpoint written again to a path an earlier one of the run named (nanoGPT's one
-     * {@code ckpt.pt}, a fixed filename): the earlier record no longer describes what is on disk, and a
-     * rollback to it would load the newer state under the older step.
-     */
-    private void evictRewritten(String runId, List<CheckpointFileSpec> files, long step, Instant now) {
-        List<String> written = files.stream().map(CheckpointFileSpec::path).toList();
-        evictWhere(runId, r -> r.format() == CheckpointFormat.MEMORY ? null
-                : r.files().stream().map(CheckpointFileSpec::path).filter(written::contains).findFirst()
-                        .map(path -> path + " was written again by the checkpoint of step " + step
-                                + ": it no longer holds this state").orElse(null), now);
-    }
-
-    /**
      * Rank {@code rank} re-opened the run from trainer process {@code instance}: the memory snapshots
      * other processes held for it are gone. Before, only the new process's own first snapshot evicted
      * them, so a process with snapshots off (or faulting before its first) was ordered back to one.
      */
     public synchronized void evictOtherProcesses(String runId, int rank, String instance) {
-        evictWhere(runId, r -> r.format() == CheckpointFormat.MEMORY
-                && MemorySnapshots.otherProcessOfRank(r.files().get(0).path(), rank, instance)
-                ? "held by a trainer process that is gone (rank " + rank + " re-opened the run as " + instance + ")"
-                : null, now());
+        evictWhere(runId, r -> EvictionReasons.rankReopened(r, rank, instance), now());
     }
 
     /** Evicts each checkpoint of {@code runId} that may still be evicted and {@code why} gives a reason for (null: kept). */
@@ -376,11 +304,10 @@ public final class CheckpointRegistry {
 
     private CheckpointRecord promoteIfEarned(CheckpointRecord r, Instant now) {
         if (r.state() == CheckpointState.VERIFIED && r.healthyStepsSince() >= required(r.runId())) {
-            String gone = goneFile(r);
+            String gone = EvictionReasons.deleted(r);
             if (gone != null) {
-                LOG.infof("checkpoint %s (run %s, step %d) earned known-good but %s", r.id(), r.runId(), r.step(),
-                        deletedReason(gone));
-                return r.moveTo(CheckpointState.EVICTED, deletedReason(gone), now);
+                LOG.infof("checkpoint %s (run %s, step %d) earned known-good but %s", r.id(), r.runId(), r.step(), gone);
+                return r.moveTo(CheckpointState.EVICTED, gone, now);
             }
             LOG.infof("checkpoint %s (run %s, step %d) is known-good after %d healthy steps", r.id(), r.runId(),
                     r.step(), r.healthyStepsSince());
@@ -394,14 +321,14 @@ public final class CheckpointRegistry {
      * published value), so the engine reads it before it takes a run's lock, on every step.
      */
     public Optional<CheckpointRecord> newestKnownGood(String runId) {
-        return Optional.ofNullable(newestKnownGood.get(runId));
+        return newestKnownGood.get(runId);
     }
 
     /** The KNOWN_GOOD checkpoint of the run with the highest step below {@code step} (a scan: rarely asked). */
     public synchronized Optional<CheckpointRecord> newestKnownGoodBefore(String runId, long step) {
         return byId.values().stream()
                 .filter(c -> c.runId().equals(runId) && c.state() == CheckpointState.KNOWN_GOOD && c.step() < step)
-                .reduce(CheckpointRegistry::newer);
+                .reduce(NewestPerRun::newer);
     }
 
     /**
@@ -409,7 +336,7 @@ public final class CheckpointRegistry {
      * verified and owed healthy steps), lock-free: a HALT for want of a target names it.
      */
     public Optional<CheckpointRecord> newestPending(String runId) {
-        return Optional.ofNullable(newestPending.get(runId));
+        return newestPending.get(runId);
     }
 
     /** The healthy steps a checkpoint of {@code runId} needs after it to become known-good. */
@@ -417,36 +344,10 @@ public final class CheckpointRegistry {
         return required(runId);
     }
 
-    private static boolean pending(CheckpointState s) {
-        return s == CheckpointState.REGISTERED || s == CheckpointState.VERIFYING || s == CheckpointState.VERIFIED;
-    }
-
     private void remember(CheckpointRecord r) {
         byId.put(r.id(), r);
-        CheckpointRecord pendingNow = newestPending.get(r.runId());
-        if (pending(r.state())) {
-            newestPending.merge(r.runId(), r, CheckpointRegistry::newer);
-        } else if (pendingNow != null && pendingNow.id().equals(r.id())) {
-            newestPending.remove(r.runId());
-            byId.values().stream().filter(c -> c.runId().equals(r.runId()) && pending(c.state()))
-                    .forEach(c -> newestPending.merge(c.runId(), c, CheckpointRegistry::newer));
-        }
-        if (r.state() == CheckpointState.KNOWN_GOOD) {
-            newestKnownGood.merge(r.runId(), r, CheckpointRegistry::newer);
-            return;
-        }
-        CheckpointRecord cached = newestKnownGood.get(r.runId());
-        if (cached != null && cached.id().equals(r.id())) {
-            // The target left KNOWN_GOOD (an evicted in-memory snapshot): the next newest takes its place.
-            newestKnownGood.remove(r.runId());
-            byId.values().stream()
-                    .filter(c -> c.runId().equals(r.runId()) && c.state() == CheckpointState.KNOWN_GOOD)
-                    .forEach(c -> newestKnownGood.merge(c.runId(), c, CheckpointRegistry::newer));
-        }
-    }
-
-    private static CheckpointRecord newer(CheckpointRecord a, CheckpointRecord b) {
-        return b.step() > a.step() || b.step() == a.step() && b.registeredAt().compareTo(a.registeredAt()) >= 0 ? b : a;
+        newestPending.update(r, byId.values());
+        newestKnownGood.update(r, byId.values()); // an evicted in-memory target: the next newest takes its place
     }
 
     /** The run's checkpoints by step. */

@@ -30,8 +30,9 @@ public final class RegistryCatalog implements CheckpointCatalog {
 
     @Override
     public Optional<PendingTarget> newestPending(String runId) {
-        return registry.newestPending(runId).map(c -> new PendingTarget(c.id(), c.step(), c.state().name(),
-                c.healthyStepsSince(), registry.healthyStepsRequired(runId)));
+        // the published record's healthy count lags (counts are kept without republishing): read it afresh
+        return registry.newestPending(runId).map(c -> registry.get(c.id())).map(c -> new PendingTarget(c.id(), c.step(),
+                c.state().name(), c.healthyStepsSince(), registry.healthyStepsRequired(runId)));
     }
 
     @Override

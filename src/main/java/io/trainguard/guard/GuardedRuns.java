@@ -24,6 +24,7 @@ import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Optional;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.CompletableFuture;
@@ -189,7 +190,8 @@ public final class GuardedRuns {
             // or past its trigger, was never confirmed and was ordered again at every step)
             knownGood = checkpoints.newestKnownGoodBefore(report.runId(), report.step());
         }
-        var pending = checkpoints.newestPending(report.runId());
+        // only a run with no target can halt for want of one: the pending checkpoint is looked up for it alone
+        var pending = knownGood.isEmpty() ? checkpoints.newestPending(report.runId()) : Optional.<CheckpointCatalog.PendingTarget>empty();
         Decision d;
         synchronized (guard) {
             d = guard.decide(report, knownGood, pending, start, clock.instant());

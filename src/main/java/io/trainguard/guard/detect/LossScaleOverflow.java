@@ -29,6 +29,19 @@ public final class LossScaleOverflow {
         return bad != null && bad.kind() == IncidentKind.NON_FINITE_GRAD; // loss and watched outputs finite
     }
 
+    /**
+     * Why an overflow is not the scaler's calibration, or null: its loss is itself a spike, so the scaled
+     * gradients overflowed for a reason. Such a step is judged like any non-finite one, its spike named
+     * (before, a x1000 loss under fp16 AMP was filed as a neutral overflow, without an incident).
+     */
+    public static String spikeReason(StepReport r, SpikeDetector lossSpikes, double zThreshold) {
+        if (r.lossAbsent() || !lossSpikes.isSpike(r.loss(), zThreshold) || !of(r)) {
+            return null;
+        }
+        return lossSpikes.explain("loss", r.loss(), zThreshold)
+                + ": the scaled gradients overflowed with it, which is no loss-scaler calibration";
+    }
+
     public static String reason(StepReport r) {
         return String.format("loss-scaler overflow at scale %.6g: the scaler skipped this update and lowers its scale "
                 + "(not counted as a non-finite incident while the scale is >= %.0f)", r.lossScale(), COLLAPSED);

@@ -218,37 +218,17 @@ public final class RunDecider {
                 from, state.state(), effect);
     }
 
-    private static final class Outcome {
-        Action action = Action.APPLY;
-        double clip = Double.POSITIVE_INFINITY;
-        String firstBadModule = "";
-        RollbackPlan plan;
-        /**
-         * A SKIP that is neither a healthy step nor a faulty one for this rank: it neither ends nor
-         * extends a streak, and has no commit to wait for. A loss scaler skipping its own overflow,
-         * or the ranks skipping together on another rank's account, this rank's values finite (the
-         * faulty rank's own report counts), as a restart rebuilds it from the journal, where such a
-         * skip has no step-fault incident.
-         */
-        boolean neutralSkip;
-    }
-
     private void evaluate(StepReport r, RankTrack t, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
-        // A loss that is itself a spike overflowed the scaled gradients for a reason: not the scaler's
-        // calibration but an event, judged like any non-finite step with its spike named (before, a x1000
-        // loss under fp16 AMP was filed as a neutral overflow, without an incident)
-        boolean lossSpike = !r.lossAbsent() && t.stats.lossSpikes.isSpike(r.loss(), policy.spikeZThreshold());
-        if (LossScaleOverflow.of(r) && !lossSpike) {
+        String spikeOverflow = LossScaleOverflow.spikeReason(r, t.stats.lossSpikes, policy.spikeZThreshold());
+        if (spikeOverflow != null) {
+            reasons.add(spikeOverflow);
+        } else if (LossScaleOverflow.of(r)) {
             // the scaler's own skip while it calibrates: no detector learns from it, no incident, and
             // it neither extends nor ends a skip streak
             o.action = Action.SKIP;
             o.neutralSkip = true;
             reasons.add(LossScaleOverflow.reason(r));
             return;
-        }
-        if (lossSpike && LossScaleOverflow.of(r)) {
-            reasons.add(t.stats.lossSpikes.explain("loss", r.loss(), policy.spikeZThreshold())
-                    + ": the scaled gradients overflowed with it, which is no loss-scaler calibration");
         }
         StepFold fold = StepFold.of(Detectors.inspect(new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize)));
         o.action = fold.action();
