@@ -2,7 +2,6 @@
 import logging
 import math
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -69,7 +68,7 @@ def test_nan_loss_is_skipped_before_the_update(fake):
     model, opt = make()
     g = Guard(model, opt, "nanloss", target=fake.target)
     seen = {}
-    vs = train(g, model, opt, 10, inject=nan_at({5}), on_verdict=lambda s, v: seen.setdefault(s, v))
+    train(g, model, opt, 10, inject=nan_at({5}), on_verdict=lambda s, v: seen.setdefault(s, v))
     assert seen[5].action == Action.SKIP and not seen[5].decided_locally
     assert [v.action for s, v in seen.items() if s != 5].count(Action.SKIP) == 0
     assert g.counters["skips"] == 1
@@ -211,8 +210,7 @@ def test_rollback_restores_checkpoint_and_scales_lr(fake, tmp_path):
             restored.append(all(torch.equal(saved[k], t) for k, t in model.state_dict().items()))
     train(g, model, opt, 12, start=8, inject=nan_at(set(range(8, 12))), on_verdict=seen)
     rb = [v for v in vs if v.action == Action.ROLLBACK]
-    # the fake's plan skips 2 batches past the checkpoint's position 5; the loop stood at 12 after the trigger's
-    # batch, and the client resumes past it (the real sidecar's skip counts the steps back to the checkpoint too)
+    # the loop stood at 12 after the trigger's batch: the client resumes past it, whatever the fake's skip of 2
     assert rb and rb[0].step == 11 and rb[0].resume_step == 5 and rb[0].rollback.resume_position == 12
     assert restored == [True]
     # no torch scheduler: the cut is applied at each update (lrcut), the group keeps the loop's rate
@@ -400,18 +398,3 @@ def test_no_thread_to_start_the_child_on_gives_it_up_once_and_loudly(monkeypatch
 def test_a_halt_message_says_each_reason_once():
     v = trainguard.Verdict(3, trainguard.Action.HALT, reasons=["limit 3", "halted: limit 3; rolled back twice"])
     assert str(trainguard.TrainingHalted(v)).count("limit 3") == 1
-
-
-@pytest.mark.parametrize("policy, said", [
-    ({"clip_mod": "FIXED"}, "did you mean 'clip_mode'"),
-    ({"clipMode": "FIXED"}, "the Python client spells it 'clip_mode'"),
-    ({"clip_threshold": "1.0"}, "'clip_threshold'='1.0': expects a number"),
-    ({"max_consecutive_skips": 2.5}, "expects an integer"),
-    ({"clip_mode": "ZCLIP"}, "expects one of OFF, FIXED, ZSCORE, PERCENTILE"),
-    ({"hang_min": "10m"}, "expects seconds"),
-])
-def test_a_policy_key_or_value_the_client_cannot_send_is_named_with_what_it_takes(policy, said):
-    # prevents: raw protobuf errors (no field named, no valid names listed) out of Guard(policy=...)
-    model, opt = make()
-    with pytest.raises(ValueError, match=re.escape(said)):
-        Guard(model, opt, "bad-policy", target="127.0.0.1:1", deadline=0.2, open_deadline=0.2, policy=policy)

@@ -25,7 +25,7 @@ from .connection import ClientState, Connection
 from .errors import NonFiniteUpdate, SidecarUnavailable  # noqa: F401  (NonFiniteUpdate: public here)
 from .backward_gate import BackwardGate
 from .gated import GatedPath, gate_wanted
-from .loop_updates import CastWatch, LoopUpdates, say_updates_in_backward
+from .loop_updates import LoopUpdates, StepChecks
 from .measure import DeviceGate, StepMeter, momentum_unborn
 from .protect import UpdateProtector, ship_bad_tensor
 from .recovery import Recovery
@@ -65,13 +65,9 @@ class Guard:
         its pointer, a memory bank): like BatchNorm's statistics, put back when the step is skipped.
       protect_update: check the weights after optimizer.step() and undo a non-finite update.
         "auto" turns it on for low-precision parameters without fp32 master weights.
-      device_gate: "auto" (default): on CUDA, with an optimizer that honours ``found_inf`` and
-        ``grad_scale`` (fused Adam/AdamW/SGD), mode="async" and no protect_update (a GradScaler is
-        fine: its found_inf and the gate's skip are combined), healthy steps run with no host sync:
-        the skip flag and the clip factor are computed on the device and the optimizer's fused
-        kernel applies them (one CUDA graph launch where it can: gate_graph); the stats reach the
-        host through pinned memory and the report is sent from the sender thread. False: never.
-        True: wherever the optimizer allows it, also on the CPU (tests).
+      device_gate: "auto" (default): on CUDA with a fused Adam/AdamW/SGD, mode="async" and no
+        protect_update, healthy steps run with no host sync (the skip flag and clip factor computed on
+        the device, docs/client.md "GPU"). False: never. True: wherever the optimizer allows it.
       grad_sync: several ranks on the device gate: "replicated" (DDP: every rank holds the same
         gradients; the ranks' norms must agree, else the step is skipped as corrupted), "sharded"
         (FSDP: the global norm is the square root of the sum of the ranks' squared norms) or
@@ -81,11 +77,8 @@ class Guard:
         step k. Normally the verdict is already there. None: never wait (verdicts apply when they
         arrive).
       clipping_configured: the loop clips the gradients itself between ``step()`` and the optimizer
-        step (``clip_grad_norm_`` in the loop; the Lightning and HF integrations set it from
-        ``gradient_clip_val`` / ``max_grad_norm``). The guard's own clip is then applied to the
-        gradients at ``step()`` on every path, so the loop's clip sees the result and the smaller
-        threshold wins; otherwise the device gate may apply it inside the optimizer's kernel, after
-        the loop's clip, from the norm before it.
+        step (the integrations set it from ``gradient_clip_val`` / ``max_grad_norm``): the guard's clip
+        is then applied at ``step()``, before the loop's, so the smaller threshold wins.
       snapshots: in-memory known-good snapshots (trainguard.snapshot.SnapshotPolicy, a dict of its
         fields, True = defaults, False = off). Default: every 25 healthy steps, 2 slots, states up
         to 8 GiB per slot.
@@ -124,7 +117,7 @@ class Guard:
         self.device = params[0].device if params else torch.device("cpu")
         low = any(p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) for p in params)
         self.protect_update = (low and not master_weights) if protect_update == "auto" else bool(protect_update)
-        self.cast_watch = CastWatch(params)  # a model cast after this (model.half()) is said at the next step
+        self.step_checks = StepChecks(params)
         self.device_gate = gate_wanted(self, device_gate)
         self.verdict_lag = verdict_lag
         if grad_sync == "auto":
@@ -220,9 +213,7 @@ class Guard:
         if self._closed:
             return lifecycle.closed_step(self, step)
         self.every_rank.check()
-        if not self.counters["steps"]:
-            say_updates_in_backward(self)
-        self.cast_watch.check(self)
+        self.step_checks.before_step(self)  # an optimizer in backward, a model cast since (loop_updates)
         step = self.numbering.guard_step(step, self.last_step)
         self.loop_updates.note_last()  # the last verdict's update, if the loop made it without an optimizer step
         self.recovery.begin(step, data_position, replay)

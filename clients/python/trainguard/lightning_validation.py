@@ -6,7 +6,7 @@ asked, a change is recorded at step 0); ``validate()`` / ``test()`` / ``predict(
 audited and undone locally (``AuditedOutsideRun``)."""
 import logging
 
-from .validation import AuditedOutsideRun, ModelSnapshot
+from .validation import AUDIT_KINDS, AuditedOutsideRun, ModelSnapshot, audit_of
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
@@ -15,8 +15,6 @@ log = logging.getLogger("trainguard")
 # being called; the names of its torchmetrics modules, cached by the first self.log of a metric object):
 # not the model's state, and not the validation's doing.
 LIGHTNING_BOOKKEEPING = frozenset({"_current_fx_name", "_metric_attributes"})
-# An audit's kinds of change, in the order ModelSnapshot.diff() returns them (ValidationAudit's fields)
-AUDIT_KINDS = ("parameters_changed", "dtype_device_mode_changed", "wiring_changed", "rng_changed")
 
 
 class ValidationAudits:
@@ -65,8 +63,8 @@ class ValidationAudits:
 
     def _audit(self, snap):
         """What the pass changed (an audit dict: AUDIT_KINDS, details, restored), undone when ``restore`` is on."""
-        *kinds, details = snap.diff()
-        audit = dict(zip(AUDIT_KINDS, kinds), details=details, restored=bool(any(kinds) and self.restore))
+        diff = snap.diff()
+        audit = audit_of(diff, bool(any(diff[:4]) and self.restore))
         if audit["restored"]:
             snap.restore()
         return audit

@@ -121,21 +121,27 @@ def say_updates_in_backward(guard):
     warnings.warn(msg, RuntimeWarning)
 
 
-class CastWatch:
-    """The model's parameters cast to another dtype after the Guard was built (``model.half()``,
-    ``.to(torch.bfloat16)``): the pre-flight audit and the low-precision update protection were decided
-    for the dtype the Guard saw, so a cast to fp16 without master weights goes unprotected. One
-    parameter's dtype is read per step (a cast changes them all); said once."""
+class StepChecks:
+    """What the loop did around the Guard that it cannot guard, said once in words at ``step()``: an
+    optimizer stepped inside backward (at the first step), and the model's parameters cast to another
+    dtype after the Guard was built (``model.half()``, ``.to(torch.bfloat16)``): the pre-flight audit
+    and the low-precision update protection were decided for the dtype the Guard saw, so a cast to
+    fp16 without master weights goes unprotected. One parameter's dtype is read per step (a cast
+    changes them all)."""
 
     def __init__(self, params):
         self.param = next((p for p in params if p.requires_grad), None)
         self.dtype = self.param.dtype if self.param is not None else None
-        self.said = False
+        self.first = True
+        self.cast_said = False
 
-    def check(self, guard):
-        if self.said or self.param is None or self.param.dtype == self.dtype:
+    def before_step(self, guard):
+        if self.first:
+            self.first = False
+            say_updates_in_backward(guard)
+        if self.cast_said or self.param is None or self.param.dtype == self.dtype:
             return
-        self.said = True
+        self.cast_said = True
         log.warning("trainguard: the model's parameters are %s now, %s when this Guard was built (a cast after it: "
                     "model.half(), .to(dtype)): the pre-flight audit of the precision setup and the protection of "
                     "low-precision updates were decided for %s and are not redone. Build the Guard after the cast "

@@ -27,7 +27,7 @@ class SnapshotRing:
         # ``several_ranks()``: asked each time, the same test that decides the registrar's collectives.
         self.several_ranks = several_ranks
         self.agreed_steps = 0
-        self._taken_layout = None  # the optimizer's parameter groups at the last snapshot (their sizes)
+        self._taken_layout = None  # the optimizer's number of parameter groups at the last snapshot
 
     @property
     def slots(self):
@@ -64,8 +64,9 @@ class SnapshotRing:
         self._healthy_since_take = 0
 
     def _layout(self):
+        # the number of groups, read on every healthy step without building anything: add_param_group adds one
         opt = getattr(self.store, "optimizer", None)
-        return None if opt is None else tuple(len(g["params"]) for g in opt.param_groups)
+        return None if opt is None else len(opt.param_groups)
 
     def layout_changed(self):
         """The optimizer's parameter groups changed since the last snapshot (``add_param_group``: a

@@ -45,6 +45,16 @@ class ValidationSession:
         return self.allowed
 
 
+# An audit's kinds of change, in the order ModelSnapshot.diff() returns them (ValidationAudit's fields)
+AUDIT_KINDS = ("parameters_changed", "dtype_device_mode_changed", "wiring_changed", "rng_changed")
+
+
+def audit_of(diff, restored):
+    """The audit dict of a ``ModelSnapshot.diff()``: its AUDIT_KINDS, ``details`` and ``restored``."""
+    *kinds, details = diff
+    return dict(zip(AUDIT_KINDS, kinds), details=details, restored=restored)
+
+
 def _reason_kind(reason):
     return re.sub(r"\d+", "N", reason or "")
 
@@ -116,8 +126,7 @@ class ValidationContext:
         if changed and self.restore:
             self.snap.restore()
             self.session.restored = True
-        self.session.audit = {"parameters_changed": p, "dtype_device_mode_changed": d, "wiring_changed": w,
-                              "rng_changed": r, "details": details, "restored": self.session.restored}
+        self.session.audit = audit_of((p, d, w, r, details), self.session.restored)
         audit = pb.ValidationAudit(parameters_changed=p, dtype_device_mode_changed=d, wiring_changed=w,
                                    rng_changed=r, details=details[:64], restored=self.session.restored)
         try:
@@ -141,13 +150,11 @@ class ValidationContext:
         if p or d or w or r:
             self.snap.restore()  # all but tensor values (none were kept): wiring, attributes, mode, RNG
             s.restored = True
-            s.audit = {"parameters_changed": p, "dtype_device_mode_changed": d, "wiring_changed": w,
-                       "rng_changed": r, "details": details, "restored": True}
+            s.audit = audit_of((p, d, w, r, details), True)
             log.warning("trainguard: a refused validation at step %d changed the model (%s); undone%s", self.step,
                         "; ".join(details[:8]), " except parameter values" if p else "")
         else:
-            s.audit = {"parameters_changed": False, "dtype_device_mode_changed": False, "wiring_changed": False,
-                       "rng_changed": False, "details": [], "restored": False}
+            s.audit = audit_of((False, False, False, False, []), False)
         if not s.checked and exc_type is None and not self.g.__dict__.get("_validation_unchecked_said"):
             self.g.__dict__["_validation_unchecked_said"] = True
             log.error("trainguard: the body of `with guard.validation(...) as v:` ran at step %d although validation "
@@ -176,8 +183,7 @@ class AuditedOutsideRun:
         changed = p or d or w or r
         if changed and self.restore:
             self.snap.restore()
-        self.audit = {"parameters_changed": p, "dtype_device_mode_changed": d, "wiring_changed": w,
-                      "rng_changed": r, "details": details, "restored": bool(changed and self.restore)}
+        self.audit = audit_of((p, d, w, r, details), bool(changed and self.restore))
         if changed:
             log.warning("trainguard: %s changed the model (%s)%s", self.what, "; ".join(details[:8]),
                         ", undone" if self.restore else "")
