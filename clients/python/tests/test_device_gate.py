@@ -201,13 +201,13 @@ def test_an_agreed_divisor_is_one_for_a_norm_beyond_float32_without_a_threshold(
     gate = DeviceGate(opt, torch.device("cpu"))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        no_threshold = agree.ThresholdEntry(torch.device("cpu")).of(0.0)
+        no_threshold = agree.RankEntries(torch.device("cpu"), 1).of(0.0, 0)
         beyond = torch.tensor(1e39, dtype=torch.float64)  # finite in float64, inf in float32
         skip, norm, inverse, _ = agree.gate_collective(torch.tensor(False), torch.tensor(False), beyond, True,
                                                        no_threshold)
         gate.install_agreed(skip, norm, inverse)
         assert float(opt.grad_scale) == 1.0 and float(opt.found_inf) == 0.0
-        clip = agree.ThresholdEntry(torch.device("cpu")).of(2.0)
+        clip = agree.RankEntries(torch.device("cpu"), 1).of(2.0, 0)
         skip, norm, inverse, _ = agree.gate_collective(torch.tensor(False), torch.tensor(False), torch.tensor(8.0),
                                                        True, clip)
         gate.install_agreed(skip, norm, inverse)

@@ -63,8 +63,19 @@ def test_ranks_whose_clip_thresholds_differ_divide_by_the_same_number():
     assert 0 < expected < len(r0["norm"]) and r0["clips"] == r1["clips"] == expected, r0["norm"]
 
 
-def test_a_threshold_entry_follows_the_threshold_and_whether_there_is_one():
-    from trainguard.distributed import ThresholdEntry
-    entry = ThresholdEntry(torch.device("cpu"))
-    for thr, want in [(0.3, [0.3, 1.0]), (0.5, [0.5, 1.0]), (0.0, [0.0, 0.0]), (0.2, [0.2, 1.0]), (0.2, [0.2, 1.0])]:
-        assert entry.of(thr).tolist() == want, thr
+def test_a_rank_entry_follows_the_threshold_whether_there_is_one_and_the_step():
+    from trainguard.distributed import RankEntries
+    entry = RankEntries(torch.device("cpu"), 2)
+    for step, (thr, want) in enumerate([(0.3, [0.3, 1.0]), (0.5, [0.5, 1.0]), (0.0, [0.0, 0.0]), (0.2, [0.2, 1.0]),
+                                        (0.2, [0.2, 1.0])]):
+        assert entry.of(thr, step + 7).tolist() == want + [float(step + 7)], thr
+    assert entry.of(0.2, 2 ** 20 + 3).tolist() == [0.2, 1.0, 3.0]  # modulo step_modulus(2)
+
+
+def test_the_step_modulus_keeps_every_sum_of_the_step_check_exact_in_float64():
+    from trainguard.distributed import step_modulus
+    for world in (1, 2, 8, 1000, 8192, 1 << 16, 1 << 20):
+        m = step_modulus(world)
+        top = world * (m - 1) ** 2  # the largest sum of squares
+        assert world * top < 2 ** 53 and (world * (m - 1)) ** 2 < 2 ** 53, world
+    assert step_modulus(2) == 1 << 20

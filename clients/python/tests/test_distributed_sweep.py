@@ -355,17 +355,18 @@ def test_fsdp1_has_no_in_memory_snapshots_whose_restore_would_not_reach_its_shar
     assert r0["store"] is None and r1["store"] is None
 
 
-def _offset_step_worker(rank, world, port, target, out_dir, run):
+def _offset_step_worker(rank, world, port, target, out_dir, run, device_gate):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online
+    from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_hash
     from trainguard.errors import TrainguardError
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp("ddp")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # foreach: the host path's agreement
-    g = Guard(model, opt, run, target=target, deadline=5.0, snapshots=False, replay=False)
+    # fused: the device gate's in-stream agreement; foreach: the host path's
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=device_gate)
+    g = Guard(model, opt, run, target=target, deadline=5.0, snapshots=False, replay=False, device_gate=device_gate)
     wait_online(g)
-    rec = {"error": None, "steps": 0}
+    rec = {"error": None, "steps": 0, "hash": []}
     try:
         for step in range(6):
             x, y = batch(step, seed=rank)
@@ -374,6 +375,7 @@ def _offset_step_worker(rank, world, port, target, out_dir, run):
             g.optimizer_step()
             opt.zero_grad(set_to_none=True)
             rec["steps"] += 1
+            rec["hash"].append(weights_hash(model.module))
     except TrainguardError as e:
         rec["error"] = str(e)
     g.close()
@@ -384,7 +386,19 @@ def _offset_step_worker(rank, world, port, target, out_dir, run):
 def test_ranks_that_pass_different_step_numbers_are_stopped_together_with_the_numbers_named(sidecar):
     # prevents: a loop bug (a per-rank counter) going unsaid while the sidecar filed a "silent data
     # corruption" CROSS_RANK_MISMATCH at every step
-    r0, r1 = run_ranks(_offset_step_worker, sidecar.target, f"offset-steps-{time.time_ns()}", timeout=120)
+    r0, r1 = run_ranks(_offset_step_worker, sidecar.target, f"offset-steps-{time.time_ns()}", False, timeout=120)
     for r in (r0, r1):
         assert r["steps"] == 3, r
         assert r["error"] and "different step numbers" in r["error"] and "from 3 to 4" in r["error"], r
+
+
+@pytest.mark.torch2  # fused AdamW on the CPU: torch >= 2.4
+def test_ranks_on_the_device_gate_that_pass_different_step_numbers_skip_that_step_and_stop_at_the_next(sidecar):
+    # prevents: the device gate (no host read) applying updates of steps the ranks numbered
+    # differently, where the host path stops them: the in-stream collective carries the step too
+    r0, r1 = run_ranks(_offset_step_worker, sidecar.target, f"offset-gated-{time.time_ns()}", True, timeout=120)
+    for r in (r0, r1):
+        assert r["steps"] == 4, r  # step 3 was gated (its update skipped on the device); step 4 raised
+        assert r["error"] and "different step numbers" in r["error"], r
+    assert "this rank passed 3" in r0["error"] and "this rank passed 4" in r1["error"]
+    assert r0["hash"] == r1["hash"] and r0["hash"][3] == r0["hash"][2]  # the mismatched step left the weights

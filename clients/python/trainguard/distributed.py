@@ -159,27 +159,44 @@ def agree(guard, verdict, error, need_host=False):
 NORM_SPREAD_TOLERANCE = 1e-5
 
 
-class ThresholdEntry:
-    """A rank's clip threshold as its two entries of the gate collective, float64 ``[threshold, 1]``
-    (``[0, 0]`` without one), kept in one device buffer that a fill kernel rewrites when the
-    threshold changes (with an adaptive bound, most steps), and a second one when it starts or
-    stops. A tensor made from host values would be a host-to-device copy that waits for the device:
-    1.13-1.25x under DDP on 2 H200s
+class RankEntries:
+    """A rank's own entries of the gate collective, float64 ``[clip threshold, 1, step]`` (``[0, 0, step]``
+    without a threshold), kept in one device buffer that fill kernels rewrite: the step at every
+    step, the threshold when it changes (with an adaptive bound, most steps), the flag when it
+    starts or stops. A tensor made from host values would be a host-to-device copy that waits for
+    the device: 1.13-1.25x under DDP on 2 H200s
     (bench/gpu/results/2026-11-30-s16-multi-gpu-agreed-2xh200.log). The collective copies the buffer
-    (``torch.cat``) in stream order before the next rewrite."""
+    (``torch.cat``) in stream order before the next rewrite.
 
-    def __init__(self, device):
-        self.tensor = torch.zeros(2, dtype=torch.float64, device=device)
-        self._value, self._threshold, self._has = 0.0, self.tensor[0], self.tensor[1]
+    The step goes in modulo ``step_modulus(world)``, small enough that the sums of the ranks' steps
+    and of their squares, and the test ``world * sum(s^2) == sum(s)^2``, are exact in float64: the
+    ranks passed the same step number exactly when it holds (steps that differ by a multiple of the
+    modulus pass, once; a loop bug that numbers its ranks differently is caught at its first step)."""
 
-    def of(self, threshold):
+    def __init__(self, device, world):
+        self.tensor = torch.zeros(3, dtype=torch.float64, device=device)
+        self._value, self._threshold, self._has, self._step = 0.0, self.tensor[0], self.tensor[1], self.tensor[2]
+        self._modulus, self._step_value = step_modulus(world), 0
+
+    def of(self, threshold, step):
         if threshold != self._value:
             has = threshold > 0
             self._threshold.fill_(float(threshold) if has else 0.0)
             if has != (self._value > 0):
                 self._has.fill_(1.0 if has else 0.0)
             self._value = threshold
+        step %= self._modulus
+        if step != self._step_value:
+            self._step.fill_(float(step))
+            self._step_value = step
         return self.tensor
+
+
+def step_modulus(world):
+    """The largest power of two M for which ``world * M`` stays below 2^26: the sums of the ranks'
+    steps (< world * M) and of their squares, and ``world * sum(s^2)`` and ``sum(s)^2`` (< 2^52), are
+    integers float64 holds exactly."""
+    return 1 << max(1, min(20, 26 - int(world).bit_length()))
 
 
 def agreed_threshold(vec_values):
@@ -189,12 +206,14 @@ def agreed_threshold(vec_values):
     return total / ranks if ranks > 0 else 0.0
 
 
-def gate_collective(bad, need_host, local_norm, sharded, threshold):
+def gate_collective(bad, need_host, local_norm, sharded, entries):
     """One in-stream ``all_reduce(SUM)`` (no host read) over float64
-    ``[non-finite flag, needs-host flag, norm^2, norm, norm^2, threshold, has a threshold]``
-    (``threshold``: this rank's ``ThresholdEntry``). Returns device tensors
-    ``(skip, global_norm, 1 / threshold, reduced)``: ``skip`` is 1.0 when any rank saw a non-finite value or, for
-    replicated gradients, the ranks' norms disagree (a silent-data-corruption signal); the global norm
+    ``[non-finite flag, needs-host flag, norm^2, norm, norm^2, threshold, has a threshold, step, step^2]``
+    (``entries``: this rank's ``RankEntries``). Returns device tensors
+    ``(skip, global_norm, 1 / threshold, reduced)``: ``skip`` is 1.0 when any rank saw a non-finite value,
+    when the ranks passed different step numbers (a loop bug, raised at the next step by
+    ``steps_differ``) or, for replicated gradients, when the ranks' norms disagree (a
+    silent-data-corruption signal); the global norm
     is ``sqrt(sum of squares)`` for sharded gradients (FSDP, as ``clip_grad_norm_`` computes it) and the
     mean for replicated ones (DDP). The clip threshold is agreed too: each rank's comes with its own
     verdicts, and two verdicts for one step may carry different bounds (the sidecar learns from every
@@ -206,21 +225,28 @@ def gate_collective(bad, need_host, local_norm, sharded, threshold):
     d = _dist()
     n = torch.nan_to_num(local_norm.detach().double(), nan=0.0, posinf=0.0, neginf=0.0)
     flags = torch.stack([bad.double(), need_host.double()])
-    vec = torch.cat([flags, torch.stack([n * n, n, n * n]), threshold])
+    st = entries[2]
+    vec = torch.cat([flags, torch.stack([n * n, n, n * n]), entries, (st * st).reshape(1)])
     d.all_reduce(vec, op=d.ReduceOp.SUM)
     world = float(d.get_world_size())
+    skip = (vec[0] > 0) | (world * vec[8] - vec[7] * vec[7] > 0.5)
     if sharded:
         norm = vec[2].sqrt()
-        skip = vec[0] > 0
     else:
         mean = vec[3] / world
         var = (vec[4] / world - mean * mean).clamp(min=0.0)
-        skip = (vec[0] > 0) | (var.sqrt() > NORM_SPREAD_TOLERANCE * mean)
+        skip = skip | (var.sqrt() > NORM_SPREAD_TOLERANCE * mean)
         norm = mean
     inverse = vec[6] / vec[5].clamp(min=torch.finfo(torch.float64).tiny)  # [0, 0]: 0
     # norm and inverse stay float64 into the float32 divisor: a sharded norm beyond float32's range
     # times a 0 inverse (no clip) is 0, where a float32 inf would give NaN
     return skip.float(), norm, inverse, vec
+
+
+def steps_differ(vec_values, world):
+    """Whether the ranks passed different step numbers (``RankEntries``), from the host copy of
+    the reduced vector: every sum is an exact integer."""
+    return world * vec_values[8] != vec_values[7] * vec_values[7]
 
 
 def norms_disagree(spread):

@@ -24,6 +24,7 @@ from . import apply as apply_
 from . import distributed as dist_agree
 from . import rules
 from .connection import ClientState
+from .errors import TrainguardError
 from .gate_graph import GateGraphs
 from .host_path import stepped_optimizer, unscale_once
 from .late_skips import LateSkips
@@ -94,7 +95,7 @@ class GatedPath:
         self.futs = collections.deque()  # reports not yet answered
         self.last = None             # the last gated step (GatedStep), until the next step looked at it
         self._graphs = None          # one rank: the measure-and-gate kernels as a CUDA graph (gate_graph)
-        self._threshold = None       # several ranks: this rank's clip threshold for the collective (ThresholdEntry)
+        self._entries = None         # several ranks: this rank's clip threshold and step for the collective (RankEntries)
         self.late = LateSkips()      # the device's skips as the host learns of them (LR schedule, callbacks)
 
     @property
@@ -150,7 +151,15 @@ class GatedPath:
         vec, event = prev
         if event is not None:
             event.synchronize()  # the last step's collective; normally long done
-        self.prev_faulty, need, spread = dist_agree.reduced_flags(vec.tolist(), self.g.world_size, self.sharded)
+        values = vec.tolist()
+        if dist_agree.steps_differ(values, self.g.world_size):
+            step = self.last.step if self.last is not None else None
+            raise TrainguardError(
+                f"the ranks passed different step numbers to guard.step() (this rank passed {step}); every rank "
+                f"must judge the same step, and the device skipped that step's update on every rank. Pass each "
+                f"rank the same number (the optimizer step count, not a per-rank counter, an epoch-local index or a "
+                f"count of its micro-batches)")
+        self.prev_faulty, need, spread = dist_agree.reduced_flags(values, self.g.world_size, self.sharded)
         if self.last is not None and self.last.multi:  # the step the vector is of: what the device did to it
             self.last.agreed_skip = self.prev_faulty or dist_agree.norms_disagree(spread)
         self.host_next = need
@@ -175,7 +184,7 @@ class GatedPath:
             stats, total, ng, names = g.meter.on_device(loss)
             bad = skip_flag(stats, 2 + ng)
             skip, norm, inverse, vec = dist_agree.gate_collective(bad, g.gate.flag(need_host), total, self.sharded,
-                                                                  self._threshold_entry(thr))
+                                                                  self._rank_entries(thr, step))
             clip = g.gate.install_agreed(skip, norm, inverse)
             early = None
         else:
@@ -225,10 +234,10 @@ class GatedPath:
         self.late.watch(self.last)
         return verdict
 
-    def _threshold_entry(self, thr):
-        if self._threshold is None:
-            self._threshold = dist_agree.ThresholdEntry(self.g.device)
-        return self._threshold.of(thr)
+    def _rank_entries(self, thr, step):
+        if self._entries is None:
+            self._entries = dist_agree.RankEntries(self.g.device, self.g.world_size)
+        return self._entries.of(thr, step)
 
     def _report(self, step, vals, ng, names, lr, step_time, thr, bounds, absent, reduced=None, loss_scale=0.0):
         g = self.g
@@ -343,7 +352,7 @@ class GatedPath:
         if self.multi:
             bad = torch.logical_not(torch.isfinite(total))
             skip, norm, inverse, _ = dist_agree.gate_collective(bad, g.gate.flag(False), total, self.sharded,
-                                                                self._threshold_entry(rec.threshold))
+                                                                self._rank_entries(rec.threshold, rec.step))
             clip = g.gate.install_agreed(skip, norm, inverse)
         else:
             clip = g.gate.install(total.reshape(1), total, rec.threshold)
