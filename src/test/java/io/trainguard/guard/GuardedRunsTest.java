@@ -118,6 +118,32 @@ class GuardedRunsTest {
     }
 
     @Test
+    void aRollbackConfirmedFromAnOlderStateThanOrdered_recordsTheStateTheTrainerResumedFrom() {
+        // prevents: the record naming the ordered checkpoint when the trainer's loader fell back to an older one
+        // (the ordered file deleted by rotation after it was verified): the run trains from a state not recorded
+        guard.open(setup("r1", 0, 1, null));
+        healthySteps("r1", 0, 30);
+        checkpoints.knownGood = new CheckpointCatalog.RollbackTarget("ck-20", 20, List.of("/ck/20.safetensors"), 20);
+        for (int s = 30; s < 34; s++) {
+            guard.report(step("r1", 0, s, Double.NaN, 1));
+        }
+        assertEquals(RunState.ROLLING_BACK, guard.report(step("r1", 0, 34, 1.0, 0.5)).runState());
+        assertEquals(Action.APPLY, guard.report(step("r1", 0, 11, 2.0, 0.5)).action());  // resumed after step 10
+        Incident confirmed = journal.incidents.get(journal.incidents.size() - 1);
+        assertEquals(IncidentKind.ROLLBACK, confirmed.kind());
+        assertTrue(confirmed.message().contains("restored an older state (step 10) instead"), confirmed.message());
+        guard.report(step("r1", 0, 12, 2.0, 0.5));
+        healthySteps("r1", 13, 40);
+        for (int s = 40; s < 44; s++) {
+            guard.report(step("r1", 0, s, Double.NaN, 1));
+        }
+        guard.report(step("r1", 0, 44, 1.0, 0.5));
+        guard.report(step("r1", 0, 21, 2.0, 0.5));  // resumed where ordered: said as before
+        Incident asOrdered = journal.incidents.get(journal.incidents.size() - 1);
+        assertTrue(asOrdered.message().endsWith("first report at step 21; re-warming"), asOrdered.message());
+    }
+
+    @Test
     void report_repeatedRollbacksPastCap_haltsWithActionableReason() {
         guard.open(setup("r1", 0, 1, null));
         healthySteps("r1", 0, 25);

@@ -142,9 +142,18 @@ final class RollbackCourse {
     }
 
     static String confirmedReason(RollbackPlan done, long step) {
-        return "rollback to checkpoint " + done.checkpointId() + " (step "
+        String confirmed = "rollback to checkpoint " + done.checkpointId() + " (step "
                 + done.checkpointStep() + ", attempt " + done.attempt()
-                + ") confirmed: every rank resumed, first report at step " + step + "; re-warming";
+                + ") confirmed: every rank resumed, first report at step " + step;
+        if (step <= done.checkpointStep()) {
+            // A trainer resumes at the restored step + 1: one that resumed earlier restored an older state
+            // than the plan's (a framework's loader falls back when the ordered file was deleted or rewritten
+            // after it was verified), and the record must say which state the run now trains from.
+            return confirmed + ", before the ordered checkpoint's step: the trainer restored an older state (step "
+                    + (step - 1) + ") instead, as a trainer does when the ordered checkpoint's files were deleted or "
+                    + "rewritten after they were verified; re-warming";
+        }
+        return confirmed + "; re-warming";
     }
 
     private void awaitEveryRank() {
