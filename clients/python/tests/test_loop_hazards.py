@@ -222,3 +222,39 @@ def test_a_model_cast_after_the_guard_was_built_is_said_once(sidecar, caplog):
     g.close()
     said = [r.getMessage() for r in caplog.records if "when this Guard was built" in r.getMessage()]
     assert len(said) == 1 and "torch.float64 now, torch.float32" in said[0], said
+
+
+def test_wrappers_kept_from_a_closed_guard_follow_the_new_guard_built_on_the_same_optimizer(sidecar, caplog):
+    # prevents: a notebook (or a loop that builds a new Guard after close(), a new run id) keeping the
+    # wrapped optimizer and scheduler it built once: they still obeyed the closed Guard ("guard closed":
+    # APPLY), so the schedule advanced on the new Guard's skips and no update protection ran
+    import logging
+    model, opt = make()
+    g1 = Guard(model, opt, f"sweep-stale-wrap-a-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+               mode="sync", replay=False, snapshots=False)
+    wopt = g1.wrap(opt)
+    sched = g1.wrap(torch.optim.lr_scheduler.LambdaLR(wopt, lambda k: 1.0 / (1 + k)))
+    def one_step(g, step, nan=False):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y) * (float("nan") if nan else 1.0)
+        loss.backward()
+        v = g.step(step, loss)
+        wopt.step()
+        sched.step()
+        wopt.zero_grad()
+        return v
+    for step in range(3):
+        one_step(g1, step)
+    g1.close()
+    g2 = Guard(model, opt, f"sweep-stale-wrap-b-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+               mode="sync", replay=False, snapshots=False)
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        for step in range(3, 9):
+            v = one_step(g2, step, nan=step == 5)
+            assert weights_finite(model)
+            assert (v.action == Action.SKIP) == (step == 5), v
+    g2.close()
+    assert sched.last_epoch == 8  # 3 + 6 steps, less the one skipped: the schedule followed g2's verdicts
+    assert g2.scheduler is sched.scheduler  # and g2 restores it on a rollback
+    said = [r.message for r in caplog.records if "now follows the Guard of run" in r.message]
+    assert len(said) == 2 and {"GuardedOptimizer", "GuardedScheduler"} == {m.split()[2] for m in said}, said

@@ -13,12 +13,49 @@ loop (or a framework) calls ``opt.step()`` without a ``guard.step()`` since the 
 wrapper measures and judges the step itself with the loss marked absent, so the update is never
 unguarded. ``guard.wrap(scheduler)`` returns a scheduler whose ``step()`` is skipped with the update.
 """
+import logging
+import weakref
+
 import torch
 
 from . import apply as apply_
 
+log = logging.getLogger("trainguard")
 
-class GuardedOptimizer(torch.optim.Optimizer):
+#: id(optimizer) -> the newest Guard built on it: a wrapper of a Guard closed since follows that one
+_NEWEST = weakref.WeakValueDictionary()
+
+
+def note_guard(guard):
+    """Called by every new Guard: wrappers handed out by an earlier, closed Guard over the same
+    optimizer follow this one from their next call (``_Follows``)."""
+    _NEWEST[id(guard.optimizer)] = guard
+
+
+class _Follows:
+    """The Guard a wrapper obeys: the one that made it, until that one is closed and a newer Guard
+    over the same optimizer exists. A notebook, or a loop that closes its Guard and builds another
+    (a new run id after a restart, another phase), keeps the wrapped optimizer and scheduler it
+    built once: left on the closed Guard, they stepped through every skip of the new one (the
+    schedule advanced, no re-warm, no update protection)."""
+
+    @property
+    def guard(self):
+        g = self.__dict__["_guard"]
+        if g._closed:
+            newer = _NEWEST.get(id(g.optimizer))
+            if newer is not None and newer is not g and not newer._closed and newer.optimizer is g.optimizer:
+                self._follow(newer)
+                log.warning("trainguard: a %s wrapped by the closed Guard of run %s now follows the Guard of run %s, "
+                            "built since on the same optimizer", type(self).__name__, g.run, newer.run)
+                g = newer
+        return g
+
+    def _follow(self, guard):
+        self.__dict__["_guard"] = guard
+
+
+class GuardedOptimizer(_Follows, torch.optim.Optimizer):
     """An ``Optimizer`` (for LR schedulers, GradScaler, Accelerate, Lightning, HF Trainer) whose
     ``step()`` consults the guard. Everything else is the inner optimizer's: ``param_groups`` and
     ``state`` are the same objects, ``state_dict()`` is the inner one's."""
@@ -34,8 +71,13 @@ class GuardedOptimizer(torch.optim.Optimizer):
         return bool(g.device_gate and g._pending_update and getattr(self.optimizer, "_step_supports_amp_scaling", False))
 
     def __init__(self, guard, optimizer):  # no super().__init__: all state is the inner optimizer's
-        self.__dict__["guard"] = guard
+        self.__dict__["_guard"] = guard
         self.__dict__["optimizer"] = optimizer
+
+    def _follow(self, guard):
+        super()._follow(guard)
+        if guard._wrapped is None:
+            guard._wrapped = self
 
     # --- the delegated Optimizer surface -------------------------------------------------------
     @property
@@ -142,7 +184,7 @@ def _first_call_returns(value, closure):
     return call
 
 
-class GuardedScheduler:
+class GuardedScheduler(_Follows):
     """An LR scheduler whose ``step()`` is skipped when the guard skipped the update (as the
     optimizer's own step was; not on a GradScaler's own overflow skip, on which a schedule steps
     without a guard too), or once for each skip the device gate made that the host learned of
@@ -153,10 +195,18 @@ class GuardedScheduler:
     for each update (``split_batches=False``)."""
 
     def __init__(self, guard, scheduler):
-        self.__dict__["guard"] = guard
+        self.__dict__["_guard"] = guard
         self.__dict__["scheduler"] = scheduler
         self.__dict__["_steps_seen"] = guard.counters["steps"]  # the guard's steps at the last step()
         self.__dict__["_held_at"] = None  # the guard's steps when a step() was last held back
+
+    def _follow(self, guard):
+        super()._follow(guard)
+        # counted from here in the new Guard's steps, the last step() one step back; restored on its rollbacks
+        self.__dict__["_steps_seen"] = guard.counters["steps"] - 1
+        self.__dict__["_held_at"] = None
+        if guard.scheduler is None:
+            guard.recovery.attach_scheduler(self.scheduler)
 
     @property
     def __class__(self):
