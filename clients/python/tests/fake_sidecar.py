@@ -14,10 +14,12 @@ from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
 
 
 class FakeSidecar:
-    def __init__(self, max_grad_norm=100.0, clip=1.0, max_skips=3, delay=0.0, refuse=None, register_delay=0.0):
+    def __init__(self, max_grad_norm=100.0, clip=1.0, max_skips=3, delay=0.0, refuse=None, register_delay=0.0,
+                 not_yet=0):
         self.max_grad_norm, self.clip, self.max_skips = max_grad_norm, clip, max_skips
         self.delay = delay
         self.register_delay = register_delay  # seconds each RegisterCheckpoint takes (a slow journal)
+        self.not_yet = not_yet  # a checkpoint is VERIFIED for its first this many calls (reports lagging)
         self.calls = []  # ("ReportStep" | "RegisterCheckpoint", step) in arrival order
         self.refuse = refuse
         self.reports, self.validations, self.checkpoints, self.inspected = [], [], [], []
@@ -111,9 +113,11 @@ class FakeSidecar:
             time.sleep(self.register_delay)
         with self._lock:
             self.calls.append(("RegisterCheckpoint", req.step))
+            calls = sum(1 for c in self.calls if c == ("RegisterCheckpoint", req.step))
         self.checkpoints.append(req)
+        state = pb.CHECKPOINT_STATE_VERIFIED if calls <= self.not_yet else pb.CHECKPOINT_STATE_KNOWN_GOOD
         return pb.RegisterCheckpointResponse(checkpoint=pb.Checkpoint(
-            checkpoint_id=f"ck-{req.step}", run_id=req.run_id, step=req.step, state=pb.CHECKPOINT_STATE_KNOWN_GOOD))
+            checkpoint_id=f"ck-{req.step}", run_id=req.run_id, step=req.step, state=state))
 
     def inspect(self, req, ctx):
         self.inspected.append(req)

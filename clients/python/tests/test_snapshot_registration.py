@@ -60,6 +60,34 @@ def test_slow_snapshot_registration_does_not_stall_steps_and_follows_its_report(
             assert ("ReportStep", step) in calls[:i], f"snapshot of step {step} registered before its report: {calls}"
 
 
+def test_a_snapshot_the_sidecar_has_not_confirmed_yet_is_asked_about_again_every_other_step():
+    # prevents: the asks backing off 1, 2, 4, 8... steps apart while the sidecar answered "not yet" (its
+    # reports a few steps behind): the ring takes no snapshot while one is pending, so the next came that
+    # much later and a burst rolled back to an older one
+    s = FakeSidecar(not_yet=4).start()
+    try:
+        model, opt = make()
+        g = Guard(model, opt, "confirm-cadence", target=s.target, deadline=5.0, mode="sync", replay=False,
+                  policy={"known_good_healthy_steps": 1}, snapshots={"interval": 3, "max_overhead": 0})
+        for step in range(30):
+            _steps(g, model, opt, step, 1)
+            assert g.recovery.registrar.flush(10)  # each answer lands before the next step
+        g.close()
+        calls = list(s.calls)
+    finally:
+        s.stop()
+    taken = sorted({step for name, step in calls if name == "RegisterCheckpoint" and step >= 0})
+    assert len(taken) >= 3, calls  # the next snapshot comes once one is confirmed (2 with the backoff)
+    first = taken[0]
+    asked_at = []  # the report step just before each ask about the first snapshot
+    for i, (name, step) in enumerate(calls):
+        if name == "RegisterCheckpoint" and step == first:
+            asked_at.append(max(st for n, st in calls[:i] if n == "ReportStep"))
+    assert len(asked_at) == 5, asked_at  # registered and asked: 4 times "not yet", then known-good
+    gaps = [b - a for a, b in zip(asked_at[1:], asked_at[2:])]
+    assert gaps and max(gaps) <= 2, asked_at
+
+
 def test_reports_behind_a_slow_registration_keep_their_own_deadline(slow_journal):
     # every step's report waits for its verdict (sync) with a deadline shorter than one registration
     model, opt = make()

@@ -27,8 +27,15 @@ log = logging.getLogger("trainguard")
 
 MEMORY_SCHEME = "memory://"
 _CONFIRM_MAX_WAIT = 64  # steps between two asks whether an earned snapshot is KNOWN_GOOD (backoff cap)
-# the sidecar's answer on an earned snapshot: 0 known-good, 1 not yet (ask again), 2 never
-_CONFIRM_CODES = {"CHECKPOINT_STATE_KNOWN_GOOD": 0, "CHECKPOINT_STATE_REJECTED": 2, "CHECKPOINT_STATE_EVICTED": 2}
+# the sidecar's answer on an earned snapshot: 0 known-good, 1 not yet (ask again soon), 2 no answer (ask
+# again later and later), 3 never. Ranks agree on the largest: "never" wins, "known-good" only if all say so.
+_KNOWN, _NOT_YET, _NO_ANSWER, _NEVER = 0, 1, 2, 3
+_CONFIRM_CODES = {"CHECKPOINT_STATE_KNOWN_GOOD": _KNOWN, "CHECKPOINT_STATE_REJECTED": _NEVER,
+                  "CHECKPOINT_STATE_EVICTED": _NEVER, None: _NO_ANSWER}
+
+
+def _confirm_code(state):
+    return _CONFIRM_CODES.get(state, _NOT_YET)
 
 # What RegisterCheckpoint says of a slot, fixed when the call is queued (the slot may be rewritten
 # before the worker makes it): the slot, its step and when it was taken (to recognise it in the
@@ -209,30 +216,37 @@ class SnapshotRegistrar:
         self._confirm_wait = self._confirm_backoff  # reset once the sidecar answered either way
         if not self.several_ranks():  # registering again returns the record as it is now
             self._confirming = self._register_later(
-                earned, lambda states: self._on_confirmed([(s, _CONFIRM_CODES.get(st, 1)) for s, st in states]))
+                earned, lambda states: self._on_confirmed([(s, _confirm_code(st)) for s, st in states]))
             return None
         codes, agreed, mine = [], 0, pace_steps()
         for s in earned:  # several ranks: rank 0 asks, all agree on its answer in one collective per snapshot
             if not s.finite():
-                code = 2  # this rank's part is not finite: every rank drops the snapshot
+                code = _NEVER  # this rank's part is not finite: every rank drops the snapshot
             else:
-                code = _CONFIRM_CODES.get(self._register_now(s), 1) if self.g.rank == 0 else 0
+                code = _confirm_code(self._register_now(s)) if self.g.rank == 0 else _KNOWN
             code, agreed = dist_agree.max_ints([code, mine])
             codes.append((s, code))
         self._on_confirmed(codes)
         return agreed
 
     def _on_confirmed(self, codes):
-        """(slot, code) per asked snapshot, codes as in _CONFIRM_CODES (1: not yet)."""
+        """(slot, code) per asked snapshot, codes as in _CONFIRM_CODES."""
         self._confirming = None
         for s, code in codes:
-            if code == 0:
+            if code == _KNOWN:
                 s.state = KNOWN_GOOD
-            elif code == 2:
+            elif code == _NEVER:
                 s.state = EMPTY
+            elif code == _NOT_YET:
+                # the sidecar answered but has not counted the healthy steps yet (reports in flight): ask
+                # again at the next step but one. Backing off here, a report lag of a few steps made the
+                # asks 1, 2, 4, 8... steps apart and held the next snapshot back by as many (the ring
+                # takes none while one is pending), so a burst rolled back further than it needed to.
+                self._confirm_wait, self._confirm_backoff = 1, 1
+                return
             else:
-                # the sidecar has not counted as many healthy steps yet (reports in flight): ask again
-                # after 1, 2, 4... steps, so an unreachable sidecar costs a call only now and then
+                # no answer (the sidecar unreachable): ask again after 1, 2, 4... steps, so an unreachable
+                # sidecar costs a call only now and then
                 self._confirm_backoff = min(self._confirm_backoff * 2, _CONFIRM_MAX_WAIT)
                 return
         self._confirm_wait, self._confirm_backoff = 0, 1
