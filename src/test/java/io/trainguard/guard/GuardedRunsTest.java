@@ -144,6 +144,29 @@ class GuardedRunsTest {
     }
 
     @Test
+    void localBoundsLastOnlyUntilTheirRuleChanges_soALaggingClientDoesNotKeepTheFirstStepsLooseBound() {
+        // prevents: the bounds of the first samples (~100x the level) valid for 64 steps: an asynchronous
+        // client whose verdicts lagged applied a 60-80x loss spike at step 10 locally, where the sidecar had
+        // a 13x bound from 8 samples on
+        guard.open(setup("r1", 0, 1, null));
+        Random noise = new Random(3);
+        long[] validUntil = new long[80];
+        for (int s = 0; s < 80; s++) {
+            Verdict v = guard.report(step("r1", 0, s, 2.0 + 0.05 * noise.nextGaussian(), 0.5 + 0.02 * noise.nextGaussian()));
+            validUntil[s] = v.bounds().validUntilStep();
+        }
+        int warmup = guard.run("r1").policy().spikeWarmupSteps();
+        assertTrue(warmup > 12 && warmup < 64, "the test needs a warm-up between 8 samples and the window: " + warmup);
+        assertEquals(7, validUntil[2], "3 samples: until the 8th, when the early robust bound takes over");
+        assertEquals(7, validUntil[6]);
+        assertEquals(warmup - 1, validUntil[10], "11 samples: until the warm-up, when the EMA bound comes in");
+        assertEquals(warmup - 1, validUntil[warmup - 2]);
+        assertEquals(70 + 64, validUntil[70], "warmed up: the whole window");
+        Verdict lateSpike = guard.report(step("r1", 0, 80, 2.0 * 70, 0.5));
+        assertEquals(Action.SKIP, lateSpike.action(), "the sidecar's own bound at that step is tight");
+    }
+
+    @Test
     void report_repeatedRollbacksPastCap_haltsWithActionableReason() {
         guard.open(setup("r1", 0, 1, null));
         healthySteps("r1", 0, 25);

@@ -14,4 +14,9 @@ public interface ClipRule {
 
     /** The norm above which the client must ask the sidecar instead of deciding locally. */
     double localAskAbove();
+
+    /** Learned norms still to come before {@link #localAskAbove} changes rule (none by default). */
+    default long samplesUntilNextRule() {
+        return Long.MAX_VALUE;
+    }
 }

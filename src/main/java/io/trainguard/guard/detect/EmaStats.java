@@ -39,6 +39,11 @@ public final class EmaStats {
         return count >= warmup;
     }
 
+    /** Samples still to learn before the warm-up ends (0 once it has). */
+    public long samplesToWarmUp() {
+        return Math.max(0, warmup - count);
+    }
+
     public int warmup() {
         return warmup;
     }

@@ -52,6 +52,20 @@ public final class SpikeDetector {
         level.observe(x);
     }
 
+    /**
+     * How many more learned samples until the bound is taken by another rule: the early robust
+     * bound (about 13x the level, from {@code MIN_SAMPLES} on) replaces the first samples' ~100x one,
+     * and the EMA bound comes in at warm-up. {@code Long.MAX_VALUE} once warmed up, and before the
+     * first sample (no bound in force: a run that never reports this signal, e.g. without a loss).
+     */
+    public long samplesUntilNextRule() {
+        long n = level.count();
+        if (n == 0 || stats.warmedUp()) {
+            return Long.MAX_VALUE;
+        }
+        return n < RobustBaseline.MIN_SAMPLES ? RobustBaseline.MIN_SAMPLES - n : stats.samplesToWarmUp();
+    }
+
     /** The largest value that is not a spike; +inf before the first sample. */
     public double upperBound(double zThreshold) {
         lastZ = zThreshold;

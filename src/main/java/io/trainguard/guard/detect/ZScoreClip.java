@@ -50,6 +50,12 @@ public final class ZScoreClip implements ClipRule {
     }
 
     @Override
+    public long samplesUntilNextRule() {
+        long left = stats.samplesToWarmUp();  // +inf until warm-up, the EMA's bound from then on
+        return left > 0 ? left : Long.MAX_VALUE;
+    }
+
+    @Override
     public double localAskAbove() {
         return stats.warmedUp() ? stats.mean() + zThreshold * stats.std() : Double.POSITIVE_INFINITY;
     }

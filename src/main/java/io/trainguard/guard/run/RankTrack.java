@@ -60,7 +60,16 @@ final class RankTrack {
         double z = policy.spikeZThreshold();
         double maxGrad = Math.min(stats.gradSpikes.upperBound(z), stats.clip.localAskAbove());
         // Valid for a window of steps: asynchronous reports let the trainer run ahead of verdicts, and
-        // a HALT/ROLLBACK found meanwhile still reaches it with the next verdict.
-        return new LocalBounds(maxGrad, stats.lossSpikes.upperBound(z), stats.clip.localThreshold(), lastStep + BOUNDS_VALID_STEPS);
+        // a HALT/ROLLBACK found meanwhile still reaches it with the next verdict. Only until a bound
+        // changes rule, though: the first samples' ~100x bound, held for the whole window by a client
+        // whose verdicts lag, let a 60-80x loss spike at step 10 be applied locally where the sidecar,
+        // with 8 samples, had a 13x bound.
+        return new LocalBounds(maxGrad, stats.lossSpikes.upperBound(z), stats.clip.localThreshold(), lastStep + validSteps());
+    }
+
+    private long validSteps() {
+        long untilNextRule = Math.min(Math.min(stats.lossSpikes.samplesUntilNextRule(),
+                stats.gradSpikes.samplesUntilNextRule()), stats.clip.samplesUntilNextRule());
+        return Math.max(1, Math.min(BOUNDS_VALID_STEPS, untilNextRule));
     }
 }
