@@ -1,9 +1,12 @@
 """Regressions found by the sweeps around LR schedulers, against the real sidecar: per-epoch and
 metric schedulers through the wrapper and optimizer_step, a scheduler the guard found, several
 schedulers on one optimizer."""
+import time
+
 import pytest
 import torch
 
+from trainguard import Action
 from trainguard.guard import Guard
 from models import batch, make
 from test_sweep_regressions import healthy_step
@@ -143,3 +146,40 @@ def test_a_rollbacks_lr_cut_holds_whatever_sets_the_lr_and_the_loops_own_rate_is
     # the loop's own rate is never cut in place (a cut there halves it: <= 0.05 for each writer here;
     # the decay restarts from the restored state's 0.099)
     assert min(loop for s, (loop, _) in ran.items() if s > rolled_back_at) > 0.08, ran
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_after_a_rollback_every_update_runs_at_the_clean_schedules_rate_for_its_step(sidecar, chained):
+    # prevents: a ChainedScheduler (no last_epoch of its own) never stepped again after the restore,
+    # so every update after a rollback ran at the rate of the step before, for the rest of the run
+    from torch.optim import lr_scheduler as L
+    model, _ = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = Guard(model, opt, f"sweep-sched-chained-{chained}-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+              replay=False, mode="sync", snapshots={"interval": 5, "max_overhead": 0},
+              policy={"known_good_healthy_steps": 2, "max_consecutive_skips": 1, "rollback_lr_factor": 1.0,
+                      "rollback_rewarm_steps": 0})
+    wopt = g.wrap(opt)
+    decay = L.LambdaLR(wopt, lambda k: 0.9 ** k)
+    sched = g.wrap(L.ChainedScheduler([decay]) if chained else decay)
+    ran_at, step, pos, rolled_back = {}, 0, 0, False
+    while step < 40:
+        x, y = batch(pos)
+        if not rolled_back and pos in (25, 26):
+            x = x * float("nan")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        v = g.step(step, loss)
+        if v.should_step:
+            ran_at[step] = opt.param_groups[0]["lr"]
+        wopt.step()
+        sched.step()
+        wopt.zero_grad()
+        if v.action == Action.ROLLBACK:
+            rolled_back, step, pos = True, v.resume_step, v.rollback.resume_position
+            continue
+        step, pos = step + 1, pos + 1
+    g.close()
+    assert rolled_back and g.counters["rollbacks"] == 1, g.counters
+    wrong = {k: (lr, 0.1 * 0.9 ** k) for k, lr in ran_at.items() if abs(lr - 0.1 * 0.9 ** k) > 1e-12}
+    assert not wrong, wrong

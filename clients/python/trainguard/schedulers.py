@@ -68,22 +68,34 @@ def each(scheduler):
     return [scheduler] + [s for c in getattr(scheduler, "_schedulers", ()) for s in each(c)]
 
 
+def _step_calls(scheduler):
+    """How often ``step()`` was called on ``scheduler``: torch's schedulers count it (``_step_count``),
+    whatever epoch a call passed (``last_epoch`` is the epoch: ``CosineAnnealingWarmRestarts`` stepped
+    with fractional epochs keeps it at the whole epoch). A ChainedScheduler counts nothing of its own
+    and steps every member at each call: its first member's count. None: no count to read."""
+    count = getattr(scheduler, "_step_count", None)
+    if isinstance(count, int):
+        return count
+    members = getattr(scheduler, "_schedulers", None)
+    return _step_calls(members[0]) if members else None
+
+
 def _stepped_by_the_loop(scheduler):
     """The schedulers the loop steps between updates: the outermost ones (``Several``'s members), not
     a ReduceLROnPlateau (it steps on a metric, which a restore does not have)."""
     members = scheduler._schedulers if isinstance(scheduler, Several) else [scheduler] if scheduler is not None else []
-    return [s for s in members if isinstance(getattr(s, "last_epoch", None), int)
+    return [s for s in members if _step_calls(s) is not None
             and not isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau)]
 
 
 def marks(scheduler):
     """(scheduler, its step count) at a snapshot's take."""
-    return [(s, s.last_epoch) for s in _stepped_by_the_loop(scheduler)]
+    return [(s, _step_calls(s)) for s in _stepped_by_the_loop(scheduler)]
 
 
 def stepped_since(taken):
     """(scheduler, how often it was stepped since ``marks``) at the next ``guard.step``."""
-    return [(s, s.last_epoch - epoch) for s, epoch in taken]
+    return [(s, _step_calls(s) - count) for s, count in taken]
 
 
 def step_again(stepped):
