@@ -361,11 +361,37 @@ def test_a_second_process_on_a_run_and_rank_another_still_holds_is_told_in_words
         healthy_step(first, model, opt, step)
     assert first.flush(10)
     other_model, other_opt = make()
-    with caplog.at_level("WARNING", logger="trainguard"):
-        second = Guard(other_model, other_opt, run, target=sidecar.target, deadline=5.0)
+    with caplog.at_level("WARNING", logger="trainguard"):  # as another process, on another host, names itself
+        second = Guard(other_model, other_opt, run, target=sidecar.target, deadline=5.0,
+                       trainer_instance="other-host:4242:feedbeef")
     said = [m for code, _, m in second.findings if code == "RANK_HELD_BY_ANOTHER_PROCESS"]
     assert said and first.trainer_instance in said[0] and "own run id" in said[0], second.findings
     assert any("RANK_HELD_BY_ANOTHER_PROCESS" in r.getMessage() for r in caplog.records)
     assert not [c for c, _, _ in first.findings if c == "RANK_HELD_BY_ANOTHER_PROCESS"]  # the first was alone
     second.close()
     first.close()
+
+
+def test_a_retry_in_one_process_is_a_take_over_and_two_live_guards_on_one_run_are_said(sidecar, caplog):
+    # prevents: a retry in the same process after a crash (fit(ckpt_path="last"), as the docs recommend: the
+    # crashed Guard detached without closing the run) told that "another trainer process" holds the rank;
+    # while two Guards of one process training one run at once must still be said
+    model, opt = make()
+    run = f"retry-in-process-{time.time_ns()}"
+    crashed = Guard(model, opt, run, target=sidecar.target, deadline=5.0)
+    for step in range(3):
+        healthy_step(crashed, model, opt, step)
+    crashed.close(close_run=False)  # what an exception in fit() leaves
+    caplog.clear()
+    with caplog.at_level("INFO", logger="trainguard"):
+        retry = Guard(model, opt, run, target=sidecar.target, deadline=5.0)
+    assert [c for c, _, _ in retry.findings] == ["RANK_REOPENED_IN_PROCESS"], retry.findings
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and run in r.getMessage()], caplog.text
+    caplog.clear()
+    other_model, other_opt = make()
+    with caplog.at_level("WARNING", logger="trainguard"):
+        second = Guard(other_model, other_opt, run, target=sidecar.target, deadline=5.0)
+    said = [r.getMessage() for r in caplog.records if "two Guards of this process train run" in r.getMessage()]
+    assert len(said) == 1 and retry.trainer_instance in said[0] and "own run id" in said[0], caplog.text
+    second.close()
+    retry.close()

@@ -19,8 +19,8 @@ def open_run(guard, deadline):
     if resp is None:
         return
     g.findings = [(f.code, pb.Severity.Name(f.severity), f.message) for f in resp.findings]
-    for code, sev, msg in g.findings:
-        log.warning("trainguard: OpenRun %s %s: %s", sev, code, msg)  # pre-flight audit, a rank held elsewhere
+    for code, sev, msg in g.findings:  # pre-flight audit, a rank held elsewhere
+        log.log(logging.INFO if sev == "SEVERITY_INFO" else logging.WARNING, "trainguard: OpenRun %s %s: %s", sev, code, msg)
     g.resumed = resp.resumed
     g.recovery.opened(resp)
     if resp.HasField("bounds"):

@@ -39,7 +39,7 @@ from .watch_names import auto_watch
 from .transport import ReportSender, Transport
 from .validation import ValidationContext, ValidationSession
 from .verdict import Action, Verdict
-from .wrap import ParametersOnly, note_guard, wrap as wrap_
+from .wrap import ParametersOnly, wrap as wrap_
 
 log = logging.getLogger("trainguard")
 
@@ -171,7 +171,7 @@ class Guard:
         answers.open_run(self, open_deadline if open_deadline is not None else max(10.0, self.deadline))
         self.sender = ReportSender(self.transport, lambda fut: answers.on_report_result(self, fut),
                                    process=for_transport(report_process, self.transport, self.device_gate, self.device))
-        note_guard(self)  # wrappers of a closed Guard over this optimizer follow this one (wrap._Follows)
+        lifecycle.opened(self)  # another live Guard of this process on the run; stale wrappers follow this one
 
     @property
     def lr_scale(self):

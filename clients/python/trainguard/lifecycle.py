@@ -1,15 +1,36 @@
 """Pausing, resuming and closing a Guard (its ``pause``/``resume``/``close`` call these)."""
 import logging
 import time
+import weakref
 
 import grpc
 
-from . import checkpointing, scaler_share
+from . import checkpointing, scaler_share, wrap
 from .errors import TrainguardError
 from .verdict import Action, Verdict
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
 
 log = logging.getLogger("trainguard")
+
+#: (target, run, rank) -> the newest Guard of this process on it
+_HOLDING = weakref.WeakValueDictionary()
+
+
+def opened(g):
+    """A Guard has opened its run: wrappers of a closed Guard over its optimizer follow it
+    (wrap._Follows), and another Guard of this process still training the same run and rank is
+    said. The sidecar tells Guards of one process apart from other processes (an earlier Guard that
+    ended without closing the run is a retry: said as a take-over), so two live ones, two models
+    under one run id, are for the client to say."""
+    wrap.note_guard(g)
+    key = (g.transport.target, g.run, g.rank)
+    earlier = _HOLDING.get(key)
+    if earlier is not None and earlier is not g and not earlier._closed:
+        log.warning("trainguard: two Guards of this process train run '%s' rank %d at once (trainer instances %s and "
+                    "%s): their steps would merge under one run and each would evict the other's in-memory snapshots. "
+                    "Give each model its own run id, or close() the first Guard before building the second",
+                    g.run, g.rank, earlier.trainer_instance, g.trainer_instance)
+    _HOLDING[key] = g
 
 
 def pause(g):

@@ -22,12 +22,32 @@ final class RunChecks {
      * heard from recently) and must not be left unprotected.
      */
     static AuditFinding sharedRank(RunSetup setup, RankHolder holder) {
+        if (sameProcess(setup.trainerInstance(), holder.trainerInstance())) {
+            // A retry in one process (a framework's fit() again after a crash, a notebook cell run again):
+            // the earlier Guard ended without closing the run, which the docs recommend for a restart.
+            return new AuditFinding("RANK_REOPENED_IN_PROCESS", Severity.INFO, "rank " + setup.rank() + " of run '"
+                    + setup.runId() + "' was held by an earlier Guard of this process ('" + holder.trainerInstance()
+                    + "', at step " + holder.lastStep() + ") that did not close the run (it ended by an exception, or "
+                    + "detached for a restart): this Guard ('" + setup.trainerInstance() + "') takes the rank over, and "
+                    + "the earlier one's in-memory snapshots are no rollback targets any more. If that Guard is still "
+                    + "training (two models under one run id), give each its own run id.");
+        }
         return new AuditFinding("RANK_HELD_BY_ANOTHER_PROCESS", Severity.WARNING, "rank " + setup.rank() + " of run '"
                 + setup.runId() + "' is held by another trainer process ('" + holder.trainerInstance() + "', last heard "
                 + holder.quiet().toSeconds() + " s ago, at step " + holder.lastStep() + ") that has not closed the run: this "
                 + "process ('" + setup.trainerInstance() + "') and it would merge their steps under one run and evict "
                 + "each other's in-memory snapshots. Give each training process its own run id (or launch them as the "
                 + "ranks of one job, e.g. with torchrun). If that process has exited (a restart after a crash), ignore this.");
+    }
+
+    /**
+     * Whether two trainer instances are Guards of one process: the Python client names them
+     * {@code host:pid:nonce}, a nonce per Guard. Names of another shape are never the same process.
+     */
+    static boolean sameProcess(String a, String b) {
+        int i = a.lastIndexOf(':');
+        int j = b.lastIndexOf(':');
+        return i > 0 && a.indexOf(':') < i && i == j && a.regionMatches(0, b, 0, i);
     }
 
     /** A new rank's OpenRun: the run id, world size and rank must be usable. */

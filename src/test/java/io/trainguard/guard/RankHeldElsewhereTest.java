@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.RunSetup;
+import io.trainguard.guard.model.Severity;
 import io.trainguard.guard.model.Verdict;
 import java.time.Duration;
 import org.junit.jupiter.api.Test;
@@ -49,5 +50,22 @@ class RankHeldElsewhereTest {
         // a holder not heard from for longer than the window has exited: a restart after a crash
         Fixtures.NANOS.addAndGet(Duration.ofSeconds(61).toNanos());
         assertTrue(guard.open(setupAs(run, "trainer-C")).findings().isEmpty());
+    }
+
+    @Test
+    void open_aRankAnEarlierGuardOfTheSameProcessHeld_isSaidAsATakeOverNotAsAnotherProcess() {
+        // prevents: a retry in one process (Lightning's fit(ckpt_path="last") after a crash, as the docs
+        // recommend) told that "another trainer process" holds the rank and to use its own run id
+        String run = "retry-in-process";
+        guard.open(setupAs(run, "vm:2791:aaaa1111"));
+        healthySteps(run, 0, 3);
+        GuardedRuns.OpenResult retry = guard.open(setupAs(run, "vm:2791:bbbb2222"));
+        assertTrue(retry.findings().size() == 1, retry.findings().toString());
+        var said = retry.findings().get(0);
+        assertTrue(said.code().equals("RANK_REOPENED_IN_PROCESS") && said.severity() == Severity.INFO, said.toString());
+        assertTrue(said.message().contains("earlier Guard of this process ('vm:2791:aaaa1111'"), said.message());
+        // another pid on the same host, or another host with the same pid, is another process
+        assertTrue(warnsOfAnotherProcess(guard.open(setupAs(run, "vm:2792:cccc3333")), "vm:2791:bbbb2222"));
+        assertTrue(warnsOfAnotherProcess(guard.open(setupAs(run, "vm2:2792:dddd4444")), "vm:2792:cccc3333"));
     }
 }
