@@ -123,9 +123,11 @@ final class RollbackCourse {
                     + "; a checkpoint becomes a rollback target once it verifies clean and the healthy steps follow it. "
                     + "Restart from your last good state; save earlier (or lower known_good_healthy_steps) to have one sooner";
         }
-        return cause + ". No known-good checkpoint exists to roll back to: register "
-                + "checkpoints with RegisterCheckpoint (one becomes known-good after it verifies clean and "
-                + policy.knownGoodHealthySteps() + " healthy steps follow it), then restart from your last good state";
+        return cause + ". No known-good checkpoint exists to roll back to: keep the Python client's in-memory "
+                + "snapshots on, or register checkpoints (guard.save_checkpoint / guard.checkpoint_saved; the Lightning "
+                + "and Hugging Face callbacks register their framework's saves, Lightning's ModelCheckpoint without "
+                + "save_weights_only; RegisterCheckpoint over gRPC). One becomes known-good after it verifies clean and "
+                + policy.knownGoodHealthySteps() + " healthy steps follow it. Then restart from your last good state";
     }
 
     String exhaustedReason(String cause, CheckpointCatalog.RollbackTarget target, Policy policy) {
