@@ -20,6 +20,7 @@ class FakeSidecar:
         self.delay = delay
         self.register_delay = register_delay  # seconds each RegisterCheckpoint takes (a slow journal)
         self.not_yet = not_yet  # a checkpoint is VERIFIED for its first this many calls (reports lagging)
+        self.down = False  # an outage: every call fails UNAVAILABLE at once
         self.calls = []  # ("ReportStep" | "RegisterCheckpoint", step) in arrival order
         self.refuse = refuse
         self.reports, self.validations, self.checkpoints, self.inspected = [], [], [], []
@@ -60,13 +61,19 @@ class FakeSidecar:
     def bounds(self):
         return pb.LocalBounds(max_grad_norm=self.max_grad_norm, max_loss=1e6, clip_threshold=self.clip)
 
+    def _outage(self, ctx):
+        if self.down:
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "the fake sidecar is down")
+
     def open_run(self, req, ctx):
+        self._outage(ctx)
         self.open_request = req
         if self.refuse:
             ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, self.refuse)
         return pb.OpenRunResponse(run=pb.Run(run_id=req.run_id), bounds=self.bounds())
 
     def report_step(self, req, ctx):
+        self._outage(ctx)
         self.in_call.set()
         if self.delay:
             time.sleep(self.delay)
@@ -109,6 +116,7 @@ class FakeSidecar:
         return pb.EndValidationResponse()
 
     def register(self, req, ctx):
+        self._outage(ctx)
         if self.register_delay:
             time.sleep(self.register_delay)
         with self._lock:

@@ -88,6 +88,38 @@ def test_a_snapshot_the_sidecar_has_not_confirmed_yet_is_asked_about_again_every
     assert gaps and max(gaps) <= 2, asked_at
 
 
+def test_after_an_outage_a_pending_snapshot_is_asked_about_at_once_not_after_the_backoff(monkeypatch):
+    # prevents: the backoff an outage built up (asks 1, 2, 4 ... 64 steps apart while the sidecar did not
+    # answer) outliving it: the pending snapshot was confirmed, and the next one taken, up to 64 steps late
+    from trainguard import connection
+    monkeypatch.setattr(connection, "REOPEN_EVERY_S", 0.05)
+    s = FakeSidecar().start()
+    try:
+        model, opt = make()
+        g = Guard(model, opt, "confirm-after-outage", target=s.target, deadline=1.0, mode="sync", replay=False,
+                  policy={"known_good_healthy_steps": 1}, snapshots={"interval": 1, "max_overhead": 0})
+        _steps(g, model, opt, 0, 2)
+        s.down = True
+        for step in range(2, 40):  # the sidecar down: every ask for the pending snapshot goes unanswered
+            _steps(g, model, opt, step, 1)
+            g.recovery.registrar.flush(10)
+        pending = [sl for sl in g.recovery.store.slots if sl.state != KNOWN_GOOD and sl.step >= 2]
+        assert pending, [(sl.step, sl.state) for sl in g.recovery.store.slots]
+        assert g.recovery.registrar._confirm_backoff >= 16  # the backoff the outage built
+        s.down = False
+        time.sleep(0.1)
+        confirmed_at = None
+        for step in range(40, 48):
+            _steps(g, model, opt, step, 1)
+            g.recovery.registrar.flush(10)
+            if confirmed_at is None and all(sl.state == KNOWN_GOOD for sl in pending):
+                confirmed_at = step
+        g.close()
+    finally:
+        s.stop()
+    assert confirmed_at is not None and confirmed_at <= 42, confirmed_at
+
+
 def test_reports_behind_a_slow_registration_keep_their_own_deadline(slow_journal):
     # every step's report waits for its verdict (sync) with a deadline shorter than one registration
     model, opt = make()

@@ -105,6 +105,7 @@ class Recovery:
         if self.ring is not None and resp is not None and resp.HasField("run"):
             if resp.run.policy.HasField("known_good_healthy_steps"):
                 self.ring.known_good_steps = resp.run.policy.known_good_healthy_steps
+        self.registrar.answered_again()  # back after an outage: ask at once, not after the backoff
 
     def begin(self, step, data_position, replay=None):
         if self._unsettled is not None:  # the last update's snapshot: the loop has stepped its scheduler since

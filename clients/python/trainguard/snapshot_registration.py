@@ -251,6 +251,12 @@ class SnapshotRegistrar:
                 return
         self._confirm_wait, self._confirm_backoff = 0, 1
 
+    def answered_again(self):
+        """The sidecar answered an OpenRun (the first, or one after an outage): a snapshot pending
+        confirmation is asked about at the next step, not after the backoff the outage built up (up to
+        64 steps, during which the ring takes no new snapshot)."""
+        self._confirm_wait, self._confirm_backoff = 0, 1
+
     def several_ranks(self):
         """Several ranks in a process group: rank 0 registers, and they agree in collectives."""
         return dist_agree.is_initialized() and self.g.world_size > 1
