@@ -21,6 +21,8 @@ import io.trainguard.guard.model.Verdict;
 import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 class GuardedRunsTest {
     private final InMemoryJournal journal = new InMemoryJournal();
@@ -167,6 +169,31 @@ class GuardedRunsTest {
         assertEquals(70 + 64, validUntil[70], "warmed up: the whole window");
         Verdict lateSpike = guard.report(step("r1", 0, 80, 2.0 * 70, 0.5));
         assertEquals(Action.SKIP, lateSpike.action(), "the sidecar's own bound at that step is tight");
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = ClipMode.class, names = {"OFF", "ZSCORE", "PERCENTILE"})
+    void aPhaseOfExactlyZeroLossAndGradNorm_leavesTheLevelItHadSoTheRunResumesWithoutAlarms(ClipMode mode) {
+        // prevents: 20 steps of loss 0 and grad norm 0 (every sample masked, a frozen phase) becoming the
+        // level: the first normal step after them a 100x "spike", never learned, and a healthy run skipped,
+        // rolled back to its start and its LR halved
+        guard.open(setup("r1", 0, 1, b -> {
+            b.clipMode = mode;
+            return b;
+        }));
+        Random noise = new Random(11);
+        for (int s = 0; s < 120; s++) {
+            boolean masked = s >= 30 && s < 50;
+            double loss = masked ? 0.0 : 2.0 + 0.05 * noise.nextGaussian();
+            double norm = masked ? 0.0 : 0.5 + 0.02 * noise.nextGaussian();
+            Verdict v = guard.report(step("r1", 0, s, loss, norm));
+            // AutoClip (PERCENTILE) clips healthy norms above its percentile by design
+            Action expected = mode == ClipMode.PERCENTILE && v.action() == Action.CLIP ? Action.CLIP : Action.APPLY;
+            assertEquals(expected, v.action(), mode + " step " + s + ": " + v.reasons());
+        }
+        assertTrue(journal.incidents.isEmpty(), journal.incidents.toString());
+        Verdict spike = guard.report(step("r1", 0, 120, 2.0 * 50, 0.5));
+        assertEquals(Action.SKIP, spike.action(), "a real spike is still one: " + spike.reasons());
     }
 
     @Test

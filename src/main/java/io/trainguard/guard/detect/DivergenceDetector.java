@@ -30,7 +30,7 @@ public final class DivergenceDetector {
 
     /** Feeds one finite loss; returns true once the loss has stayed diverged for the whole window. */
     public boolean observe(double loss) {
-        if (!Double.isFinite(loss)) {
+        if (!Double.isFinite(loss) || NoSignal.isExactZero(loss)) {
             return false;
         }
         recent[(int) (count % RECENT)] = loss;

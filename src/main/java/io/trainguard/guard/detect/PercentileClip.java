@@ -31,7 +31,7 @@ public final class PercentileClip implements ClipRule {
 
     @Override
     public void observe(double gradNorm) {
-        if (!Double.isFinite(gradNorm)) {
+        if (!Double.isFinite(gradNorm) || NoSignal.isExactZero(gradNorm)) {
             return;
         }
         if (size == CAPACITY) {

@@ -45,7 +45,7 @@ public final class SpikeDetector {
      * drag the mean up for a hundred steps.
      */
     public void observe(double x) {
-        if (!Double.isFinite(x) || x > upperBound(lastZ)) {
+        if (!Double.isFinite(x) || NoSignal.isExactZero(x) || x > upperBound(lastZ)) {
             return;
         }
         stats.observe(x);

@@ -34,7 +34,7 @@ public final class ZScoreClip implements ClipRule {
 
     @Override
     public void observe(double gradNorm) {
-        if (!Double.isFinite(gradNorm)) {
+        if (!Double.isFinite(gradNorm) || NoSignal.isExactZero(gradNorm)) {
             return;
         }
         double ceiling = stats.warmedUp() ? thresholdFor(gradNorm)

@@ -40,7 +40,7 @@ class ClipRuleTest {
         Random r = new Random(7);
         java.util.ArrayDeque<Double> recent = new java.util.ArrayDeque<>();
         for (int i = 0; i < 20_000; i++) {
-            double g = Math.round(r.nextDouble() * 50) + (i > 15_000 ? 100 : 0); // repeats and a level shift
+            double g = Math.round(r.nextDouble() * 49) + 1 + (i > 15_000 ? 100 : 0); // repeats, a level shift (0 is no signal)
             clip.observe(g);
             recent.addLast(g);
             if (recent.size() > 8192) {
