@@ -114,19 +114,29 @@ def run_update(guard, v, update, closure=False):
         result = update()
     finally:
         put_lr_back(guard, saved_lr)
-    step = v.step if v else -1
-    if snap is not None and closure and not guard.protect_update:
-        bad = guard.protector.undo_if_not_finite(snap)
-        if bad:
-            guard.counters["skips"] += 1
-            guard.counters["updates_undone"] = guard.counters.get("updates_undone", 0) + 1
-            log.warning("trainguard: step %d: %s's update left %s non-finite (an evaluation of the closure inside "
-                        "the step went non-finite after the first, judged one): the update is undone, the step "
-                        "skipped", step, type(guard.optimizer).__name__, ", ".join(bad[:5]))
-        return result
-    if snap is not None:
-        guard.protector.check(snap, step)
+    check_update(guard, v.step if v else -1, snap, closure)
     return result
+
+
+def check_update(guard, step, snap, closure=False):
+    """After an update begun with ``begin_update``'s snapshot ``snap`` (None: nothing to check): with
+    protect_update, a non-finite result is undone and raises NonFiniteUpdate; ``closure`` without
+    protect_update (the snapshot only guards a closure's later, unjudged evaluations) undoes it, counts
+    the step as a skip and says so, and training goes on (run_update; the Lightning callback).
+    Returns the names of the parameters whose update was undone that way."""
+    if snap is None:
+        return []
+    if not closure or guard.protect_update:
+        guard.protector.check(snap, step)
+        return []
+    bad = guard.protector.undo_if_not_finite(snap)
+    if bad:
+        guard.counters["skips"] += 1
+        guard.counters["updates_undone"] = guard.counters.get("updates_undone", 0) + 1
+        log.warning("trainguard: step %d: %s's update left %s non-finite (an evaluation of the closure inside "
+                    "the step went non-finite after the first, judged one): the update is undone, the step "
+                    "skipped", step, type(guard.optimizer).__name__, ", ".join(bad[:5]))
+    return bad
 
 
 def skipped_update(guard, v):

@@ -9,6 +9,11 @@
   scales them; HALT raises ``TrainingHalted``; ROLLBACK restores a checkpoint that Lightning's own
   ``ModelCheckpoint`` wrote (model, optimizers, LR schedulers, the AMP scaler) and re-numbers the
   guard's steps from the checkpoint's;
+- an optimizer that evaluates the closure several times per step (LBFGS) reaches that hook after
+  every evaluation: only the first of each ``optimizer.step()`` is judged, and an update a later one
+  made non-finite is undone (lightning_closure.py), as ``guard.wrap(opt)`` does in a plain loop;
+- the step-interval LR schedulers do not advance on a step the guard kept out, nor once for each
+  skip the device gate made that is learned late (lightning_schedules.py), as ``guard.wrap(scheduler)``;
 - checkpoints: the files a ``ModelCheckpoint`` save writes are registered with the sidecar (a
   known-good candidate), which verifies Lightning's ``.ckpt`` as it is, except its last checkpoint
   (``last.ckpt``), which later saves rewrite; a rollback loads a registered file only while it is
@@ -27,7 +32,7 @@ With ``gradient_clip_val`` set, the guard's clip is applied to the gradients in
 The loss comes from ``on_before_backward``: with ``accumulate_grad_batches=N`` the mean of the
 cycle's micro-batch losses as ``training_step`` returned them (Lightning backpropagates each / N,
 and a GradScaler's times its scale).
-The LR scheduler still steps on a skipped step, as it does under a GradScaler overflow.
+The LR schedulers still step on a GradScaler's own overflow skip, as they do without a guard.
 """
 import logging
 import os
@@ -42,10 +47,22 @@ from . import apply as apply_
 from . import lightning_checkpoints as ckpts
 from .guard import Guard
 from .lifecycle import ends_the_run
+from .lightning_closure import ClosureEvaluations
+from .lightning_schedules import ScheduleHold
 from .safetensors_io import write_safetensors
 from .lightning_validation import ValidationAudits
 
 log = logging.getLogger("trainguard")
+
+
+class _Update:
+    """The update under way, judged at the step's first closure evaluation: what runs around it."""
+
+    def __init__(self, step, saved_lr, snap, closure):
+        self.step, self.saved_lr, self.snap = step, saved_lr, snap
+        self.closure = closure  # snap guards later closure evaluations only (apply.check_update)
+        self.stepped = False    # the optimizer's step post-hook ran
+
 
 class TrainguardCallback(ValidationAudits, pl.Callback):
     """Args: ``run`` (the run id), ``target`` (the sidecar; default $TRAINGUARD_TARGET), ``restore``
@@ -77,7 +94,9 @@ class TrainguardCallback(ValidationAudits, pl.Callback):
         self._no_target_said = False
         self._val = None
         self._state = None
-        self._update = None       # [step, LRs to put back, protection snapshot, stepped] of the update under way
+        self._update = None       # the _Update under way
+        self._evals = None        # the closure evaluations of the optimizer step under way (lightning_closure)
+        self._schedule = ScheduleHold()  # leaves out the scheduler step a skipped update owes
         self._closed = False      # on_fit_end closed the guard's run (a closed run id cannot be reopened)
         self._outside = None      # the audit of a validate()/test()/predict() outside fit (AuditedOutsideRun)
         self._post_hook = None
@@ -110,6 +129,7 @@ class TrainguardCallback(ValidationAudits, pl.Callback):
         # Lightning calls optimizer.step() itself: the guard's before/after-update work (re-warm LR,
         # protect_update, in-memory snapshots) hangs on the optimizer's step hook and on_train_batch_end
         self._post_hook = opt.register_step_post_hook(self._after_optimizer_step)
+        self._evals = ClosureEvaluations(opt)
         self._apply_state()
         ckpts.say_weights_only_no_target(trainer)
 
@@ -122,6 +142,9 @@ class TrainguardCallback(ValidationAudits, pl.Callback):
         if self._post_hook is not None:
             self._post_hook.remove()
             self._post_hook = None
+        if self._evals is not None:
+            self._evals.remove()
+        self._schedule.disarm()
 
     def on_fit_end(self, trainer, pl_module):
         self._unhook()
@@ -160,21 +183,30 @@ class TrainguardCallback(ValidationAudits, pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._register_new_checkpoints(trainer)
+        self._evals.reset()
         if self.guard.watch:
             self.guard.watch.begin_unit()  # training_step may call a submodule, outside the module's forward
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         pl_module.__dict__.pop("configure_gradient_clipping", None)
+        self._schedule.disarm()  # Lightning stepped the batch's step-interval schedulers before this hook
         self._finish_update()  # after Lightning stepped the LR scheduler, as in guard.optimizer_step()
 
     def _after_optimizer_step(self, optimizer, args, kwargs):
-        u = self._update
-        if u is None or u[3]:
+        u, g = self._update, self.guard
+        fresh = u is not None and not u.stepped
+        if self._evals.step_ended(applied=u is not None) and not g.protect_update:
+            g.protector.release()  # the optimizer evaluates its closure once: no copy is due any more
+        if not fresh:
             return
-        u[3] = True
-        apply_.put_lr_back(self.guard, u[1])
-        if u[2] is not None:
-            self.guard.protector.check(u[2], u[0])  # undoes a non-finite update and raises NonFiniteUpdate
+        u.stepped = True
+        apply_.put_lr_back(g, u.saved_lr)
+        # protect_update: undoes a non-finite update and raises NonFiniteUpdate; the copy for a closure's
+        # later evaluations: undoes it, counts a skip and trains on
+        undone = apply_.check_update(g, u.step, u.snap, closure=u.closure)
+        if undone:  # judged APPLY at its first evaluation, then kept out: listed as late skips are
+            self.verdicts.append((u.step, "SKIP", [f"update undone: a later evaluation of the closure inside the "
+                                                   f"optimizer step left {', '.join(undone[:3])} non-finite"]))
 
     def _cycle_loss(self):
         """The mean of the losses since the last judged step (None without a backward); starts the next cycle."""
@@ -186,14 +218,16 @@ class TrainguardCallback(ValidationAudits, pl.Callback):
         u, self._update = self._update, None
         if u is None:
             return
-        step, saved, _, stepped = u
-        if stepped:
-            self.guard.recovery.after_update(step)
+        if u.stepped:
+            self.guard.recovery.after_update(u.step)
         else:  # the optimizer did not step after all (a GradScaler overflow)
-            apply_.put_lr_back(self.guard, saved)
-            self.guard.recovery.after_no_update(step)
+            apply_.put_lr_back(self.guard, u.saved_lr)
+            self.guard.recovery.after_no_update(u.step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self._evals.is_later_one():
+            self._later_evaluation()
+            return
         pl_module.__dict__.pop("configure_gradient_clipping", None)
         self._finish_update()
         g = self.guard
@@ -207,8 +241,10 @@ class TrainguardCallback(ValidationAudits, pl.Callback):
         v = g.step(self.step, loss)
         self.verdicts.extend(g.gated.late.take())  # skips the device made, learned since
         g._pending_update = False  # the update is Lightning's: what guard.optimizer_step() does around it is here
+        self._schedule.arm(trainer, pl_module, g, skipped=not v.should_step and not v.scaler_overflow)
         if v.should_step:
-            self._update = [v.step, *apply_.begin_update(g, v), False]
+            closure = self._evals.protects()  # copied for the closure's later evaluations
+            self._update = _Update(v.step, *apply_.begin_update(g, v, protect=closure), closure=closure)
         else:
             apply_.skipped_update(g, v)
             # SKIP/ROLLBACK left no gradients (None). Lightning clips right after this hook, and
@@ -218,6 +254,20 @@ class TrainguardCallback(ValidationAudits, pl.Callback):
         if v.action.name != "APPLY":
             self.verdicts.append((self.step, v.action.name, list(v.reasons)))
         self.step = v.resume_step if v.resume_step is not None else self.step + 1
+
+    def _later_evaluation(self):
+        """A later evaluation of the closure inside the optimizer step under way (LBFGS' line search):
+        no step of its own. Judged, it counted several guard steps per optimizer step, and a SKIP
+        dropped the gradients in the middle of the line search, whose weights had already moved."""
+        g = self.guard
+        self._cycle_loss()  # its loss is not the next step's
+        g.meter.take_watch()  # nor its module statistics
+        g.backward_gate.discard()
+        if self._update is None:
+            # the step was kept out (SKIP, ROLLBACK) or had nothing to apply: so are the gradients this
+            # evaluation made (an optimizer that re-evaluates after a first one without gradients
+            # would otherwise apply them); Lightning's clip stays off (configure_gradient_clipping)
+            apply_.drop_gradients(g.optimizer, g.model)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -41,6 +41,10 @@ class UpdateProtector:
                   for p in params if p in state}
         return params, slots, buf, others
 
+    def release(self):
+        """Frees the snapshot buffers (kept across steps for speed) when no further snapshot is due."""
+        self._buffers = None
+
     def undo(self, snap):
         """Puts parameters (same objects, so the optimizer's references hold) and optimizer state
         back as they were before the step; state the step created is dropped."""
