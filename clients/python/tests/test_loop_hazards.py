@@ -258,3 +258,24 @@ def test_wrappers_kept_from_a_closed_guard_follow_the_new_guard_built_on_the_sam
     assert g2.scheduler is sched.scheduler  # and g2 restores it on a rollback
     said = [r.message for r in caplog.records if "now follows the Guard of run" in r.message]
     assert len(said) == 2 and {"GuardedOptimizer", "GuardedScheduler"} == {m.split()[2] for m in said}, said
+
+
+def test_a_snapshot_that_finds_the_optimizer_state_corrupted_names_the_tensor_and_files_it(sidecar, caplog):
+    # prevents: an Inf written into Adam's exp_avg_sq by a fault (the loss and gradients stay finite, one
+    # weight stops moving) said only as "snapshot of step N holds non-finite values; discarded", with no
+    # incident, while every later snapshot was discarded for it and the rollback targets aged
+    import logging
+    model, opt = make()
+    g = Guard(model, opt, f"sweep-state-inf-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False,
+              mode="sync", snapshots={"interval": 2, "max_overhead": 0}, policy={"known_good_healthy_steps": 2})
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        for step in range(12):
+            healthy_step(g, model, opt, step)
+            if step == 4:
+                opt.state[model.inp.weight]["exp_avg_sq"][0, 0] = float("inf")
+            assert weights_finite(model)
+        g.close()
+    said = [r.getMessage() for r in caplog.records if "is non-finite in the live training state" in r.getMessage()]
+    assert len(said) == 1 and "optimizer state exp_avg_sq of inp.weight" in said[0], caplog.text
+    incidents = [i["message"] for i in sidecar.run_info(g.run)["incidents"]]
+    assert any("optimizer state exp_avg_sq of inp.weight" in m for m in incidents), incidents

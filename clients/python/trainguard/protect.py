@@ -99,12 +99,30 @@ class UpdateProtector:
         raise NonFiniteUpdate(step, module, detail)
 
 
-def ship_bad_tensor(guard, step, name, p):
-    """Sends a parameter the update made non-finite to the sidecar (InspectTensors) for the incident."""
+def first_non_finite_state(model, optimizer):
+    """(name, tensor) of the first non-finite parameter, buffer or optimizer-state tensor of the live
+    training state, or None. A host read per tensor: for a state already known to be bad."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        if not torch.isfinite(p.detach()).all():
+            return f"parameter {n}", p
+    for n, b in model.named_buffers():
+        if b.is_floating_point() and not torch.isfinite(b).all():
+            return f"buffer {n}", b
+    for p, slots in getattr(optimizer, "state", {}).items():
+        for key, t in (slots.items() if isinstance(slots, dict) else ()):
+            if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
+                return f"optimizer state {key} of {names.get(id(p), 'a parameter')}", t
+    return None
+
+
+def ship_bad_tensor(guard, step, name, p, note="after optimizer.step, undone"):
+    """Sends a tensor found non-finite (a parameter the update made so) to the sidecar (InspectTensors),
+    which files an incident with its summary."""
     import grpc
     from ._proto.trainguard.v1 import trainguard_pb2 as pb
     t = p.detach().float().cpu().contiguous()
-    raw = pb.RawTensor(name=f"{name} (after optimizer.step, undone)", dtype=pb.D_TYPE_FLOAT32,
+    raw = pb.RawTensor(name=f"{name} ({note})", dtype=pb.D_TYPE_FLOAT32,
                        shape=list(t.shape), data=t.reshape(-1).numpy().tobytes() if t.numel() else b"")
     try:
         guard.transport.call("InspectTensors", pb.InspectTensorsRequest(run_id=guard.run, rank=guard.rank, step=step,

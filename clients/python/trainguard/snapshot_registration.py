@@ -19,6 +19,7 @@ import queue
 import threading
 
 from . import distributed as dist_agree
+from .protect import first_non_finite_state, ship_bad_tensor
 from .report_process import ReportProcess
 from .snapshot import EMPTY, KNOWN_GOOD
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
@@ -52,6 +53,7 @@ class SnapshotRegistrar:
         self._confirm_wait = 0
         self._confirm_backoff = 1
         self._confirming = None              # the queued confirmation's future (one at a time)
+        self._non_finite_said = set()        # live tensors a non-finite snapshot was filed for
         self._answers = collections.deque()  # (on_answer, generation, [(record, checkpoint)]) from the worker
         self._jobs = queue.SimpleQueue()
         self._worker = None
@@ -181,11 +183,8 @@ class SnapshotRegistrar:
                 keep.append(s)
                 continue
             if not s.finite():
-                if self.several_ranks():  # every rank drops it at once, in confirm()'s collective
-                    log.warning("trainguard: snapshot of step %d holds non-finite values; every rank drops it "
-                                "when they agree on it", s.step)
-                else:
-                    log.warning("trainguard: snapshot of step %d holds non-finite values; discarded", s.step)
+                self._say_non_finite(s)
+                if not self.several_ranks():  # several: every rank drops it at once, in confirm()'s collective
                     s.state = EMPTY
                 continue
             ready.append(s)
@@ -194,6 +193,30 @@ class SnapshotRegistrar:
             self._on_registered([(s, self._register_now(s)) for s in ready])
         elif ready:
             self._register_later(ready, self._on_registered)
+
+    def _say_non_finite(self, s):
+        """A snapshot that holds a non-finite value: names what in the live state is non-finite now too
+        (an optimizer moment corrupted by a fault leaves the loss and gradients finite, and every later
+        snapshot holds it) and files it with the sidecar once per tensor; else the copy alone went bad."""
+        g = self.g
+        found = first_non_finite_state(g.model, g.optimizer)
+        what = "every rank drops it when they agree on it" if self.several_ranks() else "discarded"
+        if found is None:
+            log.warning("trainguard: snapshot of step %d holds non-finite values, though the live state is finite "
+                        "now (the copy went bad); %s", s.step, what)
+            return
+        name, tensor = found
+        said = self._non_finite_said
+        if name in said:
+            log.warning("trainguard: snapshot of step %d holds the non-finite %s again; %s", s.step, name, what)
+            return
+        said.add(name)
+        log.error("trainguard: snapshot of step %d holds non-finite values: %s is non-finite in the live training "
+                  "state (the loss and gradients can stay finite while it is: a corrupted optimizer moment or "
+                  "weight). Every later snapshot holds it, so none becomes a rollback target until it is repaired; "
+                  "the run's earlier targets stay. Roll back (restart from your last good checkpoint) if it does not "
+                  "go away; %s", s.step, name, what)
+        ship_bad_tensor(g, s.step, name, tensor, note="non-finite in the live state, found by a snapshot")
 
     def _on_registered(self, states):
         for s, state in states:
