@@ -279,3 +279,26 @@ def test_a_snapshot_that_finds_the_optimizer_state_corrupted_names_the_tensor_an
     assert len(said) == 1 and "optimizer state exp_avg_sq of inp.weight" in said[0], caplog.text
     incidents = [i["message"] for i in sidecar.run_info(g.run)["incidents"]]
     assert any("optimizer state exp_avg_sq of inp.weight" in m for m in incidents), incidents
+
+
+@pytest.mark.parametrize("corrupt", ["weight", "lr"])
+def test_a_non_finite_step_says_what_was_non_finite_before_it(sidecar, caplog, corrupt):
+    # prevents: NaN weights (a fault between steps) or an LR a scheduler made inf said only as "non-finite
+    # values first appeared in module 'inp'", while the skips that followed could not repair either
+    import logging
+    model, opt = make()
+    g = Guard(model, opt, f"sweep-corrupt-{corrupt}-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+              replay=False, mode="sync", snapshots=False)
+    with caplog.at_level(logging.WARNING, logger="trainguard"):
+        for step in range(6):
+            if step == 3:
+                if corrupt == "weight":
+                    with torch.no_grad():
+                        model.inp.weight[0, 0] = float("nan")
+                else:
+                    opt.param_groups[0]["lr"] = float("inf")
+            healthy_step(g, model, opt, step)
+    g.close()
+    said = [r.getMessage() for r in caplog.records if "skipping steps cannot repair that" in r.getMessage()]
+    want = "parameter inp.weight was already non-finite" if corrupt == "weight" else "param group 0's learning rate is inf"
+    assert said and want in said[0], caplog.text

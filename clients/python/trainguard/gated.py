@@ -29,6 +29,7 @@ from .gate_graph import GateGraphs
 from .host_path import stepped_optimizer, unscale_once
 from .late_skips import LateSkips
 from .measure import skip_flag
+from .protect import say_corrupt_state
 from .replay import FaultClass, StepFault
 from .report import step_report
 from .rng import restore_rng
@@ -321,6 +322,7 @@ class GatedPath:
             # waiting would be a host sync on a step that may be healthy
             return loss
         fault = rec.fault()
+        say_corrupt_state(g, rec.step)  # its update was skipped on the device: the state is as before it
         able = rec.replay_fn is not None and replay is not None and rec.rng is not None
         if not rcv.should_replay(rec.step, fault, able, suppress, wants=True,
                                  why_unable="pass guard.step(..., replay=fn) at the faulty step and the step after it "

@@ -6,6 +6,7 @@ decided by the offline rule. Taken when the device gate is off or cannot decide 
 torch < 2.4)."""
 
 from . import rules
+from .protect import say_corrupt_state
 from .errors import SidecarUnavailable
 from .report import step_report
 from .verdict import Action, Verdict
@@ -23,6 +24,8 @@ def step(guard, step, loss, step_time, late, replay=None):
     m, fault_class = g.recovery.maybe_replay(step, m, replay, g.meter, suppress=late is not None,
                                              loss_absent=loss is None)
     finite = rules.step_finite(m.loss, m.grad_norm, m.module_values)
+    if not finite and late is None:
+        say_corrupt_state(g, step)  # weights, optimizer state or an LR non-finite before the step: said
     lr = g.recovery.lr.effective(float(g.optimizer.param_groups[0].get("lr", 0.0)))  # with a cut made at the update
     report = step_report(g.run, g.rank, step, loss=m.loss, grad_norm=m.grad_norm, group_norms=m.group_norms,
                          learning_rate=lr, step_time=step_time, loss_absent=loss is None, module_names=m.module_names,

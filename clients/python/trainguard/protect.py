@@ -6,6 +6,7 @@ parameters and optimizer state before the step, checks the weights after it (one
 when they went non-finite, puts everything back and raises NonFiniteUpdate with the likely cause.
 """
 import logging
+import math
 
 import torch
 
@@ -114,6 +115,27 @@ def first_non_finite_state(model, optimizer):
             if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
                 return f"optimizer state {key} of {names.get(id(p), 'a parameter')}", t
     return None
+
+
+def say_corrupt_state(guard, step):
+    """At a non-finite step: names what was already non-finite before its update (a weight, a buffer,
+    the optimizer's state, a learning rate), which the module that first showed the NaN does not say:
+    a fault that wrote into the weights, a scheduler that made the LR inf. Skipping such steps cannot
+    help (the sidecar rolls back after its skip limit). Host reads per tensor: faulty steps only."""
+    parts = []
+    found = first_non_finite_state(guard.model, guard.optimizer)
+    if found is not None:
+        parts.append(f"{found[0]} was already non-finite before this step's update")
+    for i, grp in enumerate(guard.optimizer.param_groups):
+        lr = grp.get("lr", 0.0)
+        lr = float(lr) if not torch.is_tensor(lr) else float(lr.detach().float().reshape(-1)[0])
+        if not math.isfinite(lr):
+            parts.append(f"param group {i}'s learning rate is {lr} (a scheduler or the loop set it)")
+            break
+    if parts:
+        log.warning("trainguard: step %d is non-finite, and %s: skipping steps cannot repair that, a rollback to a "
+                    "known-good state can", step, "; ".join(parts))
+    return parts
 
 
 def ship_bad_tensor(guard, step, name, p, note="after optimizer.step, undone"):
