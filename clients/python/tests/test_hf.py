@@ -283,7 +283,11 @@ def test_hf_trainer_that_clips_itself_reports_a_gradient_spike_with_its_norm_bef
     tg = TrainguardCallback(run, target=sidecar.target, deadline=5.0, device_gate=True, policy=POLICY)
     args = fused_cpu_args(sidecar, "hf-clip-spike", max_steps=18, max_grad_norm=1.0, label_smoothing_factor=0.1)
     transformers.Trainer(model=model, args=args, train_dataset=token_rows(80), callbacks=[tg]).train()
-    assert tg.guard.backward_gate.counters["used"] == 18  # armed through the logits: no loss in the output
+    # Armed through the logits (no loss in the output) at every step but, since the sidecar's local bounds
+    # hold only until the end of the spike warm-up (commit 6afa9a7), step 8: the bounds after the warm-up
+    # come with step 7's verdict, whose report is held until step 8's backward, after step 8 was armed.
+    counters = tg.guard.backward_gate.counters
+    assert counters["used"] >= 17 and counters["stale"] == 0, counters
     spikes = [i for i in sidecar.run_info(run)["incidents"] if i["kind"] == "GRAD_SPIKE"]
     assert [i["step"] for i in spikes] == [spike_at], sidecar.run_info(run)["incidents"]
     assert weights_finite(model)

@@ -12,8 +12,9 @@ Given in ``callbacks=[...]`` it finds its Trainer at ``on_train_begin`` (``_trai
 A ``TrainerCallback`` cannot veto an optimizer step, so at ``on_train_begin`` the callback puts
 ``guard.wrap(optimizer)`` inside the Trainer's ``AcceleratedOptimizer``: ``optimizer.step()`` then
 runs only when the verdict allows it. ``on_pre_optimizer_step`` (after the Trainer's gradient
-clipping) judges the step with the loss the model returned (a forward hook reads ``output.loss``;
-a custom ``compute_loss`` without it reports the loss as absent and the gradients are judged). Under
+clipping) judges the step with the loss the model returned (a forward hook reads it as the Trainer's
+``compute_loss`` does: ``output["loss"]``, or ``output[0]`` of a tuple; a custom ``compute_loss`` without
+it reports the loss as absent and the gradients are judged). Under
 gradient accumulation the step's loss is its cycle's, as the Trainer logs it (``CycleLoss``).
 On the device gate the step is measured when the last micro-batch's backward ends, before the
 Trainer's per-step loss read (``Guard.gate_on_backward``); ``on_pre_optimizer_step`` uses that
@@ -23,7 +24,9 @@ clip scales the clipped gradients once: backward_gate). Without a loss in the ou
 Every checkpoint the Trainer saves (``on_save``) is registered with the sidecar (its tensor files:
 ``*.safetensors`` and ``optimizer.pt``/``scheduler.pt``/``scaler.pt``, all verified; not
 ``rng_state.pth`` or ``training_args.bin``, which pickle Python objects), and a ROLLBACK restores it: weights,
-``optimizer.pt``, ``scheduler.pt`` and ``scaler.pt``.
+``optimizer.pt``, ``scheduler.pt`` and ``scaler.pt`` (``hf_checkpoint``). Every rollback, to a checkpoint
+or an in-memory snapshot, also rewinds the Trainer's best-model record and early stopping's patience
+to the restored step's (``hf_state.TrainerBooks``).
 
 Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the scaler::
 
@@ -31,21 +34,17 @@ Accelerate without the Trainer: wrap before ``prepare`` and hand the guard the s
     model, opt = accelerator.prepare(model, guard.wrap(optimizer))
     ... guard.gate_on_backward(loss); accelerator.backward(loss); guard.step(step, loss); opt.step(); opt.zero_grad()
 """
-import glob
 import logging
-import os
 import sys
 
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .errors import TrainguardError
 from .guard import Guard
-from . import hf_evaluation, hf_state
+from . import hf_checkpoint, hf_evaluation, hf_state, hf_trainings
 from .hf_loss_filter import LossFilter
 from .hooks import Detached
 from .stats import grad_tensors
-from .safetensors_io import read_safetensors
 from .wrap import GuardedOptimizer
 
 log = logging.getLogger("trainguard")
@@ -103,6 +102,24 @@ class CycleLoss:
         return self._sum / self._count
 
 
+def model_loss(output):
+    """The loss in a model's output, read as the Trainer's ``compute_loss`` reads it (transformers 5:
+    ``outputs["loss"] if isinstance(outputs, dict) else outputs[0]``): a dict's (a ModelOutput is one)
+    ``"loss"``, else a tuple's or list's first item, the convention of a model that returns
+    ``(loss, logits, ...)`` (transformers' own with ``return_dict=False``). That item counts only as a
+    one-element floating tensor: called without labels, such a model returns ``(logits, ...)``. None:
+    no loss (the gradients are judged without one)."""
+    if isinstance(output, dict):
+        loss = output.get("loss")
+    elif isinstance(output, (tuple, list)):
+        loss = output[0] if output else None
+        if not (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
+            loss = None
+    else:
+        loss = getattr(output, "loss", None)
+    return loss if torch.is_tensor(loss) else None
+
+
 def _forward_hook(model, hook):
     """``hook(module, args, kwargs, output)`` on ``model``'s forward; kwargs is None where torch
     cannot pass them (< 2.0): the cycle's loss is then the mean of its micro-batches'."""
@@ -128,14 +145,6 @@ def _trainer_running(callback):
     return None
 
 
-def _tied_to_loaded(model, missing, loaded):
-    """The missing keys whose tensor shares its storage with a loaded one: tied weights (GPT-2's
-    lm_head, T5/BART's embed_tokens and shared), which safetensors checkpoints store once."""
-    live = model.state_dict()
-    ptrs = {live[k].data_ptr() for k in loaded if k in live}
-    return {k for k in missing if k in live and live[k].data_ptr() in ptrs}
-
-
 class TrainguardCallback(TrainerCallback):
     """Args: ``run`` (the run id), ``target`` (the sidecar; default $TRAINGUARD_TARGET),
     ``measure_at_backward`` (default True: ``Guard.gate_on_backward`` on the device gate),
@@ -157,6 +166,10 @@ class TrainguardCallback(TrainerCallback):
         self._model = self._optimizer = self._scheduler = None
         self.loss_filter = None  # hf_loss_filter.LossFilter of the Trainer running this callback
         self._state = self._trainer = None  # the running training's TrainerState and Trainer
+        self._batch_size = None  # the Trainer's batch at the last on_train_begin (auto_find_batch_size's retry)
+        self._books = hf_state.TrainerBooks()  # its best-model record per step, for rollbacks to rewind
+        self._stateful = []      # its callbacks whose counters a rollback rewinds (EarlyStopping)
+        self._restored_folder = None  # the checkpoint folder the rollback being applied restored
         self._filter_said = False
 
     def attach(self, trainer):
@@ -185,21 +198,13 @@ class TrainguardCallback(TrainerCallback):
             raise TypeError("the Trainer's optimizer is not an Accelerate AcceleratedOptimizer; build the Trainer "
                             "with optimizers=(guard.wrap(optimizer), scheduler) and use trainguard.Guard directly")
         scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
-        self._trainings += 1
-        if self._trainings > 1:  # train() again (a notebook, hyperparameter_search): a run id of its own
-            ended = "was closed at the end of the last one"
-            if self.guard is not None and not self.guard._closed:
-                # the last train() raised (a Trainer fires no event then): its hooks and wrapper go now
-                if self._hook is not None:
-                    self._hook.remove()
-                self.guard.close("training ended by an exception; train() was called again")
-                ended = "ended by an exception and is closed now"
-            log.warning("trainguard: train() called again with this TrainguardCallback: run '%s' %s, this one is "
-                        "run '%s'", self.run, ended, f"{self._base_run}-{self._trainings}")
-            self.run = f"{self._base_run}-{self._trainings}"
+        trainer = _trainer_running(self)
+        # train() again: a run of its own; the Trainer's retry at a smaller batch: the same run, numbered on
+        going_on = hf_trainings.begin(self, trainer, args)
         # Resuming (resume_from_checkpoint): number the steps on from the Trainer's, so that the checkpoints
         # this process registers do not take the step numbers of the ones the run registered before.
-        self.step, self._loss = int(state.global_step), None
+        self.step, self._loss = going_on[0] if going_on else int(state.global_step), None
+        self._trainer, self._batch_size = trainer, getattr(trainer, "_train_batch_size", None)
         self._state = state  # the TrainerState of this training (a rollback rewinds its best-model record)
         self._cycle.reset()
         if args.save_total_limit:
@@ -219,7 +224,7 @@ class TrainguardCallback(TrainerCallback):
                            scaler=getattr(optimizer, "scaler", None), **kwargs_)
         install_wrapper(optimizer, self.guard.wrap(inner))
         self.guard.restore_hook = self._restore
-        self._resume_cut(state)
+        self._resume_cut(state, carried=going_on[1] if going_on else None)
         if args.max_grad_norm:
             # The Trainer clips in place after backward, once: the measurement at backward's end
             # still holds, judged on the norm before the clip (backward_gate._loop_clip).
@@ -232,7 +237,8 @@ class TrainguardCallback(TrainerCallback):
         self._model, self._optimizer, self._scheduler = model, inner, scheduler
         self._accelerated, self._skipped = optimizer, False
         self._hook = _forward_hook(model, self._read_loss)
-        trainer = self._trainer = _trainer_running(self)
+        self._stateful = hf_state.stateful_callbacks(trainer, self)
+        self._books.begin(self.step - 1, state, self._stateful)  # the state this training starts from
         if trainer is not None:
             hf_evaluation.install(self, trainer)  # every training: one callback may go to a second Trainer
         if self.device_loss_filter:
@@ -243,11 +249,14 @@ class TrainguardCallback(TrainerCallback):
             elif self.loss_filter is None or self.loss_filter.trainer is not trainer:
                 self.loss_filter = LossFilter.install(trainer)
 
-    def _resume_cut(self, state):
+    def _resume_cut(self, state, carried=None):
         """Resuming (resume_from_checkpoint): the optimizer.pt/scheduler.pt the Trainer just loaded carry
         the cut in force when they were saved; the guard learns it, or a later rollback's cut would be
-        applied on top of it (and checkpoints saved from here registered as uncut)."""
+        applied on top of it (and checkpoints saved from here registered as uncut). ``carried``: the cut
+        of the attempt a batch-size retry goes on from, which the optimizer's rates (and the new
+        scheduler built on them) carry."""
         cut = hf_state.saved_cut(state.stateful_callbacks)
+        cut = carried if cut is None and carried not in (None, 1.0) else cut
         if cut is not None:
             self.guard.recovery.lr.resumed_at(cut)
         self._record_cut(state)
@@ -279,8 +288,7 @@ class TrainguardCallback(TrainerCallback):
     def _read_loss(self, module, inputs, kwargs, output):
         if not module.training:
             return
-        loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
-        loss = loss if torch.is_tensor(loss) else None
+        loss = model_loss(output)
         # No loss in the output (label smoothing, a compute_loss of the user's): the Trainer computes
         # it from the logits, so their backward still arms the measurement, judged without a loss.
         anchor = loss if loss is not None else next(iter(grad_tensors(output)), None)  # the logits
@@ -303,10 +311,18 @@ class TrainguardCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         loss, self._loss = self._loss, None
         self._cycle.reset()
+        # The last step's evaluations and saves are done (the Trainer runs them after on_step_end): its
+        # best-model record is complete, and this step's verdict may roll back to it.
+        self._books.note(self.step - 1, state, self._stateful)
+        self._restored_folder = None
         v = self.guard.step(self.step, loss)
         self.verdicts.extend(self.guard.gated.late.take())  # skips the device made, learned since
         if v.action.name != "APPLY":
             self.verdicts.append((self.step, v.action.name, list(v.reasons)))
+        if v.action.name == "ROLLBACK" and v.resume_step is not None:
+            # Snapshot or checkpoint folder alike: the Trainer's record of its best model and early
+            # stopping's patience go back to the restored step's (hf_state.TrainerBooks).
+            self._books.rewind(v.resume_step - 1, state, self._stateful, self._restored_folder)
         self._skipped = not v.should_step
         self.step = v.resume_step if v.resume_step is not None else self.step + 1
 
@@ -328,56 +344,15 @@ class TrainguardCallback(TrainerCallback):
         self._skipped = False
 
     def on_save(self, args, state, control, **kwargs):
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if not os.path.isdir(path):
-            return
-        step = self.step - 1  # the last step whose update is in the checkpoint
-        # The tensor state only: rng_state.pth pickles numpy arrays and training_args.bin a Python
-        # object, which the sidecar's restricted unpickler refuses (the whole checkpoint REJECTED).
-        names = ("optimizer.pt", "scheduler.pt", "scaler.pt")
-        files = [os.path.join(path, f) for f in sorted(os.listdir(path))
-                 if f.endswith(".safetensors") or f in names]
-        try:
-            self.guard.checkpoint_saved(files or path, step, data_position=state.global_step * args.gradient_accumulation_steps)
-        except TrainguardError as e:  # refused (output_dir outside trainguard.checkpoint.roots): no rollback target
-            if self.guard.failure_mode == "closed":
-                raise
-            log.error("trainguard: %s; the Trainer's checkpoints are no rollback targets until output_dir lies under "
-                      "the sidecar's trainguard.checkpoint.roots", e)
-            return
-        self.guard.checkpoints[step]["restore"] = path
+        hf_checkpoint.register_save(self.guard, self.step - 1, args, state)  # the last step whose update is in it
 
     def _restore(self, target, plan):
-        # The plan's own files name the checkpoint: a step number alone may be taken twice in one run
-        # (a resumed run renumbers; an earlier process registered its own checkpoints).
-        if os.path.isdir(target) or not os.path.splitext(target)[1]:
-            path = target
-        else:
-            path = os.path.dirname(target)
-        shards = sorted(glob.glob(os.path.join(path, "model.safetensors")) or
-                        glob.glob(os.path.join(path, "model-*-of-*.safetensors")))
-        if not shards:
-            raise FileNotFoundError(f"the checkpoint {path} has no model.safetensors (or shards): deleted (the "
-                                    f"Trainer's save_total_limit rotation?) or saved in another layout")
-        weights = shards[0] if len(shards) == 1 else path
-        state = {}
-        for f in shards:
-            state.update(read_safetensors(f))
-        device = next(self._model.parameters()).device
-        missing, unexpected = self._model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
-        tied = _tied_to_loaded(self._model, missing, state)
-        if unexpected or set(missing) - tied:
-            log.warning("trainguard: restoring %s: missing %s, unexpected %s", weights, sorted(set(missing) - tied),
-                        sorted(unexpected))
-        for name, obj in (("optimizer.pt", self._optimizer), ("scheduler.pt", self._scheduler),
-                          ("scaler.pt", self.guard.scaler)):
-            f = os.path.join(path, name)
-            if obj is not None and os.path.isfile(f):
-                obj.load_state_dict(torch.load(f, map_location=device, weights_only=False))
-            elif obj is not None:  # save_only_model=True: the weights alone
-                log.warning("trainguard: %s has no %s (save_only_model=True?): its state is kept as it is", path, name)
-        log.warning("trainguard: restored Trainer checkpoint %s (step %d)", path, plan.checkpoint_step)
-        hf_state.rewind_bookkeeping(path, self._state, self._trainer, self)
+        """The guard's restore_hook: loads the Trainer checkpoint folder the plan names (hf_checkpoint);
+        the best-model record is rewound once the rollback is applied (on_pre_optimizer_step)."""
+        path = hf_checkpoint.folder_of(target)
+        hf_checkpoint.restore(path, self._model, self._optimizer, self._scheduler, self.guard.scaler,
+                              plan.checkpoint_step)
+        self._restored_folder = path  # read where this training kept no record of the step (TrainerBooks)
         # The cut its optimizer/scheduler state carries: it may have been saved by an earlier process,
         # whose registration this guard never saw (rollback.py takes it over the registered one).
         cut = hf_state.checkpoint_cut(path)
