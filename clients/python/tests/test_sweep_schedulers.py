@@ -148,20 +148,33 @@ def test_a_rollbacks_lr_cut_holds_whatever_sets_the_lr_and_the_loops_own_rate_is
     assert min(loop for s, (loop, _) in ran.items() if s > rolled_back_at) > 0.08, ran
 
 
-@pytest.mark.parametrize("chained", [False, True])
-def test_after_a_rollback_every_update_runs_at_the_clean_schedules_rate_for_its_step(sidecar, chained):
+def _schedule(kind, opt):
+    from torch.optim import lr_scheduler as L
+    if kind == "warm-restarts":  # overrides step(): counts no _step_count, only last_epoch
+        return L.CosineAnnealingWarmRestarts(opt, T_0=7)
+    decay = L.LambdaLR(opt, lambda k: 0.9 ** k)
+    return L.ChainedScheduler([decay]) if kind == "chained" else decay
+
+
+@pytest.mark.parametrize("kind", ["lambda", "chained", "warm-restarts"])
+def test_after_a_rollback_every_update_runs_at_the_clean_schedules_rate_for_its_step(sidecar, kind):
     # prevents: a ChainedScheduler (no last_epoch of its own) never stepped again after the restore,
     # so every update after a rollback ran at the rate of the step before, for the rest of the run
-    from torch.optim import lr_scheduler as L
+    # (and a CosineAnnealingWarmRestarts, which counts no _step_count, the same once it was counted so)
+    clean_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    clean, expected = _schedule(kind, clean_opt), []
+    for _ in range(40):
+        expected.append(clean_opt.param_groups[0]["lr"])
+        clean_opt.step()
+        clean.step()
     model, _ = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    g = Guard(model, opt, f"sweep-sched-chained-{chained}-{time.time_ns()}", target=sidecar.target, deadline=5.0,
+    g = Guard(model, opt, f"sweep-sched-{kind}-{time.time_ns()}", target=sidecar.target, deadline=5.0,
               replay=False, mode="sync", snapshots={"interval": 5, "max_overhead": 0},
               policy={"known_good_healthy_steps": 2, "max_consecutive_skips": 1, "rollback_lr_factor": 1.0,
                       "rollback_rewarm_steps": 0})
     wopt = g.wrap(opt)
-    decay = L.LambdaLR(wopt, lambda k: 0.9 ** k)
-    sched = g.wrap(L.ChainedScheduler([decay]) if chained else decay)
+    sched = g.wrap(_schedule(kind, wopt))
     ran_at, step, pos, rolled_back = {}, 0, 0, False
     while step < 40:
         x, y = batch(pos)
@@ -181,5 +194,5 @@ def test_after_a_rollback_every_update_runs_at_the_clean_schedules_rate_for_its_
         step, pos = step + 1, pos + 1
     g.close()
     assert rolled_back and g.counters["rollbacks"] == 1, g.counters
-    wrong = {k: (lr, 0.1 * 0.9 ** k) for k, lr in ran_at.items() if abs(lr - 0.1 * 0.9 ** k) > 1e-12}
+    wrong = {k: (lr, expected[k]) for k, lr in ran_at.items() if abs(lr - expected[k]) > 1e-12}
     assert not wrong, wrong

@@ -68,34 +68,41 @@ def each(scheduler):
     return [scheduler] + [s for c in getattr(scheduler, "_schedulers", ()) for s in each(c)]
 
 
-def _step_calls(scheduler):
-    """How often ``step()`` was called on ``scheduler``: torch's schedulers count it (``_step_count``),
-    whatever epoch a call passed (``last_epoch`` is the epoch: ``CosineAnnealingWarmRestarts`` stepped
-    with fractional epochs keeps it at the whole epoch). A ChainedScheduler counts nothing of its own
-    and steps every member at each call: its first member's count. None: no count to read."""
-    count = getattr(scheduler, "_step_count", None)
-    if isinstance(count, int):
-        return count
-    members = getattr(scheduler, "_schedulers", None)
-    return _step_calls(members[0]) if members else None
+def _progress(scheduler):
+    """(calls of ``step()``, epoch) of ``scheduler``, either None where it keeps no such count; a restore
+    steps it again by the larger advance of the two since the take. torch's schedulers count their
+    ``step()`` calls (``_step_count``) whatever epoch a call passes, but ``CosineAnnealingWarmRestarts``
+    overrides ``step()`` and never counts: its ``last_epoch`` is the count there (a whole epoch per call
+    without an argument; with fractional ones, ``sched.step(epoch + i / iters)``, it moves only at the
+    epoch's end). A ChainedScheduler keeps neither and steps every member at each call: its first member's."""
+    count, epoch = getattr(scheduler, "_step_count", None), getattr(scheduler, "last_epoch", None)
+    count, epoch = (v if isinstance(v, int) and not isinstance(v, bool) else None for v in (count, epoch))
+    if count is None and epoch is None:
+        members = getattr(scheduler, "_schedulers", None)
+        return _progress(members[0]) if members else (None, None)
+    return count, epoch
 
 
 def _stepped_by_the_loop(scheduler):
     """The schedulers the loop steps between updates: the outermost ones (``Several``'s members), not
     a ReduceLROnPlateau (it steps on a metric, which a restore does not have)."""
     members = scheduler._schedulers if isinstance(scheduler, Several) else [scheduler] if scheduler is not None else []
-    return [s for s in members if _step_calls(s) is not None
+    return [s for s in members if _progress(s) != (None, None)
             and not isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau)]
 
 
 def marks(scheduler):
-    """(scheduler, its step count) at a snapshot's take."""
-    return [(s, _step_calls(s)) for s in _stepped_by_the_loop(scheduler)]
+    """(scheduler, its progress) at a snapshot's take."""
+    return [(s, _progress(s)) for s in _stepped_by_the_loop(scheduler)]
 
 
 def stepped_since(taken):
     """(scheduler, how often it was stepped since ``marks``) at the next ``guard.step``."""
-    return [(s, _step_calls(s) - count) for s, count in taken]
+    out = []
+    for s, then in taken:
+        now = _progress(s)
+        out.append((s, max([b - a for a, b in zip(then, now) if a is not None and b is not None] or [0])))
+    return out
 
 
 def step_again(stepped):
