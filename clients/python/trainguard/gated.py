@@ -322,7 +322,8 @@ class GatedPath:
             # waiting would be a host sync on a step that may be healthy
             return loss
         fault = rec.fault()
-        say_corrupt_state(g, rec.step)  # its update was skipped on the device: the state is as before it
+        if not rec.scaled:  # a GradScaler's overflow is its calibration, not a corrupted state
+            say_corrupt_state(g, rec.step)  # its update was skipped on the device: the state is as before it
         able = rec.replay_fn is not None and replay is not None and rec.rng is not None
         if not rcv.should_replay(rec.step, fault, able, suppress, wants=True,
                                  why_unable="pass guard.step(..., replay=fn) at the faulty step and the step after it "

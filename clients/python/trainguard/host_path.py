@@ -24,13 +24,13 @@ def step(guard, step, loss, step_time, late, replay=None):
     m, fault_class = g.recovery.maybe_replay(step, m, replay, g.meter, suppress=late is not None,
                                              loss_absent=loss is None)
     finite = rules.step_finite(m.loss, m.grad_norm, m.module_values)
-    if not finite and late is None:
-        say_corrupt_state(g, step)  # weights, optimizer state or an LR non-finite before the step: said
     lr = g.recovery.lr.effective(float(g.optimizer.param_groups[0].get("lr", 0.0)))  # with a cut made at the update
     report = step_report(g.run, g.rank, step, loss=m.loss, grad_norm=m.grad_norm, group_norms=m.group_norms,
                          learning_rate=lr, step_time=step_time, loss_absent=loss is None, module_names=m.module_names,
                          module_values=m.module_values, loss_scale=m.loss_scale)
     scaler_overflow = rules.is_scaler_overflow(scaler_on, m.loss, m.grad_norm, m.module_values)
+    if not finite and not scaler_overflow and late is None:
+        say_corrupt_state(g, step)  # weights, optimizer state or an LR non-finite before the step: said
     offline = g.connection.offline
     if late is not None:
         verdict = late  # a ROLLBACK/HALT for an earlier step: this step's update is dropped too
