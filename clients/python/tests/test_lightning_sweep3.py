@@ -65,6 +65,24 @@ class TwiceSGD(torch.optim.Optimizer):
         return loss
 
 
+class SometimesTwiceSGD(TwiceSGD):
+    """Evaluates the closure twice only on every 4th step (a backtracking optimizer re-evaluates only on
+    the steps it rejects), once otherwise."""
+
+    @torch.no_grad()
+    def step(self, closure):
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps % 4:
+            with torch.enable_grad():
+                loss = closure()
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-group["lr"])
+            return loss
+        return super().step(closure)
+
+
 class ClosureNet(Net):
     """``nan_loss_at`` counts closure evaluations (training_step calls), several per optimizer step."""
 
@@ -75,6 +93,8 @@ class ClosureNet(Net):
     def configure_optimizers(self):
         if self.optimizer == "lbfgs":
             return torch.optim.LBFGS(self.parameters(), lr=0.5, max_iter=4)  # 4 evaluations per step
+        if self.optimizer == "sometimes":
+            return SometimesTwiceSGD(self.parameters(), lr=0.05)
         return TwiceSGD(self.parameters(), lr=0.05)
 
 
@@ -139,6 +159,17 @@ def test_a_nan_at_the_second_evaluation_of_an_unknown_optimizers_first_step_is_u
     initial = ClosureNet("twice").state_dict()
     assert equal_states(initial, w.after[0])  # step 0's update undone
     assert weights_finite(m) and not equal_states(w.after[0], w.after[7])  # and training went on
+
+
+def test_an_optimizer_that_evaluates_twice_only_on_some_steps_stays_protected_after_single_steps(sidecar):
+    # prevents: the copy for a closure's later evaluations given up after one step that evaluated the closure
+    # once: a backtracking optimizer evaluating again only on every 4th step had that step's NaN written into
+    # the weights, then three skips and a rollback to the start
+    tg, w, m, t = fit_closure(sidecar, "sweep3-sometimes", "sometimes", nan_loss_at={4})  # step 3's second
+    assert [(s, a) for s, a, _ in tg.verdicts] == [(3, "SKIP")], tg.verdicts
+    assert tg.guard.counters["updates_undone"] == 1 and tg.guard.counters["rollbacks"] == 0
+    assert equal_states(w.after[2], w.after[3])  # step 3's update undone
+    assert weights_finite(m) and tg.step == t.global_step == 8
 
 
 # ----------------------------------------------------------------------------- the LR schedule

@@ -224,7 +224,9 @@ def test_a_model_cast_after_the_guard_was_built_is_said_once(sidecar, caplog):
     assert len(said) == 1 and "torch.float64 now, torch.float32" in said[0], said
 
 
-def test_wrappers_kept_from_a_closed_guard_follow_the_new_guard_built_on_the_same_optimizer(sidecar, caplog):
+@pytest.mark.parametrize("built_on", ["inner", "wrapper"])
+def test_wrappers_kept_from_a_closed_guard_follow_the_new_guard_built_on_the_same_optimizer(sidecar, caplog,
+                                                                                          built_on):
     # prevents: a notebook (or a loop that builds a new Guard after close(), a new run id) keeping the
     # wrapped optimizer and scheduler it built once: they still obeyed the closed Guard ("guard closed":
     # APPLY), so the schedule advanced on the new Guard's skips and no update protection ran
@@ -246,8 +248,10 @@ def test_wrappers_kept_from_a_closed_guard_follow_the_new_guard_built_on_the_sam
     for step in range(3):
         one_step(g1, step)
     g1.close()
-    g2 = Guard(model, opt, f"sweep-stale-wrap-b-{time.time_ns()}", target=sidecar.target, deadline=5.0,
-               mode="sync", replay=False, snapshots=False)
+    # a notebook holds the wrapper under the optimizer's name: Guard(model, opt) is then built on it
+    g2 = Guard(model, opt if built_on == "inner" else wopt, f"sweep-stale-wrap-b-{time.time_ns()}",
+               target=sidecar.target, deadline=5.0, mode="sync", replay=False, snapshots=False)
+    assert g2.optimizer is opt
     with caplog.at_level(logging.WARNING, logger="trainguard"):
         for step in range(3, 9):
             v = one_step(g2, step, nan=step == 5)

@@ -99,7 +99,7 @@ class Guard:
                  report_process="auto", step_buffers=()):
         check_choices(failure_mode=failure_mode, mode=mode, device_gate=device_gate, grad_sync=grad_sync,
                       report_process=report_process)
-        check_optimizer(optimizer)
+        optimizer = check_optimizer(optimizer)  # the inner one of an earlier Guard's wrapper
         optimizer = ParametersOnly(model) if optimizer is None else optimizer
         self.model, self.optimizer, self.run = model, optimizer, run
         self.scheduler, self.scaler = scheduler, scaler

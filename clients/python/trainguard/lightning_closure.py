@@ -12,9 +12,10 @@ non-finite is undone (``apply.check_update(..., closure=True)``).
 
 The copy costs one copy of the weights and optimizer state per step, so it is made only where the
 optimizer may evaluate the closure again: never for torch's own optimizers other than LBFGS (they
-evaluate it once); for any other optimizer until one of its applied steps evaluated the closure once
-(its first step, normally: the copy's buffers are then freed), and for good from the first step that
-evaluated it twice. A GradScaler's path (``16-mixed``) runs the closure before ``optimizer.step``,
+evaluate it once); for any other optimizer until ``SINGLE_STEPS_TO_TRUST`` applied steps in a row
+evaluated the closure once (the copy's buffers are then freed), and for good from the first step that
+evaluated it twice. One single-evaluation step was not enough: a backtracking optimizer evaluates again
+only on the steps it rejects, and after its first step its NaN went unprotected into the weights. A GradScaler's path (``16-mixed``) runs the closure before ``optimizer.step``,
 once: nothing to count there.
 """
 import torch
@@ -27,6 +28,10 @@ def _known_to_evaluate_once(optimizer):
     return cls.__module__.startswith("torch.optim.") and not issubclass(cls, torch.optim.LBFGS)
 
 
+#: applied steps in a row that evaluated the closure once before an optimizer is taken to evaluate it once
+SINGLE_STEPS_TO_TRUST = 64
+
+
 class ClosureEvaluations:
     """Counts the closure evaluations of the ``optimizer.step()`` under way (from its pre-hook on)."""
 
@@ -36,6 +41,7 @@ class ClosureEvaluations:
         self.count = 0  # on_before_optimizer_step calls inside the outermost step under way
         # whether the optimizer's steps evaluate the closure more than once: None while unknown
         self.reevaluates = False if _known_to_evaluate_once(optimizer) else None
+        self._single_steps = 0  # applied steps in a row that evaluated the closure once, while unknown
         self._hook = optimizer.register_step_pre_hook(self._step_begins)
 
     def _step_begins(self, optimizer, args, kwargs):
@@ -70,8 +76,10 @@ class ClosureEvaluations:
             self.reevaluates = True
             return False
         if self.reevaluates is None:
-            self.reevaluates = False
-            return True
+            self._single_steps += 1
+            if self._single_steps >= SINGLE_STEPS_TO_TRUST:
+                self.reevaluates = False
+                return True
         return False
 
     def reset(self):

@@ -125,10 +125,18 @@ def check_choices(**args):
 
 
 def check_optimizer(optimizer):
-    """Raises TypeError for an optimizer the Guard cannot hook: Accelerate's ``AcceleratedOptimizer``
-    (what ``accelerator.prepare()`` returns) is no torch Optimizer and has no step hooks."""
+    """The optimizer a Guard is built on. Raises TypeError for one the Guard cannot hook: Accelerate's
+    ``AcceleratedOptimizer`` (what ``accelerator.prepare()`` returns) is no torch Optimizer and has no
+    step hooks. An earlier Guard's wrapper (``opt = guard.wrap(optimizer)`` kept in a notebook, handed to
+    ``Guard(model, opt)`` after ``close()``) gives its inner optimizer: the wrapper and the schedulers
+    built on it then follow the new Guard (wrap._Follows); built on the wrapper itself, the new Guard
+    stepped through the closed one, which judged nothing."""
+    from .wrap import GuardedOptimizer
+    while isinstance(optimizer, GuardedOptimizer):
+        optimizer = optimizer.optimizer
     if type(optimizer).__name__ == "AcceleratedOptimizer":
         raise TypeError("trainguard.Guard was given the optimizer accelerator.prepare() returned (an "
                         "AcceleratedOptimizer): build the Guard on your torch optimizer before prepare() and hand "
                         "prepare() the wrapper: guard = Guard(model, optimizer, ...); model, opt = "
                         "accelerator.prepare(model, guard.wrap(optimizer)) (docs/client.md, Accelerate)")
+    return optimizer
