@@ -164,8 +164,8 @@ class GuardedRunsTest {
         assertTrue(warmup > 12 && warmup < 64, "the test needs a warm-up between 8 samples and the window: " + warmup);
         assertEquals(7, validUntil[2], "3 samples: until the 8th, when the early robust bound takes over");
         assertEquals(7, validUntil[6]);
-        assertEquals(warmup - 1, validUntil[10], "11 samples: until the warm-up, when the EMA bound comes in");
-        assertEquals(warmup - 1, validUntil[warmup - 2]);
+        assertEquals(10 + 8, validUntil[10], "11 samples, in the warm-up: 8 steps, the level moves fast then");
+        assertEquals(warmup - 1, validUntil[warmup - 2], "until the warm-up ends, when the EMA bound comes in");
         assertEquals(70 + 64, validUntil[70], "warmed up: the whole window");
         Verdict lateSpike = guard.report(step("r1", 0, 80, 2.0 * 70, 0.5));
         assertEquals(Action.SKIP, lateSpike.action(), "the sidecar's own bound at that step is tight");

@@ -10,6 +10,12 @@ import io.trainguard.guard.policy.Policy;
 /** One rank of a run: its detector statistics, hang watch and streaks. */
 final class RankTrack {
     private static final int BOUNDS_VALID_STEPS = 64;
+    /**
+     * During the warm-up the level moves fast (the loss can fall 10x in 30 steps) and the bounds are
+     * multiples of it: held for 64 steps by a fast asynchronous client, the bound of a level 10x higher
+     * let a 40x loss spike be applied where the sidecar's own bound was 13x.
+     */
+    private static final int WARMUP_BOUNDS_VALID_STEPS = 8;
     final int rank;
     final HangWatch hang;
     final RankStatistics stats;
@@ -70,6 +76,7 @@ final class RankTrack {
     private long validSteps() {
         long untilNextRule = Math.min(Math.min(stats.lossSpikes.samplesUntilNextRule(),
                 stats.gradSpikes.samplesUntilNextRule()), stats.clip.samplesUntilNextRule());
-        return Math.max(1, Math.min(BOUNDS_VALID_STEPS, untilNextRule));
+        long window = untilNextRule == Long.MAX_VALUE ? BOUNDS_VALID_STEPS : WARMUP_BOUNDS_VALID_STEPS;
+        return Math.max(1, Math.min(window, untilNextRule));
     }
 }
