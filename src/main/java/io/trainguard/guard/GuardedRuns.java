@@ -145,6 +145,14 @@ public final class GuardedRuns {
                     setup.watchedModules(), journal::nextIncidentId, now));
             resumed = guard.join(setup.rank(), setup.watchedModules(), nanoTime.getAsLong(), setup.trainerInstance()).resumed();
         }
+        for (RunDecider other : runs.values()) {
+            for (int rank : other.settleHangs(setup.trainerInstance(), nanoTime.getAsLong())) {
+                incidents.add(guard.incidentAt(setup.rank(), -1, IncidentKind.RESUMED, Severity.INFO, "trainer process '"
+                        + setup.trainerInstance() + "' opened run '" + setup.runId() + "' while rank " + rank + " of run '"
+                        + other.runId() + "' was hung: taken as its restart, that hang no longer keeps the trainer "
+                        + "health group DOWN", now));
+            }
+        }
         checkpoints.configure(setup.runId(), guard.policy().knownGoodHealthySteps());
         for (AuditFinding f : findings) {
             incidents.add(guard.incidentAt(setup.rank(), -1, IncidentKind.PREFLIGHT, f.severity(),

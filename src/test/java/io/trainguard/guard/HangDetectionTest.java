@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.Phase;
+import java.util.List;
 import org.junit.jupiter.api.Test;
 
 class HangDetectionTest {
@@ -31,6 +32,35 @@ class HangDetectionTest {
         // Progress clears it.
         guard.report(Fixtures.step("hang", 0, 20, 2.0, 0.5));
         assertTrue(sweep.hangs().isEmpty());
+    }
+
+    @Test
+    void aHungRankIsSettledWhenAnotherTrainerProcessOpensARun_underItsRunIdOrANewOne() {
+        // prevents: a crashed trainer's run left open (as a restart needs) keeping the trainer health group
+        // DOWN for good: the liveness probe then killed every new trainer, under a new run id or the same one
+        InMemoryJournal journal = new InMemoryJournal();
+        GuardedRuns guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        HangSweep sweep = new HangSweep(guard, Fixtures.NANOS::get);
+        for (String run : new String[] {"crashed-a", "crashed-b"}) {
+            guard.open(Fixtures.setup(run, 0, 1, null));  // held by "trainer-1"
+            for (int s = 0; s < 20; s++) {
+                Fixtures.NANOS.addAndGet(100_000_000L);
+                guard.report(Fixtures.step(run, 0, s, 2.0, 0.5));
+            }
+        }
+        Fixtures.NANOS.addAndGet(3_000_000_000L);
+        assertEquals(2, sweep.recordHangs().size(), "both runs' trainer stopped");
+        var s = Fixtures.setup("crashed-a", 0, 1, null);
+        guard.open(new io.trainguard.guard.model.RunSetup(s.runId(), s.rank(), s.worldSize(), s.policyOverrides(),
+                s.parameterGroups(), s.watchedModules(), s.precision(), "trainer-2"));  // the same run id, restarted
+        Fixtures.NANOS.addAndGet(3_000_000_000L);  // starting up: no report yet
+        assertTrue(sweep.hangs().isEmpty(), "the restart settled both: " + sweep.hangs());
+        assertTrue(journal.incidents.stream().anyMatch(i -> i.kind() == IncidentKind.RESUMED
+                && i.message().contains("rank 0 of run 'crashed-b' was hung")), journal.incidents.toString());
+        guard.report(Fixtures.step("crashed-a", 0, 20, 2.0, 0.5));
+        Fixtures.NANOS.addAndGet(3_000_000_000L);
+        assertEquals(List.of("crashed-a"), sweep.hangs().stream().map(h -> h.runId()).toList(),
+                "the restarted trainer is judged again once it reports");
     }
 
     @Test

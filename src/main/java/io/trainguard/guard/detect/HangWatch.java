@@ -38,6 +38,18 @@ public final class HangWatch {
         return lastSeenNanos;
     }
 
+    /**
+     * The rank was opened again by a trainer process (a restart after a crash or a hang): the phase
+     * the old process was in is over, and the new one has not reported yet. As for a rank opened the
+     * first time, nothing is overdue until it reports (its start-up loads data and compiles); what
+     * was learned of the phases stays.
+     */
+    public synchronized void reopened(long nowNanos) {
+        phase = Phase.IDLE;
+        phaseStartNanos = nowNanos;
+        lastSeenNanos = nowNanos;
+    }
+
     /** A rank reported progress (a step report or a heartbeat) at {@code nowNanos}. */
     public synchronized void progress(Phase reported, long step, long nowNanos) {
         boolean stepAdvanced = reported == Phase.STEP && phase == Phase.STEP && step != lastStep;

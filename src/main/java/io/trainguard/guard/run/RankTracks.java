@@ -3,6 +3,7 @@ package io.trainguard.guard.run;
 import io.trainguard.guard.model.HangReport;
 import io.trainguard.guard.policy.Policy;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -99,6 +100,27 @@ final class RankTracks {
     }
 
     /** Adds a report for each open rank overdue by the policy's hang allowance. */
+    /**
+     * Another trainer process opened a run on this sidecar: the ranks of this run that are hung and held
+     * by another process are taken as that process's restart (the kubelet restarted the trainer
+     * container the trainer health group marked DOWN, or the user restarted the job under a new run
+     * id). Left hung, they kept the group DOWN for good and the probe killed every new trainer.
+     * Returns the ranks settled.
+     */
+    List<Integer> settleHangs(String trainerInstance, Policy policy, long nowNanos) {
+        List<Integer> settled = new ArrayList<>();
+        for (RankTrack t : byRank.values()) {
+            if (t.closed || t.trainerInstance.equals(trainerInstance)) {
+                continue;
+            }
+            if (!t.hang.overdue(nowNanos, policy.hangFactor(), policy.hangMin(), policy.hangMax()).isZero()) {
+                t.hang.reopened(nowNanos);
+                settled.add(t.rank);
+            }
+        }
+        return settled;
+    }
+
     void addHangs(String runId, Policy policy, long nowNanos, List<HangReport> out) {
         for (RankTrack t : byRank.values()) {
             if (t.closed) {

@@ -135,6 +135,7 @@ public final class RunDecider {
         Joined joined = new Joined(ranks.known(rank) || lastStep >= 0, ranks.otherHolder(rank, trainerInstance, nowNanos));
         RankTrack t = track(rank, nowNanos);
         t.closed = false;
+        t.hang.reopened(nowNanos);  // the phase a crashed or hung process was in is over (HangWatch.reopened)
         t.heldBy(trainerInstance);
         if (!modules.isEmpty()) {
             watchedModules = List.copyOf(modules);
@@ -363,6 +364,14 @@ public final class RunDecider {
             return true;
         }
         return false;
+    }
+
+    /** Another trainer process opened a run: this run's hung ranks held by other processes are settled (RankTracks). */
+    public synchronized List<Integer> settleHangs(String trainerInstance, long nowNanos) {
+        if (trainerInstance == null || trainerInstance.isEmpty()) {
+            return List.of();
+        }
+        return ranks.settleHangs(trainerInstance, policy, nowNanos);
     }
 
     public synchronized List<HangReport> hangs(long nowNanos) {
