@@ -14,6 +14,14 @@ public interface GuardEvents {
 
     void stateChanged(String runId, RunState from, RunState to, String reason);
 
+    /**
+     * A run not closed was reloaded from the journal at start, in {@code state}: observers that keep
+     * per-run series (the HALTED alert's gauge) must have it before its next event, which a halted
+     * trainer never sends.
+     */
+    default void restored(String runId, RunState state) {
+    }
+
     GuardEvents NONE = new GuardEvents() {
         @Override
         public void stepDecided(StepReport report, Verdict verdict, long decisionNanos) {

@@ -95,6 +95,9 @@ public final class GuardedRuns {
             }
             runs.put(s.runId(), g);
             checkpoints.configure(s.runId(), s.policy().knownGoodHealthySteps());
+            if (s.state() != RunState.CLOSED) {
+                events.restored(s.runId(), s.state());
+            }
             restored++;
         }
         return restored;

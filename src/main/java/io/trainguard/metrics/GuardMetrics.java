@@ -134,6 +134,12 @@ public class GuardMetrics implements GuardEvents {
         }
     }
 
+    @Override
+    public void restored(String runId, RunState state) {
+        // before, a HALTED run had no series after a restart, and TrainguardRunHalted resolved while it was halted
+        gauges(runId).state = state;
+    }
+
     private RunGauges gauges(String runId) {
         return runs.computeIfAbsent(runId, id -> {
             RunGauges g = new RunGauges();
