@@ -62,8 +62,8 @@ class FakeSidecar:
         return pb.LocalBounds(max_grad_norm=self.max_grad_norm, max_loss=1e6, clip_threshold=self.clip)
 
     def _outage(self, ctx):
-        if self.down:
-            ctx.abort(grpc.StatusCode.UNAVAILABLE, "the fake sidecar is down")
+        if self.down:  # True, or the description the sidecar itself sends (a full journal)
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, self.down if isinstance(self.down, str) else "the fake sidecar is down")
 
     def open_run(self, req, ctx):
         self._outage(ctx)

@@ -395,3 +395,29 @@ def test_a_retry_in_one_process_is_a_take_over_and_two_live_guards_on_one_run_ar
     assert len(said) == 1 and retry.trainer_instance in said[0] and "own run id" in said[0], caplog.text
     second.close()
     retry.close()
+
+
+def test_a_journal_that_cannot_record_is_said_as_the_sidecars_answer_not_as_nothing_listening():
+    # prevents: a full journal disk (the sidecar up, answering UNAVAILABLE with why) told to the trainer as
+    # "nothing answered there (connection refused, a wrong host ...)" with "start the sidecar" as the fix:
+    # an on-call person went looking for a network fault
+    from fake_sidecar import FakeSidecar
+    from trainguard.errors import SidecarUnavailable
+    s = FakeSidecar().start()
+    try:
+        model, opt = make()
+        g = Guard(model, opt, "journal-full-words", target=s.target, deadline=1.0, mode="sync", replay=False,
+                  snapshots=False, failure_mode="closed")
+        healthy_step(g, model, opt, 0)
+        s.down = ("trainguard sidecar: the journal could not record this within 2000 ms (check the journal volume: "
+                  "disk full? read-only?)")
+        with pytest.raises(SidecarUnavailable) as e:
+            healthy_step(g, model, opt, 1)
+        said = str(e.value)
+        assert "the sidecar answered, but cannot record the call now: the journal could not record" in said, said
+        assert "nothing answered there" not in said and "start the sidecar" not in said, said
+        assert "journal volume room" in said, said
+        s.down = False
+        g.close()
+    finally:
+        s.stop()

@@ -30,6 +30,9 @@ UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, g
 #: sidecar refused the caller's token. Said in words once, like a sidecar that does not answer.
 NOT_SERVED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 REOPEN_EVERY_S = 5.0
+#: opens the description of an UNAVAILABLE the sidecar sends itself (GrpcErrors.SIDECAR_ANSWERED): its
+#: journal cannot record the call (a full disk), where gRPC's own UNAVAILABLE means nothing answered
+SIDECAR_ANSWERED = "trainguard sidecar: "
 
 
 def grpc_code(e):
@@ -39,13 +42,16 @@ def grpc_code(e):
 def in_words(err, deadline):
     """What a failed call means, for a person (not a gRPC debug string)."""
     code = grpc_code(err)
+    details = err.details() if hasattr(err, "details") else err
+    if sidecar_answered(err):
+        return (f"the sidecar answered, but cannot record the call now: {str(details)[len(SIDECAR_ANSWERED):]} "
+                f"(its /q/health/ready says why; the call is retried)")
     if code == grpc.StatusCode.UNAVAILABLE:
         return ("nothing answered there (connection refused, a wrong host, port or socket path, "
                 "or the sidecar is not running)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED or isinstance(err, TimeoutError):
         return (f"no answer within {deadline}s (nothing is listening there, the sidecar is overloaded, or "
                 "the address reaches something that is not a trainguard sidecar)")
-    details = err.details() if hasattr(err, "details") else err
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return (f"something answered there that is not a trainguard sidecar (the sidecar's management port, "
                 f"9000 by default, serves only health and metrics; gRPC is on the main port, 7474 by default): {details}")
@@ -57,16 +63,24 @@ def in_words(err, deadline):
     return str(err)
 
 
+def sidecar_answered(err):
+    """Whether ``err`` is the sidecar's own UNAVAILABLE (it is up; its journal cannot record the call)."""
+    details = err.details() if hasattr(err, "details") else None
+    return grpc_code(err) == grpc.StatusCode.UNAVAILABLE and str(details or "").startswith(SIDECAR_ANSWERED)
+
+
 def unprotected_message(run, target, err, deadline, what=None):
-    verb = "refused" if grpc_code(err) in NOT_SERVED else "did not answer"
+    answered = sidecar_answered(err)
+    verb = "refused" if grpc_code(err) in NOT_SERVED else "could not record" if answered else "did not answer"
     where = f"{target} {verb} {what}" if what else target
+    fix = ("Fix: give the sidecar's journal volume room (or make it writable again); the sidecar keeps serving and "
+           "records again by itself" if answered else "Fix: start the sidecar, or pass target= / set TRAINGUARD_TARGET")
     return (f"trainguard: run '{run}' is NOT PROTECTED by a sidecar. {where}: {in_words(err, deadline)}. "
             f"Training goes on (failure_mode='open'); until a sidecar answers (retried every "
             f"{REOPEN_EVERY_S:.0f} s) only the client's own rule applies: non-finite updates are skipped. "
             f"Not protected meanwhile: loss and grad-norm spike detection, divergence detection, rollback to "
             f"known-good checkpoints, the validation gate, checkpoint verification, hang detection and the "
-            f"incident record. Fix: start the sidecar, or pass target= / set TRAINGUARD_TARGET; "
-            f"failure_mode='closed' makes this an error instead.")
+            f"incident record. {fix}; failure_mode='closed' makes this an error instead.")
 
 
 class ClientState(enum.Enum):
@@ -144,9 +158,13 @@ class Connection:
         ``warn_every`` failures."""
         self.counters["sidecar_failures"] += 1
         deadline = deadline or self.deadline
-        msg = f"trainguard sidecar at {self.transport.target} did not answer {what}: {in_words(err, deadline)}"
+        answered = sidecar_answered(err)
+        verb = "could not record" if answered else "did not answer"
+        msg = f"trainguard sidecar at {self.transport.target} {verb} {what}: {in_words(err, deadline)}"
         if self.failure_mode == "closed":
-            raise SidecarUnavailable(msg + " (failure_mode='closed': training stops; start the sidecar or use failure_mode='open')")
+            fix = ("give its journal volume room, or use failure_mode='open'" if answered
+                   else "start the sidecar or use failure_mode='open'")
+            raise SidecarUnavailable(msg + f" (failure_mode='closed': training stops; {fix})")
         if self.lost(what, err, run, deadline):
             return
         n = self.counters["sidecar_failures"]

@@ -1,6 +1,7 @@
 package io.trainguard.checkpoint;
 
 import io.trainguard.guard.Journal;
+import io.trainguard.guard.JournalUnavailableException;
 import io.trainguard.guard.JournalRow;
 import io.trainguard.guard.JournalWrite;
 import java.time.Duration;
@@ -53,10 +54,12 @@ public final class JournaledCheckpointStore implements CheckpointStore {
             journal.write(JournalWrite.rows(List.of(row))).get(timeout.toMillis(), TimeUnit.MILLISECONDS);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            throw new IllegalStateException("checkpoint journal: interrupted", e);
+            throw new JournalUnavailableException("checkpoint journal: interrupted; retry the call", e);
         } catch (ExecutionException | TimeoutException e) {
+            // UNAVAILABLE like a verdict the journal could not record: the call can be retried once the
+            // volume has room again (an INTERNAL "bug" status flipped the client's protected state each time)
             Throwable cause = e instanceof ExecutionException ? e.getCause() : e;
-            throw new IllegalStateException("checkpoint journal: " + cause.getMessage()
+            throw new JournalUnavailableException("checkpoint journal: " + cause.getMessage()
                     + " (check the journal volume: disk full? read-only?)", cause);
         }
     }

@@ -9,6 +9,9 @@ import io.grpc.StatusRuntimeException;
 import io.trainguard.PackagedSidecar;
 import io.trainguard.api.Sidecar;
 import io.trainguard.api.grpc.v1.Action;
+import io.trainguard.api.grpc.v1.CheckpointFile;
+import io.trainguard.api.grpc.v1.CheckpointFormat;
+import io.trainguard.api.grpc.v1.RegisterCheckpointRequest;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.net.URI;
@@ -87,6 +90,15 @@ class DiskFullIT {
             }
             assertTrue(refused != null, "the journal never ran out of space");
             assertEquals(Status.Code.UNAVAILABLE, refused.getStatus().getCode());
+            // said as the sidecar's own answer, so a client does not send its operator to look for a network fault
+            assertTrue(refused.getStatus().getDescription().startsWith("trainguard sidecar: "), refused.getStatus().toString());
+            // a checkpoint registration the journal cannot record is UNAVAILABLE too, not an INTERNAL error
+            StatusRuntimeException register = assertThrows(StatusRuntimeException.class, () -> client.withDeadline()
+                    .registerCheckpoint(RegisterCheckpointRequest.newBuilder().setRunId(run).setRank(0).setStep(19)
+                            .setFormat(CheckpointFormat.CHECKPOINT_FORMAT_MEMORY)
+                            .addFiles(CheckpointFile.newBuilder().setPath("memory://full-test/rank0/slot0").setSizeBytes(1))
+                            .build()));
+            assertEquals(Status.Code.UNAVAILABLE, register.getStatus().getCode(), register.getStatus().toString());
             String ready = get(sidecar, "/q/health/ready");
             assertTrue(ready.startsWith("503") && ready.contains("disk full or read-only"), ready);
             String live = get(sidecar, "/q/health/live");

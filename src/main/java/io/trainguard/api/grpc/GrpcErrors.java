@@ -31,7 +31,8 @@ public final class GrpcErrors {
         } else if (t instanceof PreconditionFailedException) {
             status = Status.FAILED_PRECONDITION;
         } else if (t instanceof JournalUnavailableException) {
-            status = Status.UNAVAILABLE;
+            // The sidecar answered: its own UNAVAILABLE says so, where gRPC's (nothing listening) cannot
+            return Status.UNAVAILABLE.withDescription(bounded(SIDECAR_ANSWERED + t.getMessage())).asRuntimeException();
         } else if (t instanceof PathRefusedException || t instanceof TensorInputException || t instanceof IllegalArgumentException) {
             status = Status.INVALID_ARGUMENT;
         } else if (t instanceof ArithmeticException) {
@@ -51,6 +52,13 @@ public final class GrpcErrors {
         }
         return status.withDescription(bounded(t.getMessage())).asRuntimeException();
     }
+
+    /**
+     * Opens the description of an UNAVAILABLE the sidecar itself sends (its journal cannot record the
+     * call), so that a client tells it from a connection failure: the Python client says "the sidecar
+     * answered" instead of "nothing answered there".
+     */
+    public static final String SIDECAR_ANSWERED = "trainguard sidecar: ";
 
     /** Longest description sent: it travels in an HTTP/2 header, and clients refuse headers over 8 KiB. */
     static final int MAX_DESCRIPTION_CHARS = 2000;
