@@ -113,3 +113,22 @@ def test_the_management_port_or_an_http_url_as_target_is_said_for_what_it_is(sid
     assert len(loud) == 1 and "not a trainguard sidecar" in loud[0] and "management port" in loud[0], loud
     with pytest.raises(ValueError, match="is an HTTP URL: pass host:port"):
         Guard(model, opt, "http-url", target=f"http://127.0.0.1:{sc.port}/")
+
+
+def test_the_cli_reads_the_token_file_the_client_reads(sidecar, monkeypatch, tmp_path):
+    # prevents: `kubectl exec ... trainguard resume` in the trainer container (which the manifests give only
+    # TRAINGUARD_TOKEN_FILE) refused with 401 "no credentials", while the client there read the file
+    import subprocess
+    import sys
+    sc, token_file = sidecar
+    _open(Transport(sc.target, token=TOKEN), "py-auth-cli")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               TRAINGUARD_TOKEN_FILE=token_file)
+    env.pop("TRAINGUARD_TOKEN", None)
+    args = [sys.executable, "-m", "trainguard.cli", "--url", f"http://{sc.target}", "policy", "py-auth-cli",
+            "--set", "maxConsecutiveSkips=9", "--reason", "token file"]
+    p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    env["TRAINGUARD_TOKEN_FILE"] = str(tmp_path / "missing")
+    p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode != 0 and "credentials" in (p.stdout + p.stderr), p.stdout + p.stderr

@@ -18,6 +18,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from .token_source import resolve_token
+
 DEFAULT_URL = "http://127.0.0.1:7474"
 
 
@@ -158,8 +160,9 @@ def parser():
     p = argparse.ArgumentParser(prog="trainguard", description="Look at and steer runs guarded by a trainguard sidecar.")
     p.add_argument("--url", default=os.environ.get("TRAINGUARD_URL", DEFAULT_URL),
                    help="the sidecar's HTTP address (default $TRAINGUARD_URL or %(default)s)")
-    p.add_argument("--token", default=os.environ.get("TRAINGUARD_TOKEN"),
-                   help="bearer token for state-changing calls (default $TRAINGUARD_TOKEN)")
+    p.add_argument("--token", default=None,
+                   help="bearer token for state-changing calls (default $TRAINGUARD_TOKEN, else the file named by "
+                        "$TRAINGUARD_TOKEN_FILE or mounted at /var/run/secrets/trainguard/token, as the client reads it)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default %(default)s)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,7 +194,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
 
     def api(method, path, body=None):
-        return _request(args.url, method, path, body, token=args.token, timeout=args.timeout)
+        return _request(args.url, method, path, body, token=resolve_token(args.token), timeout=args.timeout)
 
     try:
         data, text = args.fn(api, args)

@@ -5,12 +5,12 @@ releases alike; generated *_pb2_grpc.py files are avoided because newer ones che
 """
 import collections
 import logging
-import os
 import threading
 
 import grpc
 
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
+from .token_source import resolve_token
 
 log = logging.getLogger("trainguard")
 _SERVICE = "/trainguard.v1.TrainGuardService/"
@@ -40,18 +40,6 @@ def normalize_target(target: str) -> str:
     if target.startswith("/"):
         return "unix://" + target
     return target
-
-
-def resolve_token(token=None):
-    """The sidecar's bearer token: ``token``, else $TRAINGUARD_TOKEN, else the file named by
-    $TRAINGUARD_TOKEN_FILE or mounted at /var/run/secrets/trainguard/token; None when there is none (the
-    Unix socket needs none)."""
-    token = token or os.environ.get("TRAINGUARD_TOKEN")
-    path = os.environ.get("TRAINGUARD_TOKEN_FILE", "/var/run/secrets/trainguard/token")
-    if not token and os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    return token or None
 
 
 class Transport:
