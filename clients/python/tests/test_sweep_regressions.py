@@ -421,3 +421,27 @@ def test_a_journal_that_cannot_record_is_said_as_the_sidecars_answer_not_as_noth
         g.close()
     finally:
         s.stop()
+
+
+def test_a_guard_halted_in_this_process_is_no_live_second_guard_on_its_run(caplog):
+    # prevents: "two Guards of this process train run ... at once" said when the first Guard had raised
+    # TrainingHalted (it trains no more) and the operator's resume was followed by a new Guard, a retry
+    import trainguard
+    from fake_sidecar import FakeSidecar
+    from trainguard._proto.trainguard.v1 import trainguard_pb2 as pb
+    s = FakeSidecar().start()
+    s.force[1] = pb.Action.Value("ACTION_HALT")
+    try:
+        model, opt = make()
+        halted = Guard(model, opt, "halted-then-retried", target=s.target, deadline=2.0, mode="sync", replay=False,
+                       snapshots=False)
+        with pytest.raises(trainguard.TrainingHalted):
+            for step in range(3):
+                healthy_step(halted, model, opt, step)
+        caplog.clear()
+        retry = Guard(model, opt, "halted-then-retried", target=s.target, deadline=2.0, mode="sync", replay=False,
+                      snapshots=False)
+        assert not [r for r in caplog.records if "two Guards of this process" in r.getMessage()], caplog.text
+        retry.close()
+    finally:
+        s.stop()

@@ -25,7 +25,8 @@ def opened(g):
     wrap.note_guard(g)
     key = (g.transport.target, g.run, g.rank)
     earlier = _HOLDING.get(key)
-    if earlier is not None and earlier is not g and not earlier._closed:
+    halted = earlier is not None and earlier.last_verdict is not None and earlier.last_verdict.action == Action.HALT
+    if earlier is not None and earlier is not g and not earlier._closed and not halted:  # a halted one trains no more
         log.warning("trainguard: two Guards of this process train run '%s' rank %d at once (trainer instances %s and "
                     "%s): their steps would merge under one run and each would evict the other's in-memory snapshots. "
                     "Give each model its own run id, or close() the first Guard before building the second",
