@@ -86,6 +86,26 @@ def test_errors_unreachableOrUnknownRun_clearMessageAndStatus(sidecar):
     assert rc == 1 and "HTTP 404" in err
 
 
+def test_close_a_run_whose_trainer_is_gone_closes_it_with_the_reason_journaled(sidecar):
+    # prevents: no way for an operator to retire a crashed job's open run (its hang kept the trainer health
+    # group DOWN): `trainguard close` closes it, and a trainer coming back under the id is told to use a new one
+    from trainguard.errors import RunRefused
+    from trainguard.guard import Guard
+    model, opt = make()
+    run = f"cli-close-{time.time_ns()}"
+    g = Guard(model, opt, run, target=sidecar.target, deadline=2.0)
+    train(g, model, opt, steps=3)
+    g.close(close_run=False)  # what a crash leaves: the run open for a restart that never comes
+    rc, out, err = cli(sidecar, "close", run)
+    assert rc != 0 and "--reason" in err  # a reason is journaled
+    rc, out, err = cli(sidecar, "close", run, "--reason", "job deleted")
+    assert rc == 0 and "is now CLOSED" in out, out + err
+    rc, out, err = cli(sidecar, "--json", "incidents", run)
+    assert any(i["kind"] == "CLOSED_BY_OPERATOR" and "job deleted" in i["message"] for i in json.loads(out)), out
+    with pytest.raises(RunRefused):
+        Guard(model, opt, run, target=sidecar.target, deadline=2.0, failure_mode="closed")
+
+
 def run_example(sidecar, *args):
     p = subprocess.run([sys.executable, EXAMPLE, "--target", sidecar.target, *args], capture_output=True, text=True,
                        timeout=300)

@@ -5,6 +5,7 @@
     trainguard incidents RUN
     trainguard report RUN INCIDENT
     trainguard resume RUN --reason "fixed the data loader"
+    trainguard close RUN --reason "job deleted, not coming back"
     trainguard policy RUN [--set key=value ...]
 
 Tables by default, ``--json`` for scripts. The sidecar is ``--url`` or ``$TRAINGUARD_URL``
@@ -132,6 +133,11 @@ def cmd_resume(api, args):
     return run, f"run {run['runId']} is now {run['state']}"
 
 
+def cmd_close(api, args):
+    run = api("POST", f"/api/runs/{_q(args.run)}/close", {"reason": args.reason})
+    return run, f"run {run['runId']} is now {run['state']}"
+
+
 def _value(text):
     """key=value: numbers and booleans as JSON, anything else as a string (enum names, durations)."""
     try:
@@ -182,6 +188,10 @@ def parser():
     s.add_argument("run")
     s.add_argument("--reason", required=True, help="why it is safe to continue (journaled)")
     s.set_defaults(fn=cmd_resume)
+    s = sub.add_parser("close", help="close a run whose trainer is gone for good (its hang stops counting)")
+    s.add_argument("run")
+    s.add_argument("--reason", required=True, help="why (journaled)")
+    s.set_defaults(fn=cmd_close)
     s = sub.add_parser("policy", help="show a run's policy, or change it with --set key=value")
     s.add_argument("run")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="camelCase policy field, repeatable")

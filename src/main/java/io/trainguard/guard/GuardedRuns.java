@@ -294,6 +294,26 @@ public final class GuardedRuns {
         return g.snapshot();
     }
 
+    /**
+     * An operator closes a run whose trainer is gone for good (a crashed job that will not be
+     * restarted): its hang no longer keeps the trainer health group DOWN, its series leave the
+     * metrics. A trainer that comes back under the run id is refused and told to use a new one.
+     */
+    public RunSnapshot closeByOperator(String runId, String reason) {
+        if (reason == null || reason.isBlank()) {
+            throw new InvalidRequestException("closing run '" + runId + "' needs a reason (journaled): send {\"reason\": \"...\"}");
+        }
+        RunDecider g = run(runId);
+        RunState from = g.state();
+        if (g.closeByOperator(reason)) {
+            Incident incident = g.incidentAt(0, g.lastStep(), IncidentKind.CLOSED_BY_OPERATOR, Severity.WARNING,
+                    "run closed by an operator: " + reason, clock.instant());
+            durable.write(new JournalWrite(g.snapshot(), List.of(), List.of(incident)));
+            events.stateChanged(runId, from, RunState.CLOSED, reason);
+        }
+        return g.snapshot();
+    }
+
     public RunSnapshot close(String runId, int rank, String reason) {
         RunDecider g = run(runId);
         RunChecks.rank(g, rank);

@@ -1,10 +1,12 @@
 package io.trainguard.guard;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.trainguard.guard.model.IncidentKind;
 import io.trainguard.guard.model.Phase;
+import io.trainguard.guard.model.RunState;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 
@@ -61,6 +63,29 @@ class HangDetectionTest {
         Fixtures.NANOS.addAndGet(3_000_000_000L);
         assertEquals(List.of("crashed-a"), sweep.hangs().stream().map(h -> h.runId()).toList(),
                 "the restarted trainer is judged again once it reports");
+    }
+
+    @Test
+    void anOperatorClosesARunWhoseTrainerIsGone_itsHangStopsCountingAndTheRunIdIsRefusedAfter() {
+        // prevents: no way for an operator to retire a crashed job's open run: its hang kept the trainer
+        // health group DOWN until a trainer process opened a run on that sidecar
+        InMemoryJournal journal = new InMemoryJournal();
+        GuardedRuns guard = Fixtures.service(journal, new Fixtures.Checkpoints());
+        HangSweep sweep = new HangSweep(guard, Fixtures.NANOS::get);
+        guard.open(Fixtures.setup("gone", 0, 1, null));
+        for (int s = 0; s < 20; s++) {
+            Fixtures.NANOS.addAndGet(100_000_000L);
+            guard.report(Fixtures.step("gone", 0, s, 2.0, 0.5));
+        }
+        Fixtures.NANOS.addAndGet(3_000_000_000L);
+        assertEquals(1, sweep.hangs().size());
+        assertThrows(InvalidRequestException.class, () -> guard.closeByOperator("gone", " "), "a reason is journaled");
+        assertEquals(RunState.CLOSED, guard.closeByOperator("gone", "job deleted").state());
+        assertTrue(sweep.hangs().isEmpty());
+        assertTrue(journal.incidents.stream().anyMatch(i -> i.kind() == IncidentKind.CLOSED_BY_OPERATOR
+                && i.message().contains("job deleted")), journal.incidents.toString());
+        assertEquals(RunState.CLOSED, guard.closeByOperator("gone", "again").state(), "closing again changes nothing");
+        assertThrows(PreconditionFailedException.class, () -> guard.open(Fixtures.setup("gone", 0, 1, null)));
     }
 
     @Test

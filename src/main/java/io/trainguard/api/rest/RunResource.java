@@ -71,6 +71,13 @@ public class RunResource {
         return guard.resume(runId, request == null ? "" : request.reason());
     }
 
+    @POST
+    @Path("/{runId}/close")
+    public RunSnapshot close(@PathParam("runId") String runId, ResumeRequest request) {
+        return guard.closeByOperator(runId, request == null ? "" : request.reason());
+    }
+
+    /** The body of an operator's resume or close: why (journaled). */
     public record ResumeRequest(String reason) {
     }
 }

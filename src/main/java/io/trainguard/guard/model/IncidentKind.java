@@ -24,7 +24,8 @@ public enum IncidentKind {
     RESUMED,
     TENSOR_FORENSICS,
     FAULT_REPLAYED,
-    SUSPECT_DEVICE;
+    SUSPECT_DEVICE,
+    CLOSED_BY_OPERATOR;
 
     /**
      * What the step detectors journal with the steps they skip (a scaler's own overflow, and a skip

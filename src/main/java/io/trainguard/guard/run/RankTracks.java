@@ -121,6 +121,10 @@ final class RankTracks {
         return settled;
     }
 
+    void closeAll() {
+        byRank.values().forEach(t -> t.closed = true);
+    }
+
     void addHangs(String runId, Policy policy, long nowNanos, List<HangReport> out) {
         for (RankTrack t : byRank.values()) {
             if (t.closed) {

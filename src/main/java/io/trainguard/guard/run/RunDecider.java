@@ -353,6 +353,19 @@ public final class RunDecider {
         ranks.clearSkips();
     }
 
+    /**
+     * An operator retires the run (its trainer is gone for good): every rank closed, the run CLOSED.
+     * Returns false when it was closed already.
+     */
+    public synchronized boolean closeByOperator(String why) {
+        if (state.state() == RunState.CLOSED) {
+            return false;
+        }
+        ranks.closeAll();
+        state.moveTo(RunState.CLOSED, "closed by an operator: " + why);
+        return true;
+    }
+
     /** Closes the run once every rank that joined has closed it. Returns true when the run closed now. */
     public synchronized boolean close(int rank, String why) {
         RankTrack t = ranks.get(rank);
