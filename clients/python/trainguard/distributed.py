@@ -243,6 +243,13 @@ def gate_collective(bad, need_host, local_norm, sharded, entries):
     return skip.float(), norm, inverse, vec
 
 
+def steps_differ_message(step):
+    return (f"the ranks passed different step numbers to guard.step() (this rank passed {step}); every rank "
+            f"must judge the same step, and the device skipped that step's update on every rank. Pass each "
+            f"rank the same number (the optimizer step count, not a per-rank counter, an epoch-local index or a "
+            f"count of its micro-batches)")
+
+
 def steps_differ(vec_values, world):
     """Whether the ranks passed different step numbers (``RankEntries``), from the host copy of
     the reduced vector: every sum is an exact integer."""

@@ -15,8 +15,6 @@ this; a healthy step still reads nothing on the host.
 import collections
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
 
 import torch
 
@@ -26,61 +24,18 @@ from . import rules
 from .connection import ClientState
 from .errors import TrainguardError
 from .gate_graph import GateGraphs
+from .gated_step import GatedStep
 from .host_path import stepped_optimizer, unscale_once
 from .late_skips import LateSkips
 from .measure import skip_flag
 from .protect import say_corrupt_state
-from .replay import FaultClass, StepFault
+from .replay import FaultClass
 from .report import step_report
 from .rng import restore_rng
 from .stats import first_non_finite, grad_norms
 from .verdict import Action, LocalBounds, Verdict
 
 log = logging.getLogger("trainguard")
-
-
-@dataclass
-class GatedStep:
-    """What a device-gated step leaves behind for its replay at the next step."""
-    step: int
-    verdict: Verdict
-    host: Any                  # [loss, grad_norm, group norms..., module stats...] (host copy, maybe in flight)
-    event: Any                 # CUDA event after which the host copy is valid; None on the CPU
-    n_groups: int
-    names: List[str]
-    threshold: float
-    lrs: list                  # the param groups' LRs this step ran at
-    generation: int
-    replay_fn: Optional[Callable] = None
-    rng: Any = None            # the RNG state the step began with
-    position: Optional[int] = None  # the data position after this step's batch
-    scaled: bool = False       # under an enabled GradScaler
-    update_applied: bool = False  # its replay applied its update (TRANSIENT)
-    multi: bool = False        # several ranks: whether it was skipped is what they agree (agreed_skip)
-    agreed_skip: Optional[bool] = None  # several ranks: set by the next step, which reads their flags
-    loss_absent: bool = False  # measured without a loss (its slot holds a 0.0 placeholder)
-
-    def ready(self):
-        return self.event is None or self.event.query()  # never blocks
-
-    def known(self):
-        """Whether the host knows if the device skipped it, without waiting."""
-        return self.agreed_skip is not None if self.multi else self.ready()
-
-    def finite(self):
-        """Whether every value of the step was finite: the healthy step's check, which builds no
-        StepFault."""
-        vals = self.host.tolist()
-        head = 2 + self.n_groups
-        return all(map(math.isfinite, vals[:head])) and rules.outputs_finite(vals[head:])
-
-    def fault(self):
-        vals = self.host.tolist()
-        mods = vals[2 + self.n_groups:]
-        # the bare name, as Recovery._fault gives the replay's: the two are compared in classify()
-        # (first_non_finite's "'name' (call k of n)" is for messages only)
-        bad = rules.charged_output(self.names, vals[0], vals[1], mods)
-        return StepFault(vals[0], vals[1], module=bad, loss_absent=self.loss_absent)
 
 
 class GatedPath:
@@ -142,6 +97,16 @@ class GatedPath:
             futs.popleft()
         return True
 
+    def last_steps_differed(self):
+        """At close: whether the ranks numbered the last gated step differently (its vector is read at the
+        next step, which never comes): the device skipped its update on every rank."""
+        if self.prev is None:
+            return False
+        vec, event = self.prev
+        if event is not None:
+            event.synchronize()
+        return dist_agree.steps_differ(vec.tolist(), self.g.world_size)
+
     def agreed_host_path(self):
         """Several ranks: whether they agreed (on the device, in the last step's collective, or in
         the last host step's agreement) that this step takes the host path."""
@@ -154,12 +119,7 @@ class GatedPath:
             event.synchronize()  # the last step's collective; normally long done
         values = vec.tolist()
         if dist_agree.steps_differ(values, self.g.world_size):
-            step = self.last.step if self.last is not None else None
-            raise TrainguardError(
-                f"the ranks passed different step numbers to guard.step() (this rank passed {step}); every rank "
-                f"must judge the same step, and the device skipped that step's update on every rank. Pass each "
-                f"rank the same number (the optimizer step count, not a per-rank counter, an epoch-local index or a "
-                f"count of its micro-batches)")
+            raise TrainguardError(dist_agree.steps_differ_message(self.last.step if self.last is not None else None))
         self.prev_faulty, need, spread = dist_agree.reduced_flags(values, self.g.world_size, self.sharded)
         if self.last is not None and self.last.multi:  # the step the vector is of: what the device did to it
             self.last.agreed_skip = self.prev_faulty or dist_agree.norms_disagree(spread)
@@ -253,13 +213,14 @@ class GatedPath:
             if self.sharded and finite:
                 gnorm = math.sqrt(reduced[2])  # the global norm, as FSDP's clip_grad_norm_ computes it
             mismatch = dist_agree.norms_disagree(spread)
+            steps_apart = dist_agree.steps_differ(reduced, g.world_size)  # skipped on the device; raised next step
             if mismatch:
                 with g._lock:
                     g.counters["grad_norm_mismatches"] += 1
                 log.warning("trainguard: step %d: the ranks' grad norms differ (relative spread %.3g) although "
                             "DDP gives every rank the same gradients: silent data corruption or a rank out of "
                             "step; the update was skipped on every rank", step, spread)
-            finite = finite and not any_bad and not mismatch
+            finite = finite and not any_bad and not mismatch and not steps_apart
             thr = dist_agree.agreed_threshold(reduced)  # what every rank clipped by
             clipped = finite and thr > 0 and gnorm > thr
             in_bounds = rules.within_bounds(bounds, loss_v, gnorm)

@@ -6,6 +6,7 @@ import weakref
 import grpc
 
 from . import checkpointing, scaler_share, wrap
+from . import distributed as dist_agree
 from .errors import TrainguardError
 from .verdict import Action, Verdict
 from ._proto.trainguard.v1 import trainguard_pb2 as pb
@@ -84,6 +85,8 @@ def close(g, reason, close_run=True):
         return
     g._closed = True
     g.flush()
+    if g.gated.last_steps_differed():  # the last step's vector is read at a next step that never comes
+        log.error("trainguard: at the last step %s", dist_agree.steps_differ_message(g.last_step))
     g.gated.settle_late(wait=True)  # the last steps' skips, for the callbacks' verdicts
     settle_running_stats(g)
     g.gate.uninstall()
