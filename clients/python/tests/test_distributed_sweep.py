@@ -355,6 +355,39 @@ def test_fsdp1_has_no_in_memory_snapshots_whose_restore_would_not_reach_its_shar
     assert r0["store"] is None and r1["store"] is None
 
 
+def _run_id_of_the_second_worker(rank, world, port, target, out_dir, stamp):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from trainguard.errors import TrainguardError
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    # the quickstart's f"my-run-{int(time.time())}", on ranks that started on either side of a second
+    g = Guard(model, opt, f"run-id-{stamp + rank}", target=target, deadline=5.0, snapshots=False)
+    rec, t0 = {"error": ""}, time.monotonic()
+    x, y = batch(0, seed=rank)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    try:
+        g.step(0, None)
+    except TrainguardError as e:
+        rec["error"] = str(e)
+    rec["waited"] = time.monotonic() - t0
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_ranks_that_opened_different_run_ids_are_told_at_once_with_both_ids(sidecar):
+    # prevents: a run id made of the time differing across ranks that started in different seconds, each rank
+    # waiting 120 s and then told "only 1 of 2 ranks built a Guard ... not only on rank 0", though both had
+    stamp = time.time_ns()
+    r0, r1 = run_ranks(_run_id_of_the_second_worker, sidecar.target, stamp, timeout=120)
+    for me, other, r in ((0, 1, r0), (1, 0, r1)):
+        assert f"rank {other} opened run 'run-id-{stamp + other}' where this rank (rank {me}) opened" in r["error"], r
+        assert r["waited"] < 30, r
+
+
 def _offset_step_worker(rank, world, port, target, out_dir, run, device_gate, offset_from=3):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
     from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_hash

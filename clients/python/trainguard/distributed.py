@@ -42,9 +42,10 @@ class EveryRank:
 
     WAIT_S = 120.0
     _built = collections.Counter()  # run -> Guards this process built for it: the same count on every rank
+    _guards = 0  # Guards this process built on several ranks: the n-th Guard of each rank belongs together
 
-    def __init__(self, run, world):
-        self.run, self.world, self.key, self.store = run, world, None, None
+    def __init__(self, run, world, rank=0):
+        self.run, self.world, self.rank, self.key, self.store = run, world, rank, None, None
         if world <= 1 or not is_initialized():
             return
         try:
@@ -55,6 +56,11 @@ class EveryRank:
         EveryRank._built[run] += 1
         self.key = f"trainguard/{run}/guards-built/{EveryRank._built[run]}"
         self.store.add(self.key, 1)
+        # the run id each rank's n-th Guard opened, under a key of no run: ranks that opened different ids
+        # (an id made of the time, across ranks that started in different seconds) are told so at once
+        EveryRank._guards += 1
+        self.runs_key = f"trainguard/guard-{EveryRank._guards}/rank"
+        self.store.set(f"{self.runs_key}{rank}", run)
 
     def check(self):
         if self.key is None:
@@ -65,12 +71,26 @@ class EveryRank:
             built = self.store.add(key, 0)
             if built >= self.world:
                 return
+            self._same_run_everywhere()
             if time.monotonic() > end:
                 raise TrainguardError(
                     f"only {built} of {self.world} ranks built a Guard for run '{self.run}' (none more within "
                     f"{self.WAIT_S:.0f} s of this rank's first step): build it on every rank, not only on rank 0. "
                     f"Every rank joins each step's agreement on the action, so no rank applies an update another skipped")
             time.sleep(0.01)
+
+
+    def _same_run_everywhere(self):
+        """Raises when a rank's Guard of the same order opened another run id than this one."""
+        for r in range(self.world):
+            key = f"{self.runs_key}{r}"
+            if r != self.rank and self.store.check([key]):
+                other = self.store.get(key).decode()
+                if other != self.run:
+                    raise TrainguardError(
+                        f"rank {r} opened run '{other}' where this rank (rank {self.rank}) opened '{self.run}': every "
+                        f"rank must pass the same run id. An id made of the time differs across ranks that start "
+                        f"in different seconds: make it on rank 0 and broadcast it, or use $TORCHELASTIC_RUN_ID")
 
 
 def _device():

@@ -108,7 +108,7 @@ class Guard:
         self.deadline = float(deadline)
         self.policy_overrides = dict(policy or {})
         self.rank, self.world_size = dist_agree.rank_and_world(rank, world_size)
-        self.every_rank = dist_agree.EveryRank(run, self.world_size)  # checked before the first collective
+        self.every_rank = dist_agree.EveryRank(run, self.world_size, self.rank)  # checked before the 1st collective
         self.trainer_instance = trainer_instance or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.master_weights, self.autocast_dtype = master_weights, autocast_dtype
         self.clipping_configured, self.framework = clipping_configured, framework
