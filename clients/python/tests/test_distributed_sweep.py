@@ -388,6 +388,41 @@ def test_ranks_that_opened_different_run_ids_are_told_at_once_with_both_ids(side
         assert r["waited"] < 30, r
 
 
+def _join_worker(rank, world, port, target, out_dir, run):
+    sys.path[:0] = [os.path.dirname(HERE), HERE]
+    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from trainguard.errors import TrainguardError
+    from trainguard.guard import Guard
+    join_gloo(rank, world, port)
+    model = parallel_mlp("ddp")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = Guard(model, opt, run, target=target, deadline=5.0, snapshots=False, replay=False)
+    rec, t0 = {"error": ""}, time.monotonic()
+    try:
+        with model.join():  # uneven inputs: rank 1 has fewer batches
+            for step in range(6 if rank == 0 else 4):
+                x, y = batch(step, seed=rank)
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                g.step(step, None)
+                g.optimizer_step()
+                opt.zero_grad()
+    except TrainguardError as e:
+        rec["error"] = str(e)
+    rec["waited"] = time.monotonic() - t0
+    g.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
+def test_guard_step_inside_ddp_join_is_refused_in_words_instead_of_hanging(sidecar):
+    # prevents: `with model.join():` (uneven inputs) pairing the guard's per-step agreement with DDP's join
+    # all_reduce on a rank that ran out of data: a hang until the process group's timeout, or a gloo abort
+    r0, r1 = run_ranks(_join_worker, sidecar.target, f"ddp-join-{time.time_ns()}", timeout=120)
+    for r in (r0, r1):
+        assert "join() context" in r["error"] and "same number of batches" in r["error"], r
+        assert r["waited"] < 30, r
+
+
 def _offset_step_worker(rank, world, port, target, out_dir, run, device_gate, offset_from=3):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
     from models import batch, join_gloo, leave_gloo, parallel_mlp, wait_online, weights_hash

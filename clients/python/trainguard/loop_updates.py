@@ -21,6 +21,7 @@ it instead of the wrapper) makes updates nobody judged: said once, in words, wit
 import logging
 
 from . import apply as apply_
+from .errors import TrainguardError
 
 log = logging.getLogger("trainguard")
 
@@ -121,6 +122,21 @@ def say_updates_in_backward(guard):
     warnings.warn(msg, RuntimeWarning)
 
 
+def refuse_join(guard):
+    """DDP's ``with model.join():`` (uneven inputs) shadows the collectives of ranks that ran out of data
+    with its own: the guard's per-step agreement then met DDP's join all_reduce on the other ranks (a hang
+    until the process group's timeout on the host path, a gloo abort on the device gate). Said before the
+    step's collective, on every rank still in the loop."""
+    config = getattr(guard.model, "_join_config", None)
+    if guard.world_size > 1 and config is not None and getattr(config, "enable", False):
+        raise TrainguardError(
+            "guard.step() inside DistributedDataParallel's join() context (uneven inputs): the guard agrees with "
+            "every rank at each step, and a rank that ran out of data answers with DDP's join collectives "
+            "instead, so the ranks would hang or abort. Give every rank the same number of batches "
+            "(DistributedSampler(drop_last=True), or stop all ranks at the shortest rank's length) and leave "
+            "out model.join()")
+
+
 class StepChecks:
     """What the loop did around the Guard that it cannot guard, said once in words at ``step()``: an
     optimizer stepped inside backward (at the first step), and the model's parameters cast to another
@@ -139,6 +155,7 @@ class StepChecks:
         if self.first:
             self.first = False
             say_updates_in_backward(guard)
+        refuse_join(guard)
         if self.cast_said or self.param is None or self.param.dtype == self.dtype:
             return
         self.cast_said = True
