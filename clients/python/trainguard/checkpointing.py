@@ -166,11 +166,13 @@ def files_of(path_or_dir_or_files):
 def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
     """Guard.checkpoint_saved: records a checkpoint other code wrote and registers it."""
     from . import checkpoints as formats  # imports torch.distributed.checkpoint helpers: only when used
-    # Every rank records the entry (a ROLLBACK may name it); rank 0 registers; an unreachable
-    # sidecar is the failure mode's business, like every other call.
-    other_rank = guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1
+    # Every rank records the entry (a ROLLBACK may name it); rank 0 registers, and so does the first rank
+    # of each other sidecar (one per node) where it sees the files (a shared volume): its sidecar needs
+    # rollback targets too. An unreachable sidecar is the failure mode's business, like every other call.
+    given = [path_or_dir_or_files] if isinstance(path_or_dir_or_files, (str, os.PathLike)) else path_or_dir_or_files
+    other_rank = guard.rank != 0 and dist_agree.is_initialized() and guard.world_size > 1 and not (
+        guard.every_rank.registers_snapshots() and all(os.path.exists(os.fspath(p)) for p in given))
     if other_rank:  # rank 0 wrote it, maybe only on its own disk, maybe not yet: nothing to look at here
-        given = [path_or_dir_or_files] if isinstance(path_or_dir_or_files, (str, os.PathLike)) else path_or_dir_or_files
         files = listed = [os.path.abspath(os.fspath(p)) for p in given]
     else:
         files = formats._paths(path_or_dir_or_files)  # raises when a path does not exist

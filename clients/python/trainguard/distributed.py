@@ -1,6 +1,7 @@
 """Cross-rank agreement: every rank applies the same action (the most severe wins) to the same
 rollback target, with one small all_reduce per step; one broadcast only on ROLLBACK/HALT."""
 import collections
+import socket
 import time
 
 import torch
@@ -46,6 +47,8 @@ class EveryRank:
 
     def __init__(self, run, world, rank=0):
         self.run, self.world, self.rank, self.key, self.store = run, world, rank, None, None
+        self.sidecar = ""     # which sidecar this rank talks to (sidecar_identity), set once the Guard has its target
+        self._leader = None   # whether this rank registers its snapshots with its sidecar (registers_snapshots)
         if world <= 1 or not is_initialized():
             return
         try:
@@ -66,6 +69,7 @@ class EveryRank:
         if self.key is None:
             return
         key, self.key = self.key, None
+        self.store.set(f"trainguard/{self.run}/sidecar/{self.rank}", self.sidecar)
         end = time.monotonic() + self.WAIT_S
         while True:
             built = self.store.add(key, 0)
@@ -80,6 +84,23 @@ class EveryRank:
             time.sleep(0.01)
 
 
+    def registers_snapshots(self):
+        """Whether this rank registers the ranks' in-memory snapshots with its sidecar: the lowest rank of
+        those that talk to the same sidecar (one rank per sidecar). With one sidecar per node (the
+        multi-node layout) rank 0 alone registered them, with its own sidecar: the others had no target,
+        and a burst that one of them judged halted the job instead of rolling back. Asked after
+        ``check()``, when every rank has said which sidecar it talks to."""
+        if self.key is not None:  # before the first step, the ranks have not said yet: rank 0, as before
+            return self.rank == 0
+        if self._leader is None:
+            if self.store is None:
+                self._leader = self.rank == 0
+            else:
+                mine = [r for r in range(self.world)
+                        if self.store.get(f"trainguard/{self.run}/sidecar/{r}").decode() == self.sidecar]
+                self._leader = min(mine, default=self.rank) == self.rank
+        return self._leader
+
     def _same_run_everywhere(self):
         """Raises when a rank's Guard of the same order opened another run id than this one."""
         for r in range(self.world):
@@ -91,6 +112,14 @@ class EveryRank:
                         f"rank {r} opened run '{other}' where this rank (rank {self.rank}) opened '{self.run}': every "
                         f"rank must pass the same run id. An id made of the time differs across ranks that start "
                         f"in different seconds: make it on rank 0 and broadcast it, or use $TORCHELASTIC_RUN_ID")
+
+
+def sidecar_identity(target):
+    """Which sidecar a target reaches, comparable across ranks: a Unix socket or a loopback address is
+    this host's sidecar (the same string on another node is another sidecar), any other address is
+    that address's."""
+    local = target.startswith("unix:") or any(h in target for h in ("127.0.0.1", "localhost", "[::1]"))
+    return f"{socket.gethostname()}|{target}" if local else target
 
 
 def _device():

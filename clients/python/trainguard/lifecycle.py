@@ -24,6 +24,7 @@ def opened(g):
     ended without closing the run is a retry: said as a take-over), so two live ones, two models
     under one run id, are for the client to say."""
     wrap.note_guard(g)
+    g.every_rank.sidecar = dist_agree.sidecar_identity(g.transport.target)  # one rank per sidecar registers
     key = (g.transport.target, g.run, g.rank)
     earlier = _HOLDING.get(key)
     halted = earlier is not None and earlier.last_verdict is not None and earlier.last_verdict.action == Action.HALT

@@ -68,7 +68,7 @@ class SnapshotRegistrar:
 
     def _record(self, s):
         """The _Record of ``s``; None on a rank other than 0 of several (rank 0 registers every slot)."""
-        if self.g.rank != 0 and self.several_ranks():
+        if self.several_ranks() and not self.g.every_rank.registers_snapshots():
             return None
         return _Record(s, s.step, s.taken_at, [pb.CheckpointFile(path=self.slot_name(s), size_bytes=s.nbytes)],
                        s.data_position)
@@ -246,7 +246,7 @@ class SnapshotRegistrar:
             if not s.finite():
                 code = _NEVER  # this rank's part is not finite: every rank drops the snapshot
             else:
-                code = _confirm_code(self._register_now(s)) if self.g.rank == 0 else _KNOWN
+                code = _confirm_code(self._register_now(s)) if self.g.every_rank.registers_snapshots() else _KNOWN
             code, agreed = dist_agree.max_ints([code, mine])
             codes.append((s, code))
         self._on_confirmed(codes)
