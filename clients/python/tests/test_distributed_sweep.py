@@ -355,9 +355,18 @@ def test_fsdp1_has_no_in_memory_snapshots_whose_restore_would_not_reach_its_shar
     assert r0["store"] is None and r1["store"] is None
 
 
+def _timed_end(rec, t0, guard, out_dir, rank):
+    """A worker's end: how long until it stopped, the Guard closed, the record saved, the group left."""
+    from models import leave_gloo
+    rec["waited"] = time.monotonic() - t0
+    guard.close()
+    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
+    leave_gloo()
+
+
 def _run_id_of_the_second_worker(rank, world, port, target, out_dir, stamp):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from models import batch, join_gloo, parallel_mlp
     from trainguard.errors import TrainguardError
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
@@ -372,10 +381,7 @@ def _run_id_of_the_second_worker(rank, world, port, target, out_dir, stamp):
         g.step(0, None)
     except TrainguardError as e:
         rec["error"] = str(e)
-    rec["waited"] = time.monotonic() - t0
-    g.close()
-    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
-    leave_gloo()
+    _timed_end(rec, t0, g, out_dir, rank)
 
 
 def test_ranks_that_opened_different_run_ids_are_told_at_once_with_both_ids(sidecar):
@@ -390,7 +396,7 @@ def test_ranks_that_opened_different_run_ids_are_told_at_once_with_both_ids(side
 
 def _join_worker(rank, world, port, target, out_dir, run):
     sys.path[:0] = [os.path.dirname(HERE), HERE]
-    from models import batch, join_gloo, leave_gloo, parallel_mlp
+    from models import batch, join_gloo, parallel_mlp
     from trainguard.errors import TrainguardError
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
@@ -408,10 +414,7 @@ def _join_worker(rank, world, port, target, out_dir, run):
                 opt.zero_grad()
     except TrainguardError as e:
         rec["error"] = str(e)
-    rec["waited"] = time.monotonic() - t0
-    g.close()
-    torch.save(rec, os.path.join(out_dir, f"rank{rank}.pt"))
-    leave_gloo()
+    _timed_end(rec, t0, g, out_dir, rank)
 
 
 def test_guard_step_inside_ddp_join_is_refused_in_words_instead_of_hanging(sidecar):

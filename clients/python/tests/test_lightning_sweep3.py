@@ -50,37 +50,33 @@ class TwiceSGD(torch.optim.Optimizer):
     """Evaluates the closure twice per step (as SAM does) and descends along the second evaluation's
     gradients; defined here, not in torch.optim, so nothing is known of it beforehand."""
 
+    evaluations = 2
+
     def __init__(self, params, lr):
         super().__init__(params, {"lr": lr})
 
     @torch.no_grad()
     def step(self, closure):
         with torch.enable_grad():
-            closure()
-            loss = closure()
+            for _ in range(self.evaluations_now()):
+                loss = closure()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     p.add_(p.grad, alpha=-group["lr"])
         return loss
 
+    def evaluations_now(self):
+        return self.evaluations
+
 
 class SometimesTwiceSGD(TwiceSGD):
     """Evaluates the closure twice only on every 4th step (a backtracking optimizer re-evaluates only on
     the steps it rejects), once otherwise."""
 
-    @torch.no_grad()
-    def step(self, closure):
+    def evaluations_now(self):
         self.steps = getattr(self, "steps", 0) + 1
-        if self.steps % 4:
-            with torch.enable_grad():
-                loss = closure()
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.add_(p.grad, alpha=-group["lr"])
-            return loss
-        return super().step(closure)
+        return 2 if self.steps % 4 == 0 else 1
 
 
 class ClosureNet(Net):

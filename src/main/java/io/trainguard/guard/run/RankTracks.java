@@ -109,6 +109,9 @@ final class RankTracks {
      */
     List<Integer> settleHangs(String trainerInstance, Policy policy, long nowNanos) {
         List<Integer> settled = new ArrayList<>();
+        if (trainerInstance == null || trainerInstance.isEmpty()) {
+            return settled;  // a trainer that does not say which process it is settles nothing
+        }
         for (RankTrack t : byRank.values()) {
             if (t.closed || t.trainerInstance.equals(trainerInstance)) {
                 continue;

@@ -353,10 +353,7 @@ public final class RunDecider {
         ranks.clearSkips();
     }
 
-    /**
-     * An operator retires the run (its trainer is gone for good): every rank closed, the run CLOSED.
-     * Returns false when it was closed already.
-     */
+    /** An operator retires the run (its trainer is gone for good); false when it was closed already. */
     public synchronized boolean closeByOperator(String why) {
         if (state.state() == RunState.CLOSED) {
             return false;
@@ -381,9 +378,6 @@ public final class RunDecider {
 
     /** Another trainer process opened a run: this run's hung ranks held by other processes are settled (RankTracks). */
     public synchronized List<Integer> settleHangs(String trainerInstance, long nowNanos) {
-        if (trainerInstance == null || trainerInstance.isEmpty()) {
-            return List.of();
-        }
         return ranks.settleHangs(trainerInstance, policy, nowNanos);
     }
 
