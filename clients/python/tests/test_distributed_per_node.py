@@ -27,7 +27,7 @@ def _per_node_worker(rank, world, port, targets, out_dir, run, fused):
     from trainguard.guard import Guard
     join_gloo(rank, world, port)
     model = parallel_mlp("ddp")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, **({"fused": True} if fused else {}))  # torch 1.13: no fused
     g = Guard(model, opt, run, target=targets[rank], deadline=5.0, replay=False, device_gate=fused,
               policy={"known_good_healthy_steps": 5}, snapshots={"interval": 5, "max_overhead": 0})
     wopt = g.wrap(opt)
