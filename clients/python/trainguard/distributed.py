@@ -83,7 +83,6 @@ class EveryRank:
                     f"Every rank joins each step's agreement on the action, so no rank applies an update another skipped")
             time.sleep(0.01)
 
-
     def registers_snapshots(self):
         """Whether this rank registers the ranks' in-memory snapshots with its sidecar: the lowest rank of
         those that talk to the same sidecar (one rank per sidecar). With one sidecar per node (the
