@@ -105,16 +105,23 @@ def first_non_finite_state(model, optimizer):
     training state, or None. A host read per tensor: for a state already known to be bad."""
     names = {id(p): n for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
-        if not torch.isfinite(p.detach()).all():
+        if not _finite(p.detach()):
             return f"parameter {n}", p
     for n, b in model.named_buffers():
-        if b.is_floating_point() and not torch.isfinite(b).all():
+        if b.is_floating_point() and not _finite(b):
             return f"buffer {n}", b
     for p, slots in getattr(optimizer, "state", {}).items():
         for key, t in (slots.items() if isinstance(slots, dict) else ()):
-            if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
+            if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and not _finite(t):
                 return f"optimizer state {key} of {names.get(id(p), 'a parameter')}", t
     return None
+
+
+def _finite(t):
+    # this rank's shard of a DTensor (FSDP2): a whole-tensor test would be a collective, and only the
+    # rank that saw the fault looks
+    t = t.to_local() if hasattr(t, "to_local") else t
+    return bool(torch.isfinite(t).all())
 
 
 def say_corrupt_state(guard, step):
