@@ -49,8 +49,9 @@ class LoopNumbering:
         shift = step - (last + 1)
         (log.debug if self._warned_restart else log.warning)(
             "trainguard: step %d came after step %d with no rollback behind it (a loop numbering its steps per "
-            "epoch, e.g. by batch_idx?): the guard numbers it %d and goes on from there (loop step + %d). Pass a "
-            "step that keeps increasing (epoch * len(loader) + batch_idx) to keep the loop's own numbers",
+            "epoch, e.g. by batch_idx, or a counter that advances only on applied steps, `if v.should_step: "
+            "step += 1`?): the guard numbers it %d and goes on from there (loop step + %d). Pass a step that "
+            "keeps increasing at every guard.step() (epoch * len(loader) + batch_idx) to keep the loop's own numbers",
             step, last + self.shift, last + 1, -shift)
         self._warned_restart = True
         self.shift = shift
