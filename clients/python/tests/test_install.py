@@ -72,3 +72,18 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     out = subprocess.run([py, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ERR-OK" in out.stdout and "APPLY" in out.stdout, out.stdout
+
+
+def test_the_submodules_the_docs_name_are_reachable_after_a_plain_import():
+    # prevents: the docs' restore_hook recipe (trainguard.checkpoints.restore) raising AttributeError in a
+    # restarted trainer that had not called checkpoint_saved yet: its rollback failed and the run halted
+    import re
+    import subprocess
+    import sys
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "..", "..", "docs", "client.md")).read()
+    named = sorted(set(re.findall(r"\btrainguard\.([a-z_]+)\.[A-Za-z_]+\(", docs)))
+    assert "checkpoints" in named, named
+    code = "import trainguard\n" + "".join(f"trainguard.{m}\n" for m in named)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert p.returncode == 0, p.stderr

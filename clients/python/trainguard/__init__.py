@@ -67,7 +67,9 @@ def __getattr__(name):  # lazy: `import trainguard` does not import torch until 
     if name == "Sidecar":
         from .testing import Sidecar
         return Sidecar
-    if name in ("lightning", "hf", "testing", "wrap"):  # submodules on first use
+    # submodules the docs name as trainguard.<module>.<function>, loaded on first use (a restore_hook's
+    # trainguard.checkpoints.restore in a process that never called checkpoint_saved raised AttributeError)
+    if name in ("lightning", "hf", "testing", "wrap", "checkpoints", "checksum", "replay"):
         import importlib
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(name)
