@@ -111,7 +111,7 @@ def test_a_guarded_hf_trainer_on_cuda_reads_no_loss_on_the_host_and_updates_as_t
     # Every step measured at backward's end but one: the sidecar's local bounds from the first 7 values
     # hold only until its bound changes rule at the 8th, and the verdict that brings the next bounds is
     # held until the next backward, so step 8 is decided on the host (a spike bound of step 2 must not
-    # judge step 10: GuardedRunsTest.localBoundsLastOnlyUntilTheirRuleChanges...)
+    # judge step 10: LevelsAndLocalBoundsTest.localBoundsLastOnlyUntilTheirRuleChanges...)
     assert gate["measured"] >= 11 and gate["used"] + gate["stale"] == gate["measured"], gate
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == 6 and all(x == x for x in logged), logged

@@ -39,7 +39,7 @@ from .watch_names import auto_watch
 from .transport import ReportSender, Transport
 from .validation import ValidationContext, ValidationSession
 from .verdict import Action, Verdict
-from .wrap import ParametersOnly, wrap as wrap_
+from .wrap import wrap as wrap_
 
 log = logging.getLogger("trainguard")
 
@@ -99,8 +99,7 @@ class Guard:
                  report_process="auto", step_buffers=()):
         check_choices(failure_mode=failure_mode, mode=mode, device_gate=device_gate, grad_sync=grad_sync,
                       report_process=report_process)
-        optimizer = check_optimizer(optimizer)  # the inner one of an earlier Guard's wrapper
-        optimizer = ParametersOnly(model) if optimizer is None else optimizer
+        optimizer = check_optimizer(optimizer, model)  # an earlier Guard's wrapper's inner one; None: manual updates
         self.model, self.optimizer, self.run = model, optimizer, run
         self.scheduler, self.scaler = scheduler, scaler
         self.steps_scheduler = scheduler is not None  # optimizer_step() steps the one handed here, not one found

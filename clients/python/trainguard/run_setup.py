@@ -124,14 +124,16 @@ def check_choices(**args):
             raise ValueError(f"{name} must be {choices}, not {value!r}")
 
 
-def check_optimizer(optimizer):
+def check_optimizer(optimizer, model):
     """The optimizer a Guard is built on. Raises TypeError for one the Guard cannot hook: Accelerate's
     ``AcceleratedOptimizer`` (what ``accelerator.prepare()`` returns) is no torch Optimizer and has no
     step hooks. An earlier Guard's wrapper (``opt = guard.wrap(optimizer)`` kept in a notebook, handed to
     ``Guard(model, opt)`` after ``close()``) gives its inner optimizer: the wrapper and the schedulers
     built on it then follow the new Guard (wrap._Follows); built on the wrapper itself, the new Guard
     stepped through the closed one, which judged nothing."""
-    from .wrap import GuardedOptimizer
+    from .wrap import GuardedOptimizer, ParametersOnly
+    if optimizer is None:  # a manual update loop (docs/client.md): the model's parameters stand in
+        return ParametersOnly(model)
     while isinstance(optimizer, GuardedOptimizer):
         optimizer = optimizer.optimizer
     if type(optimizer).__name__ == "AcceleratedOptimizer":

@@ -128,7 +128,8 @@ final class RankTracks {
         byRank.values().forEach(t -> t.closed = true);
     }
 
-    void addHangs(String runId, Policy policy, long nowNanos, List<HangReport> out) {
+    List<HangReport> hangs(String runId, Policy policy, long nowNanos) {
+        List<HangReport> out = new ArrayList<>();
         for (RankTrack t : byRank.values()) {
             if (t.closed) {
                 continue;
@@ -139,5 +140,6 @@ final class RankTracks {
                         t.hang.sinceLastProgress(nowNanos), t.hang.allowance(policy.hangFactor(), policy.hangMin(), policy.hangMax())));
             }
         }
+        return out;
     }
 }

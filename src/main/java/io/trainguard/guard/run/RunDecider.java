@@ -355,12 +355,8 @@ public final class RunDecider {
 
     /** An operator retires the run (its trainer is gone for good); false when it was closed already. */
     public synchronized boolean closeByOperator(String why) {
-        if (state.state() == RunState.CLOSED) {
-            return false;
-        }
         ranks.closeAll();
-        state.moveTo(RunState.CLOSED, "closed by an operator: " + why);
-        return true;
+        return close(-1, "closed by an operator: " + why);  // every rank closed: the run closes as a trainer's would
     }
 
     /** Closes the run once every rank that joined has closed it. Returns true when the run closed now. */
@@ -381,13 +377,10 @@ public final class RunDecider {
         return ranks.settleHangs(trainerInstance, policy, nowNanos);
     }
 
+    /** The ranks overdue now; none for a run that is not taking steps (closed, halted). */
     public synchronized List<HangReport> hangs(long nowNanos) {
-        List<HangReport> out = new ArrayList<>();
-        if (state.state() == RunState.CLOSED || state.state() == RunState.HALTED) {
-            return out;
-        }
-        ranks.addHangs(runId, policy, nowNanos, out);
-        return out;
+        boolean stepping = state.state() != RunState.CLOSED && state.state() != RunState.HALTED;
+        return stepping ? ranks.hangs(runId, policy, nowNanos) : List.of();
     }
 
     public synchronized RunSnapshot snapshot() {
