@@ -84,12 +84,15 @@ class QueueNet(nn.Module):
         return logits.logsumexp(dim=1).mean()
 
 
-def queue_run(sidecar, guarded, step_buffers):
-    model = QueueNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+def queue_run(sidecar, guarded, step_buffers, device_gate=False, model=None, after_update=None):
+    model = model if model is not None else QueueNet()
+    params = list(model.parameters())
+    opt = (torch.optim.AdamW(params, lr=1e-2, fused=True) if device_gate
+           else torch.optim.AdamW(params, lr=1e-2))  # torch 1.13 knows no fused=
+    inner = getattr(model, "_orig_mod", model)
     g = Guard(model, opt, f"queue-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False,
-              policy={"clip_mode": "OFF"}, step_buffers=[model.queue, model.ptr] if step_buffers else ()) \
-        if guarded else None
+              device_gate=device_gate, policy={"clip_mode": "OFF"},
+              step_buffers=[inner.queue, inner.ptr] if step_buffers else ()) if guarded else None
     actions = []
     for step in range(10):
         x, _ = batch(step)
@@ -98,9 +101,11 @@ def queue_run(sidecar, guarded, step_buffers):
                 continue
             x = x * float("nan")
         guarded_update(g, opt, step, model(x), actions)
+        if after_update is not None:
+            after_update(step)
     if g is not None:
         g.close()
-    return model, actions
+    return inner, actions
 
 
 def test_buffers_given_as_step_buffers_are_put_back_after_a_skipped_step_as_if_it_never_ran(sidecar):
@@ -110,5 +115,98 @@ def test_buffers_given_as_step_buffers_are_put_back_after_a_skipped_step_as_if_i
     got, actions = queue_run(sidecar, guarded=True, step_buffers=True)
     assert actions[NAN_STEP] == Action.SKIP and all(a == Action.APPLY for a in actions[NAN_STEP + 1:]), actions
     assert torch.equal(got.queue, want.queue) and torch.equal(got.ptr, want.ptr)
-    _, without = queue_run(sidecar, guarded=True, step_buffers=False)
-    assert without[NAN_STEP + 1] != Action.APPLY, without  # what the queue's NaN keys do when left there
+
+
+@pytest.mark.parametrize("device_gate", [False, pytest.param(True, marks=pytest.mark.torch2)],
+                         ids=["host", "device_gate"])
+def test_buffers_a_training_forward_writes_are_found_and_put_back_after_a_skipped_step(sidecar, device_gate):
+    # Prevents: a queue the forward writes, not named in step_buffers, keeping a skipped batch's NaN keys
+    # (the next steps were NaN too and the run rolled back to its start)
+    want, _ = queue_run(sidecar, guarded=False, step_buffers=False, device_gate=device_gate)
+    got, actions = queue_run(sidecar, guarded=True, step_buffers=False, device_gate=device_gate)
+    assert all(a == Action.APPLY for a in actions[NAN_STEP + 1:]), actions
+    if not device_gate:
+        assert actions[NAN_STEP] == Action.SKIP, actions
+    assert torch.equal(got.queue, want.queue) and torch.equal(got.ptr, want.ptr)
+
+
+class SpectralCritic(nn.Module):
+    """A GAN critic under spectral norm: every training forward advances the power iteration, writing
+    the parametrization's ``_u`` / ``_v`` buffers in place, whatever the batch holds."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(nn.Linear(16, 32)), nn.ReLU(),
+                                 nn.Linear(32, 1))
+
+    def forward(self, x):
+        return self.net(x).pow(2).mean()
+
+
+@pytest.mark.torch2  # torch.nn.utils.parametrizations.spectral_norm: torch >= 1.14
+def test_spectral_norms_power_iteration_is_put_back_after_a_skipped_step(sidecar):
+    # Prevents: a skipped step's forward leaving its power-iteration update in _u/_v, so the guarded run's
+    # critic normalized by other vectors than a run that never saw the batch
+    want, _ = queue_run(sidecar, guarded=False, step_buffers=False, model=SpectralCritic())
+    got, actions = queue_run(sidecar, guarded=True, step_buffers=False, model=SpectralCritic())
+    assert actions[NAN_STEP] == Action.SKIP, actions
+    for (name, a), (_, b) in zip(got.named_buffers(), want.named_buffers()):
+        assert torch.equal(a, b), name
+    for a, b in zip(got.parameters(), want.parameters()):
+        assert torch.equal(a, b)
+
+
+class AveragedNet(QueueNet):
+    """A model whose loop keeps an average of a weight in a buffer after every update: a write outside
+    the forward, which a skipped step must not undo."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("avg", torch.zeros(4, 16))
+
+
+def test_a_buffer_the_loop_writes_after_the_update_keeps_that_write_across_a_skipped_step(sidecar):
+    model, written = AveragedNet(), {}
+
+    def average(step):
+        with torch.no_grad():
+            model.avg.mul_(0.5).add_(model.net.weight, alpha=0.5)
+        written[step] = model.avg.clone()
+
+    _, actions = queue_run(sidecar, guarded=True, step_buffers=False, model=model, after_update=average)
+    assert actions[NAN_STEP] == Action.SKIP, actions
+    # the skipped step's settling ran after the loop's write of the step before, and kept it
+    assert not torch.equal(written[NAN_STEP - 1], written[NAN_STEP - 2])
+    assert torch.equal(model.avg, written[9])
+
+
+@pytest.mark.torch2
+def test_a_compiled_model_handed_to_the_guard_has_its_forwards_writes_found(sidecar):
+    want, _ = queue_run(sidecar, guarded=False, step_buffers=False)
+    got, actions = queue_run(sidecar, guarded=True, step_buffers=False,
+                             model=torch.compile(QueueNet(), backend="aot_eager"))
+    assert actions[NAN_STEP] == Action.SKIP and all(a == Action.APPLY for a in actions[NAN_STEP + 1:]), actions
+    assert torch.allclose(got.queue, want.queue) and torch.equal(got.ptr, want.ptr)
+
+
+class RebindingQueue(QueueNet):
+    def forward(self, x):
+        k = self.net(x)
+        if self.training:
+            self.queue = torch.cat([k.detach(), self.queue])[: self.queue.shape[0]]  # a new tensor each step
+        return (k @ self.queue.t()).logsumexp(dim=1).mean()
+
+
+def test_a_forward_that_rebinds_its_buffer_is_told_to_write_it_in_place(sidecar, caplog):
+    queue_run(sidecar, guarded=True, step_buffers=False, model=RebindingQueue())
+    said = [r.getMessage() for r in caplog.records if "rebinds its buffer 'queue'" in r.getMessage()]
+    assert len(said) == 1 and "in place" in said[0], said
+
+
+def test_a_nan_batch_through_batchnorm_is_not_said_to_find_the_state_corrupt_before_it(sidecar, caplog):
+    # Prevents: "buffer 1.running_mean was already non-finite before this step's update: skipping steps
+    # cannot repair that" at every NaN batch: the step's own forward wrote it, and the skip puts it back
+    _, actions = run(sidecar, guarded=True)
+    assert actions[NAN_STEP] == Action.SKIP
+    assert not [r for r in caplog.records if "already non-finite" in r.getMessage()]

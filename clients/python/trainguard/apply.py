@@ -77,10 +77,11 @@ def _drop_all_gradients(guard):
     if others and not guard.__dict__.get("_other_grads_said"):
         guard._other_grads_said = True
         log.warning("trainguard: %d parameters with gradients are not in the optimizer this Guard was built with "
-                    "(%s%s): another optimizer updates them (one built after the Guard, when unfreezing?). Their "
-                    "gradients were dropped with the vetoed step's, but their norms are not judged and their "
-                    "healthy updates are not guarded: build a Guard on the optimizer that updates them "
-                    "(guard.close(), then Guard(model, new_optimizer, run=<a new run id>))", len(others),
+                    "(%s%s): another optimizer updates them. Their gradients were dropped with the vetoed step's, so "
+                    "no optimizer applies it, but their norms are not judged and that optimizer's state is not in "
+                    "this Guard's snapshots. A model two optimizers train on purpose (a sparse embedding's): see "
+                    "docs/client.md, 'One model trained by two optimizers'; an optimizer built after the Guard "
+                    "(unfreezing): guard.close(), then Guard(model, new_optimizer, run=<a new run id>)", len(others),
                     ", ".join(others[:3]), ", ..." if len(others) > 3 else "")
 
 

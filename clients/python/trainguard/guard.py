@@ -61,8 +61,8 @@ class Guard:
       mode: "async" (healthy steps decided locally with the sidecar's LocalBounds, report sent in
         the background) or "sync" (every step waits for the sidecar's verdict).
       policy: Policy overrides, e.g. {"clip_mode": "FIXED", "clip_threshold": 1.0}.
-      step_buffers: buffers the forward writes besides normalization statistics (a MoCo key queue and
-        its pointer, a memory bank): like BatchNorm's statistics, put back when the step is skipped.
+      step_buffers: buffers the forward writes that are not found by themselves (forward_writes.py: written
+        after the first 4 steps, or inside a compiled module): put back, like those, on a skipped step.
       protect_update: check the weights after optimizer.step() and undo a non-finite update.
         "auto" turns it on for low-precision parameters without fp32 master weights.
       device_gate: "auto" (default): on CUDA with a fused Adam/AdamW/SGD, mode="async" and no

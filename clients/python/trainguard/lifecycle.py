@@ -90,6 +90,7 @@ def close(g, reason, close_run=True):
         log.error("trainguard: at the last step %s", dist_agree.steps_differ_message(g.last_step))
     g.gated.settle_late(wait=True)  # the last steps' skips, for the callbacks' verdicts
     settle_running_stats(g)
+    g.running_stats.remove()
     g.gate.uninstall()
     g.loop_updates.remove()
     scaler_share.release(g)

@@ -57,8 +57,9 @@ class LrCuts:
     @property
     def at_update(self):
         """Whether the cut is applied at each update rather than written into the groups: no torch
-        scheduler is known, so something else (or nothing) sets the LR."""
-        return self.scheduler is None
+        scheduler is known, so something else (or nothing) sets the LR (a timm-style scheduler
+        handed to ``guard.wrap`` rewrites the groups' ``lr`` from base values of its own)."""
+        return not schedulers.torch_schedulers(self.scheduler)
 
     def attach(self, scheduler):
         """A torch scheduler became known: a cut applied at each update until now is written in."""

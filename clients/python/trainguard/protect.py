@@ -100,15 +100,16 @@ class UpdateProtector:
         raise NonFiniteUpdate(step, module, detail)
 
 
-def first_non_finite_state(model, optimizer):
+def first_non_finite_state(model, optimizer, settled=frozenset()):
     """(name, tensor) of the first non-finite parameter, buffer or optimizer-state tensor of the live
-    training state, or None. A host read per tensor: for a state already known to be bad."""
+    training state, or None. A host read per tensor: for a state already known to be bad.
+    ``settled``: ids of buffers a skipped step puts back (running_stats), left out."""
     names = {id(p): n for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         if not _finite(p.detach()):
             return f"parameter {n}", p
     for n, b in model.named_buffers():
-        if b.is_floating_point() and not _finite(b):
+        if b.is_floating_point() and id(b) not in settled and not _finite(b):
             return f"buffer {n}", b
     for p, slots in getattr(optimizer, "state", {}).items():
         for key, t in (slots.items() if isinstance(slots, dict) else ()):
@@ -130,7 +131,9 @@ def say_corrupt_state(guard, step):
     a fault that wrote into the weights, a scheduler that made the LR inf. Skipping such steps cannot
     help (the sidecar rolls back after its skip limit). Host reads per tensor: faulty steps only."""
     parts = []
-    found = first_non_finite_state(guard.model, guard.optimizer)
+    # the step's own forward wrote the normalization statistics (and the buffers found or named
+    # as step_buffers): not a state from before it, and the step's settling puts them back
+    found = first_non_finite_state(guard.model, guard.optimizer, guard.running_stats.settled_ids())
     if found is not None:
         parts.append(f"{found[0]} was already non-finite before this step's update")
     for i, grp in enumerate(guard.optimizer.param_groups):

@@ -8,9 +8,12 @@ for every input. So after each judged step the statistics are settled on the dev
 step was skipped, or where a value is not finite, the value from the last step that kept them is
 put back; elsewhere this step's values become the ones kept. One concatenation, one ``where`` and
 one ``_foreach_copy_`` per device and dtype, no host read: the same on the device gate, whose skip
-is a device flag. A ROLLBACK restores them with the model, and they are kept from there.
+is a device flag. A ROLLBACK restores them with the model, and they are kept from there. Other
+buffers a training forward writes are found in its first steps (forward_writes.py) and settled alike.
 """
 import torch
+
+from .forward_writes import ForwardWrites
 
 # num_batches_tracked too: BatchNorm(momentum=None) averages by it, and a skipped batch must not count
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -30,32 +33,48 @@ class RunningStats:
             if id(t) not in seen:
                 seen.add(id(t))
                 tensors.append(t)
+        self._groups = []
+        self._add([(t, t.detach()) for t in tensors])  # cat() copies them
+        self._writes = ForwardWrites(model, seen)
+
+    def _add(self, tensors_and_kept):
         groups = {}
-        for t in tensors:
-            groups.setdefault((t.device, t.dtype), []).append(t)  # an integer counter is always finite
-        self._groups = [_Group(ts) for ts in groups.values()]
+        for t, kept in tensors_and_kept:
+            groups.setdefault((t.device, t.dtype), []).append((t, kept))  # an integer counter is always finite
+        self._groups += [_Group([t for t, _ in rows], [k for _, k in rows]) for rows in groups.values()]
 
     def __bool__(self):
-        return bool(self._groups)
+        return bool(self._groups) or bool(self._writes)
 
     def settle(self, skip):
         """``skip``: whether this step's update is dropped (a bool), or the device gate's flag (a 0-d
         tensor, > 0: skipped)."""
+        self._add(self._writes.end_step())  # buffers this step's forwards were found writing
         for g in self._groups:
             g.settle(skip)
 
     def keep_current(self):
         """The statistics as they are now are the ones kept (after a ROLLBACK restored them)."""
+        self._writes.discard_step()
         for g in self._groups:
             g.keep_current()
+
+    def settled_ids(self):
+        """ids of the tensors a skipped step puts back."""
+        return {id(t) for g in self._groups for t in g.tensors} | self._writes.found_ids()
+
+    def remove(self):
+        """The Guard closed: the hooks that look for written buffers go."""
+        self._writes.remove()
 
 
 class _Group:
     """The statistics of one device and dtype, kept in one flat tensor."""
 
-    def __init__(self, tensors):
+    def __init__(self, tensors, kept):
+        """``kept``: each tensor's value to put back on a skip, until a kept step replaces it."""
         self.tensors = tensors
-        self.kept = torch.cat([t.detach().reshape(-1) for t in tensors])
+        self.kept = torch.cat([k.reshape(-1) for k in kept])
         self._views = list(torch.split(self.kept, [t.numel() for t in tensors]))
         self._views = [v.view(t.shape) for v, t in zip(self._views, tensors)]
 

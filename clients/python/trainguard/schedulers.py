@@ -61,6 +61,13 @@ def _holders(optimizers):
     return out
 
 
+def torch_schedulers(scheduler):
+    """Whether ``scheduler`` (and every one it sequences) is torch's, which recomputes the rate from
+    base rates lrcut knows how to cut; a timm-style one (``step_update``, ``base_values``) is not."""
+    return scheduler is not None and all(isinstance(s, _BASE) for s in each(scheduler)
+                                         if not isinstance(s, Several))
+
+
 def each(scheduler):
     """``scheduler`` and the schedulers it sequences or chains (SequentialLR, ChainedScheduler)."""
     if scheduler is None:

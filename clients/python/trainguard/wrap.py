@@ -127,6 +127,7 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none=True):
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        self.__dict__["_grads_mark"] = _grads_mark(self.optimizer)  # zeros are no backward of the loop's
 
     # --- the guarded step -----------------------------------------------------------------------
     def step(self, closure=None, **kwargs):
@@ -134,10 +135,13 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
         step: the closure's loss when it ran, as torch's ``step(closure)`` returns it, else None)."""
         g = self.guard
         first = None
-        if closure is not None and not g._pending_update:
+        if closure is not None and not g._pending_update and not self._loop_ran_backward():
             # A closure computes this step's gradients: judging now (before it ran) would judge the
             # previous step's gradients, or none. Evaluate it once, judge that, and hand the inner
             # optimizer the result for its first evaluation (LBFGS evaluates it again later).
+            # Where the loop ran this step's backward itself (SAM's closure form: the closure is
+            # the gradient at perturbed weights, evaluated after the optimizer moved them), the
+            # step's gradients are judged as they are, and every closure call is the optimizer's.
             with torch.enable_grad():
                 first = closure()
             g.step(g.numbering.loop_step(g.next_step()), first)
@@ -155,7 +159,18 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
                 self.optimizer.__dict__.pop("found_inf", None)
                 self.optimizer.__dict__.pop("grad_scale", None)
         g.recovery.after_update(v.step if v else None)
+        self.__dict__["_grads_mark"] = _grads_mark(self.optimizer)
         return result
+
+    def _loop_ran_backward(self):
+        """Whether the gradients are new since the last update or ``zero_grad`` through this
+        wrapper: a backward the loop ran, not an LBFGS closure's last evaluation inside the update."""
+        p = _sentinel(self.optimizer)
+        grad = None if p is None else p.grad
+        if grad is None:
+            return False
+        mark = self.__dict__.get("_grads_mark")
+        return mark is None or mark[0]() is not grad or mark[1] != grad._version
 
     def _hand_on_scaler_flags(self):
         """GradScaler.step set ``found_inf`` (its record, the gate's skip ORed in) and ``grad_scale``
@@ -169,6 +184,23 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
         else:
             self.optimizer.__dict__.pop("grad_scale", None)
         return True
+
+
+def _sentinel(optimizer):
+    """The first trained parameter: its gradient stands for the step's."""
+    for grp in optimizer.param_groups:
+        for p in grp["params"]:
+            if p.requires_grad:
+                return p
+    return None
+
+
+def _grads_mark(optimizer):
+    """(a weak reference to the sentinel's gradient, its version): a reference, not an id, since a
+    freed gradient's id is soon another's."""
+    p = _sentinel(optimizer)
+    grad = None if p is None else p.grad
+    return None if grad is None else (weakref.ref(grad), grad._version)
 
 
 def _first_call_returns(value, closure):

@@ -81,7 +81,8 @@ class PolicyRoundTripTest extends SidecarTestSupport {
         given().contentType(ContentType.JSON).body(Map.of("hangFactor", "Infinity")).put("/api/runs/" + run + "/policy")
                 .then().statusCode(400).body(containsString("hang_factor"));
         given().contentType(ContentType.JSON).body(Map.of("spikeZTreshold", 4.0)).put("/api/runs/" + run + "/policy")
-                .then().statusCode(400).body(containsString("spikeZTreshold"));
+                .then().statusCode(400).body(containsString("spikeZTreshold"), containsString("spike_z_threshold,"),
+                        containsString("camelCase forms"));
         assertAll(PolicySamples.samples(0), policyOverGrpc(run), "after refused changes");
     }
 }

@@ -40,8 +40,10 @@ public final class PolicyPatch {
         for (var e : fields.entrySet()) {
             PolicyField f = PolicyField.named(e.getKey());
             if (f == null) {
+                // snake_case, as every other policy message and the Python client's policy={...} name them
                 throw new InvalidRequestException("unknown policy field '" + e.getKey() + "': use one of "
-                        + Arrays.stream(PolicyField.values()).map(PolicyField::javaName).toList());
+                        + Arrays.stream(PolicyField.values()).map(PolicyField::key).toList()
+                        + " (their camelCase forms, as GET returns them, are accepted too)");
             }
             JsonNode v = e.getValue();
             if (v == null || v.isNull()) {
