@@ -12,6 +12,7 @@ import grpc
 import torch
 
 from . import distributed as dist_agree
+from . import integrity
 from .connection import UNREACHABLE, grpc_code
 from .errors import TrainguardError
 from .safetensors_io import read_safetensors, write_safetensors
@@ -103,7 +104,8 @@ def save(guard, directory, step, data_position=0, extra=None):
     # forever. The other ranks need not wait for the files either: a ROLLBACK names them only after
     # rank 0 registered them and the sidecar verified them, and every rank loads from the plan's path.
     entry = {"dir": path, "files": [weights], "checkpoint_id": "", "data_position": int(data_position),
-             "lr_scale": guard.recovery.lr.scale}
+             "lr_scale": guard.recovery.lr.scale,
+             "stat": integrity.stat_of([weights, os.path.join(path, "trainer.pt")]) if writer else {}}
     guard.checkpoints[int(step)] = entry
     if not writer:
         return None
@@ -121,6 +123,8 @@ def load(guard, path_or_step):
     if d.endswith(".safetensors"):
         d = os.path.dirname(d)
     # Everything is read and checked before the model is touched: nothing half-loaded.
+    if not os.path.exists(d):
+        raise FileNotFoundError(f"{d} is gone")
     if not is_own_layout(d):
         if os.path.isfile(os.path.join(d, "trainer.pt")):  # save_checkpoint's side file: the weights went since
             raise FileNotFoundError(f"{d} has the trainer.pt guard.save_checkpoint wrote but not its "
@@ -179,8 +183,8 @@ def checkpoint_saved(guard, path_or_dir_or_files, step, data_position=0):
         listed = files_of(files[0] if len(files) == 1 else files)
     step = guard.numbering.to_guard(int(step))  # a loop that kept counting after a rollback (numbering.py)
     # The LR cut in force is in the saved optimizer's rates: a rollback to it measures its cut from there.
-    entry = {"dir": files[0], "files": listed,
-             "checkpoint_id": "", "data_position": int(data_position), "lr_scale": guard.recovery.lr.scale}
+    entry = {"dir": files[0], "files": listed, "checkpoint_id": "", "data_position": int(data_position),
+             "lr_scale": guard.recovery.lr.scale, "stat": {} if other_rank else integrity.stat_of(listed)}
     earlier = guard.checkpoints.get(int(step))
     guard.checkpoints[int(step)] = entry
     if getattr(guard, "restore_hook", None) is None and not getattr(guard, "_warned_no_loader", False) and not (

@@ -93,6 +93,9 @@ def restore(files, load_state_dict=None, load=None):
     pattern). Returns the state.
     """
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    gone = [f for f in files if not os.path.exists(f)]
+    if gone:  # a rollback target rotated away since it was registered: said as such, not as a loader's want
+        raise FileNotFoundError(f"{', '.join(map(str, gone[:3]))} {'is' if len(gone) == 1 else 'are'} gone")
     if load is not None:
         state = load(files)
     elif len(files) == 1 and os.path.isfile(files[0]):

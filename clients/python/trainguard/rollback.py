@@ -11,6 +11,7 @@ import pickle
 import re
 
 from . import distributed as dist_agree
+from . import integrity
 from .errors import TrainguardError, TrainingHalted
 from .tensors import all_finite
 from .verdict import Action, RollbackPlan, Verdict
@@ -23,38 +24,25 @@ def _halt(v, why):
 
 
 def rollback(guard, v):
-    """Applies a ROLLBACK verdict on ``guard`` (a Guard); sets ``v.resume_step``."""
+    """Applies a ROLLBACK verdict on ``guard`` (a Guard); sets ``v.resume_step``. A target that cannot
+    be restored (its files gone or changed since they were registered, a loader's error, non-finite
+    weights) is reported to the sidecar, which orders the next older known-good one or halts the run."""
     plan = v.rollback or RollbackPlan()
-    key = (plan.checkpoint_id, plan.checkpoint_step, plan.attempt, v.step)
     rec = guard.recovery
-    if plan.checkpoint_step >= v.step:  # an older sidecar's plan: going "back" to a later state resumes nothing
-        _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered at step {v.step}: it is not "
-                 f"behind this step (a checkpoint an earlier process of this run saved after the point this one "
-                 f"restarted from?); restart with a new run id, or from that checkpoint")
-    if rec.position() is not None:
-        # the policy's extra skip beyond the steps back to the checkpoint, counted from the trigger's position
-        extra = max(0, plan.skip_batches - max(0, v.step - plan.checkpoint_step))
-        plan.resume_at = rec.position() + extra
-    if rec.holds(plan):
-        try:
-            restored_scale = rec.restore(plan)
-        except LookupError as e:
-            _halt(v, f"ROLLBACK to the in-memory snapshot of step {plan.checkpoint_step} ordered but {e}; "
-                     f"restart from a checkpoint on disk")
-        target = plan.files[0]
-    else:
-        target = plan.files[0] if plan.files else guard.checkpoints.get(plan.checkpoint_step, {}).get("dir")
-        side, failure = _load(guard, plan, target)
-        # every rank halts together, whichever failed: none is left waiting in a collective for another
-        if not _agreed(guard, failure is None):
-            _halt(v, failure or f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but another rank "
-                                f"could not restore it; restart from another checkpoint")
-        # The cut the checkpoint was saved at: its side file's, else the one recorded when it was registered
-        # (a framework's loader returns none), else the uncut rate (registered by an earlier process).
-        registered = guard.checkpoints.get(plan.checkpoint_step, {}).get("lr_scale", 1.0)
-        # a framework's loader may have fallen back to an older checkpoint (its file rotated away)
-        target = guard.checkpoints.get(plan.checkpoint_step, {}).get("restore") or target
-        restored_scale = float(side.get("lr_scale", registered) if isinstance(side, dict) else registered)
+    while True:
+        if plan.checkpoint_step >= v.step:  # an older sidecar's plan: going "back" to a later state resumes nothing
+            _halt(v, f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered at step {v.step}: it is not "
+                     f"behind this step (a checkpoint an earlier process of this run saved after the point this one "
+                     f"restarted from?); restart with a new run id, or from that checkpoint")
+        if rec.position() is not None:
+            # the policy's extra skip beyond the steps back to the checkpoint, counted from the trigger's position
+            extra = max(0, plan.skip_batches - max(0, v.step - plan.checkpoint_step))
+            plan.resume_at = rec.position() + extra
+        target, restored_scale, failure = _restore(guard, plan)
+        if failure is None:
+            break
+        plan = _next_plan(guard, v, plan, failure)
+    key = (plan.checkpoint_id, plan.checkpoint_step, plan.attempt, v.step)
     _forget_abandoned_checkpoints(guard, plan.checkpoint_step)
     rec.lr.on_rollback(restored_scale, plan.lr_factor, plan.checkpoint_step + 1, plan.rewarm_steps)
     plan.bad_positions = sorted(rec.bad_positions)
@@ -79,6 +67,57 @@ def _forget_abandoned_checkpoints(guard, restored_step):
         del guard.checkpoints[step]
 
 
+def _restore(guard, plan):
+    """Restores ``plan``'s state: (what was restored, the LR cut it was taken at, None), or (.., ..,
+    why it could not, in words) with nothing trained on from it."""
+    rec = guard.recovery
+    said = f"ROLLBACK to the checkpoint of step {plan.checkpoint_step} ordered but"
+    if rec.holds(plan):
+        try:
+            return plan.files[0], rec.restore(plan), None
+        except LookupError as e:
+            return None, None, f"ROLLBACK to the in-memory snapshot of step {plan.checkpoint_step} ordered but {e}"
+    entry = guard.checkpoints.get(plan.checkpoint_step, {})
+    target = plan.files[0] if plan.files else entry.get("dir")
+    changed = integrity.changed_since_registered(entry, plan)
+    side, failure = (None, f"{said} {changed}") if changed else _load(guard, plan, target)
+    # every rank restores the same target or none does: none is left waiting in a collective for another
+    if not _agreed(guard, failure is None):
+        return None, None, failure or f"{said} another rank could not restore it"
+    # The cut the checkpoint was saved at: its side file's, else the one recorded when it was registered
+    # (a framework's loader returns none), else the uncut rate (registered by an earlier process).
+    registered = entry.get("lr_scale", 1.0)
+    # a framework's loader may have fallen back to an older checkpoint (its file rotated away)
+    target = guard.checkpoints.get(plan.checkpoint_step, {}).get("restore") or target
+    return target, float(side.get("lr_scale", registered) if isinstance(side, dict) else registered), None
+
+
+def _next_plan(guard, v, plan, failure):
+    """Tells the sidecar that ``plan``'s checkpoint could not be restored (RestoreFailed): it leaves the
+    rollback targets, and the sidecar orders the same attempt from the next older known-good one
+    (returned) or halts the run (raised, with its words), so the record says what happened."""
+    log.error("trainguard: %s", failure)
+    if not plan.checkpoint_id:
+        _halt(v, failure + "; restart from another checkpoint")
+    import grpc
+    from ._proto.trainguard.v1 import trainguard_pb2 as pb
+    try:
+        answer = guard.transport.call("RestoreFailed", pb.RestoreFailedRequest(
+            run_id=guard.run, rank=guard.rank, step=v.step, checkpoint_id=plan.checkpoint_id, reason=failure),
+            deadline=max(guard.deadline, 10.0))
+    except grpc.RpcError as e:
+        _halt(v, f"{failure}; the sidecar could not be told ({e.code().name}: {e.details()}): restart from "
+                 f"another checkpoint")
+    told = Verdict.from_proto(answer.verdict)
+    if told.action == Action.ROLLBACK and told.rollback is not None and told.rollback.checkpoint_id != plan.checkpoint_id:
+        log.warning("trainguard: rolling back to the checkpoint of step %d (%s) instead", told.rollback.checkpoint_step,
+                    told.rollback.checkpoint_id)
+        v.rollback = told.rollback
+        return told.rollback
+    raise TrainingHalted(Verdict(v.step, Action.HALT, reasons=v.reasons + [failure] + told.reasons,
+                                 run_state=told.run_state, incident_ids=told.incident_ids))
+
+
 def _load(guard, plan, target):
     """Loads the checkpoint at ``target`` with the framework's loader (``restore_hook``) or the guard's
     own: (what the loader returned, None), or (None, why it could not, in words)."""
@@ -90,22 +129,21 @@ def _load(guard, plan, target):
     try:
         side = restore(target, plan) if restore is not None else guard.load_checkpoint(target)
     except FileNotFoundError as e:  # deleted since it was registered (a framework's rotation)
-        return None, f"{said} its files are gone: {e}"
+        return None, f"{said} its files are gone, deleted since they were registered: {e}"
     except TrainguardError as e:  # not guard.save_checkpoint's layout, and no restore_hook to load it
         return None, f"{said} {e}"
     except pickle.UnpicklingError as e:  # a class the weights-only reader does not take
         return None, (f"{said} loading it failed ({type(e).__name__}: {_plain(e)}); restore it with your own "
                       f"loader: guard.restore_hook = lambda path, plan: restore(plan.files, load=<your loader>, ...)")
     except Exception as e:  # a loader (restore_hook) failing on a damaged file: a reason, not a crash
-        return None, f"{said} loading it failed ({type(e).__name__}: {_plain(e)}); restart from another checkpoint"
+        return None, f"{said} loading it failed ({type(e).__name__}: {_plain(e)}): damaged since it was registered?"
     finally:
         guard._restoring = False
     # whatever the loader read (each rank's shard): never train on NaN
     local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in guard.model.parameters()]
     ok = all_finite(local)
     if not (ok is None or bool(ok)):
-        return None, (f"{said} restored non-finite weights (the file changed since the sidecar verified it?); "
-                      f"restart from another checkpoint")
+        return None, f"{said} restored non-finite weights (the file changed since the sidecar verified it?)"
     return side, None
 
 

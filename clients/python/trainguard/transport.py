@@ -27,6 +27,7 @@ _METHODS = {
     "CloseRun": (pb.CloseRunRequest, pb.CloseRunResponse),
     "InspectTensors": (pb.InspectTensorsRequest, pb.InspectTensorsResponse),
     "ReportFault": (pb.ReportFaultRequest, pb.ReportFaultResponse),
+    "RestoreFailed": (pb.RestoreFailedRequest, pb.RestoreFailedResponse),
 }
 
 

@@ -284,6 +284,18 @@ public final class CheckpointRegistry {
         evictWhere(runId, r -> EvictionReasons.rankReopened(r, rank, instance), now());
     }
 
+    /**
+     * The trainer could not restore it when a rollback ordered it (its files gone or changed since they
+     * were verified, a loader's error): evicted, with the trainer's reason, so no rollback picks it again.
+     * An id this run does not hold, or one already out of the running, changes nothing.
+     */
+    public synchronized void unrestorable(String runId, String checkpointId, String reason) {
+        CheckpointRecord r = byId.get(checkpointId);
+        if (r != null && r.runId().equals(runId) && r.state().canMoveTo(CheckpointState.EVICTED)) {
+            save(r.moveTo(CheckpointState.EVICTED, "could not be restored: " + reason, now()));
+        }
+    }
+
     /** Evicts each checkpoint of {@code runId} that may still be evicted and {@code why} gives a reason for (null: kept). */
     private void evictWhere(String runId, Function<CheckpointRecord, String> why, Instant now) {
         for (CheckpointRecord r : List.copyOf(byId.values())) {

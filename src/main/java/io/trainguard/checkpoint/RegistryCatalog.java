@@ -55,6 +55,11 @@ public final class RegistryCatalog implements CheckpointCatalog {
     }
 
     @Override
+    public void unrestorable(String runId, String checkpointId, String reason) {
+        registry.unrestorable(runId, checkpointId, reason);
+    }
+
+    @Override
     public void configure(String runId, int knownGoodHealthySteps) {
         registry.setHealthyStepsRequired(runId, knownGoodHealthySteps);
     }

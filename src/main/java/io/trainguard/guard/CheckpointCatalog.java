@@ -44,6 +44,13 @@ public interface CheckpointCatalog {
     default void trainerRestarted(String runId, int rank, String trainerInstance) {
     }
 
+    /**
+     * The trainer could not restore this checkpoint, the target of a rollback (gone or changed since
+     * it was verified, unreadable): it is never a rollback target again. Written by the catalog itself.
+     */
+    default void unrestorable(String runId, String checkpointId, String reason) {
+    }
+
     /** The run's policy says how many healthy steps make a verified checkpoint known-good. */
     default void configure(String runId, int knownGoodHealthySteps) {
     }

@@ -240,6 +240,33 @@ public final class GuardedRuns {
         });
     }
 
+    /**
+     * A rank could not restore the checkpoint its ROLLBACK verdict named: the checkpoint leaves the
+     * targets, and the run rolls back to the next older known-good one or halts (RunDecider.restoreFailed).
+     * Waits until the new course is durable.
+     */
+    public Verdict restoreFailed(String runId, int rank, long step, String checkpointId, String reason) {
+        RunDecider g = run(runId);
+        RunChecks.rank(g, rank);
+        RunChecks.notClosed(g, "RestoreFailed");
+        if (checkpointId == null || checkpointId.isBlank() || reason == null || reason.isBlank()) {
+            throw new InvalidRequestException("RestoreFailed needs checkpoint_id (the ROLLBACK plan's checkpoint) and "
+                    + "reason (why it could not be restored, in words)");
+        }
+        checkpoints.unrestorable(runId, checkpointId, "rank " + rank + " at step " + step + ": " + reason);
+        var older = checkpoints.newestKnownGood(runId);
+        Decision d;
+        synchronized (g) {
+            d = g.restoreFailed(rank, step, checkpointId, reason, older, nanoTime.getAsLong(), clock.instant());
+        }
+        durable.write(d.write());
+        if (d.from() != d.to()) {
+            events.stateChanged(runId, d.from(), d.to(), d.write().run().stateReason());
+        }
+        d.write().incidents().forEach(events::incident);
+        return d.verdict();
+    }
+
     public ValidationGate beginValidation(String runId, int rank, long step) {
         RunDecider g = run(runId);
         RunChecks.rank(g, rank);

@@ -50,6 +50,14 @@ final class Fixtures {
         }
 
         @Override
+        public void unrestorable(String runId, String checkpointId, String reason) {
+            if (knownGood != null && knownGood.checkpointId().equals(checkpointId)) {
+                knownGood = older;
+                older = null;
+            }
+        }
+
+        @Override
         public List<JournalRow> onHealthyStep(String runId, long step) {
             healthy++;
             return List.of();

@@ -25,6 +25,8 @@ import io.trainguard.api.grpc.v1.ReportFaultRequest;
 import io.trainguard.api.grpc.v1.ReportFaultResponse;
 import io.trainguard.api.grpc.v1.ReportStepRequest;
 import io.trainguard.api.grpc.v1.ReportStepResponse;
+import io.trainguard.api.grpc.v1.RestoreFailedRequest;
+import io.trainguard.api.grpc.v1.RestoreFailedResponse;
 import io.trainguard.api.grpc.v1.StreamStepsRequest;
 import io.trainguard.api.grpc.v1.StreamStepsResponse;
 import io.trainguard.api.grpc.v1.TrainGuardServiceGrpc;
@@ -279,6 +281,17 @@ public class TrainGuardGrpcService extends TrainGuardServiceGrpc.TrainGuardServi
                     request.getDetail()));
             return ReportFaultResponse.newBuilder().setIncidentId(result.incidentId())
                     .setDeviceTransients(result.deviceTransients()).setDeviceSuspect(result.deviceSuspect()).build();
+        });
+    }
+
+    @Override
+    @Blocking // waits for a journal commit
+    public void restoreFailed(RestoreFailedRequest request, StreamObserver<RestoreFailedResponse> observer) {
+        respond(observer, () -> {
+            requireRunId(request.getRunId());
+            var verdict = guard.restoreFailed(request.getRunId(), request.getRank(), request.getStep(),
+                    request.getCheckpointId(), request.getReason());
+            return RestoreFailedResponse.newBuilder().setVerdict(ProtoMapper.verdict(verdict)).build();
         });
     }
 

@@ -81,6 +81,24 @@ final class RollbackCourse {
         return pending;
     }
 
+    /**
+     * The pending plan's checkpoint could not be restored: the same attempt goes to {@code cp} (an
+     * older known-good checkpoint) instead, with its LR cut and re-warm; every rank confirms it anew.
+     */
+    RollbackPlan retarget(CheckpointCatalog.RollbackTarget cp, Policy policy) {
+        RollbackPlan was = pending;
+        long skip = Math.max(0, was.triggerStep() - cp.step()) + policy.rollbackSkipBatches() * was.attempt();
+        pending = new RollbackPlan(cp.checkpointId(), cp.step(), cp.files(), cp.dataPosition(), skip, was.lrFactor(),
+                was.rewarmSteps(), was.attempt(), was.triggerStep());
+        awaitEveryRank();
+        return pending;
+    }
+
+    static String unrestorableReason(RollbackPlan plan, int rank, String why) {
+        return "checkpoint " + plan.checkpointId() + " (step " + plan.checkpointStep() + ") could not be restored by rank "
+                + rank + ": " + why;
+    }
+
     /** Returns true when this report is the rank's first after the plan (its statistics must start over). */
     boolean confirm(int rank) {
         return ranksToConfirm.remove(rank);

@@ -287,6 +287,43 @@ public final class RunDecider {
         o.plan = plan;
     }
 
+    /**
+     * Rank {@code rank} could not restore the pending plan's checkpoint {@code checkpointId} (gone or
+     * changed since it was verified, unreadable, non-finite): the same attempt rolls back to
+     * {@code older} instead, or the run halts when there is none. A rank that reports a plan the run
+     * has already moved past (another rank's report came first) is told the current course.
+     */
+    public synchronized Decision restoreFailed(int rank, long step, String checkpointId, String why,
+            Optional<CheckpointCatalog.RollbackTarget> older, long nowNanos, Instant now) {
+        RunState from = state.state();
+        RollbackPlan plan = rollback.pending();
+        if (from != RunState.HALTED && (from != RunState.ROLLING_BACK || plan == null)) {
+            throw new PreconditionFailedException("run '" + runId + "' has no rollback pending (it is " + from
+                    + "): RestoreFailed answers a ROLLBACK verdict whose checkpoint could not be restored");
+        }
+        List<Incident> incidents = new ArrayList<>();
+        if (from == RunState.ROLLING_BACK && plan.checkpointId().equals(checkpointId)) {
+            String cause = RollbackCourse.unrestorableReason(plan, rank, why);
+            if (older.isPresent() && older.get().step() < plan.checkpointStep()) {
+                String msg = RollbackCourse.orderedReason(rollback.retarget(older.get(), policy), cause);
+                state.moveTo(RunState.ROLLING_BACK, msg);
+                incidents.add(incidentAt(rank, step, IncidentKind.ROLLBACK, Severity.ERROR, msg, now));
+            } else {
+                String msg = cause + ". No older known-good checkpoint to roll back to: restart from your last good state";
+                state.moveTo(RunState.HALTED, msg);
+                haltStep = step;
+                incidents.add(incidentAt(rank, step, IncidentKind.HALT, Severity.CRITICAL, msg, now));
+            }
+        }
+        boolean halted = state.state() == RunState.HALTED;
+        Verdict verdict = new Verdict(step, halted ? Action.HALT : Action.ROLLBACK, 0, false,
+                List.of(halted ? state.haltedReason(runId, haltStep) : rollback.pendingReason()), "", state.state(),
+                halted ? null : rollback.pending(), bounds(track(rank, nowNanos)),
+                incidents.stream().map(Incident::id).toList());
+        return new Decision(verdict, new JournalWrite(snapshot(), List.of(), List.copyOf(incidents), true), from,
+                state.state(), CheckpointEffect.NONE);
+    }
+
     private void halt(StepReport r, List<String> reasons, List<Incident> incidents, Outcome o, Instant now, String why) {
         state.moveTo(RunState.HALTED, why);
         haltStep = r.step();
