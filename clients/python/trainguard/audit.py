@@ -20,6 +20,21 @@ from .rng import capture_rng, only_drawn_from, restore_rng
 # hooks, ...): read from a fresh Module, so it follows the installed torch version. Audited
 # separately (tensors, tree, hooks, train mode) or not at all (hook bookkeeping).
 _MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__) | {"forward"}
+def _tensors_only(v, own):
+    """A tensor that is not the model's, or a list/tuple/dict of such tensors (and Nones)."""
+    if torch.is_tensor(v):
+        return id(v) not in own and not isinstance(v, torch.nn.Parameter)
+    items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else None
+    return items is not None and all(x is None or _tensors_only(x, own) for x in items)
+
+
+def _stash_pair(before, after, own):
+    """Whether an attribute went between tensor stashes (None on one side at most)."""
+    if before is None and after is None:
+        return False
+    return all(x is None or _tensors_only(x, own) for x in (before, after))
+
+
 def _attributes(m, own, ignore=frozenset()):
     return {k: Remembered(v, 0, own) for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in ignore}
 
@@ -67,7 +82,7 @@ class ModelSnapshot:
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             self.tensors[name] = (t, t.dtype, t.device, t.detach().clone() if keep_values else None,
                                   float(t.detach().double().sum()) if keep_values is False else None, t._version)
-        own = {id(t) for t, *_ in self.tensors.values()}
+        own = self.own = {id(t) for t, *_ in self.tensors.values()}
         # a pass that freezes parameters (an inference helper's requires_grad_(False)) leaves them out
         # of every later update, silently
         self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -94,7 +109,10 @@ class ModelSnapshot:
     # What kind of change a finding is; the order is the order details are listed in (most
     # telling first), since only the first few reach the sidecar and the log. Attribute changes
     # (a swapped attention processor, a flag, a scale) change behaviour: they count as wiring.
-    WIRING, ATTRIBUTES, RNG, VALUES, PLACEMENT, TRAIN_MODE = range(6)
+    # STASH: an attribute holding only tensors that are not the model's (an EMA's ``store()`` keeping
+    # the weights aside while validation runs on the average: latent diffusion's LitEma.collected_params)
+    # is data the forward keeps, not behaviour: listed, not counted.
+    WIRING, ATTRIBUTES, RNG, VALUES, PLACEMENT, TRAIN_MODE, STASH = range(7)
 
     def diff(self):
         """Returns (parameters_changed, dtype_device_mode_changed, wiring_changed, rng_changed, details)."""
@@ -132,10 +150,17 @@ class ModelSnapshot:
                 found.append((self.WIRING, f"{label} forward hooks changed"))
             if s["metric"]:
                 continue
-            attrs = []
+            attrs, stashes = [], []
             current = {k: v for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS and k not in self.ignore_attrs}
-            dict_changes(s["attrs"], current, label, attrs, ".{}")
+            before = s["attrs"]
+            stashed = {k for k in set(before) | set(current)
+                       if _stash_pair(before[k].obj if k in before else None, current.get(k), self.own)}
+            dict_changes({k: r for k, r in before.items() if k not in stashed},
+                         {k: v for k, v in current.items() if k not in stashed}, label, attrs, ".{}")
+            dict_changes({k: r for k, r in before.items() if k in stashed},
+                         {k: v for k, v in current.items() if k in stashed}, label, stashes, ".{}")
             found += [(self.ATTRIBUTES, text) for text in attrs]
+            found += [(self.STASH, f"{text} (tensors kept aside, not counted)") for text in stashes]
         found += self._explain_grouped(self.TRAIN_MODE, train_mode, "modules changed")
         frozen = [(name, f"requires_grad {was} -> {not was}") for name, was in self.requires_grad.items()
                   if name in now and now[name].requires_grad != was]

@@ -9,9 +9,11 @@ NaN and the run is rolled back for a fault it had avoided.
 Every module that owns such a candidate buffer gets a forward pre-hook and a forward hook for the
 first ``STEPS`` judged steps that ran a training forward: the first call of a step keeps each of the
 module's buffers (its version counter and a copy); a buffer whose version moved during a forward and
-whose value differs from the step's start was written by that forward. DDP's broadcast of buffers
-happens before the inner modules run, and a loop's own write after the update (an EMA kept in
-buffers) happens outside any forward, so neither is taken for one. Hooks on the owning modules, not
+whose value differs from the step's start was written by that forward, if the call's output is
+something backward goes through. DDP's broadcast of buffers happens before the inner modules run,
+and a loop's own write after the update (an EMA kept in buffers, or an EMA module called with the
+model: latent diffusion's ``LitEma``, whose call returns nothing for backward) is no such forward, so
+neither is taken for one. Hooks on the owning modules, not
 on the root, see a LightningModule's ``training_step`` that calls a submodule directly.
 
 Not found: a buffer written only later than the first ``STEPS`` steps, one a forward rebinds
@@ -25,7 +27,7 @@ import logging
 import torch
 
 from .hooks import Detached
-from .stats import _tracing
+from .stats import _tracing, grad_tensors
 
 log = logging.getLogger("trainguard")
 
@@ -82,6 +84,10 @@ class ForwardWrites:
     def _after(self, module, args, output):
         if not self._training(module):
             return
+        # a call whose output autograd records is the step's own forward; one that returns nothing
+        # for backward (an EMA module called after the update: latent diffusion's LitEma(model)) is
+        # the loop's own bookkeeping, whose writes a skip must keep
+        feeds_backward = bool(grad_tensors(output))
         for m, n in self._owned.get(id(module), ()):
             t = m._buffers.get(n)
             if t is None or id(t) in self._known or t.is_inference():  # no version counter to read
@@ -89,7 +95,7 @@ class ForwardWrites:
             start = self._start.get(id(t))
             if start is None:  # rebound during the forward: not put back in place
                 self._rebound(m, n)
-            elif t._version != start[1] and not torch.equal(t, start[2]):
+            elif feeds_backward and t._version != start[1] and not torch.equal(t, start[2]):
                 self._known.add(id(t))
                 self._found[id(t)] = (t, start[2])
 
