@@ -67,5 +67,10 @@ def test_sidecar_killed_fail_closed_stops(tmp_path_factory):
         assert all(f == 0 for f in failures[:-1]), (seen, failures)  # no step went on past a known failure
         assert 15 <= seen[-1] <= 25, seen[-1]
         assert weights_finite(model)
+        # the step that raised was never judged: a loop that waits and takes it again is not renumbered
+        # (before, the guard counted it, took the retry for a per-epoch restart and numbered every later
+        # step one on, so a rollback's resume_step skipped a step of the loop's)
+        assert g.last_step == seen[-1], (g.last_step, seen[-1])
+        assert g.numbering.guard_step(seen[-1] + 1, g.last_step) == seen[-1] + 1 and g.numbering.shift == 0
     finally:
         sc.stop()

@@ -1,4 +1,5 @@
 """Regressions found by the client sweep (/tmp/sweep-plain): loops written the common ways."""
+import os
 import time
 
 import pytest
@@ -348,3 +349,41 @@ def test_an_optimizer_without_a_fixed_epsilon_builds_its_guard(sidecar):
     model, _ = make()
     g = Guard(model, torch.optim.Adafactor(model.parameters()), "adafactor", target=sidecar.target, deadline=5.0)
     g.close()
+
+
+def test_resume_step_is_in_the_loops_numbering_after_the_guard_renumbered_it(sidecar):
+    # Prevents: v.resume_step in the guard's numbering once it had renumbered the loop (a step taken
+    # twice), so a loop jumping back to it skipped a step of its own and reported the one after
+    model, opt = make()
+    g = Guard(model, opt, f"resume-numbering-{time.time_ns()}", target=sidecar.target, deadline=5.0, mode="sync",
+              snapshots=False, replay=False, policy={"known_good_healthy_steps": 3, "max_consecutive_skips": 2})
+    root = os.path.join(sidecar.checkpoint_root, g.run)
+    step, retried, resumed = 0, False, []
+    while step < 30:
+        x, y = batch(step)
+        if step == 24 and not resumed:  # the burst comes once the checkpoint is a target (verified, 3 healthy steps)
+            end = time.monotonic() + 60
+            while not [c for c in sidecar.run_info(g.run)["checkpoints"] if c["state"] == "KNOWN_GOOD"]:
+                assert time.monotonic() < end, sidecar.run_info(g.run)["checkpoints"]
+                time.sleep(0.05)
+        if 24 <= step < 27 and not resumed:
+            y = torch.full_like(y, float("nan"))
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        v = g.step(step, loss)
+        if step == 5 and not retried:  # the loop gave the step up and takes it again
+            retried = True
+            opt.zero_grad()
+            continue
+        g.optimizer_step()
+        opt.zero_grad()
+        if v.action == Action.ROLLBACK:
+            resumed.append(v.resume_step)
+            step = v.resume_step
+            continue
+        if step == 15:
+            g.save_checkpoint(root, step)
+        step += 1
+    g.close()
+    assert resumed == [16], resumed  # the loop's step after its own checkpoint's, not the guard's 17
+    assert g.numbering.shift == -1 and g.last_step == 29 + 1  # the guard numbers one on since the retry

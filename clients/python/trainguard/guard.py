@@ -132,8 +132,7 @@ class Guard:
         self.counters = {"steps": 0, "local_decisions": 0, "sidecar_verdicts": 0, "sidecar_failures": 0,
                          "skips": 0, "clips": 0, "rollbacks": 0, "reports_dropped": 0, "validation_incidents": 0,
                          "device_gated_steps": 0, "grad_norm_mismatches": 0}
-        self.bounds = None
-        self.generation = 0
+        self.bounds, self.generation = None, 0
         self.checkpoints = {}  # step -> {"dir", "files", "checkpoint_id", "data_position"}
         self.last_verdict = None
         self.last_step = None
@@ -285,7 +284,8 @@ class Guard:
             need = self.connection.offline or self.bounds is None or not self.bounds.usable(step + 1)
             verdict, error, self.gated.host_next = dist_agree.agree(self, verdict, error, need_host=need)
         self.last_verdict = verdict
-        self.last_step = step
+        if not isinstance(error, SidecarUnavailable):  # a step never judged: a fail-closed loop may take it again
+            self.last_step = step
         self._pending_update = True
         if error is not None:
             raise error

@@ -25,7 +25,8 @@ class LoopNumbering:
 
     def rolled_back(self, step, resume_step):
         """``step``: the guard's number of the step in which the ROLLBACK was applied (on the device
-        gate one after the step it was for)."""
+        gate one after the step it was for); ``resume_step``: the guard's number to go on from (the
+        verdict says it in the loop's numbering: ``loop_step(resume_step)``)."""
         self._rolled = (step, resume_step)
 
     def guard_step(self, step, last=None):
@@ -33,7 +34,7 @@ class LoopNumbering:
         r, self._rolled = self._rolled, None
         if r is None and last is not None and step - self.shift <= last:
             self._restarted(step, last)
-        if r is not None and step > r[0] + self.shift and step != r[1]:
+        if r is not None and step > r[0] + self.shift and step != r[1] + self.shift:
             # past the step in which the ROLLBACK was applied, in the loop's numbering (the next one,
             # or further on: a loop numbering its micro-batches, a verdict that came a step late): the
             # loop did not jump back (one that did goes on from resume_step, at most past a few

@@ -51,9 +51,13 @@ def rollback(guard, v):
         guard.watch.reset()
     guard._applied_rollbacks.add(key)
     guard.counters["rollbacks"] += 1
-    v.resume_step = plan.checkpoint_step + 1
+    # in the loop's numbering, which the guard's differs from after a renumbering (a loop numbering per
+    # epoch, one that kept counting after an earlier rollback): a loop jumping back to it lands on the
+    # checkpoint's own next step
+    v.resume_step = guard.numbering.loop_step(plan.checkpoint_step + 1)
     # the next step() maps the loop's number onto it; applied in step last_step (v.step or one later)
-    guard.numbering.rolled_back(max(v.step, guard.last_step if guard.last_step is not None else v.step), v.resume_step)
+    guard.numbering.rolled_back(max(v.step, guard.last_step if guard.last_step is not None else v.step),
+                                plan.checkpoint_step + 1)
     log.warning("trainguard: rolled back to step %d (%s), data position %d, lr x%.3g of the uncut rate%s",
                 plan.checkpoint_step, target, plan.resume_position, rec.lr.scale,
                 f", known-bad data positions {plan.bad_positions}" if plan.bad_positions else "")
