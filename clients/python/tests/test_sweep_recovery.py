@@ -109,7 +109,11 @@ def test_a_checkpoint_damaged_after_it_was_verified_halts_the_rollback_with_its_
             assert weights_finite(model), f"non-finite weights after step {step}"
     why = str(halted.value)
     assert "ROLLBACK to the checkpoint of step 4 ordered but" in why, why
-    assert {"nan": "non-finite", "delete": "its files are gone"}.get(damage, "cannot be read any more") in why, why
+    # the files' size and time, recorded at registration, tell before anything is read (integrity.py)
+    assert {"nan": "since it was registered", "delete": "is gone, deleted since it was registered"}.get(
+        damage, "changed since it was registered") in why, why
+    assert "No older known-good checkpoint" in why, why  # the sidecar halted the run: it is on the record
+    assert sidecar.run_info(g.run)["run"]["state"] == "HALTED"
     assert weights_finite(model)
     g.close()
 
