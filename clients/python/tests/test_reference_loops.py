@@ -237,6 +237,7 @@ def test_an_ema_module_inside_the_model_keeps_its_updates_and_validates_through_
     opt = torch.optim.AdamW(model.net.parameters(), lr=1e-2)
     g = Guard(model, opt, f"litema-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False,
               policy={"validation_warmup_steps": 0})
+    after_update_7 = None
     for step in range(12):
         x, y = batch(step)
         loss = nn.functional.mse_loss(model(x * float("nan") if step == 8 else x), y)
@@ -259,3 +260,62 @@ def test_an_ema_module_inside_the_model_keeps_its_updates_and_validates_through_
     g.close()
     assert g.counters["skips"] == 1 and g.counters["validation_incidents"] == 0
     assert not [i for i in sidecar.run_info(g.run)["incidents"] if i["kind"] == "VALIDATION_MUTATION"]
+
+
+class WithClsToken(nn.Module):
+    """A ViT-style token the mean-pool head never uses: the optimizer's first parameter gets no gradient."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.cls_token = nn.Parameter(torch.zeros(1, 16))
+        self.mlp = MLP()
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+def test_sams_closure_form_is_told_by_any_gradient_the_loop_made(sidecar):
+    # Prevents: the loop's backward read from the first parameter's gradient alone, which a never-used
+    # cls token leaves None: the closure was evaluated first again, and SAM trained uphill
+    runs = []
+    for guarded in (False, True):
+        torch.manual_seed(0)
+        model = WithClsToken()
+        opt = SAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9)
+        g = Guard(model, opt, f"sam-cls-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False) \
+            if guarded else None
+        wopt = g.wrap(opt) if g else opt
+        for step in range(6):
+            x, y = batch(step)
+            nn.functional.mse_loss(model(x), y).backward()
+            wopt.step(lambda: nn.functional.mse_loss(model(x), y).backward())
+            wopt.zero_grad()
+        if g:
+            g.close()
+        runs.append(model)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].parameters(), runs[1].parameters()))
+
+
+def test_an_lbfgs_loop_that_zeroes_in_place_before_the_step_still_has_its_closure_judged(sidecar):
+    # Prevents: model.zero_grad(set_to_none=False) before opt.step(closure) taken for the loop's own
+    # backward: all-zero gradients judged, LBFGS's own evaluations never, a 1e6x loss spike let through
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
+    g = Guard(model, opt, f"lbfgs-zero-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False)
+    wopt = g.wrap(opt)
+    for step in range(12):
+        x, y = batch(step)
+
+        def closure():
+            wopt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y) * (1e6 if step == 9 else 1.0)
+            loss.backward()
+            return loss
+        model.zero_grad(set_to_none=False)
+        wopt.step(closure)
+        assert g.last_verdict.step == step, (step, g.last_verdict)
+        if step == 9:
+            assert not g.last_verdict.should_step, g.last_verdict
+    g.close()

@@ -84,9 +84,10 @@ class QueueNet(nn.Module):
         return logits.logsumexp(dim=1).mean()
 
 
-def queue_run(sidecar, guarded, step_buffers, device_gate=False, model=None, after_update=None):
+def queue_run(sidecar, guarded, step_buffers, device_gate=False, model=None, after_update=None, inspect=None,
+              trained=None):
     model = model if model is not None else QueueNet()
-    params = list(model.parameters())
+    params = list(getattr(model, trained).parameters() if trained else model.parameters())
     opt = (torch.optim.AdamW(params, lr=1e-2, fused=True) if device_gate
            else torch.optim.AdamW(params, lr=1e-2))  # torch 1.13 knows no fused=
     inner = getattr(model, "_orig_mod", model)
@@ -100,7 +101,15 @@ def queue_run(sidecar, guarded, step_buffers, device_gate=False, model=None, aft
             if g is None:
                 continue
             x = x * float("nan")
-        guarded_update(g, opt, step, model(x), actions)
+        if g is not None and inspect is not None:
+            loss = model(x)
+            loss.backward()
+            actions.append(g.step(step, loss).action)
+            inspect(step)  # right after the step was judged and settled
+            g.optimizer_step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            guarded_update(g, opt, step, model(x), actions)
         if after_update is not None:
             after_update(step)
     if g is not None:
@@ -210,3 +219,107 @@ def test_a_nan_batch_through_batchnorm_is_not_said_to_find_the_state_corrupt_bef
     _, actions = run(sidecar, guarded=True)
     assert actions[NAN_STEP] == Action.SKIP
     assert not [r for r in caplog.records if "already non-finite" in r.getMessage()]
+
+
+class OldSpectralCritic(SpectralCritic):
+    """The older API, still in many GAN codebases: the power iteration runs in a forward pre-hook the
+    layer registered when it was built, before any hook registered later."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        torch.manual_seed(0)
+        self.net = nn.Sequential(torch.nn.utils.spectral_norm(nn.Linear(16, 32)), nn.ReLU(), nn.Linear(32, 1))
+
+
+@pytest.mark.torch2  # register_forward_pre_hook(prepend=True): torch >= 2.0
+def test_the_older_spectral_norms_power_iteration_is_put_back_too(sidecar):
+    want, _ = queue_run(sidecar, guarded=False, step_buffers=False, model=OldSpectralCritic())
+    got, actions = queue_run(sidecar, guarded=True, step_buffers=False, model=OldSpectralCritic())
+    assert actions[NAN_STEP] == Action.SKIP, actions
+    for (name, a), (_, b) in zip(got.named_buffers(), want.named_buffers()):
+        assert torch.equal(a, b), name
+    assert all(torch.equal(a, b) for a, b in zip(got.parameters(), want.parameters()))
+
+
+def test_statistics_the_loop_recomputes_between_steps_are_kept_across_a_skipped_step(sidecar):
+    # Prevents: a skip putting back the statistics kept at the last step, undoing what the loop wrote
+    # since (fvcore's PreciseBN recomputing running_mean/var after an update)
+    model, written = conv_net(), {}
+
+    def precise_bn(step):
+        if step == NAN_STEP - 1:
+            with torch.no_grad():
+                model[1].running_mean.fill_(0.25)
+                model[1].running_var.fill_(2.0)
+
+    queue_run(sidecar, guarded=True, step_buffers=False, model=_Mse(model), after_update=precise_bn,
+              inspect=lambda step: written.setdefault(step, (model[1].running_mean.clone(), model[1].running_var.clone())))
+    mean, var = written[NAN_STEP]
+    assert torch.equal(mean, torch.full_like(mean, 0.25)) and torch.equal(var, torch.full_like(var, 2.0))
+
+
+class _Mse(nn.Module):
+    """A regression net as queue_run trains it: its forward returns the loss."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return nn.functional.mse_loss(self.net(x), x[:, :1])
+
+
+class MomentumKeys(nn.Module):
+    """MoCo's key encoder: parameters nothing trains, moved by momentum in the forward
+    (``param_k.data = m * param_k.data + (1 - m) * param_q.data``), then keys enqueued."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k = nn.Linear(16, 4), nn.Linear(16, 4)
+        for p in self.k.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("queue", torch.randn(24, 4) * 0.1)
+
+    def forward(self, x):
+        with torch.no_grad():
+            for pq, pk in zip(self.q.parameters(), self.k.parameters()):
+                pk.data = pk.data * 0.9 + pq.data * 0.1
+            keys = self.k(x)
+        loss = (self.q(x) @ self.queue.clone().t()).logsumexp(dim=1).mean() + (self.q(x) - keys).pow(2).mean()
+        with torch.no_grad():
+            self.queue[:8] = keys[:8]
+        return loss
+
+
+def test_a_key_encoder_the_forward_moves_by_momentum_is_put_back_after_a_skipped_step(sidecar):
+    want, _ = queue_run(sidecar, guarded=False, step_buffers=False, model=MomentumKeys(), trained="q")
+    got, actions = queue_run(sidecar, guarded=True, step_buffers=False, model=MomentumKeys(), trained="q")
+    assert actions[NAN_STEP] == Action.SKIP, actions
+    assert all(torch.equal(a, b) for a, b in zip(got.k.parameters(), want.k.parameters()))
+    assert torch.equal(got.queue, want.queue)
+
+
+class CountedNet(QueueNet):
+    """A buffer the loop bumps before each micro-batch (an annealing schedule by iteration): the loop's
+    write, between two forwards of one step, which a skip must keep."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("it", torch.zeros((), dtype=torch.long))
+
+
+def test_a_counter_the_loop_bumps_between_micro_batches_is_no_forwards_write(sidecar):
+    model = CountedNet()
+    g = Guard(model, torch.optim.AdamW(model.parameters(), lr=1e-2), f"counted-{time.time_ns()}", target=sidecar.target,
+              deadline=5.0, replay=False, policy={"clip_mode": "OFF"})
+    for step in range(10):
+        for micro in range(2):
+            model.it.add_(1)
+            x, _ = batch(step * 2 + micro)
+            (model(x * float("nan") if step == NAN_STEP else x) / 2).backward()
+        g.step(step, None)
+        g.optimizer_step()
+        g.optimizer.zero_grad()
+    g.close()
+    assert g.counters["skips"] == 1 and int(model.it) == 20

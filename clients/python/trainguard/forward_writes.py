@@ -37,9 +37,10 @@ class ForwardWrites:
 
     def __init__(self, model, covered):
         """``covered``: ids of the tensors already settled (normalization statistics, step_buffers)."""
-        self._owned = {}  # id(module) -> [(module, buffer name)]
+        self._owned = {}  # id(module) -> [(module, "_buffers" or "_parameters", name)]
         self._handles = []
-        self._start = {}  # id(tensor) -> (tensor, version, copy) at the step's first call of its module
+        self._calls = {}  # id(module) -> [{id(tensor): (tensor, copy)} per call under way]: what each call found
+        self._start = {}  # id(tensor) -> its copy at the step's first call of its module: what a skip puts back
         self._found = {}  # id(tensor) -> (tensor, its value at the step's start): to be settled from now on
         self._known = set(covered)
         self._steps_seen = 0
@@ -47,21 +48,29 @@ class ForwardWrites:
         self._traced = False  # a hook ran inside torch.compile's trace: removing it would recompile
         self._warned = set()
         inner = getattr(model, "_orig_mod", None)
-        if inner is not None:  # torch.compile's wrapper: its own hooks run outside the graph
-            pairs = [(m, n) for m in inner.modules() for n in self._candidates(m)]
-            if pairs:
-                self._owned[id(model)] = pairs
-        else:
+        if inner is None:
+            # each owner's own calls (a LightningModule's training_step calls submodules, not forward)
             for m in model.modules():
-                pairs = [(m, n) for n in self._candidates(m)]
+                pairs = self._candidates(m)
                 if pairs:
                     self._owned[id(m)] = pairs
+        # and the root's call over the whole tree: a forward that writes a submodule's tensors itself
+        # (MoCo's momentum update of the key encoder); a compiled wrapper's hooks run outside the graph
+        pairs = [p for m in (inner if inner is not None else model).modules() for p in self._candidates(m)]
+        if pairs:
+            self._owned[id(model)] = pairs
         for m in (m for m in model.modules() if id(m) in self._owned):
-            self._handles.append(m.register_forward_pre_hook(Detached(self._before)))
+            # first: a hook of the module's own that writes (torch.nn.utils.spectral_norm's power
+            # iteration runs in a forward pre-hook registered when the layer was built) comes after it
+            self._handles.append(_first_pre_hook(m, Detached(self._before)))
             self._handles.append(m.register_forward_hook(Detached(self._after)))
 
     def _candidates(self, module):
-        return [n for n, t in module._buffers.items() if _candidate(t) and id(t) not in self._known]
+        """Its buffers, and its parameters nothing trains (MoCo's key encoder, which the forward moves
+        by momentum): what a forward may write in place."""
+        out = [(module, "_buffers", n) for n, t in module._buffers.items() if _candidate(t) and id(t) not in self._known]
+        return out + [(module, "_parameters", n) for n, t in module._parameters.items()
+                      if _candidate(t) and not t.requires_grad and id(t) not in self._known]
 
     def __bool__(self):
         return bool(self._handles)
@@ -76,28 +85,36 @@ class ForwardWrites:
         if not self._training(module):
             return
         self._ran = True
-        for m, n in self._owned.get(id(module), ()):
-            t = m._buffers.get(n)
-            if t is not None and id(t) not in self._start and id(t) not in self._known and not t.is_inference():
-                self._start[id(t)] = (t, t._version, t.detach().clone())
+        seen = {}
+        for m, kind, n in self._owned.get(id(module), ()):
+            t = getattr(m, kind).get(n)
+            if t is not None and id(t) not in self._known and not t.is_inference():
+                copy = t.detach().clone()
+                seen[id(t)] = (t, copy)
+                self._start.setdefault(id(t), copy)
+        self._calls.setdefault(id(module), []).append(seen)
 
     def _after(self, module, args, output):
         if not self._training(module):
             return
+        calls = self._calls.get(id(module))
+        seen = calls.pop() if calls else {}
         # a call whose output autograd records is the step's own forward; one that returns nothing
         # for backward (an EMA module called after the update: latent diffusion's LitEma(model)) is
         # the loop's own bookkeeping, whose writes a skip must keep
         feeds_backward = bool(grad_tensors(output))
-        for m, n in self._owned.get(id(module), ()):
-            t = m._buffers.get(n)
+        for m, kind, n in self._owned.get(id(module), ()):
+            t = getattr(m, kind).get(n)
             if t is None or id(t) in self._known or t.is_inference():  # no version counter to read
                 continue
-            start = self._start.get(id(t))
-            if start is None:  # rebound during the forward: not put back in place
+            before = seen.get(id(t))
+            if before is None:  # rebound during the forward: not put back in place
                 self._rebound(m, n)
-            elif feeds_backward and t._version != start[1] and not torch.equal(t, start[2]):
+            # compared with this call's own start: a write the loop makes between two calls (a counter
+            # bumped per micro-batch) is not this forward's; by value: MoCo assigns ``param.data``
+            elif feeds_backward and not torch.equal(t, before[1]):
                 self._known.add(id(t))
-                self._found[id(t)] = (t, start[2])
+                self._found[id(t)] = (t, self._start.get(id(t), before[1]))
 
     def _rebound(self, module, name):
         key = (type(module).__name__, name)
@@ -110,7 +127,7 @@ class ForwardWrites:
     def end_step(self):
         """The step was judged: returns [(tensor, value at the step's start)] found in its forwards
         (to be settled from this step on), and stops watching after ``STEPS`` such steps."""
-        found, self._found, self._start = list(self._found.values()), {}, {}
+        found, self._found, self._start, self._calls = list(self._found.values()), {}, {}, {}
         if self._ran:
             self._steps_seen += 1
             self._ran = False
@@ -124,7 +141,7 @@ class ForwardWrites:
 
     def discard_step(self):
         """A rollback restored the model: what this step's forwards wrote is gone with it."""
-        self._found, self._start, self._ran = {}, {}, False
+        self._found, self._start, self._calls, self._ran = {}, {}, {}, False
 
     def remove(self):
         # hooks a compiled graph traced stay (inert: they read nothing there); removing them would
@@ -132,9 +149,16 @@ class ForwardWrites:
         if not self._traced:
             for h in self._handles:
                 h.remove()
-        self._handles, self._owned, self._start = [], {}, {}
+        self._handles, self._owned, self._start, self._calls = [], {}, {}, {}
+
+
+def _first_pre_hook(module, hook):
+    try:
+        return module.register_forward_pre_hook(hook, prepend=True)
+    except TypeError:  # torch < 2.0: no prepend
+        return module.register_forward_pre_hook(hook)
 
 
 def _candidate(t):
-    return (t is not None and type(t) is torch.Tensor and not t.is_sparse and t.device.type != "meta"
+    return (t is not None and type(t) in (torch.Tensor, torch.nn.Parameter) and not t.is_sparse and t.device.type != "meta"
             and t.numel() > 0)

@@ -184,6 +184,7 @@ class TrainguardCallback(ValidationAudits, pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._register_new_checkpoints(trainer)
         self._evals.reset()
+        self.guard.running_stats.step_begins()  # what a skip puts back: training_step may not call forward
         if self.guard.watch:
             self.guard.watch.begin_unit()  # training_step may call a submodule, outside the module's forward
 

@@ -14,6 +14,8 @@ buffers a training forward writes are found in its first steps (forward_writes.p
 import torch
 
 from .forward_writes import ForwardWrites
+from .hooks import Detached
+from .stats import _tracing
 
 # num_batches_tracked too: BatchNorm(momentum=None) averages by it, and a skipped batch must not count
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -36,6 +38,12 @@ class RunningStats:
         self._groups = []
         self._add([(t, t.detach()) for t in tensors])  # cat() copies them
         self._writes = ForwardWrites(model, seen)
+        # What a skip puts back is the value at the step's first training forward, not at the last
+        # settling: a loop's own writes in between (PreciseBN's recomputed statistics, a VQ codebook's
+        # dead-code restart) are kept. The root's forward marks it; an integration whose step calls
+        # submodules (Lightning's training_step) calls step_begins() itself.
+        self._fresh = True
+        self._handle = model.register_forward_pre_hook(Detached(self._root_forward)) if self else None
 
     def _add(self, tensors_and_kept):
         groups = {}
@@ -46,18 +54,31 @@ class RunningStats:
     def __bool__(self):
         return bool(self._groups) or bool(self._writes)
 
+    def _root_forward(self, module, args):
+        if self._fresh and module.training and torch.is_grad_enabled() and not _tracing.compiling():
+            self.step_begins()
+
+    def step_begins(self):
+        """The step's first training forward is about to run: what is there now is what a skip puts back."""
+        if self._fresh:
+            self._fresh = False
+            for g in self._groups:
+                g.keep_current()
+
     def settle(self, skip):
         """``skip``: whether this step's update is dropped (a bool), or the device gate's flag (a 0-d
         tensor, > 0: skipped)."""
         self._add(self._writes.end_step())  # buffers this step's forwards were found writing
         for g in self._groups:
             g.settle(skip)
+        self._fresh = True
 
     def keep_current(self):
         """The statistics as they are now are the ones kept (after a ROLLBACK restored them)."""
         self._writes.discard_step()
         for g in self._groups:
             g.keep_current()
+        self._fresh = True
 
     def settled_ids(self):
         """ids of the tensors a skipped step puts back."""
@@ -66,6 +87,9 @@ class RunningStats:
     def remove(self):
         """The Guard closed: the hooks that look for written buffers go."""
         self._writes.remove()
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
 
 class _Group:

@@ -127,7 +127,7 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none=True):
         self.optimizer.zero_grad(set_to_none=set_to_none)
-        self.__dict__["_grads_mark"] = _grads_mark(self.optimizer)  # zeros are no backward of the loop's
+        self.__dict__["_grads_mark"] = _grads_mark(self.optimizer)
 
     # --- the guarded step -----------------------------------------------------------------------
     def step(self, closure=None, **kwargs):
@@ -163,14 +163,14 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
         return result
 
     def _loop_ran_backward(self):
-        """Whether the gradients are new since the last update or ``zero_grad`` through this
-        wrapper: a backward the loop ran, not an LBFGS closure's last evaluation inside the update."""
-        p = _sentinel(self.optimizer)
-        grad = None if p is None else p.grad
-        if grad is None:
-            return False
-        mark = self.__dict__.get("_grads_mark")
-        return mark is None or mark[0]() is not grad or mark[1] != grad._version
+        """Whether some gradient is new since the last update or ``zero_grad`` through this wrapper:
+        a backward the loop ran, not an LBFGS closure's last evaluation inside the update. Every
+        parameter is looked at (the first may get no gradient: a ViT's unused cls token), and a
+        gradient only zeroed in place (``model.zero_grad(set_to_none=False)``) is no backward."""
+        mark = self.__dict__.get("_grads_mark") or {}
+        changed = [g for g in _grads(self.optimizer)
+                   if id(g) not in mark or mark[id(g)][0]() is not g or mark[id(g)][1] != g._version]
+        return any(bool(g.detach().ne(0).any()) for g in changed)  # a host read per changed one: closure steps only
 
     def _hand_on_scaler_flags(self):
         """GradScaler.step set ``found_inf`` (its record, the gate's skip ORed in) and ``grad_scale``
@@ -186,21 +186,14 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
         return True
 
 
-def _sentinel(optimizer):
-    """The first trained parameter: its gradient stands for the step's."""
-    for grp in optimizer.param_groups:
-        for p in grp["params"]:
-            if p.requires_grad:
-                return p
-    return None
+def _grads(optimizer):
+    return [p.grad for grp in optimizer.param_groups for p in grp["params"] if p.grad is not None]
 
 
 def _grads_mark(optimizer):
-    """(a weak reference to the sentinel's gradient, its version): a reference, not an id, since a
-    freed gradient's id is soon another's."""
-    p = _sentinel(optimizer)
-    grad = None if p is None else p.grad
-    return None if grad is None else (weakref.ref(grad), grad._version)
+    """{id(grad): (a weak reference to it, its version)}: a reference, not only an id, since a freed
+    gradient's id is soon another's."""
+    return {id(g): (weakref.ref(g), g._version) for g in _grads(optimizer)}
 
 
 def _first_call_returns(value, closure):
