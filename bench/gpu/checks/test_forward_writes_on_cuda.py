@@ -68,7 +68,7 @@ def queue_run(guarded, compiled):
 @pytest.fixture
 def deterministic():
     # QueueNet's enqueue (an index_put with host indices) is not deterministic on CUDA: two unguarded
-    # runs differ by itself (bench/gpu/scratch/fw_debug3.py); deterministic kernels make the runs comparable
+    # runs differ by itself (bench/gpu/queue_determinism_probe.py); deterministic kernels make the runs comparable
     torch.use_deterministic_algorithms(True, warn_only=True)
     yield
     torch.use_deterministic_algorithms(False)
