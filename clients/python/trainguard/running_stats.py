@@ -72,6 +72,9 @@ class RunningStats:
         for g in self._groups:
             g.settle(skip)
         self._fresh = True
+        if not self and self._handle is not None:  # nothing found: the model's forward goes unhooked
+            self._handle.remove()
+            self._handle = None
 
     def keep_current(self):
         """The statistics as they are now are the ones kept (after a ROLLBACK restored them)."""

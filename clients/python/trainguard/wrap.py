@@ -127,7 +127,7 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none=True):
         self.optimizer.zero_grad(set_to_none=set_to_none)
-        self.__dict__["_grads_mark"] = _grads_mark(self.optimizer)
+        self._mark_grads()
 
     # --- the guarded step -----------------------------------------------------------------------
     def step(self, closure=None, **kwargs):
@@ -159,15 +159,20 @@ class GuardedOptimizer(_Follows, torch.optim.Optimizer):
                 self.optimizer.__dict__.pop("found_inf", None)
                 self.optimizer.__dict__.pop("grad_scale", None)
         g.recovery.after_update(v.step if v else None)
-        self.__dict__["_grads_mark"] = _grads_mark(self.optimizer)
+        self._mark_grads()
         return result
+
+    def _mark_grads(self):
+        # only for a loop that steps with a closure: a walk over every parameter is no cost for the others
+        if "_grads_mark" in self.__dict__:
+            self.__dict__["_grads_mark"] = _grads_mark(self.optimizer)
 
     def _loop_ran_backward(self):
         """Whether some gradient is new since the last update or ``zero_grad`` through this wrapper:
         a backward the loop ran, not an LBFGS closure's last evaluation inside the update. Every
         parameter is looked at (the first may get no gradient: a ViT's unused cls token), and a
         gradient only zeroed in place (``model.zero_grad(set_to_none=False)``) is no backward."""
-        mark = self.__dict__.get("_grads_mark") or {}
+        mark = self.__dict__.setdefault("_grads_mark", {})  # marked from now on
         changed = [g for g in _grads(self.optimizer)
                    if id(g) not in mark or mark[id(g)][0]() is not g or mark[id(g)][1] != g._version]
         return any(bool(g.detach().ne(0).any()) for g in changed)  # a host read per changed one: closure steps only
