@@ -81,22 +81,28 @@ final class RollbackCourse {
         return pending;
     }
 
+    /** What a rank's failed restore leads to: the same attempt from an older target, or a halt. */
+    record Course(boolean halts, String message) {
+    }
+
     /**
-     * The pending plan's checkpoint could not be restored: the same attempt goes to {@code cp} (an
-     * older known-good checkpoint) instead, with its LR cut and re-warm; every rank confirms it anew.
+     * Rank {@code rank} could not restore the pending plan's checkpoint: the same attempt goes to
+     * {@code older} (an older known-good checkpoint) with its LR cut and re-warm, every rank
+     * confirming it anew; with none older, the run must halt.
      */
-    RollbackPlan retarget(CheckpointCatalog.RollbackTarget cp, Policy policy) {
+    Course unrestorable(int rank, String why, Optional<CheckpointCatalog.RollbackTarget> older, Policy policy) {
         RollbackPlan was = pending;
+        String cause = "checkpoint " + was.checkpointId() + " (step " + was.checkpointStep() + ") could not be restored by rank "
+                + rank + ": " + why;
+        if (older.isEmpty() || older.get().step() >= was.checkpointStep()) {
+            return new Course(true, cause + ". No older known-good checkpoint to roll back to: restart from your last good state");
+        }
+        CheckpointCatalog.RollbackTarget cp = older.get();
         long skip = Math.max(0, was.triggerStep() - cp.step()) + policy.rollbackSkipBatches() * was.attempt();
         pending = new RollbackPlan(cp.checkpointId(), cp.step(), cp.files(), cp.dataPosition(), skip, was.lrFactor(),
                 was.rewarmSteps(), was.attempt(), was.triggerStep());
         awaitEveryRank();
-        return pending;
-    }
-
-    static String unrestorableReason(RollbackPlan plan, int rank, String why) {
-        return "checkpoint " + plan.checkpointId() + " (step " + plan.checkpointStep() + ") could not be restored by rank "
-                + rank + ": " + why;
+        return new Course(false, orderedReason(pending, cause));
     }
 
     /** Returns true when this report is the rank's first after the plan (its statistics must start over). */

@@ -6,10 +6,7 @@ import io.trainguard.guard.JournalWrite;
 import io.trainguard.guard.PreconditionFailedException;
 import io.trainguard.guard.run.Decision.CheckpointEffect;
 import io.trainguard.guard.detect.CrossRankCheck;
-import io.trainguard.guard.detect.Detectors;
 import io.trainguard.guard.detect.Finding;
-import io.trainguard.guard.detect.LossScaleOverflow;
-import io.trainguard.guard.detect.StepContext;
 import io.trainguard.guard.model.Action;
 import io.trainguard.guard.model.HangReport;
 import io.trainguard.guard.model.Incident;
@@ -57,7 +54,6 @@ public final class RunDecider {
     private long lastStep = -1;
     private long stepsReported;
     private final RollbackCourse rollback;
-    private long haltStep = -1;
     private Instant updatedTime;
     /** Held from the end of a decision until its write is queued, so writes keep decision order. */
     private final ReentrantLock writeOrder = new ReentrantLock();
@@ -85,11 +81,10 @@ public final class RunDecider {
     /** Rebuilds a run from its journaled snapshot; statistics are replayed separately per rank. */
     public static RunDecider restore(RunSnapshot s, IdSource ids) {
         RunDecider g = new RunDecider(s.runId(), s.worldSize(), s.policy(), s.watchedModules(), ids, s.createdTime());
-        g.state.moveTo(s.state(), s.stateReason());
+        g.state.restore(s.state(), s.stateReason(), s.haltStep());
         g.lastStep = s.lastStep();
         g.stepsReported = s.stepsReported();
         g.rollback.restore(s);
-        g.haltStep = s.haltStep();
         g.updatedTime = s.updatedTime();
         return g;
     }
@@ -177,7 +172,7 @@ public final class RunDecider {
 
         if (state.state() == RunState.HALTED) {
             o.action = Action.HALT;
-            reasons.add(state.haltedReason(runId, haltStep));
+            reasons.add(state.haltedReason(runId));
         } else if (state.state() == RunState.ROLLING_BACK && rollback.owedTo(r.rank(), r.step())) {
             o.action = Action.ROLLBACK;
             o.plan = rollback.pending();
@@ -220,47 +215,12 @@ public final class RunDecider {
     }
 
     private void evaluate(StepReport r, RankTrack t, List<String> reasons, List<Incident> incidents, Outcome o, Instant now) {
-        String spikeOverflow = LossScaleOverflow.spikeReason(r, t.stats.lossSpikes, policy.spikeZThreshold());
-        if (spikeOverflow != null) {
-            reasons.add(spikeOverflow);
-        } else if (LossScaleOverflow.of(r)) {
-            // the scaler's own skip while it calibrates: no detector learns from it, no incident, and
-            // it neither extends nor ends a skip streak
-            o.action = Action.SKIP;
-            o.neutralSkip = true;
-            reasons.add(LossScaleOverflow.reason(r));
-            return;
-        }
-        StepFold fold = StepFold.of(Detectors.inspect(new StepContext(r, policy, t.stats, watchedModules, crossRank, worldSize)));
-        o.action = fold.action();
-        o.neutralSkip = r.skippedByAgreement() && fold.incidents().stream().noneMatch(f -> IncidentKind.STEP_FAULTS.contains(f.kind()));
-        o.clip = fold.clip();
-        o.firstBadModule = fold.module();
-        reasons.addAll(fold.reasons());
-        for (Finding f : fold.incidents()) {
+        StepJudge.Judged judged = StepJudge.judge(r, t, policy, watchedModules, crossRank, worldSize, reasons, o);
+        for (Finding f : judged.findings()) {
             incidents.add(incident(r, f.kind(), f.severity(), f.message(), f.module(), now));
         }
-        if (o.action == Action.APPLY || o.action == Action.CLIP) {
-            t.stats.learn(r.loss(), r.lossAbsent(), r.gradNorm());
-        }
-
-        if (o.action == Action.SKIP) {
-            if (!o.neutralSkip) { // skipped on another rank's account: that rank's streak counts it
-                t.consecutiveSkips++;
-            }
-            if (state.state() == RunState.HEALTHY) {
-                state.moveTo(RunState.DEGRADED, reasons.get(0));
-            }
-            if (t.consecutiveSkips > policy.maxConsecutiveSkips()) {
-                String msg = t.consecutiveSkips + " consecutive skipped steps (limit " + policy.maxConsecutiveSkips() + ")";
-                reasons.add(msg);
-                o.action = Action.ROLLBACK;
-            }
-        } else {
-            t.consecutiveSkips = 0;
-            if (!incidents.isEmpty() && state.state() == RunState.HEALTHY) {
-                state.moveTo(RunState.DEGRADED, reasons.get(0));
-            }
+        if (judged.skipped() || !judged.findings().isEmpty()) {
+            state.degrade(reasons.get(0));
         }
         if (o.action == Action.ROLLBACK) {
             orderRollback(r, reasons, incidents, o, now);
@@ -303,30 +263,25 @@ public final class RunDecider {
         }
         List<Incident> incidents = new ArrayList<>();
         if (from == RunState.ROLLING_BACK && plan.checkpointId().equals(checkpointId)) {
-            String cause = RollbackCourse.unrestorableReason(plan, rank, why);
-            if (older.isPresent() && older.get().step() < plan.checkpointStep()) {
-                String msg = RollbackCourse.orderedReason(rollback.retarget(older.get(), policy), cause);
-                state.moveTo(RunState.ROLLING_BACK, msg);
-                incidents.add(incidentAt(rank, step, IncidentKind.ROLLBACK, Severity.ERROR, msg, now));
+            RollbackCourse.Course next = rollback.unrestorable(rank, why, older, policy);
+            if (next.halts()) {
+                state.halt(next.message(), step);
             } else {
-                String msg = cause + ". No older known-good checkpoint to roll back to: restart from your last good state";
-                state.moveTo(RunState.HALTED, msg);
-                haltStep = step;
-                incidents.add(incidentAt(rank, step, IncidentKind.HALT, Severity.CRITICAL, msg, now));
+                state.moveTo(RunState.ROLLING_BACK, next.message());
             }
+            incidents.add(incidentAt(rank, step, next.halts() ? IncidentKind.HALT : IncidentKind.ROLLBACK,
+                    next.halts() ? Severity.CRITICAL : Severity.ERROR, next.message(), now));
         }
         boolean halted = state.state() == RunState.HALTED;
         Verdict verdict = new Verdict(step, halted ? Action.HALT : Action.ROLLBACK, 0, false,
-                List.of(halted ? state.haltedReason(runId, haltStep) : rollback.pendingReason()), "", state.state(),
-                halted ? null : rollback.pending(), bounds(track(rank, nowNanos)),
-                incidents.stream().map(Incident::id).toList());
+                List.of(halted ? state.haltedReason(runId) : rollback.pendingReason()), "", state.state(),
+                halted ? null : rollback.pending(), bounds(track(rank, nowNanos)), incidents.stream().map(Incident::id).toList());
         return new Decision(verdict, new JournalWrite(snapshot(), List.of(), List.copyOf(incidents), true), from,
                 state.state(), CheckpointEffect.NONE);
     }
 
     private void halt(StepReport r, List<String> reasons, List<Incident> incidents, Outcome o, Instant now, String why) {
-        state.moveTo(RunState.HALTED, why);
-        haltStep = r.step();
+        state.halt(why, r.step());
         o.action = Action.HALT;
         reasons.add("halted: " + why);
         incidents.add(incident(r, IncidentKind.HALT, Severity.CRITICAL, why, o.firstBadModule, now));
@@ -423,7 +378,7 @@ public final class RunDecider {
     public synchronized RunSnapshot snapshot() {
         return new RunSnapshot(runId, worldSize, state.state(), state.reason(), lastStep, ranks.maxConsecutiveSkips(),
                 rollback.rollbacks(), rollback.attempts(), rollback.lastRollbackStep(), rollback.pending(), policy, watchedModules, createdTime, updatedTime,
-                stepsReported, haltStep);
+                stepsReported, state.haltStep());
     }
 
     /** Taken while holding this run's lock at the end of a decision, released once its write is queued. */

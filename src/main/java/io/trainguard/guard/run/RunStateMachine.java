@@ -26,6 +26,7 @@ public final class RunStateMachine {
 
     private RunState state;
     private String reason;
+    private long haltStep = -1;  // the step at which the run last halted
 
     public RunStateMachine(RunState initial, String reason) {
         this.state = initial;
@@ -40,8 +41,31 @@ public final class RunStateMachine {
         return reason;
     }
 
+    public long haltStep() {
+        return haltStep;
+    }
+
+    /** Halts at {@code step}. */
+    void halt(String why, long step) {
+        moveTo(RunState.HALTED, why);
+        haltStep = step;
+    }
+
+    /** A run rebuilt from its journal: the state it was in, and where it last halted. */
+    void restore(RunState to, String why, long step) {
+        moveTo(to, why);
+        haltStep = step;
+    }
+
+    /** The first unhealthy sign of a healthy run degrades it; any other state stays. */
+    void degrade(String why) {
+        if (state == RunState.HEALTHY) {
+            moveTo(RunState.DEGRADED, why);
+        }
+    }
+
     /** What a step of a halted run is told: why it halted, and the two ways to train on. */
-    String haltedReason(String runId, long haltStep) {
+    String haltedReason(String runId) {
         return "run is halted since step " + haltStep + ": " + reason + ". To train on, fix the cause, then resume "
                 + "this run (trainguard resume " + runId + " --reason \"...\", or POST /api/runs/" + runId
                 + "/resume) or start the trainer under a new run id";
