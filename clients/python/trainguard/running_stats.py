@@ -118,8 +118,9 @@ class _Group:
             _copy(self.tensors, self._views)
 
     def keep_current(self):
+        # into the views of the kept copy: no concatenation allocated (this runs at every step's first forward)
         with torch.no_grad():
-            self.kept.copy_(torch.cat([t.detach().reshape(-1) for t in self.tensors]))
+            _copy(self._views, [t.detach() for t in self.tensors])
 
 
 def _copy(dst, src):
