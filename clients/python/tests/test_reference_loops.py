@@ -40,9 +40,9 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.step()
 
 
-def sam_run(sidecar, guarded, nan_step=None, steps=10):
+def sam_run(sidecar, guarded, nan_step=None, steps=10, make_model=MLP):
     torch.manual_seed(0)
-    model = MLP()
+    model = make_model()
     opt = SAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9)
     g = Guard(model, opt, f"sam-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False) \
         if guarded else None
@@ -278,22 +278,7 @@ class WithClsToken(nn.Module):
 def test_sams_closure_form_is_told_by_any_gradient_the_loop_made(sidecar):
     # Prevents: the loop's backward read from the first parameter's gradient alone, which a never-used
     # cls token leaves None: the closure was evaluated first again, and SAM trained uphill
-    runs = []
-    for guarded in (False, True):
-        torch.manual_seed(0)
-        model = WithClsToken()
-        opt = SAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9)
-        g = Guard(model, opt, f"sam-cls-{time.time_ns()}", target=sidecar.target, deadline=5.0, replay=False) \
-            if guarded else None
-        wopt = g.wrap(opt) if g else opt
-        for step in range(6):
-            x, y = batch(step)
-            nn.functional.mse_loss(model(x), y).backward()
-            wopt.step(lambda: nn.functional.mse_loss(model(x), y).backward())
-            wopt.zero_grad()
-        if g:
-            g.close()
-        runs.append(model)
+    runs = [sam_run(sidecar, guarded, steps=6, make_model=WithClsToken)[0] for guarded in (False, True)]
     assert all(torch.equal(a, b) for a, b in zip(runs[0].parameters(), runs[1].parameters()))
 
 
